@@ -1,0 +1,123 @@
+"""The graph's text form: a printer and a parser that reads the printer's output back.
+
+    graph main(%x: f32[4,3], %w: f32[2,3] param) {
+      %0 = permute(%w) {perm=(1, 0)} : f32[3,2]
+      %1 = matmul(%x, %0) : f32[4,2]
+      return %1
+    }
+"""
+from __future__ import annotations
+
+import ast
+import re
+
+import numpy as np
+
+from .ir import CONSTANT, INPUT, Graph, IRError, Node, make_node
+from .types import TensorType, dtype_from_name
+
+
+def _names(graph: Graph) -> dict[int, str]:
+    names: dict[int, str] = {}
+    counter = 0
+    for n in graph.nodes:
+        if n.op in (INPUT, CONSTANT):
+            names[id(n)] = n.name
+        else:
+            names[id(n)] = str(counter)
+            counter += 1
+    return names
+
+
+def _attr_text(node: Node) -> str:
+    if not node.attrs:
+        return ""
+    return " {" + ", ".join(f"{k}={v!r}" for k, v in node.attrs) + "}"
+
+
+def print_graph(graph: Graph) -> str:
+    """The graph as text, one node a line."""
+    names = _names(graph)
+    params = []
+    for n in graph.inputs:
+        kind = n.attr["kind"]
+        params.append(f"%{n.name}: {n.type}" + ("" if kind == "data" else f" {kind}"))
+    lines = [f"graph {graph.name}({', '.join(params)}) {{"]
+    for n in graph.nodes:
+        if n.op == INPUT:
+            continue
+        if n.op == CONSTANT:
+            lines.append(f"  %{n.name} = constant : {n.type}")
+            continue
+        args = ", ".join(f"%{names[id(i)]}" for i in n.inputs)
+        where = f"  # {n.source}" if n.source else ""
+        lines.append(f"  %{names[id(n)]} = {n.op}({args}){_attr_text(n)} : {n.type}{where}")
+    lines.append("  return " + ", ".join(f"%{names[id(o)]}" for o in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+_TYPE = re.compile(r"(\w+)\[([\d,\s]*)\]")
+_HEAD = re.compile(r"graph\s+([\w.]+)\((.*)\)\s*\{\s*$")
+_NODE = re.compile(r"%([\w.]+)\s*=\s*(\w+)(?:\((.*?)\))?\s*(\{.*\})?\s*:\s*(\w+\[[\d,\s]*\])"
+                   r"\s*(?:#\s*(.*))?$")
+
+
+def _parse_type(text: str) -> TensorType:
+    m = _TYPE.fullmatch(text.strip())
+    if not m:
+        raise IRError(f"bad type {text!r}; expected e.g. f32[2,3]")
+    dims = tuple(int(d) for d in m.group(2).split(",") if d.strip())
+    return TensorType(dims, dtype_from_name(m.group(1)))
+
+
+def _parse_attrs(text: str | None) -> dict:
+    if not text:
+        return {}
+    tree = ast.parse("dict(" + text.strip()[1:-1] + ")", mode="eval")
+    return {kw.arg: ast.literal_eval(kw.value) for kw in tree.body.keywords}
+
+
+def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
+    """Read a graph printed by `print_graph`; constants' arrays are passed separately."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    head = _HEAD.match(lines[0])
+    if not head or lines[-1] != "}":
+        raise IRError("expected 'graph NAME(...) {' ... '}'")
+    env: dict[str, Node] = {}
+    inputs: list[Node] = []
+    params = head.group(2).strip()
+    for part in filter(None, (p.strip() for p in params.split("%"))):
+        name, rest = part.rstrip(", ").split(":", 1)
+        bits = rest.split()
+        kind = bits[1] if len(bits) > 1 else "data"
+        node = Node(INPUT, (), (("kind", kind),), _parse_type(bits[0]), name.strip())
+        env[node.name] = node
+        inputs.append(node)
+    nodes = list(inputs)
+    outputs: list[Node] = []
+    for line in lines[1:-1]:
+        if line.startswith("return"):
+            outputs = [env[t.strip().lstrip("%")] for t in line[6:].split(",") if t.strip()]
+            continue
+        m = _NODE.match(line)
+        if not m:
+            raise IRError(f"cannot parse node line {line!r}")
+        name, op, args, attrs, type_text, source = m.groups()
+        if op == CONSTANT:
+            node = Node(CONSTANT, (), (), _parse_type(type_text), name)
+        else:
+            ins = [env[a.strip().lstrip("%")] for a in (args or "").split(",") if a.strip()]
+            node = make_node(op, ins, _parse_attrs(attrs), source=source)
+            if node.type != _parse_type(type_text):
+                raise IRError(f"line {line!r}: the op's rule gives {node.type}")
+        env[name] = node
+        nodes.append(node)
+    graph = Graph(inputs, nodes, outputs, dict(constants or {}), head.group(1))
+    graph.verify()
+    return graph
+
+
+def structurally_equal(a: Graph, b: Graph) -> bool:
+    """Whether two graphs compute the same thing node for node (names of temporaries aside)."""
+    return print_graph(a) == print_graph(b)

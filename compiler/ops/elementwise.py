@@ -1,0 +1,229 @@
+"""Elementwise primitives: unary math, binary arithmetic and comparison, `where`, `cast`.
+
+Binary primitives take operands of one shape and one dtype: broadcasting and type promotion are
+explicit `expand`/`cast` nodes inserted by the frontend, so these rules never unbroadcast.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..types import DType, TensorType, bool_, dtype_from_name
+from .registry import ELEMENTWISE, OpError, non_differentiable, per_input, register
+
+
+def _float_unary(name: str):
+    def rule(x: TensorType) -> TensorType:
+        if not x.dtype.is_floating:
+            raise OpError(f"{name}: expected a floating-point tensor, got {x}")
+        return x
+    return rule
+
+
+def _any_unary(name: str):
+    def rule(x: TensorType) -> TensorType:
+        if x.dtype == bool_:
+            raise OpError(f"{name}: expected a numeric tensor, got {x}")
+        return x
+    return rule
+
+
+def _same(name: str, a: TensorType, b: TensorType) -> None:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise OpError(f"{name}: expected operands of one shape and dtype, got {a} and {b}")
+
+
+def _arith(name: str):
+    def rule(a: TensorType, b: TensorType) -> TensorType:
+        _same(name, a, b)
+        if a.dtype == bool_:
+            raise OpError(f"{name}: expected numeric operands, got {a} and {b}")
+        return a
+    return rule
+
+
+def _float_binary(name: str):
+    def rule(a: TensorType, b: TensorType) -> TensorType:
+        _same(name, a, b)
+        if not a.dtype.is_floating:
+            raise OpError(f"{name}: expected floating-point operands, got {a} and {b}")
+        return a
+    return rule
+
+
+def _compare(name: str):
+    def rule(a: TensorType, b: TensorType) -> TensorType:
+        _same(name, a, b)
+        return TensorType(a.shape, bool_)
+    return rule
+
+
+def _logical(name: str):
+    def rule(a: TensorType, b: TensorType) -> TensorType:
+        _same(name, a, b)
+        if a.dtype != bool_:
+            raise OpError(f"{name}: expected bool operands, got {a} and {b}")
+        return a
+    return rule
+
+
+# ---- unary ----------------------------------------------------------------------------------
+
+register("neg", ELEMENTWISE, 1, _any_unary("neg"), np.negative,
+         per_input(lambda b, g, out, x: b.neg(g)), "-x")
+register("exp", ELEMENTWISE, 1, _float_unary("exp"), np.exp,
+         per_input(lambda b, g, out, x: b.mul(g, out)), "e**x; d/dx = out")
+register("log", ELEMENTWISE, 1, _float_unary("log"), np.log,
+         per_input(lambda b, g, out, x: b.div(g, x)), "natural log; d/dx = 1/x")
+register("sqrt", ELEMENTWISE, 1, _float_unary("sqrt"), np.sqrt,
+         per_input(lambda b, g, out, x: b.div(g, b.mul(out, b.full_like(out, 2.0)))),
+         "square root; d/dx = 1/(2 sqrt x)")
+register("tanh", ELEMENTWISE, 1, _float_unary("tanh"), np.tanh,
+         per_input(lambda b, g, out, x: b.mul(g, b.sub(b.full_like(out, 1.0), b.mul(out, out)))),
+         "hyperbolic tangent; d/dx = 1 - out**2")
+
+
+def _sigmoid(x):
+    # Split by sign so neither branch overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+register("sigmoid", ELEMENTWISE, 1, _float_unary("sigmoid"), _sigmoid,
+         per_input(lambda b, g, out, x:
+                   b.mul(g, b.mul(out, b.sub(b.full_like(out, 1.0), out)))),
+         "logistic function; d/dx = out (1 - out)")
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x):
+    # math.erf is exact to double precision, which the finite-difference checks need
+    return np.asarray(_ERF(x), dtype=x.dtype)
+
+
+def _erf_vjp(b, g, out, x):
+    # d/dx erf(x) = 2/sqrt(pi) * exp(-x^2)
+    scale = b.full_like(x, 2.0 / math.sqrt(math.pi))
+    return b.mul(g, b.mul(scale, b.exp(b.neg(b.mul(x, x)))))
+
+
+register("erf", ELEMENTWISE, 1, _float_unary("erf"), _erf, per_input(_erf_vjp),
+         "the error function; d/dx = 2/sqrt(pi) exp(-x**2)")
+register("abs", ELEMENTWISE, 1, _any_unary("abs"), np.abs,
+         per_input(lambda b, g, out, x: b.mul(g, b.sign(x))), "|x|; d/dx = sign(x), 0 at 0")
+register("sign", ELEMENTWISE, 1, _any_unary("sign"), np.sign,
+         per_input(lambda b, g, out, x: b.zeros_like(x)), "-1, 0 or 1; zero gradient")
+register("floor", ELEMENTWISE, 1, _any_unary("floor"), np.floor,
+         per_input(lambda b, g, out, x: b.zeros_like(x)), "round down; zero gradient")
+register("reciprocal", ELEMENTWISE, 1, _float_unary("reciprocal"), np.reciprocal,
+         per_input(lambda b, g, out, x: b.neg(b.mul(g, b.mul(out, out)))),
+         "1/x; d/dx = -out**2")
+
+
+def _not_rule(x: TensorType) -> TensorType:
+    if x.dtype != bool_:
+        raise OpError(f"logical_not: expected a bool tensor, got {x}")
+    return x
+
+
+register("logical_not", ELEMENTWISE, 1, _not_rule, np.logical_not, non_differentiable)
+
+
+def _cast_rule(x: TensorType, *, dtype: str) -> TensorType:
+    return TensorType(x.shape, dtype_from_name(dtype))
+
+
+def _cast_impl(x, *, dtype: str):
+    return x.astype(dtype_from_name(dtype).np_type)
+
+
+def _cast_vjp(b, g, out, x, *, dtype: str):
+    src: DType = b.type_of(x).dtype
+    if not (src.is_floating and dtype_from_name(dtype).is_floating):
+        return None
+    return b.cast(g, dtype=src.name)
+
+
+register("cast", ELEMENTWISE, 1, _cast_rule, _cast_impl, per_input(_cast_vjp),
+         "convert to attrs.dtype; gradient flows between floating types only")
+
+# ---- binary ---------------------------------------------------------------------------------
+
+register("add", ELEMENTWISE, 2, _arith("add"), np.add,
+         per_input(lambda b, g, out, x, y: g, lambda b, g, out, x, y: g), "x + y")
+register("sub", ELEMENTWISE, 2, _arith("sub"), np.subtract,
+         per_input(lambda b, g, out, x, y: g, lambda b, g, out, x, y: b.neg(g)), "x - y")
+register("mul", ELEMENTWISE, 2, _arith("mul"), np.multiply,
+         per_input(lambda b, g, out, x, y: b.mul(g, y), lambda b, g, out, x, y: b.mul(g, x)),
+         "x * y")
+register("div", ELEMENTWISE, 2, _float_binary("div"), np.divide,
+         per_input(lambda b, g, out, x, y: b.div(g, y),
+                   lambda b, g, out, x, y: b.neg(b.div(b.mul(g, out), y))),
+         "x / y (true division)")
+
+
+def _pow_dbase(b, g, out, x, y):
+    # y * x**(y-1), written so that x == 0 with y == 0 gives 0 rather than nan (as PyTorch does)
+    ym1 = b.sub(y, b.full_like(y, 1.0))
+    d = b.mul(y, b.pow(x, ym1))
+    return b.mul(g, b.where(b.eq(y, b.zeros_like(y)), b.zeros_like(d), d))
+
+
+def _pow_dexp(b, g, out, x, y):
+    # out * log(x), masked to 0 where x == 0 and y >= 0 (the limit PyTorch uses)
+    d = b.mul(out, b.log(x))
+    zero_base = b.logical_and(b.eq(x, b.zeros_like(x)), b.ge(y, b.zeros_like(y)))
+    return b.mul(g, b.where(zero_base, b.zeros_like(d), d))
+
+
+register("pow", ELEMENTWISE, 2, _float_binary("pow"), np.power,
+         per_input(_pow_dbase, _pow_dexp), "x ** y")
+
+
+def _max_vjp(pick):
+    # Gradient goes to the larger (smaller) operand; ties split it in half, as PyTorch does.
+    def rule(b, g, out, x, y, first: bool):
+        mine, other = (x, y) if first else (y, x)
+        half = b.mul(g, b.full_like(g, 0.5))
+        zero = b.zeros_like(g)
+        return b.where(pick(b, mine, other), g, b.where(b.eq(mine, other), half, zero))
+    return rule
+
+
+_gt = _max_vjp(lambda b, m, o: b.gt(m, o))
+_lt = _max_vjp(lambda b, m, o: b.lt(m, o))
+register("maximum", ELEMENTWISE, 2, _arith("maximum"), np.maximum,
+         per_input(lambda b, g, out, x, y: _gt(b, g, out, x, y, True),
+                   lambda b, g, out, x, y: _gt(b, g, out, x, y, False)), "elementwise max")
+register("minimum", ELEMENTWISE, 2, _arith("minimum"), np.minimum,
+         per_input(lambda b, g, out, x, y: _lt(b, g, out, x, y, True),
+                   lambda b, g, out, x, y: _lt(b, g, out, x, y, False)), "elementwise min")
+
+for _name, _fn in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
+                   ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)):
+    register(_name, ELEMENTWISE, 2, _compare(_name), _fn, non_differentiable, f"compare: {_name}")
+register("logical_and", ELEMENTWISE, 2, _logical("logical_and"), np.logical_and,
+         non_differentiable)
+register("logical_or", ELEMENTWISE, 2, _logical("logical_or"), np.logical_or, non_differentiable)
+
+# ---- ternary --------------------------------------------------------------------------------
+
+
+def _where_rule(c: TensorType, x: TensorType, y: TensorType) -> TensorType:
+    if c.dtype != bool_ or c.shape != x.shape:
+        raise OpError(f"where: expected a bool condition of the operands' shape, got {c} for {x}")
+    _same("where", x, y)
+    return x
+
+
+register("where", ELEMENTWISE, 3, _where_rule, np.where,
+         per_input(None,
+                   lambda b, g, out, c, x, y: b.where(c, g, b.zeros_like(g)),
+                   lambda b, g, out, c, x, y: b.where(c, b.zeros_like(g), g)),
+         "c ? x : y; the gradient is routed by c")
+
+register("stop_gradient", ELEMENTWISE, 1, lambda x: x, lambda x: x, non_differentiable,
+         "identity whose gradient is zero (detach)")

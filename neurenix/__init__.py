@@ -1,0 +1,42 @@
+"""Neurenix: PyTorch-style modules whose models are compiled.
+
+`neurenix.Tensor` runs eagerly on the registry's reference implementations with autograd;
+`neurenix.nn` and `neurenix.optim` build and train models on top of it.
+"""
+from neurenix.compiler.types import DType, bool_, float32, float64, int32, int64
+
+from .tensor import Tensor, is_tensor  # first: it wires the functional modules into Tensor
+
+from . import autograd  # noqa: I001
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .creation import (arange, empty, eye, from_numpy, full, full_like, linspace, ones,
+                       ones_like, rand, rand_like, randint, randn, randn_like, randperm, tensor,
+                       zeros, zeros_like)
+from .device import Device, DeviceType, get_available_devices
+from .elementwise import (abs, add, ceil, clamp, div, eq, erf, exp, expm1, floor, floor_divide,
+                          ge, gt, le, log, log1p, logical_and, logical_not, logical_or, lt,
+                          maximum, minimum, mul, ne, neg, pow, reciprocal, relu, remainder,
+                          rsqrt, sigmoid, sign, sqrt, square, sub, tanh, where)
+from .linalg import bmm, dot, matmul, mm
+from .random import manual_seed
+from .reductions import (all, amax, amin, any, argmax, argmin, log_softmax, logsumexp, max,
+                         mean, min, norm, prod, softmax, std, sum, var)
+from .shapes import (broadcast_to, cat, chunk, flatten, flip, movedim, narrow, permute, repeat,
+                     reshape, split, squeeze, stack, transpose, unbind, unflatten, unsqueeze)
+
+bool = bool_  # noqa: A001  (neurenix.bool, as torch.bool)
+float = float32  # noqa: A001
+double = float64
+long = int64
+int = int32  # noqa: A001
+
+
+def _attach_creators() -> None:
+    # The spec calls creators as static methods: Tensor.randn((32, 10)), Tensor.randint(...)
+    for fn in (randn, rand, randint, zeros, ones, full, arange, eye, empty, linspace):
+        setattr(Tensor, fn.__name__, staticmethod(fn))
+
+
+_attach_creators()
+
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""Tensor creation: from data, constant fills, ranges, identity, and random draws."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from neurenix.compiler.types import DType, bool_, float32, int64
+
+from .device import as_device
+from .random import generator
+from .shapes import shape_args
+from .tensor import Tensor
+
+
+def _make(array: np.ndarray, dtype: DType, device: Any, requires_grad: bool) -> Tensor:
+    t = Tensor._wrap(np.ascontiguousarray(array, dtype=dtype.np_type), dtype)
+    if device is not None:
+        t._device = as_device(device, check=True)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _check_shape(shape: tuple[int, ...], op: str) -> tuple[int, ...]:
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{op}: sizes must be non-negative, got {shape}")
+    return shape
+
+
+def tensor(data: Any, dtype: DType | None = None, device: Any = None,
+           requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of data (lists, scalars, arrays or tensors)."""
+    return Tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def from_numpy(array: np.ndarray) -> Tensor:
+    """A tensor holding a copy of a NumPy array, keeping its dtype."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    return Tensor(array)
+
+
+def full(size, fill_value: float, dtype: DType | None = None, device: Any = None,
+         requires_grad: bool = False) -> Tensor:
+    shape = _check_shape(shape_args((size,), "full"), "full")
+    if dtype is None:
+        dtype = bool_ if isinstance(fill_value, bool) else (
+            int64 if isinstance(fill_value, (int, np.integer)) else float32)
+    return _make(np.full(shape, fill_value), dtype, device, requires_grad)
+
+
+def zeros(*size, dtype: DType | None = None, device: Any = None,
+          requires_grad: bool = False) -> Tensor:
+    shape = _check_shape(shape_args(size, "zeros"), "zeros")
+    return _make(np.zeros(shape), dtype or float32, device, requires_grad)
+
+
+def ones(*size, dtype: DType | None = None, device: Any = None,
+         requires_grad: bool = False) -> Tensor:
+    shape = _check_shape(shape_args(size, "ones"), "ones")
+    return _make(np.ones(shape), dtype or float32, device, requires_grad)
+
+
+def empty(*size, dtype: DType | None = None, device: Any = None,
+          requires_grad: bool = False) -> Tensor:
+    """Like zeros (Neurenix never hands out uninitialised memory)."""
+    return zeros(*size, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def zeros_like(x: Tensor, dtype: DType | None = None, requires_grad: bool = False) -> Tensor:
+    return zeros(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+
+
+def ones_like(x: Tensor, dtype: DType | None = None, requires_grad: bool = False) -> Tensor:
+    return ones(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+
+
+def full_like(x: Tensor, fill_value: float, dtype: DType | None = None) -> Tensor:
+    return full(x.shape, fill_value, dtype=dtype or x.dtype)
+
+
+def arange(start: float, end: float | None = None, step: float = 1, dtype: DType | None = None,
+           device: Any = None, requires_grad: bool = False) -> Tensor:
+    """Values from start (inclusive) to end (exclusive) by step; int64 unless a float is given."""
+    if end is None:
+        start, end = 0, start
+    if step == 0:
+        raise ValueError("arange: step must be non-zero")
+    if dtype is None:
+        ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
+        dtype = int64 if ints else float32
+    return _make(np.arange(start, end, step), dtype, device, requires_grad)
+
+
+def linspace(start: float, end: float, steps: int, dtype: DType | None = None) -> Tensor:
+    if steps < 0:
+        raise ValueError(f"linspace: steps must be non-negative, got {steps}")
+    return _make(np.linspace(start, end, steps), dtype or float32, None, False)
+
+
+def eye(n: int, m: int | None = None, dtype: DType | None = None, device: Any = None,
+        requires_grad: bool = False) -> Tensor:
+    if n < 0 or (m is not None and m < 0):
+        raise ValueError(f"eye: sizes must be non-negative, got n={n}, m={m}")
+    return _make(np.eye(n, m), dtype or float32, device, requires_grad)
+
+
+def randn(*size, dtype: DType | None = None, device: Any = None,
+          requires_grad: bool = False) -> Tensor:
+    """Standard normal samples of the given shape."""
+    shape = _check_shape(shape_args(size, "randn"), "randn")
+    dtype = dtype or float32
+    if not dtype.is_floating:
+        raise TypeError(f"randn: expected a floating dtype, got {dtype.name}")
+    return _make(generator().standard_normal(shape), dtype, device, requires_grad)
+
+
+def rand(*size, dtype: DType | None = None, device: Any = None,
+         requires_grad: bool = False) -> Tensor:
+    """Uniform samples in [0, 1) of the given shape."""
+    shape = _check_shape(shape_args(size, "rand"), "rand")
+    dtype = dtype or float32
+    if not dtype.is_floating:
+        raise TypeError(f"rand: expected a floating dtype, got {dtype.name}")
+    return _make(generator().random(shape), dtype, device, requires_grad)
+
+
+def randint(low: int, high: int | None = None, size=None, dtype: DType | None = None,
+            device: Any = None) -> Tensor:
+    """Integers uniformly drawn from [low, high): randint(0, 5, (32,)) or randint(5, (32,))."""
+    if size is None and isinstance(high, (tuple, list)):
+        low, high, size = 0, low, high
+    if high is None or size is None:
+        raise TypeError("randint: expected randint(low, high, size) or randint(high, size)")
+    if high <= low:
+        raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
+    shape = _check_shape(shape_args((size,), "randint"), "randint")
+    return _make(generator().integers(low, high, shape), dtype or int64, device, False)
+
+
+def randperm(n: int, dtype: DType | None = None) -> Tensor:
+    return _make(generator().permutation(n), dtype or int64, None, False)
+
+
+def rand_like(x: Tensor) -> Tensor:
+    return rand(x.shape, dtype=x.dtype)
+
+
+def randn_like(x: Tensor) -> Tensor:
+    return randn(x.shape, dtype=x.dtype)

@@ -1,0 +1,282 @@
+"""Elementwise tensor functions: arithmetic with broadcasting and type promotion, math, where.
+
+Binary primitives need operands of one shape and dtype, so the promotion (PyTorch's rules:
+a Python scalar never widens a tensor of its own category) and the broadcast are made explicit
+here as `cast` and `expand` nodes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from neurenix.compiler.types import DType, bool_, float32, float64, int64, promote
+
+from .dispatch import EAGER, apply
+from .tensor import Tensor, is_scalar
+
+Operand = Tensor | float | int | bool
+
+
+def _scalar_dtype(value: Any) -> DType:
+    if isinstance(value, (bool, np.bool_)):
+        return bool_
+    if isinstance(value, (int, np.integer)):
+        return int64
+    if isinstance(value, (float, np.floating)):
+        return float32
+    raise TypeError(f"expected a Tensor or a real number, got {type(value).__name__}")
+
+
+def result_dtype(*operands: Operand) -> DType:
+    """The dtype of combining tensors and Python scalars (PyTorch's promotion: a scalar only
+    lifts the category, to float32 or int64, never the width within a category)."""
+    dt: DType | None = None
+    for o in operands:
+        if isinstance(o, Tensor):
+            dt = o.dtype if dt is None else promote(dt, o.dtype)
+    if dt is None:
+        dt = bool_
+    for o in operands:
+        if not isinstance(o, Tensor):
+            sd = _scalar_dtype(o)
+            if sd.category > dt.category:
+                dt = float32 if sd.is_floating else int64
+    return dt
+
+
+def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
+    """NumPy's broadcast of several shapes, or a ValueError naming the op and the shapes."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for i in range(ndim):
+        dims = {s[len(s) - ndim + i] for s in shapes if len(s) - ndim + i >= 0} - {1}
+        if len(dims) > 1:
+            raise ValueError(f"{op}: shapes {' and '.join(str(tuple(s)) for s in shapes)} "
+                             f"cannot be broadcast together")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def as_tensor(value: Operand, dtype: DType) -> Tensor:
+    """A tensor of `dtype` from a tensor (cast when needed) or a Python scalar (0-d)."""
+    if isinstance(value, Tensor):
+        return value if value.dtype == dtype else cast(value, dtype)
+    if not is_scalar(value):
+        raise TypeError(f"expected a Tensor or a real number, got {type(value).__name__}")
+    return Tensor._wrap(np.asarray(value, dtype=dtype.np_type), dtype)
+
+
+def cast(x: Tensor, dtype: DType) -> Tensor:
+    """x converted to dtype (a new tensor; gradients flow between floating types)."""
+    return apply("cast", x, dtype=dtype.name)
+
+
+def prepare(op: str, *operands: Operand, dtype: DType | None = None) -> list[Tensor]:
+    """Operands promoted to one dtype (or `dtype`) and broadcast to one shape."""
+    dtype = result_dtype(*operands) if dtype is None else dtype
+    tensors = [as_tensor(o, dtype) for o in operands]
+    shape = broadcast_shapes(*(t.shape for t in tensors), op=op)
+    return [EAGER.broadcast_to(t, shape) for t in tensors]
+
+
+def _binary(op: str, a: Operand, b: Operand, dtype: DType | None = None) -> Tensor:
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and "
+                        f"{type(b).__name__}")
+    x, y = prepare(op, a, b, dtype=dtype)
+    return apply(op, x, y)
+
+
+def _floating(a: Operand, b: Operand) -> DType:
+    dt = result_dtype(a, b)
+    return dt if dt.is_floating else float32
+
+
+def add(a: Operand, b: Operand) -> Tensor:
+    return _binary("add", a, b)
+
+
+def sub(a: Operand, b: Operand) -> Tensor:
+    return _binary("sub", a, b)
+
+
+def mul(a: Operand, b: Operand) -> Tensor:
+    return _binary("mul", a, b)
+
+
+def div(a: Operand, b: Operand) -> Tensor:
+    """True division: integer operands give a float32 result, as in PyTorch."""
+    return _binary("div", a, b, dtype=_floating(a, b))
+
+
+def pow(a: Operand, b: Operand) -> Tensor:  # noqa: A001
+    dt = result_dtype(a, b)
+    if dt.is_floating:
+        return _binary("pow", a, b)
+    # integer powers: exact through float64, then back to the integer dtype
+    return cast(_binary("pow", a, b, dtype=float64), dt)
+
+
+def maximum(a: Operand, b: Operand) -> Tensor:
+    return _binary("maximum", a, b)
+
+
+def minimum(a: Operand, b: Operand) -> Tensor:
+    return _binary("minimum", a, b)
+
+
+def floor_divide(a: Operand, b: Operand) -> Tensor:
+    dt = result_dtype(a, b)
+    q = floor(div(a, b))
+    return q if dt.is_floating else cast(q, dt)
+
+
+def remainder(a: Operand, b: Operand) -> Tensor:
+    """a - floor(a / b) * b: the sign follows the divisor, as in Python and PyTorch."""
+    return sub(a, mul(floor_divide(a, b), b))
+
+
+def _compare(op: str, a: Operand, b: Operand) -> Tensor:
+    return _binary(op, a, b, dtype=result_dtype(a, b))
+
+
+def eq(a: Operand, b: Operand) -> Tensor:
+    return _compare("eq", a, b)
+
+
+def ne(a: Operand, b: Operand) -> Tensor:
+    return _compare("ne", a, b)
+
+
+def lt(a: Operand, b: Operand) -> Tensor:
+    return _compare("lt", a, b)
+
+
+def le(a: Operand, b: Operand) -> Tensor:
+    return _compare("le", a, b)
+
+
+def gt(a: Operand, b: Operand) -> Tensor:
+    return _compare("gt", a, b)
+
+
+def ge(a: Operand, b: Operand) -> Tensor:
+    return _compare("ge", a, b)
+
+
+def logical_and(a: Operand, b: Operand) -> Tensor:
+    return _binary("logical_and", a, b, dtype=bool_)
+
+
+def logical_or(a: Operand, b: Operand) -> Tensor:
+    return _binary("logical_or", a, b, dtype=bool_)
+
+
+def logical_not(x: Tensor) -> Tensor:
+    return apply("logical_not", as_tensor(x, bool_))
+
+
+def where(condition: Tensor, x: Operand, y: Operand) -> Tensor:
+    """x where condition holds, else y, broadcasting all three."""
+    if not isinstance(condition, Tensor):
+        raise TypeError(f"where: expected a bool Tensor condition, got "
+                        f"{type(condition).__name__}")
+    dt = result_dtype(x, y)
+    parts = (as_tensor(condition, bool_), as_tensor(x, dt), as_tensor(y, dt))
+    shape = broadcast_shapes(*(t.shape for t in parts), op="where")
+    return apply("where", *(EAGER.broadcast_to(t, shape) for t in parts))
+
+
+# ---- unary --------------------------------------------------------------------------------
+
+
+def _float_input(x: Tensor, op: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    return x if x.dtype.is_floating else cast(x, float32)
+
+
+def _unary_float(op: str):
+    def fn(x: Tensor) -> Tensor:
+        return apply(op, _float_input(x, op))
+    fn.__name__ = op
+    fn.__doc__ = f"Elementwise {op} (integer inputs are computed in float32)."
+    return fn
+
+
+exp = _unary_float("exp")
+log = _unary_float("log")
+sqrt = _unary_float("sqrt")
+tanh = _unary_float("tanh")
+sigmoid = _unary_float("sigmoid")
+erf = _unary_float("erf")
+reciprocal = _unary_float("reciprocal")
+
+
+def neg(x: Tensor) -> Tensor:
+    return apply("neg", x)
+
+
+def abs(x: Tensor) -> Tensor:  # noqa: A001
+    return apply("abs", x)
+
+
+def sign(x: Tensor) -> Tensor:
+    return apply("sign", x)
+
+
+def floor(x: Tensor) -> Tensor:
+    return x if not x.dtype.is_floating else apply("floor", x)
+
+
+def ceil(x: Tensor) -> Tensor:
+    return neg(floor(neg(x)))
+
+
+def rsqrt(x: Tensor) -> Tensor:
+    return reciprocal(sqrt(x))
+
+
+def square(x: Tensor) -> Tensor:
+    return mul(x, x)
+
+
+def log1p(x: Tensor) -> Tensor:
+    return log(add(_float_input(x, "log1p"), 1.0))
+
+
+def expm1(x: Tensor) -> Tensor:
+    return sub(exp(x), 1.0)
+
+
+def detach(x: Tensor) -> Tensor:
+    return x.detach()
+
+
+def stop_gradient(x: Tensor) -> Tensor:
+    """x as a value autograd does not differentiate through (recorded, unlike detach)."""
+    return apply("stop_gradient", x)
+
+
+def clone(x: Tensor) -> Tensor:
+    """A copy of x that keeps its place in the autograd graph."""
+    return apply("cast", x, dtype=x.dtype.name)
+
+
+def relu(x: Tensor) -> Tensor:
+    # where(x <= 0, 0, x): the gradient at 0 is 0 as in PyTorch, and NaN passes through
+    return where(le(x, 0), 0.0 if x.dtype.is_floating else 0, x)
+
+
+def clamp(x: Tensor, min: Operand | None = None, max: Operand | None = None) -> Tensor:  # noqa: A002
+    """Limit x to [min, max]; the gradient is 1 inside the closed range, 0 outside."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    out = x
+    if min is not None:
+        out = where(lt(out, min), min, out)
+    if max is not None:
+        out = where(gt(out, max), max, out)
+    return out
+

@@ -1,0 +1,202 @@
+"""Tensor indexing: ints, slices (negative bounds, positive steps), None, Ellipsis, integer and
+bool tensors — as compositions of `slice`, `reshape`, `permute` and `gather` — and `__setitem__`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from neurenix.compiler.types import bool_, int64
+
+from . import autograd
+from .dispatch import apply
+from .tensor import Tensor
+
+
+class _Advanced:
+    """An integer index tensor standing for one dimension."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: Tensor) -> None:
+        self.index = index
+
+
+def _as_index_tensor(item: Any) -> Tensor:
+    t = item if isinstance(item, Tensor) else Tensor(np.asarray(item))
+    if t.dtype != bool_ and not t.dtype.is_integer:
+        raise IndexError(f"tensors used as indices must be integer or bool tensors, got "
+                         f"{t.dtype.name}")
+    return t
+
+
+def _expand_items(x: Tensor, index: Any) -> list[Any]:
+    """The index as a flat list of int | slice | None | _Advanced, with Ellipsis expanded."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    items: list[Any] = []
+    for item in index:
+        if isinstance(item, (Tensor, np.ndarray, list)):
+            t = _as_index_tensor(item)
+            if t.dtype == bool_:
+                items.extend(("bool", t))
+            else:
+                items.append(_Advanced(t))
+        elif isinstance(item, (bool, np.bool_)):
+            raise IndexError("indexing with a Python bool is not supported; use a bool tensor")
+        elif isinstance(item, (int, np.integer, slice)) or item is None or item is Ellipsis:
+            items.append(int(item) if isinstance(item, np.integer) else item)
+        else:
+            raise IndexError(f"only integers, slices, None, Ellipsis and integer or bool "
+                             f"tensors are valid indices, got {type(item).__name__}")
+    # bool masks become one integer index per masked dimension (their positions are data)
+    flat: list[Any] = []
+    it = iter(items)
+    for item in it:
+        if isinstance(item, str):
+            mask = next(it)
+            flat.extend(_Advanced(Tensor._wrap(np.ascontiguousarray(n), int64))
+                        for n in np.nonzero(mask._data))
+            if mask.ndim == 0:
+                raise IndexError("indexing with a 0-d bool tensor is not supported")
+        else:
+            flat.append(item)
+    used = sum(1 for i in flat if i is not None and i is not Ellipsis)
+    if flat.count(Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if used > x.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {x.ndim} "
+                         f"(got {used})")
+    if Ellipsis in flat:
+        at = flat.index(Ellipsis)
+        flat[at:at + 1] = [slice(None)] * (x.ndim - used)
+    else:
+        flat.extend([slice(None)] * (x.ndim - used))
+    return flat
+
+
+def _normalise_slice(s: slice, size: int, dim: int) -> tuple[int, int, int]:
+    if s.step is not None and s.step <= 0:
+        raise ValueError(f"indexing: step must be greater than zero, got {s.step} on "
+                         f"dimension {dim} (reverse with flip())")
+    return s.indices(size)
+
+
+def getitem(x: Tensor, index: Any) -> Tensor:
+    """x[index] with NumPy/PyTorch semantics."""
+    items = _expand_items(x, index)
+    starts, stops, steps = [], [], []
+    out_shape: list[int] = []
+    advanced: list[tuple[int, Tensor]] = []  # (position in out_shape, index tensor)
+    dim = 0
+    for item in items:
+        if item is None:
+            out_shape.append(1)
+            continue
+        size = x.shape[dim]
+        if isinstance(item, int):
+            i = item + size if item < 0 else item
+            if not 0 <= i < size:
+                raise IndexError(f"index {item} is out of bounds for dimension {dim} with "
+                                 f"size {size}")
+            starts.append(i)
+            stops.append(i + 1)
+            steps.append(1)
+        elif isinstance(item, slice):
+            a, b, c = _normalise_slice(item, size, dim)
+            b = max(a, b)
+            starts.append(a)
+            stops.append(b)
+            steps.append(c)
+            out_shape.append(max(0, (b - a + c - 1) // c))
+        else:
+            starts.append(0)
+            stops.append(size)
+            steps.append(1)
+            advanced.append((len(out_shape), _normalise_index(item.index, size, dim)))
+            out_shape.append(size)
+        dim += 1
+    y = x
+    if (tuple(starts), tuple(stops)) != ((0,) * x.ndim, tuple(x.shape)) or any(s != 1 for s in steps):
+        y = apply("slice", y, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+    if tuple(out_shape) != y.shape:
+        y = apply("reshape", y, shape=tuple(out_shape))
+    if advanced:
+        y = _gather_advanced(y, advanced)
+    return y
+
+
+def _normalise_index(index: Tensor, size: int, dim: int) -> Tensor:
+    """Index values in [0, size): negatives wrap, out-of-range values raise IndexError."""
+    data = index._data
+    if data.size and (data.min() < -size or data.max() >= size):
+        bad = data.min() if data.min() < -size else data.max()
+        raise IndexError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
+    if index.dtype != int64:
+        index = Tensor._wrap(data.astype(np.int64), int64)
+    if data.size and data.min() < 0:
+        index = Tensor._wrap(np.where(data < 0, data + size, data).astype(np.int64), int64)
+    return index
+
+
+def _gather_advanced(y: Tensor, advanced: list[tuple[int, Tensor]]) -> Tensor:
+    from .elementwise import add, broadcast_shapes, mul
+    from .shapes import broadcast_to, permute, reshape
+
+    positions = [p for p, _ in advanced]
+    bshape = broadcast_shapes(*(t.shape for _, t in advanced), op="index")
+    indices = [broadcast_to(t, bshape) for _, t in advanced]
+    if positions != list(range(positions[0], positions[0] + len(positions))):
+        rest = [i for i in range(y.ndim) if i not in positions]
+        y = permute(y, tuple(positions + rest))
+        positions = list(range(len(positions)))
+    q, k = positions[0], len(positions)
+    sizes = y.shape[q:q + k]
+    linear = indices[0]
+    for size, idx in zip(sizes[1:], indices[1:]):
+        linear = add(mul(linear, size), idx)
+    if k > 1:
+        merged = 1
+        for s in sizes:
+            merged *= s
+        y = reshape(y, y.shape[:q] + (merged,) + y.shape[q + k:])
+    return apply("gather", y, linear, axis=q)
+
+
+def setitem(x: Tensor, index: Any, value: Any) -> None:
+    """x[index] = value: in place when no gradient is involved, otherwise recorded.
+
+    A leaf that requires grad cannot be assigned into (as in PyTorch).  When x or value takes
+    part in autograd, x is rebound to `where(selected, scattered value, x)`, and x's version is
+    bumped so any earlier use of x in the graph refuses to backpropagate a wrong gradient.
+    """
+    from .elementwise import as_tensor, where
+    from .shapes import broadcast_to, reshape
+
+    x._check_inplace("__setitem__")
+    grad = autograd.is_grad_enabled() and (x.requires_grad or
+                                          (isinstance(value, Tensor) and value.requires_grad))
+    positions = getitem(Tensor._wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape),
+                                     int64), index)
+    v = value if isinstance(value, Tensor) else Tensor(np.asarray(value))
+    try:
+        v = broadcast_to(as_tensor(v, x.dtype), positions.shape)
+    except ValueError:
+        raise ValueError(f"__setitem__: cannot assign a value of shape {tuple(v.shape)} to "
+                         f"an indexed region of shape {tuple(positions.shape)}") from None
+    x._version += 1
+    if not grad:
+        if not x._data.flags.writeable:
+            x._data = x._data.copy()  # a broadcast or window view: take a private copy
+        where_at = np.unravel_index(positions._data.reshape(-1), x.shape)
+        x._data[where_at] = v._data.reshape(-1)
+        return
+    flat_pos = reshape(positions, (-1,))
+    flat = reshape(x, (-1,))
+    mask_data = np.zeros(x.numel(), dtype=bool)
+    mask_data[flat_pos._data] = True
+    scattered = apply("scatter_add", Tensor._wrap(np.zeros(x.numel(), x.dtype.np_type),
+                                                  x.dtype), flat_pos, reshape(v, (-1,)), axis=0)
+    new = reshape(where(Tensor._wrap(mask_data, bool_), scattered, flat), x.shape)
+    x._data, x._node, x.requires_grad = new._data, new._node, new.requires_grad

@@ -1,0 +1,201 @@
+"""Reductions with PyTorch's `dim`/`keepdim` arguments, and the softmax family."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from neurenix.compiler.types import bool_, float32, int64
+
+from .dispatch import apply
+from .elementwise import cast, div, eq, exp, log, mul, sqrt, sub, where
+from .shapes import normalize_dim, normalize_dims, reshape
+from .tensor import Tensor
+
+
+class MaxMin(NamedTuple):
+    """The (values, indices) pair returned by max(dim) and min(dim)."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def _keep(out: Tensor, shape: tuple[int, ...], axes: tuple[int, ...], keepdim: bool) -> Tensor:
+    if not keepdim:
+        return out
+    return reshape(out, tuple(1 if i in axes else s for i, s in enumerate(shape)))
+
+
+def _reduce(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    axes = normalize_dims(dim, x.ndim, op)
+    out = apply(op, x, axes=axes) if axes else x
+    return _keep(out, x.shape, axes, keepdim)
+
+
+def _numeric(x: Tensor) -> Tensor:
+    return cast(x, int64) if x.dtype == bool_ else x
+
+
+def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:  # noqa: A001
+    """Sum over dim (all dims when None); bool and int32 inputs sum as int64, as in PyTorch."""
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.dtype.is_floating:
+        x = cast(x, int64)
+    return _reduce("reduce_sum", x, dim, keepdim)
+
+
+def _count(x: Tensor, dim) -> int:
+    n = 1
+    for a in normalize_dims(dim, x.ndim, "mean"):
+        n *= x.shape[a]
+    return n
+
+
+def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    if not x.dtype.is_floating:
+        raise TypeError(f"mean: expected a floating-point tensor, got {x.dtype.name}; "
+                        "convert with .float()")
+    return div(_reduce("reduce_sum", x, dim, keepdim), float(_count(x, dim)))
+
+
+def prod(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _reduce("reduce_prod", _numeric(x) if x.dtype.is_floating else cast(x, int64),
+                   dim, keepdim)
+
+
+def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _reduce("reduce_max", _numeric(x), dim, keepdim)
+
+
+def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _reduce("reduce_min", _numeric(x), dim, keepdim)
+
+
+def _arg(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
+    x = _numeric(x)
+    if x.numel() == 0:
+        raise ValueError(f"{op}: expected a non-empty tensor, got shape {tuple(x.shape)}")
+    if dim is None:
+        out = apply(op, reshape(x, (-1,)), axis=0)
+        return reshape(out, (1,) * x.ndim) if keepdim else out
+    d = normalize_dim(dim, x.ndim, op)
+    if x.ndim == 0:
+        return apply(op, reshape(x, (1,)), axis=0)
+    return _keep(apply(op, x, axis=d), x.shape, (d,), keepdim)
+
+
+def argmax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _arg("argmax", x, dim, keepdim)
+
+
+def argmin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+    return _arg("argmin", x, dim, keepdim)
+
+
+def _select_at(x: Tensor, indices: Tensor, d: int) -> Tensor:
+    """x's values at `indices` along d (indices has x's shape without d).
+
+    Written as a one-hot `where` + sum so the gradient goes to the chosen element only, the
+    way PyTorch routes max(dim)'s gradient, and so an inf elsewhere never makes a NaN.
+    """
+    from .creation import arange
+    ramp = reshape(arange(x.shape[d]), tuple(-1 if i == d else 1 for i in range(x.ndim)))
+    hit = eq(reshape(indices, tuple(1 if i == d else s for i, s in enumerate(x.shape))), ramp)
+    return apply("reduce_sum", where(hit, x, 0), axes=(d,))
+
+
+def _extreme(op: str, x: Tensor, dim, keepdim: bool):
+    if dim is None:
+        if x.numel() == 0:
+            raise ValueError(f"{op}: expected a non-empty tensor, got shape {tuple(x.shape)}")
+        return (amax if op == "max" else amin)(x)
+    d = normalize_dim(dim, x.ndim, op)
+    if x.ndim == 0:
+        return MaxMin(x, Tensor._wrap(np.zeros((), np.int64), int64))
+    idx = _arg("argmax" if op == "max" else "argmin", x, d, False)
+    values = _select_at(_numeric(x), idx, d)
+    return MaxMin(_keep(values, x.shape, (d,), keepdim), _keep(idx, x.shape, (d,), keepdim))
+
+
+def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001
+    """The largest element, or (values, indices) along dim."""
+    if isinstance(dim, Tensor):
+        from .elementwise import maximum
+        return maximum(x, dim)
+    return _extreme("max", x, dim, keepdim)
+
+
+def min(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001
+    """The smallest element, or (values, indices) along dim."""
+    if isinstance(dim, Tensor):
+        from .elementwise import minimum
+        return minimum(x, dim)
+    return _extreme("min", x, dim, keepdim)
+
+
+def var(x: Tensor, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
+        correction: int | None = None) -> Tensor:
+    """Variance with Bessel's correction by default (correction=1, as in PyTorch)."""
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    mu = mean(x, dim, keepdim=True)
+    d = sub(x, mu)
+    n = _count(x, dim)
+    return div(_reduce("reduce_sum", mul(d, d), dim, keepdim), float(n - correction))
+
+
+def std(x: Tensor, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
+        correction: int | None = None) -> Tensor:
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+
+
+def logsumexp(x: Tensor, dim, keepdim: bool = False) -> Tensor:
+    """log(sum(exp(x))) over dim, shifted by the (gradient-free) max for stability."""
+    axes = normalize_dims(dim, x.ndim, "logsumexp")
+    m = apply("stop_gradient", amax(x, axes, keepdim=True))
+    m = where(eq(m, m), m, 0.0)  # a NaN max would poison every element; shift by 0 instead
+    s = log(_reduce("reduce_sum", exp(sub(x, m)), axes, True))
+    return _keep(reshape(s + m, tuple(n for i, n in enumerate(x.shape) if i not in axes)),
+                 x.shape, axes, keepdim)
+
+
+def _float(x: Tensor) -> Tensor:
+    return x if x.dtype.is_floating else cast(x, float32)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along dim, computed as exp(x - max)."""
+    x = _float(x)
+    d = normalize_dim(dim, x.ndim, "softmax")
+    e = exp(sub(x, apply("stop_gradient", amax(x, d, keepdim=True))))
+    return div(e, _reduce("reduce_sum", e, d, True))
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """x - logsumexp(x) along dim."""
+    x = _float(x)
+    d = normalize_dim(dim, x.ndim, "log_softmax")
+    return sub(x, logsumexp(x, d, keepdim=True))
+
+
+def all(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001
+    n = _reduce("reduce_min", cast(cast(x, bool_), int64), dim, keepdim)
+    return cast(n, bool_)
+
+
+def any(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001
+    n = _reduce("reduce_max", cast(cast(x, bool_), int64), dim, keepdim)
+    return cast(n, bool_)
+
+
+def norm(x: Tensor, p: float = 2.0, dim=None, keepdim: bool = False) -> Tensor:
+    from .elementwise import abs as abs_
+    from .elementwise import pow as pow_
+    if p == 2:
+        return sqrt(sum(mul(x, x), dim, keepdim))
+    if p == 1:
+        return sum(abs_(x), dim, keepdim)
+    return pow_(sum(pow_(abs_(x), float(p)), dim, keepdim), 1.0 / p)
