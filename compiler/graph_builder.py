@@ -1,7 +1,8 @@
 """Build graphs by hand (tests, autodiff, tracing) and evaluate them with the reference ops."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,8 @@ class GraphBuilder(Builder):
         return graph
 
 
-def evaluate(graph: Graph, inputs: dict[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
+def evaluate(graph: Graph,
+             inputs: dict[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run a graph with the registry's NumPy reference implementations.
 
     `inputs` maps input names to arrays, or lists arrays in the order of `graph.inputs`.  This is

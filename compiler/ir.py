@@ -39,7 +39,7 @@ class Node:
     """One SSA value: the op that computes it, its inputs, attributes and type."""
 
     op: str
-    inputs: tuple["Node", ...]
+    inputs: tuple[Node, ...]
     attrs: tuple[tuple[str, Any], ...]
     type: TensorType
     name: str | None = None  # set for inputs, constants and named values

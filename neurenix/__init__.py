@@ -3,26 +3,113 @@
 `neurenix.Tensor` runs eagerly on the registry's reference implementations with autograd;
 `neurenix.nn` and `neurenix.optim` build and train models on top of it.
 """
+# Tensor first: importing it wires the functional modules into its methods.
+from .tensor import Tensor, is_tensor  # isort: split
+
 from neurenix.compiler.types import DType, bool_, float32, float64, int32, int64
 
-from .tensor import Tensor, is_tensor  # first: it wires the functional modules into Tensor
-
-from . import autograd  # noqa: I001
+from . import autograd
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from .creation import (arange, empty, eye, from_numpy, full, full_like, linspace, ones,
-                       ones_like, rand, rand_like, randint, randn, randn_like, randperm, tensor,
-                       zeros, zeros_like)
+from .creation import (
+    arange,
+    empty,
+    eye,
+    from_numpy,
+    full,
+    full_like,
+    linspace,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randint,
+    randn,
+    randn_like,
+    randperm,
+    tensor,
+    zeros,
+    zeros_like,
+)
 from .device import Device, DeviceType, get_available_devices
-from .elementwise import (abs, add, ceil, clamp, div, eq, erf, exp, expm1, floor, floor_divide,
-                          ge, gt, le, log, log1p, logical_and, logical_not, logical_or, lt,
-                          maximum, minimum, mul, ne, neg, pow, reciprocal, relu, remainder,
-                          rsqrt, sigmoid, sign, sqrt, square, sub, tanh, where)
+from .elementwise import (
+    abs,
+    add,
+    ceil,
+    clamp,
+    div,
+    eq,
+    erf,
+    exp,
+    expm1,
+    floor,
+    floor_divide,
+    ge,
+    gt,
+    le,
+    log,
+    log1p,
+    logical_and,
+    logical_not,
+    logical_or,
+    lt,
+    maximum,
+    minimum,
+    mul,
+    ne,
+    neg,
+    pow,
+    reciprocal,
+    relu,
+    remainder,
+    rsqrt,
+    sigmoid,
+    sign,
+    sqrt,
+    square,
+    sub,
+    tanh,
+    where,
+)
 from .linalg import bmm, dot, matmul, mm
 from .random import manual_seed
-from .reductions import (all, amax, amin, any, argmax, argmin, log_softmax, logsumexp, max,
-                         mean, min, norm, prod, softmax, std, sum, var)
-from .shapes import (broadcast_to, cat, chunk, flatten, flip, movedim, narrow, permute, repeat,
-                     reshape, split, squeeze, stack, transpose, unbind, unflatten, unsqueeze)
+from .reductions import (
+    all,
+    amax,
+    amin,
+    any,
+    argmax,
+    argmin,
+    log_softmax,
+    logsumexp,
+    max,
+    mean,
+    min,
+    norm,
+    prod,
+    softmax,
+    std,
+    sum,
+    var,
+)
+from .shapes import (
+    broadcast_to,
+    cat,
+    chunk,
+    flatten,
+    flip,
+    movedim,
+    narrow,
+    permute,
+    repeat,
+    reshape,
+    split,
+    squeeze,
+    stack,
+    transpose,
+    unbind,
+    unflatten,
+    unsqueeze,
+)
 
 bool = bool_  # noqa: A001  (neurenix.bool, as torch.bool)
 float = float32  # noqa: A001
@@ -40,3 +127,6 @@ def _attach_creators() -> None:
 _attach_creators()
 
 __version__ = "0.1.0"
+
+from . import nn, optim  # noqa: E402  (after Tensor: the layers build on it)
+from .serialization import load, save  # noqa: E402

@@ -64,9 +64,9 @@ class TapeNode:
     """How a tensor was computed: the primitive, its inputs, attributes and its own output."""
 
     prim: Primitive
-    inputs: tuple["Tensor", ...]
+    inputs: tuple[Tensor, ...]
     attrs: dict
-    out: "Tensor"  # the output's value, detached (no reference cycle back to the tensor)
+    out: Tensor  # the output's value, detached (no reference cycle back to the tensor)
     versions: tuple[int, ...] = ()  # the inputs' versions when recorded, to catch in-place edits
 
     @property
@@ -74,7 +74,7 @@ class TapeNode:
         return f"{self.prim.name}_backward"
 
 
-def _topological(root: "Tensor") -> list["Tensor"]:
+def _topological(root: Tensor) -> list[Tensor]:
     """Tensors reachable from root through the tape, each after everything that uses it."""
     order: list[Tensor] = []
     seen: set[int] = set()
@@ -96,7 +96,7 @@ def _topological(root: "Tensor") -> list["Tensor"]:
     return order
 
 
-def backward(root: "Tensor", gradient: "Tensor | None" = None, create_graph: bool = False) -> None:
+def backward(root: Tensor, gradient: Tensor | None = None, create_graph: bool = False) -> None:
     """Accumulate d(root)/d(leaf) into `.grad` of every leaf that requires grad."""
     from . import dispatch
     from .tensor import Tensor
@@ -146,7 +146,7 @@ def _check_versions(node: TapeNode) -> None:
                                "(or .clone() before modifying)")
 
 
-def _accumulate(t: "Tensor", g: "Tensor", create_graph: bool) -> None:
+def _accumulate(t: Tensor, g: Tensor, create_graph: bool) -> None:
     if not create_graph:
         g = g.detach()
     if t.grad is None:
@@ -157,7 +157,7 @@ def _accumulate(t: "Tensor", g: "Tensor", create_graph: bool) -> None:
         t.grad._data = t.grad._data + g._data
 
 
-def grad_function_name(t: "Tensor") -> str | None:
+def grad_function_name(t: Tensor) -> str | None:
     """The name of the backward function that produced t (PyTorch's grad_fn), or None."""
     return t._node.name if t._node is not None else None
 

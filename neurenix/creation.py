@@ -14,7 +14,8 @@ from .tensor import Tensor
 
 
 def _make(array: np.ndarray, dtype: DType, device: Any, requires_grad: bool) -> Tensor:
-    t = Tensor._wrap(np.ascontiguousarray(array, dtype=dtype.np_type), dtype)
+    # asarray, not ascontiguousarray: the latter turns a 0-d array into shape (1,)
+    t = Tensor._wrap(np.asarray(array, dtype=dtype.np_type, order="C"), dtype)
     if device is not None:
         t._device = as_device(device, check=True)
     if requires_grad:
@@ -69,15 +70,15 @@ def empty(*size, dtype: DType | None = None, device: Any = None,
 
 
 def zeros_like(x: Tensor, dtype: DType | None = None, requires_grad: bool = False) -> Tensor:
-    return zeros(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+    return zeros(x.shape, dtype=dtype or x.dtype, device=x.device, requires_grad=requires_grad)
 
 
 def ones_like(x: Tensor, dtype: DType | None = None, requires_grad: bool = False) -> Tensor:
-    return ones(x.shape, dtype=dtype or x.dtype, requires_grad=requires_grad)
+    return ones(x.shape, dtype=dtype or x.dtype, device=x.device, requires_grad=requires_grad)
 
 
 def full_like(x: Tensor, fill_value: float, dtype: DType | None = None) -> Tensor:
-    return full(x.shape, fill_value, dtype=dtype or x.dtype)
+    return full(x.shape, fill_value, dtype=dtype or x.dtype, device=x.device)
 
 
 def arange(start: float, end: float | None = None, step: float = 1, dtype: DType | None = None,

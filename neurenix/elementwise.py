@@ -29,12 +29,17 @@ def _scalar_dtype(value: Any) -> DType:
 
 
 def result_dtype(*operands: Operand) -> DType:
-    """The dtype of combining tensors and Python scalars (PyTorch's promotion: a scalar only
-    lifts the category, to float32 or int64, never the width within a category)."""
+    """The dtype of combining tensors and Python scalars, by PyTorch's three tiers: tensors with
+    dimensions, then 0-d tensors, then Python scalars.  A lower tier only lifts the category
+    (a 0-d tensor to its own dtype, a scalar to float32 or int64), never the width within it."""
     dt: DType | None = None
-    for o in operands:
-        if isinstance(o, Tensor):
-            dt = o.dtype if dt is None else promote(dt, o.dtype)
+    for zero_dim in (False, True):
+        tier: DType | None = None
+        for o in operands:
+            if isinstance(o, Tensor) and (o.ndim == 0) == zero_dim:
+                tier = o.dtype if tier is None else promote(tier, o.dtype)
+        if tier is not None and (dt is None or tier.category > dt.category):
+            dt = tier
     if dt is None:
         dt = bool_
     for o in operands:
@@ -94,6 +99,8 @@ def _floating(a: Operand, b: Operand) -> DType:
 
 
 def add(a: Operand, b: Operand) -> Tensor:
+    if result_dtype(a, b) == bool_:
+        return logical_or(a, b)  # bool + bool is "or", as in PyTorch
     return _binary("add", a, b)
 
 
@@ -102,6 +109,8 @@ def sub(a: Operand, b: Operand) -> Tensor:
 
 
 def mul(a: Operand, b: Operand) -> Tensor:
+    if result_dtype(a, b) == bool_:
+        return logical_and(a, b)  # bool * bool is "and", as in PyTorch
     return _binary("mul", a, b)
 
 

@@ -17,10 +17,11 @@ from .tensor import Tensor
 class _Advanced:
     """An integer index tensor standing for one dimension."""
 
-    __slots__ = ("index",)
+    __slots__ = ("index", "mask_shape")
 
-    def __init__(self, index: Tensor) -> None:
+    def __init__(self, index: Tensor, mask_shape: tuple[int, ...] | None = None) -> None:
         self.index = index
+        self.mask_shape = mask_shape  # set on the first index a bool mask became
 
 
 def _as_index_tensor(item: Any) -> Tensor:
@@ -56,10 +57,12 @@ def _expand_items(x: Tensor, index: Any) -> list[Any]:
     for item in it:
         if isinstance(item, str):
             mask = next(it)
-            flat.extend(_Advanced(Tensor._wrap(np.ascontiguousarray(n), int64))
-                        for n in np.nonzero(mask._data))
             if mask.ndim == 0:
                 raise IndexError("indexing with a 0-d bool tensor is not supported")
+            parts = [_Advanced(Tensor._wrap(np.ascontiguousarray(n), int64))
+                     for n in np.nonzero(mask._data)]
+            parts[0].mask_shape = tuple(mask.shape)
+            flat.extend(parts)
         else:
             flat.append(item)
     used = sum(1 for i in flat if i is not None and i is not Ellipsis)
@@ -73,6 +76,17 @@ def _expand_items(x: Tensor, index: Any) -> list[Any]:
         flat[at:at + 1] = [slice(None)] * (x.ndim - used)
     else:
         flat.extend([slice(None)] * (x.ndim - used))
+    dim = 0
+    for item in flat:
+        if item is None:
+            continue
+        if isinstance(item, _Advanced) and item.mask_shape is not None:
+            covered = tuple(x.shape[dim:dim + len(item.mask_shape)])
+            if covered != item.mask_shape:
+                raise IndexError(f"the shape of the bool mask {item.mask_shape} does not match "
+                                 f"the indexed tensor's dimensions {covered} from dimension "
+                                 f"{dim} (tensor shape {tuple(x.shape)})")
+        dim += 1
     return flat
 
 
@@ -118,7 +132,8 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             out_shape.append(size)
         dim += 1
     y = x
-    if (tuple(starts), tuple(stops)) != ((0,) * x.ndim, tuple(x.shape)) or any(s != 1 for s in steps):
+    whole = (tuple(starts), tuple(stops)) == ((0,) * x.ndim, tuple(x.shape))
+    if not whole or any(s != 1 for s in steps):
         y = apply("slice", y, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
     if tuple(out_shape) != y.shape:
         y = apply("reshape", y, shape=tuple(out_shape))
@@ -145,7 +160,10 @@ def _gather_advanced(y: Tensor, advanced: list[tuple[int, Tensor]]) -> Tensor:
     from .shapes import broadcast_to, permute, reshape
 
     positions = [p for p, _ in advanced]
-    bshape = broadcast_shapes(*(t.shape for _, t in advanced), op="index")
+    try:
+        bshape = broadcast_shapes(*(t.shape for _, t in advanced), op="index")
+    except ValueError as e:  # an IndexError, as in NumPy and PyTorch
+        raise IndexError(f"{e} (shape mismatch between index tensors)") from None
     indices = [broadcast_to(t, bshape) for _, t in advanced]
     if positions != list(range(positions[0], positions[0] + len(positions))):
         rest = [i for i in range(y.ndim) if i not in positions]
@@ -193,7 +211,11 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         x._data[where_at] = v._data.reshape(-1)
         return
     flat_pos = reshape(positions, (-1,))
-    flat = reshape(x, (-1,))
+    # x is about to be rebound to the result; record the old value under its own tensor object,
+    # or the tape would point from x's new node back to x itself (a cycle with no gradient)
+    old = Tensor._wrap(x._data, x._dtype)
+    old._node, old.requires_grad = x._node, x.requires_grad
+    flat = reshape(old, (-1,))
     mask_data = np.zeros(x.numel(), dtype=bool)
     mask_data[flat_pos._data] = True
     scattered = apply("scatter_add", Tensor._wrap(np.zeros(x.numel(), x.dtype.np_type),

@@ -30,7 +30,9 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     a3 = broadcast_to(a2, batch + a2.shape[-2:])
     b3 = broadcast_to(b2, batch + b2.shape[-2:])
     out = apply("matmul", a3, b3)
-    shape = batch + ((a2.shape[-2],) if a.ndim > 1 else ()) + ((b2.shape[-1],) if b.ndim > 1 else ())
+    rows = (a2.shape[-2],) if a.ndim > 1 else ()
+    cols = (b2.shape[-1],) if b.ndim > 1 else ()
+    shape = batch + rows + cols
     return reshape(out, shape)
 
 

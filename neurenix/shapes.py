@@ -2,7 +2,7 @@
 split/chunk, flip. Each is a primitive or a short composition of them."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,7 +7,8 @@ the functional modules (`elementwise`, `reductions`, `shapes`, `indexing`).
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class Tensor:
             self.requires_grad_(True)
 
     @classmethod
-    def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> "Tensor":
+    def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:
         """Wrap an array without copying (internal: the array must not be shared mutably)."""
         t = object.__new__(cls)
         t._data = array
@@ -107,19 +108,19 @@ class Tensor:
         return self._node.name if self._node is not None else None
 
     @property
-    def data(self) -> "Tensor":
+    def data(self) -> Tensor:
         """A tensor sharing this one's storage, detached from autograd."""
         return Tensor._wrap(self._data, self._dtype)
 
     @data.setter
-    def data(self, value: "Tensor") -> None:
+    def data(self, value: Tensor) -> None:
         if not isinstance(value, Tensor):
             value = Tensor(value, dtype=self._dtype)
         self._data = value._data
         self._dtype = value._dtype
 
     @property
-    def T(self) -> "Tensor":
+    def T(self) -> Tensor:
         return shapes.permute(self, tuple(reversed(range(self.ndim))))
 
     def size(self, dim: int | None = None):
@@ -178,7 +179,7 @@ class Tensor:
             raise TypeError("only integer tensors of a single element can be used as an index")
         return int(self.item())
 
-    def __iter__(self) -> Iterator["Tensor"]:
+    def __iter__(self) -> Iterator[Tensor]:
         if self.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.shape[0]))
@@ -200,7 +201,7 @@ class Tensor:
 
     # ---- autograd ---------------------------------------------------------------------------
 
-    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         if requires_grad and not self._dtype.is_floating:
             raise TypeError(f"requires_grad: only floating-point tensors can require gradients, "
                             f"got {self._dtype!r}")
@@ -210,7 +211,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         return self
 
-    def backward(self, gradient: "Tensor | None" = None, retain_graph: bool | None = None,
+    def backward(self, gradient: Tensor | None = None, retain_graph: bool | None = None,
                  create_graph: bool = False) -> None:
         """Accumulate the gradient of this tensor into `.grad` of the leaves it depends on."""
         autograd.backward(self, gradient, create_graph)
@@ -221,20 +222,20 @@ class Tensor:
             raise RuntimeError("retain_grad: the tensor does not require grad")
         self._retains_grad = True
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         """The same values, cut from the autograd graph (storage is shared)."""
         return Tensor._wrap(self._data, self._dtype)
 
-    def detach_(self) -> "Tensor":
+    def detach_(self) -> Tensor:
         self._node = None
         self.requires_grad = False
         return self
 
-    def clone(self) -> "Tensor":
+    def clone(self) -> Tensor:
         """A copy that stays connected to the autograd graph."""
         return elementwise.clone(self)
 
-    def contiguous(self) -> "Tensor":
+    def contiguous(self) -> Tensor:
         return self
 
     # ---- in-place updates (data only, refused where autograd would be wrong) -----------------
@@ -244,7 +245,7 @@ class Tensor:
             raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be modified in "
                                "place; wrap the update in neurenix.no_grad()")
 
-    def copy_(self, src: "Tensor | Any") -> "Tensor":
+    def copy_(self, src: Tensor | Any) -> Tensor:
         """Overwrite this tensor's values with src's (broadcast and cast to this dtype)."""
         self._check_inplace("copy_")
         self._version += 1
@@ -259,13 +260,13 @@ class Tensor:
             np.copyto(self._data, np.broadcast_to(value, self.shape), casting="unsafe")
         return self
 
-    def fill_(self, value: float) -> "Tensor":
+    def fill_(self, value: float) -> Tensor:
         return self.copy_(np.asarray(value))
 
-    def zero_(self) -> "Tensor":
+    def zero_(self) -> Tensor:
         return self.copy_(np.asarray(0))
 
-    def to(self, *args: Any, inplace: bool = False, **kwargs: Any) -> "Tensor":
+    def to(self, *args: Any, inplace: bool = False, **kwargs: Any) -> Tensor:
         """Move to a device and/or convert to a dtype: `to(device)`, `to(dtype)`, or both.
 
         With `inplace=True` the tensor itself is moved (used on parameters), else a new
@@ -296,25 +297,25 @@ class Tensor:
             out._device = target
         return out
 
-    def cpu(self) -> "Tensor":
+    def cpu(self) -> Tensor:
         return self.to(CPU)
 
-    def float(self) -> "Tensor":
+    def float(self) -> Tensor:
         return self.to(float32)
 
-    def double(self) -> "Tensor":
+    def double(self) -> Tensor:
         return self.to(float64)
 
-    def long(self) -> "Tensor":
+    def long(self) -> Tensor:
         return self.to(int64)
 
-    def int(self) -> "Tensor":
+    def int(self) -> Tensor:
         return self.to(int32)
 
-    def bool(self) -> "Tensor":
+    def bool(self) -> Tensor:
         return self.to(bool_)
 
-    def type_as(self, other: "Tensor") -> "Tensor":
+    def type_as(self, other: Tensor) -> Tensor:
         return self.to(other.dtype)
 
     # ---- operators --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ BACKENDS: dict[str, str] = {
 
 
 def is_available(name: str) -> bool:
-    """Whether backend `name` can run here; a failed probe (missing driver, import error) is False."""
+    """Whether backend `name` can run here; a failed probe (no driver, import error) is False."""
     module_name = BACKENDS.get(name)
     if module_name is None:
         return False

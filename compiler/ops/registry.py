@@ -7,8 +7,9 @@ the same rule runs eagerly on tensors and symbolically on graph values.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..types import TensorType
 
@@ -58,7 +59,8 @@ class Primitive:
 REGISTRY: dict[str, Primitive] = {}
 
 
-def register(name: str, kind: str, arity: int, type_rule, impl, vjp=None, doc: str = "") -> Primitive:
+def register(name: str, kind: str, arity: int, type_rule, impl, vjp=None,
+             doc: str = "") -> Primitive:
     """Declare a primitive; every name is declared exactly once."""
     if name in REGISTRY:
         raise RuntimeError(f"primitive {name!r} declared twice")
@@ -74,7 +76,8 @@ def get(name: str) -> Primitive:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"no primitive named {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"no primitive named {name!r}; known: {known}") from None
 
 
 def per_input(*rules: VjpRule | None) -> VjpRule:

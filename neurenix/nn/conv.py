@@ -1,0 +1,114 @@
+"""Convolution layers `Conv1d`, `Conv2d`, `Conv3d` with PyTorch's arguments, parameter
+layout (weight (out, in / groups, *kernel), bias (out,)) and default initialisation."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from neurenix.compiler.types import DType, float32
+
+from ..creation import zeros
+from ..tensor import Tensor
+from . import init
+from .functional._utils import ntuple
+from .functional.conv import convolution
+from .module import Module
+from .parameter import Parameter
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class _ConvNd(Module):
+    """Shared body of the convolution layers; subclasses fix the number of spatial axes."""
+
+    dims: int = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", dtype: DType | None = None,
+                 device: Any = None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for what, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("groups", groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
+        if in_channels % groups:
+            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups "
+                             f"({groups})")
+        if out_channels % groups:
+            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by "
+                             f"groups ({groups})")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"{name}: padding_mode must be one of {', '.join(PADDING_MODES)}, "
+                             f"got {padding_mode!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = ntuple(kernel_size, self.dims, "kernel_size", name)
+        self.stride = ntuple(stride, self.dims, "stride", name)
+        self.dilation = ntuple(dilation, self.dims, "dilation", name)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{name}: padding must be an int, a tuple, 'valid' or 'same', "
+                                 f"got {padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(f"{name}: padding='same' is not supported for strided "
+                                 f"convolutions (stride {self.stride})")
+            self.padding: tuple[int, ...] | str = padding
+        else:
+            self.padding = ntuple(padding, self.dims, "padding", name, minimum=0)
+        self.groups = groups
+        self.padding_mode = padding_mode
+        dtype = dtype or float32
+        shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.weight = Parameter(zeros(shape, dtype=dtype, device=device))
+        if bias:
+            self.bias = Parameter(zeros((out_channels,), dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default: kaiming_uniform_(a=sqrt(5)) weights, bias U(+-1/sqrt(fan_in))."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init.fan_in_and_fan_out(self.weight)
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return convolution(input, self.weight, self.bias, self.stride, self.padding,
+                           self.dilation, self.groups, type(self).__name__, self.padding_mode)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0,) * self.dims:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self.dims:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution over (N, C, L) or unbatched (C, L) inputs."""
+
+    dims = 1
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution over (N, C, H, W) or unbatched (C, H, W) inputs."""
+
+    dims = 2
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution over (N, C, D, H, W) or unbatched (C, D, H, W) inputs."""
+
+    dims = 3

@@ -1,0 +1,144 @@
+"""Convolution over any number of spatial axes, as pad -> unfold -> grouped matmul -> bias.
+
+`unfold` lays every window out as (N, C, *kernel, *windows); grouping the channels and
+flattening the taps turns the convolution into one batched matrix product per group, which the
+compiler can later fuse back into an implicit-GEMM kernel. Nothing here has a gradient rule of
+its own: input, weight and bias gradients come from the primitives' VJPs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ...dispatch import apply
+from ...elementwise import add
+from ...linalg import matmul
+from ...tensor import Tensor
+from ._utils import batched, ntuple, unbatched
+from .padding import pad_axes
+
+Padding = int | tuple[int, ...] | str
+
+
+def conv_nd(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+            padding: Padding = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    """Convolution with as many spatial axes as the weight (out, in / groups, *kernel) has."""
+    if not isinstance(weight, Tensor) or weight.ndim < 3:
+        raise ValueError(f"conv_nd: expected a weight of shape (out_channels, "
+                         f"in_channels / groups, *kernel), got "
+                         f"{_shape_of(weight)}")
+    return convolution(input, weight, bias, stride, padding, dilation, groups, "conv_nd")
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+           padding: Padding = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    """1-D convolution of (N, C, L) or unbatched (C, L) with a (out, in / groups, k) weight."""
+    _check_weight(weight, 1, "conv1d")
+    return convolution(input, weight, bias, stride, padding, dilation, groups, "conv1d")
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+           padding: Padding = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    """2-D convolution of (N, C, H, W) or unbatched (C, H, W) with a (out, in / groups, kH, kW)
+    weight."""
+    _check_weight(weight, 2, "conv2d")
+    return convolution(input, weight, bias, stride, padding, dilation, groups, "conv2d")
+
+
+def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+           padding: Padding = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    """3-D convolution of (N, C, D, H, W) or unbatched (C, D, H, W)."""
+    _check_weight(weight, 3, "conv3d")
+    return convolution(input, weight, bias, stride, padding, dilation, groups, "conv3d")
+
+
+def _shape_of(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _check_weight(weight: Any, dims: int, name: str) -> None:
+    if not isinstance(weight, Tensor) or weight.ndim != dims + 2:
+        kernel = ", ".join(f"k{i}" for i in range(dims)) if dims > 1 else "k"
+        raise ValueError(f"{name}: expected a {dims + 2}-D weight (out_channels, "
+                         f"in_channels / groups, {kernel}), got {_shape_of(weight)}")
+
+
+def same_padding(kernel: tuple[int, ...], dilation: tuple[int, ...]
+                 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(before, after) widths that keep the size at stride 1: the odd extra tap goes after,
+    as PyTorch splits it for even effective kernels."""
+    total = tuple(d * (k - 1) for k, d in zip(kernel, dilation))
+    lo = tuple(t // 2 for t in total)
+    return lo, tuple(t - a for t, a in zip(total, lo))
+
+
+def resolve_padding(padding: Padding, kernel: tuple[int, ...], stride: tuple[int, ...],
+                    dilation: tuple[int, ...], name: str
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-axis (before, after) widths from an int, a tuple, 'valid' or 'same'."""
+    dims = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * dims, (0,) * dims
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"{name}: padding='same' is not supported for strided "
+                                 f"convolutions (stride {stride}); use an explicit padding")
+            return same_padding(kernel, dilation)
+        raise ValueError(f"{name}: padding must be an int, a tuple of ints, 'valid' or 'same', "
+                         f"got {padding!r}")
+    widths = ntuple(padding, dims, "padding", name, minimum=0)
+    return widths, widths
+
+
+def convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Padding,
+                dilation: Any, groups: int, name: str, padding_mode: str = "zeros") -> Tensor:
+    """The convolution every public form calls; `name` is the layer named in errors."""
+    dims = weight.ndim - 2
+    x, was_unbatched = batched(x, dims, name)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
+    out_channels, group_in = weight.shape[0], weight.shape[1]
+    in_channels = group_in * groups
+    if out_channels % groups:
+        raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by groups "
+                         f"({groups})")
+    if x.shape[1] != in_channels:
+        per_group = f" = {groups} groups x {group_in}" if groups > 1 else ""
+        raise ValueError(f"{name}: expected input with {in_channels} channels "
+                         f"(in_channels{per_group}), got {x.shape[1]} in shape "
+                         f"{tuple(x.shape) if not was_unbatched else tuple(x.shape[1:])}")
+    if not x.dtype.is_floating or x.dtype != weight.dtype:
+        raise TypeError(f"{name}: expected a floating input of the weight's dtype "
+                        f"{weight.dtype.name}, got {x.dtype.name}")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (out_channels,):
+            raise ValueError(f"{name}: expected a bias of shape ({out_channels},), got "
+                             f"{_shape_of(bias)}")
+    kernel = tuple(weight.shape[2:])
+    stride = ntuple(stride, dims, "stride", name)
+    dilation = ntuple(dilation, dims, "dilation", name)
+    lo, hi = resolve_padding(padding, kernel, stride, dilation, name)
+    spatial = tuple(x.shape[2:])
+    padded = tuple(s + a + b for s, a, b in zip(spatial, lo, hi))
+    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    if any(p < s for p, s in zip(padded, span)):
+        raise ValueError(f"{name}: kernel size {kernel} (dilated extent {span}) is larger than "
+                         f"the padded input size {padded} (input {spatial}, padding "
+                         f"{tuple(zip(lo, hi))})")
+    if any(lo) or any(hi):
+        mode = "constant" if padding_mode == "zeros" else padding_mode
+        x = pad_axes(x, (0, 0) + lo, (0, 0) + hi, mode, 0.0, name)
+    cols = apply("unfold", x, kernel=kernel, stride=stride, dilation=dilation)
+    windows = tuple(cols.shape[2 + dims:])
+    batch = x.shape[0]
+    taps = group_in * math.prod(kernel)
+    # (N, C, *kernel, *windows) -> (N, groups, C/groups * taps, windows): channels split by group
+    cols = cols.reshape((batch, groups, taps, math.prod(windows)))
+    w = weight.reshape((groups, out_channels // groups, taps))
+    out = matmul(w, cols).reshape((batch, out_channels) + windows)
+    if bias is not None:
+        out = add(out, bias.reshape((1, out_channels) + (1,) * dims))
+    return unbatched(out, was_unbatched)

@@ -1,0 +1,90 @@
+"""Adam (with L2 weight decay and AMSGrad) and AdamW (with decoupled weight decay)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import elementwise as ew
+from ..tensor import Tensor
+from .optimizer import Optimizer, ParamsT, check_range, zeros_for
+
+
+class Adam(Optimizer):
+    """Adam, step for step the same as `torch.optim.Adam`.
+
+    m and v are running averages of the gradient and of its square; the parameter moves by
+    -lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps). weight_decay adds
+    weight_decay * p to the gradient (L2); `amsgrad` divides by the running maximum of v.
+    """
+
+    _decoupled = False
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *,
+                 maximize: bool = False) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "amsgrad": amsgrad, "maximize": maximize}
+        super().__init__(params, defaults)
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        name = self._name
+        check_range(name, "lr", group["lr"], 0.0)
+        check_range(name, "eps", group["eps"], 0.0)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        check_range(name, "beta parameter at index 0", betas[0], 0.0, 1.0)
+        check_range(name, "beta parameter at index 1", betas[1], 0.0, 1.0)
+        check_range(name, "weight_decay", group["weight_decay"], 0.0)
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
+                group: dict[str, Any]) -> None:
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = zeros_for(p)
+            state["exp_avg_sq"] = zeros_for(p)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = zeros_for(p)
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        state["step"] += 1
+        step = state["step"]
+        if group["maximize"]:
+            grad = -grad
+        param = p
+        if weight_decay != 0:
+            if self._decoupled:
+                param = p * (1.0 - lr * weight_decay)
+            else:
+                grad = grad + p * weight_decay
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.copy_(exp_avg + (grad - exp_avg) * (1.0 - beta1))
+        exp_avg_sq.copy_(exp_avg_sq * beta2 + grad * grad * (1.0 - beta2))
+        second = exp_avg_sq
+        if group["amsgrad"]:
+            # the buffer may be missing when amsgrad was switched on after the first step
+            max_sq = state.setdefault("max_exp_avg_sq", zeros_for(p))
+            max_sq.copy_(ew.maximum(max_sq, exp_avg_sq))
+            second = max_sq
+        step_size = lr / (1.0 - beta1 ** step)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        denom = ew.sqrt(second) / bias_correction2_sqrt + eps
+        p.copy_(param - exp_avg / denom * step_size)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, the same as `torch.optim.AdamW`.
+
+    Instead of adding weight_decay * p to the gradient, the parameter is first shrunk by
+    p *= 1 - lr * weight_decay, so the decay does not pass through Adam's normalisation.
+    """
+
+    _decoupled = True
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize)

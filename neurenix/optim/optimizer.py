@@ -1,0 +1,272 @@
+"""The `Optimizer` base class: parameter groups, per-parameter state, zero_grad and checkpoints.
+
+Subclasses only write the update of one parameter (`_update`), with Neurenix tensor operations
+under `no_grad`, writing results back with `copy_`. Keeping the arithmetic in tensor operations
+(never on the NumPy buffers) is what lets `neurenix.compile` trace an optimizer step into a graph.
+The group and checkpoint layout is PyTorch's, so optimizer checkpoints move between the two.
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+import warnings
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from ..autograd import enable_grad, no_grad
+from ..creation import zeros
+from ..tensor import Tensor
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+
+class _Required:
+    """Sentinel for a hyper-parameter every parameter group must set itself."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _Required()
+
+
+def check_range(owner: str, name: str, value: Any, low: float, high: float | None = None,
+                high_inclusive: bool = False) -> None:
+    """Raise a ValueError naming the optimizer and hyper-parameter when value is out of range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
+    if high is None:
+        ok = value >= low
+        wanted = f">= {low}"
+    elif high_inclusive:
+        ok = low <= value <= high
+        wanted = f"in [{low}, {high}]"
+    else:
+        ok = low <= value < high
+        wanted = f"in [{low}, {high})"
+    if not ok:
+        raise ValueError(f"{owner}: invalid {name} {value!r}; it must be {wanted}")
+
+
+def zeros_for(p: Tensor) -> Tensor:
+    """A zero state buffer with p's shape, dtype and device."""
+    return zeros(p.shape, dtype=p.dtype, device=p.device)
+
+
+class Optimizer:
+    """Base class of the optimizers: holds `param_groups`, `defaults` and per-parameter `state`.
+
+    `params` is an iterable of tensors, of `(name, tensor)` pairs, or of dicts each holding
+    `"params"` and any hyper-parameters that differ from `defaults` for that group.
+    """
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        self.defaults = defaults
+        self._check_hyperparameters(defaults)
+        self.state: dict[Tensor, dict[str, Any]] = {}
+        self.param_groups: list[dict[str, Any]] = []
+        if isinstance(params, Tensor):
+            raise TypeError(f"{self._name}: params must be an iterable of Tensors or dicts, "
+                            f"got a single Tensor; wrap it in a list: [tensor]")
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(f"{self._name}: parameters must be given in an ordered collection "
+                            "(a list), not a set, whose order changes between runs")
+        if isinstance(params, (dict, str)) or not isinstance(params, Iterable):
+            raise TypeError(f"{self._name}: params must be an iterable of Tensors or dicts, "
+                            f"got {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{self._name}: got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        lines = [f"{self._name} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k not in ("params", "param_names")):
+                lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+    # ---- hooks for subclasses -----------------------------------------------------------------
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        """Raise ValueError/TypeError on invalid hyper-parameters (defaults or one group)."""
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
+                group: dict[str, Any]) -> None:
+        """Apply one step to parameter p (called under no_grad, only when p has a gradient)."""
+        raise NotImplementedError(f"{self._name} does not implement _update")
+
+    # ---- parameter groups ---------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters (with its own hyper-parameters) to optimize from now on."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{self._name}: a param group must be a dict, got "
+                            f"{type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(f"{self._name}: a param group needs a 'params' entry")
+        group = dict(param_group)
+        params = group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError(f"{self._name}: parameters must be given in an ordered collection "
+                            "(a list), not a set, whose order changes between runs")
+        else:
+            params = list(params)
+        names = [p[0] for p in params if isinstance(p, tuple)]
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        if names:
+            if len(names) != len(tensors):
+                raise ValueError(f"{self._name}: either every parameter has a name or none has")
+            group["param_names"] = names
+        for i, p in enumerate(tensors):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{self._name}: can only optimize Tensors, but parameter {i} "
+                                f"is a {type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError(f"{self._name}: can't optimize a non-leaf Tensor (parameter "
+                                 f"{i}, produced by {p.grad_fn}); use a leaf tensor or "
+                                 "tensor.detach().requires_grad_()")
+        group["params"] = tensors
+        for key, default in self.defaults.items():
+            if default is required and key not in group:
+                raise ValueError(f"{self._name}: parameter group didn't specify a value of "
+                                 f"required optimization parameter {key}")
+            group.setdefault(key, default)
+        self._check_hyperparameters(group)
+        if len({id(p) for p in tensors}) != len(tensors):
+            warnings.warn(f"{self._name}: a parameter group contains duplicate parameters",
+                          stacklevel=3)
+        for other in self.param_groups:
+            if ("param_names" in other) != ("param_names" in group):
+                raise ValueError(f"{self._name}: all parameter groups must be with names or "
+                                 "all without names")
+        seen = {id(p) for other in self.param_groups for p in other["params"]}
+        if any(id(p) in seen for p in tensors):
+            raise ValueError(f"{self._name}: some parameters appear in more than one "
+                             "parameter group")
+        self.param_groups.append(group)
+
+    # ---- the training loop --------------------------------------------------------------------
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of all parameters: to None (default) or to zeros in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad = p.grad.detach() if p.grad.grad_fn is not None else p.grad
+                    p.grad.requires_grad = False
+                    p.grad.zero_()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter that has a gradient; return closure()'s loss (or None).
+
+        The closure re-evaluates the model and calls backward; it runs with grad enabled.
+        """
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        with no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    grad = p.grad
+                    if tuple(grad.shape) != tuple(p.shape):
+                        raise ValueError(f"{self._name}: the gradient of a parameter has shape "
+                                         f"{tuple(grad.shape)}, expected {tuple(p.shape)}")
+                    state = self.state.get(p, {})
+                    self._update(p, grad, state, group)
+                    if state:
+                        self.state[p] = state
+        return loss
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state in PyTorch's layout.
+
+        `{"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}`, where
+        parameters are numbered in group order. The state tensors are the live buffers (as in
+        PyTorch): copy them if training continues before they are saved.
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in group["params"]]
+            groups.append(packed)
+        state = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore state saved by `state_dict()` (ours or PyTorch's) into these parameters.
+
+        Groups are matched by position, parameters by position within each group; tensors are
+        copied (array-likes such as PyTorch tensors are converted) and cast to the parameter's
+        dtype, except the integer step counters.
+        """
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(f"{self._name}: load_state_dict expects a dict with 'state' and "
+                             "'param_groups' entries, as returned by state_dict()")
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{self._name}: the loaded state dict has {len(saved_groups)} "
+                             f"parameter groups, this optimizer has {len(self.param_groups)}")
+        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(f"{self._name}: parameter group {i} of the loaded state dict "
+                                 f"has {len(saved['params'])} parameters, this optimizer's has "
+                                 f"{len(group['params'])}")
+        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        state: dict[Tensor, dict[str, Any]] = {}
+        for key, value in state_dict["state"].items():
+            if key not in id_map:
+                raise ValueError(f"{self._name}: the loaded state refers to parameter {key!r}, "
+                                 "which no parameter group lists")
+            p = id_map[key]
+            state[p] = {k: _load_value(p, k, v) for k, v in value.items()}
+        new_groups = []
+        for group, saved in zip(self.param_groups, saved_groups):
+            saved["params"] = group["params"]
+            if "param_names" in group and "param_names" not in saved:
+                saved["param_names"] = group["param_names"]
+            for key, default in self.defaults.items():
+                saved.setdefault(key, default)
+            self._check_hyperparameters(saved)
+            new_groups.append(saved)
+        self.state = state
+        self.param_groups = new_groups
+
+
+def _load_value(p: Tensor, key: str, value: Any) -> Any:
+    """A private copy of one saved state value, as a Neurenix value matching parameter p."""
+    if key == "step":
+        return int(float(value))
+    if isinstance(value, Tensor) or hasattr(value, "__array__"):
+        array = np.asarray(value).copy()
+        if np.issubdtype(array.dtype, np.floating) and p.dtype.is_floating:
+            return Tensor(array.astype(p.dtype.np_type), dtype=p.dtype, device=p.device)
+        return Tensor(array, device=p.device)
+    return copy.deepcopy(value)

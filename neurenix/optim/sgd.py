@@ -1,0 +1,50 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..tensor import Tensor
+from .optimizer import Optimizer, ParamsT, check_range
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, step for step the same as `torch.optim.SGD`.
+
+    With momentum mu and dampening d, the buffer is b = mu * b + (1 - d) * g (b = g on the
+    first step), and the parameter moves by -lr * b, or by -lr * (g + mu * b) with Nesterov.
+    weight_decay adds weight_decay * p to the gradient first (L2 regularization).
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 *, maximize: bool = False) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                    "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
+        super().__init__(params, defaults)
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        check_range("SGD", "lr", group["lr"], 0.0)
+        check_range("SGD", "momentum", group["momentum"], 0.0)
+        check_range("SGD", "dampening", group["dampening"], float("-inf"))
+        check_range("SGD", "weight_decay", group["weight_decay"], 0.0)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"SGD: Nesterov momentum requires a momentum > 0 and zero "
+                             f"dampening, got momentum={group['momentum']} and "
+                             f"dampening={group['dampening']}")
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
+                group: dict[str, Any]) -> None:
+        if group["maximize"]:
+            grad = -grad
+        if group["weight_decay"] != 0:
+            grad = grad + p * group["weight_decay"]
+        momentum = group["momentum"]
+        if momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = grad.clone()
+                state["momentum_buffer"] = buf
+            else:
+                buf.copy_(buf * momentum + grad * (1.0 - group["dampening"]))
+            grad = grad + buf * momentum if group["nesterov"] else buf
+        p.copy_(p - grad * group["lr"])
