@@ -1,0 +1,15 @@
+"""Every ```python block in docs/ runs, in order, one namespace per page."""
+import pathlib
+import re
+
+import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_doc_examples_run(page, capsys):
+    namespace: dict = {}
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+        exec(compile(block, f"{page.name} block {i}", "exec"), namespace)  # noqa: S102
