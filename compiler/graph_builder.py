@@ -35,7 +35,7 @@ class GraphBuilder(Builder):
 
     def constant(self, array: np.ndarray, name: str | None = None) -> Node:
         """Capture an array as a constant of the graph."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")
         name = name or f"c{len(self.constants)}"
         self.constants[name] = array
         node = Node(CONSTANT, (), (), TensorType(array.shape, dtype_from_numpy(array.dtype)),

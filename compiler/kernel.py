@@ -22,7 +22,6 @@ Expressions are frozen dataclasses: hashable, structurally comparable, shareable
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from .types import DType, bool_, int64
 
@@ -55,16 +54,16 @@ class Load:
     """buffer[index]; where `mask` is given and false, `other` instead, without reading."""
 
     buffer: str
-    index: "Expr"
+    index: Expr
     dtype: DType
-    mask: "Expr | None" = None
+    mask: Expr | None = None
     other: float | int | bool = 0
 
 
 @dataclass(frozen=True)
 class Unary:
     op: str
-    x: "Expr"
+    x: Expr
 
 
 @dataclass(frozen=True)
@@ -72,21 +71,21 @@ class Binary:
     """An arithmetic, comparison or logical op; `idiv`/`mod` are floor division on ints."""
 
     op: str
-    a: "Expr"
-    b: "Expr"
+    a: Expr
+    b: Expr
 
 
 @dataclass(frozen=True)
 class Where:
-    cond: "Expr"
-    a: "Expr"
-    b: "Expr"
+    cond: Expr
+    a: Expr
+    b: Expr
 
 
 @dataclass(frozen=True)
 class Cast:
     dtype: DType
-    x: "Expr"
+    x: Expr
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,8 @@ class RandomUniform:
     """Uniform [0, 1) float of `dtype` from an int64 seed and an int64 counter (see
     compiler/ops/source.py for the exact hash every backend implements)."""
 
-    seed: "Expr"
-    counter: "Expr"
+    seed: Expr
+    counter: Expr
     dtype: DType
 
 
@@ -104,7 +103,7 @@ class Acc:
     """The finished value of the kernel's reduction (the index for argmax/argmin)."""
 
 
-Expr = Union[Var, Const, Load, Unary, Binary, Where, Cast, RandomUniform, Acc]
+Expr = Var | Const | Load | Unary | Binary | Where | Cast | RandomUniform | Acc
 
 
 def dtype_of(e: Expr, acc_dtype: DType | None = None) -> DType:

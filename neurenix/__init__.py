@@ -129,4 +129,5 @@ _attach_creators()
 __version__ = "0.1.0"
 
 from . import nn, optim  # noqa: E402  (after Tensor: the layers build on it)
+from .compiled import compile  # noqa: E402,A004
 from .serialization import load, save  # noqa: E402

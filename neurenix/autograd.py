@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,35 +70,98 @@ class TapeNode:
     out: Tensor  # the output's value, detached (no reference cycle back to the tensor)
     versions: tuple[int, ...] = ()  # the inputs' versions when recorded, to catch in-place edits
 
+    num_outputs = 1
+
     @property
     def name(self) -> str:
         return f"{self.prim.name}_backward"
 
+    def edges(self) -> list[tuple | None]:
+        return [_edge(t) for t in self.inputs]
 
-def _topological(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from root through the tape, each after everything that uses it."""
-    order: list[Tensor] = []
-    seen: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    def run(self, grads: list[Tensor | None], builder: Any) -> list[Tensor | None]:
+        g = grads[0]
+        _check_versions(self)
+        return [self.prim.vjp(builder, g, self.out, self.inputs, self.attrs, i)
+                if t.requires_grad else None for i, t in enumerate(self.inputs)]
+
+
+class FunctionNode:
+    """A node with many inputs and outputs and a backward of its own (a compiled call).
+
+    Each output tensor gets an `OutputNode` pointing here, so every tensor still has exactly
+    one producing node; `backward_fn` receives one cotangent per output (None where an output
+    got no gradient) and returns one gradient per input (None where there is none).
+    """
+
+    def __init__(self, name: str, inputs: tuple[Tensor, ...], num_outputs: int,
+                 backward_fn: Callable[[list[Tensor | None]], list[Tensor | None]]) -> None:
+        self.name = name
+        self.inputs = inputs
+        self.num_outputs = num_outputs
+        self.backward_fn = backward_fn
+        self.versions = tuple(t._version for t in inputs)
+
+    def edges(self) -> list[tuple | None]:
+        return [_edge(t) for t in self.inputs]
+
+    def run(self, grads: list[Tensor | None], builder: Any) -> list[Tensor | None]:
+        _check_versions(self)
+        return self.backward_fn(grads)
+
+
+class OutputNode:
+    """Output `index` of a FunctionNode."""
+
+    num_outputs = 1
+
+    def __init__(self, parent: FunctionNode, index: int) -> None:
+        self.parent = parent
+        self.index = index
+
+    @property
+    def name(self) -> str:
+        return self.parent.name
+
+    def edges(self) -> list[tuple | None]:
+        return [("node", self.parent, self.index, None)]
+
+    def run(self, grads: list[Tensor | None], builder: Any) -> list[Tensor | None]:
+        return grads
+
+
+def _edge(t: Tensor) -> tuple | None:
+    """Where a gradient for input t goes: ('leaf', t) or ('node', producer, slot, t)."""
+    if not t.requires_grad:
+        return None
+    if t._node is None:
+        return ("leaf", t)
+    return ("node", t._node, 0, t)
+
+
+def _dependencies(root_node: Any) -> dict[int, int]:
+    """For every node reachable from root_node, how many edges lead into it."""
+    deps: dict[int, int] = {id(root_node): 0}
+    stack = [root_node]
     while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
-        if t._node is not None:
-            for i in t._node.inputs:
-                if i.requires_grad and id(i) not in seen:
-                    stack.append((i, False))
-    order.reverse()
-    return order
+        node = stack.pop()
+        for edge in node.edges():
+            if edge is None or edge[0] != "node":
+                continue
+            target = edge[1]
+            if id(target) not in deps:
+                deps[id(target)] = 0
+                stack.append(target)
+            deps[id(target)] += 1
+    return deps
 
 
 def backward(root: Tensor, gradient: Tensor | None = None, create_graph: bool = False) -> None:
-    """Accumulate d(root)/d(leaf) into `.grad` of every leaf that requires grad."""
+    """Accumulate d(root)/d(leaf) into `.grad` of every leaf that requires grad.
+
+    Nodes run in dependency order (Kahn's algorithm): a node runs once every edge into it
+    has delivered its gradient, so a multi-output node sees all its outputs' cotangents.
+    """
     from . import dispatch
     from .tensor import Tensor
 
@@ -115,33 +179,43 @@ def backward(root: Tensor, gradient: Tensor | None = None, create_graph: bool = 
         raise ValueError(f"backward: gradient of shape {tuple(gradient.shape)} does not match "
                          f"the tensor's shape {tuple(root.shape)}")
     builder = dispatch.EAGER
-    grads: dict[int, Tensor] = {id(root): gradient}
     with set_grad_enabled(create_graph):
-        for t in _topological(root):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            node = t._node
-            if node is None or t._retains_grad:
-                _accumulate(t, g, create_graph)
-            if node is None:
-                continue
-            _check_versions(node)
-            for i, inp in enumerate(node.inputs):
-                if not inp.requires_grad:
+        if root._node is None:
+            _accumulate(root, gradient, create_graph)
+            return
+        if root._retains_grad:
+            _accumulate(root, gradient, create_graph)
+        deps = _dependencies(root._node)
+        pending: dict[int, list] = {id(root._node): [gradient]}
+        ready = [root._node]
+        while ready:
+            node = ready.pop()
+            grads = pending.pop(id(node), None) or [None] * node.num_outputs
+            outs = node.run(grads, builder) if any(g is not None for g in grads) \
+                else [None] * len(node.edges())
+            for edge, g in zip(node.edges(), outs):
+                if edge is None:
                     continue
-                gi = node.prim.vjp(builder, g, node.out, node.inputs, node.attrs, i)
-                if gi is None:
+                if edge[0] == "leaf":
+                    if g is not None:
+                        _accumulate(edge[1], g, create_graph)
                     continue
-                prev = grads.get(id(inp))
-                grads[id(inp)] = gi if prev is None else builder.add(prev, gi)
+                _, target, slot, tensor = edge
+                if g is not None:
+                    if tensor is not None and tensor._retains_grad:
+                        _accumulate(tensor, g, create_graph)
+                    slots = pending.setdefault(id(target), [None] * target.num_outputs)
+                    slots[slot] = g if slots[slot] is None else builder.add(slots[slot], g)
+                deps[id(target)] -= 1
+                if deps[id(target)] == 0:
+                    ready.append(target)
 
 
-def _check_versions(node: TapeNode) -> None:
+def _check_versions(node: Any) -> None:
     for t, v in zip(node.inputs, node.versions):
         if t._version != v:
             raise RuntimeError(f"backward: a tensor of shape {tuple(t.shape)} used by "
-                               f"{node.prim.name} was modified in place after it was used; "
+                               f"{node.name} was modified in place after it was used; "
                                "its gradient would be wrong. Use an out-of-place operation "
                                "(or .clone() before modifying)")
 

@@ -19,9 +19,20 @@ from . import autograd
 from .tensor import Tensor
 
 
+class _NoTrace:
+    state = None
+
+
+_ACTIVE = _NoTrace()  # replaced by neurenix.tracing.ACTIVE when tracing is imported
+
+
 def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
     """Apply primitive `op` to tensors eagerly, recording it for autograd when needed."""
     prim = REGISTRY[op]
+    state = _ACTIVE.state
+    if state is not None:
+        from .tracing import apply_traced
+        return apply_traced(state, op, inputs, attrs)
     out_type = prim.infer(tuple(TensorType(t._data.shape, t._dtype) for t in inputs), attrs)
     with np.errstate(all="ignore"):
         out = prim.impl(*(t._data for t in inputs), **attrs)
@@ -48,7 +59,7 @@ class EagerBuilder(Builder):
         return apply(op, *inputs, **attrs)
 
     def type_of(self, value: Tensor) -> TensorType:
-        return TensorType(value._data.shape, value._dtype)
+        return TensorType(value.shape, value._dtype)
 
 
 EAGER = EagerBuilder()

@@ -59,6 +59,7 @@ def _expand_items(x: Tensor, index: Any) -> list[Any]:
             mask = next(it)
             if mask.ndim == 0:
                 raise IndexError("indexing with a 0-d bool tensor is not supported")
+            mask._concrete("indexing with a bool mask (its result's shape depends on values)")
             parts = [_Advanced(Tensor._wrap(np.ascontiguousarray(n), int64))
                      for n in np.nonzero(mask._data)]
             parts[0].mask_shape = tuple(mask.shape)
@@ -143,8 +144,15 @@ def getitem(x: Tensor, index: Any) -> Tensor:
 
 
 def _normalise_index(index: Tensor, size: int, dim: int) -> Tensor:
-    """Index values in [0, size): negatives wrap, out-of-range values raise IndexError."""
+    """Index values in [0, size): negatives wrap, out-of-range values raise IndexError.
+
+    A traced index cannot be checked; negatives wrap with `where`, and compiled code masks
+    out-of-range reads."""
     data = index._data
+    if data is None:
+        from .elementwise import add, as_tensor, lt, where
+        index = as_tensor(index, int64)
+        return where(lt(index, 0), add(index, size), index)
     if data.size and (data.min() < -size or data.max() >= size):
         bad = data.min() if data.min() < -size else data.max()
         raise IndexError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
@@ -193,10 +201,13 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     from .shapes import broadcast_to, reshape
 
     x._check_inplace("__setitem__")
+    from .tracing import suspended
     grad = autograd.is_grad_enabled() and (x.requires_grad or
                                           (isinstance(value, Tensor) and value.requires_grad))
-    positions = getitem(Tensor._wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape),
-                                     int64), index)
+    with suspended("an assignment whose index holds a traced tensor"):
+        # the selected positions are plain data: computed eagerly even inside a trace
+        positions = getitem(Tensor._wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape),
+                                         int64), index)
     v = value if isinstance(value, Tensor) else Tensor(np.asarray(value))
     try:
         v = broadcast_to(as_tensor(v, x.dtype), positions.shape)
@@ -204,7 +215,7 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         raise ValueError(f"__setitem__: cannot assign a value of shape {tuple(v.shape)} to "
                          f"an indexed region of shape {tuple(positions.shape)}") from None
     x._version += 1
-    if not grad:
+    if not grad and x._data is not None and v._data is not None:
         if not x._data.flags.writeable:
             x._data = x._data.copy()  # a broadcast or window view: take a private copy
         where_at = np.unravel_index(positions._data.reshape(-1), x.shape)
@@ -214,7 +225,7 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     # x is about to be rebound to the result; record the old value under its own tensor object,
     # or the tape would point from x's new node back to x itself (a cycle with no gradient)
     old = Tensor._wrap(x._data, x._dtype)
-    old._node, old.requires_grad = x._node, x.requires_grad
+    old._node, old.requires_grad, old._value = x._node, x.requires_grad, x._value
     flat = reshape(old, (-1,))
     mask_data = np.zeros(x.numel(), dtype=bool)
     mask_data[flat_pos._data] = True
@@ -222,3 +233,4 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
                                                   x.dtype), flat_pos, reshape(v, (-1,)), axis=0)
     new = reshape(where(Tensor._wrap(mask_data, bool_), scattered, flat), x.shape)
     x._data, x._node, x.requires_grad = new._data, new._node, new.requires_grad
+    x._value = new._value

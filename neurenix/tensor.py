@@ -48,7 +48,7 @@ class Tensor:
     """A multi-dimensional array that can record the operations applied to it."""
 
     __slots__ = ("_data", "_dtype", "_device", "requires_grad", "grad", "_node",
-                 "_retains_grad", "_version", "__weakref__")
+                 "_retains_grad", "_version", "_value", "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray op Tensor` to Tensor's reflected method
 
     def __init__(self, data: Any, dtype: DType | None = None, device: Any = None,
@@ -62,6 +62,7 @@ class Tensor:
         self._node = None
         self._retains_grad = False
         self._version = 0
+        self._value = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -78,17 +79,19 @@ class Tensor:
         t._node = None
         t._retains_grad = False
         t._version = 0
+        t._value = None
         return t
 
     # ---- properties -------------------------------------------------------------------------
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self._data.shape
+        data = self._data
+        return data.shape if data is not None else self._value.type.shape
 
     @property
     def ndim(self) -> int:
-        return self._data.ndim
+        return len(self.shape)
 
     @property
     def dtype(self) -> DType:
@@ -110,7 +113,7 @@ class Tensor:
     @property
     def data(self) -> Tensor:
         """A tensor sharing this one's storage, detached from autograd."""
-        return Tensor._wrap(self._data, self._dtype)
+        return self.detach()
 
     @data.setter
     def data(self, value: Tensor) -> None:
@@ -132,7 +135,10 @@ class Tensor:
         return self.ndim
 
     def numel(self) -> int:
-        return int(self._data.size)
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
     def __len__(self) -> int:
         if self.ndim == 0:
@@ -143,6 +149,7 @@ class Tensor:
 
     def item(self) -> float | int | bool:
         """The value of a one-element tensor as a Python number."""
+        self._concrete("item()")
         if self._data.size != 1:
             raise ValueError(f"item: only a tensor with one element can be converted to a "
                              f"Python number, got shape {tuple(self.shape)} "
@@ -151,16 +158,25 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The values as a NumPy array (sharing memory on the CPU, as PyTorch does)."""
+        self._concrete("numpy()")
         if self.requires_grad:
             raise RuntimeError("numpy: can't call numpy() on a tensor that requires grad; "
                                "use tensor.detach().numpy()")
         return self._data
 
     def tolist(self) -> Any:
+        self._concrete("tolist()")
         return self._data.tolist()
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        self._concrete("conversion to a NumPy array")
         return self._data if dtype is None else self._data.astype(dtype)
+
+    def _concrete(self, what: str) -> None:
+        """Refuse to read values out of a symbolic (traced) tensor, naming the user's line."""
+        if self._data is None:
+            from .tracing import refuse
+            raise refuse(self, what)
 
     def __float__(self) -> float:
         return float(self.item())
@@ -169,12 +185,14 @@ class Tensor:
         return int(self.item())
 
     def __bool__(self) -> bool:
+        self._concrete("bool()")
         if self._data.size != 1:
             raise ValueError(f"the truth value of a tensor with {self._data.size} elements is "
                              "ambiguous; use .any() or .all()")
         return bool(self._data.reshape(()).item())
 
     def __index__(self) -> int:
+        self._concrete("use as an index")
         if not self._dtype.is_integer or self._data.size != 1:
             raise TypeError("only integer tensors of a single element can be used as an index")
         return int(self.item())
@@ -188,6 +206,8 @@ class Tensor:
         return id(self)
 
     def __repr__(self) -> str:
+        if self._data is None:
+            return f"tensor(<traced {self._value.type}>)"
         body = np.array2string(self._data, precision=4, separator=", ", prefix="tensor(",
                                threshold=200, edgeitems=3)
         extras = []
@@ -224,6 +244,8 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same values, cut from the autograd graph (storage is shared)."""
+        if self._data is None:
+            return elementwise.stop_gradient(self)
         return Tensor._wrap(self._data, self._dtype)
 
     def detach_(self) -> Tensor:
@@ -249,6 +271,9 @@ class Tensor:
         """Overwrite this tensor's values with src's (broadcast and cast to this dtype)."""
         self._check_inplace("copy_")
         self._version += 1
+        if (self._data is None or (isinstance(src, Tensor) and src._data is None)) \
+                and tracing_update(self, src):
+            return self
         value = src._data if isinstance(src, Tensor) else np.asarray(src)
         try:
             np.copyto(self._data, np.broadcast_to(value, self.shape), casting="unsafe")
@@ -366,6 +391,12 @@ def is_scalar(obj: Any) -> bool:
 
 
 from . import autograd, elementwise, indexing, linalg, shapes  # noqa: E402
+
+
+def tracing_update(target: Tensor, src: Any) -> bool:
+    """Record an in-place update made while tracing (see neurenix.tracing.record_update)."""
+    from .tracing import record_update
+    return record_update(target, src if isinstance(src, Tensor) else Tensor(src))
 from .tensor_methods import install_methods  # noqa: E402
 
 install_methods(Tensor)

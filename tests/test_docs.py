@@ -9,7 +9,8 @@ PAGES = sorted(DOCS.rglob("*.md"))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_doc_examples_run(page, capsys):
+def test_doc_examples_run(page, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that save files write them here
     namespace: dict = {}
     for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
         exec(compile(block, f"{page.name} block {i}", "exec"), namespace)  # noqa: S102

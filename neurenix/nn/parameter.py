@@ -29,6 +29,7 @@ class Parameter(Tensor):
         self._node = None
         self._retains_grad = False
         self._version = 0
+        self._value = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
-
 from ... import elementwise as ew
-from ...compiler.types import int64
 from ...dispatch import apply
-from ...random import next_seed
 from ...tensor import Tensor
+from ...tracing import seed_tensor
 
 
 def check_probability(p: float, name: str = "Dropout") -> float:
@@ -40,7 +37,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = Fa
     if p == 1.0:
         # Every element dropped: x * 0, as PyTorch computes it (NaN stays NaN).
         return ew.mul(x, 0.0)
-    seed = Tensor._wrap(np.asarray(next_seed(), dtype=np.int64), int64)
+    seed = seed_tensor()  # fresh per call; a per-call graph input when traced
     u = apply("rng_uniform", seed, shape=tuple(x.shape), dtype=x.dtype.name)
     # keep with probability 1 - p; the kept values are scaled so the mean is preserved
     scale = ew.mul(ew.cast(ew.ge(u, p), x.dtype), 1.0 / (1.0 - p))

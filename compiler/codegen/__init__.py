@@ -1,0 +1,9 @@
+"""Code generators: each turns a kernel `Schedule` (and its memory plan) into a runtime `Program`.
+
+`llvm` is the CPU backend (LLVM IR through llvmlite); the C-style GPU dialects and WGSL read the
+same kernel IR.
+"""
+from .llvm import ENTRY, generate
+from .llvm_ops import CodegenError
+
+__all__ = ["ENTRY", "CodegenError", "generate"]

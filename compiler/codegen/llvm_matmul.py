@@ -1,0 +1,286 @@
+"""The tiled, register-blocked path for contraction kernels (matmul, and any sum of products).
+
+A kernel matches when its reduction is `sum` over one axis k of `a * b`, where `a` does not read
+the *column* domain axis and `b` does not read the *row* axis (any other domain axes are batch
+axes).  That covers matmul with any strides (transposed operands are just other index
+expressions) and contractions whose operands are computed or masked (im2col-style windows).
+It is then computed BLIS-style, specialised at compile time:
+
+    for (batch, column tile) in [start, end):       # the kernel's range
+      pack b[k, n0:n0+NR] for all k into a contiguous panel (zeros past the last column)
+      for each tile of MR rows (rows past the last clamped to it, their results dropped):
+        MR vector accumulators of NR lanes, k innermost: acc[i] += splat(a[m0+i, k]) * panel[k]
+        spill the MR x NR tile, then run the kernel's stores (the epilogue) on its valid part
+
+NR is two host vectors wide, MR rows keep 2*MR accumulator registers busy, so the inner loop is
+one panel load and MR broadcast-FMAs per k with no address arithmetic but k.  The panel lives on
+the stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..kernel import Binary, Expr, Kernel, Load, Var, dtype_of
+from ..passes.memory import affine
+from ..types import DType
+from .llvm_loops import FunctionBuilder
+from .llvm_math import I32, I64, MathLib
+from .llvm_ops import ExprEmitter, cast, emit_stores, value_type
+
+MAX_PANEL_BYTES = 512 * 1024
+ROWS = 6  # MR
+MIN_CHAINS = 4  # independent accumulator rows needed to cover the FMA latency
+BLOCK_BYTES = 256 * 1024  # rows of `a` kept in L2 while every column tile passes over them
+
+
+@dataclass(frozen=True)
+class ContractionMatch:
+    """How a kernel maps onto the tiled loop nest."""
+
+    a: Expr  # the operand independent of the column axis (broadcast per row)
+    b: Expr  # the operand independent of the row axis (packed per column tile)
+    row: int | None  # domain axis tiled by MR rows; None for a single row
+    col: int  # domain axis vectorised across NR columns
+    batch: tuple[int, ...]
+    dtype: DType
+    mr: int
+    nr: int
+    direct: bool  # `b` is a plain load contiguous along the column axis
+
+
+def host_vector_bits() -> int:
+    """The widest vector register of the host CPU, in bits."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    features = llvm.get_host_cpu_features()
+    if features.get("avx512f"):
+        return 512
+    if features.get("avx2") or features.get("avx"):
+        return 256
+    return 128
+
+
+def _axes(e) -> set[int]:
+    """The loop axes an expression reads."""
+    if isinstance(e, Var):
+        return {e.axis}
+    out: set[int] = set()
+    for child in getattr(e, "__dict__", {}).values():
+        if hasattr(child, "__dataclass_fields__"):
+            out |= _axes(child)
+    return out
+
+
+def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | None:
+    """The tiled plan for `kernel`, or None when it is not a contraction this path handles."""
+    value = kernel.reduce_value
+    if (kernel.reduce_op != "sum" or len(kernel.reduce) != 1 or not kernel.domain
+            or not isinstance(value, Binary) or value.op != "mul"):
+        return None
+    dtype = dtype_of(value)
+    if not dtype.is_floating:
+        return None
+    nr = 2 * vector_bits // (8 * dtype.itemsize)
+    nd = len(kernel.domain)
+    k_size = kernel.reduce[0]
+    if k_size < 1 or k_size * nr * dtype.itemsize > MAX_PANEL_BYTES:
+        return None
+    if nd == 1:
+        layouts = [(None, 0)]
+    else:
+        layouts = [(nd - 2, nd - 1), (nd - 1, nd - 2)]
+        if kernel.domain[nd - 1] < nr // 2 <= kernel.domain[nd - 2]:
+            layouts.reverse()
+    allowed = set(range(nd + 1))
+    for row, col in layouts:
+        if kernel.domain[col] < min(nr // 2, 8):
+            continue
+        for a, b in ((value.a, value.b), (value.b, value.a)):
+            axes_a, axes_b = _axes(a), _axes(b)
+            if not (axes_a | axes_b) <= allowed:
+                return None
+            if col not in axes_a and (row is None or row not in axes_b):
+                batch = tuple(i for i in range(nd) if i not in (row, col))
+                rows = 1 if row is None else kernel.domain[row]
+                return ContractionMatch(a, b, row, col, batch, dtype, min(ROWS, rows), nr,
+                                        _direct_load(b, col, dtype))
+    return None
+
+
+def _direct_load(e: Expr, col: int, dtype: DType) -> bool:
+    """Whether `e` is an unmasked load of `dtype` whose index steps by one along `col`."""
+    if not isinstance(e, Load) or e.mask is not None or e.dtype != dtype:
+        return False
+    coeffs = affine(e.index)
+    return coeffs is not None and coeffs.get(col) == 1
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def emit_contraction(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
+                     m: ContractionMatch) -> int:
+    """Emit the tiled loop nest into `fb`; returns the size of the kernel's range."""
+    return _Tiler(fb, lib, kernel, buffers, m).emit()
+
+
+class _Tiler:
+    """The state of one contraction kernel's emission."""
+
+    def __init__(self, fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
+                 m: ContractionMatch) -> None:
+        self.fb, self.b, self.lib, self.kernel, self.buffers, self.m = (
+            fb, fb.b, lib, kernel, buffers, m)
+        self.ftype = value_type(m.dtype)
+        self.vec = ir.VectorType(self.ftype, m.nr)
+        self.k_axis = len(kernel.domain)
+        self.k_size = kernel.reduce[0]
+        self.n_size = kernel.domain[m.col]
+        self.m_size = 1 if m.row is None else kernel.domain[m.row]
+        self.panel = fb.alloca(self.ftype, count=self.k_size * m.nr, align=64, name="panel")
+        self.tile = fb.alloca(self.ftype, count=m.mr * m.nr, align=64, name="tile")
+        self.chains = max(1, MIN_CHAINS // m.mr)
+        self.accs = [fb.alloca(self.vec, align=64, name=f"acc{i}")
+                     for i in range(m.mr * self.chains)]
+
+    def emit(self) -> int:
+        fb, b, m, domain = self.fb, self.b, self.m, self.kernel.domain
+        col_tiles = _ceil_div(self.n_size, m.nr)
+        row_tiles = _ceil_div(self.m_size, m.mr)
+        block = max(1, min(row_tiles, BLOCK_BYTES // (self.k_size * m.dtype.itemsize * m.mr)))
+        row_blocks = _ceil_div(row_tiles, block)
+        # reading `b` in place beats packing it when no second row tile would reuse the panel
+        direct = m.direct and row_tiles == 1
+        start, end = fb.fn.args[-2:]
+        count = row_blocks * col_tiles
+        for axis in m.batch:
+            count *= domain[axis]
+        with fb.loop(start, end, "tile") as t:
+            vars: dict[int, ir.Value] = {}
+            n0 = b.mul(b.urem(t, _i64(col_tiles)), _i64(m.nr))
+            rest = b.udiv(t, _i64(col_tiles))
+            first = b.mul(b.urem(rest, _i64(row_blocks)), _i64(block))
+            last = fb.min(b.add(first, _i64(block)), row_tiles)
+            rest = b.udiv(rest, _i64(row_blocks))
+            for axis in reversed(m.batch):
+                vars[axis] = b.urem(rest, _i64(domain[axis]))
+                rest = b.udiv(rest, _i64(domain[axis]))
+            full = b.icmp_signed("<=", b.add(n0, _i64(m.nr)), _i64(self.n_size))
+            with b.if_else(full) as (whole, edge):
+                with whole:
+                    if direct:
+                        self._row_tiles(vars, n0, first, last, self._direct(vars, n0))
+                    else:
+                        self._pack(vars, n0, edge=False)
+                with edge:
+                    self._pack(vars, n0, edge=True)
+                    if direct:
+                        self._row_tiles(vars, n0, first, last, self._from_panel)
+            if not direct:
+                self._row_tiles(vars, n0, first, last, self._from_panel)
+        return count
+
+    def _from_panel(self, k: ir.Value) -> ir.Value:
+        ptr = self.b.gep(self.panel, [k], inbounds=True, source_etype=self.vec)
+        return self.b.load(ptr, typ=self.vec, align=64)
+
+    def _direct(self, vars: dict, n0: ir.Value):
+        def load(k: ir.Value) -> ir.Value:
+            point = dict(vars)
+            point[self.k_axis] = k
+            point[self.m.col] = n0
+            em = ExprEmitter(self.b, self.lib, self.buffers, point)
+            ptr = em.element_pointer(self.m.b.buffer, em.index(self.m.b.index))
+            return self.b.load(ptr, typ=self.vec, align=self.m.dtype.itemsize)
+        return load
+
+    def _pack(self, vars: dict, n0: ir.Value, edge: bool) -> None:
+        """panel[k * NR + j] = b at (column n0 + j, k); zero past the last column."""
+        fb, b, m = self.fb, self.b, self.m
+        with fb.loop(0, self.k_size, "pack_k") as k:
+            with fb.loop(0, m.nr, "pack_j", vectorize=True) as j:
+                n = b.add(n0, j)
+                point = dict(vars)
+                point[self.k_axis] = k
+                point[m.col] = fb.min(n, self.n_size - 1) if edge else n
+                v = ExprEmitter(b, self.lib, self.buffers, point).emit(m.b)
+                v = cast(b, self.lib, v, dtype_of(m.b), m.dtype)
+                if edge:
+                    inside = b.icmp_signed("<", n, _i64(self.n_size))
+                    v = b.select(inside, v, ir.Constant(self.ftype, 0.0))
+                slot = b.gep(self.panel, [b.add(b.mul(k, _i64(m.nr)), j)], inbounds=True,
+                             source_etype=self.ftype)
+                b.store(v, slot)
+
+    def _row_tiles(self, vars: dict, n0: ir.Value, first: ir.Value, last: ir.Value,
+                   load_b) -> None:
+        """Row tiles [first, last) against one column tile, then their epilogues.
+
+        With few rows the k loop is split over `chains` accumulator sets (k mod chains), so
+        that enough independent FMA chains hide the FMA latency; they are summed at the end.
+        """
+        fb, b, m, vec = self.fb, self.b, self.m, self.vec
+        chains = self.chains
+        with fb.loop(first, last, "rows") as rt:
+            m0 = b.mul(rt, _i64(m.mr))
+            for acc in self.accs:
+                b.store(ir.Constant(vec, None), acc)
+            steps = self.k_size // chains
+            with fb.loop(0, steps, "k") as kb:
+                for c in range(chains):
+                    k = b.add(b.mul(kb, _i64(chains)), _i64(c)) if chains > 1 else kb
+                    self._step(vars, m0, k, load_b(k), self.accs[c * m.mr:(c + 1) * m.mr])
+            if steps * chains < self.k_size:
+                with fb.loop(steps * chains, self.k_size, "k_rest") as k:
+                    self._step(vars, m0, k, load_b(k), self.accs[:m.mr])
+            for i in range(m.mr):
+                total = b.load(self.accs[i], typ=vec, align=64)
+                for c in range(1, chains):
+                    total = b.fadd(total, b.load(self.accs[c * m.mr + i], typ=vec, align=64))
+                slot = b.gep(self.tile, [_i64(i)], inbounds=True, source_etype=vec)
+                b.store(total, slot, align=64)
+            self._epilogue(vars, m0, n0)
+
+    def _step(self, vars: dict, m0: ir.Value, k: ir.Value, bvec: ir.Value, accs: list) -> None:
+        """acc[i] += splat(a[m0 + i, k]) * bvec for the tile's rows."""
+        fb, b, m, vec = self.fb, self.b, self.m, self.vec
+        fma = self.lib.intrinsic("llvm.fmuladd", vec)
+        zeros = ir.Constant(ir.VectorType(I32, m.nr), [0] * m.nr)
+        for i, acc in enumerate(accs):
+            point = dict(vars)
+            point[self.k_axis] = k
+            if m.row is not None:
+                point[m.row] = fb.min(b.add(m0, _i64(i)), self.m_size - 1)
+            a = ExprEmitter(b, self.lib, self.buffers, point).emit(m.a)
+            a = cast(b, self.lib, a, dtype_of(m.a), m.dtype)
+            lane = b.insert_element(ir.Constant(vec, None), a, _i32(0))
+            splat = b.shuffle_vector(lane, ir.Constant(vec, None), zeros)
+            b.store(b.call(fma, [splat, bvec, b.load(acc, typ=vec, align=64)]), acc)
+
+    def _epilogue(self, vars: dict, m0: ir.Value, n0: ir.Value) -> None:
+        """Run the kernel's stores on the valid part of the finished tile."""
+        fb, b, m = self.fb, self.b, self.m
+        rows = fb.min(b.sub(_i64(self.m_size), m0), m.mr)
+        cols = fb.min(b.sub(_i64(self.n_size), n0), m.nr)
+        with fb.loop(0, rows, "ep_i") as i:
+            with fb.loop(0, cols, "ep_j", vectorize=True) as j:
+                point = dict(vars)
+                if m.row is not None:
+                    point[m.row] = b.add(m0, i)
+                point[m.col] = b.add(n0, j)
+                slot = b.gep(self.tile, [b.add(b.mul(i, _i64(m.nr)), j)], inbounds=True,
+                             source_etype=self.ftype)
+                acc = b.load(slot, typ=self.ftype)
+                emit_stores(b, self.lib, self.kernel, self.buffers, point, acc)
+
+
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def _i32(v: int) -> ir.Constant:
+    return ir.Constant(I32, v)

@@ -1,0 +1,366 @@
+"""Kernel-IR expressions to LLVM values: the op table (op x dtype class -> emitter) and casts.
+
+Dtype classes: "f" floating, "i" integer (signed, wrapping like NumPy), "b" bool.  Bools are
+`i1` in registers and one byte in memory.  Every emitter is branch-free, so loops stay
+vectorizable: masked loads select a clamped index (0 where masked off, so the load is always in
+bounds) and then `other`; integer division guards its divisor instead of trapping.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ..kernel import (
+    Acc,
+    Binary,
+    Cast,
+    Const,
+    Expr,
+    Kernel,
+    Load,
+    RandomUniform,
+    Unary,
+    Var,
+    Where,
+    dtype_of,
+)
+from ..types import DType, int64
+from .llvm_math import F32, F64, I1, I8, I32, I64, MathLib
+
+
+class CodegenError(NotImplementedError):
+    """A kernel uses an op/dtype combination the LLVM backend does not implement."""
+
+
+def value_type(dtype: DType) -> ir.Type:
+    """The LLVM type of a value of `dtype` in registers."""
+    return {"bool": I1, "int32": I32, "int64": I64, "float32": F32, "float64": F64}[dtype.name]
+
+
+def memory_type(dtype: DType) -> ir.Type:
+    """The LLVM type of an element of `dtype` in memory (bools are bytes)."""
+    return I8 if dtype.name == "bool" else value_type(dtype)
+
+
+def dclass(dtype: DType) -> str:
+    """The op-table class of a dtype: "f", "i" or "b"."""
+    return "f" if dtype.is_floating else "i" if dtype.is_integer else "b"
+
+
+def const(dtype: DType, value) -> ir.Constant:
+    """A constant of `dtype`."""
+    if dtype.is_floating:
+        return ir.Constant(value_type(dtype), float(value))
+    return ir.Constant(value_type(dtype), int(value))
+
+
+def cast(b: ir.IRBuilder, lib: MathLib, x: ir.Value, src: DType, dst: DType) -> ir.Value:
+    """Convert `x` from `src` to `dst` as NumPy's astype does (float->int saturates)."""
+    if src == dst:
+        return x
+    s, d, t = dclass(src), dclass(dst), value_type(dst)
+    if d == "b":
+        if s == "f":
+            return b.fcmp_unordered("!=", x, ir.Constant(x.type, 0.0))
+        return b.icmp_unsigned("!=", x, ir.Constant(x.type, 0))
+    if s == "b":
+        return b.uitofp(x, t) if d == "f" else b.zext(x, t)
+    if s == "i" and d == "i":
+        return b.sext(x, t) if t.width > x.type.width else b.trunc(x, t)
+    if s == "i":
+        return b.sitofp(x, t)
+    if d == "i":
+        return b.call(lib.intrinsic("llvm.fptosi.sat", t, x.type), [x])
+    return b.fpext(x, t) if dst.itemsize > src.itemsize else b.fptrunc(x, t)
+
+
+# ---- unary ----------------------------------------------------------------------------------
+
+
+def _intrinsic1(name: str):
+    return lambda em, x, dt: em.b.call(em.lib.intrinsic(name, x.type), [x])
+
+
+def _libcall(name: str):
+    return lambda em, x, dt: em.lib.call(em.b, name, x.type, [x])
+
+
+def _sign_f(em, x, dt):
+    b = em.b
+    one = ir.Constant(x.type, 1.0)
+    neg = b.select(b.fcmp_ordered("<", x, ir.Constant(x.type, 0.0)), b.fneg(one), x)
+    return b.select(b.fcmp_ordered(">", x, ir.Constant(x.type, 0.0)), one, neg)
+
+
+def _sign_i(em, x, dt):
+    b = em.b
+    zero = ir.Constant(x.type, 0)
+    return b.sub(b.zext(b.icmp_signed(">", x, zero), x.type),
+                 b.zext(b.icmp_signed("<", x, zero), x.type))
+
+
+UNARY: dict[tuple[str, str], object] = {
+    ("neg", "f"): lambda em, x, dt: em.b.fneg(x),
+    ("neg", "i"): lambda em, x, dt: em.b.sub(ir.Constant(x.type, 0), x),
+    ("exp", "f"): _libcall("exp"),
+    ("log", "f"): _libcall("log"),
+    ("tanh", "f"): _libcall("tanh"),
+    ("sigmoid", "f"): _libcall("sigmoid"),
+    ("erf", "f"): _libcall("erf"),
+    ("sqrt", "f"): _intrinsic1("llvm.sqrt"),
+    ("abs", "f"): _intrinsic1("llvm.fabs"),
+    ("abs", "i"): lambda em, x, dt: em.b.call(em.lib.intrinsic("llvm.abs", x.type),
+                                              [x, ir.Constant(I1, 0)]),
+    ("sign", "f"): _sign_f,
+    ("sign", "i"): _sign_i,
+    ("floor", "f"): _intrinsic1("llvm.floor"),
+    ("floor", "i"): lambda em, x, dt: x,
+    ("reciprocal", "f"): lambda em, x, dt: em.b.fdiv(ir.Constant(x.type, 1.0), x),
+    ("not", "b"): lambda em, x, dt: em.b.xor(x, ir.Constant(I1, 1)),
+}
+
+# ---- binary ---------------------------------------------------------------------------------
+
+_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _cmp_f(op: str):
+    if op == "ne":  # NaN != anything is true
+        return lambda em, a, c, dt: em.b.fcmp_unordered("!=", a, c)
+    return lambda em, a, c, dt: em.b.fcmp_ordered(_CMP[op], a, c)
+
+
+def _cmp_i(op: str, signed: bool = True):
+    if signed:
+        return lambda em, a, c, dt: em.b.icmp_signed(_CMP[op], a, c)
+    return lambda em, a, c, dt: em.b.icmp_unsigned(_CMP[op], a, c)
+
+
+def _arith_i(method: str):
+    # index arithmetic never overflows, so it is marked nsw, which lets LLVM see strides
+    def emit(em, a, c, dt):
+        return getattr(em.b, method)(a, c, flags=("nsw",) if em.in_index else ())
+    return emit
+
+
+def _floor_divmod_i(em, a, c):
+    """Python-style floor quotient and remainder; 0 for a zero divisor (as NumPy), no traps."""
+    b = em.b
+    zero, one = ir.Constant(a.type, 0), ir.Constant(a.type, 1)
+    minus_one = ir.Constant(a.type, -1)
+    bad = b.or_(b.icmp_signed("==", c, zero), b.icmp_signed("==", c, minus_one))
+    safe = b.select(bad, one, c)
+    q = b.sdiv(a, safe)
+    r = b.srem(a, safe)
+    fix = b.and_(b.icmp_signed("!=", r, zero), b.icmp_signed("<", b.xor(r, safe), zero))
+    q = b.sub(q, b.zext(fix, a.type))
+    r = b.select(fix, b.add(r, safe), r)
+    is_m1 = b.icmp_signed("==", c, minus_one)
+    q = b.select(is_m1, b.sub(zero, a), b.select(bad, zero, q))
+    r = b.select(bad, zero, r)
+    return q, r
+
+
+def _idiv_i(em, a, c, dt):
+    shift = _power_of_two(em, c)
+    if shift is not None:
+        return em.b.ashr(a, ir.Constant(a.type, shift))
+    return _floor_divmod_i(em, a, c)[0]
+
+
+def _mod_i(em, a, c, dt):
+    shift = _power_of_two(em, c)
+    if shift is not None:
+        return em.b.and_(a, ir.Constant(a.type, (1 << shift) - 1))
+    return _floor_divmod_i(em, a, c)[1]
+
+
+def _power_of_two(em, c) -> int | None:
+    if isinstance(c, ir.Constant) and isinstance(c.constant, int):
+        v = c.constant
+        if v > 0 and v & (v - 1) == 0:
+            return v.bit_length() - 1
+    return None
+
+
+def _idiv_f(em, a, c, dt):
+    return em.b.call(em.lib.intrinsic("llvm.floor", a.type), [em.b.fdiv(a, c)])
+
+
+def _mod_f(em, a, c, dt):
+    """NumPy's float mod: the remainder takes the divisor's sign."""
+    b = em.b
+    zero = ir.Constant(a.type, 0.0)
+    r = b.frem(a, c)
+    differ = b.xor(b.fcmp_ordered("<", r, zero), b.fcmp_ordered("<", c, zero))
+    fix = b.and_(b.fcmp_ordered("!=", r, zero), differ)
+    r = b.select(fix, b.fadd(r, c), r)
+    zero_signed = b.call(em.lib.intrinsic("llvm.copysign", a.type), [zero, c])
+    return b.select(b.fcmp_ordered("==", r, zero), zero_signed, r)
+
+
+def _pow_f(em, a, c, dt):
+    if isinstance(c, ir.Constant) and c.constant == 2.0:
+        return em.b.fmul(a, a)
+    return em.lib.call(em.b, "pow", a.type, [a, c])
+
+
+def _intrinsic2(name: str):
+    return lambda em, a, c, dt: em.b.call(em.lib.intrinsic(name, a.type), [a, c])
+
+
+BINARY: dict[tuple[str, str], object] = {
+    ("add", "f"): lambda em, a, c, dt: em.b.fadd(a, c),
+    ("sub", "f"): lambda em, a, c, dt: em.b.fsub(a, c),
+    ("mul", "f"): lambda em, a, c, dt: em.b.fmul(a, c),
+    ("div", "f"): lambda em, a, c, dt: em.b.fdiv(a, c),
+    ("pow", "f"): _pow_f,
+    ("max", "f"): _intrinsic2("llvm.maximum"),  # NaN-propagating, like np.maximum
+    ("min", "f"): _intrinsic2("llvm.minimum"),
+    ("idiv", "f"): _idiv_f,
+    ("mod", "f"): _mod_f,
+    ("add", "i"): _arith_i("add"),
+    ("sub", "i"): _arith_i("sub"),
+    ("mul", "i"): _arith_i("mul"),
+    ("max", "i"): _intrinsic2("llvm.smax"),
+    ("min", "i"): _intrinsic2("llvm.smin"),
+    ("idiv", "i"): _idiv_i,
+    ("mod", "i"): _mod_i,
+    ("max", "b"): lambda em, a, c, dt: em.b.or_(a, c),
+    ("min", "b"): lambda em, a, c, dt: em.b.and_(a, c),
+    ("and", "b"): lambda em, a, c, dt: em.b.and_(a, c),
+    ("or", "b"): lambda em, a, c, dt: em.b.or_(a, c),
+}
+for _op in _CMP:
+    BINARY[(_op, "f")] = _cmp_f(_op)
+    BINARY[(_op, "i")] = _cmp_i(_op)
+    BINARY[(_op, "b")] = _cmp_i(_op, signed=False)
+
+
+# ---- the emitter ----------------------------------------------------------------------------
+
+
+class ExprEmitter:
+    """Emits kernel expressions at one point of a loop nest.
+
+    `buffers` maps a buffer name to (pointer, dtype, size); `vars` maps loop axes to their
+    current i64 values; `acc` is the finished reduction, if any.  Structurally equal
+    subexpressions are emitted once (expressions are hashable).
+    """
+
+    def __init__(self, b: ir.IRBuilder, lib: MathLib, buffers: dict, vars: dict[int, ir.Value],
+                 acc: ir.Value | None = None, acc_dtype: DType | None = None) -> None:
+        self.b = b
+        self.lib = lib
+        self.buffers = buffers
+        self.vars = vars
+        self.acc = acc
+        self.acc_dtype = acc_dtype
+        self.in_index = False
+        self._memo: dict[tuple[Expr, bool], ir.Value] = {}
+
+    def dtype(self, e: Expr) -> DType:
+        return dtype_of(e, self.acc_dtype)
+
+    def emit(self, e: Expr) -> ir.Value:
+        key = (e, self.in_index)
+        if key not in self._memo:
+            self._memo[key] = self._emit(e)
+        return self._memo[key]
+
+    def index(self, e: Expr) -> ir.Value:
+        """An element index (i64), with the arithmetic marked as non-wrapping."""
+        outer = self.in_index
+        self.in_index = True
+        try:
+            v = self.emit(e)
+        finally:
+            self.in_index = outer
+        return v if v.type == I64 else self.b.sext(v, I64)
+
+    def element_pointer(self, name: str, index: ir.Value) -> ir.Value:
+        ptr, dtype, _ = self.buffers[name]
+        return self.b.gep(ptr, [index], inbounds=True, source_etype=memory_type(dtype))
+
+    def load(self, name: str, index: ir.Value) -> ir.Value:
+        _, dtype, _ = self.buffers[name]
+        v = self.b.load(self.element_pointer(name, index), typ=memory_type(dtype),
+                        align=dtype.itemsize)
+        if dtype.name == "bool":
+            return self.b.icmp_unsigned("!=", v, ir.Constant(I8, 0))
+        return v
+
+    def store(self, name: str, index: ir.Value, value: ir.Value) -> None:
+        _, dtype, _ = self.buffers[name]
+        if dtype.name == "bool":
+            value = self.b.zext(value, I8)
+        self.b.store(value, self.element_pointer(name, index), align=dtype.itemsize)
+
+    def _emit(self, e: Expr) -> ir.Value:
+        b = self.b
+        if isinstance(e, Var):
+            return self.vars[e.axis]
+        if isinstance(e, Const):
+            return const(e.dtype, e.value)
+        if isinstance(e, Acc):
+            if self.acc is None:
+                raise CodegenError("llvm codegen: Acc() used outside a reduction's stores")
+            return self.acc
+        if isinstance(e, Load):
+            return self._load(e)
+        if isinstance(e, Cast):
+            return cast(b, self.lib, self.emit(e.x), self.dtype(e.x), e.dtype)
+        if isinstance(e, Where):
+            return b.select(self.emit(e.cond), self.emit(e.a), self.emit(e.b))
+        if isinstance(e, RandomUniform):
+            seed = cast(b, self.lib, self.emit(e.seed), self.dtype(e.seed), int64)
+            counter = cast(b, self.lib, self.emit(e.counter), self.dtype(e.counter), int64)
+            return self.lib.rng(b, seed, counter, value_type(e.dtype))
+        if isinstance(e, Unary):
+            dt = self.dtype(e.x)
+            fn = UNARY.get((e.op, dclass(dt)))
+            if fn is None:
+                raise CodegenError(f"llvm codegen: no emitter for unary {e.op!r} on {dt.name}")
+            return fn(self, self.emit(e.x), dt)
+        if isinstance(e, Binary):
+            dt = self.dtype(e.a)
+            fn = BINARY.get((e.op, dclass(dt)))
+            if fn is None:
+                raise CodegenError(f"llvm codegen: no emitter for binary {e.op!r} on {dt.name}")
+            return fn(self, self.emit(e.a), self.emit(e.b), dt)
+        raise CodegenError(f"llvm codegen: not a kernel expression: {e!r}")
+
+    def _load(self, e: Load) -> ir.Value:
+        b = self.b
+        _, dtype, size = self.buffers[e.buffer]
+        other = const(dtype, e.other)
+        if e.mask is None:
+            return self.load(e.buffer, self.index(e.index))
+        if size == 0:
+            return other
+        mask = self.emit(e.mask)
+        index = b.select(mask, self.index(e.index), ir.Constant(I64, 0))
+        return b.select(mask, self.load(e.buffer, index), other)
+
+
+
+def combine_sum(b: ir.IRBuilder, acc: ir.Value, v: ir.Value, dtype: DType) -> ir.Value:
+    """acc + v for a sum reduction or an accumulating store (float adds may be reassociated,
+    which lets LLVM vectorize sum reductions)."""
+    if dclass(dtype) == "f":
+        return b.fadd(acc, v, flags=("reassoc", "nsz"))
+    if dclass(dtype) == "b":
+        return b.or_(acc, v)
+    return b.add(acc, v)
+
+
+def emit_stores(b: ir.IRBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
+                vars: dict[int, ir.Value], acc: ir.Value | None) -> None:
+    """The kernel's stores at one domain point, `acc` being its finished reduction."""
+    em = ExprEmitter(b, lib, buffers, vars, acc, kernel.acc_dtype)
+    for store in kernel.stores:
+        index = em.index(store.index)
+        dtype = buffers[store.buffer][1]
+        value = cast(b, lib, em.emit(store.value), em.dtype(store.value), dtype)
+        if store.accumulate:
+            value = combine_sum(b, em.load(store.buffer, index), value, dtype)
+        em.store(store.buffer, index, value)

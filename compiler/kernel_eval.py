@@ -1,0 +1,252 @@
+"""A NumPy interpreter of the kernel IR: runs a `Schedule` with no code generator.
+
+It is the executable meaning of compiler/kernel.py, so lowering is tested on its own and every
+code generator has an oracle at the kernel level.  Each kernel is evaluated vectorised over its
+whole iteration space: `Var(i)` is an `arange` broadcast along axis i of the domain (then the
+reduction axes), expression trees evaluate bottom-up (shared subtrees once), reductions reduce
+the trailing axes, and stores scatter into flat buffers (`np.add.at` when accumulating).
+
+It is strict where generated code must be: an unmasked load or a store outside its buffer, a
+masked load whose mask is true out of range, a parallel kernel writing one element twice, a
+buffer a kernel touches without declaring it, or a store of the wrong dtype each raise
+`KernelEvalError`.  Temporaries start as NaN (or a sentinel integer), so a read of a value no
+kernel wrote shows up.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .kernel import (
+    Acc,
+    Binary,
+    Cast,
+    Const,
+    Expr,
+    Kernel,
+    Load,
+    RandomUniform,
+    Schedule,
+    Unary,
+    Var,
+    Where,
+    dtype_of,
+)
+from .ops.source import hash32
+
+
+class KernelEvalError(RuntimeError):
+    """A kernel broke the IR's contract (out-of-bounds access, undeclared buffer, ...)."""
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+UNARY = {
+    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh,
+    "sigmoid": _sigmoid, "erf": lambda x: _ERF(x), "abs": np.abs, "sign": np.sign,
+    "floor": np.floor, "reciprocal": np.reciprocal, "not": np.logical_not,
+}
+BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
+    "max": np.maximum, "min": np.minimum, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
+    "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "and": np.logical_and,
+    "or": np.logical_or, "idiv": np.floor_divide, "mod": np.mod,
+}
+
+
+def random_uniform(seed: np.ndarray, counter: np.ndarray, np_type) -> np.ndarray:
+    """Elementwise the generator of compiler/ops/source.py: uniform [0, 1) from seed, counter."""
+    seed, counter = np.broadcast_arrays(np.asarray(seed, np.int64),
+                                        np.asarray(counter, np.int64))
+    s = seed.astype(np.uint64).ravel()
+    lo = (s & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (s >> np.uint64(32)).astype(np.uint32)
+    key = hash32(lo ^ hash32(hi + np.uint32(0x9E3779B9)))
+    c = counter.ravel().astype(np.uint32)
+    bits = hash32(hash32(c ^ key) + key)
+    u = (bits >> np.uint32(8)).astype(np.float64) * (1.0 / (1 << 24))
+    return u.astype(np_type).reshape(seed.shape)
+
+
+def _fresh(size: int, np_type) -> np.ndarray:
+    """An uninitialised-looking buffer: NaN for floats, a sentinel for ints, True for bools."""
+    dt = np.dtype(np_type)
+    if dt.kind == "f":
+        return np.full(size, np.nan, dt)
+    if dt.kind == "b":
+        return np.ones(size, dt)
+    return np.full(size, -0x5A5A5A5A, dt)
+
+
+def run_schedule(schedule: Schedule,
+                 inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run every kernel in order; return the outputs shaped as `schedule.shapes` says.
+
+    `inputs` lists arrays in `schedule.inputs` order, or maps those buffer names to arrays.
+    """
+    if not isinstance(inputs, Mapping):
+        if len(inputs) != len(schedule.inputs):
+            raise ValueError(f"run_schedule: expected {len(schedule.inputs)} inputs, got "
+                             f"{len(inputs)}")
+        inputs = dict(zip(schedule.inputs, inputs))
+    buffers: dict[str, np.ndarray] = {}
+    for name, arg in schedule.buffers.items():
+        if name in schedule.inputs:
+            arr = np.asarray(inputs[name])
+            if arr.dtype != np.dtype(arg.dtype.np_type) or arr.size != arg.size:
+                raise ValueError(f"run_schedule: input {name!r} expects {arg.size} elements "
+                                 f"of {arg.dtype.name}, got {arr.dtype}{list(arr.shape)}")
+            buffers[name] = np.ascontiguousarray(arr).reshape(-1).copy()
+        elif name in schedule.constants:
+            buffers[name] = np.ascontiguousarray(schedule.constants[name]).reshape(-1).copy()
+        else:
+            buffers[name] = _fresh(arg.size, arg.dtype.np_type)
+    for kernel in schedule.kernels:
+        run_kernel(kernel, buffers)
+    return [buffers[o].reshape(schedule.shapes[o]) for o in schedule.outputs]
+
+
+def run_kernel(kernel: Kernel, buffers: dict[str, np.ndarray]) -> None:
+    """Execute one kernel over `buffers` (flat arrays by name), in place."""
+    for arg in kernel.buffers():
+        buf = buffers.get(arg.name)
+        if buf is None or buf.size != arg.size or buf.dtype != np.dtype(arg.dtype.np_type):
+            raise KernelEvalError(f"{kernel.name}: argument {arg.name} ({arg.size} x "
+                                  f"{arg.dtype.name}) does not match the buffer")
+    nd = len(kernel.domain)
+    with np.errstate(all="ignore"):
+        acc = None
+        if kernel.reduce_value is not None:
+            full = tuple(kernel.domain) + tuple(kernel.reduce)
+            ev = _Evaluator(kernel, buffers, full, None)
+            value = np.broadcast_to(ev(kernel.reduce_value), full)
+            acc = _reduce(kernel.reduce_op, value, nd)
+        ev = _Evaluator(kernel, buffers, tuple(kernel.domain), acc)
+        for store in kernel.stores:
+            _store(kernel, buffers, ev, store)
+
+
+def _reduce(op: str, value: np.ndarray, nd: int) -> np.ndarray:
+    axes = tuple(range(nd, value.ndim))
+    if op == "sum":
+        return np.sum(value, axis=axes, dtype=value.dtype)
+    if op == "prod":
+        return np.prod(value, axis=axes, dtype=value.dtype)
+    if op == "max":
+        return np.max(value, axis=axes)
+    if op == "min":
+        return np.min(value, axis=axes)
+    if op in ("argmax", "argmin"):
+        if len(axes) != 1:
+            raise KernelEvalError(f"{op} reduces exactly one axis, got {len(axes)}")
+        fn = np.argmax if op == "argmax" else np.argmin
+        return fn(value, axis=nd).astype(np.int64)
+    raise KernelEvalError(f"unknown reduce_op {op!r}")
+
+
+def _store(kernel: Kernel, buffers: dict[str, np.ndarray], ev: _Evaluator, store) -> None:
+    if store.buffer not in {b.name for b in kernel.outputs}:
+        raise KernelEvalError(f"{kernel.name}: stores to {store.buffer}, not an output")
+    buf = buffers[store.buffer]
+    want = np.dtype(dtype_of(store.value, kernel.acc_dtype).np_type)
+    if want != buf.dtype:
+        raise KernelEvalError(f"{kernel.name}: stores {want} into {store.buffer} of "
+                              f"{buf.dtype}")
+    shape = tuple(kernel.domain)
+    index = np.broadcast_to(ev(store.index), shape).reshape(-1)
+    value = np.broadcast_to(ev(store.value), shape).reshape(-1)
+    if index.size and (index.min() < 0 or index.max() >= buf.size):
+        raise KernelEvalError(f"{kernel.name}: store to {store.buffer} out of bounds "
+                              f"(index {index.min()}..{index.max()}, size {buf.size})")
+    if store.accumulate:
+        np.add.at(buf, index, value)
+        return
+    if kernel.parallel and np.unique(index).size != index.size:
+        raise KernelEvalError(f"{kernel.name}: parallel store writes an element of "
+                              f"{store.buffer} twice")
+    buf[index] = value
+
+
+class _Evaluator:
+    """Evaluates expressions over one iteration space, each shared subtree once."""
+
+    def __init__(self, kernel: Kernel, buffers: dict[str, np.ndarray], shape: tuple[int, ...],
+                 acc: np.ndarray | None) -> None:
+        self.kernel = kernel
+        self.buffers = buffers
+        self.shape = shape
+        self.acc = acc
+        self.inputs = {b.name for b in kernel.inputs}
+        self.memo: dict[int, tuple[Expr, np.ndarray]] = {}
+
+    def __call__(self, e: Expr) -> np.ndarray:
+        hit = self.memo.get(id(e))
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        out = np.asarray(self._eval(e))
+        self.memo[id(e)] = (e, out)
+        return out
+
+    def _eval(self, e: Expr) -> np.ndarray:
+        if isinstance(e, Var):
+            if e.axis >= len(self.shape):
+                raise KernelEvalError(f"{self.kernel.name}: Var({e.axis}) outside the loop "
+                                      f"nest of {len(self.shape)} axes")
+            view = [1] * len(self.shape)
+            view[e.axis] = self.shape[e.axis]
+            return np.arange(self.shape[e.axis], dtype=np.int64).reshape(view)
+        if isinstance(e, Const):
+            return np.asarray(e.value, dtype=e.dtype.np_type)
+        if isinstance(e, Load):
+            return self._load(e)
+        if isinstance(e, Unary):
+            x = self(e.x)
+            return np.asarray(UNARY[e.op](x)).astype(dtype_of(e, self._acc_dtype).np_type)
+        if isinstance(e, Binary):
+            a, b = self(e.a), self(e.b)
+            out = BINARY[e.op](a, b)
+            return np.asarray(out).astype(dtype_of(e, self._acc_dtype).np_type)
+        if isinstance(e, Where):
+            return np.where(self(e.cond), self(e.a), self(e.b))
+        if isinstance(e, Cast):
+            return self(e.x).astype(e.dtype.np_type)
+        if isinstance(e, RandomUniform):
+            return random_uniform(self(e.seed), self(e.counter), e.dtype.np_type)
+        if isinstance(e, Acc):
+            if self.acc is None:
+                raise KernelEvalError(f"{self.kernel.name}: Acc() outside a reduction's "
+                                      "stores")
+            return self.acc
+        raise KernelEvalError(f"not a kernel expression: {e!r}")
+
+    @property
+    def _acc_dtype(self):
+        return self.kernel.acc_dtype
+
+    def _load(self, e: Load) -> np.ndarray:
+        if e.buffer not in self.inputs:
+            raise KernelEvalError(f"{self.kernel.name}: loads {e.buffer}, which is not one of "
+                                  "its inputs")
+        buf = self.buffers[e.buffer]
+        index = self(e.index)
+        other = np.asarray(e.other).astype(buf.dtype)
+        if e.mask is None:
+            mask = np.ones((), bool)
+        else:
+            mask = self(e.mask)
+        index, mask = np.broadcast_arrays(index, mask)
+        hit = index[mask]
+        if hit.size and (hit.min() < 0 or hit.max() >= buf.size):
+            raise KernelEvalError(f"{self.kernel.name}: load of {e.buffer} out of bounds "
+                                  f"(index {hit.min()}..{hit.max()}, size {buf.size})")
+        out = np.empty(index.shape, buf.dtype)
+        out[...] = other
+        out[mask] = buf[hit]
+        return out

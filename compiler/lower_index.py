@@ -1,0 +1,501 @@
+"""The index-expression algebra of lowering: views folded into simplified int64 expressions.
+
+Lowering never copies data for a view.  A value is computed "at an index": a tuple of int64
+kernel expressions, one per axis.  A movement op maps its output index to its input's index
+(`movement_index`), possibly with a condition (pad, concat) under which the input is read at
+all; a buffer turns an index into a flat row-major offset (`IndexAlgebra.flat`).
+
+To keep the generated index arithmetic as cheap as the view it came from, every expression is
+built through `IndexAlgebra`, which keeps sums in a canonical linear form over the loop
+variables (whose extents it knows) and simplifies floor division and modulo with them: a
+reshape of a contiguous buffer folds back to the plain flat index, a permuted one to strides,
+and only a genuinely non-contiguous reshape keeps an `idiv`/`mod`.  The rules are the
+integer identities
+
+    (q*c + r) // c = q + r // c,  (q*c + r) % c = r % c        (q integral)
+    r // c = lo // c and r % c = r - c*(lo // c)  when lo // c == hi // c (range of r)
+    (g*B + s) // (g*c) = B // c,  (g*B + s) % (g*c) = g*(B % c) + s   when 0 <= s < g
+    c*(X // c) + X % c = X,  a*((X // a) % b) + X % a = X % (a*b)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import gcd, prod
+
+from .kernel import Binary, Const, Expr, Var, Where, format_expr
+from .types import bool_, int64
+
+TRUE = Const(True, bool_)
+FALSE = Const(False, bool_)
+ZERO = Const(0, int64)
+
+Index = tuple[Expr, ...]
+Range = tuple[int, int]
+# one input read by a movement op: (operand position, index into that operand, condition or None)
+Branch = tuple[int, Index, Expr | None]
+
+MOVEMENT_OPS = ("reshape", "permute", "expand", "slice", "pad", "concat", "unfold")
+
+
+def const(value: int) -> Const:
+    """An int64 constant."""
+    return Const(int(value), int64)
+
+
+def _atom_key(e: Expr) -> tuple:
+    if isinstance(e, Var):
+        return (0, e.axis, "")
+    return (1, 0, format_expr(e))
+
+
+class IndexAlgebra:
+    """Builds simplified int64 index expressions over loop variables of known extents.
+
+    `sizes[i]` is the extent of `Var(i)` (the kernel's domain, then its reduction axes).
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = tuple(int(s) for s in sizes)
+        self._ranges: dict[Expr, Range | None] = {}
+
+    # ---- linear forms ---------------------------------------------------------------------
+
+    def _lin(self, e: Expr) -> tuple[dict[Expr, int], int]:
+        """`e` as ({atom: coefficient}, constant); atoms are the non-affine parts."""
+        if isinstance(e, Const) and not isinstance(e.value, bool):
+            return {}, int(e.value)
+        if isinstance(e, Binary) and e.op in ("add", "sub"):
+            ta, ca = self._lin(e.a)
+            tb, cb = self._lin(e.b)
+            sign = 1 if e.op == "add" else -1
+            terms = dict(ta)
+            for atom, k in tb.items():
+                terms[atom] = terms.get(atom, 0) + sign * k
+            return terms, ca + sign * cb
+        if isinstance(e, Binary) and e.op == "mul":
+            for x, y in ((e.a, e.b), (e.b, e.a)):
+                if isinstance(y, Const) and not isinstance(y.value, bool):
+                    tx, cx = self._lin(x)
+                    k = int(y.value)
+                    return {a: v * k for a, v in tx.items()}, cx * k
+        return {e: 1}, 0
+
+    def _recombine(self, terms: dict[Expr, int]) -> int:
+        """Fold c*(X//c) + X%c into X and a*((X//a)%b) + X%a into X%(a*b), in place.
+
+        Returns the constant the folded terms contribute."""
+        extra = 0
+        changed = True
+        while changed:
+            changed = False
+            for atom, k in list(terms.items()):
+                if not (isinstance(atom, Binary) and atom.op == "mod" and k):
+                    continue
+                x, c = atom.a, atom.b.value
+                partner = Binary("idiv", x, const(c))
+                if terms.get(partner) == k * c:
+                    del terms[atom], terms[partner]
+                    tx, cx = self._lin(x)
+                    for a, v in tx.items():
+                        terms[a] = terms.get(a, 0) + k * v
+                    extra += k * cx
+                    changed = True
+                    break
+                if isinstance(x, Binary) and x.op == "idiv" and k % x.b.value == 0:
+                    a_ = x.b.value
+                    inner = Binary("mod", x.a, const(a_))
+                    if terms.get(inner) == k // a_:
+                        del terms[atom], terms[inner]
+                        merged = self.mod(x.a, a_ * c)
+                        tm, cm = self._lin(merged)
+                        for a, v in tm.items():
+                            terms[a] = terms.get(a, 0) + (k // a_) * v
+                        extra += (k // a_) * cm
+                        changed = True
+                        break
+            for atom in [a for a, v in terms.items() if v == 0]:
+                del terms[atom]
+        return extra
+
+    def _build(self, terms: dict[Expr, int], c: int) -> Expr:
+        """The canonical expression of a linear form: atoms in a fixed order, constant last."""
+        terms = {a: k for a, k in terms.items() if k}
+        c += self._recombine(terms)
+        expr: Expr | None = None
+        for atom in sorted(terms, key=_atom_key):
+            k = terms[atom]
+            mag = abs(k)
+            term = atom if mag == 1 else Binary("mul", atom, const(mag))
+            if expr is None:
+                expr = term if k > 0 else Binary("mul", atom, const(k))
+            else:
+                expr = Binary("add" if k > 0 else "sub", expr, term)
+        if expr is None:
+            return const(c)
+        if c:
+            expr = Binary("add" if c > 0 else "sub", expr, const(abs(c)))
+        return expr
+
+    # ---- ranges ---------------------------------------------------------------------------
+
+    def range(self, e: Expr) -> Range | None:
+        """Inclusive (lo, hi) bounds of an index expression, or None when unknown."""
+        if e in self._ranges:
+            return self._ranges[e]
+        r = self._range(e)
+        self._ranges[e] = r
+        return r
+
+    def _range(self, e: Expr) -> Range | None:
+        if isinstance(e, Const):
+            return int(e.value), int(e.value)
+        if isinstance(e, Var):
+            return 0, self.sizes[e.axis] - 1
+        if isinstance(e, Binary):
+            if e.op in ("add", "sub", "mul") and (isinstance(e.b, Const) or e.op != "mul"):
+                terms, c = self._lin(e)
+                return self._lin_range(terms, c)
+            if e.op in ("idiv", "mod") and isinstance(e.b, Const):
+                c = int(e.b.value)
+                r = self.range(e.a)
+                if e.op == "idiv":
+                    return None if r is None else (r[0] // c, r[1] // c)
+                if r is not None and r[0] // c == r[1] // c:
+                    return r[0] % c, r[1] % c
+                return 0, c - 1
+        if isinstance(e, Where):
+            ra, rb = self.range(e.a), self.range(e.b)
+            if ra is not None and rb is not None:
+                return min(ra[0], rb[0]), max(ra[1], rb[1])
+        return None
+
+    def _lin_range(self, terms: dict[Expr, int], c: int) -> Range | None:
+        lo = hi = c
+        for atom, k in terms.items():
+            r = self.range(atom)
+            if r is None:
+                return None
+            a, b = k * r[0], k * r[1]
+            lo += min(a, b)
+            hi += max(a, b)
+        return lo, hi
+
+    # ---- arithmetic -----------------------------------------------------------------------
+
+    def add(self, *es: Expr) -> Expr:
+        terms: dict[Expr, int] = {}
+        c = 0
+        for e in es:
+            t, k = self._lin(e)
+            for atom, v in t.items():
+                terms[atom] = terms.get(atom, 0) + v
+            c += k
+        return self._build(terms, c)
+
+    def sub(self, a: Expr, b: Expr) -> Expr:
+        return self.add(a, self.mul(b, -1))
+
+    def mul(self, e: Expr, k: int) -> Expr:
+        terms, c = self._lin(e)
+        return self._build({a: v * k for a, v in terms.items()}, c * k)
+
+    def idiv(self, e: Expr, c: int) -> Expr:
+        """Floor division by a positive constant, simplified."""
+        if c == 1:
+            return e
+        terms, k0 = self._lin(e)
+        q = {a: k // c for a, k in terms.items() if k % c == 0}
+        r = {a: k for a, k in terms.items() if k % c != 0}
+        qc, rc = divmod(k0, c)
+        return self.add(self._build(q, qc), self._idiv_rest(r, rc, c))
+
+    def _idiv_rest(self, r: dict[Expr, int], rc: int, c: int) -> Expr:
+        rng = self._lin_range(r, rc)
+        if rng is not None and rng[0] // c == rng[1] // c:
+            return const(rng[0] // c)
+        for g in sorted({gcd(c, k) for k in r.values()} - {1}, reverse=True):
+            big = {a: k // g for a, k in r.items() if k % g == 0}
+            small = {a: k for a, k in r.items() if k % g != 0}
+            bc, sc = divmod(rc, g)
+            srng = self._lin_range(small, sc)
+            if srng is not None and srng[0] >= 0 and srng[1] < g:
+                return self.idiv(self._build(big, bc), c // g)
+        if rc == 0 and len(r) == 1:
+            (atom, k), = r.items()
+            if k == 1 and isinstance(atom, Binary) and atom.op == "idiv":
+                return self.idiv(atom.a, int(atom.b.value) * c)
+        return Binary("idiv", self._build(r, rc), const(c))
+
+    def mod(self, e: Expr, c: int) -> Expr:
+        """Floor modulo by a positive constant, simplified."""
+        if c == 1:
+            return ZERO
+        terms, k0 = self._lin(e)
+        r = {a: k for a, k in terms.items() if k % c != 0}
+        rc = k0 % c
+        if not r:
+            return const(rc)
+        rng = self._lin_range(r, rc)
+        if rng is not None and rng[0] // c == rng[1] // c:
+            return self._build(r, rc - c * (rng[0] // c))
+        for g in sorted({gcd(c, k) for k in r.values()} - {1}, reverse=True):
+            big = {a: k // g for a, k in r.items() if k % g == 0}
+            small = {a: k for a, k in r.items() if k % g != 0}
+            bc, sc = divmod(rc, g)
+            srng = self._lin_range(small, sc)
+            if srng is not None and srng[0] >= 0 and srng[1] < g:
+                return self.add(self.mul(self.mod(self._build(big, bc), c // g), g),
+                                self._build(small, sc))
+        if rc == 0 and len(r) == 1:
+            (atom, k), = r.items()
+            if k == 1 and isinstance(atom, Binary) and atom.op == "mod" \
+                    and int(atom.b.value) % c == 0:
+                return self.mod(atom.a, c)
+        return Binary("mod", self._build(r, rc), const(c))
+
+    # ---- layouts --------------------------------------------------------------------------
+
+    def flat(self, idx: Sequence[Expr], shape: Sequence[int]) -> Expr:
+        """The row-major offset of `idx` in a contiguous array of `shape`."""
+        terms = []
+        stride = 1
+        for e, n in zip(reversed(tuple(idx)), reversed(tuple(shape))):
+            terms.append(self.mul(e, stride))
+            stride *= n
+        return self.add(*terms) if terms else ZERO
+
+    def unflatten(self, f: Expr, shape: Sequence[int]) -> Index:
+        """The index of row-major offset `f` in an array of `shape` (the inverse of `flat`)."""
+        shape = tuple(shape)
+        if prod(shape) == 0:
+            return (ZERO,) * len(shape)
+        out = []
+        stride = prod(shape)
+        for n in shape:
+            stride //= n
+            out.append(self.mod(self.idiv(f, stride), n))
+        return tuple(out)
+
+    def affine(self, e: Expr) -> tuple[dict[int, int], int] | None:
+        """`e` as ({axis: coefficient}, offset) when it is affine in the loop variables."""
+        terms, c = self._lin(e)
+        if not all(isinstance(a, Var) for a in terms):
+            return None
+        return {a.axis: k for a, k in terms.items()}, c
+
+    # ---- conditions -----------------------------------------------------------------------
+
+    def lt(self, e: Expr, n: int) -> Expr:
+        """e < n, decided statically when the range of e allows."""
+        r = self.range(e)
+        if r is not None and r[1] < n:
+            return TRUE
+        if r is not None and r[0] >= n:
+            return FALSE
+        return Binary("lt", e, const(n))
+
+    def ge(self, e: Expr, n: int) -> Expr:
+        """e >= n, decided statically when the range of e allows."""
+        r = self.range(e)
+        if r is not None and r[0] >= n:
+            return TRUE
+        if r is not None and r[1] < n:
+            return FALSE
+        return Binary("ge", e, const(n))
+
+    def divisible(self, e: Expr, s: int) -> Expr:
+        """e % s == 0."""
+        m = self.mod(e, s)
+        if isinstance(m, Const):
+            return TRUE if m.value == 0 else FALSE
+        return Binary("eq", m, ZERO)
+
+    def in_range(self, e: Expr, n: int) -> Expr:
+        """0 <= e < n."""
+        return self.all_of(self.ge(e, 0), self.lt(e, n))
+
+    @staticmethod
+    def all_of(*conds: Expr | None) -> Expr:
+        """The conjunction of conditions (None means true), constant-folded."""
+        out: Expr = TRUE
+        for c in conds:
+            if c is None or c == TRUE:
+                continue
+            if c == FALSE:
+                return FALSE
+            out = c if out == TRUE else Binary("and", out, c)
+        return out
+
+
+# ---- movement ops as index maps -----------------------------------------------------------
+
+
+def _reshape_blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Split a reshape into runs of axes with equal products: (src lo, src hi, dst lo, dst hi)."""
+    blocks = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        i0, j0 = i, j
+        ps = pd = 1
+        if i < len(src):
+            ps *= src[i]
+            i += 1
+        if j < len(dst):
+            pd *= dst[j]
+            j += 1
+        while ps != pd:
+            if ps < pd and i < len(src):
+                ps *= src[i]
+                i += 1
+            elif j < len(dst):
+                pd *= dst[j]
+                j += 1
+            else:
+                return [(0, len(src), 0, len(dst))]
+        while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):
+            i += 1
+        while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
+            j += 1
+        blocks.append((i0, i, j0, j))
+    return blocks
+
+
+def reshape_index(alg: IndexAlgebra, idx: Index, src: tuple[int, ...],
+                  dst: tuple[int, ...]) -> Index:
+    """The index into a reshape's input (shape `src`) of output index `idx` (shape `dst`)."""
+    if src == dst:
+        return idx
+    if prod(src) == 0:
+        return (ZERO,) * len(src)
+    out: list[Expr] = []
+    for i0, i1, j0, j1 in _reshape_blocks(src, dst):
+        if i1 - i0 == 1 and j1 - j0 == 1:
+            out.append(idx[j0])
+            continue
+        f = alg.flat(idx[j0:j1], dst[j0:j1])
+        out.extend(alg.unflatten(f, src[i0:i1]))
+    return tuple(out)
+
+
+def movement_index(alg: IndexAlgebra, node, idx: Index) -> list[Branch]:
+    """The inputs a movement node reads at output index `idx`.
+
+    Every op but `concat` reads one operand; `pad` and `concat` attach a condition under which
+    the branch is taken (pad's fill value, in `node.attr["value"]`, applies elsewhere).
+    """
+    op, a = node.op, node.attr
+    x_shape = node.inputs[0].type.shape
+    if op == "reshape":
+        return [(0, reshape_index(alg, idx, x_shape, node.type.shape), None)]
+    if op == "permute":
+        src: list[Expr] = [ZERO] * len(idx)
+        for i, p in enumerate(a["perm"]):
+            src[p] = idx[i]
+        return [(0, tuple(src), None)]
+    if op == "expand":
+        return [(0, tuple(ZERO if d == 1 else e for e, d in zip(idx, x_shape)), None)]
+    if op == "slice":
+        return [(0, tuple(alg.add(alg.mul(e, st), const(lo))
+                          for e, lo, st in zip(idx, a["starts"], a["steps"])), None)]
+    if op == "pad":
+        return [_pad_branch(alg, idx, x_shape, a["lo"], a["interior"])]
+    if op == "concat":
+        return _concat_branches(alg, idx, node, a["axis"])
+    if op == "unfold":
+        d = len(a["kernel"])
+        taps, wins = idx[2:2 + d], idx[2 + d:]
+        spatial = tuple(alg.add(alg.mul(o, st), alg.mul(t, dl))
+                        for t, o, st, dl in zip(taps, wins, a["stride"], a["dilation"]))
+        return [(0, tuple(idx[:2]) + spatial, None)]
+    raise ValueError(f"movement_index: {op} is not a movement op")
+
+
+def _pad_branch(alg: IndexAlgebra, idx: Index, shape, lo, interior) -> Branch:
+    src = []
+    conds = []
+    for e, d, low, inner in zip(idx, shape, lo, interior):
+        j = alg.sub(e, const(low)) if low else e
+        if inner:
+            s = inner + 1
+            i = alg.idiv(j, s)
+            conds += [alg.ge(j, 0), alg.divisible(j, s), alg.lt(i, d)]
+        else:
+            i = j
+            conds += [alg.ge(j, 0), alg.lt(j, d)]
+        src.append(i)
+    cond = alg.all_of(*conds)
+    return 0, tuple(src), None if cond == TRUE else cond
+
+
+def _concat_branches(alg: IndexAlgebra, idx: Index, node, axis: int) -> list[Branch]:
+    out = []
+    offset = 0
+    for k, x in enumerate(node.inputs):
+        size = x.type.shape[axis]
+        i = alg.sub(idx[axis], const(offset)) if offset else idx[axis]
+        cond = alg.all_of(alg.ge(i, 0), alg.lt(i, size))
+        offset += size
+        if size == 0 or cond == FALSE:
+            continue
+        out.append((k, idx[:axis] + (i,) + idx[axis + 1:], None if cond == TRUE else cond))
+    return out
+
+
+def fold_index(alg: IndexAlgebra, idx: Index, taps: Index, node) -> tuple[Index, Expr | None]:
+    """For fold: the index into its input (N, C, *kernel, *windows) of output position `idx`
+    (N, C, *spatial) at kernel tap `taps`, and the condition that such a window exists."""
+    a = node.attr
+    wins = node.inputs[0].type.shape[2 + len(a["kernel"]):]
+    src = []
+    conds = []
+    for s, t, st, dl, n in zip(idx[2:], taps, a["stride"], a["dilation"], wins):
+        j = alg.sub(s, alg.mul(t, dl))
+        o = alg.idiv(j, st)
+        conds += [alg.ge(j, 0), alg.divisible(j, st), alg.lt(o, n)]
+        src.append(o)
+    cond = alg.all_of(*conds)
+    return tuple(idx[:2]) + tuple(taps) + tuple(src), None if cond == TRUE else cond
+
+
+def strided_view(node, is_buffer, alg: IndexAlgebra, idx: Index):
+    """Follow movement ops down from `node` (read at `idx`) to the first node `is_buffer`
+    accepts, and return (that node, {axis: stride}, offset) when the walk makes a plain
+    strided read of it; None when a view needs a mask or an index that is not affine, or
+    a computed value is reached first."""
+    while not is_buffer(node):
+        if node.op not in MOVEMENT_OPS:
+            return None
+        branches = movement_index(alg, node, idx)
+        if len(branches) != 1 or branches[0][2] is not None:
+            return None
+        pos, idx, _ = branches[0]
+        node = node.inputs[pos]
+    form = alg.affine(alg.flat(idx, node.type.shape))
+    if form is None:
+        return None
+    return node, form[0], form[1]
+
+
+
+
+def matmul_domain(node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A matmul kernel's (domain, reduce): (M, N) or, with batch axes flattened into one,
+    (B, M, N); the reduction is over (K,)."""
+    a, b = node.inputs[0].type.shape, node.inputs[1].type.shape
+    batch = prod(a[:-2])
+    mn = (a[-2], b[-1])
+    return ((batch,) + mn if batch > 1 else mn), (a[-1],)
+
+
+def matmul_operand_indices(alg: IndexAlgebra, node) -> tuple[Index, Index]:
+    """The indices at which a matmul kernel reads its two operands."""
+    a_shape = node.inputs[0].type.shape
+    batch_shape = a_shape[:-2]
+    domain, _ = matmul_domain(node)
+    nd = len(domain)
+    if nd == 3:
+        batch = alg.unflatten(Var(0), batch_shape)
+    else:
+        batch = (ZERO,) * len(batch_shape)
+    m, n, k = Var(nd - 2), Var(nd - 1), Var(nd)
+    return batch + (m, k), batch + (k, n)

@@ -1,0 +1,191 @@
+"""Reverse-mode autodiff as a graph transform: `grad_graph` builds one joint forward+backward graph.
+
+The forward is replayed node for node into a `GraphBuilder`, so the joint graph contains it
+unchanged.  Then the forward nodes are walked in reverse topological order: each primitive's VJP
+rule (the same rules eager autograd applies, see `neurenix.autograd`) is called with the builder
+as `b`, and the cotangents reaching one value are summed with `add`.  Only floating values that
+depend on an input named in `wrt` through differentiable primitives receive a cotangent;
+`stop_gradient` and every `non_differentiable` primitive end the flow, and integer or bool values
+never carry one.  `compiler.passes.partition` splits the joint graph into the forward and backward
+graphs a training step runs (AOTAutograd's idea).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph_builder import GraphBuilder
+from ..ir import CONSTANT, INPUT, Graph, IRError, Node
+from ..ops import REGISTRY
+from ..ops.registry import non_differentiable
+
+
+@dataclass(frozen=True)
+class JointGraph:
+    """A forward graph and its backward in one graph.
+
+    `graph.inputs` are the forward's inputs followed by the cotangent inputs (named in
+    `cotangent_inputs`, one per floating forward output, in output order); `graph.outputs` are
+    the `num_outputs` forward outputs followed by one gradient per name in `wrt`.
+    """
+
+    graph: Graph
+    num_outputs: int
+    wrt: tuple[str, ...]
+    cotangent_inputs: tuple[str, ...]
+
+    @property
+    def forward_outputs(self) -> list[Node]:
+        return self.graph.outputs[:self.num_outputs]
+
+    @property
+    def gradients(self) -> list[Node]:
+        return self.graph.outputs[self.num_outputs:]
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first name not in `taken` (which it joins)."""
+    name = base
+    k = 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def replay(b: GraphBuilder, nodes: Iterable[Node], env: dict[int, Node],
+           constants: dict[str, np.ndarray]) -> None:
+    """Append copies of `nodes` (topologically ordered) to `b`, mapping old node ids in `env`.
+
+    Nodes already in `env` are skipped; every input node must already be mapped.  Source lines
+    travel with the copies.
+    """
+    for node in nodes:
+        if id(node) in env:
+            continue
+        if node.op == INPUT:
+            raise IRError(f"replay: input {node.name!r} is not mapped to a value of the new graph")
+        if node.op == CONSTANT:
+            env[id(node)] = b.constant(constants[node.name], node.name)
+            continue
+        b.source = node.source
+        env[id(node)] = b.apply(node.op, *(env[id(i)] for i in node.inputs), **node.attr)
+    b.source = None
+
+
+def differentiable(node: Node) -> bool:
+    """Whether a gradient can flow through `node` to its inputs."""
+    if node.op in (INPUT, CONSTANT) or not node.type.dtype.is_floating:
+        return False
+    return REGISTRY[node.op].vjp not in (None, non_differentiable)
+
+
+def _active(graph: Graph, wrt_ids: set[int]) -> set[int]:
+    """Ids of the nodes whose value depends on a `wrt` input through differentiable primitives."""
+    active = set(wrt_ids)
+    for node in graph.nodes:
+        if differentiable(node) and any(id(i) in active for i in node.inputs):
+            active.add(id(node))
+    return active
+
+
+def _check_wrt(graph: Graph, wrt: Sequence[str]) -> list[Node]:
+    by_name = {n.name: n for n in graph.inputs}
+    nodes = []
+    for name in wrt:
+        node = by_name.get(name)
+        if node is None:
+            raise ValueError(f"grad_graph: {name!r} is not an input of graph {graph.name!r}; "
+                             f"inputs: {', '.join(by_name)}")
+        if not node.type.dtype.is_floating:
+            raise TypeError(f"grad_graph: input {name!r} has type {node.type}; only "
+                            "floating-point inputs have gradients")
+        nodes.append(node)
+    return nodes
+
+
+def _add_cotangent(b: GraphBuilder, cot: dict[int, Node], key: int, g: Node) -> None:
+    prev = cot.get(key)
+    cot[key] = g if prev is None else b.add(prev, g)
+
+
+def _backprop(b: GraphBuilder, graph: Graph, env: dict[int, Node], cot: dict[int, Node],
+              active: set[int]) -> None:
+    """Walk the forward in reverse, pushing each node's cotangent to its active inputs."""
+    for node in reversed(graph.nodes):
+        g = cot.get(id(node))
+        if g is None or node.op in (INPUT, CONSTANT):
+            continue
+        prim = REGISTRY[node.op]
+        out = env[id(node)]
+        args = tuple(env[id(i)] for i in node.inputs)
+        b.source = node.source
+        for index, inp in enumerate(node.inputs):
+            if id(inp) not in active:
+                continue
+            gi = prim.vjp(b, g, out, args, node.attr, index)
+            if gi is None:
+                continue
+            if gi.type != inp.type:
+                raise IRError(f"grad_graph: the VJP of {node.op} gave a cotangent of type "
+                              f"{gi.type} for input {index} of type {inp.type}")
+            _add_cotangent(b, cot, id(inp), gi)
+        del cot[id(node)]
+    b.source = None
+
+
+def _live_ids(outputs: Sequence[Node]) -> set[int]:
+    live: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        n = stack.pop()
+        if id(n) not in live:
+            live.add(id(n))
+            stack.extend(n.inputs)
+    return live
+
+
+def grad_graph(graph: Graph, wrt: Sequence[str], *, output_cotangents: bool = True) -> JointGraph:
+    """The joint graph computing `graph`'s outputs and the gradients w.r.t. the inputs in `wrt`.
+
+    With `output_cotangents` (the default) every floating output `i` gets a cotangent input
+    `grad_<i>` of its type and the gradients are vector-Jacobian products with them: what a
+    backward pass needs when the loss is computed outside the graph.  Without it every floating
+    output is seeded with ones (the gradient of the sum of the outputs; for a scalar loss, its
+    gradient) and the graph takes no extra inputs: what a whole training step needs.  An input
+    that no gradient reaches gets zeros.
+    """
+    wrt_nodes = _check_wrt(graph, wrt)
+    b = GraphBuilder(f"{graph.name}_joint")
+    env: dict[int, Node] = {}
+    for node in graph.inputs:
+        env[id(node)] = b.input(node.name, node.type, node.attr["kind"])
+    replay(b, graph.nodes, env, graph.constants)
+    forward_ids = {id(n) for n in b.nodes}
+
+    active = _active(graph, {id(n) for n in wrt_nodes})
+    taken = {n.name for n in graph.inputs}
+    cot_names: list[str] = []
+    cot: dict[int, Node] = {}
+    for i, out in enumerate(graph.outputs):
+        if not out.type.dtype.is_floating:
+            continue
+        if output_cotangents:
+            name = fresh_name(f"grad_{i}", taken)
+            cot_names.append(name)
+            seed = b.input(name, out.type)
+        else:
+            seed = b.full_like(env[id(out)], 1.0)
+        if id(out) in active:
+            _add_cotangent(b, cot, id(out), seed)
+
+    _backprop(b, graph, env, cot, active)
+    grads = [cot[id(n)] if id(n) in cot else b.zeros_like(env[id(n)]) for n in wrt_nodes]
+    outputs = [env[id(o)] for o in graph.outputs] + grads
+    # drop what the VJP rules built but no gradient uses; the forward stays whole
+    keep = _live_ids(outputs) | forward_ids | {id(n) for n in b.inputs}
+    b.nodes = [n for n in b.nodes if id(n) in keep]
+    return JointGraph(b.build(outputs), len(graph.outputs), tuple(wrt), tuple(cot_names))

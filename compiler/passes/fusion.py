@@ -1,0 +1,409 @@
+"""Fusion: which nodes of a graph share a kernel (a pure analysis; `compiler.lower` builds them).
+
+A kernel computes its *roots* (the values it stores) by inlining everything they need down to
+values that live in memory: graph inputs, constants and the roots of earlier kernels.  So the
+whole decision is which values to materialise, made in four steps:
+
+1. Each reduction (reduce_*, argmax/argmin, matmul, fold) is the core of exactly one kernel.
+   Its *epilogue* grows over elementwise consumers and reshapes of its result (bias, scale,
+   activation: `relu(x @ w + b)` is one kernel) as long as each new node reads the epilogue
+   only at the kernel's own index and no other operand depends on the epilogue (so no cycle).
+   The epilogue's nodes read from outside it, or graph outputs, are its roots.
+2. A matmul reads its operands through plain strided views only (what a fast GEMM needs);
+   an operand that is not one (padding masks, im2col reshapes, computed values) is
+   materialised first.
+3. Elementwise, movement, source and gather nodes are inlined into every consumer (their
+   *prologue* when the consumer is a reduction); a value with several consumers is computed
+   again in each unless that costs more than `DUPLICATE_COST_LIMIT` ops, and a computed value
+   broadcast to a larger shape is materialised rather than recomputed per copy.  Reductions
+   are never recomputed.  Graph outputs are stored; a cheap one is still inlined downstream.
+4. Elementwise kernels of one shape that share an input and do not depend on each other are
+   merged into one kernel with several stores (an LSTM cell's `h` and `c`).
+
+The result is checked: the kernel graph is acyclic (networkx) and every reduction belongs to
+exactly one kernel.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from ..ir import CONSTANT, INPUT, Graph, Node
+from ..lower_index import (
+    MOVEMENT_OPS,
+    IndexAlgebra,
+    matmul_domain,
+    matmul_operand_indices,
+    strided_view,
+)
+from ..ops import ELEMENTWISE, REGISTRY
+
+REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
+              "matmul", "fold")
+DUPLICATE_COST_LIMIT = 8  # ops a multi-consumer value may cost and still be recomputed per use
+BROADCAST_COST_LIMIT = 2  # ops from which a broadcast value is materialised, not recomputed
+EPILOGUE_LIMIT = 64  # nodes a reduction's epilogue may absorb
+MERGE_LIMIT = 8  # stores one merged elementwise kernel may hold
+
+
+class FusionError(RuntimeError):
+    """An internal inconsistency of the fusion plan (a cycle, a reduction in two kernels)."""
+
+
+def is_reduction(node: Node) -> bool:
+    """Whether the node is the core of a reduction kernel (a sum over no axes is not)."""
+    if node.op.startswith("reduce_"):
+        return bool(node.attr["axes"])
+    return node.op in REDUCTIONS
+
+
+def is_elementwise(node: Node) -> bool:
+    """Elementwise primitives, and reductions over no axes (identities)."""
+    if node.op.startswith("reduce_"):
+        return not node.attr["axes"]
+    prim = REGISTRY.get(node.op)
+    return prim is not None and prim.kind == ELEMENTWISE
+
+
+def is_buffer(node: Node) -> bool:
+    """Graph inputs and constants: values that are in memory before any kernel runs."""
+    return node.op in (INPUT, CONSTANT)
+
+
+@dataclass(eq=False)
+class Group:
+    """One kernel (two for scatter_add: initialise, then accumulate).
+
+    `kind` is "elementwise", "reduce" or "scatter"; `roots` are the values it stores, in graph
+    order; `reduction` is the node at its core (reduce kinds); `nodes` every primitive it
+    evaluates, in graph order; `reads` the graph inputs, constants and materialised values it
+    loads.
+    """
+
+    kind: str
+    roots: tuple[Node, ...]
+    reduction: Node | None
+    nodes: tuple[Node, ...]
+    reads: tuple[Node, ...]
+
+    def describe(self) -> str:
+        return " + ".join(n.op for n in self.nodes)
+
+
+@dataclass
+class FusionPlan:
+    """The kernels of a graph in launch order, and the values that live in memory.
+
+    `materialised` holds the computed values consumers load from memory; every one is a root
+    of exactly one group.  Graph inputs and constants are in memory too (`is_buffer`).
+    """
+
+    groups: list[Group]
+    materialised: set[Node] = field(default_factory=set)
+
+    def group_graph(self) -> nx.DiGraph:
+        """Kernels as vertices (indices into `groups`), an edge where one loads another's
+        root."""
+        return _group_graph(self.groups, self.materialised)
+
+    def is_loaded(self, node: Node) -> bool:
+        """Whether consumers read `node` from memory rather than computing it inline."""
+        return is_buffer(node) or node in self.materialised
+
+
+def plan_fusion(graph: Graph, fuse: bool = True) -> FusionPlan:
+    """Group the graph's live nodes into kernels; `fuse=False` gives one kernel per node."""
+    ctx = _Context(graph)
+    if not fuse:
+        return ctx.unfused()
+    return ctx.fused()
+
+
+class _Context:
+    """The graph facts fusion consults: liveness, order, consumers, outputs."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+        self.outputs = set(graph.outputs)
+        self.live = _live(graph)
+        self.consumers: dict[Node, list[Node]] = defaultdict(list)
+        for n in graph.nodes:
+            if n in self.live:
+                for i in n.inputs:
+                    self.consumers[i].append(n)
+        self.computed = [n for n in graph.nodes if n in self.live and not is_buffer(n)]
+
+    def distinct_consumers(self, n: Node) -> list[Node]:
+        return list(dict.fromkeys(self.consumers[n]))
+
+    def uses(self, n: Node) -> int:
+        """How many times `n` is read at its own index pattern: an elementwise consumer counts
+        once, any other once per operand position."""
+        return sum(1 if is_elementwise(c) else self.consumers[n].count(c)
+                   for c in self.distinct_consumers(n))
+
+    # ---- one kernel per node --------------------------------------------------------------
+
+    def unfused(self) -> FusionPlan:
+        materialised = set(self.computed)
+        groups = []
+        for n in self.computed:
+            kind = "scatter" if n.op == "scatter_add" else \
+                "reduce" if is_reduction(n) else "elementwise"
+            reads = tuple(dict.fromkeys(n.inputs))
+            groups.append(Group(kind, (n,), n if kind == "reduce" else None, (n,), reads))
+        return _finish(groups, materialised)
+
+    # ---- fused ----------------------------------------------------------------------------
+
+    def fused(self) -> FusionPlan:
+        materialised: set[Node] = {n for n in self.computed if n.op == "scatter_add"}
+        owner: dict[Node, Node] = {}
+        epilogues: dict[Node, list[Node]] = {}
+        for r in self.computed:
+            if is_reduction(r):
+                nodes = self._epilogue(r, owner)
+                epilogues[r] = nodes
+                for n in nodes:
+                    owner[n] = r
+                for root in self._roots(nodes):
+                    materialised.add(root)
+        for n in self.computed:
+            if n.op == "matmul":
+                self._materialise_operands(n, materialised)
+        stored = self._cheap_values(owner, materialised)
+        groups = []
+        for n in self.computed:
+            if n in epilogues:
+                own = set(epilogues[n])
+                roots = tuple(m for m in epilogues[n] if m in materialised or m in self.outputs)
+                groups.append(self._group("reduce", roots, n, own, materialised))
+            elif n.op == "scatter_add":
+                groups.append(self._group("scatter", (n,), None, {n}, materialised))
+            elif n in stored and n not in owner:
+                groups.append(self._group("elementwise", (n,), None, {n}, materialised))
+        groups = _merge_elementwise(groups, materialised, self.order)
+        return _finish(groups, materialised)
+
+    def _epilogue(self, r: Node, owner: dict[Node, Node]) -> list[Node]:
+        """The nodes a reduction's kernel computes after the reduction itself (r first)."""
+        nodes = [r]
+        inside = {r}
+        rejected: set[Node] = set()
+        grew = True
+        while grew and len(nodes) < EPILOGUE_LIMIT:
+            grew = False
+            for n in list(nodes):
+                for c in self.distinct_consumers(n):
+                    if c in inside or c in rejected:
+                        continue
+                    if self._joins_epilogue(c, inside, owner, r):
+                        nodes.append(c)
+                        inside.add(c)
+                        grew = True
+                    else:
+                        rejected.add(c)
+        nodes.sort(key=self.order.__getitem__)
+        # a reshape stored next to its own (stored) operand is a second copy: read it as a view
+        pruned = True
+        while pruned:
+            pruned = False
+            roots = set(self._roots(nodes))
+            for n in nodes[1:]:
+                if n.op == "reshape" and n in roots and n.inputs[0] in roots \
+                        and n not in self.outputs \
+                        and not any(c in inside for c in self.consumers[n]):
+                    nodes.remove(n)
+                    inside.discard(n)
+                    pruned = True
+                    break
+        return nodes
+
+    def _joins_epilogue(self, c: Node, inside: set[Node], owner: dict[Node, Node],
+                        r: Node) -> bool:
+        if c in owner or not (is_elementwise(c) or c.op == "reshape"):
+            return False
+        floor = self.order[r]
+        return not any(i not in inside and self._depends_on(i, inside, floor) for i in c.inputs)
+
+    def _depends_on(self, n: Node, targets: set[Node], floor: int) -> bool:
+        """Whether `n` has an ancestor in `targets` (all of which come at or after `floor`)."""
+        stack, seen = [n], set()
+        while stack:
+            m = stack.pop()
+            if m in targets:
+                return True
+            if m in seen or self.order[m] < floor:
+                continue
+            seen.add(m)
+            stack.extend(m.inputs)
+        return False
+
+    def _roots(self, nodes: Iterable[Node]) -> list[Node]:
+        inside = set(nodes)
+        return [n for n in nodes
+                if n in self.outputs or any(c not in inside for c in self.consumers[n])]
+
+    def _materialise_operands(self, mm: Node, materialised: set[Node]) -> None:
+        """Make each matmul operand a plain strided view (offset 0) of a value in memory."""
+        domain, reduce = matmul_domain(mm)
+        alg = IndexAlgebra(domain + reduce)
+        for operand, idx in zip(mm.inputs, matmul_operand_indices(alg, mm)):
+            view = strided_view(operand, lambda m: is_buffer(m) or m in materialised, alg, idx)
+            if view is not None and view[2] == 0:
+                if not is_buffer(view[0]):
+                    materialised.add(view[0])
+            else:
+                materialised.add(operand)
+
+    def _cheap_values(self, owner: dict[Node, Node], materialised: set[Node]) -> set[Node]:
+        """Decide which inlined values to materialise; return every value a kernel stores."""
+        cost: dict[Node, int] = {}
+        for n in self.computed:
+            if n in owner or is_reduction(n) or n.op == "scatter_add":
+                continue
+            cost[n] = _own_cost(n) + sum(cost.get(i, 0) for i in n.inputs
+                                         if i not in materialised)
+            if n in materialised:
+                continue
+            if n.op == "expand" and n.type.numel > 2 * n.inputs[0].type.numel:
+                self._materialise_broadcast(n, cost, materialised)
+            if self.uses(n) > 1 and cost[n] > DUPLICATE_COST_LIMIT:
+                materialised.add(n)
+            elif n in self.outputs and cost[n] > DUPLICATE_COST_LIMIT:
+                materialised.add(n)
+        return materialised | (self.outputs & set(self.computed))
+
+    def _materialise_broadcast(self, n: Node, cost: dict[Node, int],
+                               materialised: set[Node]) -> None:
+        chain = [n]
+        p = n.inputs[0]
+        while p.op in ("reshape", "permute", "expand", "slice") and p not in materialised:
+            chain.append(p)
+            p = p.inputs[0]
+        if p in cost and p not in materialised and cost[p] >= BROADCAST_COST_LIMIT:
+            materialised.add(p)
+            for c in chain:
+                cost[c] = 0
+
+    def _group(self, kind: str, roots: tuple[Node, ...], reduction: Node | None,
+               own: set[Node], materialised: set[Node]) -> Group:
+        nodes, reads = _members(roots, own, materialised)
+        nodes.sort(key=self.order.__getitem__)
+        return Group(kind, roots, reduction, tuple(nodes), tuple(reads))
+
+
+def _own_cost(n: Node) -> int:
+    if n.op in MOVEMENT_OPS or n.op in ("full", "iota", "stop_gradient"):
+        return 0
+    if n.op == "rng_uniform":
+        return 4
+    if n.op.startswith("reduce_"):
+        return 0
+    return 1
+
+
+def _live(graph: Graph) -> set[Node]:
+    live: set[Node] = set()
+    stack = list(graph.outputs)
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.inputs)
+    return live
+
+
+def _members(roots: Iterable[Node], own: set[Node],
+             materialised: set[Node]) -> tuple[list[Node], list[Node]]:
+    """The nodes a kernel evaluates for `roots`, and the values it loads."""
+    nodes: list[Node] = []
+    reads: dict[Node, None] = {}
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        nodes.append(n)
+        for i in n.inputs:
+            if is_buffer(i) or (i in materialised and i not in own):
+                reads[i] = None
+            elif is_reduction(i) and i not in own:
+                raise FusionError(f"{i.op} would be recomputed inside another kernel")
+            else:
+                stack.append(i)
+    return nodes, list(reads)
+
+
+def _group_graph(groups: list[Group], materialised: set[Node]) -> nx.DiGraph:
+    producer: dict[Node, int] = {}
+    for k, g in enumerate(groups):
+        for r in g.roots:
+            if r in materialised:
+                producer[r] = k
+    dg = nx.DiGraph()
+    dg.add_nodes_from(range(len(groups)))
+    for k, g in enumerate(groups):
+        for r in g.reads:
+            if r in producer and producer[r] != k:
+                dg.add_edge(producer[r], k)
+    return dg
+
+
+def _merge_elementwise(groups: list[Group], materialised: set[Node],
+                       order: dict[Node, int]) -> list[Group]:
+    """Merge independent elementwise kernels of one shape that load a common value."""
+    merged = list(groups)
+    k = 0
+    while k < len(merged):
+        g = merged[k]
+        if g.kind != "elementwise":
+            k += 1
+            continue
+        dg = _group_graph(merged, materialised)
+        for j in range(k + 1, len(merged)):
+            h = merged[j]
+            if h.kind != "elementwise" or len(g.roots) + len(h.roots) > MERGE_LIMIT:
+                continue
+            if h.roots[0].type.shape != g.roots[0].type.shape:
+                continue
+            if not set(g.reads) & set(h.reads):
+                continue
+            if nx.has_path(dg, k, j) or nx.has_path(dg, j, k):
+                continue
+            nodes = sorted(set(g.nodes) | set(h.nodes), key=order.__getitem__)
+            roots = tuple(sorted(g.roots + h.roots, key=order.__getitem__))
+            reads = tuple(dict.fromkeys(g.reads + h.reads))
+            merged[k] = g = Group("elementwise", roots, None, tuple(nodes), reads)
+            del merged[j]
+            dg = _group_graph(merged, materialised)
+            break
+        else:
+            k += 1
+    return merged
+
+
+def _finish(groups: list[Group], materialised: set[Node]) -> FusionPlan:
+    """Order the groups for launch and check the plan's invariants."""
+    dg = _group_graph(groups, materialised)
+    if not nx.is_directed_acyclic_graph(dg):
+        raise FusionError(f"fusion made a cycle between kernels: {nx.find_cycle(dg)}")
+    order = list(nx.lexicographical_topological_sort(dg, key=lambda k: k))
+    groups = [groups[k] for k in order]
+    seen: dict[Node, int] = {}
+    for g in groups:
+        for n in g.nodes:
+            if is_reduction(n) or n.op == "scatter_add":
+                if n in seen:
+                    raise FusionError(f"{n.op} {n.type} is computed by two kernels")
+                seen[n] = 1
+    for n in materialised:
+        if not any(n in g.roots for g in groups):
+            raise FusionError(f"materialised {n.op} {n.type} is stored by no kernel")
+    return FusionPlan(groups, materialised)

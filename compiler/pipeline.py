@@ -1,0 +1,162 @@
+"""The compiler pipeline, top to bottom: optimise, differentiate, lower, plan, generate.
+
+Each stage is one line with its reason; `neurenix.compile` calls these functions and loads the
+result with a runtime backend.  Targets: "llvm" (native CPU code through LLVM) and
+"reference" (the graph itself, run by the NumPy evaluator — the oracle, always available).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .debug import debug_level
+from .ir import Graph
+from .passes.algebraic import strip_stop_gradient
+from .passes.autodiff import grad_graph
+from .passes.manager import Stage, StageRecord, run_pipeline
+from .passes.partition import partition
+from .passes.simplify import simplify
+
+BACKENDS = ("llvm", "reference")
+
+OPTIMIZE = [
+    Stage("simplify", simplify, "fold constants, apply identities, merge duplicates, drop dead "
+          "code"),
+]
+CODEGEN_PREP = [
+    Stage("strip_stop_gradient", strip_stop_gradient, "gradients are done: stop_gradient is "
+          "the identity from here on"),
+    Stage("simplify", simplify, "clean up what autodiff and partitioning left"),
+]
+
+
+def default_backend() -> str:
+    """'llvm' when the code generator can be imported here, else 'reference'."""
+    try:
+        from . import lower  # noqa: F401
+        from .codegen import llvm  # noqa: F401
+    except ImportError:
+        return "reference"
+    return "llvm"
+
+
+def optimize(graph: Graph) -> tuple[Graph, list[StageRecord]]:
+    """The graph-level optimisations every compiled graph goes through."""
+    return run_pipeline(graph, OPTIMIZE)
+
+
+@dataclass
+class Split:
+    """A differentiated graph split into forward and backward programs.
+
+    `backward_inputs` says where each backward input comes from: ("saved", i) the forward's
+    i-th saved value, ("input", i) the forward's i-th input, ("cotangent", j) the cotangent of
+    the forward's j-th output.  `differentiable` lists the outputs that take a cotangent.
+    """
+
+    forward: Graph
+    backward: Graph
+    backward_inputs: list[tuple[str, int]]
+    differentiable: list[int]
+    num_saved: int
+    saved_bytes: int
+
+
+def differentiate(graph: Graph, wrt: list[str], num_user_outputs: int
+                  ) -> tuple[Split, list[StageRecord]]:
+    """Joint forward+backward graph for the inputs named in `wrt`, partitioned."""
+    graph, records = optimize(graph)
+    start = time.perf_counter()
+    joint = grad_graph(graph, wrt)
+    part = partition(joint)
+    records.append(StageRecord("autodiff+partition", graph.ops_count(),
+                               part.forward.ops_count() + part.backward.ops_count(),
+                               time.perf_counter() - start, str(part.backward)))
+    forward, fwd_records = run_pipeline(part.forward, OPTIMIZE)
+    backward, bwd_records = run_pipeline(part.backward, OPTIMIZE)
+    records += [_renamed(r, "forward ") for r in fwd_records]
+    records += [_renamed(r, "backward ") for r in bwd_records]
+    floating = [i for i, o in enumerate(graph.outputs) if o.type.dtype.is_floating]
+    cotangent_of = dict(zip(joint.cotangent_inputs, floating))
+    saved_index = {name: i for i, (name, _) in enumerate(part.saved)}
+    input_index = {n.name: i for i, n in enumerate(graph.inputs)}
+    sources = []
+    for node in backward.inputs:
+        if node.name in saved_index:
+            sources.append(("saved", saved_index[node.name]))
+        elif node.name in cotangent_of:
+            sources.append(("cotangent", cotangent_of[node.name]))
+        else:
+            sources.append(("input", input_index[node.name]))
+    differentiable = [i for i in floating if i < num_user_outputs]
+    split = Split(forward, backward, sources, differentiable, len(part.saved),
+                  part.saved_bytes)
+    return split, records
+
+
+def _renamed(record: StageRecord, prefix: str) -> StageRecord:
+    return StageRecord(prefix + record.name, record.nodes_before, record.nodes_after,
+                       record.seconds, record.text)
+
+
+def build(graph: Graph, backend: str) -> tuple[Any, dict]:
+    """Lower, plan and generate code for `graph`: a runtime `Program` (or, for the reference
+    backend, the graph itself) and what the build did."""
+    if backend not in BACKENDS:
+        raise ValueError(f"build: backend must be one of {BACKENDS}, got {backend!r}")
+    graph, records = run_pipeline(graph, CODEGEN_PREP)
+    info: dict = {"stages": {r.name: r.seconds for r in records}}
+    if backend == "reference":
+        info.update(kernels=0, ops=graph.ops_count())
+        return graph, info
+    from .codegen.llvm import generate
+    from .lower import lower
+    from .passes.memory import plan_memory
+
+    t0 = time.perf_counter()
+    schedule = lower(graph)
+    t1 = time.perf_counter()
+    plan = plan_memory(schedule)
+    t2 = time.perf_counter()
+    program = generate(schedule, plan)
+    t3 = time.perf_counter()
+    info["stages"].update(lower=t1 - t0, memory_plan=t2 - t1, codegen=t3 - t2)
+    info.update(kernels=len(schedule.kernels), ops=graph.ops_count(),
+                naive_bytes=plan.naive_bytes, planned_bytes=plan.arena_bytes,
+                lower_bound_bytes=plan.lower_bound_bytes, schedule=str(schedule))
+    return program, info
+
+
+def summarize(traced: Graph, records: list[StageRecord], build_info: dict, seconds: float,
+              backward: dict | None = None) -> dict:
+    """The numbers `compiled.stats()` reports."""
+    stats = {
+        "ops_traced": traced.ops_count(),
+        "passes": [(r.name, r.nodes_before, r.nodes_after, r.seconds) for r in records],
+        "kernels": build_info.get("kernels", 0),
+        "bytes_naive": build_info.get("naive_bytes", 0),
+        "bytes_planned": build_info.get("planned_bytes", 0),
+        "bytes_lower_bound": build_info.get("lower_bound_bytes", 0),
+        "seconds": {"trace_and_passes": seconds, **build_info.get("stages", {})},
+    }
+    if backward is not None:
+        stats["backward_kernels"] = backward.get("kernels", 0)
+        stats["backward_bytes_planned"] = backward.get("planned_bytes", 0)
+    return stats
+
+
+def report(name: str, stats: dict) -> None:
+    """Print the compile summary to stderr at NEURENIX_DEBUG >= 1."""
+    if debug_level() < 1:
+        return
+    total = sum(stats["seconds"].values())
+    line = (f"[neurenix] compiled {name}: {stats['ops_traced']} ops traced, "
+            f"{stats['kernels']} kernels")
+    if "backward_kernels" in stats:
+        line += f" (+{stats['backward_kernels']} backward)"
+    if stats["bytes_naive"]:
+        line += (f", memory {stats['bytes_planned']} B planned vs {stats['bytes_naive']} B "
+                 f"naive (lower bound {stats['bytes_lower_bound']} B)")
+    print(f"{line}, {total * 1e3:.1f} ms", file=sys.stderr)

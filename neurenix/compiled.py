@@ -1,0 +1,417 @@
+"""`neurenix.compile`: trace a module or function per input signature, compile, cache, run.
+
+A call looks up its signature (shapes, dtypes and grad-ness of tensor arguments, other
+arguments' values, train/eval, grad mode, the parameters' shapes).  A new signature is traced
+into a graph, optimised and compiled; a known one runs its program directly.  When gradients
+are needed, forward and backward are compiled as one joint graph, partitioned, and the
+forward's outputs get one autograd node whose backward runs the compiled backward program.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from neurenix.compiler import Graph, evaluate, pipeline
+from neurenix.compiler.trace import TraceError, Tracer
+from neurenix.compiler.types import TensorType
+
+from . import autograd
+from .device import CPU, as_device
+from .nn.module import Module
+from .tensor import Tensor
+from .tracing import TraceState, symbolic, tracing
+
+log = logging.getLogger("neurenix.compile")
+
+__all__ = ["compile", "Compiled", "TraceError"]
+
+
+@dataclass
+class _Entry:
+    """Everything compiled for one signature."""
+
+    key: tuple
+    sources: list[tuple[str, Any]]  # per graph input: ("arg", i) | ("tensor", t) | ("seed", _)
+    forward: Any  # an executable: run(list[np.ndarray]) -> list[np.ndarray]
+    num_outputs: int
+    treedef: Any
+    updates: list[Tensor]
+    graph: Any
+    stats: dict
+    backward: Any = None
+    backward_inputs: list[tuple[str, int]] = field(default_factory=list)
+    grad_targets: list[Tensor] = field(default_factory=list)
+    grad_arg_positions: list[int] = field(default_factory=list)
+    differentiable: list[int] = field(default_factory=list)
+    num_saved: int = 0
+
+
+class Compiled:
+    """The callable `neurenix.compile` returns; also shows what it compiled.
+
+    `graph` is the optimised graph of the latest signature, `source()` its generated code,
+    `stats()` node counts per pass, kernels, memory and compile times.
+    """
+
+    def __init__(self, fn: Callable, device: Any = None, verify: bool = False,
+                 backend: str | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"compile: expected a Module or a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.module = fn if isinstance(fn, Module) else None
+        self.device = CPU if device is None else as_device(device, check=True)
+        self.verify = verify
+        self.backend = backend or pipeline.default_backend()
+        if self.backend not in pipeline.BACKENDS:
+            raise ValueError(f"compile: backend must be one of {pipeline.BACKENDS}, got "
+                             f"{self.backend!r}")
+        self._cache: dict[tuple, _Entry] = {}
+        self._last: _Entry | None = None
+        self.last_verification: list[float] | None = None
+
+    # ---- introspection ----------------------------------------------------------------------
+
+    @property
+    def graph(self):
+        """The optimised forward graph of the latest signature (None before the first call)."""
+        return self._last.graph if self._last else None
+
+    def source(self) -> str:
+        """The generated code of the latest signature (forward, then backward if any)."""
+        if self._last is None:
+            return ""
+        parts = [self._last.forward.source]
+        if self._last.backward is not None:
+            parts.append(self._last.backward.source)
+        return "\n\n".join(p for p in parts if p)
+
+    def stats(self) -> dict:
+        """Nodes before/after each pass, kernels, bytes naive/planned/lower bound, timings."""
+        return dict(self._last.stats) if self._last else {}
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    # ---- calling ----------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            args = self._bind(args, kwargs)
+        key = self._signature(args)
+        entry = self._cache.get(key)
+        if entry is None:
+            if self._last is not None:
+                log.warning("neurenix.compile: recompiling %s: %s", self._name(),
+                            _explain(self._last.key, key))
+            entry = self._compile(key, args)
+            self._cache[key] = entry
+        self._last = entry
+        out = self._run(entry, args)
+        if self.verify:
+            self._verify(args, out)
+        return out
+
+    def _name(self) -> str:
+        return type(self.fn).__name__ if self.module is not None else getattr(
+            self.fn, "__name__", "function")
+
+    def _bind(self, args: tuple, kwargs: dict) -> tuple:
+        target = self.module.forward if self.module is not None else self.fn
+        bound = inspect.signature(target).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple(bound.args) + tuple(bound.kwargs.values())
+
+    def _signature(self, args: tuple) -> tuple:
+        parts: list[Any] = []
+        for a in args:
+            if isinstance(a, Tensor):
+                parts.append(("tensor", tuple(a.shape), a.dtype.name, a.requires_grad))
+            else:
+                parts.append(("value", _hashable(a)))
+        grad = autograd.is_grad_enabled()
+        params: tuple = ()
+        training = None
+        if self.module is not None:
+            training = self.module.training
+            params = tuple((n, tuple(p.shape), p.dtype.name, p.requires_grad)
+                           for n, p in self.module.named_parameters())
+            params += tuple((n, tuple(b.shape), b.dtype.name)
+                            for n, b in self.module.named_buffers())
+        return (tuple(parts), training, grad, params)
+
+    # ---- compiling --------------------------------------------------------------------------
+
+    def _compile(self, key: tuple, args: tuple) -> _Entry:
+        t0 = time.perf_counter()
+        tracer = Tracer(self._name())
+        state = TraceState(tracer)
+        sources: list[tuple[str, Any]] = []
+        names = self._arg_names(len(args))
+        sym_args: list[Any] = []
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor):
+                node = tracer.input(names[i], TensorType(tuple(a.shape), a.dtype), "data")
+                sym_args.append(symbolic(node))
+                sources.append(("arg", i))
+            else:
+                sym_args.append(a)
+        if self.module is not None:
+            for name, p in self.module.named_parameters():
+                state.register(p, name, "param")
+                sources.append(("tensor", p))
+            for name, b in self.module.named_buffers():
+                state.register(b, name, "buffer")
+                sources.append(("tensor", b))
+        with tracing(state):
+            result = self.fn(*sym_args)
+        leaves, treedef = flatten_outputs(result)
+        out_nodes = [state.node_of(t) for t in leaves]
+        traced = tracer.finish(out_nodes)
+        # inputs registered during the trace (seeds, lifted parameters) come after ours
+        for node in traced.graph.inputs[len(sources):]:
+            if node.name in state.seeds:
+                sources.append(("seed", None))
+            else:
+                tensor = next(t for t, n in state.inputs.values() if n is node)
+                sources.append(("tensor", tensor))
+        trace_seconds = time.perf_counter() - t0
+        updates = [next(t for t, n in state.inputs.values() if n.name == name)
+                   for name in traced.updates]
+        grad_positions = [i for i, (kind, ref) in enumerate(sources)
+                          if _needs_grad(kind, ref, args) and autograd.is_grad_enabled()]
+        if grad_positions:
+            entry = self._compile_training(key, sources, traced, treedef, updates,
+                                           grad_positions, args)
+        else:
+            graph, records = pipeline.optimize(traced.graph)
+            artifact, build = pipeline.build(graph, self.backend)
+            forward = load(artifact)
+            stats = pipeline.summarize(traced.graph, records, build, trace_seconds)
+            entry = _Entry(key, sources, forward, traced.num_outputs, treedef, updates, graph,
+                           stats)
+        pipeline.report(self._name(), entry.stats)
+        return entry
+
+    def _compile_training(self, key, sources, traced, treedef, updates, grad_positions,
+                          args) -> _Entry:
+        t0 = time.perf_counter()
+        graph = traced.graph
+        wrt = [graph.inputs[i].name for i in grad_positions]
+        split, records = pipeline.differentiate(graph, wrt, traced.num_outputs)
+        artifact, fbuild = pipeline.build(split.forward, self.backend)
+        forward = load(artifact)
+        artifact, bbuild = pipeline.build(split.backward, self.backend)
+        backward = load(artifact)
+        stats = pipeline.summarize(graph, records, fbuild, time.perf_counter() - t0,
+                                   backward=bbuild)
+        grad_targets = [ref if kind == "tensor" else args[ref]
+                        for kind, ref in (sources[i] for i in grad_positions)]
+        return _Entry(key, sources, forward, traced.num_outputs, treedef, updates,
+                      split.forward, stats, backward=backward,
+                      backward_inputs=split.backward_inputs, grad_targets=grad_targets,
+                      differentiable=split.differentiable, num_saved=split.num_saved)
+
+    def _arg_names(self, n: int) -> list[str]:
+        target = self.module.forward if self.module is not None else self.fn
+        try:
+            names = [p for p in inspect.signature(target).parameters
+                     if p not in ("self",)][:n]
+        except (TypeError, ValueError):
+            names = []
+        names += [f"input{i}" for i in range(len(names), n)]
+        taken = set()
+        if self.module is not None:
+            taken = {k for k, _ in self.module.named_parameters()} | \
+                {k for k, _ in self.module.named_buffers()}
+        return [f"{m}_input" if m in taken else m for m in names]
+
+    # ---- running ----------------------------------------------------------------------------
+
+    def _inputs(self, entry: _Entry, args: tuple) -> list[np.ndarray]:
+        from .random import next_seed
+        arrays = []
+        for kind, ref in entry.sources:
+            if kind == "arg":
+                arrays.append(args[ref]._data)
+            elif kind == "tensor":
+                arrays.append(ref._data)
+            else:
+                arrays.append(np.asarray(next_seed(), dtype=np.int64))
+        return arrays
+
+    def _run(self, entry: _Entry, args: tuple) -> Any:
+        inputs = self._inputs(entry, args)
+        results = entry.forward.run(inputs)
+        n = entry.num_outputs
+        outs = [Tensor._wrap(a) for a in results[:n]]
+        for target, value in zip(entry.updates, results[n:n + len(entry.updates)]):
+            target._data = np.array(value, copy=True)
+            target._version += 1
+        if entry.backward is not None:
+            saved = results[n + len(entry.updates):]
+            self._attach_backward(entry, inputs, results, saved, outs)
+        return _unflatten(entry.treedef, outs)
+
+    def _attach_backward(self, entry, inputs, results, saved, outs) -> None:
+        diff = entry.differentiable
+
+        def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
+            cotangents = {}
+            for slot, g in zip(diff, grads):
+                cotangents[slot] = g._data if g is not None else np.zeros_like(results[slot])
+            arrays = []
+            for kind, index in entry.backward_inputs:
+                if kind == "saved":
+                    arrays.append(saved[index])
+                elif kind == "input":
+                    arrays.append(inputs[index])
+                else:
+                    arrays.append(cotangents.get(index, np.zeros_like(results[index])))
+            return [Tensor._wrap(a) for a in entry.backward.run(arrays)]
+
+        node = autograd.FunctionNode("compiled_backward", tuple(entry.grad_targets), len(diff),
+                                     backward_fn)
+        for slot_index, out_index in enumerate(diff):
+            t = outs[out_index]
+            t.requires_grad = True
+            t._node = autograd.OutputNode(node, slot_index)
+
+    def _verify(self, args: tuple, out: Any) -> None:
+        from .autograd import no_grad
+        with no_grad():
+            expected = self.fn(*args)
+        got, _ = flatten_outputs(out)
+        want, _ = flatten_outputs(expected)
+        errors = [float(np.max(np.abs(g._data.astype(np.float64) - w._data)))
+                  if g.numel() else 0.0 for g, w in zip(got, want)]
+        self.last_verification = errors
+        log.warning("neurenix.compile verify %s: max abs error per output %s", self._name(),
+                    ", ".join(f"{e:.3g}" for e in errors))
+
+
+def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A001
+            verify: bool = False, backend: str | None = None) -> Compiled:
+    """Compile a Module or a function of tensors; returns a callable with the same signature.
+
+    Each new input signature is traced and compiled once; `verify=True` also runs eagerly and
+    reports the largest difference per output.  `dynamic=True` (shape-polymorphic programs)
+    is not supported yet: every new shape compiles its own specialised program.
+    """
+    if dynamic:
+        raise ValueError("compile: dynamic=True is not supported yet; each new input shape "
+                         "compiles (and caches) its own specialised program")
+    return Compiled(model, device=device, verify=verify, backend=backend)
+
+
+class ReferenceExecutable:
+    """Runs a graph with the NumPy reference evaluator (the 'reference' backend)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.source = str(graph)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        # copies: an output may be an input or a constant, which the caller must not alias
+        return [np.array(a, copy=True) for a in evaluate(self.graph, inputs)]
+
+
+def load(artifact: Any) -> Any:
+    """An executable for what pipeline.build produced: a graph or a CPU Program."""
+    if isinstance(artifact, Graph):
+        return ReferenceExecutable(artifact)
+    from neurenix.runtime.cpu import CpuExecutable
+    return CpuExecutable(artifact)
+
+
+def _needs_grad(kind: str, ref: Any, args: tuple) -> bool:
+    if kind == "arg":
+        return args[ref].requires_grad
+    if kind == "tensor":
+        return ref.requires_grad
+    return False
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def flatten_outputs(obj: Any) -> tuple[list[Tensor], Any]:
+    """Tensors of a nested tuple/list/dict result, and the structure to rebuild it."""
+    if isinstance(obj, Tensor):
+        return [obj], "T"
+    if obj is None:
+        return [], None
+    if isinstance(obj, (tuple, list)):
+        leaves: list[Tensor] = []
+        defs = []
+        for item in obj:
+            sub, d = flatten_outputs(item)
+            leaves += sub
+            defs.append((len(sub), d))
+        return leaves, (type(obj), defs)
+    if isinstance(obj, dict):
+        leaves, defs = [], []
+        for k, v in obj.items():
+            sub, d = flatten_outputs(v)
+            leaves += sub
+            defs.append((k, len(sub), d))
+        return leaves, (dict, defs)
+    raise TypeError(f"compile: the compiled function returned a {type(obj).__name__}; it must "
+                    "return tensors, or tuples, lists or dicts of tensors (or None)")
+
+
+def _unflatten(treedef: Any, leaves: list[Tensor]) -> Any:
+    if treedef == "T":
+        return leaves[0]
+    if treedef is None:
+        return None
+    kind, defs = treedef
+    out, pos = [], 0
+    if kind is dict:
+        result = {}
+        for k, n, d in defs:
+            result[k] = _unflatten(d, leaves[pos:pos + n])
+            pos += n
+        return result
+    for n, d in defs:
+        out.append(_unflatten(d, leaves[pos:pos + n]))
+        pos += n
+    return kind(out) if kind is tuple else out
+
+
+def _explain(old: tuple, new: tuple) -> str:
+    """Why a signature differs from the previous one, in words."""
+    reasons = []
+    old_args, old_train, old_grad, old_params = old
+    new_args, new_train, new_grad, new_params = new
+    if len(old_args) != len(new_args):
+        reasons.append(f"{len(new_args)} arguments instead of {len(old_args)}")
+    for i, (a, b) in enumerate(zip(old_args, new_args)):
+        if a == b:
+            continue
+        if a[0] == b[0] == "tensor":
+            for what, x, y in (("shape", a[1], b[1]), ("dtype", a[2], b[2]),
+                               ("requires_grad", a[3], b[3])):
+                if x != y:
+                    reasons.append(f"input {i} {what} changed {x} -> {y}")
+        else:
+            reasons.append(f"input {i} changed {a[1]!r} -> {b[1]!r}")
+    if old_train != new_train:
+        reasons.append(f"mode changed {'train' if old_train else 'eval'} -> "
+                       f"{'train' if new_train else 'eval'}")
+    if old_grad != new_grad:
+        reasons.append(f"grad mode changed {old_grad} -> {new_grad}")
+    if old_params != new_params:
+        reasons.append("parameters or buffers changed shape, dtype or requires_grad")
+    return "; ".join(reasons) or "new signature"

@@ -1,0 +1,159 @@
+"""The frontend side of tracing: symbolic tensors and the hook `dispatch.apply` calls.
+
+While a trace is active (`tracing(tracer)`), operations on tensors append nodes to the tracer's
+graph instead of computing.  A symbolic tensor has no data (`_data is None`) and holds its
+graph node in `_value`; eager tensors it meets become graph inputs (parameters, registered
+buffers) or constants.  Reading a Python value out of a symbolic tensor (`.item()`, `bool()`,
+`.numpy()`) raises `TraceError` naming the user's line.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from neurenix.compiler.ir import Node
+from neurenix.compiler.trace import TraceError, Tracer
+from neurenix.compiler.types import TensorType, int64
+
+from . import dispatch
+from .tensor import Tensor
+
+_PACKAGE_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                      for m in (sys.modules["neurenix"], sys.modules["neurenix.compiler"],
+                                sys.modules["neurenix.runtime"]))
+
+
+class TraceState:
+    """One active trace: the tracer and the eager tensors registered as its inputs."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+        self.inputs: dict[int, tuple[Tensor, Node]] = {}  # id(eager tensor) -> input node
+        self.seeds: list[str] = []
+        self.lifted = 0
+
+    def register(self, tensor: Tensor, name: str, kind: str) -> Node:
+        """Make an eager tensor (parameter, buffer) an input of the graph."""
+        node = self.tracer.input(name, TensorType(tensor.shape, tensor.dtype), kind)
+        self.inputs[id(tensor)] = (tensor, node)
+        return node
+
+    def node_of(self, t: Tensor) -> Node:
+        """The graph value of a tensor used in the trace."""
+        if t._value is not None:
+            return t._value
+        entry = self.inputs.get(id(t))
+        if entry is not None:
+            return entry[1]
+        if t.requires_grad and t._node is None:
+            # a free-standing learnable tensor (a closure over a parameter): lift it
+            self.lifted += 1
+            return self.register(t, f"param{self.lifted}", "param")
+        return self.tracer.constant(t._data)
+
+
+class _Active(threading.local):
+    state: TraceState | None = None
+
+
+ACTIVE = _Active()
+dispatch._ACTIVE = ACTIVE  # the one hook: dispatch.apply asks ACTIVE.state
+
+
+@contextlib.contextmanager
+def tracing(state: TraceState) -> Iterator[TraceState]:
+    """Route tensor operations in this thread into `state`'s tracer."""
+    if ACTIVE.state is not None:
+        raise TraceError("a trace is already active in this thread (nested neurenix.compile "
+                         "calls are traced as part of the outer one)")
+    ACTIVE.state = state
+    try:
+        yield state
+    finally:
+        ACTIVE.state = None
+
+
+@contextlib.contextmanager
+def suspended(what: str) -> Iterator[None]:
+    """Run eagerly inside a trace (for values that are plain data, e.g. index positions);
+    a symbolic tensor met there raises TraceError naming `what`."""
+    state = ACTIVE.state
+    ACTIVE.state = None
+    try:
+        yield
+    except AttributeError as e:
+        if state is None:
+            raise
+        raise TraceError(f"{what} at {user_source()} cannot be traced") from e
+    finally:
+        ACTIVE.state = state
+
+
+def user_source() -> str | None:
+    """file:line of the innermost frame outside Neurenix itself (the user's code)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not name.startswith(_PACKAGE_DIRS):
+            return f"{os.path.relpath(name) if not name.startswith('<') else name}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+def symbolic(node: Node) -> Tensor:
+    """A tensor standing for a graph value."""
+    t = Tensor._wrap(None, node.type.dtype)  # type: ignore[arg-type]
+    t._value = node
+    return t
+
+
+def apply_traced(state: TraceState, op: str, inputs: tuple[Tensor, ...], attrs: dict) -> Tensor:
+    """The traced form of dispatch.apply: append a node, return a symbolic tensor."""
+    nodes = [state.node_of(t) for t in inputs]
+    return symbolic(state.tracer.apply(op, nodes, attrs, user_source()))
+
+
+def is_symbolic(t: Any) -> bool:
+    return isinstance(t, Tensor) and t._value is not None
+
+
+def refuse(t: Tensor, what: str) -> TraceError:
+    """The error for reading a Python value out of a traced tensor."""
+    where = user_source() or "<unknown>"
+    return TraceError(f"{what} on a traced tensor ({t._value.type}) at {where}: neurenix.compile "
+                      f"cannot capture a Python value computed from a traced input. Keep the "
+                      f"computation in tensor operations, or run that part outside the "
+                      f"compiled function")
+
+
+def seed_tensor() -> Tensor:
+    """An int64 seed for a random primitive: fresh eagerly, a per-call graph input traced."""
+    from .random import next_seed
+    state = ACTIVE.state
+    if state is None:
+        return Tensor._wrap(np.asarray(next_seed(), dtype=np.int64), int64)
+    name = f"seed{len(state.seeds)}"
+    state.seeds.append(name)
+    return symbolic(state.tracer.input(name, TensorType((), int64), "data"))
+
+
+def record_update(target: Tensor, value: Tensor) -> bool:
+    """Record `target.copy_(value)` in the active trace; False when no trace is active."""
+    state = ACTIVE.state
+    if state is None:
+        return False
+    entry = state.inputs.get(id(target))
+    if entry is None:
+        raise TraceError(f"in-place update of a tensor that is not an input of the trace at "
+                         f"{user_source()}; only parameters and buffers can be updated")
+    from .elementwise import as_tensor
+    from .shapes import broadcast_to
+    v = broadcast_to(as_tensor(value, target.dtype), target.shape)
+    state.tracer.record_update(entry[1].name, state.node_of(v))
+    return True
