@@ -85,9 +85,10 @@ def lower(graph: Graph, fuse: bool = True) -> Schedule:
     """
     plan = plan_fusion(graph, fuse=fuse)
     names = _name_buffers(graph, plan)
+    args = {name: BufferArg(name, n.type.dtype, n.type.numel) for n, name in names.items()}
     kernels: list[Kernel] = []
     for group in plan.groups:
-        kernels.extend(_GroupLowering(plan, names, group, len(kernels)).kernels())
+        kernels.extend(_GroupLowering(plan, names, args, group, len(kernels)).kernels())
     kernels.extend(_output_copies(graph, names, len(kernels)))
     buffers: dict[str, BufferArg] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -133,8 +134,9 @@ def _name_buffers(graph: Graph, plan: FusionPlan) -> dict[Node, str]:
 
     for n in graph.inputs:
         names[n] = unique(sanitize(n.name))
+    needed = _needed(graph)
     for n in graph.nodes:
-        if n.op == CONSTANT and n in _needed(graph):
+        if n.op == CONSTANT and n in needed:
             names[n] = unique(sanitize(n.name))
     for i, o in enumerate(graph.outputs):
         if not is_buffer(o) and o not in names:
@@ -216,6 +218,16 @@ class _Emitter:
         m = self.alg.all_of(valid, cond)
         return None if m == TRUE else m
 
+    def guarded(self, node: Node, idx: Index, valid: Expr | None, cond: Expr | None,
+                 fill: Const) -> Expr:
+        """cond ? node[idx] : fill, reading nothing where cond is false.  A plain load
+        becomes one masked load that yields `fill` itself."""
+        mask = self._mask(valid, cond)
+        inner = self.value(node, idx, mask)
+        if isinstance(inner, Load) and inner.mask is not None and inner.mask == mask:
+            return Load(inner.buffer, inner.index, inner.dtype, mask, fill.value)
+        return where(cond, inner, fill)
+
     def _compute(self, n: Node, idx: Index, valid: Expr | None) -> Expr:
         op = n.op
         args = n.inputs
@@ -252,7 +264,9 @@ class _Emitter:
             fill = scalar(n.attr["value"], n.type.dtype)
             if cond == FALSE:
                 return fill
-            return where(cond, self.value(n.inputs[pos], sub, self._mask(valid, cond)), fill)
+            if cond is None:
+                return self.value(n.inputs[pos], sub, valid)
+            return self.guarded(n.inputs[pos], sub, valid, cond, fill)
         result: Expr | None = None
         for pos, sub, cond in reversed(branches):
             e = self.value(n.inputs[pos], sub, self._mask(valid, cond))
@@ -270,8 +284,7 @@ class _Emitter:
             iv = Cast(int64, iv)
         cond = self.alg.in_range(iv, x.type.shape[axis])
         sub = idx[:axis] + (iv,) + idx[axis + k:]
-        return where(cond, self.value(x, sub, self._mask(valid, cond)),
-                     scalar(0, n.type.dtype))
+        return self.guarded(x, sub, valid, cond, scalar(0, n.type.dtype))
 
 
 # ---- kernels ------------------------------------------------------------------------------
@@ -281,13 +294,28 @@ def _vars(start: int, n: int) -> Index:
     return tuple(Var(start + i) for i in range(n))
 
 
+def _squeezed_vars(shape: Sequence[int], start: int) -> Index:
+    """An index over `shape` whose size-1 axes are the constant 0 and whose other axes are
+    consecutive loop variables from `start` (a loop nest without trivial loops)."""
+    out: list[Expr] = []
+    k = start
+    for d in shape:
+        if d == 1:
+            out.append(ZERO)
+        else:
+            out.append(Var(k))
+            k += 1
+    return tuple(out)
+
+
 class _GroupLowering:
     """The kernel(s) of one fusion group."""
 
-    def __init__(self, plan: FusionPlan, names: dict[Node, str], group: Group,
-                 first: int) -> None:
+    def __init__(self, plan: FusionPlan, names: dict[Node, str], args: dict[str, BufferArg],
+                 group: Group, first: int) -> None:
         self.plan = plan
         self.names = names
+        self.args = args
         self.group = group
         self.first = first
         self.out: list[Kernel] = []
@@ -309,15 +337,10 @@ class _GroupLowering:
             exprs.append(extra["reduce_value"])
         loaded = list(dict.fromkeys(ld.buffer for ld in _loads(exprs)))
         stored = list(dict.fromkeys(s.buffer for s in stores))
-        by_name = self._buffer_args()
         name = f"k{self.first + len(self.out)}_{label}"
-        self.out.append(Kernel(name, tuple(by_name[b] for b in loaded),
-                               tuple(by_name[b] for b in stored), tuple(domain), tuple(stores),
+        self.out.append(Kernel(name, tuple(self.args[b] for b in loaded),
+                               tuple(self.args[b] for b in stored), tuple(domain), tuple(stores),
                                comment=describe(self.group.nodes), **extra))
-
-    def _buffer_args(self) -> dict[str, BufferArg]:
-        return {name: BufferArg(name, n.type.dtype, n.type.numel)
-                for n, name in self.names.items()}
 
     def _elementwise(self, targets: list[tuple[str, Node, Node]], own: set[Node],
                      label: str | None = None) -> None:
@@ -326,15 +349,19 @@ class _GroupLowering:
         shape = targets[0][2].type.shape
         if prod(shape) == 0:
             return
-        attempts = [(prod(shape),)] if len(shape) > 1 else []
-        attempts.append(shape)
+        squeezed = tuple(d for d in shape if d != 1)
+        attempts = [(prod(shape),)] if len(squeezed) > 1 else []
+        attempts.append(squeezed)
         for domain in attempts:
             alg = IndexAlgebra(domain)
-            idx = alg.unflatten(Var(0), shape) if domain != shape else _vars(0, len(shape))
+            if domain == squeezed:
+                idx = _squeezed_vars(shape, 0)
+            else:
+                idx = alg.unflatten(Var(0), shape)
             em = _Emitter(self.plan, self.names, alg, own)
             stores = [Store(buf, alg.flat(idx, shape), em.value(node, idx))
                       for buf, node, _ in targets]
-            if domain == shape or not _has_divmod(stores):
+            if domain == squeezed or not _has_divmod(stores):
                 break
         label = label or targets[0][1].op
         self._emit(label, domain, stores)
@@ -343,20 +370,22 @@ class _GroupLowering:
         r = self.group.reduction
         extra: dict = {"reduce_op": REDUCE_OP[r.op]}
         if r.op == "matmul":
-            domain, red = matmul_domain(r)
+            full, red = matmul_domain(r)
         elif r.op == "fold":
-            domain, red = r.type.shape, tuple(r.attr["kernel"])
+            full, red = r.type.shape, tuple(r.attr["kernel"])
         else:
             x_shape = r.inputs[0].type.shape
             axes = (r.attr["axis"],) if r.op in ("argmax", "argmin") else r.attr["axes"]
-            domain = tuple(d for i, d in enumerate(x_shape) if i not in axes)
+            full = tuple(d for i, d in enumerate(x_shape) if i not in axes)
             red = tuple(x_shape[i] for i in axes)
-        if prod(domain) == 0:
+        if prod(full) == 0:
             return
+        # size-1 axes leave the loop nest, except a matmul's documented (B,) M, N layout
+        domain = full if r.op == "matmul" else tuple(d for d in full if d != 1)
         alg = IndexAlgebra(domain + red)
-        dvars = _vars(0, len(domain))
+        dvars = _squeezed_vars(full, 0) if r.op != "matmul" else _vars(0, len(full))
         rvars = _vars(len(domain), len(red))
-        flat = alg.flat(dvars, domain)
+        flat = alg.flat(dvars, full)
         em = _Emitter(self.plan, self.names, alg, set(self.group.nodes), r, flat)
         if r.op == "matmul":
             a_idx, b_idx = matmul_operand_indices(alg, r)
@@ -365,14 +394,23 @@ class _GroupLowering:
             extra["contraction"] = _contraction(alg, r, la, lb, domain)
         elif r.op == "fold":
             x_idx, cond = fold_index(alg, dvars, rvars, r)
-            rv = where(cond, em.value(r.inputs[0], x_idx, cond), scalar(0, r.type.dtype))
+            rv = em.guarded(r.inputs[0], x_idx, None, cond, scalar(0, r.type.dtype))
         else:
             it_d, it_r = iter(dvars), iter(rvars)
             x_idx = tuple(next(it_r) if i in axes else next(it_d) for i in range(len(x_shape)))
             rv = em.value(r.inputs[0], x_idx)
         extra.update(reduce=red, reduce_value=rv)
-        stores = [Store(self.names[n], flat, em.value(n, alg.unflatten(flat, n.type.shape)))
-                  for n in self.group.roots]
+        stores = []
+        for n in self.group.roots:
+            if n.op == "permute" and n is not r:
+                # a transposed store: the permute's input is at the kernel's own index
+                src = alg.unflatten(flat, n.inputs[0].type.shape)
+                idx = tuple(src[p] for p in n.attr["perm"])
+                stores.append(Store(self.names[n], alg.flat(idx, n.type.shape),
+                                    em.value(n, idx)))
+            else:
+                idx = alg.unflatten(flat, n.type.shape)
+                stores.append(Store(self.names[n], flat, em.value(n, idx)))
         self._emit(r.op, domain, stores, **extra)
 
     def _scatter(self) -> None:

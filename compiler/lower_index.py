@@ -19,9 +19,10 @@ integer identities
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import gcd, prod
 
+from .ir import Node
 from .kernel import Binary, Const, Expr, Var, Where, format_expr
 from .types import bool_, int64
 
@@ -57,13 +58,22 @@ class IndexAlgebra:
     def __init__(self, sizes: Sequence[int]) -> None:
         self.sizes = tuple(int(s) for s in sizes)
         self._ranges: dict[Expr, Range | None] = {}
+        self._forms: dict[Expr, tuple[dict[Expr, int], int]] = {}
 
     # ---- linear forms ---------------------------------------------------------------------
 
     def _lin(self, e: Expr) -> tuple[dict[Expr, int], int]:
         """`e` as ({atom: coefficient}, constant); atoms are the non-affine parts."""
+        form = self._forms.get(e)
+        if form is None:
+            form = self._forms[e] = self._linear(e)
+        return dict(form[0]), form[1]
+
+    def _linear(self, e: Expr) -> tuple[dict[Expr, int], int]:
         if isinstance(e, Const) and not isinstance(e.value, bool):
             return {}, int(e.value)
+        if isinstance(e, Var) and self.sizes[e.axis] == 1:
+            return {}, 0
         if isinstance(e, Binary) and e.op in ("add", "sub"):
             ta, ca = self._lin(e.a)
             tb, cb = self._lin(e.b)
@@ -183,6 +193,7 @@ class IndexAlgebra:
     # ---- arithmetic -----------------------------------------------------------------------
 
     def add(self, *es: Expr) -> Expr:
+        """The canonical sum of index expressions."""
         terms: dict[Expr, int] = {}
         c = 0
         for e in es:
@@ -193,9 +204,11 @@ class IndexAlgebra:
         return self._build(terms, c)
 
     def sub(self, a: Expr, b: Expr) -> Expr:
+        """a - b, canonical."""
         return self.add(a, self.mul(b, -1))
 
     def mul(self, e: Expr, k: int) -> Expr:
+        """e * k for an integer constant k, canonical."""
         terms, c = self._lin(e)
         return self._build({a: v * k for a, v in terms.items()}, c * k)
 
@@ -256,11 +269,15 @@ class IndexAlgebra:
     # ---- layouts --------------------------------------------------------------------------
 
     def flat(self, idx: Sequence[Expr], shape: Sequence[int]) -> Expr:
-        """The row-major offset of `idx` in a contiguous array of `shape`."""
+        """The row-major offset of `idx` in a contiguous array of `shape`.
+
+        An axis of size 1 adds nothing: any in-bounds index on it is 0 (and an access that is
+        out of bounds there is masked off)."""
         terms = []
         stride = 1
         for e, n in zip(reversed(tuple(idx)), reversed(tuple(shape))):
-            terms.append(self.mul(e, stride))
+            if n != 1:
+                terms.append(self.mul(e, stride))
             stride *= n
         return self.add(*terms) if terms else ZERO
 
@@ -377,7 +394,7 @@ def reshape_index(alg: IndexAlgebra, idx: Index, src: tuple[int, ...],
     return tuple(out)
 
 
-def movement_index(alg: IndexAlgebra, node, idx: Index) -> list[Branch]:
+def movement_index(alg: IndexAlgebra, node: Node, idx: Index) -> list[Branch]:
     """The inputs a movement node reads at output index `idx`.
 
     Every op but `concat` reads one operand; `pad` and `concat` attach a condition under which
@@ -427,7 +444,7 @@ def _pad_branch(alg: IndexAlgebra, idx: Index, shape, lo, interior) -> Branch:
     return 0, tuple(src), None if cond == TRUE else cond
 
 
-def _concat_branches(alg: IndexAlgebra, idx: Index, node, axis: int) -> list[Branch]:
+def _concat_branches(alg: IndexAlgebra, idx: Index, node: Node, axis: int) -> list[Branch]:
     out = []
     offset = 0
     for k, x in enumerate(node.inputs):
@@ -441,7 +458,8 @@ def _concat_branches(alg: IndexAlgebra, idx: Index, node, axis: int) -> list[Bra
     return out
 
 
-def fold_index(alg: IndexAlgebra, idx: Index, taps: Index, node) -> tuple[Index, Expr | None]:
+def fold_index(alg: IndexAlgebra, idx: Index, taps: Index,
+               node: Node) -> tuple[Index, Expr | None]:
     """For fold: the index into its input (N, C, *kernel, *windows) of output position `idx`
     (N, C, *spatial) at kernel tap `taps`, and the condition that such a window exists."""
     a = node.attr
@@ -457,7 +475,8 @@ def fold_index(alg: IndexAlgebra, idx: Index, taps: Index, node) -> tuple[Index,
     return tuple(idx[:2]) + tuple(taps) + tuple(src), None if cond == TRUE else cond
 
 
-def strided_view(node, is_buffer, alg: IndexAlgebra, idx: Index):
+def strided_view(node: Node, is_buffer: Callable[[Node], bool], alg: IndexAlgebra,
+                 idx: Index) -> tuple[Node, dict[int, int], int] | None:
     """Follow movement ops down from `node` (read at `idx`) to the first node `is_buffer`
     accepts, and return (that node, {axis: stride}, offset) when the walk makes a plain
     strided read of it; None when a view needs a mask or an index that is not affine, or
@@ -478,7 +497,7 @@ def strided_view(node, is_buffer, alg: IndexAlgebra, idx: Index):
 
 
 
-def matmul_domain(node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def matmul_domain(node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """A matmul kernel's (domain, reduce): (M, N) or, with batch axes flattened into one,
     (B, M, N); the reduction is over (K,)."""
     a, b = node.inputs[0].type.shape, node.inputs[1].type.shape
@@ -487,7 +506,7 @@ def matmul_domain(node) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return ((batch,) + mn if batch > 1 else mn), (a[-1],)
 
 
-def matmul_operand_indices(alg: IndexAlgebra, node) -> tuple[Index, Index]:
+def matmul_operand_indices(alg: IndexAlgebra, node: Node) -> tuple[Index, Index]:
     """The indices at which a matmul kernel reads its two operands."""
     a_shape = node.inputs[0].type.shape
     batch_shape = a_shape[:-2]

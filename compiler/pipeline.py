@@ -123,6 +123,13 @@ def build(graph: Graph, backend: str) -> tuple[Any, dict]:
     program = generate(schedule, plan)
     t3 = time.perf_counter()
     info["stages"].update(lower=t1 - t0, memory_plan=t2 - t1, codegen=t3 - t2)
+    if debug_level() >= 3:
+        print(f"=== kernels of {graph.name} ({len(schedule.kernels)}) ===\n{schedule}",
+              file=sys.stderr)
+    if debug_level() >= 4:
+        print(f"=== LLVM IR of {graph.name} (lower {1e3 * (t1 - t0):.1f} ms, plan "
+              f"{1e3 * (t2 - t1):.1f} ms, codegen {1e3 * (t3 - t2):.1f} ms) ===\n"
+              f"{program.source}", file=sys.stderr)
     info.update(kernels=len(schedule.kernels), ops=graph.ops_count(),
                 naive_bytes=plan.naive_bytes, planned_bytes=plan.arena_bytes,
                 lower_bound_bytes=plan.lower_bound_bytes, schedule=str(schedule))

@@ -99,6 +99,14 @@ class Compiled:
     def cache_size(self) -> int:
         return len(self._cache)
 
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the compiled module's (`parameters()`, `train()`, `state_dict()`),
+        so a compiled model stands in for the model in a training loop."""
+        module = self.__dict__.get("module")
+        if module is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(module, name)
+
     # ---- calling ----------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -113,7 +121,7 @@ class Compiled:
             entry = self._compile(key, args)
             self._cache[key] = entry
         self._last = entry
-        out = self._run(entry, args)
+        out = self._run(entry, _arg_tensors(args))
         if self.verify:
             self._verify(args, out)
         return out
@@ -131,8 +139,11 @@ class Compiled:
     def _signature(self, args: tuple) -> tuple:
         parts: list[Any] = []
         for a in args:
+            leaves = _arg_tensors((a,))
             if isinstance(a, Tensor):
-                parts.append(("tensor", tuple(a.shape), a.dtype.name, a.requires_grad))
+                parts.append(_describe(a))
+            elif leaves:  # tensors nested in a tuple/list/dict (an LSTM's (h0, c0))
+                parts.append(("tree", _structure(a), tuple(_describe(t) for t in leaves)))
             else:
                 parts.append(("value", _hashable(a)))
         grad = autograd.is_grad_enabled()
@@ -156,12 +167,14 @@ class Compiled:
         names = self._arg_names(len(args))
         sym_args: list[Any] = []
         for i, a in enumerate(args):
-            if isinstance(a, Tensor):
-                node = tracer.input(names[i], TensorType(tuple(a.shape), a.dtype), "data")
-                sym_args.append(symbolic(node))
-                sources.append(("arg", i))
-            else:
-                sym_args.append(a)
+            leaves = _arg_tensors((a,))
+            symbols = []
+            for k, t in enumerate(leaves):
+                name = names[i] if isinstance(a, Tensor) else f"{names[i]}_{k}"
+                node = tracer.input(name, TensorType(tuple(t.shape), t.dtype), "data")
+                symbols.append(symbolic(node))
+                sources.append(("arg", len(sources)))  # the args' tensors come first
+            sym_args.append(_replace_tensors(a, iter(symbols)))
         if self.module is not None:
             for name, p in self.module.named_parameters():
                 state.register(p, name, "param")
@@ -185,7 +198,8 @@ class Compiled:
         updates = [next(t for t, n in state.inputs.values() if n.name == name)
                    for name in traced.updates]
         grad_positions = [i for i, (kind, ref) in enumerate(sources)
-                          if _needs_grad(kind, ref, args) and autograd.is_grad_enabled()]
+                          if _needs_grad(kind, ref, _arg_tensors(args))
+                          and autograd.is_grad_enabled()]
         if grad_positions:
             entry = self._compile_training(key, sources, traced, treedef, updates,
                                            grad_positions, args)
@@ -211,7 +225,7 @@ class Compiled:
         backward = load(artifact)
         stats = pipeline.summarize(graph, records, fbuild, time.perf_counter() - t0,
                                    backward=bbuild)
-        grad_targets = [ref if kind == "tensor" else args[ref]
+        grad_targets = [ref if kind == "tensor" else _arg_tensors(args)[ref]
                         for kind, ref in (sources[i] for i in grad_positions)]
         return _Entry(key, sources, forward, traced.num_outputs, treedef, updates,
                       split.forward, stats, backward=backward,
@@ -234,7 +248,7 @@ class Compiled:
 
     # ---- running ----------------------------------------------------------------------------
 
-    def _inputs(self, entry: _Entry, args: tuple) -> list[np.ndarray]:
+    def _inputs(self, entry: _Entry, args: list[Tensor]) -> list[np.ndarray]:
         from .random import next_seed
         arrays = []
         for kind, ref in entry.sources:
@@ -246,7 +260,8 @@ class Compiled:
                 arrays.append(np.asarray(next_seed(), dtype=np.int64))
         return arrays
 
-    def _run(self, entry: _Entry, args: tuple) -> Any:
+    def _run(self, entry: _Entry, args: list[Tensor]) -> Any:
+        """Run the compiled program; `args` are the call's tensors, nested ones flattened."""
         inputs = self._inputs(entry, args)
         results = entry.forward.run(inputs)
         n = entry.num_outputs
@@ -330,7 +345,48 @@ def load(artifact: Any) -> Any:
     return CpuExecutable(artifact)
 
 
-def _needs_grad(kind: str, ref: Any, args: tuple) -> bool:
+def _describe(t: Tensor) -> tuple:
+    return ("tensor", tuple(t.shape), t.dtype.name, t.requires_grad)
+
+
+def _arg_tensors(args: Any) -> list[Tensor]:
+    """The tensors of the arguments in order, also those nested in tuples, lists and dicts:
+    each is one input of the compiled graph."""
+    if isinstance(args, Tensor):
+        return [args]
+    if isinstance(args, (tuple, list)):
+        return [t for item in args for t in _arg_tensors(item)]
+    if isinstance(args, dict):
+        return [t for item in args.values() for t in _arg_tensors(item)]
+    return []
+
+
+def _structure(value: Any) -> Any:
+    """A hashable description of an argument with its tensors left out."""
+    if isinstance(value, Tensor):
+        return "T"
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_structure(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _structure(v)) for k, v in value.items()))
+    return ("value", _hashable(value))
+
+
+def _replace_tensors(value: Any, symbols: Any) -> Any:
+    """`value` with each tensor replaced by the next of `symbols` (same nesting)."""
+    if isinstance(value, Tensor):
+        return next(symbols)
+    if isinstance(value, (tuple, list)):
+        items = [_replace_tensors(v, symbols) for v in value]
+        if hasattr(value, "_fields"):  # a namedtuple
+            return type(value)(*items)
+        return type(value)(items)
+    if isinstance(value, dict):
+        return {k: _replace_tensors(v, symbols) for k, v in value.items()}
+    return value
+
+
+def _needs_grad(kind: str, ref: Any, args: list[Tensor]) -> bool:
     if kind == "arg":
         return args[ref].requires_grad
     if kind == "tensor":
@@ -405,6 +461,12 @@ def _explain(old: tuple, new: tuple) -> str:
                                ("requires_grad", a[3], b[3])):
                 if x != y:
                     reasons.append(f"input {i} {what} changed {x} -> {y}")
+        elif a[0] == b[0] == "tree" and a[1] == b[1]:
+            for k, (x, y) in enumerate(zip(a[2], b[2])):
+                for what, u, v in (("shape", x[1], y[1]), ("dtype", x[2], y[2]),
+                                   ("requires_grad", x[3], y[3])):
+                    if u != v:
+                        reasons.append(f"input {i} tensor {k} {what} changed {u} -> {v}")
         else:
             reasons.append(f"input {i} changed {a[1]!r} -> {b[1]!r}")
     if old_train != new_train:

@@ -221,7 +221,8 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         where_at = np.unravel_index(positions._data.reshape(-1), x.shape)
         x._data[where_at] = v._data.reshape(-1)
         return
-    flat_pos = reshape(positions, (-1,))
+    # plain data (positions were computed eagerly), also inside a trace
+    flat_pos = Tensor._wrap(positions._data.reshape(-1), int64)
     # x is about to be rebound to the result; record the old value under its own tensor object,
     # or the tape would point from x's new node back to x itself (a cycle with no gradient)
     old = Tensor._wrap(x._data, x._dtype)

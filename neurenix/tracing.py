@@ -35,6 +35,7 @@ class TraceState:
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
         self.inputs: dict[int, tuple[Tensor, Node]] = {}  # id(eager tensor) -> input node
+        self.current: dict[int, Node] = {}  # id(input tensor) -> its value after in-place updates
         self.seeds: list[str] = []
         self.lifted = 0
 
@@ -48,6 +49,9 @@ class TraceState:
         """The graph value of a tensor used in the trace."""
         if t._value is not None:
             return t._value
+        updated = self.current.get(id(t))
+        if updated is not None:  # read after an in-place update in this trace
+            return updated
         entry = self.inputs.get(id(t))
         if entry is not None:
             return entry[1]
@@ -155,5 +159,7 @@ def record_update(target: Tensor, value: Tensor) -> bool:
     from .elementwise import as_tensor
     from .shapes import broadcast_to
     v = broadcast_to(as_tensor(value, target.dtype), target.shape)
-    state.tracer.record_update(entry[1].name, state.node_of(v))
+    node = state.node_of(v)
+    state.tracer.record_update(entry[1].name, node)
+    state.current[id(target)] = node
     return True

@@ -37,6 +37,12 @@ def core_count() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """Threads per compiled program: $NEURENIX_NUM_THREADS, else every core we may use."""
+    value = os.environ.get("NEURENIX_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else core_count()
+
+
 def _llvm():
     """llvmlite.binding with the native target initialised (once per process)."""
     global _LLVM_READY
@@ -129,6 +135,23 @@ class CpuExecutable:
         self._out_slot = [first.setdefault(name, k) for k, (name, _, _) in enumerate(self._out)]
         self._arena_address = self.arena.ctypes.data
         self._lock = threading.Lock()
+        symbol = program.metadata.get("num_threads_symbol")
+        self._threads = None
+        if symbol:
+            self._threads = ctypes.c_int32.from_address(
+                self._engine.get_global_value_address(symbol))
+            self.num_threads = default_threads()
+
+    @property
+    def num_threads(self) -> int:
+        """How many threads a large kernel is split across (1 when the program has no
+        thread support)."""
+        return 1 if self._threads is None else self._threads.value
+
+    @num_threads.setter
+    def num_threads(self, n: int) -> None:
+        if self._threads is not None:
+            self._threads.value = max(1, int(n))
 
     def check_inputs(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """The inputs as C-contiguous arrays, after checking count, shapes and dtypes."""

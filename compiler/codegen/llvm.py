@@ -7,10 +7,12 @@ The module holds one function per kernel and one entry function:
 
 A kernel function runs the part [start, end) of its *range*: the flattened outer domain axes
 (all but the innermost; the only axis of a 1-D domain), or for a tiled contraction the flattened
-(batch, column tile) pairs.  Splitting the range among threads needs nothing else, which is how
-a thread pool will parallelize kernels; today the entry runs every range whole, serially.  The
-innermost domain loop (or reduction loop) is contiguous in the usual row-major case, walks a
-simple induction variable and carries `llvm.loop.vectorize.enable`.
+(batch, row block, column tile) triples.  Splitting the range among threads needs nothing else:
+the entry runs small kernels whole and splits large parallel ones across POSIX threads
+(llvm_parallel.py).  The innermost domain loop (or reduction loop) is contiguous in the usual
+row-major case, walks a simple induction variable and carries `llvm.loop.vectorize.enable`.
+Contractions take the dot-product path of llvm_dot.py (both operands contiguous along k) or the
+tiled path of llvm_matmul.py; `Program.metadata["paths"]` says which kernel took which.
 
 `neurenix_entry` takes the pointers of the inputs, outputs and constants (in
 `Program.entry_args()` order) and the arena, computes each temporary's pointer as arena + its
@@ -26,12 +28,15 @@ import numpy as np
 from llvmlite import ir
 
 from ...runtime.program import BufferSpec, KernelInfo, Program, TensorSpec
-from ..kernel import Kernel, Schedule
+from ..kernel import Kernel, Schedule, format_kernel
 from ..passes.memory import MemoryPlan, plan_memory
+from .llvm_dot import emit_dot, match_dot
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction, host_vector_bits, match_contraction
-from .llvm_ops import CodegenError, ExprEmitter, combine_sum, const, dclass, emit_stores, value_type
+from .llvm_ops import emit_stores
+from .llvm_parallel import NUM_THREADS, Threading, worth_splitting
+from .llvm_reduce import across_columns, reduce_at_point, reduce_columns
 
 ENTRY = "neurenix_entry"
 
@@ -45,13 +50,18 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
     vector_bits = host_vector_bits()
 
     infos: list[KernelInfo] = []
-    calls: list[tuple[ir.Function, list[str], int]] = []
-    tiled: list[str] = []
+    threading = Threading(module)
+    calls: list[tuple[ir.Function, list[str], int, ir.Function | None]] = []
+    paths: dict[str, str] = {}
+    names: set[str] = set()
     for i, kernel in enumerate(schedule.kernels):
         params = _parameters(kernel, plan)
-        fname = f"neurenix_k{i}_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}"
+        fname = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}"
+        fname = fname if fname not in names else f"{fname}_{i}"
+        names.add(fname)
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(params) + [I64, I64]),
                          fname)
+        fn.attributes.add("noinline")  # one copy: callable per range, not inlined in the entry
         for arg in fn.args[:len(params)]:
             arg.add_attribute("noalias")
         fb = FunctionBuilder(fn)
@@ -59,14 +69,20 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
         for buf in kernel.buffers():
             buffers[buf.name] = (fn.args[params.index(_root(buf.name, params, plan))],
                                  buf.dtype, buf.size)
-        match = match_contraction(kernel, vector_bits)
-        if match is not None:
-            count = emit_contraction(fb, lib, kernel, buffers, match)
-            tiled.append(fname)
+        dot = match_dot(kernel, vector_bits)
+        tiles = match_contraction(kernel, vector_bits) if dot is None else None
+        if dot is not None:
+            count = emit_dot(fb, lib, kernel, buffers, dot)
+            paths[fname] = "dot"
+        elif tiles is not None:
+            count = emit_contraction(fb, lib, kernel, buffers, tiles)
+            paths[fname] = "tiled"
         else:
             count = _emit_generic(fb, lib, kernel, buffers)
+            paths[fname] = "generic"
         fb.b.ret_void()
-        calls.append((fn, params, count))
+        splitter = threading.splitter(fn, len(params)) if worth_splitting(kernel) else None
+        calls.append((fn, params, count, splitter))
         infos.append(KernelInfo(fname, tuple(params), kernel.comment, tuple(kernel.domain)))
 
     program = Program(
@@ -77,13 +93,24 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
                    for n, a in schedule.constants.items()},
         memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
                 "lower_bound": plan.lower_bound_bytes},
-        metadata={"ranges": {fn.name: count for fn, _, count in calls}, "tiled": tiled,
+        metadata={"ranges": {c[0].name: c[2] for c in calls}, "paths": paths,
                   "inplace": dict(plan.inplace), "vector_bits": vector_bits,
-                  "parallel": "serial: the entry runs each kernel's whole range"},
+                  "threaded": [c[0].name for c in calls if c[3] is not None],
+                  "num_threads_symbol": NUM_THREADS},
     )
-    _emit_entry(module, program, plan, calls)
-    program.source = str(module)
+    _emit_entry(module, program, plan, calls, threading)
+    program.source = _with_comments(str(module), schedule.kernels, infos)
     return program
+
+
+def _with_comments(source: str, kernels: list[Kernel], infos: list[KernelInfo]) -> str:
+    """The module text with each kernel function preceded by what it computes: the kernel's
+    comment (fused ops and source lines) and its pseudo-code, as LLVM comments."""
+    for kernel, info in zip(kernels, infos):
+        header = f'define void @"{info.name}"('
+        comment = "".join(f"; {line}\n" for line in format_kernel(kernel).splitlines())
+        source = source.replace(header, comment + header, 1)
+    return source
 
 
 def _process_triple() -> str:
@@ -125,7 +152,8 @@ def _buffer_specs(schedule: Schedule, plan: MemoryPlan) -> list[BufferSpec]:
             for n, b in schedule.buffers.items()]
 
 
-def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls) -> None:
+def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
+                threading: Threading) -> None:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), ENTRY)
     args, arena = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -137,35 +165,29 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls) ->
     for name, offset in plan.offsets.items():
         pointers[name] = b.gep(arena, [ir.Constant(I64, offset)], inbounds=True,
                                source_etype=ir.IntType(8), name=name)
-    for kernel_fn, params, count in calls:
-        b.call(kernel_fn, [pointers[p] for p in params] +
-               [ir.Constant(I64, 0), ir.Constant(I64, count)])
+    for kernel_fn, params, count, splitter in calls:
+        args = [pointers[p] for p in params]
+        if splitter is None:
+            b.call(kernel_fn, args + [ir.Constant(I64, 0), ir.Constant(I64, count)])
+        else:
+            threading.call(b, splitter, args, count)
     b.ret_void()
 
 
 # ---- the generic loop nest ------------------------------------------------------------------
-
-_IDENTITY = {"sum": 0, "prod": 1}
-
-
-def _identity(op: str, dtype) -> ir.Constant:
-    """The starting value of a reduction accumulator."""
-    if op in _IDENTITY:
-        return const(dtype, _IDENTITY[op])
-    low = op in ("max", "argmax")
-    if dtype.is_floating:
-        return const(dtype, float("-inf") if low else float("inf"))
-    info = np.iinfo(dtype.np_type)
-    return const(dtype, info.min if low else info.max)
 
 
 def _emit_generic(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict) -> int:
     """The loop nest of the module docstring; returns the size of the kernel's range."""
     start, end = fb.fn.args[-2:]
     domain = kernel.domain
+    columns = across_columns(kernel)
     if len(domain) <= 1:
         count = domain[0] if domain else 1
-        with fb.loop(start, end, "i0", vectorize=bool(domain)) as i:
+        if columns:
+            reduce_columns(fb, lib, kernel, buffers, {}, start, end)
+            return count
+        with fb.loop(start, end, "i0", vectorize=bool(domain) and _flat(kernel)) as i:
             _point(fb, lib, kernel, buffers, {0: i} if domain else {})
         return count
     count = int(np.prod(domain[:-1], dtype=np.int64))
@@ -178,85 +200,25 @@ def _emit_generic(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: di
             vars[axis] = b.urem(rest, size) if axis else rest
             rest = b.udiv(rest, size)
         last = len(domain) - 1
-        with fb.loop(0, domain[last], f"i{last}", vectorize=True) as i:
-            vars[last] = i
-            _point(fb, lib, kernel, buffers, vars)
+        if columns:
+            reduce_columns(fb, lib, kernel, buffers, vars, ir.Constant(I64, 0),
+                           ir.Constant(I64, domain[last]))
+        else:
+            with fb.loop(0, domain[last], f"i{last}", vectorize=_flat(kernel)) as i:
+                vars[last] = i
+                _point(fb, lib, kernel, buffers, vars)
     return count
+
+
+def _flat(kernel: Kernel) -> bool:
+    """Whether the innermost domain loop is a plain elementwise loop LLVM can vectorize (no
+    nested reduction loop, no scatter)."""
+    return kernel.reduce_value is None and not any(s.accumulate for s in kernel.stores)
 
 
 def _point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, vars: dict) -> None:
     """The work at one domain point: the reduction, if any, then the stores."""
     acc = None
     if kernel.reduce_value is not None:
-        acc = _reduce(fb, lib, kernel, buffers, dict(vars))
+        acc = reduce_at_point(fb, lib, kernel, buffers, vars)
     emit_stores(fb.b, lib, kernel, buffers, vars, acc)
-
-
-def _reduce(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, vars: dict):
-    """Run the reduction loops at one domain point; returns the finished accumulator."""
-    op = kernel.reduce_op
-    vdtype = ExprEmitter(fb.b, lib, buffers, vars).dtype(kernel.reduce_value)
-    if dclass(vdtype) == "b":
-        raise CodegenError(f"llvm codegen: kernel {kernel.name}: {op} of bool values")
-    slot = fb.alloca(value_type(vdtype), name="acc")
-    fb.b.store(_identity(op, vdtype), slot)
-    index_slot = None
-    if op in ("argmax", "argmin"):
-        index_slot = fb.alloca(I64, name="acc_index")
-        fb.b.store(ir.Constant(I64, 0), index_slot)
-    first = len(kernel.domain)
-    _reduce_loops(fb, lib, kernel, buffers, vars, first, 0, slot, index_slot, vdtype)
-    if index_slot is not None:
-        return fb.b.load(index_slot, typ=I64)
-    return fb.b.load(slot, typ=value_type(vdtype))
-
-
-def _reduce_loops(fb, lib, kernel, buffers, vars, first, depth, slot, index_slot, vdtype):
-    sizes = kernel.reduce
-    if depth < len(sizes):
-        innermost = depth == len(sizes) - 1
-        with fb.loop(0, sizes[depth], f"r{depth}", vectorize=innermost) as r:
-            vars[first + depth] = r
-            _reduce_loops(fb, lib, kernel, buffers, vars, first, depth + 1, slot, index_slot,
-                          vdtype)
-        return
-    b = fb.b
-    v = ExprEmitter(b, lib, buffers, vars).emit(kernel.reduce_value)
-    acc = b.load(slot, typ=v.type)
-    op = kernel.reduce_op
-    f = dclass(vdtype) == "f"
-    if op == "sum":
-        new = combine_sum(b, acc, v, vdtype)
-    elif op == "prod":
-        new = b.fmul(acc, v, flags=("reassoc", "nsz")) if f else b.mul(acc, v)
-    elif op in ("max", "min"):
-        name = {("max", True): "llvm.maximum", ("min", True): "llvm.minimum",
-                ("max", False): "llvm.smax", ("min", False): "llvm.smin"}[(op, f)]
-        new = b.call(lib.intrinsic(name, v.type), [acc, v])
-    else:
-        better = _arg_better(b, op, acc, v, f)
-        linear = _linear(b, kernel.reduce, [vars[first + j] for j in range(len(kernel.reduce))])
-        old_index = b.load(index_slot, typ=I64)
-        b.store(b.select(better, linear, old_index), index_slot)
-        new = b.select(better, v, acc)
-    b.store(new, slot)
-
-
-def _arg_better(b: ir.IRBuilder, op: str, best, v, floating: bool):
-    """Whether `v` replaces the running argmax/argmin: strictly better, or the first NaN."""
-    sign = ">" if op == "argmax" else "<"
-    if not floating:
-        return b.icmp_signed(sign, v, best)
-    strictly = b.fcmp_ordered(sign, v, best)
-    first_nan = b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", best, best))
-    return b.or_(strictly, first_nan)
-
-
-def _linear(b: ir.IRBuilder, sizes: tuple[int, ...], values: list) -> ir.Value:
-    """The row-major flat index of a point of the reduction axes."""
-    index = values[-1]
-    stride = sizes[-1]
-    for j in range(len(sizes) - 2, -1, -1):
-        index = b.add(index, b.mul(values[j], ir.Constant(I64, stride)))
-        stride *= sizes[j]
-    return index

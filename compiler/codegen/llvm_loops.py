@@ -68,8 +68,21 @@ class FunctionBuilder:
         nxt = b.add(i, ir.Constant(I64, 1), flags=("nuw", "nsw"))
         i.add_incoming(nxt, b.block)
         latch = b.cbranch(b.icmp_signed("<", nxt, hi), body, done)
+        vectorize = vectorize and self._vectorizable(body)
         latch.set_metadata("llvm.loop", loop_metadata(self.module, vectorize))
         b.position_at_end(done)
+
+    def _vectorizable(self, body: ir.Block) -> bool:
+        """Whether a loop starting at `body` may be forced to vectorize: it calls no external
+        function (a C library call would make LLVM refuse, and say so on stderr)."""
+        blocks = self.fn.blocks
+        for block in blocks[blocks.index(body):]:
+            for ins in block.instructions:
+                if isinstance(ins, ir.CallInstr) and isinstance(ins.callee, ir.Function):
+                    callee = ins.callee
+                    if callee.is_declaration and not callee.name.startswith("llvm."):
+                        return False
+        return True
 
     def min(self, a: ir.Value, c: ir.Value | int) -> ir.Value:
         """Signed minimum of two i64 values."""

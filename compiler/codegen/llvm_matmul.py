@@ -6,18 +6,22 @@ axes).  That covers matmul with any strides (transposed operands are just other 
 expressions) and contractions whose operands are computed or masked (im2col-style windows).
 It is then computed BLIS-style, specialised at compile time:
 
-    for (batch, column tile) in [start, end):       # the kernel's range
+    for (batch, row block, column tile) in [start, end):   # the kernel's range
       pack b[k, n0:n0+NR] for all k into a contiguous panel (zeros past the last column)
-      for each tile of MR rows (rows past the last clamped to it, their results dropped):
+      for each tile of MR rows in the block (rows past the last clamped, results dropped):
         MR vector accumulators of NR lanes, k innermost: acc[i] += splat(a[m0+i, k]) * panel[k]
         spill the MR x NR tile, then run the kernel's stores (the epilogue) on its valid part
 
-NR is two host vectors wide, MR rows keep 2*MR accumulator registers busy, so the inner loop is
-one panel load and MR broadcast-FMAs per k with no address arithmetic but k.  The panel lives on
-the stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.
+NR is two host vectors wide and MR rows keep 2*MR accumulator registers busy, so the inner loop
+is one panel load and MR broadcast-FMAs per k.  A row block holds the rows of `a` that fit in
+`BLOCK_BYTES` (they stay in L2 while consecutive column tiles pass over them).  With a single row
+tile and `b` contiguous along the columns, full tiles read `b` in place instead of packing it;
+a `b` contiguous along k is packed k-innermost so that its reads stream.  The panel lives on the
+stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -32,6 +36,7 @@ from .llvm_ops import ExprEmitter, cast, emit_stores, value_type
 MAX_PANEL_BYTES = 512 * 1024
 ROWS = 6  # MR
 MIN_CHAINS = 4  # independent accumulator rows needed to cover the FMA latency
+MIN_PACKED_ROWS = 4  # fewer rows with a k-contiguous b: per-output dot products are faster
 BLOCK_BYTES = 256 * 1024  # rows of `a` kept in L2 while every column tile passes over them
 
 
@@ -48,8 +53,10 @@ class ContractionMatch:
     mr: int
     nr: int
     direct: bool  # `b` is a plain load contiguous along the column axis
+    k_major: bool  # `b` is a plain load contiguous along k (a transposed weight): pack by rows
 
 
+@functools.cache
 def host_vector_bits() -> int:
     """The widest vector register of the host CPU, in bits."""
     import llvmlite.binding as llvm
@@ -96,7 +103,7 @@ def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | No
             layouts.reverse()
     allowed = set(range(nd + 1))
     for row, col in layouts:
-        if kernel.domain[col] < min(nr // 2, 8):
+        if kernel.domain[col] < nr // 2:
             continue
         for a, b in ((value.a, value.b), (value.b, value.a)):
             axes_a, axes_b = _axes(a), _axes(b)
@@ -105,17 +112,21 @@ def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | No
             if col not in axes_a and (row is None or row not in axes_b):
                 batch = tuple(i for i in range(nd) if i not in (row, col))
                 rows = 1 if row is None else kernel.domain[row]
+                direct = _direct_load(b, col, dtype)
+                k_major = _direct_load(b, nd, dtype)
+                if k_major and not direct and rows < MIN_PACKED_ROWS:
+                    return None  # dot products along k (the generic nest) beat packing b
                 return ContractionMatch(a, b, row, col, batch, dtype, min(ROWS, rows), nr,
-                                        _direct_load(b, col, dtype))
+                                        direct, k_major)
     return None
 
 
-def _direct_load(e: Expr, col: int, dtype: DType) -> bool:
-    """Whether `e` is an unmasked load of `dtype` whose index steps by one along `col`."""
+def _direct_load(e: Expr, axis: int, dtype: DType) -> bool:
+    """Whether `e` is an unmasked load of `dtype` whose index steps by one along `axis`."""
     if not isinstance(e, Load) or e.mask is not None or e.dtype != dtype:
         return False
     coeffs = affine(e.index)
-    return coeffs is not None and coeffs.get(col) == 1
+    return coeffs is not None and coeffs.get(axis) == 1
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -199,10 +210,14 @@ class _Tiler:
         return load
 
     def _pack(self, vars: dict, n0: ir.Value, edge: bool) -> None:
-        """panel[k * NR + j] = b at (column n0 + j, k); zero past the last column."""
+        """panel[k * NR + j] = b at (column n0 + j, k); zero past the last column.  The loop
+        order follows b's contiguous axis, so that the reads stream."""
         fb, b, m = self.fb, self.b, self.m
-        with fb.loop(0, self.k_size, "pack_k") as k:
-            with fb.loop(0, m.nr, "pack_j", vectorize=True) as j:
+        outer, inner = ("pack_j", "pack_k") if m.k_major else ("pack_k", "pack_j")
+        sizes = {"pack_j": m.nr, "pack_k": self.k_size}
+        with fb.loop(0, sizes[outer], outer) as o:
+            with fb.loop(0, sizes[inner], inner, vectorize=not m.k_major) as i:
+                k, j = (i, o) if m.k_major else (o, i)
                 n = b.add(n0, j)
                 point = dict(vars)
                 point[self.k_axis] = k

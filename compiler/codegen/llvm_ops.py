@@ -85,10 +85,12 @@ def _libcall(name: str):
 
 
 def _sign_f(em, x, dt):
+    """-1, 0 (positive, also for -0) or 1; NaN stays NaN."""
     b = em.b
-    one = ir.Constant(x.type, 1.0)
-    neg = b.select(b.fcmp_ordered("<", x, ir.Constant(x.type, 0.0)), b.fneg(one), x)
-    return b.select(b.fcmp_ordered(">", x, ir.Constant(x.type, 0.0)), one, neg)
+    one, zero = ir.Constant(x.type, 1.0), ir.Constant(x.type, 0.0)
+    rest = b.select(b.fcmp_ordered("==", x, zero), zero, x)
+    neg = b.select(b.fcmp_ordered("<", x, zero), b.fneg(one), rest)
+    return b.select(b.fcmp_ordered(">", x, zero), one, neg)
 
 
 def _sign_i(em, x, dt):
@@ -183,7 +185,22 @@ def _power_of_two(em, c) -> int | None:
 
 
 def _idiv_f(em, a, c, dt):
-    return em.b.call(em.lib.intrinsic("llvm.floor", a.type), [em.b.fdiv(a, c)])
+    """NumPy's float floor_divide: (a - fmod(a, c)) / c, corrected towards floor; a / c for a
+    zero divisor."""
+    b = em.b
+    zero = ir.Constant(a.type, 0.0)
+    one = ir.Constant(a.type, 1.0)
+    mod = b.frem(a, c)
+    div = b.fdiv(b.fsub(a, mod), c)
+    differ = b.xor(b.fcmp_ordered("<", mod, zero), b.fcmp_ordered("<", c, zero))
+    div = b.select(b.and_(b.fcmp_ordered("!=", mod, zero), differ), b.fsub(div, one), div)
+    floor = b.call(em.lib.intrinsic("llvm.floor", a.type), [div])
+    half = b.fcmp_ordered(">", b.fsub(div, floor), ir.Constant(a.type, 0.5))
+    floor = b.select(half, b.fadd(floor, one), floor)
+    quotient = b.fdiv(a, c)
+    signed_zero = b.call(em.lib.intrinsic("llvm.copysign", a.type), [zero, quotient])
+    floor = b.select(b.fcmp_ordered("==", div, zero), signed_zero, floor)
+    return b.select(b.fcmp_ordered("==", c, zero), quotient, floor)
 
 
 def _mod_f(em, a, c, dt):
@@ -243,8 +260,9 @@ class ExprEmitter:
     """Emits kernel expressions at one point of a loop nest.
 
     `buffers` maps a buffer name to (pointer, dtype, size); `vars` maps loop axes to their
-    current i64 values; `acc` is the finished reduction, if any.  Structurally equal
-    subexpressions are emitted once (expressions are hashable).
+    current i64 values; `acc` is the finished reduction, if any.  A shared subexpression
+    (lowering shares equal subtrees as one object) is emitted once: the cache is keyed by
+    identity, since hashing frozen dataclasses walks the whole tree every time.
     """
 
     def __init__(self, b: ir.IRBuilder, lib: MathLib, buffers: dict, vars: dict[int, ir.Value],
@@ -256,16 +274,16 @@ class ExprEmitter:
         self.acc = acc
         self.acc_dtype = acc_dtype
         self.in_index = False
-        self._memo: dict[tuple[Expr, bool], ir.Value] = {}
+        self._memo: dict[tuple[int, bool], tuple[Expr, ir.Value]] = {}
 
     def dtype(self, e: Expr) -> DType:
         return dtype_of(e, self.acc_dtype)
 
     def emit(self, e: Expr) -> ir.Value:
-        key = (e, self.in_index)
+        key = (id(e), self.in_index)
         if key not in self._memo:
-            self._memo[key] = self._emit(e)
-        return self._memo[key]
+            self._memo[key] = (e, self._emit(e))  # holding `e` keeps its id unique
+        return self._memo[key][1]
 
     def index(self, e: Expr) -> ir.Value:
         """An element index (i64), with the arithmetic marked as non-wrapping."""

@@ -7,18 +7,21 @@ whole decision is which values to materialise, made in four steps:
 1. Each reduction (reduce_*, argmax/argmin, matmul, fold) is the core of exactly one kernel.
    Its *epilogue* grows over elementwise consumers and reshapes of its result (bias, scale,
    activation: `relu(x @ w + b)` is one kernel) as long as each new node reads the epilogue
-   only at the kernel's own index and no other operand depends on the epilogue (so no cycle).
-   The epilogue's nodes read from outside it, or graph outputs, are its roots.
+   only at the kernel's own index and no other operand depends on the epilogue (so no cycle);
+   a permute may end it (a transposed store, as a weight gradient needs).  The epilogue's
+   nodes read from outside it, or graph outputs, are its roots.
 2. A matmul reads its operands through plain strided views only (what a fast GEMM needs);
    an operand that is not one (padding masks, im2col reshapes, computed values) is
    materialised first.
 3. Elementwise, movement, source and gather nodes are inlined into every consumer (their
    *prologue* when the consumer is a reduction); a value with several consumers is computed
-   again in each unless that costs more than `DUPLICATE_COST_LIMIT` ops, and a computed value
-   broadcast to a larger shape is materialised rather than recomputed per copy.  Reductions
+   again in each unless that costs more than `DUPLICATE_COST_LIMIT` ops or
+   `DUPLICATE_LOAD_LIMIT` loads, and a computed value broadcast to a larger shape is
+   materialised rather than recomputed per copy.  Reductions
    are never recomputed.  Graph outputs are stored; a cheap one is still inlined downstream.
-4. Elementwise kernels of one shape that share an input and do not depend on each other are
-   merged into one kernel with several stores (an LSTM cell's `h` and `c`).
+4. Elementwise kernels of one shape merge into one kernel with several stores when they share
+   an input and do not depend on each other, or when one reads the other's values only
+   elementwise (an LSTM cell's `h` and `c`, stored together).
 
 The result is checked: the kernel graph is acyclic (networkx) and every reduction belongs to
 exactly one kernel.
@@ -44,6 +47,7 @@ from ..ops import ELEMENTWISE, REGISTRY
 REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
               "matmul", "fold")
 DUPLICATE_COST_LIMIT = 8  # ops a multi-consumer value may cost and still be recomputed per use
+DUPLICATE_LOAD_LIMIT = 2  # loads it may make (recomputing more reads more than storing it)
 BROADCAST_COST_LIMIT = 2  # ops from which a broadcast value is materialised, not recomputed
 EPILOGUE_LIMIT = 64  # nodes a reduction's epilogue may absorb
 MERGE_LIMIT = 8  # stores one merged elementwise kernel may hold
@@ -89,8 +93,9 @@ class Group:
     nodes: tuple[Node, ...]
     reads: tuple[Node, ...]
 
-    def describe(self) -> str:
-        return " + ".join(n.op for n in self.nodes)
+    def __repr__(self) -> str:
+        roots = ", ".join(f"{r.op} {r.type}" for r in self.roots)
+        return f"Group({self.kind}: {' + '.join(n.op for n in self.nodes)} -> {roots})"
 
 
 @dataclass
@@ -198,23 +203,26 @@ class _Context:
         while grew and len(nodes) < EPILOGUE_LIMIT:
             grew = False
             for n in list(nodes):
+                if n.op == "permute":
+                    continue  # a transposed store ends the epilogue
                 for c in self.distinct_consumers(n):
                     if c in inside or c in rejected:
                         continue
-                    if self._joins_epilogue(c, inside, owner, r):
+                    verdict = self._joins_epilogue(c, inside, owner, r)
+                    if verdict is None:
+                        rejected.add(c)
+                    elif verdict:
                         nodes.append(c)
                         inside.add(c)
                         grew = True
-                    else:
-                        rejected.add(c)
         nodes.sort(key=self.order.__getitem__)
-        # a reshape stored next to its own (stored) operand is a second copy: read it as a view
+        # a view stored next to its own (stored) operand is a second copy: read it as a view
         pruned = True
         while pruned:
             pruned = False
             roots = set(self._roots(nodes))
             for n in nodes[1:]:
-                if n.op == "reshape" and n in roots and n.inputs[0] in roots \
+                if n.op in ("reshape", "permute") and n in roots and n.inputs[0] in roots \
                         and n not in self.outputs \
                         and not any(c in inside for c in self.consumers[n]):
                     nodes.remove(n)
@@ -224,9 +232,13 @@ class _Context:
         return nodes
 
     def _joins_epilogue(self, c: Node, inside: set[Node], owner: dict[Node, Node],
-                        r: Node) -> bool:
-        if c in owner or not (is_elementwise(c) or c.op == "reshape"):
-            return False
+                        r: Node) -> bool | None:
+        """Whether consumer `c` can join the epilogue now; None if it never can.
+
+        An operand from outside that depends on the epilogue would make a cycle; it may join
+        later (and the question be asked again), so that answer is only "not now"."""
+        if c in owner or not (is_elementwise(c) or c.op in ("reshape", "permute")):
+            return None
         floor = self.order[r]
         return not any(i not in inside and self._depends_on(i, inside, floor) for i in c.inputs)
 
@@ -263,18 +275,19 @@ class _Context:
     def _cheap_values(self, owner: dict[Node, Node], materialised: set[Node]) -> set[Node]:
         """Decide which inlined values to materialise; return every value a kernel stores."""
         cost: dict[Node, int] = {}
+        loads: dict[Node, int] = {}
         for n in self.computed:
             if n in owner or is_reduction(n) or n.op == "scatter_add":
                 continue
-            cost[n] = _own_cost(n) + sum(cost.get(i, 0) for i in n.inputs
-                                         if i not in materialised)
+            inlined = [i for i in n.inputs if i in cost and i not in materialised]
+            cost[n] = _own_cost(n) + sum(cost[i] for i in inlined)
+            loads[n] = len(n.inputs) - len(inlined) + sum(loads[i] for i in inlined)
             if n in materialised:
                 continue
             if n.op == "expand" and n.type.numel > 2 * n.inputs[0].type.numel:
                 self._materialise_broadcast(n, cost, materialised)
-            if self.uses(n) > 1 and cost[n] > DUPLICATE_COST_LIMIT:
-                materialised.add(n)
-            elif n in self.outputs and cost[n] > DUPLICATE_COST_LIMIT:
+            cheap = cost[n] <= DUPLICATE_COST_LIMIT and loads[n] <= DUPLICATE_LOAD_LIMIT
+            if not cheap and (self.uses(n) > 1 or n in self.outputs):
                 materialised.add(n)
         return materialised | (self.outputs & set(self.computed))
 
@@ -358,35 +371,79 @@ def _group_graph(groups: list[Group], materialised: set[Node]) -> nx.DiGraph:
 
 def _merge_elementwise(groups: list[Group], materialised: set[Node],
                        order: dict[Node, int]) -> list[Group]:
-    """Merge independent elementwise kernels of one shape that load a common value."""
-    merged = list(groups)
-    k = 0
-    while k < len(merged):
-        g = merged[k]
+    """Merge elementwise kernels of one shape that load a common value, or where one reads
+    the other's roots only elementwise (it then computes them inline and stores them too).
+
+    Kernels joined by a path through a third kernel never merge (that would be a cycle); the
+    kernel graph is updated as kernels merge."""
+    dg = _group_graph(groups, materialised)  # vertices: ints, so failed path queries stay cheap
+    vertex = {g: k for k, g in enumerate(groups)}
+    alive = list(groups)
+    by_read: dict[Node, list[Group]] = defaultdict(list)
+    for g in groups:
+        if g.kind == "elementwise":
+            for r in g.reads:
+                by_read[r].append(g)
+            for r in g.roots:
+                by_read[r].append(g)
+    replaced: dict[Group, Group] = {}
+
+    def current(g: Group) -> Group:
+        while g in replaced:
+            g = replaced[g]
+        return g
+
+    for g0 in groups:
+        g = current(g0)
         if g.kind != "elementwise":
-            k += 1
             continue
-        dg = _group_graph(merged, materialised)
-        for j in range(k + 1, len(merged)):
-            h = merged[j]
-            if h.kind != "elementwise" or len(g.roots) + len(h.roots) > MERGE_LIMIT:
-                continue
-            if h.roots[0].type.shape != g.roots[0].type.shape:
-                continue
-            if not set(g.reads) & set(h.reads):
-                continue
-            if nx.has_path(dg, k, j) or nx.has_path(dg, j, k):
-                continue
-            nodes = sorted(set(g.nodes) | set(h.nodes), key=order.__getitem__)
-            roots = tuple(sorted(g.roots + h.roots, key=order.__getitem__))
-            reads = tuple(dict.fromkeys(g.reads + h.reads))
-            merged[k] = g = Group("elementwise", roots, None, tuple(nodes), reads)
-            del merged[j]
-            dg = _group_graph(merged, materialised)
-            break
-        else:
-            k += 1
-    return merged
+        for r in list(g.reads) + list(g.roots):
+            for h0 in by_read[r]:
+                h = current(h0)
+                if h is g or h.kind != "elementwise" \
+                        or len(g.roots) + len(h.roots) > MERGE_LIMIT \
+                        or h.roots[0].type.shape != g.roots[0].type.shape:
+                    continue
+                vg, vh = vertex[g], vertex[h]
+                if dg.has_edge(vg, vh) or dg.has_edge(vh, vg):
+                    first, second = (g, h) if dg.has_edge(vg, vh) else (h, g)
+                    if not _reads_aligned(second, first.roots):
+                        continue
+                    a, b = vertex[first], vertex[second]
+                    dg.remove_edge(a, b)
+                    blocked = nx.has_path(dg, a, b)
+                    dg.add_edge(a, b)
+                    if blocked:
+                        continue
+                elif nx.has_path(dg, vg, vh) or nx.has_path(dg, vh, vg):
+                    continue
+                nodes = sorted(set(g.nodes) | set(h.nodes), key=order.__getitem__)
+                roots = tuple(sorted(g.roots + h.roots, key=order.__getitem__))
+                reads = tuple(n for n in dict.fromkeys(g.reads + h.reads) if n not in roots)
+                m = Group("elementwise", roots, None, tuple(nodes), reads)
+                vertex[m] = vm = len(vertex)
+                dg.add_node(vm)
+                for old in (vg, vh):
+                    dg.add_edges_from((p, vm) for p in dg.predecessors(old) if p not in (vg, vh))
+                    dg.add_edges_from((vm, s) for s in dg.successors(old) if s not in (vg, vh))
+                    dg.remove_node(old)
+                replaced[g] = replaced[h] = m
+                alive[alive.index(g)] = m
+                alive.remove(h)
+                g = m
+    return alive
+
+
+def _reads_aligned(group: Group, values: tuple[Node, ...]) -> bool:
+    """Whether `group` reads `values` only through elementwise nodes, i.e. each at the very
+    index it computes (so a merged kernel can compute them inline at that index)."""
+    reached = set(values)
+    for n in group.nodes:
+        if any(i in reached for i in n.inputs):
+            if not is_elementwise(n):
+                return False
+            reached.add(n)
+    return True
 
 
 def _finish(groups: list[Group], materialised: set[Node]) -> FusionPlan:

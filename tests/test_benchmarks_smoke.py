@@ -1,0 +1,67 @@
+"""The benchmark script cannot rot: every Neurenix workload runs once at a tiny size.
+
+Nothing here is timed; PyTorch, torch.compile and onnxruntime are not touched.
+"""
+import importlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def modules():
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield importlib.import_module("workloads"), importlib.import_module("bench")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _run_once(workloads, name, framework, backend):
+    runner = workloads.build_runner(name, framework, tiny=True, backend=backend)
+    with runner.context():
+        value = runner.value(runner.step())
+    assert np.all(np.isfinite(value))
+    return value
+
+
+@pytest.mark.parametrize("name", ["mlp_b1", "mlp_b64", "mlp_train_b64", "cnn_infer",
+                                  "cnn_train", "lstm_infer", "lstm_train", "eltwise",
+                                  "gemm_1024"])
+def test_every_neurenix_workload_runs_and_compiled_agrees(modules, name):
+    workloads, _ = modules
+    assert name in workloads.WORKLOADS
+    eager = _run_once(workloads, name, "neurenix_eager", None)
+    compiled = _run_once(workloads, name, "neurenix_compiled", "reference")
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp_b1", "eltwise", "gemm_1024"])
+def test_native_backend_runs_the_small_workloads(modules, name):
+    workloads, _ = modules
+    eager = _run_once(workloads, name, "neurenix_eager", None)
+    np.testing.assert_allclose(_run_once(workloads, name, "neurenix_compiled", None), eager,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_worker_and_tables(modules, tmp_path):
+    _, bench = modules
+    out = tmp_path / "r.json"
+    assert bench.main(["--worker", "mlp_b1", "neurenix_eager", "--seconds", "0.01",
+                       "--result", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["median_ms"] > 0 and len(result["check"]) == 10
+    failed = {"ok": False, "error": "RuntimeError: boom"}
+    report = {"ceilings": {"ok": True, "gemm_gflops": 100.0, "copy_gbps": 10.0},
+              "workloads": {"mlp_b1": {"neurenix_eager": result, "neurenix_compiled": result,
+                                       "torch_eager": result, "onnxruntime": failed}}}
+    header, rows = bench.summary_rows(report)
+    assert len(rows[0]) == len(header)
+    assert rows[0][header.index("onnxruntime ms")] == "error: RuntimeError: boom"
+    assert "1.00x" in rows[0][header.index("compiled / best peer")]
+    assert bench.render(header, rows, markdown=True).startswith("| workload |")

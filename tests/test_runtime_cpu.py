@@ -1,0 +1,145 @@
+"""The CPU runtime: loading a Program, checking inputs, the arena, threads, object code."""
+from __future__ import annotations
+
+import ast
+import ctypes
+import pathlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from kernel_helpers import schedule
+from neurenix.compiler.codegen import generate
+from neurenix.compiler.kernel import Binary, BufferArg, Const, Kernel, Load, Store, Var
+from neurenix.compiler.types import float32, int64
+from neurenix.runtime import cpu
+from neurenix.runtime.cpu import CpuExecutable, compile_object
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def axpy_program(n=1000):
+    """y = x * 2 + z (through a temporary), also returned a second time; u = iota."""
+    t = Kernel("scale", (BufferArg("x", float32, n),), (BufferArg("t", float32, n),), (n,),
+               (Store("t", Var(0), Binary("mul", Load("x", Var(0), float32),
+                                          Const(2.0, float32))),))
+    y = Kernel("add", (BufferArg("t", float32, n), BufferArg("z", float32, n)),
+               (BufferArg("y", float32, n),), (n,),
+               (Store("y", Var(0), Binary("add", Load("t", Var(0), float32),
+                                          Load("z", Var(0), float32))),))
+    u = Kernel("iota", (), (BufferArg("u", int64, 3),), (3,), (Store("u", Var(0), Var(0)),))
+    s = schedule([t, y, u], {"x": np.zeros((n // 10, 10), np.float32),
+                             "z": np.zeros((n // 10, 10), np.float32)},
+                 {"y": ((n // 10, 10), float32), "u": ((3,), int64)})
+    s.outputs.append("y")
+    return generate(s)
+
+
+@pytest.fixture(scope="module")
+def exe():
+    return CpuExecutable(axpy_program())
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((100, 10)).astype(np.float32) for _ in range(2)]
+
+
+def test_run_computes_every_output(exe, data):
+    x, z = data
+    y, u, y_again = exe.run(data)
+    np.testing.assert_array_equal(y, x * 2 + z)
+    np.testing.assert_array_equal(u, [0, 1, 2])
+    np.testing.assert_array_equal(y_again, y)
+    assert y.shape == (100, 10) and y.dtype == np.float32 and u.dtype == np.int64
+    assert y_again is not y  # a repeated output is its own array
+
+
+def test_outputs_are_fresh_arrays_and_the_arena_is_reused(exe, data):
+    arena = exe.arena.ctypes.data
+    first = exe.run(data)[0]
+    second = exe.run([data[0] + 1, data[1]])[0]
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(second, (data[0] + 1) * 2 + data[1])
+    assert exe.arena.ctypes.data == arena and arena % 64 == 0
+    assert exe.arena.nbytes == exe.program.arena_bytes >= 4000
+
+
+def test_non_contiguous_inputs_are_accepted(exe, data):
+    x = np.asfortranarray(data[0])
+    z = np.broadcast_to(data[1][:1], (100, 10))  # read-only and strided
+    y = exe.run([x, z])[0]
+    np.testing.assert_array_equal(y, data[0] * 2 + data[1][:1])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda d: d[:1], "expected 2 inputs .x, z., got 1"),
+    (lambda d: [d[0], d[1][:50]], r"input 'z' expects float32\[100, 10\], got float32\[50, 10\]"),
+    (lambda d: [d[0].astype(np.float64), d[1]], r"input 'x' expects float32\[100, 10\], got "
+                                                r"float64\[100, 10\]"),
+    (lambda d: [d[0].reshape(1000), d[1]], "input 'x' expects"),
+    (lambda d: [d[0].tolist(), d[1]], "input 'x' expects float32"),
+])
+def test_bad_inputs_raise_before_anything_runs(exe, data, bad, message):
+    with pytest.raises(ValueError, match=message):
+        exe.run(bad(data))
+
+
+def test_a_program_for_another_target_or_without_its_entry_is_refused():
+    program = axpy_program(10)
+    with pytest.raises(ValueError, match="expected a 'cpu' program, got target 'cuda'"):
+        CpuExecutable(replace(program, target="cuda"))
+    with pytest.raises(ValueError, match="no entry function 'missing'"):
+        CpuExecutable(replace(program, entry="missing"))
+
+
+def test_thread_count_is_a_module_global(exe, data, monkeypatch):
+    assert exe.num_threads == cpu.default_threads()
+    exe.num_threads = 3
+    assert exe.num_threads == 3
+    exe.num_threads = 0
+    assert exe.num_threads == 1
+    monkeypatch.setenv("NEURENIX_NUM_THREADS", "5")
+    assert cpu.default_threads() == 5
+    monkeypatch.setenv("NEURENIX_NUM_THREADS", "zero")
+    assert cpu.default_threads() == cpu.core_count()
+
+
+def test_entry_is_one_foreign_call_taking_args_and_arena(exe, data):
+    """Calling the entry by hand with the documented argument order gives the same result."""
+    x, z = data
+    y = np.empty((100, 10), np.float32)
+    u = np.empty(3, np.int64)
+    args = (ctypes.c_void_p * 4)(x.ctypes.data, z.ctypes.data, y.ctypes.data, u.ctypes.data)
+    assert exe.program.entry_args() == ["x", "z", "y", "u", "y"]
+    exe._entry(args, exe.arena.ctypes.data)
+    np.testing.assert_array_equal(y, x * 2 + z)
+
+
+def test_compile_object_gives_host_object_code():
+    obj = compile_object(axpy_program(10))
+    assert isinstance(obj, bytes) and len(obj) > 100
+    assert obj[:4] in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\x64\x86")
+
+
+def test_optimized_ir_and_assembly_are_available():
+    program = axpy_program(64)
+    assert "neurenix_entry" in cpu.optimized_ir(program)
+    assert "neurenix_entry" in cpu.assembly(program)
+
+
+def test_runtime_imports_neither_compiler_nor_frontend():
+    for path in (ROOT / "runtime").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                assert node.level == 1 or not module.startswith(("neurenix", "compiler")), \
+                    f"{path.name} imports {module}"
+                assert node.level != 2, f"{path.name} reaches outside the runtime"
+                if node.level == 1:
+                    assert module in ("program", ""), f"{path.name} imports .{module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith(("neurenix", "compiler")), path.name
