@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -102,9 +103,15 @@ def compile_object(program: Program) -> bytes:
 
 
 class CpuExecutable:
-    """A Program compiled for this CPU: `run(inputs) -> outputs`, one native call per run."""
+    """A Program compiled for this CPU: `run(inputs) -> outputs`, one native call per run.
 
-    def __init__(self, program: Program) -> None:
+    The program is optimised and compiled to object code (kept as `object_code`, which a
+    compile cache may store), then loaded with MCJIT.  Passing `object_code` from an earlier
+    compile of the same program on the same CPU skips LLVM entirely (milliseconds); the caller
+    vouches for those bytes (a cache checks its entries before handing them over).
+    """
+
+    def __init__(self, program: Program, object_code: bytes | None = None) -> None:
         if program.target != "cpu":
             raise ValueError(f"CpuExecutable: expected a 'cpu' program, got target "
                              f"{program.target!r}")
@@ -112,8 +119,11 @@ class CpuExecutable:
         self.source = program.source
         llvm = _llvm()
         tm = target_machine(jit=True)
-        module = optimize(program.source, tm)
-        self._engine = llvm.create_mcjit_compiler(module, tm)
+        if object_code is None:
+            object_code = tm.emit_object(optimize(program.source, tm))
+        self.object_code = object_code
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
         self._engine.finalize_object()
         address = self._engine.get_function_address(program.entry)
         if not address:
@@ -188,6 +198,36 @@ class CpuExecutable:
         return outputs
 
     __call__ = run
+
+    def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
+        """Seconds per kernel (best of `repeat`), each kernel called alone on one thread over
+        its whole range, in launch order; for finding the kernel a slow program spends its
+        time in.  The outputs are computed as by `run` and dropped."""
+        arrays = self.check_inputs(inputs)
+        outputs = [np.empty(shape, dtype) for _, shape, dtype in self._out]
+        where = {name: x.ctypes.data for (name, _, _), x in zip(self._in, arrays)}
+        for (name, _, _), j in zip(self._out, self._out_slot):
+            where.setdefault(name, outputs[j].ctypes.data)
+        for name, const in zip(sorted(self.program.constants), self._constants):
+            where[name] = const.ctypes.data
+        for buf in self.program.buffers:
+            if buf.kind == "temp":
+                where[buf.name] = self._arena_address + buf.offset
+        ranges = self.program.metadata.get("ranges", {})
+        times = []
+        with self._lock:
+            for info in self.program.kernels:
+                fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(info.args),
+                                      ctypes.c_int64, ctypes.c_int64)(
+                    self._engine.get_function_address(info.name))
+                args = [where[name] for name in info.args] + [0, ranges[info.name]]
+                best = float("inf")
+                for _ in range(max(1, repeat)):
+                    start = time.perf_counter()
+                    fn(*args)
+                    best = min(best, time.perf_counter() - start)
+                times.append((info.name, best))
+        return times
 
 
 def _address(x: np.ndarray) -> int:

@@ -7,7 +7,16 @@ from dataclasses import fields, is_dataclass, replace
 
 import numpy as np
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.kernel import BufferArg, Const, Kernel, Load, Schedule, Store, Var
+from neurenix.compiler.kernel import (
+    Binary,
+    BufferArg,
+    Const,
+    Kernel,
+    Load,
+    Schedule,
+    Store,
+    Var,
+)
 from neurenix.compiler.kernel_eval import run_schedule
 from neurenix.compiler.types import dtype_from_numpy, int64
 from neurenix.runtime.cpu import CpuExecutable
@@ -19,7 +28,6 @@ def c64(v: int) -> Const:
 
 def flat(*terms) -> object:
     """sum(coefficient * Var(axis)) for (axis, coefficient) terms, as lowering writes indices."""
-    from neurenix.compiler.kernel import Binary
     out = None
     for axis, coeff in terms:
         t = Var(axis) if coeff == 1 else Binary("mul", Var(axis), c64(coeff))

@@ -444,14 +444,37 @@ def test_tiled_contraction_edges_read_nothing_out_of_bounds(matmul_program):
 
 
 def test_threaded_ranges_give_the_same_results(matmul_program):
+    """Chunks are claimed dynamically; more threads than cores or than chunks change nothing."""
     s, program, exe, inputs, _ = matmul_program
-    assert any("mm3" in name for name in program.metadata["threaded"])
+    threaded = {name.split("_", 1)[1] for name in program.metadata["threaded"]}
+    assert threaded == {"mm3"}, threaded  # the only kernel with 2^20 element operations
     exe.num_threads = 1
     serial = exe.run(inputs)
-    exe.num_threads = 2
-    parallel = exe.run(inputs)
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    for threads in (2, 7, 64):
+        exe.num_threads = threads
+        for _ in range(3):
+            for a, b in zip(serial, exe.run(inputs)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_threads_split_elementwise_and_reduction_kernels():
+    n, rows = 1 << 20, 2048
+    x = Load("x", Var(0), float32)
+    ew = Kernel("ew", (BufferArg("x", float32, n),), (BufferArg("y", float32, n),), (n,),
+                (Store("y", Var(0), Unary("tanh", x)),))
+    red = Kernel("rows", (BufferArg("x", float32, n),), (BufferArg("r", float32, rows),), (rows,),
+                 (Store("r", Var(0), Acc()),), reduce=(n // rows,), reduce_op="max",
+                 reduce_value=Load("x", flat((0, n // rows), (1, 1)), float32))
+    s = schedule([ew, red], {"x": np.zeros(n, np.float32)},
+                 {"y": ((n,), float32), "r": ((rows,), float32)})
+    exe = compile_schedule(s)
+    assert len(exe.program.metadata["threaded"]) == 2
+    x_data = np.random.default_rng(5).standard_normal(n).astype(np.float32)
+    for threads in (1, 2, 5):
+        exe.num_threads = threads
+        y, r = exe.run([x_data])
+        np.testing.assert_allclose(y, np.tanh(x_data), rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(r, x_data.reshape(rows, -1).max(axis=1))
 
 
 def test_contraction_with_computed_and_masked_operands():
@@ -494,3 +517,27 @@ def test_entry_calls_every_kernel_once_in_order(ops_program):
     called = re.findall(r'call void @"(neurenix_[^"]*)"', entry)
     assert called == [k.name for k in program.kernels]
     assert program.entry == "neurenix_entry" and program.target == "cpu"
+
+
+def test_kernels_identical_up_to_buffer_names_share_one_function():
+    n = 100
+
+    def step(src, dst, size=n):
+        return Kernel(f"step_{dst}", (BufferArg(src, float32, size),),
+                      (BufferArg(dst, float32, size),), (size,),
+                      (Store(dst, Var(0), Unary("tanh", Load(src, Var(0), float32))),))
+
+    # h1 and h2 are computed in place over h0 and h1 (one pointer each); x -> h0 and h2 -> y
+    # read one buffer and write another; x -> z has another size
+    kernels = [step("x", "h0"), step("h0", "h1"), step("h1", "h2"), step("h2", "y"),
+               step("x", "z", 50)]
+    s = schedule(kernels, {"x": np.zeros(n, np.float32)},
+                 {"y": ((n,), float32), "z": ((50,), float32)})
+    program = generate(s)
+    names = [k.name for k in program.kernels]
+    assert names[0] == names[3] and names[1] == names[2], names
+    assert len({names[0], names[1], names[4]}) == 3, names
+    x = np.linspace(-2, 2, n).astype(np.float32)
+    y, z = compile_schedule(s).run([x])
+    np.testing.assert_allclose(y, np.tanh(np.tanh(np.tanh(np.tanh(x)))), rtol=2e-6)
+    np.testing.assert_allclose(z, np.tanh(x[:50]), rtol=2e-6)

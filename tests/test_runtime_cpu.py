@@ -117,6 +117,14 @@ def test_entry_is_one_foreign_call_taking_args_and_arena(exe, data):
     np.testing.assert_array_equal(y, x * 2 + z)
 
 
+def test_an_executable_loads_from_its_object_code_without_llvm(exe, data, monkeypatch):
+    monkeypatch.setattr(cpu, "optimize", None)  # any LLVM compile would now fail
+    again = CpuExecutable(exe.program, exe.object_code)
+    for a, b in zip(again.run(data), exe.run(data)):
+        np.testing.assert_array_equal(a, b)
+    assert again.num_threads == cpu.default_threads()
+
+
 def test_compile_object_gives_host_object_code():
     obj = compile_object(axpy_program(10))
     assert isinstance(obj, bytes) and len(obj) > 100

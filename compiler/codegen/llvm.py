@@ -23,12 +23,13 @@ become one parameter, so that every pointer parameter can be `noalias`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import numpy as np
 from llvmlite import ir
 
 from ...runtime.program import BufferSpec, KernelInfo, Program, TensorSpec
-from ..kernel import Kernel, Schedule, format_kernel
+from ..kernel import BufferArg, Kernel, Load, Schedule, Store, format_kernel
 from ..passes.memory import MemoryPlan, plan_memory
 from .llvm_dot import emit_dot, match_dot
 from .llvm_loops import FunctionBuilder
@@ -42,49 +43,24 @@ ENTRY = "neurenix_entry"
 
 
 def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
-    """Generate the LLVM IR `Program` (target "cpu") that runs `schedule` over one arena."""
+    """Generate the LLVM IR `Program` (target "cpu") that runs `schedule` over one arena.
+
+    Kernels that are identical up to their buffer names (the steps of an unrolled RNN) share
+    one function, which keeps compile time proportional to the distinct kernels.
+    """
     plan = plan_memory(schedule) if plan is None else plan
     module = ir.Module(name="neurenix")
     module.triple = _process_triple()
-    lib = MathLib(module)
-    vector_bits = host_vector_bits()
-
+    emitter = _KernelEmitter(module, plan)
     infos: list[KernelInfo] = []
-    threading = Threading(module)
-    calls: list[tuple[ir.Function, list[str], int, ir.Function | None]] = []
-    paths: dict[str, str] = {}
-    names: set[str] = set()
-    for i, kernel in enumerate(schedule.kernels):
+    calls: list[tuple[_Emitted, list[str]]] = []
+    for kernel in schedule.kernels:
         params = _parameters(kernel, plan)
-        fname = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}"
-        fname = fname if fname not in names else f"{fname}_{i}"
-        names.add(fname)
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(params) + [I64, I64]),
-                         fname)
-        fn.attributes.add("noinline")  # one copy: callable per range, not inlined in the entry
-        for arg in fn.args[:len(params)]:
-            arg.add_attribute("noalias")
-        fb = FunctionBuilder(fn)
-        buffers = {}
-        for buf in kernel.buffers():
-            buffers[buf.name] = (fn.args[params.index(_root(buf.name, params, plan))],
-                                 buf.dtype, buf.size)
-        dot = match_dot(kernel, vector_bits)
-        tiles = match_contraction(kernel, vector_bits) if dot is None else None
-        if dot is not None:
-            count = emit_dot(fb, lib, kernel, buffers, dot)
-            paths[fname] = "dot"
-        elif tiles is not None:
-            count = emit_contraction(fb, lib, kernel, buffers, tiles)
-            paths[fname] = "tiled"
-        else:
-            count = _emit_generic(fb, lib, kernel, buffers)
-            paths[fname] = "generic"
-        fb.b.ret_void()
-        splitter = threading.splitter(fn, len(params)) if worth_splitting(kernel) else None
-        calls.append((fn, params, count, splitter))
-        infos.append(KernelInfo(fname, tuple(params), kernel.comment, tuple(kernel.domain)))
-
+        emitted = emitter.function(kernel, params)
+        calls.append((emitted, params))
+        infos.append(KernelInfo(emitted.fn.name, tuple(params), kernel.comment,
+                                tuple(kernel.domain)))
+    functions = {e.fn.name: e for e, _ in calls}
     program = Program(
         target="cpu", entry=ENTRY, source="", inputs=_specs(schedule, schedule.inputs),
         outputs=_specs(schedule, schedule.outputs), buffers=_buffer_specs(schedule, plan),
@@ -93,24 +69,102 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
                    for n, a in schedule.constants.items()},
         memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
                 "lower_bound": plan.lower_bound_bytes},
-        metadata={"ranges": {c[0].name: c[2] for c in calls}, "paths": paths,
-                  "inplace": dict(plan.inplace), "vector_bits": vector_bits,
-                  "threaded": [c[0].name for c in calls if c[3] is not None],
+        metadata={"ranges": {n: e.count for n, e in functions.items()},
+                  "paths": {n: e.path for n, e in functions.items()},
+                  "threaded": [n for n, e in functions.items() if e.splitter is not None],
+                  "inplace": dict(plan.inplace), "vector_bits": emitter.vector_bits,
                   "num_threads_symbol": NUM_THREADS},
     )
-    _emit_entry(module, program, plan, calls, threading)
+    _emit_entry(module, program, plan, calls, emitter.threading)
     program.source = _with_comments(str(module), schedule.kernels, infos)
     return program
 
 
+@dataclass
+class _Emitted:
+    """A kernel function: its range size, the path it took, its thread splitter if any."""
+
+    fn: ir.Function
+    count: int
+    path: str
+    splitter: ir.Function | None
+
+
+class _KernelEmitter:
+    """Emits one function per distinct kernel of a module."""
+
+    def __init__(self, module: ir.Module, plan: MemoryPlan) -> None:
+        self.module = module
+        self.plan = plan
+        self.lib = MathLib(module)
+        self.threading = Threading(module)
+        self.vector_bits = host_vector_bits()
+        self._seen: dict[Kernel, _Emitted] = {}
+        self._names: set[str] = set()
+
+    def function(self, kernel: Kernel, params: list[str]) -> _Emitted:
+        """The function computing `kernel` with one pointer per entry of `params`."""
+        slot = {p: f"p{j}" for j, p in enumerate(params)}
+        key = _renamed(replace(kernel, name="", comment=""),
+                       lambda n: slot[_root(n, params, self.plan)])
+        if key not in self._seen:
+            self._seen[key] = self._emit(kernel, params)
+        return self._seen[key]
+
+    def _emit(self, kernel: Kernel, params: list[str]) -> _Emitted:
+        name = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}"
+        name = name if name not in self._names else f"{name}_{len(self._names)}"
+        self._names.add(name)
+        fn = ir.Function(self.module,
+                         ir.FunctionType(ir.VoidType(), [PTR] * len(params) + [I64, I64]), name)
+        fn.attributes.add("noinline")  # one copy: callable per range, not inlined in the entry
+        for arg in fn.args[:len(params)]:
+            arg.add_attribute("noalias")
+        fb = FunctionBuilder(fn)
+        buffers = {buf.name: (fn.args[params.index(_root(buf.name, params, self.plan))],
+                              buf.dtype, buf.size) for buf in kernel.buffers()}
+        dot = match_dot(kernel, self.vector_bits)
+        tiles = match_contraction(kernel, self.vector_bits) if dot is None else None
+        if dot is not None:
+            count, path = emit_dot(fb, self.lib, kernel, buffers, dot), "dot"
+        elif tiles is not None:
+            count, path = emit_contraction(fb, self.lib, kernel, buffers, tiles), "tiled"
+        else:
+            count, path = _emit_generic(fb, self.lib, kernel, buffers), "generic"
+        fb.b.ret_void()
+        splitter = None
+        if worth_splitting(kernel):
+            splitter = self.threading.splitter(fn, len(params))
+        return _Emitted(fn, count, path, splitter)
+
+
 def _with_comments(source: str, kernels: list[Kernel], infos: list[KernelInfo]) -> str:
-    """The module text with each kernel function preceded by what it computes: the kernel's
-    comment (fused ops and source lines) and its pseudo-code, as LLVM comments."""
+    """The module text with each kernel function preceded by what it computes (the kernel's
+    pseudo-code, whose first line names the fused ops and their source lines), as LLVM
+    comments; a function shared by identical kernels lists each of them."""
     for kernel, info in zip(kernels, infos):
         header = f'define void @"{info.name}"('
         comment = "".join(f"; {line}\n" for line in format_kernel(kernel).splitlines())
         source = source.replace(header, comment + header, 1)
     return source
+
+
+def _renamed(e, f):
+    """Kernel or expression `e` with every buffer name mapped through `f`."""
+    if isinstance(e, BufferArg):
+        return replace(e, name=f(e.name))
+    if isinstance(e, (Load, Store)):
+        e = replace(e, buffer=f(e.buffer))
+    if not is_dataclass(e):
+        return e
+    changes = {}
+    for fld in fields(e):
+        v = getattr(e, fld.name)
+        if isinstance(v, tuple):
+            changes[fld.name] = tuple(_renamed(x, f) for x in v)
+        elif is_dataclass(v):
+            changes[fld.name] = _renamed(v, f)
+    return replace(e, **changes)
 
 
 def _process_triple() -> str:
@@ -165,12 +219,12 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
     for name, offset in plan.offsets.items():
         pointers[name] = b.gep(arena, [ir.Constant(I64, offset)], inbounds=True,
                                source_etype=ir.IntType(8), name=name)
-    for kernel_fn, params, count, splitter in calls:
+    for emitted, params in calls:
         args = [pointers[p] for p in params]
-        if splitter is None:
-            b.call(kernel_fn, args + [ir.Constant(I64, 0), ir.Constant(I64, count)])
+        if emitted.splitter is None:
+            b.call(emitted.fn, args + [ir.Constant(I64, 0), ir.Constant(I64, emitted.count)])
         else:
-            threading.call(b, splitter, args, count)
+            threading.call(b, emitted.splitter, args, emitted.count)
     b.ret_void()
 
 

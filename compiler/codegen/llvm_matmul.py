@@ -14,7 +14,8 @@ It is then computed BLIS-style, specialised at compile time:
 
 NR is two host vectors wide and MR rows keep 2*MR accumulator registers busy, so the inner loop
 is one panel load and MR broadcast-FMAs per k.  A row block holds the rows of `a` that fit in
-`BLOCK_BYTES` (they stay in L2 while consecutive column tiles pass over them).  With a single row
+half the host's L2 cache (they stay there while consecutive column tiles pass over them; each
+row block repacks `b`, so bigger blocks pack less).  With a single row
 tile and `b` contiguous along the columns, full tiles read `b` in place instead of packing it;
 a `b` contiguous along k is packed k-innermost so that its reads stream.  The panel lives on the
 stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.
@@ -22,6 +23,7 @@ stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop n
 from __future__ import annotations
 
 import functools
+import pathlib
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -37,7 +39,7 @@ MAX_PANEL_BYTES = 512 * 1024
 ROWS = 6  # MR
 MIN_CHAINS = 4  # independent accumulator rows needed to cover the FMA latency
 MIN_PACKED_ROWS = 4  # fewer rows with a k-contiguous b: per-output dot products are faster
-BLOCK_BYTES = 256 * 1024  # rows of `a` kept in L2 while every column tile passes over them
+DEFAULT_L2_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,25 @@ def host_vector_bits() -> int:
     if features.get("avx2") or features.get("avx"):
         return 256
     return 128
+
+
+@functools.cache
+def host_l2_bytes() -> int:
+    """The size of the host's level-2 cache (Linux sysfs; `DEFAULT_L2_BYTES` elsewhere)."""
+    base = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "2":
+                continue
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        units = {"K": 1024, "M": 1024 * 1024}
+        if size[-1:] in units and size[:-1].isdigit():
+            return int(size[:-1]) * units[size[-1]]
+        if size.isdigit():
+            return int(size)
+    return DEFAULT_L2_BYTES
 
 
 def _axes(e) -> set[int]:
@@ -162,7 +183,8 @@ class _Tiler:
         fb, b, m, domain = self.fb, self.b, self.m, self.kernel.domain
         col_tiles = _ceil_div(self.n_size, m.nr)
         row_tiles = _ceil_div(self.m_size, m.mr)
-        block = max(1, min(row_tiles, BLOCK_BYTES // (self.k_size * m.dtype.itemsize * m.mr)))
+        block_bytes = host_l2_bytes() // 2
+        block = max(1, min(row_tiles, block_bytes // (self.k_size * m.dtype.itemsize * m.mr)))
         row_blocks = _ceil_div(row_tiles, block)
         # reading `b` in place beats packing it when no second row tile would reuse the panel
         direct = m.direct and row_tiles == 1

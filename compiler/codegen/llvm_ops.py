@@ -277,9 +277,11 @@ class ExprEmitter:
         self._memo: dict[tuple[int, bool], tuple[Expr, ir.Value]] = {}
 
     def dtype(self, e: Expr) -> DType:
+        """The dtype `e` evaluates to here."""
         return dtype_of(e, self.acc_dtype)
 
     def emit(self, e: Expr) -> ir.Value:
+        """The LLVM value of `e` at this point (emitted on first use)."""
         key = (id(e), self.in_index)
         if key not in self._memo:
             self._memo[key] = (e, self._emit(e))  # holding `e` keeps its id unique
@@ -296,10 +298,12 @@ class ExprEmitter:
         return v if v.type == I64 else self.b.sext(v, I64)
 
     def element_pointer(self, name: str, index: ir.Value) -> ir.Value:
+        """The address of element `index` of buffer `name`."""
         ptr, dtype, _ = self.buffers[name]
         return self.b.gep(ptr, [index], inbounds=True, source_etype=memory_type(dtype))
 
     def load(self, name: str, index: ir.Value) -> ir.Value:
+        """buffer[index] as a register value (bools widened from bytes)."""
         _, dtype, _ = self.buffers[name]
         v = self.b.load(self.element_pointer(name, index), typ=memory_type(dtype),
                         align=dtype.itemsize)
@@ -308,6 +312,7 @@ class ExprEmitter:
         return v
 
     def store(self, name: str, index: ir.Value, value: ir.Value) -> None:
+        """buffer[index] = value (bools stored as bytes)."""
         _, dtype, _ = self.buffers[name]
         if dtype.name == "bool":
             value = self.b.zext(value, I8)
