@@ -165,6 +165,11 @@ def backward(root: Tensor, gradient: Tensor | None = None, create_graph: bool = 
     from . import dispatch
     from .tensor import Tensor
 
+    if root._value is not None:
+        from neurenix.compiler.trace import TraceError
+        raise TraceError("backward() inside a compiled function is not supported yet: compile "
+                         "the model (neurenix.compile(model)) and call loss.backward() and "
+                         "optimizer.step() outside it")
     if not root.requires_grad:
         raise RuntimeError("backward: the tensor does not require grad and has no grad_fn; "
                            "did you call it inside no_grad() or on a detached tensor?")

@@ -148,8 +148,17 @@ def inplace_candidates(kernel: Kernel) -> list[tuple[str, str]]:
             if any(ld.buffer == out.name for ld in loads):
                 continue
             reads = [ld for ld in loads if ld.buffer == inp.name]
-            if reads and all(ld.index == stores[0].index and ld.mask is None for ld in reads):
-                pairs.append((out.name, inp.name))
+            if not reads or not all(ld.index == stores[0].index and ld.mask is None
+                                    for ld in reads):
+                continue
+            # a store later in the same iteration must not read what this one overwrote
+            later: list[Load] = []
+            for s in kernel.stores[kernel.stores.index(stores[0]) + 1:]:
+                _loads(s.value, later)
+                _loads(s.index, later)
+            if any(ld.buffer == inp.name for ld in later):
+                continue
+            pairs.append((out.name, inp.name))
     return pairs
 
 

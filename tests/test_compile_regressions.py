@@ -1,0 +1,30 @@
+"""Regression tests for compiled-code bugs, each with the smallest graph that showed it."""
+import numpy as np
+import pytest
+
+from neurenix.compiler import GraphBuilder, evaluate, pipeline
+from neurenix.compiler.types import TensorType, float32
+from neurenix.compiled import load
+
+pytestmark = pytest.mark.skipif(pipeline.default_backend() != "llvm",
+                                reason="needs the LLVM code generator (llvmlite)")
+
+
+def test_inplace_store_does_not_clobber_an_input_a_later_store_reads():
+    # A GRU-like cell: the fused kernel stores t, then reads the input t's storage would
+    # reuse. Memory planning once let the first store overwrite that input.
+    b = GraphBuilder("gru_like")
+    x = b.input("x", TensorType((2, 4), float32))
+    w = b.input("w", TensorType((4, 8), float32))
+    h = b.apply("full", shape=(2, 4), dtype="float32", value=0.5)
+    m = b.apply("matmul", h, w)
+    m0 = b.apply("slice", m, starts=(0, 0), stops=(2, 4), steps=(1, 1))
+    m1 = b.apply("slice", m, starts=(0, 4), stops=(2, 8), steps=(1, 1))
+    t = b.apply("tanh", b.apply("add", x, b.apply("mul", b.apply("sigmoid", m0), m1)))
+    out = b.apply("add", t, b.apply("mul", b.apply("sigmoid", m1), b.apply("sub", h, t)))
+    graph = b.build([out])
+    rng = np.random.default_rng(0)
+    args = [rng.uniform(-1, 1, (2, 4)).astype(np.float32),
+            rng.uniform(-1, 1, (4, 8)).astype(np.float32)]
+    got = load(pipeline.build(graph, "llvm")[0]).run(args)[0]
+    np.testing.assert_allclose(got, evaluate(graph, args)[0], rtol=1e-5, atol=1e-6)
