@@ -7,6 +7,7 @@ other node applies a registered primitive.  `str(graph)` prints a jaxpr-like tex
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,18 @@ def make_node(op: str, inputs, attrs: dict, name: str | None = None,
     frozen = {k: freeze(v) for k, v in attrs.items()}
     out_type = prim.infer(tuple(i.type for i in inputs), frozen)
     return Node(op, tuple(inputs), tuple(sorted(frozen.items())), out_type, name, source)
+
+
+def ancestors(outputs: Iterable[Node]) -> set[Node]:
+    """The given nodes and every node they depend on (nodes hash by identity)."""
+    seen: set[Node] = set()
+    stack = list(outputs)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.inputs)
+    return seen
 
 
 @dataclass

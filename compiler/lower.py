@@ -21,7 +21,7 @@ from math import prod
 
 import numpy as np
 
-from .ir import CONSTANT, Graph, Node
+from .ir import CONSTANT, Graph, Node, ancestors
 from .kernel import (
     Acc,
     Binary,
@@ -134,7 +134,7 @@ def _name_buffers(graph: Graph, plan: FusionPlan) -> dict[Node, str]:
 
     for n in graph.inputs:
         names[n] = unique(sanitize(n.name))
-    needed = _needed(graph)
+    needed = ancestors(graph.outputs)
     for n in graph.nodes:
         if n.op == CONSTANT and n in needed:
             names[n] = unique(sanitize(n.name))
@@ -148,17 +148,6 @@ def _name_buffers(graph: Graph, plan: FusionPlan) -> dict[Node, str]:
                 names[r] = f"t{temp}"
                 temp += 1
     return names
-
-
-def _needed(graph: Graph) -> set[Node]:
-    seen: set[Node] = set()
-    stack = list(graph.outputs)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.inputs)
-    return seen
 
 
 # ---- expressions --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph_builder import GraphBuilder
-from ..ir import CONSTANT, INPUT, Graph, IRError, Node
+from ..ir import CONSTANT, INPUT, Graph, IRError, Node, ancestors
 from ..ops import REGISTRY
 from ..ops.registry import non_differentiable
 
@@ -137,17 +137,6 @@ def _backprop(b: GraphBuilder, graph: Graph, env: dict[int, Node], cot: dict[int
     b.source = None
 
 
-def _live_ids(outputs: Sequence[Node]) -> set[int]:
-    live: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        n = stack.pop()
-        if id(n) not in live:
-            live.add(id(n))
-            stack.extend(n.inputs)
-    return live
-
-
 def grad_graph(graph: Graph, wrt: Sequence[str], *, output_cotangents: bool = True) -> JointGraph:
     """The joint graph computing `graph`'s outputs and the gradients w.r.t. the inputs in `wrt`.
 
@@ -186,6 +175,6 @@ def grad_graph(graph: Graph, wrt: Sequence[str], *, output_cotangents: bool = Tr
     grads = [cot[id(n)] if id(n) in cot else b.zeros_like(env[id(n)]) for n in wrt_nodes]
     outputs = [env[id(o)] for o in graph.outputs] + grads
     # drop what the VJP rules built but no gradient uses; the forward stays whole
-    keep = _live_ids(outputs) | forward_ids | {id(n) for n in b.inputs}
+    keep = {id(n) for n in ancestors(outputs)} | forward_ids | {id(n) for n in b.inputs}
     b.nodes = [n for n in b.nodes if id(n) in keep]
     return JointGraph(b.build(outputs), len(graph.outputs), tuple(wrt), tuple(cot_names))

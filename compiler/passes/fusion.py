@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..ir import CONSTANT, INPUT, Graph, Node
+from ..ir import CONSTANT, INPUT, Graph, Node, ancestors
 from ..lower_index import (
     MOVEMENT_OPS,
     IndexAlgebra,
@@ -134,7 +134,7 @@ class _Context:
         self.graph = graph
         self.order = {n: i for i, n in enumerate(graph.nodes)}
         self.outputs = set(graph.outputs)
-        self.live = _live(graph)
+        self.live = ancestors(graph.outputs)
         self.consumers: dict[Node, list[Node]] = defaultdict(list)
         for n in graph.nodes:
             if n in self.live:
@@ -318,17 +318,6 @@ def _own_cost(n: Node) -> int:
     if n.op.startswith("reduce_"):
         return 0
     return 1
-
-
-def _live(graph: Graph) -> set[Node]:
-    live: set[Node] = set()
-    stack = list(graph.outputs)
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.inputs)
-    return live
 
 
 def _members(roots: Iterable[Node], own: set[Node],

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..graph_builder import GraphBuilder
-from ..ir import CONSTANT, INPUT, Graph, IRError, Node
+from ..ir import CONSTANT, INPUT, Graph, IRError, Node, ancestors
 from ..ops import ELEMENTWISE, MOVEMENT, REGISTRY, SOURCE
 from ..types import TensorType
 from .autodiff import JointGraph, fresh_name, replay
@@ -150,23 +150,12 @@ def _plan_recompute(nodes: Sequence[Node], need: dict[int, Node]) -> set[int]:
     return recompute
 
 
-def _ancestors(outputs: Sequence[Node]) -> set[int]:
-    seen: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        n = stack.pop()
-        if id(n) not in seen:
-            seen.add(id(n))
-            stack.extend(n.inputs)
-    return seen
-
-
 def _forward_graph(joint: JointGraph, saved: list[Node], name: str) -> Graph:
     g = joint.graph
     cot = set(joint.cotangent_inputs)
     inputs = [n for n in g.inputs if n.name not in cot]
     outputs = joint.forward_outputs + saved
-    keep = _ancestors(outputs) | {id(n) for n in inputs}
+    keep = {id(n) for n in ancestors(outputs)} | {id(n) for n in inputs}
     nodes = [n for n in g.nodes if id(n) in keep]
     constants = {n.name: g.constants[n.name] for n in nodes if n.op == CONSTANT}
     fwd = Graph(inputs, nodes, outputs, constants, name)
