@@ -205,6 +205,11 @@ def _neurenix_runner(w: Workload, compiled: bool, tiny: bool, backend: str | Non
             return {}
         stats = call.stats()
         stats["passes"] = [list(p) for p in stats.get("passes", [])]
+        # stats() has no naive/lower-bound bytes for the backward program: read its Program
+        program = getattr(getattr(getattr(call, "_last", None), "backward", None), "program",
+                          None)
+        if program is not None:
+            stats["backward_memory"] = dict(program.memory)
         return stats
 
     if not w.train:

@@ -78,7 +78,7 @@ def optimize(source: str, tm=None):
     options = llvm.create_pipeline_tuning_options(speed_level=3)
     options.loop_vectorization = True
     options.slp_vectorization = True
-    options.loop_unrolling = True
+    options.loop_unrolling = False  # unrolling doubles compile time for little gain here
     options.loop_interleaving = True
     builder = llvm.create_pass_builder(tm, options)
     builder.getModulePassManager().run(module, builder)
@@ -145,23 +145,56 @@ class CpuExecutable:
         self._out_slot = [first.setdefault(name, k) for k, (name, _, _) in enumerate(self._out)]
         self._arena_address = self.arena.ctypes.data
         self._lock = threading.Lock()
-        symbol = program.metadata.get("num_threads_symbol")
-        self._threads = None
-        if symbol:
-            self._threads = ctypes.c_int32.from_address(
-                self._engine.get_global_value_address(symbol))
+        self._pool_size = None
+        pool = program.metadata.get("pool")
+        if pool:
+            engine = self._engine
+            self._pool_start = ctypes.CFUNCTYPE(None, ctypes.c_int64)(
+                engine.get_function_address(pool["start"]))
+            self._pool_stop = ctypes.CFUNCTYPE(None)(engine.get_function_address(pool["stop"]))
+            self._pool_size = ctypes.c_int64.from_address(
+                engine.get_global_value_address(pool["size"]))
             self.num_threads = default_threads()
+        self._pid = os.getpid()
 
     @property
     def num_threads(self) -> int:
-        """How many threads a large kernel is split across (1 when the program has no
-        thread support)."""
-        return 1 if self._threads is None else self._threads.value
+        """How many threads large kernels are split across: the caller plus the program's
+        worker threads (1 when the program has no thread pool)."""
+        return 1 if self._pool_size is None else self._pool_size.value + 1
 
     @num_threads.setter
     def num_threads(self, n: int) -> None:
-        if self._threads is not None:
-            self._threads.value = max(1, int(n))
+        if self._pool_size is None:
+            return
+        if getattr(self, "_pid", os.getpid()) != os.getpid():
+            self._forked()
+            return
+        with self._lock:
+            self._pool_stop()
+            self._pool_start(max(1, int(n)))
+
+    def close(self) -> None:
+        """Stop the worker threads (they run this program's code, which must outlive them)."""
+        if getattr(self, "_pool_size", None) is None or not self._pool_size.value:
+            return
+        if self._pid != os.getpid():
+            self._forked()
+            return
+        with self._lock:
+            self._pool_stop()
+
+    def _forked(self) -> None:
+        """In a forked child the workers do not exist: run serially from now on."""
+        if self._pool_size is not None:
+            self._pool_size.value = 0
+        self._pid = os.getpid()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - interpreter shutdown may have torn down ctypes
+            pass
 
     def check_inputs(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """The inputs as C-contiguous arrays, after checking count, shapes and dtypes."""
@@ -182,6 +215,8 @@ class CpuExecutable:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the whole schedule once on `inputs`; returns newly allocated outputs."""
+        if self._pid != os.getpid():
+            self._forked()
         arrays = self.check_inputs(inputs)
         outputs = [np.empty(shape, dtype) for _, shape, dtype in self._out]
         with self._lock:

@@ -14,7 +14,7 @@ import pytest
 from kernel_helpers import c64, compile_schedule, flat, guarded, run_both, schedule
 from neurenix.compiler.codegen import CodegenError, generate
 from neurenix.compiler.codegen.llvm_ops import BINARY, UNARY
-from neurenix.compiler.codegen.llvm_reduce import across_columns
+from neurenix.compiler.codegen.llvm_reduce import across_columns, is_small
 from neurenix.compiler.kernel import (
     Acc,
     Binary,
@@ -236,7 +236,7 @@ def reduction(name, op, dtype, domain, reduce, index, out_size=None):
 
 
 def reduction_cases(rng):
-    rows, cols = 9, 37
+    rows, cols = 19, 37  # reducing 19 rows runs across columns, 37 columns along rows
     cases = []
     f = rng.standard_normal((rows, cols)).astype(np.float32)
     f[1, 5] = np.nan  # NaN propagates through max/min/sum, argmax takes its index
@@ -265,10 +265,15 @@ def reduction_cases(rng):
                   rng.standard_normal((rows - 1, cols))))
     cases.append((reduction("sum_empty", "sum", float32, (4,), (0,), flat((0, 0), (1, 1))),
                   np.zeros(0, np.float32)))
-    wide = rng.integers(-3, 3, (5, 600)).astype(np.float32)  # ties in every column
+    wide = rng.integers(-3, 3, (20, 600)).astype(np.float32)  # ties in every column
     for op in ("sum", "argmax", "argmin"):  # several strips of columns, the last one partial
-        cases.append((reduction(f"{op}_wide_columns", op, float32, (600,), (5,),
+        cases.append((reduction(f"{op}_wide_columns", op, float32, (600,), (20,),
                                 flat((1, 600), (0, 1))), wide))
+    window = f[:4].copy()  # 4-step reductions (a pooling window) are unrolled
+    window[1, 7], window[2, 9], window[:, 11] = np.nan, -np.inf, 3.0
+    for op in ("max", "argmax", "argmin", "sum", "prod"):
+        cases.append((reduction(f"{op}_window", op, float32, (cols,), (4,),
+                                flat((1, cols), (0, 1))), window))
     return cases
 
 
@@ -297,6 +302,7 @@ def test_reductions_over_outer_axes_run_across_columns(reductions_program):
     by = {k.name: k for k in s.kernels}
     assert across_columns(by["sum_f32_first"]) and across_columns(by["argmax_wide_columns"])
     assert not across_columns(by["sum_f32_last"]) and not across_columns(by["max_two_axes"])
+    assert is_small(by["argmax_window"]) and not across_columns(by["argmax_window"])
 
 
 def test_reduction_semantics_spelled_out(reductions_program):
@@ -307,6 +313,8 @@ def test_reduction_semantics_spelled_out(reductions_program):
     assert by["argmax_f32_last"][3] == 4 and by["argmin_f32_last"][4] == 2
     assert by["argmax_f32_last"][2] == 0 and by["max_f32_last"][2] == -np.inf
     assert by["argmax_i64_last"][0] == 0
+    assert by["argmax_window"][7] == 1 and by["argmin_window"][9] == 2
+    assert by["argmax_window"][11] == 0 and np.isnan(by["max_window"][7])
     np.testing.assert_array_equal(by["sum_empty"], np.zeros(4, np.float32))
 
 

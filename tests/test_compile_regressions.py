@@ -1,9 +1,9 @@
 """Regression tests for compiled-code bugs, each with the smallest graph that showed it."""
 import numpy as np
 import pytest
-
 from neurenix.compiler import GraphBuilder, evaluate, pipeline
 from neurenix.compiler.types import TensorType, float32
+
 from neurenix.compiled import load
 
 pytestmark = pytest.mark.skipif(pipeline.default_backend() != "llvm",

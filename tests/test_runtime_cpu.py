@@ -151,3 +151,25 @@ def test_runtime_imports_neither_compiler_nor_frontend():
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not alias.name.startswith(("neurenix", "compiler")), path.name
+
+
+def test_worker_threads_stop_with_the_executable_and_skip_forked_children(data):
+    import os
+    import threading
+
+    exe = CpuExecutable(axpy_program())
+    exe.num_threads = 3
+    assert exe.num_threads == 3
+    before = threading.active_count()  # native workers are not Python threads: unchanged
+    exe.close()
+    assert exe.num_threads == 1 and threading.active_count() == before
+    exe.num_threads = 2
+    if hasattr(os, "fork"):
+        pid = os.fork()
+        if pid == 0:  # the child has no workers: it must run serially, and exit cleanly
+            ok = np.array_equal(exe.run(data)[0], data[0] * 2 + data[1]) and \
+                exe.num_threads == 1
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    del exe  # joins the workers before the code is unloaded

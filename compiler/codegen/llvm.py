@@ -1,16 +1,19 @@
 """The LLVM backend: a `Schedule` and its `MemoryPlan` become one LLVM module (a `Program`).
 
-The module holds one function per kernel and one entry function:
+The module holds one function per distinct kernel, an entry function and a thread pool:
 
-    void neurenix_k<i>_<name>(ptr buf0, ptr buf1, ..., i64 start, i64 end)
+    void neurenix_<kernel>(ptr buf0, ptr buf1, ..., i64 start, i64 end)
     void neurenix_entry(ptr *args, ptr arena)
+    void neurenix_pool_start(i64 threads), void neurenix_pool_stop()
 
 A kernel function runs the part [start, end) of its *range*: the flattened outer domain axes
-(all but the innermost; the only axis of a 1-D domain), or for a tiled contraction the flattened
-(batch, row block, column tile) triples.  Splitting the range among threads needs nothing else:
-the entry runs small kernels whole and splits large parallel ones across POSIX threads
-(llvm_parallel.py).  The innermost domain loop (or reduction loop) is contiguous in the usual
-row-major case, walks a simple induction variable and carries `llvm.loop.vectorize.enable`.
+(all but the innermost; the only axis of a 1-D domain), (batch, row block, column tile) triples
+on the tiled contraction path, (batch, column block) pairs on the dot-product path.  Splitting
+the range among threads needs nothing else: the entry runs small kernels whole and splits
+large parallel ones across the module's thread pool (llvm_parallel.py).  The innermost domain
+loop is contiguous in the usual row-major case, walks a simple induction variable and, when it
+is a plain elementwise loop, carries `llvm.loop.vectorize.enable`; reductions are emitted by
+llvm_reduce.py.
 Contractions take the dot-product path of llvm_dot.py (both operands contiguous along k) or the
 tiled path of llvm_matmul.py; `Program.metadata["paths"]` says which kernel took which.
 
@@ -36,10 +39,11 @@ from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction, host_vector_bits, match_contraction
 from .llvm_ops import emit_stores
-from .llvm_parallel import NUM_THREADS, Threading, worth_splitting
-from .llvm_reduce import across_columns, reduce_at_point, reduce_columns
+from .llvm_parallel import POOL_SIZE, POOL_START, POOL_STOP, Threading, worth_splitting
+from .llvm_reduce import across_columns, is_small, reduce_at_point, reduce_columns
 
 ENTRY = "neurenix_entry"
+MIN_FORCED_TRIP = 16  # shorter inner loops are left to LLVM's cost model (often fully unrolled)
 
 
 def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
@@ -73,9 +77,10 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
                   "paths": {n: e.path for n, e in functions.items()},
                   "threaded": [n for n, e in functions.items() if e.splitter is not None],
                   "inplace": dict(plan.inplace), "vector_bits": emitter.vector_bits,
-                  "num_threads_symbol": NUM_THREADS},
+                  "pool": {"start": POOL_START, "stop": POOL_STOP, "size": POOL_SIZE}},
     )
     _emit_entry(module, program, plan, calls, emitter.threading)
+    emitter.threading.finish()
     program.source = _with_comments(str(module), schedule.kernels, infos)
     return program
 
@@ -120,7 +125,7 @@ class _KernelEmitter:
         fn.attributes.add("noinline")  # one copy: callable per range, not inlined in the entry
         for arg in fn.args[:len(params)]:
             arg.add_attribute("noalias")
-        fb = FunctionBuilder(fn)
+        fb = FunctionBuilder(fn, masked_vectors=self.vector_bits >= 256)
         buffers = {buf.name: (fn.args[params.index(_root(buf.name, params, self.plan))],
                               buf.dtype, buf.size) for buf in kernel.buffers()}
         dot = match_dot(kernel, self.vector_bits)
@@ -142,29 +147,36 @@ def _with_comments(source: str, kernels: list[Kernel], infos: list[KernelInfo]) 
     """The module text with each kernel function preceded by what it computes (the kernel's
     pseudo-code, whose first line names the fused ops and their source lines), as LLVM
     comments; a function shared by identical kernels lists each of them."""
+    notes: dict[str, str] = {}
     for kernel, info in zip(kernels, infos):
-        header = f'define void @"{info.name}"('
-        comment = "".join(f"; {line}\n" for line in format_kernel(kernel).splitlines())
-        source = source.replace(header, comment + header, 1)
-    return source
+        text = "".join(f"; {line}\n" for line in format_kernel(kernel).splitlines())
+        notes[info.name] = notes.get(info.name, "") + text
+    return re.sub(r'^define void @"([^"]+)"\(',
+                  lambda m: notes.get(m.group(1), "") + m.group(0), source, flags=re.M)
 
 
-def _renamed(e, f):
-    """Kernel or expression `e` with every buffer name mapped through `f`."""
+def _renamed(e, f, memo: dict | None = None):
+    """Kernel or expression `e` with every buffer name mapped through `f` (shared subtrees are
+    renamed once, so the result shares them too)."""
+    memo = {} if memo is None else memo
+    if id(e) in memo:
+        return memo[id(e)][1]
+    out = e
     if isinstance(e, BufferArg):
-        return replace(e, name=f(e.name))
-    if isinstance(e, (Load, Store)):
-        e = replace(e, buffer=f(e.buffer))
-    if not is_dataclass(e):
-        return e
-    changes = {}
-    for fld in fields(e):
-        v = getattr(e, fld.name)
-        if isinstance(v, tuple):
-            changes[fld.name] = tuple(_renamed(x, f) for x in v)
-        elif is_dataclass(v):
-            changes[fld.name] = _renamed(v, f)
-    return replace(e, **changes)
+        out = replace(e, name=f(e.name))
+    elif is_dataclass(e):
+        changes = {}
+        if isinstance(e, (Load, Store)):
+            changes["buffer"] = f(e.buffer)
+        for fld in fields(e):
+            v = getattr(e, fld.name)
+            if isinstance(v, tuple):
+                changes[fld.name] = tuple(_renamed(x, f, memo) for x in v)
+            elif is_dataclass(v):
+                changes[fld.name] = _renamed(v, f, memo)
+        out = replace(e, **changes)
+    memo[id(e)] = (e, out)
+    return out
 
 
 def _process_triple() -> str:
@@ -258,16 +270,19 @@ def _emit_generic(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: di
             reduce_columns(fb, lib, kernel, buffers, vars, ir.Constant(I64, 0),
                            ir.Constant(I64, domain[last]))
         else:
-            with fb.loop(0, domain[last], f"i{last}", vectorize=_flat(kernel)) as i:
+            force = _flat(kernel) and domain[last] >= MIN_FORCED_TRIP
+            with fb.loop(0, domain[last], f"i{last}", vectorize=force) as i:
                 vars[last] = i
                 _point(fb, lib, kernel, buffers, vars)
     return count
 
 
 def _flat(kernel: Kernel) -> bool:
-    """Whether the innermost domain loop is a plain elementwise loop LLVM can vectorize (no
-    nested reduction loop, no scatter)."""
-    return kernel.reduce_value is None and not any(s.accumulate for s in kernel.stores)
+    """Whether the innermost domain loop is a plain loop LLVM can vectorize (no nested
+    reduction loop, no scatter)."""
+    if any(s.accumulate for s in kernel.stores):
+        return False
+    return kernel.reduce_value is None or is_small(kernel)
 
 
 def _point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, vars: dict) -> None:

@@ -28,8 +28,9 @@ class FunctionBuilder:
     """An IRBuilder over a function whose allocas all sit in the entry block (so that mem2reg
     turns them into registers), with a `loop` context manager."""
 
-    def __init__(self, fn: ir.Function) -> None:
+    def __init__(self, fn: ir.Function, masked_vectors: bool = True) -> None:
         self.fn = fn
+        self.masked_vectors = masked_vectors
         entry = fn.append_basic_block("entry")
         body = fn.append_basic_block("start")
         self._entry = ir.IRBuilder(entry)
@@ -74,9 +75,13 @@ class FunctionBuilder:
 
     def _vectorizable(self, body: ir.Block) -> bool:
         """Whether a loop starting at `body` may be forced to vectorize: it calls no external
-        function (a C library call would make LLVM refuse, and say so on stderr)."""
+        function (a C library call would make LLVM refuse, and say so on stderr), and it has
+        no conditional load unless the target has masked vector loads."""
         blocks = self.fn.blocks
-        for block in blocks[blocks.index(body):]:
+        loop = blocks[blocks.index(body):]
+        if not self.masked_vectors and len(loop) > 2:
+            return False
+        for block in loop:
             for ins in block.instructions:
                 if isinstance(ins, ir.CallInstr) and isinstance(ins.callee, ir.Function):
                     callee = ins.callee

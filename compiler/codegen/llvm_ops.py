@@ -1,9 +1,10 @@
 """Kernel-IR expressions to LLVM values: the op table (op x dtype class -> emitter) and casts.
 
 Dtype classes: "f" floating, "i" integer (signed, wrapping like NumPy), "b" bool.  Bools are
-`i1` in registers and one byte in memory.  Every emitter is branch-free, so loops stay
-vectorizable: masked loads select a clamped index (0 where masked off, so the load is always in
-bounds) and then `other`; integer division guards its divisor instead of trapping.
+`i1` in registers and one byte in memory.  Emitters are branch-free, so loops stay
+vectorizable, except the masked load: it loads under the mask (a branch LLVM turns into a
+masked vector load, never touching memory where the mask is false) and yields `other`
+elsewhere.  Integer division guards its divisor instead of trapping.
 """
 from __future__ import annotations
 
@@ -360,9 +361,19 @@ class ExprEmitter:
             return self.load(e.buffer, self.index(e.index))
         if size == 0:
             return other
+        # The index is computed unconditionally (it is pure), the load happens only under the
+        # mask.  LLVM if-converts this into a masked vector load of contiguous elements; a
+        # select on the index would keep the load unconditional but turn it into a gather.
         mask = self.emit(e.mask)
-        index = b.select(mask, self.index(e.index), ir.Constant(I64, 0))
-        return b.select(mask, self.load(e.buffer, index), other)
+        index = self.index(e.index)
+        before = b.block
+        with b.if_then(mask):
+            inside = b.block
+            value = self.load(e.buffer, index)
+        merged = b.phi(value.type)
+        merged.add_incoming(value, inside)
+        merged.add_incoming(other, before)
+        return merged
 
 
 

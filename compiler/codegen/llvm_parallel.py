@@ -1,23 +1,23 @@
-"""Splitting kernel ranges across threads, inside the generated module.
+"""Splitting kernel ranges across a thread pool that lives in the generated module.
 
 Every kernel function runs a [start, end) part of its range, so parallelism needs no change to
-kernels.  For a large kernel the entry function calls
+kernels.  The module carries a small pool of POSIX worker threads:
 
-    void <kernel>_parallel(ptr params, i64 count, i64 threads)
+    void neurenix_pool_start(i64 threads)   start threads - 1 workers (the caller is the last)
+    void neurenix_pool_stop()               stop and join them (before the code is unloaded)
 
-which cuts [0, count) into a few chunks per thread and shares them through a heap context
-{params, count, chunks, next, done, refs}: `threads - 1` detached POSIX threads and the calling
-thread each claim the next chunk with an atomic increment of `next` until none is left, and the
-caller then waits (yielding) until `done` counts every chunk.  Chunks are claimed, not assigned,
-so a thread that the OS starts late — on a busy machine — finds the work already done and only
-drops its reference to the context (the last reference frees it); the caller never waits for a
-thread that has not started.  A thread that cannot be created costs nothing but its share.
+and, for each large kernel, `void <kernel>_parallel(ptr params, i64 count)`, which the entry
+calls instead of the kernel.  It posts a job on the caller's stack — {params, count, chunks,
+next, done, active, kernel} — under the pool's mutex, wakes the workers, and runs chunks itself:
+everyone claims the next chunk with an atomic increment of `next` until none is left.  The
+caller waits (yielding) until `done` counts every chunk, withdraws the job under the mutex, then
+waits for the workers that picked it up (`active`) to leave it.  Chunks are claimed, not
+assigned, so a worker the OS wakes late — on a busy machine — costs nothing: the caller never
+waits for a thread that has not started on the job.  Without workers (pool not started, thread
+creation refused, a forked child) the caller simply runs every chunk.
 
-`threads` is the module global `neurenix_num_threads` (the runtime sets it to the cores it may
-use; an exported library's caller may set it too).  Only kernels marked parallel, without
-accumulating stores and with at least `PARALLEL_MIN_WORK` element operations are split; the rest
-run on the calling thread.  Threads are created per kernel call (some tens of microseconds), not
-pooled.
+Only kernels marked parallel, without accumulating stores and with at least
+`PARALLEL_MIN_WORK` element operations are split; the rest run on the calling thread.
 """
 from __future__ import annotations
 
@@ -30,11 +30,13 @@ from .llvm_math import I32, I64, PTR
 PARALLEL_MIN_WORK = 1 << 20
 MAX_THREADS = 64
 CHUNKS_PER_THREAD = 4
-NUM_THREADS = "neurenix_num_threads"
-# {ptr params, i64 count, i64 chunks, i64 next, i64 done, i64 refs}
-CONTEXT = ir.LiteralStructType([PTR, I64, I64, I64, I64, I64])
-PARAMS, COUNT, CHUNKS, NEXT, DONE, REFS = range(6)
-CONTEXT_BYTES = 48
+POOL_START = "neurenix_pool_start"
+POOL_STOP = "neurenix_pool_stop"
+POOL_SIZE = "neurenix_pool_size"
+PTHREAD_BYTES = 128  # room for a pthread_mutex_t / pthread_cond_t on any libc
+# a job: {ptr params, i64 count, i64 chunks, i64 next, i64 done, i64 active, i64 kernel}
+JOB = ir.LiteralStructType([PTR, I64, I64, I64, I64, I64, I64])
+PARAMS, COUNT, CHUNKS, NEXT, DONE, ACTIVE, KERNEL = range(7)
 
 
 def worth_splitting(kernel: Kernel) -> bool:
@@ -51,19 +53,43 @@ def _i64(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
 
 
+def _global(module: ir.Module, name: str, typ: ir.Type, align: int = 8) -> ir.GlobalVariable:
+    g = ir.GlobalVariable(module, typ, name)
+    g.initializer = ir.Constant(typ, None)
+    g.align = align
+    g.linkage = "internal"
+    g.type = PTR  # llvmlite types globals as typed pointers; we use opaque ones only
+    return g
+
+
 class Threading:
-    """The module's thread-count global and, per large kernel, its `_parallel` splitter."""
+    """The module's pool (its globals, start, stop and worker) and the per-kernel splitters."""
 
     def __init__(self, module: ir.Module) -> None:
         self.module = module
-        self.num_threads = ir.GlobalVariable(module, I32, NUM_THREADS)
-        self.num_threads.initializer = ir.Constant(I32, 1)
+        blob = ir.ArrayType(ir.IntType(8), PTHREAD_BYTES)
+        self.mutex = _global(module, "neurenix_pool_mutex", blob, 16)
+        self.cond = _global(module, "neurenix_pool_cond", blob, 16)
+        self.job = _global(module, "neurenix_pool_job", PTR)
+        self.generation = _global(module, "neurenix_pool_generation", I64)
+        self.stop = _global(module, "neurenix_pool_stopping", I32)
+        self.ready = _global(module, "neurenix_pool_ready", I32)
+        self.tids = _global(module, "neurenix_pool_tids", ir.ArrayType(I64, MAX_THREADS))
+        self.size = _global(module, POOL_SIZE, I64)  # workers running; read by the runtime
+        self.size.linkage = ""
+        self._works: list[ir.Function] = []
         declare = lambda name, ret, args: ir.Function(module, ir.FunctionType(ret, args), name)
         self._create = declare("pthread_create", I32, [PTR, PTR, PTR, PTR])
-        self._detach = declare("pthread_detach", I32, [I64])
+        self._join = declare("pthread_join", I32, [I64, PTR])
+        self._mutex_init = declare("pthread_mutex_init", I32, [PTR, PTR])
+        self._lock = declare("pthread_mutex_lock", I32, [PTR])
+        self._unlock = declare("pthread_mutex_unlock", I32, [PTR])
+        self._cond_init = declare("pthread_cond_init", I32, [PTR, PTR])
+        self._wait = declare("pthread_cond_wait", I32, [PTR, PTR])
+        self._broadcast = declare("pthread_cond_broadcast", I32, [PTR])
         self._yield = declare("sched_yield", I32, [])
-        self._malloc = declare("malloc", PTR, [I64])
-        self._free = declare("free", ir.VoidType(), [PTR])
+
+    # ---- per kernel -------------------------------------------------------------------------
 
     def call(self, b: ir.IRBuilder, splitter: ir.Function, params: list[ir.Value],
              count: int) -> None:
@@ -72,104 +98,185 @@ class Threading:
         array.type = PTR  # opaque, as every pointer here
         for j, p in enumerate(params):
             b.store(p, b.gep(array, [_i64(j)], inbounds=True, source_etype=PTR))
-        threads = b.zext(b.load(self.num_threads, typ=I32), I64)
-        b.call(splitter, [array, _i64(count), threads])
+        b.call(splitter, [array, _i64(count)])
 
     def splitter(self, kernel_fn: ir.Function, n_params: int) -> ir.Function:
-        """`void <kernel>_parallel(ptr params, i64 count, i64 threads)` for one kernel."""
+        """`void <kernel>_parallel(ptr params, i64 count)`: run the kernel on the pool."""
         work = self._work(kernel_fn, n_params)
-        task = self._task(kernel_fn.name, work)
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
+        self._works.append(work)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64]),
                          f"{kernel_fn.name}_parallel")
         fn.linkage = "internal"
-        params, count, threads = fn.args
+        params, count = fn.args
         fb = FunctionBuilder(fn)
         b = fb.b
-        n = fb.min(fb.min(threads, MAX_THREADS), count)
-        serial = b.icmp_signed("<=", n, _i64(1))
-        with b.if_then(serial):
+        workers = b.load(self.size, typ=I64)
+        with b.if_then(b.icmp_signed("==", workers, _i64(0))):
             b.call(kernel_fn, _unpack(b, params, n_params) + [_i64(0), count])
             b.ret_void()
-        ctx = b.call(self._malloc, [_i64(CONTEXT_BYTES)])
-        with b.if_then(b.icmp_unsigned("==", ctx, ir.Constant(PTR, None))):
-            b.call(kernel_fn, _unpack(b, params, n_params) + [_i64(0), count])
-            b.ret_void()
-        chunks = fb.min(b.mul(n, _i64(CHUNKS_PER_THREAD)), count)
-        for field, value in ((PARAMS, params), (COUNT, count), (CHUNKS, chunks),
-                             (NEXT, _i64(0)), (DONE, _i64(0)), (REFS, n)):
-            b.store(value, _field(b, ctx, field))
-        tid = fb.alloca(I64, name="tid")
-        with fb.loop(1, n, "spawn"):
-            rc = b.call(self._create, [tid, ir.Constant(PTR, None), task, ctx])
-            with b.if_else(b.icmp_signed("==", rc, ir.Constant(I32, 0))) as (started, failed):
-                with started:
-                    b.call(self._detach, [b.load(tid, typ=I64)])
-                with failed:
-                    b.atomic_rmw("sub", _field(b, ctx, REFS), _i64(1), "seq_cst")
-        b.call(work, [ctx])
-        wait = fn.append_basic_block("wait")
-        spin = fn.append_basic_block("spin")
-        finished = fn.append_basic_block("finished")
-        b.branch(wait)
-        b.position_at_end(wait)
-        done = b.load_atomic(_field(b, ctx, DONE), "acquire", 8, typ=I64)
-        b.cbranch(b.icmp_signed("<", done, chunks), spin, finished)
-        b.position_at_end(spin)
-        b.call(self._yield, [])
-        b.branch(wait)
-        b.position_at_end(finished)
-        self._release(b, ctx)
+        chunks = fb.min(b.mul(b.add(workers, _i64(1)), _i64(CHUNKS_PER_THREAD)), count)
+        job = fb.alloca(JOB, name="job")
+        for field, value in ((PARAMS, params), (COUNT, count), (CHUNKS, chunks), (NEXT, _i64(0)),
+                             (DONE, _i64(0)), (ACTIVE, _i64(0)),
+                             (KERNEL, _i64(len(self._works) - 1))):
+            b.store(value, _field(b, job, field))
+        self._post(b, job)
+        b.call(work, [job])
+        self._spin(fb, lambda: b.icmp_signed(
+            "<", b.load_atomic(_field(b, job, DONE), "acquire", 8, typ=I64), chunks))
+        self._post(b, ir.Constant(PTR, None))
+        self._spin(fb, lambda: b.icmp_signed(
+            "!=", b.load_atomic(_field(b, job, ACTIVE), "acquire", 8, typ=I64), _i64(0)))
         b.ret_void()
         return fn
 
+    def _post(self, b: ir.IRBuilder, job: ir.Value) -> None:
+        """Publish `job` (or withdraw the current one with null) and wake the workers."""
+        b.call(self._lock, [self.mutex])
+        b.store(job, self.job)
+        b.store(b.add(b.load(self.generation, typ=I64), _i64(1)), self.generation)
+        b.call(self._broadcast, [self.cond])
+        b.call(self._unlock, [self.mutex])
+
+    def _spin(self, fb: FunctionBuilder, waiting) -> None:
+        """Yield the CPU while `waiting()` (a condition built fresh each round) holds."""
+        b = fb.b
+        check = fb.fn.append_basic_block("check")
+        spin = fb.fn.append_basic_block("spin")
+        after = fb.fn.append_basic_block("after")
+        b.branch(check)
+        b.position_at_end(check)
+        b.cbranch(waiting(), spin, after)
+        b.position_at_end(spin)
+        b.call(self._yield, [])
+        b.branch(check)
+        b.position_at_end(after)
+
     def _work(self, kernel_fn: ir.Function, n_params: int) -> ir.Function:
-        """`void <kernel>_work(ctx)`: claim and run chunks until none is left."""
+        """`void <kernel>_work(job)`: claim and run chunks until none is left."""
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]),
                          f"{kernel_fn.name}_work")
         fn.linkage = "internal"
-        (ctx,) = fn.args
+        (job,) = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         claim = fn.append_basic_block("claim")
         run = fn.append_basic_block("run")
         done = fn.append_basic_block("done")
-        count = b.load(_field(b, ctx, COUNT), typ=I64)
-        chunks = b.load(_field(b, ctx, CHUNKS), typ=I64)
-        args = _unpack(b, b.load(_field(b, ctx, PARAMS), typ=PTR), n_params)
+        count = b.load(_field(b, job, COUNT), typ=I64)
+        chunks = b.load(_field(b, job, CHUNKS), typ=I64)
         b.branch(claim)
         b.position_at_end(claim)
-        c = b.atomic_rmw("add", _field(b, ctx, NEXT), _i64(1), "seq_cst")
+        c = b.atomic_rmw("add", _field(b, job, NEXT), _i64(1), "seq_cst")
         b.cbranch(b.icmp_signed("<", c, chunks), run, done)
         b.position_at_end(run)
+        args = _unpack(b, b.load(_field(b, job, PARAMS), typ=PTR), n_params)
         start = b.sdiv(b.mul(count, c), chunks)
         end = b.sdiv(b.mul(count, b.add(c, _i64(1))), chunks)
         b.call(kernel_fn, args + [start, end])
-        b.atomic_rmw("add", _field(b, ctx, DONE), _i64(1), "seq_cst")
+        b.atomic_rmw("add", _field(b, job, DONE), _i64(1), "release")
         b.branch(claim)
         b.position_at_end(done)
         b.ret_void()
         return fn
 
-    def _task(self, name: str, work: ir.Function) -> ir.Function:
-        """`void *<kernel>_task(ctx)`: a thread's body: work, then drop its reference."""
-        fn = ir.Function(self.module, ir.FunctionType(PTR, [PTR]), f"{name}_task")
+    # ---- the pool ---------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Emit the worker, `neurenix_pool_start` and `neurenix_pool_stop` (after the kernels,
+        since the worker dispatches to every kernel's work function)."""
+        worker = self._worker()
+        self._start(worker)
+        self._stop()
+
+    def _worker(self) -> ir.Function:
+        """`void *neurenix_pool_worker(ptr)`: wait for a new job, help with it, repeat."""
+        fn = ir.Function(self.module, ir.FunctionType(PTR, [PTR]), "neurenix_pool_worker")
         fn.linkage = "internal"
-        (ctx,) = fn.args
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        b.call(work, [ctx])
-        self._release(b, ctx)
-        b.ret(ir.Constant(PTR, None))
+        fb = FunctionBuilder(fn)
+        b = fb.b
+        seen = fb.alloca(I64, name="seen")
+        b.call(self._lock, [self.mutex])
+        b.store(b.load(self.generation, typ=I64), seen)
+        wait = fn.append_basic_block("wait")
+        sleep = fn.append_basic_block("sleep")
+        woken = fn.append_basic_block("woken")
+        b.branch(wait)
+        b.position_at_end(wait)
+        stopping = b.icmp_signed("!=", b.load(self.stop, typ=I32), ir.Constant(I32, 0))
+        same = b.icmp_signed("==", b.load(self.generation, typ=I64), b.load(seen, typ=I64))
+        b.cbranch(b.and_(b.not_(stopping), same), sleep, woken)
+        b.position_at_end(sleep)
+        b.call(self._wait, [self.cond, self.mutex])
+        b.branch(wait)
+        b.position_at_end(woken)
+        with b.if_then(stopping):
+            b.call(self._unlock, [self.mutex])
+            b.ret(ir.Constant(PTR, None))
+        b.store(b.load(self.generation, typ=I64), seen)
+        job = b.load(self.job, typ=PTR)
+        has_job = b.icmp_unsigned("!=", job, ir.Constant(PTR, None))
+        with b.if_then(has_job):
+            b.atomic_rmw("add", _field(b, job, ACTIVE), _i64(1), "seq_cst")
+        b.call(self._unlock, [self.mutex])
+        with b.if_then(has_job):
+            kernel = b.load(_field(b, job, KERNEL), typ=I64)
+            after = fn.append_basic_block("dispatched")
+            switch = b.switch(kernel, after)
+            for k, work in enumerate(self._works):
+                case = fn.append_basic_block(f"kernel{k}")
+                switch.add_case(_i64(k), case)
+                b.position_at_end(case)
+                b.call(work, [job])
+                b.branch(after)
+            b.position_at_end(after)
+            b.atomic_rmw("sub", _field(b, job, ACTIVE), _i64(1), "release")
+        b.call(self._lock, [self.mutex])
+        b.branch(wait)
         return fn
 
-    def _release(self, b: ir.IRBuilder, ctx: ir.Value) -> None:
-        """Drop one reference to the context; the last one frees it."""
-        before = b.atomic_rmw("sub", _field(b, ctx, REFS), _i64(1), "acq_rel")
-        with b.if_then(b.icmp_signed("==", before, _i64(1))):
-            b.call(self._free, [ctx])
+    def _start(self, worker: ir.Function) -> None:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64]), POOL_START)
+        (threads,) = fn.args
+        fb = FunctionBuilder(fn)
+        b = fb.b
+        with b.if_then(b.icmp_signed("==", b.load(self.ready, typ=I32), ir.Constant(I32, 0))):
+            b.call(self._mutex_init, [self.mutex, ir.Constant(PTR, None)])
+            b.call(self._cond_init, [self.cond, ir.Constant(PTR, None)])
+            b.store(ir.Constant(I32, 1), self.ready)
+        with b.if_then(b.icmp_signed("!=", b.load(self.size, typ=I64), _i64(0))):
+            b.ret_void()  # already running
+        with fb.loop(1, fb.min(threads, MAX_THREADS), "spawn"):
+            size = b.load(self.size, typ=I64)
+            tid = b.gep(self.tids, [_i64(0), size], inbounds=True,
+                        source_etype=self.tids.value_type)
+            null = ir.Constant(PTR, None)
+            rc = b.call(self._create, [tid, null, worker, null])
+            with b.if_then(b.icmp_signed("==", rc, ir.Constant(I32, 0))):
+                b.store(b.add(size, _i64(1)), self.size)
+        b.ret_void()
+
+    def _stop(self) -> None:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), []), POOL_STOP)
+        fb = FunctionBuilder(fn)
+        b = fb.b
+        size = b.load(self.size, typ=I64)
+        with b.if_then(b.icmp_signed("==", size, _i64(0))):
+            b.ret_void()
+        b.call(self._lock, [self.mutex])
+        b.store(ir.Constant(I32, 1), self.stop)
+        b.call(self._broadcast, [self.cond])
+        b.call(self._unlock, [self.mutex])
+        with fb.loop(0, size, "join") as t:
+            tid = b.gep(self.tids, [_i64(0), t], inbounds=True, source_etype=self.tids.value_type)
+            b.call(self._join, [b.load(tid, typ=I64), ir.Constant(PTR, None)])
+        b.store(_i64(0), self.size)
+        b.store(ir.Constant(I32, 0), self.stop)
+        b.ret_void()
 
 
-def _field(b: ir.IRBuilder, ctx: ir.Value, j: int) -> ir.Value:
-    return b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, j)], inbounds=True,
-                 source_etype=CONTEXT)
+def _field(b: ir.IRBuilder, job: ir.Value, j: int) -> ir.Value:
+    return b.gep(job, [ir.Constant(I32, 0), ir.Constant(I32, j)], inbounds=True,
+                 source_etype=JOB)
 
 
 def _unpack(b: ir.IRBuilder, params: ir.Value, n: int) -> list[ir.Value]:

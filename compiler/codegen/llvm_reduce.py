@@ -2,7 +2,9 @@
 
 Per point (the default): at each domain point an accumulator slot (promoted to a register by
 mem2reg) is combined over the reduction loops; the innermost reduction loop is the contiguous
-one when the reduced axis is the last axis of the data (a row sum), and it vectorizes.
+one when the reduced axis is the last axis of the data (a row sum), and it vectorizes.  A
+reduction of at most `SMALL_REDUCTION` steps (a pooling window) is unrolled into straight-line
+code, so the domain loop around it vectorizes instead.
 
 Across columns: when the data is contiguous along the last *domain* axis instead (a column
 sum such as a bias gradient, a softmax over axis 0, pooling over window taps), the loops are
@@ -15,6 +17,8 @@ Combining: `sum`/`prod` may reassociate (so LLVM vectorizes them), `max`/`min` p
 as NumPy does, `argmax`/`argmin` keep the first extreme and the first NaN, as `np.argmax`.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 from llvmlite import ir
@@ -35,6 +39,7 @@ from .llvm_ops import (
 )
 
 STRIP = 256  # columns reduced together when the reduction runs across columns
+SMALL_REDUCTION = 16  # reductions up to this many steps are unrolled
 _IDENTITY = {"sum": 0, "prod": 1}
 
 
@@ -62,6 +67,8 @@ def across_columns(kernel: Kernel) -> bool:
     """Whether the reduced data is contiguous along the last domain axis rather than along the
     innermost reduction axis, so that reducing a strip of columns at once pays."""
     if kernel.reduce_value is None or not kernel.domain or not kernel.reduce:
+        return False
+    if is_small(kernel):
         return False
     if kernel.domain[-1] < 4:
         return False
@@ -138,14 +145,31 @@ def reduce_at_point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: 
     """Run the reduction loops at one domain point; returns the finished accumulator."""
     slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), 1)
     slots.reset(fb.b)
-    force = kernel.reduce_op not in ("argmax", "argmin")
 
     def step(vars: dict) -> None:
         v = ExprEmitter(fb.b, lib, buffers, vars).emit(kernel.reduce_value)
         slots.combine(fb.b, lib, v, lambda: _linear(fb.b, kernel, vars))
 
-    _reduction_loops(fb, kernel, dict(vars), step, vectorize_inner=force)
+    if is_small(kernel):  # straight-line code: the domain loop around it vectorizes
+        for point in itertools.product(*(range(n) for n in kernel.reduce)):
+            here = dict(vars)
+            for j, r in enumerate(point):
+                here[len(kernel.domain) + j] = ir.Constant(I64, r)
+            step(here)
+        return slots.result(fb.b)
+    # not forced: LLVM vectorizes the reassociable sums (and min/max) by itself where legal,
+    # and a forced loop it cannot vectorize would make it complain on stderr
+    _reduction_loops(fb, kernel, dict(vars), step, vectorize_inner=False)
     return slots.result(fb.b)
+
+
+def is_small(kernel: Kernel) -> bool:
+    """Whether the reduction is short enough to unroll at every domain point (a pooling
+    window, a few gates)."""
+    size = 1
+    for n in kernel.reduce:
+        size *= n
+    return kernel.reduce_value is not None and size <= SMALL_REDUCTION
 
 
 def reduce_columns(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
