@@ -147,6 +147,7 @@ def summarize(traced: Graph, records: list[StageRecord], build_info: dict, secon
         "bytes_planned": build_info.get("planned_bytes", 0),
         "bytes_lower_bound": build_info.get("lower_bound_bytes", 0),
         "seconds": {"trace_and_passes": seconds, **build_info.get("stages", {})},
+        "cache": build_info.get("cache", "off"),
     }
     if backward is not None:
         stats["backward_kernels"] = backward.get("kernels", 0)

@@ -205,8 +205,7 @@ class Compiled:
                                            grad_positions, args)
         else:
             graph, records = pipeline.optimize(traced.graph)
-            artifact, build = pipeline.build(graph, self.backend)
-            forward = load(artifact)
+            forward, build = build_executable(graph, self.backend)
             stats = pipeline.summarize(traced.graph, records, build, trace_seconds)
             entry = _Entry(key, sources, forward, traced.num_outputs, treedef, updates, graph,
                            stats)
@@ -219,10 +218,8 @@ class Compiled:
         graph = traced.graph
         wrt = [graph.inputs[i].name for i in grad_positions]
         split, records = pipeline.differentiate(graph, wrt, traced.num_outputs)
-        artifact, fbuild = pipeline.build(split.forward, self.backend)
-        forward = load(artifact)
-        artifact, bbuild = pipeline.build(split.backward, self.backend)
-        backward = load(artifact)
+        forward, fbuild = build_executable(split.forward, self.backend)
+        backward, bbuild = build_executable(split.backward, self.backend)
         stats = pipeline.summarize(graph, records, fbuild, time.perf_counter() - t0,
                                    backward=bbuild)
         grad_targets = [ref if kind == "tensor" else _arg_tensors(args)[ref]
@@ -335,6 +332,27 @@ class ReferenceExecutable:
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         # copies: an output may be an input or a constant, which the caller must not alias
         return [np.array(a, copy=True) for a in evaluate(self.graph, inputs)]
+
+
+def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
+    """Build (or fetch from the disk cache) an executable for an optimised graph."""
+    if backend == "reference":
+        artifact, info = pipeline.build(graph, backend)
+        return load(artifact), info
+    from neurenix.runtime.cpu import CpuExecutable, host_id
+
+    from . import compile_cache
+    key = compile_cache.key_for(graph, backend, host_id())
+    cached = compile_cache.load(key)
+    if cached is not None:
+        program, object_code, info = cached
+        return CpuExecutable(program, object_code=object_code), dict(info, cache="hit")
+    start = time.perf_counter()
+    program, info = pipeline.build(graph, backend)
+    exe = CpuExecutable(program)
+    info["stages"]["llvm_compile"] = time.perf_counter() - start - sum(info["stages"].values())
+    compile_cache.store(key, (program, exe.object_code, info))
+    return exe, dict(info, cache="miss")
 
 
 def load(artifact: Any) -> Any:

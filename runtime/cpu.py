@@ -57,6 +57,14 @@ def _llvm():
     return llvm
 
 
+def host_id() -> str:
+    """What compiled code depends on besides its source: triple, CPU, features, LLVM."""
+    llvm = _llvm()
+    import llvmlite
+    return "|".join((llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                     llvm.get_host_cpu_features().flatten(), llvmlite.__version__))
+
+
 def target_machine(jit: bool = False):
     """An LLVM target machine for the host CPU, with all its features, at opt level 3."""
     llvm = _llvm()
