@@ -58,14 +58,18 @@ class Tensor:
                             f"got {dtype!r}")
         self._data, self._dtype = _array_from(data, dtype)
         self._device = CPU if device is None else as_device(device, check=True)
+        self._fresh_state()
+        if requires_grad:
+            self.requires_grad_(True)
+
+    def _fresh_state(self) -> None:
+        """A new leaf's autograd and tracing fields (one place for every constructor)."""
+        self.requires_grad = False
         self.grad: Tensor | None = None
         self._node = None
         self._retains_grad = False
         self._version = 0
         self._value = None
-        self.requires_grad = False
-        if requires_grad:
-            self.requires_grad_(True)
 
     @classmethod
     def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:
@@ -74,12 +78,7 @@ class Tensor:
         t._data = array
         t._dtype = dtype if dtype is not None else dtype_from_numpy(array.dtype)
         t._device = CPU
-        t.requires_grad = False
-        t.grad = None
-        t._node = None
-        t._retains_grad = False
-        t._version = 0
-        t._value = None
+        t._fresh_state()
         return t
 
     # ---- properties -------------------------------------------------------------------------

@@ -25,12 +25,7 @@ class Parameter(Tensor):
         else:
             base = Tensor(data)
             self._data, self._dtype, self._device = base._data, base._dtype, CPU
-        self.grad = None
-        self._node = None
-        self._retains_grad = False
-        self._version = 0
-        self._value = None
-        self.requires_grad = False
+        self._fresh_state()
         if requires_grad:
             self.requires_grad_(True)
 
