@@ -93,11 +93,16 @@ def mse_loss(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tenso
     return mse(input, target, reduction, "mse_loss")
 
 
-def mse(input: Tensor, target: Tensor, reduction: str, name: str) -> Tensor:
+def _check_regression(input: Tensor, target: Tensor, reduction: str, name: str) -> None:
+    """The checks every elementwise regression loss makes before computing."""
     _check_tensors(name, input=input, target=target)
     check_reduction(reduction, name)
     _check_floating(input, "input", name)
     _check_same_shape(input, target, name)
+
+
+def mse(input: Tensor, target: Tensor, reduction: str, name: str) -> Tensor:
+    _check_regression(input, target, reduction, name)
     diff = sub(input, target)
     return _reduce(mul(diff, diff), reduction)
 
@@ -108,10 +113,7 @@ def l1_loss(input: Tensor, target: Tensor, *, reduction: str = "mean") -> Tensor
 
 
 def l1(input: Tensor, target: Tensor, reduction: str, name: str) -> Tensor:
-    _check_tensors(name, input=input, target=target)
-    check_reduction(reduction, name)
-    _check_floating(input, "input", name)
-    _check_same_shape(input, target, name)
+    _check_regression(input, target, reduction, name)
     return _reduce(abs(sub(input, target)), reduction)
 
 
