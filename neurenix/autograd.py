@@ -166,10 +166,13 @@ def backward(root: Tensor, gradient: Tensor | None = None, create_graph: bool = 
     from .tensor import Tensor
 
     if root._value is not None:
-        from neurenix.compiler.trace import TraceError
-        raise TraceError("backward() inside a compiled function is not supported yet: compile "
-                         "the model (neurenix.compile(model)) and call loss.backward() and "
-                         "optimizer.step() outside it")
+        from .tracing import backward_traced
+        if create_graph:
+            from neurenix.compiler.trace import TraceError
+            raise TraceError("backward(create_graph=True) inside a compiled function is not "
+                             "supported: higher-order gradients run eagerly")
+        backward_traced(root, gradient)
+        return
     if not root.requires_grad:
         raise RuntimeError("backward: the tensor does not require grad and has no grad_fn; "
                            "did you call it inside no_grad() or on a detached tensor?")

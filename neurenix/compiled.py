@@ -19,13 +19,12 @@ import numpy as np
 
 from neurenix.compiler import Graph, evaluate, pipeline
 from neurenix.compiler.trace import TraceError, Tracer
-from neurenix.compiler.types import TensorType
 
 from . import autograd
 from .device import CPU, as_device
 from .nn.module import Module
 from .tensor import Tensor
-from .tracing import TraceState, symbolic, tracing
+from .tracing import Guard, Store, TraceState, finish_stores, restore, tracing
 
 log = logging.getLogger("neurenix.compile")
 
@@ -37,13 +36,20 @@ class _Entry:
     """Everything compiled for one signature."""
 
     key: tuple
-    sources: list[tuple[str, Any]]  # per graph input: ("arg", i) | ("tensor", t) | ("seed", _)
+    # per graph input: ("arg", i) | ("tensor", t) | ("seed", _) | ("host", (k, j)) |
+    # ("grad", target): see neurenix.tracing
+    sources: list[tuple[str, Any]]
     forward: Any  # an executable: run(list[np.ndarray]) -> list[np.ndarray]
     num_outputs: int
     treedef: Any
     updates: list[Tensor]
     graph: Any
     stats: dict
+    input_dtypes: list[Any] = field(default_factory=list)
+    host: list[Callable[[], tuple]] = field(default_factory=list)
+    guards: list[Guard] = field(default_factory=list)
+    stores: list[Store] = field(default_factory=list)
+    num_stored: int = 0
     backward: Any = None
     backward_inputs: list[tuple[str, int]] = field(default_factory=list)
     grad_targets: list[Tensor] = field(default_factory=list)
@@ -71,7 +77,7 @@ class Compiled:
         if self.backend not in pipeline.BACKENDS:
             raise ValueError(f"compile: backend must be one of {pipeline.BACKENDS}, got "
                              f"{self.backend!r}")
-        self._cache: dict[tuple, _Entry] = {}
+        self._cache: dict[tuple, list[_Entry]] = {}
         self._last: _Entry | None = None
         self.last_verification: list[float] | None = None
 
@@ -97,7 +103,8 @@ class Compiled:
 
     @property
     def cache_size(self) -> int:
-        return len(self._cache)
+        """How many programs are compiled (one per signature and guard state)."""
+        return sum(len(entries) for entries in self._cache.values())
 
     def __getattr__(self, name: str) -> Any:
         """Everything else is the compiled module's (`parameters()`, `train()`, `state_dict()`),
@@ -113,17 +120,22 @@ class Compiled:
         if kwargs:
             args = self._bind(args, kwargs)
         key = self._signature(args)
-        entry = self._cache.get(key)
+        tensors = _arg_tensors(args)
+        entries = self._cache.get(key)
+        entry = _matching(entries, tensors) if entries else None
         if entry is None:
-            if self._last is not None:
+            if entries:
+                log.warning("neurenix.compile: recompiling %s: %s", self._name(),
+                            _explain_guards(entries[-1], tensors))
+            elif self._last is not None:
                 log.warning("neurenix.compile: recompiling %s: %s", self._name(),
                             _explain(self._last.key, key))
             entry = self._compile(key, args)
-            self._cache[key] = entry
+            self._cache.setdefault(key, []).append(entry)
         self._last = entry
-        out = self._run(entry, _arg_tensors(args))
+        out = self._run(entry, tensors)
         if self.verify:
-            self._verify(args, out)
+            self._verify(args, out, entry)
         return out
 
     def _name(self) -> str:
@@ -163,71 +175,70 @@ class Compiled:
         t0 = time.perf_counter()
         tracer = Tracer(self._name())
         state = TraceState(tracer)
-        sources: list[tuple[str, Any]] = []
         names = self._arg_names(len(args))
         sym_args: list[Any] = []
+        position = 0  # the args' tensors, nested ones flattened, are the first inputs
         for i, a in enumerate(args):
-            leaves = _arg_tensors((a,))
             symbols = []
-            for k, t in enumerate(leaves):
+            for k, t in enumerate(_arg_tensors((a,))):
                 name = names[i] if isinstance(a, Tensor) else f"{names[i]}_{k}"
-                node = tracer.input(name, TensorType(tuple(t.shape), t.dtype), "data")
-                symbols.append(symbolic(node))
-                sources.append(("arg", len(sources)))  # the args' tensors come first
+                symbols.append(state.register_arg(t, name, position))
+                position += 1
             sym_args.append(_replace_tensors(a, iter(symbols)))
         if self.module is not None:
             for name, p in self.module.named_parameters():
                 state.register(p, name, "param")
-                sources.append(("tensor", p))
             for name, b in self.module.named_buffers():
                 state.register(b, name, "buffer")
-                sources.append(("tensor", b))
-        with tracing(state):
-            result = self.fn(*sym_args)
-        leaves, treedef = flatten_outputs(result)
-        out_nodes = [state.node_of(t) for t in leaves]
-        traced = tracer.finish(out_nodes)
-        # inputs registered during the trace (seeds, lifted parameters) come after ours
-        for node in traced.graph.inputs[len(sources):]:
-            if node.name in state.seeds:
-                sources.append(("seed", None))
-            else:
-                tensor = next(t for t, n in state.inputs.values() if n is node)
-                sources.append(("tensor", tensor))
+        try:
+            with tracing(state):
+                result = self.fn(*sym_args)
+            leaves, treedef = flatten_outputs(result)
+            out_nodes = [state.node_of(t) for t in leaves]
+            stored, stores = finish_stores(state)
+        finally:
+            restore(state)  # the first run assigns the real gradients and state
+        traced = tracer.finish(out_nodes + stored)
+        sources = [state.sources[node.name] for node in traced.graph.inputs]
         trace_seconds = time.perf_counter() - t0
         updates = [next(t for t, n in state.inputs.values() if n.name == name)
                    for name in traced.updates]
-        grad_positions = [i for i, (kind, ref) in enumerate(sources)
-                          if _needs_grad(kind, ref, _arg_tensors(args))
-                          and autograd.is_grad_enabled()]
+        grad_positions = []
+        if not state.backward_called and any(id(n) in state.active for n in out_nodes):
+            grad_positions = [i for i, node in enumerate(traced.graph.inputs)
+                              if id(node) in state.active]
+        common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
+                      host=state.host, guards=state.guards, stores=stores,
+                      num_stored=len(stored))
         if grad_positions:
             entry = self._compile_training(key, sources, traced, treedef, updates,
-                                           grad_positions, args)
+                                           grad_positions, args, len(leaves), common)
         else:
             graph, records = pipeline.optimize(traced.graph)
             forward, build = build_executable(graph, self.backend)
             stats = pipeline.summarize(traced.graph, records, build, trace_seconds)
-            entry = _Entry(key, sources, forward, traced.num_outputs, treedef, updates, graph,
-                           stats)
+            entry = _Entry(key, sources, forward, len(leaves), treedef, updates, graph,
+                           stats, **common)
         pipeline.report(self._name(), entry.stats)
         return entry
 
     def _compile_training(self, key, sources, traced, treedef, updates, grad_positions,
-                          args) -> _Entry:
+                          args, num_outputs, common) -> _Entry:
         t0 = time.perf_counter()
         graph = traced.graph
         wrt = [graph.inputs[i].name for i in grad_positions]
-        split, records = pipeline.differentiate(graph, wrt, traced.num_outputs)
+        split, records = pipeline.differentiate(graph, wrt, num_outputs)
         forward, fbuild = build_executable(split.forward, self.backend)
         backward, bbuild = build_executable(split.backward, self.backend)
         stats = pipeline.summarize(graph, records, fbuild, time.perf_counter() - t0,
                                    backward=bbuild)
         grad_targets = [ref if kind == "tensor" else _arg_tensors(args)[ref]
                         for kind, ref in (sources[i] for i in grad_positions)]
-        return _Entry(key, sources, forward, traced.num_outputs, treedef, updates,
+        return _Entry(key, sources, forward, num_outputs, treedef, updates,
                       split.forward, stats, backward=backward,
                       backward_inputs=split.backward_inputs, grad_targets=grad_targets,
-                      differentiable=split.differentiable, num_saved=split.num_saved)
+                      differentiable=split.differentiable, num_saved=split.num_saved,
+                      **common)
 
     def _arg_names(self, n: int) -> list[str]:
         target = self.module.forward if self.module is not None else self.fn
@@ -248,13 +259,23 @@ class Compiled:
     def _inputs(self, entry: _Entry, args: list[Tensor]) -> list[np.ndarray]:
         from .random import next_seed
         arrays = []
-        for kind, ref in entry.sources:
+        host: dict[int, tuple] = {}
+        for (kind, ref), dtype in zip(entry.sources, entry.input_dtypes):
             if kind == "arg":
                 arrays.append(args[ref]._data)
             elif kind == "tensor":
                 arrays.append(ref._data)
-            else:
+            elif kind == "seed":
                 arrays.append(np.asarray(next_seed(), dtype=np.int64))
+            elif kind == "host":
+                k, j = ref
+                if k not in host:
+                    host[k] = tuple(entry.host[k]())
+                arrays.append(np.asarray(host[k][j], dtype=dtype))
+            else:  # "grad": a gradient accumulated before the call
+                target_kind, target = ref
+                owner = target if target_kind == "tensor" else args[target]
+                arrays.append(owner._grad._data)
         return arrays
 
     def _run(self, entry: _Entry, args: list[Tensor]) -> Any:
@@ -263,9 +284,19 @@ class Compiled:
         results = entry.forward.run(inputs)
         n = entry.num_outputs
         outs = [Tensor._wrap(a) for a in results[:n]]
+        stored = results[n:n + entry.num_stored]
+        n += entry.num_stored
         for target, value in zip(entry.updates, results[n:n + len(entry.updates)]):
-            target._data = np.array(value, copy=True)
+            target._data = value  # a fresh array of the program's: no copy needed
             target._version += 1
+        for store in entry.stores:
+            value = None if store.output is None else Tensor._wrap(stored[store.output])
+            if store.kind == "item":
+                store.target[store.key] = value
+            elif store.target[0] == "tensor":
+                store.target[1]._grad = value
+            else:
+                args[store.target[1]]._grad = value
         if entry.backward is not None:
             saved = results[n + len(entry.updates):]
             self._attach_backward(entry, inputs, results, saved, outs)
@@ -295,8 +326,14 @@ class Compiled:
             t.requires_grad = True
             t._node = autograd.OutputNode(node, slot_index)
 
-    def _verify(self, args: tuple, out: Any) -> None:
+    def _verify(self, args: tuple, out: Any, entry: _Entry) -> None:
         from .autograd import no_grad
+        if entry.updates or entry.stores:
+            log.warning("neurenix.compile verify %s: skipped, the function updates state "
+                        "(parameters, buffers, gradients) and running it again eagerly would "
+                        "update it twice", self._name())
+            self.last_verification = None
+            return
         with no_grad():
             expected = self.fn(*args)
         got, _ = flatten_outputs(out)
@@ -404,12 +441,36 @@ def _replace_tensors(value: Any, symbols: Any) -> Any:
     return value
 
 
-def _needs_grad(kind: str, ref: Any, args: list[Tensor]) -> bool:
-    if kind == "arg":
-        return args[ref].requires_grad
-    if kind == "tensor":
-        return ref.requires_grad
-    return False
+def _matching(entries: list[_Entry], tensors: list[Tensor]) -> _Entry | None:
+    """The first program whose guards all hold for this call."""
+    for entry in entries:
+        if all(g.read(tensors) == g.value for g in entry.guards):
+            return entry
+    return None
+
+
+def _explain_guards(entry: _Entry, tensors: list[Tensor]) -> str:
+    """Which baked-in values changed since `entry` was traced, in words."""
+    changed = []
+    for g in entry.guards:
+        now = g.read(tensors)
+        if now == g.value:
+            continue
+        if _labelled(now) and _labelled(g.value) and len(now) == len(g.value):
+            diffs = [(label, old, new) for (label, old), (_, new) in zip(g.value, now)
+                     if old != new]
+            # a new state tensor changes both the state's keys and identities: name the keys
+            plain = [d for d in diffs if not d[0].endswith("identity")] or diffs
+            changed += [f"{g.what}: {label} {old!r} -> {new!r}" for label, old, new in plain]
+        else:
+            changed.append(f"{g.what}: {g.value!r} -> {now!r}")
+    return "; ".join(changed) or "guards changed"
+
+
+def _labelled(value: Any) -> bool:
+    """Whether a guard value is a tuple of (label, value) pairs."""
+    return isinstance(value, tuple) and all(
+        isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)
 
 
 def _hashable(value: Any) -> Any:

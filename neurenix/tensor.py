@@ -47,7 +47,7 @@ def _array_from(data: Any, dtype: DType | None) -> tuple[np.ndarray, DType]:
 class Tensor:
     """A multi-dimensional array that can record the operations applied to it."""
 
-    __slots__ = ("_data", "_dtype", "_device", "requires_grad", "grad", "_node",
+    __slots__ = ("_data", "_dtype", "_device", "requires_grad", "_grad", "_node",
                  "_retains_grad", "_version", "_value", "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray op Tensor` to Tensor's reflected method
 
@@ -65,7 +65,7 @@ class Tensor:
     def _fresh_state(self) -> None:
         """A new leaf's autograd and tracing fields (one place for every constructor)."""
         self.requires_grad = False
-        self.grad: Tensor | None = None
+        self._grad: Tensor | None = None
         self._node = None
         self._retains_grad = False
         self._version = 0
@@ -103,6 +103,26 @@ class Tensor:
     @property
     def is_leaf(self) -> bool:
         return self._node is None
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The accumulated gradient (None until a backward reaches this tensor).
+
+        Inside a trace (`neurenix.compile` of a training step) reads and writes go through
+        the tracer, so a gradient computed, clipped or consumed in the trace stays symbolic.
+        """
+        if dispatch._ACTIVE.state is not None:
+            from .tracing import read_grad
+            return read_grad(self)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if dispatch._ACTIVE.state is not None:
+            from .tracing import write_grad
+            write_grad(self, value)
+            return
+        self._grad = value
 
     @property
     def grad_fn(self) -> str | None:
@@ -389,7 +409,7 @@ def is_scalar(obj: Any) -> bool:
     return isinstance(obj, (numbers.Number, np.generic)) and not isinstance(obj, Tensor)
 
 
-from . import autograd, elementwise, indexing, linalg, shapes  # noqa: E402
+from . import autograd, dispatch, elementwise, indexing, linalg, shapes  # noqa: E402
 
 
 def tracing_update(target: Tensor, src: Any) -> bool:

@@ -112,16 +112,21 @@ def _add_cotangent(b: GraphBuilder, cot: dict[int, Node], key: int, g: Node) -> 
     cot[key] = g if prev is None else b.add(prev, g)
 
 
-def _backprop(b: GraphBuilder, graph: Graph, env: dict[int, Node], cot: dict[int, Node],
-              active: set[int]) -> None:
-    """Walk the forward in reverse, pushing each node's cotangent to its active inputs."""
-    for node in reversed(graph.nodes):
+def backprop(b: GraphBuilder, nodes: Sequence[Node], cot: dict[int, Node], active: set[int],
+             env: dict[int, Node] | None = None) -> dict[int, Node]:
+    """Walk `nodes` in reverse, pushing each node's cotangent (in `cot`) to its active inputs.
+
+    `env` maps the nodes to their copies in `b` (as `grad_graph` replays a forward); without it
+    the nodes are `b`'s own (a trace differentiating what it recorded so far).  Returns `cot`,
+    which then holds the cotangents of the inputs and constants the walk reached.
+    """
+    for node in reversed(nodes):
         g = cot.get(id(node))
         if g is None or node.op in (INPUT, CONSTANT):
             continue
         prim = REGISTRY[node.op]
-        out = env[id(node)]
-        args = tuple(env[id(i)] for i in node.inputs)
+        out = env[id(node)] if env is not None else node
+        args = tuple(env[id(i)] for i in node.inputs) if env is not None else tuple(node.inputs)
         b.source = node.source
         for index, inp in enumerate(node.inputs):
             if id(inp) not in active:
@@ -135,6 +140,7 @@ def _backprop(b: GraphBuilder, graph: Graph, env: dict[int, Node], cot: dict[int
             _add_cotangent(b, cot, id(inp), gi)
         del cot[id(node)]
     b.source = None
+    return cot
 
 
 def grad_graph(graph: Graph, wrt: Sequence[str], *, output_cotangents: bool = True) -> JointGraph:
@@ -171,7 +177,7 @@ def grad_graph(graph: Graph, wrt: Sequence[str], *, output_cotangents: bool = Tr
         if id(out) in active:
             _add_cotangent(b, cot, id(out), seed)
 
-    _backprop(b, graph, env, cot, active)
+    backprop(b, graph.nodes, cot, active, env)
     grads = [cot[id(n)] if id(n) in cot else b.zeros_like(env[id(n)]) for n in wrt_nodes]
     outputs = [env[id(o)] for o in graph.outputs] + grads
     # drop what the VJP rules built but no gradient uses; the forward stays whole

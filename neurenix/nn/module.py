@@ -14,6 +14,7 @@ import numpy as np
 
 from neurenix.compiler.types import DType, float32, float64
 
+from .. import dispatch
 from ..autograd import no_grad
 from ..tensor import Tensor
 from .parameter import Parameter
@@ -122,6 +123,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if dispatch._ACTIVE.state is not None:  # traced: parameters and buffers are inputs
+            from ..tracing import lift_module
+            lift_module(self)
         return self.forward(*args, **kwargs)
 
     # ---- traversal --------------------------------------------------------------------------

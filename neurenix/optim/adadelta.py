@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import elementwise as ew
+from .. import tracing
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_range, zeros_for
 
@@ -28,14 +29,23 @@ class Adadelta(Optimizer):
         check_range("Adadelta", "eps", group["eps"], 0.0)
         check_range("Adadelta", "weight_decay", group["weight_decay"], 0.0)
 
-    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
-                group: dict[str, Any]) -> None:
+    def _prepare_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any],
+                       traced: bool) -> None:
         if not state:
             state["step"] = 0
             state["square_avg"] = zeros_for(p)
             state["acc_delta"] = zeros_for(p)
-        rho, eps = group["rho"], group["eps"]
+
+    @staticmethod
+    def _count(state: dict[str, Any], group: dict[str, Any]) -> tuple[float]:
+        """Count the step; the learning rate."""
         state["step"] += 1
+        return (group["lr"],)
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
+                group: dict[str, Any]) -> None:
+        (lr,) = tracing.host_values(lambda: self._count(state, group), p, 1)
+        rho, eps = group["rho"], group["eps"]
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:
@@ -45,4 +55,4 @@ class Adadelta(Optimizer):
         std = ew.sqrt(square_avg + eps)
         delta = ew.sqrt(acc_delta + eps) / std * grad
         acc_delta.copy_(acc_delta * rho + delta * delta * (1.0 - rho))
-        p.copy_(p - delta * group["lr"])
+        p.copy_(p - delta * lr)

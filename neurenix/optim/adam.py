@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from .. import elementwise as ew
+from .. import tracing
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_range, zeros_for
 
@@ -38,18 +39,31 @@ class Adam(Optimizer):
         check_range(name, "beta parameter at index 1", betas[1], 0.0, 1.0)
         check_range(name, "weight_decay", group["weight_decay"], 0.0)
 
-    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
-                group: dict[str, Any]) -> None:
+    def _prepare_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any],
+                       traced: bool) -> None:
         if not state:
             state["step"] = 0
             state["exp_avg"] = zeros_for(p)
             state["exp_avg_sq"] = zeros_for(p)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = zeros_for(p)
-        beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            # also when amsgrad was switched on after the first step
+            state["max_exp_avg_sq"] = zeros_for(p)
+
+    @staticmethod
+    def _coefficients(state: dict[str, Any], group: dict[str, Any]) -> tuple[float, ...]:
+        """Count the step; the learning rate, step size and sqrt of bias correction 2."""
         state["step"] += 1
         step = state["step"]
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        return lr, lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step)
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
+                group: dict[str, Any]) -> None:
+        lr, step_size, bias_correction2_sqrt = tracing.host_values(
+            lambda: self._coefficients(state, group), p, 3)
+        beta1, beta2 = group["betas"]
+        eps, weight_decay = group["eps"], group["weight_decay"]
         if group["maximize"]:
             grad = -grad
         param = p
@@ -63,12 +77,9 @@ class Adam(Optimizer):
         exp_avg_sq.copy_(exp_avg_sq * beta2 + grad * grad * (1.0 - beta2))
         second = exp_avg_sq
         if group["amsgrad"]:
-            # the buffer may be missing when amsgrad was switched on after the first step
-            max_sq = state.setdefault("max_exp_avg_sq", zeros_for(p))
+            max_sq = state["max_exp_avg_sq"]
             max_sq.copy_(ew.maximum(max_sq, exp_avg_sq))
             second = max_sq
-        step_size = lr / (1.0 - beta1 ** step)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
         denom = ew.sqrt(second) / bias_correction2_sqrt + eps
         p.copy_(param - exp_avg / denom * step_size)
 

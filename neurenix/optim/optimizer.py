@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import tracing
 from ..autograd import enable_grad, no_grad
 from ..creation import zeros
 from ..tensor import Tensor
@@ -105,8 +106,17 @@ class Optimizer:
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        """Apply one step to parameter p (called under no_grad, only when p has a gradient)."""
+        """Apply one step to parameter p (called under no_grad, only when p has a gradient).
+
+        Python numbers that change from step to step (the learning rate, bias corrections)
+        come from `tracing.host_values`, so that a compiled step computes them per call.
+        """
         raise NotImplementedError(f"{self._name} does not implement _update")
+
+    def _prepare_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any],
+                       traced: bool) -> None:
+        """Create p's state before its first update where that needs no gradient (zeros, a
+        step count), so that a traced step has the same graph on the first and later calls."""
 
     # ---- parameter groups ---------------------------------------------------------------------
 
@@ -166,6 +176,9 @@ class Optimizer:
         """Reset the gradients of all parameters: to None (default) or to zeros in place."""
         for group in self.param_groups:
             for p in group["params"]:
+                if tracing.is_tracing():  # in a compiled step: the grads are assigned anew
+                    p.grad = None
+                    continue
                 if p.grad is None:
                     continue
                 if set_to_none:
@@ -184,20 +197,70 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        traced = tracing.is_tracing()
         with no_grad():
+            todo = []
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p.grad is None:
-                        continue
                     grad = p.grad
+                    if grad is None:
+                        continue
                     if tuple(grad.shape) != tuple(p.shape):
                         raise ValueError(f"{self._name}: the gradient of a parameter has shape "
                                          f"{tuple(grad.shape)}, expected {tuple(p.shape)}")
                     state = self.state.get(p, {})
-                    self._update(p, grad, state, group)
+                    self._prepare_state(p, state, group, traced)
                     if state:
                         self.state[p] = state
+                    todo.append((p, grad, state, group))
+            if traced:
+                self._lift_state(todo)
+            for p, grad, state, group in todo:
+                before = dict(state) if traced else None
+                try:
+                    self._update(p, grad, state, group)
+                except BaseException:
+                    if traced:  # leave no traced value in the state
+                        state.clear()
+                        state.update(before)
+                    raise
+                if state:
+                    self.state[p] = state
+                if traced:  # state computed in the trace: assigned after every call
+                    for key, value in list(state.items()):
+                        if isinstance(value, Tensor) and value is not before.get(key):
+                            if key in before:
+                                state[key] = before[key]
+                            else:
+                                del state[key]
+                            tracing.store_item(state, key, value)
         return loss
+
+    def _lift_state(self, todo: list[tuple[Tensor, Tensor, dict, dict]]) -> None:
+        """In a trace: make the state tensors inputs (their updates become outputs) and guard
+        what the trace bakes in: every hyper-parameter but the learning rate (read per call),
+        which parameters have state, and the state tensors themselves."""
+        for index, (_, _, state, _) in enumerate(todo):
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    tracing.lift(value, f"{self._name}.state.{index}.{key}")
+        tracing.guard(f"{self._name} hyper-parameters and state", self._trace_key)
+
+    def _trace_key(self, args: Any = None) -> tuple:
+        """What a traced step depends on besides tensor values, as (label, value) pairs (see
+        `_lift_state`)."""
+        key: list[tuple[str, Any]] = []
+        index = 0
+        for g, group in enumerate(self.param_groups):
+            key += [(f"group {g} {k}", v) for k, v in group.items()
+                    if k not in ("params", "param_names", "lr")]
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                key.append((f"parameter {index} state", tuple(state)))
+                key.append((f"parameter {index} identity", (id(p),) + tuple(
+                    id(v) for v in state.values() if isinstance(v, Tensor))))
+                index += 1
+        return tuple(key)
 
     # ---- checkpoints --------------------------------------------------------------------------
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import tracing
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range
+from .optimizer import Optimizer, ParamsT, check_range, zeros_for
 
 
 class SGD(Optimizer):
@@ -32,8 +33,18 @@ class SGD(Optimizer):
                              f"dampening, got momentum={group['momentum']} and "
                              f"dampening={group['dampening']}")
 
+    def _prepare_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any],
+                       traced: bool) -> None:
+        # b = mu * 0 + 1 * g is exactly g: a zero buffer gives the first step's b = g, and one
+        # traced program serves every step (with dampening the first step differs: the trace
+        # then creates the buffer and the next call compiles the steady state)
+        if traced and group["momentum"] != 0 and group["dampening"] == 0 \
+                and "momentum_buffer" not in state:
+            state["momentum_buffer"] = zeros_for(p)
+
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
+        (lr,) = tracing.host_values(lambda: (group["lr"],), p, 1)
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:
@@ -47,4 +58,4 @@ class SGD(Optimizer):
             else:
                 buf.copy_(buf * momentum + grad * (1.0 - group["dampening"]))
             grad = grad + buf * momentum if group["nesterov"] else buf
-        p.copy_(p - grad * group["lr"])
+        p.copy_(p - grad * lr)
