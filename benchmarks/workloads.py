@@ -227,14 +227,16 @@ def _neurenix_runner(w: Workload, compiled: bool, tiny: bool, backend: str | Non
         opt = Adam(model.parameters(), lr=1e-3)
     y = neurenix.Tensor(target)
 
-    def step() -> Any:
+    def train_step(*args: Any) -> Any:
         opt.zero_grad()
-        loss = criterion(call(*xs), y)
+        loss = criterion(model(*args[:-1]), args[-1])
         loss.backward()
         opt.step()
         return loss
 
-    return Runner(step, lambda loss: np.asarray(loss.item()), info=info)
+    # compiled: the whole step (forward, loss, backward, optimizer) is one program
+    call = neurenix.compile(train_step, backend=backend) if compiled else train_step
+    return Runner(lambda: call(*xs, y), lambda loss: np.asarray(loss.item()), info=info)
 
 
 # ---- PyTorch and onnxruntime ----------------------------------------------------------------
