@@ -22,7 +22,7 @@ from neurenix.compiler.trace import TraceError, Tracer
 
 from . import autograd
 from .device import CPU, as_device
-from .nn.module import Module
+from .nn.module import Module, structure_version
 from .tensor import Tensor
 from .tracing import Guard, Store, TraceState, finish_stores, restore, tracing
 
@@ -78,6 +78,8 @@ class Compiled:
             raise ValueError(f"compile: backend must be one of {pipeline.BACKENDS}, got "
                              f"{self.backend!r}")
         self._cache: dict[tuple, list[_Entry]] = {}
+        self._tensors: list[Tensor] = []
+        self._tensors_version = -1
         self._last: _Entry | None = None
         self.last_verification: list[float] | None = None
 
@@ -163,10 +165,14 @@ class Compiled:
         training = None
         if self.module is not None:
             training = self.module.training
-            params = tuple((n, tuple(p.shape), p.dtype.name, p.requires_grad)
-                           for n, p in self.module.named_parameters())
-            params += tuple((n, tuple(b.shape), b.dtype.name)
-                            for n, b in self.module.named_buffers())
+            # the tensors themselves (a program reads them by identity), their shapes, dtypes
+            # and requires_grad; the list is cached until a module table changes anywhere
+            if self._tensors_version != structure_version():
+                self._tensors = [t for _, t in self.module.named_parameters()] + \
+                    [t for _, t in self.module.named_buffers()]
+                self._tensors_version = structure_version()
+            params = tuple((id(t), t._data.shape, t._dtype.name, t.requires_grad)
+                           for t in self._tensors)
         return (tuple(parts), training, grad, params)
 
     # ---- compiling --------------------------------------------------------------------------
@@ -210,35 +216,17 @@ class Compiled:
         common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
                       host=state.host, guards=state.guards, stores=stores,
                       num_stored=len(stored))
-        if grad_positions:
-            entry = self._compile_training(key, sources, traced, treedef, updates,
-                                           grad_positions, args, len(leaves), common)
-        else:
-            graph, records = pipeline.optimize(traced.graph)
-            forward, build = build_executable(graph, self.backend)
-            stats = pipeline.summarize(traced.graph, records, build, trace_seconds)
-            entry = _Entry(key, sources, forward, len(leaves), treedef, updates, graph,
-                           stats, **common)
-        pipeline.report(self._name(), entry.stats)
-        return entry
-
-    def _compile_training(self, key, sources, traced, treedef, updates, grad_positions,
-                          args, num_outputs, common) -> _Entry:
-        t0 = time.perf_counter()
-        graph = traced.graph
-        wrt = [graph.inputs[i].name for i in grad_positions]
-        split, records = pipeline.differentiate(graph, wrt, num_outputs)
-        forward, fbuild = build_executable(split.forward, self.backend)
-        backward, bbuild = build_executable(split.backward, self.backend)
-        stats = pipeline.summarize(graph, records, fbuild, time.perf_counter() - t0,
-                                   backward=bbuild)
+        wrt = [traced.graph.inputs[i].name for i in grad_positions]
+        built = compile_traced(traced.graph, wrt, len(leaves), self.backend, trace_seconds)
         grad_targets = [ref if kind == "tensor" else _arg_tensors(args)[ref]
                         for kind, ref in (sources[i] for i in grad_positions)]
-        return _Entry(key, sources, forward, num_outputs, treedef, updates,
-                      split.forward, stats, backward=backward,
-                      backward_inputs=split.backward_inputs, grad_targets=grad_targets,
-                      differentiable=split.differentiable, num_saved=split.num_saved,
-                      **common)
+        entry = _Entry(key, sources, built.forward, len(leaves), treedef, updates, built.graph,
+                       built.stats, backward=built.backward,
+                       backward_inputs=built.backward_inputs, grad_targets=grad_targets,
+                       differentiable=built.differentiable, num_saved=built.num_saved,
+                       **common)
+        pipeline.report(self._name(), entry.stats)
+        return entry
 
     def _arg_names(self, n: int) -> list[str]:
         target = self.module.forward if self.module is not None else self.fn
@@ -359,6 +347,93 @@ def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A
     return Compiled(model, device=device, verify=verify, backend=backend)
 
 
+@dataclass
+class Built:
+    """What compiling one traced graph gives: the programs and how to wire them."""
+
+    graph: Graph  # the optimised graph (for training: the forward program's graph)
+    forward: Any
+    stats: dict
+    backward: Any = None
+    backward_inputs: list[tuple[str, int]] = field(default_factory=list)
+    differentiable: list[int] = field(default_factory=list)
+    num_saved: int = 0
+
+
+def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str,
+                   trace_seconds: float) -> Built:
+    """Optimise (and with `wrt`, differentiate and partition) a traced graph and build its
+    programs; on the disk cache's hit, keyed by the traced graph itself, skip all of that."""
+    start = time.perf_counter()
+    record_key = None
+    if backend != "reference":
+        from neurenix.runtime.cpu import host_id
+
+        from . import compile_cache
+        record_key = compile_cache.key_for(traced, f"{backend}:traced:{num_outputs}:"
+                                           + ",".join(wrt), host_id())
+        built = _load_built(record_key)
+        if built is not None:
+            seconds = {"trace_and_passes": trace_seconds,
+                       "cache_load": time.perf_counter() - start}
+            built.stats = dict(built.stats, seconds=seconds, cache="hit")
+            return built
+    if wrt:
+        split, records = pipeline.differentiate(traced, wrt, num_outputs)
+        passes = time.perf_counter() - start
+        forward, fbuild = build_executable(split.forward, backend)
+        backward, bbuild = build_executable(split.backward, backend)
+        stats = pipeline.summarize(traced, records, fbuild, trace_seconds + passes,
+                                   backward=bbuild)
+        built = Built(split.forward, forward, stats, backward, split.backward_inputs,
+                      split.differentiable, split.num_saved)
+    else:
+        graph, records = pipeline.optimize(traced)
+        passes = time.perf_counter() - start
+        forward, build = build_executable(graph, backend)
+        stats = pipeline.summarize(traced, records, build, trace_seconds + passes)
+        built = Built(graph, forward, stats)
+    if record_key is not None:
+        _store_built(record_key, built)
+    return built
+
+
+def _store_built(key: str, built: Built) -> None:
+    """Remember which programs (by their own cache keys) a traced graph compiled to."""
+    from . import compile_cache
+    keys = [getattr(built.forward, "cache_key", None),
+            getattr(built.backward, "cache_key", None) if built.backward else ""]
+    if None in keys:
+        return
+    compile_cache.store(key, {"graph": built.graph, "stats": built.stats, "programs": keys,
+                              "backward_inputs": built.backward_inputs,
+                              "differentiable": built.differentiable,
+                              "num_saved": built.num_saved})
+
+
+def _load_built(key: str) -> Built | None:
+    from neurenix.runtime.cpu import CpuExecutable
+
+    from . import compile_cache
+    record = compile_cache.load(key)
+    if not isinstance(record, dict):
+        return None
+    exes = []
+    for program_key in record["programs"]:
+        if not program_key:
+            exes.append(None)
+            continue
+        cached = compile_cache.load(program_key)
+        if cached is None:
+            return None
+        program, object_code, _ = cached
+        exe = CpuExecutable(program, object_code=object_code)
+        exe.cache_key = program_key
+        exes.append(exe)
+    return Built(record["graph"], exes[0], record["stats"], exes[1],
+                 record["backward_inputs"], record["differentiable"], record["num_saved"])
+
+
 class ReferenceExecutable:
     """Runs a graph with the NumPy reference evaluator (the 'reference' backend)."""
 
@@ -383,10 +458,13 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
     cached = compile_cache.load(key)
     if cached is not None:
         program, object_code, info = cached
-        return CpuExecutable(program, object_code=object_code), dict(info, cache="hit")
+        exe = CpuExecutable(program, object_code=object_code)
+        exe.cache_key = key
+        return exe, dict(info, cache="hit")
     start = time.perf_counter()
     program, info = pipeline.build(graph, backend)
     exe = CpuExecutable(program)
+    exe.cache_key = key
     info["stages"]["llvm_compile"] = time.perf_counter() - start - sum(info["stages"].values())
     compile_cache.store(key, (program, exe.object_code, info))
     return exe, dict(info, cache="miss")

@@ -176,13 +176,28 @@ def suspended(what: str) -> Iterator[None]:
         ACTIVE.state = state
 
 
+_FILES: dict[str, str | None] = {}  # co_filename -> its display path, None inside Neurenix
+
+
+def _display_path(filename: str) -> str | None:
+    shown = _FILES.get(filename, "")
+    if shown == "":
+        name = os.path.abspath(filename)
+        if name.startswith(_PACKAGE_DIRS):
+            shown = None
+        else:
+            shown = filename if filename.startswith("<") else os.path.relpath(name)
+        _FILES[filename] = shown
+    return shown
+
+
 def user_source() -> str | None:
     """file:line of the innermost frame outside Neurenix itself (the user's code)."""
     frame = sys._getframe(1)
     while frame is not None:
-        name = os.path.abspath(frame.f_code.co_filename)
-        if not name.startswith(_PACKAGE_DIRS):
-            return f"{os.path.relpath(name) if not name.startswith('<') else name}:{frame.f_lineno}"
+        shown = _display_path(frame.f_code.co_filename)
+        if shown is not None:
+            return f"{shown}:{frame.f_lineno}"
         frame = frame.f_back
     return None
 

@@ -43,11 +43,60 @@ def test_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
-    (entry,) = tmp_path.glob("*.bin")
-    entry.write_bytes(entry.read_bytes()[:40] + b"garbage")
+    entries = list(tmp_path.glob("*.bin"))
+    assert len(entries) == 2  # the program, and the record of what the traced graph built
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:40] + b"garbage")
     got, state = _run(model, x)
     assert state == "miss"
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_record_whose_program_is_gone_compiles_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
+    model, x = _model(), neurenix.randn(3, 5)
+    want, _ = _run(model, x)
+    # the program entry is the larger one (it holds machine code): remove it
+    max(tmp_path.glob("*.bin"), key=lambda p: p.stat().st_size).unlink()
+    got, state = _run(model, x)
+    assert state == "miss"
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_hit_skips_the_passes_and_code_generation(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
+    model, x = _model(), neurenix.randn(3, 5)
+    for _ in range(2):  # the same call site: graphs carry the user's file:line
+        compiled = neurenix.compile(model)
+        with neurenix.no_grad():
+            compiled(x)
+    stats = compiled.stats()
+    assert stats["cache"] == "hit"
+    assert set(stats["seconds"]) == {"trace_and_passes", "cache_load"}
+    assert stats["kernels"] > 0 and compiled.graph is not None
+
+
+def test_a_training_step_hits_and_trains_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
+    x, y = neurenix.randn(4, 5), neurenix.randint(0, 2, (4,))
+    results = []
+    for _ in range(2):
+        model = _model()
+        opt = neurenix.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        crit = nn.CrossEntropyLoss()
+
+        def step(x, y, model=model, opt=opt, crit=crit):
+            opt.zero_grad()
+            loss = crit(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        compiled = neurenix.compile(step)
+        losses = [compiled(x, y).item() for _ in range(3)]
+        results.append((losses, compiled.stats()["cache"]))
+    assert [r[1] for r in results] == ["miss", "hit"]
+    assert results[0][0] == results[1][0]
 
 
 def test_cache_can_be_switched_off(tmp_path, monkeypatch):

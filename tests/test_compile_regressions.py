@@ -28,3 +28,18 @@ def test_inplace_store_does_not_clobber_an_input_a_later_store_reads():
             rng.uniform(-1, 1, (4, 8)).astype(np.float32)]
     got = load(pipeline.build(graph, "llvm")[0]).run(args)[0]
     np.testing.assert_allclose(got, evaluate(graph, args)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_replaced_layer_recompiles_and_uses_its_own_weights():
+    """The compiled module caches its tensor list; a replaced sub-module must not reuse the
+    program that reads the old weights (it did while the signature held only names)."""
+    import neurenix
+    from neurenix import nn
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).eval()
+    compiled = neurenix.compile(model)
+    x = neurenix.randn(2, 4)
+    with neurenix.no_grad():
+        compiled(x)
+        model[0] = nn.Linear(4, 3)
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-6)
+    assert compiled.cache_size == 2

@@ -173,3 +173,17 @@ def test_worker_threads_stop_with_the_executable_and_skip_forked_children(data):
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0
     del exe  # joins the workers before the code is unloaded
+
+
+def test_repeated_inputs_reuse_their_address_but_see_new_values(exe, data):
+    """The runtime skips checks for the arrays of the previous call (weights), by identity."""
+    x, z = (a.copy() for a in data)
+    exe.run([x, z])
+    x += 1  # the same array, new values
+    np.testing.assert_array_equal(exe.run([x, z])[0], x * 2 + z)
+    other = x + 5  # a different array in the same place
+    np.testing.assert_array_equal(exe.run([other, z])[0], other * 2 + z)
+    np.testing.assert_array_equal(exe.run([x, z])[0], x * 2 + z)
+    del other  # a freed array is not kept alive, and a new one is checked again
+    with pytest.raises(ValueError, match="input 'x' expects"):
+        exe.run([np.zeros((3, 3), np.float32), z])

@@ -27,6 +27,51 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+_STRUCTURE = [0]  # bumped whenever any module's parameter, buffer or sub-module table changes
+
+
+def structure_version() -> int:
+    """A number that changes whenever a parameter, buffer or sub-module of any module is added,
+    replaced or removed (lets `neurenix.compile` cache a module's tensor list between calls)."""
+    return _STRUCTURE[0]
+
+
+class _Table(OrderedDict):
+    """A module's parameter, buffer or sub-module table: every change bumps the version."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _STRUCTURE[0] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        _STRUCTURE[0] += 1
+        super().__delitem__(key)
+
+    def pop(self, *args: Any) -> Any:
+        _STRUCTURE[0] += 1
+        return super().pop(*args)
+
+    def popitem(self, last: bool = True) -> Any:
+        _STRUCTURE[0] += 1
+        return super().popitem(last)
+
+    def clear(self) -> None:
+        _STRUCTURE[0] += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        _STRUCTURE[0] += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        _STRUCTURE[0] += 1
+        return super().setdefault(key, default)
+
+    def move_to_end(self, key: Any, last: bool = True) -> None:
+        _STRUCTURE[0] += 1
+        super().move_to_end(key, last)
+
+
 class Module:
     """Base class for layers and models: override `forward`, call the module like a function."""
 
@@ -34,10 +79,10 @@ class Module:
 
     def __init__(self) -> None:
         object.__setattr__(self, "training", True)
-        object.__setattr__(self, "_parameters", OrderedDict())
-        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_parameters", _Table())
+        object.__setattr__(self, "_buffers", _Table())
         object.__setattr__(self, "_non_persistent", set())
-        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_modules", _Table())
 
     # ---- registration -----------------------------------------------------------------------
 
