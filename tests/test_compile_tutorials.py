@@ -8,6 +8,7 @@ eager's, and the losses must fall.  The data is seeded; no model here uses dropo
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import neurenix
 from neurenix.nn import (
@@ -140,10 +141,50 @@ class RNN(Module):
 
 def test_recurrent_network_with_adam():
     neurenix.manual_seed(2)
-    # sequences of 5 steps instead of 15: every step is unrolled into the compiled graph, and
-    # a shorter one keeps the native compile of the training step in the test budget
-    batch_size, seq_length, input_size = 16, 5, 10
+    batch_size, seq_length, input_size = 16, 15, 10
     input_data = neurenix.Tensor.randn((batch_size, seq_length, input_size))
     target_data = neurenix.Tensor.randn((batch_size, 5))
     _check_training(lambda: RNN(input_size, 20, 5), input_data, target_data, MSELoss(),
                     lambda p: Adam(p, lr=0.001), epochs=10, fall=0.97)
+
+
+TUTORIALS = {
+    "simple-sgd": (lambda: Sequential(Linear(10, 20), ReLU(), Linear(20, 5)),
+                   lambda: (neurenix.Tensor.randn((100, 10)), neurenix.Tensor.randn((100, 5))),
+                   MSELoss, lambda p: SGD(p, lr=0.01), 30),
+    "cnn-adam": (CNN, lambda: (neurenix.Tensor.randn((8, 3, 28, 28)),
+                               neurenix.Tensor.randint(0, 10, (8,))),
+                 CrossEntropyLoss, lambda p: Adam(p, lr=0.001), 4),
+    "lstm-adam": (lambda: RNN(10, 20, 5), lambda: (neurenix.Tensor.randn((16, 15, 10)),
+                                                    neurenix.Tensor.randn((16, 5))),
+                  MSELoss, lambda p: Adam(p, lr=0.001), 6),
+}
+
+
+@pytest.mark.parametrize("name", list(TUTORIALS))
+def test_tutorials_train_as_one_compiled_step(name):
+    """The same tutorials with the whole step (forward, loss, backward, update) compiled."""
+    build, data, make_criterion, make_optimizer, epochs = TUTORIALS[name]
+    neurenix.manual_seed(4)
+    eager = build()
+    twin = build()
+    twin.load_state_dict(eager.state_dict())
+    x, y = data()
+    want = _train(eager, x, y, make_criterion(), make_optimizer, epochs)
+    optimizer, criterion = make_optimizer(twin.parameters()), make_criterion()
+
+    @neurenix.compile
+    def step(x, y):
+        loss = criterion(twin(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    got = [step(x, y).item() for _ in range(epochs)]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert got[-1] < got[0]
+    assert step.cache_size == 1
+    for (label, p), q in zip(twin.named_parameters(), eager.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=RTOL,
+                                   atol=ATOL, err_msg=label)
