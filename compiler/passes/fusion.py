@@ -21,7 +21,8 @@ whole decision is which values to materialise, made in four steps:
    are never recomputed.  Graph outputs are stored; a cheap one is still inlined downstream.
 4. Elementwise kernels of one shape merge into one kernel with several stores when they share
    an input and do not depend on each other, or when one reads the other's values only
-   elementwise (an LSTM cell's `h` and `c`, stored together).
+   elementwise (an LSTM cell's `h` and `c`, stored together).  A merged kernel's root that no
+   other kernel loads and no output needs is then not stored at all (it is computed inline).
 
 The result is checked: the kernel graph is acyclic (networkx) and every reduction belongs to
 exactly one kernel.
@@ -192,6 +193,7 @@ class _Context:
             elif n in stored and n not in owner:
                 groups.append(self._group("elementwise", (n,), None, {n}, materialised))
         groups = _merge_elementwise(groups, materialised, self.order)
+        groups = _drop_dead_stores(groups, materialised, self.outputs)
         return _finish(groups, materialised)
 
     def _epilogue(self, r: Node, owner: dict[Node, Node]) -> list[Node]:
@@ -421,6 +423,23 @@ def _merge_elementwise(groups: list[Group], materialised: set[Node],
                 alive.remove(h)
                 g = m
     return alive
+
+
+def _drop_dead_stores(groups: list[Group], materialised: set[Node],
+                      outputs: set[Node]) -> list[Group]:
+    """Stop storing what no other kernel loads: a merged elementwise kernel computes the roots
+    it took over inline, so a root that is not a graph output and that no other kernel reads
+    is a dead store (gelu(x * a + b) used to write x * a + b to a buffer nobody read)."""
+    loaded = {r for g in groups for r in g.reads}
+    out = []
+    for g in groups:
+        if g.kind == "elementwise" and len(g.roots) > 1:
+            live = tuple(r for r in g.roots if r in outputs or r in loaded)
+            if live and len(live) < len(g.roots):
+                materialised.difference_update(r for r in g.roots if r not in live)
+                g = Group(g.kind, live, None, g.nodes, g.reads)
+        out.append(g)
+    return out
 
 
 def _reads_aligned(group: Group, values: tuple[Node, ...]) -> bool:
