@@ -455,7 +455,10 @@ def test_threaded_ranges_give_the_same_results(matmul_program):
     """Chunks are claimed dynamically; more threads than cores or than chunks change nothing."""
     s, program, exe, inputs, _ = matmul_program
     threaded = {name.split("_", 1)[1] for name in program.metadata["threaded"]}
-    assert threaded == {"mm3"}, threaded  # the only kernel with 2^20 element operations
+    from neurenix.compiler.codegen.llvm_parallel import PARALLEL_MIN_WORK
+    work = {f"mm{i}": max(b, 1) * m * k * n for i, (b, m, k, n, *_) in enumerate(MATMULS)}
+    assert threaded == {name for name, w in work.items() if w >= PARALLEL_MIN_WORK}, threaded
+    assert {"mm3", "mm4"} <= threaded  # the batch-64 GEMM and the matrix-vector product
     exe.num_threads = 1
     serial = exe.run(inputs)
     for threads in (2, 7, 64):

@@ -8,13 +8,18 @@ kernels.  The module carries a small pool of POSIX worker threads:
 
 and, for each large kernel, `void <kernel>_parallel(ptr params, i64 count)`, which the entry
 calls instead of the kernel.  It posts a job on the caller's stack — {params, count, chunks,
-next, done, active, kernel} — under the pool's mutex, wakes the workers, and runs chunks itself:
-everyone claims the next chunk with an atomic increment of `next` until none is left.  The
-caller waits (yielding) until `done` counts every chunk, withdraws the job under the mutex, then
-waits for the workers that picked it up (`active`) to leave it.  Chunks are claimed, not
-assigned, so a worker the OS wakes late — on a busy machine — costs nothing: the caller never
-waits for a thread that has not started on the job.  Without workers (pool not started, thread
-creation refused, a forked child) the caller simply runs every chunk.
+next, done, active, kernel} — under the pool's mutex, and runs chunks itself: everyone claims the
+next chunk with an atomic increment of `next` until none is left.  The caller waits until `done`
+counts every chunk, withdraws the job under the mutex, then waits for the workers that picked it
+up (`active`) to leave it.  Chunks are claimed, not assigned, so a worker the OS wakes late — on
+a busy machine — costs nothing: the caller never waits for a thread that has not started on the
+job.  Without workers (pool not started, thread creation refused, a forked child) the caller
+simply runs every chunk.
+
+Waking a sleeping thread costs a system call and tens of microseconds, as much as a small
+kernel's whole run; so a worker that finishes a job spins (with `pause`) on the job counter for
+`SPIN_ROUNDS` rounds before it sleeps on the condition variable, and a post only broadcasts when
+some worker sleeps.  Kernels of one call, and calls in a loop, then find the workers awake.
 
 Only kernels marked parallel, without accumulating stores and with at least
 `PARALLEL_MIN_WORK` element operations are split; the rest run on the calling thread.
@@ -27,7 +32,8 @@ from ..kernel import Kernel
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I32, I64, PTR
 
-PARALLEL_MIN_WORK = 1 << 20
+PARALLEL_MIN_WORK = 1 << 17
+SPIN_ROUNDS = 1 << 12  # about a hundred microseconds of `pause` before a worker sleeps
 MAX_THREADS = 64
 CHUNKS_PER_THREAD = 4
 POOL_START = "neurenix_pool_start"
@@ -73,6 +79,7 @@ class Threading:
         self.job = _global(module, "neurenix_pool_job", PTR)
         self.generation = _global(module, "neurenix_pool_generation", I64)
         self.stop = _global(module, "neurenix_pool_stopping", I32)
+        self.sleepers = _global(module, "neurenix_pool_sleepers", I64)
         self.ready = _global(module, "neurenix_pool_ready", I32)
         self.tids = _global(module, "neurenix_pool_tids", ir.ArrayType(I64, MAX_THREADS))
         self.size = _global(module, POOL_SIZE, I64)  # workers running; read by the runtime
@@ -88,6 +95,9 @@ class Threading:
         self._wait = declare("pthread_cond_wait", I32, [PTR, PTR])
         self._broadcast = declare("pthread_cond_broadcast", I32, [PTR])
         self._yield = declare("sched_yield", I32, [])
+        triple = module.triple or ""
+        self._pause = declare("llvm.x86.sse2.pause", ir.VoidType(), []) \
+            if triple.startswith(("x86_64", "i686", "i386")) else None
 
     # ---- per kernel -------------------------------------------------------------------------
 
@@ -124,30 +134,53 @@ class Threading:
         b.call(work, [job])
         self._spin(fb, lambda: b.icmp_signed(
             "<", b.load_atomic(_field(b, job, DONE), "acquire", 8, typ=I64), chunks))
-        self._post(b, ir.Constant(PTR, None))
+        self._withdraw(b)
         self._spin(fb, lambda: b.icmp_signed(
             "!=", b.load_atomic(_field(b, job, ACTIVE), "acquire", 8, typ=I64), _i64(0)))
         b.ret_void()
         return fn
 
     def _post(self, b: ir.IRBuilder, job: ir.Value) -> None:
-        """Publish `job` (or withdraw the current one with null) and wake the workers."""
+        """Publish `job`; wake the workers only if one sleeps (spinning ones see the count)."""
         b.call(self._lock, [self.mutex])
         b.store(job, self.job)
         b.store(b.add(b.load(self.generation, typ=I64), _i64(1)), self.generation)
-        b.call(self._broadcast, [self.cond])
+        with b.if_then(b.icmp_signed("!=", b.load(self.sleepers, typ=I64), _i64(0))):
+            b.call(self._broadcast, [self.cond])
         b.call(self._unlock, [self.mutex])
 
+    def _withdraw(self, b: ir.IRBuilder) -> None:
+        """Take the finished job down: a worker arriving later finds none (nobody is woken)."""
+        b.call(self._lock, [self.mutex])
+        b.store(ir.Constant(PTR, None), self.job)
+        b.call(self._unlock, [self.mutex])
+
+    def _relax(self, b: ir.IRBuilder) -> None:
+        if self._pause is not None:
+            b.call(self._pause, [])
+
     def _spin(self, fb: FunctionBuilder, waiting) -> None:
-        """Yield the CPU while `waiting()` (a condition built fresh each round) holds."""
+        """Wait while `waiting()` (a condition built fresh each round) holds: `pause` for a
+        while (the other chunks are short), then yield the CPU each round."""
         b = fb.b
+        rounds = fb.alloca(I64, name="rounds")
+        b.store(_i64(0), rounds)
         check = fb.fn.append_basic_block("check")
         spin = fb.fn.append_basic_block("spin")
+        pause = fb.fn.append_basic_block("pause")
+        give = fb.fn.append_basic_block("yield")
         after = fb.fn.append_basic_block("after")
         b.branch(check)
         b.position_at_end(check)
         b.cbranch(waiting(), spin, after)
         b.position_at_end(spin)
+        n = b.add(b.load(rounds, typ=I64), _i64(1))
+        b.store(n, rounds)
+        b.cbranch(b.icmp_signed("<", n, _i64(SPIN_ROUNDS)), pause, give)
+        b.position_at_end(pause)
+        self._relax(b)
+        b.branch(check)
+        b.position_at_end(give)
         b.call(self._yield, [])
         b.branch(check)
         b.position_at_end(after)
@@ -195,18 +228,43 @@ class Threading:
         fb = FunctionBuilder(fn)
         b = fb.b
         seen = fb.alloca(I64, name="seen")
+        rounds = fb.alloca(I64, name="rounds")
         b.call(self._lock, [self.mutex])
         b.store(b.load(self.generation, typ=I64), seen)
+        b.call(self._unlock, [self.mutex])
+        # spin: watch the job counter without the mutex for SPIN_ROUNDS rounds
+        spin = fn.append_basic_block("spin")
+        relax = fn.append_basic_block("relax")
+        lock = fn.append_basic_block("lock")
         wait = fn.append_basic_block("wait")
         sleep = fn.append_basic_block("sleep")
         woken = fn.append_basic_block("woken")
+        b.store(_i64(0), rounds)
+        b.branch(spin)
+        b.position_at_end(spin)
+        fresh = b.icmp_signed("!=", b.load_atomic(self.generation, "acquire", 8, typ=I64),
+                              b.load(seen, typ=I64))
+        halt = b.icmp_signed("!=", b.load_atomic(self.stop, "acquire", 4, typ=I32),
+                             ir.Constant(I32, 0))
+        n = b.add(b.load(rounds, typ=I64), _i64(1))
+        b.store(n, rounds)
+        more = b.icmp_signed("<", n, _i64(SPIN_ROUNDS))
+        b.cbranch(b.or_(b.or_(fresh, halt), b.not_(more)), lock, relax)
+        b.position_at_end(relax)
+        self._relax(b)
+        b.branch(spin)
+        # then sleep on the condition variable until a new job or stop
+        b.position_at_end(lock)
+        b.call(self._lock, [self.mutex])
         b.branch(wait)
         b.position_at_end(wait)
         stopping = b.icmp_signed("!=", b.load(self.stop, typ=I32), ir.Constant(I32, 0))
         same = b.icmp_signed("==", b.load(self.generation, typ=I64), b.load(seen, typ=I64))
         b.cbranch(b.and_(b.not_(stopping), same), sleep, woken)
         b.position_at_end(sleep)
+        b.store(b.add(b.load(self.sleepers, typ=I64), _i64(1)), self.sleepers)
         b.call(self._wait, [self.cond, self.mutex])
+        b.store(b.sub(b.load(self.sleepers, typ=I64), _i64(1)), self.sleepers)
         b.branch(wait)
         b.position_at_end(woken)
         with b.if_then(stopping):
@@ -230,8 +288,8 @@ class Threading:
                 b.branch(after)
             b.position_at_end(after)
             b.atomic_rmw("sub", _field(b, job, ACTIVE), _i64(1), "release")
-        b.call(self._lock, [self.mutex])
-        b.branch(wait)
+        b.store(_i64(0), rounds)
+        b.branch(spin)
         return fn
 
     def _start(self, worker: ir.Function) -> None:
