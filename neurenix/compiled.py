@@ -24,7 +24,7 @@ from . import autograd
 from .device import CPU, as_device
 from .nn.module import Module, structure_version
 from .tensor import Tensor
-from .tracing import Guard, Store, TraceState, finish_stores, restore, tracing
+from .tracing import ACTIVE, Guard, Store, TraceState, finish_stores, restore, tracing
 
 log = logging.getLogger("neurenix.compile")
 
@@ -119,6 +119,8 @@ class Compiled:
     # ---- calling ----------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if ACTIVE.state is not None:  # called inside another trace: part of that graph
+            return self.fn(*args, **kwargs)
         if kwargs:
             args = self._bind(args, kwargs)
         key = self._signature(args)

@@ -23,7 +23,7 @@ from .random import generator
 from .reductions import argmax
 from .tensor import Tensor
 
-BACKENDS = ("eager",)
+BACKENDS = ("eager", "compiled")
 
 
 @dataclass
@@ -56,8 +56,10 @@ def _rows(t: Tensor, index: np.ndarray) -> Tensor:
 class Estimator:
     """Train and evaluate `model` with `loss_fn` and `optimizer` over mini-batches.
 
-    backend: "eager" runs the NumPy reference implementation (the compiled backend arrives
-    with `neurenix.compile`).
+    backend: "eager" runs every operation as it comes (the NumPy reference implementation);
+    "compiled" runs each training step — forward, loss, backward and optimizer update — as one
+    program compiled by `neurenix.compile`, and predictions through the compiled model (one
+    program per batch shape: the last, smaller batch compiles its own).
     """
 
     def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any,
@@ -69,6 +71,20 @@ class Estimator:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.backend = backend
+        self._train_step: Callable[[Tensor, Tensor], Tensor] = self._step
+        self._forward: Callable[[Tensor], Tensor] = model
+        if backend == "compiled":
+            from .compiled import compile as compile_
+            self._train_step = compile_(self._step)
+            self._forward = compile_(model)
+
+    def _step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One training step on a mini-batch; returns the loss."""
+        loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss
 
     def train(self, x: Any, y: Any, *, epochs: int = 10, batch_size: int = 32,
               validation_data: tuple[Any, Any] | None = None, validation_split: float = 0.0,
@@ -106,10 +122,7 @@ class Estimator:
             total = 0.0
             for lo in range(0, n, batch_size):
                 idx = order[lo:lo + batch_size]
-                loss = self.loss_fn(self.model(_rows(x, idx)), _rows(y, idx))
-                self.optimizer.zero_grad()
-                loss.backward()
-                self.optimizer.step()
+                loss = self._train_step(_rows(x, idx), _rows(y, idx))
                 total += loss.item() * len(idx)
             history.loss.append(total / n)
             monitored = history.loss[-1]
@@ -151,7 +164,7 @@ class Estimator:
         x = as_tensor(x, "predict x")
         self.model.eval()
         with no_grad():
-            parts = [self.model(Tensor._wrap(x._data[lo:lo + batch_size], x.dtype))
+            parts = [self._forward(Tensor._wrap(x._data[lo:lo + batch_size], x.dtype))
                      for lo in range(0, x.shape[0], batch_size)]
         return cat(parts, 0) if parts else Tensor._wrap(np.zeros((0,), np.float32))
 

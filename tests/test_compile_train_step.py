@@ -285,3 +285,17 @@ def test_lstm_training_step_matches_eager():
         x = neurenix.Tensor(RNG.standard_normal((3, 4, 4)).astype(np.float32))
         np.testing.assert_allclose(step(x).numpy(), eager_step(x).detach().numpy(), rtol=1e-5)
         _assert_same(eager, compiled, atol=1e-5)
+
+
+def test_a_compiled_model_inside_a_compiled_step_is_traced_inline():
+    eager, inner = _mlp(), _mlp()
+    crit = nn.CrossEntropyLoss()
+    opts = [optim.SGD(m.parameters(), lr=0.1) for m in (eager, inner)]
+    eager_step = _step_fn(eager, opts[0], crit)
+    step = neurenix.compile(_step_fn(neurenix.compile(inner), opts[1], crit))
+    for _ in range(2):
+        x, y = _batch()
+        eager_step(x, y)
+        step(x, y)
+        _assert_same(eager, inner)
+    assert step.cache_size == 1

@@ -128,3 +128,34 @@ def test_sklearn_pipeline_compatibility():
     assert pipe.score(x, y) > 0.85
     assert clone(NeuralNetClassifier(alpha=0.3)).alpha == 0.3
     assert sklearn.__version__
+
+
+def test_compiled_backend_trains_like_eager():
+    """backend="compiled" runs each step as one compiled program: same history and weights."""
+    x, y = _blobs(100, seed=3)
+    runs = []
+    for backend in ("eager", "compiled"):
+        neurenix.manual_seed(5)
+        model = Sequential(Linear(2, 16), ReLU(), Linear(16, 3))
+        sched = ReduceLROnPlateau(opt := SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                  patience=1)
+        est = Estimator(model, CrossEntropyLoss(), opt, scheduler=sched, backend=backend)
+        hist = est.train(x, y, epochs=6, batch_size=32, validation_split=0.2, verbose=False,
+                         early_stopping=3)
+        runs.append((hist, [p.detach().numpy().copy() for p in model.parameters()],
+                     est.predict(x).numpy()))
+    (h_e, w_e, p_e), (h_c, w_c, p_c) = runs
+    np.testing.assert_allclose(h_c.loss, h_e.loss, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(h_c.val_loss, h_e.val_loss, rtol=1e-4, atol=1e-6)
+    assert h_c.lr == h_e.lr
+    for a, b in zip(w_c, w_e):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p_c, p_e, rtol=1e-4, atol=1e-5)
+    assert h_c.loss[-1] < h_c.loss[0]
+
+
+def test_compiled_backend_in_the_sklearn_classifier():
+    x, y = _blobs(90, seed=4)
+    clf = NeuralNetClassifier(hidden_layer_sizes=(8,), epochs=20, batch_size=30,
+                              learning_rate=0.05, random_state=0, backend="compiled")
+    assert clf.fit(x, y).score(x, y) > 0.9
