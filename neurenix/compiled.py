@@ -155,10 +155,11 @@ class Compiled:
     def _signature(self, args: tuple) -> tuple:
         parts: list[Any] = []
         for a in args:
-            leaves = _arg_tensors((a,))
             if isinstance(a, Tensor):
                 parts.append(_describe(a))
-            elif leaves:  # tensors nested in a tuple/list/dict (an LSTM's (h0, c0))
+                continue
+            leaves = _arg_tensors((a,))
+            if leaves:  # tensors nested in a tuple/list/dict (an LSTM's (h0, c0))
                 parts.append(("tree", _structure(a), tuple(_describe(t) for t in leaves)))
             else:
                 parts.append(("value", _hashable(a)))
@@ -481,12 +482,16 @@ def load(artifact: Any) -> Any:
 
 
 def _describe(t: Tensor) -> tuple:
-    return ("tensor", tuple(t.shape), t.dtype.name, t.requires_grad)
+    data = t._data
+    return ("tensor", data.shape if data is not None else tuple(t.shape), t._dtype.name,
+            t.requires_grad)
 
 
 def _arg_tensors(args: Any) -> list[Tensor]:
     """The tensors of the arguments in order, also those nested in tuples, lists and dicts:
     each is one input of the compiled graph."""
+    if type(args) is tuple and all(type(a) is Tensor for a in args):
+        return list(args)  # the common call: tensors only
     if isinstance(args, Tensor):
         return [args]
     if isinstance(args, (tuple, list)):
