@@ -51,11 +51,16 @@ class GraphBuilder(Builder):
     def type_of(self, value: Node) -> TensorType:
         return value.type
 
-    def build(self, outputs: Sequence[Node]) -> Graph:
-        """Finish: the graph of every node appended so far, returning `outputs`."""
+    def build(self, outputs: Sequence[Node], verify: bool = True) -> Graph:
+        """Finish: the graph of every node appended so far, returning `outputs`.
+
+        `verify=False` skips re-checking every node's type (each was checked when it was
+        made); for large traced graphs, where the check costs as much as the trace.
+        """
         graph = Graph(list(self.inputs), list(self.nodes), list(outputs), dict(self.constants),
                       self.name)
-        graph.verify()
+        if verify:
+            graph.verify()
         return graph
 
 

@@ -26,8 +26,16 @@ class IRError(ValueError):
     """A malformed graph: names the node and what is wrong with it."""
 
 
+_PLAIN = (int, float, str, bool, type(None))
+
+
 def freeze(value: Any) -> Any:
     """Make an attribute value hashable (lists become tuples, recursively)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is tuple and all(type(v) is int for v in value):
+        return value  # a shape or an axis list: already frozen
     if isinstance(value, (list, tuple)):
         return tuple(freeze(v) for v in value)
     if isinstance(value, np.generic):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .debug import spec_enabled
 from .graph_builder import GraphBuilder
 from .ir import Graph, Node
 from .types import TensorType
@@ -77,5 +78,7 @@ class Tracer:
     def finish(self, outputs: list[Node]) -> TraceResult:
         """The graph: the function's outputs, then every updated buffer's new value."""
         names = list(self.updates)
-        graph = self.builder.build(list(outputs) + [self.updates[n] for n in names])
+        # every node was type-checked as it was recorded; NEURENIX_SPEC checks the whole graph
+        graph = self.builder.build(list(outputs) + [self.updates[n] for n in names],
+                                   verify=spec_enabled())
         return TraceResult(graph, len(outputs), names)
