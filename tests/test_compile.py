@@ -143,3 +143,18 @@ def test_bad_arguments():
         neurenix.compile(_mlp(), dynamic=True)
     with pytest.raises(ValueError, match="backend must be one of"):
         neurenix.compile(_mlp(), backend="tpu")
+
+
+@pytest.mark.parametrize("bad", [lambda: neurenix.randn(2, 7),
+                                 lambda: neurenix.randn(2, 6).to(neurenix.float64),
+                                 lambda: neurenix.randint(0, 3, (2, 6))],
+                         ids=["shape", "float64", "int64"])
+def test_wrong_inputs_raise_the_eager_error(bad):
+    """A wrong shape or dtype fails while tracing, with eager mode's exception and message."""
+    model = _mlp()
+    x = bad()
+    with pytest.raises(Exception) as eager:
+        model(x)
+    with pytest.raises(type(eager.value)) as compiled:
+        neurenix.compile(model)(x)
+    assert str(compiled.value) == str(eager.value)
