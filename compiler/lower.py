@@ -45,6 +45,7 @@ from .lower_index import (
     ZERO,
     Index,
     IndexAlgebra,
+    const,
     fold_index,
     matmul_domain,
     matmul_operand_indices,
@@ -63,6 +64,8 @@ BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow",
 REDUCE_OP = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
              "reduce_prod": "prod", "argmax": "argmax", "argmin": "argmin", "matmul": "sum",
              "fold": "sum"}
+
+CONCAT_SPLIT_INPUTS = 3  # a stored concat of this many inputs is written piece by piece
 
 # words a C, CUDA, OpenCL, WGSL or LLVM-facing name must not be
 RESERVED = frozenset("""
@@ -386,6 +389,8 @@ class _GroupLowering:
             self._reduce()
         elif g.kind == "scatter":
             self._scatter()
+        elif split_concat(g):
+            self._concat_pieces(g.roots[0])
         else:
             self._elementwise([(self.names[r], r, r) for r in g.roots], set(g.roots))
         return self.out
@@ -403,9 +408,12 @@ class _GroupLowering:
                                comment=describe(self.group.nodes), **extra))
 
     def _elementwise(self, targets: list[tuple[str, Node, Node]], own: set[Node],
-                     label: str | None = None) -> None:
+                     label: str | None = None, into: tuple[Node, int] | None = None) -> None:
         """Store each (buffer, value node, shape node) over the shape's domain; the domain
-        collapses to one axis when no index then needs a division."""
+        collapses to one axis when no index then needs a division.
+
+        `into` = (concat, offset) stores the values as the part of a concat's buffer that
+        starts at `offset` along the concat's axis."""
         shape = targets[0][2].type.shape
         if prod(shape) == 0:
             return
@@ -419,12 +427,28 @@ class _GroupLowering:
             else:
                 idx = alg.unflatten(Var(0), shape)
             em = _Emitter(self.plan, self.names, alg, own)
-            stores = [Store(buf, alg.flat(idx, shape), em.value(node, idx))
-                      for buf, node, _ in targets]
+            if into is None:
+                at = alg.flat(idx, shape)
+            else:
+                whole, offset = into
+                axis = whole.attr["axis"]
+                shifted = idx[:axis] + (alg.add(idx[axis], const(offset)),) + idx[axis + 1:]
+                at = alg.flat(shifted, whole.type.shape)
+            stores = [Store(buf, at, em.value(node, idx)) for buf, node, _ in targets]
             if domain == squeezed or not _has_divmod(stores):
                 break
         label = label or targets[0][1].op
         self._emit(label, domain, stores)
+
+    def _concat_pieces(self, c: Node) -> None:
+        """A stored concat as one kernel per input, each writing its part of the buffer: no
+        per-element choice between the inputs, and each input computed only where it lands."""
+        axis = c.attr["axis"]
+        offset = 0
+        for piece in c.inputs:
+            self._elementwise([(self.names[c], piece, piece)], set(self.group.nodes),
+                              "concat", (c, offset))
+            offset += piece.type.shape[axis]
 
     def _reduce(self) -> None:
         r = self.group.reduction
@@ -494,6 +518,20 @@ class _GroupLowering:
         value = where(cond, em.value(src, idx), scalar(0, s.type.dtype))
         store = Store(buf, alg.flat(target, shape), value, accumulate=True)
         self._emit("scatter_add", src.type.shape, [store], parallel=False)
+
+
+def split_concat(group: Group) -> bool:
+    """Whether a group storing only a concat is lowered as one kernel per input.
+
+    One kernel over the whole concat chooses the input per element through a chain of
+    selects, and vector code evaluates every branch: that pays when the inputs are few plain
+    reads (one masked load each), not for a stack of many steps' values or for computed
+    inputs, which would be computed over the whole concat."""
+    if group.kind != "elementwise" or len(group.roots) != 1 or group.roots[0].op != "concat":
+        return False
+    c = group.roots[0]
+    computed = any(n.op not in MOVEMENT_OPS for n in group.nodes)
+    return len(c.inputs) >= CONCAT_SPLIT_INPUTS or computed
 
 
 def _contraction(alg: IndexAlgebra, r: Node, la: Expr, lb: Expr,
