@@ -1,8 +1,8 @@
 """The on-disk compile cache: a compiled Program and its machine code, keyed by what made them.
 
-The key hashes the optimised graph's text and constants, the backend, the host (triple, CPU,
-features, LLVM version) and Neurenix's version, so an entry is only reused for the exact same
-program on the same machine.  Entries live in `$NEURENIX_CACHE_DIR` (default
+The key hashes the graph's text and constants, the backend, the host (triple, CPU, features,
+LLVM version), Neurenix's version and a digest of its source, so an entry is only reused for
+the exact same program, built by the same compiler, on the same machine.  Entries live in `$NEURENIX_CACHE_DIR` (default
 `$XDG_CACHE_HOME/neurenix`, else `~/.cache/neurenix`); `NEURENIX_CACHE_DIR=off` disables the
 cache.  Each file carries a checksum: a corrupt or unreadable entry is ignored and rebuilt.
 """
@@ -29,11 +29,31 @@ def cache_dir() -> pathlib.Path | None:
     return pathlib.Path(base) / "neurenix"
 
 
+_CODE: list[str] = []
+
+
+def code_fingerprint() -> str:
+    """A digest of Neurenix's own source (the frontend, the compiler and the runtime), so that
+    a changed compiler never reuses programs an older one built, even at the same version."""
+    if not _CODE:
+        import neurenix
+        import neurenix.compiler
+        import neurenix.runtime
+        h = hashlib.sha256()
+        for package in (neurenix, neurenix.compiler, neurenix.runtime):
+            root = pathlib.Path(package.__file__).parent
+            for path in sorted(root.rglob("*.py")):
+                h.update(str(path.relative_to(root)).encode())
+                h.update(path.read_bytes())
+        _CODE.append(h.hexdigest())
+    return _CODE[0]
+
+
 def key_for(graph: Any, backend: str, host: str) -> str:
     """A hex digest naming one compiled program."""
     from . import __version__
     h = hashlib.sha256()
-    for part in (str(graph), backend, host, __version__):
+    for part in (str(graph), backend, host, __version__, code_fingerprint()):
         h.update(part.encode())
         h.update(b"\0")
     for name in sorted(graph.constants):

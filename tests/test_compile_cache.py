@@ -103,3 +103,14 @@ def test_cache_can_be_switched_off(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURENIX_CACHE_DIR", "off")
     assert _run(_model(), neurenix.randn(3, 5))[1] == "miss"
     assert _run(_model(), neurenix.randn(3, 5))[1] == "miss"
+
+
+def test_a_changed_compiler_does_not_reuse_old_programs(tmp_path, monkeypatch):
+    """The key holds a digest of Neurenix's source: an edited compiler compiles again."""
+    from neurenix import compile_cache
+    monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
+    model, x = _model(), neurenix.randn(3, 5)
+    assert _run(model, x)[1] == "miss"
+    assert _run(model, x)[1] == "hit"
+    monkeypatch.setattr(compile_cache, "_CODE", ["an edited compiler"])
+    assert _run(model, x)[1] == "miss"
