@@ -6,14 +6,15 @@ The module holds one function per distinct kernel, an entry function and a threa
     void neurenix_entry(ptr *args, ptr arena)
     void neurenix_pool_start(i64 threads), void neurenix_pool_stop()
 
-A kernel function runs the part [start, end) of its *range*: the flattened outer domain axes
-(all but the innermost; the only axis of a 1-D domain), (batch, row block, column tile) triples
+A kernel function runs the part [start, end) of its *range*: the flattened leading domain axes
+(as few as give `MIN_RANGE` rows, at most all but the innermost; the only axis of a 1-D domain:
+the other outer axes are counted loops inside), (batch, row block, column tile) triples
 on the tiled contraction path, (batch, column block) pairs on the dot-product path.  Splitting
 the range among threads needs nothing else: the entry runs small kernels whole and splits
 large parallel ones across the module's thread pool (llvm_parallel.py).  The innermost domain
 loop is contiguous in the usual row-major case, walks a simple induction variable and, when it
-is a plain elementwise loop, carries `llvm.loop.vectorize.enable`; reductions are emitted by
-llvm_reduce.py.
+is a plain elementwise loop, carries `llvm.loop.vectorize.enable` (tail-folded when short);
+reductions are emitted by llvm_reduce.py, strided pooling windows by llvm_window.py.
 Contractions take the dot-product path of llvm_dot.py (both operands contiguous along k) or the
 tiled path of llvm_matmul.py; `Program.metadata["paths"]` says which kernel took which.
 
@@ -26,6 +27,7 @@ become one parameter, so that every pointer parameter can be `noalias`.
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, fields, is_dataclass, replace
 
 import numpy as np
@@ -41,9 +43,12 @@ from .llvm_matmul import emit_contraction, host_vector_bits, match_contraction
 from .llvm_ops import emit_stores
 from .llvm_parallel import POOL_SIZE, POOL_START, POOL_STOP, Threading, worth_splitting
 from .llvm_reduce import across_columns, is_small, reduce_at_point, reduce_columns
+from .llvm_window import emit_window, match_window
 
 ENTRY = "neurenix_entry"
 MIN_FORCED_TRIP = 16  # shorter inner loops are left to LLVM's cost model (often fully unrolled)
+MIN_RANGE = 256  # outer axes flattened into a kernel's range: enough chunks for any pool
+MIN_MASKED_TRIP = 8  # inner loops from here up to a few vectors long run tail-masked
 
 
 def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
@@ -256,22 +261,33 @@ def _emit_generic(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: di
         with fb.loop(start, end, "i0", vectorize=bool(domain) and _flat(kernel)) as i:
             _point(fb, lib, kernel, buffers, {0: i} if domain else {})
         return count
-    count = int(np.prod(domain[:-1], dtype=np.int64))
+    last = len(domain) - 1
+    ranged = next((p for p in range(1, last) if np.prod(domain[:p]) >= MIN_RANGE), last)
+    count = int(np.prod(domain[:ranged], dtype=np.int64))
+    window = match_window(kernel, host_vector_bits()) if fb.masked_vectors else None
     b = fb.b
-    with fb.loop(start, end, "outer") as flat:
+    with fb.loop(start, end, "outer") as flat, ExitStack() as nest:
         vars = {}
         rest = flat
-        for axis in reversed(range(len(domain) - 1)):
+        for axis in reversed(range(ranged)):
             size = ir.Constant(I64, domain[axis])
             vars[axis] = b.urem(rest, size) if axis else rest
             rest = b.udiv(rest, size)
-        last = len(domain) - 1
+        for axis in range(ranged, last):  # counted, not divided out of the range per row
+            vars[axis] = nest.enter_context(fb.loop(0, domain[axis], f"i{axis}"))
         if columns:
             reduce_columns(fb, lib, kernel, buffers, vars, ir.Constant(I64, 0),
                            ir.Constant(I64, domain[last]))
+        elif window is not None:
+            emit_window(fb, lib, kernel, buffers, vars, window)
         else:
-            force = _flat(kernel) and domain[last] >= MIN_FORCED_TRIP
-            with fb.loop(0, domain[last], f"i{last}", vectorize=force) as i:
+            n = domain[last]
+            lanes = host_vector_bits() // 32
+            # a short row (14 or 28 wide) that no vector divides: one masked vector
+            # iteration for the tail beats a scalar remainder loop
+            fold = (fb.masked_vectors and MIN_MASKED_TRIP <= n < 4 * lanes and n % lanes != 0)
+            force = _flat(kernel) and (n >= MIN_FORCED_TRIP or fold)
+            with fb.loop(0, n, f"i{last}", vectorize=force, fold_tail=fold) as i:
                 vars[last] = i
                 _point(fb, lib, kernel, buffers, vars)
     return count

@@ -13,12 +13,17 @@ from llvmlite import ir
 from .llvm_math import I1, I64, PTR
 
 
-def loop_metadata(module: ir.Module, vectorize: bool) -> ir.values.MDValue:
-    """A fresh loop ID `!N = !{!N, !{"llvm.loop.vectorize.enable", i1 1}}`."""
+def loop_metadata(module: ir.Module, vectorize: bool,
+                  fold_tail: bool = False) -> ir.values.MDValue:
+    """A fresh loop ID `!N = !{!N, !{"llvm.loop.vectorize.enable", i1 1}}`; with `fold_tail`
+    also `llvm.loop.vectorize.predicate.enable`: the remainder runs as one masked vector
+    iteration instead of a scalar loop (for short loops, 14 or 28 iterations)."""
     hints = []
-    if vectorize:
-        hints.append(module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"),
-                                          ir.Constant(I1, 1)]))
+    names = ["llvm.loop.vectorize.enable"] if vectorize else []
+    if vectorize and fold_tail:
+        names.append("llvm.loop.vectorize.predicate.enable")
+    for name in names:
+        hints.append(module.add_metadata([ir.MetaDataString(module, name), ir.Constant(I1, 1)]))
     md = ir.values.MDValue(module, hints, name=str(len(module.metadata)))
     md.operands = (md,) + md.operands  # loop IDs refer to themselves
     return md
@@ -53,7 +58,8 @@ class FunctionBuilder:
         return slot
 
     @contextmanager
-    def loop(self, lo: ir.Value | int, hi: ir.Value | int, name: str, vectorize: bool = False):
+    def loop(self, lo: ir.Value | int, hi: ir.Value | int, name: str, vectorize: bool = False,
+             fold_tail: bool = False):
         """for i in range(lo, hi): yields i (an i64); the builder ends after the loop."""
         b = self.b
         lo = ir.Constant(I64, lo) if isinstance(lo, int) else lo
@@ -70,7 +76,7 @@ class FunctionBuilder:
         i.add_incoming(nxt, b.block)
         latch = b.cbranch(b.icmp_signed("<", nxt, hi), body, done)
         vectorize = vectorize and self._vectorizable(body)
-        latch.set_metadata("llvm.loop", loop_metadata(self.module, vectorize))
+        latch.set_metadata("llvm.loop", loop_metadata(self.module, vectorize, fold_tail))
         b.position_at_end(done)
 
     def _vectorizable(self, body: ir.Block) -> bool:

@@ -13,11 +13,14 @@ It is then computed BLIS-style, specialised at compile time:
         spill the MR x NR tile, then run the kernel's stores (the epilogue) on its valid part
 
 NR is two host vectors wide and MR rows keep 2*MR accumulator registers busy, so the inner loop
-is one panel load and MR broadcast-FMAs per k.  A row block holds the rows of `a` that fit in
-half the host's L2 cache (they stay there while consecutive column tiles pass over them; each
-row block repacks `b`, so bigger blocks pack less).  With a single row
-tile and `b` contiguous along the columns, full tiles read `b` in place instead of packing it;
-a `b` contiguous along k is packed k-innermost so that its reads stream.  The panel lives on the
+is one panel load and MR broadcast-FMAs per k.  MR is `ROWS`, or the height that clamps fewest
+rows when that leaves many clamped (16 or 32 channels: 8); the last column tile, of a width
+known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes).  A row
+block holds the rows of `a` that fit in half the host's L2 cache (they stay there while
+consecutive column tiles pass over them; each row block repacks `b`, so bigger blocks pack
+less).  With `b` contiguous along the columns and a single row tile, or a short k (a tile's
+columns fit `DIRECT_PANEL_BYTES`), full tiles read `b` in place instead of packing it; a `b`
+contiguous along k is packed k-innermost so that its reads stream.  The panel lives on the
 stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.
 """
 from __future__ import annotations
@@ -36,7 +39,10 @@ from .llvm_math import I32, I64, MathLib
 from .llvm_ops import ExprEmitter, cast, emit_stores, value_type
 
 MAX_PANEL_BYTES = 512 * 1024
+DIRECT_PANEL_BYTES = 16 * 1024  # b's columns of a tile over all k: read in place up to this
 ROWS = 6  # MR
+ROW_CHOICES = (8, 7, 6, 5, 4)  # MR candidates when ROWS would leave a large clamped edge
+MAX_ROW_WASTE = 1 / 32  # clamped (wasted) rows tolerated before another MR is chosen
 MIN_CHAINS = 4  # independent accumulator rows needed to cover the FMA latency
 MIN_PACKED_ROWS = 4  # fewer rows with a k-contiguous b: per-output dot products are faster
 DEFAULT_L2_BYTES = 512 * 1024
@@ -137,9 +143,23 @@ def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | No
                 k_major = _direct_load(b, nd, dtype)
                 if k_major and not direct and rows < MIN_PACKED_ROWS:
                     return None  # dot products along k (the generic nest) beat packing b
-                return ContractionMatch(a, b, row, col, batch, dtype, min(ROWS, rows), nr,
+                return ContractionMatch(a, b, row, col, batch, dtype, rows_per_tile(rows), nr,
                                         direct, k_major)
     return None
+
+
+def rows_per_tile(rows: int) -> int:
+    """MR for a matrix of `rows` rows: `ROWS`, unless its last row tile would be mostly
+    clamped (16 or 32 output channels of a convolution) and another height wastes fewer rows."""
+    if rows <= ROWS:
+        return rows
+
+    def waste(mr: int) -> int:
+        return _ceil_div(rows, mr) * mr - rows
+
+    if waste(ROWS) <= rows * MAX_ROW_WASTE:
+        return ROWS
+    return min(ROW_CHOICES, key=lambda mr: (waste(mr), -mr))
 
 
 def _direct_load(e: Expr, axis: int, dtype: DType) -> bool:
@@ -175,9 +195,8 @@ class _Tiler:
         self.m_size = 1 if m.row is None else kernel.domain[m.row]
         self.panel = fb.alloca(self.ftype, count=self.k_size * m.nr, align=64, name="panel")
         self.tile = fb.alloca(self.ftype, count=m.mr * m.nr, align=64, name="tile")
-        self.chains = max(1, MIN_CHAINS // m.mr)
-        self.accs = [fb.alloca(self.vec, align=64, name=f"acc{i}")
-                     for i in range(m.mr * self.chains)]
+        self._accs: dict[int, list] = {}
+        self._set_width(m.nr)  # the width of the tiles being emitted: NR, or less at the edge
 
     def emit(self) -> int:
         fb, b, m, domain = self.fb, self.b, self.m, self.kernel.domain
@@ -186,8 +205,10 @@ class _Tiler:
         block_bytes = host_l2_bytes() // 2
         block = max(1, min(row_tiles, block_bytes // (self.k_size * m.dtype.itemsize * m.mr)))
         row_blocks = _ceil_div(row_tiles, block)
-        # reading `b` in place beats packing it when no second row tile would reuse the panel
-        direct = m.direct and row_tiles == 1
+        # reading `b` in place beats packing it when no second row tile would reuse the panel,
+        # or when its NR columns over all of k fit in L1 anyway (a convolution's short k)
+        direct = m.direct and (row_tiles == 1
+                               or self.k_size * m.nr * m.dtype.itemsize <= DIRECT_PANEL_BYTES)
         start, end = fb.fn.args[-2:]
         count = row_blocks * col_tiles
         for axis in m.batch:
@@ -209,13 +230,32 @@ class _Tiler:
                         self._row_tiles(vars, n0, first, last, self._direct(vars, n0))
                     else:
                         self._pack(vars, n0, edge=False)
-                with edge:
-                    self._pack(vars, n0, edge=True)
-                    if direct:
                         self._row_tiles(vars, n0, first, last, self._from_panel)
-            if not direct:
-                self._row_tiles(vars, n0, first, last, self._from_panel)
+                with edge:
+                    self._narrow()
+                    self._pack(vars, n0, edge=True)
+                    self._row_tiles(vars, n0, first, last, self._from_panel)
+                    self._set_width(m.nr)
         return count
+
+    def _narrow(self) -> bool:
+        """Give the last column tile, whose width `n_size % NR` is known, the narrowest
+        vector (NR / 2 or NR / 4 lanes) that holds it; whether it is narrower than NR."""
+        rem, width = self.n_size % self.m.nr, self.m.nr
+        while rem and width % 2 == 0 and rem <= width // 2 and width // 2 >= 4:
+            width //= 2
+        self._set_width(width)
+        return width < self.m.nr
+
+    def _set_width(self, nr: int) -> None:
+        """Emit the following tiles `nr` columns wide (their own accumulators)."""
+        self.nr = nr
+        self.vec = ir.VectorType(self.ftype, nr)
+        if nr not in self._accs:
+            self._accs[nr] = [self.fb.alloca(self.vec, align=64, name=f"acc{nr}_{i}")
+                              for i in range(self.m.mr * max(1, MIN_CHAINS // self.m.mr))]
+        self.accs = self._accs[nr]
+        self.chains = len(self.accs) // self.m.mr
 
     def _from_panel(self, k: ir.Value) -> ir.Value:
         ptr = self.b.gep(self.panel, [k], inbounds=True, source_etype=self.vec)
@@ -236,7 +276,7 @@ class _Tiler:
         order follows b's contiguous axis, so that the reads stream."""
         fb, b, m = self.fb, self.b, self.m
         outer, inner = ("pack_j", "pack_k") if m.k_major else ("pack_k", "pack_j")
-        sizes = {"pack_j": m.nr, "pack_k": self.k_size}
+        sizes = {"pack_j": self.nr, "pack_k": self.k_size}
         with fb.loop(0, sizes[outer], outer) as o:
             with fb.loop(0, sizes[inner], inner, vectorize=not m.k_major) as i:
                 k, j = (i, o) if m.k_major else (o, i)
@@ -249,7 +289,7 @@ class _Tiler:
                 if edge:
                     inside = b.icmp_signed("<", n, _i64(self.n_size))
                     v = b.select(inside, v, ir.Constant(self.ftype, 0.0))
-                slot = b.gep(self.panel, [b.add(b.mul(k, _i64(m.nr)), j)], inbounds=True,
+                slot = b.gep(self.panel, [b.add(b.mul(k, _i64(self.nr)), j)], inbounds=True,
                              source_etype=self.ftype)
                 b.store(v, slot)
 
@@ -286,7 +326,7 @@ class _Tiler:
         """acc[i] += splat(a[m0 + i, k]) * bvec for the tile's rows."""
         fb, b, m, vec = self.fb, self.b, self.m, self.vec
         fma = self.lib.intrinsic("llvm.fmuladd", vec)
-        zeros = ir.Constant(ir.VectorType(I32, m.nr), [0] * m.nr)
+        zeros = ir.Constant(ir.VectorType(I32, self.nr), [0] * self.nr)
         for i, acc in enumerate(accs):
             point = dict(vars)
             point[self.k_axis] = k
@@ -299,17 +339,29 @@ class _Tiler:
             b.store(b.call(fma, [splat, bvec, b.load(acc, typ=vec, align=64)]), acc)
 
     def _epilogue(self, vars: dict, m0: ir.Value, n0: ir.Value) -> None:
-        """Run the kernel's stores on the valid part of the finished tile."""
+        """Run the kernel's stores on the valid part of the finished tile (a full tile with
+        constant bounds, so that its store loop vectorises without a remainder)."""
         fb, b, m = self.fb, self.b, self.m
         rows = fb.min(b.sub(_i64(self.m_size), m0), m.mr)
-        cols = fb.min(b.sub(_i64(self.n_size), n0), m.nr)
+        cols = fb.min(b.sub(_i64(self.n_size), n0), self.nr)
+        full = b.and_(b.icmp_signed("==", rows, _i64(m.mr)),
+                      b.icmp_signed("==", cols, _i64(self.nr)))
+        with b.if_else(full) as (whole, edge):
+            with whole:
+                self._stores(vars, m0, n0, _i64(m.mr), _i64(self.nr))
+            with edge:
+                self._stores(vars, m0, n0, rows, cols)
+
+    def _stores(self, vars: dict, m0: ir.Value, n0: ir.Value, rows: ir.Value,
+                cols: ir.Value) -> None:
+        fb, b, m = self.fb, self.b, self.m
         with fb.loop(0, rows, "ep_i") as i:
             with fb.loop(0, cols, "ep_j", vectorize=True) as j:
                 point = dict(vars)
                 if m.row is not None:
                     point[m.row] = b.add(m0, i)
                 point[m.col] = b.add(n0, j)
-                slot = b.gep(self.tile, [b.add(b.mul(i, _i64(m.nr)), j)], inbounds=True,
+                slot = b.gep(self.tile, [b.add(b.mul(i, _i64(self.nr)), j)], inbounds=True,
                              source_etype=self.ftype)
                 acc = b.load(slot, typ=self.ftype)
                 emit_stores(b, self.lib, self.kernel, self.buffers, point, acc)
