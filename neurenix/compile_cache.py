@@ -4,7 +4,8 @@ The key hashes the graph's text and constants, the backend, the host (triple, CP
 LLVM version), Neurenix's version and a digest of its source, so an entry is only reused for
 the exact same program, built by the same compiler, on the same machine.  Entries live in
 `$NEURENIX_CACHE_DIR` (default `$XDG_CACHE_HOME/neurenix`, else `~/.cache/neurenix`);
-`NEURENIX_CACHE_DIR=off` disables the cache.  Each file carries a checksum: a corrupt or unreadable entry is ignored and rebuilt.
+`NEURENIX_CACHE_DIR=off` disables the cache.  Each file carries a checksum: a corrupt or
+unreadable entry is ignored and rebuilt.
 """
 from __future__ import annotations
 
