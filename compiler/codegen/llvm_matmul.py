@@ -21,7 +21,10 @@ consecutive column tiles pass over them; each row block repacks `b`, so bigger b
 less).  With `b` contiguous along the columns and a single row tile, or a short k (a tile's
 columns fit `DIRECT_PANEL_BYTES`), full tiles read `b` in place instead of packing it; a `b`
 contiguous along k is packed k-innermost so that its reads stream.  The panel lives on the
-stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.
+stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.  Rows and
+columns swap roles when the columns are fewer than half a tile, or when the stores are
+contiguous along the row axis (a product stored transposed, as a weight gradient is) and it
+fills a tile: the epilogue then stores vectors, not one element per stored row.
 """
 from __future__ import annotations
 
@@ -126,7 +129,8 @@ def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | No
         layouts = [(None, 0)]
     else:
         layouts = [(nd - 2, nd - 1), (nd - 1, nd - 2)]
-        if kernel.domain[nd - 1] < nr // 2 <= kernel.domain[nd - 2]:
+        if (kernel.domain[nd - 1] < nr // 2 <= kernel.domain[nd - 2]
+                or (kernel.domain[nd - 2] >= nr and stores_contiguous_along(kernel, nd - 2))):
             layouts.reverse()
     allowed = set(range(nd + 1))
     for row, col in layouts:
@@ -146,6 +150,19 @@ def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | No
                 return ContractionMatch(a, b, row, col, batch, dtype, rows_per_tile(rows), nr,
                                         direct, k_major)
     return None
+
+
+def stores_contiguous_along(kernel: Kernel, axis: int) -> bool:
+    """Whether every store of `kernel` steps by one element along domain `axis` and no store
+    is contiguous along the last axis: a transposed store (a weight gradient computed as
+    `(x.T @ dy).T`), whose tiles are best vectorised along `axis` so the epilogue writes rows
+    rather than scattering one element per row."""
+    last = len(kernel.domain) - 1
+    for store in kernel.stores:
+        coeffs = affine(store.index)
+        if coeffs is None or coeffs.get(axis) != 1 or coeffs.get(last) == 1:
+            return False
+    return bool(kernel.stores)
 
 
 def rows_per_tile(rows: int) -> int:
