@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 
 from .ops import REGISTRY
 from .types import TensorType
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 INPUT = "input"
 CONSTANT = "constant"
@@ -138,6 +140,7 @@ class Graph:
 
     def to_networkx(self) -> nx.DiGraph:
         """The data-flow graph: one vertex per node index, edges from producer to consumer."""
+        import networkx as nx  # only here: importing it costs more than the rest of Neurenix
         index = {id(n): i for i, n in enumerate(self.nodes)}
         g = nx.DiGraph()
         for i, n in enumerate(self.nodes):

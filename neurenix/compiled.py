@@ -370,11 +370,11 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
     start = time.perf_counter()
     record_key = None
     if backend != "reference":
-        from neurenix.runtime.cpu import host_id
+        from neurenix.runtime.cpu import host_fingerprint
 
         from . import compile_cache
         record_key = compile_cache.key_for(traced, f"{backend}:traced:{num_outputs}:"
-                                           + ",".join(wrt), host_id())
+                                           + ",".join(wrt), host_fingerprint())
         built = _load_built(record_key)
         if built is not None:
             seconds = {"trace_and_passes": trace_seconds,
@@ -429,8 +429,8 @@ def _load_built(key: str) -> Built | None:
         cached = compile_cache.load(program_key)
         if cached is None:
             return None
-        program, object_code, _ = cached
-        exe = CpuExecutable(program, object_code=object_code)
+        program, object_code, _, library = cached
+        exe = CpuExecutable(program, object_code=object_code, library=library)
         exe.cache_key = program_key
         exes.append(exe)
     return Built(record["graph"], exes[0], record["stats"], exes[1],
@@ -460,8 +460,8 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
     key = compile_cache.key_for(graph, backend, host_id())
     cached = compile_cache.load(key)
     if cached is not None:
-        program, object_code, info = cached
-        exe = CpuExecutable(program, object_code=object_code)
+        program, object_code, info, library = cached
+        exe = CpuExecutable(program, object_code=object_code, library=library)
         exe.cache_key = key
         return exe, dict(info, cache="hit")
     start = time.perf_counter()
@@ -469,7 +469,7 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
     exe = CpuExecutable(program)
     exe.cache_key = key
     info["stages"]["llvm_compile"] = time.perf_counter() - start - sum(info["stages"].values())
-    compile_cache.store(key, (program, exe.object_code, info))
+    compile_cache.store(key, (program, exe.object_code, info, exe.library))
     return exe, dict(info, cache="miss")
 
 

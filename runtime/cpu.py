@@ -12,7 +12,12 @@ This module imports neither the compiler nor the frontend, only the plain-data `
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import os
+import platform
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 import weakref
@@ -67,6 +72,58 @@ def host_id() -> str:
                      llvm.get_host_cpu_features().flatten(), llvmlite.__version__))
 
 
+def host_fingerprint() -> str:
+    """What `host_id` identifies, read from the OS where it describes the CPU (Linux's
+    /proc/cpuinfo), so that a cache lookup needs no LLVM; `host_id` elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return host_id()
+    keep = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags")
+    lines = sorted(line for line in first.splitlines()
+                   if line.split(":", 1)[0].strip() in keep)
+    return "|".join([platform.machine(), importlib.metadata.version("llvmlite")] + lines)
+
+
+def linker() -> str | None:
+    """The system linker that turns a program's object code into a shared library."""
+    return shutil.which("ld")
+
+
+def link_shared(object_code: bytes) -> bytes | None:
+    """A shared library of position-independent object code, or None when no linker is
+    installed or it fails (the runtime then loads object code with LLVM's JIT instead)."""
+    ld = linker()
+    if ld is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="neurenix-link-") as directory:
+        obj = os.path.join(directory, "program.o")
+        lib = os.path.join(directory, "program.so")
+        with open(obj, "wb") as f:
+            f.write(object_code)
+        try:
+            subprocess.run([ld, "-shared", "-z", "noexecstack", "-o", lib, obj], check=True,
+                           capture_output=True, timeout=120)
+            with open(lib, "rb") as f:
+                return f.read()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+
+def _dlopen(library: bytes) -> ctypes.CDLL | None:
+    """Load a shared library from bytes: a private copy per load (its own pool and globals)."""
+    fd, path = tempfile.mkstemp(prefix="neurenix-", suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(library)
+        return ctypes.CDLL(path)
+    except OSError:
+        return None
+    finally:
+        os.unlink(path)
+
+
 def target_machine(jit: bool = False):
     """An LLVM target machine for the host CPU, with all its features, at opt level 3."""
     llvm = _llvm()
@@ -115,27 +172,32 @@ def compile_object(program: Program) -> bytes:
 class CpuExecutable:
     """A Program compiled for this CPU: `run(inputs) -> outputs`, one native call per run.
 
-    The program is optimised and compiled to object code (kept as `object_code`, which a
-    compile cache may store), then loaded with MCJIT.  Passing `object_code` from an earlier
-    compile of the same program on the same CPU skips LLVM entirely (milliseconds); the caller
-    vouches for those bytes (a cache checks its entries before handing them over).
+    The program is optimised and compiled to position-independent object code, linked by the
+    system linker into a shared library (kept as `library`, which a compile cache may store)
+    and loaded with `dlopen` — the form an exported library takes.  Without a linker the object
+    code (`object_code`) is loaded with LLVM's MCJIT instead.  Passing `library` (or
+    `object_code`) from an earlier compile of the same program on the same CPU skips LLVM
+    entirely — a shared library does not even load it; the caller vouches for those bytes (a
+    cache checks its entries before handing them over).
     """
 
-    def __init__(self, program: Program, object_code: bytes | None = None) -> None:
+    def __init__(self, program: Program, object_code: bytes | None = None,
+                 library: bytes | None = None) -> None:
         if program.target != "cpu":
             raise ValueError(f"CpuExecutable: expected a 'cpu' program, got target "
                              f"{program.target!r}")
         self.program = program
         self.source = program.source
-        llvm = _llvm()
-        tm = target_machine(jit=True)
-        if object_code is None:
-            object_code = tm.emit_object(optimize(program.source, tm))
         self.object_code = object_code
-        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        self._engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
-        self._engine.finalize_object()
-        address = self._engine.get_function_address(program.entry)
+        self.library = library
+        self._lib = _dlopen(library) if library is not None else None
+        if self._lib is None and object_code is None and linker() is not None:
+            self.library = link_shared(compile_object(program))
+            self._lib = _dlopen(self.library) if self.library is not None else None
+        if self._lib is None:
+            self.library = None
+            self._load_jit()
+        address = self._symbol(program.entry)
         if not address:
             raise ValueError(f"CpuExecutable: the program has no entry function "
                              f"{program.entry!r}")
@@ -159,14 +221,37 @@ class CpuExecutable:
         self._pool_size = None
         pool = program.metadata.get("pool")
         if pool:
-            engine = self._engine
             self._pool_start = ctypes.CFUNCTYPE(None, ctypes.c_int64)(
-                engine.get_function_address(pool["start"]))
-            self._pool_stop = ctypes.CFUNCTYPE(None)(engine.get_function_address(pool["stop"]))
-            self._pool_size = ctypes.c_int64.from_address(
-                engine.get_global_value_address(pool["size"]))
+                self._symbol(pool["start"]))
+            self._pool_stop = ctypes.CFUNCTYPE(None)(self._symbol(pool["stop"]))
+            self._pool_size = ctypes.c_int64.from_address(self._symbol(pool["size"]))
             self.num_threads = default_threads()
         self._pid = os.getpid()
+
+    def _load_jit(self) -> None:
+        """Load the program with MCJIT (compiling JIT object code first if none was given)."""
+        llvm = _llvm()
+        tm = target_machine(jit=True)
+        if self.object_code is None:
+            self.object_code = tm.emit_object(optimize(self.program.source, tm))
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(self.object_code))
+        self._engine.finalize_object()
+
+    @property
+    def loader(self) -> str:
+        """How the code was loaded: "shared library" (dlopen) or "mcjit"."""
+        return "shared library" if self._lib is not None else "mcjit"
+
+    def _symbol(self, name: str) -> int:
+        """The address of a function or global of the loaded program (0 when absent)."""
+        if self._lib is not None:
+            try:
+                return ctypes.cast(getattr(self._lib, name), ctypes.c_void_p).value or 0
+            except AttributeError:
+                return 0
+        address = self._engine.get_function_address(name)
+        return address or self._engine.get_global_value_address(name)
 
     @property
     def num_threads(self) -> int:
@@ -285,8 +370,7 @@ class CpuExecutable:
         with self._lock:
             for info in self.program.kernels:
                 fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(info.args),
-                                      ctypes.c_int64, ctypes.c_int64)(
-                    self._engine.get_function_address(info.name))
+                                      ctypes.c_int64, ctypes.c_int64)(self._symbol(info.name))
                 args = [where[name] for name in info.args] + [0, ranges[info.name]]
                 best = float("inf")
                 for _ in range(max(1, repeat)):

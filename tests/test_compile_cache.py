@@ -114,3 +114,29 @@ def test_a_changed_compiler_does_not_reuse_old_programs(tmp_path, monkeypatch):
     assert _run(model, x)[1] == "hit"
     monkeypatch.setattr(compile_cache, "_CODE", ["an edited compiler"])
     assert _run(model, x)[1] == "miss"
+
+
+HIT_SCRIPT = """
+import sys, neurenix
+from neurenix import nn
+neurenix.manual_seed(0)
+model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2)).eval()
+compiled = neurenix.compile(model)
+with neurenix.no_grad():
+    compiled(neurenix.ones(3, 5))
+print(compiled.stats()["cache"], "llvmlite.binding" in sys.modules)
+"""
+
+
+def test_a_hit_in_a_new_process_does_not_load_llvm(tmp_path):
+    """With a system linker a cached program is a shared library: a hit needs no LLVM."""
+    import subprocess
+    import sys
+
+    from neurenix.runtime import cpu
+    if cpu.linker() is None:
+        pytest.skip("no system linker (ld) here")
+    env = dict(__import__("os").environ, NEURENIX_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", HIT_SCRIPT], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs == [["miss", "True"], ["hit", "False"]]

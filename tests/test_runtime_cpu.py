@@ -117,9 +117,9 @@ def test_entry_is_one_foreign_call_taking_args_and_arena(exe, data):
     np.testing.assert_array_equal(y, x * 2 + z)
 
 
-def test_an_executable_loads_from_its_object_code_without_llvm(exe, data, monkeypatch):
+def test_an_executable_loads_from_its_code_without_compiling(exe, data, monkeypatch):
     monkeypatch.setattr(cpu, "optimize", None)  # any LLVM compile would now fail
-    again = CpuExecutable(exe.program, exe.object_code)
+    again = CpuExecutable(exe.program, exe.object_code, exe.library)
     for a, b in zip(again.run(data), exe.run(data)):
         np.testing.assert_array_equal(a, b)
     assert again.num_threads == cpu.default_threads()
@@ -187,3 +187,23 @@ def test_repeated_inputs_reuse_their_address_but_see_new_values(exe, data):
     del other  # a freed array is not kept alive, and a new one is checked again
     with pytest.raises(ValueError, match="input 'x' expects"):
         exe.run([np.zeros((3, 3), np.float32), z])
+
+
+@pytest.mark.skipif(cpu.linker() is None, reason="no system linker (ld) here")
+def test_programs_load_as_shared_libraries_and_from_their_bytes(data):
+    program = axpy_program()
+    exe = CpuExecutable(program)
+    assert exe.loader == "shared library" and exe.library.startswith(b"\x7fELF")
+    again = CpuExecutable(program, library=exe.library)  # what a cache hit does: no LLVM
+    assert again.loader == "shared library"
+    for a, b in zip(exe.run(data), again.run(data)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_without_a_linker_programs_load_with_mcjit(data, monkeypatch):
+    monkeypatch.setattr(cpu, "linker", lambda: None)
+    exe = CpuExecutable(axpy_program())
+    assert exe.loader == "mcjit" and exe.library is None and exe.object_code
+    x, z = data
+    np.testing.assert_array_equal(exe.run(data)[0], x * 2 + z)
+    assert CpuExecutable(exe.program, object_code=exe.object_code).loader == "mcjit"
