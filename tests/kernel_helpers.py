@@ -111,3 +111,22 @@ def guarded(array: np.ndarray, after: bool = True) -> np.ndarray:
     out = out.reshape(array.shape)
     out[...] = array
     return out
+
+
+def assert_same_guarded(exe: CpuExecutable, inputs: list[np.ndarray],
+                        want: list[np.ndarray]) -> None:
+    """The program gives `want` again with every input against a guard page (both sides)."""
+    for after in (True, False):
+        for got, expected in zip(exe.run([guarded(x, after) for x in inputs]), want):
+            np.testing.assert_array_equal(got, expected)
+
+
+def assert_same_across_threads(exe: CpuExecutable, inputs: list[np.ndarray],
+                               threads: tuple[int, ...]) -> None:
+    """The program gives bit-identical results on one thread and on each count in `threads`."""
+    exe.num_threads = 1
+    serial = exe.run(inputs)
+    for n in threads:
+        exe.num_threads = n
+        for a, b in zip(serial, exe.run(inputs)):
+            np.testing.assert_array_equal(a, b)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_helpers import c64, compile_schedule, flat, guarded, run_both, schedule
+from kernel_helpers import (
+    assert_same_across_threads,
+    assert_same_guarded,
+    c64,
+    compile_schedule,
+    flat,
+    run_both,
+    schedule,
+)
 from neurenix.compiler.codegen import generate
 from neurenix.compiler.codegen.llvm_matmul import host_vector_bits, rows_per_tile
 from neurenix.compiler.codegen.llvm_window import match_window
@@ -60,19 +68,12 @@ def test_skinny_contractions_match_np_matmul_and_stay_in_bounds(skinny_program):
         tol = 1e-5 * np.sqrt(case[2]) if case[-1] == float32 else 1e-12 * case[2]
         np.testing.assert_allclose(got[i], reference_matmul(case, data, f"sk{i}"), rtol=tol,
                                    atol=tol, err_msg=str(case))
-    for after in (True, False):
-        for g, w in zip(exe.run([guarded(x, after) for x in inputs]), got):
-            np.testing.assert_array_equal(g, w)
+    assert_same_guarded(exe, inputs, got)
 
 
 def test_skinny_contractions_split_across_threads_identically(skinny_program):
     _, _, exe, inputs, _ = skinny_program
-    exe.num_threads = 1
-    serial = exe.run(inputs)
-    for threads in (2, 5):
-        exe.num_threads = threads
-        for a, b in zip(serial, exe.run(inputs)):
-            np.testing.assert_array_equal(a, b)
+    assert_same_across_threads(exe, inputs, (2, 5))
 
 
 def test_narrow_edge_tiles_use_narrow_vectors(skinny_program):
@@ -136,9 +137,7 @@ def test_pooling_windows_match_the_interpreter_and_stay_in_bounds(pool_program):
         tol = 1e-6 if case[4] == float32 else 1e-12
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=str(case))
     assert np.isnan(got[0]).any()  # max propagates NaN
-    for after in (True, False):
-        for g, w in zip(exe.run([guarded(x, after) for x in inputs]), got):
-            np.testing.assert_array_equal(g, w)
+    assert_same_guarded(exe, inputs, got)
 
 
 def test_pooling_windows_load_contiguously(pool_program):
@@ -217,9 +216,7 @@ def test_unfold_copies_match_the_interpreter_and_stay_in_bounds():
     got, want = run_both(s, inputs, exe)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
-    for after in (True, False):
-        for g, w in zip(exe.run([guarded(x, after) for x in inputs]), got):
-            np.testing.assert_array_equal(g, w)
+    assert_same_guarded(exe, inputs, got)
     for threads in (1, 3):
         exe.num_threads = threads
         for g, w in zip(exe.run(inputs), got):

@@ -418,10 +418,12 @@ def conv_graph(pad, groups=1):
 @pytest.mark.parametrize("pad", [False, True])
 def test_conv_as_unfold_matmul(pad):
     s = check(conv_graph(pad))
-    assert len(s.kernels) == 2, s  # im2col, then the GEMM with bias and relu fused
-    gemm = s.kernels[1]
-    assert gemm.contraction is not None and gemm.contraction["batch"] == 2
-    assert gemm.contraction["a_strides"][0] == 0  # the weight is shared by the batch
+    assert len(s.kernels) == 1, s  # the GEMM gathers its windows itself, bias and relu fused
+    (gemm,) = s.kernels
+    assert gemm.contraction is None  # its right operand is the (masked) window gather
+    assert [a.name for a in gemm.inputs] == ["conv_weight", "x", "conv_bias"]
+    loads = [e for e in walk([gemm.reduce_value]) if isinstance(e, Load)]
+    assert any(ld.buffer == "x" and (ld.mask is not None) == pad for ld in loads)
 
 
 def test_grouped_conv():

@@ -20,7 +20,9 @@ block holds the rows of `a` that fit in half the host's L2 cache (they stay ther
 consecutive column tiles pass over them; each row block repacks `b`, so bigger blocks pack
 less).  With `b` contiguous along the columns and a single row tile, or a short k (a tile's
 columns fit `DIRECT_PANEL_BYTES`), full tiles read `b` in place instead of packing it; a `b`
-contiguous along k is packed k-innermost so that its reads stream.  The panel lives on the
+contiguous along k is packed k-innermost so that its reads stream; in a computed `b` (a
+convolution's window gather) the divisions that read the column but not k are computed once per
+column tile into stack strips.  The panel lives on the
 stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.  Rows and
 columns swap roles when the columns are fewer than half a tile, or when the stores are
 contiguous along the row axis (a product stored transposed, as a weight gradient is) and it
@@ -36,7 +38,7 @@ from llvmlite import ir
 
 from ..kernel import Binary, Expr, Kernel, Load, Var, dtype_of
 from ..passes.memory import affine
-from ..types import DType
+from ..types import DType, int64
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I32, I64, MathLib
 from .llvm_ops import ExprEmitter, cast, emit_stores, value_type
@@ -187,6 +189,28 @@ def _direct_load(e: Expr, axis: int, dtype: DType) -> bool:
     return coeffs is not None and coeffs.get(axis) == 1
 
 
+def _column_only(e: Expr, k_axis: int, col: int) -> list[Expr]:
+    """The largest int64 subexpressions of `e` that read the column axis but not k and
+    contain an integer division or remainder (each once, in first-use order)."""
+    found: dict[int, Expr] = {}
+    seen: set[int] = set()
+
+    def visit(x) -> None:
+        if id(x) in seen or not hasattr(x, "__dataclass_fields__"):
+            return
+        seen.add(id(x))
+        if isinstance(x, Binary) and x.op in ("idiv", "mod") and dtype_of(x) == int64:
+            axes = _axes(x)
+            if col in axes and k_axis not in axes:
+                found[id(x)] = x
+                return
+        for child in x.__dict__.values():
+            visit(child)
+
+    visit(e)
+    return list(found.values())
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -292,6 +316,7 @@ class _Tiler:
         """panel[k * NR + j] = b at (column n0 + j, k); zero past the last column.  The loop
         order follows b's contiguous axis, so that the reads stream."""
         fb, b, m = self.fb, self.b, self.m
+        hoisted = self._column_strips(vars, n0, edge)
         outer, inner = ("pack_j", "pack_k") if m.k_major else ("pack_k", "pack_j")
         sizes = {"pack_j": self.nr, "pack_k": self.k_size}
         with fb.loop(0, sizes[outer], outer) as o:
@@ -301,7 +326,11 @@ class _Tiler:
                 point = dict(vars)
                 point[self.k_axis] = k
                 point[m.col] = fb.min(n, self.n_size - 1) if edge else n
-                v = ExprEmitter(b, self.lib, self.buffers, point).emit(m.b)
+                em = ExprEmitter(b, self.lib, self.buffers, point)
+                for e, strip in hoisted:
+                    slot = b.gep(strip, [j], inbounds=True, source_etype=I64)
+                    em.preset(e, b.load(slot, typ=I64, align=8))
+                v = em.emit(m.b)
                 v = cast(b, self.lib, v, dtype_of(m.b), m.dtype)
                 if edge:
                     inside = b.icmp_signed("<", n, _i64(self.n_size))
@@ -309,6 +338,26 @@ class _Tiler:
                 slot = b.gep(self.panel, [b.add(b.mul(k, _i64(self.nr)), j)], inbounds=True,
                              source_etype=self.ftype)
                 b.store(v, slot)
+
+    def _column_strips(self, vars: dict, n0: ir.Value, edge: bool) -> list[tuple[Expr, ir.Value]]:
+        """Compute the integer divisions and remainders of `b` that depend on the column but
+        not on k (an im2col window's output row and column, `n // W` and `n % W`) once per
+        column tile into stack strips, rather than once per packed element: vector 64-bit
+        divisions have no instruction and are split into scalar ones."""
+        exprs = _column_only(self.m.b, self.k_axis, self.m.col)
+        if not exprs:
+            return []
+        fb, b = self.fb, self.b
+        strips = [fb.alloca(I64, count=self.m.nr, align=64, name="strip") for _ in exprs]
+        with fb.loop(0, self.nr, "strip_j") as j:
+            n = b.add(n0, j)
+            point = dict(vars)
+            point[self.m.col] = fb.min(n, self.n_size - 1) if edge else n
+            em = ExprEmitter(b, self.lib, self.buffers, point)
+            for e, strip in zip(exprs, strips):
+                slot = b.gep(strip, [j], inbounds=True, source_etype=I64)
+                b.store(em.emit(e), slot, align=8)
+        return list(zip(exprs, strips))
 
     def _row_tiles(self, vars: dict, n0: ir.Value, first: ir.Value, last: ir.Value,
                    load_b) -> None:

@@ -288,6 +288,12 @@ class ExprEmitter:
             self._memo[key] = (e, self._emit(e))  # holding `e` keeps its id unique
         return self._memo[key][1]
 
+    def preset(self, e: Expr, value: ir.Value) -> None:
+        """Use `value` for `e` (an index subexpression computed ahead, e.g. hoisted out of a
+        loop) wherever it occurs, in an index or not."""
+        for in_index in (False, True):
+            self._memo[(id(e), in_index)] = (e, value)
+
     def index(self, e: Expr) -> ir.Value:
         """An element index (i64), with the arithmetic marked as non-wrapping."""
         outer = self.in_index

@@ -11,8 +11,9 @@ whole decision is which values to materialise, made in four steps:
    a permute may end it (a transposed store, as a weight gradient needs).  The epilogue's
    nodes read from outside it, or graph outputs, are its roots.
 2. A matmul reads its operands through plain strided views only (what a fast GEMM needs);
-   an operand that is not one (padding masks, im2col reshapes, computed values) is
-   materialised first.
+   an operand that is not one (padding masks, computed values) is materialised first, except
+   a convolution's window gather (pad, unfold, reshape of a value in memory) against few output
+   channels: the GEMM packs that masked operand itself, so no im2col kernel writes it.
 3. Elementwise, movement, source and gather nodes are inlined into every consumer (their
    *prologue* when the consumer is a reduction); a value with several consumers is computed
    again in each unless that costs more than `DUPLICATE_COST_LIMIT` ops or
@@ -54,6 +55,7 @@ EPILOGUE_LIMIT = 64  # nodes a reduction's epilogue may absorb
 MERGE_LIMIT = 8  # stores one merged elementwise kernel may hold
 TRANSPOSE_K_RANGE = (16, 64)  # for such a k, a weight read transposed is copied to (k, n)
 TRANSPOSE_MIN_ROWS = 8  # ... when the product has at least this many rows
+IM2COL_OTHER_LIMIT = 64  # an unfold operand stays inline while the other operand's extent <= this
 
 
 class FusionError(RuntimeError):
@@ -276,6 +278,8 @@ class _Context:
             return is_buffer(m) or m in materialised
 
         for operand, idx in zip(mm.inputs, matmul_operand_indices(alg, mm)):
+            if self._im2col_operand(mm, operand, in_memory):
+                continue
             view = strided_view(operand, in_memory, alg, idx)
             if view is None:
                 base = _view_base(operand, in_memory)
@@ -288,6 +292,31 @@ class _Context:
                     materialised.add(operand)
             else:
                 materialised.add(operand)
+
+    def _im2col_operand(self, mm: Node, operand: Node,
+                        in_memory: Callable[[Node], bool]) -> bool:
+        """Whether matmul `mm` reads `operand` inline as a window gather (im2col): a chain
+        of movement ops through an `unfold` down to a value in memory, each read by this
+        chain only, while the other operand's free extent is at most `IM2COL_OTHER_LIMIT`
+        (a convolution's output channels), so that a GEMM that packs the gathered operand
+        computes each element of it at most twice instead of writing and reading it back."""
+        a_shape, b_shape = mm.inputs[0].type.shape, mm.inputs[1].type.shape
+        other = b_shape[-1] if operand is mm.inputs[0] else a_shape[-2]
+        if operand is mm.inputs[0] and operand is mm.inputs[1]:
+            return False
+        if other > IM2COL_OTHER_LIMIT or mm.type.dtype.is_floating is False:
+            return False
+        n, chain = operand, []
+        while not in_memory(n):
+            if n.op not in MOVEMENT_OPS or n.op == "concat":
+                return False
+            chain.append(n)
+            n = n.inputs[0]
+        if not any(c.op == "unfold" for c in chain):
+            return False
+        return all(c not in self.outputs and len(self.distinct_consumers(c)) == 1
+                   and self.consumers[c].count(self.distinct_consumers(c)[0]) == 1
+                   for c in chain)
 
     def _cheap_values(self, owner: dict[Node, Node], materialised: set[Node]) -> set[Node]:
         """Decide which inlined values to materialise; return every value a kernel stores."""
