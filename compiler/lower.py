@@ -46,6 +46,8 @@ from .lower_index import (
     Index,
     IndexAlgebra,
     const,
+    disjoint_fold_index,
+    disjoint_windows,
     fold_index,
     matmul_domain,
     matmul_operand_indices,
@@ -245,7 +247,8 @@ class _Emitter:
     """Builds the expression of a node at an index inside one kernel.
 
     `own` are the nodes this kernel computes even when they are also stored; `reduction` is
-    the kernel's reduction node, read as `Acc()` at the domain index `acc_flat`.
+    the kernel's reduction node, read as `Acc()` at the domain index `acc_flat`; without
+    `acc_flat` it is a fold with disjoint windows, read as its one tap at each position.
     """
 
     def __init__(self, plan: FusionPlan, names: dict[Node, str], alg: IndexAlgebra,
@@ -270,6 +273,10 @@ class _Emitter:
             dtype = node.type.dtype
             return Load(self.names[node], self.alg.flat(idx, node.type.shape), dtype, valid,
                         scalar(0, dtype).value)
+        if node is self.reduction and self.acc_flat is None:
+            x_idx, cond = disjoint_fold_index(self.alg, idx, node)
+            return self.guarded(node.inputs[0], x_idx, valid, cond,
+                                scalar(0, node.type.dtype))
         if node is self.reduction:
             if self.alg.flat(idx, node.type.shape) != self.acc_flat:
                 raise LoweringError(f"{node.op} {node.type} is read at an index other than "
@@ -464,6 +471,9 @@ class _GroupLowering:
             red = tuple(x_shape[i] for i in axes)
         if prod(full) == 0:
             return
+        if r.op == "fold" and disjoint_windows(r):
+            self._disjoint_fold(r)
+            return
         # size-1 axes leave the loop nest, except a matmul's documented (B,) M, N layout
         domain = full if r.op == "matmul" else tuple(d for d in full if d != 1)
         alg = IndexAlgebra(domain + red)
@@ -496,6 +506,21 @@ class _GroupLowering:
                 idx = alg.unflatten(flat, n.type.shape)
                 stores.append(Store(self.names[n], flat, em.value(n, idx)))
         self._emit(r.op, domain, stores, **extra)
+
+    def _disjoint_fold(self, r: Node) -> None:
+        """A fold whose windows do not overlap (pooling's gradient): each output position
+        takes at most one tap, so it is an elementwise kernel reading that tap, with no
+        reduction over the taps nor the masked loads of the taps that miss."""
+        full = r.type.shape
+        domain = tuple(d for d in full if d != 1)
+        alg = IndexAlgebra(domain)
+        dvars = _squeezed_vars(full, 0)
+        em = _Emitter(self.plan, self.names, alg, set(self.group.nodes), r)
+        stores = []
+        for n in self.group.roots:
+            idx = alg.unflatten(alg.flat(dvars, full), n.type.shape)
+            stores.append(Store(self.names[n], alg.flat(idx, n.type.shape), em.value(n, idx)))
+        self._emit("fold", domain, stores)
 
     def _scatter(self) -> None:
         s = self.group.roots[0]

@@ -475,6 +475,31 @@ def fold_index(alg: IndexAlgebra, idx: Index, taps: Index,
     return tuple(idx[:2]) + tuple(taps) + tuple(src), None if cond == TRUE else cond
 
 
+def disjoint_windows(node: Node) -> bool:
+    """Whether a fold's windows never overlap along any spatial axis (stride at least the
+    window's extent), so each output position takes at most one tap."""
+    a = node.attr
+    return all(st >= (k - 1) * dl + 1
+               for k, st, dl in zip(a["kernel"], a["stride"], a["dilation"]))
+
+
+def disjoint_fold_index(alg: IndexAlgebra, idx: Index,
+                        node: Node) -> tuple[Index, Expr | None]:
+    """For a fold with `disjoint_windows`: the index into its input (N, C, *kernel, *windows)
+    of the one tap output position `idx` takes, and the condition that it exists."""
+    a = node.attr
+    wins = node.inputs[0].type.shape[2 + len(a["kernel"]):]
+    taps, src, conds = [], [], []
+    for s, k, st, dl, n in zip(idx[2:], a["kernel"], a["stride"], a["dilation"], wins):
+        o, j = alg.idiv(s, st), alg.mod(s, st)
+        t = alg.idiv(j, dl)
+        conds += [alg.divisible(j, dl), alg.lt(t, k), alg.lt(o, n)]
+        taps.append(t)
+        src.append(o)
+    cond = alg.all_of(*conds)
+    return tuple(idx[:2]) + tuple(taps) + tuple(src), None if cond == TRUE else cond
+
+
 def strided_view(node: Node, is_buffer: Callable[[Node], bool], alg: IndexAlgebra,
                  idx: Index) -> tuple[Node, dict[int, int], int] | None:
     """Follow movement ops down from `node` (read at `idx`) to the first node `is_buffer`
