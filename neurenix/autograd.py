@@ -166,7 +166,7 @@ def backward(root: Tensor, gradient: Tensor | None = None, create_graph: bool = 
     from .tensor import Tensor
 
     if root._value is not None:
-        from .tracing import backward_traced
+        from .trace_effects import backward_traced
         if create_graph:
             from neurenix.compiler.trace import TraceError
             raise TraceError("backward(create_graph=True) inside a compiled function is not "

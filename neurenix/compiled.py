@@ -24,7 +24,8 @@ from . import autograd
 from .device import CPU, as_device
 from .nn.module import Module, structure_version
 from .tensor import Tensor
-from .tracing import ACTIVE, Guard, Store, TraceState, finish_stores, restore, tracing
+from .trace_effects import Guard, Store, finish_stores, restore
+from .tracing import ACTIVE, TraceState, tracing
 
 log = logging.getLogger("neurenix.compile")
 

@@ -112,14 +112,14 @@ class Tensor:
         the tracer, so a gradient computed, clipped or consumed in the trace stays symbolic.
         """
         if dispatch._ACTIVE.state is not None:
-            from .tracing import read_grad
+            from .trace_effects import read_grad
             return read_grad(self)
         return self._grad
 
     @grad.setter
     def grad(self, value: Tensor | None) -> None:
         if dispatch._ACTIVE.state is not None:
-            from .tracing import write_grad
+            from .trace_effects import write_grad
             write_grad(self, value)
             return
         self._grad = value

@@ -169,7 +169,7 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if dispatch._ACTIVE.state is not None:  # traced: parameters and buffers are inputs
-            from ..tracing import lift_module
+            from ..trace_effects import lift_module
             lift_module(self)
         return self.forward(*args, **kwargs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import elementwise as ew
-from .. import tracing
+from .. import trace_effects
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_range, zeros_for
 
@@ -44,7 +44,7 @@ class Adadelta(Optimizer):
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = tracing.host_values(lambda: self._count(state, group), p, 1)
+        (lr,) = trace_effects.host_values(lambda: self._count(state, group), p, 1)
         rho, eps = group["rho"], group["eps"]
         if group["maximize"]:
             grad = -grad

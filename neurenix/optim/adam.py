@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 from .. import elementwise as ew
-from .. import tracing
+from .. import trace_effects
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_range, zeros_for
 
@@ -60,7 +60,7 @@ class Adam(Optimizer):
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        lr, step_size, bias_correction2_sqrt = tracing.host_values(
+        lr, step_size, bias_correction2_sqrt = trace_effects.host_values(
             lambda: self._coefficients(state, group), p, 3)
         beta1, beta2 = group["betas"]
         eps, weight_decay = group["eps"], group["weight_decay"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import tracing
+from .. import trace_effects, tracing
 from ..autograd import enable_grad, no_grad
 from ..creation import zeros
 from ..tensor import Tensor
@@ -109,7 +109,7 @@ class Optimizer:
         """Apply one step to parameter p (called under no_grad, only when p has a gradient).
 
         Python numbers that change from step to step (the learning rate, bias corrections)
-        come from `tracing.host_values`, so that a compiled step computes them per call.
+        come from `trace_effects.host_values`, so that a compiled step computes them per call.
         """
         raise NotImplementedError(f"{self._name} does not implement _update")
 
@@ -233,7 +233,7 @@ class Optimizer:
                                 state[key] = before[key]
                             else:
                                 del state[key]
-                            tracing.store_item(state, key, value)
+                            trace_effects.store_item(state, key, value)
         return loss
 
     def _lift_state(self, todo: list[tuple[Tensor, Tensor, dict, dict]]) -> None:
@@ -243,8 +243,8 @@ class Optimizer:
         for index, (_, _, state, _) in enumerate(todo):
             for key, value in state.items():
                 if isinstance(value, Tensor):
-                    tracing.lift(value, f"{self._name}.state.{index}.{key}")
-        tracing.guard(f"{self._name} hyper-parameters and state", self._trace_key)
+                    trace_effects.lift(value, f"{self._name}.state.{index}.{key}")
+        trace_effects.guard(f"{self._name} hyper-parameters and state", self._trace_key)
 
     def _trace_key(self, args: Any = None) -> tuple:
         """What a traced step depends on besides tensor values, as (label, value) pairs (see

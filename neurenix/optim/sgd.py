@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import tracing
+from .. import trace_effects
 from ..tensor import Tensor
 from .optimizer import Optimizer, ParamsT, check_range, zeros_for
 
@@ -44,7 +44,7 @@ class SGD(Optimizer):
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = tracing.host_values(lambda: (group["lr"],), p, 1)
+        (lr,) = trace_effects.host_values(lambda: (group["lr"],), p, 1)
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:
