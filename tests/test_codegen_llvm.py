@@ -388,25 +388,32 @@ MATMULS = [  # (batch, m, k, n, a transposed, b transposed, bias, dtype)
     (0, 150, 20, 7, False, False, True, float32),
     (0, 13, 100, 37, False, True, True, float32),
     (2, 6, 40, 9, False, True, False, float32),
+    (2, 5, 73, 9, False, True, True, float64),
+    (3, 14, 70, 11, False, True, False, float32),
 ]
-PATHS = ["generic", "generic", "tiled", "tiled", "dot", "tiled", "tiled", "tiled", "dot", "tiled",
-         "tiled", "dot", "dot"]
+PATHS = ["generic", "generic", "tiled", "tiled", "dot", "tiled", "tiled", "tiled", "tiled",
+         "tiled", "tiled", "dot", "dot", "dot", "dot"]
 
 
-@pytest.fixture(scope="module")
-def matmul_program():
-    rng = np.random.default_rng(3)
+def build_matmul_program(prefix: str, cases, seed: int):
+    """One program holding a contraction kernel `<prefix><i>` per case (batch, m, k, n,
+    a transposed, b transposed, bias, dtype), on random data: (schedule, program, executable,
+    inputs, data)."""
+    rng = np.random.default_rng(seed)
     kernels, data = [], {}
-    for i, (batch, m, k, n, a_t, b_t, bias, dt) in enumerate(MATMULS):
-        kern = matmul_kernel(f"mm{i}", batch, m, k, n, dt, a_t, b_t, bias)
+    for i, (batch, m, k, n, a_t, b_t, bias, dt) in enumerate(cases):
+        kern = matmul_kernel(f"{prefix}{i}", batch, m, k, n, dt, a_t, b_t, bias)
         kernels.append(kern)
         for arg in kern.inputs:
             data[arg.name] = rng.standard_normal(arg.size).astype(dt.np_type)
     s = schedule(kernels, data, {k.name: ((k.outputs[0].size,), k.outputs[0].dtype)
                                  for k in kernels})
-    program = generate(s)
-    inputs = [data[n] for n in s.inputs]
-    return s, program, compile_schedule(s), inputs, data
+    return s, generate(s), compile_schedule(s), [data[n] for n in s.inputs], data
+
+
+@pytest.fixture(scope="module")
+def matmul_program():
+    return build_matmul_program("mm", MATMULS, 3)
 
 
 def reference_matmul(case, data, name):
@@ -434,9 +441,10 @@ def test_contractions_match_np_matmul_across_awkward_shapes(matmul_program):
 
 def test_each_contraction_takes_the_path_its_layout_calls_for(matmul_program):
     """generic: too narrow (mm0, mm1); dot: both operands contiguous along k (x @ w.T, with a
-    k tail, edges and batches: mm4, mm8, mm11, mm12); tiled: the rest, mm9 and mm10 with their
-    rows as the vector axis (100 x 2 and 150 x 7 outputs), mm6 and mm10 packing a
-    k-contiguous operand."""
+    k tail, edges and batches: mm4, mm11, mm13, mm14, and mm12, short k but too narrow to tile);
+    tiled: the rest, mm9 and mm10 with their rows as the vector axis (100 x 2 and 150 x 7
+    outputs), mm6, mm8 and mm10 packing a k-contiguous operand (mm8: x @ w.T over a k shorter
+    than SHORT_K)."""
     _, program, _, _, _ = matmul_program
     paths = {name.split("_", 1)[1]: p for name, p in program.metadata["paths"].items()}
     assert [paths[f"mm{i}"] for i in range(len(MATMULS))] == PATHS

@@ -23,7 +23,7 @@ from neurenix.compiler.codegen.llvm_matmul import host_vector_bits, rows_per_til
 from neurenix.compiler.codegen.llvm_window import match_window
 from neurenix.compiler.kernel import Acc, Binary, BufferArg, Const, Kernel, Load, Store, Var
 from neurenix.compiler.types import float32, float64
-from test_codegen_llvm import matmul_kernel, reference_matmul
+from test_codegen_llvm import build_matmul_program, reference_matmul
 
 
 @pytest.mark.parametrize("rows, mr", [(1, 1), (4, 4), (6, 6), (16, 8), (32, 8), (20, 5),
@@ -46,17 +46,7 @@ SKINNY = [  # (batch, m, k, n, a transposed, b transposed, bias, dtype): conv-li
 
 @pytest.fixture(scope="module")
 def skinny_program():
-    rng = np.random.default_rng(11)
-    kernels, data = [], {}
-    for i, (batch, m, k, n, a_t, b_t, bias, dt) in enumerate(SKINNY):
-        kern = matmul_kernel(f"sk{i}", batch, m, k, n, dt, a_t, b_t, bias)
-        kernels.append(kern)
-        for arg in kern.inputs:
-            data[arg.name] = rng.standard_normal(arg.size).astype(dt.np_type)
-    s = schedule(kernels, data, {k.name: ((k.outputs[0].size,), k.outputs[0].dtype)
-                                 for k in kernels})
-    program = generate(s)
-    return s, program, compile_schedule(s), [data[n] for n in s.inputs], data
+    return build_matmul_program("sk", SKINNY, 11)
 
 
 def test_skinny_contractions_match_np_matmul_and_stay_in_bounds(skinny_program):

@@ -36,7 +36,7 @@ from llvmlite import ir
 from ...runtime.program import BufferSpec, KernelInfo, Program, TensorSpec
 from ..kernel import BufferArg, Kernel, Load, Schedule, Store, format_kernel
 from ..passes.memory import MemoryPlan, plan_memory
-from .llvm_dot import emit_dot, match_dot
+from .llvm_dot import emit_dot, match_dot, prefers_tiled
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction, host_vector_bits, match_contraction
@@ -134,11 +134,13 @@ class _KernelEmitter:
         buffers = {buf.name: (fn.args[params.index(_root(buf.name, params, self.plan))],
                               buf.dtype, buf.size) for buf in kernel.buffers()}
         dot = match_dot(kernel, self.vector_bits)
-        tiles = match_contraction(kernel, self.vector_bits) if dot is None else None
-        if dot is not None:
-            count, path = emit_dot(fb, self.lib, kernel, buffers, dot), "dot"
-        elif tiles is not None:
+        tiles = None
+        if dot is None or prefers_tiled(kernel, dot):
+            tiles = match_contraction(kernel, self.vector_bits)
+        if tiles is not None:
             count, path = emit_contraction(fb, self.lib, kernel, buffers, tiles), "tiled"
+        elif dot is not None:
+            count, path = emit_dot(fb, self.lib, kernel, buffers, dot), "dot"
         else:
             count, path = _emit_generic(fb, self.lib, kernel, buffers), "generic"
         fb.b.ret_void()

@@ -12,7 +12,12 @@ over k, so each step loads RM + RN vectors and issues RM * RN FMAs:
         the kernel's stores (the fused epilogue) on the valid part of the block
 
 Used while the rows of `a` fit in L2 (`MAX_ROWS_BYTES`), so that every column block re-reads
-them from there; larger products take the packed path.
+them from there; larger products take the packed path.  So do products over a short k
+(`SHORT_K`) with at least `SHORT_K_ROWS` rows, when the tiled path takes them: there the 16
+horizontal sums per block and the scalar k % V tail cost more than the products, and packing
+`b` k-innermost for the tiled path (llvm_matmul.py) is paid back over the rows (measured,
+(32, 20) @ (20, 80): 5.5 -> 2.3 us; (480, 20) @ (20, 80): 75 -> 16 us; (32, 63) @ (63, 80):
+15 -> 5.7 us).
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from .llvm_ops import ExprEmitter, emit_stores, value_type
 
 RM, RN = 4, 4
 MAX_ROWS_BYTES = 512 * 1024
+SHORT_K = 64  # a shorter k with at least SHORT_K_ROWS rows takes the tiled path instead
+SHORT_K_ROWS = 6
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,13 @@ def match_dot(kernel: Kernel, vector_bits: int) -> DotMatch | None:
             batch = tuple(range(nd - 2)) if nd >= 2 else ()
             return DotMatch(a, b, row, col, batch, dtype, lanes)
     return None
+
+
+def prefers_tiled(kernel: Kernel, m: DotMatch) -> bool:
+    """Whether the tiled path, when it takes `kernel`, beats these dot products: a k shorter
+    than `SHORT_K` with at least `SHORT_K_ROWS` rows."""
+    rows = 1 if m.row is None else kernel.domain[m.row]
+    return kernel.reduce[0] < SHORT_K and rows >= SHORT_K_ROWS
 
 
 def emit_dot(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,

@@ -53,8 +53,6 @@ DUPLICATE_LOAD_LIMIT = 2  # loads it may make (recomputing more reads more than 
 BROADCAST_COST_LIMIT = 2  # ops from which a broadcast value is materialised, not recomputed
 EPILOGUE_LIMIT = 64  # nodes a reduction's epilogue may absorb
 MERGE_LIMIT = 8  # stores one merged elementwise kernel may hold
-TRANSPOSE_K_RANGE = (16, 64)  # for such a k, a weight read transposed is copied to (k, n)
-TRANSPOSE_MIN_ROWS = 8  # ... when the product has at least this many rows
 IM2COL_OTHER_LIMIT = 64  # an unfold operand stays inline while the other operand's extent <= this
 
 
@@ -288,8 +286,6 @@ class _Context:
             if view is not None and view[2] == 0:
                 if not is_buffer(view[0]):
                     materialised.add(view[0])
-                elif operand is mm.inputs[1] and _short_k_transposed(mm, operand, view):
-                    materialised.add(operand)
             else:
                 materialised.add(operand)
 
@@ -354,24 +350,6 @@ class _Context:
         nodes, reads = _members(roots, own, materialised)
         nodes.sort(key=self.order.__getitem__)
         return Group(kind, roots, reduction, tuple(nodes), tuple(reads))
-
-
-def _short_k_transposed(mm: Node, operand: Node, view: tuple[Node, dict[int, int], int]) -> bool:
-    """Whether matmul `mm` reads its right operand, a view of a graph input, as rows
-    contiguous along a short k (`x @ w.T` with a PyTorch-layout weight) while `a` has many
-    rows: storing the view in (k, n) layout first lets the GEMM stream b along n.
-
-    Over a short k, the CPU backend's per-output dot products spend more on horizontal sums
-    and the k tail than on the products (measured: (32, 20) @ (20, 80) 2.6x, (480, 20) @
-    (20, 80) 3.7x slower than from the transposed copy); the copy of a small weight costs one
-    pass over it.  Below 16 (one 512-bit vector of float32) the backend packs b anyway.  A
-    broadcast view (a weight shared by a batch) is never copied per batch element."""
-    k = mm.inputs[0].type.shape[-1]
-    rows = mm.inputs[0].type.shape[-2]
-    k_axis = len(matmul_domain(mm)[0])
-    low, high = TRANSPOSE_K_RANGE
-    return (view[1].get(k_axis) == 1 and low <= k < high and rows >= TRANSPOSE_MIN_ROWS
-            and operand.type.numel == view[0].type.numel and operand.op in MOVEMENT_OPS)
 
 
 def _or_is(pred: Callable[[Node], bool], node: Node) -> Callable[[Node], bool]:
