@@ -342,8 +342,10 @@ def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A
     """Compile a Module or a function of tensors; returns a callable with the same signature.
 
     Each new input signature is traced and compiled once; `verify=True` also runs eagerly and
-    reports the largest difference per output.  `dynamic=True` (shape-polymorphic programs)
-    is not supported yet: every new shape compiles its own specialised program.
+    reports the largest difference per output.  A function may be a whole training step —
+    forward, loss, `backward()` and `optimizer.step()` — which then runs as one program (see
+    `neurenix.trace_effects`).  `dynamic=True` (shape-polymorphic programs) is not supported
+    yet: every new shape compiles its own specialised program.
     """
     if dynamic:
         raise ValueError("compile: dynamic=True is not supported yet; each new input shape "
