@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -229,14 +229,39 @@ def _check_versions(node: Any) -> None:
 
 
 def _accumulate(t: Tensor, g: Tensor, create_graph: bool) -> None:
+    # the stored gradient itself: an eager backward never goes through a trace's .grad
     if not create_graph:
         g = g.detach()
-    if t.grad is None:
-        t.grad = g if create_graph else g.clone()
+    if t._grad is None:
+        t._grad = g if create_graph else g.clone()
     elif create_graph:
-        t.grad = t.grad + g
+        t._grad = t._grad + g
     else:
-        t.grad._data = t.grad._data + g._data
+        t._grad._data = t._grad._data + g._data
+
+
+def zero_grads(params: Iterable[Tensor], set_to_none: bool = True) -> None:
+    """Reset the gradients of `params`: to None, or to zeros in place (detached first).
+
+    Inside a trace (a compiled training step) the gradients are assigned anew after every
+    call, so both forms set None there, without reading the old ones.
+    """
+    from . import dispatch
+    traced = dispatch._ACTIVE.state is not None
+    for p in params:
+        if traced:
+            p.grad = None
+            continue
+        g = p._grad
+        if g is None:
+            continue
+        if set_to_none:
+            p._grad = None
+            continue
+        if g.grad_fn is not None:
+            g = p._grad = g.detach()
+        g.requires_grad = False
+        g.zero_()
 
 
 def grad_function_name(t: Tensor) -> str | None:

@@ -38,7 +38,7 @@ class _Entry:
 
     key: tuple
     # per graph input: ("arg", i) | ("tensor", t) | ("seed", _) | ("host", (k, j)) |
-    # ("grad", target): see neurenix.tracing
+    # ("grad", target): see neurenix.trace_effects
     sources: list[tuple[str, Any]]
     forward: Any  # an executable: run(list[np.ndarray]) -> list[np.ndarray]
     num_outputs: int
@@ -418,24 +418,17 @@ def _store_built(key: str, built: Built) -> None:
 
 
 def _load_built(key: str) -> Built | None:
-    from neurenix.runtime.cpu import CpuExecutable
-
+    """The programs a traced graph compiled to, from the disk cache (None on any miss)."""
     from . import compile_cache
     record = compile_cache.load(key)
     if not isinstance(record, dict):
         return None
     exes = []
     for program_key in record["programs"]:
-        if not program_key:
-            exes.append(None)
-            continue
-        cached = compile_cache.load(program_key)
-        if cached is None:
+        loaded = _load_program(program_key) if program_key else None
+        if program_key and loaded is None:
             return None
-        program, object_code, _, library = cached
-        exe = CpuExecutable(program, object_code=object_code, library=library)
-        exe.cache_key = program_key
-        exes.append(exe)
+        exes.append(loaded[0] if loaded else None)
     return Built(record["graph"], exes[0], record["stats"], exes[1],
                  record["backward_inputs"], record["differentiable"], record["num_saved"])
 
@@ -461,11 +454,9 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
 
     from . import compile_cache
     key = compile_cache.key_for(graph, backend, host_id())
-    cached = compile_cache.load(key)
-    if cached is not None:
-        program, object_code, info, library = cached
-        exe = CpuExecutable(program, object_code=object_code, library=library)
-        exe.cache_key = key
+    loaded = _load_program(key)
+    if loaded is not None:
+        exe, info = loaded
         return exe, dict(info, cache="hit")
     start = time.perf_counter()
     program, info = pipeline.build(graph, backend)
@@ -474,6 +465,21 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
     info["stages"]["llvm_compile"] = time.perf_counter() - start - sum(info["stages"].values())
     compile_cache.store(key, (program, exe.object_code, info, exe.library))
     return exe, dict(info, cache="miss")
+
+
+def _load_program(key: str) -> tuple[Any, dict] | None:
+    """A cached program's executable (its shared library or object code, no LLVM compile)
+    and its build info, or None when the cache has no entry for `key`."""
+    from neurenix.runtime.cpu import CpuExecutable
+
+    from . import compile_cache
+    cached = compile_cache.load(key)
+    if cached is None:
+        return None
+    program, object_code, info, library = cached
+    exe = CpuExecutable(program, object_code=object_code, library=library)
+    exe.cache_key = key
+    return exe, info
 
 
 def load(artifact: Any) -> Any:
@@ -642,5 +648,6 @@ def _explain(old: tuple, new: tuple) -> str:
     if old_grad != new_grad:
         reasons.append(f"grad mode changed {old_grad} -> {new_grad}")
     if old_params != new_params:
-        reasons.append("parameters or buffers changed shape, dtype or requires_grad")
+        reasons.append("parameters or buffers were replaced, or changed shape, dtype or "
+                       "requires_grad")
     return "; ".join(reasons) or "new signature"

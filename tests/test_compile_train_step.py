@@ -299,3 +299,24 @@ def test_a_compiled_model_inside_a_compiled_step_is_traced_inline():
         step(x, y)
         _assert_same(eager, inner)
     assert step.cache_size == 1
+
+
+def test_module_zero_grad_inside_a_step_compiles_once():
+    """Module.zero_grad and Optimizer.zero_grad share one reset: inside a trace it assigns
+    None without reading the old gradients, so no guard on them forces a recompile."""
+    model = _mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        model.zero_grad(set_to_none=False)
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = neurenix.compile(step)
+    for _ in range(3):
+        compiled(*_batch())
+    assert compiled.cache_size == 1
+    assert all(p.grad is not None for p in model.parameters())

@@ -15,7 +15,7 @@ import numpy as np
 from neurenix.compiler.types import DType, float32, float64
 
 from .. import dispatch
-from ..autograd import no_grad
+from ..autograd import no_grad, zero_grads
 from ..tensor import Tensor
 from .parameter import Parameter
 
@@ -246,13 +246,8 @@ class Module:
         return self.training
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.parameters():
-            if p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
-            else:
-                p.grad = Tensor._wrap(np.zeros_like(p.grad._data), p.grad.dtype)
+        """Reset the parameters' gradients: to None (default) or to zeros in place."""
+        zero_grads(self.parameters(), set_to_none)
 
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         for p in self.parameters():

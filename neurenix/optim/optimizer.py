@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import trace_effects, tracing
-from ..autograd import enable_grad, no_grad
+from ..autograd import enable_grad, no_grad, zero_grads
 from ..creation import zeros
 from ..tensor import Tensor
 
@@ -174,19 +174,7 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of all parameters: to None (default) or to zeros in place."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if tracing.is_tracing():  # in a compiled step: the grads are assigned anew
-                    p.grad = None
-                    continue
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad = p.grad.detach() if p.grad.grad_fn is not None else p.grad
-                    p.grad.requires_grad = False
-                    p.grad.zero_()
+        zero_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient; return closure()'s loss (or None).
