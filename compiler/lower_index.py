@@ -226,18 +226,27 @@ class IndexAlgebra:
         rng = self._lin_range(r, rc)
         if rng is not None and rng[0] // c == rng[1] // c:
             return const(rng[0] // c)
+        split = self._gcd_split(r, rc, c)
+        if split is not None:
+            g, big, bc, _, _ = split
+            return self.idiv(self._build(big, bc), c // g)
+        if rc == 0 and len(r) == 1:
+            (atom, k), = r.items()
+            if k == 1 and isinstance(atom, Binary) and atom.op == "idiv":
+                return self.idiv(atom.a, int(atom.b.value) * c)
+        return Binary("idiv", self._build(r, rc), const(c))
+
+    def _gcd_split(self, r: dict[Expr, int], rc: int, c: int) -> tuple | None:
+        """`r + rc` as `g * (big + bc) + (small + sc)` with `small + sc` in [0, g), for the
+        largest such divisor g > 1 of c: then x // c and x % c only need `big + bc`."""
         for g in sorted({gcd(c, k) for k in r.values()} - {1}, reverse=True):
             big = {a: k // g for a, k in r.items() if k % g == 0}
             small = {a: k for a, k in r.items() if k % g != 0}
             bc, sc = divmod(rc, g)
             srng = self._lin_range(small, sc)
             if srng is not None and srng[0] >= 0 and srng[1] < g:
-                return self.idiv(self._build(big, bc), c // g)
-        if rc == 0 and len(r) == 1:
-            (atom, k), = r.items()
-            if k == 1 and isinstance(atom, Binary) and atom.op == "idiv":
-                return self.idiv(atom.a, int(atom.b.value) * c)
-        return Binary("idiv", self._build(r, rc), const(c))
+                return g, big, bc, small, sc
+        return None
 
     def mod(self, e: Expr, c: int) -> Expr:
         """Floor modulo by a positive constant, simplified."""
@@ -251,14 +260,11 @@ class IndexAlgebra:
         rng = self._lin_range(r, rc)
         if rng is not None and rng[0] // c == rng[1] // c:
             return self._build(r, rc - c * (rng[0] // c))
-        for g in sorted({gcd(c, k) for k in r.values()} - {1}, reverse=True):
-            big = {a: k // g for a, k in r.items() if k % g == 0}
-            small = {a: k for a, k in r.items() if k % g != 0}
-            bc, sc = divmod(rc, g)
-            srng = self._lin_range(small, sc)
-            if srng is not None and srng[0] >= 0 and srng[1] < g:
-                return self.add(self.mul(self.mod(self._build(big, bc), c // g), g),
-                                self._build(small, sc))
+        split = self._gcd_split(r, rc, c)
+        if split is not None:
+            g, big, bc, small, sc = split
+            return self.add(self.mul(self.mod(self._build(big, bc), c // g), g),
+                            self._build(small, sc))
         if rc == 0 and len(r) == 1:
             (atom, k), = r.items()
             if k == 1 and isinstance(atom, Binary) and atom.op == "mod" \
