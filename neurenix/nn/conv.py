@@ -2,7 +2,6 @@
 layout (weight (out, in / groups, *kernel), bias (out,)) and default initialisation."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from neurenix.compiler.types import DType, float32
@@ -70,11 +69,7 @@ class _ConvNd(Module):
 
     def reset_parameters(self) -> None:
         """PyTorch's default: kaiming_uniform_(a=sqrt(5)) weights, bias U(+-1/sqrt(fan_in))."""
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init.fan_in_and_fan_out(self.weight)
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
+        init.layer_default_(self.weight, self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
         return convolution(input, self.weight, self.bias, self.stride, self.padding,

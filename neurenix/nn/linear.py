@@ -1,7 +1,6 @@
 """`Linear`: a fully connected layer, y = x W^T + b."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ..compiler.types import DType
@@ -37,10 +36,7 @@ class Linear(Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-uniform weight (a = sqrt(5)) and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
+        init.layer_default_(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
