@@ -300,7 +300,7 @@ class _Context:
         other = b_shape[-1] if operand is mm.inputs[0] else a_shape[-2]
         if operand is mm.inputs[0] and operand is mm.inputs[1]:
             return False
-        if other > IM2COL_OTHER_LIMIT or mm.type.dtype.is_floating is False:
+        if other > IM2COL_OTHER_LIMIT or not mm.type.dtype.is_floating:
             return False
         n, chain = operand, []
         while not in_memory(n):
