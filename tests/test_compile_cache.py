@@ -39,25 +39,25 @@ def test_a_different_graph_does_not_hit(tmp_path, monkeypatch):
     assert _run(_model(), neurenix.randn(4, 5))[1] == "miss"
 
 
-def test_corrupt_entry_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
-    model, x = _model(), neurenix.randn(3, 5)
-    want, _ = _run(model, x)
-    entries = list(tmp_path.glob("*.bin"))
+def _corrupt_every_entry(directory):
+    entries = list(directory.glob("*.bin"))
     assert len(entries) == 2  # the program, and the record of what the traced graph built
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:40] + b"garbage")
-    got, state = _run(model, x)
-    assert state == "miss"
-    np.testing.assert_array_equal(got, want)
 
 
-def test_a_record_whose_program_is_gone_compiles_again(tmp_path, monkeypatch):
+def _remove_the_program(directory):
+    # the program entry is the larger one (it holds machine code)
+    max(directory.glob("*.bin"), key=lambda p: p.stat().st_size).unlink()
+
+
+@pytest.mark.parametrize("damage", [_corrupt_every_entry, _remove_the_program],
+                         ids=["corrupt-entries", "program-gone"])
+def test_a_damaged_cache_compiles_again(tmp_path, monkeypatch, damage):
     monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
-    # the program entry is the larger one (it holds machine code): remove it
-    max(tmp_path.glob("*.bin"), key=lambda p: p.stat().st_size).unlink()
+    damage(tmp_path)
     got, state = _run(model, x)
     assert state == "miss"
     np.testing.assert_array_equal(got, want)
