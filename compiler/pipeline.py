@@ -62,9 +62,11 @@ class Split:
     saved_bytes: int
 
 
-def differentiate(graph: Graph, wrt: list[str], num_user_outputs: int
-                  ) -> tuple[Split, list[StageRecord]]:
-    """Joint forward+backward graph for the inputs named in `wrt`, partitioned."""
+def differentiate(graph: Graph, wrt: list[str], num_user_outputs: int,
+                  active: list[int] | None = None) -> tuple[Split, list[StageRecord]]:
+    """Joint forward+backward graph for the inputs named in `wrt`, partitioned.  `active`
+    lists the user outputs that take a cotangent (default: every floating one); the others
+    (detached inside the traced function) leave the program without a gradient."""
     graph, records = optimize(graph)
     start = time.perf_counter()
     joint = grad_graph(graph, wrt)
@@ -88,7 +90,8 @@ def differentiate(graph: Graph, wrt: list[str], num_user_outputs: int
             sources.append(("cotangent", cotangent_of[node.name]))
         else:
             sources.append(("input", input_index[node.name]))
-    differentiable = [i for i in floating if i < num_user_outputs]
+    differentiable = [i for i in floating if i < num_user_outputs
+                      and (active is None or i in active)]
     split = Split(forward, backward, sources, differentiable, len(part.saved),
                   part.saved_bytes)
     return split, records

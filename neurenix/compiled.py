@@ -8,6 +8,7 @@ forward's outputs get one autograd node whose backward runs the compiled backwar
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import time
@@ -22,9 +23,10 @@ from neurenix.compiler.trace import TraceError, Tracer
 
 from . import autograd
 from .device import CPU, as_device
-from .nn.module import Module, structure_version
+from .nn.module import Module
 from .tensor import Tensor
 from .trace_effects import Guard, Store, finish_stores, restore
+from .trace_guards import free_scalar_guard, module_guard, plain_key, tensor_guard
 from .tracing import ACTIVE, TraceState, tracing
 
 log = logging.getLogger("neurenix.compile")
@@ -48,13 +50,17 @@ class _Entry:
     stats: dict
     input_dtypes: list[Any] = field(default_factory=list)
     host: list[Callable[[], tuple]] = field(default_factory=list)
+    commits: list[Callable[[], None]] = field(default_factory=list)
     guards: list[Guard] = field(default_factory=list)
     stores: list[Store] = field(default_factory=list)
     num_stored: int = 0
+    # value checks (neurenix.value_checks): how many outputs each test reads, and the test
+    checks: list[tuple[int, Callable[..., None]]] = field(default_factory=list)
+    num_checks: int = 0
     backward: Any = None
     backward_inputs: list[tuple[str, int]] = field(default_factory=list)
-    grad_targets: list[Tensor] = field(default_factory=list)
-    grad_arg_positions: list[int] = field(default_factory=list)
+    # where each call finds the tensors its backward gives gradients to: sources as above
+    grad_sources: list[tuple[str, Any]] = field(default_factory=list)
     differentiable: list[int] = field(default_factory=list)
     num_saved: int = 0
 
@@ -79,8 +85,6 @@ class Compiled:
             raise ValueError(f"compile: backend must be one of {pipeline.BACKENDS}, got "
                              f"{self.backend!r}")
         self._cache: dict[tuple, list[_Entry]] = {}
-        self._tensors: list[Tensor] = []
-        self._tensors_version = -1
         self._last: _Entry | None = None
         self.last_verification: list[float] | None = None
 
@@ -154,30 +158,19 @@ class Compiled:
         return tuple(bound.args) + tuple(bound.kwargs.values())
 
     def _signature(self, args: tuple) -> tuple:
+        """The call's key: its arguments (tensors by shape, dtype and requires_grad, other
+        values by content) and grad mode.  Module state is checked by the entries' guards."""
         parts: list[Any] = []
-        for a in args:
-            if isinstance(a, Tensor):
+        for i, a in enumerate(args):
+            if type(a) is Tensor or isinstance(a, Tensor):
                 parts.append(_describe(a))
                 continue
             leaves = _arg_tensors((a,))
             if leaves:  # tensors nested in a tuple/list/dict (an LSTM's (h0, c0))
-                parts.append(("tree", _structure(a), tuple(_describe(t) for t in leaves)))
+                parts.append(("tree", _structure(a, i), tuple(_describe(t) for t in leaves)))
             else:
-                parts.append(("value", _hashable(a)))
-        grad = autograd.is_grad_enabled()
-        params: tuple = ()
-        training = None
-        if self.module is not None:
-            training = self.module.training
-            # the tensors themselves (a program reads them by identity), their shapes, dtypes
-            # and requires_grad; the list is cached until a module table changes anywhere
-            if self._tensors_version != structure_version():
-                self._tensors = [t for _, t in self.module.named_parameters()] + \
-                    [t for _, t in self.module.named_buffers()]
-                self._tensors_version = structure_version()
-            params = tuple((id(t), t._data.shape, t._dtype.name, t.requires_grad)
-                           for t in self._tensors)
-        return (tuple(parts), training, grad, params)
+                parts.append(("value", value_key(a, i)))
+        return (tuple(parts), autograd.is_grad_enabled())
 
     # ---- compiling --------------------------------------------------------------------------
 
@@ -208,29 +201,48 @@ class Compiled:
             stored, stores = finish_stores(state)
         finally:
             restore(state)  # the first run assigns the real gradients and state
-        traced = tracer.finish(out_nodes + stored)
+        check_nodes = [n for nodes, _ in state.checks for n in nodes]
+        traced = tracer.finish(out_nodes + stored + check_nodes)
         sources = [state.sources[node.name] for node in traced.graph.inputs]
         trace_seconds = time.perf_counter() - t0
         updates = [next(t for t, n in state.inputs.values() if n.name == name)
                    for name in traced.updates]
+        # outputs a gradient flows back from (not detached, not computed under no_grad)
+        active = [i for i, n in enumerate(out_nodes) if id(n) in state.active]
         grad_positions = []
-        if not state.backward_called and any(id(n) in state.active for n in out_nodes):
+        if not state.backward_called and active:
             grad_positions = [i for i, node in enumerate(traced.graph.inputs)
                               if id(node) in state.active]
         common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
-                      host=state.host, guards=state.guards, stores=stores,
-                      num_stored=len(stored))
+                      host=state.host, commits=state.commits, guards=state.guards + self._guards(state, sources),
+                      stores=stores, num_stored=len(stored),
+                      checks=[(len(nodes), test) for nodes, test in state.checks],
+                      num_checks=len(check_nodes))
         wrt = [traced.graph.inputs[i].name for i in grad_positions]
-        built = compile_traced(traced.graph, wrt, len(leaves), self.backend, trace_seconds)
-        grad_targets = [ref if kind == "tensor" else _arg_tensors(args)[ref]
-                        for kind, ref in (sources[i] for i in grad_positions)]
+        built = compile_traced(traced.graph, wrt, len(leaves), self.backend, trace_seconds,
+                               active)
         entry = _Entry(key, sources, built.forward, len(leaves), treedef, updates, built.graph,
                        built.stats, backward=built.backward,
-                       backward_inputs=built.backward_inputs, grad_targets=grad_targets,
+                       backward_inputs=built.backward_inputs,
+                       grad_sources=[sources[i] for i in grad_positions],
                        differentiable=built.differentiable, num_saved=built.num_saved,
                        **common)
         pipeline.report(self._name(), entry.stats)
         return entry
+
+    def _guards(self, state: TraceState, sources: list[tuple[str, Any]]) -> list[Guard]:
+        """What the trace read besides its arguments, checked before every reuse: the state
+        of every module it called, the tensors it reads by reference, and Python values the
+        user's functions read from their closures and globals."""
+        tensors = [ref for kind, ref in sources if kind == "tensor"]
+        labels = [name for name, (kind, _) in state.sources.items() if kind == "tensor"]
+        functions = [] if self.module is not None else [self.fn]
+        functions += [type(m).forward for m in state.modules.values()
+                      if not type(m).__module__.startswith("neurenix.")]
+        guards = [module_guard(state.modules.values(), {id(t) for t in tensors}),
+                  tensor_guard(tensors, labels)]
+        guards += [free_scalar_guard(f) for f in dict.fromkeys(functions)]
+        return [g for g in guards if g is not None]
 
     def _arg_names(self, n: int) -> list[str]:
         target = self.module.forward if self.module is not None else self.fn
@@ -275,9 +287,14 @@ class Compiled:
         inputs = self._inputs(entry, args)
         results = entry.forward.run(inputs)
         n = entry.num_outputs
-        outs = [Tensor._wrap(a) for a in results[:n]]
         stored = results[n:n + entry.num_stored]
         n += entry.num_stored
+        for count, test in entry.checks:  # eager's errors, before any state is written
+            test(*results[n:n + count])
+            n += count
+        for commit in entry.commits:
+            commit()
+        outs = [Tensor._wrap(a) for a in results[:entry.num_outputs]]
         for target, value in zip(entry.updates, results[n:n + len(entry.updates)]):
             target._data = value  # a fresh array of the program's: no copy needed
             target._version += 1
@@ -291,10 +308,12 @@ class Compiled:
                 args[store.target[1]]._grad = value
         if entry.backward is not None:
             saved = results[n + len(entry.updates):]
-            self._attach_backward(entry, inputs, results, saved, outs)
+            self._attach_backward(entry, args, inputs, results, saved, outs)
         return _unflatten(entry.treedef, outs)
 
-    def _attach_backward(self, entry, inputs, results, saved, outs) -> None:
+    def _attach_backward(self, entry, args, inputs, results, saved, outs) -> None:
+        """One autograd node for this call: its own saved values, inputs and gradient
+        targets (the call's arguments, not the first call's), as an eager node has."""
         diff = entry.differentiable
 
         def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
@@ -311,8 +330,9 @@ class Compiled:
                     arrays.append(cotangents.get(index, np.zeros_like(results[index])))
             return [Tensor._wrap(a) for a in entry.backward.run(arrays)]
 
-        node = autograd.FunctionNode("compiled_backward", tuple(entry.grad_targets), len(diff),
-                                     backward_fn)
+        targets = tuple(ref if kind == "tensor" else args[ref]
+                        for kind, ref in entry.grad_sources)
+        node = autograd.FunctionNode("compiled_backward", targets, len(diff), backward_fn)
         for slot_index, out_index in enumerate(diff):
             t = outs[out_index]
             t.requires_grad = True
@@ -367,9 +387,10 @@ class Built:
 
 
 def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str,
-                   trace_seconds: float) -> Built:
+                   trace_seconds: float, active: list[int] | None = None) -> Built:
     """Optimise (and with `wrt`, differentiate and partition) a traced graph and build its
-    programs; on the disk cache's hit, keyed by the traced graph itself, skip all of that."""
+    programs; on the disk cache's hit, keyed by the traced graph itself, skip all of that.
+    `active` lists the outputs a gradient flows back from (default: every floating one)."""
     start = time.perf_counter()
     record_key = None
     if backend != "reference":
@@ -377,7 +398,7 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
 
         from . import compile_cache
         record_key = compile_cache.key_for(traced, f"{backend}:traced:{num_outputs}:"
-                                           + ",".join(wrt), host_fingerprint())
+                                           + ",".join(wrt) + f":{active}", host_fingerprint())
         built = _load_built(record_key)
         if built is not None:
             seconds = {"trace_and_passes": trace_seconds,
@@ -385,7 +406,7 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
             built.stats = dict(built.stats, seconds=seconds, cache="hit")
             return built
     if wrt:
-        split, records = pipeline.differentiate(traced, wrt, num_outputs)
+        split, records = pipeline.differentiate(traced, wrt, num_outputs, active)
         passes = time.perf_counter() - start
         forward, fbuild = build_executable(split.forward, backend)
         backward, bbuild = build_executable(split.backward, backend)
@@ -510,15 +531,42 @@ def _arg_tensors(args: Any) -> list[Tensor]:
     return []
 
 
-def _structure(value: Any) -> Any:
+def _structure(value: Any, position: int) -> Any:
     """A hashable description of an argument with its tensors left out."""
     if isinstance(value, Tensor):
         return "T"
     if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(_structure(v) for v in value))
+        return (type(value).__name__, tuple(_structure(v, position) for v in value))
     if isinstance(value, dict):
-        return ("dict", tuple((k, _structure(v)) for k, v in value.items()))
-    return ("value", _hashable(value))
+        return ("dict", tuple((value_key(k, position), _structure(v, position))
+                              for k, v in value.items()))
+    return ("value", value_key(value, position))
+
+
+def value_key(value: Any, position: int) -> Any:
+    """A key for a non-tensor argument that is equal exactly when the values are: plain
+    values by type and value, NumPy arrays by dtype, shape and a digest of their bytes,
+    containers item by item, other hashable objects by their own equality (functions and
+    modules by identity).  Anything else is refused: keying it by `repr` would let two
+    different values share one program."""
+    key = plain_key(value)
+    if key is not None:
+        return key
+    if isinstance(value, np.ndarray):
+        digest = hashlib.blake2b(np.ascontiguousarray(value).tobytes(), digest_size=16)
+        return ("ndarray", value.dtype.str, value.shape, digest.hexdigest())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(value_key(v, position) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((value_key(k, position), value_key(v, position))
+                              for k, v in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"compile: argument {position} is a {type(value).__name__}, which "
+                        f"cannot key a compiled program; pass tensors, numbers, strings, NumPy "
+                        f"arrays, or tuples, lists and dicts of them") from None
+    return ("object", type(value).__qualname__, value)
 
 
 def _replace_tensors(value: Any, symbols: Any) -> Any:
@@ -550,7 +598,10 @@ def _explain_guards(entry: _Entry, tensors: list[Tensor]) -> str:
         now = g.read(tensors)
         if now == g.value:
             continue
-        if _labelled(now) and _labelled(g.value) and len(now) == len(g.value):
+        if g.explain is not None:
+            changed += [f"{g.what}: {line}" for line in g.explain(g.value, now)] or \
+                [f"{g.what} changed"]
+        elif _labelled(now) and _labelled(g.value) and len(now) == len(g.value):
             diffs = [(label, old, new) for (label, old), (_, new) in zip(g.value, now)
                      if old != new]
             # a new state tensor changes both the state's keys and identities: name the keys
@@ -565,14 +616,6 @@ def _labelled(value: Any) -> bool:
     """Whether a guard value is a tuple of (label, value) pairs."""
     return isinstance(value, tuple) and all(
         isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)
-
-
-def _hashable(value: Any) -> Any:
-    try:
-        hash(value)
-        return value
-    except TypeError:
-        return repr(value)
 
 
 def flatten_outputs(obj: Any) -> tuple[list[Tensor], Any]:
@@ -622,8 +665,8 @@ def _unflatten(treedef: Any, leaves: list[Tensor]) -> Any:
 def _explain(old: tuple, new: tuple) -> str:
     """Why a signature differs from the previous one, in words."""
     reasons = []
-    old_args, old_train, old_grad, old_params = old
-    new_args, new_train, new_grad, new_params = new
+    old_args, old_grad = old
+    new_args, new_grad = new
     if len(old_args) != len(new_args):
         reasons.append(f"{len(new_args)} arguments instead of {len(old_args)}")
     for i, (a, b) in enumerate(zip(old_args, new_args)):
@@ -642,12 +685,6 @@ def _explain(old: tuple, new: tuple) -> str:
                         reasons.append(f"input {i} tensor {k} {what} changed {u} -> {v}")
         else:
             reasons.append(f"input {i} changed {a[1]!r} -> {b[1]!r}")
-    if old_train != new_train:
-        reasons.append(f"mode changed {'train' if old_train else 'eval'} -> "
-                       f"{'train' if new_train else 'eval'}")
     if old_grad != new_grad:
         reasons.append(f"grad mode changed {old_grad} -> {new_grad}")
-    if old_params != new_params:
-        reasons.append("parameters or buffers were replaced, or changed shape, dtype or "
-                       "requires_grad")
     return "; ".join(reasons) or "new signature"

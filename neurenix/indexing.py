@@ -12,6 +12,7 @@ from neurenix.compiler.types import bool_, int64
 from . import autograd
 from .dispatch import apply
 from .tensor import Tensor
+from .value_checks import check_range
 
 
 class _Advanced:
@@ -146,16 +147,15 @@ def getitem(x: Tensor, index: Any) -> Tensor:
 def _normalise_index(index: Tensor, size: int, dim: int) -> Tensor:
     """Index values in [0, size): negatives wrap, out-of-range values raise IndexError.
 
-    A traced index cannot be checked; negatives wrap with `where`, and compiled code masks
-    out-of-range reads."""
+    A traced index is checked after the compiled call (`value_checks`); negatives wrap with
+    `where`, and compiled code never reads outside the tensor meanwhile."""
+    check_range(index, -size, size, lambda bad: IndexError(
+        f"index {bad} is out of bounds for dimension {dim} with size {size}"))
     data = index._data
     if data is None:
         from .elementwise import add, as_tensor, lt, where
         index = as_tensor(index, int64)
         return where(lt(index, 0), add(index, size), index)
-    if data.size and (data.min() < -size or data.max() >= size):
-        bad = data.min() if data.min() < -size else data.max()
-        raise IndexError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
     if index.dtype != int64:
         index = Tensor._wrap(data.astype(np.int64), int64)
     if data.size and data.min() < 0:

@@ -44,11 +44,17 @@ def _array_from(data: Any, dtype: DType | None) -> tuple[np.ndarray, DType]:
     return np.array(arr, dtype=dtype.np_type, copy=True), dtype
 
 
+# which trace a tensor was made in: a trace bumps it at its start and at its end, so a tensor
+# whose `_born` equals the trace's epoch was made inside that trace (a constant of the traced
+# function) and any other eager tensor it meets existed before (captured: an input)
+TRACE_EPOCH = [0]
+
+
 class Tensor:
     """A multi-dimensional array that can record the operations applied to it."""
 
     __slots__ = ("_data", "_dtype", "_device", "requires_grad", "_grad", "_node",
-                 "_retains_grad", "_version", "_value", "__weakref__")
+                 "_retains_grad", "_version", "_value", "_born", "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray op Tensor` to Tensor's reflected method
 
     def __init__(self, data: Any, dtype: DType | None = None, device: Any = None,
@@ -70,6 +76,7 @@ class Tensor:
         self._retains_grad = False
         self._version = 0
         self._value = None
+        self._born = TRACE_EPOCH[0]
 
     @classmethod
     def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:

@@ -28,11 +28,13 @@ from .tracing import ACTIVE, TraceState, symbolic, user_source
 
 class Guard(NamedTuple):
     """A value the trace baked in: `read(args)` must give `value` again for the program to
-    be reused (`args` are the call's tensors, flattened)."""
+    be reused (`args` are the call's tensors, flattened).  `explain(old, new)`, when given,
+    says in words what changed (for the recompile message)."""
 
     what: str
     read: Callable[[list[Tensor]], Any]
     value: Any
+    explain: Callable[[Any, Any], list[str]] | None = None
 
 
 @dataclass
@@ -57,19 +59,26 @@ class Store:
     output: int | None
 
 
-def host_values(compute: Callable[[], tuple], like: Tensor, count: int) -> tuple:
+def host_values(compute: Callable[[], tuple], like: Tensor, count: int,
+                commit: Callable[[], None] | None = None) -> tuple:
     """`count` scalars computed in Python on every call: `compute()` eagerly; inside a trace,
     0-d inputs of `like`'s dtype whose values `compute` gives before each run of the program.
 
     For what changes between calls without changing the graph: a learning rate a scheduler
-    sets, an optimizer's step count and its bias corrections.  `compute` may have side effects
-    (count a step); it runs once per call.
+    sets, an optimizer's step count and its bias corrections.  `compute` has no side effects;
+    `commit` makes the one that goes with it (count the step): eagerly at once, compiled after
+    a call that raised no error, so a failed call leaves the optimizer as eager would.
     """
     state = ACTIVE.state
     if state is None:
-        return tuple(compute())
+        values = tuple(compute())
+        if commit is not None:
+            commit()
+        return values
     k = len(state.host)
     state.host.append(compute)
+    if commit is not None:
+        state.commits.append(commit)
     values = []
     for j in range(count):
         name = f"host{k}_{j}"
@@ -91,19 +100,11 @@ def lift_module(module: Any) -> None:
     inputs named by their paths (buffer updates, such as running statistics, then become
     outputs instead of being baked in as constants)."""
     state = ACTIVE.state
+    state.modules.setdefault(id(module), module)
     for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
         for name, t in items:
             if id(t) not in state.inputs:
-                state.register(t, _fresh_input_name(state, name), kind)
-
-
-def _fresh_input_name(state: TraceState, name: str) -> str:
-    taken = {n.name for n in state.tracer.builder.inputs}
-    base, k = name, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    return name
+                state.register(t, state.fresh_name(name), kind)
 
 
 def guard(what: str, read: Callable[[list[Tensor]], Any]) -> None:

@@ -26,7 +26,7 @@ from neurenix.compiler.trace import TraceError, Tracer
 from neurenix.compiler.types import TensorType, int64
 
 from . import autograd, dispatch
-from .tensor import Tensor
+from .tensor import TRACE_EPOCH, Tensor
 
 if TYPE_CHECKING:
     from .trace_effects import GradSlot, Guard
@@ -50,12 +50,17 @@ class TraceState:
         self.args: dict[int, tuple[int, Node]] = {}  # id(symbolic argument) -> (index, node)
         self.arg_tensors: list[tuple[Tensor, Node]] = []  # the symbolic arguments
         self.host: list[Callable[[], tuple]] = []
+        self.commits: list[Callable[[], None]] = []  # host side effects, run after each call
         self.guards: list[Guard] = []
         self.grads: dict[int, GradSlot] = {}
         self.items: list[tuple[dict, Any, Any]] = []  # (container, key, previous) symbolic items
         self.grad_mode = autograd.is_grad_enabled()
         self.active: set[int] = set()  # ids of nodes a gradient can flow back from
         self.backward_called = False
+        self.modules: dict[int, Any] = {}  # id -> every Module called in the trace
+        self.epoch = -1  # TRACE_EPOCH while tracing: tensors made then are constants
+        # value checks (neurenix.value_checks): graph values and the test run on them per call
+        self.checks: list[tuple[list[Node], Callable[..., None]]] = []
 
     def register(self, tensor: Tensor, name: str, kind: str) -> Node:
         """Make an eager tensor (parameter, buffer) an input of the graph."""
@@ -95,11 +100,24 @@ class TraceState:
         entry = self.inputs.get(id(t))
         if entry is not None:
             return entry[1]
+        if t._born == self.epoch and not t.requires_grad:
+            return self.tracer.constant(t._data)  # made by the traced function itself
+        # a tensor that existed before the trace (captured from an enclosing scope, a plain
+        # attribute of a module): an input read on every call, so that a later in-place
+        # change, or a new value of `.data`, is seen; a learnable one is a parameter
+        self.lifted += 1
         if t.requires_grad and t._node is None:
-            # a free-standing learnable tensor (a closure over a parameter): lift it
-            self.lifted += 1
-            return self.register(t, f"param{self.lifted}", "param")
-        return self.tracer.constant(t._data)
+            return self.register(t, self.fresh_name(f"param{self.lifted}"), "param")
+        return self.register(t, self.fresh_name(f"captured{self.lifted}"), "buffer")
+
+    def fresh_name(self, name: str) -> str:
+        """`name`, or `name_1`, `name_2`, ...: the first not taken by an input of the trace."""
+        taken = {n.name for n in self.tracer.builder.inputs}
+        base, k = name, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        return name
 
 
 class _Active(threading.local):
@@ -117,10 +135,13 @@ def tracing(state: TraceState) -> Iterator[TraceState]:
         raise TraceError("a trace is already active in this thread (nested neurenix.compile "
                          "calls are traced as part of the outer one)")
     ACTIVE.state = state
+    TRACE_EPOCH[0] += 1
+    state.epoch = TRACE_EPOCH[0]
     try:
         yield state
     finally:
         ACTIVE.state = None
+        TRACE_EPOCH[0] += 1
 
 
 @contextlib.contextmanager

@@ -23,16 +23,20 @@ def _gather_rule(x: TensorType, idx: TensorType, *, axis: int) -> TensorType:
     return TensorType(_gathered_shape(x.shape, idx.shape, axis), x.dtype)
 
 
-def check_bounds(name: str, idx, size: int, axis: int) -> None:
-    """Raise a clear error when an index is outside [0, size)."""
-    if idx.size and (idx.min() < 0 or idx.max() >= size):
-        bad = idx.min() if idx.min() < 0 else idx.max()
-        raise IndexError(f"{name}: index {bad} is out of range for axis {axis} of size {size}")
+def _in_range(idx: np.ndarray, size: int) -> np.ndarray:
+    return (idx >= 0) & (idx < size)
 
 
 def _gather_impl(x, idx, *, axis):
-    check_bounds("gather", idx, x.shape[axis], axis)
-    return np.take(x, idx, axis=axis)
+    # total, as generated code runs it: an index outside [0, size) reads 0 (the frontend
+    # raises the user's error for such indices before, or after a compiled call)
+    size = x.shape[axis]
+    ok = _in_range(idx, size)
+    if ok.all():
+        return np.take(x, idx, axis=axis)
+    out = np.take(x, np.where(ok, idx, 0), axis=axis)
+    mask = ok.reshape((1,) * axis + ok.shape + (1,) * (x.ndim - axis - 1))
+    return np.where(mask, out, np.zeros((), x.dtype))
 
 
 def _scatter_rule(base: TensorType, idx: TensorType, src: TensorType, *, axis) -> TensorType:
@@ -46,8 +50,13 @@ def _scatter_rule(base: TensorType, idx: TensorType, src: TensorType, *, axis) -
 
 
 def _scatter_impl(base, idx, src, *, axis):
-    check_bounds("scatter_add", idx, base.shape[axis], axis)
+    # total, as generated code runs it: an update at an index outside [0, size) is dropped
     out = np.array(base, copy=True)
+    ok = _in_range(idx, base.shape[axis])
+    if not ok.all():
+        mask = ok.reshape((1,) * axis + ok.shape + (1,) * (src.ndim - axis - ok.ndim))
+        src = np.where(mask, src, np.zeros((), src.dtype))
+        idx = np.where(ok, idx, 0)
     np.add.at(out, (slice(None),) * axis + (idx,), src)
     return out
 
@@ -55,9 +64,10 @@ def _scatter_impl(base, idx, src, *, axis):
 register("gather", INDEXING, 2, _gather_rule, _gather_impl,
          per_input(lambda b, g, out, x, idx, *, axis:
                    b.scatter_add(b.zeros_like(x), idx, g, axis=axis), None),
-         "take x's slices at positions idx along attrs.axis (numpy.take)")
+         "take x's slices at positions idx along attrs.axis (numpy.take; outside the axis: 0)")
 register("scatter_add", INDEXING, 3, _scatter_rule, _scatter_impl,
          per_input(lambda b, g, out, base, idx, src, *, axis: g,
                    None,
                    lambda b, g, out, base, idx, src, *, axis: b.gather(g, idx, axis=axis)),
-         "base with src added at positions idx along attrs.axis (repeats accumulate)")
+         "base with src added at positions idx along attrs.axis (repeats accumulate; "
+         "positions outside the axis are dropped)")

@@ -28,12 +28,19 @@ class IncompatibleKeys(NamedTuple):
 
 
 _STRUCTURE = [0]  # bumped whenever any module's parameter, buffer or sub-module table changes
+_STATE = [0]  # bumped by those changes too, and by every attribute assignment and train()
 
 
 def structure_version() -> int:
     """A number that changes whenever a parameter, buffer or sub-module of any module is added,
     replaced or removed (lets `neurenix.compile` cache a module's tensor list between calls)."""
     return _STRUCTURE[0]
+
+
+def state_version() -> int:
+    """A number that changes whenever any module's tables, training flag or attributes are
+    assigned (lets a compiled program's guards skip re-reading unchanged modules)."""
+    return _STATE[0] + _STRUCTURE[0]
 
 
 class _Table(OrderedDict):
@@ -92,13 +99,14 @@ class Module:
                                "assigning parameters, buffers or sub-modules")
 
     def __setattr__(self, name: str, value: Any) -> None:
+        _STATE[0] += 1
         if isinstance(value, Parameter):
             self._check_init()
-            self._remove(name)
+            self._remove(name, self._parameters)
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._check_init()
-            self._remove(name)
+            self._remove(name, self._modules)
             self._modules[name] = value
         elif "_parameters" in self.__dict__ and name in self._parameters:
             if value is not None:
@@ -115,9 +123,12 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, keep: dict | None = None) -> None:
+        """Forget `name` everywhere but in the table `keep`, where assigning it again keeps
+        its place (so `seq[0] = layer` replaces the first layer, as in PyTorch)."""
         for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
+            if table is not keep:
+                table.pop(name, None)
         self.__dict__.pop(name, None)
 
     def __getattr__(self, name: str) -> Any:
@@ -128,6 +139,7 @@ class Module:
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name: str) -> None:
+        _STATE[0] += 1
         for table in (self._parameters, self._buffers, self._modules):
             if name in table:
                 del table[name]
@@ -139,7 +151,7 @@ class Module:
             raise TypeError(f"register_parameter: expected a Parameter or None for {name!r}, "
                             f"got {type(param).__name__}")
         self._check_init()
-        self._remove(name)
+        self._remove(name, self._parameters)
         self._parameters[name] = param
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
@@ -148,7 +160,7 @@ class Module:
             raise TypeError(f"register_buffer: expected a Tensor or None for {name!r}, got "
                             f"{type(tensor).__name__}")
         self._check_init()
-        self._remove(name)
+        self._remove(name, self._buffers)
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent.discard(name)
@@ -159,7 +171,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {type(module).__name__} is not a Module")
         self._check_init()
-        self._remove(name)
+        self._remove(name, self._modules)
         self._modules[name] = module
 
     # ---- calling ----------------------------------------------------------------------------
@@ -233,6 +245,7 @@ class Module:
         """Set training mode (dropout active, batch norm uses batch statistics) recursively."""
         if not isinstance(mode, bool):
             raise TypeError(f"train: mode must be a bool, got {type(mode).__name__}")
+        _STATE[0] += 1
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self

@@ -6,7 +6,7 @@ from typing import Any
 from .. import elementwise as ew
 from .. import trace_effects
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, zeros_for
+from .optimizer import Optimizer, ParamsT, check_range, count_step, zeros_for
 
 
 class Adadelta(Optimizer):
@@ -36,15 +36,10 @@ class Adadelta(Optimizer):
             state["square_avg"] = zeros_for(p)
             state["acc_delta"] = zeros_for(p)
 
-    @staticmethod
-    def _count(state: dict[str, Any], group: dict[str, Any]) -> tuple[float]:
-        """Count the step; the learning rate."""
-        state["step"] += 1
-        return (group["lr"],)
-
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = trace_effects.host_values(lambda: self._count(state, group), p, 1)
+        (lr,) = trace_effects.host_values(lambda: (group["lr"],), p, 1,
+                                          commit=lambda: count_step(state))
         rho, eps = group["rho"], group["eps"]
         if group["maximize"]:
             grad = -grad

@@ -7,7 +7,7 @@ from typing import Any
 from .. import elementwise as ew
 from .. import trace_effects
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, zeros_for
+from .optimizer import Optimizer, ParamsT, check_range, count_step, zeros_for
 
 
 class Adam(Optimizer):
@@ -50,10 +50,8 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = zeros_for(p)
 
     @staticmethod
-    def _coefficients(state: dict[str, Any], group: dict[str, Any]) -> tuple[float, ...]:
-        """Count the step; the learning rate, step size and sqrt of bias correction 2."""
-        state["step"] += 1
-        step = state["step"]
+    def _coefficients(step: int, group: dict[str, Any]) -> tuple[float, ...]:
+        """The learning rate, step size and sqrt of bias correction 2 of step `step`."""
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         return lr, lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step)
@@ -61,7 +59,8 @@ class Adam(Optimizer):
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
         lr, step_size, bias_correction2_sqrt = trace_effects.host_values(
-            lambda: self._coefficients(state, group), p, 3)
+            lambda: self._coefficients(state["step"] + 1, group), p, 3,
+            commit=lambda: count_step(state))
         beta1, beta2 = group["betas"]
         eps, weight_decay = group["eps"], group["weight_decay"]
         if group["maximize"]:

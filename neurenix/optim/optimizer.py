@@ -57,6 +57,12 @@ def zeros_for(p: Tensor) -> Tensor:
     return zeros(p.shape, dtype=p.dtype, device=p.device)
 
 
+def count_step(state: dict[str, Any]) -> None:
+    """Count one more step of a parameter (the `commit` of a step's host values: in a
+    compiled step it runs only once the call succeeded)."""
+    state["step"] += 1
+
+
 class Optimizer:
     """Base class of the optimizers: holds `param_groups`, `defaults` and per-parameter `state`.
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ...dispatch import apply
 from ...elementwise import (
     abs,
@@ -34,6 +32,7 @@ from ...elementwise import (
 from ...reductions import log_softmax, mean
 from ...reductions import sum as reduce_sum
 from ...tensor import Tensor
+from ...value_checks import check_range
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -77,12 +76,6 @@ def _check_broadcast(value: Tensor, shape: tuple[int, ...], what: str, name: str
     if not ok:
         raise ValueError(f"{name}: {what} of shape {tuple(value.shape)} does not broadcast to "
                          f"the input shape {shape}")
-
-
-def _concrete(t: Tensor) -> np.ndarray | None:
-    """The values of an eager tensor (None for a symbolic one), for eager-only checks."""
-    data = getattr(t, "_data", None)
-    return data if isinstance(data, np.ndarray) else None
 
 
 # ---- regression -----------------------------------------------------------------------------
@@ -191,14 +184,15 @@ def classification(input: Tensor, target: Tensor, weight: Tensor | None, ignore_
 
 
 def _check_classes(target: Tensor, classes: int, ignore_index: int, name: str) -> None:
-    values = _concrete(target)
-    if values is None or not values.size:
-        return
-    bad = (values != ignore_index) & ((values < 0) | (values >= classes))
-    if bad.any():
-        raise ValueError(f"{name}: target {values[bad].flat[0]} is out of range for {classes} "
-                         f"classes (expected 0 <= target < {classes} or "
-                         f"ignore_index={ignore_index})")
+    """Every target in [0, classes) or equal to ignore_index (checked after the call when
+    traced); the message names the smallest offender below 0, else the largest."""
+    if 0 <= ignore_index < classes:
+        counted = target
+    else:  # ignored targets are moved into range, so only the others can fail
+        counted = where(eq(target, ignore_index), 0, target)
+    check_range(counted, 0, classes, lambda bad: ValueError(
+        f"{name}: target {bad} is out of range for {classes} classes (expected 0 <= target "
+        f"< {classes} or ignore_index={ignore_index})"))
 
 
 def _hard_targets(logp: Tensor, t: Tensor, w: Tensor | None, ignore_index: int,
@@ -258,12 +252,9 @@ def bce(input: Tensor, target: Tensor, weight: Tensor | None, reduction: str,
     check_reduction(reduction, name)
     _check_floating(input, "input", name)
     _check_same_shape(input, target, name)
-    values = _concrete(input)
-    if values is not None and values.size and ((values < 0) | (values > 1)).any():
-        outside = values[(values < 0) | (values > 1)]
-        raise ValueError(f"{name}: input values must be probabilities in [0, 1], got "
-                         f"{outside.flat[0]} (apply a sigmoid first, or use "
-                         f"BCEWithLogitsLoss on raw scores)")
+    check_range(input, 0.0, 1.0, lambda bad: ValueError(
+        f"{name}: input values must be probabilities in [0, 1], got {bad} (apply a sigmoid "
+        f"first, or use BCEWithLogitsLoss on raw scores)"), high_inclusive=True)
     target = cast(target, input.dtype) if target.dtype != input.dtype else target
     loss = neg(add(mul(target, _clamped_log(input)),
                    mul(sub(1.0, target), _clamped_log(sub(1.0, input)))))

@@ -1,7 +1,8 @@
 """Lookups by integer index: `embedding` (rows of a table) and `one_hot`.
 
-Both are a `gather` along axis 0.  The gather primitive checks its indices when it runs, so
-the happy path reads no tensor data; a bad index is turned into a message naming the layer.
+Both are a `gather` along axis 0.  The indices are checked by `value_checks.check_range`:
+eagerly before the lookup, and after every call of a compiled program, so both raise the same
+error naming the layer (compiled code never reads outside the table meanwhile).
 """
 from __future__ import annotations
 
@@ -10,12 +11,7 @@ from ... import reductions, shapes
 from ...compiler.types import int64
 from ...dispatch import apply
 from ...tensor import Tensor
-
-
-def _first_bad(idx: Tensor, size: int) -> int:
-    """The first index outside [0, size) (called only after gather refused them)."""
-    flat = idx.detach().numpy().reshape(-1)
-    return int(flat[(flat < 0) | (flat >= size)][0])
+from ...value_checks import check_range
 
 
 def _check_indices(idx: Tensor, name: str) -> None:
@@ -26,12 +22,10 @@ def _check_indices(idx: Tensor, name: str) -> None:
 
 
 def _gather_rows(table: Tensor, idx: Tensor, name: str, what: str) -> Tensor:
-    try:
-        return apply("gather", table, idx, axis=0)
-    except IndexError:
-        bad = _first_bad(idx, table.shape[0])
-        raise IndexError(f"{name}: index {bad} out of range for {table.shape[0]} {what}") \
-            from None
+    size = table.shape[0]
+    check_range(idx, 0, size, lambda bad: IndexError(
+        f"{name}: index {bad} out of range for {size} {what}"))
+    return apply("gather", table, idx, axis=0)
 
 
 def embedding(idx: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
@@ -76,8 +70,8 @@ def one_hot(idx: Tensor, num_classes: int = -1) -> Tensor:
         num_classes = int(reductions.amax(idx).item()) + 1
     if num_classes < 1:
         raise ValueError(f"one_hot: num_classes must be positive or -1, got {num_classes}")
-    # Looking idx up in the ramp 0..C-1 returns idx itself, through gather's bounds check: an
-    # index outside [0, C) is an error instead of a silently all-zero row.
+    # Looking idx up in the ramp 0..C-1 returns idx itself, after the bounds check: an index
+    # outside [0, C) is an error instead of a silently all-zero row.
     ramp = apply("iota", shape=(num_classes,), axis=0, dtype="int64")
     checked = _gather_rows(ramp, idx, "one_hot", "classes")
     return ew.cast(ew.eq(shapes.unsqueeze(checked, -1), ramp), int64)
