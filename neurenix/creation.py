@@ -1,16 +1,23 @@
-"""Tensor creation: from data, constant fills, ranges, identity, and random draws."""
+"""Tensor creation: from data, constant fills, ranges, identity, and random draws.
+
+The random creators draw through `neurenix.random` (a fresh seed and the counter-based
+`rng_uniform` primitive), so they run the same eagerly and inside `neurenix.compile`."""
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 
+from neurenix.compiler.trace import TraceError
 from neurenix.compiler.types import DType, bool_, float32, int64
 
+from . import random
 from .device import as_device
-from .random import generator
+from .dispatch import apply
 from .shapes import shape_args
 from .tensor import Tensor
+from .tracing import is_tracing, user_source
 
 
 def _make(array: np.ndarray, dtype: DType, device: Any, requires_grad: bool) -> Tensor:
@@ -107,46 +114,81 @@ def eye(n: int, m: int | None = None, dtype: DType | None = None, device: Any = 
     return _make(np.eye(n, m), dtype or float32, device, requires_grad)
 
 
-def randn(*size, dtype: DType | None = None, device: Any = None,
-          requires_grad: bool = False) -> Tensor:
-    """Standard normal samples of the given shape."""
-    shape = _check_shape(shape_args(size, "randn"), "randn")
+def _floating_dtype(dtype: DType | None, op: str) -> DType:
     dtype = dtype or float32
     if not dtype.is_floating:
-        raise TypeError(f"randn: expected a floating dtype, got {dtype.name}")
-    return _make(generator().standard_normal(shape), dtype, device, requires_grad)
+        raise TypeError(f"{op}: expected a floating dtype, got {dtype.name}")
+    return dtype
+
+
+def _finish(t: Tensor, dtype: DType, device: Any, requires_grad: bool) -> Tensor:
+    """A drawn tensor as `dtype` on `device`, a leaf that requires grad when asked."""
+    if t.dtype != dtype:
+        t = apply("cast", t, dtype=dtype.name)
+    if device is not None:
+        t._device = as_device(device, check=True)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def randn(*size, dtype: DType | None = None, device: Any = None,
+          requires_grad: bool = False) -> Tensor:
+    """Standard normal samples of the given shape (fresh per call, also when compiled)."""
+    shape = _check_shape(shape_args(size, "randn"), "randn")
+    dtype = _floating_dtype(dtype, "randn")
+    return _finish(random.normal(shape, dtype), dtype, device, requires_grad)
 
 
 def rand(*size, dtype: DType | None = None, device: Any = None,
          requires_grad: bool = False) -> Tensor:
-    """Uniform samples in [0, 1) of the given shape."""
+    """Uniform samples in [0, 1) of the given shape (fresh per call, also when compiled)."""
     shape = _check_shape(shape_args(size, "rand"), "rand")
-    dtype = dtype or float32
-    if not dtype.is_floating:
-        raise TypeError(f"rand: expected a floating dtype, got {dtype.name}")
-    return _make(generator().random(shape), dtype, device, requires_grad)
+    dtype = _floating_dtype(dtype, "rand")
+    return _finish(random.uniform(shape, dtype), dtype, device, requires_grad)
+
+
+def _integral(value: Any, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or int(value) != value:
+        raise TypeError(f"randint: {what} must be an integer, got {value!r}")
+    return int(value)
 
 
 def randint(low: int, high: int | None = None, size=None, dtype: DType | None = None,
             device: Any = None) -> Tensor:
-    """Integers uniformly drawn from [low, high): randint(0, 5, (32,)) or randint(5, (32,))."""
+    """Integers uniformly drawn from [low, high): randint(0, 5, (32,)) or randint(5, (32,)).
+
+    Exact for ranges up to 2**48 (see `neurenix.random`); fresh per call, also when compiled.
+    """
     if size is None and isinstance(high, (tuple, list)):
         low, high, size = 0, low, high
     if high is None or size is None:
         raise TypeError("randint: expected randint(low, high, size) or randint(high, size)")
+    low, high = _integral(low, "low"), _integral(high, "high")
     if high <= low:
         raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
+    if not -2**63 <= low < high <= 2**63 or high - low >= 2**63:
+        raise ValueError(f"randint: low={low}, high={high} is outside int64 (high - low must be "
+                         f"below 2**63)")
     shape = _check_shape(shape_args((size,), "randint"), "randint")
-    return _make(generator().integers(low, high, shape), dtype or int64, device, False)
+    return _finish(random.integers(low, high, shape), dtype or int64, device, False)
 
 
 def randperm(n: int, dtype: DType | None = None) -> Tensor:
-    return _make(generator().permutation(n), dtype or int64, None, False)
+    """A random permutation of 0 .. n-1 (eager only: it needs a sort, which no primitive does)."""
+    if is_tracing():
+        raise TraceError(f"randperm at {user_source()}: a random permutation needs a sort, "
+                         f"which neurenix.compile cannot trace; draw it outside the compiled "
+                         f"function and pass it in as an argument")
+    return _make(random.generator().permutation(n), dtype or int64, None, False)
 
 
 def rand_like(x: Tensor) -> Tensor:
+    """Uniform samples in [0, 1) with x's shape and dtype."""
     return rand(x.shape, dtype=x.dtype)
 
 
 def randn_like(x: Tensor) -> Tensor:
+    """Standard normal samples with x's shape and dtype."""
     return randn(x.shape, dtype=x.dtype)

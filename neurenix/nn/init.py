@@ -1,7 +1,9 @@
 """Parameter initialisers (`neurenix.nn.init`), with PyTorch's names, gains and fan rules.
 
 Each fills a tensor in place (without recording autograd) from Neurenix's global generator,
-so `neurenix.manual_seed` makes initialisation reproducible.
+so `neurenix.manual_seed` makes initialisation reproducible.  The fill happens on the host, once:
+inside `neurenix.compile` a random initialiser (or any fill of a traced tensor) raises
+`TraceError` rather than bake one draw into the program.
 """
 from __future__ import annotations
 
@@ -9,13 +11,27 @@ import math
 
 import numpy as np
 
+from ..compiler.trace import TraceError
 from ..random import generator
 from ..tensor import Tensor
+from ..tracing import is_symbolic, is_tracing, user_source
+
+
+def _host_only(name: str) -> None:
+    """Refuse a random initialiser inside a trace: it would run once and freeze its draw."""
+    if is_tracing():
+        raise TraceError(f"nn.init.{name} at {user_source()}: random initialisation runs on the "
+                         f"host and cannot be traced (the compiled program would reuse one "
+                         f"draw forever); initialise, or build the module, outside the compiled "
+                         f"function")
 
 
 def _fill(tensor: Tensor, values: np.ndarray) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"init: expected a Tensor, got {type(tensor).__name__}")
+    if is_symbolic(tensor):
+        raise TraceError(f"nn.init at {user_source()}: cannot fill a traced tensor in place; "
+                         f"initialise it outside the compiled function")
     tensor._data = np.asarray(values, dtype=tensor.dtype.np_type).reshape(tensor.shape)
     tensor._version += 1
     return tensor
@@ -56,16 +72,19 @@ def _fan(tensor: Tensor, mode: str) -> int:
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
+    _host_only("uniform_")
     return _fill(tensor, generator().uniform(a, b, tensor.shape))
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
+    _host_only("normal_")
     return _fill(tensor, generator().normal(mean, std, tensor.shape))
 
 
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0) -> Tensor:
     """Normal samples redrawn until they fall in [a, b]."""
+    _host_only("trunc_normal_")
     rng = generator()
     values = rng.normal(mean, std, tensor.shape)
     bad = (values < a) | (values > b)
@@ -120,6 +139,7 @@ def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
 
 def orthogonal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """A (semi-)orthogonal matrix from the QR decomposition of a normal sample."""
+    _host_only("orthogonal_")
     if tensor.ndim < 2:
         raise ValueError(f"orthogonal_: expected at least 2 dimensions, got shape "
                          f"{tuple(tensor.shape)}")
