@@ -68,7 +68,13 @@ class Unary:
 
 @dataclass(frozen=True)
 class Binary:
-    """An arithmetic, comparison or logical op; `idiv`/`mod` are floor division on ints."""
+    """An arithmetic, comparison or logical op.
+
+    `idiv`/`mod` are floor division and its remainder (the divisor's sign), as Python and
+    PyTorch define them.  On integers they are exact and never trap: a zero divisor gives 0
+    (the frontend raises before), and MIN // -1 wraps to MIN with remainder 0.  On floats
+    `idiv` is PyTorch's (and NumPy's) floor division, x / y for a zero divisor, and `mod` is
+    fmod(x, y) moved into the divisor's sign (a zero remainder keeps fmod's sign)."""
 
     op: str
     a: Expr

@@ -34,6 +34,7 @@ from .kernel import (
     Where,
     dtype_of,
 )
+from .ops.elementwise import floordiv_impl, pow_impl, remainder_impl
 from .ops.source import hash32
 
 
@@ -54,10 +55,10 @@ UNARY = {
     "floor": np.floor, "reciprocal": np.reciprocal, "not": np.logical_not,
 }
 BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": pow_impl,
     "max": np.maximum, "min": np.minimum, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
     "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "and": np.logical_and,
-    "or": np.logical_or, "idiv": np.floor_divide, "mod": np.mod,
+    "or": np.logical_or, "idiv": floordiv_impl, "mod": remainder_impl,
 }
 
 

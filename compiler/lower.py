@@ -62,7 +62,8 @@ UNARY = {"neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh
          "reciprocal": "reciprocal", "logical_not": "not"}
 BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow",
           "maximum": "max", "minimum": "min", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le",
-          "gt": "gt", "ge": "ge", "logical_and": "and", "logical_or": "or"}
+          "gt": "gt", "ge": "ge", "logical_and": "and", "logical_or": "or", "floordiv": "idiv",
+          "remainder": "mod"}
 REDUCE_OP = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
              "reduce_prod": "prod", "argmax": "argmax", "argmin": "argmin", "matmul": "sum",
              "fold": "sum"}
@@ -557,8 +558,13 @@ def _loads(exprs: Iterable[Expr]) -> list[Load]:
 
 
 def _has_divmod(stores: Sequence[Store]) -> bool:
-    exprs = [e for s in stores for e in (s.index, s.value)]
-    return any(isinstance(e, Binary) and e.op in ("idiv", "mod") for e in walk(exprs))
+    """Whether an index (a store's, a load's or a load's mask) divides: the flat domain then
+    costs index arithmetic.  A value's own floor division (the `floordiv` primitive) does not
+    count."""
+    indices = [s.index for s in stores]
+    indices += [x for ld in _loads([s.value for s in stores]) for x in (ld.index, ld.mask)
+                if x is not None]
+    return any(isinstance(e, Binary) and e.op in ("idiv", "mod") for e in walk(indices))
 
 
 def describe(nodes: Iterable[Node]) -> str:

@@ -43,6 +43,16 @@ def const(value: int) -> Const:
     return Const(int(value), int64)
 
 
+def divisor(e: Expr, op: str) -> int | None:
+    """The constant positive divisor of `e` when it is an `op` ("idiv" or "mod") by one, the
+    only kind index arithmetic makes; None for anything else (a value's own floor division,
+    whose divisor may be computed, zero or negative, is then an opaque atom)."""
+    if isinstance(e, Binary) and e.op == op and isinstance(e.b, Const) \
+            and not isinstance(e.b.value, bool) and int(e.b.value) > 0:
+        return int(e.b.value)
+    return None
+
+
 def _atom_key(e: Expr) -> tuple:
     if isinstance(e, Var):
         return (0, e.axis, "")
@@ -99,9 +109,10 @@ class IndexAlgebra:
         while changed:
             changed = False
             for atom, k in list(terms.items()):
-                if not (isinstance(atom, Binary) and atom.op == "mod" and k):
+                c = divisor(atom, "mod")
+                if c is None or not k:
                     continue
-                x, c = atom.a, atom.b.value
+                x = atom.a
                 partner = Binary("idiv", x, const(c))
                 if terms.get(partner) == k * c:
                     del terms[atom], terms[partner]
@@ -111,8 +122,8 @@ class IndexAlgebra:
                     extra += k * cx
                     changed = True
                     break
-                if isinstance(x, Binary) and x.op == "idiv" and k % x.b.value == 0:
-                    a_ = x.b.value
+                a_ = divisor(x, "idiv")
+                if a_ is not None and k % a_ == 0:
                     inner = Binary("mod", x.a, const(a_))
                     if terms.get(inner) == k // a_:
                         del terms[atom], terms[inner]
@@ -165,8 +176,8 @@ class IndexAlgebra:
             if e.op in ("add", "sub", "mul") and (isinstance(e.b, Const) or e.op != "mul"):
                 terms, c = self._lin(e)
                 return self._lin_range(terms, c)
-            if e.op in ("idiv", "mod") and isinstance(e.b, Const):
-                c = int(e.b.value)
+            c = divisor(e, e.op) if e.op in ("idiv", "mod") else None
+            if c is not None:
                 r = self.range(e.a)
                 if e.op == "idiv":
                     return None if r is None else (r[0] // c, r[1] // c)
@@ -232,8 +243,8 @@ class IndexAlgebra:
             return self.idiv(self._build(big, bc), c // g)
         if rc == 0 and len(r) == 1:
             (atom, k), = r.items()
-            if k == 1 and isinstance(atom, Binary) and atom.op == "idiv":
-                return self.idiv(atom.a, int(atom.b.value) * c)
+            if k == 1 and divisor(atom, "idiv") is not None:
+                return self.idiv(atom.a, divisor(atom, "idiv") * c)
         return Binary("idiv", self._build(r, rc), const(c))
 
     def _gcd_split(self, r: dict[Expr, int], rc: int, c: int) -> tuple | None:
@@ -267,8 +278,8 @@ class IndexAlgebra:
                             self._build(small, sc))
         if rc == 0 and len(r) == 1:
             (atom, k), = r.items()
-            if k == 1 and isinstance(atom, Binary) and atom.op == "mod" \
-                    and int(atom.b.value) % c == 0:
+            if k == 1 and divisor(atom, "mod") is not None \
+                    and divisor(atom, "mod") % c == 0:
                 return self.mod(atom.a, c)
         return Binary("mod", self._build(r, rc), const(c))
 
@@ -530,11 +541,12 @@ def strided_view(node: Node, is_buffer: Callable[[Node], bool], alg: IndexAlgebr
 
 def matmul_domain(node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """A matmul kernel's (domain, reduce): (M, N) or, with batch axes flattened into one,
-    (B, M, N); the reduction is over (K,)."""
+    (B, M, N); the reduction is over (K,).  An empty batch (B = 0) keeps its axis, so the
+    domain is empty too."""
     a, b = node.inputs[0].type.shape, node.inputs[1].type.shape
     batch = prod(a[:-2])
     mn = (a[-2], b[-1])
-    return ((batch,) + mn if batch > 1 else mn), (a[-1],)
+    return ((batch,) + mn if batch != 1 else mn), (a[-1],)
 
 
 def matmul_operand_indices(alg: IndexAlgebra, node: Node) -> tuple[Index, Index]:

@@ -12,8 +12,10 @@ import numpy as np
 
 from neurenix.compiler.types import DType, bool_, float32, float64, int64, promote
 
+from .autograd import no_grad
 from .dispatch import EAGER, apply
 from .tensor import Tensor, is_scalar
+from .value_checks import check_values
 
 Operand = Tensor | float | int | bool
 
@@ -120,11 +122,45 @@ def div(a: Operand, b: Operand) -> Tensor:
 
 
 def pow(a: Operand, b: Operand) -> Tensor:  # noqa: A001
+    """a ** b.  A Python-number exponent is computed as PyTorch computes it (`_pow_scalar`);
+    a tensor exponent is C's pow."""
     dt = result_dtype(a, b)
     if dt.is_floating:
+        if isinstance(a, Tensor) and not isinstance(b, Tensor) and is_scalar(b) \
+                and not isinstance(b, (bool, np.bool_)):
+            return _pow_scalar(as_tensor(a, dt), float(b))
         return _binary("pow", a, b)
     # integer powers: exact through float64, then back to the integer dtype
     return cast(_binary("pow", a, b, dtype=float64), dt)
+
+
+def _pow_scalar(x: Tensor, e: float) -> Tensor:
+    """x ** e for a Python number e, as PyTorch's CPU kernel: 0.5 is sqrt (so (-inf) ** 0.5
+    is nan and (-0.0) ** 0.5 is -0.0, where C's pow gives inf and 0.0), -0.5 is 1 / sqrt,
+    -1 is 1 / x, 2 and 3 are products; other exponents are C's pow.  The gradients are
+    PyTorch's `e * x ** (e - 1)` at the special values too."""
+    if e == 0.5:
+        return sqrt(x)
+    if e == -0.5:
+        return _rsqrt_like_torch(x)
+    if e == -1.0:
+        return reciprocal(x)
+    if e == 2.0:
+        return mul(x, x)
+    if e == 3.0:
+        return mul(mul(x, x), x)
+    return _binary("pow", x, e)
+
+
+def _rsqrt_like_torch(x: Tensor) -> Tensor:
+    """1 / sqrt(x), whose gradient is PyTorch's -0.5 * pow(x, -1.5): -inf at +-0 (not the
+    +inf the chain rule gives at -0.0) and 0 at -inf (not nan).  The special points take
+    their own branch, fed a safe operand elsewhere, so no branch makes a nan gradient."""
+    zero = eq(x, 0.0)
+    special = logical_or(zero, eq(x, float("-inf")))
+    regular = reciprocal(sqrt(where(special, 1.0, x)))
+    at_zero = reciprocal(where(zero, x, 1.0))
+    return where(zero, at_zero, where(special, float("nan"), regular))
 
 
 def maximum(a: Operand, b: Operand) -> Tensor:
@@ -136,14 +172,48 @@ def minimum(a: Operand, b: Operand) -> Tensor:
 
 
 def floor_divide(a: Operand, b: Operand) -> Tensor:
-    dt = result_dtype(a, b)
-    q = floor(div(a, b))
-    return q if dt.is_floating else cast(q, dt)
+    """floor(a / b): exact for integers (INT_MIN // -1 wraps to INT_MIN, as in PyTorch), and
+    an integer division by zero raises ZeroDivisionError."""
+    return _integer_division("floordiv", "floor_divide", a, b)
 
 
 def remainder(a: Operand, b: Operand) -> Tensor:
-    """a - floor(a / b) * b: the sign follows the divisor, as in Python and PyTorch."""
-    return sub(a, mul(floor_divide(a, b), b))
+    """a - floor(a / b) * b, exactly: the sign follows the divisor, as in Python and PyTorch;
+    an integer division by zero raises ZeroDivisionError."""
+    return _integer_division("remainder", "remainder", a, b)
+
+
+def _integer_division(op: str, name: str, a: Operand, b: Operand) -> Tensor:
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError(f"{name}: expected at least one Tensor, got {type(a).__name__} and "
+                        f"{type(b).__name__}")
+    dt = result_dtype(a, b)
+    x, y = prepare(name, a, b, dtype=dt)
+    if not dt.is_floating and x.numel() > 0:
+        _check_divisor(name, b, dt)
+    return apply(op, x, y)
+
+
+def _check_divisor(name: str, b: Operand, dt: DType) -> None:
+    """Raise ZeroDivisionError (PyTorch raises `RuntimeError: ZeroDivisionError`) when an
+    integer divisor has a zero: a Python number now, a tensor eagerly or after the compiled
+    call (`neurenix.value_checks`).  Every element of `b` is used when the result is not
+    empty, so the un-broadcast divisor is checked."""
+    message = f"{name}: integer division by zero"
+    if not isinstance(b, Tensor) or b._data is not None:  # eager: read the values at once
+        if np.any(b._data == 0 if isinstance(b, Tensor) else b == 0):
+            raise ZeroDivisionError(message)
+        return
+    with no_grad():
+        zeros = cast(eq(as_tensor(b, dt), 0), int64)
+        axes = tuple(range(zeros.ndim))
+        found = apply("reduce_max", zeros, axes=axes) if axes else zeros
+
+    def test(found: np.ndarray) -> None:
+        if found.item():
+            raise ZeroDivisionError(message)
+
+    check_values((found,), test)
 
 
 def _compare(op: str, a: Operand, b: Operand) -> Tensor:

@@ -7,9 +7,11 @@ import numpy as np
 
 from neurenix.compiler.types import bool_, float32, int64
 
+from .autograd import is_grad_enabled, no_grad
 from .dispatch import apply
-from .elementwise import cast, div, eq, exp, log, mul, sqrt, sub, where
-from .shapes import normalize_dim, normalize_dims, reshape
+from .elementwise import abs as abs_
+from .elementwise import cast, div, eq, exp, gt, log, mul, ne, sqrt, sub, where
+from .shapes import expand, normalize_dim, normalize_dims, reshape
 from .tensor import Tensor
 
 
@@ -26,10 +28,16 @@ def _keep(out: Tensor, shape: tuple[int, ...], axes: tuple[int, ...], keepdim: b
     return reshape(out, tuple(1 if i in axes else s for i, s in enumerate(shape)))
 
 
+def _dims(dim, x: Tensor, op: str) -> tuple[int, ...]:
+    """The axes `dim` names; none for a 0-d tensor (its dim 0 or -1 reduces nothing)."""
+    axes = normalize_dims(dim, x.ndim, op)
+    return axes if x.ndim else ()
+
+
 def _reduce(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
-    axes = normalize_dims(dim, x.ndim, op)
+    axes = _dims(dim, x, op)
     out = apply(op, x, axes=axes) if axes else x
     return _keep(out, x.shape, axes, keepdim)
 
@@ -49,7 +57,7 @@ def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:  # no
 
 def _count(x: Tensor, dim) -> int:
     n = 1
-    for a in normalize_dims(dim, x.ndim, "mean"):
+    for a in _dims(dim, x, "mean"):
         n *= x.shape[a]
     return n
 
@@ -67,21 +75,50 @@ def prod(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 
 def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return _reduce("reduce_max", _numeric(x), dim, keepdim)
+    """The largest elements over dim; the gradient is shared by the elements equal to it, and
+    is nan over a slice holding a nan (PyTorch's amax; max() puts it on the nans instead)."""
+    return _extreme_over("reduce_max", x, dim, keepdim)
 
 
 def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return _reduce("reduce_min", _numeric(x), dim, keepdim)
+    """The smallest elements over dim; gradients as `amax`."""
+    return _extreme_over("reduce_min", x, dim, keepdim)
+
+
+def _extreme_over(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
+    x = _numeric(x)
+    out = _reduce(op, x, dim, keepdim)
+    axes = _dims(dim, x, op)
+    if not (axes and x.requires_grad and is_grad_enabled()):
+        return out
+    return sub(out, _nan_slices(x, axes, keepdim))
+
+
+def _nan_slices(x: Tensor, axes: tuple[int, ...], keepdim: bool) -> Tensor:
+    """nan over the slices (along `axes`) that hold a nan and 0 elsewhere, with a nan gradient
+    for every element of those slices and 0 for the others: PyTorch's amax/amin gradient,
+    (g / count) * (x == out), is (g / 0) * 0 there.  Subtracting it leaves the values as
+    they are (a nan slice's result is nan already)."""
+    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    with no_grad():
+        found = apply("reduce_max", cast(ne(x, x), int64), axes=axes)
+        found = expand(reshape(gt(found, 0), kept), x.shape)
+        poison = where(found, float("nan"), 0.0)
+    total = apply("reduce_sum", where(found, mul(x, poison), 0.0), axes=axes)
+    return reshape(total, kept) if keepdim else total
 
 
 def _arg(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
     x = _numeric(x)
-    if x.numel() == 0:
-        raise ValueError(f"{op}: expected a non-empty tensor, got shape {tuple(x.shape)}")
     if dim is None:
+        if x.numel() == 0:
+            raise ValueError(f"{op}: expected a non-empty tensor, got shape {tuple(x.shape)}")
         out = apply(op, reshape(x, (-1,)), axis=0)
         return reshape(out, (1,) * x.ndim) if keepdim else out
     d = normalize_dim(dim, x.ndim, op)
+    if x.ndim and x.shape[d] == 0:
+        raise ValueError(f"{op}: expected a non-empty dimension {d}, got shape "
+                         f"{tuple(x.shape)}")
     if x.ndim == 0:
         return apply(op, reshape(x, (1,)), axis=0)
     return _keep(apply(op, x, axis=d), x.shape, (d,), keepdim)
@@ -111,7 +148,9 @@ def _extreme(op: str, x: Tensor, dim, keepdim: bool):
     if dim is None:
         if x.numel() == 0:
             raise ValueError(f"{op}: expected a non-empty tensor, got shape {tuple(x.shape)}")
-        return (amax if op == "max" else amin)(x)
+        # the gradient is shared by the elements equal to the result, or by the nans when it
+        # is nan (PyTorch's evenly_distribute_backward): the reduce primitives' own VJP
+        return _reduce("reduce_max" if op == "max" else "reduce_min", _numeric(x), None, False)
     d = normalize_dim(dim, x.ndim, op)
     if x.ndim == 0:
         return MaxMin(x, Tensor._wrap(np.zeros((), np.int64), int64))
@@ -153,13 +192,28 @@ def std(x: Tensor, dim=None, unbiased: bool | None = None, keepdim: bool = False
 
 
 def logsumexp(x: Tensor, dim, keepdim: bool = False) -> Tensor:
-    """log(sum(exp(x))) over dim, shifted by the (gradient-free) max for stability."""
-    axes = normalize_dims(dim, x.ndim, "logsumexp")
-    m = apply("stop_gradient", amax(x, axes, keepdim=True))
-    m = where(eq(m, m), m, 0.0)  # a NaN max would poison every element; shift by 0 instead
+    """log(sum(exp(x))) over dim, shifted by the (gradient-free) max for stability.
+
+    As PyTorch: an infinite max shifts by 0, so a slice of -inf gives -inf and one holding
+    +inf gives inf (the gradient, exp(x - result), is then nan where PyTorch's is); an empty
+    tensor is not shifted (an empty slice sums to 0: -inf)."""
+    x = _float(x)
+    axes = _dims(dim, x, "logsumexp")
+    if x.numel() == 0:
+        return log(_reduce("reduce_sum", exp(x), axes, keepdim))
+    m = _shift(x, axes)
+    m = where(eq(abs_(m), float("inf")), 0.0, m)
     s = log(_reduce("reduce_sum", exp(sub(x, m)), axes, True))
     return _keep(reshape(s + m, tuple(n for i, n in enumerate(x.shape) if i not in axes)),
                  x.shape, axes, keepdim)
+
+
+def _shift(x: Tensor, axes: tuple[int, ...]) -> Tensor:
+    """The gradient-free max over `axes` (kept as size-1 axes), the softmax family's shift."""
+    axes = tuple(a for a in axes if a < x.ndim)
+    m = apply("reduce_max", x, axes=axes) if axes else x
+    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+    return apply("stop_gradient", reshape(m, kept))
 
 
 def _float(x: Tensor) -> Tensor:
@@ -167,18 +221,21 @@ def _float(x: Tensor) -> Tensor:
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """exp(x) / sum(exp(x)) along dim, computed as exp(x - max)."""
+    """exp(x) / sum(exp(x)) along dim, computed as exp(x - max) (PyTorch's kernel: a slice
+    holding +inf or nan, or only -inf, is nan; an empty tensor gives an empty result)."""
     x = _float(x)
     d = normalize_dim(dim, x.ndim, "softmax")
-    e = exp(sub(x, apply("stop_gradient", amax(x, d, keepdim=True))))
+    e = exp(sub(x, _shift(x, (d,)))) if x.numel() else exp(x)
     return div(e, _reduce("reduce_sum", e, d, True))
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """x - logsumexp(x) along dim."""
+    """(x - max) - log(sum(exp(x - max))) along dim, as PyTorch's kernel computes it (a slice
+    holding +inf, or only -inf, is nan; an empty tensor gives an empty result)."""
     x = _float(x)
     d = normalize_dim(dim, x.ndim, "log_softmax")
-    return sub(x, logsumexp(x, d, keepdim=True))
+    shifted = sub(x, _shift(x, (d,))) if x.numel() else x
+    return sub(shifted, log(_reduce("reduce_sum", exp(shifted), d, True)))
 
 
 def all(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001

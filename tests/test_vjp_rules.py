@@ -48,6 +48,13 @@ def _no_tie(rng):
     return [x, x + _nonzero(rng, (3, 4)) * 0.5], {}
 
 
+def _off_steps(rng):
+    """x, y with x / y at least 0.2 from an integer, where floor division is locally flat."""
+    y = _nonzero(rng, (3, 4))
+    q = rng.integers(-3, 3, (3, 4)) + _u(rng, (3, 4), 0.2, 0.8)
+    return [q * y, y], {}
+
+
 def _prod_with_zeros(rng):
     x = _u(rng, (3, 4), 0.5, 1.5)
     x[0, 1] = 0.0  # one zero in a row
@@ -76,6 +83,8 @@ CASES = {
     "mul": [_binary],
     "div": [lambda rng: ([_u(rng, (3, 4)), _nonzero(rng, (3, 4))], {})],
     "pow": [lambda rng: ([_u(rng, (3, 4), 0.5, 2.0), _u(rng, (3, 4))], {})],
+    "floordiv": [_off_steps],
+    "remainder": [_off_steps],
     "maximum": [_no_tie],
     "minimum": [_no_tie],
     "where": [lambda rng: ([rng.integers(0, 2, (3, 4)).astype(bool), _u(rng, (3, 4)),

@@ -9,6 +9,9 @@ optimizer inlines it into the loops before vectorizing.
 Accuracy (float32, against NumPy): exp and log within 2 ulp, tanh and sigmoid within 4 ulp
 (tests/test_codegen_llvm.py checks dense grids).
 float64 and the rarely hot functions (erf, pow) call the C library, which is exact to an ulp.
+`pow` is therefore C's pow at every special value ((-inf) ** 0.5 is inf), which is what the
+`pow` primitive means and what PyTorch computes for a tensor exponent; PyTorch's shortcuts for
+a number exponent (0.5 is sqrt, so nan there) are the frontend's (`neurenix.elementwise.pow`).
 
 `rng` is the counter-based hash of `compiler/ops/source.py` (`uniform_bits`), in uint32
 wrap-around arithmetic, bit-exact with the NumPy reference.

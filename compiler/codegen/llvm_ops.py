@@ -205,15 +205,14 @@ def _idiv_f(em, a, c, dt):
 
 
 def _mod_f(em, a, c, dt):
-    """NumPy's float mod: the remainder takes the divisor's sign."""
+    """PyTorch's float remainder: fmod(a, c), plus c when the signs differ (the remainder takes
+    the divisor's sign; a zero keeps fmod's, NaN for a zero divisor)."""
     b = em.b
     zero = ir.Constant(a.type, 0.0)
     r = b.frem(a, c)
     differ = b.xor(b.fcmp_ordered("<", r, zero), b.fcmp_ordered("<", c, zero))
     fix = b.and_(b.fcmp_ordered("!=", r, zero), differ)
-    r = b.select(fix, b.fadd(r, c), r)
-    zero_signed = b.call(em.lib.intrinsic("llvm.copysign", a.type), [zero, c])
-    return b.select(b.fcmp_ordered("==", r, zero), zero_signed, r)
+    return b.select(fix, b.fadd(r, c), r)
 
 
 def _pow_f(em, a, c, dt):

@@ -179,8 +179,72 @@ def _pow_dexp(b, g, out, x, y):
     return b.mul(g, b.where(zero_base, b.zeros_like(d), d))
 
 
-register("pow", ELEMENTWISE, 2, _float_binary("pow"), np.power,
-         per_input(_pow_dbase, _pow_dexp), "x ** y")
+def pow_impl(x, y):
+    """C's pow(x, y), whatever the memory layout: NumPy computes a stride-0 exponent of 0.5 as
+    sqrt(x), which differs at x = -inf (nan, not inf) and x = -0.0 (-0.0, not +0.0)."""
+    out = np.power(x, y)
+    half = y == 0.5
+    if np.any(half):
+        out = np.where(half & (x == 0), np.zeros_like(out), out)
+        out = np.where(half & (x == -np.inf), np.full_like(out, np.inf), out)
+    return out
+
+
+register("pow", ELEMENTWISE, 2, _float_binary("pow"), pow_impl,
+         per_input(_pow_dbase, _pow_dexp), "x ** y (C's pow, also at the special values)")
+
+
+def _safe_divisor(y):
+    """The divisor integer division uses: 1 where `y` is 0 or -1, whose results are set
+    apart (no trap, no overflow warning)."""
+    return np.where((y == 0) | (y == -1), np.ones_like(y), y)
+
+
+def floordiv_impl(x, y):
+    """Floor division.  Integers: exact, 0 for a zero divisor (the frontend raises first),
+    x // -1 == -x wrapping (INT_MIN // -1 == INT_MIN, as PyTorch).  Floats: NumPy's (and
+    PyTorch's) floor of the exact quotient, x / y for a zero divisor."""
+    if x.dtype.kind == "f":
+        return np.floor_divide(x, y)
+    q = np.floor_divide(x, _safe_divisor(y))
+    q = np.where(y == -1, np.negative(x), q)
+    return np.where(y == 0, np.zeros_like(q), q).astype(x.dtype, copy=False)
+
+
+def remainder_impl(x, y):
+    """x - floor(x / y) * y, exactly, with the divisor's sign (Python and PyTorch).
+    Integers: 0 for a zero divisor (the frontend raises first).  Floats: PyTorch's
+    fmod(x, y) + y when the signs differ (a zero keeps fmod's sign, nan for y == 0)."""
+    if x.dtype.kind == "f":
+        r = np.fmod(x, y)
+        fix = (r != 0) & ((r < 0) != (y < 0))
+        return np.where(fix, r + y, r).astype(x.dtype, copy=False)
+    r = np.remainder(x, _safe_divisor(y))
+    return np.where((y == 0) | (y == -1), np.zeros_like(r), r).astype(x.dtype, copy=False)
+
+
+def _floordiv_vjp(b, g, out, x, y):
+    # piecewise constant: a zero gradient for floats (as floor has), none for integers
+    return b.zeros_like(x) if b.type_of(x).dtype.is_floating else None
+
+
+def _remainder_dy(b, g, out, x, y):
+    # d/dy (x - floor(x / y) * y) = -floor(x / y), as PyTorch
+    if not b.type_of(x).dtype.is_floating:
+        return None
+    return b.neg(b.mul(g, b.floordiv(x, y)))
+
+
+def _remainder_dx(b, g, out, x, y):
+    return g if b.type_of(x).dtype.is_floating else None
+
+
+register("floordiv", ELEMENTWISE, 2, _arith("floordiv"), floordiv_impl,
+         per_input(_floordiv_vjp, _floordiv_vjp),
+         "floor(x / y); exact for integers; zero gradient")
+register("remainder", ELEMENTWISE, 2, _arith("remainder"), remainder_impl,
+         per_input(_remainder_dx, _remainder_dy),
+         "x - floor(x / y) * y, with the divisor's sign; exact for integers")
 
 
 def _max_vjp(pick):

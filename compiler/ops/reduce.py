@@ -39,11 +39,14 @@ def _sum_vjp(b, g, out, x, *, axes):
 
 
 def _extreme_vjp(b, g, out, x, *, axes):
-    # amax/amin: the gradient is shared evenly among the elements equal to the extreme
+    # PyTorch's evenly_distribute_backward (max()/min()): the gradient is shared evenly among
+    # the elements equal to the extreme, or among the nans when the extreme is nan (x == out
+    # holds nowhere then).  amax/amin's nan over such a slice is the frontend's business.
     shape = b.type_of(x).shape
-    mask = b.cast(b.eq(x, unreduce(b, out, shape, axes)), dtype=b.type_of(g).dtype.name)
-    count = b.reduce_sum(mask, axes=axes)
-    return b.mul(mask, unreduce(b, b.div(g, count), shape, axes))
+    wide = unreduce(b, out, shape, axes)
+    hit = b.where(b.ne(wide, wide), b.ne(x, x), b.eq(x, wide))
+    count = b.reduce_sum(b.cast(hit, dtype=b.type_of(g).dtype.name), axes=axes)
+    return b.where(hit, unreduce(b, b.div(g, count), shape, axes), b.zeros_like(x))
 
 
 def _prod_vjp(b, g, out, x, *, axes):

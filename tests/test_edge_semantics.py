@@ -1,0 +1,392 @@
+"""Edge semantics where eager, compiled code and PyTorch must agree (issue 7, item 5).
+
+Every case runs eagerly, compiled with each backend ("reference": the graph on the NumPy
+references; "llvm": native code) and in PyTorch, forward and gradients: empty tensors through
+convolutions, pooling, matmuls and reductions; exact integer floor division and remainder
+(INT_MIN // -1, division by zero raising ZeroDivisionError); pow at its special values;
+logsumexp, softmax and log_softmax with infinities and empty dimensions; and where the
+gradient of max/amax/min/amin goes when the input holds a nan.
+
+`assert_same` is strict where the semantics are: the same nan positions, the same infinities
+and signed zeros, and close values elsewhere.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+import torch
+from neurenix.compiler import GraphBuilder, evaluate
+from neurenix.compiler.kernel_eval import run_schedule
+from neurenix.compiler.lower import lower
+from neurenix.compiler.ops import REGISTRY
+from neurenix.compiler.types import TensorType, dtype_from_numpy
+from test_compile_parity import check_compiled
+
+import neurenix as nx
+
+BACKENDS = ("reference", "llvm")
+NAN, INF = float("nan"), float("inf")
+I64_MIN, I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+I32_MIN, I32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+
+
+# ---- harness --------------------------------------------------------------------------------
+
+
+def assert_same(got: np.ndarray, want: np.ndarray, what: str, rtol: float = 1e-5,
+                mask: np.ndarray | None = None, signed_zeros: bool = True) -> None:
+    """Equal shapes and dtypes; nan where `want` is nan; infinities and zeros exactly (the
+    sign of a zero too, with `signed_zeros`); other values within `rtol` (exactly for
+    integers).  `mask` (where given) selects the elements compared."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    if mask is not None:
+        got, want = got[mask], want[mask]
+    if want.dtype.kind != "f":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    special = np.isnan(want) | np.isinf(want) | (want == 0)
+    same = np.where(np.isnan(want), np.isnan(got),
+                    (got == want) & ((np.signbit(got) == np.signbit(want)) | ~signed_zeros))
+    bad = special & ~same
+    assert not bad.any(), f"{what}: got {got[bad].tolist()}, want {want[bad].tolist()}"
+    np.testing.assert_allclose(got[~special], want[~special], rtol=rtol, atol=0, err_msg=what)
+
+
+def _leaves(value) -> list:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _upstream(shapes: Sequence[tuple[int, ...]], seed: int) -> list[np.ndarray]:
+    """Seeded upstream gradients, away from zero (a zero would hide a nan or an inf)."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.5, 1.5, s) * rng.choice([-1.0, 1.0], s) for s in shapes]
+
+
+def run_neurenix(fn: Callable, arrays: Sequence[np.ndarray], backend: str | None,
+                 grad: bool = True, seed: int = 1) -> tuple[list[np.ndarray], list]:
+    """Outputs and input gradients of `fn`, eager (backend None) or compiled."""
+    f = fn if backend is None else nx.compile(fn, backend=backend)
+    xs = [nx.tensor(a, requires_grad=grad and a.dtype.kind == "f") for a in arrays]
+    outs = _leaves(f(*xs))
+    loss = None
+    for o, g in zip(outs, _upstream([tuple(o.shape) for o in outs], seed)):
+        if o.requires_grad:
+            term = (o * nx.tensor(g.astype(o.dtype.np_type))).sum()
+            loss = term if loss is None else loss + term
+    if loss is not None:
+        loss.backward()
+    grads = [x.grad.numpy().copy() if x.grad is not None else None for x in xs]
+    return [o.detach().numpy().copy() for o in outs], grads
+
+
+def run_torch(fn: Callable, arrays: Sequence[np.ndarray], grad: bool = True,
+              seed: int = 1) -> tuple[list[np.ndarray], list]:
+    xs = [torch.tensor(a, requires_grad=grad and a.dtype.kind == "f") for a in arrays]
+    outs = _leaves(fn(*xs))
+    loss = None
+    for o, g in zip(outs, _upstream([tuple(o.shape) for o in outs], seed)):
+        if o.requires_grad:
+            term = (o * torch.tensor(g, dtype=o.dtype)).sum()
+            loss = term if loss is None else loss + term
+    if loss is not None:
+        loss.backward()
+    grads = [x.grad.numpy() if x.grad is not None else None for x in xs]
+    return [o.detach().numpy() for o in outs], grads
+
+
+def check_everywhere(fn: Callable, arrays: Sequence[np.ndarray], torch_fn: Callable | None = None,
+                     *, grad: bool = True, rtol: float = 1e-5,
+                     grad_masks: Sequence[np.ndarray | None] | None = None) -> None:
+    """`fn` eager and compiled with every backend against `torch_fn` (default `fn`, given the
+    library as first argument when it takes one): outputs and gradients, `assert_same`."""
+    want, want_g = run_torch(torch_fn or fn, arrays, grad)
+    for backend in (None, *BACKENDS):
+        label = backend or "eager"
+        got, got_g = run_neurenix(fn, arrays, backend, grad)
+        assert len(got) == len(want), f"{label}: number of outputs"
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_same(a, b, f"{label}: output {i}", rtol)
+        for i, (a, b) in enumerate(zip(got_g, want_g)):
+            if b is None:
+                assert a is None or not np.any(a), f"{label}: input {i} has a gradient"
+                continue
+            assert a is not None, f"{label}: input {i} has no gradient"
+            mask = grad_masks[i] if grad_masks is not None else None
+            # a gradient's zeros are signed by the order of products, not by the semantics
+            assert_same(a, b, f"{label}: grad of input {i}", rtol, mask, signed_zeros=False)
+
+
+def lib(fn: Callable) -> dict:
+    """`fn(L, *xs)` as a Neurenix function and its PyTorch twin."""
+    return dict(fn=lambda *xs: fn(nx, *xs), torch_fn=lambda *xs: fn(torch, *xs))
+
+
+def floats(*shape: int, seed: int = 0, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# ---- 1. empty tensors -----------------------------------------------------------------------
+
+EMPTY_FUNCTIONS = [
+    ("matmul_rows", lambda L, a, b: a @ b, [floats(0, 3), floats(3, 4)]),
+    ("matmul_inner", lambda L, a, b: a @ b, [floats(2, 0), floats(0, 4)]),
+    ("matmul_columns", lambda L, a, b: a @ b, [floats(2, 3), floats(3, 0)]),
+    ("bmm_batch", lambda L, a, b: a @ b, [floats(0, 2, 3), floats(0, 3, 4)]),
+    ("bmm_inner_batch", lambda L, a, b: a @ b, [floats(2, 0, 2, 3), floats(2, 0, 3, 4)]),
+    ("sum_over_full_axis", lambda L, a: a.sum(1), [floats(0, 5)]),
+    ("sum_over_empty_axis", lambda L, a: a.sum(0), [floats(0, 5)]),
+    ("prod_over_empty_axis", lambda L, a: a.prod(0), [floats(0, 5)]),
+    ("mean_over_empty_axis", lambda L, a: a.mean(0), [floats(0, 5)]),
+    ("amax_over_full_axis", lambda L, a: a.amax(1), [floats(0, 5)]),
+    ("max_dim_over_full_axis", lambda L, a: a.max(1)[0], [floats(0, 5)]),
+    ("argmax_over_full_axis", lambda L, a: a.argmax(1), [floats(0, 5)]),
+    ("softmax_empty_dim", lambda L, a: L.softmax(a, 1), [floats(3, 0)]),
+    ("softmax_empty_other", lambda L, a: L.softmax(a, 1), [floats(0, 3)]),
+    ("log_softmax_empty_dim", lambda L, a: L.log_softmax(a, 1), [floats(3, 0)]),
+    ("log_softmax_empty_other", lambda L, a: L.log_softmax(a, 0), [floats(3, 0)]),
+    ("logsumexp_empty_dim", lambda L, a: L.logsumexp(a, 1), [floats(3, 0)]),
+    ("logsumexp_empty_other", lambda L, a: L.logsumexp(a, 1), [floats(0, 3)]),
+    ("concat_with_empty", lambda L, a, b: L.cat([a, b], 0) * 2, [floats(0, 3), floats(2, 3)]),
+]
+
+
+@pytest.mark.parametrize("name, fn, data", EMPTY_FUNCTIONS, ids=[c[0] for c in EMPTY_FUNCTIONS])
+def test_empty_tensors_through_functions(name, fn, data):
+    check_compiled(**lib(fn), inputs=data)
+
+
+EMPTY_MODULES = [
+    ("conv1d", lambda L: L.nn.Conv1d(3, 4, 3), (0, 3, 8)),
+    ("conv2d", lambda L: L.nn.Conv2d(3, 4, 3, padding=1), (0, 3, 6, 6)),
+    ("conv2d_strided_grouped", lambda L: L.nn.Conv2d(4, 4, 3, stride=2, groups=2),
+     (0, 4, 7, 7)),
+    ("conv_relu_linear", lambda L: L.nn.Sequential(L.nn.Conv2d(3, 4, 3), L.nn.ReLU(),
+                                                   L.nn.Flatten(), L.nn.Linear(64, 2)),
+     (0, 3, 6, 6)),
+    ("max_pool2d", lambda L: L.nn.MaxPool2d(2), (0, 3, 6, 6)),
+    ("avg_pool2d", lambda L: L.nn.AvgPool2d(2), (0, 3, 6, 6)),
+    ("max_pool1d", lambda L: L.nn.MaxPool1d(2), (0, 3, 6)),
+]
+
+
+@pytest.mark.parametrize("name, make, shape", EMPTY_MODULES, ids=[c[0] for c in EMPTY_MODULES])
+def test_empty_batch_through_layers(name, make, shape):
+    """An empty batch gives the empty result, and zero weight gradients, compiled as eager."""
+    torch.manual_seed(0)
+    reference = make(torch)
+    model = make(nx)
+    model.load_state_dict({k: nx.tensor(v.detach().numpy())
+                           for k, v in reference.state_dict().items()})
+    check_compiled(model, [floats(*shape)], torch_fn=reference)
+
+
+def test_empty_batch_matmul_lowers_to_no_kernel():
+    """A batched matmul with an empty batch has an empty iteration domain: lowering emits no
+    kernel for it (it used to drop the batch axis and fail on the epilogue)."""
+    gb = GraphBuilder("empty_batch")
+    a = gb.input("a", TensorType((0, 1, 4, 3), dtype_from_numpy(np.dtype(np.float32))))
+    b = gb.input("b", TensorType((0, 1, 3, 5), dtype_from_numpy(np.dtype(np.float32))))
+    y = gb.apply("matmul", a, b)
+    graph = gb.build([gb.apply("exp", gb.apply("add", y, y))])
+    schedule = lower(graph)
+    assert schedule.kernels == []
+    (out,) = run_schedule(schedule, [floats(0, 1, 4, 3), floats(0, 1, 3, 5)])
+    assert out.shape == (0, 1, 4, 5)
+
+
+# ---- 2. integer floor division and remainder ------------------------------------------------
+
+DIVIDENDS = [I64_MIN, I64_MIN + 1, -16777217, -7, -6, -1, 0, 1, 5, 7, 16777217, 2 ** 53 + 1,
+             I64_MAX]
+DIVISORS = [I64_MIN, -16777216, -3, -2, -1, 1, 2, 3, 7, I64_MAX]
+
+
+def _grid(dividends, divisors, dtype) -> list[np.ndarray]:
+    a, b = np.meshgrid(np.array(dividends, dtype), np.array(divisors, dtype), indexing="ij")
+    return [a.copy(), b.copy()]
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_integer_floor_division_is_exact(dtype):
+    """16777217 // 1 is 16777217 (it was computed through float32); INT_MIN // -1 wraps to
+    INT_MIN and INT_MIN % -1 is 0, as in PyTorch; the remainder takes the divisor's sign."""
+    info = np.iinfo(dtype)
+    clip = lambda v: [int(np.clip(x, info.min, info.max)) for x in v]  # noqa: E731
+    data = _grid(clip(DIVIDENDS), clip(DIVISORS), dtype)
+    check_everywhere(lambda a, b: (a // b, a % b, a // 3, a % -2, a // 4, a % 8, 7 // b,
+                                   -7 % b), data, grad=False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_floor_division_and_remainder_match_pytorch_bits(dtype):
+    """Float // and % are PyTorch's: floor of the exact quotient, and fmod moved into the
+    divisor's sign (1e10 % 3.3 is not 0; -4 % 2 is -0.0; x // 0 is x / 0)."""
+    a = np.array([-4, 4, -4, 4, 5.5, -5.5, 1e10, 0, -0.0, 7, -7, INF, -INF, NAN, 3, 1e-30],
+                 dtype)
+    b = np.array([2, 2, -2, -2, 0, 0, 3.3, -1, 1, 0.1, 0.1, 3, 2, 1, INF, 1e30], dtype)
+    check_everywhere(lambda x, y: (x // y, x % y), [a, b], grad=False, rtol=0)
+
+
+def test_remainder_gradient_matches_pytorch():
+    a = np.array([5.5, -5.5, 7.25, -0.5, 3.0], np.float32)
+    b = np.array([2.0, 2.0, -3.0, 0.25, 1.5], np.float32)
+    check_everywhere(lambda x, y: x % y, [a, b])
+
+
+@pytest.mark.parametrize("op, name", [(lambda a, b: a // b, "floor_divide"),
+                                      (lambda a, b: a % b, "remainder")])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_integer_division_by_zero_raises_eagerly(op, name, dtype):
+    a = nx.tensor(np.array([3, 4, 5], dtype))
+    with pytest.raises(ZeroDivisionError, match=f"{name}: integer division by zero"):
+        op(a, nx.tensor(np.array([1, 0, 2], dtype)))
+    with pytest.raises(ZeroDivisionError, match=name):
+        op(a, 0)
+    with pytest.raises(ZeroDivisionError, match=name):
+        op(7, nx.tensor(np.array([0, 1], dtype)))
+    with pytest.raises(ZeroDivisionError, match=name):
+        op(a, nx.tensor(np.array(0, dtype)))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):  # what PyTorch raises
+        op(torch.tensor(np.array([3, 4], dtype)), torch.tensor(np.array([1, 0], dtype)))
+    empty = op(nx.tensor(np.zeros((0, 2), dtype)), nx.tensor(np.array([0, 1], dtype)))
+    assert empty.shape == (0, 2)  # nothing is divided: no error, as in PyTorch
+
+
+def test_float_division_by_zero_does_not_raise():
+    x = np.array([3.0, -3.0, 0.0], np.float32)
+    check_everywhere(lambda t: (t // 0.0, t % 0.0, t // 0, 5 // (t * 0)), [x], grad=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op, name", [(lambda a, b: a // b, "floor_divide"),
+                                      (lambda a, b: a % b, "remainder")])
+def test_integer_division_by_zero_raises_from_compiled_code(backend, op, name):
+    """The compiled call raises eager's error after the program ran (generated code selects a
+    safe divisor, so it never traps), and answers again once the divisor is fine."""
+    f = nx.compile(lambda a, b: op(a, b) + 1, backend=backend)
+    a = nx.tensor(np.array([I64_MIN, 4, 5]))
+    with pytest.raises(ZeroDivisionError, match=f"{name}: integer division by zero"):
+        f(a, nx.tensor(np.array([-1, 0, 2])))
+    got = f(a, nx.tensor(np.array([-1, 3, 2]))).numpy()
+    want = op(torch.tensor([I64_MIN, 4, 5]), torch.tensor([-1, 3, 2])) + 1
+    np.testing.assert_array_equal(got, want.numpy())
+
+
+def test_division_references_never_warn():
+    """The NumPy references (eager, the reference backend, constant folding) divide by a safe
+    divisor: no overflow or division warning, even without np.errstate."""
+    a = np.array([I64_MIN, I64_MIN, 5, -5, 0], np.int64)
+    b = np.array([-1, 0, 0, -1, 0], np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = REGISTRY["floordiv"].impl(a, b)
+        r = REGISTRY["remainder"].impl(a, b)
+        r32 = REGISTRY["remainder"].impl(a.astype(np.int32) // 2, b.astype(np.int32))
+    np.testing.assert_array_equal(q, [I64_MIN, 0, 0, 5, 0])
+    np.testing.assert_array_equal(r, [0, 0, 0, 0, 0])
+    assert r32.dtype == np.int32
+
+
+def test_division_kernels_agree_with_the_references():
+    """kernel_eval (the kernel IR's meaning) and the references agree on the wrapping and
+    zero-divisor cases, for int32 and int64."""
+    for dtype in (np.int64, np.int32):
+        info = np.iinfo(dtype)
+        a = np.array([info.min, info.min, info.max, -7, 7, -7, 0, 9], dtype)
+        b = np.array([-1, 0, -1, 2, -2, -2, 0, info.min], dtype)
+        gb = GraphBuilder("divide")
+        t = TensorType(a.shape, dtype_from_numpy(a.dtype))
+        x, y = gb.input("x", t), gb.input("y", t)
+        graph = gb.build([gb.apply("floordiv", x, y), gb.apply("remainder", x, y)])
+        got = run_schedule(lower(graph), [a, b])
+        want = evaluate(graph, [a, b])
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+# ---- 3. pow at its special values -----------------------------------------------------------
+
+BASES = [-INF, -2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0, INF, NAN]
+EXPONENTS = [-INF, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, INF, NAN]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pow_with_a_number_exponent_is_pytorchs(dtype):
+    """x ** e for a Python number e: PyTorch's kernel computes 0.5 as sqrt, so (-inf) ** 0.5
+    is nan and (-0.0) ** 0.5 is -0.0 (C's pow: inf, 0.0); -0.5 is 1 / sqrt.  Gradients are
+    PyTorch's e * x ** (e - 1), except at x = -inf for e = 1.5, where PyTorch's gradient
+    (1.5 * sqrt(-inf) = nan) is not C's pow (1.5 * pow(-inf, 0.5) = inf)."""
+    x = np.array(BASES, dtype)
+    fn = lambda t: tuple(t ** e for e in EXPONENTS)  # noqa: E731
+    check_everywhere(fn, [x], grad_masks=[x != -INF])
+    check_everywhere(lambda t: t ** 1.5 + t ** -2.0, [x[1:]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pow_with_a_tensor_exponent_is_c_pow(dtype):
+    """x ** y for tensors is C's pow in PyTorch, at every special value, whatever NumPy's
+    stride-0 shortcut would compute; gradients to both operands match too."""
+    x, y = np.meshgrid(np.array(BASES, dtype), np.array(EXPONENTS, dtype), indexing="ij")
+    check_everywhere(lambda a, b: a ** b, [x.copy(), y.copy()])
+    check_everywhere(lambda a, b: a ** b, [np.array(BASES, dtype)[:, None],
+                                           np.full((1, 3), 0.5, dtype)])
+
+
+# ---- 4. logsumexp, softmax and log_softmax with infinities ----------------------------------
+
+ROWS = np.array([[-INF, -INF, -INF, -INF],    # PyTorch: -inf, gradient nan
+                 [1.0, INF, 2.0, 0.0],        # inf; gradient 0 but nan at the inf
+                 [INF, INF, 1.0, -INF],
+                 [-INF, INF, 0.0, 1.0],
+                 [1.0, NAN, INF, 0.0],        # nan
+                 [1.0, 2.0, 3.0, -INF],       # finite, -inf gets no gradient
+                 [-1e30, 1e30, 0.5, 2.0]], np.float32)
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_logsumexp_of_infinite_rows(keepdim):
+    check_everywhere(lambda t: t.logsumexp(1, keepdim=keepdim), [ROWS])
+    check_everywhere(lambda t: t.logsumexp(0), [ROWS[[0, 5]]])
+
+
+def test_softmax_and_log_softmax_of_infinite_rows():
+    check_everywhere(**lib(lambda L, t: (L.softmax(t, 1), L.log_softmax(t, 1))),
+                     arrays=[ROWS])
+    check_everywhere(lambda t: (nx.nn.functional.log_softmax(t, dim=0),),
+                     [ROWS[[5, 6]]],
+                     torch_fn=lambda t: (torch.nn.functional.log_softmax(t, dim=0),))
+
+
+# ---- 5. the gradient of max with nans -------------------------------------------------------
+
+WITH_NANS = np.array([[1.0, NAN, 3.0, NAN],
+                      [3.0, 3.0, 1.0, 0.0],
+                      [2.0, -1.0, 2.0, 2.0],
+                      [NAN, 0.5, -INF, INF]], np.float32)
+NO_NANS = WITH_NANS[1:3]
+
+MAX_CASES = [
+    # max()/min(): the gradient is shared by the nans when the result is nan, else by the ties
+    ("max", lambda L, t: t.max()),
+    ("min", lambda L, t: t.min()),
+    # amax/amin: (g / count) * (x == result): nan over a slice holding a nan, ties shared
+    ("amax", lambda L, t: t.amax()),
+    ("amin", lambda L, t: t.amin()),
+    ("amax_dim", lambda L, t: t.amax(1)),
+    ("amin_dims_keepdim", lambda L, t: t.amin((0, 1), keepdim=True)),
+    # max(dim)/min(dim): all of it at the index returned (the first nan, else the first tie)
+    ("max_dim", lambda L, t: t.max(1)[0]),
+    ("min_dim_keepdim", lambda L, t: t.min(0, keepdim=True)[0]),
+    ("max_dim_indices", lambda L, t: t.max(1)[1]),
+]
+
+
+@pytest.mark.parametrize("name, fn", MAX_CASES, ids=[c[0] for c in MAX_CASES])
+@pytest.mark.parametrize("data", [WITH_NANS, NO_NANS], ids=["nans", "ties"])
+def test_max_gradient_with_nans_and_ties(name, fn, data):
+    check_everywhere(**lib(fn), arrays=[data])
