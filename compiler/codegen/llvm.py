@@ -41,8 +41,24 @@ from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction, host_vector_bits, match_contraction
 from .llvm_ops import emit_stores
-from .llvm_parallel import POOL_SIZE, POOL_START, POOL_STOP, Threading, worth_splitting
-from .llvm_reduce import across_columns, is_small, reduce_at_point, reduce_columns
+from .llvm_parallel import (
+    POOL_SIZE,
+    POOL_START,
+    POOL_STOP,
+    Threading,
+    splits_reduction,
+    worth_splitting,
+)
+from .llvm_reduce import (
+    PARTIALS_BYTES,
+    across_columns,
+    finish_parts,
+    is_small,
+    part_count,
+    reduce_at_point,
+    reduce_columns,
+    reduce_parts,
+)
 from .llvm_window import emit_window, match_window
 
 ENTRY = "neurenix_entry"
@@ -92,12 +108,15 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
 
 @dataclass
 class _Emitted:
-    """A kernel function: its range size, the path it took, its thread splitter if any."""
+    """A kernel function: its range size, the path it took, its thread splitter if any; for a
+    full reduction split in parts, the splitter runs the parts and `finish` combines them."""
 
     fn: ir.Function
     count: int
     path: str
     splitter: ir.Function | None
+    finish: ir.Function | None = None
+    parts: int = 0
 
 
 class _KernelEmitter:
@@ -125,14 +144,10 @@ class _KernelEmitter:
         name = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}"
         name = name if name not in self._names else f"{name}_{len(self._names)}"
         self._names.add(name)
-        fn = ir.Function(self.module,
-                         ir.FunctionType(ir.VoidType(), [PTR] * len(params) + [I64, I64]), name)
+        fn = self._function(name, len(params), [I64, I64])
         fn.attributes.add("noinline")  # one copy: callable per range, not inlined in the entry
-        for arg in fn.args[:len(params)]:
-            arg.add_attribute("noalias")
         fb = FunctionBuilder(fn, masked_vectors=self.vector_bits >= 256)
-        buffers = {buf.name: (fn.args[params.index(_root(buf.name, params, self.plan))],
-                              buf.dtype, buf.size) for buf in kernel.buffers()}
+        buffers = self._buffers(kernel, params, fn)
         dot = match_dot(kernel, self.vector_bits)
         tiles = None
         if dot is None or prefers_tiled(kernel, dot):
@@ -141,6 +156,8 @@ class _KernelEmitter:
             count, path = emit_contraction(fb, self.lib, kernel, buffers, tiles), "tiled"
         elif dot is not None:
             count, path = emit_dot(fb, self.lib, kernel, buffers, dot), "dot"
+        elif splits_reduction(kernel):
+            return self._emit_parts(kernel, params, fb)
         else:
             count, path = _emit_generic(fb, self.lib, kernel, buffers), "generic"
         fb.b.ret_void()
@@ -148,6 +165,47 @@ class _KernelEmitter:
         if worth_splitting(kernel):
             splitter = self.threading.splitter(fn, len(params))
         return _Emitted(fn, count, path, splitter)
+
+    def _function(self, name: str, n: int, extra: list[ir.Type]) -> ir.Function:
+        """`void name(ptr x n (noalias), extra...)`."""
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n + extra), name)
+        for arg in fn.args[:n]:
+            arg.add_attribute("noalias")
+        return fn
+
+    def _buffers(self, kernel: Kernel, params: list[str], fn: ir.Function) -> dict:
+        return {buf.name: (fn.args[params.index(_root(buf.name, params, self.plan))],
+                           buf.dtype, buf.size) for buf in kernel.buffers()}
+
+    def _emit_parts(self, kernel: Kernel, params: list[str], fb: FunctionBuilder) -> _Emitted:
+        """A full reduction split in parts (llvm_parallel.py): `<kernel>_part` reduces parts
+        [start, end) into a partials buffer (its last pointer), `<kernel>_finish` combines
+        them and stores; the kernel function runs both on the calling thread."""
+        n, parts, fn = len(params), part_count(kernel), fb.fn
+        masked = self.vector_bits >= 256
+        part = self._function(f"{fn.name}_part", n + 1, [I64, I64])
+        part.linkage = "internal"
+        part.attributes.add("noinline")
+        pb = FunctionBuilder(part, masked_vectors=masked)
+        reduce_parts(pb, self.lib, kernel, self._buffers(kernel, params, part), part.args[n],
+                     *part.args[-2:])
+        pb.b.ret_void()
+        finish = self._function(f"{fn.name}_finish", n + 1, [])
+        finish.linkage = "internal"
+        finish.attributes.add("noinline")
+        eb = FunctionBuilder(finish, masked_vectors=masked)
+        finish_parts(eb, self.lib, kernel, self._buffers(kernel, params, finish),
+                     finish.args[n])
+        eb.b.ret_void()
+        b = fb.b
+        start, end = fn.args[-2:]
+        partials = fb.alloca(ir.IntType(8), count=PARTIALS_BYTES, align=64, name="partials")
+        with b.if_then(b.icmp_signed("<", start, end)):
+            args = list(fn.args[:n]) + [partials]
+            b.call(part, args + [ir.Constant(I64, 0), ir.Constant(I64, parts)])
+            b.call(finish, args)
+        b.ret_void()
+        return _Emitted(fn, 1, "generic", self.threading.splitter(part, n + 1), finish, parts)
 
 
 def _with_comments(source: str, kernels: list[Kernel], infos: list[KernelInfo]) -> str:
@@ -238,9 +296,18 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
     for name, offset in plan.offsets.items():
         pointers[name] = b.gep(arena, [ir.Constant(I64, offset)], inbounds=True,
                                source_etype=ir.IntType(8), name=name)
+    partials = None  # one buffer for every full reduction split in parts (they run in turn)
+    if any(emitted.finish is not None for emitted, _ in calls):
+        partials = b.alloca(ir.IntType(8), size=ir.Constant(I64, PARTIALS_BYTES),
+                            name="partials")
+        partials.align = 64
+        partials.type = PTR
     for emitted, params in calls:
         args = [pointers[p] for p in params]
-        if emitted.splitter is None:
+        if emitted.finish is not None:
+            threading.call(b, emitted.splitter, args + [partials], emitted.parts)
+            b.call(emitted.finish, args + [partials])
+        elif emitted.splitter is None:
             b.call(emitted.fn, args + [ir.Constant(I64, 0), ir.Constant(I64, emitted.count)])
         else:
             threading.call(b, emitted.splitter, args, emitted.count)

@@ -23,6 +23,18 @@ some worker sleeps.  Kernels of one call, and calls in a loop, then find the wor
 
 Only kernels marked parallel, without accumulating stores and with at least
 `PARALLEL_MIN_WORK` element operations are split; the rest run on the calling thread.
+
+A full reduction (a kernel with no domain axes: `x.sum()`, `x.mean()`, `x.argmax()`) has a
+range of one point, so it is split in its reduction instead (`splits_reduction`): a part
+function `<kernel>_part(bufs..., ptr partials, i64 start, i64 end)` reduces parts [start, end)
+of the reduction — a fixed number of runs of whole blocks, `llvm_reduce.part_count`, however
+many threads there are — each into its own slot of `partials` (a buffer on the entry's stack),
+through an ordinary splitter; then `<kernel>_finish(bufs..., ptr partials)` combines the slots
+in part order on the calling thread and runs the stores.  Combining in a fixed order makes the
+result the same for any number of threads (and for any claiming order), and a float sum's
+partials are float64 (see llvm_reduce.py), so splitting costs no accuracy.  The kernel function
+itself runs every part and the finish on the calling thread (what `CpuExecutable.profile`
+calls).
 """
 from __future__ import annotations
 
@@ -51,6 +63,16 @@ def worth_splitting(kernel: Kernel) -> bool:
         return False
     work = 1
     for d in kernel.domain + kernel.reduce:
+        work *= d
+    return work >= PARALLEL_MIN_WORK
+
+
+def splits_reduction(kernel: Kernel) -> bool:
+    """Whether a kernel is a full reduction big enough to split across threads in parts."""
+    if kernel.domain or kernel.reduce_value is None or not kernel.parallel:
+        return False
+    work = 1
+    for d in kernel.reduce:
         work *= d
     return work >= PARALLEL_MIN_WORK
 

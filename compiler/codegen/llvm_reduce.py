@@ -13,12 +13,33 @@ array; every reduction step updates the whole strip with a vectorizable loop ove
 then the stores run over the strip.  Results are the same (argmax/argmin still keep the first
 extreme: each column's steps run in order).
 
+Long float sums run in blocks (`Blocks`), so that rounding errors do not grow with the length.
+Each addition to a float32 accumulator rounds by up to half an ulp of what it holds, so over n
+serial additions the relative error can reach n * 6e-8 (measured: 2.6e-2 for 10^8 ones; LLVM's
+vector lanes only divide n by their number).  So a block of at most `BLOCK` steps per point starts
+from zero and sums in the value type — in LLVM's vector lanes, 32 on AVX2, each adding about 32
+values — and its result is added into a `_Total`: in float64 for float32 data (exact to 2^-53
+per block: nothing to compensate, one conversion and one add per block), with Neumaier's
+compensation in float64 for float64 data.  Across columns a block is `COLUMN_BLOCK` steps, taken
+two at a time (acc += v0 + v1: 64 serial adds per column, and half the accumulator traffic),
+and the strip of totals is folded once per block.  The error is then that of one block (a few
+dozen additions, about 3e-7 relative at worst for a constant, 1e-8 for random data) plus one
+final rounding, whatever the length; the overhead (a horizontal vector sum per 1024 steps, one
+fold per 128 column steps) does not show in the timings (docs/performance.md).  Reductions of
+one block or less, integer sums (exact) and max/min/argmax/argmin/prod are emitted as before.
+
+A full reduction (no domain axes) is cut into `part_count` parts, runs of whole blocks, that
+threads reduce into partials; `finish_parts` combines them in part order (llvm_parallel.py).
+
 Combining: `sum`/`prod` may reassociate (so LLVM vectorizes them), `max`/`min` propagate NaN
 as NumPy does, `argmax`/`argmin` keep the first extreme and the first NaN, as `np.argmax`.
 """
 from __future__ import annotations
 
 import itertools
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -27,7 +48,7 @@ from ..kernel import Kernel, Load, dtype_of
 from ..passes.memory import affine
 from ..types import DType
 from .llvm_loops import FunctionBuilder
-from .llvm_math import I64, MathLib
+from .llvm_math import F32, F64, I64, MathLib
 from .llvm_ops import (
     CodegenError,
     ExprEmitter,
@@ -40,6 +61,8 @@ from .llvm_ops import (
 
 STRIP = 256  # columns reduced together when the reduction runs across columns
 SMALL_REDUCTION = 16  # reductions up to this many steps are unrolled
+BLOCK = 1024  # steps of a long float sum per block, per point (a few dozen per vector lane)
+COLUMN_BLOCK = 128  # steps per block across a strip of columns (64 pairs added in order)
 _IDENTITY = {"sum": 0, "prod": 1}
 
 
@@ -91,6 +114,169 @@ def _loads(e) -> list[Load]:
     return out
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """A long float sum's steps cut into blocks, in order: the reduction axes before `level` run
+    in full, axis `level` in chunks of `chunk` steps (the last one may be shorter), the axes
+    after it whole inside each block.  Block `q` is chunk `q % chunks` of axis `level` at the
+    point `q // chunks` of the axes before it (row-major)."""
+
+    sizes: tuple[int, ...]
+    level: int
+    chunk: int
+
+    @property
+    def chunks(self) -> int:
+        """Chunks of axis `level`."""
+        return -(-self.sizes[self.level] // self.chunk)
+
+    @property
+    def count(self) -> int:
+        """Blocks in all."""
+        return math.prod(self.sizes[:self.level]) * self.chunks
+
+    @property
+    def steps(self) -> int:
+        """Steps of a full block."""
+        return self.chunk * math.prod(self.sizes[self.level + 1:])
+
+
+def float_sum(kernel: Kernel) -> bool:
+    """Whether the kernel's reduction is a float sum (the reductions that are blocked)."""
+    return (kernel.reduce_op == "sum" and kernel.reduce_value is not None
+            and dclass(value_dtype(kernel)) == "f")
+
+
+def blocks(kernel: Kernel, block: int) -> Blocks | None:
+    """How a float sum of more than `block` steps is cut into blocks of at most `block` steps
+    (None for other reductions and short sums, which run as one block)."""
+    if not float_sum(kernel) or math.prod(kernel.reduce) <= block:
+        return None
+    return cut(tuple(kernel.reduce), block)
+
+
+def cut(sizes: tuple[int, ...], block: int) -> Blocks:
+    """`sizes` cut into blocks of at most `block` steps (one block if they fit): the innermost
+    axes that fit whole in a block, and chunks of the next axis out — preferably a divisor of
+    it between half and all of what fits, so that every chunk has the same constant length."""
+    if math.prod(sizes) <= block:
+        return Blocks(sizes, 0, max(sizes[0], 1))
+    level, inner = len(sizes) - 1, 1
+    while inner * sizes[level] <= block:  # stops: all axes together exceed a block
+        inner *= sizes[level]
+        level -= 1
+    most = block // inner
+    n = sizes[level]
+    chunk = next((c for c in range(most, most // 2, -1) if n % c == 0), most)
+    return Blocks(sizes, level, chunk)
+
+
+class _Total:
+    """The running total of blocked float sums (`count` of them, for a strip of columns).
+
+    float32 blocks are added in float64: each addition is exact to 2^-53 relative, so even
+    10^9 blocks lose nothing a float32 result could show, and it costs one conversion and one
+    add per block.  float64 blocks have no wider type at hand (x87 long double would not
+    vectorize across a strip), so they are added with Neumaier's compensation (the rounding
+    error of each addition is recovered exactly and summed apart), which keeps the total within
+    a few ulps however many blocks there are.  These operations carry no fast-math flags, so
+    LLVM may not reassociate the compensation away."""
+
+    def __init__(self, fb: FunctionBuilder, dtype: DType, count: int) -> None:
+        self.dtype = dtype
+        self.wide = dtype.itemsize < 8
+        self.sum = fb.alloca(F64, count=count, align=64, name="total")
+        self.comp = None if self.wide else fb.alloca(F64, count=count, align=64,
+                                                      name="total_comp")
+
+    def _at(self, b: ir.IRBuilder, base, j):
+        return base if j is None else b.gep(base, [j], inbounds=True, source_etype=F64)
+
+    def reset(self, b: ir.IRBuilder, j=None) -> None:
+        for slot in (self.sum, self.comp):
+            if slot is not None:
+                b.store(ir.Constant(F64, 0.0), self._at(b, slot, j))
+
+    def add(self, b: ir.IRBuilder, lib: MathLib, v: ir.Value, j=None) -> None:
+        """total += v (a block's sum in the value type, or a part's total in float64)."""
+        at = self._at(b, self.sum, j)
+        s = b.load(at, typ=F64)
+        if v.type != F64:
+            v = b.fpext(v, F64)
+        if self.wide:
+            b.store(b.fadd(s, v), at)
+            return
+        # Neumaier: t = s + v; the rounding error of t is (s - t) + v when |s| >= |v|, else
+        # (v - t) + s, both exact
+        t = b.fadd(s, v)
+        fabs = lib.intrinsic("llvm.fabs", F64)
+        bigger = b.fcmp_ordered(">=", b.call(fabs, [s]), b.call(fabs, [v]))
+        error = b.select(bigger, b.fadd(b.fsub(s, t), v), b.fadd(b.fsub(v, t), s))
+        comp = self._at(b, self.comp, j)
+        b.store(b.fadd(b.load(comp, typ=F64), error), comp)
+        b.store(t, at)
+
+    def partial(self, b: ir.IRBuilder, j=None) -> ir.Value:
+        """The total as one float64."""
+        s = b.load(self._at(b, self.sum, j), typ=F64)
+        return s if self.wide else b.fadd(s, b.load(self._at(b, self.comp, j), typ=F64))
+
+    def result(self, b: ir.IRBuilder, j=None) -> ir.Value:
+        """The total in the value type."""
+        total = self.partial(b, j)
+        return b.fptrunc(total, F32) if self.wide else total
+
+
+def each_block(fb: FunctionBuilder, kernel: Kernel, plan: Blocks, vars: dict, lo, hi,
+               begin, step, end, pairs: bool = False) -> None:
+    """Run blocks [lo, hi) of `plan` in order: `begin()`, `step(vars)` at every step of the
+    block (the reduction axes set in `vars`), `end()`.  With `pairs`, `step` gets a list of
+    two steps (two neighbours along axis `level`) at a time, and of one for an odd last."""
+    b = fb.b
+    first, sizes, level = len(kernel.domain), plan.sizes, plan.level
+    with fb.loop(lo, hi, "block") as q:
+        index = rest = q
+        if level:
+            index = b.urem(q, ir.Constant(I64, plan.chunks))
+            rest = b.udiv(q, ir.Constant(I64, plan.chunks))
+        for axis in reversed(range(level)):
+            size = ir.Constant(I64, sizes[axis])
+            vars[first + axis] = b.urem(rest, size) if axis else rest
+            rest = b.udiv(rest, size)
+        start = b.mul(index, ir.Constant(I64, plan.chunk), flags=("nuw", "nsw"))
+        width = ir.Constant(I64, plan.chunk)
+        if sizes[level] % plan.chunk:
+            width = fb.min(b.sub(ir.Constant(I64, sizes[level]), start), plan.chunk)
+        begin()
+        if not pairs:
+            with fb.loop(0, width, f"r{level}") as j:
+                vars[first + level] = b.add(start, j, flags=("nuw", "nsw"))
+                _reduction_loops(fb, kernel, vars, step, vectorize_inner=False,
+                                 depth=level + 1)
+            end()
+            return
+
+        def twice(point: dict) -> None:
+            after = dict(point)
+            after[first + level] = b.add(point[first + level], ir.Constant(I64, 1),
+                                         flags=("nuw", "nsw"))
+            step([point, after])
+
+        with fb.loop(0, b.lshr(width, ir.Constant(I64, 1)), f"r{level}") as j:
+            vars[first + level] = b.add(start, b.shl(j, ir.Constant(I64, 1)),
+                                        flags=("nuw", "nsw"))
+            _reduction_loops(fb, kernel, vars, twice, vectorize_inner=False, depth=level + 1)
+        odd = width.constant % 2 if isinstance(width, ir.Constant) else None
+        if odd != 0:
+            with ExitStack() as maybe:
+                if odd is None:
+                    maybe.enter_context(b.if_then(b.trunc(width, ir.IntType(1))))
+                vars[first + level] = b.sub(b.add(start, width), ir.Constant(I64, 1))
+                _reduction_loops(fb, kernel, vars, lambda point: step([point]),
+                                 vectorize_inner=False, depth=level + 1)
+        end()
+
+
 class _Slots:
     """Accumulator storage: `count` values (and indices, for argmax/argmin) on the stack."""
 
@@ -135,8 +321,12 @@ class _Slots:
         b.store(new, slot)
 
     def result(self, b: ir.IRBuilder, j=None):
+        """The finished reduction: the index for argmax/argmin, else the value."""
         if self.indices is not None:
             return b.load(self._at(b, self.indices, j, I64), typ=I64)
+        return self.value(b, j)
+
+    def value(self, b: ir.IRBuilder, j=None):
         return b.load(self._at(b, self.values, j, self._type), typ=self._type)
 
 
@@ -159,8 +349,16 @@ def reduce_at_point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: 
         return slots.result(fb.b)
     # not forced: LLVM vectorizes the reassociable sums (and min/max) by itself where legal,
     # and a forced loop it cannot vectorize would make it complain on stderr
-    _reduction_loops(fb, kernel, dict(vars), step, vectorize_inner=False)
-    return slots.result(fb.b)
+    plan = blocks(kernel, BLOCK)
+    if plan is None:
+        _reduction_loops(fb, kernel, dict(vars), step, vectorize_inner=False)
+        return slots.result(fb.b)
+    b = fb.b
+    total = _Total(fb, slots.dtype, 1)
+    total.reset(b)
+    each_block(fb, kernel, plan, dict(vars), ir.Constant(I64, 0), ir.Constant(I64, plan.count),
+               lambda: slots.reset(b), step, lambda: total.add(b, lib, slots.result(b)))
+    return total.result(b)
 
 
 def is_small(kernel: Kernel) -> bool:
@@ -178,26 +376,54 @@ def reduce_columns(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: d
     b = fb.b
     last = len(kernel.domain) - 1
     slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), STRIP)
+    plan = blocks(kernel, COLUMN_BLOCK)
+    total = None if plan is None else _Total(fb, slots.dtype, STRIP)
     strips = b.udiv(b.add(b.sub(hi, lo), ir.Constant(I64, STRIP - 1)), ir.Constant(I64, STRIP))
     with fb.loop(0, strips, "strip") as s:
         first = b.add(lo, b.mul(s, ir.Constant(I64, STRIP)))
         width = fb.min(b.sub(hi, first), STRIP)
-        with fb.loop(0, width, "reset", vectorize=True) as j:
-            slots.reset(b, j)
 
-        def step(point: dict) -> None:
+        def over_strip(name: str, body) -> None:
+            with fb.loop(0, width, name, vectorize=True) as j:
+                body(j)
+
+        def step(points: list[dict]) -> None:
+            """One reduction step over the strip, or two of a blocked float sum at once:
+            acc += (v0 + v1), one load and store of the accumulators for two values (the
+            pair's add has no `reassoc`, so LLVM keeps it a pair)."""
             with fb.loop(0, width, "col", vectorize=True) as j:
-                inner = dict(point)
-                inner[last] = b.add(first, j)
-                v = ExprEmitter(b, lib, buffers, inner).emit(kernel.reduce_value)
+                vs = []
+                for point in points:
+                    inner = dict(point)
+                    inner[last] = b.add(first, j)
+                    vs.append(ExprEmitter(b, lib, buffers, inner).emit(kernel.reduce_value))
+                v = vs[0] if len(vs) == 1 else b.fadd(vs[0], vs[1])
                 slots.combine(b, lib, v, lambda: _linear(b, kernel, inner), j)
 
-        _reduction_loops(fb, kernel, dict(vars), step, vectorize_inner=False)
+        if plan is None:
+            over_strip("reset", lambda j: slots.reset(b, j))
+            _reduction_loops(fb, kernel, dict(vars), lambda point: step([point]),
+                             vectorize_inner=False)
+            result = slots.result
+        else:
+            def clear(j) -> None:
+                slots.reset(b, j)
+                total.reset(b, j)
+
+            def fold(j) -> None:  # and start the next block
+                total.add(b, lib, slots.result(b, j), j)
+                slots.reset(b, j)
+
+            over_strip("clear", clear)
+            each_block(fb, kernel, plan, dict(vars), ir.Constant(I64, 0),
+                       ir.Constant(I64, plan.count), lambda: None, step,
+                       lambda: over_strip("fold", fold), pairs=True)
+            result = total.result
         flat_stores = not any(st.accumulate for st in kernel.stores)
         with fb.loop(0, width, "store", vectorize=flat_stores) as j:
             point = dict(vars)
             point[last] = b.add(first, j)
-            emit_stores(b, lib, kernel, buffers, point, slots.result(b, j))
+            emit_stores(b, lib, kernel, buffers, point, result(b, j))
 
 
 def _reduction_loops(fb: FunctionBuilder, kernel: Kernel, vars: dict, step,
@@ -232,3 +458,88 @@ def _linear(b: ir.IRBuilder, kernel: Kernel, vars: dict) -> ir.Value:
         stride *= sizes[j]
     return index
 
+
+
+# ---- a full reduction in parts ----------------------------------------------------------------
+
+PARTS = 64  # parts a full reduction is cut into (at most); threads claim runs of parts
+PARTIALS_BYTES = PARTS * 16  # their partial results: a value of up to 8 bytes, an i64 index
+
+
+def part_count(kernel: Kernel) -> int:
+    """How many parts a full reduction (of more than `BLOCK` steps) is cut into: fixed by its
+    size, not by the threads, so that its result does not depend on how many there are."""
+    return min(_part_blocks(kernel).count, PARTS)
+
+
+def _part_blocks(kernel: Kernel) -> Blocks:
+    """The blocks a full reduction is cut into; a part is a run of whole blocks."""
+    return blocks(kernel, BLOCK) or cut(tuple(kernel.reduce), BLOCK)
+
+
+def _partial(b: ir.IRBuilder, kernel: Kernel, partials, p) -> tuple:
+    """The slots of part `p`'s value (float64 for a float sum) and index (argmax/argmin)."""
+    typ = F64 if float_sum(kernel) else value_type(value_dtype(kernel))
+    value = b.gep(partials, [p], inbounds=True, source_etype=typ)
+    index = b.gep(partials, [b.add(p, ir.Constant(I64, PARTS))], inbounds=True,
+                  source_etype=I64)
+    return value, index, typ
+
+
+def reduce_parts(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, partials,
+                 lo: ir.Value, hi: ir.Value) -> None:
+    """Parts [lo, hi) of a full reduction (a kernel with no domain axes), each into its
+    partial: part p runs blocks [p * count / n, (p + 1) * count / n) in order; a float sum adds
+    them block by block into a `_Total` as at a point, other reductions run straight through
+    them (integer sums, max and min are exact in any grouping; argmax/argmin keep the index of
+    the first extreme, `_linear` being the index over the whole reduction)."""
+    b = fb.b
+    plan, n = _part_blocks(kernel), part_count(kernel)
+    slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), 1)
+    total = _Total(fb, slots.dtype, 1) if float_sum(kernel) else None
+    vars: dict = {}
+
+    def step(vars: dict) -> None:
+        v = ExprEmitter(b, lib, buffers, vars).emit(kernel.reduce_value)
+        slots.combine(b, lib, v, lambda: _linear(b, kernel, vars))
+
+    def block_at(part) -> ir.Value:
+        return b.udiv(b.mul(part, ir.Constant(I64, plan.count), flags=("nuw", "nsw")),
+                      ir.Constant(I64, n))
+
+    with fb.loop(lo, hi, "part") as p:
+        slots.reset(b)
+        begin = end = lambda: None
+        if total is not None:
+            total.reset(b)
+            begin = lambda: slots.reset(b)
+            end = lambda: total.add(b, lib, slots.result(b))
+        first, last = block_at(p), block_at(b.add(p, ir.Constant(I64, 1)))
+        each_block(fb, kernel, plan, vars, first, last, begin, step, end)
+        value, index, _ = _partial(b, kernel, partials, p)
+        b.store(slots.value(b) if total is None else total.partial(b), value)
+        if slots.indices is not None:
+            b.store(slots.result(b), index)
+
+
+def finish_parts(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
+                 partials) -> None:
+    """Combine a full reduction's partials, part 0 first, and run its stores: float sums in a
+    `_Total` (float64; compensated for float64 data), the others with their own combine (the
+    first part holding the extreme wins a tie, as the first element does in one pass)."""
+    b = fb.b
+    n = part_count(kernel)
+    slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), 1)
+    total = _Total(fb, slots.dtype, 1) if float_sum(kernel) else None
+    slots.reset(b)
+    if total is not None:
+        total.reset(b)
+    with fb.loop(0, n, "partial") as p:
+        value, index, typ = _partial(b, kernel, partials, p)
+        v = b.load(value, typ=typ)
+        if total is not None:
+            total.add(b, lib, v)
+        else:
+            slots.combine(b, lib, v, lambda: b.load(index, typ=I64))
+    acc = slots.result(b) if total is None else total.result(b)
+    emit_stores(b, lib, kernel, buffers, {}, acc)
