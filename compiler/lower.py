@@ -414,7 +414,12 @@ class _GroupLowering:
         rvars = _vars(len(domain), len(red))
         flat = alg.flat(dvars, full)
         em = _Emitter(self.plan, self.names, alg, set(self.group.nodes), r, flat)
-        if r.op == "matmul":
+        if prod(red) == 0:
+            # an empty reduction reads nothing (its input may be a view with nothing to read,
+            # such as a concat of empty parts): the loop never runs, each result is the
+            # identity, and the value is a placeholder of the input's dtype
+            rv = scalar(0, r.inputs[0].type.dtype)
+        elif r.op == "matmul":
             a_idx, b_idx = matmul_operand_indices(alg, r)
             la, lb = em.value(r.inputs[0], a_idx), em.value(r.inputs[1], b_idx)
             rv: Expr = Binary("mul", la, lb)

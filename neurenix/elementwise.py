@@ -348,14 +348,22 @@ def relu(x: Tensor) -> Tensor:
     return where(le(x, 0), 0.0 if x.dtype.is_floating else 0, x)
 
 
+def _no_grad_at_nan(x: Tensor) -> Tensor:
+    """x, with a zero gradient where it is nan: where(x != x, stop_gradient(x), x).  Free in
+    compiled code: with stop_gradient gone after autodiff, `where(c, x, x)` folds to x."""
+    if not x.dtype.is_floating:
+        return x
+    return where(ne(x, x), stop_gradient(x), x)
+
+
 def clamp(x: Tensor, min: Operand | None = None, max: Operand | None = None) -> Tensor:  # noqa: A002
-    """Limit x to [min, max]; the gradient is 1 inside the closed range, 0 outside."""
+    """Limit x to [min, max]; the gradient is 1 inside the closed range, 0 outside and at nan
+    (a nan stays nan), as in PyTorch."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
-    out = x
+    out = _no_grad_at_nan(x)
     if min is not None:
         out = where(lt(out, min), min, out)
     if max is not None:
         out = where(gt(out, max), max, out)
     return out
-

@@ -7,11 +7,10 @@ import numpy as np
 
 from neurenix.compiler.types import bool_, float32, int64
 
-from .autograd import is_grad_enabled, no_grad
 from .dispatch import apply
 from .elementwise import abs as abs_
-from .elementwise import cast, div, eq, exp, gt, log, mul, ne, sqrt, sub, where
-from .shapes import expand, normalize_dim, normalize_dims, reshape
+from .elementwise import cast, div, eq, exp, log, mul, sqrt, sub, where
+from .shapes import normalize_dim, normalize_dims, reshape
 from .tensor import Tensor
 
 
@@ -34,11 +33,11 @@ def _dims(dim, x: Tensor, op: str) -> tuple[int, ...]:
     return axes if x.ndim else ()
 
 
-def _reduce(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
+def _reduce(op: str, x: Tensor, dim, keepdim: bool, **attrs: bool) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
     axes = _dims(dim, x, op)
-    out = apply(op, x, axes=axes) if axes else x
+    out = apply(op, x, axes=axes, **attrs) if axes else x
     return _keep(out, x.shape, axes, keepdim)
 
 
@@ -76,36 +75,14 @@ def prod(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 
 def amax(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     """The largest elements over dim; the gradient is shared by the elements equal to it, and
-    is nan over a slice holding a nan (PyTorch's amax; max() puts it on the nans instead)."""
-    return _extreme_over("reduce_max", x, dim, keepdim)
+    is nan over a slice holding a nan (PyTorch's amax; max() puts it on the nans instead):
+    reduce_max's own VJP."""
+    return _reduce("reduce_max", _numeric(x), dim, keepdim)
 
 
 def amin(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     """The smallest elements over dim; gradients as `amax`."""
-    return _extreme_over("reduce_min", x, dim, keepdim)
-
-
-def _extreme_over(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
-    x = _numeric(x)
-    out = _reduce(op, x, dim, keepdim)
-    axes = _dims(dim, x, op)
-    if not (axes and x.requires_grad and is_grad_enabled()):
-        return out
-    return sub(out, _nan_slices(x, axes, keepdim))
-
-
-def _nan_slices(x: Tensor, axes: tuple[int, ...], keepdim: bool) -> Tensor:
-    """nan over the slices (along `axes`) that hold a nan and 0 elsewhere, with a nan gradient
-    for every element of those slices and 0 for the others: PyTorch's amax/amin gradient,
-    (g / count) * (x == out), is (g / 0) * 0 there.  Subtracting it leaves the values as
-    they are (a nan slice's result is nan already)."""
-    kept = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
-    with no_grad():
-        found = apply("reduce_max", cast(ne(x, x), int64), axes=axes)
-        found = expand(reshape(gt(found, 0), kept), x.shape)
-        poison = where(found, float("nan"), 0.0)
-    total = apply("reduce_sum", where(found, mul(x, poison), 0.0), axes=axes)
-    return reshape(total, kept) if keepdim else total
+    return _reduce("reduce_min", _numeric(x), dim, keepdim)
 
 
 def _arg(op: str, x: Tensor, dim, keepdim: bool) -> Tensor:
@@ -149,8 +126,9 @@ def _extreme(op: str, x: Tensor, dim, keepdim: bool):
         if x.numel() == 0:
             raise ValueError(f"{op}: expected a non-empty tensor, got shape {tuple(x.shape)}")
         # the gradient is shared by the elements equal to the result, or by the nans when it
-        # is nan (PyTorch's evenly_distribute_backward): the reduce primitives' own VJP
-        return _reduce("reduce_max" if op == "max" else "reduce_min", _numeric(x), None, False)
+        # is nan (PyTorch's evenly_distribute_backward): the reduce primitives' masked VJP
+        return _reduce("reduce_max" if op == "max" else "reduce_min", _numeric(x), None, False,
+                       masked=True)
     d = normalize_dim(dim, x.ndim, op)
     if x.ndim == 0:
         return MaxMin(x, Tensor._wrap(np.zeros((), np.int64), int64))

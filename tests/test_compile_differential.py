@@ -13,22 +13,6 @@ Programs keep their values bounded (`_Gen` tracks a bound on every value and sca
 down) so that float32 rounding, not overflow, is the only difference allowed between runs:
 `rtol=1e-4` and `atol=1e-5` times the largest magnitude of the result. NaN and inf must
 appear in the same places. Settings are derandomized, so CI always runs the same examples.
-
-Known bugs, left out where noted (remove the exclusion once fixed):
-1. llvm: a reduction of an empty concatenation fails to lower, where eager gives 0:
-   `compile(lambda x: cat([x, x], 0).sum(), backend="llvm")(zeros(0))` raises
-   `LoweringError: concat f32[0] reads nothing` (`_Gen.llvm`: no empty `cat`).
-2. Both backends, a silently wrong gradient: amax/amin of a computed tensor whose reduced
-   slice holds a NaN. For `x = [[1, nan, 2]]` and `f = lambda x: (x * 2).amin(1)`, the compiled
-   gradient is [0, 2, 0], while eager and torch give [nan, nan, nan] (`_Gen.specials`: no
-   amax or amin in programs with NaN inputs).
-3. Eager vs torch: maximum/minimum send no gradient to either operand where one is NaN
-   (torch sends the full gradient to both): `maximum([nan, 1], [1, nan])` gives the grads
-   [0, 0] and [0, 0], torch [1, 1] and [1, 1].
-4. Eager vs torch: at NaN, abs's gradient is NaN (torch 0) and clamp's is 1 (torch 0).
-5. Eager vs torch: amax/amin's backward drops a NaN upstream gradient outside the extremes:
-   `x = [[1, nan], [2, 3]]; x.amin(1).amin().backward()` gives [[nan, nan], [nan, 0]], torch
-   all NaN (left out with bug 2).
 """
 from __future__ import annotations
 
@@ -235,8 +219,6 @@ class _Gen:
     """Builds a program step by step, tracking each value's shape and bound."""
 
     draw: Any
-    specials: bool = False  # the inputs hold NaN and inf: leave out amax and amin (bug 2)
-    llvm: bool = False  # for the llvm backend: no empty concatenation (bug 1)
     steps: list = field(default_factory=list)
     vals: list[_Val] = field(default_factory=list)
 
@@ -316,7 +298,7 @@ class _Gen:
                  "binary": list(BINARY), "reduce": ["sum", "mean"],
                  "shape": ["reshape", "unsqueeze"] if nd < MAX_NDIM else ["reshape"],
                  "combine": []}
-        if (math.prod(shape) > 0 or any(shape)) and not self.specials:
+        if math.prod(shape) > 0 or any(shape):
             kinds["reduce"] += ["amax", "amin"]
         if nd:
             kinds["reduce"] += ["softmax", "log_softmax"]
@@ -513,8 +495,7 @@ class _Gen:
             b = self.add_input(tuple(shape))
         shape = list(v.shape)
         shape[d] += self.vals[b].shape[d]
-        # llvm: a reduction of an empty concatenation fails to lower (bug 1), so no empty one
-        if math.prod(shape) > MAX_NUMEL or (self.llvm and math.prod(shape) == 0):
+        if math.prod(shape) > MAX_NUMEL:
             return self.emit("neg", (a,), {}, v.shape, v.bound)
         return self.emit(name, (a, b), {"dim": dim}, shape,
                          max(v.bound, self.vals[b].bound))
@@ -531,13 +512,12 @@ class _Gen:
 
 
 @st.composite
-def programs(draw, max_steps: int = 6, llvm: bool = False) -> Program:
+def programs(draw, max_steps: int = 6) -> Program:
     """A random Program: one input to start with, 1..max_steps ops (which may add inputs).
-    One in four has NaN and inf among its inputs. `llvm`: avoid what that backend is known
-    to get wrong (see `_Gen`)."""
+    One in four has NaN and inf among its inputs."""
     ties, specials = draw(st.sampled_from([(False, False), (True, False), (False, False),
                                            (False, True)]))
-    g = _Gen(draw, specials, llvm)
+    g = _Gen(draw)
     g.add_input(g.shape())
     for _ in range(draw(st.integers(1, max_steps))):
         last = g.step()
@@ -611,14 +591,6 @@ def _two_calls(fn, arrays1, arrays2, seed: int, order: str):
 
 
 ORDERS = ("first_then_second", "second_then_first", "sum_of_both", "shared_first_input")
-# Eager's gradient at a NaN differs from torch's for these ops (bugs 3 and 4 in the module
-# docstring): with NaN among the inputs, such programs skip only that comparison (compiled
-# vs eager is still checked).
-NAN_GRADIENTS_UNLIKE_TORCH = {"abs", "clamp", "maximum", "minimum"}
-
-
-def _torch_grads_comparable(prog: Program) -> bool:
-    return not (prog.specials and NAN_GRADIENTS_UNLIKE_TORCH & {op for op, _, _ in prog.steps})
 
 
 def _check_program(prog: Program, backend: str) -> None:
@@ -630,8 +602,7 @@ def _check_program(prog: Program, backend: str) -> None:
     t_out, t_grads = _forward_backward(lambda *xs: run_program(prog, torch, xs), torch, arrays,
                                        prog.seed)
     _check_outputs(e_out, t_out, "eager vs torch")
-    if _torch_grads_comparable(prog):
-        _check_grads(e_grads, t_grads, "eager vs torch")
+    _check_grads(e_grads, t_grads, "eager vs torch")
 
     compiled = nx.compile(eager_fn, backend=backend)
     c_out, c_grads = _forward_backward(compiled, nx, arrays, prog.seed)
@@ -664,7 +635,7 @@ def test_random_programs_reference(prog):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @_settings(25)
-@given(prog=programs(max_steps=5, llvm=True))
+@given(prog=programs(max_steps=5))
 def test_random_programs_llvm(prog):
     """Random programs as native code (fewer: each costs an LLVM compile or two)."""
     _check_program(prog, "llvm")
@@ -691,8 +662,7 @@ def _check_batch_sizes(prog: Program, backend: str, sizes: tuple[int, ...]) -> N
         t_out, t_grads = _forward_backward(lambda *xs: _batched(prog, torch, xs), torch,
                                            arrays, prog.seed)
         _check_outputs(e_out, t_out, f"{label}: eager vs torch")
-        if _torch_grads_comparable(prog):
-            _check_grads(e_grads, t_grads, f"{label}: eager vs torch")
+        _check_grads(e_grads, t_grads, f"{label}: eager vs torch")
         c_out, c_grads = _forward_backward(compiled, nx, arrays, prog.seed)
         _check_outputs(c_out, e_out, f"{label}: {backend} vs eager")
         _check_grads(c_grads, e_grads, f"{label}: {backend} vs eager")
@@ -712,7 +682,7 @@ def test_batch_size_changes_between_calls_reference(prog, sizes):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @_settings(5)
-@given(prog=programs(max_steps=3, llvm=True), sizes=BATCHES)
+@given(prog=programs(max_steps=3), sizes=BATCHES)
 def test_batch_size_changes_between_calls_llvm(prog, sizes):
     """The same on native code."""
     _check_batch_sizes(prog, "llvm", sizes)

@@ -4,8 +4,9 @@ Every case runs eagerly, compiled with each backend ("reference": the graph on t
 references; "llvm": native code) and in PyTorch, forward and gradients: empty tensors through
 convolutions, pooling, matmuls and reductions; exact integer floor division and remainder
 (INT_MIN // -1, division by zero raising ZeroDivisionError); pow at its special values;
-logsumexp, softmax and log_softmax with infinities and empty dimensions; and where the
-gradient of max/amax/min/amin goes when the input holds a nan.
+logsumexp, softmax and log_softmax with infinities and empty dimensions; where the
+gradient of max/amax/min/amin goes when the input holds a nan; and the gradients of maximum,
+minimum, abs and clamp at nan, ties, signed zeros and infinities.
 
 `assert_same` is strict where the semantics are: the same nan positions, the same infinities
 and signed zeros, and close values elsewhere.
@@ -51,7 +52,7 @@ def assert_same(got: np.ndarray, want: np.ndarray, what: str, rtol: float = 1e-5
         return
     special = np.isnan(want) | np.isinf(want) | (want == 0)
     same = np.where(np.isnan(want), np.isnan(got),
-                    (got == want) & ((np.signbit(got) == np.signbit(want)) | ~signed_zeros))
+                    (got == want) & ((np.signbit(got) == np.signbit(want)) | (not signed_zeros)))
     bad = special & ~same
     assert not bad.any(), f"{what}: got {got[bad].tolist()}, want {want[bad].tolist()}"
     np.testing.assert_allclose(got[~special], want[~special], rtol=rtol, atol=0, err_msg=what)
@@ -101,16 +102,18 @@ def run_torch(fn: Callable, arrays: Sequence[np.ndarray], grad: bool = True,
 
 def check_everywhere(fn: Callable, arrays: Sequence[np.ndarray], torch_fn: Callable | None = None,
                      *, grad: bool = True, rtol: float = 1e-5,
-                     grad_masks: Sequence[np.ndarray | None] | None = None) -> None:
+                     grad_masks: Sequence[np.ndarray | None] | None = None,
+                     signed_zeros: bool = True) -> None:
     """`fn` eager and compiled with every backend against `torch_fn` (default `fn`, given the
-    library as first argument when it takes one): outputs and gradients, `assert_same`."""
+    library as first argument when it takes one): outputs and gradients, `assert_same`
+    (the outputs' zeros signed as PyTorch's with `signed_zeros`)."""
     want, want_g = run_torch(torch_fn or fn, arrays, grad)
     for backend in (None, *BACKENDS):
         label = backend or "eager"
         got, got_g = run_neurenix(fn, arrays, backend, grad)
         assert len(got) == len(want), f"{label}: number of outputs"
         for i, (a, b) in enumerate(zip(got, want)):
-            assert_same(a, b, f"{label}: output {i}", rtol)
+            assert_same(a, b, f"{label}: output {i}", rtol, signed_zeros=signed_zeros)
         for i, (a, b) in enumerate(zip(got_g, want_g)):
             if b is None:
                 assert a is None or not np.any(a), f"{label}: input {i} has a gradient"
@@ -152,6 +155,16 @@ EMPTY_FUNCTIONS = [
     ("logsumexp_empty_dim", lambda L, a: L.logsumexp(a, 1), [floats(3, 0)]),
     ("logsumexp_empty_other", lambda L, a: L.logsumexp(a, 1), [floats(0, 3)]),
     ("concat_with_empty", lambda L, a, b: L.cat([a, b], 0) * 2, [floats(0, 3), floats(2, 3)]),
+    # a reduction of a concatenation of empty parts: nothing to read, each result the identity
+    ("sum_of_empty_concat", lambda L, a: L.cat([a, a], 0).sum(), [floats(0)]),
+    ("sum_of_empty_concat_2d", lambda L, a: L.cat([a, a], 1).sum(), [floats(2, 0)]),
+    ("sum_over_empty_concat_axis", lambda L, a: L.cat([a, a], 1).sum(1), [floats(2, 0)]),
+    ("sum_over_empty_concat_rows", lambda L, a: (L.cat([a, a], 0) * 2).sum(0),
+     [floats(0, 3)]),
+    ("prod_over_empty_concat_axis", lambda L, a: L.cat([a, a], 1).prod(1), [floats(2, 0)]),
+    ("mean_of_empty_concat", lambda L, a: L.cat([a, a], 1).mean() + a.sum(), [floats(2, 0)]),
+    ("logsumexp_over_empty_concat", lambda L, a: L.logsumexp(L.cat([a, a], 1), 1),
+     [floats(3, 0)]),
 ]
 
 
@@ -197,6 +210,21 @@ def test_empty_batch_matmul_lowers_to_no_kernel():
     assert schedule.kernels == []
     (out,) = run_schedule(schedule, [floats(0, 1, 4, 3), floats(0, 1, 3, 5)])
     assert out.shape == (0, 1, 4, 5)
+
+
+def test_reduction_of_an_empty_concat_lowers_to_its_identity():
+    """A reduction over an empty extent reads nothing, so an input with nothing to read (a
+    concat of empty parts) lowers too: each result is the identity (it used to fail with
+    "concat reads nothing")."""
+    f32 = dtype_from_numpy(np.dtype(np.float32))
+    gb = GraphBuilder("empty_concat")
+    a = gb.input("a", TensorType((2, 0), f32))
+    c = gb.apply("concat", a, gb.apply("exp", a), axis=1)
+    graph = gb.build([gb.apply("reduce_sum", c, axes=(1,)), gb.apply("reduce_prod", c, axes=(1,)),
+                      gb.apply("reduce_sum", c, axes=(0, 1))])
+    got = run_schedule(lower(graph), [floats(2, 0)])
+    for out, want in zip(got, ([0.0, 0.0], [1.0, 1.0], 0.0)):
+        np.testing.assert_array_equal(out, np.array(want, np.float32))
 
 
 # ---- 2. integer floor division and remainder ------------------------------------------------
@@ -379,6 +407,16 @@ MAX_CASES = [
     ("amin", lambda L, t: t.amin()),
     ("amax_dim", lambda L, t: t.amax(1)),
     ("amin_dims_keepdim", lambda L, t: t.amin((0, 1), keepdim=True)),
+    # ... of computed values too (a traced intermediate never reports requires_grad)
+    ("amin_dim_of_product", lambda L, t: (t * 2).amin(1)),
+    ("amin_of_abs", lambda L, t: t.abs().amin(0)),
+    ("amax_dim_of_exp", lambda L, t: t.exp().amax(1)),
+    ("amax_dim_of_relu", lambda L, t: L.relu(t).amax(1, keepdim=True)),
+    ("amax_of_neg", lambda L, t: (-t).amax()),
+    ("max_of_product", lambda L, t: (t * 2).max()),
+    # a nan reaching amax/amin as the upstream gradient: nan over the whole slice
+    ("amin_of_amin", lambda L, t: t.amin(1).amin()),
+    ("amax_of_amin_of_product", lambda L, t: (t * 3).amin(0).amax()),
     # max(dim)/min(dim): all of it at the index returned (the first nan, else the first tie)
     ("max_dim", lambda L, t: t.max(1)[0]),
     ("min_dim_keepdim", lambda L, t: t.min(0, keepdim=True)[0]),
@@ -390,3 +428,65 @@ MAX_CASES = [
 @pytest.mark.parametrize("data", [WITH_NANS, NO_NANS], ids=["nans", "ties"])
 def test_max_gradient_with_nans_and_ties(name, fn, data):
     check_everywhere(**lib(fn), arrays=[data])
+
+
+@pytest.mark.parametrize("name", ["amax", "amin", "max", "min"])
+def test_extreme_gradient_with_nan_and_inf_upstream(name):
+    """amax/amin: (g / count) * (x == result), so a nan upstream gradient is nan over its
+    slice and an infinite one nan off the extremes; max()/min() write g / count at the
+    extremes only."""
+    upstream = np.array([NAN, INF, -INF, 2.0], np.float32)
+    if name in ("amax", "amin"):
+        fn = lambda L, t: getattr(t * 2, name)(1) * L.tensor(upstream)  # noqa: E731
+    else:
+        fn = lambda L, t: getattr(t * 2, name)() * L.tensor(upstream)  # noqa: E731
+    for data in (WITH_NANS, WITH_NANS[[1, 2, 1, 2]]):
+        check_everywhere(**lib(fn), arrays=[data])
+
+
+# ---- 6. elementwise gradients at nan, ties, signed zeros and infinities ---------------------
+
+SPECIALS = [NAN, -INF, -1.0, -0.5, -0.0, 0.0, 0.25, 0.5, 1.0, INF]
+PAIRS = [a.ravel() for a in np.meshgrid(np.array(SPECIALS, np.float32),
+                                        np.array(SPECIALS, np.float32), indexing="ij")]
+
+
+@pytest.mark.parametrize("op", ["maximum", "minimum"])
+def test_maximum_minimum_gradient_at_nans_and_ties(op):
+    """PyTorch's rule: where(a == b, g / 2, g), 0 where the operand loses; a nan on either
+    side sends the whole gradient to both.  (Which zero a tie of -0.0 and 0.0 gives is not
+    compared: PyTorch returns the first operand, NumPy the second.)"""
+    check_everywhere(**lib(lambda L, a, b: getattr(L, op)(a, b)), arrays=PAIRS,
+                     signed_zeros=False)
+    check_everywhere(**lib(lambda L, a, b: getattr(L, op)(a * 2, -b)), arrays=PAIRS,
+                     signed_zeros=False)
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("abs", lambda L, x: L.abs(x)),
+    ("abs_of_product", lambda L, x: L.abs(x * 2)),
+    ("clamp", lambda L, x: L.clamp(x, -0.5, 0.5)),
+    ("clamp_of_product", lambda L, x: L.clamp(x * 2, -1.0, 1.0)),
+    ("clamp_min", lambda L, x: L.clamp(x, min=0.0)),
+    ("clamp_min_negative_zero", lambda L, x: L.clamp(x, min=-0.0)),
+    ("clamp_max", lambda L, x: L.clamp(x, max=0.0)),
+    ("clamp_max_of_product", lambda L, x: L.clamp(x * 2, max=0.5)),
+    ("clamp_empty_range", lambda L, x: L.clamp(x, 0.5, 0.5)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_unary_gradient_at_specials(name, fn):
+    """abs: g * sgn(x), 0 at +-0 and at nan; clamp: g inside the closed range (the bounds
+    included), 0 outside and at nan, whose value stays nan."""
+    check_everywhere(**lib(fn), arrays=[np.array(SPECIALS, np.float32)])
+
+
+def test_clamp_is_free_in_the_compiled_forward():
+    """clamp's zero gradient at nan costs the compiled forward nothing: once stop_gradient is
+    gone, its `where(x != x, x, x)` folds to x, leaving a compare and a select per bound."""
+    from neurenix.compiler.pipeline import build
+
+    f = nx.compile(lambda x: nx.clamp(x, -0.5, 0.5), backend="reference")
+    with nx.no_grad():
+        f(nx.zeros(3))
+    graph, _ = build(f.graph, "reference")
+    ops = sorted(n.op for n in graph.nodes if n not in graph.inputs)
+    assert ops == ["full", "full", "gt", "lt", "where", "where"]

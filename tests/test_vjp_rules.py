@@ -96,9 +96,11 @@ CASES = {
                     lambda rng: ([_u(rng, (2, 3, 2), -1.5, 1.5)], {"axes": (0, 2)}),
                     _prod_with_zeros],
     "reduce_max": [lambda rng: ([_distinct(rng, (3, 4))], {"axes": (1,)}),
-                   lambda rng: ([_distinct(rng, (2, 3, 2))], {"axes": (0, 2)})],
+                   lambda rng: ([_distinct(rng, (2, 3, 2))], {"axes": (0, 2)}),
+                   lambda rng: ([_distinct(rng, (3, 4))], {"axes": (1,), "masked": True})],
     "reduce_min": [lambda rng: ([_distinct(rng, (3, 4))], {"axes": (0,)}),
-                   lambda rng: ([_distinct(rng, (2, 3))], {"axes": (0, 1)})],
+                   lambda rng: ([_distinct(rng, (2, 3))], {"axes": (0, 1)}),
+                   lambda rng: ([_distinct(rng, (2, 3))], {"axes": (0, 1), "masked": True})],
     "reshape": [lambda rng: ([_u(rng, (2, 6))], {"shape": (3, 1, 4)})],
     "permute": [lambda rng: ([_u(rng, (2, 3, 4))], {"perm": (2, 0, 1)})],
     "expand": [lambda rng: ([_u(rng, (3, 1))], {"shape": (3, 4)}),
@@ -221,12 +223,50 @@ def test_maximum_vjp_splits_ties():
         np.testing.assert_array_equal(gx.numpy() + gy.numpy(), [2.0, 2.0, 2.0])
 
 
-def test_reduce_max_vjp_shares_ties():
+def test_maximum_vjp_gives_both_operands_the_gradient_at_nan():
+    nan = float("nan")
+    x = nx.tensor(np.array([nan, 1.0, nan, 2.0]))
+    y = nx.tensor(np.array([1.0, nan, nan, 1.0]))
+    g = nx.tensor(np.array([2.0, 2.0, 2.0, 2.0]))
+    for name, want_y in (("maximum", [2.0, 2.0, 2.0, 0.0]), ("minimum", [2.0, 2.0, 2.0, 2.0])):
+        out = apply(name, x, y)
+        gx = REGISTRY[name].vjp(EAGER, g, out, (x, y), {}, 0)
+        gy = REGISTRY[name].vjp(EAGER, g, out, (x, y), {}, 1)
+        want_x = [2.0, 2.0, 2.0, 2.0 if name == "maximum" else 0.0]
+        np.testing.assert_array_equal(gx.numpy(), want_x)
+        np.testing.assert_array_equal(gy.numpy(), want_y)
+
+
+def test_abs_vjp_is_zero_at_zero_and_nan():
+    x = nx.tensor(np.array([float("nan"), -0.0, 0.0, -2.0, 3.0, float("-inf")]))
+    g = nx.tensor(np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0]))
+    got = REGISTRY["abs"].vjp(EAGER, g, apply("abs", x), (x,), {}, 0)
+    np.testing.assert_array_equal(got.numpy(), [0.0, 0.0, 0.0, -2.0, 2.0, -2.0])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_reduce_max_vjp_shares_ties(masked):
     x = nx.tensor(np.array([[3.0, 1.0, 3.0], [0.0, 0.0, 0.0]]))
-    out = apply("reduce_max", x, axes=(1,))
+    out = apply("reduce_max", x, axes=(1,), masked=masked)
     got = REGISTRY["reduce_max"].vjp(EAGER, nx.tensor(np.array([1.0, 3.0])), out, (x,),
-                                     {"axes": (1,)}, 0)
+                                     {"axes": (1,), "masked": masked}, 0)
     np.testing.assert_array_equal(got.numpy(), [[0.5, 0.0, 0.5], [1.0, 1.0, 1.0]])
+
+
+def test_reduce_max_vjp_at_nan():
+    """amax's rule (the default), (g / count) * (x == out): nan over a slice holding a nan,
+    nan over a slice whose cotangent is nan, nan off the extreme under an infinite one.
+    max()'s (`masked`): g / count on the nans or the extremes, 0 elsewhere."""
+    nan, inf = float("nan"), float("inf")
+    x = nx.tensor(np.array([[1.0, nan, nan], [1.0, 2.0, 2.0], [1.0, 2.0, 0.0]]))
+    g = nx.tensor(np.array([1.0, nan, inf]))
+    vjp = REGISTRY["reduce_max"].vjp
+    out = apply("reduce_max", x, axes=(1,))
+    got = vjp(EAGER, g, out, (x,), {"axes": (1,)}, 0)
+    np.testing.assert_array_equal(got.numpy(), [[nan] * 3, [nan] * 3, [nan, inf, nan]])
+    got = vjp(EAGER, g, out, (x,), {"axes": (1,), "masked": True}, 0)
+    np.testing.assert_array_equal(got.numpy(), [[0.0, 0.5, 0.5], [0.0, nan, nan],
+                                                [0.0, inf, 0.0]])
 
 
 def test_pow_vjp_at_zero_base_is_finite():

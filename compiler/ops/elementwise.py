@@ -112,8 +112,19 @@ def _erf_vjp(b, g, out, x):
 
 register("erf", ELEMENTWISE, 1, _float_unary("erf"), _erf, per_input(_erf_vjp),
          "the error function; d/dx = 2/sqrt(pi) exp(-x**2)")
-register("abs", ELEMENTWISE, 1, _any_unary("abs"), np.abs,
-         per_input(lambda b, g, out, x: b.mul(g, b.sign(x))), "|x|; d/dx = sign(x), 0 at 0")
+
+
+def _abs_vjp(b, g, out, x):
+    """g * sgn(x), PyTorch's rule, with sgn(x) = 1 above 0, -1 below, and 0 at +-0 and at nan
+    (where the `sign` primitive gives nan): the gradient at nan is 0 unless g is not finite."""
+    zero = b.zeros_like(x)
+    sgn = b.where(b.gt(x, zero), b.full_like(x, 1.0),
+                  b.where(b.lt(x, zero), b.full_like(x, -1.0), zero))
+    return b.mul(g, sgn)
+
+
+register("abs", ELEMENTWISE, 1, _any_unary("abs"), np.abs, per_input(_abs_vjp),
+         "|x|; d/dx = sign(x), 0 at 0 and at nan")
 register("sign", ELEMENTWISE, 1, _any_unary("sign"), np.sign,
          per_input(lambda b, g, out, x: b.zeros_like(x)), "-1, 0 or 1; zero gradient")
 register("floor", ELEMENTWISE, 1, _any_unary("floor"), np.floor,
@@ -247,24 +258,28 @@ register("remainder", ELEMENTWISE, 2, _arith("remainder"), remainder_impl,
          "x - floor(x / y) * y, with the divisor's sign; exact for integers")
 
 
-def _max_vjp(pick):
-    # Gradient goes to the larger (smaller) operand; ties split it in half, as PyTorch does.
+def _max_vjp(loses):
+    """PyTorch's rule: where(x == y, g / 2, g), set to 0 where this operand loses (is smaller
+    for maximum, larger for minimum).  So a tie splits the gradient in half, and where either
+    operand is nan (no comparison holds) both get the whole of it."""
     def rule(b, g, out, x, y, first: bool):
         mine, other = (x, y) if first else (y, x)
         half = b.mul(g, b.full_like(g, 0.5))
-        zero = b.zeros_like(g)
-        return b.where(pick(b, mine, other), g, b.where(b.eq(mine, other), half, zero))
+        return b.where(loses(b, mine, other), b.zeros_like(g),
+                       b.where(b.eq(mine, other), half, g))
     return rule
 
 
-_gt = _max_vjp(lambda b, m, o: b.gt(m, o))
-_lt = _max_vjp(lambda b, m, o: b.lt(m, o))
+_max = _max_vjp(lambda b, m, o: b.lt(m, o))
+_min = _max_vjp(lambda b, m, o: b.gt(m, o))
 register("maximum", ELEMENTWISE, 2, _arith("maximum"), np.maximum,
-         per_input(lambda b, g, out, x, y: _gt(b, g, out, x, y, True),
-                   lambda b, g, out, x, y: _gt(b, g, out, x, y, False)), "elementwise max")
+         per_input(lambda b, g, out, x, y: _max(b, g, out, x, y, True),
+                   lambda b, g, out, x, y: _max(b, g, out, x, y, False)),
+         "elementwise max (nan if either is); the gradient as PyTorch's, see _max_vjp")
 register("minimum", ELEMENTWISE, 2, _arith("minimum"), np.minimum,
-         per_input(lambda b, g, out, x, y: _lt(b, g, out, x, y, True),
-                   lambda b, g, out, x, y: _lt(b, g, out, x, y, False)), "elementwise min")
+         per_input(lambda b, g, out, x, y: _min(b, g, out, x, y, True),
+                   lambda b, g, out, x, y: _min(b, g, out, x, y, False)),
+         "elementwise min (nan if either is); the gradient as PyTorch's, see _max_vjp")
 
 for _name, _fn in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                    ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)):

@@ -25,6 +25,16 @@ def _reduce_rule(name: str, needs_elements: bool = False):
     return rule
 
 
+def _extreme_rule(name: str):
+    """reduce_max/reduce_min's type rule: a reduction over non-empty axes; `masked` (which
+    gradient, see `_extreme_vjp`) does not change the type."""
+    reduce_rule = _reduce_rule(name, needs_elements=True)
+
+    def rule(x: TensorType, *, axes: tuple[int, ...], masked: bool = False) -> TensorType:
+        return reduce_rule(x, axes=axes)
+    return rule
+
+
 def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
@@ -38,15 +48,30 @@ def _sum_vjp(b, g, out, x, *, axes):
     return unreduce(b, g, b.type_of(x).shape, axes)
 
 
-def _extreme_vjp(b, g, out, x, *, axes):
-    # PyTorch's evenly_distribute_backward (max()/min()): the gradient is shared evenly among
-    # the elements equal to the extreme, or among the nans when the extreme is nan (x == out
-    # holds nowhere then).  amax/amin's nan over such a slice is the frontend's business.
+def _extreme_vjp(b, g, out, x, *, axes, masked: bool = False):
+    """The gradient of a max (min) over `axes`, shared evenly by the elements equal to it.
+
+    Default, PyTorch's amax/amin: (g / count) * (x == out), so a slice whose extreme is nan
+    (x == out nowhere, count 0) gets a nan gradient everywhere, and so does a slice whose
+    cotangent is nan (or an element off the extreme under an infinite one: inf * 0).
+    `masked`, PyTorch's max()/min() (evenly_distribute_backward): g / count written where
+    the elements equal the extreme, or are nan when it is nan, and 0 elsewhere."""
     shape = b.type_of(x).shape
+    dtype = b.type_of(g).dtype.name
     wide = unreduce(b, out, shape, axes)
-    hit = b.where(b.ne(wide, wide), b.ne(x, x), b.eq(x, wide))
-    count = b.reduce_sum(b.cast(hit, dtype=b.type_of(g).dtype.name), axes=axes)
-    return b.where(hit, unreduce(b, b.div(g, count), shape, axes), b.zeros_like(x))
+    hit = b.where(b.ne(wide, wide), b.ne(x, x), b.eq(x, wide)) if masked else b.eq(x, wide)
+    count = b.reduce_sum(b.cast(hit, dtype=dtype), axes=axes)
+    share = unreduce(b, b.div(g, count), shape, axes)
+    if masked:
+        return b.where(hit, share, b.zeros_like(x))
+    return b.mul(share, b.cast(hit, dtype=dtype))
+
+
+def _extreme_impl(fn):
+    """A NumPy max or min over attrs.axes (`masked` only chooses the gradient)."""
+    def impl(x, *, axes, masked: bool = False):
+        return fn(x, axis=axes)
+    return impl
 
 
 def _prod_vjp(b, g, out, x, *, axes):
@@ -69,10 +94,12 @@ def _prod_vjp(b, g, out, x, *, axes):
 register("reduce_sum", REDUCE, 1, _reduce_rule("reduce_sum"),
          lambda x, *, axes: np.sum(x, axis=axes, dtype=x.dtype), per_input(_sum_vjp),
          "sum over attrs.axes")
-register("reduce_max", REDUCE, 1, _reduce_rule("reduce_max", True),
-         lambda x, *, axes: np.max(x, axis=axes), per_input(_extreme_vjp), "max over attrs.axes")
-register("reduce_min", REDUCE, 1, _reduce_rule("reduce_min", True),
-         lambda x, *, axes: np.min(x, axis=axes), per_input(_extreme_vjp), "min over attrs.axes")
+register("reduce_max", REDUCE, 1, _extreme_rule("reduce_max"), _extreme_impl(np.max),
+         per_input(_extreme_vjp), "max over attrs.axes; attrs.masked: max()'s gradient, "
+         "not amax's")
+register("reduce_min", REDUCE, 1, _extreme_rule("reduce_min"), _extreme_impl(np.min),
+         per_input(_extreme_vjp), "min over attrs.axes; attrs.masked: min()'s gradient, "
+         "not amin's")
 register("reduce_prod", REDUCE, 1, _reduce_rule("reduce_prod"),
          lambda x, *, axes: np.prod(x, axis=axes, dtype=x.dtype), per_input(_prod_vjp),
          "product over attrs.axes")
