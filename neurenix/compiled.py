@@ -24,9 +24,10 @@ from neurenix.compiler.trace import TraceError, Tracer
 from . import autograd
 from .device import CPU, as_device
 from .nn.module import Module
+from .optim.optimizer import optimizer_settings, undo_changed_settings
 from .tensor import Tensor
 from .trace_effects import Guard, Store, finish_stores, restore
-from .trace_guards import free_scalar_guard, module_guard, plain_key, tensor_guard
+from .trace_guards import code_guard, module_guard, plain_key, tensor_guard, undo_side_effects
 from .tracing import ACTIVE, TraceState, tracing
 
 log = logging.getLogger("neurenix.compile")
@@ -152,10 +153,12 @@ class Compiled:
             self.fn, "__name__", "function")
 
     def _bind(self, args: tuple, kwargs: dict) -> tuple:
+        """The call's arguments in positional order (defaults filled in), then, for
+        keyword-only and `**kwargs` parameters, one `_Keywords` dict."""
         target = self.module.forward if self.module is not None else self.fn
         bound = inspect.signature(target).bind(*args, **kwargs)
         bound.apply_defaults()
-        return tuple(bound.args) + tuple(bound.kwargs.values())
+        return tuple(bound.args) + ((_Keywords(bound.kwargs),) if bound.kwargs else ())
 
     def _signature(self, args: tuple) -> tuple:
         """The call's key: its arguments (tensors by shape, dtype and requires_grad, other
@@ -183,24 +186,34 @@ class Compiled:
         position = 0  # the args' tensors, nested ones flattened, are the first inputs
         for i, a in enumerate(args):
             symbols = []
-            for k, t in enumerate(_arg_tensors((a,))):
-                name = names[i] if isinstance(a, Tensor) else f"{names[i]}_{k}"
-                symbols.append(state.register_arg(t, name, position))
-                position += 1
+            named = ([(str(key), v) for key, v in a.items()] if isinstance(a, _Keywords)
+                     else [(names[i], a)])
+            for base, value in named:
+                for k, t in enumerate(_arg_tensors((value,))):
+                    name = base if isinstance(value, Tensor) else f"{base}_{k}"
+                    symbols.append(state.register_arg(t, state.fresh_name(name), position))
+                    position += 1
             sym_args.append(_replace_tensors(a, iter(symbols)))
         if self.module is not None:
             for name, p in self.module.named_parameters():
                 state.register(p, name, "param")
             for name, b in self.module.named_buffers():
                 state.register(b, name, "buffer")
+        hyper = optimizer_settings()
         try:
             with tracing(state):
-                result = self.fn(*sym_args)
+                result = _call(self.fn, sym_args)
             leaves, treedef = flatten_outputs(result)
             out_nodes = [state.node_of(t) for t in leaves]
             stored, stores = finish_stores(state)
         finally:
             restore(state)  # the first run assigns the real gradients and state
+        changed = undo_side_effects(state.snapshots) + undo_changed_settings(hyper)
+        if changed:
+            raise TraceError(f"neurenix.compile: {self._name()} changed Python state while "
+                             f"tracing ({'; '.join(changed)}); that would happen once, not on "
+                             f"every call. Keep such state in tensors (buffers), or change it "
+                             f"outside the compiled function (a scheduler's step() included)")
         check_nodes = [n for nodes, _ in state.checks for n in nodes]
         traced = tracer.finish(out_nodes + stored + check_nodes)
         sources = [state.sources[node.name] for node in traced.graph.inputs]
@@ -214,7 +227,8 @@ class Compiled:
             grad_positions = [i for i, node in enumerate(traced.graph.inputs)
                               if id(node) in state.active]
         common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
-                      host=state.host, commits=state.commits, guards=state.guards + self._guards(state, sources),
+                      host=state.host, commits=state.commits,
+                      guards=state.guards + self._guards(state, sources, args),
                       stores=stores, num_stored=len(stored),
                       checks=[(len(nodes), test) for nodes, test in state.checks],
                       num_checks=len(check_nodes))
@@ -230,19 +244,31 @@ class Compiled:
         pipeline.report(self._name(), entry.stats)
         return entry
 
-    def _guards(self, state: TraceState, sources: list[tuple[str, Any]]) -> list[Guard]:
+    def _guards(self, state: TraceState, sources: list[tuple[str, Any]],
+                args: tuple) -> list[Guard]:
         """What the trace read besides its arguments, checked before every reuse: the state
         of every module it called, the tensors it reads by reference, and Python values the
         user's functions read from their closures and globals."""
         tensors = [ref for kind, ref in sources if kind == "tensor"]
         labels = [name for name, (kind, _) in state.sources.items() if kind == "tensor"]
-        functions = [] if self.module is not None else [self.fn]
-        functions += [type(m).forward for m in state.modules.values()
-                      if not type(m).__module__.startswith("neurenix.")]
         guards = [module_guard(state.modules.values(), {id(t) for t in tensors}),
                   tensor_guard(tensors, labels)]
-        guards += [free_scalar_guard(f) for f in dict.fromkeys(functions)]
+        if self.module is None:
+            guards.append(code_guard(self.fn, self._values_by_name(args)))
+        guards += [code_guard(type(m).forward, owner=m) for m in state.modules.values()
+                   if not type(m).__module__.startswith("neurenix.")]
         return [g for g in guards if g is not None]
+
+    def _values_by_name(self, args: tuple) -> dict[str, Any]:
+        """The call's non-tensor arguments by parameter name (for attribute-chain guards)."""
+        try:
+            params = list(inspect.signature(self.fn).parameters)
+        except (TypeError, ValueError):
+            return {}
+        values = dict(zip(params, args))
+        if args and isinstance(args[-1], _Keywords):
+            values.update(args[-1])
+        return {k: v for k, v in values.items() if not _arg_tensors((v,))}
 
     def _arg_names(self, n: int) -> list[str]:
         target = self.module.forward if self.module is not None else self.fn
@@ -347,7 +373,7 @@ class Compiled:
             self.last_verification = None
             return
         with no_grad():
-            expected = self.fn(*args)
+            expected = _call(self.fn, args)
         got, _ = flatten_outputs(out)
         want, _ = flatten_outputs(expected)
         errors = [float(np.max(np.abs(g._data.astype(np.float64) - w._data)))
@@ -579,8 +605,20 @@ def _replace_tensors(value: Any, symbols: Any) -> Any:
             return type(value)(*items)
         return type(value)(items)
     if isinstance(value, dict):
-        return {k: _replace_tensors(v, symbols) for k, v in value.items()}
+        items = {k: _replace_tensors(v, symbols) for k, v in value.items()}
+        return _Keywords(items) if isinstance(value, _Keywords) else items
     return value
+
+
+class _Keywords(dict):
+    """The keyword-only and `**kwargs` arguments of a call, passed on by keyword."""
+
+
+def _call(fn: Callable, args: tuple) -> Any:
+    """`fn` called with arguments as `Compiled._bind` arranged them."""
+    if args and isinstance(args[-1], _Keywords):
+        return fn(*args[:-1], **args[-1])
+    return fn(*args)
 
 
 def _matching(entries: list[_Entry], tensors: list[Tensor]) -> _Entry | None:
@@ -684,7 +722,28 @@ def _explain(old: tuple, new: tuple) -> str:
                     if u != v:
                         reasons.append(f"input {i} tensor {k} {what} changed {u} -> {v}")
         else:
-            reasons.append(f"input {i} changed {a[1]!r} -> {b[1]!r}")
+            reasons.append(f"input {i} changed {_shown(a[1])} -> {_shown(b[1])}")
     if old_grad != new_grad:
         reasons.append(f"grad mode changed {old_grad} -> {new_grad}")
     return "; ".join(reasons) or "new signature"
+
+
+def _shown(key: Any) -> str:
+    """A signature part (see `value_key`) in words."""
+    if not isinstance(key, tuple) or not key:
+        return repr(key)
+    kind = key[0]
+    if kind == "ndarray":
+        return f"a {key[1]} array of shape {key[2]} (contents {key[3][:8]})"
+    if kind in ("tuple", "list") and len(key) == 2 and isinstance(key[1], tuple):
+        inner = ", ".join(_shown(k) for k in key[1])
+        return f"({inner})" if kind == "tuple" else f"[{inner}]"
+    if kind == "dict":
+        return "{" + ", ".join(f"{_shown(k)}: {_shown(v)}" for k, v in key[1]) + "}"
+    if kind == "object":
+        return f"a {key[1]}"
+    if kind == "value":
+        return _shown(key[1])
+    if len(key) == 2 and isinstance(key[1], str):
+        return key[1]  # a plain_key: the value's repr
+    return repr(key)

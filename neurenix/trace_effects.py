@@ -100,7 +100,10 @@ def lift_module(module: Any) -> None:
     inputs named by their paths (buffer updates, such as running statistics, then become
     outputs instead of being baked in as constants)."""
     state = ACTIVE.state
-    state.modules.setdefault(id(module), module)
+    if id(module) not in state.modules:
+        from .trace_guards import module_snapshot
+        state.modules[id(module)] = module
+        state.snapshots.append((module, module_snapshot(module)))
     for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
         for name, t in items:
             if id(t) not in state.inputs:

@@ -61,9 +61,37 @@ def _probes(path: str, m: Module, captured: set[int]) -> list[tuple[str, Callabl
         if isinstance(value, Tensor):
             if id(value) in captured:
                 probes.append((f"{path}{name}", lambda n=name: id(d.get(n))))
-        elif plain_key(value) is not None:
-            probes.append((f"{path}{name}", lambda n=name: plain_key(d.get(n, _MISSING))))
+        else:  # numbers by value; functions, lists, other objects by identity
+            probes.append((f"{path}{name}", lambda n=name: _key(d.get(n, _MISSING))))
     return probes
+
+
+def module_snapshot(m: Module) -> dict[str, tuple[Any, Any]]:
+    """A module's Python attributes: (key, value) by name, to find assignments a traced
+    forward made (they happen once, while tracing, never again on a compiled call)."""
+    return {name: (_key(value), value) for name, value in m.__dict__.items()
+            if name not in ("_parameters", "_buffers", "_modules")}
+
+
+def undo_side_effects(snapshots: Iterable[tuple[Module, dict[str, tuple[Any, Any]]]]
+                      ) -> list[str]:
+    """The attributes each (module, snapshot taken before its first call in the trace) had
+    assigned by the trace, in words; each is put back as it was."""
+    out = []
+    for m, before in snapshots:
+        after = module_snapshot(m)
+        for name in before.keys() | after.keys():
+            old, new = before.get(name, (None, None)), after.get(name, (None, None))
+            if old[0] == new[0]:
+                continue
+            shown = _shown(new[0]) if new[0] is not None else "<deleted>"
+            out.append(f"{type(m).__name__}.{name} "
+                       f"{_shown(old[0]) if old[0] is not None else '<absent>'} -> {shown}")
+            if old[0] is None:
+                m.__dict__.pop(name, None)
+            else:
+                m.__dict__[name] = old[1]
+    return out
 
 
 class _Missing:
@@ -130,11 +158,16 @@ def changes(labels: list[str], old: tuple, new: tuple) -> list[str]:
                     out.append(f"{label}: {name} added")
                 elif before[name] != after[name]:
                     out.append(f"{label}: {name} replaced")
-        elif isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
-            out.append(f"{label} replaced")  # an identity
+        elif _is_identity(a) and _is_identity(b):
+            out.append(f"{label} replaced")
         else:
             out.append(f"{label} {_shown(a)} -> {_shown(b)}")
     return out
+
+
+def _is_identity(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, tuple) and len(value) == 2 and value[0] == "object")
 
 
 def _is_table(value: Any) -> bool:
@@ -147,6 +180,8 @@ def _shown(value: Any) -> str:
     """A probe's reading in words."""
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
         return value[1]  # a plain_key: the value's repr
+    if _is_identity(value):
+        return "<an object>"
     return repr(value)
 
 
@@ -174,27 +209,47 @@ def tensor_guard(tensors: list[Tensor], labels: list[str]) -> Guard | None:
 
 # ---- Python values in the traced function ------------------------------------------------------
 
-def free_scalar_guard(fn: Any) -> Guard | None:
-    """Python numbers (and strings, tuples of them) the function's code reads from its closure
-    or its globals, by value: `scale = 3` after tracing `lambda x: x * scale` recompiles."""
+def code_guard(fn: Any, args: dict[str, Any] | None = None, owner: Any = None
+               ) -> Guard | None:
+    """What the function's own code reads from outside its arguments' tensors: its closure
+    cells and globals, its default values, and attribute chains from those and from its
+    non-tensor arguments (`config.SCALE`, `Model.k`, `opts.scale`).  Plain values are
+    guarded by value, other objects by identity (rebinding a global tensor, layer or function
+    recompiles); chains are followed through modules, classes, Modules and plain objects,
+    never through tensors or properties.  `args` maps parameter names to this call's values;
+    `owner` is the Module whose forward method `fn` is (its first parameter)."""
     fn = getattr(fn, "__func__", fn)
     code = getattr(fn, "__code__", None)
     if code is None:
         return None
-    probes: list[tuple[str, Callable[[], Any]]] = []
+    if owner is not None and code.co_argcount:
+        args = {**(args or {}), code.co_varnames[0]: owner}
+    roots: dict[str, Callable[[], Any]] = {}
     for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if plain_key(value) is not None:
-            probes.append((name, lambda c=cell: plain_key(_cell(c))))
+        roots[name] = lambda c=cell: _cell(c)
     namespace = fn.__globals__
-    for name in sorted(_global_names(code)):
-        if name in namespace and plain_key(namespace[name]) is not None:
-            probes.append((name, lambda n=name: plain_key(namespace.get(n, _MISSING))))
-    if not probes:
-        return None
+    for name in _loads(code, ("LOAD_GLOBAL", "LOAD_NAME")):
+        if name in namespace:
+            roots.setdefault(name, lambda n=name: namespace.get(n, _MISSING))
+    probes: list[tuple[str, Callable[[], Any]]] = []
+    for name, get in roots.items():
+        if _watched(get()):
+            probes.append((name, lambda g=get: _key(g())))
+    probes.append(("default arguments", lambda: (_key(fn.__defaults__),
+                                                 _key(fn.__kwdefaults__))))
+    if isinstance(owner, Module):  # a forward method: the class must still have it
+        probes.append((f"{type(owner).__name__}.forward",
+                       lambda: _key(_lookup(type(owner), fn.__name__))))
+    for root, attrs in sorted(_chains(code)):
+        if root in roots:
+            get = roots[root]
+        elif args is not None and root in args and not isinstance(args[root], Tensor):
+            get = lambda v=args[root]: v  # noqa: E731  (the same object: keyed by it)
+        else:
+            continue
+        probe = _chain_probe(get, attrs)
+        if probe is not None:
+            probes.append((".".join((root,) + attrs), probe))
     labels = [label for label, _ in probes]
     getters = [p for _, p in probes]
 
@@ -208,18 +263,117 @@ def free_scalar_guard(fn: Any) -> Guard | None:
                  read(()), explain)
 
 
+def _key(value: Any) -> Any:
+    """A probe's reading: plain values by value, anything else by identity."""
+    key = plain_key(value)
+    if key is not None:
+        return key
+    if isinstance(value, tuple):
+        return tuple(_key(v) for v in value)
+    return ("object", id(value))
+
+
+def _watched(value: Any) -> bool:
+    """Whether a root value is worth a probe: not the library itself (the `neurenix`
+    package, its functions and classes never change under the program)."""
+    if value is _MISSING:
+        return False
+    owner = value.__name__ if isinstance(value, types.ModuleType) else \
+        getattr(value, "__module__", None) if isinstance(value, (type, types.FunctionType)) \
+        else None
+    return not (owner or "").startswith(("neurenix", "numpy", "builtins"))
+
+
+class _Stop(Exception):
+    """An attribute chain that cannot be read without side effects."""
+
+
+def _lookup(obj: Any, name: str) -> Any:
+    """`obj.name` read from dictionaries only (no properties, no `__getattr__` code but a
+    Module's tables); `_Stop` where that is not possible."""
+    if isinstance(obj, (Tensor, np.ndarray)) or obj is _MISSING:
+        raise _Stop
+    d = getattr(obj, "__dict__", None)
+    if d is not None and name in d:
+        return d[name]
+    if isinstance(obj, Module):
+        for table in (obj._parameters, obj._buffers, obj._modules):
+            if name in table:
+                return table[name]
+    for klass in (obj.__mro__ if isinstance(obj, type) else type(obj).__mro__):
+        if name in klass.__dict__:
+            value = klass.__dict__[name]
+            if hasattr(value, "__get__") and not isinstance(value, types.FunctionType):
+                raise _Stop  # a property or another descriptor: reading it runs code
+            return value
+    return _MISSING
+
+
+def _chain_probe(get: Callable[[], Any], attrs: tuple[str, ...]) -> Callable[[], Any] | None:
+    """A probe reading `root.a.b...` by dictionary lookups, or None when the chain leads
+    through the library's own objects, is covered by the module guard (a Module's own
+    attribute or sub-module), or can only be read by running code."""
+    root = get()
+    if not _watched(root) or type(root).__module__.startswith("neurenix"):
+        return None
+    if isinstance(root, Module):
+        try:
+            first = _lookup(root, attrs[0])
+        except _Stop:
+            return None
+        own = attrs[0] in root.__dict__ or any(
+            attrs[0] in t for t in (root._parameters, root._buffers, root._modules))
+        if own and (len(attrs) == 1 or isinstance(first, (Module, Tensor))):
+            return None
+
+    def probe() -> Any:
+        value = get()
+        try:
+            for a in attrs:
+                value = _lookup(value, a)
+        except _Stop:
+            return ("unreadable",)
+        return _key(value)
+    return None if probe() == ("unreadable",) else probe
+
+
+def _loads(code: types.CodeType, opnames: tuple[str, ...]) -> set[str]:
+    """Names the code (and the lambdas and comprehensions nested in it) loads with these
+    instructions."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in opnames}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _loads(const, opnames)
+    return names
+
+
+def _chains(code: types.CodeType, top: bool = True) -> set[tuple[str, tuple[str, ...]]]:
+    """(root name, attributes) of every `root.a.b` the code reads: roots are globals,
+    closure variables and (in the function itself) its parameters."""
+    params = set(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]) if top else set()
+    chains: set[tuple[str, tuple[str, ...]]] = set()
+    root: str | None = None
+    attrs: list[str] = []
+    for i in dis.get_instructions(code):
+        if i.opname in ("LOAD_ATTR", "LOAD_METHOD") and root is not None:
+            attrs.append(i.argval)
+            continue
+        if root is not None and attrs:
+            chains.add((root, tuple(attrs)))
+        root, attrs = None, []
+        if i.opname in ("LOAD_GLOBAL", "LOAD_DEREF", "LOAD_NAME") or (
+                i.opname == "LOAD_FAST" and i.argval in params):
+            root = i.argval
+    if root is not None and attrs:
+        chains.add((root, tuple(attrs)))
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            chains |= _chains(const, top=False)
+    return chains
+
+
 def _cell(cell: Any) -> Any:
     try:
         return cell.cell_contents
     except ValueError:
         return _MISSING
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    """Names the code (and the lambdas and comprehensions nested in it) reads as globals."""
-    names = {i.argval for i in dis.get_instructions(code)
-             if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names

@@ -58,6 +58,7 @@ class TraceState:
         self.active: set[int] = set()  # ids of nodes a gradient can flow back from
         self.backward_called = False
         self.modules: dict[int, Any] = {}  # id -> every Module called in the trace
+        self.snapshots: list[tuple[Any, dict]] = []  # each one's attributes before its call
         self.epoch = -1  # TRACE_EPOCH while tracing: tensors made then are constants
         # value checks (neurenix.value_checks): graph values and the test run on them per call
         self.checks: list[tuple[list[Node], Callable[..., None]]] = []

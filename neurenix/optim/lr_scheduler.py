@@ -88,6 +88,7 @@ class LRScheduler:
         Passing `epoch` jumps straight to that epoch using the closed form, as PyTorch's
         deprecated form does.
         """
+        _refuse_in_trace(type(self).__name__)
         self._step_count += 1
         if epoch is None:
             self.last_epoch += 1
@@ -218,6 +219,7 @@ class ReduceLROnPlateau(LRScheduler):
 
     def step(self, metrics: SupportsFloat, epoch: int | None = None) -> None:  # type: ignore[override]
         """Record this epoch's metric and reduce the rates if it has plateaued."""
+        _refuse_in_trace(type(self).__name__)
         current = float(metrics)
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
         if self._is_better(current, self.best):
@@ -262,3 +264,14 @@ class ReduceLROnPlateau(LRScheduler):
         if self.threshold_mode == "rel":
             return current > best * (1.0 + self.threshold)
         return current > best + self.threshold
+
+
+def _refuse_in_trace(name: str) -> None:
+    """A scheduler changes Python numbers once per step; inside a compiled function that would
+    happen only while tracing, never on the calls that follow."""
+    from ..tracing import is_tracing, user_source
+    if is_tracing():
+        from neurenix.compiler.trace import TraceError
+        raise TraceError(f"{name}.step() inside a compiled function at {user_source()}: the "
+                         f"scheduler would step only while tracing; call it outside (the "
+                         f"compiled step reads the new learning rate on every call)")

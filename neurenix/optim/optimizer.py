@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import numbers
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
@@ -57,6 +58,29 @@ def zeros_for(p: Tensor) -> Tensor:
     return zeros(p.shape, dtype=p.dtype, device=p.device)
 
 
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every optimizer alive, for optimizer_settings
+
+
+def optimizer_settings() -> list[tuple[Optimizer, list[dict[str, Any]]]]:
+    """Every live optimizer's hyper-parameters per group, taken before a trace so that
+    `undo_changed_settings` can tell what the traced function changed."""
+    return [(opt, [{k: v for k, v in g.items() if k not in ("params", "param_names")}
+                   for g in opt.param_groups]) for opt in list(_LIVE)]
+
+
+def undo_changed_settings(before: list[tuple[Optimizer, list[dict[str, Any]]]]) -> list[str]:
+    """What changed in the optimizers' hyper-parameters since `optimizer_settings`, in words
+    (a learning rate set inside a traced function); each is put back as it was."""
+    out = []
+    for opt, groups in before:
+        for g, (old, group) in enumerate(zip(groups, opt.param_groups)):
+            for k, v in list(group.items()):
+                if k in old and repr(old[k]) != repr(v):
+                    out.append(f"{opt._name} group {g} {k} {old[k]!r} -> {v!r}")
+                    group[k] = old[k]
+    return out
+
+
 def count_step(state: dict[str, Any]) -> None:
     """Count one more step of a parameter (the `commit` of a step's host values: in a
     compiled step it runs only once the call succeeded)."""
@@ -71,6 +95,7 @@ class Optimizer:
     """
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        _LIVE.add(self)
         self.defaults = defaults
         self._check_hyperparameters(defaults)
         self.state: dict[Tensor, dict[str, Any]] = {}
