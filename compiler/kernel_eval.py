@@ -34,7 +34,7 @@ from .kernel import (
     Where,
     dtype_of,
 )
-from .ops.elementwise import floordiv_impl, pow_impl, remainder_impl
+from .ops.elementwise import convert, floordiv_impl, pow_impl, remainder_impl, sign_impl
 from .ops.source import hash32
 
 
@@ -51,7 +51,7 @@ _ERF = np.frompyfunc(math.erf, 1, 1)
 
 UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh,
-    "sigmoid": _sigmoid, "erf": lambda x: _ERF(x), "abs": np.abs, "sign": np.sign,
+    "sigmoid": _sigmoid, "erf": lambda x: _ERF(x), "abs": np.abs, "sign": sign_impl,
     "floor": np.floor, "reciprocal": np.reciprocal, "not": np.logical_not,
 }
 BINARY = {
@@ -217,7 +217,7 @@ class _Evaluator:
         if isinstance(e, Where):
             return np.where(self(e.cond), self(e.a), self(e.b))
         if isinstance(e, Cast):
-            return self(e.x).astype(e.dtype.np_type)
+            return convert(self(e.x), e.dtype.np_type)
         if isinstance(e, RandomUniform):
             return random_uniform(self(e.seed), self(e.counter), e.dtype.np_type)
         if isinstance(e, Acc):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from neurenix.compiler.types import DType, bool_, float32, float64, int64, promote
+from neurenix.compiler.types import DType, bool_, float32, int64, promote
 
 from .autograd import no_grad
 from .dispatch import EAGER, apply
@@ -106,7 +106,22 @@ def add(a: Operand, b: Operand) -> Tensor:
     return _binary("add", a, b)
 
 
+def _is_bool(value: Operand) -> bool:
+    if isinstance(value, Tensor):
+        return value.dtype == bool_
+    return isinstance(value, (bool, np.bool_))
+
+
 def sub(a: Operand, b: Operand) -> Tensor:
+    """a - b.  A bool operand (a bool tensor or True/False) raises TypeError, as PyTorch
+    refuses it, rather than silently computing in integers."""
+    if _is_bool(a) and _is_bool(b):
+        raise TypeError("sub: subtraction, the `-` operator, with two bool tensors is not "
+                        "supported (as in PyTorch); use `a != b` for a logical xor")
+    if _is_bool(a) or _is_bool(b):
+        raise TypeError("sub: subtraction, the `-` operator, with a bool tensor is not "
+                        "supported (as in PyTorch); use `~` or logical_not() to invert a mask, "
+                        "or cast it to a number first")
     return _binary("sub", a, b)
 
 
@@ -122,16 +137,53 @@ def div(a: Operand, b: Operand) -> Tensor:
 
 
 def pow(a: Operand, b: Operand) -> Tensor:  # noqa: A001
-    """a ** b.  A Python-number exponent is computed as PyTorch computes it (`_pow_scalar`);
-    a tensor exponent is C's pow."""
+    """a ** b.  Floats: a Python-number exponent is computed as PyTorch computes it
+    (`_pow_scalar`); a tensor exponent is C's pow.  Integers: exact, in wrapping arithmetic, as
+    PyTorch (`_int_pow_scalar` for a Python-int exponent, else the `pow` primitive, whose
+    negative exponents give 1 ** e = 1, (-1) ** e = +-1 and 0 otherwise).  bool ** bool raises
+    TypeError, as in PyTorch (except a True/False exponent: x, or all True)."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        raise TypeError(f"pow: expected at least one Tensor, got {type(a).__name__} and "
+                        f"{type(b).__name__}")
     dt = result_dtype(a, b)
+    number_exponent = isinstance(a, Tensor) and not isinstance(b, Tensor) and is_scalar(b)
+    if dt == bool_:
+        if number_exponent:  # PyTorch's shortcuts for the exponents 1 and 0
+            return clone(a) if b else logical_or(a, True)
+        raise TypeError("pow: not supported for bool tensors (as in PyTorch); cast the base "
+                        "or the exponent to a number first")
     if dt.is_floating:
-        if isinstance(a, Tensor) and not isinstance(b, Tensor) and is_scalar(b) \
-                and not isinstance(b, (bool, np.bool_)):
+        if number_exponent and not isinstance(b, (bool, np.bool_)):
             return _pow_scalar(as_tensor(a, dt), float(b))
         return _binary("pow", a, b)
-    # integer powers: exact through float64, then back to the integer dtype
-    return cast(_binary("pow", a, b, dtype=float64), dt)
+    if number_exponent:
+        return _int_pow_scalar(as_tensor(a, dt), int(b))
+    return _binary("pow", a, b)
+
+
+def _int_pow_scalar(x: Tensor, e: int) -> Tensor:
+    """x ** e for an integer tensor and a Python int, unrolled over the bits of e into
+    products (wrapping, so exact as PyTorch's; at most 2 * bits of them, and plain products
+    in compiled code).  A negative e raises, as in PyTorch."""
+    if e < 0:
+        raise ValueError(f"pow: integers to negative integer powers are not allowed (got "
+                         f"exponent {e} for a {x.dtype.name} tensor; as in PyTorch)")
+    bits = 8 * x.dtype.itemsize
+    if e >= 2 ** (bits - 1):
+        raise ValueError(f"pow: exponent {e} does not fit the tensor's {x.dtype.name}")
+    if e == 0:
+        return add(mul(x, 0), 1)
+    if e == 1:
+        return clone(x)
+    out: Tensor | None = None
+    power = x  # x ** (2 ** k) at bit k of e
+    while True:
+        if e & 1:
+            out = power if out is None else mul(out, power)
+        e >>= 1
+        if not e:
+            return out
+        power = mul(power, power)
 
 
 def _pow_scalar(x: Tensor, e: float) -> Tensor:
@@ -294,6 +346,9 @@ reciprocal = _unary_float("reciprocal")
 
 
 def neg(x: Tensor) -> Tensor:
+    if isinstance(x, Tensor) and x.dtype == bool_:
+        raise TypeError("neg: negation, the `-` operator, on a bool tensor is not supported "
+                        "(as in PyTorch); use `~` or logical_not() to invert a mask")
     return apply("neg", x)
 
 
@@ -344,8 +399,13 @@ def clone(x: Tensor) -> Tensor:
 
 
 def relu(x: Tensor) -> Tensor:
-    # where(x <= 0, 0, x): the gradient at 0 is 0 as in PyTorch, and NaN passes through
-    return where(le(x, 0), 0.0 if x.dtype.is_floating else 0, x)
+    """PyTorch's relu: 0 below 0, x elsewhere, so -0.0 stays -0.0 and nan passes through
+    (x86's maxps(0, x)); the gradient is 0 at +-0 and below, g elsewhere, nan included.
+    where(x <= 0, stop_gradient(where(x < 0, 0, x)), x): the backward keeps the one mask
+    x <= 0, and LLVM folds the forward's nested selects into x < 0 ? 0 : x."""
+    if not x.dtype.is_floating:
+        return where(lt(x, 0), 0, x)
+    return where(le(x, 0), stop_gradient(where(lt(x, 0), 0.0, x)), x)
 
 
 def _no_grad_at_nan(x: Tensor) -> Tensor:

@@ -5,8 +5,12 @@ references; "llvm": native code) and in PyTorch, forward and gradients: empty te
 convolutions, pooling, matmuls and reductions; exact integer floor division and remainder
 (INT_MIN // -1, division by zero raising ZeroDivisionError); pow at its special values;
 logsumexp, softmax and log_softmax with infinities and empty dimensions; where the
-gradient of max/amax/min/amin goes when the input holds a nan; and the gradients of maximum,
-minimum, abs and clamp at nan, ties, signed zeros and infinities.
+gradient of max/amax/min/amin goes when the input holds a nan; the gradients of maximum,
+minimum, abs and clamp at nan, ties, signed zeros and infinities; float -> integer casts of
+nan, infinities and out-of-range values (x86's INT_MIN); exact, wrapping integer pow; sign at
+nan and -0.0; bool `-` and `**` raising; binary cross entropy's gradient at 0 and 1;
+BatchNorm with track_running_stats switched off; and the signed zeros of maximum, minimum and
+relu.
 
 `assert_same` is strict where the semantics are: the same nan positions, the same infinities
 and signed zeros, and close values elsewhere.
@@ -24,7 +28,7 @@ from neurenix.compiler.kernel_eval import run_schedule
 from neurenix.compiler.lower import lower
 from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.types import TensorType, dtype_from_numpy
-from test_compile_parity import check_compiled
+from test_compile_parity import LOOSE, LOOSE_GRAD, check_compiled
 
 import neurenix as nx
 
@@ -490,3 +494,326 @@ def test_clamp_is_free_in_the_compiled_forward():
     graph, _ = build(f.graph, "reference")
     ops = sorted(n.op for n in graph.nodes if n not in graph.inputs)
     assert ops == ["full", "full", "gt", "lt", "where", "where"]
+
+
+# ---- 7. float -> integer casts --------------------------------------------------------------
+
+CAST_SOURCES = np.array([NAN, INF, -INF, 1e20, -1e20, 3e9, -3e9, 2.5, -2.5, 0.9, -0.9, -0.0,
+                         2.0 ** 31, -2.0 ** 31, 2.0 ** 31 - 128, 2.0 ** 62, 2.0 ** 63, -2.0 ** 63,
+                         -2.0 ** 63 - 2.0 ** 12, 16777217.0])
+
+
+@pytest.mark.parametrize("src", [np.float32, np.float64], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("name, fn", [
+    ("long", lambda L, t: t.long()),
+    ("int", lambda L, t: t.int()),
+    ("to_int32", lambda L, t: t.to(L.int32)),
+    ("bool", lambda L, t: t.bool()),
+    # a cast inside a fused kernel, and one feeding integer arithmetic
+    ("long_of_product", lambda L, t: (t * 2).long()),
+    ("int_plus_one", lambda L, t: t.int() + 1),
+    ("long_of_max", lambda L, t: L.maximum(t, t * 0.5).long() * 3),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_float_to_integer_cast_of_nan_inf_and_out_of_range(src, name, fn):
+    """x86's conversion, as PyTorch on x86: truncation in range; INT_MIN of the target for
+    nan, +-inf and values out of range (the llvm backend used to saturate, nan to 0)."""
+    data = CAST_SOURCES.astype(src)
+    data = np.concatenate([data, data[::-1], data])  # long enough for a vector loop
+    check_everywhere(**lib(fn), arrays=[data], grad=False)
+
+
+def test_cast_in_a_lowered_kernel():
+    """The kernel-level oracle (kernel_eval) converts as the primitive does."""
+    for src, dst in ((np.float32, np.int64), (np.float64, np.int32), (np.float32, np.int32)):
+        gb = GraphBuilder("cast")
+        a = gb.input("a", TensorType((CAST_SOURCES.size,), dtype_from_numpy(np.dtype(src))))
+        to = dtype_from_numpy(np.dtype(dst)).name
+        graph = gb.build([gb.apply("cast", a, dtype=to)])
+        data = CAST_SOURCES.astype(src)
+        want = torch.tensor(data).to(getattr(torch, to)).numpy()
+        (got,) = run_schedule(lower(graph), [data])
+        np.testing.assert_array_equal(got, want)
+        (got,) = evaluate(graph, [data])
+        np.testing.assert_array_equal(got, want)
+
+
+# ---- 8. integer pow --------------------------------------------------------------------------
+
+
+def _wide_ints(dtype, n: int, seed: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(seed)
+    return rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+
+
+def _pow_operands(dtype) -> list[np.ndarray]:
+    """Small bases and exponents (negative ones included), then random full-width ones."""
+    bases = np.array([0, 0, 1, 1, -1, -1, -1, 2, -2, 3, 3000000, 7, -5, 2, 0], dtype)
+    exps = np.array([-1, 2, -7, 0, -3, -4, 0, 62, 63, 40, 3, -2, 5, 64, 0], dtype)
+    exps = np.where(exps > np.iinfo(dtype).max // 2 ** 32 + 64, 1, exps).astype(dtype)
+    return [np.concatenate([bases, np.tile(np.arange(-4, 5, dtype=dtype), 4),
+                            _wide_ints(dtype, 40, 1)]),
+            np.concatenate([exps, np.repeat(np.array([-2, 0, 1, 5], dtype), 9),
+                            _wide_ints(dtype, 40, 2)])]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64], ids=lambda t: t.__name__)
+def test_integer_pow_with_a_tensor_exponent_is_exact_and_wraps(dtype):
+    """PyTorch's powi: squaring in wrapping arithmetic; a negative exponent gives 1 for 1,
+    +-1 for -1 and 0 otherwise (0 ** -1 is 0)."""
+    check_everywhere(**lib(lambda L, a, b: a ** b), arrays=_pow_operands(dtype))
+    check_everywhere(**lib(lambda L, a, b: L.pow(a * 1, b) + 1), arrays=_pow_operands(dtype))
+
+
+@pytest.mark.parametrize("name, fn, data", [
+    ("zero_base", lambda L, t: 0 ** t, [np.array([-1, 2, 0, -5, 3])]),
+    ("two_base_int32", lambda L, t: 2 ** t, [np.array([-1, 0, 1, 30, 31, 32, 40], np.int32)]),
+    ("wraps", lambda L, t: t ** 3, [np.array([3000000, -3000000, 2 ** 21, 7])]),
+    ("int32_wraps", lambda L, t: t ** 5, [np.array([100000, -7, 3, 1 << 7], np.int32)]),
+    ("zero_exponent", lambda L, t: t ** 0, [np.array([0, -3, 5])]),
+    ("one_exponent", lambda L, t: t ** 1 + t, [np.array([0, -3, 5])]),
+    ("large_exponent", lambda L, t: t ** 12345678901, [np.array([0, 1, -1, 2, 3, -3, 5])]),
+    ("bool_base", lambda L, t: t ** 2, [np.array([True, False])]),
+    ("float_exponent", lambda L, t: t ** 2.0, [np.array([3, -2])]),
+    ("int_tensor_float_tensor", lambda L, t: t ** L.tensor([0.5, 2.0]), [np.array([4, -2])]),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_integer_pow_special_cases(name, fn, data):
+    check_everywhere(**lib(fn), arrays=data)
+
+
+def test_integer_pow_number_exponent_matches_torch_bit_for_bit():
+    """A Python-int exponent is unrolled over its bits into wrapping products."""
+    base = np.concatenate([np.arange(-5, 6), _wide_ints(np.int64, 30, 3)])
+    for e in [*range(0, 70), 2 ** 62 + 1, 2 ** 63 - 1]:
+        want = (torch.tensor(base) ** e).numpy()
+        np.testing.assert_array_equal((nx.tensor(base) ** e).numpy(), want, err_msg=str(e))
+        small = base.astype(np.int32)
+        if e < 2 ** 31:
+            np.testing.assert_array_equal((nx.tensor(small) ** e).numpy(),
+                                          (torch.tensor(small) ** e).numpy(), err_msg=str(e))
+    f = nx.compile(lambda t: t ** 29 - t ** 64, backend="llvm")
+    np.testing.assert_array_equal(f(nx.tensor(base)).numpy(),
+                                  (torch.tensor(base) ** 29 - torch.tensor(base) ** 64).numpy())
+
+
+def _raises_everywhere(fn: Callable, arrays: Sequence[np.ndarray], error, match: str) -> None:
+    """`fn` raises `error` eagerly and when compiled with each backend (at trace time)."""
+    for backend in (None, *BACKENDS):
+        f = fn if backend is None else nx.compile(fn, backend=backend)
+        with pytest.raises(error, match=match):
+            f(*(nx.tensor(a) for a in arrays))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64], ids=lambda t: t.__name__)
+def test_integer_pow_of_a_negative_number_exponent_raises(dtype):
+    data = [np.array([2, 3], dtype)]
+    with pytest.raises(RuntimeError, match="negative integer powers"):
+        torch.tensor(data[0]) ** -1
+    _raises_everywhere(lambda t: t ** -1, data, ValueError, "negative integer powers")
+    _raises_everywhere(lambda t: nx.pow(t, -3), data, ValueError, "negative integer powers")
+    _raises_everywhere(lambda t: t ** (2 ** 63), data, ValueError, "does not fit")
+
+
+# ---- 9. sign ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64],
+                         ids=lambda t: t.__name__)
+def test_sign_at_nan_and_signed_zeros(dtype):
+    """(x > 0) - (x < 0), as PyTorch: 0 at nan and +0 (not -0) at -0.0."""
+    data = np.array(SPECIALS * 3 if np.dtype(dtype).kind == "f" else [-3, 0, 5] * 9, dtype)
+    check_everywhere(**lib(lambda L, t: L.sign(t)), arrays=[data])
+    check_everywhere(**lib(lambda L, t: L.sign(t * 2) * t), arrays=[data])
+
+
+def test_sign_maximum_and_integer_pow_in_lowered_kernels():
+    """The kernel-level oracle (kernel_eval) agrees with the primitives: sign at nan and
+    -0.0, maximum/minimum's second operand on a tie, integer pow wrapping."""
+    f32 = dtype_from_numpy(np.dtype(np.float32))
+    gb = GraphBuilder("specials")
+    a = gb.input("a", TensorType(PAIRS[0].shape, f32))
+    b = gb.input("b", TensorType(PAIRS[0].shape, f32))
+    graph = gb.build([gb.apply("sign", a), gb.apply("maximum", a, b),
+                      gb.apply("minimum", a, b)])
+    got = run_schedule(lower(graph), PAIRS)
+    for out, want in zip(got, evaluate(graph, PAIRS)):
+        assert_same(out, want, "kernel_eval")
+    assert_same(got[0], torch.sign(torch.tensor(PAIRS[0])).numpy(), "kernel_eval sign")
+    for dtype in (np.int32, np.int64):
+        x, e = _pow_operands(dtype)
+        gb = GraphBuilder("ipow")
+        t = TensorType(x.shape, dtype_from_numpy(np.dtype(dtype)))
+        graph = gb.build([gb.apply("pow", gb.input("x", t), gb.input("e", t))])
+        (got,) = run_schedule(lower(graph), [x, e])
+        np.testing.assert_array_equal(got, (torch.tensor(x) ** torch.tensor(e)).numpy())
+
+
+# ---- 10. bool arithmetic ---------------------------------------------------------------------
+
+BOOLS = np.array([True, False, True])
+
+
+@pytest.mark.parametrize("fn, data, torch_error, match", [
+    (lambda a, b: a - b, [BOOLS, BOOLS], RuntimeError, "two bool tensors"),
+    (lambda a, b: a - 1, [BOOLS, BOOLS], RuntimeError, "with a bool tensor"),
+    (lambda a, b: 1.5 - a, [BOOLS, BOOLS], RuntimeError, "with a bool tensor"),
+    (lambda a, b: a - True, [np.array([1, 2, 3]), BOOLS], RuntimeError, "with a bool tensor"),
+    (lambda a, b: b - a, [np.array([1.0, 2.0, 3.0]), BOOLS], RuntimeError,
+     "with a bool tensor"),
+    (lambda a, b: -a, [BOOLS, BOOLS], RuntimeError, "Negation"),
+    (lambda a, b: a ** b, [BOOLS, BOOLS], NotImplementedError, "pow"),
+    (lambda a, b: True ** a, [BOOLS, BOOLS], NotImplementedError, "pow"),
+], ids=["bool-bool", "bool-int", "float-bool", "int-True", "bool-float", "neg", "pow",
+        "True_pow"])
+def test_bool_subtraction_and_pow_raise(fn, data, torch_error, match):
+    """PyTorch refuses `-` with a bool operand and `**` computing in bool: TypeError here,
+    eagerly and at trace time (the check is the frontend's)."""
+    with pytest.raises(torch_error, match=match):
+        fn(*(torch.tensor(a) for a in data))
+    _raises_everywhere(fn, data, TypeError, "bool tensor")
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("pow_true", lambda L, t: t ** True),
+    ("pow_false", lambda L, t: t ** False),
+    ("pow_int", lambda L, t: t ** 3),
+    ("add", lambda L, t: t + t),
+    ("int_pow_bool", lambda L, t: 2 ** t),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_bool_arithmetic_that_torch_allows(name, fn):
+    check_everywhere(**lib(fn), arrays=[BOOLS])
+
+
+# ---- 11. binary cross entropy at 0 and 1 -----------------------------------------------------
+
+BCE_INPUT = np.array([0, 1, .5, .2, 1e-13, 1 - 6e-8, 1e-30, 0, 1, 0.75], np.float32)
+BCE_TARGET = np.array([0, 0, 1, 1, 0.3, 0.5, 1, 1, 1, 0], np.float32)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+def test_bce_gradient_at_zero_and_one(reduction, dtype, weighted):
+    """PyTorch's gradient (x - t) / max(x (1 - x), 1e-12): finite and huge at x = 0 and 1
+    (it was (1 - t) / (1 - x) - t / x through the clamped logs: 0 or nothing there), and the
+    value's signed zeros as PyTorch's kernel gives them.  The target's gradient at exactly 0
+    or 1 is +-100 here, +-inf in PyTorch, so it is not compared there."""
+    weight = np.linspace(0.5, 2.0, BCE_INPUT.size).astype(dtype)
+
+    def fn(L, x, t):
+        w = L.tensor(weight) if weighted else None
+        return L.nn.functional.binary_cross_entropy(x, t, w, reduction=reduction)
+
+    check_everywhere(**lib(fn), arrays=[BCE_INPUT.astype(dtype), BCE_TARGET.astype(dtype)],
+                     grad_masks=[None, ~np.isin(BCE_INPUT, [0.0, 1.0])])
+
+
+def test_bce_gradient_of_the_reported_case():
+    x = nx.tensor([0.0, 1.0, 0.5, 0.2], requires_grad=True)
+    nx.nn.BCELoss()(x, nx.tensor([0.0, 0.0, 1.0, 1.0])).backward()
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 2.5e11, -0.5, -1.25], rtol=1e-6)
+
+
+def test_bce_second_derivative_away_from_zero_and_one():
+    """The gradient stays the value's own derivative in the interior, so double backward
+    still holds: t / x**2 + (1 - t) / (1 - x)**2 (mean reduction, over 4)."""
+    x = nx.tensor([0.5, 0.2, 0.7, 0.4], requires_grad=True)
+    t = nx.tensor([1.0, 1.0, 0.0, 0.25])
+    nx.nn.functional.binary_cross_entropy(x, t).backward(create_graph=True)
+    g, x.grad = x.grad, None
+    g.sum().backward()
+    xs, ts = x.detach().numpy(), t.numpy()
+    np.testing.assert_allclose(x.grad.numpy(), (ts / xs ** 2 + (1 - ts) / (1 - xs) ** 2) / 4,
+                               rtol=1e-5)
+
+
+# ---- 12. BatchNorm with track_running_stats switched off ------------------------------------
+
+
+@pytest.mark.parametrize("momentum", [None, 0.3], ids=["cumulative", "momentum"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (6, 4)), ("BatchNorm2d", (3, 4, 2, 5))])
+def test_batchnorm_with_tracking_switched_off(momentum, train, cls, shape):
+    """track_running_stats = False after construction, as PyTorch: training normalises with
+    the batch statistics and leaves the running ones (and the counter) alone (momentum=None
+    used to raise "needs num_batches_tracked"); evaluation still uses the running statistics
+    the layer holds."""
+    th = getattr(torch.nn, cls)(4, momentum=momentum)
+    with torch.no_grad():
+        th.running_mean.uniform_(-0.5, 0.5)
+        th.running_var.uniform_(0.5, 1.5)
+        th.num_batches_tracked.fill_(3)
+    mine = getattr(nx.nn, cls)(4, momentum=momentum)
+    mine.load_state_dict({k: nx.tensor(v.numpy()) for k, v in th.state_dict().items()})
+    for m in (th, mine):
+        m.track_running_stats = False
+        m.train(train)
+    check_compiled(mine, [floats(*shape) * 1.5 + 1], torch_fn=th, tol=LOOSE,
+                   grad_tol=LOOSE_GRAD)
+    assert mine.num_batches_tracked.item() == 3
+
+
+def test_batchnorm_cumulative_average_without_a_counter():
+    """momentum=None with no num_batches_tracked: PyTorch's factor is 0, the running
+    statistics stay as they are."""
+    th = torch.nn.BatchNorm1d(3, momentum=None)
+    th.num_batches_tracked = None
+    mine = nx.nn.BatchNorm1d(3, momentum=None)
+    mine.num_batches_tracked = None
+    check_compiled(mine, [floats(5, 3)], torch_fn=th, tol=LOOSE, grad_tol=LOOSE_GRAD)
+    np.testing.assert_array_equal(mine.running_mean.numpy(), np.zeros(3, np.float32))
+
+
+# ---- 13. signed zeros of maximum, minimum and relu -------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 37, 1000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda t: t.__name__)
+def test_maximum_minimum_of_signed_zeros_give_the_second_operand(n, dtype):
+    """A tie gives the second operand, as NumPy and x86's maxps/minps (and PyTorch's vector
+    kernel, whose scalar tail gives the first: PyTorch's own answer depends on the position,
+    so it is not the oracle here); a nan in either operand gives nan.  Eager and every
+    backend agree bit for bit."""
+    pairs = np.array([(-0.0, 0.0), (0.0, -0.0), (NAN, 0.0), (0.0, NAN), (-0.0, -0.0),
+                      (1.0, -1.0), (-INF, INF)], dtype)
+    a, b = (np.resize(pairs[:, i], n) for i in (0, 1))
+    for op, pick in (("maximum", np.greater), ("minimum", np.less)):
+        want = np.where(np.isnan(a) | np.isnan(b), NAN, np.where(pick(a, b), a, b))
+        for backend in (None, *BACKENDS):
+            f = getattr(nx, op)
+            if backend is not None:
+                f = nx.compile(f, backend=backend)
+            got = f(nx.tensor(a), nx.tensor(b)).numpy()
+            assert_same(got, want.astype(dtype), f"{op} {backend or 'eager'}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda t: t.__name__)
+def test_relu_keeps_negative_zero(dtype):
+    """relu is PyTorch's max(x, 0): -0.0 stays -0.0 and nan stays nan; the gradient is 0 at
+    +-0 and below, g at nan."""
+    data = np.array(SPECIALS * 4, dtype)
+    check_everywhere(**lib(lambda L, x: L.relu(x)), arrays=[data])
+    check_everywhere(**lib(lambda L, x: L.nn.functional.relu(x * 2) + x), arrays=[data])
+    check_everywhere(**lib(lambda L, x: L.relu(x.long())), arrays=[np.array([-2.0, 0.0, 3.0])])
+
+
+def test_relu_costs_what_it_did_compiled():
+    """The -0.0 fix is free: the forward's nested selects fold into the code of
+    `where(x < 0, 0, x)` (one maxps), and training saves one bool mask per relu, as before."""
+    import re
+
+    from neurenix.runtime.cpu import optimized_ir
+
+    def counts(fn) -> tuple[int, int]:
+        f = nx.compile(fn, backend="llvm")
+        with nx.no_grad():
+            f(nx.zeros(4096))
+        text = optimized_ir(f._last.forward.program)
+        return len(re.findall(r"= fcmp ", text)), len(re.findall(r"= select ", text))
+
+    assert counts(nx.relu) == counts(lambda x: nx.where(x < 0, 0.0, x))
+    w1, w2 = nx.randn(8, 16, requires_grad=True), nx.randn(16, 16, requires_grad=True)
+    f = nx.compile(lambda x: (nx.relu(nx.relu(x @ w1) @ w2)).sum(), backend="reference")
+    f(nx.randn(4, 8)).backward()
+    saved = [str(o.type) for o in f.graph.outputs[1:]]
+    assert sorted(saved) == ["f32[4,16]", "i1[4,16]", "i1[4,16]"], saved

@@ -280,6 +280,25 @@ def test_pow_vjp_at_zero_base_is_finite():
     np.testing.assert_array_equal(gy.numpy(), [0.0, 0.0, 0.0])
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_pow_is_exact_and_has_no_gradient(dtype):
+    """The pow primitive on integers is PyTorch's powi (wrapping); no gradient flows."""
+    x = nx.tensor(np.array([3000000, 0, 0, 1, -1, -1, 5], dtype))
+    y = nx.tensor(np.array([3, -1, 0, -9, -9, -8, -2], dtype))
+    out = apply("pow", x, y)
+    bits = 8 * np.dtype(dtype).itemsize
+    wrapped = (3000000 ** 3 + 2 ** (bits - 1)) % 2 ** bits - 2 ** (bits - 1)
+    assert out.numpy().tolist() == [wrapped, 0, 1, 1, -1, 1, 0]
+    for i in (0, 1):
+        assert REGISTRY["pow"].vjp(EAGER, out, out, (x, y), {}, i) is None
+
+
+def test_sign_is_zero_at_nan_and_negative_zero():
+    out = apply("sign", nx.tensor(np.array([float("nan"), -0.0, -3.0, 2.0])))
+    assert out.numpy().tolist() == [0.0, 0.0, -1.0, 1.0]
+    assert not np.signbit(out.numpy()[:2]).any()
+
+
 @pytest.mark.parametrize("name", [n for n, gens in CASES.items() if gens is None
                                   and REGISTRY[n].arity != 0])
 def test_non_differentiable_ops_are_not_recorded(name):

@@ -13,6 +13,10 @@ float64 and the rarely hot functions (erf, pow) call the C library, which is exa
 `pow` primitive means and what PyTorch computes for a tensor exponent; PyTorch's shortcuts for
 a number exponent (0.5 is sqrt, so nan there) are the frontend's (`neurenix.elementwise.pow`).
 
+`ipow` is integer pow as PyTorch's powi computes it (wrapping): squaring over every bit of the
+exponent, unrolled and branch-free so that it vectorizes (a multiply and a select per bit; a
+Python-int exponent never gets here, the frontend unrolls it into products).
+
 `rng` is the counter-based hash of `compiler/ops/source.py` (`uniform_bits`), in uint32
 wrap-around arithmetic, bit-exact with the NumPy reference.
 """
@@ -90,12 +94,14 @@ class MathLib:
         """Uniform [0, 1) of `ftype` from int64 seed and counter, as `_rng_impl` computes it."""
         return b.call(self._routine("rng_f32" if ftype == F32 else "rng_f64"), [seed, counter])
 
+    def ipow(self, b: ir.IRBuilder, base: ir.Value, exponent: ir.Value) -> ir.Value:
+        """base ** exponent for integers of one width, as `int_pow` of ops/elementwise.py."""
+        return b.call(self._routine(f"ipow_i{base.type.width}"), [base, exponent])
+
     def intrinsic(self, name: str, *types: ir.Type) -> ir.Function:
         """An LLVM intrinsic overloaded on `types` (the result type first, for conversions)."""
         t = types[0]
-        if name == "llvm.fptosi.sat":
-            fnty = ir.FunctionType(t, [types[1]])
-        elif name == "llvm.abs":
+        if name == "llvm.abs":
             fnty = ir.FunctionType(t, [t, I1])
         elif name == "llvm.vector.reduce.fadd":
             fnty = ir.FunctionType(t.element, [t.element, t])
@@ -231,6 +237,35 @@ class MathLib:
         e = self.call(b, "exp", ftype, [b.fneg(a)])
         pos = b.fdiv(one, b.fadd(one, e))
         return b.select(b.fcmp_ordered(">=", x, ir.Constant(ftype, 0.0)), pos, b.fmul(e, pos))
+
+    # ---- integer pow ----------------------------------------------------------------------
+
+    def _define_ipow(self, t: ir.IntType) -> ir.Function:
+        """PyTorch's powi in wrapping arithmetic, branch-free so that the loop around it still
+        vectorizes: squaring over every bit of e below the sign bit (a multiply and a select
+        per bit); for e < 0, 1 where a is 1, +-1 by the parity of e where a is -1, else 0."""
+        fn, b = self._function(f"ipow_i{t.width}", t, [t, t])
+        a, e = fn.args
+        zero, one, minus_one = ir.Constant(t, 0), ir.Constant(t, 1), ir.Constant(t, -1)
+        negative = b.icmp_signed("<", e, zero)
+        bits = b.select(negative, zero, e)
+        result, power = one, a
+        for k in range(t.width - 1):
+            if k:
+                power = b.mul(power, power)
+            bit = b.icmp_unsigned("!=", b.and_(bits, ir.Constant(t, 1 << k)), zero)
+            result = b.select(bit, b.mul(result, power), result)
+        sign = b.select(b.trunc(e, I1), minus_one, one)
+        small = b.select(b.icmp_signed("==", a, one), one,
+                         b.select(b.icmp_signed("==", a, minus_one), sign, zero))
+        b.ret(b.select(negative, small, result))
+        return fn
+
+    def _define_ipow_i32(self) -> ir.Function:
+        return self._define_ipow(I32)
+
+    def _define_ipow_i64(self) -> ir.Function:
+        return self._define_ipow(I64)
 
     # ---- random numbers -------------------------------------------------------------------
 

@@ -55,7 +55,10 @@ def const(dtype: DType, value) -> ir.Constant:
 
 
 def cast(b: ir.IRBuilder, lib: MathLib, x: ir.Value, src: DType, dst: DType) -> ir.Value:
-    """Convert `x` from `src` to `dst` as NumPy's astype does (float->int saturates)."""
+    """Convert `x` from `src` to `dst` as the `cast` primitive does (compiler/ops/elementwise.py
+    `convert`): float -> integer truncates in range and gives INT_MIN for nan, +-inf and out
+    of range, as x86 does (and PyTorch there); int -> int wraps; float -> bool is x != 0 (so
+    nan is true)."""
     if src == dst:
         return x
     s, d, t = dclass(src), dclass(dst), value_type(dst)
@@ -70,8 +73,18 @@ def cast(b: ir.IRBuilder, lib: MathLib, x: ir.Value, src: DType, dst: DType) -> 
     if s == "i":
         return b.sitofp(x, t)
     if d == "i":
-        return b.call(lib.intrinsic("llvm.fptosi.sat", t, x.type), [x])
+        return _float_to_int(b, lib, x, t)
     return b.fpext(x, t) if dst.itemsize > src.itemsize else b.fptrunc(x, t)
+
+
+def _float_to_int(b: ir.IRBuilder, lib: MathLib, x: ir.Value, t: ir.IntType) -> ir.Value:
+    """fptosi where |x| < 2**(bits - 1), INT_MIN elsewhere (nan fails the ordered compare):
+    a compare and a select around the plain conversion, whose poison out of range the select
+    never picks.  At x = -2**(bits - 1) both give INT_MIN."""
+    limit = ir.Constant(x.type, float(2 ** (t.width - 1)))
+    magnitude = b.call(lib.intrinsic("llvm.fabs", x.type), [x])
+    in_range = b.fcmp_ordered("<", magnitude, limit)
+    return b.select(in_range, b.fptosi(x, t), ir.Constant(t, -(2 ** (t.width - 1))))
 
 
 # ---- unary ----------------------------------------------------------------------------------
@@ -86,11 +99,10 @@ def _libcall(name: str):
 
 
 def _sign_f(em, x, dt):
-    """-1, 0 (positive, also for -0) or 1; NaN stays NaN."""
+    """(x > 0) - (x < 0), as PyTorch: -1, 1, or +0 (for +-0 and for nan)."""
     b = em.b
     one, zero = ir.Constant(x.type, 1.0), ir.Constant(x.type, 0.0)
-    rest = b.select(b.fcmp_ordered("==", x, zero), zero, x)
-    neg = b.select(b.fcmp_ordered("<", x, zero), b.fneg(one), rest)
+    neg = b.select(b.fcmp_ordered("<", x, zero), b.fneg(one), zero)
     return b.select(b.fcmp_ordered(">", x, zero), one, neg)
 
 
@@ -225,19 +237,36 @@ def _intrinsic2(name: str):
     return lambda em, a, c, dt: em.b.call(em.lib.intrinsic(name, a.type), [a, c])
 
 
+def _extreme_f(pred: str):
+    """NumPy's maximum (pred ">") or minimum ("<"): a nan in either operand gives nan, and a
+    tie gives the second operand (so maximum(-0.0, 0.0) is 0.0, maximum(0.0, -0.0) is -0.0),
+    as x86's maxps/minps (also PyTorch's vectorized kernel).  `a pred c ? a : c` is the
+    instruction itself; a nan `a` is passed on by one more select."""
+    def emit(em, a, c, dt):
+        b = em.b
+        pick = b.select(b.fcmp_ordered(pred, a, c), a, c)
+        return b.select(b.fcmp_unordered("uno", a, a), a, pick)
+    return emit
+
+
+def _pow_i(em, a, c, dt):
+    return em.lib.ipow(em.b, a, c)
+
+
 BINARY: dict[tuple[str, str], object] = {
     ("add", "f"): lambda em, a, c, dt: em.b.fadd(a, c),
     ("sub", "f"): lambda em, a, c, dt: em.b.fsub(a, c),
     ("mul", "f"): lambda em, a, c, dt: em.b.fmul(a, c),
     ("div", "f"): lambda em, a, c, dt: em.b.fdiv(a, c),
     ("pow", "f"): _pow_f,
-    ("max", "f"): _intrinsic2("llvm.maximum"),  # NaN-propagating, like np.maximum
-    ("min", "f"): _intrinsic2("llvm.minimum"),
+    ("max", "f"): _extreme_f(">"),
+    ("min", "f"): _extreme_f("<"),
     ("idiv", "f"): _idiv_f,
     ("mod", "f"): _mod_f,
     ("add", "i"): _arith_i("add"),
     ("sub", "i"): _arith_i("sub"),
     ("mul", "i"): _arith_i("mul"),
+    ("pow", "i"): _pow_i,
     ("max", "i"): _intrinsic2("llvm.smax"),
     ("min", "i"): _intrinsic2("llvm.smin"),
     ("idiv", "i"): _idiv_i,

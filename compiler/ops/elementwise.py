@@ -115,8 +115,8 @@ register("erf", ELEMENTWISE, 1, _float_unary("erf"), _erf, per_input(_erf_vjp),
 
 
 def _abs_vjp(b, g, out, x):
-    """g * sgn(x), PyTorch's rule, with sgn(x) = 1 above 0, -1 below, and 0 at +-0 and at nan
-    (where the `sign` primitive gives nan): the gradient at nan is 0 unless g is not finite."""
+    """g * sgn(x), PyTorch's rule, with sgn(x) = 1 above 0, -1 below, and 0 at +-0 and at nan:
+    the gradient at nan is 0 unless g is not finite."""
     zero = b.zeros_like(x)
     sgn = b.where(b.gt(x, zero), b.full_like(x, 1.0),
                   b.where(b.lt(x, zero), b.full_like(x, -1.0), zero))
@@ -125,8 +125,17 @@ def _abs_vjp(b, g, out, x):
 
 register("abs", ELEMENTWISE, 1, _any_unary("abs"), np.abs, per_input(_abs_vjp),
          "|x|; d/dx = sign(x), 0 at 0 and at nan")
-register("sign", ELEMENTWISE, 1, _any_unary("sign"), np.sign,
-         per_input(lambda b, g, out, x: b.zeros_like(x)), "-1, 0 or 1; zero gradient")
+
+
+def sign_impl(x):
+    """(x > 0) - (x < 0), as PyTorch computes it: 0 (never -0.0) at +-0 and at nan, where
+    NumPy's sign gives -0.0 and nan."""
+    return np.subtract(x > 0, x < 0, dtype=x.dtype)
+
+
+register("sign", ELEMENTWISE, 1, _any_unary("sign"), sign_impl,
+         per_input(lambda b, g, out, x: b.zeros_like(x)),
+         "-1, 0 or 1 (0 at +-0 and at nan, as PyTorch); zero gradient")
 register("floor", ELEMENTWISE, 1, _any_unary("floor"), np.floor,
          per_input(lambda b, g, out, x: b.zeros_like(x)), "round down; zero gradient")
 register("reciprocal", ELEMENTWISE, 1, _float_unary("reciprocal"), np.reciprocal,
@@ -147,8 +156,25 @@ def _cast_rule(x: TensorType, *, dtype: str) -> TensorType:
     return TensorType(x.shape, dtype_from_name(dtype))
 
 
+def convert(x: np.ndarray, np_type) -> np.ndarray:
+    """x.astype(np_type), a float -> integer conversion defined everywhere as x86 (and PyTorch
+    there) defines it: truncation toward zero in range, and the target's INT_MIN (the "integer
+    indefinite") for nan, +-inf and values out of range, which NumPy leaves to the platform
+    (and warns about).  |x| < 2**(bits - 1) is the range: -2**(bits - 1) itself is INT_MIN
+    either way.  Every backend converts so (llvm_ops.cast)."""
+    to = np.dtype(np_type)
+    if x.dtype.kind != "f" or to.kind != "i":
+        return x.astype(to)
+    ok = np.abs(x) < float(2 ** (8 * to.itemsize - 1))
+    with np.errstate(invalid="ignore"):
+        out = x.astype(to)
+    if ok.all():
+        return out
+    return np.where(ok, out, to.type(np.iinfo(to).min))
+
+
 def _cast_impl(x, *, dtype: str):
-    return x.astype(dtype_from_name(dtype).np_type)
+    return convert(x, dtype_from_name(dtype).np_type)
 
 
 def _cast_vjp(b, g, out, x, *, dtype: str):
@@ -159,7 +185,8 @@ def _cast_vjp(b, g, out, x, *, dtype: str):
 
 
 register("cast", ELEMENTWISE, 1, _cast_rule, _cast_impl, per_input(_cast_vjp),
-         "convert to attrs.dtype; gradient flows between floating types only")
+         "convert to attrs.dtype (float -> integer as on x86, see `convert`); gradient flows "
+         "between floating types only")
 
 # ---- binary ---------------------------------------------------------------------------------
 
@@ -178,6 +205,8 @@ register("div", ELEMENTWISE, 2, _float_binary("div"), np.divide,
 
 def _pow_dbase(b, g, out, x, y):
     # y * x**(y-1), written so that x == 0 with y == 0 gives 0 rather than nan (as PyTorch does)
+    if not b.type_of(x).dtype.is_floating:
+        return None
     ym1 = b.sub(y, b.full_like(y, 1.0))
     d = b.mul(y, b.pow(x, ym1))
     return b.mul(g, b.where(b.eq(y, b.zeros_like(y)), b.zeros_like(d), d))
@@ -185,14 +214,40 @@ def _pow_dbase(b, g, out, x, y):
 
 def _pow_dexp(b, g, out, x, y):
     # out * log(x), masked to 0 where x == 0 and y >= 0 (the limit PyTorch uses)
+    if not b.type_of(x).dtype.is_floating:
+        return None
     d = b.mul(out, b.log(x))
     zero_base = b.logical_and(b.eq(x, b.zeros_like(x)), b.ge(y, b.zeros_like(y)))
     return b.mul(g, b.where(zero_base, b.zeros_like(d), d))
 
 
+def int_pow(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x ** y for integers, exactly as PyTorch's powi: squaring over the bits of y in wrapping
+    arithmetic (so 3000000 ** 3 wraps); for y < 0, 1 where x is 1, +-1 (by the parity of y)
+    where x is -1, else 0 (0 ** -1 is 0, no error)."""
+    x, y = np.broadcast_arrays(x, y)
+    negative = y < 0
+    e = np.where(negative, np.zeros_like(y), y)
+    out = np.ones_like(x)
+    base = x
+    with np.errstate(over="ignore"):
+        while np.any(e):  # at most the bit width of y rounds
+            out = np.where((e & 1) == 1, out * base, out)
+            base = base * base
+            e = e >> 1
+    odd = (y & 1) == 1
+    minus_one = np.where(odd, np.full_like(x, -1), np.ones_like(x))
+    at_negative = np.where(x == 1, np.ones_like(x),
+                           np.where(x == -1, minus_one, np.zeros_like(x)))
+    return np.where(negative, at_negative, out).astype(x.dtype, copy=False)
+
+
 def pow_impl(x, y):
-    """C's pow(x, y), whatever the memory layout: NumPy computes a stride-0 exponent of 0.5 as
-    sqrt(x), which differs at x = -inf (nan, not inf) and x = -0.0 (-0.0, not +0.0)."""
+    """C's pow(x, y) for floats, whatever the memory layout: NumPy computes a stride-0
+    exponent of 0.5 as sqrt(x), which differs at x = -inf (nan, not inf) and x = -0.0 (-0.0,
+    not +0.0).  Integers: `int_pow`."""
+    if x.dtype.kind != "f":
+        return int_pow(x, y)
     out = np.power(x, y)
     half = y == 0.5
     if np.any(half):
@@ -201,8 +256,10 @@ def pow_impl(x, y):
     return out
 
 
-register("pow", ELEMENTWISE, 2, _float_binary("pow"), pow_impl,
-         per_input(_pow_dbase, _pow_dexp), "x ** y (C's pow, also at the special values)")
+register("pow", ELEMENTWISE, 2, _arith("pow"), pow_impl,
+         per_input(_pow_dbase, _pow_dexp),
+         "x ** y: C's pow for floats (also at the special values); exact and wrapping for "
+         "integers, as PyTorch (see int_pow)")
 
 
 def _safe_divisor(y):
@@ -275,11 +332,13 @@ _min = _max_vjp(lambda b, m, o: b.gt(m, o))
 register("maximum", ELEMENTWISE, 2, _arith("maximum"), np.maximum,
          per_input(lambda b, g, out, x, y: _max(b, g, out, x, y, True),
                    lambda b, g, out, x, y: _max(b, g, out, x, y, False)),
-         "elementwise max (nan if either is); the gradient as PyTorch's, see _max_vjp")
+         "elementwise max (nan if either is; the second operand of a tie, so of -0.0 and 0.0, "
+         "as NumPy); the gradient as PyTorch's, see _max_vjp")
 register("minimum", ELEMENTWISE, 2, _arith("minimum"), np.minimum,
          per_input(lambda b, g, out, x, y: _min(b, g, out, x, y, True),
                    lambda b, g, out, x, y: _min(b, g, out, x, y, False)),
-         "elementwise min (nan if either is); the gradient as PyTorch's, see _max_vjp")
+         "elementwise min (nan if either is; the second operand of a tie, as NumPy); the "
+         "gradient as PyTorch's, see _max_vjp")
 
 for _name, _fn in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                    ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)):

@@ -82,13 +82,25 @@ class _BatchNorm(Module):
                              f"dimension 1, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
+        """PyTorch's rules, `track_running_stats` read at each call (it may be switched off
+        after construction): training normalises with the batch statistics and updates the
+        running ones only while tracking (by `momentum`, or the cumulative average 1 /
+        num_batches_tracked for momentum None, or not at all, factor 0, for momentum None
+        without a counter); evaluation uses the running statistics whenever they exist,
+        tracked or not, and the batch statistics otherwise."""
         self._check_input(x)
-        # Batch statistics while training, or always when no running statistics are kept.
-        use_batch = self.training or self.running_mean is None
-        update = self.training and self.track_running_stats
-        return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                          training=use_batch, momentum=self.momentum, eps=self.eps,
-                          num_batches_tracked=self.num_batches_tracked if update else None)
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        if self.training and not self.track_running_stats:
+            running_mean = running_var = counter = None
+        else:
+            running_mean, running_var = self.running_mean, self.running_var
+            counter = self.num_batches_tracked if self.training else None
+        momentum = self.momentum
+        if momentum is None and counter is None:
+            momentum = 0.0
+        return batch_norm(x, running_mean, running_var, self.weight, self.bias,
+                          training=use_batch, momentum=momentum, eps=self.eps,
+                          num_batches_tracked=counter)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

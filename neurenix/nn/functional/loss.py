@@ -22,10 +22,12 @@ from ...elementwise import (
     le,
     log,
     log1p,
+    lt,
     minimum,
     mul,
     ne,
     neg,
+    stop_gradient,
     sub,
     where,
 )
@@ -234,7 +236,8 @@ def _soft_targets(logp: Tensor, t: Tensor, w: Tensor | None, smoothing: float) -
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, *,
                          reduction: str = "mean") -> Tensor:
     """-(t log x + (1 - t) log(1 - x)) for probabilities x, with each log clamped at -100 as
-    PyTorch does, so x = 0 or 1 gives a finite loss."""
+    PyTorch does, so x = 0 or 1 gives a finite loss; the gradient is PyTorch's,
+    (x - t) / max(x (1 - x), 1e-12), finite at 0 and 1 too (see `_bce`)."""
     return bce(input, target, weight, reduction, "binary_cross_entropy")
 
 
@@ -244,6 +247,27 @@ def _clamped_log(v: Tensor) -> Tensor:
     nonpositive = le(v, 0.0)
     safe = where(nonpositive, 1.0, v)
     return where(nonpositive, -100.0, clamp(log(safe), min=-100.0))
+
+
+BCE_EPS = 1e-12  # PyTorch's floor on x (1 - x) in the gradient of binary cross entropy
+
+
+def _bce(x: Tensor, t: Tensor) -> Tensor:
+    """PyTorch's elementwise binary cross entropy, value and gradient.
+
+    The value is PyTorch's kernel, (t - 1) clog(1 - x) - t clog(x) with clog the log clamped
+    at -100 (its order of terms gives PyTorch's signed zeros).  The gradient in x is PyTorch's
+    (x - t) / max(x (1 - x), 1e-12).  Where x (1 - x) >= 1e-12 that is the value's own
+    derivative (the logs are far above -100 there).  Below (x within about 1e-12 of 0 or 1,
+    both included) the value is taken of stop_gradient(x) and the gradient comes from
+    `- (stop_gradient(x) - x) * slope`, slope = stop_gradient((x - t) / 1e-12): a +0 that
+    leaves the value, its zeros' signs included, as it is.  The gradient in t is the value's
+    own, -clog(x) + clog(1 - x), so +-100 at x = 0 or 1 where PyTorch's is +-inf."""
+    clamped = lt(mul(sub(1.0, x), x), BCE_EPS)
+    xs = where(clamped, stop_gradient(x), x)
+    value = sub(mul(sub(t, 1.0), _clamped_log(sub(1.0, xs))), mul(t, _clamped_log(xs)))
+    slope = stop_gradient(where(clamped, div(sub(x, t), BCE_EPS), 0.0))
+    return sub(value, mul(sub(stop_gradient(x), x), slope))
 
 
 def bce(input: Tensor, target: Tensor, weight: Tensor | None, reduction: str,
@@ -256,8 +280,7 @@ def bce(input: Tensor, target: Tensor, weight: Tensor | None, reduction: str,
         f"{name}: input values must be probabilities in [0, 1], got {bad} (apply a sigmoid "
         f"first, or use BCEWithLogitsLoss on raw scores)"), high_inclusive=True)
     target = cast(target, input.dtype) if target.dtype != input.dtype else target
-    loss = neg(add(mul(target, _clamped_log(input)),
-                   mul(sub(1.0, target), _clamped_log(sub(1.0, input)))))
+    loss = _bce(input, target)
     if weight is not None:
         _check_tensors(name, weight=weight)
         _check_broadcast(weight, tuple(input.shape), "weight", name)
