@@ -46,7 +46,7 @@ class _Entry:
     forward: Any  # an executable: run(list[np.ndarray]) -> list[np.ndarray]
     num_outputs: int
     treedef: Any
-    updates: list[Tensor]
+    updates: list[tuple[str, Any]]  # where each updated input lives: sources as above
     graph: Any
     stats: dict
     input_dtypes: list[Any] = field(default_factory=list)
@@ -204,8 +204,9 @@ class Compiled:
             with tracing(state):
                 result = _call(self.fn, sym_args)
             leaves, treedef = flatten_outputs(result)
-            out_nodes = [state.node_of(t) for t in leaves]
+            out_nodes = [state.cut(state.node_of(t)) for t in leaves]
             stored, stores = finish_stores(state)
+            stored = [state.cut(n) for n in stored]
         finally:
             restore(state)  # the first run assigns the real gradients and state
         changed = undo_side_effects(state.snapshots) + undo_changed_settings(hyper)
@@ -218,14 +219,19 @@ class Compiled:
         traced = tracer.finish(out_nodes + stored + check_nodes)
         sources = [state.sources[node.name] for node in traced.graph.inputs]
         trace_seconds = time.perf_counter() - t0
-        updates = [next(t for t, n in state.inputs.values() if n.name == name)
-                   for name in traced.updates]
+        names = [node.name for node in traced.graph.inputs]
+        updates = [sources[names.index(name)] for name in traced.updates]
         # outputs a gradient flows back from (not detached, not computed under no_grad)
-        active = [i for i, n in enumerate(out_nodes) if id(n) in state.active]
+        active = [i for i, n in enumerate(out_nodes) if state.differentiable(n)]
         grad_positions = []
         if not state.backward_called and active:
             grad_positions = [i for i, node in enumerate(traced.graph.inputs)
-                              if id(node) in state.active]
+                              if id(node) in state.leaves]
+            if any(names[i] in traced.updates for i in grad_positions):
+                raise TraceError(f"neurenix.compile: {self._name()} updates a tensor that "
+                                 f"requires grad in place and returns values to differentiate "
+                                 f"later; call backward() inside the compiled function, or "
+                                 f"update the tensor outside it")
         common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
                       host=state.host, commits=state.commits,
                       guards=state.guards + self._guards(state, sources, args),
@@ -321,9 +327,12 @@ class Compiled:
         for commit in entry.commits:
             commit()
         outs = [Tensor._wrap(a) for a in results[:entry.num_outputs]]
-        for target, value in zip(entry.updates, results[n:n + len(entry.updates)]):
-            target._data = value  # a fresh array of the program's: no copy needed
-            target._version += 1
+        for (kind, ref), value in zip(entry.updates, results[n:n + len(entry.updates)]):
+            if kind == "tensor":
+                ref._data = value  # a fresh array of the program's: no copy needed
+                ref._version += 1
+            else:  # an argument written in place: the caller's array (and its views) change
+                _write_argument(args[ref], value)
         for store in entry.stores:
             value = None if store.output is None else Tensor._wrap(stored[store.output])
             if store.kind == "item":
@@ -608,6 +617,15 @@ def _replace_tensors(value: Any, symbols: Any) -> Any:
         items = {k: _replace_tensors(v, symbols) for k, v in value.items()}
         return _Keywords(items) if isinstance(value, _Keywords) else items
     return value
+
+
+def _write_argument(target: Tensor, value: np.ndarray) -> None:
+    """Write a compiled call's new value of an argument into the caller's tensor in place."""
+    if target._data.flags.writeable:
+        np.copyto(target._data, value)
+    else:  # a broadcast view: the tensor takes a private array, as an eager write does
+        target._data = value
+    target._version += 1
 
 
 class _Keywords(dict):

@@ -215,23 +215,38 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         raise ValueError(f"__setitem__: cannot assign a value of shape {tuple(v.shape)} to "
                          f"an indexed region of shape {tuple(positions.shape)}") from None
     x._version += 1
-    if not grad and x._data is not None and v._data is not None:
+    from .tracing import ACTIVE, made_in_trace, symbolic, write
+    eager = ACTIVE.state is None or made_in_trace(x)
+    if not grad and eager and x._data is not None and v._data is not None:
         if not x._data.flags.writeable:
             x._data = x._data.copy()  # a broadcast or window view: take a private copy
         where_at = np.unravel_index(positions._data.reshape(-1), x.shape)
         x._data[where_at] = v._data.reshape(-1)
         return
     # plain data (positions were computed eagerly), also inside a trace
-    flat_pos = Tensor._wrap(positions._data.reshape(-1), int64)
-    # x is about to be rebound to the result; record the old value under its own tensor object,
-    # or the tape would point from x's new node back to x itself (a cycle with no gradient)
-    old = Tensor._wrap(x._data, x._dtype)
-    old._node, old.requires_grad, old._value = x._node, x.requires_grad, x._value
-    flat = reshape(old, (-1,))
+    pos = positions._data.reshape(-1)
+    flat_v = reshape(v, (-1,))
+    if np.unique(pos).size != pos.size:  # repeated positions: the last assignment wins
+        _, first_from_end = np.unique(pos[::-1], return_index=True)
+        keep = np.sort(pos.size - 1 - first_from_end)
+        pos = pos[keep]
+        flat_v = apply("gather", flat_v, Tensor._wrap(keep.astype(np.int64), int64), axis=0)
+    state = ACTIVE.state
+    if state is not None:
+        old = symbolic(state.node_of(x))  # x's value now, whatever x is (input, argument, ...)
+    else:
+        # x is about to be rebound to the result; record the old value under its own tensor
+        # object, or the tape would point from x's new node back to x itself (a cycle)
+        old = Tensor._wrap(x._data, x._dtype)
+        old._node, old.requires_grad = x._node, x.requires_grad
     mask_data = np.zeros(x.numel(), dtype=bool)
-    mask_data[flat_pos._data] = True
+    mask_data[pos] = True
     scattered = apply("scatter_add", Tensor._wrap(np.zeros(x.numel(), x.dtype.np_type),
-                                                  x.dtype), flat_pos, reshape(v, (-1,)), axis=0)
-    new = reshape(where(Tensor._wrap(mask_data, bool_), scattered, flat), x.shape)
+                                                  x.dtype), Tensor._wrap(pos, int64), flat_v,
+                      axis=0)
+    new = reshape(where(Tensor._wrap(mask_data, bool_), scattered, reshape(old, (-1,))),
+                  x.shape)
+    if state is not None:
+        write(x, new)
+        return
     x._data, x._node, x.requires_grad = new._data, new._node, new.requires_grad
-    x._value = new._value

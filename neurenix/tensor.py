@@ -297,8 +297,7 @@ class Tensor:
         """Overwrite this tensor's values with src's (broadcast and cast to this dtype)."""
         self._check_inplace("copy_")
         self._version += 1
-        if (self._data is None or (isinstance(src, Tensor) and src._data is None)) \
-                and tracing_update(self, src):
+        if dispatch._ACTIVE.state is not None and tracing_write(self, src):
             return self
         value = src._data if isinstance(src, Tensor) else np.asarray(src)
         try:
@@ -402,6 +401,17 @@ class Tensor:
     def __ror__(self, other): return elementwise.logical_or(other, self)
     def __invert__(self): return elementwise.logical_not(self)
 
+    def __iadd__(self, other): return inplace.apply_inplace(self, elementwise.add, other, "+=")
+    def __isub__(self, other): return inplace.apply_inplace(self, elementwise.sub, other, "-=")
+    def __imul__(self, other): return inplace.apply_inplace(self, elementwise.mul, other, "*=")
+    def __itruediv__(self, other):
+        return inplace.apply_inplace(self, elementwise.div, other, "/=")
+    def __ifloordiv__(self, other):
+        return inplace.apply_inplace(self, elementwise.floor_divide, other, "//=")
+    def __imod__(self, other):
+        return inplace.apply_inplace(self, elementwise.remainder, other, "%=")
+    def __ipow__(self, other): return inplace.apply_inplace(self, elementwise.pow, other, "**=")
+
     def __getitem__(self, index): return indexing.getitem(self, index)
 
     def __setitem__(self, index, value) -> None:
@@ -416,13 +426,13 @@ def is_scalar(obj: Any) -> bool:
     return isinstance(obj, (numbers.Number, np.generic)) and not isinstance(obj, Tensor)
 
 
-from . import autograd, dispatch, elementwise, indexing, linalg, shapes  # noqa: E402
+from . import autograd, dispatch, elementwise, indexing, inplace, linalg, shapes  # noqa: E402
 
 
-def tracing_update(target: Tensor, src: Any) -> bool:
-    """Record an in-place update made while tracing (see neurenix.tracing.record_update)."""
-    from .tracing import record_update
-    return record_update(target, src if isinstance(src, Tensor) else Tensor(src))
+def tracing_write(target: Tensor, src: Any) -> bool:
+    """An in-place write made while tracing (see neurenix.tracing.write)."""
+    from .tracing import write
+    return write(target, src)
 from .tensor_methods import install_methods  # noqa: E402
 
 install_methods(Tensor)

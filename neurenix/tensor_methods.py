@@ -6,7 +6,7 @@ function users can call as `neurenix.<name>`.
 from __future__ import annotations
 
 from . import elementwise as ew
-from . import linalg, reductions, shapes
+from . import inplace, linalg, reductions, shapes
 
 
 def _methods() -> dict:
@@ -37,6 +37,9 @@ def _methods() -> dict:
         "broadcast_to": shapes.broadcast_to, "repeat": shapes.repeat, "split": shapes.split,
         "chunk": shapes.chunk, "unbind": shapes.unbind, "narrow": shapes.narrow,
         "flip": shapes.flip,
+        # in place
+        "add_": inplace.add_, "sub_": inplace.sub_, "mul_": inplace.mul_, "div_": inplace.div_,
+        "clamp_": inplace.clamp_,
         # products
         "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "dot": linalg.dot,
     }

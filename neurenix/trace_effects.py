@@ -182,7 +182,7 @@ def backward_traced(root: Tensor, gradient: Any) -> None:
     state = ACTIVE.state
     b = state.tracer.builder
     node = state.node_of(root)
-    if id(node) not in state.active:
+    if not state.differentiable(node):
         raise RuntimeError("backward: the tensor does not require grad and has no grad_fn; "
                            "did you call it inside no_grad() or on a detached tensor?")
     if gradient is None:
@@ -197,14 +197,16 @@ def backward_traced(root: Tensor, gradient: Any) -> None:
         if seed.type.shape != node.type.shape:
             raise ValueError(f"backward: gradient of shape {seed.type.shape} does not match "
                              f"the tensor's shape {node.type.shape}")
-    leaves = [(t, n) for t, n in state.inputs.values() if id(n) in state.active]
-    leaves += [(t, n) for t, n in state.arg_tensors if id(n) in state.active]
-    cot = backprop(b, list(b.nodes), {id(node): seed}, state.active)
+    flows = state.active | set(state.leaves)
+    cot = backprop(b, list(b.nodes), {id(node): seed}, flows, leaves=state.leaves)
+    gradients: dict[int, tuple[Tensor, Node]] = {}  # a tensor updated in place has two leaves
+    for n_id, t in state.leaves.items():
+        g = cot.get(n_id)
+        if g is not None:
+            prev = gradients.get(id(t))
+            gradients[id(t)] = (t, g if prev is None else b.apply("add", prev[1], g))
     with autograd.no_grad():
-        for t, n in leaves:
-            g = cot.get(id(n))
-            if g is None:
-                continue
+        for t, g in gradients.values():
             current = read_grad(t)
             g = symbolic(g)
             write_grad(t, g if current is None else add(current, g))

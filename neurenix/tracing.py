@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +55,17 @@ class TraceState:
         self.guards: list[Guard] = []
         self.grads: dict[int, GradSlot] = {}
         self.items: list[tuple[dict, Any, Any]] = []  # (container, key, previous) symbolic items
-        self.grad_mode = autograd.is_grad_enabled()
-        self.active: set[int] = set()  # ids of nodes a gradient can flow back from
+        # gradient flow, as eager autograd would record it: `leaves` are the nodes gradients
+        # are collected at (inputs that require grad, and the new values of such inputs
+        # updated in place), `active` the nodes computed from them under grad mode, `tainted`
+        # those computed from them under no_grad (cut with stop_gradient where used later)
+        self.leaves: dict[int, Tensor] = {}
+        self.active: set[int] = set()
+        self.tainted: set[int] = set()
+        self.cuts: dict[int, Node] = {}  # id(tainted node) -> its stop_gradient
+        # views taken in the trace: id(view) -> (view, base), weakly; id(base) -> its views
+        self.view_of: dict[int, tuple[Any, Any]] = {}
+        self.views: dict[int, list[Any]] = {}
         self.backward_called = False
         self.modules: dict[int, Any] = {}  # id -> every Module called in the trace
         self.snapshots: list[tuple[Any, dict]] = []  # each one's attributes before its call
@@ -68,8 +78,8 @@ class TraceState:
         node = self.tracer.input(name, TensorType(tensor.shape, tensor.dtype), kind)
         self.inputs[id(tensor)] = (tensor, node)
         self.sources[name] = ("tensor", tensor)
-        if self.grad_mode and tensor.requires_grad:
-            self.active.add(id(node))
+        if tensor.requires_grad:
+            self.leaves[id(node)] = tensor
         return node
 
     def register_arg(self, tensor: Tensor, name: str, index: int) -> Tensor:
@@ -79,10 +89,23 @@ class TraceState:
         t = symbolic(node)
         self.args[id(t)] = (index, node)
         self.arg_tensors.append((t, node))
-        if self.grad_mode and tensor.requires_grad:
-            self.active.add(id(node))
+        if tensor.requires_grad:
+            self.leaves[id(node)] = t
             t.requires_grad = True
         return t
+
+    def differentiable(self, node: Node) -> bool:
+        """Whether a gradient flows back from `node` (eager: `requires_grad`)."""
+        return id(node) in self.active or id(node) in self.leaves
+
+    def cut(self, node: Node) -> Node:
+        """`node` as a graph output or an operand under grad mode: a value computed from a
+        leaf under no_grad is cut with `stop_gradient`, as eager autograd never saw it."""
+        if id(node) not in self.tainted:
+            return node
+        if id(node) not in self.cuts:
+            self.cuts[id(node)] = self.tracer.apply("stop_gradient", [node], {}, None)
+        return self.cuts[id(node)]
 
     def label(self, t: Tensor) -> str:
         """A name for a tensor of the trace: its input name, else a fresh one."""
@@ -194,24 +217,36 @@ def symbolic(node: Node) -> Tensor:
     return t
 
 
+_VIEWS = frozenset({"reshape", "permute", "expand", "slice"})  # NumPy views when eager
+
+
 def apply_traced(state: TraceState, op: str, inputs: tuple[Tensor, ...], attrs: dict) -> Tensor:
     """The traced form of dispatch.apply: append a node, return a symbolic tensor.
 
     A result computed from values a gradient flows back to is itself on the gradient's path
-    under grad mode; under `no_grad` it is cut with `stop_gradient`, so that autodiff of the
-    finished graph sees the same graph eager autograd would have recorded.
+    under grad mode; under `no_grad` it is not, and where such a value is used under grad
+    mode it is cut with `stop_gradient`, so that autodiff of the finished graph sees the graph
+    eager autograd would have recorded.
     """
     nodes = [state.node_of(t) for t in inputs]
+    grad = autograd.is_grad_enabled()
+    if grad and state.tainted:
+        nodes = [state.cut(n) for n in nodes]
     where = user_source()
     node = state.tracer.apply(op, nodes, attrs, where)
-    if state.active and any(id(n) in state.active for n in nodes) \
-            and node.type.dtype.is_floating \
+    if (state.leaves or state.tainted) and node.type.dtype.is_floating \
             and REGISTRY[op].vjp not in (None, non_differentiable):
-        if autograd.is_grad_enabled():
+        if grad and any(state.differentiable(n) for n in nodes):
             state.active.add(id(node))
-        elif op != "stop_gradient":
-            node = state.tracer.apply("stop_gradient", [node], {}, where)
-    return symbolic(node)
+        elif not grad and any(state.differentiable(n) or id(n) in state.tainted
+                              for n in nodes):
+            state.tainted.add(id(node))
+    out = symbolic(node)
+    if op in _VIEWS and inputs:
+        base = inputs[0]
+        state.view_of[id(out)] = (weakref.ref(out), weakref.ref(base))
+        state.views.setdefault(id(base), []).append(weakref.ref(out))
+    return out
 
 
 def is_symbolic(t: Any) -> bool:
@@ -239,22 +274,67 @@ def seed_tensor() -> Tensor:
     return symbolic(state.tracer.input(name, TensorType((), int64), "data"))
 
 
-def record_update(target: Tensor, value: Tensor) -> bool:
-    """Record `target.copy_(value)` in the active trace; False when no trace is active."""
+def write(target: Tensor, value: Any) -> bool:
+    """`target` takes `value` (broadcast and cast to its type) in place, inside the active
+    trace; False when no trace is active or the write is an eager one (a tensor the traced
+    function made itself, written with constants).
+
+    A traced function's write to a tensor that outlives the call (a parameter, a buffer, a
+    captured tensor, an argument) becomes an output of the program written back after every
+    call; later reads in the trace see the new value.  A tensor sharing memory with a view
+    taken in the trace cannot be followed (the view would keep the old value) and is refused.
+    """
     state = ACTIVE.state
     if state is None:
         return False
-    entry = state.inputs.get(id(target))
-    if entry is None:
-        raise TraceError(f"in-place update of a tensor that is not an input of the trace at "
-                         f"{user_source()}; only parameters and buffers can be updated")
     from .elementwise import as_tensor
     from .shapes import broadcast_to
+    value = value if isinstance(value, Tensor) else Tensor(value)
+    own = made_in_trace(target)
+    if own and value._value is None:
+        return False
+    _refuse_aliased(state, target)
     v = broadcast_to(as_tensor(value, target.dtype), target.shape)
-    node = state.node_of(v)
-    state.tracer.record_update(entry[1].name, node)
-    state.current[id(target)] = node
+    node = state.cut(state.node_of(v))
+    if own:
+        target._data, target._value = None, node  # a constant of the trace becomes a value
+        return True
+    leaf = target.requires_grad and target._node is None and (
+        id(target) in state.args or target._value is None)
+    if leaf:  # a leaf updated under no_grad stays a leaf: gradients collect at its new value
+        node = state.tracer.apply("stop_gradient", [node], {}, user_source())
+        state.leaves[id(node)] = target
+    if id(target) in state.args:
+        state.tracer.record_update(state.args[id(target)][1].name, node)
+        target._value = node
+    elif target._value is not None:
+        target._value = node  # a value of the trace: rebound
+    else:
+        input_node = state.node_of(target)  # lifts a captured tensor
+        state.tracer.record_update(state.inputs[id(target)][1].name, node)
+        del input_node
+        state.current[id(target)] = node
     return True
+
+
+def made_in_trace(t: Tensor) -> bool:
+    """Whether `t` is an eager tensor the active traced function made itself (a constant of
+    the trace, which it may write to eagerly), rather than one that outlives the call."""
+    state = ACTIVE.state
+    return state is not None and t._value is None and t._born == state.epoch and \
+        id(t) not in state.inputs and id(t) not in state.current
+
+
+def _refuse_aliased(state: TraceState, target: Tensor) -> None:
+    """Raise for a write to a view taken in the trace, or to a tensor that has a live view."""
+    pair = state.view_of.get(id(target))
+    shared = pair is not None and pair[0]() is target and pair[1]() is not None
+    shared = shared or any(ref() is not None for ref in state.views.get(id(target), ()))
+    if shared:
+        raise TraceError(f"in-place write at {user_source()} to a tensor that shares memory "
+                         f"with a view (reshape, view, slice, transpose, expand) taken in the "
+                         f"compiled function: neurenix.compile cannot follow a write through a "
+                         f"view. Write to a copy (clone()) or build the value out of place")
 
 
 def is_tracing() -> bool:

@@ -259,7 +259,7 @@ def test_unhashable_argument_is_refused_clearly():
         f(neurenix.ones(2), {1, 2})
 
 
-# ---- 3. value errors are raised after the call, state left as eager leaves it ---------------------
+# ---- 3. value errors are raised after the call, before any state is written back ------------
 
 def _raises_alike(fn, args, error, match, backend):
     with pytest.raises(error, match=match) as eager:
@@ -373,3 +373,249 @@ def test_output_computed_under_no_grad_has_no_graph(backend):
         return x * 2, y
     a, b = neurenix.compile(fn, backend=backend)(neurenix.randn(3, requires_grad=True))
     assert a.requires_grad and not b.requires_grad
+
+
+# ---- writes inside a compiled function ----------------------------------------------------------
+
+def test_assignment_into_a_captured_tensor_is_replayed_every_call(backend):
+    buf = neurenix.zeros(3)
+
+    def f(x):
+        buf[0] = buf[0] + 1.0
+        return x + buf
+    cf = neurenix.compile(f, backend=backend)
+    for step in range(1, 4):
+        np.testing.assert_array_equal(cf(neurenix.zeros(3)).numpy(), [step, 0, 0])
+        np.testing.assert_array_equal(buf.numpy(), [step, 0, 0])  # never left symbolic
+    assert cf.cache_size == 1
+
+
+def test_assignment_into_a_module_buffer_counts_every_call(backend):
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", neurenix.zeros(1))
+
+        def forward(self, x):
+            self.count[0] = self.count[0] + 1
+            return x * 2
+    m = Counter()
+    f = neurenix.compile(m, backend=backend)
+    for _ in range(3):
+        f(neurenix.ones(2))
+    np.testing.assert_array_equal(m.count.numpy(), [3.0])
+    np.testing.assert_array_equal(m(neurenix.ones(2)).numpy(), [2.0, 2.0])  # eager still works
+
+
+def test_assignment_into_an_argument_changes_the_callers_tensor(backend):
+    def f(x):
+        x[0] = 100.0
+        return x * 2
+    x, xe = neurenix.tensor([1.0, 2.0]), neurenix.tensor([1.0, 2.0])
+    np.testing.assert_array_equal(neurenix.compile(f, backend=backend)(x).numpy(),
+                                  f(xe).numpy())
+    np.testing.assert_array_equal(x.numpy(), xe.numpy())
+
+
+def test_in_place_arithmetic_on_an_argument_and_a_captured_tensor(backend):
+    acc = neurenix.zeros(2)
+
+    def f(t, s):
+        s += t
+        acc.add_(t)
+        return s * 2
+    cf = neurenix.compile(f, backend=backend)
+    s = neurenix.zeros(2)
+    outs = [cf(neurenix.ones(2), s).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(outs, [[2, 2], [4, 4]])
+    np.testing.assert_array_equal(s.numpy(), [2, 2])
+    np.testing.assert_array_equal(acc.numpy(), [2, 2])
+
+
+def test_write_through_a_view_is_refused():
+    def f(x):
+        y = x * 1
+        y.view(2, 2)[0, 0] = 9.0
+        return y
+    with pytest.raises(neurenix.compiler.trace.TraceError, match="view"):
+        neurenix.compile(f)(neurenix.ones(4))
+
+
+def test_repeated_indices_keep_the_last_value_as_pytorch(backend):
+    def g(x, v):
+        y = x * 1
+        y[neurenix.tensor([1, 1, 1])] = v
+        return y
+    x = neurenix.arange(4.0)
+    v = neurenix.tensor([5.0, 6.0, 7.0], requires_grad=True)
+    for fn in (g, neurenix.compile(g, backend=backend)):
+        np.testing.assert_array_equal(fn(x, v).detach().numpy(), [0, 7, 2, 3])
+    tx = torch.arange(4.0)
+    tx[torch.tensor([1, 1, 1])] = torch.tensor([5.0, 6.0, 7.0])
+    np.testing.assert_array_equal(tx.numpy(), [0, 7, 2, 3])
+
+
+def test_enable_grad_inside_a_call_made_under_no_grad(backend):
+    def h(x):
+        with neurenix.enable_grad():
+            return (x * 2).sum()
+    x = neurenix.ones(2, requires_grad=True)
+    with neurenix.no_grad():
+        out = neurenix.compile(h, backend=backend)(x)
+    assert out.requires_grad and h(x).requires_grad
+    out.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0])
+
+
+def test_two_optimizer_steps_in_one_compiled_function(backend):
+    eager, model = _siamese(), _siamese()
+
+    def make(net):
+        opt = optim.SGD(net.parameters(), lr=0.1)
+
+        def two_steps(x):
+            for _ in range(2):
+                opt.zero_grad()
+                loss = (net(x) ** 2).mean()
+                loss.backward()
+                opt.step()
+            return loss
+        return two_steps
+    x = neurenix.randn(4, 4)
+    want = make(eager)(x)
+    got = neurenix.compile(make(model), backend=backend)(x)
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for pe, pc in zip(eager.parameters(), model.parameters()):
+        np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_keyword_only_and_var_keyword_arguments(backend):
+    def f(x, *, scale=1.0, **kw):
+        return x * scale + kw.get("shift", 0.0)
+    cf = neurenix.compile(f, backend=backend)
+    x = neurenix.ones(2)
+    np.testing.assert_array_equal(cf(x, scale=2.0).numpy(), [2, 2])
+    np.testing.assert_array_equal(cf(x, scale=3.0, shift=neurenix.ones(2)).numpy(), [4, 4])
+    np.testing.assert_array_equal(cf(x).numpy(), [1, 1])
+
+
+# ---- what the code reads from outside its arguments --------------------------------------------
+
+class _Config:
+    scale = 2.0
+
+
+W = neurenix.ones(3)
+
+
+def test_globals_attributes_defaults_and_objects_read_are_guarded(backend):
+    global W
+    x = neurenix.ones(3)
+    f = neurenix.compile(lambda t: t * W * _Config.scale, backend=backend)
+    f(x)
+    try:
+        W = neurenix.full((3,), 3.0)  # a global tensor rebound
+        np.testing.assert_array_equal(f(x).numpy(), [6, 6, 6])
+        _Config.scale = 5.0  # a class attribute
+        np.testing.assert_array_equal(f(x).numpy(), [15, 15, 15])
+    finally:
+        W, _Config.scale = neurenix.ones(3), 2.0
+
+    def g(t, s=1.0):
+        return t * s
+    cg = neurenix.compile(g, backend=backend)
+    cg(x)
+    g.__defaults__ = (4.0,)
+    np.testing.assert_array_equal(cg(x).numpy(), [4, 4, 4])
+
+    class Opts:
+        pass
+    opts = Opts()
+    opts.t = neurenix.ones(3)
+    ch = neurenix.compile(lambda t, o: t * o.t, backend=backend)
+    ch(x, opts)
+    opts.t = neurenix.full((3,), 7.0)  # an attribute of an object argument
+    np.testing.assert_array_equal(ch(x, opts).numpy(), [7, 7, 7])
+
+
+def test_module_function_attribute_and_class_attribute_are_guarded(backend):
+    class M(nn.Module):
+        k = 2.0
+
+        def __init__(self):
+            super().__init__()
+            self.act = neurenix.relu
+
+        def forward(s, t):  # noqa: N805 - not named self on purpose
+            return s.act(t) * s.k
+    m = M()
+    f = neurenix.compile(m, backend=backend)
+    x = -neurenix.ones(2)
+    f(x)
+    m.act = neurenix.tanh
+    np.testing.assert_allclose(f(x).numpy(), m(x).numpy(), rtol=1e-6)
+    M.k = 3.0
+    np.testing.assert_allclose(f(x).numpy(), m(x).numpy(), rtol=1e-6)
+
+
+def test_python_side_effects_in_a_traced_function_are_refused():
+    class Count(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, t):
+            self.calls += 1
+            return t
+    m = Count()
+    with pytest.raises(neurenix.compiler.trace.TraceError, match="Count.calls 0 -> 1"):
+        neurenix.compile(m)(neurenix.ones(2))
+    assert m.calls == 0  # put back
+
+    lin = nn.Linear(2, 1)
+    opt = optim.SGD(lin.parameters(), lr=0.1)
+    sched = optim.lr_scheduler.StepLR(opt, 1, 0.5)
+
+    def with_scheduler(t):
+        opt.zero_grad()
+        lin(t).sum().backward()
+        opt.step()
+        sched.step()
+    with pytest.raises(neurenix.compiler.trace.TraceError, match="StepLR.step"):
+        neurenix.compile(with_scheduler)(neurenix.ones(1, 2))
+
+    def with_lr(t):
+        opt.param_groups[0]["lr"] *= 0.5
+        return lin(t)
+    with pytest.raises(neurenix.compiler.trace.TraceError, match="lr 0.1 -> 0.05"):
+        neurenix.compile(with_lr)(neurenix.ones(1, 2))
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+# ---- in-place arithmetic, eagerly -------------------------------------------------------------
+
+def test_in_place_operators_change_the_tensor_itself():
+    m = nn.Linear(2, 1)
+    m(neurenix.ones(1, 2)).sum().backward()
+    w = m.weight.detach().numpy().copy()
+    with neurenix.no_grad():
+        for p in m.parameters():
+            p -= 0.1 * p.grad  # the manual SGD update
+    np.testing.assert_allclose(m.weight.detach().numpy(), w - 0.1 * m.weight.grad.numpy())
+    assert m.weight.requires_grad
+    a = neurenix.ones(2)
+    b = a
+    a += 1
+    np.testing.assert_array_equal(b.numpy(), [2, 2])
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        leaf = neurenix.ones(2, requires_grad=True)
+        leaf += 1
+    with pytest.raises(TypeError, match="can't be cast"):
+        i = neurenix.tensor([1, 2])
+        i += 0.5
+    x = neurenix.ones(2, requires_grad=True)
+    y = x * 2
+    y *= 3
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [6, 6])

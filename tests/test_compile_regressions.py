@@ -41,5 +41,5 @@ def test_a_replaced_layer_recompiles_and_uses_its_own_weights():
     with neurenix.no_grad():
         compiled(x)
         model[0] = nn.Linear(4, 3)
-        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)
     assert compiled.cache_size == 2

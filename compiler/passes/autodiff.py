@@ -11,7 +11,7 @@ graphs a training step runs (AOTAutograd's idea).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,16 +113,18 @@ def _add_cotangent(b: GraphBuilder, cot: dict[int, Node], key: int, g: Node) -> 
 
 
 def backprop(b: GraphBuilder, nodes: Sequence[Node], cot: dict[int, Node], active: set[int],
-             env: dict[int, Node] | None = None) -> dict[int, Node]:
+             env: dict[int, Node] | None = None, leaves: Collection[int] = ()
+             ) -> dict[int, Node]:
     """Walk `nodes` in reverse, pushing each node's cotangent (in `cot`) to its active inputs.
 
     `env` maps the nodes to their copies in `b` (as `grad_graph` replays a forward); without it
-    the nodes are `b`'s own (a trace differentiating what it recorded so far).  Returns `cot`,
-    which then holds the cotangents of the inputs and constants the walk reached.
+    the nodes are `b`'s own (a trace differentiating what it recorded so far).  Nodes in
+    `leaves` collect their cotangent like inputs and pass nothing on.  Returns `cot`, which
+    then holds the cotangents of the inputs, constants and leaves the walk reached.
     """
     for node in reversed(nodes):
         g = cot.get(id(node))
-        if g is None or node.op in (INPUT, CONSTANT):
+        if g is None or node.op in (INPUT, CONSTANT) or id(node) in leaves:
             continue
         prim = REGISTRY[node.op]
         out = env[id(node)] if env is not None else node
