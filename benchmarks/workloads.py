@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 NEURENIX = ("neurenix_eager", "neurenix_compiled")
-PEERS = ("torch_eager", "torch_compile", "onnxruntime")
+PEERS = ("torch_eager", "torch_compile", "torch_compile_step", "onnxruntime")
+TRAIN_ONLY = ("torch_compile_step",)  # torch.compile of the whole training step
+INFERENCE_ONLY = ("onnxruntime",)
 FRAMEWORKS = NEURENIX + PEERS
 THREADS = 2
 
@@ -37,8 +39,10 @@ class Workload:
     optimizer: str = ""  # "sgd" (lr 0.01, momentum 0.9) | "adam" (lr 1e-3)
 
     def frameworks(self) -> tuple[str, ...]:
-        """The frameworks this workload runs on (onnxruntime only for inference)."""
-        return FRAMEWORKS if not self.train else NEURENIX + PEERS[:2]
+        """The frameworks this workload runs on: onnxruntime only for inference, the whole
+        training step under torch.compile only for training."""
+        skip = INFERENCE_ONLY if self.train else TRAIN_ONLY
+        return tuple(fw for fw in FRAMEWORKS if fw not in skip)
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in [
@@ -296,14 +300,17 @@ def torch_model(w: Workload, tiny: bool = False) -> Any:
     return model
 
 
-def _torch_runner(w: Workload, compiled: bool, tiny: bool) -> Runner:
+def _torch_runner(w: Workload, compiled: bool, tiny: bool, whole_step: bool = False) -> Runner:
+    """PyTorch eager, `torch.compile` of the model, or (`whole_step`, training only)
+    `torch.compile` of the function that runs forward, loss, backward and the optimizer step:
+    the same unit Neurenix compiled compiles."""
     import torch
 
     torch.set_num_threads(THREADS)
     inputs, target = make_inputs(w, tiny)
     xs = [torch.from_numpy(a) for a in inputs]
     model = torch_model(w, tiny)
-    call = torch.compile(model) if compiled else model
+    call = torch.compile(model) if compiled and not whole_step else model
     if not w.train:
         model.eval()
         return Runner(lambda: call(*xs), lambda out: out.detach().numpy(), torch.no_grad)
@@ -322,7 +329,8 @@ def _torch_runner(w: Workload, compiled: bool, tiny: bool) -> Runner:
         opt.step()
         return loss
 
-    return Runner(step, lambda loss: np.asarray(loss.item()))
+    return Runner(torch.compile(step) if whole_step else step,
+                  lambda loss: np.asarray(loss.item()))
 
 
 def _onnxruntime_runner(w: Workload, tiny: bool) -> Runner:
@@ -367,6 +375,10 @@ def build_runner(name: str, framework: str, tiny: bool = False,
         return _torch_runner(w, False, tiny)
     if framework == "torch_compile":
         return _torch_runner(w, True, tiny)
+    if framework == "torch_compile_step":
+        if not w.train:
+            raise ValueError(f"torch_compile_step: {name!r} is not a training workload")
+        return _torch_runner(w, True, tiny, whole_step=True)
     if framework == "onnxruntime":
         return _onnxruntime_runner(w, tiny)
     raise ValueError(f"unknown framework {framework!r}; expected one of {FRAMEWORKS}")

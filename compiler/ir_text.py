@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import ast
+import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,8 +37,9 @@ def _attr_text(node: Node) -> str:
     return " {" + ", ".join(f"{k}={v!r}" for k, v in node.attrs) + "}"
 
 
-def print_graph(graph: Graph) -> str:
-    """The graph as text, one node a line."""
+def print_graph(graph: Graph, where: Callable[[str], str | None] | None = None) -> str:
+    """The graph as text, one node a line.  `where` maps a node's source (the user's
+    file:line) to the text shown after `#` (None: nothing shown); by default it is shown as is."""
     names = _names(graph)
     params = []
     for n in graph.inputs:
@@ -50,15 +53,16 @@ def print_graph(graph: Graph) -> str:
             lines.append(f"  %{n.name} = constant : {n.type}")
             continue
         args = ", ".join(f"%{names[id(i)]}" for i in n.inputs)
-        where = f"  # {n.source}" if n.source else ""
-        lines.append(f"  %{names[id(n)]} = {n.op}({args}){_attr_text(n)} : {n.type}{where}")
+        shown = where(n.source) if where is not None and n.source else n.source
+        comment = f"  # {shown}" if shown else ""
+        lines.append(f"  %{names[id(n)]} = {n.op}({args}){_attr_text(n)} : {n.type}{comment}")
     lines.append("  return " + ", ".join(f"%{names[id(o)]}" for o in graph.outputs))
     lines.append("}")
     return "\n".join(lines)
 
 
 _TYPE = re.compile(r"(\w+)\[([\d,\s]*)\]")
-_HEAD = re.compile(r"graph\s+([\w.]+)\((.*)\)\s*\{\s*$")
+_HEAD = re.compile(r"graph\s+([^\s(]+)\((.*)\)\s*\{\s*$")
 _NODE = re.compile(r"%([\w.]+)\s*=\s*(\w+)(?:\((.*?)\))?\s*(\{.*\})?\s*:\s*(\w+\[[\d,\s]*\])"
                    r"\s*(?:#\s*(.*))?$")
 
@@ -71,17 +75,39 @@ def _parse_type(text: str) -> TensorType:
     return TensorType(dims, dtype_from_name(m.group(1)))
 
 
+_NON_FINITE = {"inf": math.inf, "nan": math.nan}
+
+
+def _literal(node: ast.expr) -> object:
+    """A Python literal, also the non-finite floats `repr` prints as `inf`, `-inf`, `nan`."""
+    if isinstance(node, ast.Name) and node.id in _NON_FINITE:
+        return _NON_FINITE[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and \
+            isinstance(node.operand, ast.Name):
+        return -_literal(node.operand)  # type: ignore[operator]
+    if isinstance(node, ast.Tuple):
+        return tuple(_literal(e) for e in node.elts)
+    if isinstance(node, ast.List):
+        return [_literal(e) for e in node.elts]
+    return ast.literal_eval(node)
+
+
 def _parse_attrs(text: str | None) -> dict:
     if not text:
         return {}
     tree = ast.parse("dict(" + text.strip()[1:-1] + ")", mode="eval")
-    return {kw.arg: ast.literal_eval(kw.value) for kw in tree.body.keywords}
+    body = tree.body
+    if not isinstance(body, ast.Call) or body.args or any(kw.arg is None for kw in body.keywords):
+        raise IRError(f"bad attributes {text!r}")
+    return {kw.arg: _literal(kw.value) for kw in body.keywords}
 
 
-def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
-    """Read a graph printed by `print_graph`; constants' arrays are passed separately."""
+def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None,
+                where: Callable[[str], str | None] | None = None) -> Graph:
+    """Read a graph printed by `print_graph`; constants' arrays are passed separately, and
+    `where` maps the source text after `#` back to a node's source (by default: as is)."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    head = _HEAD.match(lines[0])
+    head = _HEAD.match(lines[0]) if lines else None
     if not head or lines[-1] != "}":
         raise IRError("expected 'graph NAME(...) {' ... '}'")
     env: dict[str, Node] = {}
@@ -98,7 +124,7 @@ def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None) -> Gr
     outputs: list[Node] = []
     for line in lines[1:-1]:
         if line.startswith("return"):
-            outputs = [env[t.strip().lstrip("%")] for t in line[6:].split(",") if t.strip()]
+            outputs = [_value(env, t) for t in line[6:].split(",") if t.strip()]
             continue
         m = _NODE.match(line)
         if not m:
@@ -107,7 +133,9 @@ def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None) -> Gr
         if op == CONSTANT:
             node = Node(CONSTANT, (), (), _parse_type(type_text), name)
         else:
-            ins = [env[a.strip().lstrip("%")] for a in (args or "").split(",") if a.strip()]
+            ins = [_value(env, a) for a in (args or "").split(",") if a.strip()]
+            if source is not None and where is not None:
+                source = where(source)
             node = make_node(op, ins, _parse_attrs(attrs), source=source)
             if node.type != _parse_type(type_text):
                 raise IRError(f"line {line!r}: the op's rule gives {node.type}")
@@ -116,6 +144,14 @@ def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None) -> Gr
     graph = Graph(inputs, nodes, outputs, dict(constants or {}), head.group(1))
     graph.verify()
     return graph
+
+
+def _value(env: dict[str, Node], token: str) -> Node:
+    """The node a `%name` operand names (IRError when no earlier line defines it)."""
+    name = token.strip().lstrip("%")
+    if name not in env:
+        raise IRError(f"%{name} is used before it is defined")
+    return env[name]
 
 
 def structurally_equal(a: Graph, b: Graph) -> bool:

@@ -34,6 +34,29 @@ BINARY_OPS = ("add", "sub", "mul", "div", "pow", "max", "min", "eq", "ne", "lt",
 REDUCE_OPS = ("sum", "max", "min", "prod", "argmax", "argmin")
 
 
+def _cached_hash(cls: type) -> type:
+    """Remember a compound expression's hash once computed.  Expressions are DAGs that share
+    subexpressions (`x ** n` unrolled by squaring shares each square twice), and a frozen
+    dataclass's hash walks its fields every time, so uncached it costs the size of the tree,
+    exponentially more than the DAG.  The cached value is not pickled (string hashes differ
+    between processes)."""
+    structural = cls.__hash__
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = structural(self)
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+    cls.__hash__ = __hash__
+    cls.__getstate__ = __getstate__
+    return cls
+
+
 @dataclass(frozen=True)
 class Var:
     """The current value of loop axis `axis` (an int64)."""
@@ -49,6 +72,7 @@ class Const:
     dtype: DType
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Load:
     """buffer[index]; where `mask` is given and false, `other` instead, without reading."""
@@ -60,12 +84,14 @@ class Load:
     other: float | int | bool = 0
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Unary:
     op: str
     x: Expr
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Binary:
     """An arithmetic, comparison or logical op.
@@ -81,6 +107,7 @@ class Binary:
     b: Expr
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Where:
     cond: Expr
@@ -88,12 +115,14 @@ class Where:
     b: Expr
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Cast:
     dtype: DType
     x: Expr
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class RandomUniform:
     """Uniform [0, 1) float of `dtype` from an int64 seed and an int64 counter (see
@@ -190,50 +219,108 @@ _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!="
           "le": "<=", "gt": ">", "ge": ">=", "and": "&&", "or": "||", "idiv": "//", "mod": "%"}
 
 
-def format_expr(e: Expr) -> str:
-    """A C-like rendering of an expression, for printing and debugging."""
+def format_expr(e: Expr, names: dict[int, str] | None = None) -> str:
+    """A C-like rendering of an expression, for printing and debugging; a subexpression in
+    `names` (by identity) prints as its name."""
+    if names and id(e) in names:
+        return names[id(e)]
+    f = (lambda x: format_expr(x, names)) if names else format_expr
     if isinstance(e, Var):
         return f"i{e.axis}"
     if isinstance(e, Const):
         return repr(e.value)
     if isinstance(e, Load):
-        body = f"{e.buffer}[{format_expr(e.index)}]"
-        return body if e.mask is None else f"({format_expr(e.mask)} ? {body} : {e.other!r})"
+        body = f"{e.buffer}[{f(e.index)}]"
+        return body if e.mask is None else f"({f(e.mask)} ? {body} : {e.other!r})"
     if isinstance(e, Unary):
-        return f"{e.op}({format_expr(e.x)})"
+        return f"{e.op}({f(e.x)})"
     if isinstance(e, Binary):
         if e.op in _INFIX:
-            return f"({format_expr(e.a)} {_INFIX[e.op]} {format_expr(e.b)})"
-        return f"{e.op}({format_expr(e.a)}, {format_expr(e.b)})"
+            return f"({f(e.a)} {_INFIX[e.op]} {f(e.b)})"
+        return f"{e.op}({f(e.a)}, {f(e.b)})"
     if isinstance(e, Where):
-        return f"({format_expr(e.cond)} ? {format_expr(e.a)} : {format_expr(e.b)})"
+        return f"({f(e.cond)} ? {f(e.a)} : {f(e.b)})"
     if isinstance(e, Cast):
-        return f"({e.dtype.short}){format_expr(e.x)}"
+        return f"({e.dtype.short}){f(e.x)}"
     if isinstance(e, RandomUniform):
-        return f"rng_uniform({format_expr(e.seed)}, {format_expr(e.counter)})"
+        return f"rng_uniform({f(e.seed)}, {f(e.counter)})"
     if isinstance(e, Acc):
         return "acc"
     raise TypeError(f"not a kernel expression: {e!r}")
 
 
+def _children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Load):
+        return (e.index,) if e.mask is None else (e.index, e.mask)
+    if isinstance(e, (Unary, Cast)):
+        return (e.x,)
+    if isinstance(e, Binary):
+        return (e.a, e.b)
+    if isinstance(e, Where):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, RandomUniform):
+        return (e.seed, e.counter)
+    return ()
+
+
+def _bindings(roots: list[Expr], first: int) -> list[tuple[str, Expr]]:
+    """Names for the compound subexpressions (loads aside) that `roots` use more than once,
+    each after those it uses: an expression is a DAG, and printed as a tree a shared
+    subexpression would repeat (exponentially often, for `x ** n` unrolled by squaring)."""
+    uses: dict[int, int] = {}
+    order: list[Expr] = []
+    stack: list[tuple[Expr, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        e, done = stack.pop()
+        if done:
+            order.append(e)
+            continue
+        uses[id(e)] = uses.get(id(e), 0) + 1
+        if uses[id(e)] == 1:
+            stack.append((e, True))
+            stack.extend((c, False) for c in reversed(_children(e)))
+    shared = [e for e in order
+              if uses[id(e)] > 1 and _children(e) and not isinstance(e, Load)]
+    return [(f"t{first + k}", e) for k, e in enumerate(shared)]
+
+
+def _let_lines(roots: list[Expr], indent: str, names: dict[int, str], first: int) -> list[str]:
+    """`t<k> = ...` lines (k from `first`) for the shared subexpressions of `roots`, which
+    are added to `names`."""
+    lines = []
+    for name, e in _bindings(roots, first):
+        lines.append(f"{indent}{name} = {format_expr(e, names)}")
+        names[id(e)] = name
+    return lines
+
+
 def format_kernel(k: Kernel) -> str:
-    """The kernel as readable pseudo-code (what NEURENIX_DEBUG=3 prints)."""
+    """The kernel as readable pseudo-code (what NEURENIX_DEBUG=3 prints); a subexpression
+    used more than once is printed once, bound to a name `t<k>`."""
     args = ", ".join(f"{b.dtype.short}* {b.name}[{b.size}]" for b in k.buffers())
     lines = [f"// {k.comment}" if k.comment else "", f"kernel {k.name}({args}) {{"]
     indent = "  "
     for i, n in enumerate(k.domain):
         lines.append(f"{indent}for i{i} in 0..{n}{' parallel' if k.parallel and i == 0 else ''}:")
         indent += "  "
+    first = 0
     if k.reduce_value is not None:
         lines.append(f"{indent}acc = init_{k.reduce_op}")
         inner = indent
         for j, n in enumerate(k.reduce):
             lines.append(f"{inner}for i{len(k.domain) + j} in 0..{n}:")
             inner += "  "
-        lines.append(f"{inner}acc = {k.reduce_op}(acc, {format_expr(k.reduce_value)})")
+        inner_names: dict[int, str] = {}
+        lines += _let_lines([k.reduce_value], inner, inner_names, 0)
+        first = len(inner_names)
+        lines.append(f"{inner}acc = {k.reduce_op}(acc, "
+                     f"{format_expr(k.reduce_value, inner_names)})")
+    names: dict[int, str] = {}
+    lines += _let_lines([e for s in k.stores for e in (s.index, s.value)], indent, names, first)
     for s in k.stores:
         op = "+=" if s.accumulate else "="
-        lines.append(f"{indent}{s.buffer}[{format_expr(s.index)}] {op} {format_expr(s.value)}")
+        lines.append(f"{indent}{s.buffer}[{format_expr(s.index, names)}] {op} "
+                     f"{format_expr(s.value, names)}")
     lines.append("}")
     return "\n".join(line for line in lines if line)
 

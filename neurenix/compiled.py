@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import logging
+import os
+import threading
 import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,20 @@ from .tracing import ACTIVE, TraceState, tracing
 log = logging.getLogger("neurenix.compile")
 
 __all__ = ["compile", "Compiled", "TraceError"]
+
+# In-memory programs are bounded (least recently used first out): per compiled function and
+# per process.  NEURENIX_PROGRAM_CACHE="TOTAL" or "TOTAL,PER_FUNCTION" changes the bounds.
+PROGRAMS_PER_FUNCTION = 32
+PROGRAMS_PER_PROCESS = 256
+# A function compiling more programs than this logs one warning (NEURENIX_RECOMPILE_LIMIT, or
+# compile(..., recompile_limit=)); it goes on compiling.  PyTorch's recompile_limit is also 8.
+RECOMPILE_LIMIT = 8
+
+_CLOCK = itertools.count(1)  # every use of a program stamps it: the LRU order
+_PROGRAMS_LOCK = threading.Lock()  # held while any Compiled's `_cache` changes
+_FUNCTIONS: weakref.WeakSet[Compiled] = weakref.WeakSet()  # those holding programs
+# one trace at a time in the process: a trace swaps gradients and module state in and out
+_TRACE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -64,6 +82,22 @@ class _Entry:
     grad_sources: list[tuple[str, Any]] = field(default_factory=list)
     differentiable: list[int] = field(default_factory=list)
     num_saved: int = 0
+    used: int = 0  # the `_CLOCK` stamp of its latest use
+
+
+@dataclass
+class _Pending:
+    """The lock that makes concurrent first calls of one signature compile once."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: int = 0  # threads holding or waiting for `lock`
+
+
+@dataclass
+class _Code:
+    """What an evicted latest program still shows (`Compiled.source()`): its code text."""
+
+    source: str
 
 
 class Compiled:
@@ -74,7 +108,7 @@ class Compiled:
     """
 
     def __init__(self, fn: Callable, device: Any = None, verify: bool = False,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, recompile_limit: int | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"compile: expected a Module or a callable, got {type(fn).__name__}")
         self.fn = fn
@@ -85,8 +119,19 @@ class Compiled:
         if self.backend not in pipeline.BACKENDS:
             raise ValueError(f"compile: backend must be one of {pipeline.BACKENDS}, got "
                              f"{self.backend!r}")
+        if recompile_limit is not None and (not isinstance(recompile_limit, int)
+                                            or recompile_limit < 1):
+            raise ValueError(f"compile: recompile_limit must be a positive integer, got "
+                             f"{recompile_limit!r}")
+        self.recompile_limit = recompile_limit
+        # per signature, its programs (one per guard state); replaced, never changed in place,
+        # so that a call can read it without a lock
         self._cache: dict[tuple, list[_Entry]] = {}
         self._last: _Entry | None = None
+        self._pending: dict[tuple, _Pending] = {}  # signatures being compiled
+        self._pending_lock = threading.Lock()
+        self._compiles = 0
+        self._warned = False
         self.last_verification: list[float] | None = None
 
     # ---- introspection ----------------------------------------------------------------------
@@ -111,7 +156,8 @@ class Compiled:
 
     @property
     def cache_size(self) -> int:
-        """How many programs are compiled (one per signature and guard state)."""
+        """How many programs are cached in memory (one per signature and guard state, at most
+        the program cache's bound: see `program_cache_bounds`)."""
         return sum(len(entries) for entries in self._cache.values())
 
     def __getattr__(self, name: str) -> Any:
@@ -134,14 +180,8 @@ class Compiled:
         entries = self._cache.get(key)
         entry = _matching(entries, tensors) if entries else None
         if entry is None:
-            if entries:
-                log.warning("neurenix.compile: recompiling %s: %s", self._name(),
-                            _explain_guards(entries[-1], tensors))
-            elif self._last is not None:
-                log.warning("neurenix.compile: recompiling %s: %s", self._name(),
-                            _explain(self._last.key, key))
-            entry = self._compile(key, args)
-            self._cache.setdefault(key, []).append(entry)
+            entry = self._compile_once(key, args, tensors)
+        entry.used = next(_CLOCK)
         self._last = entry
         out = self._run(entry, tensors)
         if self.verify:
@@ -177,68 +217,154 @@ class Compiled:
 
     # ---- compiling --------------------------------------------------------------------------
 
-    def _compile(self, key: tuple, args: tuple) -> _Entry:
-        t0 = time.perf_counter()
-        tracer = Tracer(self._name())
-        state = TraceState(tracer)
-        names = self._arg_names(len(args))
-        sym_args: list[Any] = []
-        position = 0  # the args' tensors, nested ones flattened, are the first inputs
-        for i, a in enumerate(args):
-            symbols = []
-            named = ([(str(key), v) for key, v in a.items()] if isinstance(a, _Keywords)
-                     else [(names[i], a)])
-            for base, value in named:
-                for k, t in enumerate(_arg_tensors((value,))):
-                    name = base if isinstance(value, Tensor) else f"{base}_{k}"
-                    symbols.append(state.register_arg(t, state.fresh_name(name), position))
-                    position += 1
-            sym_args.append(_replace_tensors(a, iter(symbols)))
-        if self.module is not None:
-            for name, p in self.module.named_parameters():
-                state.register(p, name, "param")
-            for name, b in self.module.named_buffers():
-                state.register(b, name, "buffer")
-        hyper = optimizer_settings()
+    def _compile_once(self, key: tuple, args: tuple, tensors: list[Tensor]) -> _Entry:
+        """The program for a call no cached one matches: compiled here, or by another thread
+        compiling the same signature meanwhile (one lock per signature, so that concurrent
+        first calls compile once and different signatures do not wait for each other)."""
+        with self._pending_lock:
+            pending = self._pending.setdefault(key, _Pending())
+            pending.waiting += 1
         try:
-            with tracing(state):
-                result = _call(self.fn, sym_args)
-            leaves, treedef = flatten_outputs(result)
-            out_nodes = [state.cut(state.node_of(t)) for t in leaves]
-            stored, stores = finish_stores(state)
-            stored = [state.cut(n) for n in stored]
+            with pending.lock:
+                entries = self._cache.get(key)
+                entry = _matching(entries, tensors) if entries else None
+                if entry is None:
+                    bounds = program_cache_bounds()
+                    self._say_why(key, entries, tensors)
+                    entry = self._compile(key, args)
+                    self._keep(entry, *bounds)
+                return entry
         finally:
-            restore(state)  # the first run assigns the real gradients and state
-        changed = undo_side_effects(state.snapshots) + undo_changed_settings(hyper)
-        if changed:
-            raise TraceError(f"neurenix.compile: {self._name()} changed Python state while "
-                             f"tracing ({'; '.join(changed)}); that would happen once, not on "
-                             f"every call. Keep such state in tensors (buffers), or change it "
-                             f"outside the compiled function (a scheduler's step() included)")
-        check_nodes = [n for nodes, _ in state.checks for n in nodes]
-        traced = tracer.finish(out_nodes + stored + check_nodes)
-        sources = [state.sources[node.name] for node in traced.graph.inputs]
-        trace_seconds = time.perf_counter() - t0
-        names = [node.name for node in traced.graph.inputs]
-        updates = [sources[names.index(name)] for name in traced.updates]
-        # outputs a gradient flows back from (not detached, not computed under no_grad)
-        active = [i for i, n in enumerate(out_nodes) if state.differentiable(n)]
-        grad_positions = []
-        if not state.backward_called and active:
-            grad_positions = [i for i, node in enumerate(traced.graph.inputs)
-                              if id(node) in state.leaves]
-            if any(names[i] in traced.updates for i in grad_positions):
-                raise TraceError(f"neurenix.compile: {self._name()} updates a tensor that "
-                                 f"requires grad in place and returns values to differentiate "
-                                 f"later; call backward() inside the compiled function, or "
-                                 f"update the tensor outside it")
-        common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
-                      host=state.host, commits=state.commits,
-                      guards=state.guards + self._guards(state, sources, args),
-                      stores=stores, num_stored=len(stored),
-                      checks=[(len(nodes), test) for nodes, test in state.checks],
-                      num_checks=len(check_nodes))
-        wrt = [traced.graph.inputs[i].name for i in grad_positions]
+            with self._pending_lock:
+                pending.waiting -= 1
+                if not pending.waiting:
+                    del self._pending[key]
+
+    def _say_why(self, key: tuple, entries: list[_Entry] | None,
+                 tensors: list[Tensor]) -> None:
+        """Log why a recompile happens (INFO), and warn once when this function has compiled
+        more programs than its recompile limit."""
+        limit = self.recompile_limit or _env_int("NEURENIX_RECOMPILE_LIMIT", RECOMPILE_LIMIT)
+        with _PROGRAMS_LOCK:
+            self._compiles += 1
+            count = self._compiles
+            warn = count > limit and not self._warned
+            self._warned = self._warned or warn
+        if count == 1 or not (warn or log.isEnabledFor(logging.INFO)):
+            return
+        if entries:
+            why = _explain_guards(entries[-1], tensors)
+        else:
+            last = self._last
+            why = _explain(last.key, key) if last is not None else "new signature"
+        log.info("neurenix.compile: recompiling %s: %s", self._name(), why)
+        if warn:
+            log.warning("neurenix.compile: %s has compiled %d programs, more than its recompile "
+                        "limit of %d (the latest because %s). Every new input shape, argument "
+                        "value or module state compiles a program of its own: pad or bucket "
+                        "varying sizes (batch size, sequence length) to a few values, pass "
+                        "varying numbers as tensors, or raise the limit with "
+                        "neurenix.compile(..., recompile_limit=N) or NEURENIX_RECOMPILE_LIMIT=N. "
+                        "It goes on compiling; this warning is not repeated.", self._name(),
+                        count, limit, why)
+
+    def _keep(self, entry: _Entry, per_function: int, per_process: int) -> None:
+        """Cache a new program, then evict the least recently used ones beyond the bounds:
+        this function's, then the process's.  Eviction only drops the cache's references: a
+        program still running, or a pending backward holding it, keeps it alive."""
+        entry.used = next(_CLOCK)
+        with _PROGRAMS_LOCK:
+            _FUNCTIONS.add(self)
+            self._cache[entry.key] = [*self._cache.get(entry.key, ()), entry]
+            mine = sorted((e for es in self._cache.values() for e in es), key=_used)
+            for old in mine[:max(0, len(mine) - per_function)]:
+                self._evict(old)
+            held = sorted(((f, e) for f in list(_FUNCTIONS) for es in f._cache.values()
+                           for e in es), key=lambda fe: fe[1].used)
+            for owner, old in held[:max(0, len(held) - per_process)]:
+                owner._evict(old)
+
+    def _evict(self, entry: _Entry) -> None:
+        """Drop a program from the cache (with `_PROGRAMS_LOCK` held).  The latest one stays
+        visible to `graph`, `stats()` and `source()` without its executables."""
+        rest = [e for e in self._cache.get(entry.key, ()) if e is not entry]
+        if rest:
+            self._cache[entry.key] = rest
+        else:
+            self._cache.pop(entry.key, None)
+        if self._last is entry:
+            self._last = replace(entry, forward=_Code(entry.forward.source),
+                                 backward=None if entry.backward is None
+                                 else _Code(entry.backward.source))
+        log.debug("neurenix.compile: %s: evicted its least recently used program",
+                  self._name())
+
+    def _compile(self, key: tuple, args: tuple) -> _Entry:
+        """Trace `args` into a graph, then optimise and build it.  One trace runs at a time
+        in the process (tracing swaps gradients and module state in and out); building runs
+        outside that lock."""
+        with _TRACE_LOCK:
+            t0 = time.perf_counter()
+            tracer = Tracer(self._name())
+            state = TraceState(tracer)
+            names = self._arg_names(len(args))
+            sym_args: list[Any] = []
+            position = 0  # the args' tensors, nested ones flattened, are the first inputs
+            for i, a in enumerate(args):
+                symbols = []
+                named = ([(str(key), v) for key, v in a.items()] if isinstance(a, _Keywords)
+                         else [(names[i], a)])
+                for base, value in named:
+                    for k, t in enumerate(_arg_tensors((value,))):
+                        name = base if isinstance(value, Tensor) else f"{base}_{k}"
+                        symbols.append(state.register_arg(t, state.fresh_name(name), position))
+                        position += 1
+                sym_args.append(_replace_tensors(a, iter(symbols)))
+            if self.module is not None:
+                for name, p in self.module.named_parameters():
+                    state.register(p, name, "param")
+                for name, b in self.module.named_buffers():
+                    state.register(b, name, "buffer")
+            hyper = optimizer_settings()
+            try:
+                with tracing(state):
+                    result = _call(self.fn, sym_args)
+                leaves, treedef = flatten_outputs(result)
+                out_nodes = [state.cut(state.node_of(t)) for t in leaves]
+                stored, stores = finish_stores(state)
+                stored = [state.cut(n) for n in stored]
+            finally:
+                restore(state)  # the first run assigns the real gradients and state
+            changed = undo_side_effects(state.snapshots) + undo_changed_settings(hyper)
+            if changed:
+                raise TraceError(f"neurenix.compile: {self._name()} changed Python state while "
+                                 f"tracing ({'; '.join(changed)}); that would happen once, not on "
+                                 f"every call. Keep such state in tensors (buffers), or change it "
+                                 f"outside the compiled function (a scheduler's step() included)")
+            check_nodes = [n for nodes, _ in state.checks for n in nodes]
+            traced = tracer.finish(out_nodes + stored + check_nodes)
+            sources = [state.sources[node.name] for node in traced.graph.inputs]
+            trace_seconds = time.perf_counter() - t0
+            names = [node.name for node in traced.graph.inputs]
+            updates = [sources[names.index(name)] for name in traced.updates]
+            # outputs a gradient flows back from (not detached, not computed under no_grad)
+            active = [i for i, n in enumerate(out_nodes) if state.differentiable(n)]
+            grad_positions = []
+            if not state.backward_called and active:
+                grad_positions = [i for i, node in enumerate(traced.graph.inputs)
+                                  if id(node) in state.leaves]
+                if any(names[i] in traced.updates for i in grad_positions):
+                    raise TraceError(f"neurenix.compile: {self._name()} updates a tensor that "
+                                     f"requires grad in place and returns values to differentiate "
+                                     f"later; call backward() inside the compiled function, or "
+                                     f"update the tensor outside it")
+            common = dict(input_dtypes=[n.type.dtype.np_type for n in traced.graph.inputs],
+                          host=state.host, commits=state.commits,
+                          guards=state.guards + self._guards(state, sources, args),
+                          stores=stores, num_stored=len(stored),
+                          checks=[(len(nodes), test) for nodes, test in state.checks],
+                          num_checks=len(check_nodes))
+            wrt = [traced.graph.inputs[i].name for i in grad_positions]
         built = compile_traced(traced.graph, wrt, len(leaves), self.backend, trace_seconds,
                                active)
         entry = _Entry(key, sources, built.forward, len(leaves), treedef, updates, built.graph,
@@ -393,19 +519,55 @@ class Compiled:
 
 
 def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A001
-            verify: bool = False, backend: str | None = None) -> Compiled:
+            verify: bool = False, backend: str | None = None,
+            recompile_limit: int | None = None) -> Compiled:
     """Compile a Module or a function of tensors; returns a callable with the same signature.
 
     Each new input signature is traced and compiled once; `verify=True` also runs eagerly and
-    reports the largest difference per output.  A function may be a whole training step —
-    forward, loss, `backward()` and `optimizer.step()` — which then runs as one program (see
-    `neurenix.trace_effects`).  `dynamic=True` (shape-polymorphic programs) is not supported
-    yet: every new shape compiles its own specialised program.
+    reports the largest difference per output.  Compiling more than `recompile_limit` programs
+    (default `NEURENIX_RECOMPILE_LIMIT`, else 8) logs one warning.  A function may be a whole
+    training step — forward, loss, `backward()` and `optimizer.step()` — which then runs as one
+    program (see `neurenix.trace_effects`).  `dynamic=True` (shape-polymorphic programs) is not
+    supported yet: every new shape compiles its own specialised program.
     """
     if dynamic:
         raise ValueError("compile: dynamic=True is not supported yet; each new input shape "
                          "compiles (and caches) its own specialised program")
-    return Compiled(model, device=device, verify=verify, backend=backend)
+    return Compiled(model, device=device, verify=verify, backend=backend,
+                    recompile_limit=recompile_limit)
+
+
+def program_cache_bounds() -> tuple[int, int]:
+    """How many programs stay in memory (per compiled function, per process):
+    `NEURENIX_PROGRAM_CACHE` = "TOTAL" (per function: the smaller of TOTAL and 32) or
+    "TOTAL,PER_FUNCTION", positive integers; 32 and 256 without it.  Read at every compile."""
+    text = os.environ.get("NEURENIX_PROGRAM_CACHE", "").strip()
+    if not text:
+        return PROGRAMS_PER_FUNCTION, PROGRAMS_PER_PROCESS
+    parts = text.split(",")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != len(parts) or len(numbers) > 2 or min(numbers, default=0) < 1:
+        raise ValueError(f"NEURENIX_PROGRAM_CACHE must be TOTAL or TOTAL,PER_FUNCTION "
+                         f"(positive integers), got {text!r}")
+    total = numbers[0]
+    return (numbers[1] if len(numbers) == 2 else min(total, PROGRAMS_PER_FUNCTION)), total
+
+
+def _env_int(name: str, default: int) -> int:
+    """A positive integer from the environment variable `name` (`default` when unset)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _used(entry: _Entry) -> int:
+    return entry.used
 
 
 @dataclass
@@ -461,23 +623,34 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
 
 
 def _store_built(key: str, built: Built) -> None:
-    """Remember which programs (by their own cache keys) a traced graph compiled to."""
+    """Remember which programs (by their own cache keys) a traced graph compiled to, with the
+    optimised graph (as text) and the stats, so that a hit needs no passes."""
     from . import compile_cache
     keys = [getattr(built.forward, "cache_key", None),
             getattr(built.backward, "cache_key", None) if built.backward else ""]
     if None in keys:
         return
-    compile_cache.store(key, {"graph": built.graph, "stats": built.stats, "programs": keys,
-                              "backward_inputs": built.backward_inputs,
-                              "differentiable": built.differentiable,
-                              "num_saved": built.num_saved})
+    try:
+        record, arrays = compile_cache.built_record(
+            built.graph, built.stats, keys, built.backward_inputs, built.differentiable,
+            built.num_saved)
+    except (TypeError, ValueError) as e:  # something not plain data: not cached
+        log.debug("neurenix compile cache: not storing %s: %s", key, e)
+        return
+    compile_cache.store(key, record, arrays=arrays)
 
 
 def _load_built(key: str) -> Built | None:
-    """The programs a traced graph compiled to, from the disk cache (None on any miss)."""
+    """The programs a traced graph compiled to, from the disk cache (None on any miss; a
+    malformed record is discarded, to be rebuilt)."""
     from . import compile_cache
-    record = compile_cache.load(key)
-    if not isinstance(record, dict):
+    entry = compile_cache.load(key)
+    if entry is None:
+        return None
+    try:
+        record = compile_cache.read_built(entry)
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is rebuilt
+        compile_cache.discard(key, f"a malformed record ({type(e).__name__}: {e})")
         return None
     exes = []
     for program_key in record["programs"]:
@@ -502,7 +675,9 @@ class ReferenceExecutable:
 
 
 def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
-    """Build (or fetch from the disk cache) an executable for an optimised graph."""
+    """Build (or fetch from the disk cache) an executable for an optimised graph.  A cached
+    program that cannot be loaded is built again once; a new build that cannot be loaded
+    raises a RuntimeError naming the graph and the cause."""
     if backend == "reference":
         artifact, info = pipeline.build(graph, backend)
         return load(artifact), info
@@ -516,26 +691,70 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
         return exe, dict(info, cache="hit")
     start = time.perf_counter()
     program, info = pipeline.build(graph, backend)
-    exe = CpuExecutable(program)
+    _load_pool(program)
+    try:
+        exe = CpuExecutable(program)
+    except Exception as e:
+        raise RuntimeError(f"neurenix.compile: the program compiled for graph {graph.name!r} "
+                           f"cannot be loaded: {type(e).__name__}: {e}") from e
     exe.cache_key = key
     info["stages"]["llvm_compile"] = time.perf_counter() - start - sum(info["stages"].values())
-    compile_cache.store(key, (program, exe.object_code, info, exe.library))
+    compile_cache.store_program(key, program, info, exe.object_code, exe.library)
     return exe, dict(info, cache="miss")
 
 
 def _load_program(key: str) -> tuple[Any, dict] | None:
     """A cached program's executable (its shared library or object code, no LLVM compile)
-    and its build info, or None when the cache has no entry for `key`."""
+    and its build info, or None when the cache has no usable entry for `key` (a malformed
+    one, or one whose code cannot be loaded, is discarded, to be rebuilt).  The entry was
+    authenticated before any of it was parsed; its library is loaded only after that."""
     from neurenix.runtime.cpu import CpuExecutable
 
     from . import compile_cache
-    cached = compile_cache.load(key)
-    if cached is None:
+    entry = compile_cache.load(key)
+    if entry is None:
         return None
-    program, object_code, info, library = cached
-    exe = CpuExecutable(program, object_code=object_code, library=library)
+    try:
+        program, info, object_code, library = compile_cache.read_program(entry)
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is rebuilt
+        compile_cache.discard(key, f"a malformed program ({type(e).__name__}: {e})")
+        return None
+    _load_pool(program)
+    try:
+        exe = CpuExecutable(program, object_code=object_code, library=library)
+    except Exception as e:  # noqa: BLE001 - rebuilt from the graph by the caller
+        log.warning("neurenix.compile: a cached program cannot be loaded (%s: %s); building "
+                    "it again", type(e).__name__, e)
+        compile_cache.discard(key, "its code cannot be loaded")
+        return None
     exe.cache_key = key
+    if library is not None and exe.library is not library:
+        log.warning("neurenix.compile: a cached program's shared library cannot be loaded; "
+                    "it was built again from the program's source")
+        compile_cache.store_program(key, program, info, exe.object_code, exe.library)
     return exe, info
+
+
+def _load_pool(program: Any) -> None:
+    """Load the runtime's thread pool, which a threaded program runs on, from the disk cache
+    (so that a new process running cached programs needs no LLVM for it either), or build it
+    and store it there; once per process."""
+    from neurenix.runtime import cpu
+
+    if not program.metadata.get("threaded") or cpu.pool_loaded():
+        return
+    from . import compile_cache
+    key = compile_cache.library_key("thread pool", cpu.host_fingerprint())
+    entry = compile_cache.load(key)
+    library = None
+    if entry is not None:
+        try:
+            library = compile_cache.read_library(entry)
+        except compile_cache.EntryError as e:
+            compile_cache.discard(key, f"a malformed library entry ({e})")
+    built = cpu.process_pool(library=library).library
+    if built is not None and built is not library:
+        compile_cache.store_library(key, built)
 
 
 def load(artifact: Any) -> Any:

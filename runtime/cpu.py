@@ -3,14 +3,18 @@
 Eager CPU execution runs the NumPy reference implementations; compiled programs run here.
 `CpuExecutable` JIT-compiles the module once for the host CPU (its name and features, LLVM's
 O3 pipeline through the new pass manager), allocates the arena once, and `run` is one foreign
-call of the entry function: `entry(void **args, void *arena)`, the args being the pointers of
-the inputs, outputs and constants in `Program.entry_args()` order.  ctypes releases the GIL for
-the call.  `compile_object` produces the same code as an object file for ahead-of-time export.
+call of the entry function: `entry(void **args, void *arena, const neurenix_pool *pool)`, the
+args being the pointers of the inputs, outputs and constants in `Program.entry_args()` order,
+and `pool` the process's thread pool (`process_pool`, cpu_pool.py) for programs whose metadata
+asks for its ABI (`pool_abi`).  ctypes releases the GIL for the call.  Programs own no threads,
+so a dropped or closed executable unloads its code.  `compile_object` produces the same code
+as an object file for ahead-of-time export (its entry runs serially when passed a NULL pool).
 
 This module imports neither the compiler nor the frontend, only the plain-data `Program`.
 """
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import importlib.metadata
 import os
@@ -25,11 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from . import cpu_pool
 from .program import Program
 
 ARENA_ALIGN = 64
 _LLVM_READY = False
 _LLVM_LOCK = threading.Lock()
+_POOL: cpu_pool.Pool | None = None
+_POOL_LOCK = threading.Lock()
+_THREADS: int | None = None  # set before the pool is loaded: applied when it is
 
 
 def is_available() -> bool:
@@ -46,9 +54,67 @@ def core_count() -> int:
 
 
 def default_threads() -> int:
-    """Threads per compiled program: $NEURENIX_NUM_THREADS, else every core we may use."""
+    """Threads of the process's pool: $NEURENIX_NUM_THREADS, else every core we may use."""
     value = os.environ.get("NEURENIX_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else core_count()
+
+
+def num_threads() -> int:
+    """Threads a large kernel is split across (the caller included), process-wide."""
+    pool = _POOL
+    if pool is not None:
+        return pool.threads
+    return min(max(1, _THREADS or default_threads()), cpu_pool.MAX_THREADS)
+
+
+def set_num_threads(n: int) -> None:
+    """Resize the process's pool: its workers are joined (after the job in flight, if any) and
+    the next parallel kernel starts `n - 1` (a pool not loaded yet starts with `n`)."""
+    global _THREADS
+    with _POOL_LOCK:
+        _THREADS = max(1, int(n))
+        if _POOL is not None:
+            _POOL.threads = _THREADS
+
+
+def process_pool(library: bytes | None = None) -> cpu_pool.Pool:
+    """The process's thread pool, loaded on first use (once per process: every program shares
+    it; it is never unloaded).  `library`, the bytes of an earlier build on this host (its
+    `Pool.library`) that the caller vouches for, as a cache would, loads it without LLVM;
+    otherwise it is built from cpu_pool.py's IR."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            lib = _dlopen(library, "neurenix-pool-") if library is not None else None
+            if lib is None:
+                source = cpu_pool.pool_source()
+                library = link_shared(compile_object(source)) if linker() is not None else None
+                lib = _dlopen(library, "neurenix-pool-") if library is not None else None
+            if lib is not None:
+                pool = cpu_pool.Pool(lambda name: _library_symbol(lib, name), lib, library)
+            else:
+                engine = _mcjit(target_machine(jit=True).emit_object(
+                    optimize(cpu_pool.pool_source())))
+                pool = cpu_pool.Pool(lambda name: _engine_symbol(engine, name), engine)
+            pool.init(_THREADS or default_threads())
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork)
+            _POOL = pool
+    return _POOL
+
+
+def pool_loaded() -> bool:
+    """Whether the process's thread pool is loaded (a cache may then skip fetching it)."""
+    return _POOL is not None
+
+
+def _after_fork() -> None:
+    """In a forked child: none of the parent's workers exist (the pool starts new ones on its
+    first parallel run), and no other thread holds the pool's lock."""
+    global _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    if _POOL is not None:
+        _POOL.after_fork()
 
 
 def _llvm():
@@ -111,9 +177,10 @@ def link_shared(object_code: bytes) -> bytes | None:
             return None
 
 
-def _dlopen(library: bytes) -> ctypes.CDLL | None:
-    """Load a shared library from bytes: a private copy per load (its own pool and globals)."""
-    fd, path = tempfile.mkstemp(prefix="neurenix-", suffix=".so")
+def _dlopen(library: bytes, prefix: str = "neurenix-") -> ctypes.CDLL | None:
+    """Load a shared library from bytes: a private copy per load (its own globals), whose file
+    is removed at once (the mapping stays until `dlclose`)."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".so")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(library)
@@ -163,10 +230,41 @@ def assembly(program: Program) -> str:
     return tm.emit_assembly(optimize(program.source, tm))
 
 
-def compile_object(program: Program) -> bytes:
-    """Object code (ELF/Mach-O/COFF for the host) of the optimised program, for AOT export."""
+def compile_object(program: Program | str) -> bytes:
+    """Object code (ELF/Mach-O/COFF for the host) of the optimised program (or LLVM IR text),
+    for AOT export."""
     tm = target_machine()
-    return tm.emit_object(optimize(program.source, tm))
+    return tm.emit_object(optimize(program if isinstance(program, str) else program.source, tm))
+
+
+def _mcjit(object_code: bytes):
+    """An MCJIT engine holding loaded object code."""
+    llvm = _llvm()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine(jit=True))
+    engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+    engine.finalize_object()
+    return engine
+
+
+def _library_symbol(lib: ctypes.CDLL, name: str) -> int:
+    """The address of a function or global of a loaded library (0 when absent)."""
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+    except AttributeError:
+        return 0
+
+
+def _engine_symbol(engine, name: str) -> int:
+    """The address of a function or global in an MCJIT engine (0 when absent)."""
+    return engine.get_function_address(name) or engine.get_global_value_address(name)
+
+
+def _unload(handle: int | None, engine) -> None:
+    """Free a program's code: dlclose its library, or close its MCJIT engine."""
+    if handle is not None:
+        _ctypes.dlclose(handle)
+    if engine is not None:
+        engine.close()
 
 
 class CpuExecutable:
@@ -179,6 +277,12 @@ class CpuExecutable:
     `object_code`) from an earlier compile of the same program on the same CPU skips LLVM
     entirely — a shared library does not even load it; the caller vouches for those bytes (a
     cache checks its entries before handing them over).
+
+    Large kernels run on the process's thread pool (`process_pool`: a cache that loads the
+    pool from its own bytes first, `process_pool(library=...)`, keeps a new process free of
+    LLVM for the pool too).  The executable only borrows the pool: when it is garbage
+    collected or `close()`d its code is unloaded (dlclose, or the MCJIT engine freed), and as
+    long as anything references it (a pending backward closure) it stays loaded.
     """
 
     def __init__(self, program: Program, object_code: bytes | None = None,
@@ -190,18 +294,36 @@ class CpuExecutable:
         self.source = program.source
         self.object_code = object_code
         self.library = library
-        self._lib = _dlopen(library) if library is not None else None
+        abi = program.metadata.get("pool_abi")
+        if abi is not None and abi != cpu_pool.POOL_ABI:
+            raise ValueError(f"CpuExecutable: the program expects thread pool ABI {abi}, this "
+                             f"runtime has {cpu_pool.POOL_ABI}; compile it again")
+        self._lib: ctypes.CDLL | None = None
+        self._engine = None
+        if library is not None:
+            self._lib = _dlopen(library)
         if self._lib is None and object_code is None and linker() is not None:
             self.library = link_shared(compile_object(program))
             self._lib = _dlopen(self.library) if self.library is not None else None
         if self._lib is None:
             self.library = None
             self._load_jit()
+        self.loader = "shared library" if self._lib is not None else "mcjit"
+        self._closer = weakref.finalize(self, _unload,
+                                        self._lib._handle if self._lib is not None else None,
+                                        self._engine)
+        self._closer.atexit = False  # at exit a daemon thread may still be in a call
         address = self._symbol(program.entry)
         if not address:
+            self.close()
             raise ValueError(f"CpuExecutable: the program has no entry function "
                              f"{program.entry!r}")
-        self._entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(address)
+        self._entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_void_p)(address)
+        threaded = abi is not None and bool(program.metadata.get("threaded"))
+        self._pool = None
+        if threaded:
+            self._pool = process_pool().address
         self._arena_raw = np.zeros(program.arena_bytes + ARENA_ALIGN, dtype=np.uint8)
         skip = -self._arena_raw.ctypes.data % ARENA_ALIGN
         self.arena = self._arena_raw[skip:skip + program.arena_bytes]
@@ -218,79 +340,43 @@ class CpuExecutable:
         self._arena_address = self.arena.ctypes.data
         self._lock = threading.Lock()
         self._last_inputs: list[Any] = []  # weak references to the previous call's inputs
-        self._pool_size = None
-        pool = program.metadata.get("pool")
-        if pool:
-            self._pool_start = ctypes.CFUNCTYPE(None, ctypes.c_int64)(
-                self._symbol(pool["start"]))
-            self._pool_stop = ctypes.CFUNCTYPE(None)(self._symbol(pool["stop"]))
-            self._pool_size = ctypes.c_int64.from_address(self._symbol(pool["size"]))
-            self.num_threads = default_threads()
-        self._pid = os.getpid()
 
     def _load_jit(self) -> None:
         """Load the program with MCJIT (compiling JIT object code first if none was given)."""
-        llvm = _llvm()
-        tm = target_machine(jit=True)
         if self.object_code is None:
+            tm = target_machine(jit=True)
             self.object_code = tm.emit_object(optimize(self.program.source, tm))
-        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        self._engine.add_object_file(llvm.ObjectFileRef.from_data(self.object_code))
-        self._engine.finalize_object()
-
-    @property
-    def loader(self) -> str:
-        """How the code was loaded: "shared library" (dlopen) or "mcjit"."""
-        return "shared library" if self._lib is not None else "mcjit"
+        self._engine = _mcjit(self.object_code)
 
     def _symbol(self, name: str) -> int:
         """The address of a function or global of the loaded program (0 when absent)."""
+        if not self._closer.alive:
+            raise RuntimeError("CpuExecutable: the program was closed (its code is unloaded)")
         if self._lib is not None:
-            try:
-                return ctypes.cast(getattr(self._lib, name), ctypes.c_void_p).value or 0
-            except AttributeError:
-                return 0
-        address = self._engine.get_function_address(name)
-        return address or self._engine.get_global_value_address(name)
+            return _library_symbol(self._lib, name)
+        return _engine_symbol(self._engine, name)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` unloaded the program's code."""
+        return not self._closer.alive
 
     @property
     def num_threads(self) -> int:
-        """How many threads large kernels are split across: the caller plus the program's
-        worker threads (1 when the program has no thread pool)."""
-        return 1 if self._pool_size is None else self._pool_size.value + 1
+        """How many threads large kernels are split across: the process's pool (the caller
+        and its workers), shared by every program (`set_num_threads`)."""
+        return num_threads()
 
     @num_threads.setter
     def num_threads(self, n: int) -> None:
-        if self._pool_size is None:
-            return
-        if getattr(self, "_pid", os.getpid()) != os.getpid():
-            self._forked()
-            return
-        with self._lock:
-            self._pool_stop()
-            self._pool_start(max(1, int(n)))
+        set_num_threads(n)
 
     def close(self) -> None:
-        """Stop the worker threads (they run this program's code, which must outlive them)."""
-        if getattr(self, "_pool_size", None) is None or not self._pool_size.value:
-            return
-        if self._pid != os.getpid():
-            self._forked()
-            return
-        with self._lock:
-            self._pool_stop()
-
-    def _forked(self) -> None:
-        """In a forked child the workers do not exist: run serially from now on."""
-        if self._pool_size is not None:
-            self._pool_size.value = 0
-        self._pid = os.getpid()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: S110 - interpreter shutdown may have torn down ctypes
-            pass
+        """Unload the program's code now (dlclose, or free the MCJIT engine); `run` raises
+        from then on.  Dropping the last reference does the same."""
+        with getattr(self, "_lock", None) or threading.Lock():  # a call in flight finishes
+            self._entry = None
+            self._closer()
 
     def check_inputs_at(self, k: int, x: Any) -> np.ndarray:
         """Input `k` as a C-contiguous array of its shape and dtype, or a ValueError."""
@@ -316,8 +402,6 @@ class CpuExecutable:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the whole schedule once on `inputs`; returns newly allocated outputs."""
-        if self._pid != os.getpid():
-            self._forked()
         outputs = [np.empty(shape, dtype) for _, shape, dtype in self._out]
         with self._lock:
             args = self._args
@@ -343,7 +427,11 @@ class CpuExecutable:
             base = len(arrays)
             for k, j in enumerate(self._out_slot):
                 args[base + k] = _address(outputs[j])
-            self._entry(args, self._arena_address)
+            entry = self._entry
+            if entry is None:
+                raise RuntimeError("CpuExecutable: run() after close(): the program's code "
+                                   "is unloaded")
+            entry(args, self._arena_address, self._pool)
         for k, j in enumerate(self._out_slot):
             if j != k:
                 outputs[k][...] = outputs[j]

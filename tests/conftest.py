@@ -8,3 +8,13 @@ def _private_compile_cache(tmp_path_factory):
     mp.setenv("NEURENIX_CACHE_DIR", str(tmp_path_factory.mktemp("neurenix-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_pool():
+    """The CPU thread pool is process-wide: a test that resizes it leaves it as it found it."""
+    from neurenix.runtime import cpu
+    before = cpu.num_threads()
+    yield
+    if cpu.num_threads() != before:
+        cpu.set_num_threads(before)

@@ -65,3 +65,16 @@ def test_worker_and_tables(modules, tmp_path):
     assert rows[0][header.index("onnxruntime ms")] == "error: RuntimeError: boom"
     assert "1.00x" in rows[0][header.index("compiled / best peer")]
     assert bench.render(header, rows, markdown=True).startswith("| workload |")
+
+
+def test_training_rows_compare_whole_steps(modules):
+    workloads, bench = modules
+    train, infer = workloads.WORKLOADS["mlp_train_b64"], workloads.WORKLOADS["mlp_b64"]
+    assert "torch_compile_step" in train.frameworks()
+    assert "onnxruntime" not in train.frameworks()
+    assert "torch_compile_step" not in infer.frameworks()
+    assert "onnxruntime" in infer.frameworks()
+    with pytest.raises(ValueError, match="not a training workload"):
+        workloads.build_runner("mlp_b64", "torch_compile_step", tiny=True)
+    header, rows = bench.compile_rows({"workloads": {"mlp_train_b64": {}}})
+    assert len(rows[0]) == len(header) and "torch.compile whole step first call s" in header

@@ -112,7 +112,7 @@ def test_train_eval_switch_between_calls_recompiles(wrap, backend, caplog):
     with neurenix.no_grad():
         f(x)
         model.eval()
-        with caplog.at_level(logging.WARNING, logger="neurenix.compile"):
+        with caplog.at_level(logging.INFO, logger="neurenix.compile"):
             got = f(x)
         np.testing.assert_allclose(got.numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
         assert "training True -> False" in caplog.text
@@ -183,7 +183,7 @@ def test_python_attributes_read_in_forward_are_guarded(backend, caplog):
     with neurenix.no_grad():
         f(x)
         m.alpha = 100
-        with caplog.at_level(logging.WARNING, logger="neurenix.compile"):
+        with caplog.at_level(logging.INFO, logger="neurenix.compile"):
             np.testing.assert_allclose(f(x).numpy(), m(x).numpy(), rtol=1e-5, atol=1e-6)
         assert "alpha 1.0 -> 100" in caplog.text
         m.mode = "tanh"

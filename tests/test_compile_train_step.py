@@ -99,7 +99,7 @@ def test_learning_rate_schedule_is_read_every_call_without_recompiling(caplog):
     eager_step = _step_fn(eager, opts[0], crit)
     step = neurenix.compile(_step_fn(compiled, opts[1], crit))
     target = neurenix.Tensor(RNG.standard_normal((5, 3)).astype(np.float32))
-    with caplog.at_level(logging.WARNING, logger="neurenix.compile"):
+    with caplog.at_level(logging.INFO, logger="neurenix.compile"):
         for _ in range(4):
             x, _ = _batch()
             eager_step(x, target)
@@ -117,7 +117,7 @@ def test_changing_a_baked_in_hyperparameter_recompiles_and_says_which(caplog):
     step = neurenix.compile(_step_fn(model, opt, nn.CrossEntropyLoss()))
     step(*_batch())
     opt.param_groups[0]["momentum"] = 0.5
-    with caplog.at_level(logging.WARNING, logger="neurenix.compile"):
+    with caplog.at_level(logging.INFO, logger="neurenix.compile"):
         step(*_batch())
     assert "group 0 momentum 0.9 -> 0.5" in caplog.text
     assert step.cache_size == 2

@@ -1,4 +1,7 @@
-"""The CPU runtime: loading a Program, checking inputs, the arena, threads, object code."""
+"""The CPU runtime: loading a Program, checking inputs, the arena, threads, object code.
+
+The process-wide thread pool and unloading have their own tests in test_thread_pool.py.
+"""
 from __future__ import annotations
 
 import ast
@@ -94,27 +97,36 @@ def test_a_program_for_another_target_or_without_its_entry_is_refused():
         CpuExecutable(replace(program, entry="missing"))
 
 
-def test_thread_count_is_a_module_global(exe, data, monkeypatch):
-    assert exe.num_threads == cpu.default_threads()
-    exe.num_threads = 3
-    assert exe.num_threads == 3
-    exe.num_threads = 0
-    assert exe.num_threads == 1
+def test_thread_count_is_the_process_pools(exe, data, monkeypatch):
+    before = exe.num_threads
+    assert before == cpu.num_threads()
+    try:
+        exe.num_threads = 3
+        assert exe.num_threads == cpu.num_threads() == 3
+        exe.num_threads = 0
+        assert exe.num_threads == 1
+    finally:
+        cpu.set_num_threads(before)
     monkeypatch.setenv("NEURENIX_NUM_THREADS", "5")
     assert cpu.default_threads() == 5
     monkeypatch.setenv("NEURENIX_NUM_THREADS", "zero")
     assert cpu.default_threads() == cpu.core_count()
 
 
-def test_entry_is_one_foreign_call_taking_args_and_arena(exe, data):
-    """Calling the entry by hand with the documented argument order gives the same result."""
+def test_entry_is_one_foreign_call_taking_args_arena_and_pool(exe, data):
+    """Calling the entry by hand with the documented argument order gives the same result,
+    with the process's pool or without one (NULL: every kernel on the calling thread)."""
     x, z = data
-    y = np.empty((100, 10), np.float32)
-    u = np.empty(3, np.int64)
-    args = (ctypes.c_void_p * 4)(x.ctypes.data, z.ctypes.data, y.ctypes.data, u.ctypes.data)
     assert exe.program.entry_args() == ["x", "z", "y", "u", "y"]
-    exe._entry(args, exe.arena.ctypes.data)
-    np.testing.assert_array_equal(y, x * 2 + z)
+    assert exe.program.metadata["entry_signature"].startswith(
+        "void neurenix_entry(void **args, void *arena, const struct neurenix_pool *pool)")
+    for pool in (None, cpu.process_pool().address):
+        y = np.empty((100, 10), np.float32)
+        u = np.empty(3, np.int64)
+        args = (ctypes.c_void_p * 4)(x.ctypes.data, z.ctypes.data, y.ctypes.data,
+                                     u.ctypes.data)
+        exe._entry(args, exe.arena.ctypes.data, pool)
+        np.testing.assert_array_equal(y, x * 2 + z)
 
 
 def test_an_executable_loads_from_its_code_without_compiling(exe, data, monkeypatch):
@@ -122,7 +134,7 @@ def test_an_executable_loads_from_its_code_without_compiling(exe, data, monkeypa
     again = CpuExecutable(exe.program, exe.object_code, exe.library)
     for a, b in zip(again.run(data), exe.run(data)):
         np.testing.assert_array_equal(a, b)
-    assert again.num_threads == cpu.default_threads()
+    assert again.num_threads == cpu.num_threads()
 
 
 def test_compile_object_gives_host_object_code():
@@ -147,32 +159,25 @@ def test_runtime_imports_neither_compiler_nor_frontend():
                     f"{path.name} imports {module}"
                 assert node.level != 2, f"{path.name} reaches outside the runtime"
                 if node.level == 1:
-                    assert module in ("program", ""), f"{path.name} imports .{module}"
+                    assert module in ("program", "cpu_pool", "cpu_pool_ir", ""), \
+                        f"{path.name} imports .{module}"
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not alias.name.startswith(("neurenix", "compiler")), path.name
 
 
-def test_worker_threads_stop_with_the_executable_and_skip_forked_children(data):
-    import os
+def test_executables_own_no_threads_and_close_unloads_them(data):
     import threading
 
+    before = threading.active_count()
     exe = CpuExecutable(axpy_program())
-    exe.num_threads = 3
-    assert exe.num_threads == 3
-    before = threading.active_count()  # native workers are not Python threads: unchanged
+    assert threading.active_count() == before
+    np.testing.assert_array_equal(exe.run(data)[0], data[0] * 2 + data[1])
     exe.close()
-    assert exe.num_threads == 1 and threading.active_count() == before
-    exe.num_threads = 2
-    if hasattr(os, "fork"):
-        pid = os.fork()
-        if pid == 0:  # the child has no workers: it must run serially, and exit cleanly
-            ok = np.array_equal(exe.run(data)[0], data[0] * 2 + data[1]) and \
-                exe.num_threads == 1
-            os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.WEXITSTATUS(status) == 0
-    del exe  # joins the workers before the code is unloaded
+    assert exe.closed
+    with pytest.raises(RuntimeError, match=r"run\(\) after close\(\)"):
+        exe.run(data)
+    assert exe.num_threads == cpu.num_threads()  # the process's pool lives on
 
 
 def test_repeated_inputs_reuse_their_address_but_see_new_values(exe, data):

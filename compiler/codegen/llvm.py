@@ -1,17 +1,17 @@
 """The LLVM backend: a `Schedule` and its `MemoryPlan` become one LLVM module (a `Program`).
 
-The module holds one function per distinct kernel, an entry function and a thread pool:
+The module holds one function per distinct kernel and an entry function:
 
     void neurenix_<kernel>(ptr buf0, ptr buf1, ..., i64 start, i64 end)
-    void neurenix_entry(ptr *args, ptr arena)
-    void neurenix_pool_start(i64 threads), void neurenix_pool_stop()
+    void neurenix_entry(ptr *args, ptr arena, ptr pool)
 
 A kernel function runs the part [start, end) of its *range*: the flattened leading domain axes
 (as few as give `MIN_RANGE` rows, at most all but the innermost; the only axis of a 1-D domain:
 the other outer axes are counted loops inside), (batch, row block, column tile) triples
 on the tiled contraction path, (batch, column block) pairs on the dot-product path.  Splitting
 the range among threads needs nothing else: the entry runs small kernels whole and splits
-large parallel ones across the module's thread pool (llvm_parallel.py).  The innermost domain
+large parallel ones across the process's thread pool, which the runtime passes as `pool`
+(llvm_parallel.py: the ABI; NULL runs everything on the calling thread).  The innermost domain
 loop is contiguous in the usual row-major case, walks a simple induction variable and, when it
 is a plain elementwise loop, carries `llvm.loop.vectorize.enable` (tail-folded when short);
 reductions are emitted by llvm_reduce.py, strided pooling windows by llvm_window.py.
@@ -19,8 +19,9 @@ Contractions take the dot-product path of llvm_dot.py (both operands contiguous 
 tiled path of llvm_matmul.py; `Program.metadata["paths"]` says which kernel took which.
 
 `neurenix_entry` takes the pointers of the inputs, outputs and constants (in
-`Program.entry_args()` order) and the arena, computes each temporary's pointer as arena + its
-planned offset, and calls every kernel in launch order: a compiled call is one foreign call.
+`Program.entry_args()` order), the arena and the pool, computes each temporary's pointer as
+arena + its planned offset, and calls every kernel in launch order: a compiled call is one
+foreign call.
 Buffers that share storage inside a kernel (in-place reuse, or a buffer both read and written)
 become one parameter, so that every pointer parameter can be `noalias`.
 """
@@ -41,14 +42,7 @@ from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction, host_vector_bits, match_contraction
 from .llvm_ops import emit_stores
-from .llvm_parallel import (
-    POOL_SIZE,
-    POOL_START,
-    POOL_STOP,
-    Threading,
-    splits_reduction,
-    worth_splitting,
-)
+from .llvm_parallel import POOL_ABI, Threading, splits_reduction, worth_splitting
 from .llvm_reduce import (
     PARTIALS_BYTES,
     across_columns,
@@ -62,6 +56,8 @@ from .llvm_reduce import (
 from .llvm_window import emit_window, match_window
 
 ENTRY = "neurenix_entry"
+ENTRY_SIGNATURE = ("void neurenix_entry(void **args, void *arena, "
+                   "const struct neurenix_pool *pool)")  # pool: llvm_parallel.py, or NULL
 MIN_FORCED_TRIP = 16  # shorter inner loops are left to LLVM's cost model (often fully unrolled)
 MIN_RANGE = 256  # outer axes flattened into a kernel's range: enough chunks for any pool
 MIN_MASKED_TRIP = 8  # inner loops from here up to a few vectors long run tail-masked
@@ -98,18 +94,18 @@ def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
                   "paths": {n: e.path for n, e in functions.items()},
                   "threaded": [n for n, e in functions.items() if e.splitter is not None],
                   "inplace": dict(plan.inplace), "vector_bits": emitter.vector_bits,
-                  "pool": {"start": POOL_START, "stop": POOL_STOP, "size": POOL_SIZE}},
+                  "pool_abi": POOL_ABI, "entry_signature": ENTRY_SIGNATURE},
     )
     _emit_entry(module, program, plan, calls, emitter.threading)
-    emitter.threading.finish()
     program.source = _with_comments(str(module), schedule.kernels, infos)
     return program
 
 
 @dataclass
 class _Emitted:
-    """A kernel function: its range size, the path it took, its thread splitter if any; for a
-    full reduction split in parts, the splitter runs the parts and `finish` combines them."""
+    """A kernel function: its range size, the path it took, its range function for the pool
+    (`splitter`) if it is split across threads; for a full reduction split in parts, the
+    splitter runs the parts and `finish` combines them."""
 
     fn: ir.Function
     count: int
@@ -285,8 +281,8 @@ def _buffer_specs(schedule: Schedule, plan: MemoryPlan) -> list[BufferSpec]:
 
 def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
                 threading: Threading) -> None:
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), ENTRY)
-    args, arena = fn.args
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]), ENTRY)
+    args, arena, pool = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     pointers: dict[str, ir.Value] = {}
     for k, name in enumerate(program.entry_args()):
@@ -305,12 +301,12 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
     for emitted, params in calls:
         args = [pointers[p] for p in params]
         if emitted.finish is not None:
-            threading.call(b, emitted.splitter, args + [partials], emitted.parts)
+            threading.call(b, emitted.splitter, args + [partials], emitted.parts, pool)
             b.call(emitted.finish, args + [partials])
         elif emitted.splitter is None:
             b.call(emitted.fn, args + [ir.Constant(I64, 0), ir.Constant(I64, emitted.count)])
         else:
-            threading.call(b, emitted.splitter, args, emitted.count)
+            threading.call(b, emitted.splitter, args, emitted.count, pool)
     b.ret_void()
 
 

@@ -12,12 +12,14 @@ over k, so each step loads RM + RN vectors and issues RM * RN FMAs:
         the kernel's stores (the fused epilogue) on the valid part of the block
 
 Used while the rows of `a` fit in L2 (`MAX_ROWS_BYTES`), so that every column block re-reads
-them from there; larger products take the packed path.  So do products over a short k
-(`SHORT_K`) with at least `SHORT_K_ROWS` rows, when the tiled path takes them: there the 16
-horizontal sums per block and the scalar k % V tail cost more than the products, and packing
-`b` k-innermost for the tiled path (llvm_matmul.py) is paid back over the rows (measured,
-(32, 20) @ (20, 80): 5.5 -> 2.3 us; (480, 20) @ (20, 80): 75 -> 16 us; (32, 63) @ (63, 80):
-15 -> 5.7 us).
+them from there; larger products take the packed path, which blocks over k, except those with
+fewer than `MIN_PACKED_ROWS` rows (which it refuses) and those with a single column block (a
+matrix-vector product), which read the rows of `a` once whatever the length of k.  Products
+over a short k (`SHORT_K`) with at least `SHORT_K_ROWS` rows take the packed path too, when it
+takes them: there the 16 horizontal sums per block and the scalar k % V tail cost more than
+the products, and packing `b` k-innermost for the tiled path (llvm_matmul.py) is paid back
+over the rows (measured, (32, 20) @ (20, 80): 5.5 -> 2.3 us; (480, 20) @ (20, 80): 75 -> 16
+us; (32, 63) @ (63, 80): 15 -> 5.7 us).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from ..passes.memory import affine
 from ..types import DType
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, MathLib
+from .llvm_matmul import MIN_PACKED_ROWS
 from .llvm_ops import ExprEmitter, emit_stores, value_type
 
 RM, RN = 4, 4
@@ -72,7 +75,10 @@ def match_dot(kernel: Kernel, vector_bits: int) -> DotMatch | None:
         return None
     row, col = (nd - 2, nd - 1) if nd >= 2 else (None, 0)
     rows = 1 if row is None else kernel.domain[row]
-    if rows * k_size * dtype.itemsize > MAX_ROWS_BYTES:
+    # past L2, a's rows are worth keeping only if several column blocks re-read them; the
+    # tiled path (blocked over k) takes those products, except with few rows, which it refuses
+    if (rows >= MIN_PACKED_ROWS and kernel.domain[col] > RN
+            and rows * k_size * dtype.itemsize > MAX_ROWS_BYTES):
         return None
     for a, b in ((value.a, value.b), (value.b, value.a)):
         if _k_contiguous(a, nd, dtype, col) and _k_contiguous(b, nd, dtype, row):

@@ -2,7 +2,16 @@
 
 Loops are emitted in the canonical shape LLVM's loop passes expect (a guarded body block with
 one induction phi and one latch) and may carry `llvm.loop.vectorize.enable` metadata, a
-self-referential loop ID as LLVM requires.
+self-referential loop ID as LLVM requires.  A forced loop LLVM cannot vectorize makes it print
+a remark on stderr, so short loops are not forced: once LLVM knows a loop runs exactly twice it
+rewrites its exit test into a phi the vectorizer does not recognise ("value that could not be
+identified as reduction is used outside the loop").  That happens to a loop with a constant
+trip count, and to one whose bound `FunctionBuilder.min` caps at a few iterations (an edge
+tile's columns) wherever LLVM specialises the bound to a constant.  Nor is a loop that
+branches on a condition that does not depend on its index and that it tests again (in a
+second branch or a select): a concatenation along an outer axis loads each source under its
+region's condition, then picks by the same conditions.  LLVM threads those branches into a
+`switch`, which its vectorizer cannot handle ("Loop contains an unsupported switch").
 """
 from __future__ import annotations
 
@@ -11,6 +20,9 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from .llvm_math import I1, I64, PTR
+
+SHORTEST_FORCED = 4  # a loop with a constant trip count below this is left to the cost model
+SHORTEST_FORCED_BOUND = 8  # so is one that `min` caps below this (it may be 2 at an edge)
 
 
 def loop_metadata(module: ir.Module, vectorize: bool,
@@ -36,6 +48,7 @@ class FunctionBuilder:
     def __init__(self, fn: ir.Function, masked_vectors: bool = True) -> None:
         self.fn = fn
         self.masked_vectors = masked_vectors
+        self._caps: dict[int, int] = {}  # id(value of `min`) -> its constant upper bound
         entry = fn.append_basic_block("entry")
         body = fn.append_basic_block("start")
         self._entry = ir.IRBuilder(entry)
@@ -75,27 +88,62 @@ class FunctionBuilder:
         nxt = b.add(i, ir.Constant(I64, 1), flags=("nuw", "nsw"))
         i.add_incoming(nxt, b.block)
         latch = b.cbranch(b.icmp_signed("<", nxt, hi), body, done)
-        vectorize = vectorize and self._vectorizable(body)
+        vectorize = (vectorize and self._long_enough(lo, hi)
+                     and self._vectorizable(body, i, latch))
         latch.set_metadata("llvm.loop", loop_metadata(self.module, vectorize, fold_tail))
         b.position_at_end(done)
 
-    def _vectorizable(self, body: ir.Block) -> bool:
-        """Whether a loop starting at `body` may be forced to vectorize: it calls no external
-        function (a C library call would make LLVM refuse, and say so on stderr), and it has
-        no conditional load unless the target has masked vector loads."""
+    def _cap(self, value: ir.Value) -> int | None:
+        """A constant upper bound of an i64 value (a constant, or a `min` with one)."""
+        if isinstance(value, ir.Constant):
+            return int(value.constant)
+        return self._caps.get(id(value))
+
+    def _long_enough(self, lo: ir.Value, hi: ir.Value) -> bool:
+        """Whether a loop over [lo, hi) may run often enough to be forced to vectorize (see
+        the module docstring); `lo` is never negative."""
+        top = self._cap(hi)
+        if top is None:
+            return True
+        exact = isinstance(hi, ir.Constant) and isinstance(lo, ir.Constant)
+        trips = top - (int(lo.constant) if isinstance(lo, ir.Constant) else 0)
+        return trips >= (SHORTEST_FORCED if exact else SHORTEST_FORCED_BOUND)
+
+    def _vectorizable(self, body: ir.Block, i: ir.Value, latch: ir.Instruction) -> bool:
+        """Whether a loop starting at `body`, with index `i`, may be forced to vectorize: it
+        calls no external function (a C library call would make LLVM refuse, and say so on
+        stderr), it has no conditional load unless the target has masked vector loads, and no
+        condition that ignores `i` is both branched on and tested again (see the module
+        docstring)."""
         blocks = self.fn.blocks
         loop = blocks[blocks.index(body):]
         if not self.masked_vectors and len(loop) > 2:
             return False
+        varying = {id(i)}  # the values computed from `i`
+        tests: dict[int, int] = {}  # id(condition) -> how many branches and selects test it
+        branched: set[int] = set()  # conditions of branches that ignore `i`
         for block in loop:
             for ins in block.instructions:
                 if isinstance(ins, ir.CallInstr) and isinstance(ins.callee, ir.Function):
                     callee = ins.callee
                     if callee.is_declaration and not callee.name.startswith("llvm."):
                         return False
-        return True
+                operands = ([v for v, _ in ins.incomings] if isinstance(ins, ir.PhiInstr)
+                            else ins.operands)
+                if any(id(v) in varying for v in operands):
+                    varying.add(id(ins))
+                if isinstance(ins, (ir.SelectInstr, ir.ConditionalBranch)) and ins is not latch:
+                    cond = id(ins.operands[0])
+                    tests[cond] = tests.get(cond, 0) + 1
+                    if isinstance(ins, ir.ConditionalBranch) and cond not in varying:
+                        branched.add(cond)
+        return all(tests[cond] < 2 for cond in branched)
 
     def min(self, a: ir.Value, c: ir.Value | int) -> ir.Value:
         """Signed minimum of two i64 values."""
         c = ir.Constant(I64, c) if isinstance(c, int) else c
-        return self.b.select(self.b.icmp_signed("<", a, c), a, c)
+        result = self.b.select(self.b.icmp_signed("<", a, c), a, c)
+        caps = [cap for cap in (self._cap(a), self._cap(c)) if cap is not None]
+        if caps:
+            self._caps[id(result)] = min(caps)
+        return result

@@ -6,27 +6,48 @@ axes).  That covers matmul with any strides (transposed operands are just other 
 expressions) and contractions whose operands are computed or masked (im2col-style windows).
 It is then computed BLIS-style, specialised at compile time:
 
-    for (batch, row block, column tile) in [start, end):   # the kernel's range
-      pack b[k, n0:n0+NR] for all k into a contiguous panel (zeros past the last column)
-      for each tile of MR rows in the block (rows past the last clamped, results dropped):
-        MR vector accumulators of NR lanes, k innermost: acc[i] += splat(a[m0+i, k]) * panel[k]
-        spill the MR x NR tile, then run the kernel's stores (the epilogue) on its valid part
+    for each column group of a (batch, row block) in [start, end):   # the kernel's range
+      for each K block [k0, k0 + kc):                               # one block when k <= KC
+        pack b[k0:k0+kc, n0:n0+NR] of each column tile n0 of the group into its own panel
+        for each tile of MR rows of the row block (rows past the last clamped, results dropped):
+          for each column tile of the group:
+            MR vector accumulators of NR lanes from zero: acc[i] += splat(a[m0+i, k]) * panel[k]
+            first K block: sums = acc; later ones: sums += acc; the last one runs the kernel's
+            stores (the epilogue) on sums + acc, on the valid part of the tile
 
 NR is two host vectors wide and MR rows keep 2*MR accumulator registers busy, so the inner loop
 is one panel load and MR broadcast-FMAs per k.  MR is `ROWS`, or the height that clamps fewest
 rows when that leaves many clamped (16 or 32 channels: 8); the last column tile, of a width
-known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes).  A row
-block holds the rows of `a` that fit in half the host's L2 cache (they stay there while
-consecutive column tiles pass over them; each row block repacks `b`, so bigger blocks pack
-less).  With `b` contiguous along the columns and a single row tile, or a short k (a tile's
-columns fit `DIRECT_PANEL_BYTES`), full tiles read `b` in place instead of packing it; a `b`
-contiguous along k is packed k-innermost so that its reads stream; in a computed `b` (a
-convolution's window gather) the divisions that read the column but not k are computed once per
-column tile into stack strips.  The panel lives on the
-stack; kernels whose panel would exceed `MAX_PANEL_BYTES` use the generic loop nest.  Rows and
-columns swap roles when the columns are fewer than half a tile, or when the stores are
-contiguous along the row axis (a product stored transposed, as a weight gradient is) and it
-fills a tile: the epilogue then stores vectors, not one element per stored row.
+known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes).
+
+Blocking (`blocking`): k is cut into equal blocks of at most `KC` steps.  A column group is as
+many column tiles as have their KC x NR panels in a quarter of the host's L2 cache (read from
+sysfs); they stay there while every row tile of the row block sweeps them, the row tile's
+rows of `a` over the block staying in L1, and the stores run along the output's rows (a column
+tile at a time down the rows wrote a few bytes to each of hundreds of rows, which set-conflicts
+in the caches when rows are a power of two apart: (512, 64) @ (64, 16384) ran at 40% of BLAS).
+With several K blocks the tiles' partial sums over the earlier blocks wait in a scratch buffer
+of (rows of the row block) x (columns of the group), `SCRATCH_BYTES` at most; the epilogue runs
+once, after the last block, on the full sum.  Summing each block from zero and adding it to
+the partial sums is a two-level sum: its rounding error grows with KC + k / KC additions rather
+than with k.  With one K block there are no partial sums.  A single row tile reading `b` in
+place (a vector-matrix product) takes K blocks of `DIRECT_KC` rows instead, so that `b` is read
+a few rows at a time along the whole group rather than down k rows of NR columns, which
+conflict in L1.
+
+Scratch memory: the panels, when larger than `MAX_STACK_BYTES`, and the partial sums come from
+one `malloc` per kernel call (a chunk of the range), freed before it returns; small fixed
+buffers (the tile, the accumulators, a single small panel) stay on the stack, so worker threads
+need little of it (a failed allocation traps).
+
+With `b` contiguous along the columns and a single row tile, full tiles read `b` in place
+instead of packing it; a plain `b` contiguous along the columns is packed a K row at a time
+along the whole group, one contiguous along k is packed k-innermost, so that the reads stream;
+in a computed `b` (a convolution's window gather) the divisions that read the column but not k
+are computed once per column tile into stack strips.  Rows and columns swap roles when the
+columns are fewer than half a tile, or when the stores are contiguous along the row axis (a
+product stored transposed, as a weight gradient is) and it fills a tile: the epilogue then
+stores vectors, not one element per stored row.
 """
 from __future__ import annotations
 
@@ -40,11 +61,15 @@ from ..kernel import Binary, Expr, Kernel, Load, Var, dtype_of
 from ..passes.memory import affine
 from ..types import DType, int64
 from .llvm_loops import FunctionBuilder
-from .llvm_math import I32, I64, MathLib
+from .llvm_math import I8, I32, I64, PTR, MathLib
 from .llvm_ops import ExprEmitter, cast, emit_stores, value_type
 
-MAX_PANEL_BYTES = 512 * 1024
-DIRECT_PANEL_BYTES = 16 * 1024  # b's columns of a tile over all k: read in place up to this
+KC = 128  # K block: the steps accumulated in registers before the tile's partial sums
+MAX_STACK_BYTES = 16 * 1024  # larger scratch (the panels of a group) comes from the heap
+SCRATCH_BYTES = 1024 * 1024  # partial sums of a column group of one row block
+DIRECT_KC = 8  # K block of a single row tile reading `b` in place
+MIN_UNITS = 64  # range points wanted (row blocks x column tiles x batch) for the threads
+MIN_BLOCK_TILES = 8  # row tiles a row block keeps at least when split for the threads
 ROWS = 6  # MR
 ROW_CHOICES = (8, 7, 6, 5, 4)  # MR candidates when ROWS would leave a large clamped edge
 MAX_ROW_WASTE = 1 / 32  # clamped (wasted) rows tolerated before another MR is chosen
@@ -125,7 +150,7 @@ def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | No
     nr = 2 * vector_bits // (8 * dtype.itemsize)
     nd = len(kernel.domain)
     k_size = kernel.reduce[0]
-    if k_size < 1 or k_size * nr * dtype.itemsize > MAX_PANEL_BYTES:
+    if k_size < 1:
         return None
     if nd == 1:
         layouts = [(None, 0)]
@@ -221,6 +246,68 @@ def emit_contraction(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers:
     return _Tiler(fb, lib, kernel, buffers, m).emit()
 
 
+@dataclass(frozen=True)
+class Blocking:
+    """The compile-time blocking of one contraction (see the module docstring)."""
+
+    kc: int  # K block length (the last block may be shorter)
+    k_blocks: int
+    block: int  # row tiles per row block
+    row_blocks: int
+    group: int  # column tiles per column group (their partial sums share the scratch)
+    col_groups: int
+    col_tiles: int
+    direct: bool  # full tiles read `b` in place (a single row tile)
+    panel_bytes: int  # KC x NR panels: one per tile of the group, or one (direct)
+    scratch_bytes: int  # partial sums of a row block by a column group (0: one K block)
+
+    @property
+    def heap_bytes(self) -> int:
+        """Bytes taken from the heap per kernel call (the panels when too large for the
+        stack, and the partial sums)."""
+        panel = 0 if self.panel_bytes <= MAX_STACK_BYTES else _round_up(self.panel_bytes, 64)
+        return panel + self.scratch_bytes
+
+
+def blocking(kernel: Kernel, m: ContractionMatch) -> Blocking:
+    """How `kernel` is blocked on the tiled path: K blocks of about `KC` steps; row blocks
+    whose rows of `a` over one K block fit in half of L2 (each column group reads them again),
+    or smaller for `MIN_UNITS` range points; column groups whose panels fit in a quarter of L2
+    and whose partial sums fit in `SCRATCH_BYTES`."""
+    itemsize = m.dtype.itemsize
+    k_size = kernel.reduce[0]
+    n_size = kernel.domain[m.col]
+    m_size = 1 if m.row is None else kernel.domain[m.row]
+    col_tiles = _ceil_div(n_size, m.nr)
+    row_tiles = _ceil_div(m_size, m.mr)
+    # one row tile reading `b` in place (a vector-matrix product) streams `b` along its rows
+    # best in short K blocks: a few rows at a time across every column tile
+    kc_max = DIRECT_KC if m.direct and row_tiles == 1 else KC
+    k_blocks = 1 if k_size <= kc_max else _ceil_div(k_size, kc_max)
+    kc = _ceil_div(k_size, k_blocks)
+    block = max(1, min(row_tiles, host_l2_bytes() // 2 // (kc * itemsize * m.mr)))
+    row_blocks = _ceil_div(row_tiles, block)
+    # enough range points for many threads' chunks, while a row block pays for its packing
+    units = col_tiles
+    for axis in m.batch:
+        units *= kernel.domain[axis]
+    row_blocks = max(row_blocks, min(_ceil_div(MIN_UNITS, units), row_tiles // MIN_BLOCK_TILES))
+    block = _ceil_div(row_tiles, row_blocks)  # equal row blocks rather than a short last one
+    row_blocks = _ceil_div(row_tiles, block)
+    # reading `b` in place beats packing it when no second row tile would reuse the panel
+    direct = m.direct and row_tiles == 1
+    panel_bytes = kc * m.nr * itemsize
+    group = col_tiles
+    if not direct:  # the group's panels stay in L2 while every row tile sweeps them
+        group = max(1, min(group, host_l2_bytes() // 4 // panel_bytes))
+    tile_bytes = block * m.mr * m.nr * itemsize
+    if k_blocks > 1:
+        group = max(1, min(group, SCRATCH_BYTES // tile_bytes))
+    return Blocking(kc, k_blocks, block, row_blocks, group, _ceil_div(col_tiles, group),
+                    col_tiles, direct, panel_bytes * (1 if direct else group),
+                    group * tile_bytes if k_blocks > 1 else 0)
+
+
 class _Tiler:
     """The state of one contraction kernel's emission."""
 
@@ -234,50 +321,147 @@ class _Tiler:
         self.k_size = kernel.reduce[0]
         self.n_size = kernel.domain[m.col]
         self.m_size = 1 if m.row is None else kernel.domain[m.row]
-        self.panel = fb.alloca(self.ftype, count=self.k_size * m.nr, align=64, name="panel")
+        self.plan = blocking(kernel, m)
+        self.panel: ir.Value | None = None
+        if self.plan.panel_bytes <= MAX_STACK_BYTES:
+            self.panel = fb.alloca(self.ftype, count=self.plan.panel_bytes // m.dtype.itemsize,
+                                   align=64, name="panel")
+        self.slot = self.panel  # the panel of the tile being computed
+        self.scratch: ir.Value | None = None
         self.tile = fb.alloca(self.ftype, count=m.mr * m.nr, align=64, name="tile")
         self._accs: dict[int, list] = {}
         self._set_width(m.nr)  # the width of the tiles being emitted: NR, or less at the edge
 
     def emit(self) -> int:
-        fb, b, m, domain = self.fb, self.b, self.m, self.kernel.domain
-        col_tiles = _ceil_div(self.n_size, m.nr)
-        row_tiles = _ceil_div(self.m_size, m.mr)
-        block_bytes = host_l2_bytes() // 2
-        block = max(1, min(row_tiles, block_bytes // (self.k_size * m.dtype.itemsize * m.mr)))
-        row_blocks = _ceil_div(row_tiles, block)
-        # reading `b` in place beats packing it when no second row tile would reuse the panel,
-        # or when its NR columns over all of k fit in L1 anyway (a convolution's short k)
-        direct = m.direct and (row_tiles == 1
-                               or self.k_size * m.nr * m.dtype.itemsize <= DIRECT_PANEL_BYTES)
+        """The loop nest over the kernel's range: (batch, row block, column tile) triples,
+        taken a column group at a time."""
+        fb, b, m, p, domain = self.fb, self.b, self.m, self.plan, self.kernel.domain
         start, end = fb.fn.args[-2:]
-        count = row_blocks * col_tiles
+        count = p.row_blocks * p.col_tiles
         for axis in m.batch:
             count *= domain[axis]
-        with fb.loop(start, end, "tile") as t:
-            vars: dict[int, ir.Value] = {}
-            n0 = b.mul(b.urem(t, _i64(col_tiles)), _i64(m.nr))
-            rest = b.udiv(t, _i64(col_tiles))
-            first = b.mul(b.urem(rest, _i64(row_blocks)), _i64(block))
-            last = fb.min(b.add(first, _i64(block)), row_tiles)
-            rest = b.udiv(rest, _i64(row_blocks))
-            for axis in reversed(m.batch):
-                vars[axis] = b.urem(rest, _i64(domain[axis]))
-                rest = b.udiv(rest, _i64(domain[axis]))
-            full = b.icmp_signed("<=", b.add(n0, _i64(m.nr)), _i64(self.n_size))
-            with b.if_else(full) as (whole, edge):
-                with whole:
-                    if direct:
-                        self._row_tiles(vars, n0, first, last, self._direct(vars, n0))
-                    else:
-                        self._pack(vars, n0, edge=False)
-                        self._row_tiles(vars, n0, first, last, self._from_panel)
-                with edge:
-                    self._narrow()
-                    self._pack(vars, n0, edge=True)
-                    self._row_tiles(vars, n0, first, last, self._from_panel)
-                    self._set_width(m.nr)
+        with b.if_then(b.icmp_signed("<", start, end)):
+            raw = self._allocate()
+            last_t = b.sub(end, _i64(1))
+            with fb.loop(self._group_of(start), b.add(self._group_of(last_t), _i64(1)),
+                         "group") as q:
+                unit = b.udiv(q, _i64(p.col_groups))
+                base = b.mul(unit, _i64(p.col_tiles))
+                g0 = b.add(base, b.mul(b.urem(q, _i64(p.col_groups)), _i64(p.group)))
+                lo = _max(b, start, g0)
+                hi = fb.min(end, fb.min(b.add(g0, _i64(p.group)), b.add(base, _i64(p.col_tiles))))
+                vars: dict[int, ir.Value] = {}
+                first = b.mul(b.urem(unit, _i64(p.row_blocks)), _i64(p.block))
+                last = fb.min(b.add(first, _i64(p.block)), _ceil_div(self.m_size, m.mr))
+                rest = b.udiv(unit, _i64(p.row_blocks))
+                for axis in reversed(m.batch):
+                    vars[axis] = b.urem(rest, _i64(domain[axis]))
+                    rest = b.udiv(rest, _i64(domain[axis]))
+                span = _Span(vars, base, lo, hi, first, last)
+                if p.k_blocks == 1:
+                    self._columns(span, None, None, _i64(self.k_size))
+                else:
+                    with fb.loop(0, p.k_blocks, "kb") as kb:
+                        k0 = b.mul(kb, _i64(p.kc))
+                        self._columns(span, kb, k0, fb.min(b.sub(_i64(self.k_size), k0), p.kc))
+            if raw is not None:
+                b.call(_c_function(fb.module, "free", ir.VoidType(), [PTR]), [raw])
         return count
+
+    def _group_of(self, t: ir.Value) -> ir.Value:
+        """The column group holding range point `t`."""
+        b, p = self.b, self.plan
+        unit = b.udiv(t, _i64(p.col_tiles))
+        within = b.udiv(b.urem(t, _i64(p.col_tiles)), _i64(p.group))
+        return b.add(b.mul(unit, _i64(p.col_groups)), within)
+
+    def _allocate(self) -> ir.Value | None:
+        """One 64-byte aligned heap block per call for the panel (when larger than
+        `MAX_STACK_BYTES`) and the partial sums; the raw pointer to free, or None."""
+        p, b = self.plan, self.b
+        if not p.heap_bytes:
+            return None
+        malloc = _c_function(self.fb.module, "malloc", PTR, [I64])
+        raw = b.call(malloc, [_i64(p.heap_bytes + 64)])
+        with b.if_then(b.icmp_unsigned("==", raw, ir.Constant(PTR, None)), likely=False):
+            b.call(_c_function(self.fb.module, "llvm.trap", ir.VoidType(), []), [])
+            b.unreachable()
+        pad = b.and_(b.neg(b.ptrtoint(raw, I64)), _i64(63))
+        base = b.gep(raw, [pad], inbounds=True, source_etype=I8)
+        offset = 0
+        if self.panel is None:
+            self.panel = base
+            offset = _round_up(p.panel_bytes, 64)
+        if p.scratch_bytes:
+            self.scratch = b.gep(base, [_i64(offset)], inbounds=True, source_etype=I8)
+        return raw
+
+    def _columns(self, span: _Span, kb: ir.Value | None, k0: ir.Value | None,
+                 klen: ir.Value) -> None:
+        """The column tiles [lo, hi) of a group over one K block (`kb`, from `k0`, `klen`
+        steps; `kb` None: all of k in one block): pack them all, then for each row tile of the
+        row block sweep them, so that the tile's rows of `a` stay in L1 and the stores run
+        along the rows of the output."""
+        fb, b, m, p = self.fb, self.b, self.m, self.plan
+        full_end = b.add(span.base, _i64(self.n_size // m.nr))
+        hi_full = fb.min(span.hi, full_end)
+        edge = None
+        if self.n_size % m.nr:  # the group may end with the narrow last tile
+            edge = b.icmp_signed(">", span.hi, full_end)
+        if not p.direct:
+            if m.direct:
+                self._pack_group(span, hi_full, k0, klen)
+            else:
+                with fb.loop(span.lo, hi_full, "pack_t") as t:
+                    self._pack(span.vars, self._cols(span, t, kb, k0, klen), edge=False)
+        if edge is not None:
+            with b.if_then(edge):
+                self._narrow()
+                self._pack(span.vars, self._cols(span, full_end, kb, k0, klen), edge=True)
+                self._set_width(m.nr)
+        with fb.loop(span.first, span.last, "rows") as rt:
+            with fb.loop(span.lo, hi_full, "tile") as t:
+                cols = self._cols(span, t, kb, k0, klen)
+                load_b = self._direct(span.vars, cols) if p.direct else self._from_panel
+                self._tile(span, cols, rt, load_b)
+            if edge is not None:
+                with b.if_then(edge):
+                    self._narrow()
+                    cols = self._cols(span, full_end, kb, k0, klen)
+                    self._tile(span, cols, rt, self._from_panel)
+                    self._set_width(m.nr)
+
+    def _cols(self, span: _Span, t: ir.Value, kb: ir.Value | None, k0: ir.Value | None,
+              klen: ir.Value) -> _Cols:
+        """Column tile `t` of the group over the K block; points `slot` at its panel."""
+        b, m, p = self.b, self.m, self.plan
+        index = b.sub(t, span.lo)
+        self.slot = self.panel
+        if not p.direct:
+            self.slot = b.gep(self.panel, [b.mul(index, _i64(p.kc * m.nr))], inbounds=True,
+                              source_etype=self.ftype)
+        return _Cols(b.mul(b.sub(t, span.base), _i64(m.nr)), index, kb, k0, klen)
+
+    def _pack_group(self, span: _Span, hi: ir.Value, k0: ir.Value | None,
+                    klen: ir.Value) -> None:
+        """Pack the full column tiles [lo, hi) of the group over the K block, each into its
+        own KC x NR panel, reading b's rows along the group (b is a plain load contiguous
+        along the columns)."""
+        fb, b, m, p = self.fb, self.b, self.m, self.plan
+        with fb.loop(_i64(0), klen, "gpack_k") as kk:
+            k = kk if k0 is None else b.add(k0, kk)
+            with fb.loop(span.lo, hi, "gpack_t") as t:
+                n0 = b.mul(b.sub(t, span.base), _i64(m.nr))
+                row = b.add(b.mul(b.sub(t, span.lo), _i64(p.kc * m.nr)),
+                            b.mul(kk, _i64(m.nr)))
+                with fb.loop(0, m.nr, "gpack_j", vectorize=True) as j:
+                    point = dict(span.vars)
+                    point[self.k_axis] = k
+                    point[m.col] = b.add(n0, j)
+                    v = ExprEmitter(b, self.lib, self.buffers, point).emit(m.b)
+                    slot = b.gep(self.panel, [b.add(row, j)], inbounds=True,
+                                 source_etype=self.ftype)
+                    b.store(v, slot)
 
     def _narrow(self) -> bool:
         """Give the last column tile, whose width `n_size % NR` is known, the narrowest
@@ -298,33 +482,34 @@ class _Tiler:
         self.accs = self._accs[nr]
         self.chains = len(self.accs) // self.m.mr
 
-    def _from_panel(self, k: ir.Value) -> ir.Value:
-        ptr = self.b.gep(self.panel, [k], inbounds=True, source_etype=self.vec)
+    def _from_panel(self, kk: ir.Value) -> ir.Value:
+        ptr = self.b.gep(self.slot, [kk], inbounds=True, source_etype=self.vec)
         return self.b.load(ptr, typ=self.vec, align=64)
 
-    def _direct(self, vars: dict, n0: ir.Value):
-        def load(k: ir.Value) -> ir.Value:
+    def _direct(self, vars: dict, cols: _Cols):
+        def load(kk: ir.Value) -> ir.Value:
             point = dict(vars)
-            point[self.k_axis] = k
-            point[self.m.col] = n0
+            point[self.k_axis] = cols.k(self.b, kk)
+            point[self.m.col] = cols.n0
             em = ExprEmitter(self.b, self.lib, self.buffers, point)
             ptr = em.element_pointer(self.m.b.buffer, em.index(self.m.b.index))
             return self.b.load(ptr, typ=self.vec, align=self.m.dtype.itemsize)
         return load
 
-    def _pack(self, vars: dict, n0: ir.Value, edge: bool) -> None:
-        """panel[k * NR + j] = b at (column n0 + j, k); zero past the last column.  The loop
-        order follows b's contiguous axis, so that the reads stream."""
+    def _pack(self, vars: dict, cols: _Cols, edge: bool) -> None:
+        """panel[kk * NR + j] = b at (column n0 + j, k0 + kk) over the K block; zero past the
+        last column.  The loop order follows b's contiguous axis, so that the reads stream."""
         fb, b, m = self.fb, self.b, self.m
+        n0 = cols.n0
         hoisted = self._column_strips(vars, n0, edge)
         outer, inner = ("pack_j", "pack_k") if m.k_major else ("pack_k", "pack_j")
-        sizes = {"pack_j": self.nr, "pack_k": self.k_size}
-        with fb.loop(0, sizes[outer], outer) as o:
-            with fb.loop(0, sizes[inner], inner, vectorize=not m.k_major) as i:
-                k, j = (i, o) if m.k_major else (o, i)
+        sizes = {"pack_j": _i64(self.nr), "pack_k": cols.klen}
+        with fb.loop(_i64(0), sizes[outer], outer) as o:
+            with fb.loop(_i64(0), sizes[inner], inner, vectorize=not m.k_major) as i:
+                kk, j = (i, o) if m.k_major else (o, i)
                 n = b.add(n0, j)
                 point = dict(vars)
-                point[self.k_axis] = k
+                point[self.k_axis] = cols.k(b, kk)
                 point[m.col] = fb.min(n, self.n_size - 1) if edge else n
                 em = ExprEmitter(b, self.lib, self.buffers, point)
                 for e, strip in hoisted:
@@ -335,7 +520,7 @@ class _Tiler:
                 if edge:
                     inside = b.icmp_signed("<", n, _i64(self.n_size))
                     v = b.select(inside, v, ir.Constant(self.ftype, 0.0))
-                slot = b.gep(self.panel, [b.add(b.mul(k, _i64(self.nr)), j)], inbounds=True,
+                slot = b.gep(self.slot, [b.add(b.mul(kk, _i64(self.nr)), j)], inbounds=True,
                              source_etype=self.ftype)
                 b.store(v, slot)
 
@@ -359,34 +544,82 @@ class _Tiler:
                 b.store(em.emit(e), slot, align=8)
         return list(zip(exprs, strips))
 
-    def _row_tiles(self, vars: dict, n0: ir.Value, first: ir.Value, last: ir.Value,
-                   load_b) -> None:
-        """Row tiles [first, last) against one column tile, then their epilogues.
+    def _tile(self, span: _Span, cols: _Cols, rt: ir.Value, load_b) -> None:
+        """Row tile `rt` against one column tile over one K block, then either its epilogue
+        (the last K block) or its partial sums kept in the scratch.
 
         With few rows the k loop is split over `chains` accumulator sets (k mod chains), so
         that enough independent FMA chains hide the FMA latency; they are summed at the end.
         """
         fb, b, m, vec = self.fb, self.b, self.m, self.vec
         chains = self.chains
-        with fb.loop(first, last, "rows") as rt:
-            m0 = b.mul(rt, _i64(m.mr))
-            for acc in self.accs:
-                b.store(ir.Constant(vec, None), acc)
-            steps = self.k_size // chains
-            with fb.loop(0, steps, "k") as kb:
-                for c in range(chains):
-                    k = b.add(b.mul(kb, _i64(chains)), _i64(c)) if chains > 1 else kb
-                    self._step(vars, m0, k, load_b(k), self.accs[c * m.mr:(c + 1) * m.mr])
-            if steps * chains < self.k_size:
-                with fb.loop(steps * chains, self.k_size, "k_rest") as k:
-                    self._step(vars, m0, k, load_b(k), self.accs[:m.mr])
-            for i in range(m.mr):
-                total = b.load(self.accs[i], typ=vec, align=64)
-                for c in range(1, chains):
-                    total = b.fadd(total, b.load(self.accs[c * m.mr + i], typ=vec, align=64))
-                slot = b.gep(self.tile, [_i64(i)], inbounds=True, source_etype=vec)
-                b.store(total, slot, align=64)
-            self._epilogue(vars, m0, n0)
+        m0 = b.mul(rt, _i64(m.mr))
+        for acc in self.accs:
+            b.store(ir.Constant(vec, None), acc)
+        if cols.kb is None:
+            steps: ir.Value = _i64(self.k_size // chains)
+            done = self.k_size // chains * chains
+            tail = done < self.k_size
+            done_v: ir.Value = _i64(done)
+        else:
+            steps = b.udiv(cols.klen, _i64(chains)) if chains > 1 else cols.klen
+            done_v = b.mul(steps, _i64(chains))
+            tail = chains > 1
+        with fb.loop(_i64(0), steps, "k") as kb:
+            for c in range(chains):
+                kk = b.add(b.mul(kb, _i64(chains)), _i64(c)) if chains > 1 else kb
+                self._step(span.vars, m0, cols.k(b, kk), load_b(kk),
+                           self.accs[c * m.mr:(c + 1) * m.mr])
+        if tail:
+            with fb.loop(done_v, cols.klen, "k_rest") as kk:
+                self._step(span.vars, m0, cols.k(b, kk), load_b(kk), self.accs[:m.mr])
+        for i in range(m.mr):
+            total = b.load(self.accs[i], typ=vec, align=64)
+            for c in range(1, chains):
+                total = b.fadd(total, b.load(self.accs[c * m.mr + i], typ=vec, align=64))
+            b.store(total, self.accs[i], align=64)
+        if cols.kb is None:
+            self._finish(span.vars, m0, cols.n0)
+        else:
+            self._accumulate(span, cols, rt, m0)
+
+    def _accumulate(self, span: _Span, cols: _Cols, rt: ir.Value, m0: ir.Value) -> None:
+        """Add the K block's tile (in the first MR accumulators) to the tile's partial sums:
+        the first block initialises them, the last one runs the epilogue on the total.  Row
+        by row, three ways, so that no more than a row is live beside the accumulators."""
+        b, m, vec, p = self.b, self.m, self.vec, self.plan
+        index = b.add(b.mul(b.sub(rt, span.first), _i64(p.group)), cols.slot)
+        base = b.gep(self.scratch, [b.mul(index, _i64(m.mr * m.nr))], inbounds=True,
+                     source_etype=self.ftype)
+        slots = [b.gep(base, [_i64(i)], inbounds=True, source_etype=vec) for i in range(m.mr)]
+
+        def total(i: int) -> ir.Value:
+            return b.fadd(b.load(self.accs[i], typ=vec, align=64),
+                          b.load(slots[i], typ=vec, align=64))
+
+        first = b.icmp_unsigned("==", cols.kb, _i64(0))
+        final = b.icmp_unsigned("==", cols.kb, _i64(p.k_blocks - 1))
+        with b.if_else(first) as (initialise, add):
+            with initialise:
+                for acc, slot in zip(self.accs, slots):
+                    b.store(b.load(acc, typ=vec, align=64), slot, align=64)
+            with add:
+                with b.if_else(final) as (last, middle):
+                    with last:
+                        for i in range(m.mr):
+                            b.store(total(i), self.accs[i], align=64)
+                        self._finish(span.vars, m0, cols.n0)
+                    with middle:
+                        for i in range(m.mr):
+                            b.store(total(i), slots[i], align=64)
+
+    def _finish(self, vars: dict, m0: ir.Value, n0: ir.Value) -> None:
+        """Spill the total (the first MR accumulators) to the tile, then run the epilogue."""
+        b, vec = self.b, self.vec
+        for i in range(self.m.mr):
+            slot = b.gep(self.tile, [_i64(i)], inbounds=True, source_etype=vec)
+            b.store(b.load(self.accs[i], typ=vec, align=64), slot, align=64)
+        self._epilogue(vars, m0, n0)
 
     def _step(self, vars: dict, m0: ir.Value, k: ir.Value, bvec: ir.Value, accs: list) -> None:
         """acc[i] += splat(a[m0 + i, k]) * bvec for the tile's rows."""
@@ -431,6 +664,50 @@ class _Tiler:
                              source_etype=self.ftype)
                 acc = b.load(slot, typ=self.ftype)
                 emit_stores(b, self.lib, self.kernel, self.buffers, point, acc)
+
+
+
+
+@dataclass(frozen=True)
+class _Span:
+    """A column group of one (batch, row block) unit: range points [lo, hi) from `base`."""
+
+    vars: dict
+    base: ir.Value
+    lo: ir.Value
+    hi: ir.Value
+    first: ir.Value  # row tiles [first, last)
+    last: ir.Value
+
+
+@dataclass(frozen=True)
+class _Cols:
+    """One column tile over one K block."""
+
+    n0: ir.Value
+    slot: ir.Value  # its index within the group (where its partial sums live)
+    kb: ir.Value | None  # the K block (None: all of k at once)
+    k0: ir.Value | None
+    klen: ir.Value
+
+    def k(self, b: ir.IRBuilder, kk: ir.Value) -> ir.Value:
+        """The reduction index of step `kk` of the block."""
+        return kk if self.k0 is None else b.add(self.k0, kk)
+
+
+def _c_function(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    """The C library function `name`, declared once per module."""
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def _max(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _round_up(n: int, align: int) -> int:
+    return _ceil_div(n, align) * align
 
 
 def _i64(v: int) -> ir.Constant:

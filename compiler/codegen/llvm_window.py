@@ -78,7 +78,9 @@ def emit_window(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict
     chunks = -(-size // lanes)
     with fb.loop(0, chunks, "window") as c:
         j0 = b.mul(c, ir.Constant(I64, lanes))
-        valid = fb.min(b.sub(ir.Constant(I64, size), j0), lanes)
+        # one chunk: its width is a constant, so that a short row is not forced to vectorize
+        valid = (ir.Constant(I64, min(size, lanes)) if chunks == 1
+                 else fb.min(b.sub(ir.Constant(I64, size), j0), lanes))
         point = dict(vars)
         point[last] = j0
         for j in range(len(kernel.reduce)):

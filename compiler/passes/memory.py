@@ -106,17 +106,23 @@ def _is_row_major(index, domain: tuple[int, ...]) -> bool:
     return all(k == -1 or 0 <= k < len(domain) for k in coeffs)
 
 
-def _loads(e, out: list[Load]) -> None:
-    """Every Load in expression `e` (including those inside masks and indices)."""
+def _loads(e, out: list[Load], seen: set[int] | None = None) -> None:
+    """Every Load in expression `e` (including those inside masks and indices), each shared
+    subexpression visited once: an expression is a DAG, which as a tree can be exponentially
+    larger (`x ** n` unrolled by squaring)."""
+    seen = set() if seen is None else seen
+    if id(e) in seen:
+        return
+    seen.add(id(e))
     if isinstance(e, Load):
         out.append(e)
-        _loads(e.index, out)
+        _loads(e.index, out, seen)
         if e.mask is not None:
-            _loads(e.mask, out)
+            _loads(e.mask, out, seen)
         return
     for child in getattr(e, "__dict__", {}).values():
         if hasattr(child, "__dataclass_fields__"):
-            _loads(child, out)
+            _loads(child, out, seen)
 
 
 def inplace_candidates(kernel: Kernel) -> list[tuple[str, str]]:

@@ -1,0 +1,40 @@
+"""Kernel expressions are DAGs: printing, hashing and walking them costs their number of
+distinct nodes, not the size of the tree they unfold to (`x ** n` unrolled by squaring)."""
+import pickle
+
+from neurenix.compiler.kernel import Binary, BufferArg, Kernel, Load, Store, Var, format_kernel
+from neurenix.compiler.passes.memory import inplace_candidates
+from neurenix.compiler.types import int64
+
+
+def _squarings(n: int):
+    x = Load("x", Var(0), int64)
+    for _ in range(n):
+        x = Binary("mul", x, x)  # a tree of 2 ** n loads, n + 1 distinct nodes
+    return x
+
+
+def _kernel(n: int) -> Kernel:
+    return Kernel("k", (BufferArg("x", int64, 4),), (BufferArg("y", int64, 4),), (4,),
+                  (Store("y", Var(0), _squarings(n)),))
+
+
+def test_shared_subexpressions_print_once():
+    text = format_kernel(_kernel(3))
+    assert "t0 = (x[i0] * x[i0])" in text
+    assert "t1 = (t0 * t0)" in text
+    assert "y[i0] = (t1 * t1)" in text
+
+
+def test_a_deep_dag_hashes_prints_and_plans_quickly():
+    kernel = _kernel(200)  # 2 ** 200 loads as a tree
+    assert hash(kernel.stores[0].value) == hash(_squarings(200))
+    assert format_kernel(kernel).count("\n") < 220
+    assert inplace_candidates(kernel) == [("y", "x")]
+
+
+def test_the_cached_hash_is_not_pickled():
+    e = _squarings(2)
+    hash(e)
+    copy = pickle.loads(pickle.dumps(e))
+    assert "_hash" not in copy.__dict__ and copy == e and hash(copy) == hash(e)
