@@ -50,12 +50,15 @@ NOISY_MARK = "(noisy)"
 
 # ---- measuring (inside a worker) ------------------------------------------------------------
 
-def measure(step: Any, seconds: float, min_samples: int = 5) -> tuple[float, int]:
-    """Median seconds per call of `step` over >= `seconds` of timing, and the sample count.
+def sample(step: Any, seconds: float, min_samples: int = 5,
+           clock: Any = time.perf_counter) -> list[float]:
+    """Seconds per call of `step`, one sample per call or per group of calls, over >= `seconds`
+    of wall time.
 
     Cheap calls are grouped so that one sample lasts about a millisecond (timer overhead
     stays negligible); slow calls are timed one by one, with at least `min_samples` samples
-    (fewer only when they would take over ten times `seconds`).
+    (fewer only when they would take over ten times `seconds`).  `clock` reads the time a
+    sample counts (wall time, or e.g. the thread's CPU time).
     """
     t = time.perf_counter()
     step()
@@ -64,14 +67,20 @@ def measure(step: Any, seconds: float, min_samples: int = 5) -> tuple[float, int
     samples: list[float] = []
     start = time.perf_counter()
     while True:
-        t = time.perf_counter()
+        t = clock()
         for _ in range(inner):
             step()
-        samples.append((time.perf_counter() - t) / inner)
+        samples.append((clock() - t) / inner)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and (len(samples) >= min_samples
                                    or (len(samples) >= 2 and elapsed > 10 * seconds)):
-            return statistics.median(samples), len(samples)
+            return samples
+
+
+def measure(step: Any, seconds: float, min_samples: int = 5) -> tuple[float, int]:
+    """Median seconds per call of `step` over >= `seconds` of timing, and the sample count."""
+    samples = sample(step, seconds, min_samples)
+    return statistics.median(samples), len(samples)
 
 
 def machine_cpu_seconds() -> float | None:

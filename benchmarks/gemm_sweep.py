@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from bench import sample
 
 
 @dataclass(frozen=True)
@@ -97,23 +98,10 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def measure(step: Callable[[], Any], seconds: float, clock: str = "wall") -> list[float]:
-    """Seconds per call of `step`, one sample per call (or per group of calls taking about a
-    millisecond), over at least `seconds` of wall time and 3 samples.  The `cpu` clock counts
-    the calling thread's CPU time, which other processes' load does not inflate: valid on one
-    thread only, where every library computes on the calling thread."""
-    now = CLOCKS[clock]
-    t = time.perf_counter()
-    step()
-    estimate = max(time.perf_counter() - t, 1e-7)
-    inner = max(1, int(1e-3 / estimate))
-    samples: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(samples) < 3:
-        t = now()
-        for _ in range(inner):
-            step()
-        samples.append((now() - t) / inner)
-    return samples
+    """Seconds per call of `step` (bench.py's sampling, at least 3 samples).  The `cpu` clock
+    counts the calling thread's CPU time, which other processes' load does not inflate: valid
+    on one thread only, where every library computes on the calling thread."""
+    return sample(step, seconds, 3, CLOCKS[clock])
 
 
 def operands(shape: Shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

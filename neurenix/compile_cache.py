@@ -132,16 +132,22 @@ def display_source(source: str) -> str:
         return source
 
 
+def _hasher(*parts: str):
+    """A SHA-256 over `parts` and what every entry's key holds: Neurenix's version and the
+    digest of its source."""
+    from . import __version__
+    h = hashlib.sha256()
+    for part in (*parts, __version__, code_fingerprint()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h
+
+
 def key_for(graph: Any, backend: str, host: str) -> str:
     """A hex digest naming one compiled program."""
     from neurenix.compiler.ir_text import print_graph
 
-    from . import __version__
-    h = hashlib.sha256()
-    for part in (print_graph(graph, where=absolute_source), backend, host, __version__,
-                 code_fingerprint()):
-        h.update(part.encode())
-        h.update(b"\0")
+    h = _hasher(print_graph(graph, where=absolute_source), backend, host)
     for name in sorted(graph.constants):
         array = graph.constants[name]
         h.update(f"{name}:{array.dtype}:{array.shape}".encode())
@@ -149,16 +155,11 @@ def key_for(graph: Any, backend: str, host: str) -> str:
     return h.hexdigest()
 
 
-
 def library_key(name: str, host: str) -> str:
     """A hex digest naming a support library (the runtime's thread pool) built on `host` by
     this Neurenix."""
-    from . import __version__
-    h = hashlib.sha256()
-    for part in ("library", name, host, __version__, code_fingerprint()):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+    return _hasher("library", name, host).hexdigest()
+
 
 # ---- trust: the directory and the secret key -------------------------------------------------
 
