@@ -4,9 +4,9 @@ Installed as `neurenix.compiler`; it never imports the frontend (`neurenix`), an
 only the plain-data `Program`.
 """
 from . import ops
-from .graph_builder import GraphBuilder, evaluate
-from .ir import Graph, IRError, Node
-from .ir_text import parse_graph, print_graph, structurally_equal
+from .graph.graph_builder import GraphBuilder, evaluate
+from .graph.ir import Graph, IRError, Node
+from .graph.text import parse_graph, print_graph, structurally_equal
 from .types import DType, TensorType
 
 __all__ = ["ops", "Graph", "Node", "IRError", "GraphBuilder", "evaluate", "parse_graph",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .debug import debug_level
-from .ir import Graph
+from .graph.ir import Graph
 from .passes.algebraic import strip_stop_gradient
 from .passes.autodiff import grad_graph
 from .passes.manager import Stage, StageRecord, run_pipeline
@@ -113,8 +113,8 @@ def build(graph: Graph, backend: str) -> tuple[Any, dict]:
         info.update(kernels=0, ops=graph.ops_count())
         return graph, info
     from .codegen.llvm import generate
-    from .lower import lower
-    from .passes.memory import plan_memory
+    from .kernel.memory import plan_memory
+    from .lowering.lower import lower
 
     t0 = time.perf_counter()
     schedule = lower(graph)

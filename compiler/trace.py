@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from .debug import spec_enabled
-from .graph_builder import GraphBuilder
-from .ir import Graph, Node
+from .graph.graph_builder import GraphBuilder
+from .graph.ir import Graph, Node
 from .types import TensorType
 
 

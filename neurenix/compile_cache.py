@@ -145,7 +145,7 @@ def _hasher(*parts: str):
 
 def key_for(graph: Any, backend: str, host: str) -> str:
     """A hex digest naming one compiled program."""
-    from neurenix.compiler.ir_text import print_graph
+    from neurenix.compiler.graph.text import print_graph
 
     h = _hasher(print_graph(graph, where=absolute_source), backend, host)
     for name in sorted(graph.constants):
@@ -537,7 +537,7 @@ def built_record(graph: Any, stats: dict, programs: list[str],
                  num_saved: int) -> tuple[dict, dict[str, np.ndarray]]:
     """What a traced graph compiled to: the optimised graph as text (node sources with
     absolute paths) with its constants, the stats, the programs' keys and their wiring."""
-    from neurenix.compiler.ir_text import print_graph
+    from neurenix.compiler.graph.text import print_graph
     record = {"kind": "built", "graph": print_graph(graph, where=absolute_source),
               "stats": to_json_value(stats), "programs": list(programs),
               "backward_inputs": [[str(kind), int(i)] for kind, i in backward_inputs],
@@ -549,8 +549,8 @@ def read_built(entry: Entry) -> dict[str, Any]:
     """The fields of a built record, checked: `graph` (parsed, node sources shown relative to
     this working directory), `stats`, `programs`, `backward_inputs`, `differentiable`,
     `num_saved`."""
-    from neurenix.compiler.ir import CONSTANT
-    from neurenix.compiler.ir_text import parse_graph, print_graph
+    from neurenix.compiler.graph.ir import CONSTANT
+    from neurenix.compiler.graph.text import parse_graph, print_graph
     record = _record(entry, "built", {"graph", "stats", "programs", "backward_inputs",
                                       "differentiable", "num_saved"})
     text = record["graph"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from neurenix.compiler.builder import Builder
+from neurenix.compiler.graph.builder import Builder
 from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.types import DType, TensorType

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from neurenix.compiler.ir import Node
+from neurenix.compiler.graph.ir import Node
 from neurenix.compiler.passes.autodiff import backprop
 from neurenix.compiler.types import TensorType
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from neurenix.compiler.ir import Node
+from neurenix.compiler.graph.ir import Node
 from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.trace import TraceError, Tracer

@@ -7,7 +7,8 @@ from dataclasses import fields, is_dataclass, replace
 
 import numpy as np
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.kernel import (
+from neurenix.compiler.kernel.eval import run_schedule
+from neurenix.compiler.kernel.ir import (
     Binary,
     BufferArg,
     Const,
@@ -17,7 +18,6 @@ from neurenix.compiler.kernel import (
     Store,
     Var,
 )
-from neurenix.compiler.kernel_eval import run_schedule
 from neurenix.compiler.types import dtype_from_numpy, int64
 from neurenix.runtime.cpu import CpuExecutable
 

@@ -14,8 +14,8 @@ import pytest
 from kernel_helpers import merge
 from neurenix.compiler import GraphBuilder, evaluate
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.lower import lower
-from neurenix.compiler.passes.memory import plan_memory
+from neurenix.compiler.kernel.memory import plan_memory
+from neurenix.compiler.lowering.lower import lower
 from neurenix.runtime.cpu import CpuExecutable
 from test_lower import (
     CASES,

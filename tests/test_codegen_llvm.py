@@ -16,7 +16,8 @@ from neurenix.compiler.codegen import CodegenError, generate
 from neurenix.compiler.codegen.llvm_matmul import host_vector_bits
 from neurenix.compiler.codegen.llvm_ops import BINARY, UNARY
 from neurenix.compiler.codegen.llvm_reduce import across_columns, is_small
-from neurenix.compiler.kernel import (
+from neurenix.compiler.kernel.eval import run_schedule
+from neurenix.compiler.kernel.ir import (
     Acc,
     Binary,
     BufferArg,
@@ -30,7 +31,6 @@ from neurenix.compiler.kernel import (
     Var,
     Where,
 )
-from neurenix.compiler.kernel_eval import run_schedule
 from neurenix.compiler.ops.source import _rng_impl
 from neurenix.compiler.types import ALL_DTYPES, bool_, float32, float64, int32, int64
 from neurenix.runtime.cpu import optimized_ir

@@ -21,7 +21,7 @@ from kernel_helpers import (
 from neurenix.compiler.codegen import generate
 from neurenix.compiler.codegen.llvm_matmul import host_vector_bits, rows_per_tile
 from neurenix.compiler.codegen.llvm_window import match_window
-from neurenix.compiler.kernel import Acc, Binary, BufferArg, Const, Kernel, Load, Store, Var
+from neurenix.compiler.kernel.ir import Acc, Binary, BufferArg, Const, Kernel, Load, Store, Var
 from neurenix.compiler.types import float32, float64
 from test_codegen_llvm import build_matmul_program, reference_matmul
 

@@ -703,7 +703,7 @@ def test_a_program_round_trips_through_json():
 def test_graphs_round_trip_through_their_text():
     """What the cache stores of a graph: non-finite attributes (max pooling's padding), a
     lambda's name, training graphs, node sources."""
-    from neurenix.compiler.ir_text import parse_graph, print_graph
+    from neurenix.compiler.graph.text import parse_graph, print_graph
     neurenix.manual_seed(0)
     pool = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2, padding=1)).eval()
     graphs = []

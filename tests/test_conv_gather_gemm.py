@@ -15,10 +15,10 @@ from kernel_helpers import assert_same_across_threads, assert_same_guarded, merg
 from neurenix.compiler import GraphBuilder, evaluate
 from neurenix.compiler.codegen import generate
 from neurenix.compiler.codegen.llvm_matmul import _column_only
-from neurenix.compiler.kernel import Binary, Const, Load, Var
-from neurenix.compiler.kernel_eval import run_schedule
-from neurenix.compiler.lower import lower, walk
-from neurenix.compiler.passes.fusion import IM2COL_OTHER_LIMIT
+from neurenix.compiler.kernel.eval import run_schedule
+from neurenix.compiler.kernel.ir import Binary, Const, Load, Var
+from neurenix.compiler.lowering.fusion import IM2COL_OTHER_LIMIT
+from neurenix.compiler.lowering.lower import lower, walk
 from neurenix.compiler.types import TensorType, float32, float64, int64
 from neurenix.runtime.cpu import CpuExecutable
 

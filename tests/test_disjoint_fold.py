@@ -14,8 +14,8 @@ import torch
 from kernel_helpers import assert_same_across_threads, assert_same_guarded
 from neurenix.compiler import GraphBuilder, evaluate
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.kernel_eval import run_schedule
-from neurenix.compiler.lower import lower
+from neurenix.compiler.kernel.eval import run_schedule
+from neurenix.compiler.lowering.lower import lower
 from neurenix.compiler.types import TensorType, float32, float64
 from neurenix.runtime.cpu import CpuExecutable
 

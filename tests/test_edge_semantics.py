@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 from neurenix.compiler import GraphBuilder, evaluate
-from neurenix.compiler.kernel_eval import run_schedule
-from neurenix.compiler.lower import lower
+from neurenix.compiler.kernel.eval import run_schedule
+from neurenix.compiler.lowering.lower import lower
 from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.types import TensorType, dtype_from_numpy
 from test_compile_parity import LOOSE, LOOSE_GRAD, check_compiled

@@ -1,4 +1,4 @@
-"""The fusion plan (compiler/passes/fusion.py): its invariants and its decisions.
+"""The fusion plan (compiler/lowering/fusion.py): its invariants and its decisions.
 
 Invariants on every graph: the kernel graph is acyclic and launch order respects it, every
 reduction is computed by exactly one kernel, every materialised value is stored by exactly one
@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from neurenix.compiler import GraphBuilder
-from neurenix.compiler.lower import lower
-from neurenix.compiler.passes.fusion import (
+from neurenix.compiler.lowering.fusion import (
     DUPLICATE_COST_LIMIT,
     is_reduction,
     plan_fusion,
 )
+from neurenix.compiler.lowering.lower import lower
 from test_lower import (
     T,
     assert_matches,

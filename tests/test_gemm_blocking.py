@@ -25,7 +25,7 @@ from neurenix.compiler.codegen.llvm_matmul import (
     host_vector_bits,
     match_contraction,
 )
-from neurenix.compiler.lower import lower
+from neurenix.compiler.lowering.lower import lower
 from neurenix.compiler.types import float32, float64
 from neurenix.runtime.cpu import CpuExecutable
 from test_codegen_llvm import build_matmul_program, matmul_kernel, reference_matmul
@@ -226,7 +226,7 @@ SMALL_STACK = textwrap.dedent("""
     import numpy as np
     from neurenix.compiler import GraphBuilder
     from neurenix.compiler.codegen import generate
-    from neurenix.compiler.lower import lower
+    from neurenix.compiler.lowering.lower import lower
     from neurenix.compiler.types import TensorType, float32, float64
     from neurenix.runtime.cpu import CpuExecutable
 

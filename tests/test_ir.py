@@ -16,7 +16,7 @@ from neurenix.compiler import (
     print_graph,
     structurally_equal,
 )
-from neurenix.compiler.ir import INPUT, make_node
+from neurenix.compiler.graph.ir import INPUT, make_node
 from neurenix.compiler.ops import REGISTRY, OpError
 from neurenix.compiler.types import bool_, dtype_from_numpy, float32, float64, int64
 from test_vjp_rules import CASES

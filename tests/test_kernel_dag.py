@@ -2,8 +2,8 @@
 distinct nodes, not the size of the tree they unfold to (`x ** n` unrolled by squaring)."""
 import pickle
 
-from neurenix.compiler.kernel import Binary, BufferArg, Kernel, Load, Store, Var, format_kernel
-from neurenix.compiler.passes.memory import inplace_candidates
+from neurenix.compiler.kernel.ir import Binary, BufferArg, Kernel, Load, Store, Var, format_kernel
+from neurenix.compiler.kernel.memory import inplace_candidates
 from neurenix.compiler.types import int64
 
 

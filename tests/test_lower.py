@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from neurenix.compiler import GraphBuilder, evaluate
-from neurenix.compiler.kernel import Binary, Load, format_kernel
-from neurenix.compiler.kernel_eval import KernelEvalError, run_schedule
-from neurenix.compiler.lower import lower, sanitize, walk
+from neurenix.compiler.kernel.eval import KernelEvalError, run_schedule
+from neurenix.compiler.kernel.ir import Binary, Load, format_kernel
+from neurenix.compiler.lowering.lower import lower, sanitize, walk
 from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.types import TensorType, dtype_from_numpy, float32, int64
 
@@ -676,7 +676,7 @@ def test_unfused_mode_is_one_kernel_per_node():
 
 
 def test_kernel_eval_rejects_out_of_bounds_access():
-    from neurenix.compiler.kernel import BufferArg, Const, Kernel, Schedule, Store, Var
+    from neurenix.compiler.kernel.ir import BufferArg, Const, Kernel, Schedule, Store, Var
     a = BufferArg("a", float32, 4)
     o = BufferArg("o", float32, 4)
     bad = Kernel("k", (a,), (o,), (4,), (Store("o", Var(0), Load("a", Binary(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from neurenix.compiler import GraphBuilder
-from neurenix.compiler.passes.fusion import plan_fusion
+from neurenix.compiler.lowering.fusion import plan_fusion
 from neurenix.compiler.passes.select_max import select_max
 from test_codegen_graphs import assert_outputs_match, compile_graphs
 from test_lower import T, check, full_like, maxpool_graph

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from neurenix.compiler import GraphBuilder, evaluate
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.kernel import Load
-from neurenix.compiler.lower import CONCAT_SPLIT_INPUTS, lower, walk
-from neurenix.compiler.passes.fusion import plan_fusion
-from neurenix.compiler.passes.memory import affine, plan_memory
+from neurenix.compiler.kernel.ir import Load
+from neurenix.compiler.kernel.memory import affine, plan_memory
+from neurenix.compiler.lowering.fusion import plan_fusion
+from neurenix.compiler.lowering.lower import CONCAT_SPLIT_INPUTS, lower, walk
 from neurenix.runtime.cpu import CpuExecutable
 from test_lower import T, assert_matches, check
 

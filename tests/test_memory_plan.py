@@ -14,8 +14,8 @@ import random
 import numpy as np
 import pytest
 from kernel_helpers import c64, run_both, schedule
-from neurenix.compiler.kernel import Acc, Binary, BufferArg, Kernel, Load, Store, Unary, Var
-from neurenix.compiler.passes.memory import ALIGN, aligned, inplace_candidates, plan_memory
+from neurenix.compiler.kernel.ir import Acc, Binary, BufferArg, Kernel, Load, Store, Unary, Var
+from neurenix.compiler.kernel.memory import ALIGN, aligned, inplace_candidates, plan_memory
 from neurenix.compiler.types import float32, float64, int32
 
 F = float32

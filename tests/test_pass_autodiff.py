@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from neurenix.compiler import Graph, GraphBuilder, IRError, TensorType, evaluate
-from neurenix.compiler.ir import INPUT
+from neurenix.compiler.graph.ir import INPUT
 from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.passes import simplify

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from neurenix.compiler import Graph, IRError, evaluate, parse_graph, structurally_equal
 from neurenix.compiler.debug import debug, debug_level, spec, spec_enabled
-from neurenix.compiler.ir import make_node
+from neurenix.compiler.graph.ir import make_node
+from neurenix.compiler.graph.pattern import P, PatternMatcher, RewriteContext, Rule, Var, match
+from neurenix.compiler.graph.rewrite import fresh_names, rebuild, substitute
 from neurenix.compiler.passes import (
     SIMPLIFY_STAGES,
     Stage,
@@ -18,8 +20,6 @@ from neurenix.compiler.passes import (
     run_pipeline,
     simplify,
 )
-from neurenix.compiler.pattern import P, PatternMatcher, RewriteContext, Rule, Var, match
-from neurenix.compiler.rewrite import fresh_names, rebuild, substitute
 
 TEXT = """
 graph main(%x: f32[2,3]) {

@@ -30,7 +30,7 @@ from neurenix.compiler.codegen.llvm_reduce import (
     cut,
     part_count,
 )
-from neurenix.compiler.kernel import Acc, BufferArg, Kernel, Load, Store, Var
+from neurenix.compiler.kernel.ir import Acc, BufferArg, Kernel, Load, Store, Var
 from neurenix.compiler.types import dtype_from_numpy, int64
 
 import neurenix

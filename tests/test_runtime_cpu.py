@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from kernel_helpers import schedule
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.kernel import Binary, BufferArg, Const, Kernel, Load, Store, Var
+from neurenix.compiler.kernel.ir import Binary, BufferArg, Const, Kernel, Load, Store, Var
 from neurenix.compiler.types import float32, int64
 from neurenix.runtime import cpu
 from neurenix.runtime.cpu import CpuExecutable, compile_object

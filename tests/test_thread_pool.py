@@ -22,7 +22,17 @@ import numpy as np
 import pytest
 from kernel_helpers import c64, schedule
 from neurenix.compiler.codegen import generate, llvm_parallel
-from neurenix.compiler.kernel import Acc, Binary, BufferArg, Const, Kernel, Load, Store, Unary, Var
+from neurenix.compiler.kernel.ir import (
+    Acc,
+    Binary,
+    BufferArg,
+    Const,
+    Kernel,
+    Load,
+    Store,
+    Unary,
+    Var,
+)
 from neurenix.compiler.types import float32, int64
 from neurenix.runtime import cpu, cpu_pool
 from neurenix.runtime.cpu import CpuExecutable

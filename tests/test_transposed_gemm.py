@@ -13,8 +13,8 @@ from kernel_helpers import compile_schedule, guarded, merge
 from neurenix.compiler import GraphBuilder
 from neurenix.compiler.codegen import generate
 from neurenix.compiler.codegen.llvm_matmul import match_contraction, stores_contiguous_along
-from neurenix.compiler.kernel_eval import run_schedule
-from neurenix.compiler.lower import lower
+from neurenix.compiler.kernel.eval import run_schedule
+from neurenix.compiler.lowering.lower import lower
 from neurenix.compiler.types import DType, TensorType, float32, float64
 
 CASES = [  # (group, batch k, in features, out features, dtype, scaled epilogue)

@@ -35,8 +35,8 @@ import numpy as np
 from llvmlite import ir
 
 from ...runtime.program import BufferSpec, KernelInfo, Program, TensorSpec
-from ..kernel import BufferArg, Kernel, Load, Schedule, Store, format_kernel
-from ..passes.memory import MemoryPlan, plan_memory
+from ..kernel.ir import BufferArg, Kernel, Load, Schedule, Store, format_kernel
+from ..kernel.memory import MemoryPlan, plan_memory
 from .llvm_dot import emit_dot, match_dot, prefers_tiled
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, PTR, MathLib

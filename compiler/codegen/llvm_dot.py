@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ..kernel import Binary, Kernel, Load, dtype_of
-from ..passes.memory import affine
+from ..kernel.ir import Binary, Kernel, Load, dtype_of
+from ..kernel.memory import affine
 from ..types import DType
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I64, MathLib

@@ -57,8 +57,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ..kernel import Binary, Expr, Kernel, Load, Var, dtype_of
-from ..passes.memory import affine
+from ..kernel.ir import Binary, Expr, Kernel, Load, Var, dtype_of
+from ..kernel.memory import affine
 from ..types import DType, int64
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I8, I32, I64, PTR, MathLib

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..kernel import (
+from ..kernel.ir import (
     Acc,
     Binary,
     Cast,

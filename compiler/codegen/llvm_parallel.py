@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..kernel import Kernel
+from ..kernel.ir import Kernel
 from .llvm_math import I64, PTR
 
 PARALLEL_MIN_WORK = 1 << 17

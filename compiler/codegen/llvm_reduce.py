@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ..kernel import Kernel, Load, dtype_of
-from ..passes.memory import affine
+from ..kernel.ir import Kernel, Load, dtype_of
+from ..kernel.memory import affine
 from ..types import DType
 from .llvm_loops import FunctionBuilder
 from .llvm_math import F32, F64, I64, MathLib

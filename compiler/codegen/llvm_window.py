@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ..kernel import Kernel, Load
-from ..passes.memory import affine
+from ..kernel.ir import Kernel, Load
+from ..kernel.memory import affine
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I1, I32, I64, PTR, MathLib
 from .llvm_ops import ExprEmitter, emit_stores, value_type

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..ir import Graph, Node, make_node
-from ..pattern import P, PatternMatcher, RewriteContext, Rule, Var, full_node, is_splat
-from ..rewrite import rebuild
+from ..graph.ir import Graph, Node, make_node
+from ..graph.pattern import P, PatternMatcher, RewriteContext, Rule, Var, full_node, is_splat
+from ..graph.rewrite import rebuild
 
 X = Var("x")
 Y = Var("y")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph_builder import GraphBuilder
-from ..ir import CONSTANT, INPUT, Graph, IRError, Node, ancestors
+from ..graph.graph_builder import GraphBuilder
+from ..graph.ir import CONSTANT, INPUT, Graph, IRError, Node, ancestors
 from ..ops import REGISTRY
 from ..ops.registry import non_differentiable
 

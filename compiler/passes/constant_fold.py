@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import CONSTANT, INPUT, Graph, Node
+from ..graph.ir import CONSTANT, INPUT, Graph, Node
+from ..graph.pattern import RewriteContext, full_node, uniform
+from ..graph.rewrite import fresh_names, rebuild
 from ..ops import ELEMENTWISE, REGISTRY, SOURCE
-from ..pattern import RewriteContext, full_node, uniform
-from ..rewrite import fresh_names, rebuild
 
 MAX_FOLD_ELEMENTS = 1 << 16
 MAX_INPUT_ELEMENTS = 1 << 20

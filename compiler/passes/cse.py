@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import CONSTANT, INPUT, Graph, Node
-from ..rewrite import rebuild
+from ..graph.ir import CONSTANT, INPUT, Graph, Node
+from ..graph.rewrite import rebuild
 
 
 def _attr_key(value: Any) -> Any:

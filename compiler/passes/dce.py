@@ -6,7 +6,7 @@ the signature a caller binds arguments to never changes; unused constant arrays 
 """
 from __future__ import annotations
 
-from ..ir import CONSTANT, INPUT, Graph, Node
+from ..graph.ir import CONSTANT, INPUT, Graph, Node
 
 
 def live_nodes(graph: Graph) -> set[Node]:

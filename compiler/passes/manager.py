@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..debug import debug_level, spec_enabled
-from ..ir import Graph, IRError
+from ..graph.ir import Graph, IRError
 
 Pass = Callable[[Graph], Graph]
 

@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..graph_builder import GraphBuilder
-from ..ir import CONSTANT, INPUT, Graph, IRError, Node, ancestors
+from ..graph.graph_builder import GraphBuilder
+from ..graph.ir import CONSTANT, INPUT, Graph, IRError, Node, ancestors
 from ..ops import ELEMENTWISE, MOVEMENT, REGISTRY, SOURCE
 from ..types import TensorType
 from .autodiff import JointGraph, fresh_name, replay

@@ -6,8 +6,8 @@ right before lowering (`lower(fuse=True)`), after autodiff has used the select f
 """
 from __future__ import annotations
 
-from ..ir import Graph, Node, make_node
-from ..rewrite import rebuild
+from ..graph.ir import Graph, Node, make_node
+from ..graph.rewrite import rebuild
 
 
 def select_max(graph: Graph) -> Graph:

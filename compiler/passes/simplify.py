@@ -7,7 +7,7 @@ set that oscillated could not hang the compiler).
 """
 from __future__ import annotations
 
-from ..ir import Graph
+from ..graph.ir import Graph
 from .algebraic import algebraic, strip_stop_gradient
 from .constant_fold import constant_fold
 from .cse import cse

@@ -3,7 +3,7 @@
 Graph inputs are data inputs, parameters and buffers (pseudo-op ``input``); constant arrays
 captured from user code are pseudo-op ``constant`` with their array in `Graph.constants`.  Every
 other node applies a registered primitive.  `str(graph)` prints a jaxpr-like text form that
-`compiler.ir_text.parse_graph` reads back.
+`compiler.graph.text.parse_graph` reads back.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .ops import REGISTRY
-from .types import TensorType
+from ..ops import REGISTRY
+from ..types import TensorType
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -98,7 +98,7 @@ class Graph:
     name: str = "main"
 
     def __str__(self) -> str:
-        from .ir_text import print_graph
+        from .text import print_graph
         return print_graph(self)
 
     def verify(self) -> None:

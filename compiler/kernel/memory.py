@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..kernel import Binary, Const, Kernel, Load, Schedule, Var
+from .ir import Binary, Const, Kernel, Load, Schedule, Var
 
 ALIGN = 64
 

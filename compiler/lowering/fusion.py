@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..ir import CONSTANT, INPUT, Graph, Node, ancestors
-from ..lower_index import (
+from ..graph.ir import CONSTANT, INPUT, Graph, Node, ancestors
+from ..ops import ELEMENTWISE, REGISTRY
+from .index import (
     MOVEMENT_OPS,
     IndexAlgebra,
     matmul_domain,
     matmul_operand_indices,
     strided_view,
 )
-from ..ops import ELEMENTWISE, REGISTRY
 
 REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
               "matmul", "fold")

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from math import gcd, prod
 
-from .ir import Node
-from .kernel import Binary, Const, Expr, Var, Where, format_expr
-from .types import bool_, int64
+from ..graph.ir import Node
+from ..kernel.ir import Binary, Const, Expr, Var, Where, format_expr
+from ..types import bool_, int64
 
 TRUE = Const(True, bool_)
 FALSE = Const(False, bool_)

@@ -1,4 +1,4 @@
-"""Lowering: a `Graph` becomes a `Schedule` of kernels (compiler/kernel.py).
+"""Lowering: a `Graph` becomes a `Schedule` of kernels (compiler/kernel/ir.py).
 
 `compiler.passes.fusion` decides which values live in memory and which nodes share a kernel;
 this module writes each group as one loop nest.  A kernel's stores evaluate its roots "at the
@@ -21,8 +21,8 @@ from math import prod
 
 import numpy as np
 
-from .ir import CONSTANT, Graph, Node, ancestors
-from .kernel import (
+from ..graph.ir import CONSTANT, Graph, Node, ancestors
+from ..kernel.ir import (
     Acc,
     Binary,
     BufferArg,
@@ -38,7 +38,10 @@ from .kernel import (
     Var,
     Where,
 )
-from .lower_index import (
+from ..passes.select_max import select_max
+from ..types import DType, int64
+from .fusion import FusionPlan, Group, is_buffer, plan_fusion
+from .index import (
     FALSE,
     MOVEMENT_OPS,
     TRUE,
@@ -53,9 +56,6 @@ from .lower_index import (
     matmul_operand_indices,
     movement_index,
 )
-from .passes.fusion import FusionPlan, Group, is_buffer, plan_fusion
-from .passes.select_max import select_max
-from .types import DType, int64
 
 UNARY = {"neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh",
          "sigmoid": "sigmoid", "erf": "erf", "abs": "abs", "sign": "sign", "floor": "floor",

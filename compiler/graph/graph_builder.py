@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from ..ops import REGISTRY
+from ..types import TensorType, dtype_from_numpy
 from .builder import Builder
 from .ir import CONSTANT, INPUT, INPUT_KINDS, Graph, IRError, Node, make_node
-from .ops import REGISTRY
-from .types import TensorType, dtype_from_numpy
 
 
 class GraphBuilder(Builder):

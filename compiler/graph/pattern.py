@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..types import TensorType
 from .ir import CONSTANT, Node, make_node
-from .types import TensorType
 
 Predicate = Callable[["RewriteContext", Node], bool]
 

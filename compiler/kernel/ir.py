@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .types import DType, bool_, int64
+from ..types import DType, bool_, int64
 
 # ---- expressions --------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..types import TensorType, dtype_from_name
 from .ir import CONSTANT, INPUT, Graph, IRError, Node, make_node
-from .types import TensorType, dtype_from_name
 
 
 def _names(graph: Graph) -> dict[int, str]:

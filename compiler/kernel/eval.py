@@ -1,6 +1,6 @@
 """A NumPy interpreter of the kernel IR: runs a `Schedule` with no code generator.
 
-It is the executable meaning of compiler/kernel.py, so lowering is tested on its own and every
+It is the executable meaning of compiler/kernel/ir.py, so lowering is tested on its own and every
 code generator has an oracle at the kernel level.  Each kernel is evaluated vectorised over its
 whole iteration space: `Var(i)` is an `arange` broadcast along axis i of the domain (then the
 reduction axes), expression trees evaluate bottom-up (shared subtrees once), reductions reduce
@@ -19,7 +19,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .kernel import (
+from ..ops.elementwise import convert, floordiv_impl, pow_impl, remainder_impl, sign_impl
+from ..ops.source import hash32
+from .ir import (
     Acc,
     Binary,
     Cast,
@@ -34,8 +36,6 @@ from .kernel import (
     Where,
     dtype_of,
 )
-from .ops.elementwise import convert, floordiv_impl, pow_impl, remainder_impl, sign_impl
-from .ops.source import hash32
 
 
 class KernelEvalError(RuntimeError):
