@@ -13,8 +13,8 @@ from neurenix.compiler.kernel.ir import (
     BufferArg,
     Const,
     Kernel,
+    KernelGraph,
     Load,
-    Schedule,
     Store,
     Var,
 )
@@ -36,7 +36,7 @@ def flat(*terms) -> object:
 
 
 def schedule(kernels: list[Kernel], inputs: dict[str, np.ndarray],
-             outputs: dict[str, tuple[tuple[int, ...], object]]) -> Schedule:
+             outputs: dict[str, tuple[tuple[int, ...], object]]) -> KernelGraph:
     """A schedule over `kernels`: inputs by example array, outputs by (shape, dtype); every
     other buffer a kernel names is a temporary."""
     buffers: dict[str, BufferArg] = {}
@@ -47,7 +47,7 @@ def schedule(kernels: list[Kernel], inputs: dict[str, np.ndarray],
     shapes.update({n: s for n, (s, _) in outputs.items()})
     for n, a in inputs.items():
         buffers.setdefault(n, BufferArg(n, dtype_from_numpy(a.dtype), a.size))
-    return Schedule(kernels, buffers, list(inputs), list(outputs), shapes)
+    return KernelGraph(kernels, buffers, list(inputs), list(outputs), shapes)
 
 
 def rename(e, f):
@@ -67,7 +67,7 @@ def rename(e, f):
     return replace(e, **changes)
 
 
-def merge(schedules: list[Schedule]) -> Schedule:
+def merge(schedules: list[KernelGraph]) -> KernelGraph:
     """One schedule running all of `schedules` side by side (buffers prefixed g<i>_), so that
     many small programs share one LLVM compile."""
     kernels, buffers, inputs, outputs, shapes, constants = [], {}, [], [], {}, {}
@@ -79,14 +79,14 @@ def merge(schedules: list[Schedule]) -> Schedule:
         outputs += [f(n) for n in s.outputs]
         shapes.update({f(n): v for n, v in s.shapes.items()})
         constants.update({f(n): v for n, v in s.constants.items()})
-    return Schedule(kernels, buffers, inputs, outputs, shapes, constants)
+    return KernelGraph(kernels, buffers, inputs, outputs, shapes, constants)
 
 
-def compile_schedule(s: Schedule) -> CpuExecutable:
+def compile_schedule(s: KernelGraph) -> CpuExecutable:
     return CpuExecutable(generate(s))
 
 
-def run_both(s: Schedule, inputs: list[np.ndarray], exe: CpuExecutable | None = None):
+def run_both(s: KernelGraph, inputs: list[np.ndarray], exe: CpuExecutable | None = None):
     """(compiled outputs, kernel_eval outputs) for one schedule."""
     exe = exe or compile_schedule(s)
     return exe.run(inputs), run_schedule(s, inputs)

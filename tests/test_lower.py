@@ -676,12 +676,12 @@ def test_unfused_mode_is_one_kernel_per_node():
 
 
 def test_kernel_eval_rejects_out_of_bounds_access():
-    from neurenix.compiler.kernel.ir import BufferArg, Const, Kernel, Schedule, Store, Var
+    from neurenix.compiler.kernel.ir import BufferArg, Const, Kernel, KernelGraph, Store, Var
     a = BufferArg("a", float32, 4)
     o = BufferArg("o", float32, 4)
     bad = Kernel("k", (a,), (o,), (4,), (Store("o", Var(0), Load("a", Binary(
         "add", Var(0), Const(1, int64)), float32)),))
-    sched = Schedule([bad], {"a": a, "o": o}, ["a"], ["o"], {"a": (4,), "o": (4,)})
+    sched = KernelGraph([bad], {"a": a, "o": o}, ["a"], ["o"], {"a": (4,), "o": (4,)})
     with pytest.raises(KernelEvalError, match="out of bounds"):
         run_schedule(sched, [np.zeros(4, np.float32)])
     masked = Load("a", Binary("add", Var(0), Const(1, int64)), float32,

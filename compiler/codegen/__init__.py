@@ -1,4 +1,4 @@
-"""Code generators: each turns a kernel `Schedule` (and its memory plan) into a runtime `Program`.
+"""Code generators: each turns a `KernelGraph` (and its memory plan) into a runtime `Program`.
 
 `llvm` is the CPU backend (LLVM IR through llvmlite); the C-style GPU dialects and WGSL read the
 same kernel IR.

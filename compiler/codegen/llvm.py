@@ -1,4 +1,4 @@
-"""The LLVM backend: a `Schedule` and its `MemoryPlan` become one LLVM module (a `Program`).
+"""The LLVM backend: a `KernelGraph` and its `MemoryPlan` become one LLVM module (a `Program`).
 
 The module holds one function per distinct kernel and an entry function:
 
@@ -35,7 +35,7 @@ import numpy as np
 from llvmlite import ir
 
 from ...runtime.program import BufferSpec, KernelInfo, Program, TensorSpec
-from ..kernel.ir import BufferArg, Kernel, Load, Schedule, Store, format_kernel
+from ..kernel.ir import BufferArg, Kernel, KernelGraph, Load, Store, format_kernel
 from ..kernel.memory import MemoryPlan, plan_memory
 from .llvm_dot import emit_dot, match_dot, prefers_tiled
 from .llvm_loops import FunctionBuilder
@@ -63,7 +63,7 @@ MIN_RANGE = 256  # outer axes flattened into a kernel's range: enough chunks for
 MIN_MASKED_TRIP = 8  # inner loops from here up to a few vectors long run tail-masked
 
 
-def generate(schedule: Schedule, plan: MemoryPlan | None = None) -> Program:
+def generate(schedule: KernelGraph, plan: MemoryPlan | None = None) -> Program:
     """Generate the LLVM IR `Program` (target "cpu") that runs `schedule` over one arena.
 
     Kernels that are identical up to their buffer names (the steps of an unrolled RNN) share
@@ -265,12 +265,12 @@ def _parameters(kernel: Kernel, plan: MemoryPlan) -> list[str]:
     return params
 
 
-def _specs(schedule: Schedule, names: list[str]) -> list[TensorSpec]:
+def _specs(schedule: KernelGraph, names: list[str]) -> list[TensorSpec]:
     return [TensorSpec(n, tuple(schedule.shapes[n]), schedule.buffers[n].dtype.name)
             for n in names]
 
 
-def _buffer_specs(schedule: Schedule, plan: MemoryPlan) -> list[BufferSpec]:
+def _buffer_specs(schedule: KernelGraph, plan: MemoryPlan) -> list[BufferSpec]:
     kinds = {n: "temp" for n in schedule.buffers}
     kinds.update({n: "constant" for n in schedule.constants})
     kinds.update({n: "input" for n in schedule.inputs})

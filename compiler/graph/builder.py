@@ -2,7 +2,8 @@
 
 `Builder.apply(op, *inputs, **attrs)` is the only abstract operation; every registered primitive
 is also reachable as a method (`b.mul(x, y)`, `b.reduce_sum(x, axes=(0,))`).  The frontend's
-eager builder applies ops to tensors; `GraphBuilder` (in `compiler.graph.graph_builder`) appends nodes.
+eager builder applies ops to tensors; `GraphBuilder` (in `compiler.graph.graph_builder`)
+appends nodes.
 """
 from __future__ import annotations
 

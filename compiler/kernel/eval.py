@@ -1,4 +1,4 @@
-"""A NumPy interpreter of the kernel IR: runs a `Schedule` with no code generator.
+"""A NumPy interpreter of the kernel IR: runs a `KernelGraph` with no code generator.
 
 It is the executable meaning of compiler/kernel/ir.py, so lowering is tested on its own and every
 code generator has an oracle at the kernel level.  Each kernel is evaluated vectorised over its
@@ -28,9 +28,9 @@ from .ir import (
     Const,
     Expr,
     Kernel,
+    KernelGraph,
     Load,
     RandomUniform,
-    Schedule,
     Unary,
     Var,
     Where,
@@ -86,7 +86,7 @@ def _fresh(size: int, np_type) -> np.ndarray:
     return np.full(size, -0x5A5A5A5A, dt)
 
 
-def run_schedule(schedule: Schedule,
+def run_schedule(schedule: KernelGraph,
                  inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run every kernel in order; return the outputs shaped as `schedule.shapes` says.
 

@@ -200,6 +200,12 @@ class Kernel:
     parallel: bool = True
     comment: str = ""
     contraction: dict | None = field(default=None, compare=False)
+    index_bits: int = 64
+    """Width of the index arithmetic (`Var`s, flat offsets): 64, or 32 where every size of
+    the kernel fits and the target prefers it (chosen per target before code generation)."""
+    schedule: object | None = field(default=None, compare=False)
+    """How the target carries the kernel out: a typed schedule from `compiler.schedule`,
+    written by the schedule rules (None until scheduled)."""
 
     @property
     def acc_dtype(self) -> DType | None:
@@ -325,11 +331,11 @@ def format_kernel(k: Kernel) -> str:
     return "\n".join(line for line in lines if line)
 
 
-# ---- schedules ----------------------------------------------------------------------------
+# ---- kernel graphs ----------------------------------------------------------------------------
 
 
 @dataclass
-class Schedule:
+class KernelGraph:
     """A lowered graph: kernels in launch order over named buffers.
 
     Buffers named in `inputs` are the graph's inputs (same names, same order); `outputs` are

@@ -1,4 +1,4 @@
-"""Memory planning: every temporary of a `Schedule` gets a byte offset in one arena.
+"""Memory planning: every temporary of a `KernelGraph` gets a byte offset in one arena.
 
 An analysis over the kernel schedule, not a graph rewrite:
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Binary, Const, Kernel, Load, Schedule, Var
+from .ir import Binary, Const, Kernel, KernelGraph, Load, Var
 
 ALIGN = 64
 
@@ -54,7 +54,7 @@ def aligned(nbytes: int) -> int:
     return (nbytes + ALIGN - 1) // ALIGN * ALIGN
 
 
-def liveness(schedule: Schedule) -> dict[str, tuple[int, int]]:
+def liveness(schedule: KernelGraph) -> dict[str, tuple[int, int]]:
     """(first, last) kernel index touching each temporary; untouched ones get (0, 0)."""
     temps = set(schedule.temporaries())
     intervals: dict[str, tuple[int, int]] = {}
@@ -168,7 +168,7 @@ def inplace_candidates(kernel: Kernel) -> list[tuple[str, str]]:
     return pairs
 
 
-def _find_inplace(schedule: Schedule, intervals: dict[str, tuple[int, int]]) -> dict[str, str]:
+def _find_inplace(schedule: KernelGraph, intervals: dict[str, tuple[int, int]]) -> dict[str, str]:
     temps = set(schedule.temporaries())
     inplace: dict[str, str] = {}
     taken: set[str] = set()
@@ -183,7 +183,7 @@ def _find_inplace(schedule: Schedule, intervals: dict[str, tuple[int, int]]) -> 
     return inplace
 
 
-def plan_memory(schedule: Schedule) -> MemoryPlan:
+def plan_memory(schedule: KernelGraph) -> MemoryPlan:
     """Place every temporary of `schedule` in one arena (see the module docstring)."""
     temps = schedule.temporaries()
     intervals = liveness(schedule)

@@ -1,4 +1,4 @@
-"""Lowering: a `Graph` becomes a `Schedule` of kernels (compiler/kernel/ir.py).
+"""Lowering: a `Graph` becomes a `KernelGraph` of kernels (compiler/kernel/ir.py).
 
 `compiler.passes.fusion` decides which values live in memory and which nodes share a kernel;
 this module writes each group as one loop nest.  A kernel's stores evaluate its roots "at the
@@ -30,9 +30,9 @@ from ..kernel.ir import (
     Const,
     Expr,
     Kernel,
+    KernelGraph,
     Load,
     RandomUniform,
-    Schedule,
     Store,
     Unary,
     Var,
@@ -84,7 +84,7 @@ class LoweringError(RuntimeError):
     """A graph the lowering cannot express (an internal error: fusion promised otherwise)."""
 
 
-def lower(graph: Graph, fuse: bool = True) -> Schedule:
+def lower(graph: Graph, fuse: bool = True) -> KernelGraph:
     """Lower a graph to a schedule of kernels.
 
     `fuse=False` gives one kernel per node (every intermediate in memory): for debugging, and
@@ -110,7 +110,7 @@ def lower(graph: Graph, fuse: bool = True) -> Schedule:
         shapes.setdefault(name, node.type.shape)
     constants = {names[n]: np.ascontiguousarray(graph.constants[n.name])
                  for n in graph.nodes if n.op == CONSTANT and n in names}
-    return Schedule(kernels, buffers, [names[n] for n in graph.inputs], outputs, shapes,
+    return KernelGraph(kernels, buffers, [names[n] for n in graph.inputs], outputs, shapes,
                     constants)
 
 

@@ -1,0 +1,165 @@
+"""The target table: where a code generator plugs into the compiler.
+
+A `Target` names everything the compiler, the frontend and the caches need to know about one
+kind of generated code: its capability record (what the schedule rules, the decompositions,
+lowering and memory planning may assume), the generator that turns a scheduled kernel list
+into a `runtime.program.Program`, and the runtime module that loads and runs such a program.
+`pipeline.build`, `neurenix.compile` and the disk cache look targets up here by name; no other
+module names a backend.  Adding a target is one `register_target` call, one generator and one
+runtime module (see docs/architecture.md, "Adding a target").
+
+Generators and runtime modules are named by dotted path and imported on first use, so that a
+program loaded from the disk cache needs no code generator, and the compiler never imports a
+runtime module (it may not: the runtime sits below it).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What generated code for a target may use.  Read by schedule rules (vector width,
+    threads, local memory), decompositions (`native_ops`), lowering (index width) and memory
+    planning (alignment)."""
+
+    vector_bits: int = 0
+    """Widest SIMD register in bits (0: scalar code only)."""
+    threads: str = "none"
+    """How a kernel's range is spread: "pool" (CPU thread pool over ranges of the outermost
+    axis), "grid" (GPU work-groups / blocks and threads), "none" (one thread)."""
+    index_bits: tuple[int, ...] = (32, 64)
+    """Integer widths index arithmetic can be generated in."""
+    preferred_index_bits: int = 64
+    """The width used when every size fits it (a CPU's native word; 32 on GPUs)."""
+    alignment: int = 64
+    """Byte alignment of every buffer in the arena (WebGPU binds storage at 256)."""
+    float64: bool = True
+    int64: bool = True
+    local_memory_bytes: int = 0
+    """Work-group shared memory a schedule may stage tiles in (0: none)."""
+    max_workgroup_size: int = 0
+    native_ops: frozenset[str] | None = None
+    """Kernel-IR operations the generator renders itself; others are decomposed before
+    code generation.  None: every operation."""
+    inline_unfold_limit: int = 64
+    """Fusion question: a matmul reading an unfolded (im2col) operand keeps the unfold inline
+    while the other operand's free extent is at most this; past it, the unfold is
+    materialised (the CPU's register-tiled GEMM stops winning from inline gathers there)."""
+
+
+def _load(path: str) -> Any:
+    """`"package.module:attr"` -> the attribute; `"package.module"` -> the module."""
+    module, _, attr = path.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the target table."""
+
+    name: str
+    device: str
+    """The device kind programs for this target run on ("cpu", "cuda", "webgpu", ...)."""
+    probe: Callable[[], Capabilities]
+    """The capability record, probed on first use (a CPU target reads the host's features)."""
+    generator: str | None
+    """`module:function` with signature `(schedule, plan, target) -> Program`; None for a
+    target that runs the optimised graph itself (the reference evaluator)."""
+    runtime: str | None
+    """The runtime module that loads the target's programs (see runtime/__init__.py for what
+    such a module provides); None for the reference target."""
+    rules: str | None = None
+    """`module:attr` naming the ordered schedule rules for this target (None: the default
+    rules of `compiler.schedule`)."""
+    description: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _capabilities(self.name, self.probe)
+
+    def generate(self) -> Callable[..., Any]:
+        """The generator function (imported on first use)."""
+        if self.generator is None:
+            raise ValueError(f"target {self.name!r} runs graphs; it has no generator")
+        return _load(self.generator)
+
+    def runtime_module(self) -> Any:
+        """The runtime module (imported on first use)."""
+        if self.runtime is None:
+            raise ValueError(f"target {self.name!r} has no runtime module")
+        return _load(self.runtime)
+
+
+@functools.cache
+def _capabilities(name: str, probe: Callable[[], Capabilities]) -> Capabilities:
+    caps = probe()
+    if not isinstance(caps, Capabilities):
+        raise TypeError(f"target {name!r}: its probe must return Capabilities, got "
+                        f"{type(caps).__name__}")
+    return caps
+
+
+def _cpu_capabilities() -> Capabilities:
+    from .codegen.llvm_matmul import host_vector_bits
+    return Capabilities(vector_bits=host_vector_bits(), threads="pool", index_bits=(32, 64),
+                        preferred_index_bits=64, alignment=64)
+
+
+def _reference_capabilities() -> Capabilities:
+    return Capabilities()
+
+
+_TABLE: dict[str, Target] = {}
+
+
+def register_target(target: Target, *, replace: bool = False) -> Target:
+    """Add `target` to the table (a test registers a toy target this way); a name already
+    taken raises ValueError unless `replace`."""
+    if not isinstance(target, Target):
+        raise TypeError(f"register_target: expected a Target, got {type(target).__name__}")
+    if target.name in _TABLE and not replace:
+        raise ValueError(f"register_target: target {target.name!r} is already registered")
+    _TABLE[target.name] = target
+    _capabilities.cache_clear()
+    return target
+
+
+def unregister_target(name: str) -> None:
+    """Remove a target added with `register_target` (tests clean up with it)."""
+    if name in BUILTIN:
+        raise ValueError(f"unregister_target: {name!r} is a built-in target")
+    _TABLE.pop(name, None)
+    _capabilities.cache_clear()
+
+
+def get_target(name: str) -> Target:
+    """The table row for `name`; an unknown name raises ValueError listing the known ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"target name must be a str, got {type(name).__name__}")
+    try:
+        return _TABLE[name]
+    except KeyError:
+        raise ValueError(f"unknown target {name!r}; known targets: {sorted(_TABLE)}") from None
+
+
+def target_names() -> list[str]:
+    """The registered target names."""
+    return sorted(_TABLE)
+
+
+BUILTIN = (
+    register_target(Target(
+        "llvm", "cpu", _cpu_capabilities, "neurenix.compiler.codegen.llvm:generate",
+        "neurenix.runtime.cpu", description="native CPU code through LLVM (llvmlite)")),
+    register_target(Target(
+        "reference", "cpu", _reference_capabilities, None, None,
+        description="the optimised graph run by the NumPy reference evaluator (the oracle)")),
+)
+BUILTIN = tuple(t.name for t in BUILTIN)
