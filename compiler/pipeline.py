@@ -1,8 +1,12 @@
-"""The compiler pipeline, top to bottom: optimise, differentiate, lower, plan, generate.
+"""The compiler pipeline, top to bottom: optimise, differentiate, lower, schedule, plan,
+generate.
 
-Each stage is one line with its reason; `neurenix.compile` calls these functions and loads the
-result with a runtime backend.  Targets: "llvm" (native CPU code through LLVM) and
-"reference" (the graph itself, run by the NumPy evaluator — the oracle, always available).
+Each stage is one line with its reason, in one flat list per level: `OPTIMIZE` (graph passes
+every traced graph goes through), then autodiff and partitioning for training, then
+`codegen_stages(target)` from the last graph clean-up to generated code.  Nothing calls back
+up a level.  Targets come from the target table (`compiler/targets.py`): "llvm" (native CPU
+code through LLVM), "reference" (the graph itself, run by the NumPy evaluator — the oracle,
+always available), and whatever else is registered there.
 """
 from __future__ import annotations
 
@@ -13,13 +17,19 @@ from typing import Any
 
 from .debug import debug_level
 from .graph.ir import Graph
+from .kernel.decompose import decompose
+from .kernel.index_bits import choose_index_bits
+from .kernel.ir import KernelGraph
+from .kernel.memory import MemoryPlan, plan_memory
+from .kernel.verify import verify_kernels
+from .lowering.lower import lower
 from .passes.algebraic import strip_stop_gradient
 from .passes.autodiff import grad_graph
 from .passes.manager import Stage, StageRecord, run_pipeline
 from .passes.partition import partition
 from .passes.simplify import simplify
-
-BACKENDS = ("llvm", "reference")
+from .schedule.rules import schedule_kernels, target_rules
+from .targets import Target, get_target
 
 OPTIMIZE = [
     Stage("simplify", simplify, "fold constants, apply identities, merge duplicates, drop dead "
@@ -30,6 +40,57 @@ CODEGEN_PREP = [
           "the identity from here on"),
     Stage("simplify", simplify, "clean up what autodiff and partitioning left"),
 ]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Scheduled kernels with their memory plan: what a generator reads."""
+
+    kernels: KernelGraph
+    plan: MemoryPlan
+    alignment: int
+
+    def __str__(self) -> str:
+        return self.plan.summary()
+
+
+def codegen_stages(target: Target) -> list[Stage]:
+    """The stages from an optimised graph to `target`'s generated program, in order; each
+    level's result is verified under `NEURENIX_SPEC`."""
+    caps = target.capabilities
+    rules = target_rules(target)
+    generate = target.generate()
+    kernel_stage = dict(check=verify_kernels, show=3)
+    return CODEGEN_PREP + [
+        Stage("lower", lambda g: lower(g, caps=caps),
+              "fuse nodes into kernels (asking the target what it can fuse); fold views into "
+              "index expressions", **kernel_stage),
+        Stage("decompose", lambda k: decompose(k, caps.native_ops),
+              "rewrite operations the target's generator lacks into ones it has",
+              **kernel_stage),
+        Stage("index_bits", lambda k: choose_index_bits(k, caps.index_bits,
+                                                        caps.preferred_index_bits),
+              "index arithmetic in the target's preferred width where every size fits",
+              **kernel_stage),
+        Stage("schedule", lambda k: schedule_kernels(k, caps, rules),
+              "the target's rules decide tiles, vectors and threads per kernel", **kernel_stage),
+        Stage("memory_plan", lambda k: Planned(k, plan_memory(k, alignment=caps.alignment),
+                                             caps.alignment),
+              "pack temporaries into one arena by liveness, at the target's alignment",
+              check=_check_planned, show=3),
+        Stage("codegen", lambda p: generate(p.kernels, p.plan, target),
+              f"generate {target.name} code", check=_check_program, show=4),
+    ]
+
+
+def _check_planned(planned: Planned) -> None:
+    verify_kernels(planned.kernels)
+    planned.plan.check(planned.kernels, planned.alignment)
+
+
+def _check_program(program: Any) -> None:
+    if program is None or not hasattr(program, "entry"):
+        raise TypeError(f"expected a program with an entry, got {type(program).__name__}")
 
 
 def default_backend() -> str:
@@ -103,37 +164,22 @@ def _renamed(record: StageRecord, prefix: str) -> StageRecord:
 
 
 def build(graph: Graph, backend: str) -> tuple[Any, dict]:
-    """Lower, plan and generate code for `graph`: a runtime `Program` (or, for the reference
-    backend, the graph itself) and what the build did."""
-    if backend not in BACKENDS:
-        raise ValueError(f"build: backend must be one of {BACKENDS}, got {backend!r}")
-    graph, records = run_pipeline(graph, CODEGEN_PREP)
-    info: dict = {"stages": {r.name: r.seconds for r in records}}
-    if backend == "reference":
+    """Run `codegen_stages` for the target named `backend`: its `Program` (or, for a target
+    without a generator — the reference evaluator — the cleaned-up graph itself) and what the
+    build did."""
+    target = get_target(backend)
+    if target.generator is None:
+        graph, records = run_pipeline(graph, CODEGEN_PREP)
+        info: dict = {"stages": {r.name: r.seconds for r in records}}
         info.update(kernels=0, ops=graph.ops_count())
         return graph, info
-    from .codegen.llvm import generate
-    from .kernel.memory import plan_memory
-    from .lowering.lower import lower
-
-    t0 = time.perf_counter()
-    schedule = lower(graph)
-    t1 = time.perf_counter()
-    plan = plan_memory(schedule)
-    t2 = time.perf_counter()
-    program = generate(schedule, plan)
-    t3 = time.perf_counter()
-    info["stages"].update(lower=t1 - t0, memory_plan=t2 - t1, codegen=t3 - t2)
-    if debug_level() >= 3:
-        print(f"=== kernels of {graph.name} ({len(schedule.kernels)}) ===\n{schedule}",
-              file=sys.stderr)
-    if debug_level() >= 4:
-        print(f"=== LLVM IR of {graph.name} (lower {1e3 * (t1 - t0):.1f} ms, plan "
-              f"{1e3 * (t2 - t1):.1f} ms, codegen {1e3 * (t3 - t2):.1f} ms) ===\n"
-              f"{program.source}", file=sys.stderr)
-    info.update(kernels=len(schedule.kernels), ops=graph.ops_count(),
+    program, records = run_pipeline(graph, codegen_stages(target))
+    info = {"stages": {r.name: r.seconds for r in records}}
+    by_name = {r.name: r for r in records}
+    kernels, plan = by_name["memory_plan"].result.kernels, by_name["memory_plan"].result.plan
+    info.update(kernels=len(kernels.kernels), ops=by_name["lower"].nodes_before,
                 naive_bytes=plan.naive_bytes, planned_bytes=plan.arena_bytes,
-                lower_bound_bytes=plan.lower_bound_bytes, schedule=str(schedule))
+                lower_bound_bytes=plan.lower_bound_bytes)
     return program, info
 
 

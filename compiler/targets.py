@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -46,6 +46,11 @@ class Capabilities:
     native_ops: frozenset[str] | None = None
     """Kernel-IR operations the generator renders itself; others are decomposed before
     code generation.  None: every operation."""
+    masked_loads: bool = False
+    """Vector loads and stores under a lane mask (AVX2, AVX-512): short rows may run their
+    tail as one masked vector iteration, and strided windows load contiguous masked vectors."""
+    l2_bytes: int = 0
+    """Per-core level-2 cache in bytes, which tiled contractions block for (0: not known)."""
     inline_unfold_limit: int = 64
     """Fusion question: a matmul reading an unfolded (im2col) operand keeps the unfold inline
     while the other operand's free extent is at most this; past it, the unfold is
@@ -77,8 +82,10 @@ class Target:
     rules: str | None = None
     """`module:attr` naming the ordered schedule rules for this target (None: the default
     rules of `compiler.schedule`)."""
+    disk_cache: bool = True
+    """Whether built programs are kept in the disk cache (a program must then be a
+    `runtime.program.Program` of plain data)."""
     description: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -107,9 +114,11 @@ def _capabilities(name: str, probe: Callable[[], Capabilities]) -> Capabilities:
 
 
 def _cpu_capabilities() -> Capabilities:
-    from .codegen.llvm_matmul import host_vector_bits
-    return Capabilities(vector_bits=host_vector_bits(), threads="pool", index_bits=(32, 64),
-                        preferred_index_bits=64, alignment=64)
+    from .codegen import host
+    bits = host.host_vector_bits()
+    return Capabilities(vector_bits=bits, threads="pool", index_bits=(32, 64),
+                        preferred_index_bits=64, alignment=64, masked_loads=bits >= 256,
+                        l2_bytes=host.host_l2_bytes())
 
 
 def _reference_capabilities() -> Capabilities:

@@ -27,6 +27,11 @@ class DType:
     def is_integer(self) -> bool:
         return self.category == 1
 
+    @property
+    def is_signed(self) -> bool:
+        """Whether an integer type is signed (two's complement); False for bool and unsigned."""
+        return np.dtype(self.np_type).kind == "i"
+
     def __repr__(self) -> str:
         return f"neurenix.{self.name}"
 
@@ -36,8 +41,13 @@ int32 = DType("int32", "i32", np.int32, 1)
 int64 = DType("int64", "i64", np.int64, 1)
 float32 = DType("float32", "f32", np.float32, 2)
 float64 = DType("float64", "f64", np.float64, 2)
+uint32 = DType("uint32", "u32", np.uint32, 1)
 
 ALL_DTYPES: tuple[DType, ...] = (bool_, int32, int64, float32, float64)
+"""The tensor dtypes: what the op registry, the graph IR and the frontend accept."""
+KERNEL_DTYPES: tuple[DType, ...] = ALL_DTYPES + (uint32,)
+"""The kernel IR's dtypes: the tensor dtypes and uint32, which only kernel expressions use
+(the hash of random numbers, decomposed for targets without a native generator)."""
 _BY_NAME = {d.name: d for d in ALL_DTYPES} | {d.short: d for d in ALL_DTYPES}
 _BY_NUMPY = {np.dtype(d.np_type): d for d in ALL_DTYPES}
 

@@ -1,15 +1,13 @@
 """Neurenix: PyTorch-style modules whose models are compiled.
 
 `neurenix.Tensor` runs eagerly on the registry's reference implementations with autograd;
-`neurenix.nn` and `neurenix.optim` build and train models on top of it.
+`neurenix.nn` and `neurenix.optim` build and train models on top of it; `neurenix.compile`
+(the `neurenix.compilation` package) traces and compiles them.  The modules import one way:
+state <- tensor <- autograd <- dispatch <- operations <- tensor_methods <- nn, optim <-
+compilation <- cli, estimator, sklearn; this file wires the operations onto `Tensor`.
 """
-# Tensor first: importing it wires the functional modules into its methods.
-from .tensor import Tensor, is_tensor  # isort: split
-
 from neurenix.compiler.types import DType, bool_, float32, float64, int32, int64
 
-from . import autograd
-from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (
     arange,
     empty,
@@ -110,6 +108,10 @@ from .shapes import (
     unflatten,
     unsqueeze,
 )
+from .state import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .tensor import Tensor, is_tensor
+from .tensor_methods import install_methods
+from .version import __version__
 
 bool = bool_  # noqa: A001  (neurenix.bool, as torch.bool)
 float = float32  # noqa: A001
@@ -124,10 +126,9 @@ def _attach_creators() -> None:
         setattr(Tensor, fn.__name__, staticmethod(fn))
 
 
+install_methods(Tensor)
 _attach_creators()
 
-__version__ = "0.1.0"
-
-from . import nn, optim  # noqa: E402  (after Tensor: the layers build on it)
-from .compiled import compile  # noqa: E402,A004
+from . import nn, optim  # noqa: E402  (after the methods: the layers build on them)
+from .compilation.compiled import compile  # noqa: E402,A004
 from .serialization import load, save  # noqa: E402

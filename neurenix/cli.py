@@ -18,6 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from .compilation.arguments import flatten_outputs
+from .compilation.compiled import compile as compile_model
+from .nn import Module
+from .state import no_grad
+from .tensor import Tensor
+
 TARGETS = ("cpu",)
 
 
@@ -26,9 +32,6 @@ class CliError(Exception):
 
 
 def _load(path: pathlib.Path) -> tuple[Any, tuple]:
-    from .nn import Module
-    from .tensor import Tensor
-
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     namespace = runpy.run_path(str(path), run_name="__neurenix_model__")
@@ -63,10 +66,6 @@ def _done(start: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import no_grad
-    from .compiled import compile as compile_model
-    from .compiled import flatten_outputs
-
     path = pathlib.Path(args.model)
     print(f"neurenix-compile {path} --target {args.target}")
     t = _step("loading the model")

@@ -13,11 +13,12 @@ from neurenix.compiler.trace import TraceError
 from neurenix.compiler.types import DType, bool_, float32, int64
 
 from . import random
+from .call_site import user_source
 from .device import as_device
 from .dispatch import apply
 from .shapes import shape_args
+from .state import is_tracing
 from .tensor import Tensor
-from .tracing import is_tracing, user_source
 
 
 def _make(array: np.ndarray, dtype: DType, device: Any, requires_grad: bool) -> Tensor:

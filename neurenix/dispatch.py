@@ -2,7 +2,8 @@
 
 `apply(op, *tensors, **attrs)` checks the op's type rule, runs it on the tensors' device (on the
 CPU: the registry's NumPy reference), wraps the result and, under grad mode, records it on the
-autograd tape.  While a trace is active (`neurenix.compile`), it appends a graph node instead.
+autograd tape.  While a trace is active (`neurenix.compile`), the trace `neurenix.state` holds
+gets the operation instead (`trace.process_primitive`, JAX's `bind`) and appends a graph node.
 """
 from __future__ import annotations
 
@@ -15,39 +16,32 @@ from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.types import DType, TensorType
 
-from . import autograd
+from .autograd import TapeNode
+from .state import current_trace, is_grad_enabled
 from .tensor import Tensor
-
-
-class _NoTrace:
-    state = None
-
-
-_ACTIVE = _NoTrace()  # replaced by neurenix.tracing.ACTIVE when tracing is imported
 
 
 def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
     """Apply primitive `op` to tensors eagerly, recording it for autograd when needed."""
     prim = REGISTRY[op]
-    state = _ACTIVE.state
-    if state is not None:
-        from .tracing import apply_traced
-        return apply_traced(state, op, inputs, attrs)
+    trace = current_trace()
+    if trace is not None:
+        return trace.process_primitive(op, inputs, attrs)
     out_type = prim.infer(tuple(TensorType(t._data.shape, t._dtype) for t in inputs), attrs)
     with np.errstate(all="ignore"):
-        out = prim.impl(*(t._data for t in inputs), **attrs)
+        out = prim.impl(*(t._host() for t in inputs), **attrs)
     want = out_type.dtype.np_type
     if not isinstance(out, np.ndarray) or out.dtype != want:
         out = np.asarray(out, dtype=want)
     result = Tensor._wrap(out, out_type.dtype)
-    if autograd._MODE.enabled and out_type.dtype.is_floating and prim.vjp is not None \
+    if is_grad_enabled() and out_type.dtype.is_floating and prim.vjp is not None \
             and prim.vjp is not non_differentiable:
         for t in inputs:
             if t.requires_grad:
                 result.requires_grad = True
-                result._node = autograd.TapeNode(prim, inputs, attrs,
-                                                 Tensor._wrap(out, out_type.dtype),
-                                                 tuple(t._version for t in inputs))
+                result._node = TapeNode(prim, inputs, attrs,
+                                        Tensor._wrap(out, out_type.dtype),
+                                        tuple(t._version for t in inputs))
                 break
     return result
 
@@ -66,4 +60,5 @@ EAGER = EagerBuilder()
 
 
 def ones_array(shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+    """The seed gradient of a backward: ones of the root's shape and dtype."""
     return np.ones(shape, dtype=dtype.np_type)

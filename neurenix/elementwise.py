@@ -12,10 +12,10 @@ import numpy as np
 
 from neurenix.compiler.types import DType, bool_, float32, int64, promote
 
-from .autograd import no_grad
+from .checks import check_values
 from .dispatch import EAGER, apply
+from .state import no_grad
 from .tensor import Tensor, is_scalar
-from .value_checks import check_values
 
 Operand = Tensor | float | int | bool
 
@@ -253,7 +253,7 @@ def _check_divisor(name: str, b: Operand, dt: DType) -> None:
     empty, so the un-broadcast divisor is checked."""
     message = f"{name}: integer division by zero"
     if not isinstance(b, Tensor) or b._data is not None:  # eager: read the values at once
-        if np.any(b._data == 0 if isinstance(b, Tensor) else b == 0):
+        if np.any(b._host() == 0 if isinstance(b, Tensor) else b == 0):
             raise ZeroDivisionError(message)
         return
     with no_grad():

@@ -18,9 +18,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .autograd import no_grad
+from .compilation.compiled import compile as compile_
+from .optim.early_stopping import EarlyStopping
+from .optim.lr_scheduler import ReduceLROnPlateau
 from .random import generator
 from .reductions import argmax
+from .shapes import cat
+from .state import no_grad
 from .tensor import Tensor
 
 BACKENDS = ("eager", "compiled")
@@ -50,7 +54,7 @@ def as_tensor(data: Any, name: str) -> Tensor:
 
 
 def _rows(t: Tensor, index: np.ndarray) -> Tensor:
-    return Tensor._wrap(t._data[index], t.dtype)
+    return Tensor._wrap(t._host()[index], t.dtype)
 
 
 class Estimator:
@@ -74,7 +78,6 @@ class Estimator:
         self._train_step: Callable[[Tensor, Tensor], Tensor] = self._step
         self._forward: Callable[[Tensor], Tensor] = model
         if backend == "compiled":
-            from .compiled import compile as compile_
             self._train_step = compile_(self._step)
             self._forward = compile_(model)
 
@@ -152,7 +155,6 @@ class Estimator:
     def _step_scheduler(self, metric: float) -> None:
         if self.scheduler is None:
             return
-        from .optim.lr_scheduler import ReduceLROnPlateau
         if isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step(metric)
         else:
@@ -160,11 +162,10 @@ class Estimator:
 
     def predict(self, x: Any, batch_size: int = 256) -> Tensor:
         """The model's outputs for x, in evaluation mode and without recording gradients."""
-        from .shapes import cat
         x = as_tensor(x, "predict x")
         self.model.eval()
         with no_grad():
-            parts = [self._forward(Tensor._wrap(x._data[lo:lo + batch_size], x.dtype))
+            parts = [self._forward(Tensor._wrap(x._host()[lo:lo + batch_size], x.dtype))
                      for lo in range(0, x.shape[0], batch_size)]
         return cat(parts, 0) if parts else Tensor._wrap(np.zeros((0,), np.float32))
 
@@ -175,14 +176,13 @@ class Estimator:
         with no_grad():
             result = {"loss": float(self.loss_fn(out, y).item())}
             if y.dtype.is_integer and out.ndim == 2 and y.ndim == 1:
-                result["accuracy"] = float((argmax(out, 1)._data == y._data).mean())
+                result["accuracy"] = float((argmax(out, 1)._host() == y._host()).mean())
         return result
 
 
 def _as_stopper(early_stopping: Any):
     if early_stopping is None:
         return None
-    from .optim.early_stopping import EarlyStopping
     if isinstance(early_stopping, EarlyStopping):
         early_stopping.reset()
         return early_stopping

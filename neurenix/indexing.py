@@ -7,12 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from neurenix.compiler.trace import TraceError
 from neurenix.compiler.types import bool_, int64
 
-from . import autograd
+from .call_site import user_source
+from .checks import check_range
 from .dispatch import apply
+from .elementwise import add, as_tensor, broadcast_shapes, lt, mul, where
+from .shapes import broadcast_to, permute, reshape
+from .state import current_trace, is_grad_enabled, suspended
 from .tensor import Tensor
-from .value_checks import check_range
 
 
 class _Advanced:
@@ -62,7 +66,7 @@ def _expand_items(x: Tensor, index: Any) -> list[Any]:
                 raise IndexError("indexing with a 0-d bool tensor is not supported")
             mask._concrete("indexing with a bool mask (its result's shape depends on values)")
             parts = [_Advanced(Tensor._wrap(np.ascontiguousarray(n), int64))
-                     for n in np.nonzero(mask._data)]
+                     for n in np.nonzero(mask._host())]
             parts[0].mask_shape = tuple(mask.shape)
             flat.extend(parts)
         else:
@@ -147,15 +151,14 @@ def getitem(x: Tensor, index: Any) -> Tensor:
 def _normalise_index(index: Tensor, size: int, dim: int) -> Tensor:
     """Index values in [0, size): negatives wrap, out-of-range values raise IndexError.
 
-    A traced index is checked after the compiled call (`value_checks`); negatives wrap with
+    A traced index is checked after the compiled call (`checks.check_range`); negatives wrap with
     `where`, and compiled code never reads outside the tensor meanwhile."""
     check_range(index, -size, size, lambda bad: IndexError(
         f"index {bad} is out of bounds for dimension {dim} with size {size}"))
-    data = index._data
-    if data is None:
-        from .elementwise import add, as_tensor, lt, where
+    if index._data is None:
         index = as_tensor(index, int64)
         return where(lt(index, 0), add(index, size), index)
+    data = index._host()
     if index.dtype != int64:
         index = Tensor._wrap(data.astype(np.int64), int64)
     if data.size and data.min() < 0:
@@ -164,9 +167,6 @@ def _normalise_index(index: Tensor, size: int, dim: int) -> Tensor:
 
 
 def _gather_advanced(y: Tensor, advanced: list[tuple[int, Tensor]]) -> Tensor:
-    from .elementwise import add, broadcast_shapes, mul
-    from .shapes import broadcast_to, permute, reshape
-
     positions = [p for p, _ in advanced]
     try:
         bshape = broadcast_shapes(*(t.shape for _, t in advanced), op="index")
@@ -197,17 +197,20 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     part in autograd, x is rebound to `where(selected, scattered value, x)`, and x's version is
     bumped so any earlier use of x in the graph refuses to backpropagate a wrong gradient.
     """
-    from .elementwise import as_tensor, where
-    from .shapes import broadcast_to, reshape
-
     x._check_inplace("__setitem__")
-    from .tracing import suspended
-    grad = autograd.is_grad_enabled() and (x.requires_grad or
-                                          (isinstance(value, Tensor) and value.requires_grad))
-    with suspended("an assignment whose index holds a traced tensor"):
-        # the selected positions are plain data: computed eagerly even inside a trace
-        positions = getitem(Tensor._wrap(np.arange(x.numel(), dtype=np.int64).reshape(x.shape),
-                                         int64), index)
+    grad = is_grad_enabled() and (x.requires_grad or
+                                  (isinstance(value, Tensor) and value.requires_grad))
+    trace = current_trace()
+    try:
+        with suspended():
+            # the selected positions are plain data: computed eagerly even inside a trace
+            positions = getitem(Tensor._wrap(np.arange(x.numel(), dtype=np.int64)
+                                             .reshape(x.shape), int64), index)
+    except AttributeError as e:  # a symbolic tensor met eagerly
+        if trace is None:
+            raise
+        raise TraceError(f"an assignment whose index holds a traced tensor at {user_source()} "
+                         f"cannot be traced") from e
     v = value if isinstance(value, Tensor) else Tensor(np.asarray(value))
     try:
         v = broadcast_to(as_tensor(v, x.dtype), positions.shape)
@@ -215,25 +218,25 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         raise ValueError(f"__setitem__: cannot assign a value of shape {tuple(v.shape)} to "
                          f"an indexed region of shape {tuple(positions.shape)}") from None
     x._version += 1
-    from .tracing import ACTIVE, made_in_trace, symbolic, write
-    eager = ACTIVE.state is None or made_in_trace(x)
+    eager = trace is None or trace.made_here(x)
     if not grad and eager and x._data is not None and v._data is not None:
-        if not x._data.flags.writeable:
-            x._data = x._data.copy()  # a broadcast or window view: take a private copy
-        where_at = np.unravel_index(positions._data.reshape(-1), x.shape)
-        x._data[where_at] = v._data.reshape(-1)
+        values = x._host()
+        if not values.flags.writeable:
+            values = values.copy()  # a broadcast or window view: take a private copy
+        where_at = np.unravel_index(positions._host().reshape(-1), x.shape)
+        values[where_at] = v._host().reshape(-1)
+        x._set_host(values)
         return
     # plain data (positions were computed eagerly), also inside a trace
-    pos = positions._data.reshape(-1)
+    pos = positions._host().reshape(-1)
     flat_v = reshape(v, (-1,))
     if np.unique(pos).size != pos.size:  # repeated positions: the last assignment wins
         _, first_from_end = np.unique(pos[::-1], return_index=True)
         keep = np.sort(pos.size - 1 - first_from_end)
         pos = pos[keep]
         flat_v = apply("gather", flat_v, Tensor._wrap(keep.astype(np.int64), int64), axis=0)
-    state = ACTIVE.state
-    if state is not None:
-        old = symbolic(state.node_of(x))  # x's value now, whatever x is (input, argument, ...)
+    if trace is not None:
+        old = trace.value_of(x)  # x's value now, whatever x is (input, argument, ...)
     else:
         # x is about to be rebound to the result; record the old value under its own tensor
         # object, or the tape would point from x's new node back to x itself (a cycle)
@@ -246,7 +249,7 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
                       axis=0)
     new = reshape(where(Tensor._wrap(mask_data, bool_), scattered, reshape(old, (-1,))),
                   x.shape)
-    if state is not None:
-        write(x, new)
+    if trace is not None:
+        trace.write(x, new)
         return
     x._data, x._node, x.requires_grad = new._data, new._node, new.requires_grad

@@ -39,8 +39,8 @@ from neurenix.compiler.types import DType, dtype_from_numpy, float32, float64, i
 from . import elementwise as ew
 from .dispatch import apply
 from .shapes import unbind
+from .state import current_trace, is_tracing
 from .tensor import Tensor
-from .tracing import is_tracing, seed_tensor
 
 _STATE = {"rng": np.random.default_rng()}
 
@@ -65,6 +65,14 @@ def generator() -> np.random.Generator:
 def next_seed() -> int:
     """A fresh 63-bit seed for a counter-based random primitive (one per tensor draw)."""
     return int(_STATE["rng"].integers(0, 2**63 - 1))
+
+
+def seed_tensor() -> Tensor:
+    """An int64 seed for a random primitive: fresh eagerly, a per-call graph input traced."""
+    trace = current_trace()
+    if trace is None:
+        return Tensor._wrap(np.asarray(next_seed(), dtype=np.int64), int64)
+    return trace.seed()
 
 
 class _Tensors:
@@ -98,7 +106,7 @@ class _Arrays:
     exactly what eager dispatch computes on the CPU, without its per-operation overhead."""
 
     def words(self, count: int, shape: tuple[int, ...], dtype: DType) -> tuple[np.ndarray, ...]:
-        seed = seed_tensor()._data
+        seed = seed_tensor()._host()
         draw = REGISTRY["rng_uniform"].impl(seed, shape=(count, *shape), dtype=dtype.name)
         return tuple(np.asarray(w) for w in draw)
 

@@ -7,9 +7,11 @@ import numpy as np
 
 from neurenix.compiler.types import bool_, float32, int64
 
+from .creation import arange
 from .dispatch import apply
 from .elementwise import abs as abs_
-from .elementwise import cast, div, eq, exp, log, mul, sqrt, sub, where
+from .elementwise import cast, div, eq, exp, log, maximum, minimum, mul, sqrt, sub, where
+from .elementwise import pow as pow_
 from .shapes import normalize_dim, normalize_dims, reshape
 from .tensor import Tensor
 
@@ -115,7 +117,6 @@ def _select_at(x: Tensor, indices: Tensor, d: int) -> Tensor:
     Written as a one-hot `where` + sum so the gradient goes to the chosen element only, the
     way PyTorch routes max(dim)'s gradient, and so an inf elsewhere never makes a NaN.
     """
-    from .creation import arange
     ramp = reshape(arange(x.shape[d]), tuple(-1 if i == d else 1 for i in range(x.ndim)))
     hit = eq(reshape(indices, tuple(1 if i == d else s for i, s in enumerate(x.shape))), ramp)
     return apply("reduce_sum", where(hit, x, 0), axes=(d,))
@@ -140,7 +141,6 @@ def _extreme(op: str, x: Tensor, dim, keepdim: bool):
 def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001
     """The largest element, or (values, indices) along dim."""
     if isinstance(dim, Tensor):
-        from .elementwise import maximum
         return maximum(x, dim)
     return _extreme("max", x, dim, keepdim)
 
@@ -148,7 +148,6 @@ def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001
 def min(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001
     """The smallest element, or (values, indices) along dim."""
     if isinstance(dim, Tensor):
-        from .elementwise import minimum
         return minimum(x, dim)
     return _extreme("min", x, dim, keepdim)
 
@@ -227,8 +226,6 @@ def any(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001
 
 
 def norm(x: Tensor, p: float = 2.0, dim=None, keepdim: bool = False) -> Tensor:
-    from .elementwise import abs as abs_
-    from .elementwise import pow as pow_
     if p == 2:
         return sqrt(sum(mul(x, x), dim, keepdim))
     if p == 1:

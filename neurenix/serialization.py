@@ -19,7 +19,7 @@ def save(state: dict[str, Tensor], path: str | os.PathLike) -> None:
         if not isinstance(value, Tensor):
             raise TypeError(f"save: value for {key!r} is a {type(value).__name__}, expected a "
                             "Tensor")
-        arrays[key] = np.asarray(value._data, order="C")  # keeps 0-d arrays 0-d
+        arrays[key] = np.asarray(value._host(), order="C")  # keeps 0-d arrays 0-d
     save_file(arrays, str(path))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from neurenix.compiler.types import int64
 
 from .dispatch import apply
+from .elementwise import as_tensor, broadcast_shapes, result_dtype
 from .tensor import Tensor
 
 
@@ -156,7 +157,6 @@ def expand(x: Tensor, *sizes) -> Tensor:
 
 
 def broadcast_to(x: Tensor, shape: Sequence[int]) -> Tensor:
-    from .elementwise import broadcast_shapes
     shape = tuple(shape)
     if broadcast_shapes(x.shape, shape, op="broadcast_to") != shape:
         raise ValueError(f"broadcast_to: cannot broadcast shape {tuple(x.shape)} to {shape}")
@@ -185,7 +185,6 @@ def repeat(x: Tensor, *repeats) -> Tensor:
 
 
 def _common(tensors: Sequence[Tensor], op: str) -> list[Tensor]:
-    from .elementwise import as_tensor, result_dtype
     tensors = list(tensors)
     if not tensors:
         raise ValueError(f"{op}: expected a non-empty sequence of tensors")

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from . import nn, optim
 from .estimator import Estimator, History
+from .optim import lr_scheduler
 from .random import manual_seed
 from .tensor import Tensor
 
@@ -101,7 +103,6 @@ class _NeuralNetBase(_SkBase):
             raise ValueError(f"{name}: hidden_layer_sizes must be positive ints, got {sizes}")
 
     def _build(self, n_in: int, n_out: int):
-        from . import nn
         acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                 "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "elu": nn.ELU}
         layers: list[Any] = []
@@ -115,7 +116,6 @@ class _NeuralNetBase(_SkBase):
         return nn.Sequential(*layers)
 
     def _make_optimizer(self, params):
-        from . import optim
         lr, wd = self.learning_rate, self.alpha
         if self.optimizer == "adam":
             return optim.Adam(params, lr=lr, weight_decay=wd)
@@ -126,7 +126,6 @@ class _NeuralNetBase(_SkBase):
         return optim.Adadelta(params, lr=lr, weight_decay=wd)
 
     def _make_scheduler(self, opt):
-        from .optim import lr_scheduler
         if self.lr_schedule == "plateau":
             return lr_scheduler.ReduceLROnPlateau(opt, patience=max(1, self.patience // 2),
                                                   verbose=self.verbose)
@@ -171,7 +170,6 @@ class NeuralNetClassifier(_SkClassifier, _NeuralNetBase):
     """A multi-layer perceptron classifier trained with cross-entropy."""
 
     def fit(self, x: Any, y: Any) -> NeuralNetClassifier:
-        from .nn import CrossEntropyLoss
         arr = self._features(x)
         labels = np.asarray(y)
         if labels.ndim != 1 or labels.shape[0] != arr.shape[0]:
@@ -181,7 +179,7 @@ class NeuralNetClassifier(_SkClassifier, _NeuralNetBase):
         if len(self.classes_) < 2:
             raise ValueError("NeuralNetClassifier: y needs at least two classes")
         return self._fit(arr, Tensor(encoded.astype(np.int64)), len(self.classes_),
-                         CrossEntropyLoss())
+                         nn.CrossEntropyLoss())
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities, one column per entry of `classes_`."""
@@ -202,7 +200,6 @@ class NeuralNetRegressor(_SkRegressor, _NeuralNetBase):
     """A multi-layer perceptron regressor trained with mean squared error."""
 
     def fit(self, x: Any, y: Any) -> NeuralNetRegressor:
-        from .nn import MSELoss
         arr = self._features(x)
         target = np.asarray(y, dtype=np.float32)
         if target.shape[0] != arr.shape[0] or target.ndim not in (1, 2):
@@ -210,7 +207,7 @@ class NeuralNetRegressor(_SkRegressor, _NeuralNetBase):
                              f"({arr.shape[0]}, k), got {target.shape}")
         self._squeeze = target.ndim == 1
         t2 = target.reshape(arr.shape[0], -1)
-        return self._fit(arr, Tensor(t2), t2.shape[1], MSELoss())
+        return self._fit(arr, Tensor(t2), t2.shape[1], nn.MSELoss())
 
     def predict(self, x: Any) -> np.ndarray:
         self._check_fitted()

@@ -1,8 +1,9 @@
 """`neurenix.Tensor`: a device buffer with a dtype, a shape and autograd metadata.
 
-Every operation on a tensor is a composition of registry primitives applied through
-`neurenix.dispatch.apply`; the methods here only parse PyTorch-style arguments and forward to
-the functional modules (`elementwise`, `reductions`, `shapes`, `indexing`).
+This module holds the storage and the metadata (dtype, device, autograd and tracing fields)
+and what reads them; it imports no operation.  The operations (`x + y`, `x.sum(1)`, `x[i]`,
+`x.to(...)`, `x.backward()`) are installed onto `Tensor` from one table,
+`neurenix.tensor_methods`, when the package is imported.
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from neurenix.compiler.types import DType, bool_, dtype_from_numpy, float32, float64, int32, int64
+from neurenix.compiler.types import DType, bool_, dtype_from_numpy, float32, int64
 
+from . import state
+from .call_site import refuse
 from .device import CPU, Device, as_device
 
 
 def _array_from(data: Any, dtype: DType | None) -> tuple[np.ndarray, DType]:
     """A fresh NumPy array (and its DType) for `Tensor(data)`, with PyTorch's defaults."""
     if isinstance(data, Tensor):
-        arr = data._data
+        arr = data._host()
     elif isinstance(data, np.ndarray):
         arr = data
     else:
@@ -44,14 +47,13 @@ def _array_from(data: Any, dtype: DType | None) -> tuple[np.ndarray, DType]:
     return np.array(arr, dtype=dtype.np_type, copy=True), dtype
 
 
-# which trace a tensor was made in: a trace bumps it at its start and at its end, so a tensor
-# whose `_born` equals the trace's epoch was made inside that trace (a constant of the traced
-# function) and any other eager tensor it meets existed before (captured: an input)
-TRACE_EPOCH = [0]
-
-
 class Tensor:
-    """A multi-dimensional array that can record the operations applied to it."""
+    """A multi-dimensional array that can record the operations applied to it.
+
+    `_data` is the storage: the NumPy array itself on the CPU, a `runtime.buffer.DeviceBuffer`
+    elsewhere, None for a symbolic tensor (which holds its graph value in `_value`).  Values
+    are read through `_host()` and replaced through `_set_host()`.
+    """
 
     __slots__ = ("_data", "_dtype", "_device", "requires_grad", "_grad", "_node",
                  "_retains_grad", "_version", "_value", "_born", "__weakref__")
@@ -76,7 +78,7 @@ class Tensor:
         self._retains_grad = False
         self._version = 0
         self._value = None
-        self._born = TRACE_EPOCH[0]
+        self._born = state.trace_epoch()  # see state.use_trace: made in a trace or not
 
     @classmethod
     def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:
@@ -86,6 +88,28 @@ class Tensor:
         t._dtype = dtype if dtype is not None else dtype_from_numpy(array.dtype)
         t._device = CPU
         t._fresh_state()
+        return t
+
+    # ---- storage: read and replaced only here (see neurenix.runtime.buffer) ------------------
+
+    def _host(self) -> np.ndarray:
+        """The values as a host array: the storage itself on the CPU (writes to it are
+        writes to the tensor), a copy of a device buffer's values elsewhere."""
+        data = self._data
+        return data if isinstance(data, np.ndarray) else data.to_host()
+
+    def _set_host(self, array: np.ndarray) -> None:
+        """Replace the values with the host `array`, kept on the device the storage is on."""
+        data = self._data
+        if not isinstance(data, np.ndarray):
+            array = type(data).from_host(array, data.device)
+        self._data = array
+
+    @classmethod
+    def _symbolic(cls, value: Any) -> Tensor:
+        """A tensor standing for a graph value (`value.type` holds its shape and dtype)."""
+        t = cls._wrap(None, value.type.dtype)  # type: ignore[arg-type]
+        t._value = value
         return t
 
     # ---- properties -------------------------------------------------------------------------
@@ -118,16 +142,16 @@ class Tensor:
         Inside a trace (`neurenix.compile` of a training step) reads and writes go through
         the tracer, so a gradient computed, clipped or consumed in the trace stays symbolic.
         """
-        if dispatch._ACTIVE.state is not None:
-            from .trace_effects import read_grad
-            return read_grad(self)
+        trace = state.current_trace()
+        if trace is not None:
+            return trace.read_grad(self)
         return self._grad
 
     @grad.setter
     def grad(self, value: Tensor | None) -> None:
-        if dispatch._ACTIVE.state is not None:
-            from .trace_effects import write_grad
-            write_grad(self, value)
+        trace = state.current_trace()
+        if trace is not None:
+            trace.write_grad(self, value)
             return
         self._grad = value
 
@@ -148,15 +172,6 @@ class Tensor:
         self._data = value._data
         self._dtype = value._dtype
 
-    @property
-    def T(self) -> Tensor:
-        return shapes.permute(self, tuple(reversed(range(self.ndim))))
-
-    def size(self, dim: int | None = None):
-        if dim is None:
-            return self.shape
-        return self.shape[shapes.normalize_dim(dim, self.ndim, "size")]
-
     def dim(self) -> int:
         return self.ndim
 
@@ -176,11 +191,11 @@ class Tensor:
     def item(self) -> float | int | bool:
         """The value of a one-element tensor as a Python number."""
         self._concrete("item()")
-        if self._data.size != 1:
+        if self.numel() != 1:
             raise ValueError(f"item: only a tensor with one element can be converted to a "
                              f"Python number, got shape {tuple(self.shape)} "
-                             f"({self._data.size} elements)")
-        return self._data.reshape(()).item()
+                             f"({self.numel()} elements)")
+        return self._host().reshape(()).item()
 
     def numpy(self) -> np.ndarray:
         """The values as a NumPy array (sharing memory on the CPU, as PyTorch does)."""
@@ -188,20 +203,20 @@ class Tensor:
         if self.requires_grad:
             raise RuntimeError("numpy: can't call numpy() on a tensor that requires grad; "
                                "use tensor.detach().numpy()")
-        return self._data
+        return self._host()
 
     def tolist(self) -> Any:
         self._concrete("tolist()")
-        return self._data.tolist()
+        return self._host().tolist()
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         self._concrete("conversion to a NumPy array")
-        return self._data if dtype is None else self._data.astype(dtype)
+        values = self._host()
+        return values if dtype is None else values.astype(dtype)
 
     def _concrete(self, what: str) -> None:
         """Refuse to read values out of a symbolic (traced) tensor, naming the user's line."""
         if self._data is None:
-            from .tracing import refuse
             raise refuse(self, what)
 
     def __float__(self) -> float:
@@ -212,14 +227,14 @@ class Tensor:
 
     def __bool__(self) -> bool:
         self._concrete("bool()")
-        if self._data.size != 1:
-            raise ValueError(f"the truth value of a tensor with {self._data.size} elements is "
+        if self.numel() != 1:
+            raise ValueError(f"the truth value of a tensor with {self.numel()} elements is "
                              "ambiguous; use .any() or .all()")
-        return bool(self._data.reshape(()).item())
+        return bool(self._host().reshape(()).item())
 
     def __index__(self) -> int:
         self._concrete("use as an index")
-        if not self._dtype.is_integer or self._data.size != 1:
+        if not self._dtype.is_integer or self.numel() != 1:
             raise TypeError("only integer tensors of a single element can be used as an index")
         return int(self.item())
 
@@ -234,10 +249,10 @@ class Tensor:
     def __repr__(self) -> str:
         if self._data is None:
             return f"tensor(<traced {self._value.type}>)"
-        body = np.array2string(self._data, precision=4, separator=", ", prefix="tensor(",
+        body = np.array2string(self._host(), precision=4, separator=", ", prefix="tensor(",
                                threshold=200, edgeitems=3)
         extras = []
-        if self._dtype not in (float32, int64, bool_) or self._data.size == 0:
+        if self._dtype not in (float32, int64, bool_) or self.numel() == 0:
             extras.append(f"dtype={self._dtype!r}")
         if self._node is not None:
             extras.append(f"grad_fn=<{self._node.name}>")
@@ -257,31 +272,16 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         return self
 
-    def backward(self, gradient: Tensor | None = None, retain_graph: bool | None = None,
-                 create_graph: bool = False) -> None:
-        """Accumulate the gradient of this tensor into `.grad` of the leaves it depends on."""
-        autograd.backward(self, gradient, create_graph)
-
     def retain_grad(self) -> None:
         """Also store `.grad` on this non-leaf tensor during backward."""
         if not self.requires_grad:
             raise RuntimeError("retain_grad: the tensor does not require grad")
         self._retains_grad = True
 
-    def detach(self) -> Tensor:
-        """The same values, cut from the autograd graph (storage is shared)."""
-        if self._data is None:
-            return elementwise.stop_gradient(self)
-        return Tensor._wrap(self._data, self._dtype)
-
     def detach_(self) -> Tensor:
         self._node = None
         self.requires_grad = False
         return self
-
-    def clone(self) -> Tensor:
-        """A copy that stays connected to the autograd graph."""
-        return elementwise.clone(self)
 
     def contiguous(self) -> Tensor:
         return self
@@ -289,7 +289,7 @@ class Tensor:
     # ---- in-place updates (data only, refused where autograd would be wrong) -----------------
 
     def _check_inplace(self, op: str) -> None:
-        if self.requires_grad and self._node is None and autograd.is_grad_enabled():
+        if self.requires_grad and self._node is None and state.is_grad_enabled():
             raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be modified in "
                                "place; wrap the update in neurenix.no_grad()")
 
@@ -297,17 +297,20 @@ class Tensor:
         """Overwrite this tensor's values with src's (broadcast and cast to this dtype)."""
         self._check_inplace("copy_")
         self._version += 1
-        if dispatch._ACTIVE.state is not None and tracing_write(self, src):
+        trace = state.current_trace()
+        if trace is not None and trace.write(self, src):
             return self
-        value = src._data if isinstance(src, Tensor) else np.asarray(src)
+        value = src._host() if isinstance(src, Tensor) else np.asarray(src)
+        values = self._host()
         try:
-            np.copyto(self._data, np.broadcast_to(value, self.shape), casting="unsafe")
+            np.copyto(values, np.broadcast_to(value, self.shape), casting="unsafe")
         except ValueError:
             raise ValueError(f"copy_: cannot copy a tensor of shape {tuple(np.shape(value))} "
                              f"into one of shape {tuple(self.shape)}") from None
         except TypeError:
-            self._data = np.array(self._data)  # a read-only view: take a private copy first
-            np.copyto(self._data, np.broadcast_to(value, self.shape), casting="unsafe")
+            values = np.array(values)  # a read-only view: take a private copy first
+            np.copyto(values, np.broadcast_to(value, self.shape), casting="unsafe")
+        self._set_host(values)
         return self
 
     def fill_(self, value: float) -> Tensor:
@@ -316,107 +319,6 @@ class Tensor:
     def zero_(self) -> Tensor:
         return self.copy_(np.asarray(0))
 
-    def to(self, *args: Any, inplace: bool = False, **kwargs: Any) -> Tensor:
-        """Move to a device and/or convert to a dtype: `to(device)`, `to(dtype)`, or both.
-
-        With `inplace=True` the tensor itself is moved (used on parameters), else a new
-        tensor is returned (or this one, when nothing changes).
-        """
-        device, dtype = None, kwargs.pop("dtype", None)
-        device = kwargs.pop("device", None)
-        if kwargs:
-            raise TypeError(f"to: unexpected keyword arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, DType):
-                dtype = a
-            elif isinstance(a, Tensor):
-                dtype, device = a.dtype, a.device
-            else:
-                device = a
-        target = self._device if device is None else as_device(device, check=True)
-        out = self if dtype is None or dtype == self._dtype else elementwise.cast(self, dtype)
-        if inplace:
-            if out is not self:
-                self._data, self._dtype = out._data, out._dtype
-            self._device = target
-            return self
-        if target != self._device:
-            if out is self:
-                out = Tensor._wrap(self._data, self._dtype)
-                out.requires_grad, out._node = self.requires_grad, self._node
-            out._device = target
-        return out
-
-    def cpu(self) -> Tensor:
-        return self.to(CPU)
-
-    def float(self) -> Tensor:
-        return self.to(float32)
-
-    def double(self) -> Tensor:
-        return self.to(float64)
-
-    def long(self) -> Tensor:
-        return self.to(int64)
-
-    def int(self) -> Tensor:
-        return self.to(int32)
-
-    def bool(self) -> Tensor:
-        return self.to(bool_)
-
-    def type_as(self, other: Tensor) -> Tensor:
-        return self.to(other.dtype)
-
-    # ---- operators --------------------------------------------------------------------------
-
-    def __add__(self, other): return elementwise.add(self, other)
-    def __radd__(self, other): return elementwise.add(other, self)
-    def __sub__(self, other): return elementwise.sub(self, other)
-    def __rsub__(self, other): return elementwise.sub(other, self)
-    def __mul__(self, other): return elementwise.mul(self, other)
-    def __rmul__(self, other): return elementwise.mul(other, self)
-    def __truediv__(self, other): return elementwise.div(self, other)
-    def __rtruediv__(self, other): return elementwise.div(other, self)
-    def __floordiv__(self, other): return elementwise.floor_divide(self, other)
-    def __rfloordiv__(self, other): return elementwise.floor_divide(other, self)
-    def __mod__(self, other): return elementwise.remainder(self, other)
-    def __rmod__(self, other): return elementwise.remainder(other, self)
-    def __pow__(self, other): return elementwise.pow(self, other)
-    def __rpow__(self, other): return elementwise.pow(other, self)
-    def __matmul__(self, other): return linalg.matmul(self, other)
-    def __rmatmul__(self, other): return linalg.matmul(other, self)
-    def __neg__(self): return elementwise.neg(self)
-    def __pos__(self): return self
-    def __abs__(self): return elementwise.abs(self)
-    def __eq__(self, other): return elementwise.eq(self, other)  # type: ignore[override]
-    def __ne__(self, other): return elementwise.ne(self, other)  # type: ignore[override]
-    def __lt__(self, other): return elementwise.lt(self, other)
-    def __le__(self, other): return elementwise.le(self, other)
-    def __gt__(self, other): return elementwise.gt(self, other)
-    def __ge__(self, other): return elementwise.ge(self, other)
-    def __and__(self, other): return elementwise.logical_and(self, other)
-    def __rand__(self, other): return elementwise.logical_and(other, self)
-    def __or__(self, other): return elementwise.logical_or(self, other)
-    def __ror__(self, other): return elementwise.logical_or(other, self)
-    def __invert__(self): return elementwise.logical_not(self)
-
-    def __iadd__(self, other): return inplace.apply_inplace(self, elementwise.add, other, "+=")
-    def __isub__(self, other): return inplace.apply_inplace(self, elementwise.sub, other, "-=")
-    def __imul__(self, other): return inplace.apply_inplace(self, elementwise.mul, other, "*=")
-    def __itruediv__(self, other):
-        return inplace.apply_inplace(self, elementwise.div, other, "/=")
-    def __ifloordiv__(self, other):
-        return inplace.apply_inplace(self, elementwise.floor_divide, other, "//=")
-    def __imod__(self, other):
-        return inplace.apply_inplace(self, elementwise.remainder, other, "%=")
-    def __ipow__(self, other): return inplace.apply_inplace(self, elementwise.pow, other, "**=")
-
-    def __getitem__(self, index): return indexing.getitem(self, index)
-
-    def __setitem__(self, index, value) -> None:
-        indexing.setitem(self, index, value)
-
 
 def is_tensor(obj: Any) -> bool:
     return isinstance(obj, Tensor)
@@ -424,15 +326,3 @@ def is_tensor(obj: Any) -> bool:
 
 def is_scalar(obj: Any) -> bool:
     return isinstance(obj, (numbers.Number, np.generic)) and not isinstance(obj, Tensor)
-
-
-from . import autograd, dispatch, elementwise, indexing, inplace, linalg, shapes  # noqa: E402
-
-
-def tracing_write(target: Tensor, src: Any) -> bool:
-    """An in-place write made while tracing (see neurenix.tracing.write)."""
-    from .tracing import write
-    return write(target, src)
-from .tensor_methods import install_methods  # noqa: E402
-
-install_methods(Tensor)

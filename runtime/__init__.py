@@ -1,7 +1,23 @@
 """Device backends that load and run generated code.
 
 One explicit table of backends, each imported lazily, so `import neurenix` never needs a driver.
-A backend module exposes `is_available() -> bool`; probing never raises.
+The compiler's target table (`neurenix.compiler.targets`) names, per target, the runtime module
+that runs its programs; the frontend finds runtime modules only there and uses only this
+protocol, which every runtime module provides as plain module-level names (`runtime/backend.py`
+states it as `typing.Protocol`s):
+
+- `available() -> bool`: whether the device can run here; probing never raises.
+- `fingerprint() -> str`: a cheap identity of the device for cache keys (no compiler needed).
+- `code_identity() -> str`: what compiled code depends on besides its source (device model,
+  features, compiler version); part of every cached program's key.
+- `Executable(program, object_code=None, library=None)`: the class that loads a `Program`
+  (from the bytes of an earlier build when given: the caller vouches for them, as a cache
+  does); `.run(inputs) -> outputs` on host arrays, `.object_code` and `.library` (bytes a cache
+  may store, or None), `.source`.
+- `prepare(program, cache)`: load, once per process, the support libraries the program needs
+  (the CPU's thread pool).  `cache` has `load_library(key_parts) -> bytes | None` and
+  `store_library(key_parts, data)`, so a runtime keeps what it builds without importing the
+  frontend's cache.
 """
 from __future__ import annotations
 
@@ -12,13 +28,22 @@ BACKENDS: dict[str, str] = {
 }
 
 
+def backend_module(name: str):
+    """The runtime module that runs programs whose `Program.target` is `name` (imported on
+    first use); an unknown name raises ValueError listing the known ones."""
+    module_name = BACKENDS.get(name)
+    if module_name is None:
+        raise ValueError(f"no runtime backend runs {name!r} programs; known: {sorted(BACKENDS)}")
+    return importlib.import_module(module_name)
+
+
 def is_available(name: str) -> bool:
     """Whether backend `name` can run here; a failed probe (no driver, import error) is False."""
     module_name = BACKENDS.get(name)
     if module_name is None:
         return False
     try:
-        return bool(importlib.import_module(module_name).is_available())
+        return bool(importlib.import_module(module_name).available())
     except Exception:
         return False
 

@@ -10,6 +10,8 @@ asks for its ABI (`pool_abi`).  ctypes releases the GIL for the call.  Programs 
 so a dropped or closed executable unloads its code.  `compile_object` produces the same code
 as an object file for ahead-of-time export (its entry runs serially when passed a NULL pool).
 
+It provides the runtime protocol (`neurenix.runtime`): `available`, `fingerprint`,
+`code_identity`, `Executable` (= `CpuExecutable`) and `prepare` (loads the thread pool).
 This module imports neither the compiler nor the frontend, only the plain-data `Program`.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import cpu_pool
+from .backend import LibraryCache
 from .program import Program
 
 ARENA_ALIGN = 64
@@ -40,7 +43,7 @@ _POOL_LOCK = threading.Lock()
 _THREADS: int | None = None  # set before the pool is loaded: applied when it is
 
 
-def is_available() -> bool:
+def available() -> bool:
     """The host CPU is always there."""
     return True
 
@@ -81,20 +84,22 @@ def process_pool(library: bytes | None = None) -> cpu_pool.Pool:
     """The process's thread pool, loaded on first use (once per process: every program shares
     it; it is never unloaded).  `library`, the bytes of an earlier build on this host (its
     `Pool.library`) that the caller vouches for, as a cache would, loads it without LLVM;
-    otherwise it is built from cpu_pool.py's IR."""
+    otherwise it is built from `cpu_pool_ir.pool_source()`."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
             lib = _dlopen(library, "neurenix-pool-") if library is not None else None
             if lib is None:
-                source = cpu_pool.pool_source()
+                from .cpu_pool_ir import pool_source  # llvmlite: imported only to build
+
+                source = pool_source()
                 library = link_shared(compile_object(source)) if linker() is not None else None
                 lib = _dlopen(library, "neurenix-pool-") if library is not None else None
             if lib is not None:
                 pool = cpu_pool.Pool(lambda name: _library_symbol(lib, name), lib, library)
             else:
                 engine = _mcjit(target_machine(jit=True).emit_object(
-                    optimize(cpu_pool.pool_source())))
+                    optimize(source)))
                 pool = cpu_pool.Pool(lambda name: _engine_symbol(engine, name), engine)
             pool.init(_THREADS or default_threads())
             if hasattr(os, "register_at_fork"):
@@ -106,6 +111,19 @@ def process_pool(library: bytes | None = None) -> cpu_pool.Pool:
 def pool_loaded() -> bool:
     """Whether the process's thread pool is loaded (a cache may then skip fetching it)."""
     return _POOL is not None
+
+
+def prepare(program: Program, cache: LibraryCache | None = None) -> None:
+    """Load the thread pool a threaded program runs on, once per process: from `cache` (so
+    that a new process running cached programs needs no LLVM for it either), or built and
+    stored there."""
+    if not program.metadata.get("threaded") or _POOL is not None:
+        return
+    key = ("thread pool", fingerprint())
+    library = cache.load_library(key) if cache is not None else None
+    built = process_pool(library=library).library
+    if cache is not None and built is not None and built is not library:
+        cache.store_library(key, built)
 
 
 def _after_fork() -> None:
@@ -130,7 +148,7 @@ def _llvm():
     return llvm
 
 
-def host_id() -> str:
+def code_identity() -> str:
     """What compiled code depends on besides its source: triple, CPU, features, LLVM."""
     llvm = _llvm()
     import llvmlite
@@ -138,14 +156,14 @@ def host_id() -> str:
                      llvm.get_host_cpu_features().flatten(), llvmlite.__version__))
 
 
-def host_fingerprint() -> str:
-    """What `host_id` identifies, read from the OS where it describes the CPU (Linux's
-    /proc/cpuinfo), so that a cache lookup needs no LLVM; `host_id` elsewhere."""
+def fingerprint() -> str:
+    """What `code_identity` identifies, read from the OS where it describes the CPU (Linux's
+    /proc/cpuinfo), so that a cache lookup needs no LLVM; `code_identity` elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
             first = f.read().split("\n\n", 1)[0]
     except OSError:
-        return host_id()
+        return code_identity()
     keep = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags")
     lines = sorted(line for line in first.splitlines()
                    if line.split(":", 1)[0].strip() in keep)
@@ -467,6 +485,9 @@ class CpuExecutable:
                     best = min(best, time.perf_counter() - start)
                 times.append((info.name, best))
         return times
+
+
+Executable = CpuExecutable  # the runtime protocol's name for the class (see neurenix.runtime)
 
 
 def _address(x: np.ndarray) -> int:

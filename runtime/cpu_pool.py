@@ -12,7 +12,7 @@ its entry's third argument, a pointer to
 
 (`neurenix_entry(void **args, void *arena, const struct neurenix_pool *pool)`; a NULL pool runs
 every kernel on the calling thread, so an exported library works without this one).  The pool
-is built as LLVM IR (cpu_pool_ir.py), compiled and loaded once per process by
+is built as LLVM IR (`cpu_pool_ir.pool_source`), compiled and loaded once per process by
 `runtime.cpu.process_pool` (or loaded from bytes a program's library carries), and never
 unloaded, so programs can be unloaded freely: no thread ever runs a program's code
 between two of its calls.
@@ -41,7 +41,6 @@ The library (`neurenix_pool_*`, state in its globals):
 from __future__ import annotations
 
 import ctypes
-import platform
 from collections.abc import Callable
 
 POOL_ABI = 1
@@ -55,16 +54,6 @@ MAX_THREADS = 256
 CHUNKS_PER_THREAD = 4
 PTHREAD_BYTES = 128  # room for a pthread_mutex_t, pthread_cond_t or pthread_attr_t on any libc
 POOL = "neurenix_pool"  # the struct neurenix_pool a program's entry receives
-
-
-def pool_source(machine: str | None = None) -> str:
-    """The pool library's LLVM IR for this machine (`platform.machine()`; compiled for the host
-    and loaded by `runtime.cpu`).  Built without LLVM itself (cpu_pool_ir.py, imported only
-    here, so that loading programs never imports llvmlite)."""
-    from .cpu_pool_ir import build
-
-    machine = (machine or platform.machine()).lower()
-    return build(machine in ("x86_64", "amd64", "i386", "i686"))
 
 
 class Pool:

@@ -1,10 +1,11 @@
 """The LLVM IR of the process's thread pool library (see cpu_pool.py for what it does).
 
 Kept apart from cpu_pool.py so that loading and running programs never imports llvmlite: only
-building the pool does.
+building the pool does (`runtime.cpu` imports this module then).
 """
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 
 from llvmlite import ir
@@ -441,3 +442,10 @@ class _PoolModule:
 def build(x86: bool) -> str:
     """The pool library's module as LLVM IR text (`pause` in spin loops on x86)."""
     return _PoolModule(x86).build()
+
+
+def pool_source(machine: str | None = None) -> str:
+    """The pool library's LLVM IR for this machine (`platform.machine()`; compiled for the host
+    and loaded by `runtime.cpu`)."""
+    machine = (machine or platform.machine()).lower()
+    return build(machine in ("x86_64", "amd64", "i386", "i686"))

@@ -46,7 +46,8 @@ def schedule(kernels: list[Kernel], inputs: dict[str, np.ndarray],
     shapes = {n: a.shape for n, a in inputs.items()}
     shapes.update({n: s for n, (s, _) in outputs.items()})
     for n, a in inputs.items():
-        buffers.setdefault(n, BufferArg(n, dtype_from_numpy(a.dtype), a.size))
+        if n not in buffers:
+            buffers[n] = BufferArg(n, dtype_from_numpy(a.dtype), a.size)
     return KernelGraph(kernels, buffers, list(inputs), list(outputs), shapes)
 
 

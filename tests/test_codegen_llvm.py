@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from kernel_helpers import c64, compile_schedule, flat, guarded, run_both, schedule
 from neurenix.compiler.codegen import CodegenError, generate
-from neurenix.compiler.codegen.llvm_matmul import host_vector_bits
 from neurenix.compiler.codegen.llvm_ops import BINARY, UNARY
-from neurenix.compiler.codegen.llvm_reduce import across_columns, is_small
 from neurenix.compiler.kernel.eval import run_schedule
 from neurenix.compiler.kernel.ir import (
     Acc,
@@ -32,9 +30,18 @@ from neurenix.compiler.kernel.ir import (
     Where,
 )
 from neurenix.compiler.ops.source import _rng_impl
+from neurenix.compiler.schedule import (
+    ColumnReduction,
+    Elementwise,
+    schedule_kernel,
+    schedule_kernels,
+)
+from neurenix.compiler.schedule.ranges import PARALLEL_MIN_WORK
+from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import ALL_DTYPES, bool_, float32, float64, int32, int64
 from neurenix.runtime.cpu import optimized_ir
 
+CAPS = get_target("llvm").capabilities  # the host's, or what a test plugin forces
 N = 67  # no multiple of a vector width: every loop has a remainder
 CLASSES = {"f": (float32, float64), "i": (int32, int64), "b": (bool_,)}
 # float32 routines written as polynomials (see llvm_math.py) are within 4 ulp
@@ -300,10 +307,12 @@ def test_reductions_with_nan_ties_infinities_and_empty_axes(reductions_program):
 
 def test_reductions_over_outer_axes_run_across_columns(reductions_program):
     *_, s = reductions_program
-    by = {k.name: k for k in s.kernels}
-    assert across_columns(by["sum_f32_first"]) and across_columns(by["argmax_wide_columns"])
-    assert not across_columns(by["sum_f32_last"]) and not across_columns(by["max_two_axes"])
-    assert is_small(by["argmax_window"]) and not across_columns(by["argmax_window"])
+    plan = {k.name: schedule_kernel(k, CAPS) for k in s.kernels}
+    for name in ("sum_f32_first", "argmax_wide_columns"):
+        assert isinstance(plan[name], ColumnReduction), (name, plan[name])
+    for name in ("sum_f32_last", "max_two_axes"):
+        assert isinstance(plan[name], Elementwise) and not plan[name].unroll, plan[name]
+    assert isinstance(plan["argmax_window"], Elementwise) and plan["argmax_window"].unroll
 
 
 def test_reduction_semantics_spelled_out(reductions_program):
@@ -394,13 +403,13 @@ MATMULS = [  # (batch, m, k, n, a transposed, b transposed, bias, dtype)
 ]
 # mm12 (n = 9) is too narrow for 16-lane (AVX-512) tiles but fills 8-lane (AVX2) ones
 PATHS = ["generic", "generic", "tiled", "tiled", "dot", "tiled", "tiled", "tiled", "tiled",
-         "tiled", "tiled", "dot", "dot" if host_vector_bits() >= 512 else "tiled", "dot", "dot"]
+         "tiled", "tiled", "dot", "dot" if CAPS.vector_bits >= 512 else "tiled", "dot", "dot"]
 
 
-def build_matmul_program(prefix: str, cases, seed: int):
+def build_matmul_program(prefix: str, cases, seed: int, caps=None):
     """One program holding a contraction kernel `<prefix><i>` per case (batch, m, k, n,
-    a transposed, b transposed, bias, dtype), on random data: (schedule, program, executable,
-    inputs, data)."""
+    a transposed, b transposed, bias, dtype), on random data, scheduled for `caps` (default:
+    the llvm target's): (kernels, program, executable, inputs, data)."""
     rng = np.random.default_rng(seed)
     kernels, data = [], {}
     for i, (batch, m, k, n, a_t, b_t, bias, dt) in enumerate(cases):
@@ -410,6 +419,8 @@ def build_matmul_program(prefix: str, cases, seed: int):
             data[arg.name] = rng.standard_normal(arg.size).astype(dt.np_type)
     s = schedule(kernels, data, {k.name: ((k.outputs[0].size,), k.outputs[0].dtype)
                                  for k in kernels})
+    if caps is not None:
+        s = schedule_kernels(s, caps)
     return s, generate(s), compile_schedule(s), [data[n] for n in s.inputs], data
 
 
@@ -466,7 +477,6 @@ def test_threaded_ranges_give_the_same_results(matmul_program):
     """Chunks are claimed dynamically; more threads than cores or than chunks change nothing."""
     s, program, exe, inputs, _ = matmul_program
     threaded = {name.split("_", 1)[1] for name in program.metadata["threaded"]}
-    from neurenix.compiler.codegen.llvm_parallel import PARALLEL_MIN_WORK
     work = {f"mm{i}": max(b, 1) * m * k * n for i, (b, m, k, n, *_) in enumerate(MATMULS)}
     assert threaded == {name for name, w in work.items() if w >= PARALLEL_MIN_WORK}, threaded
     assert {"mm3", "mm4"} <= threaded  # the batch-64 GEMM and the matrix-vector product

@@ -10,7 +10,7 @@ from kernel_helpers import (
     assert_same_across_threads,
     assert_same_guarded,
 )
-from neurenix.compiler.codegen.llvm_dot import SHORT_K, SHORT_K_ROWS
+from neurenix.compiler.schedule.dot import SHORT_K, SHORT_K_ROWS
 from neurenix.compiler.types import float32, float64
 from test_codegen_llvm import build_matmul_program, reference_matmul
 

@@ -7,6 +7,8 @@ case runs against np.matmul or the kernel interpreter, with its inputs against a
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from kernel_helpers import (
@@ -19,11 +21,17 @@ from kernel_helpers import (
     schedule,
 )
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.codegen.llvm_matmul import host_vector_bits, rows_per_tile
-from neurenix.compiler.codegen.llvm_window import match_window
 from neurenix.compiler.kernel.ir import Acc, Binary, BufferArg, Const, Kernel, Load, Store, Var
+from neurenix.compiler.schedule import Window, window_rule
+from neurenix.compiler.schedule.contraction import rows_per_tile
+from neurenix.compiler.schedule.ranges import MIN_RANGE
+from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64
 from test_codegen_llvm import build_matmul_program, reference_matmul
+
+CAPS = get_target("llvm").capabilities
+AVX512 = replace(CAPS, vector_bits=512, masked_loads=True)
+AVX2 = replace(CAPS, vector_bits=256, masked_loads=True)
 
 
 @pytest.mark.parametrize("rows, mr", [(1, 1), (4, 4), (6, 6), (16, 8), (32, 8), (20, 5),
@@ -69,7 +77,7 @@ def test_skinny_contractions_split_across_threads_identically(skinny_program):
 def test_narrow_edge_tiles_use_narrow_vectors(skinny_program):
     """196 columns: six tiles of NR and a last one of 4 columns in the narrowest vector."""
     _, program, _, _, _ = skinny_program
-    lanes = host_vector_bits() // 32
+    lanes = CAPS.vector_bits // 32
     if lanes < 8:
         pytest.skip("no wide vectors on this host")
     assert f"<{lanes // 2} x float>" in program.source
@@ -121,7 +129,7 @@ def pool_program():
 
 def test_pooling_windows_match_the_interpreter_and_stay_in_bounds(pool_program):
     s, exe, inputs = pool_program
-    assert all(match_window(k, 512) is not None for k in s.kernels)
+    assert all(isinstance(window_rule(k, AVX512), Window) for k in s.kernels)
     got, want = run_both(s, inputs, exe)
     for g, w, case in zip(got, want, POOLS):
         tol = 1e-6 if case[4] == float32 else 1e-12
@@ -132,7 +140,7 @@ def test_pooling_windows_match_the_interpreter_and_stay_in_bounds(pool_program):
 
 def test_pooling_windows_load_contiguously(pool_program):
     s, exe, _ = pool_program
-    if host_vector_bits() < 256:
+    if not CAPS.masked_loads:
         pytest.skip("no masked vector loads on this host")
     assert "llvm.masked.load" in exe.program.source
 
@@ -147,11 +155,12 @@ def test_window_path_declines_what_it_cannot_deinterleave():
                     reduce_value=Load("u_x", flat((2, 8), (4, 8), (3, 2), (5, 1)), float32,
                                       mask=Binary("lt", Var(3), c64(2)), other=0.0))
     for kernel in (unit, big, arg, masked):
-        assert match_window(kernel, 512) is None, kernel.name
+        assert window_rule(kernel, AVX512) is None, kernel.name
     wide = pool_kernel("d", (1, 1, 4, 8), 2, 2, "max", float64)
-    assert match_window(wide, 512) is not None
-    assert match_window(wide, 512).lanes == 8
-    assert match_window(pool_kernel("f", (1, 1, 4, 8), 2, 2, "max"), 256).lanes == 8
+    assert isinstance(window_rule(wide, AVX512), Window)
+    assert window_rule(wide, AVX512).lanes == 8
+    assert window_rule(pool_kernel("f", (1, 1, 4, 8), 2, 2, "max"), AVX2).lanes == 8
+    assert window_rule(wide, replace(AVX512, masked_loads=False)) is None
 
 
 def test_pooling_window_threads_identically(pool_program):
@@ -216,8 +225,6 @@ def test_unfold_copies_match_the_interpreter_and_stay_in_bounds():
 def test_outer_axes_past_a_few_hundred_rows_are_counted_not_divided():
     """The range covers the outer axes up to MIN_RANGE rows (batch x channels here); the
     window and row axes inside are plain loops."""
-    from neurenix.compiler.codegen.llvm import MIN_RANGE
-
     kern = unfold_kernel("uf", 4, 80, 14, 14)
     small = unfold_kernel("us", 1, 2, 7, 7)
     data = {k.inputs[0].name: np.zeros(k.inputs[0].size, np.float32) for k in (kern, small)}

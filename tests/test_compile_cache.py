@@ -114,7 +114,7 @@ def test_cache_can_be_switched_off(tmp_path, monkeypatch):
 
 def test_a_changed_compiler_does_not_reuse_old_programs(tmp_path, monkeypatch):
     """The key holds a digest of Neurenix's source: an edited compiler compiles again."""
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     monkeypatch.setenv("NEURENIX_CACHE_DIR", str(tmp_path))
     model, x = _model(), neurenix.randn(3, 5)
     assert _run(model, x)[1] == "miss"
@@ -165,7 +165,7 @@ def _cache(tmp_path, monkeypatch, name="cache"):
 
 def _entries(directory):
     """The entries of a cache directory by kind: {"program": [keys], "built": [keys]}."""
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     kinds = {}
     for path in sorted(directory.glob("*.bin")):
         entry = compile_cache.load(path.stem)
@@ -187,7 +187,7 @@ def _miss_then_hit(model, x, want):
 def test_the_directory_is_private_and_the_key_file_is_0600(tmp_path, monkeypatch):
     import stat
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     _run(_model(), neurenix.randn(3, 5))
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
@@ -228,7 +228,7 @@ def test_an_old_style_entry_with_a_valid_checksum_never_runs(tmp_path, monkeypat
     import hashlib
     import pickle
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -250,7 +250,7 @@ def test_an_old_style_entry_with_a_valid_checksum_never_runs(tmp_path, monkeypat
 def test_an_entry_edited_with_a_recomputed_checksum_is_refused(tmp_path, monkeypatch):
     import hashlib
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -277,7 +277,7 @@ def test_entries_copied_from_another_cache_are_refused(tmp_path, monkeypatch):
         shutil.copy(path, mine / path.name)
         copied.append(mine / path.name)
     _miss_then_hit(model, x, want)
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     assert all(compile_cache.load(p.stem) is not None for p in copied)  # rewritten, ours
 
 
@@ -327,7 +327,7 @@ def test_a_swapped_library_is_never_loaded(tmp_path, monkeypatch):
 
     from neurenix.runtime import cpu
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     if cpu.linker() is None:
         pytest.skip("no system linker (ld) here")
     directory = _cache(tmp_path, monkeypatch)
@@ -363,7 +363,7 @@ def test_a_swapped_library_is_never_loaded(tmp_path, monkeypatch):
 
 
 def _sign(key, record, blobs=None, arrays=None):
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     compile_cache.store(key, record, blobs, arrays)
 
 
@@ -405,7 +405,7 @@ def _malformed_built(key, entry):
 @pytest.mark.parametrize("case", range(8))
 @pytest.mark.parametrize("kind", ["program", "built"])
 def test_a_malformed_authenticated_entry_is_rebuilt(tmp_path, monkeypatch, kind, case):
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -431,7 +431,7 @@ def test_a_malformed_authenticated_entry_is_rebuilt(tmp_path, monkeypatch, kind,
                                   b"\x04\x00\x00\x00\x00\x00\x00\x00\xff\xfe{}"],
                          ids=["empty", "list", "too-long", "no-fields", "not-utf8"])
 def test_an_authenticated_entry_with_a_bad_layout_is_rebuilt(tmp_path, monkeypatch, body):
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -446,7 +446,7 @@ def test_an_authenticated_entry_with_a_bad_layout_is_rebuilt(tmp_path, monkeypat
 def test_a_library_that_does_not_load_is_replaced(tmp_path, monkeypatch):
     """An authenticated program entry whose library cannot be loaded: the program is built
     again from its source, and the entry rewritten with a library that loads."""
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -470,7 +470,7 @@ def _no_disk_cache(model, x, want):
 
 
 def _warnings_about(record, path):
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     return [w for w in record if issubclass(w.category, compile_cache.CacheWarning)
             and str(path) in str(w.message)]
 
@@ -495,7 +495,7 @@ def test_a_directory_of_another_user_is_not_used(tmp_path, monkeypatch):
     import os
     import warnings
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -512,7 +512,7 @@ def test_a_bad_key_file_turns_the_cache_off(tmp_path, monkeypatch, damage):
     import os
     import warnings
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     want, _ = _run(model, x)
@@ -538,7 +538,7 @@ def test_a_bad_key_file_turns_the_cache_off(tmp_path, monkeypatch, damage):
 def test_the_key_file_is_created_once_when_processes_race(tmp_path):
     import threading
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     tmp_path.chmod(0o700)
     secrets = []
 
@@ -570,7 +570,7 @@ def test_a_full_disk_leaves_no_partial_entries(tmp_path, monkeypatch):
     import errno
     import os
 
-    from neurenix import compile_cache
+    from neurenix.compilation import compile_cache
     directory = _cache(tmp_path, monkeypatch)
     model, x = _model(), neurenix.randn(3, 5)
     with neurenix.no_grad():
@@ -606,7 +606,7 @@ def test_a_cached_program_that_cannot_be_loaded_is_built_again(tmp_path, monkeyp
                 raise OSError("cannot load the cached library")
             super().__init__(program)
 
-    monkeypatch.setattr(cpu, "CpuExecutable", Broken)
+    monkeypatch.setattr(cpu, "Executable", Broken)
     got, state = _run(model, x)
     assert state == "miss"
     np.testing.assert_array_equal(got, want)
@@ -620,7 +620,7 @@ def test_a_program_that_cannot_be_loaded_at_all_is_reported(tmp_path, monkeypatc
         def __init__(self, program, object_code=None, library=None):
             raise OSError("no executable memory")
 
-    monkeypatch.setattr(cpu, "CpuExecutable", Broken)
+    monkeypatch.setattr(cpu, "Executable", Broken)
     with pytest.raises(RuntimeError, match="cannot be loaded: OSError: no executable memory"):
         _run(_model(), neurenix.randn(3, 5))
 

@@ -16,12 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import toy_target
 from op_helpers import assert_close, make_data
 
 import neurenix as nx
 import neurenix.nn as nn
 
-BACKENDS = ("reference", "llvm")
+# the kernel evaluator as a target (tests/toy_target.py): the same pipeline down to the
+# scheduled kernels, which it interprets — the table's second generating target
+BACKENDS = ("reference", "llvm", toy_target.register().name)
 REFERENCE = ("reference",)
 # compiled vs eager: the same math, possibly a different summation order in generated loops
 FWD = (1e-5, 1e-6)

@@ -4,7 +4,7 @@ import pytest
 from neurenix.compiler import GraphBuilder, evaluate, pipeline
 from neurenix.compiler.types import TensorType, float32
 
-from neurenix.compiled import load
+from neurenix.compilation.executables import load
 
 pytestmark = pytest.mark.skipif(pipeline.default_backend() != "llvm",
                                 reason="needs the LLVM code generator (llvmlite)")

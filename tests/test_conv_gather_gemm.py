@@ -8,6 +8,8 @@ bounds with guard pages, and the fusion decision's limits.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +19,9 @@ from neurenix.compiler.codegen import generate
 from neurenix.compiler.codegen.llvm_matmul import _column_only
 from neurenix.compiler.kernel.eval import run_schedule
 from neurenix.compiler.kernel.ir import Binary, Const, Load, Var
-from neurenix.compiler.lowering.fusion import IM2COL_OTHER_LIMIT
+from neurenix.compiler.lowering.fusion import plan_fusion
 from neurenix.compiler.lowering.lower import lower, walk
+from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import TensorType, float32, float64, int64
 from neurenix.runtime.cpu import CpuExecutable
 
@@ -122,9 +125,17 @@ def _c(v: int) -> Const:
     return Const(v, int64)
 
 
+def test_the_inline_unfold_limit_is_the_targets():
+    """Fusion asks the capability record how many output channels keep the gather inline."""
+    caps = get_target("llvm").capabilities
+    graph = conv_graph((2, 3, 6, 6, 16, (3, 3), (1, 1), (1, 1), (1, 1), float32))
+    assert len(plan_fusion(graph).groups) == len(plan_fusion(graph, caps=caps).groups) == 1
+    assert len(plan_fusion(graph, caps=replace(caps, inline_unfold_limit=15)).groups) == 2
+
+
 def test_wide_products_and_shared_windows_still_store_the_im2col():
-    wide = conv_graph((2, 3, 6, 6, IM2COL_OTHER_LIMIT + 1, (3, 3), (1, 1), (1, 1), (1, 1),
-                       float32))
+    limit = get_target("llvm").capabilities.inline_unfold_limit
+    wide = conv_graph((2, 3, 6, 6, limit + 1, (3, 3), (1, 1), (1, 1), (1, 1), float32))
     assert len(lower(wide).kernels) == 2  # too many output channels to recompute the gather
     b = GraphBuilder("shared")
     x = b.input("x", TensorType((2, 3, 6, 6), float32))

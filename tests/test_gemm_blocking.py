@@ -12,20 +12,17 @@ import resource
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from kernel_helpers import assert_same_across_threads, assert_same_guarded
 from neurenix.compiler import evaluate
-from neurenix.compiler.codegen import generate, llvm_matmul
-from neurenix.compiler.codegen.llvm_matmul import (
-    KC,
-    MAX_STACK_BYTES,
-    blocking,
-    host_vector_bits,
-    match_contraction,
-)
+from neurenix.compiler.codegen import generate
 from neurenix.compiler.lowering.lower import lower
+from neurenix.compiler.schedule import Contraction, contraction, contraction_rule
+from neurenix.compiler.schedule.contraction import KC, MAX_STACK_BYTES
+from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64
 from neurenix.runtime.cpu import CpuExecutable
 from test_codegen_llvm import build_matmul_program, matmul_kernel, reference_matmul
@@ -101,7 +98,9 @@ def test_large_scratch_is_on_the_heap_not_the_stack(long_program):
 def test_blocks_cover_k_evenly():
     for k in (1, KC, KC + 1, 4096, 4160, 16384, 70001):
         kernel = matmul_kernel("m", 0, 64, k, 64)
-        plan = blocking(kernel, match_contraction(kernel, host_vector_bits()))
+        tiles = contraction_rule(kernel, get_target("llvm").capabilities)
+        assert isinstance(tiles, Contraction)
+        plan = tiles.blocking
         assert plan.kc <= KC or plan.k_blocks == 1 and k <= KC
         assert (plan.k_blocks - 1) * plan.kc < k <= plan.k_blocks * plan.kc
         assert plan.k_blocks == -(-k // KC)
@@ -119,17 +118,17 @@ GROUPED = [  # (batch, m, k, n, a transposed, b transposed, bias + relu, dtype)
 
 @pytest.fixture(scope="module")
 def grouped_program():
+    caps = replace(get_target("llvm").capabilities, l2_bytes=16 * 1024)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(llvm_matmul, "KC", 64)
-        mp.setattr(llvm_matmul, "SCRATCH_BYTES", 4096)
-        mp.setattr(llvm_matmul, "host_l2_bytes", lambda: 16 * 1024)
-        mp.setattr(llvm_matmul, "MAX_STACK_BYTES", 1024)  # panels on the heap, as AVX-512's
+        mp.setattr(contraction, "KC", 64)
+        mp.setattr(contraction, "SCRATCH_BYTES", 4096)
+        mp.setattr(contraction, "MAX_STACK_BYTES", 1024)  # panels on the heap, as AVX-512's
         plans = []
         for i, case in enumerate(GROUPED):
             batch, m, k, n, a_t, b_t, bias, dtype = case
             kernel = matmul_kernel(f"g{i}", batch, m, k, n, dtype, a_t, b_t, bias)
-            plans.append(blocking(kernel, match_contraction(kernel, host_vector_bits())))
-        built = build_matmul_program("gr", GROUPED, 9)
+            plans.append(contraction_rule(kernel, caps).blocking)
+        built = build_matmul_program("gr", GROUPED, 9, caps)
     return plans, built
 
 

@@ -21,9 +21,9 @@ def _kernel(n: int) -> Kernel:
 
 def test_shared_subexpressions_print_once():
     text = format_kernel(_kernel(3))
-    assert "t0 = (x[i0] * x[i0])" in text
-    assert "t1 = (t0 * t0)" in text
-    assert "y[i0] = (t1 * t1)" in text
+    assert "e0 = (x[i0] * x[i0])" in text
+    assert "e1 = (e0 * e0)" in text
+    assert "y[i0] = (e1 * e1)" in text
 
 
 def test_a_deep_dag_hashes_prints_and_plans_quickly():

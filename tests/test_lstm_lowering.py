@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from neurenix.compiler import GraphBuilder, evaluate
 from neurenix.compiler.codegen import generate
+from neurenix.compiler.kernel.affine import affine
 from neurenix.compiler.kernel.ir import Load
-from neurenix.compiler.kernel.memory import affine, plan_memory
+from neurenix.compiler.kernel.memory import plan_memory
 from neurenix.compiler.lowering.fusion import plan_fusion
 from neurenix.compiler.lowering.lower import CONCAT_SPLIT_INPUTS, lower, walk
 from neurenix.runtime.cpu import CpuExecutable

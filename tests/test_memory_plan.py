@@ -63,13 +63,13 @@ def random_schedule(rng: random.Random):
     return schedule(kernels, {"x": np.zeros(size, np.float32)}, {"y": ((last.size,), F)})
 
 
-def check_plan(s, plan):
+def check_plan(s, plan, alignment=ALIGN):
     temps = s.temporaries()
     nbytes = {t: s.buffers[t].size * s.buffers[t].dtype.itemsize for t in temps}
     assert set(plan.offsets) == set(temps)
-    assert all(o % ALIGN == 0 for o in plan.offsets.values())
+    assert all(o % alignment == 0 for o in plan.offsets.values())
     assert all(plan.offsets[t] + nbytes[t] <= plan.arena_bytes for t in temps)
-    assert plan.naive_bytes == sum(aligned(n) for n in nbytes.values())
+    assert plan.naive_bytes == sum(aligned(n, alignment) for n in nbytes.values())
     assert plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes
     for k in range(len(s.kernels)):
         live = [t for t in temps if plan.intervals[t][0] <= k <= plan.intervals[t][1]]
@@ -88,7 +88,7 @@ def check_plan(s, plan):
     for k in range(len(s.kernels)):
         live = {t for t in temps if plan.intervals[t][0] <= k <= plan.intervals[t][1]}
         merged = {t for t in live if plan.inplace.get(t) in live}
-        peak = max(peak, sum(aligned(nbytes[t]) for t in live - merged))
+        peak = max(peak, sum(aligned(nbytes[t], alignment) for t in live - merged))
     assert plan.lower_bound_bytes == peak
 
 
@@ -96,6 +96,20 @@ def check_plan(s, plan):
 def test_random_schedules_never_overlap_live_buffers(seed):
     s = random_schedule(random.Random(seed))
     check_plan(s, plan_memory(s))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_target_alignment_places_every_buffer(seed):
+    """WebGPU binds storage buffers at 256-byte offsets."""
+    s = random_schedule(random.Random(seed))
+    plan = plan_memory(s, alignment=256)
+    check_plan(s, plan, alignment=256)
+    assert plan.arena_bytes >= plan_memory(s).arena_bytes
+
+
+def test_alignment_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="alignment must be a positive power of two, got 48"):
+        plan_memory(chain(), alignment=48)
 
 
 def chain(n=6, size=1000):

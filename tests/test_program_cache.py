@@ -14,8 +14,8 @@ import pytest
 from neurenix.compiler.trace import TraceError
 
 import neurenix
-from neurenix import compiled as compiled_module
 from neurenix import nn
+from neurenix.compilation import compiled as compiled_module
 
 
 def _counting(calls: list, backend: str = "reference"):

@@ -21,7 +21,8 @@ from kernel_helpers import (
     flat,
     schedule,
 )
-from neurenix.compiler.codegen.llvm_reduce import (
+from neurenix.compiler.kernel.ir import Acc, BufferArg, Kernel, Load, Store, Var
+from neurenix.compiler.schedule.reduction import (
     BLOCK,
     COLUMN_BLOCK,
     PARTS,
@@ -30,7 +31,6 @@ from neurenix.compiler.codegen.llvm_reduce import (
     cut,
     part_count,
 )
-from neurenix.compiler.kernel.ir import Acc, BufferArg, Kernel, Load, Store, Var
 from neurenix.compiler.types import dtype_from_numpy, int64
 
 import neurenix

@@ -4,7 +4,6 @@ The process-wide thread pool and unloading have their own tests in test_thread_p
 """
 from __future__ import annotations
 
-import ast
 import ctypes
 import pathlib
 from dataclasses import replace
@@ -147,23 +146,6 @@ def test_optimized_ir_and_assembly_are_available():
     program = axpy_program(64)
     assert "neurenix_entry" in cpu.optimized_ir(program)
     assert "neurenix_entry" in cpu.assembly(program)
-
-
-def test_runtime_imports_neither_compiler_nor_frontend():
-    for path in (ROOT / "runtime").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                module = node.module or ""
-                assert node.level == 1 or not module.startswith(("neurenix", "compiler")), \
-                    f"{path.name} imports {module}"
-                assert node.level != 2, f"{path.name} reaches outside the runtime"
-                if node.level == 1:
-                    assert module in ("program", "cpu_pool", "cpu_pool_ir", ""), \
-                        f"{path.name} imports .{module}"
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert not alias.name.startswith(("neurenix", "compiler")), path.name
 
 
 def test_executables_own_no_threads_and_close_unloads_them(data):

@@ -7,14 +7,18 @@ against a guard page.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from kernel_helpers import compile_schedule, guarded, merge
 from neurenix.compiler import GraphBuilder
 from neurenix.compiler.codegen import generate
-from neurenix.compiler.codegen.llvm_matmul import match_contraction, stores_contiguous_along
 from neurenix.compiler.kernel.eval import run_schedule
 from neurenix.compiler.lowering.lower import lower
+from neurenix.compiler.schedule import Contraction, contraction_rule
+from neurenix.compiler.schedule.contraction import stores_contiguous_along
+from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import DType, TensorType, float32, float64
 
 CASES = [  # (group, batch k, in features, out features, dtype, scaled epilogue)
@@ -85,9 +89,10 @@ def test_tiles_run_along_the_stored_rows(case, vector_bits):
     nd = len(kernel.domain)
     assert stores_contiguous_along(kernel, nd - 2)
     assert not stores_contiguous_along(kernel, nd - 1)
-    m = match_contraction(kernel, vector_bits)
+    m = contraction_rule(kernel, replace(get_target("llvm").capabilities,
+                                         vector_bits=vector_bits))
     nr = 2 * vector_bits // (8 * case[4].itemsize)
-    assert m is not None
+    assert isinstance(m, Contraction) and m.nr == nr
     want = nd - 2 if kernel.domain[nd - 2] >= nr else nd - 1
     if kernel.domain[nd - 1] < nr // 2 <= kernel.domain[nd - 2]:
         want = nd - 2  # the narrow-column swap, as for any contraction
@@ -101,5 +106,5 @@ def test_plain_stores_keep_the_row_major_layout():
     dy = b.input("dy", TensorType((64, 80), float32))
     (kernel,) = lower(b.build([b.matmul(b.permute(x, perm=(1, 0)), dy)])).kernels
     assert not stores_contiguous_along(kernel, 0)
-    m = match_contraction(kernel, 512)
-    assert m is not None and m.col == 1
+    m = contraction_rule(kernel, replace(get_target("llvm").capabilities, vector_bits=512))
+    assert isinstance(m, Contraction) and m.col == 1

@@ -1,4 +1,5 @@
-"""Code generators: each turns a `KernelGraph` (and its memory plan) into a runtime `Program`.
+"""Code generators: each turns a `KernelGraph` (and its memory plan) into a runtime `Program`,
+carrying out each kernel's schedule (compiler/schedule/).
 
 `llvm` is the CPU backend (LLVM IR through llvmlite); the C-style GPU dialects and WGSL read the
 same kernel IR.

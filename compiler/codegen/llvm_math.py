@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from ..ops.source import HASH_MUL1, HASH_MUL2, SEED_GOLDEN
+
 F32 = ir.FloatType()
 F64 = ir.DoubleType()
 I1 = ir.IntType(1)
@@ -41,17 +43,24 @@ INV_FACT = (1.0, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040)
 TANH_CAP = 10.0  # tanh(x) rounds to 1 in float32 beyond this
 # 2 atanh(s) = log((1+s)/(1-s)) = 2s + s * (2/3 z + 2/5 z^2 + ...), z = s^2
 LOG_SERIES = (2 / 3, 2 / 5, 2 / 7, 2 / 9)
-RNG_GOLDEN = 0x9E3779B9
-RNG_MUL1 = 0x7FEB352D
-RNG_MUL2 = 0x846CA68B
 
-LIBM = {  # (function, float type) -> C library symbol
-    ("tanh", F64): "tanh", ("erf", F64): "erf", ("erf", F32): "erf",
-    ("pow", F64): "pow", ("pow", F32): "powf",
+HOW = {  # (kernel op, float type) -> how it is computed
+    ("exp", "double"): "intrinsic", ("log", "double"): "intrinsic",
+    ("exp", "float"): "routine", ("log", "float"): "routine", ("tanh", "float"): "routine",
+    ("sigmoid", "float"): "routine", ("sigmoid", "double"): "inline",
+    ("tanh", "double"): "libm", ("erf", "double"): "libm", ("erf", "float"): "libm_wide",
+    ("pow", "double"): "libm", ("pow", "float"): "libm",
 }
+"""The math routines by kernel-op name (compiler/kernel/ops.py): an LLVM intrinsic, a
+routine defined below, a body emitted in place, or the C library (float32 erf through the
+double one)."""
+LIBM = {("tanh", F64): "tanh", ("erf", F64): "erf", ("erf", F32): "erf",
+        ("pow", F64): "pow", ("pow", F32): "powf"}
+"""(function, float type) -> C library symbol."""
 
 _ARITY = {"llvm.fmuladd": 3, "llvm.fma": 3, "llvm.maximum": 2, "llvm.minimum": 2,
-          "llvm.copysign": 2, "llvm.smax": 2, "llvm.smin": 2, "llvm.pow": 2}
+          "llvm.copysign": 2, "llvm.smax": 2, "llvm.smin": 2,
+          "llvm.umax": 2, "llvm.umin": 2, "llvm.pow": 2}
 
 
 def _mangle(t: ir.Type) -> str:
@@ -77,18 +86,19 @@ class MathLib:
     # ---- entry points ---------------------------------------------------------------------
 
     def call(self, b: ir.IRBuilder, name: str, ftype: ir.Type, args: list) -> ir.Value:
-        """Call routine `name` ("exp", "log", "tanh", "sigmoid", "erf", "pow") at `ftype`."""
-        if ftype == F64 and name in ("exp", "log"):
+        """Kernel op `name` ("exp", "log", "tanh", "sigmoid", "erf", "pow") at `ftype`, as
+        `HOW` says."""
+        how = HOW[(name, str(ftype))]
+        if how == "intrinsic":
             return b.call(self.intrinsic(f"llvm.{name}", ftype), args)
-        if ftype == F32 and name in ("exp", "log", "tanh", "sigmoid"):
+        if how == "routine":
             return b.call(self._routine(f"{name}_f32"), args)
-        if name == "sigmoid":
+        if how == "inline":
             return self._sigmoid_body(b, args[0], ftype)
-        symbol = LIBM[(name, ftype)]
-        if symbol == "erf" and ftype == F32:
-            wide = b.call(self.libm("erf", F64, 1), [b.fpext(args[0], F64)])
+        if how == "libm_wide":
+            wide = b.call(self.libm(LIBM[(name, ftype)], F64, 1), [b.fpext(args[0], F64)])
             return b.fptrunc(wide, F32)
-        return b.call(self.libm(symbol, ftype, len(args)), args)
+        return b.call(self.libm(LIBM[(name, ftype)], ftype, len(args)), args)
 
     def rng(self, b: ir.IRBuilder, seed: ir.Value, counter: ir.Value, ftype: ir.Type) -> ir.Value:
         """Uniform [0, 1) of `ftype` from int64 seed and counter, as `_rng_impl` computes it."""
@@ -274,9 +284,9 @@ class MathLib:
         fn, b = self._function("hash32", I32, [I32])
         (x,) = fn.args
         x = b.xor(x, b.lshr(x, i32(16)))
-        x = b.mul(x, i32(RNG_MUL1))
+        x = b.mul(x, i32(HASH_MUL1))
         x = b.xor(x, b.lshr(x, i32(15)))
-        x = b.mul(x, i32(RNG_MUL2))
+        x = b.mul(x, i32(HASH_MUL2))
         x = b.xor(x, b.lshr(x, i32(16)))
         b.ret(x)
         return fn
@@ -287,7 +297,7 @@ class MathLib:
         h = self._routine("hash32")
         lo = b.trunc(seed, I32)
         hi = b.trunc(b.lshr(seed, ir.Constant(I64, 32)), I32)
-        key = b.call(h, [b.xor(lo, b.call(h, [b.add(hi, i32(RNG_GOLDEN))]))])
+        key = b.call(h, [b.xor(lo, b.call(h, [b.add(hi, i32(SEED_GOLDEN))]))])
         bits = b.call(h, [b.add(b.call(h, [b.xor(b.trunc(counter, I32), key)]), key)])
         u = b.uitofp(b.lshr(bits, i32(8)), ftype)
         b.ret(b.fmul(u, ir.Constant(ftype, 1.0 / (1 << 24))))

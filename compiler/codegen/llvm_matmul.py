@@ -1,10 +1,8 @@
-"""The tiled, register-blocked path for contraction kernels (matmul, and any sum of products).
-
-A kernel matches when its reduction is `sum` over one axis k of `a * b`, where `a` does not read
-the *column* domain axis and `b` does not read the *row* axis (any other domain axes are batch
-axes).  That covers matmul with any strides (transposed operands are just other index
-expressions) and contractions whose operands are computed or masked (im2col-style windows).
-It is then computed BLIS-style, specialised at compile time:
+"""The tiled, register-blocked path: carries out a `Contraction` schedule (a sum over one axis k
+of `a * b`; compiler/schedule/contraction.py decides which kernels take it, MR, NR, which factor
+is `a`, and the cache blocking).  That covers matmul with any strides (transposed operands are
+just other index expressions) and contractions whose operands are computed or masked
+(im2col-style windows).  It is computed BLIS-style, specialised at compile time:
 
     for each column group of a (batch, row block) in [start, end):   # the kernel's range
       for each K block [k0, k0 + kc):                               # one block when k <= KC
@@ -20,12 +18,13 @@ is one panel load and MR broadcast-FMAs per k.  MR is `ROWS`, or the height that
 rows when that leaves many clamped (16 or 32 channels: 8); the last column tile, of a width
 known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes).
 
-Blocking (`blocking`): k is cut into equal blocks of at most `KC` steps.  A column group is as
-many column tiles as have their KC x NR panels in a quarter of the host's L2 cache (read from
-sysfs); they stay there while every row tile of the row block sweeps them, the row tile's
-rows of `a` over the block staying in L1, and the stores run along the output's rows (a column
-tile at a time down the rows wrote a few bytes to each of hundreds of rows, which set-conflicts
-in the caches when rows are a power of two apart: (512, 64) @ (64, 16384) ran at 40% of BLAS).
+Blocking (`schedule.contraction.blocking`): k is cut into equal blocks of at most `KC` steps.
+A column group is as many column tiles as have their KC x NR panels in a quarter of the
+target's L2 cache (`Capabilities.l2_bytes`); they stay there while every row tile of the row
+block sweeps them, the row tile's rows of `a` over the block staying in L1, and the stores
+run along the output's rows (a column tile at a time down the rows wrote a few bytes to each
+of hundreds of rows, which set-conflicts in the caches when rows are a power of two apart:
+(512, 64) @ (64, 16384) ran at 40% of BLAS).
 With several K blocks the tiles' partial sums over the earlier blocks wait in a scratch buffer
 of (rows of the row block) x (columns of the group), `SCRATCH_BYTES` at most; the epilogue runs
 once, after the last block, on the full sum.  Summing each block from zero and adding it to
@@ -51,167 +50,19 @@ stores vectors, not one element per stored row.
 """
 from __future__ import annotations
 
-import functools
-import pathlib
 from dataclasses import dataclass
 
 from llvmlite import ir
 
-from ..kernel.ir import Binary, Expr, Kernel, Load, Var, dtype_of
-from ..kernel.memory import affine
-from ..types import DType, int64
+from ..kernel.ir import Binary, Expr, Kernel, dtype_of
+from ..schedule.contraction import axes_read, operands
+from ..schedule.types import Contraction
+from ..types import int64
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I8, I32, I64, PTR, MathLib
 from .llvm_ops import ExprEmitter, cast, emit_stores, value_type
 
-KC = 128  # K block: the steps accumulated in registers before the tile's partial sums
-MAX_STACK_BYTES = 16 * 1024  # larger scratch (the panels of a group) comes from the heap
-SCRATCH_BYTES = 1024 * 1024  # partial sums of a column group of one row block
-DIRECT_KC = 8  # K block of a single row tile reading `b` in place
-MIN_UNITS = 64  # range points wanted (row blocks x column tiles x batch) for the threads
-MIN_BLOCK_TILES = 8  # row tiles a row block keeps at least when split for the threads
-ROWS = 6  # MR
-ROW_CHOICES = (8, 7, 6, 5, 4)  # MR candidates when ROWS would leave a large clamped edge
-MAX_ROW_WASTE = 1 / 32  # clamped (wasted) rows tolerated before another MR is chosen
 MIN_CHAINS = 4  # independent accumulator rows needed to cover the FMA latency
-MIN_PACKED_ROWS = 4  # fewer rows with a k-contiguous b: per-output dot products are faster
-DEFAULT_L2_BYTES = 512 * 1024
-
-
-@dataclass(frozen=True)
-class ContractionMatch:
-    """How a kernel maps onto the tiled loop nest."""
-
-    a: Expr  # the operand independent of the column axis (broadcast per row)
-    b: Expr  # the operand independent of the row axis (packed per column tile)
-    row: int | None  # domain axis tiled by MR rows; None for a single row
-    col: int  # domain axis vectorised across NR columns
-    batch: tuple[int, ...]
-    dtype: DType
-    mr: int
-    nr: int
-    direct: bool  # `b` is a plain load contiguous along the column axis
-    k_major: bool  # `b` is a plain load contiguous along k (a transposed weight): pack by rows
-
-
-@functools.cache
-def host_vector_bits() -> int:
-    """The widest vector register of the host CPU, in bits."""
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f"):
-        return 512
-    if features.get("avx2") or features.get("avx"):
-        return 256
-    return 128
-
-
-@functools.cache
-def host_l2_bytes() -> int:
-    """The size of the host's level-2 cache (Linux sysfs; `DEFAULT_L2_BYTES` elsewhere)."""
-    base = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
-    for index in sorted(base.glob("index*")):
-        try:
-            if (index / "level").read_text().strip() != "2":
-                continue
-            size = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        units = {"K": 1024, "M": 1024 * 1024}
-        if size[-1:] in units and size[:-1].isdigit():
-            return int(size[:-1]) * units[size[-1]]
-        if size.isdigit():
-            return int(size)
-    return DEFAULT_L2_BYTES
-
-
-def _axes(e) -> set[int]:
-    """The loop axes an expression reads."""
-    if isinstance(e, Var):
-        return {e.axis}
-    out: set[int] = set()
-    for child in getattr(e, "__dict__", {}).values():
-        if hasattr(child, "__dataclass_fields__"):
-            out |= _axes(child)
-    return out
-
-
-def match_contraction(kernel: Kernel, vector_bits: int) -> ContractionMatch | None:
-    """The tiled plan for `kernel`, or None when it is not a contraction this path handles."""
-    value = kernel.reduce_value
-    if (kernel.reduce_op != "sum" or len(kernel.reduce) != 1 or not kernel.domain
-            or not isinstance(value, Binary) or value.op != "mul"):
-        return None
-    dtype = dtype_of(value)
-    if not dtype.is_floating:
-        return None
-    nr = 2 * vector_bits // (8 * dtype.itemsize)
-    nd = len(kernel.domain)
-    k_size = kernel.reduce[0]
-    if k_size < 1:
-        return None
-    if nd == 1:
-        layouts = [(None, 0)]
-    else:
-        layouts = [(nd - 2, nd - 1), (nd - 1, nd - 2)]
-        if (kernel.domain[nd - 1] < nr // 2 <= kernel.domain[nd - 2]
-                or (kernel.domain[nd - 2] >= nr and stores_contiguous_along(kernel, nd - 2))):
-            layouts.reverse()
-    allowed = set(range(nd + 1))
-    for row, col in layouts:
-        if kernel.domain[col] < nr // 2:
-            continue
-        for a, b in ((value.a, value.b), (value.b, value.a)):
-            axes_a, axes_b = _axes(a), _axes(b)
-            if not (axes_a | axes_b) <= allowed:
-                return None
-            if col not in axes_a and (row is None or row not in axes_b):
-                batch = tuple(i for i in range(nd) if i not in (row, col))
-                rows = 1 if row is None else kernel.domain[row]
-                direct = _direct_load(b, col, dtype)
-                k_major = _direct_load(b, nd, dtype)
-                if k_major and not direct and rows < MIN_PACKED_ROWS:
-                    return None  # dot products along k (the generic nest) beat packing b
-                return ContractionMatch(a, b, row, col, batch, dtype, rows_per_tile(rows), nr,
-                                        direct, k_major)
-    return None
-
-
-def stores_contiguous_along(kernel: Kernel, axis: int) -> bool:
-    """Whether every store of `kernel` steps by one element along domain `axis` and no store
-    is contiguous along the last axis: a transposed store (a weight gradient computed as
-    `(x.T @ dy).T`), whose tiles are best vectorised along `axis` so the epilogue writes rows
-    rather than scattering one element per row."""
-    last = len(kernel.domain) - 1
-    for store in kernel.stores:
-        coeffs = affine(store.index)
-        if coeffs is None or coeffs.get(axis) != 1 or coeffs.get(last) == 1:
-            return False
-    return bool(kernel.stores)
-
-
-def rows_per_tile(rows: int) -> int:
-    """MR for a matrix of `rows` rows: `ROWS`, unless its last row tile would be mostly
-    clamped (16 or 32 output channels of a convolution) and another height wastes fewer rows."""
-    if rows <= ROWS:
-        return rows
-
-    def waste(mr: int) -> int:
-        return _ceil_div(rows, mr) * mr - rows
-
-    if waste(ROWS) <= rows * MAX_ROW_WASTE:
-        return ROWS
-    return min(ROW_CHOICES, key=lambda mr: (waste(mr), -mr))
-
-
-def _direct_load(e: Expr, axis: int, dtype: DType) -> bool:
-    """Whether `e` is an unmasked load of `dtype` whose index steps by one along `axis`."""
-    if not isinstance(e, Load) or e.mask is not None or e.dtype != dtype:
-        return False
-    coeffs = affine(e.index)
-    return coeffs is not None and coeffs.get(axis) == 1
 
 
 def _column_only(e: Expr, k_axis: int, col: int) -> list[Expr]:
@@ -225,7 +76,7 @@ def _column_only(e: Expr, k_axis: int, col: int) -> list[Expr]:
             return
         seen.add(id(x))
         if isinstance(x, Binary) and x.op in ("idiv", "mod") and dtype_of(x) == int64:
-            axes = _axes(x)
+            axes = axes_read(x)
             if col in axes and k_axis not in axes:
                 found[id(x)] = x
                 return
@@ -236,94 +87,29 @@ def _column_only(e: Expr, k_axis: int, col: int) -> list[Expr]:
     return list(found.values())
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def emit_contraction(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
-                     m: ContractionMatch) -> int:
-    """Emit the tiled loop nest into `fb`; returns the size of the kernel's range."""
-    return _Tiler(fb, lib, kernel, buffers, m).emit()
-
-
-@dataclass(frozen=True)
-class Blocking:
-    """The compile-time blocking of one contraction (see the module docstring)."""
-
-    kc: int  # K block length (the last block may be shorter)
-    k_blocks: int
-    block: int  # row tiles per row block
-    row_blocks: int
-    group: int  # column tiles per column group (their partial sums share the scratch)
-    col_groups: int
-    col_tiles: int
-    direct: bool  # full tiles read `b` in place (a single row tile)
-    panel_bytes: int  # KC x NR panels: one per tile of the group, or one (direct)
-    scratch_bytes: int  # partial sums of a row block by a column group (0: one K block)
-
-    @property
-    def heap_bytes(self) -> int:
-        """Bytes taken from the heap per kernel call (the panels when too large for the
-        stack, and the partial sums)."""
-        panel = 0 if self.panel_bytes <= MAX_STACK_BYTES else _round_up(self.panel_bytes, 64)
-        return panel + self.scratch_bytes
-
-
-def blocking(kernel: Kernel, m: ContractionMatch) -> Blocking:
-    """How `kernel` is blocked on the tiled path: K blocks of about `KC` steps; row blocks
-    whose rows of `a` over one K block fit in half of L2 (each column group reads them again),
-    or smaller for `MIN_UNITS` range points; column groups whose panels fit in a quarter of L2
-    and whose partial sums fit in `SCRATCH_BYTES`."""
-    itemsize = m.dtype.itemsize
-    k_size = kernel.reduce[0]
-    n_size = kernel.domain[m.col]
-    m_size = 1 if m.row is None else kernel.domain[m.row]
-    col_tiles = _ceil_div(n_size, m.nr)
-    row_tiles = _ceil_div(m_size, m.mr)
-    # one row tile reading `b` in place (a vector-matrix product) streams `b` along its rows
-    # best in short K blocks: a few rows at a time across every column tile
-    kc_max = DIRECT_KC if m.direct and row_tiles == 1 else KC
-    k_blocks = 1 if k_size <= kc_max else _ceil_div(k_size, kc_max)
-    kc = _ceil_div(k_size, k_blocks)
-    block = max(1, min(row_tiles, host_l2_bytes() // 2 // (kc * itemsize * m.mr)))
-    row_blocks = _ceil_div(row_tiles, block)
-    # enough range points for many threads' chunks, while a row block pays for its packing
-    units = col_tiles
-    for axis in m.batch:
-        units *= kernel.domain[axis]
-    row_blocks = max(row_blocks, min(_ceil_div(MIN_UNITS, units), row_tiles // MIN_BLOCK_TILES))
-    block = _ceil_div(row_tiles, row_blocks)  # equal row blocks rather than a short last one
-    row_blocks = _ceil_div(row_tiles, block)
-    # reading `b` in place beats packing it when no second row tile would reuse the panel
-    direct = m.direct and row_tiles == 1
-    panel_bytes = kc * m.nr * itemsize
-    group = col_tiles
-    if not direct:  # the group's panels stay in L2 while every row tile sweeps them
-        group = max(1, min(group, host_l2_bytes() // 4 // panel_bytes))
-    tile_bytes = block * m.mr * m.nr * itemsize
-    if k_blocks > 1:
-        group = max(1, min(group, SCRATCH_BYTES // tile_bytes))
-    return Blocking(kc, k_blocks, block, row_blocks, group, _ceil_div(col_tiles, group),
-                    col_tiles, direct, panel_bytes * (1 if direct else group),
-                    group * tile_bytes if k_blocks > 1 else 0)
+                     m: Contraction) -> None:
+    """Emit the tiled loop nest of schedule `m` into `fb` (over `m.count` range points)."""
+    _Tiler(fb, lib, kernel, buffers, m).emit()
 
 
 class _Tiler:
     """The state of one contraction kernel's emission."""
 
     def __init__(self, fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
-                 m: ContractionMatch) -> None:
+                 m: Contraction) -> None:
         self.fb, self.b, self.lib, self.kernel, self.buffers, self.m = (
             fb, fb.b, lib, kernel, buffers, m)
+        self.a, self.b_operand = operands(kernel, m.a_operand)
         self.ftype = value_type(m.dtype)
         self.vec = ir.VectorType(self.ftype, m.nr)
         self.k_axis = len(kernel.domain)
         self.k_size = kernel.reduce[0]
         self.n_size = kernel.domain[m.col]
         self.m_size = 1 if m.row is None else kernel.domain[m.row]
-        self.plan = blocking(kernel, m)
+        self.plan = m.blocking
         self.panel: ir.Value | None = None
-        if self.plan.panel_bytes <= MAX_STACK_BYTES:
+        if self.plan.panel_on_stack:
             self.panel = fb.alloca(self.ftype, count=self.plan.panel_bytes // m.dtype.itemsize,
                                    align=64, name="panel")
         self.slot = self.panel  # the panel of the tile being computed
@@ -332,14 +118,11 @@ class _Tiler:
         self._accs: dict[int, list] = {}
         self._set_width(m.nr)  # the width of the tiles being emitted: NR, or less at the edge
 
-    def emit(self) -> int:
+    def emit(self) -> None:
         """The loop nest over the kernel's range: (batch, row block, column tile) triples,
         taken a column group at a time."""
         fb, b, m, p, domain = self.fb, self.b, self.m, self.plan, self.kernel.domain
         start, end = fb.fn.args[-2:]
-        count = p.row_blocks * p.col_tiles
-        for axis in m.batch:
-            count *= domain[axis]
         with b.if_then(b.icmp_signed("<", start, end)):
             raw = self._allocate()
             last_t = b.sub(end, _i64(1))
@@ -366,7 +149,6 @@ class _Tiler:
                         self._columns(span, kb, k0, fb.min(b.sub(_i64(self.k_size), k0), p.kc))
             if raw is not None:
                 b.call(_c_function(fb.module, "free", ir.VoidType(), [PTR]), [raw])
-        return count
 
     def _group_of(self, t: ir.Value) -> ir.Value:
         """The column group holding range point `t`."""
@@ -458,7 +240,7 @@ class _Tiler:
                     point = dict(span.vars)
                     point[self.k_axis] = k
                     point[m.col] = b.add(n0, j)
-                    v = ExprEmitter(b, self.lib, self.buffers, point).emit(m.b)
+                    v = ExprEmitter(b, self.lib, self.buffers, point).emit(self.b_operand)
                     slot = b.gep(self.panel, [b.add(row, j)], inbounds=True,
                                  source_etype=self.ftype)
                     b.store(v, slot)
@@ -492,7 +274,7 @@ class _Tiler:
             point[self.k_axis] = cols.k(self.b, kk)
             point[self.m.col] = cols.n0
             em = ExprEmitter(self.b, self.lib, self.buffers, point)
-            ptr = em.element_pointer(self.m.b.buffer, em.index(self.m.b.index))
+            ptr = em.element_pointer(self.b_operand.buffer, em.index(self.b_operand.index))
             return self.b.load(ptr, typ=self.vec, align=self.m.dtype.itemsize)
         return load
 
@@ -515,8 +297,8 @@ class _Tiler:
                 for e, strip in hoisted:
                     slot = b.gep(strip, [j], inbounds=True, source_etype=I64)
                     em.preset(e, b.load(slot, typ=I64, align=8))
-                v = em.emit(m.b)
-                v = cast(b, self.lib, v, dtype_of(m.b), m.dtype)
+                v = em.emit(self.b_operand)
+                v = cast(b, self.lib, v, dtype_of(self.b_operand), m.dtype)
                 if edge:
                     inside = b.icmp_signed("<", n, _i64(self.n_size))
                     v = b.select(inside, v, ir.Constant(self.ftype, 0.0))
@@ -529,7 +311,7 @@ class _Tiler:
         not on k (an im2col window's output row and column, `n // W` and `n % W`) once per
         column tile into stack strips, rather than once per packed element: vector 64-bit
         divisions have no instruction and are split into scalar ones."""
-        exprs = _column_only(self.m.b, self.k_axis, self.m.col)
+        exprs = _column_only(self.b_operand, self.k_axis, self.m.col)
         if not exprs:
             return []
         fb, b = self.fb, self.b
@@ -631,8 +413,8 @@ class _Tiler:
             point[self.k_axis] = k
             if m.row is not None:
                 point[m.row] = fb.min(b.add(m0, _i64(i)), self.m_size - 1)
-            a = ExprEmitter(b, self.lib, self.buffers, point).emit(m.a)
-            a = cast(b, self.lib, a, dtype_of(m.a), m.dtype)
+            a = ExprEmitter(b, self.lib, self.buffers, point).emit(self.a)
+            a = cast(b, self.lib, a, dtype_of(self.a), m.dtype)
             lane = b.insert_element(ir.Constant(vec, None), a, _i32(0))
             splat = b.shuffle_vector(lane, ir.Constant(vec, None), zeros)
             b.store(b.call(fma, [splat, bvec, b.load(acc, typ=vec, align=64)]), acc)
@@ -704,6 +486,10 @@ def _c_function(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type])
 
 def _max(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _round_up(n: int, align: int) -> int:

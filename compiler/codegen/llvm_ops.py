@@ -1,7 +1,10 @@
 """Kernel-IR expressions to LLVM values: the op table (op x dtype class -> emitter) and casts.
 
-Dtype classes: "f" floating, "i" integer (signed, wrapping like NumPy), "b" bool.  Bools are
-`i1` in registers and one byte in memory.  Emitters are branch-free, so loops stay
+The tables are keyed by (kernel op name, dtype class), the names of compiler/kernel/ops.py
+(a test checks that every (op, dtype) that module allows has an entry).  Dtype classes: "f"
+floating, "i" integer (wrapping like NumPy; an emitter that differs for unsigned integers
+reads the signedness from the dtype it is given), "b" bool.  Bools are `i1` in registers and
+one byte in memory.  Emitters are branch-free, so loops stay
 vectorizable, except the masked load: it loads under the mask (a branch LLVM turns into a
 masked vector load, never touching memory where the mask is false) and yields `other`
 elsewhere.  Integer division guards its divisor instead of trapping.
@@ -34,7 +37,8 @@ class CodegenError(NotImplementedError):
 
 def value_type(dtype: DType) -> ir.Type:
     """The LLVM type of a value of `dtype` in registers."""
-    return {"bool": I1, "int32": I32, "int64": I64, "float32": F32, "float64": F64}[dtype.name]
+    return {"bool": I1, "int32": I32, "int64": I64, "uint32": I32, "float32": F32,
+            "float64": F64}[dtype.name]
 
 
 def memory_type(dtype: DType) -> ir.Type:
@@ -51,13 +55,18 @@ def const(dtype: DType, value) -> ir.Constant:
     """A constant of `dtype`."""
     if dtype.is_floating:
         return ir.Constant(value_type(dtype), float(value))
-    return ir.Constant(value_type(dtype), int(value))
+    t = value_type(dtype)
+    v = int(value)
+    if dtype.is_integer and not dtype.is_signed and v >= 1 << (t.width - 1):
+        v -= 1 << t.width  # LLVM reads integer constants signed
+    return ir.Constant(t, v)
 
 
 def cast(b: ir.IRBuilder, lib: MathLib, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     """Convert `x` from `src` to `dst` as the `cast` primitive does (compiler/ops/elementwise.py
     `convert`): float -> integer truncates in range and gives INT_MIN for nan, +-inf and out
-    of range, as x86 does (and PyTorch there); int -> int wraps; float -> bool is x != 0 (so
+    of range, as x86 does (and PyTorch there); int -> int wraps (an unsigned source widens
+    with zeros); float -> uint32 converts to int64 so and wraps; float -> bool is x != 0 (so
     nan is true)."""
     if src == dst:
         return x
@@ -69,10 +78,16 @@ def cast(b: ir.IRBuilder, lib: MathLib, x: ir.Value, src: DType, dst: DType) -> 
     if s == "b":
         return b.uitofp(x, t) if d == "f" else b.zext(x, t)
     if s == "i" and d == "i":
-        return b.sext(x, t) if t.width > x.type.width else b.trunc(x, t)
+        if t.width == x.type.width:
+            return x
+        if t.width < x.type.width:
+            return b.trunc(x, t)
+        return b.sext(x, t) if src.is_signed else b.zext(x, t)
     if s == "i":
-        return b.sitofp(x, t)
+        return b.sitofp(x, t) if src.is_signed else b.uitofp(x, t)
     if d == "i":
+        if not dst.is_signed:
+            return b.trunc(_float_to_int(b, lib, x, I64), t)
         return _float_to_int(b, lib, x, t)
     return b.fpext(x, t) if dst.itemsize > src.itemsize else b.fptrunc(x, t)
 
@@ -145,9 +160,11 @@ def _cmp_f(op: str):
 
 
 def _cmp_i(op: str, signed: bool = True):
-    if signed:
-        return lambda em, a, c, dt: em.b.icmp_signed(_CMP[op], a, c)
-    return lambda em, a, c, dt: em.b.icmp_unsigned(_CMP[op], a, c)
+    def emit(em, a, c, dt):
+        if signed and dt.is_signed:
+            return em.b.icmp_signed(_CMP[op], a, c)
+        return em.b.icmp_unsigned(_CMP[op], a, c)
+    return emit
 
 
 def _arith_i(method: str):
@@ -237,6 +254,29 @@ def _intrinsic2(name: str):
     return lambda em, a, c, dt: em.b.call(em.lib.intrinsic(name, a.type), [a, c])
 
 
+def _extreme_i(kind: str):
+    """llvm.smax/smin on signed integers, llvm.umax/umin on unsigned ones."""
+    def emit(em, a, c, dt):
+        name = f"llvm.{'s' if dt.is_signed else 'u'}{kind}"
+        return em.b.call(em.lib.intrinsic(name, a.type), [a, c])
+    return emit
+
+
+def _shift(method: str):
+    """a shifted by c modulo the bit width (the count's low bits, so every count is
+    defined: LLVM's shift by the width or more is poison)."""
+    def emit(em, a, c, dt):
+        mask = a.type.width - 1
+        if isinstance(c, ir.Constant) and isinstance(c.constant, int):
+            count = ir.Constant(a.type, c.constant & mask)
+        else:
+            count = em.b.and_(c, ir.Constant(a.type, mask))
+        if method == "shr":
+            return (em.b.ashr if dt.is_signed else em.b.lshr)(a, count)
+        return em.b.shl(a, count)
+    return emit
+
+
 def _extreme_f(pred: str):
     """NumPy's maximum (pred ">") or minimum ("<"): a nan in either operand gives nan, and a
     tie gives the second operand (so maximum(-0.0, 0.0) is 0.0, maximum(0.0, -0.0) is -0.0),
@@ -267,14 +307,19 @@ BINARY: dict[tuple[str, str], object] = {
     ("sub", "i"): _arith_i("sub"),
     ("mul", "i"): _arith_i("mul"),
     ("pow", "i"): _pow_i,
-    ("max", "i"): _intrinsic2("llvm.smax"),
-    ("min", "i"): _intrinsic2("llvm.smin"),
+    ("max", "i"): _extreme_i("max"),
+    ("min", "i"): _extreme_i("min"),
     ("idiv", "i"): _idiv_i,
     ("mod", "i"): _mod_i,
     ("max", "b"): lambda em, a, c, dt: em.b.or_(a, c),
     ("min", "b"): lambda em, a, c, dt: em.b.and_(a, c),
     ("and", "b"): lambda em, a, c, dt: em.b.and_(a, c),
     ("or", "b"): lambda em, a, c, dt: em.b.or_(a, c),
+    ("bitand", "i"): lambda em, a, c, dt: em.b.and_(a, c),
+    ("bitor", "i"): lambda em, a, c, dt: em.b.or_(a, c),
+    ("xor", "i"): lambda em, a, c, dt: em.b.xor(a, c),
+    ("shl", "i"): _shift("shl"),
+    ("shr", "i"): _shift("shr"),
 }
 for _op in _CMP:
     BINARY[(_op, "f")] = _cmp_f(_op)

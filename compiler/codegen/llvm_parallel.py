@@ -21,13 +21,14 @@ library per process, workers started lazily, chunks claimed with atomic incremen
 spins before sleeping, concurrent callers, fork; see its docstring.  Programs that own no
 threads can be unloaded as soon as nobody references them.
 
-Only kernels marked parallel, without accumulating stores and with at least
-`PARALLEL_MIN_WORK` element operations are split; the rest run on the calling thread.
+Which kernels are split is their schedule's `threaded` (compiler/schedule/ranges.py: marked
+parallel, no accumulating store, at least `PARALLEL_MIN_WORK` element operations); the rest run
+on the calling thread.
 
 A full reduction (a kernel with no domain axes: `x.sum()`, `x.mean()`, `x.argmax()`) has a
-range of one point, so it is split in its reduction instead (`splits_reduction`): a part
+range of one point, so it is split in its reduction instead (a `SplitReduction`): a part
 function `<kernel>_part(bufs..., ptr partials, i64 start, i64 end)` reduces parts [start, end)
-of the reduction — a fixed number of runs of whole blocks, `llvm_reduce.part_count`, however
+of the reduction — a fixed number of runs of whole blocks, `SplitReduction.parts`, however
 many threads there are — each into its own slot of `partials` (a buffer on the entry's stack),
 through an ordinary range function; then `<kernel>_finish(bufs..., ptr partials)` combines the
 slots in part order on the calling thread and runs the stores.  Combining in a fixed order
@@ -40,33 +41,11 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..kernel.ir import Kernel
 from .llvm_math import I64, PTR
 
-PARALLEL_MIN_WORK = 1 << 17
 POOL_ABI = 1  # the `struct neurenix_pool` above; runtime/cpu_pool.py implements the same
 PARALLEL = "neurenix_parallel"
 RANGE_FN = ir.FunctionType(ir.VoidType(), [PTR, I64, I64])
-
-
-def worth_splitting(kernel: Kernel) -> bool:
-    """Whether a kernel is safe to split across threads and big enough to gain from it."""
-    if not kernel.parallel or any(s.accumulate for s in kernel.stores):
-        return False
-    work = 1
-    for d in kernel.domain + kernel.reduce:
-        work *= d
-    return work >= PARALLEL_MIN_WORK
-
-
-def splits_reduction(kernel: Kernel) -> bool:
-    """Whether a kernel is a full reduction big enough to split across threads in parts."""
-    if kernel.domain or kernel.reduce_value is None or not kernel.parallel:
-        return False
-    work = 1
-    for d in kernel.reduce:
-        work *= d
-    return work >= PARALLEL_MIN_WORK
 
 
 def _i64(v: int) -> ir.Constant:

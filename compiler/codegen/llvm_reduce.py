@@ -1,17 +1,20 @@
 """Reductions in the generic loop nest: per point, or across a strip of columns.
 
+Which form a reduction takes (unrolled, across columns, split in parts) and how long float
+sums are cut into blocks is decided in compiler/schedule/reduction.py; this module emits it.
+
 Per point (the default): at each domain point an accumulator slot (promoted to a register by
 mem2reg) is combined over the reduction loops; the innermost reduction loop is the contiguous
-one when the reduced axis is the last axis of the data (a row sum), and it vectorizes.  A
-reduction of at most `SMALL_REDUCTION` steps (a pooling window) is unrolled into straight-line
-code, so the domain loop around it vectorizes instead.
+one when the reduced axis is the last axis of the data (a row sum), and it vectorizes.  A short
+reduction (a pooling window; the schedule's `unroll`) is unrolled into straight-line code, so
+the domain loop around it vectorizes instead.
 
 Across columns: when the data is contiguous along the last *domain* axis instead (a column
 sum such as a bias gradient, a softmax over axis 0, pooling over window taps), the loops are
-interchanged.  A strip of up to `STRIP` columns keeps one accumulator per column in a stack
-array; every reduction step updates the whole strip with a vectorizable loop over columns;
-then the stores run over the strip.  Results are the same (argmax/argmin still keep the first
-extreme: each column's steps run in order).
+interchanged.  A strip of columns (`ColumnReduction.strip`, 256) keeps one accumulator per
+column in a stack array; every reduction step updates the whole strip with a vectorizable
+loop over columns; then the stores run over the strip.  Results are the same (argmax/argmin
+still keep the first extreme: each column's steps run in order).
 
 Long float sums run in blocks (`Blocks`), so that rounding errors do not grow with the length.
 Each addition to a float32 accumulator rounds by up to half an ulp of what it holds, so over n
@@ -28,7 +31,7 @@ final rounding, whatever the length; the overhead (a horizontal vector sum per 1
 fold per 128 column steps) does not show in the timings (docs/performance.md).  Reductions of
 one block or less, integer sums (exact) and max/min/argmax/argmin/prod are emitted as before.
 
-A full reduction (no domain axes) is cut into `part_count` parts, runs of whole blocks, that
+A full reduction (no domain axes) is cut into `SplitReduction.parts` runs of whole blocks, that
 threads reduce into partials; `finish_parts` combines them in part order (llvm_parallel.py).
 
 Combining: `sum`/`prod` may reassociate (so LLVM vectorizes them), `max`/`min` propagate NaN
@@ -37,15 +40,21 @@ as NumPy does, `argmax`/`argmin` keep the first extreme and the first NaN, as `n
 from __future__ import annotations
 
 import itertools
-import math
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
-from ..kernel.ir import Kernel, Load, dtype_of
-from ..kernel.memory import affine
+from ..kernel.ir import Kernel, dtype_of
+from ..schedule.reduction import (
+    BLOCK,
+    COLUMN_BLOCK,
+    PARTS,
+    Blocks,
+    blocks,
+    float_sum,
+    part_blocks,
+)
 from ..types import DType
 from .llvm_loops import FunctionBuilder
 from .llvm_math import F32, F64, I64, MathLib
@@ -59,10 +68,6 @@ from .llvm_ops import (
     value_type,
 )
 
-STRIP = 256  # columns reduced together when the reduction runs across columns
-SMALL_REDUCTION = 16  # reductions up to this many steps are unrolled
-BLOCK = 1024  # steps of a long float sum per block, per point (a few dozen per vector lane)
-COLUMN_BLOCK = 128  # steps per block across a strip of columns (64 pairs added in order)
 _IDENTITY = {"sum": 0, "prod": 1}
 
 
@@ -84,91 +89,6 @@ def value_dtype(kernel: Kernel) -> DType:
         raise CodegenError(f"llvm codegen: kernel {kernel.name}: {kernel.reduce_op} of bool "
                            "values")
     return dtype
-
-
-def across_columns(kernel: Kernel) -> bool:
-    """Whether the reduced data is contiguous along the last domain axis rather than along the
-    innermost reduction axis, so that reducing a strip of columns at once pays."""
-    if kernel.reduce_value is None or not kernel.domain or not kernel.reduce:
-        return False
-    if is_small(kernel):
-        return False
-    if kernel.domain[-1] < 4:
-        return False
-    last, inner = len(kernel.domain) - 1, len(kernel.domain) + len(kernel.reduce) - 1
-    along_domain = along_reduce = 0
-    for load in _loads(kernel.reduce_value):
-        coeffs = affine(load.index) or {}
-        along_domain += coeffs.get(last) == 1
-        along_reduce += coeffs.get(inner) == 1
-    return along_domain > along_reduce
-
-
-def _loads(e) -> list[Load]:
-    out = []
-    if isinstance(e, Load):
-        out.append(e)
-    for child in getattr(e, "__dict__", {}).values():
-        if hasattr(child, "__dataclass_fields__"):
-            out += _loads(child)
-    return out
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """A long float sum's steps cut into blocks, in order: the reduction axes before `level` run
-    in full, axis `level` in chunks of `chunk` steps (the last one may be shorter), the axes
-    after it whole inside each block.  Block `q` is chunk `q % chunks` of axis `level` at the
-    point `q // chunks` of the axes before it (row-major)."""
-
-    sizes: tuple[int, ...]
-    level: int
-    chunk: int
-
-    @property
-    def chunks(self) -> int:
-        """Chunks of axis `level`."""
-        return -(-self.sizes[self.level] // self.chunk)
-
-    @property
-    def count(self) -> int:
-        """Blocks in all."""
-        return math.prod(self.sizes[:self.level]) * self.chunks
-
-    @property
-    def steps(self) -> int:
-        """Steps of a full block."""
-        return self.chunk * math.prod(self.sizes[self.level + 1:])
-
-
-def float_sum(kernel: Kernel) -> bool:
-    """Whether the kernel's reduction is a float sum (the reductions that are blocked)."""
-    return (kernel.reduce_op == "sum" and kernel.reduce_value is not None
-            and dclass(value_dtype(kernel)) == "f")
-
-
-def blocks(kernel: Kernel, block: int) -> Blocks | None:
-    """How a float sum of more than `block` steps is cut into blocks of at most `block` steps
-    (None for other reductions and short sums, which run as one block)."""
-    if not float_sum(kernel) or math.prod(kernel.reduce) <= block:
-        return None
-    return cut(tuple(kernel.reduce), block)
-
-
-def cut(sizes: tuple[int, ...], block: int) -> Blocks:
-    """`sizes` cut into blocks of at most `block` steps (one block if they fit): the innermost
-    axes that fit whole in a block, and chunks of the next axis out — preferably a divisor of
-    it between half and all of what fits, so that every chunk has the same constant length."""
-    if math.prod(sizes) <= block:
-        return Blocks(sizes, 0, max(sizes[0], 1))
-    level, inner = len(sizes) - 1, 1
-    while inner * sizes[level] <= block:  # stops: all axes together exceed a block
-        inner *= sizes[level]
-        level -= 1
-    most = block // inner
-    n = sizes[level]
-    chunk = next((c for c in range(most, most // 2, -1) if n % c == 0), most)
-    return Blocks(sizes, level, chunk)
 
 
 class _Total:
@@ -331,8 +251,9 @@ class _Slots:
 
 
 def reduce_at_point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
-                    vars: dict) -> ir.Value:
-    """Run the reduction loops at one domain point; returns the finished accumulator."""
+                    vars: dict, unroll: bool) -> ir.Value:
+    """Run the reduction loops at one domain point (`unroll`: as straight-line code); returns
+    the finished accumulator."""
     slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), 1)
     slots.reset(fb.b)
 
@@ -340,7 +261,7 @@ def reduce_at_point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: 
         v = ExprEmitter(fb.b, lib, buffers, vars).emit(kernel.reduce_value)
         slots.combine(fb.b, lib, v, lambda: _linear(fb.b, kernel, vars))
 
-    if is_small(kernel):  # straight-line code: the domain loop around it vectorizes
+    if unroll:  # straight-line code: the domain loop around it vectorizes
         for point in itertools.product(*(range(n) for n in kernel.reduce)):
             here = dict(vars)
             for j, r in enumerate(point):
@@ -361,27 +282,19 @@ def reduce_at_point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: 
     return total.result(b)
 
 
-def is_small(kernel: Kernel) -> bool:
-    """Whether the reduction is short enough to unroll at every domain point (a pooling
-    window, a few gates)."""
-    size = 1
-    for n in kernel.reduce:
-        size *= n
-    return kernel.reduce_value is not None and size <= SMALL_REDUCTION
-
-
 def reduce_columns(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
-                   vars: dict, lo: ir.Value, hi: ir.Value) -> None:
-    """Reduce and store columns [lo, hi) of the last domain axis, a strip at a time."""
+                   vars: dict, lo: ir.Value, hi: ir.Value, strip: int) -> None:
+    """Reduce and store columns [lo, hi) of the last domain axis, `strip` columns at a
+    time."""
     b = fb.b
     last = len(kernel.domain) - 1
-    slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), STRIP)
+    slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), strip)
     plan = blocks(kernel, COLUMN_BLOCK)
-    total = None if plan is None else _Total(fb, slots.dtype, STRIP)
-    strips = b.udiv(b.add(b.sub(hi, lo), ir.Constant(I64, STRIP - 1)), ir.Constant(I64, STRIP))
+    total = None if plan is None else _Total(fb, slots.dtype, strip)
+    strips = b.udiv(b.add(b.sub(hi, lo), ir.Constant(I64, strip - 1)), ir.Constant(I64, strip))
     with fb.loop(0, strips, "strip") as s:
-        first = b.add(lo, b.mul(s, ir.Constant(I64, STRIP)))
-        width = fb.min(b.sub(hi, first), STRIP)
+        first = b.add(lo, b.mul(s, ir.Constant(I64, strip)))
+        width = fb.min(b.sub(hi, first), strip)
 
         def over_strip(name: str, body) -> None:
             with fb.loop(0, width, name, vectorize=True) as j:
@@ -462,19 +375,7 @@ def _linear(b: ir.IRBuilder, kernel: Kernel, vars: dict) -> ir.Value:
 
 # ---- a full reduction in parts ----------------------------------------------------------------
 
-PARTS = 64  # parts a full reduction is cut into (at most); threads claim runs of parts
 PARTIALS_BYTES = PARTS * 16  # their partial results: a value of up to 8 bytes, an i64 index
-
-
-def part_count(kernel: Kernel) -> int:
-    """How many parts a full reduction (of more than `BLOCK` steps) is cut into: fixed by its
-    size, not by the threads, so that its result does not depend on how many there are."""
-    return min(_part_blocks(kernel).count, PARTS)
-
-
-def _part_blocks(kernel: Kernel) -> Blocks:
-    """The blocks a full reduction is cut into; a part is a run of whole blocks."""
-    return blocks(kernel, BLOCK) or cut(tuple(kernel.reduce), BLOCK)
 
 
 def _partial(b: ir.IRBuilder, kernel: Kernel, partials, p) -> tuple:
@@ -487,14 +388,14 @@ def _partial(b: ir.IRBuilder, kernel: Kernel, partials, p) -> tuple:
 
 
 def reduce_parts(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, partials,
-                 lo: ir.Value, hi: ir.Value) -> None:
+                 lo: ir.Value, hi: ir.Value, parts: int) -> None:
     """Parts [lo, hi) of a full reduction (a kernel with no domain axes), each into its
     partial: part p runs blocks [p * count / n, (p + 1) * count / n) in order; a float sum adds
     them block by block into a `_Total` as at a point, other reductions run straight through
     them (integer sums, max and min are exact in any grouping; argmax/argmin keep the index of
     the first extreme, `_linear` being the index over the whole reduction)."""
     b = fb.b
-    plan, n = _part_blocks(kernel), part_count(kernel)
+    plan, n = part_blocks(kernel), parts
     slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), 1)
     total = _Total(fb, slots.dtype, 1) if float_sum(kernel) else None
     vars: dict = {}
@@ -523,12 +424,12 @@ def reduce_parts(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dic
 
 
 def finish_parts(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
-                 partials) -> None:
+                 partials, parts: int) -> None:
     """Combine a full reduction's partials, part 0 first, and run its stores: float sums in a
     `_Total` (float64; compensated for float64 data), the others with their own combine (the
     first part holding the extreme wins a tie, as the first element does in one pass)."""
     b = fb.b
-    n = part_count(kernel)
+    n = parts
     slots = _Slots(fb, kernel.reduce_op, value_dtype(kernel), 1)
     total = _Total(fb, slots.dtype, 1) if float_sum(kernel) else None
     slots.reset(b)

@@ -12,62 +12,29 @@ that axis, every tap becomes a gather (a slow `vgatherdps`, tail-masked when the
       the results go to a stack strip, then the kernel's stores run over it (vectorised)
 
 The mask covers exactly the elements the valid outputs read, so nothing outside the buffer is
-touched, whatever the shapes.
+touched, whatever the shapes.  Which kernels take this path, their stride, taps and chunk width
+are a `Window` schedule (compiler/schedule/window.py).
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 from llvmlite import ir
 
-from ..kernel.ir import Kernel, Load
-from ..kernel.memory import affine
+from ..kernel.ir import Kernel
+from ..schedule.types import Window
 from .llvm_loops import FunctionBuilder
 from .llvm_math import I1, I32, I64, PTR, MathLib
 from .llvm_ops import ExprEmitter, emit_stores, value_type
-from .llvm_reduce import identity, is_small
-
-MAX_STRIDE = 4  # wider strides waste most of each loaded vector
-OPS = ("max", "min", "sum")
-
-
-@dataclass(frozen=True)
-class WindowMatch:
-    """How a small strided reduction maps onto deinterleaving loads."""
-
-    load: Load
-    stride: int  # the load index's coefficient along the last domain axis
-    offsets: tuple[int, ...]  # per tap (row-major over the reduction axes): index offset
-    lanes: int  # outputs per chunk: one host vector
-
-
-def match_window(kernel: Kernel, vector_bits: int) -> WindowMatch | None:
-    """The plan for `kernel` when it is a small max/min/sum of one plain strided load."""
-    load = kernel.reduce_value
-    if (kernel.reduce_op not in OPS or len(kernel.domain) < 2 or not is_small(kernel)
-            or not isinstance(load, Load) or load.mask is not None
-            or not load.dtype.is_floating or any(s.accumulate for s in kernel.stores)):
-        return None
-    coeffs = affine(load.index)
-    nd = len(kernel.domain)
-    if coeffs is None or not 2 <= coeffs.get(nd - 1, 0) <= MAX_STRIDE:
-        return None
-    offsets = tuple(sum(coeffs.get(nd + j, 0) * r for j, r in enumerate(point))
-                    for point in itertools.product(*(range(n) for n in kernel.reduce)))
-    if min(offsets) < 0:
-        return None
-    lanes = max(4, vector_bits // (8 * load.dtype.itemsize))
-    return WindowMatch(load, coeffs[nd - 1], offsets, lanes)
+from .llvm_reduce import identity
 
 
 def emit_window(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, vars: dict,
-                m: WindowMatch) -> None:
+                m: Window) -> None:
     """Reduce and store every point of the last domain axis at the outer point `vars`."""
     b, s, lanes = fb.b, m.stride, m.lanes
+    load = kernel.reduce_value
     last = len(kernel.domain) - 1
     size = kernel.domain[last]
-    ftype = value_type(m.load.dtype)
+    ftype = value_type(load.dtype)
     vec, wide = ir.VectorType(ftype, lanes), ir.VectorType(ftype, s * lanes)
     mask_type = ir.VectorType(I1, s * lanes)
     masked_load = _masked_load(fb.module, wide, mask_type)
@@ -86,7 +53,7 @@ def emit_window(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict
         for j in range(len(kernel.reduce)):
             point[last + 1 + j] = ir.Constant(I64, 0)
         em = ExprEmitter(b, lib, buffers, point)
-        base = em.index(m.load.index)
+        base = em.index(load.index)
         # output l of the chunk reads lanes s * l + residue: valid while l < valid
         outputs = ir.Constant(ir.VectorType(I64, s * lanes), [k // s for k in range(s * lanes)])
         limit = b.insert_element(ir.Constant(ir.VectorType(I64, s * lanes), None), valid,
@@ -97,11 +64,11 @@ def emit_window(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict
         loaded: dict[int, ir.Value] = {}
         for start, residues in groups.items():
             used = ir.Constant(mask_type, [int(k % s in residues) for k in range(s * lanes)])
-            ptr = em.element_pointer(m.load.buffer, b.add(base, ir.Constant(I64, start)))
-            loaded[start] = b.call(masked_load, [ptr, ir.Constant(I32, m.load.dtype.itemsize),
+            ptr = em.element_pointer(load.buffer, b.add(base, ir.Constant(I64, start)))
+            loaded[start] = b.call(masked_load, [ptr, ir.Constant(I32, load.dtype.itemsize),
                                                  b.and_(in_chunk, used),
                                                  ir.Constant(wide, None)])
-        acc = ir.Constant(vec, [identity(kernel.reduce_op, m.load.dtype).constant] * lanes)
+        acc = ir.Constant(vec, [identity(kernel.reduce_op, load.dtype).constant] * lanes)
         for off in m.offsets:
             start, residue = off - off % s, off % s
             pick = ir.Constant(ir.VectorType(I32, lanes), [residue + s * k for k in range(lanes)])

@@ -7,7 +7,7 @@ other node applies a registered primitive.  `str(graph)` prints a jaxpr-like tex
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +98,6 @@ class Graph:
     name: str = "main"
 
     def __str__(self) -> str:
-        from .text import print_graph
         return print_graph(self)
 
     def verify(self) -> None:
@@ -154,3 +153,48 @@ class Graph:
     def ops_count(self) -> int:
         """The number of primitive nodes (inputs and constants excluded)."""
         return sum(1 for n in self.nodes if n.op not in (INPUT, CONSTANT))
+
+
+# ---- the text form's printer (the parser is in text.py) -----------------------------------
+
+
+def _names(graph: Graph) -> dict[int, str]:
+    names: dict[int, str] = {}
+    counter = 0
+    for n in graph.nodes:
+        if n.op in (INPUT, CONSTANT):
+            names[id(n)] = n.name
+        else:
+            names[id(n)] = str(counter)
+            counter += 1
+    return names
+
+
+def _attr_text(node: Node) -> str:
+    if not node.attrs:
+        return ""
+    return " {" + ", ".join(f"{k}={v!r}" for k, v in node.attrs) + "}"
+
+
+def print_graph(graph: Graph, where: Callable[[str], str | None] | None = None) -> str:
+    """The graph as text, one node a line.  `where` maps a node's source (the user's
+    file:line) to the text shown after `#` (None: nothing shown); by default it is shown as is."""
+    names = _names(graph)
+    params = []
+    for n in graph.inputs:
+        kind = n.attr["kind"]
+        params.append(f"%{n.name}: {n.type}" + ("" if kind == "data" else f" {kind}"))
+    lines = [f"graph {graph.name}({', '.join(params)}) {{"]
+    for n in graph.nodes:
+        if n.op == INPUT:
+            continue
+        if n.op == CONSTANT:
+            lines.append(f"  %{n.name} = constant : {n.type}")
+            continue
+        args = ", ".join(f"%{names[id(i)]}" for i in n.inputs)
+        shown = where(n.source) if where is not None and n.source else n.source
+        comment = f"  # {shown}" if shown else ""
+        lines.append(f"  %{names[id(n)]} = {n.op}({args}){_attr_text(n)} : {n.type}{comment}")
+    lines.append("  return " + ", ".join(f"%{names[id(o)]}" for o in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The graph's text form: a printer and a parser that reads the printer's output back.
+"""The graph's text form: the printer (`print_graph`, defined beside `Graph` in ir.py, whose
+`str()` it is) and a parser that reads the printer's output back.
 
     graph main(%x: f32[4,3], %w: f32[2,3] param) {
       %0 = permute(%w) {perm=(1, 0)} : f32[3,2]
@@ -16,49 +17,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ..types import TensorType, dtype_from_name
-from .ir import CONSTANT, INPUT, Graph, IRError, Node, make_node
+from .ir import CONSTANT, INPUT, Graph, IRError, Node, make_node, print_graph
 
-
-def _names(graph: Graph) -> dict[int, str]:
-    names: dict[int, str] = {}
-    counter = 0
-    for n in graph.nodes:
-        if n.op in (INPUT, CONSTANT):
-            names[id(n)] = n.name
-        else:
-            names[id(n)] = str(counter)
-            counter += 1
-    return names
-
-
-def _attr_text(node: Node) -> str:
-    if not node.attrs:
-        return ""
-    return " {" + ", ".join(f"{k}={v!r}" for k, v in node.attrs) + "}"
-
-
-def print_graph(graph: Graph, where: Callable[[str], str | None] | None = None) -> str:
-    """The graph as text, one node a line.  `where` maps a node's source (the user's
-    file:line) to the text shown after `#` (None: nothing shown); by default it is shown as is."""
-    names = _names(graph)
-    params = []
-    for n in graph.inputs:
-        kind = n.attr["kind"]
-        params.append(f"%{n.name}: {n.type}" + ("" if kind == "data" else f" {kind}"))
-    lines = [f"graph {graph.name}({', '.join(params)}) {{"]
-    for n in graph.nodes:
-        if n.op == INPUT:
-            continue
-        if n.op == CONSTANT:
-            lines.append(f"  %{n.name} = constant : {n.type}")
-            continue
-        args = ", ".join(f"%{names[id(i)]}" for i in n.inputs)
-        shown = where(n.source) if where is not None and n.source else n.source
-        comment = f"  # {shown}" if shown else ""
-        lines.append(f"  %{names[id(n)]} = {n.op}({args}){_attr_text(n)} : {n.type}{comment}")
-    lines.append("  return " + ", ".join(f"%{names[id(o)]}" for o in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines)
+__all__ = ["parse_graph", "print_graph", "structurally_equal"]
 
 
 _TYPE = re.compile(r"(\w+)\[([\d,\s]*)\]")

@@ -10,7 +10,9 @@ It is strict where generated code must be: an unmasked load or a store outside i
 masked load whose mask is true out of range, a parallel kernel writing one element twice, a
 buffer a kernel touches without declaring it, or a store of the wrong dtype each raise
 `KernelEvalError`.  Temporaries start as NaN (or a sentinel integer), so a read of a value no
-kernel wrote shows up.
+kernel wrote shows up.  A kernel with `index_bits == 32` raises where its index arithmetic (a
+loop bound, a buffer size, a value computed from loop variables and constants) leaves int32.
+Ops dispatch by name from `UNARY`/`BINARY`, one entry per op of compiler/kernel/ops.py.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..ops.elementwise import convert, floordiv_impl, pow_impl, remainder_impl, sign_impl
-from ..ops.source import hash32
+from ..ops.elementwise import convert
+from ..ops.registry import get as get_primitive
+from ..ops.source import SEED_GOLDEN, hash32
+from ..types import DType
 from .ir import (
     Acc,
     Binary,
@@ -34,32 +38,57 @@ from .ir import (
     Unary,
     Var,
     Where,
+    children,
     dtype_of,
+    format_expr,
 )
+from .ops import BINARY_OPS, UNARY_OPS, OpSpec
 
 
 class KernelEvalError(RuntimeError):
     """A kernel broke the IR's contract (out-of-bounds access, undeclared buffer, ...)."""
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+def _unsigned(a: np.ndarray) -> np.dtype:
+    return np.dtype(f"u{a.dtype.itemsize}")
 
 
-_ERF = np.frompyfunc(math.erf, 1, 1)
+def _count(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The shift count: b modulo a's bit width (its low bits), as a's type."""
+    return (b & (8 * a.dtype.itemsize - 1)).astype(a.dtype)
 
-UNARY = {
-    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh,
-    "sigmoid": _sigmoid, "erf": lambda x: _ERF(x), "abs": np.abs, "sign": sign_impl,
-    "floor": np.floor, "reciprocal": np.reciprocal, "not": np.logical_not,
-}
-BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": pow_impl,
-    "max": np.maximum, "min": np.minimum, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
-    "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "and": np.logical_and,
-    "or": np.logical_or, "idiv": floordiv_impl, "mod": remainder_impl,
-}
+
+def _shl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a << b wrapping, done on the unsigned bits (NumPy's shift of a negative is C's)."""
+    u = _unsigned(a)
+    return np.left_shift(a.astype(u), _count(a, b).astype(u)).astype(a.dtype)
+
+
+def _shr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a >> b: arithmetic on signed, logical on unsigned integers (NumPy's right_shift)."""
+    return np.right_shift(a, _count(a, b))
+
+
+KERNEL_ONLY = {"bitand": np.bitwise_and, "bitor": np.bitwise_or, "xor": np.bitwise_xor,
+               "shl": _shl, "shr": _shr}
+
+
+def _impl(spec: OpSpec):
+    """What the evaluator computes for a kernel op: its graph primitive's NumPy reference,
+    or the kernel-only implementation."""
+    return get_primitive(spec.primitive).impl if spec.primitive else KERNEL_ONLY[spec.name]
+
+
+UNARY = {name: _impl(spec) for name, spec in UNARY_OPS.items()}
+BINARY = {name: _impl(spec) for name, spec in BINARY_OPS.items()}
+
+
+def cast(x: np.ndarray, dtype: DType) -> np.ndarray:
+    """The kernel IR's `Cast`: the `cast` primitive's conversion (`convert`); a float becomes
+    an unsigned integer through int64 (x86's rule), then wraps."""
+    if x.dtype.kind == "f" and dtype.is_integer and not dtype.is_signed:
+        return convert(x, np.int64).astype(dtype.np_type)
+    return convert(x, dtype.np_type)
 
 
 def random_uniform(seed: np.ndarray, counter: np.ndarray, np_type) -> np.ndarray:
@@ -69,7 +98,7 @@ def random_uniform(seed: np.ndarray, counter: np.ndarray, np_type) -> np.ndarray
     s = seed.astype(np.uint64).ravel()
     lo = (s & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     hi = (s >> np.uint64(32)).astype(np.uint32)
-    key = hash32(lo ^ hash32(hi + np.uint32(0x9E3779B9)))
+    key = hash32(lo ^ hash32(hi + np.uint32(SEED_GOLDEN)))
     c = counter.ravel().astype(np.uint32)
     bits = hash32(hash32(c ^ key) + key)
     u = (bits >> np.uint32(8)).astype(np.float64) * (1.0 / (1 << 24))
@@ -83,7 +112,7 @@ def _fresh(size: int, np_type) -> np.ndarray:
         return np.full(size, np.nan, dt)
     if dt.kind == "b":
         return np.ones(size, dt)
-    return np.full(size, -0x5A5A5A5A, dt)
+    return np.full(size, -0x5A5A5A5A, np.int64).astype(dt)
 
 
 def run_schedule(schedule: KernelGraph,
@@ -121,6 +150,7 @@ def run_kernel(kernel: Kernel, buffers: dict[str, np.ndarray]) -> None:
         if buf is None or buf.size != arg.size or buf.dtype != np.dtype(arg.dtype.np_type):
             raise KernelEvalError(f"{kernel.name}: argument {arg.name} ({arg.size} x "
                                   f"{arg.dtype.name}) does not match the buffer")
+    _check_index_width(kernel)
     nd = len(kernel.domain)
     with np.errstate(all="ignore"):
         acc = None
@@ -175,8 +205,27 @@ def _store(kernel: Kernel, buffers: dict[str, np.ndarray], ev: _Evaluator, store
     buf[index] = value
 
 
+INT32_MAX = (1 << 31) - 1
+
+
+def _check_index_width(kernel: Kernel) -> None:
+    """index_bits is 32 or 64; at 32 the loop bounds and buffer sizes fit an int32."""
+    if kernel.index_bits not in (32, 64):
+        raise KernelEvalError(f"{kernel.name}: index_bits {kernel.index_bits} is not 32 or 64")
+    if kernel.index_bits == 32:
+        sizes = [b.size for b in kernel.buffers()]
+        sizes.append(math.prod(kernel.domain) * math.prod(kernel.reduce))
+        if max(sizes) > INT32_MAX:
+            raise KernelEvalError(f"{kernel.name}: index_bits 32, but it reaches "
+                                  f"{max(sizes)} elements (int32 overflows)")
+
+
 class _Evaluator:
-    """Evaluates expressions over one iteration space, each shared subtree once."""
+    """Evaluates expressions over one iteration space, each shared subtree once.
+
+    Under `index_bits == 32` every integer value computed from loop variables and constants
+    alone (the index arithmetic a 32-bit kernel does in int32) must fit an int32: the
+    evaluator raises where generated code would overflow."""
 
     def __init__(self, kernel: Kernel, buffers: dict[str, np.ndarray], shape: tuple[int, ...],
                  acc: np.ndarray | None) -> None:
@@ -186,14 +235,29 @@ class _Evaluator:
         self.acc = acc
         self.inputs = {b.name for b in kernel.inputs}
         self.memo: dict[int, tuple[Expr, np.ndarray]] = {}
+        self.narrow = kernel.index_bits == 32
+        self.pure: dict[int, bool] = {}
 
     def __call__(self, e: Expr) -> np.ndarray:
         hit = self.memo.get(id(e))
         if hit is not None and hit[0] is e:
             return hit[1]
         out = np.asarray(self._eval(e))
+        if self.narrow and out.dtype.kind in "iu" and out.size and self._pure(e):
+            lo, hi = int(out.min()), int(out.max())
+            if lo < -INT32_MAX - 1 or hi > INT32_MAX:
+                raise KernelEvalError(f"{self.kernel.name}: index arithmetic overflows int32 "
+                                      f"(index_bits 32): {format_expr(e)} reaches {lo}..{hi}")
         self.memo[id(e)] = (e, out)
         return out
+
+    def _pure(self, e: Expr) -> bool:
+        """Whether `e` is computed from loop variables and constants alone."""
+        p = self.pure.get(id(e))
+        if p is None:
+            p = not isinstance(e, (Load, Acc)) and all(self._pure(c) for c in children(e))
+            self.pure[id(e)] = p
+        return p
 
     def _eval(self, e: Expr) -> np.ndarray:
         if isinstance(e, Var):
@@ -217,7 +281,7 @@ class _Evaluator:
         if isinstance(e, Where):
             return np.where(self(e.cond), self(e.a), self(e.b))
         if isinstance(e, Cast):
-            return convert(self(e.x), e.dtype.np_type)
+            return cast(self(e.x), e.dtype)
         if isinstance(e, RandomUniform):
             return random_uniform(self(e.seed), self(e.counter), e.dtype.np_type)
         if isinstance(e, Acc):

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..types import DType, bool_, int64
+import numpy as np
+
+from ..types import DType, float32, int64
+from .ops import BINARY_OPS, UNARY_OPS
 
 # ---- expressions --------------------------------------------------------------------------
-
-UNARY_OPS = ("neg", "exp", "log", "sqrt", "tanh", "sigmoid", "erf", "abs", "sign", "floor",
-             "reciprocal", "not")
-BINARY_OPS = ("add", "sub", "mul", "div", "pow", "max", "min", "eq", "ne", "lt", "le", "gt",
-              "ge", "and", "or", "idiv", "mod")
-REDUCE_OPS = ("sum", "max", "min", "prod", "argmax", "argmin")
 
 
 def _cached_hash(cls: type) -> type:
@@ -87,8 +84,15 @@ class Load:
 @_cached_hash
 @dataclass(frozen=True)
 class Unary:
+    """A unary op of compiler/kernel/ops.py (an unknown name raises ValueError)."""
+
     op: str
     x: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in UNARY_OPS:
+            raise ValueError(f"Unary: {self.op!r} is not a unary kernel op; known: "
+                             f"{', '.join(UNARY_OPS)}")
 
 
 @_cached_hash
@@ -100,11 +104,18 @@ class Binary:
     PyTorch define them.  On integers they are exact and never trap: a zero divisor gives 0
     (the frontend raises before), and MIN // -1 wraps to MIN with remainder 0.  On floats
     `idiv` is PyTorch's (and NumPy's) floor division, x / y for a zero divisor, and `mod` is
-    fmod(x, y) moved into the divisor's sign (a zero remainder keeps fmod's sign)."""
+    fmod(x, y) moved into the divisor's sign (a zero remainder keeps fmod's sign).
+
+    The op is one of compiler/kernel/ops.py (an unknown name raises ValueError)."""
 
     op: str
     a: Expr
     b: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in BINARY_OPS:
+            raise ValueError(f"Binary: {self.op!r} is not a binary kernel op; known: "
+                             f"{', '.join(BINARY_OPS)}")
 
 
 @_cached_hash
@@ -152,11 +163,9 @@ def dtype_of(e: Expr, acc_dtype: DType | None = None) -> DType:
             raise ValueError("dtype_of: Acc() outside a reduction kernel")
         return acc_dtype
     if isinstance(e, Unary):
-        return bool_ if e.op == "not" else dtype_of(e.x, acc_dtype)
+        return UNARY_OPS[e.op].result(dtype_of(e.x, acc_dtype))
     if isinstance(e, Binary):
-        if e.op in ("eq", "ne", "lt", "le", "gt", "ge", "and", "or"):
-            return bool_
-        return dtype_of(e.a, acc_dtype)
+        return BINARY_OPS[e.op].result(dtype_of(e.a, acc_dtype))
     if isinstance(e, Where):
         return dtype_of(e.a, acc_dtype)
     raise TypeError(f"not a kernel expression: {e!r}")
@@ -222,7 +231,8 @@ class Kernel:
 # ---- printing -----------------------------------------------------------------------------
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<",
-          "le": "<=", "gt": ">", "ge": ">=", "and": "&&", "or": "||", "idiv": "//", "mod": "%"}
+          "le": "<=", "gt": ">", "ge": ">=", "and": "&&", "or": "||", "idiv": "//", "mod": "%",
+          "bitand": "&", "bitor": "|", "xor": "^", "shl": "<<", "shr": ">>"}
 
 
 def format_expr(e: Expr, names: dict[int, str] | None = None) -> str:
@@ -234,6 +244,8 @@ def format_expr(e: Expr, names: dict[int, str] | None = None) -> str:
     if isinstance(e, Var):
         return f"i{e.axis}"
     if isinstance(e, Const):
+        if e.dtype == float32:  # the shortest text that is this float32 (1e-05)
+            return str(np.float32(e.value))
         return repr(e.value)
     if isinstance(e, Load):
         body = f"{e.buffer}[{f(e.index)}]"
@@ -255,7 +267,8 @@ def format_expr(e: Expr, names: dict[int, str] | None = None) -> str:
     raise TypeError(f"not a kernel expression: {e!r}")
 
 
-def _children(e: Expr) -> tuple[Expr, ...]:
+def children(e: Expr) -> tuple[Expr, ...]:
+    """The operand expressions of `e` (a load's index and mask included)."""
     if isinstance(e, Load):
         return (e.index,) if e.mask is None else (e.index, e.mask)
     if isinstance(e, (Unary, Cast)):
@@ -269,10 +282,10 @@ def _children(e: Expr) -> tuple[Expr, ...]:
     return ()
 
 
-def _bindings(roots: list[Expr], first: int) -> list[tuple[str, Expr]]:
-    """Names for the compound subexpressions (loads aside) that `roots` use more than once,
-    each after those it uses: an expression is a DAG, and printed as a tree a shared
-    subexpression would repeat (exponentially often, for `x ** n` unrolled by squaring)."""
+def _shared(roots: list[Expr]) -> list[Expr]:
+    """The compound subexpressions (loads aside) that `roots` use more than once, each after
+    those it uses: an expression is a DAG, and printed as a tree a shared subexpression would
+    repeat (exponentially often, for `x ** n` unrolled by squaring)."""
     uses: dict[int, int] = {}
     order: list[Expr] = []
     stack: list[tuple[Expr, bool]] = [(r, False) for r in reversed(roots)]
@@ -284,17 +297,33 @@ def _bindings(roots: list[Expr], first: int) -> list[tuple[str, Expr]]:
         uses[id(e)] = uses.get(id(e), 0) + 1
         if uses[id(e)] == 1:
             stack.append((e, True))
-            stack.extend((c, False) for c in reversed(_children(e)))
-    shared = [e for e in order
-              if uses[id(e)] > 1 and _children(e) and not isinstance(e, Load)]
-    return [(f"t{first + k}", e) for k, e in enumerate(shared)]
+            stack.extend((c, False) for c in reversed(children(e)))
+    return [e for e in order
+            if uses[id(e)] > 1 and children(e) and not isinstance(e, Load)]
 
 
-def _let_lines(roots: list[Expr], indent: str, names: dict[int, str], first: int) -> list[str]:
-    """`t<k> = ...` lines (k from `first`) for the shared subexpressions of `roots`, which
-    are added to `names`."""
+class _Names:
+    """Binding names e0, e1, ... skipping the kernel's buffer names (a temporary buffer is
+    t<k>, so a binding never reads like one)."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+        self.next = 0
+
+    def __call__(self) -> str:
+        while f"e{self.next}" in self.taken:
+            self.next += 1
+        self.next += 1
+        return f"e{self.next - 1}"
+
+
+def _let_lines(roots: list[Expr], indent: str, names: dict[int, str],
+               fresh: _Names) -> list[str]:
+    """`e<k> = ...` lines for the shared subexpressions of `roots`, which are added to
+    `names`."""
     lines = []
-    for name, e in _bindings(roots, first):
+    for e in _shared(roots):
+        name = fresh()
         lines.append(f"{indent}{name} = {format_expr(e, names)}")
         names[id(e)] = name
     return lines
@@ -302,14 +331,16 @@ def _let_lines(roots: list[Expr], indent: str, names: dict[int, str], first: int
 
 def format_kernel(k: Kernel) -> str:
     """The kernel as readable pseudo-code (what NEURENIX_DEBUG=3 prints); a subexpression
-    used more than once is printed once, bound to a name `t<k>`."""
+    used more than once is printed once, bound to a name `e<k>`."""
     args = ", ".join(f"{b.dtype.short}* {b.name}[{b.size}]" for b in k.buffers())
     lines = [f"// {k.comment}" if k.comment else "", f"kernel {k.name}({args}) {{"]
+    if k.index_bits != 64:
+        lines.append(f"  // index_bits {k.index_bits}")
     indent = "  "
     for i, n in enumerate(k.domain):
         lines.append(f"{indent}for i{i} in 0..{n}{' parallel' if k.parallel and i == 0 else ''}:")
         indent += "  "
-    first = 0
+    fresh = _Names({b.name for b in k.buffers()})
     if k.reduce_value is not None:
         lines.append(f"{indent}acc = init_{k.reduce_op}")
         inner = indent
@@ -317,12 +348,11 @@ def format_kernel(k: Kernel) -> str:
             lines.append(f"{inner}for i{len(k.domain) + j} in 0..{n}:")
             inner += "  "
         inner_names: dict[int, str] = {}
-        lines += _let_lines([k.reduce_value], inner, inner_names, 0)
-        first = len(inner_names)
+        lines += _let_lines([k.reduce_value], inner, inner_names, fresh)
         lines.append(f"{inner}acc = {k.reduce_op}(acc, "
                      f"{format_expr(k.reduce_value, inner_names)})")
     names: dict[int, str] = {}
-    lines += _let_lines([e for s in k.stores for e in (s.index, s.value)], indent, names, first)
+    lines += _let_lines([e for s in k.stores for e in (s.index, s.value)], indent, names, fresh)
     for s in k.stores:
         op = "+=" if s.accumulate else "="
         lines.append(f"{indent}{s.buffer}[{format_expr(s.index, names)}] {op} "
@@ -350,6 +380,12 @@ class KernelGraph:
     outputs: list[str]
     shapes: dict[str, tuple[int, ...]]  # the logical shape of every input and output buffer
     constants: dict = field(default_factory=dict)  # name -> np.ndarray
+
+    def with_kernels(self, kernels: list[Kernel]) -> KernelGraph:
+        """A kernel graph over `kernels` with these buffers, inputs, outputs, shapes and
+        constants (each container copied, so rewrites never share mutable state)."""
+        return KernelGraph(list(kernels), dict(self.buffers), list(self.inputs),
+                           list(self.outputs), dict(self.shapes), dict(self.constants))
 
     def temporaries(self) -> list[str]:
         fixed = set(self.inputs) | set(self.outputs) | set(self.constants)

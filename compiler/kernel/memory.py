@@ -9,11 +9,13 @@ An analysis over the kernel schedule, not a graph rewrite:
    element is read before it is overwritten and by no other iteration.  This is conservative:
    anything else (reductions, accumulating stores, shifted or broadcast reads) keeps its own
    buffer.  Reused buffers form one *storage* whose lifetime is the union of theirs.
-3. Packing: storages are placed greedily by size, largest first, each at the lowest 64-byte
-   aligned offset that overlaps no already placed storage whose lifetime intersects its own
+3. Packing: storages are placed greedily by size, largest first, each at the lowest aligned
+   offset that overlaps no already placed storage whose lifetime intersects its own
    (TFLite's "greedy by size" arena planner).
 
-Reported sizes use 64-byte aligned sizes throughout, so they compare like with like:
+The alignment is the target's (`Capabilities.alignment`: 64 bytes on the CPU, a cache line;
+WebGPU binds storage at 256).  Reported sizes use aligned sizes throughout, so they compare
+like with like:
 `naive_bytes` is every temporary in its own buffer, `lower_bound_bytes` is the peak over the
 kernel order of the storages live together (no placement can do better), and
 `arena_bytes` is what the plan uses; always lower_bound <= arena <= naive.
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Binary, Const, Kernel, KernelGraph, Load, Var
+from .affine import affine
+from .ir import Kernel, KernelGraph, Load
 
 ALIGN = 64
+"""The default arena alignment in bytes (the CPU's cache line)."""
 
 
 @dataclass
@@ -48,10 +52,43 @@ class MemoryPlan:
         return (f"arena {self.arena_bytes} B (naive {self.naive_bytes} B, lower bound "
                 f"{self.lower_bound_bytes} B, {len(self.inplace)} in place)")
 
+    def check(self, kernels: KernelGraph, alignment: int = ALIGN) -> None:
+        """Raise ValueError unless the plan is sound for `kernels`: every temporary placed
+        at a multiple of `alignment` inside the arena, and no two temporaries live at the
+        same time overlapping (an in-place output shares its input's storage by design)."""
+        temps = kernels.temporaries()
+        if set(self.offsets) != set(temps):
+            raise ValueError(f"memory plan: places {sorted(self.offsets)}, the kernels' "
+                             f"temporaries are {sorted(temps)}")
+        root = {}
+        for n in temps:
+            r = n
+            while r in self.inplace:  # chains: t4 in place of t3, itself in place of t2
+                r = self.inplace[r]
+            root[n] = r
+        extent = {}
+        for n in temps:
+            buf = kernels.buffers[n]
+            start, end = self.offsets[n], self.offsets[n] + buf.size * buf.dtype.itemsize
+            if start % alignment or end > self.arena_bytes:
+                raise ValueError(f"memory plan: {n!r} at [{start}, {end}) is not aligned to "
+                                 f"{alignment} or leaves the {self.arena_bytes}-byte arena")
+            extent[n] = (start, end)
+        spans = liveness(kernels)
+        for i, a in enumerate(temps):
+            for b in temps[i + 1:]:
+                if root[a] == root[b]:
+                    continue
+                (sa, ea), (sb, eb) = extent[a], extent[b]
+                (fa, la), (fb, lb) = spans[a], spans[b]
+                if sa < eb and sb < ea and fa <= lb and fb <= la:
+                    raise ValueError(f"memory plan: {a!r} and {b!r} are live together (kernels "
+                                     f"{fa}-{la} and {fb}-{lb}) and overlap in the arena")
 
-def aligned(nbytes: int) -> int:
-    """`nbytes` rounded up to the arena alignment."""
-    return (nbytes + ALIGN - 1) // ALIGN * ALIGN
+
+def aligned(nbytes: int, alignment: int = ALIGN) -> int:
+    """`nbytes` rounded up to a multiple of `alignment`."""
+    return (nbytes + alignment - 1) // alignment * alignment
 
 
 def liveness(schedule: KernelGraph) -> dict[str, tuple[int, int]]:
@@ -66,31 +103,6 @@ def liveness(schedule: KernelGraph) -> dict[str, tuple[int, int]]:
     for name in temps:
         intervals.setdefault(name, (0, 0))
     return intervals
-
-
-def affine(e) -> dict[int, int] | None:
-    """`e` as {axis: coefficient, -1: constant} if it is affine in the loop variables (sums
-    and constant multiples of `Var`s and int constants), else None."""
-    if isinstance(e, Var):
-        return {e.axis: 1}
-    if isinstance(e, Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
-        return {-1: e.value}
-    if isinstance(e, Binary) and e.op in ("add", "sub", "mul"):
-        a, b = affine(e.a), affine(e.b)
-        if a is None or b is None:
-            return None
-        if e.op == "mul":
-            if set(a) == {-1}:
-                a, b = b, a
-            if set(b) != {-1}:
-                return None
-            return {k: v * b[-1] for k, v in a.items()}
-        sign = -1 if e.op == "sub" else 1
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = out.get(k, 0) + sign * v
-        return out
-    return None
 
 
 def _is_row_major(index, domain: tuple[int, ...]) -> bool:
@@ -183,12 +195,16 @@ def _find_inplace(schedule: KernelGraph, intervals: dict[str, tuple[int, int]]) 
     return inplace
 
 
-def plan_memory(schedule: KernelGraph) -> MemoryPlan:
-    """Place every temporary of `schedule` in one arena (see the module docstring)."""
+def plan_memory(schedule: KernelGraph, alignment: int = ALIGN) -> MemoryPlan:
+    """Place every temporary of `schedule` in one arena, each at a multiple of `alignment`
+    bytes (a positive power of two; see the module docstring)."""
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"plan_memory: alignment must be a positive power of two, got "
+                         f"{alignment}")
     temps = schedule.temporaries()
     intervals = liveness(schedule)
-    nbytes = {n: aligned(schedule.buffers[n].size * schedule.buffers[n].dtype.itemsize)
-              for n in temps}
+    nbytes = {n: aligned(schedule.buffers[n].size * schedule.buffers[n].dtype.itemsize,
+                         alignment) for n in temps}
     inplace = _find_inplace(schedule, intervals)
 
     root = {n: n for n in temps}

@@ -13,7 +13,8 @@ whole decision is which values to materialise, made in four steps:
 2. A matmul reads its operands through plain strided views only (what a fast GEMM needs);
    an operand that is not one (padding masks, computed values) is materialised first, except
    a convolution's window gather (pad, unfold, reshape of a value in memory) against few output
-   channels: the GEMM packs that masked operand itself, so no im2col kernel writes it.
+   channels (the target's `Capabilities.inline_unfold_limit`, through `FusionPolicy`): the GEMM
+   packs that masked operand itself, so no im2col kernel writes it.
 3. Elementwise, movement, source and gather nodes are inlined into every consumer (their
    *prologue* when the consumer is a reduction); a value with several consumers is computed
    again in each unless that costs more than `DUPLICATE_COST_LIMIT` ops or
@@ -38,6 +39,7 @@ import networkx as nx
 
 from ..graph.ir import CONSTANT, INPUT, Graph, Node, ancestors
 from ..ops import ELEMENTWISE, REGISTRY
+from ..targets import Capabilities, get_target
 from .index import (
     MOVEMENT_OPS,
     IndexAlgebra,
@@ -53,7 +55,19 @@ DUPLICATE_LOAD_LIMIT = 2  # loads it may make (recomputing more reads more than 
 BROADCAST_COST_LIMIT = 2  # ops from which a broadcast value is materialised, not recomputed
 EPILOGUE_LIMIT = 64  # nodes a reduction's epilogue may absorb
 MERGE_LIMIT = 8  # stores one merged elementwise kernel may hold
-IM2COL_OTHER_LIMIT = 64  # an unfold operand stays inline while the other operand's extent <= this
+
+
+@dataclass(frozen=True)
+class FusionPolicy:
+    """What fusion asks of the target: how far its code generator takes operands inline."""
+
+    inline_unfold_limit: int
+    """A matmul keeps an unfolded (im2col) operand inline while the other operand's free
+    extent is at most this (the CPU's register-tiled GEMM: 64 output channels)."""
+
+    @classmethod
+    def from_capabilities(cls, caps: Capabilities) -> FusionPolicy:
+        return cls(inline_unfold_limit=caps.inline_unfold_limit)
 
 
 class FusionError(RuntimeError):
@@ -122,9 +136,12 @@ class FusionPlan:
         return is_buffer(node) or node in self.materialised
 
 
-def plan_fusion(graph: Graph, fuse: bool = True) -> FusionPlan:
-    """Group the graph's live nodes into kernels; `fuse=False` gives one kernel per node."""
-    ctx = _Context(graph)
+def plan_fusion(graph: Graph, fuse: bool = True,
+                caps: Capabilities | None = None) -> FusionPlan:
+    """Group the graph's live nodes into kernels for a target with `caps` (default: the
+    "llvm" target's); `fuse=False` gives one kernel per node."""
+    caps = get_target("llvm").capabilities if caps is None else caps
+    ctx = _Context(graph, FusionPolicy.from_capabilities(caps))
     if not fuse:
         return ctx.unfused()
     return ctx.fused()
@@ -133,8 +150,9 @@ def plan_fusion(graph: Graph, fuse: bool = True) -> FusionPlan:
 class _Context:
     """The graph facts fusion consults: liveness, order, consumers, outputs."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, policy: FusionPolicy) -> None:
         self.graph = graph
+        self.policy = policy
         self.order = {n: i for i, n in enumerate(graph.nodes)}
         self.outputs = set(graph.outputs)
         self.live = ancestors(graph.outputs)
@@ -293,14 +311,15 @@ class _Context:
                         in_memory: Callable[[Node], bool]) -> bool:
         """Whether matmul `mm` reads `operand` inline as a window gather (im2col): a chain
         of movement ops through an `unfold` down to a value in memory, each read by this
-        chain only, while the other operand's free extent is at most `IM2COL_OTHER_LIMIT`
-        (a convolution's output channels), so that a GEMM that packs the gathered operand
-        computes each element of it at most twice instead of writing and reading it back."""
+        chain only, while the other operand's free extent is at most the policy's
+        `inline_unfold_limit` (a convolution's output channels), so that a GEMM that packs the
+        gathered operand computes each element of it at most twice instead of writing and
+        reading it back."""
         a_shape, b_shape = mm.inputs[0].type.shape, mm.inputs[1].type.shape
         other = b_shape[-1] if operand is mm.inputs[0] else a_shape[-2]
         if operand is mm.inputs[0] and operand is mm.inputs[1]:
             return False
-        if other > IM2COL_OTHER_LIMIT or not mm.type.dtype.is_floating:
+        if other > self.policy.inline_unfold_limit or not mm.type.dtype.is_floating:
             return False
         n, chain = operand, []
         while not in_memory(n):

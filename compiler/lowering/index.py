@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from math import gcd, prod
 
 from ..graph.ir import Node
+from ..kernel.affine import affine
 from ..kernel.ir import Binary, Const, Expr, Var, Where, format_expr
 from ..types import bool_, int64
 
@@ -311,11 +312,13 @@ class IndexAlgebra:
         return tuple(out)
 
     def affine(self, e: Expr) -> tuple[dict[int, int], int] | None:
-        """`e` as ({axis: coefficient}, offset) when it is affine in the loop variables."""
-        terms, c = self._lin(e)
-        if not all(isinstance(a, Var) for a in terms):
+        """`e` as ({axis: coefficient}, offset) when it is affine in the loop variables (an
+        axis of extent 1 contributes nothing: its variable is 0)."""
+        form = affine(e)
+        if form is None:
             return None
-        return {a.axis: k for a, k in terms.items()}, c
+        return ({a: k for a, k in form.items() if a >= 0 and k and self.sizes[a] != 1},
+                form.get(-1, 0))
 
     # ---- conditions -----------------------------------------------------------------------
 

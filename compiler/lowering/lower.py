@@ -38,7 +38,9 @@ from ..kernel.ir import (
     Var,
     Where,
 )
+from ..kernel.ops import BINARY_PRIMITIVES, UNARY_PRIMITIVES
 from ..passes.select_max import select_max
+from ..targets import Capabilities
 from ..types import DType, int64
 from .fusion import FusionPlan, Group, is_buffer, plan_fusion
 from .index import (
@@ -57,13 +59,6 @@ from .index import (
     movement_index,
 )
 
-UNARY = {"neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh",
-         "sigmoid": "sigmoid", "erf": "erf", "abs": "abs", "sign": "sign", "floor": "floor",
-         "reciprocal": "reciprocal", "logical_not": "not"}
-BINARY = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "pow": "pow",
-          "maximum": "max", "minimum": "min", "eq": "eq", "ne": "ne", "lt": "lt", "le": "le",
-          "gt": "gt", "ge": "ge", "logical_and": "and", "logical_or": "or", "floordiv": "idiv",
-          "remainder": "mod"}
 REDUCE_OP = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
              "reduce_prod": "prod", "argmax": "argmax", "argmin": "argmin", "matmul": "sum",
              "fold": "sum"}
@@ -84,15 +79,16 @@ class LoweringError(RuntimeError):
     """A graph the lowering cannot express (an internal error: fusion promised otherwise)."""
 
 
-def lower(graph: Graph, fuse: bool = True) -> KernelGraph:
-    """Lower a graph to a schedule of kernels.
+def lower(graph: Graph, fuse: bool = True, caps: Capabilities | None = None) -> KernelGraph:
+    """Lower a graph to a list of kernels.
 
     `fuse=False` gives one kernel per node (every intermediate in memory): for debugging, and
-    to test the lowering of each primitive alone.
+    to test the lowering of each primitive alone.  `caps` answers the fusion questions that
+    depend on the target (default: the llvm target's).
     """
     if fuse:
         graph = select_max(graph)
-    plan = plan_fusion(graph, fuse=fuse)
+    plan = plan_fusion(graph, fuse=fuse, caps=caps)
     names = _name_buffers(graph, plan)
     args = {name: BufferArg(name, n.type.dtype, n.type.numel) for n, name in names.items()}
     kernels: list[Kernel] = []
@@ -234,10 +230,10 @@ class _Emitter:
     def _compute(self, n: Node, idx: Index, valid: Expr | None) -> Expr:
         op = n.op
         args = n.inputs
-        if op in UNARY:
-            return Unary(UNARY[op], self.value(args[0], idx, valid))
-        if op in BINARY:
-            return Binary(BINARY[op], self.value(args[0], idx, valid),
+        if op in UNARY_PRIMITIVES:
+            return Unary(UNARY_PRIMITIVES[op], self.value(args[0], idx, valid))
+        if op in BINARY_PRIMITIVES:
+            return Binary(BINARY_PRIMITIVES[op], self.value(args[0], idx, valid),
                           self.value(args[1], idx, valid))
         if op == "where":
             return Where(*(self.value(a, idx, valid) for a in args))

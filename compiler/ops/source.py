@@ -39,15 +39,20 @@ register("iota", SOURCE, 0, _iota_rule, _iota_impl, non_differentiable,
          "0, 1, 2, ... along attrs.axis, broadcast to attrs.shape")
 
 _MASK32 = np.uint64(0xFFFFFFFF)
+HASH_MUL1 = 0x7FEB352D
+HASH_MUL2 = 0x846CA68B
+SEED_GOLDEN = 0x9E3779B9
+"""The constants of the generator below, which every backend (and the kernel-IR
+decomposition of `rng_uniform`) repeats bit for bit."""
 
 
 def hash32(x: np.ndarray) -> np.ndarray:
     """A 32-bit integer mixer (lowbias32); every backend implements the same few lines."""
     x = x.astype(np.uint32)
     x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
+    x *= np.uint32(HASH_MUL1)
     x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
+    x *= np.uint32(HASH_MUL2)
     x ^= x >> np.uint32(16)
     return x
 
@@ -57,7 +62,7 @@ def uniform_bits(seed: int, n: int) -> np.ndarray:
     seed = int(seed) & 0xFFFFFFFFFFFFFFFF
     lo = np.array([seed & 0xFFFFFFFF], dtype=np.uint32)
     hi = np.array([seed >> 32], dtype=np.uint32)
-    key = hash32(lo ^ hash32(hi + np.uint32(0x9E3779B9)))
+    key = hash32(lo ^ hash32(hi + np.uint32(SEED_GOLDEN)))
     counter = np.arange(n, dtype=np.uint32)
     return hash32(hash32(counter ^ key) + key)
 

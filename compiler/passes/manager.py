@@ -1,43 +1,69 @@
-"""The pass manager: run a flat list of named stages over a graph and record what each did.
+"""The pass manager: run a flat list of named stages and record what each did.
 
-A pipeline is a list of `Stage(name, fn, why)` read top to bottom, each `fn` a pure
-`Graph -> Graph` function (tinygrad's `codegen/__init__.py`, TVM's `relax/pipeline.py`).
-`run_pipeline` returns the final graph and one `StageRecord` per stage: op counts before and
-after, seconds, and the graph's text after it.  With `NEURENIX_SPEC=1` the graph is verified
-after every stage, and a malformed graph is reported with the name of the stage that made it;
-with `NEURENIX_DEBUG>=2` each stage's graph is printed to stderr as it is produced.
+A pipeline is a list of `Stage(name, fn, why)` read top to bottom, each `fn` a pure function
+(tinygrad's `codegen/__init__.py`, TVM's `relax/pipeline.py`).  Graph stages are
+`Graph -> Graph`; the stages below the graph level (lowering, scheduling, memory planning,
+code generation: see `compiler/pipeline.py`) take and return the next level's value and name
+its checker in `check`.  `run_pipeline` returns the final value and one `StageRecord` per
+stage: sizes before and after (ops of a graph, kernels of a kernel graph), seconds, and the
+value, printed on demand.  With `NEURENIX_SPEC=1` every stage's result is verified (a graph by
+`Graph.verify`, anything else by the stage's `check`), and a malformed one is reported with
+the name of the stage that made it; at `NEURENIX_DEBUG>=show` (2 for graphs) each result is
+printed to stderr as it is produced.
 """
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..debug import debug_level, spec_enabled
 from ..graph.ir import Graph, IRError
 
-Pass = Callable[[Graph], Graph]
+Pass = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a pipeline: a name, the pass, and a one-line reason for running it."""
+    """One step of a pipeline: a name, the pass, and a one-line reason for running it.
+
+    A stage whose result is not a `Graph` names the `check` that verifies it under
+    `NEURENIX_SPEC` (a graph stage needs none), and `show`, the debug level at which its
+    result is printed."""
 
     name: str
     fn: Pass
     why: str
+    check: Callable[[Any], None] | None = None
+    show: int = 2
 
 
 @dataclass(frozen=True)
 class StageRecord:
-    """What one stage did: op counts (`Graph.ops_count()`) around it, its time, its result."""
+    """What one stage did: sizes around it (`size_of`), its time, its result (`text` prints
+    it; printing a big graph costs more than most passes, so it is done on demand)."""
 
     name: str
     nodes_before: int
     nodes_after: int
     seconds: float
-    text: str
+    result: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def text(self) -> str:
+        return str(self.result)
+
+
+def size_of(value: Any) -> int:
+    """A stage value's size for the records: a graph's ops, a kernel graph's kernels."""
+    if isinstance(value, Graph):
+        return value.ops_count()
+    kernels = getattr(value, "kernels", None)
+    if kernels is None:
+        return 0
+    return len(kernels) if isinstance(kernels, (list, tuple)) else size_of(kernels)
 
 
 class StageError(IRError):
@@ -45,8 +71,9 @@ class StageError(IRError):
 
 
 def run_stage(graph: Graph, stage: Stage) -> tuple[Graph, StageRecord]:
-    """Run one stage, verify its result under `NEURENIX_SPEC`, and print it under debug >= 2."""
-    before = graph.ops_count()
+    """Run one stage, verify its result under `NEURENIX_SPEC`, and print it at the stage's
+    debug level."""
+    before = size_of(graph)
     start = time.perf_counter()
     try:
         out = stage.fn(graph)
@@ -55,19 +82,20 @@ def run_stage(graph: Graph, stage: Stage) -> tuple[Graph, StageRecord]:
             err.add_note(f"while running compiler stage {stage.name!r} ({stage.why})")
         raise
     seconds = time.perf_counter() - start
-    if not isinstance(out, Graph):
+    if stage.check is None and not isinstance(out, Graph):
         raise StageError(f"stage {stage.name!r} returned {type(out).__name__}, not a Graph")
     if spec_enabled():
+        what = "graph" if stage.check is None else type(out).__name__
         try:
-            out.verify()
-        except IRError as err:
-            raise StageError(f"stage {stage.name!r} produced an invalid graph: {err}") from err
-    text = str(out)
-    record = StageRecord(stage.name, before, out.ops_count(), seconds, text)
-    if debug_level() >= 2:
-        print(f"=== after {stage.name}: {record.nodes_before} -> {record.nodes_after} ops "
+            out.verify() if stage.check is None else stage.check(out)
+        except (IRError, ValueError, TypeError) as err:
+            raise StageError(f"stage {stage.name!r} produced an invalid {what}: {err}") from err
+    record = StageRecord(stage.name, before, size_of(out), seconds, out)
+    if debug_level() >= stage.show:
+        unit = "ops" if isinstance(out, Graph) else "kernels"
+        print(f"=== after {stage.name}: {record.nodes_before} -> {record.nodes_after} {unit} "
               f"({seconds * 1e3:.2f} ms) ===", file=sys.stderr)
-        print(text, file=sys.stderr)
+        print(record.text, file=sys.stderr)
     return out, record
 
 

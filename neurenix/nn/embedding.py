@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autograd import no_grad
 from ..compiler.types import DType
 from ..creation import empty
+from ..state import no_grad
 from ..tensor import Tensor
 from . import init
 from .functional.sparse import embedding, normalize_padding_idx

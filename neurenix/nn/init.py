@@ -11,10 +11,11 @@ import math
 
 import numpy as np
 
+from ..call_site import user_source
 from ..compiler.trace import TraceError
 from ..random import generator
+from ..state import is_tracing
 from ..tensor import Tensor
-from ..tracing import is_symbolic, is_tracing, user_source
 
 
 def _host_only(name: str) -> None:
@@ -29,10 +30,10 @@ def _host_only(name: str) -> None:
 def _fill(tensor: Tensor, values: np.ndarray) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"init: expected a Tensor, got {type(tensor).__name__}")
-    if is_symbolic(tensor):
+    if tensor._value is not None:  # a traced (symbolic) tensor
         raise TraceError(f"nn.init at {user_source()}: cannot fill a traced tensor in place; "
                          f"initialise it outside the compiled function")
-    tensor._data = np.asarray(values, dtype=tensor.dtype.np_type).reshape(tensor.shape)
+    tensor._set_host(np.asarray(values, dtype=tensor.dtype.np_type).reshape(tensor.shape))
     tensor._version += 1
     return tensor
 

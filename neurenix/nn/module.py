@@ -14,8 +14,8 @@ import numpy as np
 
 from neurenix.compiler.types import DType, float32, float64
 
-from .. import dispatch
-from ..autograd import no_grad, zero_grads
+from ..autograd import zero_grads
+from ..state import current_trace, no_grad
 from ..tensor import Tensor
 from .parameter import Parameter
 
@@ -180,9 +180,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if dispatch._ACTIVE.state is not None:  # traced: parameters and buffers are inputs
-            from ..trace_effects import lift_module
-            lift_module(self)
+        trace = current_trace()
+        if trace is not None:  # traced: parameters and buffers are inputs
+            trace.enter_module(self)
         return self.forward(*args, **kwargs)
 
     # ---- traversal --------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class Module:
                     raise ValueError(f"load_state_dict: size mismatch for {key}: the checkpoint "
                                      f"has shape {tuple(value.shape)}, the model expects "
                                      f"{tuple(target.shape)}")
-                target._data = np.array(value, dtype=target.dtype.np_type)
+                target._set_host(np.array(value, dtype=target.dtype.np_type))
                 target._version += 1
         return IncompatibleKeys(missing, unexpected)
 
@@ -357,7 +357,7 @@ class Module:
 
 def _as_array(value: Any, key: str) -> np.ndarray:
     if isinstance(value, Tensor):
-        return value._data
+        return value._host()
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
         return value.detach().cpu().numpy()
     try:

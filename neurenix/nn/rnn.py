@@ -18,12 +18,12 @@ from typing import Any
 
 from neurenix.compiler.types import DType, float32
 
-from .. import autograd
 from .. import elementwise as ew
 from ..creation import empty
 from ..dispatch import apply
 from ..linalg import matmul
 from ..shapes import cat, chunk, reshape, squeeze, stack, transpose, unbind, unsqueeze
+from ..state import is_grad_enabled
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -72,7 +72,7 @@ def _lstm_step(gi: Tensor, state: State, w_hh_t: Tensor, b_hh: Tensor | None) ->
     row).  In grad mode the (N, 4H) product is kept: the batched form's backward sums h's
     gradient over the four gates in extra kernels (a compiled training step was 2x slower)."""
     h, c = state
-    if autograd.is_grad_enabled():
+    if is_grad_enabled():
         i, f, g, o = chunk(ew.add(gi, matmul(h, w_hh_t)), 4, 1)
     else:
         hidden = h.shape[-1]

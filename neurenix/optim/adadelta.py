@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import elementwise as ew
-from .. import trace_effects
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, count_step, zeros_for
+from .optimizer import Optimizer, ParamsT, check_range, count_step, host_values, zeros_for
 
 
 class Adadelta(Optimizer):
@@ -38,7 +37,7 @@ class Adadelta(Optimizer):
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = trace_effects.host_values(lambda: (group["lr"],), p, 1,
+        (lr,) = host_values(lambda: (group["lr"],), p, 1,
                                           commit=lambda: count_step(state))
         rho, eps = group["rho"], group["eps"]
         if group["maximize"]:

@@ -5,9 +5,8 @@ import math
 from typing import Any
 
 from .. import elementwise as ew
-from .. import trace_effects
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, count_step, zeros_for
+from .optimizer import Optimizer, ParamsT, check_range, count_step, host_values, zeros_for
 
 
 class Adam(Optimizer):
@@ -58,7 +57,7 @@ class Adam(Optimizer):
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        lr, step_size, bias_correction2_sqrt = trace_effects.host_values(
+        lr, step_size, bias_correction2_sqrt = host_values(
             lambda: self._coefficients(state["step"] + 1, group), p, 3,
             commit=lambda: count_step(state))
         beta1, beta2 = group["betas"]

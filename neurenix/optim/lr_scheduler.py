@@ -11,6 +11,9 @@ import math
 import numbers
 from typing import Any, SupportsFloat
 
+from ..call_site import user_source
+from ..compiler.trace import TraceError
+from ..state import is_tracing
 from .optimizer import Optimizer
 
 __all__ = ["ExponentialLR", "LRScheduler", "ReduceLROnPlateau", "StepLR"]
@@ -269,9 +272,7 @@ class ReduceLROnPlateau(LRScheduler):
 def _refuse_in_trace(name: str) -> None:
     """A scheduler changes Python numbers once per step; inside a compiled function that would
     happen only while tracing, never on the calls that follow."""
-    from ..tracing import is_tracing, user_source
     if is_tracing():
-        from neurenix.compiler.trace import TraceError
         raise TraceError(f"{name}.step() inside a compiled function at {user_source()}: the "
                          f"scheduler would step only while tracing; call it outside (the "
                          f"compiled step reads the new learning rate on every call)")

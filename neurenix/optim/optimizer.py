@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import trace_effects, tracing
-from ..autograd import enable_grad, no_grad, zero_grads
+from ..autograd import zero_grads
 from ..creation import zeros
+from ..state import current_trace, enable_grad, no_grad
 from ..tensor import Tensor
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
@@ -51,6 +51,25 @@ def check_range(owner: str, name: str, value: Any, low: float, high: float | Non
         wanted = f"in [{low}, {high})"
     if not ok:
         raise ValueError(f"{owner}: invalid {name} {value!r}; it must be {wanted}")
+
+
+def host_values(compute: Callable[[], tuple], like: Tensor, count: int,
+                commit: Callable[[], None] | None = None) -> tuple:
+    """`count` scalars computed in Python on every call: `compute()` eagerly; inside a trace,
+    0-d inputs of `like`'s dtype whose values `compute` gives before each run of the program.
+
+    For what changes between calls without changing the graph: a learning rate a scheduler
+    sets, an optimizer's step count and its bias corrections.  `compute` has no side effects;
+    `commit` makes the one that goes with it (count the step): eagerly at once, compiled after
+    a call that raised no error, so a failed call leaves the optimizer as eager would.
+    """
+    trace = current_trace()
+    if trace is not None:
+        return trace.host_values(compute, like, count, commit)
+    values = tuple(compute())
+    if commit is not None:
+        commit()
+    return values
 
 
 def zeros_for(p: Tensor) -> Tensor:
@@ -140,7 +159,7 @@ class Optimizer:
         """Apply one step to parameter p (called under no_grad, only when p has a gradient).
 
         Python numbers that change from step to step (the learning rate, bias corrections)
-        come from `trace_effects.host_values`, so that a compiled step computes them per call.
+        come from `host_values`, so that a compiled step computes them per call.
         """
         raise NotImplementedError(f"{self._name} does not implement _update")
 
@@ -216,7 +235,8 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
-        traced = tracing.is_tracing()
+        trace = current_trace()
+        traced = trace is not None
         with no_grad():
             todo = []
             for group in self.param_groups:
@@ -233,7 +253,7 @@ class Optimizer:
                         self.state[p] = state
                     todo.append((p, grad, state, group))
             if traced:
-                self._lift_state(todo)
+                self._lift_state(trace, todo)
             for p, grad, state, group in todo:
                 before = dict(state) if traced else None
                 try:
@@ -252,18 +272,18 @@ class Optimizer:
                                 state[key] = before[key]
                             else:
                                 del state[key]
-                            trace_effects.store_item(state, key, value)
+                            trace.store_item(state, key, value)
         return loss
 
-    def _lift_state(self, todo: list[tuple[Tensor, Tensor, dict, dict]]) -> None:
+    def _lift_state(self, trace: Any, todo: list[tuple[Tensor, Tensor, dict, dict]]) -> None:
         """In a trace: make the state tensors inputs (their updates become outputs) and guard
         what the trace bakes in: every hyper-parameter but the learning rate (read per call),
         which parameters have state, and the state tensors themselves."""
         for index, (_, _, state, _) in enumerate(todo):
             for key, value in state.items():
                 if isinstance(value, Tensor):
-                    trace_effects.lift(value, f"{self._name}.state.{index}.{key}")
-        trace_effects.guard(f"{self._name} hyper-parameters and state", self._trace_key)
+                    trace.lift(value, f"{self._name}.state.{index}.{key}")
+        trace.guard(f"{self._name} hyper-parameters and state", self._trace_key)
 
     def _trace_key(self, args: Any = None) -> tuple:
         """What a traced step depends on besides tensor values, as (label, value) pairs (see

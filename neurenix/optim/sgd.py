@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import trace_effects
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, zeros_for
+from .optimizer import Optimizer, ParamsT, check_range, host_values, zeros_for
 
 
 class SGD(Optimizer):
@@ -44,7 +43,7 @@ class SGD(Optimizer):
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = trace_effects.host_values(lambda: (group["lr"],), p, 1)
+        (lr,) = host_values(lambda: (group["lr"],), p, 1)
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:

@@ -10,8 +10,8 @@ import numbers
 
 from ... import elementwise as ew
 from ...dispatch import apply
+from ...random import seed_tensor
 from ...tensor import Tensor
-from ...tracing import seed_tensor
 
 
 def check_probability(p: float, name: str = "Dropout") -> float:

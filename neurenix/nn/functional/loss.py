@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...checks import check_range
 from ...dispatch import apply
 from ...elementwise import (
     abs,
@@ -34,7 +35,6 @@ from ...elementwise import (
 from ...reductions import log_softmax, mean
 from ...reductions import sum as reduce_sum
 from ...tensor import Tensor
-from ...value_checks import check_range
 
 REDUCTIONS = ("none", "mean", "sum")
 

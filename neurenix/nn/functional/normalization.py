@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from ... import elementwise as ew
 from ... import reductions, shapes
-from ...autograd import no_grad
 from ...compiler.types import float64
+from ...state import no_grad
 from ...tensor import Tensor
 
 

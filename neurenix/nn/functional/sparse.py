@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from ... import elementwise as ew
 from ... import reductions, shapes
+from ...checks import check_range
 from ...compiler.types import int64
 from ...dispatch import apply
 from ...tensor import Tensor
-from ...value_checks import check_range
 
 
 def _check_indices(idx: Tensor, name: str) -> None:

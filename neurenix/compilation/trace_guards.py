@@ -3,7 +3,7 @@
 A trace reads more than its tensor arguments: the training flag and the Python-number
 attributes of every module it calls, which tensors those modules hold, whether parameters
 require grad, the shapes of captured tensors, and Python numbers in the traced function's
-closure and globals.  Each becomes a guard (`trace_effects.Guard`); a program is reused only
+closure and globals.  Each becomes a `Guard`; a program is reused only
 while all its guards read what they read at trace time, and a change recompiles with a reason
 that names it (as `torch.compile`'s guards do).  Tensor *values* are never guarded: parameters,
 buffers and captured tensors are graph inputs read on every call.
@@ -17,15 +17,26 @@ import dis
 import enum
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from neurenix.compiler.types import DType
 
-from .nn.module import Module, state_version
-from .tensor import Tensor
-from .trace_effects import Guard
+from ..nn.module import Module, state_version
+from ..tensor import Tensor
+
+
+class Guard(NamedTuple):
+    """A value the trace baked in: `read(args)` must give `value` again for the program to
+    be reused (`args` are the call's tensors, flattened).  `explain(old, new)`, when given,
+    says in words what changed (for the recompile message)."""
+
+    what: str
+    read: Callable[[list[Tensor]], Any]
+    value: Any
+    explain: Callable[[Any, Any], list[str]] | None = None
+
 
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), DType, enum.Enum, np.generic)
 _TABLES = ("training", "_parameters", "_buffers", "_modules", "_non_persistent")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,20 +21,14 @@ from neurenix.compiler.graph.ir import Node
 from neurenix.compiler.passes.autodiff import backprop
 from neurenix.compiler.types import TensorType
 
-from . import autograd
-from .tensor import Tensor
-from .tracing import ACTIVE, TraceState, symbolic, user_source
+from ..call_site import user_source
+from ..elementwise import add, as_tensor
+from ..state import no_grad
+from ..tensor import Tensor
+from .trace_guards import Guard, module_snapshot
 
-
-class Guard(NamedTuple):
-    """A value the trace baked in: `read(args)` must give `value` again for the program to
-    be reused (`args` are the call's tensors, flattened).  `explain(old, new)`, when given,
-    says in words what changed (for the recompile message)."""
-
-    what: str
-    read: Callable[[list[Tensor]], Any]
-    value: Any
-    explain: Callable[[Any, Any], list[str]] | None = None
+if TYPE_CHECKING:
+    from .tracing import TraceState
 
 
 @dataclass
@@ -59,22 +53,11 @@ class Store:
     output: int | None
 
 
-def host_values(compute: Callable[[], tuple], like: Tensor, count: int,
+def host_values(state: TraceState, compute: Callable[[], tuple], like: Tensor, count: int,
                 commit: Callable[[], None] | None = None) -> tuple:
-    """`count` scalars computed in Python on every call: `compute()` eagerly; inside a trace,
-    0-d inputs of `like`'s dtype whose values `compute` gives before each run of the program.
-
-    For what changes between calls without changing the graph: a learning rate a scheduler
-    sets, an optimizer's step count and its bias corrections.  `compute` has no side effects;
-    `commit` makes the one that goes with it (count the step): eagerly at once, compiled after
-    a call that raised no error, so a failed call leaves the optimizer as eager would.
-    """
-    state = ACTIVE.state
-    if state is None:
-        values = tuple(compute())
-        if commit is not None:
-            commit()
-        return values
+    """`count` 0-d inputs of `like`'s dtype whose values `compute()` gives before each run of
+    the program (see `neurenix.optim.optimizer.host_values`); `commit` runs after a call
+    that raised no error."""
     k = len(state.host)
     state.host.append(compute)
     if commit is not None:
@@ -83,39 +66,29 @@ def host_values(compute: Callable[[], tuple], like: Tensor, count: int,
     for j in range(count):
         name = f"host{k}_{j}"
         state.sources[name] = ("host", (k, j))
-        values.append(symbolic(state.tracer.input(name, TensorType((), like.dtype), "data")))
+        node = state.tracer.input(name, TensorType((), like.dtype), "data")
+        values.append(Tensor._symbolic(node))
     return tuple(values)
 
 
-def lift(tensor: Tensor, name: str) -> None:
-    """Inside a trace, make an eager tensor (an optimizer's state) an input read on every
-    call, so that in-place updates of it become outputs (a no-op if it is one already)."""
-    state = ACTIVE.state
-    if state is not None and id(tensor) not in state.inputs:
+def lift(state: TraceState, tensor: Tensor, name: str) -> None:
+    """Make an eager tensor (an optimizer's state) an input read on every call, so that
+    in-place updates of it become outputs (a no-op if it is one already)."""
+    if id(tensor) not in state.inputs:
         state.register(tensor, name, "buffer")
 
 
-def lift_module(module: Any) -> None:
+def lift_module(state: TraceState, module: Any) -> None:
     """A module called inside a trace: its parameters and buffers not yet inputs become
     inputs named by their paths (buffer updates, such as running statistics, then become
     outputs instead of being baked in as constants)."""
-    state = ACTIVE.state
     if id(module) not in state.modules:
-        from .trace_guards import module_snapshot
         state.modules[id(module)] = module
         state.snapshots.append((module, module_snapshot(module)))
     for kind, items in (("param", module.named_parameters()), ("buffer", module.named_buffers())):
         for name, t in items:
             if id(t) not in state.inputs:
                 state.register(t, state.fresh_name(name), kind)
-
-
-def guard(what: str, read: Callable[[list[Tensor]], Any]) -> None:
-    """Inside a trace, check `read(args)` on every call: the program is reused only while it
-    gives what it gives now (a hyper-parameter a Python branch of the trace depended on)."""
-    state = ACTIVE.state
-    if state is not None:
-        state.guards.append(Guard(what, read, read([])))
 
 
 def _slot(state: TraceState, t: Tensor) -> tuple[GradSlot, bool]:
@@ -128,10 +101,9 @@ def _slot(state: TraceState, t: Tensor) -> tuple[GradSlot, bool]:
     return slot, True
 
 
-def read_grad(t: Tensor) -> Tensor | None:
+def read_grad(state: TraceState, t: Tensor) -> Tensor | None:
     """`t.grad` inside a trace.  A gradient that exists before the call (accumulated by an
     eager backward) becomes an input read on every call; whether one exists is guarded."""
-    state = ACTIVE.state
     slot, first = _slot(state, t)
     if first:
         if slot.target[0] == "arg":
@@ -147,22 +119,21 @@ def read_grad(t: Tensor) -> Tensor | None:
                 node = state.tracer.input(name, TensorType(tuple(before.shape), before.dtype),
                                           "buffer")
                 state.sources[name] = ("grad", slot.target)
-                t._grad = symbolic(node)
+                t._grad = Tensor._symbolic(node)
     return t._grad
 
 
-def write_grad(t: Tensor, value: Tensor | None) -> None:
+def write_grad(state: TraceState, t: Tensor, value: Tensor | None) -> None:
     """`t.grad = value` inside a trace: assigned again after every call."""
     if value is not None and not isinstance(value, Tensor):
         raise TypeError(f"grad: expected a Tensor or None, got {type(value).__name__}")
-    _slot(ACTIVE.state, t)
+    _slot(state, t)
     t._grad = value
 
 
-def store_item(container: dict, key: Any, value: Tensor) -> None:
+def store_item(state: TraceState, container: dict, key: Any, value: Tensor) -> None:
     """Inside a trace, `container[key] = value` for a value computed in the trace (an
     optimizer's new state): assigned the computed tensor after every call."""
-    state = ACTIVE.state
     state.items.append((container, key, container.get(key, _ABSENT)))
     container[key] = value
 
@@ -175,11 +146,9 @@ class _Absent:
 _ABSENT = _Absent()
 
 
-def backward_traced(root: Tensor, gradient: Any) -> None:
+def backward_traced(state: TraceState, root: Tensor, gradient: Any) -> None:
     """`root.backward(gradient)` inside a trace: append the backward to the graph and add the
     gradients of the trace's leaves (parameters, lifted tensors, arguments) to their .grad."""
-    from .elementwise import add, as_tensor
-    state = ACTIVE.state
     b = state.tracer.builder
     node = state.node_of(root)
     if not state.differentiable(node):
@@ -205,11 +174,11 @@ def backward_traced(root: Tensor, gradient: Any) -> None:
         if g is not None:
             prev = gradients.get(id(t))
             gradients[id(t)] = (t, g if prev is None else b.apply("add", prev[1], g))
-    with autograd.no_grad():
+    with no_grad():
         for t, g in gradients.values():
-            current = read_grad(t)
-            g = symbolic(g)
-            write_grad(t, g if current is None else add(current, g))
+            current = read_grad(state, t)
+            g = Tensor._symbolic(g)
+            write_grad(state, t, g if current is None else add(current, g))
     state.backward_called = True
 
 

@@ -1,12 +1,13 @@
 """Errors that depend on tensor values (an index out of range, an integer division by zero),
 raised alike by eager and compiled code.
 
-Eager code reads the values at once.  A trace cannot: `check_values` makes the values extra
-outputs of the compiled program, and after every call the same `test` runs on what the program
-computed, before any state (parameters, buffers, gradients) is written back, so a compiled call
-raises eager's error with eager's message and leaves the model as eager would.  The values are
-small summaries (a minimum and a maximum, a flag), computed without gradients; generated code
-itself never reads out of bounds (loads are masked), the check only decides what to raise.
+Eager code reads the values at once.  A trace cannot: it makes the values extra outputs of the
+compiled program (`neurenix.compilation.value_checks`), and after every call the same `test`
+runs on what the program computed, before any state (parameters, buffers, gradients) is
+written back, so a compiled call raises eager's error with eager's message and leaves the
+model as eager would.  The values are small summaries (a minimum and a maximum, a flag),
+computed without gradients; generated code itself never reads out of bounds (loads are
+masked), the check only decides what to raise.
 """
 from __future__ import annotations
 
@@ -14,21 +15,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import dispatch
-from .autograd import no_grad
+from .state import current_trace, no_grad
 from .tensor import Tensor
 
 
 def check_values(values: tuple[Tensor, ...], test: Callable[..., None]) -> None:
     """Run `test(*arrays)` on the NumPy values of `values`: now when eager, after every call
     of the compiled program when traced.  `test` raises the error (or returns)."""
-    state = dispatch._ACTIVE.state
-    if state is None:
-        test(*(v._data for v in values))
+    trace = current_trace()
+    if trace is None:
+        test(*(v._host() for v in values))
         return
-    with no_grad():
-        nodes = [state.node_of(v.detach()) for v in values]
-    state.checks.append((nodes, test))
+    trace.check_values(values, test)
 
 
 def check_range(x: Tensor, low: int | float, high: int | float,
@@ -48,7 +46,8 @@ def check_range(x: Tensor, low: int | float, high: int | float,
             raise error(hi)
 
     if x._data is not None:  # eager: straight from the array, no tensor operations
-        test(x._data.min(), x._data.max())
+        values = x._host()
+        test(values.min(), values.max())
         return
     with no_grad():
         check_values((x.detach().amin(), x.detach().amax()), test)

@@ -8,7 +8,6 @@ forward's outputs get one autograd node whose backward runs the compiled backwar
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import itertools
 import logging
@@ -22,17 +21,31 @@ from typing import Any
 
 import numpy as np
 
-from neurenix.compiler import Graph, evaluate, pipeline
+from neurenix.compiler import pipeline
+from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
-from . import autograd
-from .device import CPU, as_device
-from .nn.module import Module
-from .optim.optimizer import optimizer_settings, undo_changed_settings
-from .tensor import Tensor
-from .trace_effects import Guard, Store, finish_stores, restore
-from .trace_guards import code_guard, module_guard, plain_key, tensor_guard, undo_side_effects
-from .tracing import ACTIVE, TraceState, tracing
+from .. import autograd
+from ..device import CPU, as_device
+from ..nn.module import Module
+from ..optim.optimizer import optimizer_settings, undo_changed_settings
+from ..random import next_seed
+from ..state import is_grad_enabled, is_tracing, no_grad
+from ..tensor import Tensor
+from . import value_checks
+from .arguments import (
+    Keywords,
+    arg_tensors,
+    call_with,
+    flatten_outputs,
+    replace_tensors,
+    unflatten_outputs,
+)
+from .executables import compile_traced
+from .signatures import describe, explain_change, explain_guards, structure, value_key
+from .trace_effects import Store, finish_stores, restore
+from .trace_guards import Guard, code_guard, module_guard, tensor_guard, undo_side_effects
+from .tracing import TraceState, tracing
 
 log = logging.getLogger("neurenix.compile")
 
@@ -59,7 +72,7 @@ class _Entry:
 
     key: tuple
     # per graph input: ("arg", i) | ("tensor", t) | ("seed", _) | ("host", (k, j)) |
-    # ("grad", target): see neurenix.trace_effects
+    # ("grad", target): see neurenix.compilation.trace_effects
     sources: list[tuple[str, Any]]
     forward: Any  # an executable: run(list[np.ndarray]) -> list[np.ndarray]
     num_outputs: int
@@ -73,7 +86,7 @@ class _Entry:
     guards: list[Guard] = field(default_factory=list)
     stores: list[Store] = field(default_factory=list)
     num_stored: int = 0
-    # value checks (neurenix.value_checks): how many outputs each test reads, and the test
+    # value checks (neurenix.checks): how many outputs each test reads, and the test
     checks: list[tuple[int, Callable[..., None]]] = field(default_factory=list)
     num_checks: int = 0
     backward: Any = None
@@ -116,9 +129,11 @@ class Compiled:
         self.device = CPU if device is None else as_device(device, check=True)
         self.verify = verify
         self.backend = backend or pipeline.default_backend()
-        if self.backend not in pipeline.BACKENDS:
-            raise ValueError(f"compile: backend must be one of {pipeline.BACKENDS}, got "
-                             f"{self.backend!r}")
+        try:
+            get_target(self.backend)
+        except (TypeError, ValueError):
+            raise ValueError(f"compile: backend must be one of {tuple(target_names())}, got "
+                             f"{self.backend!r}") from None
         if recompile_limit is not None and (not isinstance(recompile_limit, int)
                                             or recompile_limit < 1):
             raise ValueError(f"compile: recompile_limit must be a positive integer, got "
@@ -171,12 +186,12 @@ class Compiled:
     # ---- calling ----------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if ACTIVE.state is not None:  # called inside another trace: part of that graph
+        if is_tracing():  # called inside another trace: part of that graph
             return self.fn(*args, **kwargs)
         if kwargs:
             args = self._bind(args, kwargs)
         key = self._signature(args)
-        tensors = _arg_tensors(args)
+        tensors = arg_tensors(args)
         entries = self._cache.get(key)
         entry = _matching(entries, tensors) if entries else None
         if entry is None:
@@ -194,11 +209,11 @@ class Compiled:
 
     def _bind(self, args: tuple, kwargs: dict) -> tuple:
         """The call's arguments in positional order (defaults filled in), then, for
-        keyword-only and `**kwargs` parameters, one `_Keywords` dict."""
+        keyword-only and `**kwargs` parameters, one `Keywords` dict."""
         target = self.module.forward if self.module is not None else self.fn
         bound = inspect.signature(target).bind(*args, **kwargs)
         bound.apply_defaults()
-        return tuple(bound.args) + ((_Keywords(bound.kwargs),) if bound.kwargs else ())
+        return tuple(bound.args) + ((Keywords(bound.kwargs),) if bound.kwargs else ())
 
     def _signature(self, args: tuple) -> tuple:
         """The call's key: its arguments (tensors by shape, dtype and requires_grad, other
@@ -206,14 +221,14 @@ class Compiled:
         parts: list[Any] = []
         for i, a in enumerate(args):
             if type(a) is Tensor or isinstance(a, Tensor):
-                parts.append(_describe(a))
+                parts.append(describe(a))
                 continue
-            leaves = _arg_tensors((a,))
+            leaves = arg_tensors((a,))
             if leaves:  # tensors nested in a tuple/list/dict (an LSTM's (h0, c0))
-                parts.append(("tree", _structure(a, i), tuple(_describe(t) for t in leaves)))
+                parts.append(("tree", structure(a, i), tuple(describe(t) for t in leaves)))
             else:
                 parts.append(("value", value_key(a, i)))
-        return (tuple(parts), autograd.is_grad_enabled())
+        return (tuple(parts), is_grad_enabled())
 
     # ---- compiling --------------------------------------------------------------------------
 
@@ -253,10 +268,10 @@ class Compiled:
         if count == 1 or not (warn or log.isEnabledFor(logging.INFO)):
             return
         if entries:
-            why = _explain_guards(entries[-1], tensors)
+            why = explain_guards(entries[-1].guards, tensors)
         else:
             last = self._last
-            why = _explain(last.key, key) if last is not None else "new signature"
+            why = explain_change(last.key, key) if last is not None else "new signature"
         log.info("neurenix.compile: recompiling %s: %s", self._name(), why)
         if warn:
             log.warning("neurenix.compile: %s has compiled %d programs, more than its recompile "
@@ -312,14 +327,14 @@ class Compiled:
             position = 0  # the args' tensors, nested ones flattened, are the first inputs
             for i, a in enumerate(args):
                 symbols = []
-                named = ([(str(key), v) for key, v in a.items()] if isinstance(a, _Keywords)
+                named = ([(str(key), v) for key, v in a.items()] if isinstance(a, Keywords)
                          else [(names[i], a)])
                 for base, value in named:
-                    for k, t in enumerate(_arg_tensors((value,))):
+                    for k, t in enumerate(arg_tensors((value,))):
                         name = base if isinstance(value, Tensor) else f"{base}_{k}"
                         symbols.append(state.register_arg(t, state.fresh_name(name), position))
                         position += 1
-                sym_args.append(_replace_tensors(a, iter(symbols)))
+                sym_args.append(replace_tensors(a, iter(symbols)))
             if self.module is not None:
                 for name, p in self.module.named_parameters():
                     state.register(p, name, "param")
@@ -328,7 +343,7 @@ class Compiled:
             hyper = optimizer_settings()
             try:
                 with tracing(state):
-                    result = _call(self.fn, sym_args)
+                    result = call_with(self.fn, sym_args)
                 leaves, treedef = flatten_outputs(result)
                 out_nodes = [state.cut(state.node_of(t)) for t in leaves]
                 stored, stores = finish_stores(state)
@@ -398,9 +413,9 @@ class Compiled:
         except (TypeError, ValueError):
             return {}
         values = dict(zip(params, args))
-        if args and isinstance(args[-1], _Keywords):
+        if args and isinstance(args[-1], Keywords):
             values.update(args[-1])
-        return {k: v for k, v in values.items() if not _arg_tensors((v,))}
+        return {k: v for k, v in values.items() if not arg_tensors((v,))}
 
     def _arg_names(self, n: int) -> list[str]:
         target = self.module.forward if self.module is not None else self.fn
@@ -419,14 +434,13 @@ class Compiled:
     # ---- running ----------------------------------------------------------------------------
 
     def _inputs(self, entry: _Entry, args: list[Tensor]) -> list[np.ndarray]:
-        from .random import next_seed
         arrays = []
         host: dict[int, tuple] = {}
         for (kind, ref), dtype in zip(entry.sources, entry.input_dtypes):
             if kind == "arg":
-                arrays.append(args[ref]._data)
+                arrays.append(args[ref]._host())
             elif kind == "tensor":
-                arrays.append(ref._data)
+                arrays.append(ref._host())
             elif kind == "seed":
                 arrays.append(np.asarray(next_seed(), dtype=np.int64))
             elif kind == "host":
@@ -437,7 +451,7 @@ class Compiled:
             else:  # "grad": a gradient accumulated before the call
                 target_kind, target = ref
                 owner = target if target_kind == "tensor" else args[target]
-                arrays.append(owner._grad._data)
+                arrays.append(owner._grad._host())
         return arrays
 
     def _run(self, entry: _Entry, args: list[Tensor]) -> Any:
@@ -447,15 +461,13 @@ class Compiled:
         n = entry.num_outputs
         stored = results[n:n + entry.num_stored]
         n += entry.num_stored
-        for count, test in entry.checks:  # eager's errors, before any state is written
-            test(*results[n:n + count])
-            n += count
+        n = value_checks.run(entry.checks, results, n)  # eager's errors, before any writes
         for commit in entry.commits:
             commit()
         outs = [Tensor._wrap(a) for a in results[:entry.num_outputs]]
         for (kind, ref), value in zip(entry.updates, results[n:n + len(entry.updates)]):
             if kind == "tensor":
-                ref._data = value  # a fresh array of the program's: no copy needed
+                ref._set_host(value)  # a fresh array of the program's: no copy needed
                 ref._version += 1
             else:  # an argument written in place: the caller's array (and its views) change
                 _write_argument(args[ref], value)
@@ -470,7 +482,7 @@ class Compiled:
         if entry.backward is not None:
             saved = results[n + len(entry.updates):]
             self._attach_backward(entry, args, inputs, results, saved, outs)
-        return _unflatten(entry.treedef, outs)
+        return unflatten_outputs(entry.treedef, outs)
 
     def _attach_backward(self, entry, args, inputs, results, saved, outs) -> None:
         """One autograd node for this call: its own saved values, inputs and gradient
@@ -480,7 +492,7 @@ class Compiled:
         def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
             cotangents = {}
             for slot, g in zip(diff, grads):
-                cotangents[slot] = g._data if g is not None else np.zeros_like(results[slot])
+                cotangents[slot] = g._host() if g is not None else np.zeros_like(results[slot])
             arrays = []
             for kind, index in entry.backward_inputs:
                 if kind == "saved":
@@ -500,7 +512,6 @@ class Compiled:
             t._node = autograd.OutputNode(node, slot_index)
 
     def _verify(self, args: tuple, out: Any, entry: _Entry) -> None:
-        from .autograd import no_grad
         if entry.updates or entry.stores:
             log.warning("neurenix.compile verify %s: skipped, the function updates state "
                         "(parameters, buffers, gradients) and running it again eagerly would "
@@ -508,10 +519,10 @@ class Compiled:
             self.last_verification = None
             return
         with no_grad():
-            expected = _call(self.fn, args)
+            expected = call_with(self.fn, args)
         got, _ = flatten_outputs(out)
         want, _ = flatten_outputs(expected)
-        errors = [float(np.max(np.abs(g._data.astype(np.float64) - w._data)))
+        errors = [float(np.max(np.abs(g._host().astype(np.float64) - w._host())))
                   if g.numel() else 0.0 for g, w in zip(got, want)]
         self.last_verification = errors
         log.warning("neurenix.compile verify %s: max abs error per output %s", self._name(),
@@ -527,8 +538,8 @@ def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A
     reports the largest difference per output.  Compiling more than `recompile_limit` programs
     (default `NEURENIX_RECOMPILE_LIMIT`, else 8) logs one warning.  A function may be a whole
     training step — forward, loss, `backward()` and `optimizer.step()` — which then runs as one
-    program (see `neurenix.trace_effects`).  `dynamic=True` (shape-polymorphic programs) is not
-    supported yet: every new shape compiles its own specialised program.
+    program (see `neurenix.compilation.trace_effects`).  `dynamic=True` (shape-polymorphic
+    programs) is not supported yet: every new shape compiles its own specialised program.
     """
     if dynamic:
         raise ValueError("compile: dynamic=True is not supported yet; each new input shape "
@@ -570,292 +581,15 @@ def _used(entry: _Entry) -> int:
     return entry.used
 
 
-@dataclass
-class Built:
-    """What compiling one traced graph gives: the programs and how to wire them."""
-
-    graph: Graph  # the optimised graph (for training: the forward program's graph)
-    forward: Any
-    stats: dict
-    backward: Any = None
-    backward_inputs: list[tuple[str, int]] = field(default_factory=list)
-    differentiable: list[int] = field(default_factory=list)
-    num_saved: int = 0
-
-
-def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str,
-                   trace_seconds: float, active: list[int] | None = None) -> Built:
-    """Optimise (and with `wrt`, differentiate and partition) a traced graph and build its
-    programs; on the disk cache's hit, keyed by the traced graph itself, skip all of that.
-    `active` lists the outputs a gradient flows back from (default: every floating one)."""
-    start = time.perf_counter()
-    record_key = None
-    if backend != "reference":
-        from neurenix.runtime.cpu import host_fingerprint
-
-        from . import compile_cache
-        record_key = compile_cache.key_for(traced, f"{backend}:traced:{num_outputs}:"
-                                           + ",".join(wrt) + f":{active}", host_fingerprint())
-        built = _load_built(record_key)
-        if built is not None:
-            seconds = {"trace_and_passes": trace_seconds,
-                       "cache_load": time.perf_counter() - start}
-            built.stats = dict(built.stats, seconds=seconds, cache="hit")
-            return built
-    if wrt:
-        split, records = pipeline.differentiate(traced, wrt, num_outputs, active)
-        passes = time.perf_counter() - start
-        forward, fbuild = build_executable(split.forward, backend)
-        backward, bbuild = build_executable(split.backward, backend)
-        stats = pipeline.summarize(traced, records, fbuild, trace_seconds + passes,
-                                   backward=bbuild)
-        built = Built(split.forward, forward, stats, backward, split.backward_inputs,
-                      split.differentiable, split.num_saved)
-    else:
-        graph, records = pipeline.optimize(traced)
-        passes = time.perf_counter() - start
-        forward, build = build_executable(graph, backend)
-        stats = pipeline.summarize(traced, records, build, trace_seconds + passes)
-        built = Built(graph, forward, stats)
-    if record_key is not None:
-        _store_built(record_key, built)
-    return built
-
-
-def _store_built(key: str, built: Built) -> None:
-    """Remember which programs (by their own cache keys) a traced graph compiled to, with the
-    optimised graph (as text) and the stats, so that a hit needs no passes."""
-    from . import compile_cache
-    keys = [getattr(built.forward, "cache_key", None),
-            getattr(built.backward, "cache_key", None) if built.backward else ""]
-    if None in keys:
-        return
-    try:
-        record, arrays = compile_cache.built_record(
-            built.graph, built.stats, keys, built.backward_inputs, built.differentiable,
-            built.num_saved)
-    except (TypeError, ValueError) as e:  # something not plain data: not cached
-        log.debug("neurenix compile cache: not storing %s: %s", key, e)
-        return
-    compile_cache.store(key, record, arrays=arrays)
-
-
-def _load_built(key: str) -> Built | None:
-    """The programs a traced graph compiled to, from the disk cache (None on any miss; a
-    malformed record is discarded, to be rebuilt)."""
-    from . import compile_cache
-    entry = compile_cache.load(key)
-    if entry is None:
-        return None
-    try:
-        record = compile_cache.read_built(entry)
-    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is rebuilt
-        compile_cache.discard(key, f"a malformed record ({type(e).__name__}: {e})")
-        return None
-    exes = []
-    for program_key in record["programs"]:
-        loaded = _load_program(program_key) if program_key else None
-        if program_key and loaded is None:
-            return None
-        exes.append(loaded[0] if loaded else None)
-    return Built(record["graph"], exes[0], record["stats"], exes[1],
-                 record["backward_inputs"], record["differentiable"], record["num_saved"])
-
-
-class ReferenceExecutable:
-    """Runs a graph with the NumPy reference evaluator (the 'reference' backend)."""
-
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self.source = str(graph)
-
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        # copies: an output may be an input or a constant, which the caller must not alias
-        return [np.array(a, copy=True) for a in evaluate(self.graph, inputs)]
-
-
-def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
-    """Build (or fetch from the disk cache) an executable for an optimised graph.  A cached
-    program that cannot be loaded is built again once; a new build that cannot be loaded
-    raises a RuntimeError naming the graph and the cause."""
-    if backend == "reference":
-        artifact, info = pipeline.build(graph, backend)
-        return load(artifact), info
-    from neurenix.runtime.cpu import CpuExecutable, host_id
-
-    from . import compile_cache
-    key = compile_cache.key_for(graph, backend, host_id())
-    loaded = _load_program(key)
-    if loaded is not None:
-        exe, info = loaded
-        return exe, dict(info, cache="hit")
-    start = time.perf_counter()
-    program, info = pipeline.build(graph, backend)
-    _load_pool(program)
-    try:
-        exe = CpuExecutable(program)
-    except Exception as e:
-        raise RuntimeError(f"neurenix.compile: the program compiled for graph {graph.name!r} "
-                           f"cannot be loaded: {type(e).__name__}: {e}") from e
-    exe.cache_key = key
-    info["stages"]["llvm_compile"] = time.perf_counter() - start - sum(info["stages"].values())
-    compile_cache.store_program(key, program, info, exe.object_code, exe.library)
-    return exe, dict(info, cache="miss")
-
-
-def _load_program(key: str) -> tuple[Any, dict] | None:
-    """A cached program's executable (its shared library or object code, no LLVM compile)
-    and its build info, or None when the cache has no usable entry for `key` (a malformed
-    one, or one whose code cannot be loaded, is discarded, to be rebuilt).  The entry was
-    authenticated before any of it was parsed; its library is loaded only after that."""
-    from neurenix.runtime.cpu import CpuExecutable
-
-    from . import compile_cache
-    entry = compile_cache.load(key)
-    if entry is None:
-        return None
-    try:
-        program, info, object_code, library = compile_cache.read_program(entry)
-    except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is rebuilt
-        compile_cache.discard(key, f"a malformed program ({type(e).__name__}: {e})")
-        return None
-    _load_pool(program)
-    try:
-        exe = CpuExecutable(program, object_code=object_code, library=library)
-    except Exception as e:  # noqa: BLE001 - rebuilt from the graph by the caller
-        log.warning("neurenix.compile: a cached program cannot be loaded (%s: %s); building "
-                    "it again", type(e).__name__, e)
-        compile_cache.discard(key, "its code cannot be loaded")
-        return None
-    exe.cache_key = key
-    if library is not None and exe.library is not library:
-        log.warning("neurenix.compile: a cached program's shared library cannot be loaded; "
-                    "it was built again from the program's source")
-        compile_cache.store_program(key, program, info, exe.object_code, exe.library)
-    return exe, info
-
-
-def _load_pool(program: Any) -> None:
-    """Load the runtime's thread pool, which a threaded program runs on, from the disk cache
-    (so that a new process running cached programs needs no LLVM for it either), or build it
-    and store it there; once per process."""
-    from neurenix.runtime import cpu
-
-    if not program.metadata.get("threaded") or cpu.pool_loaded():
-        return
-    from . import compile_cache
-    key = compile_cache.library_key("thread pool", cpu.host_fingerprint())
-    entry = compile_cache.load(key)
-    library = None
-    if entry is not None:
-        try:
-            library = compile_cache.read_library(entry)
-        except compile_cache.EntryError as e:
-            compile_cache.discard(key, f"a malformed library entry ({e})")
-    built = cpu.process_pool(library=library).library
-    if built is not None and built is not library:
-        compile_cache.store_library(key, built)
-
-
-def load(artifact: Any) -> Any:
-    """An executable for what pipeline.build produced: a graph or a CPU Program."""
-    if isinstance(artifact, Graph):
-        return ReferenceExecutable(artifact)
-    from neurenix.runtime.cpu import CpuExecutable
-    return CpuExecutable(artifact)
-
-
-def _describe(t: Tensor) -> tuple:
-    data = t._data
-    return ("tensor", data.shape if data is not None else tuple(t.shape), t._dtype.name,
-            t.requires_grad)
-
-
-def _arg_tensors(args: Any) -> list[Tensor]:
-    """The tensors of the arguments in order, also those nested in tuples, lists and dicts:
-    each is one input of the compiled graph."""
-    if type(args) is tuple and all(type(a) is Tensor for a in args):
-        return list(args)  # the common call: tensors only
-    if isinstance(args, Tensor):
-        return [args]
-    if isinstance(args, (tuple, list)):
-        return [t for item in args for t in _arg_tensors(item)]
-    if isinstance(args, dict):
-        return [t for item in args.values() for t in _arg_tensors(item)]
-    return []
-
-
-def _structure(value: Any, position: int) -> Any:
-    """A hashable description of an argument with its tensors left out."""
-    if isinstance(value, Tensor):
-        return "T"
-    if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(_structure(v, position) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((value_key(k, position), _structure(v, position))
-                              for k, v in value.items()))
-    return ("value", value_key(value, position))
-
-
-def value_key(value: Any, position: int) -> Any:
-    """A key for a non-tensor argument that is equal exactly when the values are: plain
-    values by type and value, NumPy arrays by dtype, shape and a digest of their bytes,
-    containers item by item, other hashable objects by their own equality (functions and
-    modules by identity).  Anything else is refused: keying it by `repr` would let two
-    different values share one program."""
-    key = plain_key(value)
-    if key is not None:
-        return key
-    if isinstance(value, np.ndarray):
-        digest = hashlib.blake2b(np.ascontiguousarray(value).tobytes(), digest_size=16)
-        return ("ndarray", value.dtype.str, value.shape, digest.hexdigest())
-    if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(value_key(v, position) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((value_key(k, position), value_key(v, position))
-                              for k, v in value.items()))
-    try:
-        hash(value)
-    except TypeError:
-        raise TypeError(f"compile: argument {position} is a {type(value).__name__}, which "
-                        f"cannot key a compiled program; pass tensors, numbers, strings, NumPy "
-                        f"arrays, or tuples, lists and dicts of them") from None
-    return ("object", type(value).__qualname__, value)
-
-
-def _replace_tensors(value: Any, symbols: Any) -> Any:
-    """`value` with each tensor replaced by the next of `symbols` (same nesting)."""
-    if isinstance(value, Tensor):
-        return next(symbols)
-    if isinstance(value, (tuple, list)):
-        items = [_replace_tensors(v, symbols) for v in value]
-        if hasattr(value, "_fields"):  # a namedtuple
-            return type(value)(*items)
-        return type(value)(items)
-    if isinstance(value, dict):
-        items = {k: _replace_tensors(v, symbols) for k, v in value.items()}
-        return _Keywords(items) if isinstance(value, _Keywords) else items
-    return value
-
-
 def _write_argument(target: Tensor, value: np.ndarray) -> None:
     """Write a compiled call's new value of an argument into the caller's tensor in place."""
-    if target._data.flags.writeable:
-        np.copyto(target._data, value)
+    current = target._host()
+    if current.flags.writeable:
+        np.copyto(current, value)
+        target._set_host(current)
     else:  # a broadcast view: the tensor takes a private array, as an eager write does
-        target._data = value
+        target._set_host(value)
     target._version += 1
-
-
-class _Keywords(dict):
-    """The keyword-only and `**kwargs` arguments of a call, passed on by keyword."""
-
-
-def _call(fn: Callable, args: tuple) -> Any:
-    """`fn` called with arguments as `Compiled._bind` arranged them."""
-    if args and isinstance(args[-1], _Keywords):
-        return fn(*args[:-1], **args[-1])
-    return fn(*args)
 
 
 def _matching(entries: list[_Entry], tensors: list[Tensor]) -> _Entry | None:
@@ -864,123 +598,3 @@ def _matching(entries: list[_Entry], tensors: list[Tensor]) -> _Entry | None:
         if all(g.read(tensors) == g.value for g in entry.guards):
             return entry
     return None
-
-
-def _explain_guards(entry: _Entry, tensors: list[Tensor]) -> str:
-    """Which baked-in values changed since `entry` was traced, in words."""
-    changed = []
-    for g in entry.guards:
-        now = g.read(tensors)
-        if now == g.value:
-            continue
-        if g.explain is not None:
-            changed += [f"{g.what}: {line}" for line in g.explain(g.value, now)] or \
-                [f"{g.what} changed"]
-        elif _labelled(now) and _labelled(g.value) and len(now) == len(g.value):
-            diffs = [(label, old, new) for (label, old), (_, new) in zip(g.value, now)
-                     if old != new]
-            # a new state tensor changes both the state's keys and identities: name the keys
-            plain = [d for d in diffs if not d[0].endswith("identity")] or diffs
-            changed += [f"{g.what}: {label} {old!r} -> {new!r}" for label, old, new in plain]
-        else:
-            changed.append(f"{g.what}: {g.value!r} -> {now!r}")
-    return "; ".join(changed) or "guards changed"
-
-
-def _labelled(value: Any) -> bool:
-    """Whether a guard value is a tuple of (label, value) pairs."""
-    return isinstance(value, tuple) and all(
-        isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value)
-
-
-def flatten_outputs(obj: Any) -> tuple[list[Tensor], Any]:
-    """Tensors of a nested tuple/list/dict result, and the structure to rebuild it."""
-    if isinstance(obj, Tensor):
-        return [obj], "T"
-    if obj is None:
-        return [], None
-    if isinstance(obj, (tuple, list)):
-        leaves: list[Tensor] = []
-        defs = []
-        for item in obj:
-            sub, d = flatten_outputs(item)
-            leaves += sub
-            defs.append((len(sub), d))
-        return leaves, (type(obj), defs)
-    if isinstance(obj, dict):
-        leaves, defs = [], []
-        for k, v in obj.items():
-            sub, d = flatten_outputs(v)
-            leaves += sub
-            defs.append((k, len(sub), d))
-        return leaves, (dict, defs)
-    raise TypeError(f"compile: the compiled function returned a {type(obj).__name__}; it must "
-                    "return tensors, or tuples, lists or dicts of tensors (or None)")
-
-
-def _unflatten(treedef: Any, leaves: list[Tensor]) -> Any:
-    if treedef == "T":
-        return leaves[0]
-    if treedef is None:
-        return None
-    kind, defs = treedef
-    out, pos = [], 0
-    if kind is dict:
-        result = {}
-        for k, n, d in defs:
-            result[k] = _unflatten(d, leaves[pos:pos + n])
-            pos += n
-        return result
-    for n, d in defs:
-        out.append(_unflatten(d, leaves[pos:pos + n]))
-        pos += n
-    return kind(out) if kind is tuple else out
-
-
-def _explain(old: tuple, new: tuple) -> str:
-    """Why a signature differs from the previous one, in words."""
-    reasons = []
-    old_args, old_grad = old
-    new_args, new_grad = new
-    if len(old_args) != len(new_args):
-        reasons.append(f"{len(new_args)} arguments instead of {len(old_args)}")
-    for i, (a, b) in enumerate(zip(old_args, new_args)):
-        if a == b:
-            continue
-        if a[0] == b[0] == "tensor":
-            for what, x, y in (("shape", a[1], b[1]), ("dtype", a[2], b[2]),
-                               ("requires_grad", a[3], b[3])):
-                if x != y:
-                    reasons.append(f"input {i} {what} changed {x} -> {y}")
-        elif a[0] == b[0] == "tree" and a[1] == b[1]:
-            for k, (x, y) in enumerate(zip(a[2], b[2])):
-                for what, u, v in (("shape", x[1], y[1]), ("dtype", x[2], y[2]),
-                                   ("requires_grad", x[3], y[3])):
-                    if u != v:
-                        reasons.append(f"input {i} tensor {k} {what} changed {u} -> {v}")
-        else:
-            reasons.append(f"input {i} changed {_shown(a[1])} -> {_shown(b[1])}")
-    if old_grad != new_grad:
-        reasons.append(f"grad mode changed {old_grad} -> {new_grad}")
-    return "; ".join(reasons) or "new signature"
-
-
-def _shown(key: Any) -> str:
-    """A signature part (see `value_key`) in words."""
-    if not isinstance(key, tuple) or not key:
-        return repr(key)
-    kind = key[0]
-    if kind == "ndarray":
-        return f"a {key[1]} array of shape {key[2]} (contents {key[3][:8]})"
-    if kind in ("tuple", "list") and len(key) == 2 and isinstance(key[1], tuple):
-        inner = ", ".join(_shown(k) for k in key[1])
-        return f"({inner})" if kind == "tuple" else f"[{inner}]"
-    if kind == "dict":
-        return "{" + ", ".join(f"{_shown(k)}: {_shown(v)}" for k, v in key[1]) + "}"
-    if kind == "object":
-        return f"a {key[1]}"
-    if kind == "value":
-        return _shown(key[1])
-    if len(key) == 2 and isinstance(key[1], str):
-        return key[1]  # a plain_key: the value's repr
-    return repr(key)

@@ -42,6 +42,10 @@ from typing import Any
 
 import numpy as np
 
+import neurenix.compiler
+import neurenix.runtime
+from neurenix.compiler.graph.ir import CONSTANT
+from neurenix.compiler.graph.text import parse_graph, print_graph
 from neurenix.runtime.program import (
     DTYPE_NAMES,
     Program,
@@ -50,6 +54,8 @@ from neurenix.runtime.program import (
     program_to_json,
     to_json_value,
 )
+
+from ..version import __version__
 
 MAGIC = b"NRXC2\n"
 SECRET_NAME = "secret.key"
@@ -96,12 +102,10 @@ def code_fingerprint() -> str:
     """A digest of Neurenix's own source (the frontend, the compiler and the runtime), so that
     a changed compiler never reuses programs an older one built, even at the same version."""
     if not _CODE:
-        import neurenix
-        import neurenix.compiler
-        import neurenix.runtime
+        frontend = pathlib.Path(__file__).parent.parent
         h = hashlib.sha256()
-        for package in (neurenix, neurenix.compiler, neurenix.runtime):
-            root = pathlib.Path(package.__file__).parent
+        for root in (frontend, pathlib.Path(neurenix.compiler.__file__).parent,
+                     pathlib.Path(neurenix.runtime.__file__).parent):
             for path in sorted(root.rglob("*.py")):
                 h.update(str(path.relative_to(root)).encode())
                 h.update(path.read_bytes())
@@ -135,7 +139,6 @@ def display_source(source: str) -> str:
 def _hasher(*parts: str):
     """A SHA-256 over `parts` and what every entry's key holds: Neurenix's version and the
     digest of its source."""
-    from . import __version__
     h = hashlib.sha256()
     for part in (*parts, __version__, code_fingerprint()):
         h.update(part.encode())
@@ -145,8 +148,6 @@ def _hasher(*parts: str):
 
 def key_for(graph: Any, backend: str, host: str) -> str:
     """A hex digest naming one compiled program."""
-    from neurenix.compiler.graph.text import print_graph
-
     h = _hasher(print_graph(graph, where=absolute_source), backend, host)
     for name in sorted(graph.constants):
         array = graph.constants[name]
@@ -155,10 +156,10 @@ def key_for(graph: Any, backend: str, host: str) -> str:
     return h.hexdigest()
 
 
-def library_key(name: str, host: str) -> str:
-    """A hex digest naming a support library (the runtime's thread pool) built on `host` by
-    this Neurenix."""
-    return _hasher("library", name, host).hexdigest()
+def library_key(parts: tuple[str, ...]) -> str:
+    """A hex digest naming a support library a runtime built (its thread pool): `parts` are
+    the runtime's name for it (what it is, the device it was built on), by this Neurenix."""
+    return _hasher("library", *parts).hexdigest()
 
 
 # ---- trust: the directory and the secret key -------------------------------------------------
@@ -537,7 +538,6 @@ def built_record(graph: Any, stats: dict, programs: list[str],
                  num_saved: int) -> tuple[dict, dict[str, np.ndarray]]:
     """What a traced graph compiled to: the optimised graph as text (node sources with
     absolute paths) with its constants, the stats, the programs' keys and their wiring."""
-    from neurenix.compiler.graph.text import print_graph
     record = {"kind": "built", "graph": print_graph(graph, where=absolute_source),
               "stats": to_json_value(stats), "programs": list(programs),
               "backward_inputs": [[str(kind), int(i)] for kind, i in backward_inputs],
@@ -549,8 +549,6 @@ def read_built(entry: Entry) -> dict[str, Any]:
     """The fields of a built record, checked: `graph` (parsed, node sources shown relative to
     this working directory), `stats`, `programs`, `backward_inputs`, `differentiable`,
     `num_saved`."""
-    from neurenix.compiler.graph.ir import CONSTANT
-    from neurenix.compiler.graph.text import parse_graph, print_graph
     record = _record(entry, "built", {"graph", "stats", "programs", "backward_inputs",
                                       "differentiable", "num_saved"})
     text = record["graph"]

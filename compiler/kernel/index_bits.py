@@ -1,0 +1,92 @@
+"""Index width per kernel: 32-bit index arithmetic where every size the kernel reaches fits.
+
+GPUs run 32-bit integer arithmetic at full rate and 64-bit at a fraction of it, so a kernel
+computes its loop variables and the arithmetic on them (flat offsets, `//` and `%` of views,
+random-number counters) in the target's preferred width whenever nothing it can reach
+overflows it.  What a kernel reaches, conservatively: every buffer's size (a bound its loops
+compare against), the product of its domain and reduction extents (a generator may run them as
+one flat range), and the range of every integer subexpression made of loop variables and
+constants, found by interval arithmetic (`affine.value_range`), so intermediate products
+count too.  Values computed from loaded data are the data's dtype, not index arithmetic; an
+index built from them (a gather) is masked to its buffer, and a masked-off lane may wrap.
+A pure loop-variable expression the interval arithmetic cannot follow needs the widest width.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from math import prod
+
+from .affine import value_range
+from .ir import Acc, Expr, Kernel, KernelGraph, Load, children, dtype_of
+
+
+def index_span(kernel: Kernel) -> tuple[int, int] | None:
+    """The inclusive (lo, hi) bounds of every value the kernel's index arithmetic reaches
+    (see the module docstring); None when a loop-variable expression cannot be bounded."""
+    extents = tuple(kernel.domain) + tuple(kernel.reduce)
+    lo = 0
+    hi = max([b.size for b in kernel.buffers()] + [prod(extents)])
+    roots: list[Expr] = [x for s in kernel.stores for x in (s.index, s.value)]
+    if kernel.reduce_value is not None:
+        roots.append(kernel.reduce_value)
+    pure: dict[int, bool] = {}
+    memo: dict = {}
+    for e in _postorder(roots):
+        pure[id(e)] = not isinstance(e, (Load, Acc)) and all(pure[id(c)] for c in children(e))
+        if not pure[id(e)] or not dtype_of(e, kernel.acc_dtype).is_integer:
+            continue
+        r = value_range(e, extents, memo)
+        if r is None:
+            return None
+        lo, hi = min(lo, r[0]), max(hi, r[1])
+    return lo, hi
+
+
+def fits(span: tuple[int, int] | None, bits: int) -> bool:
+    """Whether every value in `span` is a signed `bits`-bit integer."""
+    return span is not None and -(1 << (bits - 1)) <= span[0] and span[1] < 1 << (bits - 1)
+
+
+def choose_index_bits(kernels: KernelGraph, index_bits: tuple[int, ...],
+                      preferred: int) -> KernelGraph:
+    """`kernels` with each kernel's `index_bits` set: `preferred` where the kernel's index
+    span fits it, else the smallest of the target's `index_bits` that fits, and the widest
+    (64) for a span that cannot be bounded; ValueError naming the kernel, the size and the
+    widths when none fits.  Returns `kernels` itself when no kernel changes."""
+    if preferred not in index_bits:
+        raise ValueError(f"choose_index_bits: preferred width {preferred} is not one of the "
+                         f"target's {index_bits}")
+    out = []
+    for k in kernels.kernels:
+        span = index_span(k)
+        if span is None:
+            bits = max(index_bits) if max(index_bits) > 32 else None
+        else:
+            widths = [preferred] + sorted(b for b in index_bits if b != preferred)
+            bits = next((b for b in widths if fits(span, b)), None)
+        if bits is None:
+            size = "an index it cannot bound" if span is None else f"indices up to {span[1]}"
+            raise ValueError(f"{k.name}: {size} fit none of the target's index widths "
+                             f"{tuple(index_bits)}")
+        out.append(k if k.index_bits == bits else replace(k, index_bits=bits))
+    if all(a is b for a, b in zip(out, kernels.kernels)):
+        return kernels
+    return kernels.with_kernels(out)
+
+
+def _postorder(roots: list[Expr]) -> list[Expr]:
+    """Every node under `roots` once (by identity), children before parents."""
+    order: list[Expr] = []
+    seen: set[int] = set()
+    stack: list[tuple[Expr, bool]] = [(r, False) for r in roots]
+    while stack:
+        e, done = stack.pop()
+        if done:
+            order.append(e)
+            continue
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        stack.append((e, True))
+        stack.extend((c, False) for c in children(e))
+    return order

@@ -1,0 +1,188 @@
+"""The tiled (register-blocked, BLIS-style) schedule for contractions, and its cache blocking.
+
+A kernel is a contraction when its reduction is `sum` over one axis k of `a * b`, `a` not
+reading the *column* domain axis and `b` not reading the *row* axis (other domain axes are
+batch axes): matmul with any strides, and contractions of computed or masked operands (a
+convolution's window gather).  MR x NR tiles keep 2 * MR vector accumulators: NR is two
+vectors wide, MR is `ROWS` or the height that clamps fewest rows (16 or 32 channels: 8).  Rows
+and columns swap roles when the columns are fewer than half a tile, or when the stores are
+contiguous along the row axis (a product stored transposed, as a weight gradient is).
+
+Blocking (`blocking`): k is cut into equal blocks of at most `KC` steps; a row block's rows of
+`a` over one K block fit in half of L2 (or rows are cut smaller for `MIN_UNITS` range points);
+a column group's KC x NR panels fit in a quarter of L2 and their partial sums in
+`SCRATCH_BYTES`.  A single row tile reading `b` in place (a vector-matrix product) takes K
+blocks of `DIRECT_KC` rows.  Codegen: llvm_matmul.py, whose docstring explains the loop nest.
+"""
+from __future__ import annotations
+
+import math
+
+from ..kernel.affine import affine
+from ..kernel.ir import Binary, Expr, Kernel, Load, Var, dtype_of
+from ..targets import Capabilities
+from ..types import DType
+from .dot import MIN_PACKED_ROWS, dot_rule, prefers_tiled
+from .ranges import worth_splitting
+from .types import Blocking, Contraction
+
+KC = 128  # K block: the steps accumulated in registers before the tile's partial sums
+MAX_STACK_BYTES = 16 * 1024  # larger scratch (the panels of a group) comes from the heap
+SCRATCH_BYTES = 1024 * 1024  # partial sums of a column group of one row block
+DIRECT_KC = 8  # K block of a single row tile reading `b` in place
+MIN_UNITS = 64  # range points wanted (row blocks x column tiles x batch) for the threads
+MIN_BLOCK_TILES = 8  # row tiles a row block keeps at least when split for the threads
+ROWS = 6  # MR
+ROW_CHOICES = (8, 7, 6, 5, 4)  # MR candidates when ROWS would leave a large clamped edge
+MAX_ROW_WASTE = 1 / 32  # clamped (wasted) rows tolerated before another MR is chosen
+ASSUMED_L2_BYTES = 512 * 1024  # a target whose record does not give its L2 size
+
+
+def contraction_rule(kernel: Kernel, caps: Capabilities) -> Contraction | None:
+    """The tiled schedule, unless dot products suit `kernel` better (both operands contiguous
+    along k, and not a short k over enough rows)."""
+    dot = dot_rule(kernel, caps)
+    if dot is not None and not prefers_tiled(kernel, dot):
+        return None
+    return tiled(kernel, caps)
+
+
+def tiled(kernel: Kernel, caps: Capabilities) -> Contraction | None:
+    """The tiled schedule for `kernel`, or None when it is not a contraction this path
+    handles."""
+    value = kernel.reduce_value
+    if (kernel.reduce_op != "sum" or len(kernel.reduce) != 1 or not kernel.domain
+            or not isinstance(value, Binary) or value.op != "mul"):
+        return None
+    dtype = dtype_of(value)
+    nr = 2 * caps.vector_bits // (8 * dtype.itemsize)
+    if not dtype.is_floating or nr < 2:
+        return None
+    nd = len(kernel.domain)
+    if kernel.reduce[0] < 1:
+        return None
+    if nd == 1:
+        layouts = [(None, 0)]
+    else:
+        layouts = [(nd - 2, nd - 1), (nd - 1, nd - 2)]
+        if (kernel.domain[nd - 1] < nr // 2 <= kernel.domain[nd - 2]
+                or (kernel.domain[nd - 2] >= nr and stores_contiguous_along(kernel, nd - 2))):
+            layouts.reverse()
+    allowed = set(range(nd + 1))
+    for row, col in layouts:
+        if kernel.domain[col] < nr // 2:
+            continue
+        for operand, (a, b) in enumerate(((value.a, value.b), (value.b, value.a))):
+            axes_a, axes_b = axes_read(a), axes_read(b)
+            if not (axes_a | axes_b) <= allowed:
+                return None
+            if col not in axes_a and (row is None or row not in axes_b):
+                batch = tuple(i for i in range(nd) if i not in (row, col))
+                rows = 1 if row is None else kernel.domain[row]
+                direct = _direct_load(b, col, dtype)
+                k_major = _direct_load(b, nd, dtype)
+                if k_major and not direct and rows < MIN_PACKED_ROWS:
+                    return None  # dot products along k (the generic nest) beat packing b
+                mr = rows_per_tile(rows)
+                plan = blocking(kernel, row=row, col=col, batch=batch, dtype=dtype, mr=mr,
+                                nr=nr, direct=direct,
+                                l2_bytes=caps.l2_bytes or ASSUMED_L2_BYTES)
+                count = plan.row_blocks * plan.col_tiles * math.prod(
+                    kernel.domain[i] for i in batch)
+                return Contraction(count=count, threaded=worth_splitting(kernel, caps),
+                                   a_operand=operand, row=row, col=col, batch=batch,
+                                   dtype=dtype, mr=mr, nr=nr, vector_bits=caps.vector_bits,
+                                   direct=direct, k_major=k_major, blocking=plan)
+    return None
+
+
+def stores_contiguous_along(kernel: Kernel, axis: int) -> bool:
+    """Whether every store of `kernel` steps by one element along domain `axis` and no store
+    is contiguous along the last axis: a transposed store (a weight gradient computed as
+    `(x.T @ dy).T`), whose tiles are best vectorised along `axis` so the epilogue writes rows
+    rather than scattering one element per row."""
+    last = len(kernel.domain) - 1
+    for store in kernel.stores:
+        coeffs = affine(store.index)
+        if coeffs is None or coeffs.get(axis) != 1 or coeffs.get(last) == 1:
+            return False
+    return bool(kernel.stores)
+
+
+def rows_per_tile(rows: int) -> int:
+    """MR for a matrix of `rows` rows: `ROWS`, unless its last row tile would be mostly
+    clamped (16 or 32 output channels of a convolution) and another height wastes fewer rows."""
+    if rows <= ROWS:
+        return rows
+
+    def waste(mr: int) -> int:
+        return -(-rows // mr) * mr - rows
+
+    if waste(ROWS) <= rows * MAX_ROW_WASTE:
+        return ROWS
+    return min(ROW_CHOICES, key=lambda mr: (waste(mr), -mr))
+
+
+def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...],
+             dtype: DType, mr: int, nr: int, direct: bool, l2_bytes: int) -> Blocking:
+    """How `kernel` is blocked on the tiled path: K blocks of about `KC` steps; row blocks
+    whose rows of `a` over one K block fit in half of L2 (each column group reads them again),
+    or smaller for `MIN_UNITS` range points; column groups whose panels fit in a quarter of L2
+    and whose partial sums fit in `SCRATCH_BYTES`."""
+    itemsize = dtype.itemsize
+    k_size = kernel.reduce[0]
+    n_size = kernel.domain[col]
+    m_size = 1 if row is None else kernel.domain[row]
+    col_tiles = -(-n_size // nr)
+    row_tiles = -(-m_size // mr)
+    # one row tile reading `b` in place (a vector-matrix product) streams `b` along its rows
+    # best in short K blocks: a few rows at a time across every column tile
+    kc_max = DIRECT_KC if direct and row_tiles == 1 else KC
+    k_blocks = 1 if k_size <= kc_max else -(-k_size // kc_max)
+    kc = -(-k_size // k_blocks)
+    block = max(1, min(row_tiles, l2_bytes // 2 // (kc * itemsize * mr)))
+    row_blocks = -(-row_tiles // block)
+    # enough range points for many threads' chunks, while a row block pays for its packing
+    units = col_tiles * math.prod(kernel.domain[axis] for axis in batch)
+    row_blocks = max(row_blocks, min(-(-MIN_UNITS // units), row_tiles // MIN_BLOCK_TILES))
+    block = -(-row_tiles // row_blocks)  # equal row blocks rather than a short last one
+    row_blocks = -(-row_tiles // block)
+    # reading `b` in place beats packing it when no second row tile would reuse the panel
+    in_place = direct and row_tiles == 1
+    panel_bytes = kc * nr * itemsize
+    group = col_tiles
+    if not in_place:  # the group's panels stay in L2 while every row tile sweeps them
+        group = max(1, min(group, l2_bytes // 4 // panel_bytes))
+    tile_bytes = block * mr * nr * itemsize
+    if k_blocks > 1:
+        group = max(1, min(group, SCRATCH_BYTES // tile_bytes))
+    panels = panel_bytes * (1 if in_place else group)
+    return Blocking(kc=kc, k_blocks=k_blocks, block=block, row_blocks=row_blocks, group=group,
+                    col_groups=-(-col_tiles // group), col_tiles=col_tiles, direct=in_place,
+                    panel_bytes=panels, panel_on_stack=panels <= MAX_STACK_BYTES,
+                    scratch_bytes=group * tile_bytes if k_blocks > 1 else 0)
+
+
+def operands(kernel: Kernel, a_operand: int) -> tuple[Expr, Expr]:
+    """The factors `a` and `b` of a contraction's reduced product, given which one is `a`."""
+    value = kernel.reduce_value
+    return (value.a, value.b) if a_operand == 0 else (value.b, value.a)
+
+
+def axes_read(e) -> set[int]:
+    """The loop axes an expression reads."""
+    if isinstance(e, Var):
+        return {e.axis}
+    out: set[int] = set()
+    for child in getattr(e, "__dict__", {}).values():
+        if hasattr(child, "__dataclass_fields__"):
+            out |= axes_read(child)
+    return out
+
+
+def _direct_load(e: Expr, axis: int, dtype: DType) -> bool:
+    """Whether `e` is an unmasked load of `dtype` whose index steps by one along `axis`."""
+    if not isinstance(e, Load) or e.mask is not None or e.dtype != dtype:
+        return False
+    coeffs = affine(e.index)
+    return coeffs is not None and coeffs.get(axis) == 1
