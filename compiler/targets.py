@@ -57,7 +57,7 @@ class Capabilities:
     materialised (the CPU's register-tiled GEMM stops winning from inline gathers there)."""
 
 
-def _load(path: str) -> Any:
+def load_named(path: str) -> Any:
     """`"package.module:attr"` -> the attribute; `"package.module"` -> the module."""
     module, _, attr = path.partition(":")
     obj = importlib.import_module(module)
@@ -95,13 +95,13 @@ class Target:
         """The generator function (imported on first use)."""
         if self.generator is None:
             raise ValueError(f"target {self.name!r} runs graphs; it has no generator")
-        return _load(self.generator)
+        return load_named(self.generator)
 
     def runtime_module(self) -> Any:
         """The runtime module (imported on first use)."""
         if self.runtime is None:
             raise ValueError(f"target {self.name!r} has no runtime module")
-        return _load(self.runtime)
+        return load_named(self.runtime)
 
 
 @functools.cache

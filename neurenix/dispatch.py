@@ -27,9 +27,12 @@ def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
     trace = current_trace()
     if trace is not None:
         return trace.process_primitive(op, inputs, attrs)
-    out_type = prim.infer(tuple(TensorType(t._data.shape, t._dtype) for t in inputs), attrs)
+    # the storage itself on the CPU; a device buffer's host values elsewhere
+    arrays = [t._data if type(t._data) is np.ndarray else t._host() for t in inputs]
+    out_type = prim.infer(tuple(TensorType(a.shape, t._dtype) for a, t in zip(arrays, inputs)),
+                          attrs)
     with np.errstate(all="ignore"):
-        out = prim.impl(*(t._host() for t in inputs), **attrs)
+        out = prim.impl(*arrays, **attrs)
     want = out_type.dtype.np_type
     if not isinstance(out, np.ndarray) or out.dtype != want:
         out = np.asarray(out, dtype=want)

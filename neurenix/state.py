@@ -20,7 +20,7 @@ _TRACE: ContextVar[Trace | None] = ContextVar("neurenix_trace", default=None)
 # which trace a tensor was made in: bumped when a trace starts and when it ends, so a tensor
 # whose `_born` equals the trace's epoch was made inside that trace (a constant of the traced
 # function); process-wide, as tensors move between threads
-_EPOCH = [0]
+EPOCH = [0]  # read directly by Tensor construction (hot); bumped only by use_trace
 
 
 # ---- grad mode -------------------------------------------------------------------------------
@@ -123,12 +123,12 @@ def use_trace(trace: Trace) -> Iterator[Trace]:
     """Route tensor operations in this thread to `trace`; tensors made meanwhile belong to
     the epoch `trace_epoch()` returns inside the block."""
     token = _TRACE.set(trace)
-    _EPOCH[0] += 1
+    EPOCH[0] += 1
     try:
         yield trace
     finally:
         _TRACE.reset(token)
-        _EPOCH[0] += 1
+        EPOCH[0] += 1
 
 
 @contextlib.contextmanager
@@ -143,4 +143,4 @@ def suspended() -> Iterator[None]:
 
 def trace_epoch() -> int:
     """The current trace epoch (see `use_trace`): what a new tensor records as its birth."""
-    return _EPOCH[0]
+    return EPOCH[0]

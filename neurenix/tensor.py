@@ -18,6 +18,7 @@ from neurenix.compiler.types import DType, bool_, dtype_from_numpy, float32, int
 from . import state
 from .call_site import refuse
 from .device import CPU, Device, as_device
+from .state import EPOCH
 
 
 def _array_from(data: Any, dtype: DType | None) -> tuple[np.ndarray, DType]:
@@ -78,7 +79,7 @@ class Tensor:
         self._retains_grad = False
         self._version = 0
         self._value = None
-        self._born = state.trace_epoch()  # see state.use_trace: made in a trace or not
+        self._born = EPOCH[0]  # see state.use_trace: made in a trace or not
 
     @classmethod
     def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:

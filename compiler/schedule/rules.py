@@ -3,13 +3,12 @@ order; the first that applies decides.  `DEFAULT_RULES` ends in a fallback that 
 applies, so every kernel gets a schedule."""
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
 from ..kernel.ir import Kernel, KernelGraph
-from ..targets import Capabilities, Target
+from ..targets import Capabilities, Target, load_named
 from .contraction import contraction_rule
 from .dot import dot_rule
 from .nest import elementwise_rule, fallback_rule
@@ -59,5 +58,4 @@ def target_rules(target: Target) -> tuple[Rule, ...]:
     """The rules a target names (`Target.rules`, "module:attr"), else `DEFAULT_RULES`."""
     if target.rules is None:
         return DEFAULT_RULES
-    module, _, attr = target.rules.partition(":")
-    return tuple(getattr(importlib.import_module(module), attr))
+    return tuple(load_named(target.rules))
