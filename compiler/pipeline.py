@@ -93,14 +93,6 @@ def _check_program(program: Any) -> None:
         raise TypeError(f"expected a program with an entry, got {type(program).__name__}")
 
 
-def default_backend() -> str:
-    """'llvm' when llvmlite (the code generator's one dependency) is installed, else
-    'reference'.  Looked up, not imported: a program loaded from the disk cache needs no
-    code generator."""
-    import importlib.util
-    return "llvm" if importlib.util.find_spec("llvmlite") is not None else "reference"
-
-
 def optimize(graph: Graph) -> tuple[Graph, list[StageRecord]]:
     """The graph-level optimisations every compiled graph goes through."""
     return run_pipeline(graph, OPTIMIZE)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,8 @@ class Target:
     rules: str | None = None
     """`module:attr` naming the ordered schedule rules for this target (None: the default
     rules of `compiler.schedule`)."""
+    source_suffix: str = ".txt"
+    """The file suffix of the generated source (`Program.source`): ".ll" for LLVM IR."""
     disk_cache: bool = True
     """Whether built programs are kept in the disk cache (a program must then be a
     `runtime.program.Program` of plain data)."""
@@ -158,6 +161,13 @@ def get_target(name: str) -> Target:
         raise ValueError(f"unknown target {name!r}; known targets: {sorted(_TABLE)}") from None
 
 
+def default_target() -> str:
+    """The target `neurenix.compile` uses unless told: "llvm" when llvmlite (its generator's
+    one dependency) is installed, else "reference".  Looked up, not imported: a program
+    loaded from the disk cache needs no code generator."""
+    return "llvm" if importlib.util.find_spec("llvmlite") is not None else "reference"
+
+
 def target_names() -> list[str]:
     """The registered target names."""
     return sorted(_TABLE)
@@ -166,7 +176,8 @@ def target_names() -> list[str]:
 BUILTIN = (
     register_target(Target(
         "llvm", "cpu", _cpu_capabilities, "neurenix.compiler.codegen.llvm:generate",
-        "neurenix.runtime.cpu", description="native CPU code through LLVM (llvmlite)")),
+        "neurenix.runtime.cpu", source_suffix=".ll",
+        description="native CPU code through LLVM (llvmlite)")),
     register_target(Target(
         "reference", "cpu", _reference_capabilities, None, None,
         description="the optimised graph run by the NumPy reference evaluator (the oracle)")),

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from neurenix.compiler.targets import get_target
+
 from .compilation.arguments import flatten_outputs
 from .compilation.compiled import compile as compile_model
 from .nn import Module
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = pathlib.Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "graph.txt").write_text(str(compiled.graph) + "\n")
-    suffix = ".ll" if compiled.backend == "llvm" else ".txt"
+    suffix = get_target(compiled.backend).source_suffix
     (out_dir / f"forward{suffix}").write_text(compiled.source() + "\n")
     manifest = {
         "format": 1, "target": args.target, "backend": compiled.backend,

@@ -76,6 +76,10 @@ class Program:
         return [t.name for t in self.inputs] + [t.name for t in self.outputs] + \
             sorted(self.constants)
 
+    def __str__(self) -> str:
+        """The generated source (what NEURENIX_DEBUG=4 prints after code generation)."""
+        return self.source
+
 
 # ---- serialization: JSON plus raw arrays, strictly validated on the way back ----------------
 

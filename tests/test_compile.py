@@ -3,13 +3,13 @@ import logging
 
 import numpy as np
 import pytest
-from neurenix.compiler import pipeline
+from neurenix.compiler.targets import default_target
 from neurenix.compiler.trace import TraceError
 
 import neurenix
 from neurenix import nn
 
-BACKENDS = ["reference"] + (["llvm"] if pipeline.default_backend() == "llvm" else [])
+BACKENDS = ["reference"] + (["llvm"] if default_target() == "llvm" else [])
 
 
 def _mlp():

@@ -2,12 +2,12 @@
 runs that the cache did not write (MAC-checked entries, no pickles, private directory and key)."""
 import numpy as np
 import pytest
-from neurenix.compiler import pipeline
+from neurenix.compiler.targets import default_target
 
 import neurenix
 from neurenix import nn
 
-pytestmark = pytest.mark.skipif(pipeline.default_backend() != "llvm",
+pytestmark = pytest.mark.skipif(default_target() != "llvm",
                                 reason="the disk cache holds LLVM machine code")
 
 

@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 from neurenix.compiler import GraphBuilder, evaluate, pipeline
+from neurenix.compiler.targets import default_target
 from neurenix.compiler.types import TensorType, float32
 
 from neurenix.compilation.executables import load
 
-pytestmark = pytest.mark.skipif(pipeline.default_backend() != "llvm",
+pytestmark = pytest.mark.skipif(default_target() != "llvm",
                                 reason="needs the LLVM code generator (llvmlite)")
 
 

@@ -60,7 +60,7 @@ print("done")
 """
 
 
-@pytest.mark.skipif(neurenix.compiler.pipeline.default_backend() != "llvm",
+@pytest.mark.skipif(neurenix.compiler.targets.default_target() != "llvm",
                     reason="the LLVM backend is not available")
 def test_compiling_writes_nothing_to_stderr(tmp_path):
     """Conv, pooling, normalisation, recurrent layers, a training step and reductions,

@@ -145,3 +145,24 @@ def test_the_toy_target_places_buffers_at_256_bytes(toy):
     program, _ = build(parse_graph(SOFTMAX), "kernel-eval")
     offsets = set(program.plan.offsets.values())
     assert len(offsets) >= 2 and all(o % 256 == 0 for o in offsets)
+
+
+def test_the_default_target_and_source_suffixes():
+    from neurenix.compiler.targets import default_target
+    assert default_target() == "llvm"  # llvmlite is a core dependency
+    assert get_target("llvm").source_suffix == ".ll"
+    assert get_target("reference").source_suffix == ".txt"
+
+
+def test_debug_levels_print_each_level_once(capsys):
+    from neurenix.compiler.debug import debug
+    with debug(4):
+        build(parse_graph(GRAPH), "llvm")
+    err = capsys.readouterr().err
+    assert "=== after simplify: 4 -> 4 ops" in err and "=== after lower: 4 ops -> 2 kernels" in err
+    assert "=== after schedule: 2 -> 2 kernels" in err and "kernel k0_" in err
+    assert "=== after codegen:" in err and 'define void @"neurenix_entry"' in err
+    with debug(2):
+        build(parse_graph(GRAPH), "llvm")
+    err = capsys.readouterr().err
+    assert "=== after simplify" in err and "=== after lower" not in err

@@ -17,7 +17,7 @@ from dataclasses import replace
 from math import prod
 
 from .affine import value_range
-from .ir import Acc, Expr, Kernel, KernelGraph, Load, children, dtype_of
+from .ir import Acc, Expr, Kernel, KernelGraph, Load, children, dtype_of, postorder
 
 
 def index_span(kernel: Kernel) -> tuple[int, int] | None:
@@ -31,7 +31,7 @@ def index_span(kernel: Kernel) -> tuple[int, int] | None:
         roots.append(kernel.reduce_value)
     pure: dict[int, bool] = {}
     memo: dict = {}
-    for e in _postorder(roots):
+    for e in postorder(roots):
         pure[id(e)] = not isinstance(e, (Load, Acc)) and all(pure[id(c)] for c in children(e))
         if not pure[id(e)] or not dtype_of(e, kernel.acc_dtype).is_integer:
             continue
@@ -72,21 +72,3 @@ def choose_index_bits(kernels: KernelGraph, index_bits: tuple[int, ...],
     if all(a is b for a, b in zip(out, kernels.kernels)):
         return kernels
     return kernels.with_kernels(out)
-
-
-def _postorder(roots: list[Expr]) -> list[Expr]:
-    """Every node under `roots` once (by identity), children before parents."""
-    order: list[Expr] = []
-    seen: set[int] = set()
-    stack: list[tuple[Expr, bool]] = [(r, False) for r in roots]
-    while stack:
-        e, done = stack.pop()
-        if done:
-            order.append(e)
-            continue
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        stack.append((e, True))
-        stack.extend((c, False) for c in children(e))
-    return order

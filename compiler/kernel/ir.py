@@ -282,6 +282,24 @@ def children(e: Expr) -> tuple[Expr, ...]:
     return ()
 
 
+def postorder(roots: list[Expr]) -> list[Expr]:
+    """Every node under `roots` once (by identity), children before parents."""
+    order: list[Expr] = []
+    seen: set[int] = set()
+    stack: list[tuple[Expr, bool]] = [(r, False) for r in roots]
+    while stack:
+        e, done = stack.pop()
+        if done:
+            order.append(e)
+            continue
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        stack.append((e, True))
+        stack.extend((c, False) for c in children(e))
+    return order
+
+
 def _shared(roots: list[Expr]) -> list[Expr]:
     """The compound subexpressions (loads aside) that `roots` use more than once, each after
     those it uses: an expression is a DAG, and printed as a tree a shared subexpression would

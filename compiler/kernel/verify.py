@@ -31,7 +31,7 @@ from .ir import (
     Unary,
     Var,
     Where,
-    children,
+    postorder,
 )
 from .ops import REDUCE_OPS, check_operands
 
@@ -120,18 +120,8 @@ class _KernelCheck:
     def expr(self, root: Expr, n_axes: int, where: str, acc: bool) -> DType:
         """Check every node under `root` (each once) and return the root's dtype; `n_axes`
         loop variables exist there and `acc` says whether Acc() may appear."""
-        stack: list[tuple[Expr, bool]] = [(root, False)]
-        seen: set[int] = set()
-        while stack:
-            e, done = stack.pop()
-            if done:
-                self.dtypes[id(e)] = self._node(e, n_axes, where, acc)
-                continue
-            if id(e) in seen:
-                continue
-            seen.add(id(e))
-            stack.append((e, True))
-            stack.extend((c, False) for c in children(e))
+        for e in postorder([root]):
+            self.dtypes[id(e)] = self._node(e, n_axes, where, acc)
         return self.dtypes[id(root)]
 
     def _node(self, e: Expr, n_axes: int, where: str, acc: bool) -> DType:

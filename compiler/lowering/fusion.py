@@ -39,7 +39,7 @@ import networkx as nx
 
 from ..graph.ir import CONSTANT, INPUT, Graph, Node, ancestors
 from ..ops import ELEMENTWISE, REGISTRY
-from ..targets import Capabilities, get_target
+from ..targets import Capabilities
 from .index import (
     MOVEMENT_OPS,
     IndexAlgebra,
@@ -139,8 +139,8 @@ class FusionPlan:
 def plan_fusion(graph: Graph, fuse: bool = True,
                 caps: Capabilities | None = None) -> FusionPlan:
     """Group the graph's live nodes into kernels for a target with `caps` (default: the
-    "llvm" target's); `fuse=False` gives one kernel per node."""
-    caps = get_target("llvm").capabilities if caps is None else caps
+    default record's fusion limits, the CPU's); `fuse=False` gives one kernel per node."""
+    caps = Capabilities() if caps is None else caps
     ctx = _Context(graph, FusionPolicy.from_capabilities(caps))
     if not fuse:
         return ctx.unfused()

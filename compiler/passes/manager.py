@@ -56,6 +56,10 @@ class StageRecord:
         return str(self.result)
 
 
+def _unit(value: Any) -> str:
+    return "ops" if isinstance(value, Graph) else "kernels"
+
+
 def size_of(value: Any) -> int:
     """A stage value's size for the records: a graph's ops, a kernel graph's kernels."""
     if isinstance(value, Graph):
@@ -92,9 +96,10 @@ def run_stage(graph: Graph, stage: Stage) -> tuple[Graph, StageRecord]:
             raise StageError(f"stage {stage.name!r} produced an invalid {what}: {err}") from err
     record = StageRecord(stage.name, before, size_of(out), seconds, out)
     if debug_level() >= stage.show:
-        unit = "ops" if isinstance(out, Graph) else "kernels"
-        print(f"=== after {stage.name}: {record.nodes_before} -> {record.nodes_after} {unit} "
-              f"({seconds * 1e3:.2f} ms) ===", file=sys.stderr)
+        unit_in, unit_out = (_unit(v) for v in (graph, out))
+        sizes = (f"{record.nodes_before} -> {record.nodes_after} {unit_out}" if unit_in == unit_out
+                 else f"{record.nodes_before} {unit_in} -> {record.nodes_after} {unit_out}")
+        print(f"=== after {stage.name}: {sizes} ({seconds * 1e3:.2f} ms) ===", file=sys.stderr)
         print(record.text, file=sys.stderr)
     return out, record
 

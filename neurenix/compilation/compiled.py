@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from neurenix.compiler import pipeline
-from neurenix.compiler.targets import get_target, target_names
+from neurenix.compiler.targets import default_target, get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
 from .. import autograd
@@ -128,7 +128,7 @@ class Compiled:
         self.module = fn if isinstance(fn, Module) else None
         self.device = CPU if device is None else as_device(device, check=True)
         self.verify = verify
-        self.backend = backend or pipeline.default_backend()
+        self.backend = backend or default_target()
         try:
             get_target(self.backend)
         except (TypeError, ValueError):
