@@ -166,6 +166,9 @@ def build(graph: Graph, backend: str) -> tuple[Any, dict]:
         info.update(kernels=0, ops=graph.ops_count())
         return graph, info
     program, records = run_pipeline(graph, codegen_stages(target))
+    if program is None or not hasattr(program, "entry"):  # cheap, so checked without SPEC too
+        raise TypeError(f"target {target.name!r}: its generator {target.generator} returned "
+                        f"{type(program).__name__}, expected a runtime Program")
     info = {"stages": {r.name: r.seconds for r in records}}
     by_name = {r.name: r for r in records}
     kernels, plan = by_name["memory_plan"].result.kernels, by_name["memory_plan"].result.plan

@@ -57,6 +57,27 @@ class Capabilities:
     while the other operand's free extent is at most this; past it, the unfold is
     materialised (the CPU's register-tiled GEMM stops winning from inline gathers there)."""
 
+    def __post_init__(self) -> None:
+        def fail(field: str, expected: str) -> None:
+            raise ValueError(f"Capabilities: {field} must be {expected}, got "
+                             f"{getattr(self, field)!r}")
+
+        vb = self.vector_bits
+        if type(vb) is not int or not (vb == 0 or (vb >= 64 and vb & (vb - 1) == 0)):
+            fail("vector_bits", "0 or a power of two >= 64")
+        if self.threads not in ("pool", "grid", "none"):
+            fail("threads", "'pool', 'grid' or 'none'")
+        if not self.index_bits or any(b not in (32, 64) for b in self.index_bits):
+            fail("index_bits", "a non-empty tuple of 32 and/or 64")
+        if self.preferred_index_bits not in self.index_bits:
+            fail("preferred_index_bits", f"one of index_bits {tuple(self.index_bits)}")
+        a = self.alignment
+        if type(a) is not int or a <= 0 or a & (a - 1):
+            fail("alignment", "a positive power of two")
+        for name in ("local_memory_bytes", "max_workgroup_size", "inline_unfold_limit"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 0:
+                fail(name, "a non-negative int")
+
 
 def load_named(path: str) -> Any:
     """`"package.module:attr"` -> the attribute; `"package.module"` -> the module."""
@@ -90,9 +111,34 @@ class Target:
     `runtime.program.Program` of plain data)."""
     description: str = ""
 
+    def __post_init__(self) -> None:
+        def fail(field: str, expected: str) -> None:
+            raise TypeError(f"Target: {field} must be {expected}, got "
+                            f"{getattr(self, field)!r}")
+
+        if not isinstance(self.name, str) or not self.name:
+            fail("name", "a non-empty str")
+        if not isinstance(self.device, str):
+            fail("device", "a str such as 'cpu'")
+        if not callable(self.probe):
+            fail("probe", "a callable returning Capabilities")
+        for field, form in (("generator", "'module:function'"), ("rules", "'module:attr'")):
+            value = getattr(self, field)
+            if value is not None and not (isinstance(value, str) and ":" in value):
+                fail(field, f"None or a {form} string")
+        if self.runtime is not None and not (isinstance(self.runtime, str) and self.runtime):
+            fail("runtime", "None or a module name")
+
     @property
     def capabilities(self) -> Capabilities:
         return _capabilities(self.name, self.probe)
+
+    def identity(self) -> str:
+        """What a program built for this target depends on besides its graph: the row and
+        its capability record (a disk-cache key part: a target re-registered with another
+        record must not find the old record's programs)."""
+        return (f"{self.name}|{self.generator}|{self.runtime}|{self.rules}|"
+                f"{self.capabilities!r}")
 
     def generate(self) -> Callable[..., Any]:
         """The generator function (imported on first use)."""

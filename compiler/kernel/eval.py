@@ -223,8 +223,8 @@ def _check_index_width(kernel: Kernel) -> None:
 class _Evaluator:
     """Evaluates expressions over one iteration space, each shared subtree once.
 
-    Under `index_bits == 32` every integer value computed from loop variables and constants
-    alone (the index arithmetic a 32-bit kernel does in int32) must fit an int32: the
+    Under `index_bits == 32` every signed integer value computed from loop variables and
+    constants alone (the index arithmetic a 32-bit kernel does in int32) must fit an int32: the
     evaluator raises where generated code would overflow."""
 
     def __init__(self, kernel: Kernel, buffers: dict[str, np.ndarray], shape: tuple[int, ...],
@@ -237,13 +237,14 @@ class _Evaluator:
         self.memo: dict[int, tuple[Expr, np.ndarray]] = {}
         self.narrow = kernel.index_bits == 32
         self.pure: dict[int, bool] = {}
+        self.const: dict[int, bool] = {}
 
     def __call__(self, e: Expr) -> np.ndarray:
         hit = self.memo.get(id(e))
         if hit is not None and hit[0] is e:
             return hit[1]
         out = np.asarray(self._eval(e))
-        if self.narrow and out.dtype.kind in "iu" and out.size and self._pure(e):
+        if self.narrow and out.dtype.kind == "i" and out.size and self._index(e):
             lo, hi = int(out.min()), int(out.max())
             if lo < -INT32_MAX - 1 or hi > INT32_MAX:
                 raise KernelEvalError(f"{self.kernel.name}: index arithmetic overflows int32 "
@@ -251,13 +252,26 @@ class _Evaluator:
         self.memo[id(e)] = (e, out)
         return out
 
-    def _pure(self, e: Expr) -> bool:
-        """Whether `e` is computed from loop variables and constants alone."""
+    def _index(self, e: Expr) -> bool:
+        """Whether `e` is index arithmetic: computed from loop variables (at least one) and
+        constants alone.  Constants alone fold; data and uint32 (wrapping) are not indices;
+        `index_bits.index_span` draws the same line."""
         p = self.pure.get(id(e))
         if p is None:
-            p = not isinstance(e, (Load, Acc)) and all(self._pure(c) for c in children(e))
+            kids = children(e)
+            pure = not isinstance(e, (Load, Acc)) and all(self._index(c) or self._const(c)
+                                                           for c in kids)
+            p = pure and (isinstance(e, Var) or any(self._index(c) for c in kids))
             self.pure[id(e)] = p
         return p
+
+    def _const(self, e: Expr) -> bool:
+        """Whether `e` is made of constants alone."""
+        c = self.const.get(id(e))
+        if c is None:
+            c = not isinstance(e, (Load, Acc, Var)) and all(self._const(k) for k in children(e))
+            self.const[id(e)] = c
+        return c
 
     def _eval(self, e: Expr) -> np.ndarray:
         if isinstance(e, Var):

@@ -7,7 +7,8 @@ overflows it.  What a kernel reaches, conservatively: every buffer's size (a bou
 compare against), the product of its domain and reduction extents (a generator may run them as
 one flat range), and the range of every integer subexpression made of loop variables and
 constants, found by interval arithmetic (`affine.value_range`), so intermediate products
-count too.  Values computed from loaded data are the data's dtype, not index arithmetic; an
+count too.  Constants alone, and uint32 arithmetic (which wraps by definition: the random-number
+hash), are not index arithmetic.  Values computed from loaded data are the data's dtype; an
 index built from them (a gather) is masked to its buffer, and a masked-off lane may wrap.
 A pure loop-variable expression the interval arithmetic cannot follow needs the widest width.
 """
@@ -16,8 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 from math import prod
 
+from ..types import uint32
 from .affine import value_range
-from .ir import Acc, Expr, Kernel, KernelGraph, Load, children, dtype_of, postorder
+from .ir import Acc, Expr, Kernel, KernelGraph, Load, Var, children, dtype_of, postorder
 
 
 def index_span(kernel: Kernel) -> tuple[int, int] | None:
@@ -30,11 +32,16 @@ def index_span(kernel: Kernel) -> tuple[int, int] | None:
     if kernel.reduce_value is not None:
         roots.append(kernel.reduce_value)
     pure: dict[int, bool] = {}
+    varying: dict[int, bool] = {}
     memo: dict = {}
     for e in postorder(roots):
         pure[id(e)] = not isinstance(e, (Load, Acc)) and all(pure[id(c)] for c in children(e))
-        if not pure[id(e)] or not dtype_of(e, kernel.acc_dtype).is_integer:
-            continue
+        varying[id(e)] = isinstance(e, Var) or any(varying[id(c)] for c in children(e))
+        if not (pure[id(e)] and varying[id(e)]):
+            continue  # data, or a constant the generator folds: not index arithmetic
+        dtype = dtype_of(e, kernel.acc_dtype)
+        if not dtype.is_integer or dtype == uint32:
+            continue  # uint32 arithmetic wraps by definition (the random-number hash)
         r = value_range(e, extents, memo)
         if r is None:
             return None
@@ -53,6 +60,9 @@ def choose_index_bits(kernels: KernelGraph, index_bits: tuple[int, ...],
     span fits it, else the smallest of the target's `index_bits` that fits, and the widest
     (64) for a span that cannot be bounded; ValueError naming the kernel, the size and the
     widths when none fits.  Returns `kernels` itself when no kernel changes."""
+    if not index_bits or any(b not in (32, 64) for b in index_bits):
+        raise ValueError(f"choose_index_bits: index widths must be 32 and/or 64, got "
+                         f"{tuple(index_bits)}")
     if preferred not in index_bits:
         raise ValueError(f"choose_index_bits: preferred width {preferred} is not one of the "
                          f"target's {index_bits}")

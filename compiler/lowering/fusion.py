@@ -19,7 +19,8 @@ whole decision is which values to materialise, made in four steps:
    *prologue* when the consumer is a reduction); a value with several consumers is computed
    again in each unless that costs more than `DUPLICATE_COST_LIMIT` ops or
    `DUPLICATE_LOAD_LIMIT` loads, and a computed value broadcast to a larger shape is
-   materialised rather than recomputed per copy.  Reductions
+   materialised rather than recomputed per copy, and a chain deeper than `INLINE_DEPTH_LIMIT`
+   nodes is stored every so often (expressions are walked recursively).  Reductions
    are never recomputed.  Graph outputs are stored; a cheap one is still inlined downstream.
 4. Elementwise kernels of one shape merge into one kernel with several stores when they share
    an input and do not depend on each other, or when one reads the other's values only
@@ -54,6 +55,7 @@ DUPLICATE_COST_LIMIT = 8  # ops a multi-consumer value may cost and still be rec
 DUPLICATE_LOAD_LIMIT = 2  # loads it may make (recomputing more reads more than storing it)
 BROADCAST_COST_LIMIT = 2  # ops from which a broadcast value is materialised, not recomputed
 EPILOGUE_LIMIT = 64  # nodes a reduction's epilogue may absorb
+INLINE_DEPTH_LIMIT = 128  # nodes deep an inlined expression may grow before it is stored
 MERGE_LIMIT = 8  # stores one merged elementwise kernel may hold
 
 
@@ -162,6 +164,7 @@ class _Context:
                 for i in n.inputs:
                     self.consumers[i].append(n)
         self.computed = [n for n in graph.nodes if n in self.live and not is_buffer(n)]
+        self.deep: set[Node] = set()  # stored because inlining them grew too deep
 
     def distinct_consumers(self, n: Node) -> list[Node]:
         return list(dict.fromkeys(self.consumers[n]))
@@ -212,7 +215,7 @@ class _Context:
                 groups.append(self._group("scatter", (n,), None, {n}, materialised))
             elif n in stored and n not in owner:
                 groups.append(self._group("elementwise", (n,), None, {n}, materialised))
-        groups = _merge_elementwise(groups, materialised, self.order)
+        groups = _merge_elementwise(groups, materialised, self.order, self.deep)
         groups = _drop_dead_stores(groups, materialised, self.outputs)
         return _finish(groups, materialised)
 
@@ -337,13 +340,19 @@ class _Context:
         """Decide which inlined values to materialise; return every value a kernel stores."""
         cost: dict[Node, int] = {}
         loads: dict[Node, int] = {}
+        depth: dict[Node, int] = {}
         for n in self.computed:
             if n in owner or is_reduction(n) or n.op == "scatter_add":
                 continue
             inlined = [i for i in n.inputs if i in cost and i not in materialised]
             cost[n] = _own_cost(n) + sum(cost[i] for i in inlined)
             loads[n] = len(n.inputs) - len(inlined) + sum(loads[i] for i in inlined)
+            depth[n] = 1 + max((depth[i] for i in inlined), default=0)
             if n in materialised:
+                continue
+            if depth[n] >= INLINE_DEPTH_LIMIT:  # a 300-op chain is stored every so often
+                materialised.add(n)
+                self.deep.add(n)
                 continue
             if n.op == "expand" and n.type.numel > 2 * n.inputs[0].type.numel:
                 self._materialise_broadcast(n, cost, materialised)
@@ -433,9 +442,10 @@ def _group_graph(groups: list[Group], materialised: set[Node]) -> nx.DiGraph:
 
 
 def _merge_elementwise(groups: list[Group], materialised: set[Node],
-                       order: dict[Node, int]) -> list[Group]:
+                       order: dict[Node, int], deep: set[Node]) -> list[Group]:
     """Merge elementwise kernels of one shape that load a common value, or where one reads
-    the other's roots only elementwise (it then computes them inline and stores them too).
+    the other's roots only elementwise (it then computes them inline and stores them too),
+    unless those roots were stored to keep expressions shallow (`deep`).
 
     Kernels joined by a path through a third kernel never merge (that would be a cycle); the
     kernel graph is updated as kernels merge."""
@@ -470,7 +480,7 @@ def _merge_elementwise(groups: list[Group], materialised: set[Node],
                 vg, vh = vertex[g], vertex[h]
                 if dg.has_edge(vg, vh) or dg.has_edge(vh, vg):
                     first, second = (g, h) if dg.has_edge(vg, vh) else (h, g)
-                    if not _reads_aligned(second, first.roots):
+                    if not _reads_aligned(second, first.roots) or deep.intersection(first.roots):
                         continue
                     a, b = vertex[first], vertex[second]
                     dg.remove_edge(a, b)

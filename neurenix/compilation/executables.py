@@ -50,7 +50,7 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
     record_key = None
     if target.runtime is not None and target.disk_cache:
         runtime = target.runtime_module()
-        record_key = compile_cache.key_for(traced, f"{backend}:traced:{num_outputs}:"
+        record_key = compile_cache.key_for(traced, f"{target.identity()}:traced:{num_outputs}:"
                                            + ",".join(wrt) + f":{active}",
                                            runtime.fingerprint())
         built = _load_built(record_key, runtime)
@@ -162,7 +162,7 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
     runtime = target.runtime_module()
     key = None
     if target.disk_cache:
-        key = compile_cache.key_for(graph, backend, runtime.code_identity())
+        key = compile_cache.key_for(graph, target.identity(), runtime.code_identity())
         loaded = _load_program(key, runtime)
         if loaded is not None:
             exe, info = loaded
