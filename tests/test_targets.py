@@ -166,3 +166,45 @@ def test_debug_levels_print_each_level_once(capsys):
         build(parse_graph(GRAPH), "llvm")
     err = capsys.readouterr().err
     assert "=== after simplify" in err and "=== after lower" not in err
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("vector_bits", 384, "0 or a power of two >= 64"),
+    ("vector_bits", 32, "0 or a power of two >= 64"),
+    ("threads", "gpu", "'pool', 'grid' or 'none'"),
+    ("index_bits", (16,), "a non-empty tuple of 32 and/or 64"),
+    ("index_bits", (), "a non-empty tuple of 32 and/or 64"),
+    ("alignment", 48, "a positive power of two"),
+    ("inline_unfold_limit", -1, "a non-negative int"),
+])
+def test_capabilities_refuse_what_no_generator_can_honour(field, value, expected):
+    with pytest.raises(ValueError, match=f"Capabilities: {field} must be {expected}"):
+        Capabilities(**{field: value})
+    with pytest.raises(ValueError, match="preferred_index_bits must be one of index_bits"):
+        Capabilities(index_bits=(64,), preferred_index_bits=32)
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("name", dict(name=5)), ("name", dict(name="")), ("probe", dict(probe=5)),
+    ("generator", dict(generator="neurenix.compiler.codegen.llvm")),
+    ("rules", dict(rules=["x"])), ("runtime", dict(runtime=3)),
+])
+def test_target_rows_name_the_bad_field(field, kw):
+    row = dict(name="bad-row", device="cpu", probe=Capabilities,
+               generator="neurenix.compiler.codegen.llvm:generate",
+               runtime="neurenix.runtime.cpu")
+    with pytest.raises(TypeError, match=f"Target: {field} must be"):
+        Target(**{**row, **kw})
+
+
+def test_identity_changes_with_the_capability_record():
+    a = Target("id-a", "cpu", lambda: Capabilities(alignment=64), None, None)
+    b = Target("id-a", "cpu", lambda: Capabilities(alignment=256), None, None)
+    assert a.identity() != b.identity() and "alignment=256" in b.identity()
+
+
+def test_a_generator_returning_no_program_is_a_clear_error(toy, monkeypatch):
+    monkeypatch.setattr(toy_target, "generate", lambda kernels, plan, target=None: None)
+    with pytest.raises(TypeError, match="its generator .* returned NoneType, expected a "
+                                        "runtime Program"):
+        build(parse_graph(GRAPH), "kernel-eval")
