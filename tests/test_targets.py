@@ -205,6 +205,6 @@ def test_identity_changes_with_the_capability_record():
 
 def test_a_generator_returning_no_program_is_a_clear_error(toy, monkeypatch):
     monkeypatch.setattr(toy_target, "generate", lambda kernels, plan, target=None: None)
-    with pytest.raises(TypeError, match="its generator .* returned NoneType, expected a "
-                                        "runtime Program"):
+    with spec(False), pytest.raises(TypeError, match="its generator .* returned NoneType, "
+                                                     "expected a runtime Program"):
         build(parse_graph(GRAPH), "kernel-eval")
