@@ -28,8 +28,8 @@ def elementwise_rule(kernel: Kernel, caps: Capabilities) -> Elementwise | None:
     unroll = is_small(kernel)
     plain = caps.vector_bits > 0 and (kernel.reduce_value is None or unroll)
     fold = False
-    if len(domain) <= 1:
-        vectorize = plain and bool(domain)
+    if len(domain) <= 1:  # a short flat loop is left to the cost model, as a short row is
+        vectorize = plain and bool(domain) and domain[0] >= MIN_FORCED_TRIP
     else:
         n, lanes = domain[-1], caps.vector_bits // 32
         fold = (caps.masked_loads and lanes > 0 and MIN_MASKED_TRIP <= n < 4 * lanes
