@@ -163,7 +163,7 @@ def _capabilities(name: str, probe: Callable[[], Capabilities]) -> Capabilities:
 
 
 def _cpu_capabilities() -> Capabilities:
-    from .codegen import host
+    from . import host
     bits = host.host_vector_bits()
     return Capabilities(vector_bits=bits, threads="pool", index_bits=(32, 64),
                         preferred_index_bits=64, alignment=64, masked_loads=bits >= 256,

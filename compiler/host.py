@@ -14,16 +14,34 @@ DEFAULT_L2_BYTES = 512 * 1024  # where sysfs does not say
 
 @functools.cache
 def host_vector_bits() -> int:
-    """The widest vector register of the host CPU, in bits."""
-    import llvmlite.binding as llvm
+    """The widest vector register of the host CPU, in bits: from the CPU flags Linux lists
+    (so that a cache lookup, which needs the capability record, loads no LLVM), else from
+    LLVM's view of the host."""
+    features = _cpuinfo_flags()
+    if features is None:
+        import llvmlite.binding as llvm
 
-    llvm.initialize_native_target()
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f"):
+        llvm.initialize_native_target()
+        features = {name for name, on in llvm.get_host_cpu_features().items() if on}
+    if "avx512f" in features:
         return 512
-    if features.get("avx2") or features.get("avx"):
+    if "avx2" in features or "avx" in features:
         return 256
     return 128
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    """The first CPU's flags in /proc/cpuinfo (x86 Linux), or None where it has none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    for line in first.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
 
 
 @functools.cache
