@@ -18,6 +18,10 @@ states it as `typing.Protocol`s):
   (the CPU's thread pool).  `cache` has `load_library(key_parts) -> bytes | None` and
   `store_library(key_parts, data)`, so a runtime keeps what it builds without importing the
   frontend's cache.
+
+A runtime may compile out of process: the CPU runtime hands LLVM IR to a persistent worker
+process (`compile_worker`; `NEURENIX_COMPILE_WORKER=0` keeps it in-process), because LLVM's
+optimiser leaks on every run; loading and running stay in the caller's process.
 """
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
 """The host CPU backend: compiles a `Program`'s LLVM IR with llvmlite and runs its entry.
 
 Eager CPU execution runs the NumPy reference implementations; compiled programs run here.
-`CpuExecutable` JIT-compiles the module once for the host CPU (its name and features, LLVM's
-O3 pipeline through the new pass manager), allocates the arena once, and `run` is one foreign
-call of the entry function: `entry(void **args, void *arena, const neurenix_pool *pool)`, the
-args being the pointers of the inputs, outputs and constants in `Program.entry_args()` order,
-and `pool` the process's thread pool (`process_pool`, cpu_pool.py) for programs whose metadata
-asks for its ABI (`pool_abi`).  ctypes releases the GIL for the call.  Programs own no threads,
-so a dropped or closed executable unloads its code.  `compile_object` produces the same code
-as an object file for ahead-of-time export (its entry runs serially when passed a NULL pool).
+`CpuExecutable` compiles the module once for the host CPU (its name and features, LLVM's O3
+pipeline through the new pass manager, run in a worker process by `compile_worker` so that
+LLVM's per-compile leak stays out of this process), allocates the arena once, and `run` is
+one foreign call of the entry function: `entry(void **args, void *arena, const neurenix_pool
+*pool)`, the args being the pointers of the inputs, outputs and constants in
+`Program.entry_args()` order, and `pool` the process's thread pool (`process_pool`,
+cpu_pool.py) for programs whose metadata asks for its ABI (`pool_abi`).  ctypes releases the
+GIL for the call.  Programs own no threads, so a dropped or closed executable unloads its code.
+`compile_object` produces the same code as an object file for ahead-of-time export (its entry
+runs serially when passed a NULL pool).
 
 It provides the runtime protocol (`neurenix.runtime`): `available`, `fingerprint`,
 `code_identity`, `Executable` (= `CpuExecutable`) and `prepare` (loads the thread pool).
@@ -31,13 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from . import cpu_pool
+from . import compile_worker, cpu_pool
 from .backend import LibraryCache
 from .program import Program
 
 ARENA_ALIGN = 64
-_LLVM_READY = False
-_LLVM_LOCK = threading.Lock()
 _POOL: cpu_pool.Pool | None = None
 _POOL_LOCK = threading.Lock()
 _THREADS: int | None = None  # set before the pool is loaded: applied when it is
@@ -98,8 +98,7 @@ def process_pool(library: bytes | None = None) -> cpu_pool.Pool:
             if lib is not None:
                 pool = cpu_pool.Pool(lambda name: _library_symbol(lib, name), lib, library)
             else:
-                engine = _mcjit(target_machine(jit=True).emit_object(
-                    optimize(source)))
+                engine = _mcjit(compile_worker.compile_ir(source, "object", jit=True))
                 pool = cpu_pool.Pool(lambda name: _engine_symbol(engine, name), engine)
             pool.init(_THREADS or default_threads())
             if hasattr(os, "register_at_fork"):
@@ -135,17 +134,7 @@ def _after_fork() -> None:
         _POOL.after_fork()
 
 
-def _llvm():
-    """llvmlite.binding with the native target initialised (once per process)."""
-    global _LLVM_READY
-    import llvmlite.binding as llvm
-
-    with _LLVM_LOCK:
-        if not _LLVM_READY:
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            _LLVM_READY = True
-    return llvm
+_llvm = compile_worker.llvm  # llvmlite.binding, the native target initialised
 
 
 def code_identity() -> str:
@@ -209,50 +198,24 @@ def _dlopen(library: bytes, prefix: str = "neurenix-") -> ctypes.CDLL | None:
         os.unlink(path)
 
 
-def target_machine(jit: bool = False):
-    """An LLVM target machine for the host CPU, with all its features, at opt level 3."""
-    llvm = _llvm()
-    target = llvm.Target.from_triple(llvm.get_process_triple())
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(),
-                                        opt=3, reloc="pic" if not jit else "default",
-                                        codemodel="jitdefault" if jit else "small", jit=jit)
-
-
-def optimize(source: str, tm=None):
-    """Parse LLVM IR text and run the O3 pipeline (loop and SLP vectorisation on) over it."""
-    llvm = _llvm()
-    tm = tm or target_machine()
-    module = llvm.parse_assembly(source)
-    module.triple = tm.triple
-    module.data_layout = str(tm.target_data)
-    module.verify()
-    options = llvm.create_pipeline_tuning_options(speed_level=3)
-    options.loop_vectorization = True
-    options.slp_vectorization = True
-    options.loop_unrolling = False  # unrolling doubles compile time for little gain here
-    options.loop_interleaving = True
-    builder = llvm.create_pass_builder(tm, options)
-    builder.getModulePassManager().run(module, builder)
-    return module
+target_machine = compile_worker.target_machine  # in this process (tests, tools)
+optimize = compile_worker.optimize  # in this process; compiles go through `compile_worker`
 
 
 def optimized_ir(program: Program) -> str:
     """The program's module after optimisation (what runs), as LLVM IR text."""
-    return str(optimize(program.source))
+    return compile_worker.compile_ir(program.source, "ir").decode()
 
 
 def assembly(program: Program) -> str:
     """The host assembly of the optimised program."""
-    tm = target_machine()
-    return tm.emit_assembly(optimize(program.source, tm))
+    return compile_worker.compile_ir(program.source, "assembly").decode()
 
 
 def compile_object(program: Program | str) -> bytes:
     """Object code (ELF/Mach-O/COFF for the host) of the optimised program (or LLVM IR text),
-    for AOT export."""
-    tm = target_machine()
-    return tm.emit_object(optimize(program if isinstance(program, str) else program.source, tm))
+    position-independent, for a shared library or AOT export."""
+    return compile_worker.compile_ir(program if isinstance(program, str) else program.source)
 
 
 def _mcjit(object_code: bytes):
@@ -362,8 +325,7 @@ class CpuExecutable:
     def _load_jit(self) -> None:
         """Load the program with MCJIT (compiling JIT object code first if none was given)."""
         if self.object_code is None:
-            tm = target_machine(jit=True)
-            self.object_code = tm.emit_object(optimize(self.program.source, tm))
+            self.object_code = compile_worker.compile_ir(self.program.source, jit=True)
         self._engine = _mcjit(self.object_code)
 
     def _symbol(self, name: str) -> int:

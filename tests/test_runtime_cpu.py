@@ -129,7 +129,13 @@ def test_entry_is_one_foreign_call_taking_args_arena_and_pool(exe, data):
 
 
 def test_an_executable_loads_from_its_code_without_compiling(exe, data, monkeypatch):
-    monkeypatch.setattr(cpu, "optimize", None)  # any LLVM compile would now fail
+    from neurenix.runtime import compile_worker
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the executable compiled LLVM IR")
+
+    monkeypatch.setattr(compile_worker, "compile_ir", refuse)  # in-process or in the worker
+    monkeypatch.setattr(compile_worker, "build", refuse)
     again = CpuExecutable(exe.program, exe.object_code, exe.library)
     for a, b in zip(again.run(data), exe.run(data)):
         np.testing.assert_array_equal(a, b)
