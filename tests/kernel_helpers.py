@@ -131,3 +131,14 @@ def assert_same_across_threads(exe: CpuExecutable, inputs: list[np.ndarray],
         exe.num_threads = n
         for a, b in zip(serial, exe.run(inputs)):
             np.testing.assert_array_equal(a, b)
+
+
+def assert_outputs_match(names, got, want, rtol: float, atol: float) -> None:
+    """Each compiled output equals the evaluator's: same dtype; floats within rtol/atol (NaN
+    where NaN), everything else exactly."""
+    for name, g, w in zip(names, got, want):
+        assert g.dtype == w.dtype, name
+        if g.dtype.kind == "f":
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=name)

@@ -11,7 +11,15 @@ import re
 
 import numpy as np
 import pytest
-from kernel_helpers import c64, compile_schedule, flat, guarded, run_both, schedule
+from kernel_helpers import (
+    assert_outputs_match,
+    c64,
+    compile_schedule,
+    flat,
+    guarded,
+    run_both,
+    schedule,
+)
 from neurenix.compiler.codegen import CodegenError, generate
 from neurenix.compiler.codegen.llvm_ops import BINARY, UNARY
 from neurenix.compiler.kernel.eval import run_schedule
@@ -296,13 +304,7 @@ def reductions_program():
 
 def test_reductions_with_nan_ties_infinities_and_empty_axes(reductions_program):
     got, want, s = reductions_program
-    for name, g, w in zip(s.outputs, got, want):
-        assert g.dtype == w.dtype, name
-        if g.dtype.kind == "f":
-            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, equal_nan=True,
-                                       err_msg=name)
-        else:
-            np.testing.assert_array_equal(g, w, err_msg=name)
+    assert_outputs_match(s.outputs, got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_reductions_over_outer_axes_run_across_columns(reductions_program):

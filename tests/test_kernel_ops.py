@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_helpers import compile_schedule, schedule
+from kernel_helpers import assert_outputs_match, compile_schedule, schedule
 from neurenix.compiler.codegen.llvm_ops import BINARY as LLVM_BINARY
 from neurenix.compiler.codegen.llvm_ops import UNARY as LLVM_UNARY
 from neurenix.compiler.codegen.llvm_ops import dclass
@@ -141,13 +141,7 @@ def op_program():
 
 def test_every_op_and_uint32_cast_runs_the_same_compiled(op_program):
     s, _, got, want = op_program
-    for name, g, w in zip(s.outputs, got, want):
-        assert g.dtype == w.dtype, name
-        if g.dtype.kind == "f":
-            np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-30, equal_nan=True,
-                                       err_msg=name)
-        else:
-            np.testing.assert_array_equal(g, w, err_msg=name)
+    assert_outputs_match(s.outputs, got, want, rtol=2e-6, atol=1e-30)
 
 
 def _wrap(values: list[int], d) -> np.ndarray:
