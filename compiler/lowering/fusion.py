@@ -1,4 +1,4 @@
-"""Fusion: which nodes of a graph share a kernel (a pure analysis; `compiler.lower` builds them).
+"""Fusion: which nodes of a graph share a kernel (a pure analysis; `lowering.lower` builds them).
 
 A kernel computes its *roots* (the values it stores) by inlining everything they need down to
 values that live in memory: graph inputs, constants and the roots of earlier kernels.  So the

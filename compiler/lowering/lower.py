@@ -1,11 +1,11 @@
 """Lowering: a `Graph` becomes a `KernelGraph` of kernels (compiler/kernel/ir.py).
 
-`compiler.passes.fusion` decides which values live in memory and which nodes share a kernel;
+`compiler.lowering.fusion` decides which values live in memory and which nodes share a kernel;
 this module writes each group as one loop nest.  A kernel's stores evaluate its roots "at the
 domain index", and every node they need that is not in memory is inlined as an expression at
 whatever index the consumer asks for: views (reshape, permute, expand, slice, pad, concat,
 unfold) and sources (full, iota, rng_uniform) cost nothing but index arithmetic
-(`compiler.lower_index`), pads and concats become masked loads under a `Where`, gathers become
+(`compiler.lowering.index`), pads and concats become masked loads under a `Where`, gathers become
 loads at a loaded index, and a reduction's input is its prologue.
 
 Buffers: graph inputs keep their names (made valid identifiers), constants become constant

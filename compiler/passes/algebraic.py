@@ -10,8 +10,8 @@ code generation).  `x + 0 -> x` is exact except that it keeps the sign of a `-0.
 which every compiler that folds it accepts.
 
 A "constant 1" or "constant 0" is a `full` of that value or a constant array of nothing else
-(`compiler.pattern.splat_value`); constant folding first turns `expand(full)` and the like into
-plain `full`s, so the rules need not look through layout changes.
+(`compiler.graph.pattern.splat_value`); constant folding first turns `expand(full)` and the
+like into plain `full`s, so the rules need not look through layout changes.
 """
 from __future__ import annotations
 
