@@ -444,14 +444,24 @@ def reference_matmul(case, data, name):
     return y.reshape(-1)
 
 
+def assert_matmuls_match(got, cases, data, prefix: str) -> None:
+    """Each output `<prefix><i>` equals NumPy's product in float64, within a tolerance that
+    grows with k (sqrt(k) for float32 sums)."""
+    for i, case in enumerate(cases):
+        k, dtype = case[2], case[7]
+        tol = 1e-5 * np.sqrt(k) if dtype == float32 else 1e-12 * k
+        np.testing.assert_allclose(got[i], reference_matmul(case[:8], data, f"{prefix}{i}"),
+                                   rtol=tol, atol=tol, err_msg=str(case))
+
+
+def kernel_paths(program) -> dict[str, str]:
+    """The code path each kernel took, by kernel name without the `k<i>_` prefix."""
+    return {name.split("_", 1)[1]: p for name, p in program.metadata["paths"].items()}
+
+
 def test_contractions_match_np_matmul_across_awkward_shapes(matmul_program):
     s, program, exe, inputs, data = matmul_program
-    got = exe.run(inputs)
-    for i, case in enumerate(MATMULS):
-        k = case[2]
-        tol = 1e-5 * np.sqrt(k) if case[-1] == float32 else 1e-12 * k
-        np.testing.assert_allclose(got[i], reference_matmul(case, data, f"mm{i}"), rtol=tol,
-                                   atol=tol, err_msg=str(case))
+    assert_matmuls_match(exe.run(inputs), MATMULS, data, "mm")
 
 
 def test_each_contraction_takes_the_path_its_layout_calls_for(matmul_program):
@@ -462,7 +472,7 @@ def test_each_contraction_takes_the_path_its_layout_calls_for(matmul_program):
     outputs), mm6, mm8 and mm10 packing a k-contiguous operand (mm8: x @ w.T over a k shorter
     than SHORT_K)."""
     _, program, _, _, _ = matmul_program
-    paths = {name.split("_", 1)[1]: p for name, p in program.metadata["paths"].items()}
+    paths = kernel_paths(program)
     assert [paths[f"mm{i}"] for i in range(len(MATMULS))] == PATHS
 
 

@@ -4,7 +4,6 @@ sums and scalar k tail dominate there.  Every case runs against np.matmul with i
 against a guard page, on one thread and split across several."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from kernel_helpers import (
     assert_same_across_threads,
@@ -12,7 +11,7 @@ from kernel_helpers import (
 )
 from neurenix.compiler.schedule.dot import SHORT_K, SHORT_K_ROWS
 from neurenix.compiler.types import float32, float64
-from test_codegen_llvm import build_matmul_program, reference_matmul
+from test_codegen_llvm import assert_matmuls_match, build_matmul_program, kernel_paths
 
 CASES = [  # (batch, m, k, n, a transposed, b transposed, bias, dtype, path)
     (0, 32, 20, 80, False, True, False, float32, "tiled"),     # the LSTM gate product
@@ -36,17 +35,14 @@ def short_k_program():
 
 def test_short_k_nt_products_take_the_tiled_path(short_k_program):
     program = short_k_program[0]
-    paths = {name.split("_", 1)[1]: p for name, p in program.metadata["paths"].items()}
+    paths = kernel_paths(program)
     assert [paths[f"nt{i}"] for i in range(len(CASES))] == [c[-1] for c in CASES], paths
 
 
 def test_short_k_nt_products_match_np_matmul_and_stay_in_bounds(short_k_program):
     _, exe, inputs, data = short_k_program
     got = exe.run(inputs)
-    for i, case in enumerate(CASES):
-        tol = 1e-5 * np.sqrt(case[2]) if case[7] == float32 else 1e-12 * case[2]
-        np.testing.assert_allclose(got[i], reference_matmul(case[:8], data, f"nt{i}"),
-                                   rtol=tol, atol=tol, err_msg=str(case))
+    assert_matmuls_match(got, CASES, data, "nt")
     assert_same_guarded(exe, inputs, got)
 
 

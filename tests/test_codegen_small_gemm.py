@@ -27,7 +27,7 @@ from neurenix.compiler.schedule.contraction import rows_per_tile
 from neurenix.compiler.schedule.ranges import MIN_RANGE
 from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64
-from test_codegen_llvm import build_matmul_program, reference_matmul
+from test_codegen_llvm import assert_matmuls_match, build_matmul_program, kernel_paths
 
 CAPS = get_target("llvm").capabilities
 AVX512 = replace(CAPS, vector_bits=512, masked_loads=True)
@@ -59,13 +59,10 @@ def skinny_program():
 
 def test_skinny_contractions_match_np_matmul_and_stay_in_bounds(skinny_program):
     s, program, exe, inputs, data = skinny_program
-    paths = {name.split("_", 1)[1]: p for name, p in program.metadata["paths"].items()}
+    paths = kernel_paths(program)
     assert all(paths[f"sk{i}"] == "tiled" for i in range(len(SKINNY))), paths
     got = exe.run(inputs)
-    for i, case in enumerate(SKINNY):
-        tol = 1e-5 * np.sqrt(case[2]) if case[-1] == float32 else 1e-12 * case[2]
-        np.testing.assert_allclose(got[i], reference_matmul(case, data, f"sk{i}"), rtol=tol,
-                                   atol=tol, err_msg=str(case))
+    assert_matmuls_match(got, SKINNY, data, "sk")
     assert_same_guarded(exe, inputs, got)
 
 

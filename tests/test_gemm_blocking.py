@@ -25,7 +25,12 @@ from neurenix.compiler.schedule.contraction import KC, MAX_STACK_BYTES
 from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64
 from neurenix.runtime.cpu import CpuExecutable
-from test_codegen_llvm import build_matmul_program, matmul_kernel, reference_matmul
+from test_codegen_llvm import (
+    assert_matmuls_match,
+    build_matmul_program,
+    kernel_paths,
+    matmul_kernel,
+)
 
 import neurenix
 
@@ -45,11 +50,6 @@ LONG = [  # (batch, m, k, n, a transposed, b transposed, bias + relu, dtype, pat
 ]
 
 
-def _tolerance(case) -> float:
-    k, dtype = case[2], case[7]
-    return 1e-5 * np.sqrt(k) if dtype == float32 else 1e-12 * k
-
-
 @pytest.fixture(scope="module")
 def long_program():
     _, program, exe, inputs, data = build_matmul_program("lk", [c[:8] for c in LONG], 7)
@@ -58,17 +58,14 @@ def long_program():
 
 def test_long_k_contractions_take_a_blocked_path(long_program):
     program = long_program[0]
-    paths = {name.split("_", 1)[1]: p for name, p in program.metadata["paths"].items()}
+    paths = kernel_paths(program)
     assert [paths[f"lk{i}"] for i in range(len(LONG))] == [c[-1] for c in LONG], paths
 
 
 def test_long_k_contractions_match_np_matmul_and_stay_in_bounds(long_program):
     _, exe, inputs, data = long_program
     got = exe.run(inputs)
-    for i, case in enumerate(LONG):
-        tol = _tolerance(case)
-        np.testing.assert_allclose(got[i], reference_matmul(case[:8], data, f"lk{i}"),
-                                   rtol=tol, atol=tol, err_msg=str(case))
+    assert_matmuls_match(got, LONG, data, "lk")
     assert_same_guarded(exe, inputs, got)
 
 
@@ -144,10 +141,7 @@ def test_grouped_contractions_match_np_matmul_on_any_thread_count(grouped_progra
     assert set(program.metadata["paths"].values()) == {"tiled"}
     assert '"panel" = alloca' not in program.source
     got = exe.run(inputs)
-    for i, case in enumerate(GROUPED):
-        tol = 1e-5 * np.sqrt(case[2]) if case[7] == float32 else 1e-12 * case[2]
-        np.testing.assert_allclose(got[i], reference_matmul(case, data, f"gr{i}"),
-                                   rtol=tol, atol=tol, err_msg=str(case))
+    assert_matmuls_match(got, GROUPED, data, "gr")
     assert_same_guarded(exe, inputs, got)
     assert_same_across_threads(exe, inputs, (2, 3, 7))
 
