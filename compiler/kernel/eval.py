@@ -25,6 +25,7 @@ from ..ops.elementwise import convert
 from ..ops.registry import get as get_primitive
 from ..ops.source import SEED_GOLDEN, hash32
 from ..types import DType
+from .index_bits import index_arithmetic
 from .ir import (
     Acc,
     Binary,
@@ -38,7 +39,6 @@ from .ir import (
     Unary,
     Var,
     Where,
-    children,
     dtype_of,
     format_expr,
 )
@@ -236,42 +236,20 @@ class _Evaluator:
         self.inputs = {b.name for b in kernel.inputs}
         self.memo: dict[int, tuple[Expr, np.ndarray]] = {}
         self.narrow = kernel.index_bits == 32
-        self.pure: dict[int, bool] = {}
-        self.const: dict[int, bool] = {}
+        self.index = {id(x) for x in index_arithmetic(kernel)} if self.narrow else set()
 
     def __call__(self, e: Expr) -> np.ndarray:
         hit = self.memo.get(id(e))
         if hit is not None and hit[0] is e:
             return hit[1]
         out = np.asarray(self._eval(e))
-        if self.narrow and out.dtype.kind == "i" and out.size and self._index(e):
+        if id(e) in self.index and out.size:
             lo, hi = int(out.min()), int(out.max())
             if lo < -INT32_MAX - 1 or hi > INT32_MAX:
                 raise KernelEvalError(f"{self.kernel.name}: index arithmetic overflows int32 "
                                       f"(index_bits 32): {format_expr(e)} reaches {lo}..{hi}")
         self.memo[id(e)] = (e, out)
         return out
-
-    def _index(self, e: Expr) -> bool:
-        """Whether `e` is index arithmetic: computed from loop variables (at least one) and
-        constants alone.  Constants alone fold; data and uint32 (wrapping) are not indices;
-        `index_bits.index_span` draws the same line."""
-        p = self.pure.get(id(e))
-        if p is None:
-            kids = children(e)
-            pure = not isinstance(e, (Load, Acc)) and all(self._index(c) or self._const(c)
-                                                           for c in kids)
-            p = pure and (isinstance(e, Var) or any(self._index(c) for c in kids))
-            self.pure[id(e)] = p
-        return p
-
-    def _const(self, e: Expr) -> bool:
-        """Whether `e` is made of constants alone."""
-        c = self.const.get(id(e))
-        if c is None:
-            c = not isinstance(e, (Load, Acc, Var)) and all(self._const(k) for k in children(e))
-            self.const[id(e)] = c
-        return c
 
     def _eval(self, e: Expr) -> np.ndarray:
         if isinstance(e, Var):

@@ -22,26 +22,35 @@ from .affine import value_range
 from .ir import Acc, Expr, Kernel, KernelGraph, Load, Var, children, dtype_of, postorder
 
 
+def index_arithmetic(kernel: Kernel) -> list[Expr]:
+    """The kernel's index arithmetic, children first: its signed integer subexpressions made
+    of loop variables (at least one) and constants alone.  Constants alone fold, data is the
+    data's dtype, and uint32 arithmetic wraps by definition (the random-number hash).  The
+    kernel evaluator checks these same values at 32 bits."""
+    roots: list[Expr] = [x for s in kernel.stores for x in (s.index, s.value)]
+    if kernel.reduce_value is not None:
+        roots.append(kernel.reduce_value)
+    pure: dict[int, bool] = {}
+    varying: dict[int, bool] = {}
+    out = []
+    for e in postorder(roots):
+        pure[id(e)] = not isinstance(e, (Load, Acc)) and all(pure[id(c)] for c in children(e))
+        varying[id(e)] = isinstance(e, Var) or any(varying[id(c)] for c in children(e))
+        if pure[id(e)] and varying[id(e)]:
+            dtype = dtype_of(e, kernel.acc_dtype)
+            if dtype.is_integer and dtype != uint32:
+                out.append(e)
+    return out
+
+
 def index_span(kernel: Kernel) -> tuple[int, int] | None:
     """The inclusive (lo, hi) bounds of every value the kernel's index arithmetic reaches
     (see the module docstring); None when a loop-variable expression cannot be bounded."""
     extents = tuple(kernel.domain) + tuple(kernel.reduce)
     lo = 0
     hi = max([b.size for b in kernel.buffers()] + [prod(extents)])
-    roots: list[Expr] = [x for s in kernel.stores for x in (s.index, s.value)]
-    if kernel.reduce_value is not None:
-        roots.append(kernel.reduce_value)
-    pure: dict[int, bool] = {}
-    varying: dict[int, bool] = {}
     memo: dict = {}
-    for e in postorder(roots):
-        pure[id(e)] = not isinstance(e, (Load, Acc)) and all(pure[id(c)] for c in children(e))
-        varying[id(e)] = isinstance(e, Var) or any(varying[id(c)] for c in children(e))
-        if not (pure[id(e)] and varying[id(e)]):
-            continue  # data, or a constant the generator folds: not index arithmetic
-        dtype = dtype_of(e, kernel.acc_dtype)
-        if not dtype.is_integer or dtype == uint32:
-            continue  # uint32 arithmetic wraps by definition (the random-number hash)
+    for e in index_arithmetic(kernel):
         r = value_range(e, extents, memo)
         if r is None:
             return None
