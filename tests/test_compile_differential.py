@@ -17,18 +17,31 @@ appear in the same places. Settings are derandomized, so CI always runs the same
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import toy_target
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from neurenix.compiler.kernel.decompose import UNARY_RULES
+from neurenix.compiler.kernel.ops import BINARY_OPS, UNARY_OPS
+from neurenix.compiler.targets import Target, get_target, register_target
 
 import neurenix as nx
 from neurenix import nn
+
+KERNEL_EVAL = toy_target.register().name
+# native code for a target that lacks every operation a decomposition exists for (erf,
+# sigmoid, the random-number hash): the rewrites run through LLVM
+DECOMPOSED = register_target(Target(
+    "llvm-decomposed", "cpu",
+    lambda: replace(get_target("llvm").capabilities,
+                    native_ops=frozenset(UNARY_OPS) - set(UNARY_RULES) | frozenset(BINARY_OPS)),
+    "neurenix.compiler.codegen.llvm:generate", "neurenix.runtime.cpu"), replace=True).name
 
 RTOL, ATOL = 1e-4, 1e-5
 EPS = 1e-2  # sqrt and log take |x| + EPS: defined, and with bounded gradients, everywhere
@@ -641,6 +654,24 @@ def test_random_programs_llvm(prog):
     _check_program(prog, "llvm")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@_settings(25)
+@given(prog=programs(max_steps=5))
+def test_random_programs_kernel_eval(prog):
+    """Random programs through the whole pipeline to the kernel evaluator (the toy target:
+    32-bit indices, 256-byte alignment, scalar schedules)."""
+    _check_program(prog, KERNEL_EVAL)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@_settings(10)
+@given(prog=programs(max_steps=5))
+def test_random_programs_decomposed(prog):
+    """Random programs as native code with erf, sigmoid and the random-number hash
+    decomposed (what a target without them gets)."""
+    _check_program(prog, DECOMPOSED)
+
+
 # ---- a batch size that changes between calls ------------------------------------------------
 
 
@@ -894,6 +925,13 @@ def test_model_state_changed_between_calls_reference(case):
 def test_model_state_changed_between_calls_llvm(case):
     """The same on native code (few examples: most changes compile again)."""
     _check_model_case(case, "llvm")
+
+
+@_settings(7)
+@given(case=model_cases(max_mutations=4))
+def test_model_state_changed_between_calls_kernel_eval(case):
+    """The same through the toy target (the kernel evaluator)."""
+    _check_model_case(case, KERNEL_EVAL)
 
 
 @_settings(8)
