@@ -49,6 +49,7 @@ class Planned:
     kernels: KernelGraph
     plan: MemoryPlan
     alignment: int
+    bool_bytes: int = 1
 
     def __str__(self) -> str:
         return self.plan.summary()
@@ -74,8 +75,9 @@ def codegen_stages(target: Target) -> list[Stage]:
               **kernel_stage),
         Stage("schedule", lambda k: schedule_kernels(k, caps, rules),
               "the target's rules decide tiles, vectors and threads per kernel", **kernel_stage),
-        Stage("memory_plan", lambda k: Planned(k, plan_memory(k, alignment=caps.alignment),
-                                             caps.alignment),
+        Stage("memory_plan", lambda k: Planned(k, plan_memory(k, caps.alignment,
+                                                             caps.bool_bytes),
+                                             caps.alignment, caps.bool_bytes),
               "pack temporaries into one arena by liveness, at the target's alignment",
               check=_check_planned, show=3),
         Stage("codegen", lambda p: generate(p.kernels, p.plan, target),
@@ -85,7 +87,7 @@ def codegen_stages(target: Target) -> list[Stage]:
 
 def _check_planned(planned: Planned) -> None:
     verify_kernels(planned.kernels)
-    planned.plan.check(planned.kernels, planned.alignment)
+    planned.plan.check(planned.kernels, planned.alignment, planned.bool_bytes)
 
 
 def _check_program(program: Any) -> None:

@@ -40,7 +40,16 @@ class Capabilities:
     alignment: int = 64
     """Byte alignment of every buffer in the arena (WebGPU binds storage at 256)."""
     float64: bool = True
+    """Whether float64 tensors can be computed (WGSL has no 64-bit types: refused there)."""
     int64: bool = True
+    """Whether int64 arithmetic is native; without it int64 values are computed in 32 bits
+    and a generator must refuse what that would change (see codegen/wgsl.py)."""
+    bool_bytes: int = 1
+    """Bytes a bool takes in the target's buffers (WebGPU has no byte stores: 4)."""
+    max_kernel_buffers: int = 0
+    """Buffers one kernel may bind (WebGPU: storage buffers per shader stage); 0: no limit."""
+    max_grid: int = 0
+    """Work-groups per grid dimension (WebGPU: 65,535); 0: no limit."""
     local_memory_bytes: int = 0
     """Work-group shared memory a schedule may stage tiles in (0: none)."""
     max_workgroup_size: int = 0
@@ -74,7 +83,10 @@ class Capabilities:
         a = self.alignment
         if type(a) is not int or a <= 0 or a & (a - 1):
             fail("alignment", "a positive power of two")
-        for name in ("local_memory_bytes", "max_workgroup_size", "inline_unfold_limit"):
+        if self.bool_bytes not in (1, 4):
+            fail("bool_bytes", "1 or 4")
+        for name in ("local_memory_bytes", "max_workgroup_size", "inline_unfold_limit",
+                     "max_kernel_buffers", "max_grid"):
             if type(getattr(self, name)) is not int or getattr(self, name) < 0:
                 fail(name, "a non-negative int")
 
@@ -174,6 +186,15 @@ def _reference_capabilities() -> Capabilities:
     return Capabilities()
 
 
+def _probe(path: str) -> Callable[[], Capabilities]:
+    """A probe imported on first use (a GPU target's generator module reads the device's
+    limits, or the API's defaults when no device is present)."""
+    def probe() -> Capabilities:
+        return load_named(path)()
+    probe.__qualname__ = f"probe[{path}]"
+    return probe
+
+
 _TABLE: dict[str, Target] = {}
 
 
@@ -214,6 +235,18 @@ def default_target() -> str:
     return "llvm" if importlib.util.find_spec("llvmlite") is not None else "reference"
 
 
+def target_for_device(kind: str) -> str:
+    """The target whose programs run on device kind `kind` ("cpu" -> the default target,
+    "opencl" -> "opencl", ...); ValueError when no registered target runs there."""
+    if kind == "cpu":
+        return default_target()
+    for name, target in _TABLE.items():
+        if target.device == kind and target.generator is not None:
+            return name
+    raise ValueError(f"no compiler target generates code for device {kind!r}; targets: "
+                     f"{sorted(_TABLE)}")
+
+
 def target_names() -> list[str]:
     """The registered target names."""
     return sorted(_TABLE)
@@ -224,6 +257,16 @@ BUILTIN = (
         "llvm", "cpu", _cpu_capabilities, "neurenix.compiler.codegen.llvm:generate",
         "neurenix.runtime.cpu", source_suffix=".ll",
         description="native CPU code through LLVM (llvmlite)")),
+    register_target(Target(
+        "opencl", "opencl", _probe("neurenix.compiler.codegen.opencl:capabilities"),
+        "neurenix.compiler.codegen.opencl:generate", "neurenix.runtime.opencl",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cl",
+        description="OpenCL C kernels from the shared C-family renderer (pyopencl)")),
+    register_target(Target(
+        "webgpu", "webgpu", _probe("neurenix.compiler.codegen.wgsl:capabilities"),
+        "neurenix.compiler.codegen.wgsl:generate", "neurenix.runtime.webgpu",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".wgsl",
+        description="WGSL compute shaders (wgpu-py; a browser through export)")),
     register_target(Target(
         "reference", "cpu", _reference_capabilities, None, None,
         description="the optimised graph run by the NumPy reference evaluator (the oracle)")),

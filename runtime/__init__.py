@@ -29,6 +29,8 @@ import importlib
 
 BACKENDS: dict[str, str] = {
     "cpu": "neurenix.runtime.cpu",
+    "opencl": "neurenix.runtime.opencl",
+    "webgpu": "neurenix.runtime.webgpu",
 }
 
 

@@ -53,6 +53,12 @@ class KernelInfo:
     comment: str = ""
     domain: tuple[int, ...] = ()
     source: str = ""  # the kernel's own source, for per-kernel targets (GPU dialects)
+    grid: tuple[int, ...] = ()
+    """Work-groups (CUDA: blocks) per dimension for a GPU launch; () on the CPU.  A launch
+    with a zero in `grid` does nothing (an empty kernel range)."""
+    block: tuple[int, ...] = ()
+    """Work-items (threads) per work-group, per dimension (as long as `grid`): the OpenCL
+    global size is grid * block, WebGPU dispatches `grid` work-groups."""
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Program:
 
 # ---- serialization: JSON plus raw arrays, strictly validated on the way back ----------------
 
-PROGRAM_FORMAT = 1
+PROGRAM_FORMAT = 2
 DTYPE_NAMES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                          "uint64", "float16", "float32", "float64"})
 _TUPLE = "__tuple__"
@@ -137,7 +143,8 @@ def program_to_json(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
         "buffers": [{"name": b.name, "dtype": b.dtype, "size": int(b.size), "kind": b.kind,
                      "offset": int(b.offset)} for b in program.buffers],
         "kernels": [{"name": k.name, "args": list(k.args), "comment": k.comment,
-                     "domain": [int(d) for d in k.domain], "source": k.source}
+                     "domain": [int(d) for d in k.domain], "source": k.source,
+                     "grid": [int(d) for d in k.grid], "block": [int(d) for d in k.block]}
                     for k in program.kernels],
         "arena_bytes": int(program.arena_bytes),
         "constants": sorted(program.constants),
@@ -243,10 +250,13 @@ def _buffer_from(data: object, arena: int) -> BufferSpec:
 
 
 def _kernel_from(data: object, buffers: set[str]) -> KernelInfo:
-    d = _fields(data, "kernel", {"name", "args", "comment", "domain", "source"})
+    d = _fields(data, "kernel", {"name", "args", "comment", "domain", "source", "grid",
+                                 "block"})
     _check(all(type(d[k]) is str for k in ("name", "comment", "source")), "kernel strings")
     args = _list(d["args"], "kernel args")
     _check(all(type(a) is str and a in buffers for a in args),
            f"kernel {d['name']!r} takes an unknown buffer")
+    grid, block = _shape(d["grid"], "grid"), _shape(d["block"], "block")
+    _check(len(grid) == len(block) <= 3, f"kernel {d['name']!r} launch geometry")
     return KernelInfo(d["name"], tuple(args), d["comment"], _shape(d["domain"], "domain"),
-                      d["source"])
+                      d["source"], grid, block)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..types import DType, bool_
 from .affine import affine
 from .ir import Kernel, KernelGraph, Load
 
@@ -52,7 +53,7 @@ class MemoryPlan:
         return (f"arena {self.arena_bytes} B (naive {self.naive_bytes} B, lower bound "
                 f"{self.lower_bound_bytes} B, {len(self.inplace)} in place)")
 
-    def check(self, kernels: KernelGraph, alignment: int = ALIGN) -> None:
+    def check(self, kernels: KernelGraph, alignment: int = ALIGN, bool_bytes: int = 1) -> None:
         """Raise ValueError unless the plan is sound for `kernels`: every temporary placed
         at a multiple of `alignment` inside the arena, and no two temporaries live at the
         same time overlapping (an in-place output shares its input's storage by design)."""
@@ -69,7 +70,8 @@ class MemoryPlan:
         extent = {}
         for n in temps:
             buf = kernels.buffers[n]
-            start, end = self.offsets[n], self.offsets[n] + buf.size * buf.dtype.itemsize
+            start, end = self.offsets[n], self.offsets[n] + buf.size * itemsize(buf.dtype,
+                                                                                  bool_bytes)
             if start % alignment or end > self.arena_bytes:
                 raise ValueError(f"memory plan: {n!r} at [{start}, {end}) is not aligned to "
                                  f"{alignment} or leaves the {self.arena_bytes}-byte arena")
@@ -84,6 +86,12 @@ class MemoryPlan:
                 if sa < eb and sb < ea and fa <= lb and fb <= la:
                     raise ValueError(f"memory plan: {a!r} and {b!r} are live together (kernels "
                                      f"{fa}-{la} and {fb}-{lb}) and overlap in the arena")
+
+
+def itemsize(dtype: DType, bool_bytes: int = 1) -> int:
+    """Bytes per element of `dtype` in a target's memory: the host's, except bool, which a
+    target without byte stores keeps in `bool_bytes` (WebGPU: a 4-byte word)."""
+    return bool_bytes if dtype == bool_ else dtype.itemsize
 
 
 def aligned(nbytes: int, alignment: int = ALIGN) -> int:
@@ -161,7 +169,8 @@ def inplace_candidates(kernel: Kernel) -> list[tuple[str, str]]:
         for inp in kernel.inputs:
             if inp.name in out_names or inp.size != size:
                 continue
-            if inp.dtype.itemsize != out.dtype.itemsize:
+            if inp.dtype.itemsize != out.dtype.itemsize or \
+                    (inp.dtype == bool_) != (out.dtype == bool_):
                 continue
             if any(ld.buffer == out.name for ld in loads):
                 continue
@@ -195,16 +204,18 @@ def _find_inplace(schedule: KernelGraph, intervals: dict[str, tuple[int, int]]) 
     return inplace
 
 
-def plan_memory(schedule: KernelGraph, alignment: int = ALIGN) -> MemoryPlan:
+def plan_memory(schedule: KernelGraph, alignment: int = ALIGN,
+                bool_bytes: int = 1) -> MemoryPlan:
     """Place every temporary of `schedule` in one arena, each at a multiple of `alignment`
-    bytes (a positive power of two; see the module docstring)."""
+    bytes (a positive power of two; see the module docstring), bools taking `bool_bytes`."""
     if alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"plan_memory: alignment must be a positive power of two, got "
                          f"{alignment}")
     temps = schedule.temporaries()
     intervals = liveness(schedule)
-    nbytes = {n: aligned(schedule.buffers[n].size * schedule.buffers[n].dtype.itemsize,
-                         alignment) for n in temps}
+    nbytes = {n: aligned(schedule.buffers[n].size * itemsize(schedule.buffers[n].dtype,
+                                                             bool_bytes), alignment)
+              for n in temps}
     inplace = _find_inplace(schedule, intervals)
 
     root = {n: n for n in temps}
