@@ -376,12 +376,30 @@ def square(x: Tensor) -> Tensor:
     return mul(x, x)
 
 
+def _corrected(rough: Tensor, exact: Tensor) -> Tensor:
+    """`exact`'s value with `rough`'s gradient: rough + stop_gradient(exact - rough), the
+    correction dropped where it is NaN (infinities, NaN inputs: `rough` is right there)."""
+    fix = sub(exact, rough)
+    return add(rough, stop_gradient(where(ne(fix, fix), 0.0, fix)))
+
+
 def log1p(x: Tensor) -> Tensor:
-    return log(add(_float_input(x, "log1p"), 1.0))
+    """log(1 + x), accurate for small x: log(u) * x / (u - 1) with u = 1 + x cancels the
+    rounding of u (Goldberg); the gradient is log(1 + x)'s, 1 / (1 + x)."""
+    x = _float_input(x, "log1p")
+    u = add(x, 1.0)
+    rough = log(u)
+    d = sub(u, 1.0)
+    return _corrected(rough, where(eq(d, 0.0), x, mul(rough, div(x, d))))
 
 
 def expm1(x: Tensor) -> Tensor:
-    return sub(exp(x), 1.0)
+    """exp(x) - 1, accurate for small x: (u - 1) * x / log(u) with u = exp(x) (Kahan); the
+    gradient is exp(x)'s."""
+    u = exp(x)
+    rough = sub(u, 1.0)
+    exact = where(eq(u, 1.0), x, where(eq(rough, -1.0), -1.0, mul(rough, div(x, log(u)))))
+    return _corrected(rough, exact)
 
 
 def detach(x: Tensor) -> Tensor:

@@ -817,3 +817,22 @@ def test_relu_costs_what_it_did_compiled():
     f(nx.randn(4, 8)).backward()
     saved = [str(o.type) for o in f.graph.outputs[1:]]
     assert sorted(saved) == ["f32[4,16]", "i1[4,16]", "i1[4,16]"], saved
+
+
+def test_log1p_and_expm1_are_accurate_for_small_inputs_eager_and_compiled():
+    """Regression: they were log(1 + x) and exp(x) - 1, 4.6% off at 1e-6 (PyTorch: exact)."""
+    import torch
+    xs = np.array([1e-30, 1e-10, 1e-7, 1e-6, -1e-6, 1e-4, 0.3, -0.5, 1, 5, -1, -2, 88.0, 88.7,
+                   -100.0, 0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)
+    for name, grad in (("log1p", lambda x: 1 / (1 + x)), ("expm1", np.exp)):
+        want = getattr(torch, name)(torch.tensor(xs)).numpy()
+        t = nx.Tensor(xs, requires_grad=True)
+        got = getattr(t, name)()
+        got.sum().backward()
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=4e-7, atol=0)
+        compiled = nx.compile(lambda v, name=name: getattr(v, name)())(nx.Tensor(xs))
+        np.testing.assert_allclose(compiled.numpy(), want, rtol=4e-7, atol=0)
+        finite = np.isfinite(xs) & (xs > -1)
+        with np.errstate(all="ignore"):
+            exact = grad(xs.astype(np.float64))
+        np.testing.assert_allclose(t.grad.numpy()[finite], exact[finite], rtol=2e-7)
