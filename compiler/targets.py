@@ -42,8 +42,8 @@ class Capabilities:
     float64: bool = True
     """Whether float64 tensors can be computed (WGSL has no 64-bit types: refused there)."""
     int64: bool = True
-    """Whether int64 arithmetic is native; without it int64 values are computed in 32 bits
-    and a generator must refuse what that would change (see codegen/wgsl.py)."""
+    """Whether int64 arithmetic is native; without it the generator emulates it exactly
+    (WGSL: two 32-bit words, codegen/wgsl_int64.py)."""
     bool_bytes: int = 1
     """Bytes a bool takes in the target's buffers (WebGPU has no byte stores: 4)."""
     max_kernel_buffers: int = 0

@@ -12,9 +12,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from neurenix.compiler.ops import Primitive
 
 from . import state
+from .tensor import version_of
 
 if TYPE_CHECKING:
     from .tensor import Tensor
@@ -60,7 +63,7 @@ class FunctionNode:
         self.inputs = inputs
         self.num_outputs = num_outputs
         self.backward_fn = backward_fn
-        self.versions = tuple(t._version for t in inputs)
+        self.versions = tuple(version_of(t) for t in inputs)
 
     def edges(self) -> list[tuple | None]:
         return [_edge(t) for t in self.inputs]
@@ -100,8 +103,10 @@ def _edge(t: Tensor) -> tuple | None:
 
 
 def _check_versions(node: Any) -> None:
+    """Refuse a node whose input changed in place since it was recorded (on a device: through
+    any alias of the input's storage, `tensor.version_of`)."""
     for t, v in zip(node.inputs, node.versions):
-        if t._version != v:
+        if (t._version if type(t._data) is np.ndarray else version_of(t)) != v:
             raise RuntimeError(f"backward: a tensor of shape {tuple(t.shape)} used by "
                                f"{node.name} was modified in place after it was used; "
                                "its gradient would be wrong. Use an out-of-place operation "

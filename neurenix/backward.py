@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from neurenix.compiler.trace import TraceError
 
 from . import state
-from .dispatch import EAGER, ones_array
-from .tensor import Tensor
+from .dispatch import EAGER, apply, ones
+from .tensor import HostConstant, Tensor, move_storage
 
 
 def backward(root: Tensor, gradient: Tensor | None = None, retain_graph: bool | None = None,
@@ -35,9 +37,9 @@ def backward(root: Tensor, gradient: Tensor | None = None, retain_graph: bool | 
         if root.numel() != 1:
             raise RuntimeError(f"backward: grad can be implicitly created only for scalar "
                                f"outputs; got shape {tuple(root.shape)}; pass gradient=")
-        gradient = Tensor._wrap(ones_array(root.shape, root.dtype))
+        gradient = ones(root.shape, root.dtype, root._device)
     elif not isinstance(gradient, Tensor):
-        gradient = Tensor(gradient, dtype=root.dtype)
+        gradient = Tensor(gradient, dtype=root.dtype, device=root._device)
     if tuple(gradient.shape) != tuple(root.shape):
         raise ValueError(f"backward: gradient of shape {tuple(gradient.shape)} does not match "
                          f"the tensor's shape {tuple(root.shape)}")
@@ -92,12 +94,23 @@ def _dependencies(root_node: Any) -> dict[int, int]:
 
 
 def _accumulate(t: Tensor, g: Tensor, create_graph: bool) -> None:
+    """Add `g` to t's gradient, which lives on t's device (`g` is moved there first)."""
     # the stored gradient itself: an eager backward never goes through a trace's .grad
+    if g._device != t._device or type(g._data) is HostConstant:
+        g = _placed(g, t)
     if not create_graph:
         g = g.detach()
     if t._grad is None:
         t._grad = g if create_graph else g.clone()
     elif create_graph:
         t._grad = t._grad + g
-    else:
+    elif type(t._grad._data) is np.ndarray:
         t._grad._set_host(t._grad._host() + g._host())
+    else:
+        t._grad._set_storage(apply("add", t._grad, g)._data)
+
+
+def _placed(g: Tensor, t: Tensor) -> Tensor:
+    """A gradient that is not where its tensor is (a fill a gradient rule made for a device
+    tensor): its values on t's device, as a plain tensor there."""
+    return Tensor._wrap(move_storage(np.array(g._host()), t._device), g._dtype, t._device)

@@ -14,18 +14,19 @@ from neurenix.compiler.types import DType, bool_, float32, int64
 
 from . import random
 from .call_site import user_source
-from .device import as_device
+from .device import CPU, Device, as_device
 from .dispatch import apply
 from .shapes import shape_args
 from .state import is_tracing
-from .tensor import Tensor
+from .tensor import Tensor, storage_on
 
 
 def _make(array: np.ndarray, dtype: DType, device: Any, requires_grad: bool) -> Tensor:
+    """A new leaf holding `array` as `dtype` on `device` (uploaded there)."""
     # asarray, not ascontiguousarray: the latter turns a 0-d array into shape (1,)
-    t = Tensor._wrap(np.asarray(array, dtype=dtype.np_type, order="C"), dtype)
-    if device is not None:
-        t._device = as_device(device, check=True)
+    values = np.asarray(array, dtype=dtype.np_type, order="C")
+    place = CPU if device is None else as_device(device, check=True)
+    t = Tensor._wrap(values if place == CPU else storage_on(values, place), dtype, place)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -122,12 +123,18 @@ def _floating_dtype(dtype: DType | None, op: str) -> DType:
     return dtype
 
 
-def _finish(t: Tensor, dtype: DType, device: Any, requires_grad: bool) -> Tensor:
-    """A drawn tensor as `dtype` on `device`, a leaf that requires grad when asked."""
+def _place(device: Any) -> Device | None:
+    """Where a draw is made: None for the CPU, else the (available) device."""
+    if device is None:
+        return None
+    place = as_device(device, check=True)
+    return None if place == CPU else place
+
+
+def _finish(t: Tensor, dtype: DType, requires_grad: bool) -> Tensor:
+    """A drawn tensor as `dtype`, a leaf that requires grad when asked."""
     if t.dtype != dtype:
         t = apply("cast", t, dtype=dtype.name)
-    if device is not None:
-        t._device = as_device(device, check=True)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -138,7 +145,7 @@ def randn(*size, dtype: DType | None = None, device: Any = None,
     """Standard normal samples of the given shape (fresh per call, also when compiled)."""
     shape = _check_shape(shape_args(size, "randn"), "randn")
     dtype = _floating_dtype(dtype, "randn")
-    return _finish(random.normal(shape, dtype), dtype, device, requires_grad)
+    return _finish(random.normal(shape, dtype, _place(device)), dtype, requires_grad)
 
 
 def rand(*size, dtype: DType | None = None, device: Any = None,
@@ -146,7 +153,7 @@ def rand(*size, dtype: DType | None = None, device: Any = None,
     """Uniform samples in [0, 1) of the given shape (fresh per call, also when compiled)."""
     shape = _check_shape(shape_args(size, "rand"), "rand")
     dtype = _floating_dtype(dtype, "rand")
-    return _finish(random.uniform(shape, dtype), dtype, device, requires_grad)
+    return _finish(random.uniform(shape, dtype, _place(device)), dtype, requires_grad)
 
 
 def _integral(value: Any, what: str) -> int:
@@ -173,7 +180,7 @@ def randint(low: int, high: int | None = None, size=None, dtype: DType | None = 
         raise ValueError(f"randint: low={low}, high={high} is outside int64 (high - low must be "
                          f"below 2**63)")
     shape = _check_shape(shape_args((size,), "randint"), "randint")
-    return _finish(random.integers(low, high, shape), dtype or int64, device, False)
+    return _finish(random.integers(low, high, shape, _place(device)), dtype or int64, False)
 
 
 def randperm(n: int, dtype: DType | None = None) -> Tensor:
@@ -186,10 +193,10 @@ def randperm(n: int, dtype: DType | None = None) -> Tensor:
 
 
 def rand_like(x: Tensor) -> Tensor:
-    """Uniform samples in [0, 1) with x's shape and dtype."""
-    return rand(x.shape, dtype=x.dtype)
+    """Uniform samples in [0, 1) with x's shape, dtype and device."""
+    return rand(x.shape, dtype=x.dtype, device=x.device)
 
 
 def randn_like(x: Tensor) -> Tensor:
-    """Standard normal samples with x's shape and dtype."""
-    return randn(x.shape, dtype=x.dtype)
+    """Standard normal samples with x's shape, dtype and device."""
+    return randn(x.shape, dtype=x.dtype, device=x.device)

@@ -45,9 +45,9 @@ class Device:
         return self.type.value if self.type == DeviceType.CPU else f"{self.type.value}:{self.index}"
 
     def is_available(self) -> bool:
-        """Whether this machine has a working backend for the device type."""
-        return runtime.is_available(self.type.value) and (self.type != DeviceType.CPU
-                                                          or self.index == 0)
+        """Whether this machine has a working backend for the device type (index 0 only:
+        each backend drives one device)."""
+        return self.index == 0 and runtime.is_available(self.type.value)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, str):
@@ -74,9 +74,21 @@ def as_device(device: Any, check: bool = False) -> Device:
         raise TypeError(f"expected a Device, DeviceType or device string, got {device!r}")
     if check and not dev.is_available():
         have = ", ".join(d.name for d in get_available_devices())
-        raise ValueError(f"device {dev.name} is not available on this machine "
-                         f"(available: {have})")
+        if dev.index == 0:
+            raise ValueError(f"{dev.type.value} is not available: "
+                             f"{unavailable_reason(dev.type.value)} (available: {have})")
+        raise ValueError(f"device {dev.name} is not available on this machine: each backend "
+                         f"drives device 0 only (available: {have})")
     return dev
+
+
+def unavailable_reason(kind: str) -> str:
+    """Why the backend of device kind `kind` cannot run here, in the runtime's words."""
+    try:
+        reason = runtime.backend_module(kind).unavailable_reason()
+    except Exception as e:  # noqa: BLE001  (no backend, or its import failed: that is the reason)
+        reason = f"{type(e).__name__}: {e}"
+    return reason or "its runtime reports no device"
 
 
 def get_available_devices() -> list[Device]:

@@ -12,11 +12,12 @@ from neurenix.compiler.types import bool_, int64
 
 from .call_site import user_source
 from .checks import check_range
+from .device_ops import current
 from .dispatch import apply
 from .elementwise import add, as_tensor, broadcast_shapes, lt, mul, where
 from .shapes import broadcast_to, permute, reshape
 from .state import current_trace, is_grad_enabled, suspended
-from .tensor import Tensor
+from .tensor import HostConstant, Tensor, storage_on
 
 
 class _Advanced:
@@ -212,8 +213,9 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         raise TraceError(f"an assignment whose index holds a traced tensor at {user_source()} "
                          f"cannot be traced") from e
     v = value if isinstance(value, Tensor) else Tensor(np.asarray(value))
+    v = as_tensor(v, x.dtype)  # its errors are its own (a dtype the device cannot convert)
     try:
-        v = broadcast_to(as_tensor(v, x.dtype), positions.shape)
+        v = broadcast_to(v, positions.shape)
     except ValueError:
         raise ValueError(f"__setitem__: cannot assign a value of shape {tuple(v.shape)} to "
                          f"an indexed region of shape {tuple(positions.shape)}") from None
@@ -229,7 +231,7 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         return
     # plain data (positions were computed eagerly), also inside a trace
     pos = positions._host().reshape(-1)
-    flat_v = reshape(v, (-1,))
+    flat_v = reshape(_placed(v, x), (-1,))
     if np.unique(pos).size != pos.size:  # repeated positions: the last assignment wins
         _, first_from_end = np.unique(pos[::-1], return_index=True)
         keep = np.sort(pos.size - 1 - first_from_end)
@@ -240,16 +242,38 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     else:
         # x is about to be rebound to the result; record the old value under its own tensor
         # object, or the tape would point from x's new node back to x itself (a cycle)
-        old = Tensor._wrap(x._data, x._dtype)
+        data = x._data if isinstance(x._data, np.ndarray) else current(x)
+        old = Tensor._wrap(data, x._dtype, x._device)
         old._node, old.requires_grad = x._node, x.requires_grad
     mask_data = np.zeros(x.numel(), dtype=bool)
     mask_data[pos] = True
-    scattered = apply("scatter_add", Tensor._wrap(np.zeros(x.numel(), x.dtype.np_type),
-                                                  x.dtype), Tensor._wrap(pos, int64), flat_v,
-                      axis=0)
-    new = reshape(where(Tensor._wrap(mask_data, bool_), scattered, reshape(old, (-1,))),
+    zeros = _made(np.zeros(x.numel(), x.dtype.np_type), x)
+    scattered = apply("scatter_add", Tensor._wrap(zeros, x.dtype), Tensor._wrap(pos, int64),
+                      flat_v, axis=0)
+    new = reshape(where(Tensor._wrap(_made(mask_data, x), bool_), scattered,
+                        reshape(old, (-1,))),
                   x.shape)
     if trace is not None:
         trace.write(x, new)
         return
-    x._data, x._node, x.requires_grad = new._data, new._node, new.requires_grad
+    if isinstance(x._data, np.ndarray):
+        x._data = new._data
+    else:
+        x._set_storage(new._data)
+    x._node, x.requires_grad = new._node, new.requires_grad
+
+
+def _made(array: np.ndarray, x: Tensor) -> np.ndarray:
+    """A host array the assignment made for itself: a `HostConstant` when x is on a device
+    (so that the operation there takes it along)."""
+    return array if type(x._data) is np.ndarray or x._data is None else array.view(HostConstant)
+
+
+def _placed(v: Tensor, x: Tensor) -> Tensor:
+    """The assigned value on x's device: a CPU value (a list, an array, a CPU tensor that needs
+    no gradient) assigned into a device tensor is uploaded, as PyTorch's copy into it is."""
+    if type(v._data) is np.ndarray and not v.requires_grad and x._device != v._device and \
+            x._data is not None and not isinstance(x._data, np.ndarray):
+        return Tensor._wrap(storage_on(np.ascontiguousarray(v._host()), x._device), v._dtype,
+                            x._device)
+    return v

@@ -2,7 +2,11 @@
 
 The result is computed by the ordinary operation, then written into x's own array, so every
 alias of x (a variable bound to the same tensor, a NumPy view of its data) sees it; a manual
-`with no_grad(): p -= lr * p.grad` updates the parameter.  Autograd as in PyTorch: a leaf that
+`with no_grad(): p -= lr * p.grad` updates the parameter.  On a device the operation runs
+there and the result's buffer replaces the buffer of x's storage (device buffers are never
+written; `neurenix.tensor.Storage`): every alias of x sees it (a `detach()`, a `state_dict()`
+entry, a view of x, or, when x is a view, its base: the view's elements are written into the
+base's storage).  Autograd as in PyTorch: a leaf that
 requires grad is refused under grad mode; for a non-leaf, x takes the result's place in the
 graph (computed from a copy of x's old value, so the tape has no cycle) and its version is
 bumped, so a backward through an earlier use of x refuses a wrong gradient.  Inside a trace the
@@ -18,8 +22,10 @@ import numpy as np
 
 from neurenix.compiler.types import bool_
 
+from .device_ops import current
+from .dispatch import EAGER
 from .elementwise import add, cast, clamp, div, mul, sub
-from .state import current_trace, is_grad_enabled
+from .state import current_trace, is_grad_enabled, no_grad
 from .tensor import Tensor
 
 Binary = Callable[[Any, Any], Tensor]
@@ -37,15 +43,21 @@ def apply_inplace(x: Tensor, fn: Binary, other: Any, name: str) -> Tensor:
             return x
     grad = x.requires_grad or isinstance(other, Tensor) and other.requires_grad
     if grad and is_grad_enabled():
-        old = Tensor._wrap(np.array(x._host(), copy=True), x._dtype)
+        old = Tensor._wrap(_snapshot(x), x._dtype, x._device)
         old._node, old.requires_grad = x._node, x.requires_grad
         result = _checked(x, fn(old, old if other is x else other), name)
-        _store(x, result._host())
+        _store(x, result)
         x._node, x.requires_grad = result._node, result.requires_grad
     else:
-        _store(x, _checked(x, fn(x, other), name)._host())
+        _store(x, _checked(x, fn(x, other), name))
     x._version += 1
     return x
+
+
+def _snapshot(x: Tensor) -> object:
+    """x's values as they are now: a copy of a host array, a device buffer itself."""
+    data = x._data
+    return np.array(data, copy=True) if isinstance(data, np.ndarray) else current(x)
 
 
 def _checked(x: Tensor, result: Tensor, name: str) -> Tensor:
@@ -63,13 +75,19 @@ def _checked(x: Tensor, result: Tensor, name: str) -> Tensor:
     return cast(result, x.dtype)
 
 
-def _store(x: Tensor, values: np.ndarray) -> None:
-    current = x._host()
-    if current.flags.writeable:
-        np.copyto(current, values, casting="unsafe")
-        x._set_host(current)
+def _store(x: Tensor, result: Tensor) -> None:
+    """Write `result` (x's shape and dtype) into x: into its host array, or as its storage
+    on a device."""
+    data = x._data
+    if not isinstance(data, np.ndarray):
+        if type(result._data) is type(data):
+            x._set_storage(result._data)
+        else:
+            x._set_host(np.asarray(result._host()))
+    elif data.flags.writeable:
+        np.copyto(data, result._host(), casting="unsafe")
     else:  # a broadcast or window view: the tensor takes a private array
-        x._set_host(np.array(values, dtype=x._dtype.np_type))
+        x._data = np.array(result._host(), dtype=x._dtype.np_type)
 
 
 def add_(x: Tensor, other: Any, *, alpha: float = 1) -> Tensor:
@@ -92,3 +110,60 @@ def div_(x: Tensor, other: Any) -> Tensor:
 
 def clamp_(x: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
     return apply_inplace(x, lambda a, _: clamp(a, min, max), None, "clamp_")
+
+
+def copy_(x: Tensor, src: Tensor | Any) -> Tensor:
+    """Overwrite x's values with src's (broadcast and cast to x's dtype), on x's device."""
+    x._check_inplace("copy_")
+    x._version += 1
+    trace = current_trace()
+    if trace is not None and trace.write(x, src):
+        return x
+    if isinstance(x._data, np.ndarray):
+        _copy_host(x, src._host() if isinstance(src, Tensor) else np.asarray(src))
+        return x
+    if not isinstance(src, Tensor) or type(src._data) is not type(x._data):
+        values = np.asarray(src._host() if isinstance(src, Tensor) else src)
+        _check_broadcast(x, values.shape)
+        x._set_host(np.broadcast_to(values, x.shape).astype(x._dtype.np_type))
+        return x
+    _check_broadcast(x, tuple(src.shape))
+    with no_grad():
+        value = EAGER.broadcast_to(src, tuple(x.shape))
+        if value.dtype != x.dtype:
+            value = cast(value, x.dtype)
+    x._set_storage(value._data)  # device buffers are never written: sharing src's is a copy
+    return x
+
+
+def _check_broadcast(x: Tensor, shape: tuple[int, ...]) -> None:
+    try:
+        fits = np.broadcast_shapes(shape, tuple(x.shape)) == tuple(x.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"copy_: cannot copy a tensor of shape {tuple(shape)} into one of "
+                         f"shape {tuple(x.shape)}")
+
+
+def _copy_host(x: Tensor, value: np.ndarray) -> None:
+    values = x._data
+    try:
+        np.copyto(values, np.broadcast_to(value, x.shape), casting="unsafe")
+    except ValueError:
+        raise ValueError(f"copy_: cannot copy a tensor of shape {tuple(np.shape(value))} "
+                         f"into one of shape {tuple(x.shape)}") from None
+    except TypeError:
+        values = np.array(values)  # a read-only view: take a private copy first
+        np.copyto(values, np.broadcast_to(value, x.shape), casting="unsafe")
+        x._data = values
+
+
+def fill_(x: Tensor, value: Any) -> Tensor:
+    """Set every element of x to `value`."""
+    return copy_(x, np.asarray(value))
+
+
+def zero_(x: Tensor) -> Tensor:
+    """Set every element of x to 0."""
+    return copy_(x, np.asarray(0))

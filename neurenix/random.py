@@ -24,6 +24,13 @@ Eager and compiled values agree bit for bit where only exactly rounded operation
 also uses log, whose float32 code on the LLVM backend is a polynomial within 2 ulp of NumPy's,
 so there they agree to float rounding (a few ulp), and bit for bit on the reference backend.
 
+On a device (`device=` of the draws) the same primitives run there, one program each, from
+an uploaded seed: a draw on a device consumes the seeds a CPU draw would and gives the same
+numbers (to float rounding where `normal`'s log is involved).  `integers` computes in float64;
+on a device without float64 (WebGPU) it is drawn on the host and uploaded.  A seed drawn
+without a device is a `HostConstant`, so a mask made from it (dropout's) joins a device
+operation as a constant would.
+
 `generator()` (a NumPy generator seeded by `manual_seed`) remains for host-side draws that are
 never traced: parameter initialisation, `randperm`, estimator shuffling.
 """
@@ -34,13 +41,15 @@ import math
 import numpy as np
 
 from neurenix.compiler.ops import REGISTRY
+from neurenix.compiler.targets import get_target, target_for_device
 from neurenix.compiler.types import DType, dtype_from_numpy, float32, float64, int64
 
 from . import elementwise as ew
+from .device import Device
 from .dispatch import apply
 from .shapes import unbind
 from .state import current_trace, is_tracing
-from .tensor import Tensor
+from .tensor import HostConstant, Tensor, storage_on
 
 _STATE = {"rng": np.random.default_rng()}
 
@@ -67,20 +76,29 @@ def next_seed() -> int:
     return int(_STATE["rng"].integers(0, 2**63 - 1))
 
 
-def seed_tensor() -> Tensor:
-    """An int64 seed for a random primitive: fresh eagerly, a per-call graph input traced."""
+def seed_tensor(device: Device | None = None) -> Tensor:
+    """An int64 seed for a random primitive: fresh eagerly (on `device`; without one a host
+    constant), a per-call graph input traced."""
     trace = current_trace()
     if trace is None:
-        return Tensor._wrap(np.asarray(next_seed(), dtype=np.int64), int64)
+        seed = np.asarray(next_seed(), dtype=np.int64)
+        if device is None:
+            return Tensor._wrap(seed.view(HostConstant), int64)
+        return Tensor._wrap(storage_on(seed, device), int64, device)
     return trace.seed()
 
 
 class _Tensors:
-    """The draws as tensor operations: what a trace records (one node per primitive)."""
+    """The draws as tensor operations: what a trace records (one node per primitive), and
+    what runs on a device (`device`: where the seed is uploaded)."""
+
+    def __init__(self, device: Device | None = None) -> None:
+        self.device = device
 
     def words(self, count: int, shape: tuple[int, ...], dtype: DType) -> tuple[Tensor, ...]:
         """`count` independent tensors of uniform words of `shape`, all from one fresh seed."""
-        draw = apply("rng_uniform", seed_tensor(), shape=(count, *shape), dtype=dtype.name)
+        draw = apply("rng_uniform", seed_tensor(self.device), shape=(count, *shape),
+                     dtype=dtype.name)
         return unbind(draw, 0)
 
     add, sub, mul, minimum = (staticmethod(f) for f in (ew.add, ew.sub, ew.mul, ew.minimum))
@@ -122,8 +140,10 @@ class _Arrays:
         return Tensor._wrap(np.asarray(value, order="C"), dtype_from_numpy(value.dtype))
 
 
-def _ops() -> _Tensors | _Arrays:
-    return _TENSORS if is_tracing() else _ARRAYS
+def _ops(device: Device | None) -> _Tensors | _Arrays:
+    if is_tracing():
+        return _TENSORS
+    return _ARRAYS if device is None else _Tensors(device)
 
 
 _TENSORS, _ARRAYS = _Tensors(), _Arrays()
@@ -134,9 +154,11 @@ def _fine(ops, hi, lo):
     return ops.add(hi, ops.mul(lo, WORD))
 
 
-def uniform(shape: tuple[int, ...], dtype: DType = float32) -> Tensor:
-    """Uniform samples in [0, 1) of a floating `dtype` (24 bits for float32, 48 for float64)."""
-    ops = _ops()
+def uniform(shape: tuple[int, ...], dtype: DType = float32,
+            device: Device | None = None) -> Tensor:
+    """Uniform samples in [0, 1) of a floating `dtype` (24 bits for float32, 48 for float64),
+    drawn on `device` (None: the CPU)."""
+    ops = _ops(device)
     if dtype == float64:
         return ops.tensor(_fine(ops, *ops.words(2, shape, float64)))
     return ops.tensor(ops.words(1, shape, dtype)[0])
@@ -152,13 +174,15 @@ def _sin(ops, x, dtype: DType):
     return ops.mul(x, ops.add(acc, 1.0))
 
 
-def normal(shape: tuple[int, ...], dtype: DType = float32) -> Tensor:
+def normal(shape: tuple[int, ...], dtype: DType = float32,
+           device: Device | None = None) -> Tensor:
     """Standard normal samples (Box-Muller: sqrt(-2 log v) * cos(pi u), v = 1 - u1 in (0, 1]).
 
     cos of an angle uniform on [0, pi) has the distribution of cos on [0, 2 pi), and cos(pi u) =
     -sin(pi (u - 1/2)) with the sign immaterial, so one odd polynomial on [-pi/2, pi/2) serves.
+    Drawn on `device` (None: the CPU).
     """
-    ops = _ops()
+    ops = _ops(device)
     if dtype == float64:
         w = ops.words(4, shape, float64)
         u1, u2 = _fine(ops, w[0], w[1]), _fine(ops, w[2], w[3])
@@ -168,11 +192,21 @@ def normal(shape: tuple[int, ...], dtype: DType = float32) -> Tensor:
     return ops.tensor(ops.mul(radius, _sin(ops, ops.mul(ops.sub(u2, 0.5), math.pi), dtype)))
 
 
-def integers(low: int, high: int, shape: tuple[int, ...]) -> Tensor:
-    """int64 samples uniform on [low, high), low < high (see the module docstring's limits)."""
-    ops = _ops()
+def integers(low: int, high: int, shape: tuple[int, ...],
+             device: Device | None = None) -> Tensor:
+    """int64 samples uniform on [low, high), low < high (see the module docstring's limits),
+    drawn on `device` (None: the CPU; on a device without float64, drawn on the host)."""
+    if device is not None and not is_tracing() and not _has_float64(device):
+        drawn = integers(low, high, shape)
+        return Tensor._wrap(storage_on(drawn._data, device), int64, device)
+    ops = _ops(device)
     span = high - low
     u = _fine(ops, *ops.words(2, shape, float64))
     drawn = ops.cast(ops.floor(ops.mul(u, float(span))), int64)
     # float(span) rounds up for some spans beyond 2**53; the clamp keeps every draw below high
     return ops.tensor(ops.add(ops.minimum(drawn, span - 1), low))
+
+
+def _has_float64(device: Device) -> bool:
+    """Whether code for `device` computes float64."""
+    return get_target(target_for_device(device.type.value)).capabilities.float64

@@ -117,7 +117,8 @@ def _select_at(x: Tensor, indices: Tensor, d: int) -> Tensor:
     Written as a one-hot `where` + sum so the gradient goes to the chosen element only, the
     way PyTorch routes max(dim)'s gradient, and so an inf elsewhere never makes a NaN.
     """
-    ramp = reshape(arange(x.shape[d]), tuple(-1 if i == d else 1 for i in range(x.ndim)))
+    ramp = reshape(arange(x.shape[d], device=x.device),
+                   tuple(-1 if i == d else 1 for i in range(x.ndim)))
     hit = eq(reshape(indices, tuple(1 if i == d else s for i, s in enumerate(x.shape))), ramp)
     return apply("reduce_sum", where(hit, x, 0), axes=(d,))
 

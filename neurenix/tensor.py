@@ -1,24 +1,172 @@
 """`neurenix.Tensor`: a device buffer with a dtype, a shape and autograd metadata.
 
 This module holds the storage and the metadata (dtype, device, autograd and tracing fields)
-and what reads them; it imports no operation.  The operations (`x + y`, `x.sum(1)`, `x[i]`,
-`x.to(...)`, `x.backward()`) are installed onto `Tensor` from one table,
-`neurenix.tensor_methods`, when the package is imported.
+and what reads them; it imports no operation.  Device tensors that share memory (views,
+`detach()`es) share a `Storage` cell through their `Alias`es, so that they alias as NumPy views
+do on the CPU (see `Storage`; `neurenix.device_ops` re-derives stale views on the device).
+The operations (`x + y`, `x.sum(1)`, `x[i]`, `x.to(...)`, `x.backward()`) are installed onto
+`Tensor` from one table, `neurenix.tensor_methods`, when the package is imported.
 """
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from neurenix import runtime
 from neurenix.compiler.types import DType, bool_, dtype_from_numpy, float32, int64
 
 from . import state
 from .call_site import refuse
 from .device import CPU, Device, as_device
 from .state import EPOCH
+
+
+class HostConstant(np.ndarray):
+    """A host array the frontend made for itself (a fill, a ramp of indices, a random mask or
+    seed drawn without a device): its tensor is on the CPU, but an operation with a tensor on
+    a device takes it along (uploaded), as it takes a Python scalar.  Operations on host
+    constants alone give host constants; anything else gives a plain array."""
+
+
+def storage_on(array: np.ndarray, device: Device) -> Any:
+    """`array`'s values as the storage of a tensor on `device`: the array itself on the CPU,
+    a new buffer of the device's runtime elsewhere."""
+    if device.type.value == "cpu":
+        return array
+    buffer = runtime.backend_module(device.type.value).Buffer
+    return buffer.from_host(np.asarray(array, order="C"), device.type.value)
+
+
+class Storage:
+    """The memory that device tensors aliasing each other share (a base, its `detach()`es,
+    its views): the current buffer and a version bumped by every write through any alias.
+    Buffers are never written; a write replaces the storage's buffer.  The tensors holding the
+    whole storage are kept (weakly): a write reaches them at once, and a buffer assigned to
+    one of them directly (`t._data = ...`, as a compiled program's write-back does) is taken
+    up by `sync()`."""
+
+    __slots__ = ("buffer", "version", "holders")
+
+    def __init__(self, buffer: Any) -> None:
+        self.buffer = buffer
+        self.version = 0
+        self.holders: list[weakref.ref] = []
+
+    def hold(self, t: Tensor) -> None:
+        """Register t, a tensor holding the whole storage."""
+        self.holders = [h for h in self.holders if h() is not None]
+        self.holders.append(weakref.ref(t))
+
+    def sync(self) -> None:
+        """Take up a buffer a holder was given directly as a write to the storage."""
+        for ref in self.holders:
+            t = ref()
+            alias = None if t is None else alias_of(t)
+            if alias is not None and alias.storage is self and alias.seen == self.version \
+                    and t._data is not self.buffer and t._data is not None:
+                _replace(alias, t._data)
+
+
+class Alias:
+    """How a device tensor aliases a `Storage`: the view primitives (`recipe`, (Primitive,
+    attrs) pairs) that derive its values from the storage's buffer (none for the whole
+    storage), the storage version its own `_data` was derived at (`seen`) and the one it was
+    made at (`start`, from which `version_of` counts)."""
+
+    __slots__ = ("storage", "recipe", "seen", "start", "_positions")
+
+    def __init__(self, storage: Storage, recipe: tuple = (), seen: int | None = None) -> None:
+        self.storage = storage
+        self.recipe = recipe
+        self.start = storage.version
+        self.seen = self.start if seen is None else seen
+        self._positions: np.ndarray | None = None
+
+    def positions(self) -> np.ndarray:
+        """The flat index into the storage's buffer of each of this view's elements (the
+        recipe run by the NumPy references on a ramp, as the CPU would run it)."""
+        if self._positions is None:
+            shape = self.storage.buffer.shape
+            pos = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
+            for prim, attrs in self.recipe:
+                pos = prim.impl(pos, **attrs)
+            self._positions = pos
+        return self._positions
+
+    def writable_positions(self) -> np.ndarray:
+        """`positions()` flattened; a RuntimeError, as in PyTorch, when elements overlap (an
+        expanded view), since a write to them is ambiguous."""
+        pos = np.ascontiguousarray(self.positions()).reshape(-1)
+        if any(prim.name in _OVERLAPPING for prim, _ in self.recipe) and \
+                np.unique(pos).size != pos.size:
+            raise RuntimeError("unsupported operation: more than one element of the written-to "
+                               "tensor refers to a single memory location (an expanded view); "
+                               "clone() it before the in-place operation")
+        return pos
+
+
+_OVERLAPPING = {"expand", "unfold"}  # view primitives whose elements may share a location
+
+
+def alias_of(t: Tensor) -> Alias | None:
+    """t's `Alias` (None for a tensor that shares its storage with no other)."""
+    return getattr(t, "_alias", None)
+
+
+def shared(t: Tensor) -> Alias:
+    """t's `Alias`, made (t becomes the whole of a new `Storage`) when it has none."""
+    alias = alias_of(t)
+    if alias is None:
+        alias = t._alias = Alias(Storage(t._data))
+        alias.storage.hold(t)
+    return alias
+
+
+def share(t: Tensor, alias: Alias) -> None:
+    """Make t (a new tensor on a device) an alias of `alias`'s values: the same storage and
+    recipe (`detach()`, `.data`)."""
+    t._alias = Alias(alias.storage, alias.recipe, alias.seen)
+    if not alias.recipe:
+        alias.storage.hold(t)
+
+
+def _replace(alias: Alias, buffer: Any) -> None:
+    """A write through `alias`: its storage holds `buffer` from now on, at a new version, and
+    so does every tensor holding the whole storage (they are never stale, even to code that
+    reads `_data` directly, such as a compiled program's arguments); views re-derive theirs
+    when read."""
+    storage = alias.storage
+    storage.buffer = buffer
+    storage.version += 1
+    alias.seen = storage.version
+    for ref in storage.holders:
+        t = ref()
+        held = None if t is None else alias_of(t)
+        if held is not None and held.storage is storage:
+            t._data, held.seen = buffer, storage.version
+
+
+def version_of(t: Tensor) -> int:
+    """t's version for autograd's "modified after use" check: its own in-place updates and,
+    on a device, those through any alias of its storage (PyTorch's shared counter)."""
+    if type(t._data) is np.ndarray:
+        return t._version
+    alias = alias_of(t)
+    return t._version if alias is None else t._version + alias.storage.version - alias.start
+
+
+def move_storage(data: Any, device: Device) -> Any:
+    """A tensor's storage `data` moved to `device` (the storage itself when already there)."""
+    on_cpu = isinstance(data, np.ndarray)
+    if device.type.value == "cpu":
+        return data if on_cpu else data.to_host()
+    if not on_cpu and data.device == device.type.value:
+        return data
+    return storage_on(data if on_cpu else data.to_host(), device)
 
 
 def _array_from(data: Any, dtype: DType | None) -> tuple[np.ndarray, DType]:
@@ -53,11 +201,13 @@ class Tensor:
 
     `_data` is the storage: the NumPy array itself on the CPU, a `runtime.buffer.DeviceBuffer`
     elsewhere, None for a symbolic tensor (which holds its graph value in `_value`).  Values
-    are read through `_host()` and replaced through `_set_host()`.
+    are read through `_host()` and replaced through `_set_host()` (or, with a device buffer,
+    `_set_storage()`).  `_alias` (unset on the CPU and for a device tensor that shares no
+    memory) is its `Alias`: read it with `alias_of`.
     """
 
     __slots__ = ("_data", "_dtype", "_device", "requires_grad", "_grad", "_node",
-                 "_retains_grad", "_version", "_value", "_born", "__weakref__")
+                 "_retains_grad", "_version", "_value", "_born", "_alias", "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray op Tensor` to Tensor's reflected method
 
     def __init__(self, data: Any, dtype: DType | None = None, device: Any = None,
@@ -65,8 +215,11 @@ class Tensor:
         if dtype is not None and not isinstance(dtype, DType):
             raise TypeError(f"Tensor: dtype must be a neurenix dtype such as neurenix.float32, "
                             f"got {dtype!r}")
-        self._data, self._dtype = _array_from(data, dtype)
-        self._device = CPU if device is None else as_device(device, check=True)
+        array, self._dtype = _array_from(data, dtype)
+        if device is None:
+            device = data._device if isinstance(data, Tensor) else CPU
+        self._device = CPU if device is CPU else as_device(device, check=True)
+        self._data = array if self._device == CPU else storage_on(array, self._device)
         self._fresh_state()
         if requires_grad:
             self.requires_grad_(True)
@@ -82,12 +235,13 @@ class Tensor:
         self._born = EPOCH[0]  # see state.use_trace: made in a trace or not
 
     @classmethod
-    def _wrap(cls, array: np.ndarray, dtype: DType | None = None) -> Tensor:
-        """Wrap an array without copying (internal: the array must not be shared mutably)."""
+    def _wrap(cls, array: Any, dtype: DType | None = None, device: Device = CPU) -> Tensor:
+        """Wrap a storage without copying (internal: a host array must not be shared mutably;
+        a device buffer is never written, only replaced)."""
         t = object.__new__(cls)
         t._data = array
         t._dtype = dtype if dtype is not None else dtype_from_numpy(array.dtype)
-        t._device = CPU
+        t._device = device
         t._fresh_state()
         return t
 
@@ -95,16 +249,55 @@ class Tensor:
 
     def _host(self) -> np.ndarray:
         """The values as a host array: the storage itself on the CPU (writes to it are
-        writes to the tensor), a copy of a device buffer's values elsewhere."""
+        writes to the tensor), a copy of a device buffer's values elsewhere (as they are now
+        in the storage it aliases, see `Alias`)."""
         data = self._data
-        return data if isinstance(data, np.ndarray) else data.to_host()
+        if isinstance(data, np.ndarray):
+            return data
+        alias = alias_of(self)
+        if alias is None:
+            return data.to_host()
+        alias.storage.sync()
+        if alias.seen == alias.storage.version:
+            return self._data.to_host()
+        if not alias.recipe:
+            self._data, alias.seen = alias.storage.buffer, alias.storage.version
+            return self._data.to_host()
+        return alias.storage.buffer.to_host().reshape(-1)[alias.positions()]
 
     def _set_host(self, array: np.ndarray) -> None:
-        """Replace the values with the host `array`, kept on the device the storage is on."""
+        """Replace the values with the host `array`, kept on the device the storage is on (a
+        view of a device tensor writes them into the storage it aliases)."""
         data = self._data
-        if not isinstance(data, np.ndarray):
-            array = type(data).from_host(array, data.device)
-        self._data = array
+        if isinstance(data, np.ndarray):
+            self._data = array
+            return
+        buffer = type(data).from_host(array, data.device)
+        alias = alias_of(self)
+        if alias is not None and alias.recipe:
+            self._write_view(alias, array)
+            self._data = buffer
+        else:
+            self._set_storage(buffer)
+
+    def _set_storage(self, buffer: Any) -> None:
+        """Make device `buffer` (this tensor's shape and dtype) its values, seen by every alias
+        of its storage (a view writes them into the storage, through the host)."""
+        alias = alias_of(self)
+        if alias is not None and alias.recipe:
+            self._write_view(alias, buffer.to_host())
+        elif alias is not None:
+            _replace(alias, buffer)
+        self._data = buffer
+
+    def _write_view(self, alias: Alias, values: np.ndarray) -> None:
+        """Write a view's new `values` into the storage it aliases (PyTorch's copy into the
+        base's memory): the storage's buffer with the view's elements replaced."""
+        pos = alias.writable_positions()
+        buffer = alias.storage.buffer
+        base = buffer.to_host()
+        base.reshape(-1)[pos] = np.broadcast_to(values, self.shape).reshape(-1)
+        _replace(alias, type(buffer).from_host(base, buffer.device))
 
     @classmethod
     def _symbolic(cls, value: Any) -> Tensor:
@@ -169,9 +362,13 @@ class Tensor:
     @data.setter
     def data(self, value: Tensor) -> None:
         if not isinstance(value, Tensor):
-            value = Tensor(value, dtype=self._dtype)
+            value = Tensor(value, dtype=self._dtype, device=self._device)
         self._data = value._data
         self._dtype = value._dtype
+        self._device = value._device
+        self._alias = None
+        if not isinstance(value._data, np.ndarray) and value._data is not None:
+            share(self, shared(value))
 
     def dim(self) -> int:
         return self.ndim
@@ -199,12 +396,13 @@ class Tensor:
         return self._host().reshape(()).item()
 
     def numpy(self) -> np.ndarray:
-        """The values as a NumPy array (sharing memory on the CPU, as PyTorch does)."""
+        """The values as a NumPy array (sharing memory on the CPU, as PyTorch does; a copy of
+        a device tensor's values)."""
         self._concrete("numpy()")
         if self.requires_grad:
             raise RuntimeError("numpy: can't call numpy() on a tensor that requires grad; "
                                "use tensor.detach().numpy()")
-        return self._host()
+        return np.asarray(self._host())
 
     def tolist(self) -> Any:
         self._concrete("tolist()")
@@ -212,7 +410,7 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         self._concrete("conversion to a NumPy array")
-        values = self._host()
+        values = np.asarray(self._host())
         return values if dtype is None else values.astype(dtype)
 
     def _concrete(self, what: str) -> None:
@@ -253,6 +451,8 @@ class Tensor:
         body = np.array2string(self._host(), precision=4, separator=", ", prefix="tensor(",
                                threshold=200, edgeitems=3)
         extras = []
+        if self._device != CPU:
+            extras.append(f"device='{self._device.name}'")
         if self._dtype not in (float32, int64, bool_) or self.numel() == 0:
             extras.append(f"dtype={self._dtype!r}")
         if self._node is not None:
@@ -287,38 +487,12 @@ class Tensor:
     def contiguous(self) -> Tensor:
         return self
 
-    # ---- in-place updates (data only, refused where autograd would be wrong) -----------------
+    # ---- in-place updates (`neurenix.inplace` makes them; refused where autograd would be wrong)
 
     def _check_inplace(self, op: str) -> None:
         if self.requires_grad and self._node is None and state.is_grad_enabled():
             raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be modified in "
                                "place; wrap the update in neurenix.no_grad()")
-
-    def copy_(self, src: Tensor | Any) -> Tensor:
-        """Overwrite this tensor's values with src's (broadcast and cast to this dtype)."""
-        self._check_inplace("copy_")
-        self._version += 1
-        trace = state.current_trace()
-        if trace is not None and trace.write(self, src):
-            return self
-        value = src._host() if isinstance(src, Tensor) else np.asarray(src)
-        values = self._host()
-        try:
-            np.copyto(values, np.broadcast_to(value, self.shape), casting="unsafe")
-        except ValueError:
-            raise ValueError(f"copy_: cannot copy a tensor of shape {tuple(np.shape(value))} "
-                             f"into one of shape {tuple(self.shape)}") from None
-        except TypeError:
-            values = np.array(values)  # a read-only view: take a private copy first
-            np.copyto(values, np.broadcast_to(value, self.shape), casting="unsafe")
-        self._set_host(values)
-        return self
-
-    def fill_(self, value: float) -> Tensor:
-        return self.copy_(np.asarray(value))
-
-    def zero_(self) -> Tensor:
-        return self.copy_(np.asarray(0))
 
 
 def is_tensor(obj: Any) -> bool:

@@ -14,8 +14,7 @@ from neurenix.compiler.types import bool_, float32, float64, int32, int64
 from . import elementwise as ew
 from . import indexing, inplace, linalg, reductions, shapes
 from .backward import backward
-from .conversion import detach, to
-from .device import CPU
+from .conversion import cpu, detach, to
 
 
 def _reflected(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -93,13 +92,14 @@ def _methods() -> dict[str, Any]:
         "reshape_as": lambda self, other: shapes.reshape(self, other.shape),
         # in place
         "add_": inplace.add_, "sub_": inplace.sub_, "mul_": inplace.mul_, "div_": inplace.div_,
-        "clamp_": inplace.clamp_,
+        "clamp_": inplace.clamp_, "copy_": inplace.copy_, "fill_": inplace.fill_,
+        "zero_": inplace.zero_,
         # products
         "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "dot": linalg.dot,
         # autograd
         "backward": backward, "detach": detach, "clone": ew.clone,
         # devices and dtypes
-        "to": to, "cpu": lambda self: to(self, CPU),
+        "to": to, "cpu": cpu,
         "float": lambda self: to(self, float32), "double": lambda self: to(self, float64),
         "long": lambda self: to(self, int64), "int": lambda self: to(self, int32),
         "bool": lambda self: to(self, bool_), "type_as": lambda self, other: to(self, other.dtype),

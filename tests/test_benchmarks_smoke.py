@@ -78,3 +78,15 @@ def test_training_rows_compare_whole_steps(modules):
         workloads.build_runner("mlp_b64", "torch_compile_step", tiny=True)
     header, rows = bench.compile_rows({"workloads": {"mlp_train_b64": {}}})
     assert len(rows[0]) == len(header) and "torch.compile whole step first call s" in header
+
+
+def test_device_benchmark_runs(tmp_path):
+    """benchmarks/devices.py at its smoke size, on the devices present (an absent one is
+    reported in its table, not an error)."""
+    import subprocess
+    out = tmp_path / "devices.json"
+    done = subprocess.run([sys.executable, str(BENCH / "devices.py"), "--tiny", "--only",
+                           "overhead,mlp_b1", "--seconds", "0.05", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())

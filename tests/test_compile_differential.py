@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import toy_target
+from devices import needs_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from neurenix.compiler.kernel.decompose import UNARY_RULES
@@ -670,6 +671,41 @@ def test_random_programs_decomposed(prog):
     """Random programs as native code with erf, sigmoid and the random-number hash
     decomposed (what a target without them gets)."""
     _check_program(prog, DECOMPOSED)
+
+
+def _check_program_on_device(prog: Program, device: str) -> None:
+    """Compiled for `device` (host inputs uploaded, outputs brought back with `to`, whose
+    backward sends the cotangents to the device) vs eager on the CPU: values and gradients."""
+    needs_device(device)
+    arrays = input_arrays(prog, prog.seed)
+    eager_fn = lambda *xs: run_program(prog, nx, xs)  # noqa: E731
+    e_out, e_grads = _forward_backward(eager_fn, nx, arrays, prog.seed)
+    compiled = nx.compile(eager_fn, backend=device)
+
+    def on_device(*xs):
+        outs = compiled(*xs)
+        assert all(o.device == device for o in outs)
+        return tuple(o.to("cpu") for o in outs)
+
+    c_out, c_grads = _forward_backward(on_device, nx, arrays, prog.seed)
+    _check_outputs(c_out, e_out, f"{device} vs eager")
+    _check_grads(c_grads, e_grads, f"{device} vs eager")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@_settings(4)
+@given(prog=programs(max_steps=4))
+def test_random_programs_opencl(prog):
+    """Random programs on the OpenCL device (few: PoCL builds each kernel on first use)."""
+    _check_program_on_device(prog, "opencl")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@_settings(8)
+@given(prog=programs(max_steps=4))
+def test_random_programs_webgpu(prog):
+    """Random programs on the WebGPU device."""
+    _check_program_on_device(prog, "webgpu")
 
 
 # ---- a batch size that changes between calls ------------------------------------------------

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 import toy_target
+from devices import GPU_DEVICES, needs_device
+from neurenix.compiler.targets import get_target
 from op_helpers import assert_close, make_data
 
 import neurenix as nx
@@ -44,6 +46,7 @@ class _Result:
     input_grads: list[np.ndarray | None]
     param_grads: dict[str, np.ndarray | None]
     buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    devices: dict[str, str] = field(default_factory=dict)  # where each gradient was
 
 
 def _leaves(value: Any) -> list:
@@ -61,8 +64,11 @@ def _upstream(outputs: Sequence, seed: int) -> list[np.ndarray | None]:
 
 
 def _run_neurenix(fn: Callable, module: nn.Module | None, arrays: Sequence[np.ndarray],
-                  grad: bool, seed: int, arrange: Callable) -> _Result:
-    inputs = [nx.tensor(a, requires_grad=grad and a.dtype.kind == "f") for a in arrays]
+                  grad: bool, seed: int, arrange: Callable, device: str | None = None) -> _Result:
+    """Run `fn` on tensors of `arrays` (on `device`, default the CPU), backpropagate seeded
+    upstream gradients, and collect outputs, gradients and the module's buffers."""
+    inputs = [nx.tensor(a, requires_grad=grad and a.dtype.kind == "f", device=device)
+              for a in arrays]
     params = dict(module.named_parameters()) if module is not None else {}
     for p in params.values():
         p.grad = None
@@ -70,17 +76,24 @@ def _run_neurenix(fn: Callable, module: nn.Module | None, arrays: Sequence[np.nd
     loss = None
     for out, up in zip(outputs, _upstream(outputs, seed)):
         if up is not None:
-            term = (out * nx.tensor(up.astype(out.dtype.np_type))).sum()
+            # on the CPU (eager device operations are not under test here): the gradient
+            # reaches the device through `to`'s backward
+            host = out.to("cpu") if device is not None else out
+            term = (host * nx.tensor(up.astype(out.dtype.np_type))).sum()
             loss = term if loss is None else loss + term
     if loss is not None:
         loss.backward()
     buffers = {}
     if module is not None:
         buffers = {n: b.numpy().copy() for n, b in module.named_buffers()}
+    devices = {f"grad of input {i}": t.grad.device.type.value
+               for i, t in enumerate(inputs) if t.grad is not None}
+    devices.update({f"grad of {n}": p.grad.device.type.value for n, p in params.items()
+                    if p.grad is not None})
     return _Result(outputs, [t.grad.numpy().copy() if t.grad is not None else None
                              for t in inputs],
                    {n: p.grad.numpy().copy() if p.grad is not None else None
-                    for n, p in params.items()}, buffers)
+                    for n, p in params.items()}, buffers, devices)
 
 
 def _run_torch(fn: Callable, arrays: Sequence[np.ndarray], grad: bool, seed: int,
@@ -183,21 +196,58 @@ def check_compiled(fn: Callable, inputs: Sequence[np.ndarray],
                                            atol=t_tol[0][1], err_msg=f"torch: buffer {name}")
     assert backends, "check_compiled: no backend to compare"
     for backend in backends:
+        device = _device_of(backend)
         if module is not None:
             restore()
-        compiled = nx.compile(fn, backend=backend)
-        got = _run_neurenix(compiled, module, inputs, grad, seed, arrange)
-        _compare(got, eager, tol, grad_tol, backend)
-        if grad and (module is not None if inference is None else inference):
+            _move(module, device)
+        try:
+            compiled = nx.compile(fn, backend=backend)
+            got = _run_neurenix(compiled, module, inputs, grad, seed, arrange, device)
+            _compare(got, eager, tol, grad_tol, backend)
+            if device is not None:
+                _assert_on(device, got, backend)
+            if grad and (module is not None if inference is None else inference):
+                if module is not None:
+                    _move(module, None)
+                    restore()
+                    _move(module, device)
+                _check_inference(compiled, module, inputs, arrange, eager, tol, backend, device)
+        finally:
             if module is not None:
-                restore()
-            _check_inference(compiled, module, inputs, arrange, eager, tol, backend)
+                _move(module, None)
 
 
-def _check_inference(compiled, module, inputs, arrange, eager: _Result, tol, backend) -> None:
+def _move(module: nn.Module, device: str | None) -> None:
+    """Move a module's parameters and buffers to `device` (None: back to the CPU) when it
+    runs on a device."""
+    held = [*module.parameters(), *module.buffers()]
+    if device is not None or any(t.device != "cpu" for t in held):
+        module.to(device or "cpu")
+
+
+def _device_of(backend: str) -> str | None:
+    """The device a backend's programs run on (None: the CPU); a test on a device skips where
+    it is absent (and fails in CI, which installs them: tests/devices.py)."""
+    kind = get_target(backend).device
+    if kind == "cpu":
+        return None
+    needs_device(kind)
+    return kind
+
+
+def _assert_on(device: str, result: _Result, label: str) -> None:
+    """Outputs, and gradients of the inputs and parameters, stay on the device."""
+    for i, out in enumerate(result.outputs):
+        assert out.device == device, f"{label}: output {i} is on {out.device}"
+    for what, where in result.devices.items():
+        assert where == device, f"{label}: {what} is on {where}"
+
+
+def _check_inference(compiled, module, inputs, arrange, eager: _Result, tol, backend,
+                     device: str | None = None) -> None:
     """The same call under no_grad: the forward-only program gives the same values."""
     with nx.no_grad():
-        outputs = _leaves(compiled(*arrange(*(nx.tensor(a) for a in inputs))))
+        outputs = _leaves(compiled(*arrange(*(nx.tensor(a, device=device) for a in inputs))))
     label = f"{backend} no_grad"
     assert len(outputs) == len(eager.outputs), f"{label}: number of outputs"
     for i, (a, b) in enumerate(zip(outputs, eager.outputs)):
@@ -454,6 +504,24 @@ def test_tensor_op(fn, data, options):
     check_compiled(**_lib(fn), inputs=data, **options)
 
 
+def _views_of_dead_tensors(lib, x):
+    """Views outliving their bases, then writes to new tensors (which reuse the dead bases'
+    ids): a write is refused only for a tensor with a live view of itself."""
+    outputs = []
+    for i in range(20):
+        t = x * (i + 1)
+        outputs.append(t.view(-1))
+        del t
+        u = x + i
+        u[0] = 0.0
+        outputs.append(u)
+    return tuple(outputs)
+
+
+def test_writes_after_views_of_dead_tensors():
+    check_compiled(**_lib(_views_of_dead_tensors), inputs=_floats((2, 3)), backends=REFERENCE)
+
+
 INT_A = np.array([[7, -7, 5, -5, 0, 9]], np.int64)
 INT_B = np.array([[2], [-3]], np.int64)
 FLOATS_TIED = np.array([[0.0, 0.5, 1.0], [1.5, -1.0, 1.0]], np.float32)
@@ -587,6 +655,13 @@ BATCHNORM_CASES = [
 @pytest.mark.parametrize("cls, shape, kwargs", BATCHNORM_CASES, ids=str)
 @pytest.mark.parametrize("train", [True, False])
 def test_batchnorm(cls, shape, kwargs, train):
+    mine, th, x = _batchnorm(cls, shape, kwargs, train)
+    check_compiled(mine, [x], torch_fn=th, tol=LOOSE, grad_tol=LOOSE_GRAD)
+
+
+def _batchnorm(cls, shape, kwargs, train):
+    """A BatchNorm layer and its torch twin, with statistics away from the defaults, and an
+    input."""
     mine, th = _pair(lambda m: getattr(m, cls), 4, **kwargs)
     with torch.no_grad():
         for tensor, low, high in ((th.weight, 0.5, 1.5), (th.bias, -0.5, 0.5),
@@ -596,8 +671,7 @@ def test_batchnorm(cls, shape, kwargs, train):
     mine.load_state_dict(th.state_dict())
     mine.train(train)
     th.train(train)
-    x = _floats(shape)[0] * 1.5 + 1
-    check_compiled(mine, [x], torch_fn=th, tol=LOOSE, grad_tol=LOOSE_GRAD)
+    return mine, th, _floats(shape)[0] * 1.5 + 1
 
 
 def test_batchnorm_running_statistics_follow_eager_over_steps():
@@ -637,14 +711,17 @@ def test_dropout_in_eval_is_the_identity():
     check_compiled(nn.Sequential(nn.Linear(6, 4), layer).eval(), _floats((3, 6)))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + GPU_DEVICES)
 def test_dropout_in_train_has_the_right_statistics_and_a_fresh_mask_per_call(backend):
     p = 0.3
+    device = _device_of(backend)
     cdrop = nx.compile(nn.Dropout(p), backend=backend)
-    x = nx.ones(200, 100, requires_grad=True)
+    x = nx.ones(200, 100, requires_grad=True, device=device)
     first = cdrop(x)
     second = cdrop(x)
-    (first * 2).sum().backward()
+    assert first.device == x.device
+    (first.to("cpu") * 2).sum().backward()
+    assert x.grad.device == x.device
     a, b = first.detach().numpy(), second.detach().numpy()
     assert not np.array_equal(a == 0, b == 0), "the same mask twice"
     for y in (a, b):
@@ -901,3 +978,202 @@ def test_gradients_accumulate_over_two_backward_calls(backend):
         compiled(x).sum().backward()
     for (name, p), (_, q) in zip(twin.named_parameters(), eager.named_parameters()):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), *FWD, err_msg=name)
+
+
+# ---- on the devices -------------------------------------------------------------------------
+#
+# The OpenCL (PoCL) and WebGPU (lavapipe) targets run the same harness: inputs, parameters and
+# upstream gradients on the device, outputs and gradients compared with eager on the CPU, and
+# checked to stay on the device.  A kernel costs PoCL 0.1-0.3 s to build and link on first
+# use, so rather than every case above, each op family runs once per device as ONE program
+# computing a selection of the family's cases (each case's outputs are outputs of it), and
+# the layers, losses and recurrent layers as one case each — CI (2 cores, the whole suite
+# within ~15 minutes) stays in budget.  WGSL has no 64-bit floats: float64 cases do not run on
+# webgpu, whose generator refuses them with a message naming the target (tested below).
+
+NO_FLOAT64 = frozenset({"webgpu"})  # devices whose target refuses float64
+# WGSL computes int64 in 32 bits; its generator refuses int64 arithmetic on loaded values
+# (sums, products, divisions) and int64 sum reductions, so these cases do not run on webgpu
+# (the refusal is tested below):
+# Tolerances per family, (rtol, atol) of values and of gradients.  Device math is the device
+# library's (PoCL's OpenCL built-ins, lavapipe's WGSL), and reductions sum in another order
+# (work-group trees); on these inputs both agree with NumPy within the CPU targets' float32
+# tolerances, which the families keep (a device that needs more must say so here):
+DEVICE_TOL = {
+    "exact": (FWD, GRAD),  # movement, indexing, integers, comparisons: the same values
+    "arithmetic": (FWD, GRAD),  # + - * /, matmul (short sums), float64
+    "math": (FWD, GRAD),  # exp, log, tanh, erf, pow, sigmoid, softmax, reductions
+    "layer": (LOOSE, LOOSE_GRAD),  # convolutions, normalisations, recurrences, losses
+}
+
+# family -> (tolerance, the ids of its cases computed together)
+DEVICE_FAMILIES = {
+    "elementwise": ("math", [
+        "binary-add", "binary-div", "binary-pow", "binary-maximum ties", "binary-broadcast both",
+        "binary-where scalar", "scalar-2 / x", "scalar-x ** -1", "scalar-2 ** x",
+        *(f"unary-{name}" for name in ("exp", "log", "sqrt", "tanh", "sigmoid", "erf", "rsqrt",
+                                       "log1p", "expm1", "sign", "floor")),
+        "math-clamp both", "math-sigmoid of large"]),
+    "reductions": ("math", [
+        "reduce-sum-None-False", "reduce-mean-1-True", "reduce-amax--1-False",
+        "reduce-prod dim", "reduce-max dim", "reduce-argmin keepdim", "reduce-var correction 0",
+        "reduce-norm dim", "math-softmax -1", "math-log_softmax 1", "math-logsumexp"]),
+    "movement": ("exact", [
+        "movement-view 6,-1", "movement-permute", "movement-expand", "movement-flip",
+        "movement-repeat new dims", "movement-split sections", "cat-0", "stack-2"]),
+    "indexing": ("exact", [
+        "index-three ints", "index-step neg bounds", "index-None middle",
+        "index-negative entries", "index-two broadcast", "index-separated", "setitem-non-leaf"]),
+    "matmul": ("arithmetic", [
+        "matmul-((3, 4), (4, 5))", "matmul-((4,), (4,))", "matmul-((2, 1, 3, 4), (5, 4, 2))"]),
+    "float64": ("arithmetic", [
+        "binary-float64 promotion", "math-float64 chain", "matmul-float64"]),
+}
+
+
+def _together(cases: list) -> tuple[Callable, list[np.ndarray], list[str]]:
+    """One function computing every (fn, data) case on its own inputs, its inputs, and the
+    name of each of its outputs (the case it comes from)."""
+    counts = [len(c.values[1]) for c in cases]
+    names: list[str] = []
+
+    def fn(lib, *xs):
+        outputs, k = [], 0
+        names.clear()
+        for case, n in zip(cases, counts):
+            result = _leaves(case.values[0](lib, *xs[k:k + n]))
+            outputs += result
+            names.extend(f"{case.id}[{j}]" for j in range(len(result)))
+            k += n
+        return tuple(outputs)
+
+    return fn, [a for c in cases for a in c.values[1]], names
+
+
+def _runs_on(device: str, case_id: str) -> bool:
+    """Whether a case runs on `device` (see NO_FLOAT64)."""
+    return not (device in NO_FLOAT64 and _float64(case_id))
+
+
+def _float64(case_id: str) -> bool:
+    return "float64" in case_id or case_id == "casts"
+
+
+def _family(device: str, ids: list[str], pool: list) -> list:
+    """The cases of `pool` named by `ids` that run on `device`."""
+    by_id = {c.id: c for c in pool}
+    missing = [i for i in ids if i not in by_id]
+    assert not missing, f"no such cases: {missing}"
+    return [by_id[i] for i in ids if _runs_on(device, i)]
+
+
+def _device_check(device: str, fn: Callable, data, family: str, names: list[str] | None = None,
+                  **options) -> None:
+    """`check_compiled` on `device` with the family's tolerances (a module's forward-only
+    program is not built again: the CPU targets cover that path); a failure names the case
+    of each output."""
+    tol, grad_tol = DEVICE_TOL[family]
+    options = {k: v for k, v in options.items() if k not in ("tol", "grad_tol", "torch_tol",
+                                                             "torch_grads")}
+    options.setdefault("inference", False)
+    try:
+        check_compiled(fn, data, (device,), tol=tol, grad_tol=grad_tol, **options)
+    except AssertionError as e:
+        if not names:
+            raise
+        listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+        raise AssertionError(f"{e}\noutputs: {listed}") from None
+
+
+@pytest.mark.parametrize("device, family", [
+    (d, f) for f, (_, ids) in DEVICE_FAMILIES.items() for d in GPU_DEVICES
+    if any(_runs_on(d, i) for i in ids)])
+def test_op_family_on_device(device, family):
+    tol, ids = DEVICE_FAMILIES[family]
+    fn, data, names = _together(_family(device, ids, TENSOR_CASES))
+    _device_check(device, lambda *xs: fn(nx, *xs), data, tol, names)
+
+
+@pytest.mark.parametrize("device", GPU_DEVICES)
+def test_integer_and_bool_ops_on_device(device):
+    """The cases without gradients (integer division, comparisons, logic, integer math and
+    reductions, casts, one_hot) in one program (int64 is emulated exactly on webgpu)."""
+    fn, data, names = _together(_family(device, [c.id for c in NO_GRAD_CASES], NO_GRAD_CASES))
+    _device_check(device, lambda *xs: fn(nx, *xs), data, "exact", names, grad=False)
+
+
+@pytest.mark.parametrize("device", GPU_DEVICES)
+@pytest.mark.parametrize("layer", [
+    "Conv2d-(4, 6, (3, 2))-{'stride': (2, 1), 'padding': (1, 0), 'dilation': (1, 2), "
+    "'groups': 2, 'bias': False}-(2, 4, 7, 6)",
+    "MaxPool2d-(3,)-{'stride': 2, 'padding': 1, 'ceil_mode': True}-(2, 2, 6, 6)",
+    "LayerNorm-(6,)-{}-(4, 6)"])
+def test_layer_on_device(device, layer):
+    make, args, kwargs, shape, _ = {c.id: c for c in LAYER_CASES}[layer].values
+    mine, _ = _pair(make, *args, **kwargs)
+    _device_check(device, mine, [np.round(_kinked(shape) * 2) / 2], "layer")
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("device", GPU_DEVICES)
+def test_batchnorm_on_device(device, train):
+    """In training mode the running statistics are updated on the device."""
+    mine, _, x = _batchnorm("BatchNorm2d", (3, 4, 5, 6), dict(momentum=0.3), train)
+    _device_check(device, mine, [x], "layer")
+
+
+@pytest.mark.parametrize("device", GPU_DEVICES)
+def test_embedding_on_device(device):
+    mine, _ = _pair(lambda m: m.Embedding, 10, 4, padding_idx=3)
+    idx = np.array([[0, 3, 3, 9], [1, 0, 9, 3]], dtype=np.int64)  # repeats accumulate
+    _device_check(device, mine, [idx], "arithmetic")
+
+
+@pytest.mark.parametrize("device", GPU_DEVICES)
+@pytest.mark.parametrize("cls, kwargs", [c[:2] for c in RNN_CASES if not c[2]], ids=str)
+def test_recurrent_layer_on_device(device, cls, kwargs):
+    """RNN, LSTM and GRU at one configuration each (every time step is unrolled: kernels)."""
+    mine, _ = _pair(lambda m: getattr(m, cls), IN, HID, **kwargs)
+    rng = np.random.default_rng(1)
+    shape = (BATCH, SEQ, IN) if kwargs.get("batch_first") else (SEQ, BATCH, IN)
+    _device_check(device, mine, [rng.uniform(-1, 1, shape).astype(np.float32)], "layer")
+
+
+@pytest.mark.parametrize("device", GPU_DEVICES)
+def test_losses_on_device(device):
+    """Cross-entropy (smoothing, class weights: a buffer moved with the module), NLL (ignored
+    classes) and BCE with logits (huge and NaN logits) in one program."""
+    cases = _family(device, ["nll-weight-ignore", "bce-logits-huge"], LOSS_CASES)
+    fns = [c.values[0](nx) for c in cases]
+    loss = nn.CrossEntropyLoss(weight=nx.tensor(WEIGHT), label_smoothing=0.1)
+
+    class Losses(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.loss = loss
+
+        def forward(self, x, t, a, b, c, d):
+            return (self.loss(x, t), fns[0](a, b), fns[1](c, d))
+
+    data = [_floats((6, 5))[0], np.abs(TARGETS) % 5] + [a for c in cases for a in c.values[1]]
+    _device_check(device, Losses(), data, "layer")
+
+
+def test_webgpu_refuses_float64():
+    """WGSL has no 64-bit floats: a float64 program is refused when compiling, with a message
+    naming the target and the way out (int64 is emulated, exactly: test_wgsl_int64.py)."""
+    needs_device("webgpu")
+    x = nx.tensor(np.arange(3), dtype=nx.float64, device="cpu")
+    with pytest.raises(ValueError, match=r"webgpu: float64 is not supported \(WGSL has no "
+                                         r"64-bit floats\); use float32"):
+        nx.compile(lambda x: (x * 2).exp(), backend="webgpu")(x)
+
+
+def test_webgpu_computes_int64_in_64_bits():
+    """Products and sums past int32 (regression: refused as 64-bit arithmetic)."""
+    needs_device("webgpu")
+    x = nx.tensor([3_000_000_000, -5, 7], device="webgpu")
+    got = nx.compile(lambda x: (x * x, (x > 1).sum(), x.sum()))(x)
+    products, positives, total = (g.cpu().tolist() for g in got)
+    assert products == [9_000_000_000_000_000_000, 25, 49]  # past int32, below int64's max
+    assert (positives, total) == (2, 3_000_000_002)

@@ -36,10 +36,9 @@ import re
 from contextlib import ExitStack
 from dataclasses import dataclass, fields, is_dataclass, replace
 
-import numpy as np
 from llvmlite import ir
 
-from ...runtime.program import BufferSpec, KernelInfo, Program, TensorSpec
+from ...runtime.program import KernelInfo, Program
 from ..kernel.ir import BufferArg, Kernel, KernelGraph, Load, Store, format_kernel
 from ..kernel.memory import MemoryPlan, plan_memory
 from ..schedule import (
@@ -69,6 +68,13 @@ from .llvm_reduce import (
     reduce_parts,
 )
 from .llvm_window import emit_window
+from .program_specs import (
+    buffer_specs,
+    constant_arrays,
+    parameters,
+    storage_root,
+    tensor_specs,
+)
 
 ENTRY = "neurenix_entry"
 ENTRY_SIGNATURE = ("void neurenix_entry(void **args, void *arena, "
@@ -95,18 +101,16 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
     scheduled = [replace(k, schedule=schedule_kernel(k, caps, rules)) if k.schedule is None
                  else k for k in kernels.kernels]
     for kernel in scheduled:
-        params = _parameters(kernel, plan)
+        params = parameters(kernel, plan)
         emitted = emitter.function(kernel, params)
         calls.append((emitted, params))
         infos.append(KernelInfo(emitted.fn.name, tuple(params), kernel.comment,
                                 tuple(kernel.domain)))
     functions = {e.fn.name: e for e, _ in calls}
     program = Program(
-        target="cpu", entry=ENTRY, source="", inputs=_specs(kernels, kernels.inputs),
-        outputs=_specs(kernels, kernels.outputs), buffers=_buffer_specs(kernels, plan),
-        kernels=infos, arena_bytes=plan.arena_bytes,
-        constants={n: np.ascontiguousarray(a, dtype=kernels.buffers[n].dtype.np_type)
-                   for n, a in kernels.constants.items()},
+        target="cpu", entry=ENTRY, source="", inputs=tensor_specs(kernels, kernels.inputs),
+        outputs=tensor_specs(kernels, kernels.outputs), buffers=buffer_specs(kernels, plan),
+        kernels=infos, arena_bytes=plan.arena_bytes, constants=constant_arrays(kernels),
         memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
                 "lower_bound": plan.lower_bound_bytes},
         metadata={"ranges": {n: e.count for n, e in functions.items()},
@@ -150,7 +154,7 @@ class _KernelEmitter:
         """The function computing `kernel` with one pointer per entry of `params`."""
         slot = {p: f"p{j}" for j, p in enumerate(params)}
         key = _renamed(replace(kernel, name="", comment="", schedule=None),
-                       lambda n: slot[_root(n, params, self.plan)])
+                       lambda n: slot[storage_root(n, params, self.plan)])
         if key not in self._seen:
             self._seen[key] = self._emit(kernel, params)
         return self._seen[key]
@@ -192,7 +196,7 @@ class _KernelEmitter:
         return fn
 
     def _buffers(self, kernel: Kernel, params: list[str], fn: ir.Function) -> dict:
-        return {buf.name: (fn.args[params.index(_root(buf.name, params, self.plan))],
+        return {buf.name: (fn.args[params.index(storage_root(buf.name, params, self.plan))],
                            buf.dtype, buf.size) for buf in kernel.buffers()}
 
     def _emit_parts(self, kernel: Kernel, params: list[str], fb: FunctionBuilder,
@@ -267,40 +271,6 @@ def _renamed(e, f, memo: dict | None = None):
 def _process_triple() -> str:
     import llvmlite.binding as llvm
     return llvm.get_process_triple()
-
-
-def _root(name: str, params: list[str], plan: MemoryPlan) -> str:
-    """The parameter standing for `name` (itself, or the buffer whose storage it reuses)."""
-    while name not in params and name in plan.inplace:
-        name = plan.inplace[name]
-    return name
-
-
-def _parameters(kernel: Kernel, plan: MemoryPlan) -> list[str]:
-    """One parameter per distinct storage among the kernel's buffers, in argument order."""
-    names = [b.name for b in kernel.buffers()]
-    params: list[str] = []
-    for name in names:
-        root = name
-        while root in plan.inplace and plan.inplace[root] in names:
-            root = plan.inplace[root]
-        if root not in params:
-            params.append(root)
-    return params
-
-
-def _specs(kernels: KernelGraph, names: list[str]) -> list[TensorSpec]:
-    return [TensorSpec(n, tuple(kernels.shapes[n]), kernels.buffers[n].dtype.name)
-            for n in names]
-
-
-def _buffer_specs(kernels: KernelGraph, plan: MemoryPlan) -> list[BufferSpec]:
-    kinds = {n: "temp" for n in kernels.buffers}
-    kinds.update({n: "constant" for n in kernels.constants})
-    kinds.update({n: "input" for n in kernels.inputs})
-    kinds.update({n: "output" for n in kernels.outputs})
-    return [BufferSpec(n, b.dtype.name, b.size, kinds[n], plan.offsets.get(n, -1))
-            for n, b in kernels.buffers.items()]
 
 
 def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from neurenix.compiler import pipeline
-from neurenix.compiler.targets import default_target, get_target, target_names
+from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
 from .. import autograd
-from ..device import CPU, as_device
+from ..device import CPU, Device, as_device
 from ..nn.module import Module
 from ..optim.optimizer import optimizer_settings, undo_changed_settings
 from ..random import next_seed
@@ -42,6 +42,7 @@ from .arguments import (
     unflatten_outputs,
 )
 from .executables import compile_traced
+from .placement import Placement, backend_for, call_device, device_of_backend
 from .signatures import describe, explain_change, explain_guards, structure, value_key
 from .trace_effects import Store, finish_stores, restore
 from .trace_guards import Guard, code_guard, module_guard, tensor_guard, undo_side_effects
@@ -96,6 +97,9 @@ class _Entry:
     differentiable: list[int] = field(default_factory=list)
     num_saved: int = 0
     used: int = 0  # the `_CLOCK` stamp of its latest use
+    backend: str = ""  # the target it was compiled for
+    place: Placement | None = None  # its device, and how values reach it
+    input_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,7 +121,9 @@ class Compiled:
     """The callable `neurenix.compile` returns; also shows what it compiled.
 
     `graph` is the optimised graph of the latest signature, `source()` its generated code,
-    `stats()` node counts per pass, kernels, memory and compile times.
+    `stats()` node counts per pass, kernels, memory and compile times.  Programs run on the
+    explicit `device` (or `backend`'s device), else on the device of the module's parameters
+    or of the call's tensors (see `neurenix.compilation.placement`).
     """
 
     def __init__(self, fn: Callable, device: Any = None, verify: bool = False,
@@ -126,14 +132,16 @@ class Compiled:
             raise TypeError(f"compile: expected a Module or a callable, got {type(fn).__name__}")
         self.fn = fn
         self.module = fn if isinstance(fn, Module) else None
-        self.device = CPU if device is None else as_device(device, check=True)
         self.verify = verify
-        self.backend = backend or default_target()
-        try:
-            get_target(self.backend)
-        except (TypeError, ValueError):
-            raise ValueError(f"compile: backend must be one of {tuple(target_names())}, got "
-                             f"{self.backend!r}") from None
+        if backend is not None:
+            try:
+                get_target(backend)
+            except (TypeError, ValueError):
+                raise ValueError(f"compile: backend must be one of {tuple(target_names())}, "
+                                 f"got {backend!r}") from None
+        self._device = _explicit_device(device, backend)
+        self._backend = backend
+        self._backends: dict[Device, str] = {}  # the target compiling for each device
         if recompile_limit is not None and (not isinstance(recompile_limit, int)
                                             or recompile_limit < 1):
             raise ValueError(f"compile: recompile_limit must be a positive integer, got "
@@ -150,6 +158,24 @@ class Compiled:
         self.last_verification: list[float] | None = None
 
     # ---- introspection ----------------------------------------------------------------------
+
+    @property
+    def device(self) -> Device:
+        """The device programs run on: the explicit one, else the latest program's (the CPU
+        before the first call)."""
+        if self._device is not None:
+            return self._device
+        return self._last.place.device if self._last and self._last.place else CPU
+
+    @property
+    def backend(self) -> str:
+        """The target programs are compiled for: the explicit one, else the latest
+        program's (the default target of the device before the first call)."""
+        if self._backend is not None:
+            return self._backend
+        if self._last is not None and self._last.backend:
+            return self._last.backend
+        return backend_for(self.device, None)
 
     @property
     def graph(self):
@@ -190,8 +216,8 @@ class Compiled:
             return self.fn(*args, **kwargs)
         if kwargs:
             args = self._bind(args, kwargs)
-        key = self._signature(args)
         tensors = arg_tensors(args)
+        key = self._signature(args, call_device(self._device, self.module, tensors))
         entries = self._cache.get(key)
         entry = _matching(entries, tensors) if entries else None
         if entry is None:
@@ -215,9 +241,10 @@ class Compiled:
         bound.apply_defaults()
         return tuple(bound.args) + ((Keywords(bound.kwargs),) if bound.kwargs else ())
 
-    def _signature(self, args: tuple) -> tuple:
+    def _signature(self, args: tuple, device: Device) -> tuple:
         """The call's key: its arguments (tensors by shape, dtype and requires_grad, other
-        values by content) and grad mode.  Module state is checked by the entries' guards."""
+        values by content), grad mode and the device it runs on.  Module state is checked by
+        the entries' guards."""
         parts: list[Any] = []
         for i, a in enumerate(args):
             if type(a) is Tensor or isinstance(a, Tensor):
@@ -228,7 +255,7 @@ class Compiled:
                 parts.append(("tree", structure(a, i), tuple(describe(t) for t in leaves)))
             else:
                 parts.append(("value", value_key(a, i)))
-        return (tuple(parts), is_grad_enabled())
+        return (tuple(parts), is_grad_enabled(), device)
 
     # ---- compiling --------------------------------------------------------------------------
 
@@ -321,7 +348,7 @@ class Compiled:
         with _TRACE_LOCK:
             t0 = time.perf_counter()
             tracer = Tracer(self._name())
-            state = TraceState(tracer)
+            state = TraceState(tracer, key[2])
             names = self._arg_names(len(args))
             sym_args: list[Any] = []
             position = 0  # the args' tensors, nested ones flattened, are the first inputs
@@ -380,16 +407,26 @@ class Compiled:
                           checks=[(len(nodes), test) for nodes, test in state.checks],
                           num_checks=len(check_nodes))
             wrt = [traced.graph.inputs[i].name for i in grad_positions]
-        built = compile_traced(traced.graph, wrt, len(leaves), self.backend, trace_seconds,
-                               active)
+        device = key[2]
+        backend = self._backend_for(device)
+        place = Placement(device, _runtime_of(backend), self._name(),
+                          host_args=self._device is not None)
+        built = compile_traced(traced.graph, wrt, len(leaves), backend, trace_seconds, active)
         entry = _Entry(key, sources, built.forward, len(leaves), treedef, updates, built.graph,
                        built.stats, backward=built.backward,
                        backward_inputs=built.backward_inputs,
                        grad_sources=[sources[i] for i in grad_positions],
                        differentiable=built.differentiable, num_saved=built.num_saved,
-                       **common)
+                       backend=backend, place=place, input_names=names, **common)
         pipeline.report(self._name(), entry.stats)
         return entry
+
+    def _backend_for(self, device: Device) -> str:
+        """The target compiling this function's programs for `device`."""
+        backend = self._backends.get(device)
+        if backend is None:
+            backend = self._backends[device] = backend_for(device, self._backend)
+        return backend
 
     def _guards(self, state: TraceState, sources: list[tuple[str, Any]],
                 args: tuple) -> list[Guard]:
@@ -433,46 +470,62 @@ class Compiled:
 
     # ---- running ----------------------------------------------------------------------------
 
-    def _inputs(self, entry: _Entry, args: list[Tensor]) -> list[np.ndarray]:
+    def _inputs(self, entry: _Entry, args: list[Tensor]) -> list[Any]:
+        """The program's inputs in the form it takes: host arrays, or device buffers (those
+        of tensors on the device passed as they are)."""
+        place = entry.place
         arrays = []
         host: dict[int, tuple] = {}
-        for (kind, ref), dtype in zip(entry.sources, entry.input_dtypes):
+        for i, ((kind, ref), dtype) in enumerate(zip(entry.sources, entry.input_dtypes)):
             if kind == "arg":
-                arrays.append(args[ref]._host())
+                arrays.append(place.take(args[ref], entry.input_names[i], "argument"))
             elif kind == "tensor":
-                arrays.append(ref._host())
+                arrays.append(place.take(ref, entry.input_names[i]))
             elif kind == "seed":
-                arrays.append(np.asarray(next_seed(), dtype=np.int64))
+                arrays.append(place.upload(np.asarray(next_seed(), dtype=np.int64)))
             elif kind == "host":
                 k, j = ref
                 if k not in host:
                     host[k] = tuple(entry.host[k]())
-                arrays.append(np.asarray(host[k][j], dtype=dtype))
+                arrays.append(place.value(np.asarray(host[k][j], dtype=dtype)))
             else:  # "grad": a gradient accumulated before the call
                 target_kind, target = ref
                 owner = target if target_kind == "tensor" else args[target]
-                arrays.append(owner._grad._host())
+                arrays.append(place.take(owner._grad, entry.input_names[i], "gradient"))
         return arrays
 
     def _run(self, entry: _Entry, args: list[Tensor]) -> Any:
         """Run the compiled program; `args` are the call's tensors, nested ones flattened."""
+        place = entry.place
         inputs = self._inputs(entry, args)
-        results = entry.forward.run(inputs)
+        if place.on_device:
+            results = entry.forward.run_device(inputs)
+        else:
+            results = entry.forward.run(inputs)
         n = entry.num_outputs
         stored = results[n:n + entry.num_stored]
         n += entry.num_stored
-        n = value_checks.run(entry.checks, results, n)  # eager's errors, before any writes
+        if entry.num_checks:  # eager's errors, before any writes
+            checked = [place.host(r) for r in results[n:n + entry.num_checks]]
+            value_checks.run(entry.checks, checked, 0)
+            n += entry.num_checks
         for commit in entry.commits:
             commit()
-        outs = [Tensor._wrap(a) for a in results[:entry.num_outputs]]
+        outs = [place.wrap(a) for a in results[:entry.num_outputs]]
         for (kind, ref), value in zip(entry.updates, results[n:n + len(entry.updates)]):
             if kind == "tensor":
-                ref._set_host(value)  # a fresh array of the program's: no copy needed
-                ref._version += 1
+                place.assign(ref, value)  # a fresh buffer of the program's: no copy needed
             else:  # an argument written in place: the caller's array (and its views) change
-                _write_argument(args[ref], value)
+                place.write_argument(args[ref], value)
         for store in entry.stores:
-            value = None if store.output is None else Tensor._wrap(stored[store.output])
+            if store.output is None:
+                value = None
+            elif store.kind == "item":
+                value = place.wrap(stored[store.output])
+            else:
+                kind, ref = store.target
+                owner = ref if kind == "tensor" else args[ref]
+                value = place.wrap_for(stored[store.output], owner)
             if store.kind == "item":
                 store.target[store.key] = value
             elif store.target[0] == "tensor":
@@ -488,23 +541,31 @@ class Compiled:
         """One autograd node for this call: its own saved values, inputs and gradient
         targets (the call's arguments, not the first call's), as an eager node has."""
         diff = entry.differentiable
+        place = entry.place
+        targets = tuple(ref if kind == "tensor" else args[ref]
+                        for kind, ref in entry.grad_sources)
 
         def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
             cotangents = {}
             for slot, g in zip(diff, grads):
-                cotangents[slot] = g._host() if g is not None else np.zeros_like(results[slot])
+                cotangents[slot] = place.cotangent(g) if g is not None else \
+                    place.zeros(results[slot])
             arrays = []
             for kind, index in entry.backward_inputs:
                 if kind == "saved":
                     arrays.append(saved[index])
                 elif kind == "input":
                     arrays.append(inputs[index])
+                elif index in cotangents:
+                    arrays.append(cotangents[index])
                 else:
-                    arrays.append(cotangents.get(index, np.zeros_like(results[index])))
-            return [Tensor._wrap(a) for a in entry.backward.run(arrays)]
+                    arrays.append(place.zeros(results[index]))
+            if place.on_device:
+                grads_out = entry.backward.run_device(arrays)
+            else:
+                grads_out = entry.backward.run(arrays)
+            return [place.wrap_for(a, t) for a, t in zip(grads_out, targets)]
 
-        targets = tuple(ref if kind == "tensor" else args[ref]
-                        for kind, ref in entry.grad_sources)
         node = autograd.FunctionNode("compiled_backward", targets, len(diff), backward_fn)
         for slot_index, out_index in enumerate(diff):
             t = outs[out_index]
@@ -581,15 +642,25 @@ def _used(entry: _Entry) -> int:
     return entry.used
 
 
-def _write_argument(target: Tensor, value: np.ndarray) -> None:
-    """Write a compiled call's new value of an argument into the caller's tensor in place."""
-    current = target._host()
-    if current.flags.writeable:
-        np.copyto(current, value)
-        target._set_host(current)
-    else:  # a broadcast view: the tensor takes a private array, as an eager write does
-        target._set_host(value)
-    target._version += 1
+def _explicit_device(device: Any, backend: str | None) -> Device | None:
+    """The device `compile(device=, backend=)` names (None: decided per call); a backend
+    generating code for another device than `device` raises ValueError naming both."""
+    if device is None:
+        return None if backend is None else device_of_backend(backend)
+    dev = as_device(device, check=True)
+    if backend is not None:
+        kind = get_target(backend).device
+        if kind != dev.type.value:
+            fitting = [n for n in target_names() if get_target(n).device == dev.type.value]
+            raise ValueError(f"compile: backend {backend!r} generates code for {kind}, not for "
+                             f"device {dev.name}; backends for {dev.name}: {fitting}")
+    return dev
+
+
+def _runtime_of(backend: str) -> Any:
+    """The runtime module of target `backend` (None for the reference evaluator)."""
+    target = get_target(backend)
+    return target.runtime_module() if target.runtime is not None else None
 
 
 def _matching(entries: list[_Entry], tensors: list[Tensor]) -> _Entry | None:

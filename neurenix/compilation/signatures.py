@@ -1,8 +1,9 @@
 """A compiled call's key (its signature) and why a new key recompiles, in words.
 
 The key holds the tensors' shapes, dtypes and `requires_grad`, the other arguments' values
-(`value_key`: equal exactly when the values are) and grad mode; module state is checked by
-guards (`trace_guards`), and `explain_guards` says which guard changed.
+(`value_key`: equal exactly when the values are), grad mode and the device the call runs on;
+module state is checked by guards (`trace_guards`), and `explain_guards` says which guard
+changed.
 """
 from __future__ import annotations
 
@@ -89,8 +90,10 @@ def _labelled(value: Any) -> bool:
 def explain_change(old: tuple, new: tuple) -> str:
     """Why a signature differs from the previous one, in words."""
     reasons = []
-    old_args, old_grad = old
-    new_args, new_grad = new
+    old_args, old_grad, old_device = old
+    new_args, new_grad, new_device = new
+    if old_device != new_device:
+        reasons.append(f"device changed {old_device.name} -> {new_device.name}")
     if len(old_args) != len(new_args):
         reasons.append(f"{len(new_args)} arguments instead of {len(old_args)}")
     for i, (a, b) in enumerate(zip(old_args, new_args)):

@@ -67,7 +67,7 @@ def host_values(state: TraceState, compute: Callable[[], tuple], like: Tensor, c
         name = f"host{k}_{j}"
         state.sources[name] = ("host", (k, j))
         node = state.tracer.input(name, TensorType((), like.dtype), "data")
-        values.append(Tensor._symbolic(node))
+        values.append(state.symbol(node))
     return tuple(values)
 
 
@@ -119,7 +119,7 @@ def read_grad(state: TraceState, t: Tensor) -> Tensor | None:
                 node = state.tracer.input(name, TensorType(tuple(before.shape), before.dtype),
                                           "buffer")
                 state.sources[name] = ("grad", slot.target)
-                t._grad = Tensor._symbolic(node)
+                t._grad = state.symbol(node)
     return t._grad
 
 
@@ -177,7 +177,7 @@ def backward_traced(state: TraceState, root: Tensor, gradient: Any) -> None:
     with no_grad():
         for t, g in gradients.values():
             current = read_grad(state, t)
-            g = Tensor._symbolic(g)
+            g = state.symbol(g)
             write_grad(state, t, g if current is None else add(current, g))
     state.backward_called = True
 

@@ -25,6 +25,7 @@ from neurenix.compiler.types import TensorType, int64
 
 from .. import state as ambient
 from ..call_site import user_source
+from ..device import CPU, Device
 from ..elementwise import as_tensor
 from ..shapes import broadcast_to
 from ..tensor import Tensor
@@ -36,8 +37,9 @@ from .trace_guards import Guard
 class TraceState:
     """One active trace: the tracer and the eager tensors registered as its inputs."""
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, device: Device = CPU) -> None:
         self.tracer = tracer
+        self.device = device  # where the program runs: every symbolic tensor's device
         self.inputs: dict[int, tuple[Tensor, Node]] = {}  # id(eager tensor) -> input node
         self.current: dict[int, Node] = {}  # id(input tensor) -> its value after in-place updates
         self.seeds: list[str] = []
@@ -69,6 +71,13 @@ class TraceState:
         # value checks (neurenix.value_checks): graph values and the test run on them per call
         self.checks: list[tuple[list[Node], Callable[..., None]]] = []
 
+    def symbol(self, node: Node) -> Tensor:
+        """A symbolic tensor for a graph value, on the device the program runs on (so that
+        `x.device` in traced code names it, and eager's device rules hold in the trace)."""
+        t = Tensor._symbolic(node)
+        t._device = self.device
+        return t
+
     def register(self, tensor: Tensor, name: str, kind: str) -> Node:
         """Make an eager tensor (parameter, buffer) an input of the graph."""
         node = self.tracer.input(name, TensorType(tensor.shape, tensor.dtype), kind)
@@ -82,7 +91,7 @@ class TraceState:
         """A symbolic tensor for the call's `index`-th tensor argument (eager `tensor`)."""
         node = self.tracer.input(name, TensorType(tuple(tensor.shape), tensor.dtype), "data")
         self.sources[name] = ("arg", index)
-        t = Tensor._symbolic(node)
+        t = self.symbol(node)
         self.args[id(t)] = (index, node)
         self.arg_tensors.append((t, node))
         if tensor.requires_grad:
@@ -162,7 +171,7 @@ class TraceState:
             elif not grad and any(self.differentiable(n) or id(n) in self.tainted
                                   for n in nodes):
                 self.tainted.add(id(node))
-        out = Tensor._symbolic(node)
+        out = self.symbol(node)
         if op in _VIEWS and inputs:
             base = inputs[0]
             self.view_of[id(out)] = (weakref.ref(out), weakref.ref(base))
@@ -177,7 +186,7 @@ class TraceState:
 
     def value_of(self, t: Tensor) -> Tensor:
         """A symbolic tensor for `t`'s value in the trace now (input, argument, or value)."""
-        return Tensor._symbolic(self.node_of(t))
+        return self.symbol(self.node_of(t))
 
     def write(self, target: Tensor, value: Any) -> bool:
         """`target` takes `value` (broadcast and cast to its type) in place; False when the
@@ -220,7 +229,9 @@ class TraceState:
         """Raise for a write to a view taken in the trace, or to a tensor with a live view."""
         pair = self.view_of.get(id(target))
         shared = pair is not None and pair[0]() is target and pair[1]() is not None
-        shared = shared or any(ref() is not None for ref in self.views.get(id(target), ()))
+        # a live view of `target` itself (not of an earlier tensor that had its id)
+        shared = shared or any(self._base_of(ref()) is target
+                               for ref in self.views.get(id(target), ()))
         if shared:
             raise TraceError(f"in-place write at {user_source()} to a tensor that shares memory "
                              f"with a view (reshape, view, slice, transpose, expand) taken in "
@@ -228,12 +239,17 @@ class TraceState:
                              f"through a view. Write to a copy (clone()) or build the value out "
                              f"of place")
 
+    def _base_of(self, view: Any) -> Any:
+        """The tensor `view` was taken of in the trace (None when it is gone or unknown)."""
+        pair = self.view_of.get(id(view)) if view is not None else None
+        return pair[1]() if pair is not None and pair[0]() is view else None
+
     def seed(self) -> Tensor:
         """An int64 seed for a random primitive: a graph input given a fresh value per call."""
         name = f"seed{len(self.seeds)}"
         self.seeds.append(name)
         self.sources[name] = ("seed", None)
-        return Tensor._symbolic(self.tracer.input(name, TensorType((), int64), "data"))
+        return self.symbol(self.tracer.input(name, TensorType((), int64), "data"))
 
     def read_grad(self, t: Tensor) -> Tensor | None:
         return trace_effects.read_grad(self, t)

@@ -15,6 +15,7 @@ import numpy as np
 from neurenix.compiler.types import DType, float32, float64
 
 from ..autograd import zero_grads
+from ..device import CPU
 from ..state import current_trace, no_grad
 from ..tensor import Tensor
 from .parameter import Parameter
@@ -275,7 +276,8 @@ class Module:
         return self
 
     def to(self, *args: Any, **kwargs: Any) -> Module:
-        """Move every parameter and buffer in place; a dtype converts floating ones only."""
+        """Move every parameter and buffer (and gradient) in place: each stays the same object,
+        so an optimizer made before keeps working; a dtype converts floating ones only."""
         with no_grad():
             for t in list(self.parameters()) + list(self.buffers()):
                 if t.dtype.is_floating:
@@ -284,6 +286,10 @@ class Module:
                     t.to(*(a for a in args if not isinstance(a, DType)), inplace=True,
                          **{k: v for k, v in kwargs.items() if k != "dtype"})
         return self
+
+    def cpu(self) -> Module:
+        """Move every parameter and buffer to the CPU in place."""
+        return self.to(CPU)
 
     def float(self) -> Module:
         return self.to(float32)

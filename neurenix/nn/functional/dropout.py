@@ -37,7 +37,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = Fa
     if p == 1.0:
         # Every element dropped: x * 0, as PyTorch computes it (NaN stays NaN).
         return ew.mul(x, 0.0)
-    seed = seed_tensor()  # fresh per call; a per-call graph input when traced
+    seed = seed_tensor(x.device)  # fresh per call; a per-call graph input when traced
     u = apply("rng_uniform", seed, shape=tuple(x.shape), dtype=x.dtype.name)
     # keep with probability 1 - p; the kept values are scaled so the mean is preserved
     scale = ew.mul(ew.cast(ew.ge(u, p), x.dtype), 1.0 / (1.0 - p))

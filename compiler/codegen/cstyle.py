@@ -1,0 +1,1092 @@
+"""The C-family renderer: a scheduled kernel becomes GPU kernel source through a `Dialect`.
+
+The renderer decides everything but syntax: how a schedule of compiler/schedule/grid.py maps
+the kernel's points onto work-items (a grid-stride loop, a work-group tree reduction in local
+memory, contraction tiles staged in local memory), the loops and the reductions (identities,
+NaN-propagating max/min, argmax/argmin taking the first extreme), and every kernel-IR
+operation with the kernel evaluator's semantics (compiler/kernel/eval.py): integer floor
+division and modulo that never trap, float floor division and remainder as PyTorch, wrapping
+integer arithmetic, shifts modulo the width, float to integer casts giving INT_MIN out of
+range (x86's rule), masked loads that never read where the mask is false.  A `Dialect`
+supplies the syntax: types, literals, conversions, select, declarations and loops, thread
+indices, barriers, local memory, buffer access and the kernel's signature (OpenCL C, WGSL;
+CUDA and HIP next: `CFamily` holds the C syntax they share).  A dialect without 64-bit
+integers gets every int64 operation as `int64_op` (WGSL emulates them), and one whose driver
+limits an invocation's loop iterations (`loop_limit`) gets long loops unrolled.
+
+Expressions are DAGs: a subexpression used more than once in a scope is bound to a name once
+(as `_shared` in kernel/ir.py prints it), and an operation that reads an operand twice binds
+it first.  Index arithmetic (`Var`s and what is computed from them and constants alone) is in
+the kernel's `index_bits`: a 32-bit kernel computes it in 32 bits, widening where it meets
+64-bit data.
+"""
+from __future__ import annotations
+
+import math
+import re
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ...runtime.program import KernelInfo, Program
+from ..kernel.ir import (
+    Acc,
+    Binary,
+    Cast,
+    Const,
+    Expr,
+    Kernel,
+    KernelGraph,
+    Load,
+    RandomUniform,
+    Unary,
+    Var,
+    Where,
+    children,
+    dtype_of,
+    postorder,
+)
+from ..kernel.memory import MemoryPlan, plan_memory
+from ..kernel.ops import BINARY_OPS
+from ..schedule import schedule_kernel, target_rules
+from ..schedule.grid import GridLoop, GroupReduction, TiledContraction
+from ..targets import Target
+from ..types import DType, bool_, float32, float64, int32, int64, uint32
+from .program_specs import (
+    buffer_specs,
+    constant_arrays,
+    parameters,
+    storage_root,
+    tensor_specs,
+)
+
+LONG = 4096
+"""Steps per work-item from which a loop is long (unrolled under a `loop_limit`)."""
+UNROLL, MAX_UNROLL = 8, 64
+"""Copies of a long loop's body per iteration, at least and at most."""
+
+
+class GridCodegenError(ValueError):
+    """A kernel a GPU target cannot carry out (its message names the target)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A kernel argument: a buffer, whether the kernel writes it, and whether it is device
+    memory kernels write (an output or a temporary: WebGPU binds those read-write, since a
+    buffer may not be bound both read-only and writable in one dispatch)."""
+
+    name: str
+    dtype: DType
+    writable: bool
+    shared: bool = False
+    ident: str = ""
+    """The identifier in the source: the buffer's name made safe (a buffer may be named
+    like a keyword of the language, `target` in WGSL, or hold dots)."""
+
+
+class Dialect:
+    """The syntax of one C-family language; the renderer calls these and nothing else.
+
+    Text in, text out: an expression argument is already rendered (and parenthesised where
+    it is compound), of the register type `self.type(dtype)`."""
+
+    name = ""
+    """The target name (error messages)."""
+    int64 = True
+    """Whether 64-bit integers are native (else every int64 operation is `int64_op`)."""
+    loop_limit = 0
+    """Loop iterations an invocation may run in all (0: no limit).  Mesa's llvmpipe
+    (lavapipe) silently ends an invocation's loops after 65,535: WGSL unrolls long loops."""
+
+    def type(self, dtype: DType) -> str:
+        """The register type of `dtype`."""
+        raise NotImplementedError
+
+    def bits(self, dtype: DType) -> int:
+        """The width of `dtype`'s register type."""
+        return 8 * dtype.itemsize
+
+    def int_literal(self, value: int, dtype: DType) -> str:
+        raise NotImplementedError
+
+    def float_literal(self, value: float, dtype: DType) -> str:
+        """A finite float constant (`float_bits` for the others)."""
+        raise NotImplementedError
+
+    def float_bits(self, bits: int, dtype: DType) -> str:
+        """The float whose IEEE bits are `bits` (infinities, NaN)."""
+        raise NotImplementedError
+
+    def truncate(self, x: str, src: DType, dst: DType) -> str:
+        """Float `x` (in range) to signed integer `dst`, rounding toward zero."""
+        raise NotImplementedError
+
+    def bool_literal(self, value: bool) -> str:
+        return "true" if value else "false"
+
+    def convert(self, x: str, src: DType, dst: DType) -> str:
+        """A value conversion between integers (wrapping, widening), int or bool to float,
+        bool to int, float to float; never float to int (the renderer guards those)."""
+        raise NotImplementedError
+
+    def select(self, cond: str, a: str, b: str) -> str:
+        """`a` where `cond`, else `b` (both evaluated)."""
+        raise NotImplementedError
+
+    def wrap(self, op: str, a: str, b: str, dtype: DType) -> str:
+        """`a op b` (op in + - *) wrapping on integers of `dtype`."""
+        raise NotImplementedError
+
+    def shift(self, op: str, a: str, count: str, dtype: DType) -> str:
+        """`a << count` / `a >> count` (op "<<", ">>"), count already in [0, width)."""
+        raise NotImplementedError
+
+    def int_abs(self, x: str, dtype: DType) -> str:
+        """|x| wrapping (|MIN| is MIN)."""
+        raise NotImplementedError
+
+    def isnan(self, x: str, dtype: DType) -> str:
+        raise NotImplementedError
+
+    def bitcast(self, x: str, src: DType, dst: DType) -> str:
+        """The bits of `x` as `dst`, a dtype of the same width (a buffer that shares its
+        storage with one of another dtype)."""
+        raise NotImplementedError
+
+    def compare(self, op: str, a: str, b: str, dtype: DType) -> str:
+        """`a op b` for a C comparison operator (`!=` true where either is NaN)."""
+        return f"({a} {op} {b})"
+
+    def call(self, fn: str, args: list[str], dtype: DType) -> str:
+        """A math function of C's name (exp, log, sqrt, tanh, erf, floor, trunc, fabs, fmod,
+        pow, copysign) on floats of `dtype`."""
+        raise NotImplementedError
+
+    def int64_op(self, op: str, args: list[str]) -> str:
+        """An int64 kernel-IR op (unary: neg, abs, sign, floor; binary: arithmetic,
+        comparisons, bit operations, shifts, max, min) of a dialect without 64-bit integers,
+        with eval.py's semantics."""
+        raise NotImplementedError
+
+    def sign(self, x: str, dtype: DType) -> str | None:
+        """-1, 0 or 1 of float `x` (+0.0 at +-0 and NaN), or None for the renderer's."""
+        return None
+
+    def declare(self, name: str, dtype: DType, value: str, mutable: bool = False) -> str:
+        raise NotImplementedError
+
+    def loop(self, var: str, dtype: DType, start: str, stop: str, step: str) -> str:
+        """The header of `for var in [start, stop) by step` (the renderer closes it)."""
+        raise NotImplementedError
+
+    def load(self, param: Param, index: str) -> str:
+        """Element `index` of a buffer, as a register value."""
+        raise NotImplementedError
+
+    def store(self, param: Param, index: str, value: str) -> list[str]:
+        """Statements writing `value` (a register value) at element `index`."""
+        raise NotImplementedError
+
+    def thread(self, kind: str, dim: int, dtype: DType) -> str:
+        """The work-group ("group") or work-item in work-group ("local") index along `dim`."""
+        raise NotImplementedError
+
+    def barrier(self) -> str:
+        raise NotImplementedError
+
+    def local_access(self, name: str, index: str) -> str:
+        return f"{name}[{index}]"
+
+    def check(self, kernel: Kernel, kernels: KernelGraph) -> None:
+        """Refuse what the target cannot carry out (a GridCodegenError naming it)."""
+
+    def unit(self, sources: list[str], kernels: list[Kernel]) -> str:
+        """`Program.source`: the kernels' sources as one text."""
+        return "\n\n".join(sources) + "\n"
+
+    def metadata(self, kernels: KernelGraph, scheduled: list[Kernel]) -> dict:
+        """What the runtime needs besides the kernels (build options, storage layouts)."""
+        return {}
+
+    def kernel(self, name: str, params: list[Param], block: tuple[int, ...],
+               local: list[tuple[str, DType, int]], body: list[str], comment: str) -> str:
+        """The whole kernel: its signature, `local` arrays (name, dtype, length) and body."""
+        raise NotImplementedError
+
+
+_U64 = DType("uint64", "u64", np.uint64, 1)
+"""uint64, for wrapping 64-bit arithmetic in C dialects (not a kernel dtype)."""
+
+
+class CFamily(Dialect):
+    """The C syntax OpenCL C, CUDA and HIP share; their dialects add address spaces, thread
+    builtins and bit reinterpretation."""
+
+    TYPES = {"bool": "bool", "int32": "int", "int64": "long", "uint32": "uint",
+             "uint64": "ulong", "float32": "float", "float64": "double"}
+
+    def type(self, dtype: DType) -> str:
+        return self.TYPES[dtype.name]
+
+    def reinterpret(self, x: str, dst: DType) -> str:
+        """The bits of `x` as `dst` (same width)."""
+        raise NotImplementedError
+
+    def int_literal(self, value: int, dtype: DType) -> str:
+        bits = self.bits(dtype)
+        suffix = {"int64": "L", "uint32": "u"}.get(dtype.name, "")
+        if dtype.is_signed and value == -(1 << (bits - 1)):
+            return f"({value + 1}{suffix} - 1{suffix})"
+        return f"{value}{suffix}" if value >= 0 else f"({value}{suffix})"
+
+    def float_literal(self, value: float, dtype: DType) -> str:
+        text = repr(float(value)) if dtype == float64 else str(np.float32(value))
+        if "e" not in text and "." not in text:
+            text += ".0"
+        text += "" if dtype == float64 else "f"
+        return f"({text})" if text.startswith("-") else text
+
+    def float_bits(self, bits: int, dtype: DType) -> str:
+        if dtype == float64:
+            return self.reinterpret(f"{bits:#x}UL", dtype)
+        return self.reinterpret(f"{bits:#x}u", dtype)
+
+    def truncate(self, x: str, src: DType, dst: DType) -> str:
+        return f"(({self.type(dst)})({x}))"
+
+    def convert(self, x: str, src: DType, dst: DType) -> str:
+        if src == dst:
+            return x
+        if src.is_integer and dst.is_integer:
+            if self.bits(src) == self.bits(dst):
+                return self.reinterpret(x, dst)
+            if self.bits(dst) < self.bits(src) and dst.is_signed:  # wrap, defined in C
+                return self.reinterpret(f"(({self.type(uint32)})({x}))", dst)
+        return f"(({self.type(dst)})({x}))"
+
+    def select(self, cond: str, a: str, b: str) -> str:
+        return f"({cond} ? {a} : {b})"
+
+    def wrap(self, op: str, a: str, b: str, dtype: DType) -> str:
+        if not dtype.is_signed:
+            return f"({a} {op} {b})"
+        unsigned = uint32 if self.bits(dtype) == 32 else _U64
+        return self.reinterpret(f"({self.reinterpret(a, unsigned)} {op} "
+                                f"{self.reinterpret(b, unsigned)})", dtype)
+
+    def shift(self, op: str, a: str, count: str, dtype: DType) -> str:
+        if op == "<<" and dtype.is_signed:
+            unsigned = uint32 if self.bits(dtype) == 32 else _U64
+            return self.reinterpret(f"({self.reinterpret(a, unsigned)} << {count})", dtype)
+        return f"({a} {op} {count})"
+
+    def isnan(self, x: str, dtype: DType) -> str:
+        return f"isnan({x})"
+
+    def bitcast(self, x: str, src: DType, dst: DType) -> str:
+        return self.reinterpret(x, dst)
+
+    def call(self, fn: str, args: list[str], dtype: DType) -> str:
+        return f"{fn}({', '.join(args)})"
+
+    def declare(self, name: str, dtype: DType, value: str, mutable: bool = False) -> str:
+        const = "" if mutable else "const "
+        return f"{const}{self.type(dtype)} {name} = {value};"
+
+    def loop(self, var: str, dtype: DType, start: str, stop: str, step: str) -> str:
+        return f"for ({self.type(dtype)} {var} = {start}; {var} < {stop}; {var} += {step}) {{"
+
+
+
+# ---- the renderer -------------------------------------------------------------------------
+
+_WORD = re.compile(r"[A-Za-z_]\w*")
+_ATOM = re.compile(r"[A-Za-z_]\w*|\(?-?[0-9][\w.+]*\)?")
+RESERVED = frozenset({"bool", "int", "long", "uint", "float", "double", "half", "char", "uchar",
+                      "short", "void", "const", "if", "else", "for", "while", "do", "return",
+                      "var", "let", "fn", "loop", "select", "i32", "u32", "f32", "true",
+                      "false", "global", "local", "kernel", "constant", "private"})
+"""Words no local name takes (types and keywords of the C dialects and WGSL)."""
+
+
+def render_kernel(kernel: Kernel, dialect: Dialect, params: list[Param],
+                  storage: dict[str, str] | None = None) -> str:
+    """The source of `kernel` as its schedule (compiler/schedule/grid.py) says, taking
+    `params` in order, `storage` naming the parameter of each buffer that shares another's
+    (in place); the schedule is written as a comment above it."""
+    return _Renderer(kernel, dialect, params, storage or {}).source()
+
+
+class _Renderer:
+    """Renders one kernel: statements into `lines`, expressions memoised per scope."""
+
+    def __init__(self, kernel: Kernel, dialect: Dialect, params: list[Param],
+                 storage: dict[str, str]) -> None:
+        self.k = kernel
+        self.d = dialect
+        self.params = {p.name: p for p in params}
+        self.storage = storage
+        self.dtypes = {b.name: b.dtype for b in kernel.buffers()}
+        self.param_list = params
+        self.lines: list[str] = []
+        self.depth = 1
+        self.taken = {p.name for p in params} | {p.ident for p in params} | {kernel.name}
+        self.idx = int32 if kernel.index_bits == 32 or not dialect.int64 else int64
+        self.memo: dict[int, str] = {}
+        self.bound: dict[tuple[str, DType], str] = {}
+        self.mutable: set[str] = set()
+        self.uses: dict[int, int] = {}
+        self.vars: dict[int, str] = {}
+        self.acc: str | None = None
+        self.acc_type: DType | None = None
+        self.local: list[tuple[str, DType, int]] = []
+        self._rtype: dict[int, DType] = {}
+        roots = [x for s in kernel.stores for x in (s.index, s.value)]
+        if kernel.reduce_value is not None:
+            roots.append(kernel.reduce_value)
+        self.pure: set[int] = set()
+        for e in postorder(roots):
+            if not isinstance(e, (Load, Acc)) and all(id(c) in self.pure for c in children(e)):
+                self.pure.add(id(e))
+
+    # ---- statements ---------------------------------------------------------------------
+
+    def fresh(self, base: str, exact: bool = False) -> str:
+        """A new local name: `base` itself (`exact`) or `base<n>`, never a buffer's."""
+        n = 0
+        name = base if exact else f"{base}0"
+        while name in self.taken or name in RESERVED:
+            n += 1
+            name = f"{base}_{n}" if exact else f"{base}{n}"
+        self.taken.add(name)
+        return name
+
+    def emit(self, line: str) -> None:
+        self.lines.append("  " * self.depth + line)
+
+    @contextmanager
+    def block(self, header: str):
+        self.emit(header)
+        self.depth += 1
+        saved = dict(self.memo), dict(self.bound)
+        try:
+            yield
+        finally:
+            self.memo, self.bound = saved
+            self.depth -= 1
+            self.emit("}")
+
+    def bind(self, text: str, dtype: DType, base: str = "v") -> str:
+        """`text` as a name or literal (bound to a new name unless it is one)."""
+        if _ATOM.fullmatch(text):
+            return text
+        key = (text, dtype)
+        if key in self.bound:
+            return self.bound[key]
+        name = self.fresh(base)
+        self.emit(self.d.declare(name, dtype, text))
+        if "[" not in text and not self.mutable.intersection(_WORD.findall(text)):
+            self.bound[key] = name  # the same text again reads the same values
+        return name
+
+    def var(self, dtype: DType, value: str, base: str) -> str:
+        name = self.fresh(base)
+        self.mutable.add(name)
+        self.emit(self.d.declare(name, dtype, value, mutable=True))
+        return name
+
+    def count_uses(self, roots: list[Expr]) -> None:
+        """Parent counts of the nodes under `roots` (a node with two is bound once)."""
+        self.uses = {}
+        stack = list(roots)
+        while stack:
+            e = stack.pop()
+            self.uses[id(e)] = self.uses.get(id(e), 0) + 1
+            if self.uses[id(e)] == 1:
+                stack.extend(children(e))
+
+    def wide(self, t: DType) -> bool:
+        """Whether int64 values of `t` are emulated (`Dialect.int64_op`)."""
+        return t == int64 and not self.d.int64
+
+    def index(self, e: Expr) -> str:
+        """`e` as a buffer index: emulated int64 values become 32-bit (larger ones address
+        nothing)."""
+        text = self.value(e)
+        return self.d.convert(text, int64, int32) if self.wide(self.rtype(e)) else text
+
+    # ---- types --------------------------------------------------------------------------
+
+    def rtype(self, e: Expr) -> DType:
+        """The register dtype of `e`: its dtype, except index arithmetic of a 32-bit kernel
+        (int64 values of loop variables and constants), which is int32."""
+        hit = self._rtype.get(id(e))
+        if hit is None:
+            hit = self._rtype[id(e)] = self._type(e)
+        return hit
+
+    def _type(self, e: Expr) -> DType:
+        if isinstance(e, Var):
+            return self.idx
+        if isinstance(e, Acc):
+            return self.acc_type
+        if isinstance(e, (Const, Load, Cast, RandomUniform)):
+            return e.dtype
+        if isinstance(e, Unary):
+            return bool_ if e.op == "not" else self.rtype(e.x)
+        if isinstance(e, Binary):
+            return bool_ if BINARY_OPS[e.op].predicate else self.optype(e.a, e.b)
+        return self.optype(e.a, e.b)
+
+    def optype(self, *operands: Expr) -> DType:
+        """The dtype operands are computed in: int32 when every non-constant int64 operand
+        is 32-bit index arithmetic."""
+        logical = dtype_of(operands[0], self.k.acc_dtype)
+        if logical != int64:
+            return logical
+        kinds = [self.rtype(x) for x in operands if not isinstance(x, Const)]
+        return int32 if kinds and all(t == int32 for t in kinds) else int64
+
+    # ---- expressions --------------------------------------------------------------------
+
+    def operand(self, e: Expr, want: DType) -> str:
+        """`e` rendered as `want` (constants written in it, index arithmetic widened)."""
+        if isinstance(e, Const):
+            return self.literal(e.value, want)
+        text = self.value(e)
+        return text if self.rtype(e) == want else self.d.convert(text, self.rtype(e), want)
+
+    def literal(self, value, dtype: DType) -> str:
+        if dtype == bool_:
+            return self.d.bool_literal(bool(value))
+        if dtype.is_integer:
+            return self.d.int_literal(int(value), dtype)
+        v = float(value)
+        if math.isfinite(v) and (v == 0 or abs(v) >= (1.2e-38 if dtype == float32
+                                                        else 2.3e-308)):
+            return self.d.float_literal(v, dtype)
+        fmt, ifmt = ("<d", "<Q") if dtype == float64 else ("<f", "<I")
+        return self.d.float_bits(struct.unpack(ifmt, struct.pack(fmt, v))[0], dtype)
+
+    def value(self, e: Expr) -> str:
+        """The text of `e` (in its register type), bound to a name when used again."""
+        hit = self.memo.get(id(e))
+        if hit is not None:
+            return hit
+        text = self._render(e)
+        if self.uses.get(id(e), 0) > 1 and children(e):
+            text = self.bind(text, self.rtype(e), "e")
+        self.memo[id(e)] = text
+        return text
+
+    def _render(self, e: Expr) -> str:
+        if isinstance(e, Var):
+            return self.vars[e.axis]
+        if isinstance(e, Const):
+            return self.literal(e.value, e.dtype)
+        if isinstance(e, Acc):
+            return self.acc
+        if isinstance(e, Load):
+            return self._load(e)
+        if isinstance(e, Cast):
+            return self.cast(self.value(e.x), self.rtype(e.x), e.dtype)
+        if isinstance(e, Where):
+            t = self.rtype(e)
+            return self.d.select(self.value(e.cond), self.operand(e.a, t), self.operand(e.b, t))
+        if isinstance(e, Unary):
+            return self._unary(e.op, self.value(e.x), self.rtype(e.x), id(e) in self.pure)
+        if isinstance(e, Binary):
+            return self._binary(e)
+        raise GridCodegenError(f"{self.d.name}: {self.k.name}: cannot render {e!r} (random "
+                               "numbers are decomposed before code generation)")
+
+    def param(self, buffer: str) -> Param:
+        """The parameter holding `buffer`'s storage."""
+        return self.params[self.storage.get(buffer, buffer)]
+
+    def read(self, buffer: str, index: str) -> str:
+        """Element `index` of `buffer` (reinterpreted where it shares another's storage)."""
+        param = self.param(buffer)
+        text = self.d.load(param, index)
+        dtype = self.dtypes[buffer]
+        return text if dtype == param.dtype else self.d.bitcast(text, param.dtype, dtype)
+
+    def _load(self, e: Load) -> str:
+        index = self.index(e.index)
+        if e.mask is None:
+            return self.read(e.buffer, index)
+        other = self.literal(e.other, e.dtype)
+        if self.k_size(e.buffer) == 0:
+            return other
+        mask = self.value(e.mask)
+        name = self.var(e.dtype, other, "ld")
+        with self.block(f"if ({mask}) {{"):
+            self.emit(f"{name} = {self.read(e.buffer, index)};")
+        return name
+
+    def k_size(self, name: str) -> int:
+        return next(b.size for b in self.k.buffers() if b.name == name)
+
+    def cast(self, x: str, src: DType, dst: DType) -> str:
+        """`Cast` semantics (compiler/ops/elementwise.py `convert`)."""
+        d = self.d
+        if src == dst:
+            return x
+        if dst == bool_:
+            return self.binary("ne", x, self.literal(0, src), src)
+        if not (src.is_floating and dst.is_integer):
+            return d.convert(x, src, dst)
+        x = self.bind(x, src)
+        if not dst.is_signed:
+            if d.int64:
+                return d.convert(self.cast(x, src, int64), int64, dst)
+            return self._float_to_u32(x, src)
+        bits = d.bits(dst)
+        fits = f"({d.call('fabs', [x], src)} < {self.literal(2.0 ** (bits - 1), src)})"
+        return d.select(fits, d.truncate(x, src, dst), self.literal(-(1 << (bits - 1)), dst))
+
+    def _float_to_u32(self, x: str, src: DType) -> str:
+        """float -> int64 -> low 32 bits, without 64-bit integers."""
+        d = self.d
+        t = self.bind(d.call("trunc", [x], src), src)
+        small = self.cast(t, src, int32)
+        k = d.call("floor", [f"({t} * {self.literal(2.0 ** -32, src)})"], src)
+        m = f"({t} - {k} * {self.literal(2.0 ** 32, src)})"
+        big = d.select(f"({d.call('fabs', [t], src)} < {self.literal(2.0 ** 63, src)})",
+                       d.convert(m, src, uint32), self.literal(0, uint32))
+        fits = f"({d.call('fabs', [t], src)} < {self.literal(2.0 ** 31, src)})"
+        return d.select(fits, d.convert(small, int32, uint32), big)
+
+    def _unary(self, op: str, x: str, t: DType, pure: bool) -> str:
+        d = self.d
+        if self.wide(t) and op in ("neg", "abs", "sign", "floor"):
+            return d.int64_op(op, [x])
+        if op == "neg":
+            if t.is_floating or pure:
+                return f"(-{x})"
+            return d.wrap("-", self.literal(0, t), x, t)
+        if op in ("exp", "log", "sqrt", "tanh", "erf"):
+            return d.call(op, [x], t)
+        if op == "abs":
+            return d.call("fabs", [x], t) if t.is_floating else d.int_abs(x, t)
+        if op == "sign":
+            native = d.sign(x, t) if t.is_floating else None
+            if native is not None:
+                return native
+            x = self.bind(x, t)
+            one, zero = self.literal(1, t), self.literal(0, t)
+            return d.select(f"({x} > {zero})", one,
+                            d.select(f"({x} < {zero})", self.literal(-1, t), zero))
+        if op == "floor":
+            return d.call("floor", [x], t) if t.is_floating else x
+        if op == "reciprocal":
+            return f"({self.literal(1.0, t)} / {x})"
+        if op == "not":
+            return f"(!{x})"
+        raise GridCodegenError(f"{d.name}: {self.k.name}: unary {op!r} is decomposed before "
+                               "code generation")
+
+    def _binary(self, e: Binary) -> str:
+        t = self.optype(e.a, e.b)
+        op = e.op
+        a, b = self.operand(e.a, t), self.operand(e.b, t)
+        return self.binary(op, a, b, t, pure=id(e) in self.pure, divisor=e.b)
+
+    def binary(self, op: str, a: str, b: str, t: DType, pure: bool = False,
+               divisor: Expr | None = None) -> str:
+        """`a op b` on operands of register dtype `t`."""
+        d = self.d
+        if self.wide(t) and op not in ("and", "or"):
+            return d.int64_op(op, [a, b])
+        infix = {"add": "+", "sub": "-", "mul": "*"}
+        if op in infix:
+            if t.is_floating or (pure and t.is_signed):
+                return f"({a} {infix[op]} {b})"
+            if t == bool_:
+                return f"({a} {'&&' if op == 'mul' else '||'} {b})"
+            return d.wrap(infix[op], a, b, t)
+        if op == "div":
+            return f"({a} / {b})"
+        cmp = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+        if op in cmp:
+            if t == bool_ and op not in ("eq", "ne"):
+                return {"lt": f"((!{a}) && {b})", "le": f"((!{a}) || {b})",
+                        "gt": f"({a} && (!{b}))", "ge": f"({a} || (!{b}))"}[op]
+            return d.compare(cmp[op], a, b, t)
+        if op in ("and", "or"):
+            return f"({a} {'&&' if op == 'and' else '||'} {b})"
+        if op in ("bitand", "bitor", "xor"):
+            return f"({a} {dict(bitand='&', bitor='|', xor='^')[op]} {b})"
+        if op in ("shl", "shr"):
+            mask = d.bits(t) - 1
+            count = (self.literal(int(divisor.value) & mask, t)
+                     if isinstance(divisor, Const) else f"({b} & {self.literal(mask, t)})")
+            return d.shift("<<" if op == "shl" else ">>", a, count, t)
+        if op in ("max", "min"):
+            return self.extreme(op, a, b, t)
+        if op == "pow":
+            return self._pow_f(a, b, t) if t.is_floating else self._pow_i(a, b, t)
+        if op in ("idiv", "mod"):
+            if t.is_floating:
+                return self._divmod_f(op, a, b, t)
+            return self._divmod_i(op, a, b, t, divisor)
+        raise GridCodegenError(f"{d.name}: {self.k.name}: no rendering of {op!r}")
+
+    def extreme(self, op: str, a: str, b: str, t: DType) -> str:
+        """NumPy's maximum/minimum: NaN in either operand gives NaN; a tie gives `b`."""
+        d = self.d
+        if t == bool_:
+            return f"({a} {'||' if op == 'max' else '&&'} {b})"
+        if self.wide(t):
+            return d.int64_op(op, [a, b])
+        if not t.is_floating:
+            return d.call(op, [a, b], t)
+        a, b = self.bind(a, t), self.bind(b, t)
+        pick = d.select(f"({a} {'>' if op == 'max' else '<'} {b})", a, b)
+        return d.select(d.isnan(a, t), a, pick)
+
+    def _pow_f(self, a: str, b: str, t: DType) -> str:
+        if b == self.literal(2.0, t):
+            a = self.bind(a, t)
+            return f"({a} * {a})"
+        return self.d.call("pow", [a, b], t)
+
+    def _pow_i(self, a: str, b: str, t: DType) -> str:
+        """Square-and-multiply over the exponent's bits (wrapping), as `int_pow`."""
+        d = self.d
+        a, b = self.bind(a, t), self.bind(b, t)
+        one, zero = self.literal(1, t), self.literal(0, t)
+        result = self.var(t, one, "pw")
+        base = self.var(t, a, "pb")
+        exp = self.var(t, d.select(f"({b} < {zero})", zero, b), "pe")
+        step = self.fresh("pk")
+        with self.block(d.loop(step, int32, self.literal(0, int32),
+                               self.literal(d.bits(t), int32), self.literal(1, int32))):
+            odd = f"(({exp} & {one}) == {one})"
+            self.emit(f"{result} = {d.select(odd, d.wrap('*', result, base, t), result)};")
+            self.emit(f"{base} = {d.wrap('*', base, base, t)};")
+            self.emit(f"{exp} = {d.shift('>>', exp, one, t)};")
+        minus = d.select(f"(({b} & {one}) == {one})", self.literal(-1, t), one)
+        negative = d.select(f"({a} == {one})", one,
+                            d.select(f"({a} == {self.literal(-1, t)})", minus, zero))
+        return d.select(f"({b} < {zero})", negative, result)
+
+    def _divmod_i(self, op: str, a: str, b: str, t: DType, divisor: Expr | None) -> str:
+        """Floor division / modulo: 0 for a zero divisor, MIN // -1 == MIN (no traps)."""
+        d = self.d
+        c = int(divisor.value) if isinstance(divisor, Const) else None
+        if c is not None and c > 0 and t.is_signed:
+            if c & (c - 1) == 0:
+                k = c.bit_length() - 1
+                if op == "idiv":
+                    return d.shift(">>", a, self.literal(k, t), t)
+                return f"({a} & {self.literal(c - 1, t)})"
+            a = self.bind(a, t)
+            r = self.bind(f"({a} % {b})", t)
+            if op == "mod":
+                return d.select(f"({r} < {self.literal(0, t)})", f"({r} + {b})", r)
+            return f"(({a} / {b}) - {d.convert(f'({r} < {self.literal(0, t)})', bool_, t)})"
+        a, b = self.bind(a, t), self.bind(b, t)
+        zero, one = self.literal(0, t), self.literal(1, t)
+        if not t.is_signed:
+            safe = self.bind(d.select(f"({b} == {zero})", one, b), t)
+            out = f"({a} / {safe})" if op == "idiv" else f"({a} % {safe})"
+            return d.select(f"({b} == {zero})", zero, out)
+        minus = self.literal(-1, t)
+        bad = self.bind(f"(({b} == {zero}) || ({b} == {minus}))", bool_)
+        safe = self.bind(d.select(bad, one, b), t)
+        q = self.bind(f"({a} / {safe})", t)
+        r = self.bind(f"({a} % {safe})", t)
+        fix = self.bind(f"(({r} != {zero}) && (({r} ^ {safe}) < {zero}))", bool_)
+        if op == "mod":
+            return d.select(bad, zero, d.select(fix, f"({r} + {safe})", r))
+        q = d.select(fix, f"({q} - {one})", q)
+        return d.select(f"({b} == {minus})", d.wrap("-", zero, a, t),
+                        d.select(bad, zero, q))
+
+    def _divmod_f(self, op: str, a: str, b: str, t: DType) -> str:
+        """NumPy's float floor_divide and PyTorch's remainder (module docstring)."""
+        d = self.d
+        a, b = self.bind(a, t), self.bind(b, t)
+        zero, one = self.literal(0.0, t), self.literal(1.0, t)
+        r = self.bind(d.call("fmod", [a, b], t), t)
+        differ = f"(({r} < {zero}) != ({b} < {zero}))"
+        fix = f"(({r} != {zero}) && {differ})"
+        if op == "mod":
+            return d.select(fix, f"({r} + {b})", r)
+        div = self.bind(f"(({a} - {r}) / {b})", t)
+        div = self.bind(d.select(fix, f"({div} - {one})", div), t)
+        fl = self.bind(d.call("floor", [div], t), t)
+        fl = self.bind(d.select(f"(({div} - {fl}) > {self.literal(0.5, t)})",
+                                f"({fl} + {one})", fl), t)
+        quotient = self.bind(f"({a} / {b})", t)
+        fl = d.select(f"({div} == {zero})", d.call("copysign", [zero, quotient], t), fl)
+        return d.select(f"({b} == {zero})", quotient, fl)
+
+    # ---- reductions ---------------------------------------------------------------------
+
+    def identity(self, op: str, t: DType) -> str:
+        if op in ("sum", "prod"):
+            return self.literal(int(op == "prod"), t)
+        low = op in ("max", "argmax")
+        if t == bool_:
+            return self.literal(not low, t)
+        if t.is_floating:
+            return self.literal(-math.inf if low else math.inf, t)
+        if not t.is_signed:
+            return self.literal(0 if low else (1 << self.d.bits(t)) - 1, t)
+        bits = self.d.bits(t)
+        return self.literal(-(1 << (bits - 1)) if low else (1 << (bits - 1)) - 1, t)
+
+    def combine(self, op: str, acc: str, v: str, t: DType) -> str:
+        if op == "sum":
+            return self.binary("add", acc, v, t)
+        if op == "prod":
+            return self.binary("mul", acc, v, t)
+        return self.extreme(op, acc, v, t)
+
+    def better(self, op: str, v: str, best: str, t: DType) -> str:
+        """Whether `v` replaces `best` in an argmax/argmin scan (the first extreme and the
+        first NaN win)."""
+        d = self.d
+        if t == bool_:
+            return f"({v} && (!{best}))" if op == "argmax" else f"((!{v}) && {best})"
+        strict = self.binary("gt" if op == "argmax" else "lt", v, best, t)
+        if not t.is_floating:
+            return strict
+        return f"({strict} || ({d.isnan(v, t)} && !{d.isnan(best, t)}))"
+
+    def better_part(self, op: str, v: str, iv: str, best: str, ib: str, t: DType) -> str:
+        """Whether partial (v, iv) replaces (best, ib) when partials of one argmax/argmin
+        combine: the better value, or the same at a smaller index (NaN first)."""
+        d = self.d
+        first = f"({iv} < {ib})"
+        tie = f"({self.binary('eq', v, best, t)} && {first})"
+        if not t.is_floating:
+            return f"({self.better(op, v, best, t)} || {tie})"
+        strict = f"({v} {'>' if op == 'argmax' else '<'} {best})"
+        nan_v, nan_b = d.isnan(v, t), d.isnan(best, t)
+        return d.select(nan_b, f"({nan_v} && {first})", f"({nan_v} || {strict} || {tie})")
+
+    # ---- kernel structure ---------------------------------------------------------------
+
+    def point_vars(self, flat: str, flat_type: DType, sizes: tuple[int, ...],
+                   first: int) -> None:
+        """Loop variables first..first+len(sizes) of the row-major point `flat`."""
+        rest = flat if flat_type == self.idx else self.d.convert(flat, flat_type, self.idx)
+        rest = self.bind(rest, self.idx, "p")
+        for axis in reversed(range(len(sizes))):
+            name = self.fresh(f"i{first + axis}", exact=True)
+            if axis == 0:
+                value = rest
+            else:
+                value = f"({rest} % {self.literal(sizes[axis], self.idx)})"
+            self.emit(self.d.declare(name, self.idx, value))
+            self.vars[first + axis] = name
+            if axis:
+                rest = self.bind(f"({rest} / {self.literal(sizes[axis], self.idx)})",
+                                 self.idx, "p")
+
+    def copies(self, steps: int) -> int:
+        """Copies of a loop body per iteration for `steps` steps per work-item: under a
+        `loop_limit`, a loop of `LONG` steps or more keeps to a quarter of the limit (at least
+        `UNROLL`, at most `MAX_UNROLL` copies)."""
+        limit = self.d.loop_limit
+        if not limit or steps < LONG:
+            return 1
+        return min(MAX_UNROLL, max(UNROLL, -(-4 * steps // limit)))
+
+    def strided(self, base: str, t: DType, start: str, stop: int, step: int, body) -> None:
+        """`body(var)` for var = start, start + step, ... below `stop`, its body copied per
+        iteration as `copies` says (each copy guarded)."""
+        d = self.d
+        copies = self.copies(-(-stop // step))
+        var = self.fresh(base)
+        with self.block(d.loop(var, t, start, self.literal(stop, t),
+                               self.literal(step * copies, t))):
+            for j in range(copies):
+                if j == 0:
+                    saved = dict(self.memo), dict(self.bound)
+                    body(var)
+                    self.memo, self.bound = saved
+                    continue
+                at = self.bind(f"({var} + {self.literal(step * j, t)})", t, base)
+                with self.block(f"if ({at} < {self.literal(stop, t)}) {{"):
+                    body(at)
+
+    def reduce_loops(self, start: str, step: int) -> _Acc:
+        """The reduction at the current point, run sequentially over its flat steps
+        start, start + step, ... (`start` "0" and `step` 1: every step, as nested loops,
+        or one flat loop where long loops are unrolled)."""
+        k = self.k
+        t = dtype_of(k.reduce_value)
+        op = k.reduce_op
+        best = self.var(t, self.identity(op, t), "acc")
+        index = self.var(self.idx, self.literal(0, self.idx), "arg") if op in (
+            "argmax", "argmin") else None
+        nd = len(k.domain)
+        total = math.prod(k.reduce)
+
+        def step_body() -> None:
+            self.count_uses([k.reduce_value])
+            v = self.bind(self.value(k.reduce_value), t, "x")
+            if index is None:
+                self.emit(f"{best} = {self.combine(op, best, v, t)};")
+            else:
+                take = self.bind(self.better(op, v, best, t), bool_, "take")
+                self.emit(f"{best} = {self.d.select(take, v, best)};")
+                self.emit(f"{index} = {self.d.select(take, self.vars[nd], index)};")
+
+        def flat(r: str) -> None:
+            self.point_vars(r, self.idx, tuple(k.reduce), nd)
+            step_body()
+
+        if start != "0" or step != 1 or self.copies(total) > 1:
+            self.strided("r", self.idx, start, total, step, flat)
+            return _Acc(best, index, t)
+        saved = dict(self.memo), dict(self.bound)
+        for j, n in enumerate(k.reduce):
+            name = self.fresh(f"i{nd + j}", exact=True)
+            self.vars[nd + j] = name
+            self.emit(self.d.loop(name, self.idx, self.literal(0, self.idx),
+                                  self.literal(n, self.idx), self.literal(1, self.idx)))
+            self.depth += 1
+        step_body()
+        self.memo, self.bound = saved
+        for _ in k.reduce:
+            self.depth -= 1
+            self.emit("}")
+        return _Acc(best, index, t)
+
+    def stores(self, acc: _Acc | None) -> None:
+        k = self.k
+        if acc is not None:
+            self.acc = acc.index if acc.index is not None else acc.value
+            self.acc_type = self.idx if acc.index is not None else acc.dtype
+        self.count_uses([x for s in k.stores for x in (s.index, s.value)])
+        for s in k.stores:
+            param, dtype = self.param(s.buffer), self.dtypes[s.buffer]
+            index = self.bind(self.index(s.index), self.idx if self.wide(
+                self.rtype(s.index)) else self.rtype(s.index), "at")
+            value = self.cast(self.value(s.value), self.rtype(s.value), dtype)
+            if s.accumulate:
+                value = self.binary("add", self.read(s.buffer, index), value, dtype)
+            if dtype != param.dtype:
+                value = self.d.bitcast(value, dtype, param.dtype)
+            for line in self.d.store(param, index, self.bind(value, param.dtype, "y")):
+                self.emit(line)
+
+    def grid_loop(self, plan: GridLoop) -> None:
+        """The basic mapping: a work-item per point, grid-stride (module docstring)."""
+        d = self.d
+        count = plan.count
+        threads = math.prod(plan.grid) * plan.block[0]
+        reach = threads * self.copies(-(-count // threads))  # past the end, at most
+        flat = self.idx if count + reach < 2 ** 31 else int64
+        if flat == int64 and not d.int64:
+            raise GridCodegenError(f"{d.name}: {self.k.name}: {count} points exceed 32-bit "
+                                   "indices")
+        gid = self.linear_group(plan, flat)
+        gid = f"(({gid}) * {self.literal(plan.block[0], flat)} + {d.thread('local', 0, flat)})"
+
+        def point(p: str) -> None:
+            self.point_vars(p, flat, tuple(self.k.domain), 0)
+            acc = self.reduce_loops("0", 1) if self.k.reduce_value is not None else None
+            self.stores(acc)
+        gid = self.bind(gid, flat, "g")
+        self.strided("p", flat, gid, count, threads, point)
+
+    def linear_group(self, plan, t: DType) -> str:
+        d = self.d
+        if len(plan.grid) == 1:
+            return d.thread("group", 0, t)
+        return (f"{d.thread('group', 1, t)} * {self.literal(plan.grid[0], t)} + "
+                f"{d.thread('group', 0, t)}")
+
+    def group_reduction(self, plan: GroupReduction) -> None:
+        """A work-group per point: strided partials, then a tree in local memory."""
+        d, k = self.d, self.k
+        block = plan.block[0]
+        t = dtype_of(k.reduce_value)
+        op = k.reduce_op
+        arg = op in ("argmax", "argmin")
+        vals = self.fresh("part")
+        self.local.append((vals, t, block))
+        idxs = None
+        if arg:
+            idxs = self.fresh("part_index")
+            self.local.append((idxs, self.idx, block))
+        lid = self.bind(d.thread("local", 0, self.idx), self.idx, "lid")
+        groups = math.prod(plan.grid)
+        p = self.fresh("p")
+        with self.block(d.loop(p, self.idx, self.linear_group(plan, self.idx),
+                               self.literal(plan.count, self.idx),
+                               self.literal(groups, self.idx))):
+            self.point_vars(p, self.idx, tuple(k.domain), 0)
+            acc = self.reduce_loops(lid, block)
+            self.emit(f"{d.local_access(vals, lid)} = {acc.value};")
+            if arg:
+                self.emit(f"{d.local_access(idxs, lid)} = {acc.index};")
+            self.emit(d.barrier())
+            level = self.fresh("s")
+            with self.block(d.loop(level, self.idx, self.literal(0, self.idx),
+                                   self.literal(block.bit_length() - 1, self.idx),
+                                   self.literal(1, self.idx))):
+                width = self.bind(d.shift(">>", self.literal(block // 2, self.idx), level,
+                                          self.idx), self.idx, "w")
+                with self.block(f"if ({lid} < {width}) {{"):
+                    other = self.bind(f"({lid} + {width})", self.idx, "o")
+                    mine = self.bind(d.local_access(vals, lid), t, "a")
+                    theirs = self.bind(d.local_access(vals, other), t, "b")
+                    if arg:
+                        im = self.bind(d.local_access(idxs, lid), self.idx, "ia")
+                        it = self.bind(d.local_access(idxs, other), self.idx, "ib")
+                        take = self.bind(self.better_part(op, theirs, it, mine, im, t),
+                                         bool_, "take")
+                        self.emit(f"{d.local_access(vals, lid)} = "
+                                  f"{d.select(take, theirs, mine)};")
+                        self.emit(f"{d.local_access(idxs, lid)} = {d.select(take, it, im)};")
+                    else:
+                        self.emit(f"{d.local_access(vals, lid)} = "
+                                  f"{self.combine(op, mine, theirs, t)};")
+                self.emit(d.barrier())
+            with self.block(f"if ({lid} == {self.literal(0, self.idx)}) {{"):
+                value = self.bind(d.local_access(vals, self.literal(0, self.idx)), t, "total")
+                index = None
+                if arg:
+                    index = self.bind(d.local_access(idxs, self.literal(0, self.idx)),
+                                      self.idx, "at")
+                self.stores(_Acc(value, index, t))
+            self.emit(d.barrier())
+
+    def tiled_contraction(self, plan: TiledContraction) -> None:
+        """Output tiles, k staged through local-memory tiles of `a` and `b` in order."""
+        d, k = self.d, self.k
+        size, t, idx = plan.tile, dtype_of(k.reduce_value), self.idx
+        value = k.reduce_value
+        a, b = (value.a, value.b) if plan.a_operand == 0 else (value.b, value.a)
+        kax = len(k.domain)
+        m_size, n_size, k_size = k.domain[plan.row], k.domain[plan.col], k.reduce[0]
+        tiles_a, tiles_b = self.fresh("tile_a"), self.fresh("tile_b")
+        self.local += [(tiles_a, t, size * size), (tiles_b, t, size * size)]
+        lit = lambda v: self.literal(v, idx)  # noqa: E731
+        lid = self.bind(d.thread("local", 0, idx), idx, "lid")
+        tx = self.bind(f"({lid} % {lit(size)})", idx, "tx")
+        ty = self.bind(f"({lid} / {lit(size)})", idx, "ty")
+        mine = self.bind(f"({ty} * {lit(size)} + {tx})", idx, "at")
+        p = self.fresh("p")
+        with self.block(d.loop(p, idx, self.linear_group(plan, idx), lit(plan.count),
+                               lit(math.prod(plan.grid)))):
+            col_tiles = -(-n_size // size)
+            tn = self.bind(f"({p} % {lit(col_tiles)})", idx, "tn")
+            rest = self.bind(f"({p} / {lit(col_tiles)})", idx, "p")
+            tm = self.bind(f"({rest} % {lit(-(-m_size // size))})", idx, "tm")
+            if plan.batch:
+                self.point_vars(f"({rest} / {lit(-(-m_size // size))})", idx,
+                                tuple(k.domain[:plan.row]), 0)
+            m = self.bind(f"({tm} * {lit(size)} + {ty})", idx, "m")
+            n = self.bind(f"({tn} * {lit(size)} + {tx})", idx, "n")
+            acc = self.var(t, self.literal(0, t), "acc")
+            k0 = self.fresh("k")
+            with self.block(d.loop(k0, idx, lit(0), lit(k_size), lit(size))):
+                for factor, tiles, outer, inner, limit in ((a, tiles_a, m, tx, m_size),
+                                                           (b, tiles_b, n, ty, n_size)):
+                    step = self.bind(f"({k0} + {inner})", idx, "kk")
+                    staged = self.var(t, self.literal(0, t), "v")
+                    with self.block(f"if (({outer} < {lit(limit)}) && "
+                                    f"({step} < {lit(k_size)})) {{"):
+                        self.vars[plan.row if factor is a else plan.col] = outer
+                        self.vars[kax] = step
+                        self.count_uses([factor])
+                        self.emit(f"{staged} = {self.operand(factor, t)};")
+                    self.emit(f"{d.local_access(tiles, mine)} = {staged};")
+                self.emit(d.barrier())
+                j = self.fresh("j")
+                with self.block(d.loop(j, idx, lit(0), lit(size), lit(1))):
+                    x = d.local_access(tiles_a, f"({ty} * {lit(size)} + {j})")
+                    y = d.local_access(tiles_b, f"({j} * {lit(size)} + {tx})")
+                    self.emit(f"{acc} = ({acc} + {x} * {y});")
+                self.emit(d.barrier())
+            with self.block(f"if (({m} < {lit(m_size)}) && ({n} < {lit(n_size)})) {{"):
+                self.vars[plan.row], self.vars[plan.col] = m, n
+                self.stores(_Acc(acc, None, t))
+
+    def source(self) -> str:
+        plan = self.k.schedule
+        if isinstance(plan, TiledContraction):
+            self.tiled_contraction(plan)
+        elif isinstance(plan, GroupReduction):
+            self.group_reduction(plan)
+        elif isinstance(plan, GridLoop):
+            if plan.count:
+                self.grid_loop(plan)
+        else:
+            raise GridCodegenError(f"{self.d.name}: kernel {self.k.name}: no renderer for "
+                                   f"schedule {type(plan).__name__} (GRID_RULES schedule GPU "
+                                   "kernels)")
+        return self.d.kernel(self.k.name, self.param_list, plan.block, self.local,
+                             self.lines, f"schedule: {plan}")
+
+
+@dataclass
+class _Acc:
+    """A finished reduction: its value's name, its index's (argmax/argmin), its dtype."""
+
+    value: str
+    index: str | None
+    dtype: DType
+
+
+# ---- programs -----------------------------------------------------------------------------
+
+
+def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Target,
+                     dialect: Dialect) -> Program:
+    """The `Program` of docs/targets/gpu-programs.md: every kernel rendered through
+    `dialect` as its schedule says (a kernel not scheduled yet gets `target`'s rules), in
+    launch order, with its launch geometry."""
+    caps = target.capabilities
+    plan = plan_memory(kernels, caps.alignment, caps.bool_bytes) if plan is None else plan
+    rules = target_rules(target)
+    scheduled = [k if k.schedule is not None else replace(k, schedule=schedule_kernel(
+        k, caps, rules)) for k in kernels.kernels]
+    outputs, temps = set(kernels.outputs), set(kernels.temporaries())
+    shared = outputs | temps
+    infos, sources, names = [], [], set()
+    for kernel in scheduled:
+        dialect.check(kernel, kernels)
+        name = base = re.sub(r"\W", "_", kernel.name)
+        n = 0
+        while name in names or name in RESERVED or name in kernels.buffers:
+            name, n = f"{base}_kernel{n or ''}", n + 1
+        names.add(name)
+        kernel = replace(kernel, name=name)
+        roots = parameters(kernel, plan)
+        storage = {b.name: storage_root(b.name, roots, plan) for b in kernel.buffers()}
+        written = {storage[b.name] for b in kernel.outputs}
+        params = [Param(r, kernels.buffers[r].dtype, r in written, r in shared,
+                        f"b{i}_{re.sub(r'[^A-Za-z0-9_]', '_', r)}")
+                  for i, r in enumerate(roots)]
+        if caps.max_kernel_buffers and len(params) > caps.max_kernel_buffers:
+            raise GridCodegenError(
+                f"{dialect.name}: kernel {name} binds {len(params)} buffers, more than the "
+                f"limit of {caps.max_kernel_buffers} buffers per kernel (max_kernel_buffers)")
+        source = render_kernel(kernel, dialect, params, storage)
+        sources.append(source)
+        plan_ = kernel.schedule
+        grid = (0,) * len(plan_.grid) if 0 in plan_.grid else plan_.grid
+        infos.append(KernelInfo(name, tuple(p.name for p in params), kernel.comment,
+                                tuple(kernel.domain), source, grid, plan_.block))
+    return Program(
+        target=target.device, entry="kernels", source=dialect.unit(sources, scheduled),
+        inputs=tensor_specs(kernels, kernels.inputs),
+        outputs=tensor_specs(kernels, kernels.outputs), buffers=buffer_specs(kernels, plan),
+        kernels=infos, arena_bytes=plan.arena_bytes, constants=constant_arrays(kernels),
+        memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
+                "lower_bound": plan.lower_bound_bytes},
+        metadata={"schedules": {i.name: str(k.schedule) for i, k in zip(infos, scheduled)},
+                  **dialect.metadata(kernels, scheduled)},
+    )

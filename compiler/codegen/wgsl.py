@@ -1,0 +1,250 @@
+"""The WGSL dialect of the C-family renderer (cstyle.py), its capability probe and its
+generator: one compute-shader module per kernel (docs/targets/gpu-programs.md).
+
+WGSL has no 64-bit types.  float64 is refused.  int64 is emulated exactly
+(compiler/codegen/wgsl_int64.py): a value is a `vec2<u32>` (low, high words), int64 buffers
+keep the host's 8-byte layout (`array<u32>`, element i at words 2i and 2i + 1), and every
+operation on int64 values is a helper function in the module's prelude; index arithmetic
+stays 32-bit.  Float functions WGSL gets wrong or lacks (fmod, pow at its special values,
+tanh near 0, sign's zeros) are helpers too (wgsl_math.py).  Bools are 0/1 `u32` words in
+buffers (`metadata["storage"]`).  Inputs and constants bind read-only, outputs and
+temporaries read-write (the arena is one buffer, which a dispatch may not bind both ways); a
+buffer the memory plan puts in place of another shares its binding.  Long loops are
+unrolled (`loop_limit`: lavapipe ends an invocation's loops after 65,535 iterations).
+Capabilities come from the adapter's limits, so `metadata["required_limits"]` says what the
+program needs of the device beyond WebGPU's defaults (storage buffers per stage, invocations
+per work-group).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ...runtime.program import Program
+from ..kernel.ir import (
+    Kernel,
+    KernelGraph,
+    dtype_of,
+    postorder,
+)
+from ..kernel.memory import MemoryPlan
+from ..kernel.ops import OP_NAMES
+from ..schedule.grid import GroupReduction, TiledContraction
+from ..targets import Capabilities, Target, get_target
+from ..types import DType, bool_, float64, int64, uint32
+from . import wgsl_int64 as i64
+from .cstyle import Dialect, GridCodegenError, Param, generate_program
+from .wgsl_math import prelude
+
+NATIVE_OPS = OP_NAMES - {"sigmoid", "erf"}
+"""WGSL has no erf; sigmoid, erf and the random-number generator are decomposed."""
+FLOAT64 = "webgpu: float64 is not supported (WGSL has no 64-bit floats); use float32"
+NAN = "((bitcast<u32>({}) & 0x7fffffffu) > 0x7f800000u)"
+
+
+class WGSL(Dialect):
+    """WGSL compute shaders."""
+
+    name = "webgpu"
+    int64 = False
+    loop_limit = 65535
+    TYPES = {"bool": "bool", "int32": "i32", "int64": "vec2<u32>", "uint32": "u32",
+             "float32": "f32"}
+
+    def type(self, dtype: DType) -> str:
+        if dtype == float64:
+            raise GridCodegenError(FLOAT64)
+        return self.TYPES[dtype.name]
+
+    def storage(self, dtype: DType) -> str:
+        return "u32" if dtype in (bool_, int64) else self.type(dtype)
+
+    def int_literal(self, value: int, dtype: DType) -> str:
+        if dtype == uint32:
+            return f"{value}u"
+        if dtype == int64:
+            return i64.literal(value)
+        if value == -(1 << 31):
+            return "bitcast<i32>(0x80000000u)"
+        return f"{value}i" if value >= 0 else f"({value}i)"
+
+    def float_literal(self, value: float, dtype: DType) -> str:
+        self.type(dtype)
+        text = str(np.float32(value))
+        text += "" if "e" in text or "." in text else ".0"
+        return f"({text}f)" if text.startswith("-") else f"{text}f"
+
+    def float_bits(self, bits: int, dtype: DType) -> str:
+        return f"bitcast<f32>({bits:#x}u)"
+
+    def truncate(self, x: str, src: DType, dst: DType) -> str:
+        return f"i64_from_f32({x})" if dst == int64 else f"i32({x})"
+
+    def convert(self, x: str, src: DType, dst: DType) -> str:
+        if self.type(src) == self.type(dst):
+            return x
+        if src == int64:
+            return {"int32": f"bitcast<i32>(({x}).x)", "uint32": f"({x}).x",
+                    "float32": f"i64_to_f32({x})"}[dst.name]
+        if dst == int64:
+            return {"int32": f"i64_from_i32({x})", "uint32": f"vec2<u32>({x}, 0u)",
+                    "bool": f"vec2<u32>(select(0u, 1u, {x}), 0u)"}[src.name]
+        return f"{self.type(dst)}({x})"
+
+    def int64_op(self, op: str, args: list[str]) -> str:
+        if len(args) == 1:
+            return i64.unary(op, args[0])
+        return i64.binary(op, *args)
+
+    def select(self, cond: str, a: str, b: str) -> str:
+        return f"select({b}, {a}, {cond})"
+
+    def wrap(self, op: str, a: str, b: str, dtype: DType) -> str:
+        return f"({a} {op} {b})"
+
+    def shift(self, op: str, a: str, count: str, dtype: DType) -> str:
+        count = count[:-1] + "u" if count[-1:] == "i" and count[:-1].isdigit() else \
+            f"u32({count})"
+        return f"({a} {op} {count})"
+
+    def int_abs(self, x: str, dtype: DType) -> str:
+        return f"abs({x})"
+
+    def bitcast(self, x: str, src: DType, dst: DType) -> str:
+        return f"bitcast<{self.type(dst)}>({x})"
+
+    def compare(self, op: str, a: str, b: str, dtype: DType) -> str:
+        if op == "!=" and dtype.is_floating:  # as unordered: true for NaN on every driver
+            return f"(!({a} == {b}))"
+        return f"({a} {op} {b})"
+
+    def isnan(self, x: str, dtype: DType) -> str:
+        return NAN.format(x)
+
+    def call(self, fn: str, args: list[str], dtype: DType) -> str:
+        if fn in ("fmod", "pow", "tanh"):  # exact or accurate helpers (wgsl_math.py)
+            return f"nx_{fn}({', '.join(args)})"
+        if fn == "copysign":
+            a, b = args
+            return (f"bitcast<f32>((bitcast<u32>({a}) & 0x7fffffffu) | "
+                    f"(bitcast<u32>({b}) & 0x80000000u))")
+        name = {"fabs": "abs"}.get(fn, fn)
+        return f"{name}({', '.join(args)})"
+
+    def sign(self, x: str, dtype: DType) -> str:
+        return f"nx_sign({x})"
+
+    def declare(self, name: str, dtype: DType, value: str, mutable: bool = False) -> str:
+        return f"{'var' if mutable else 'let'} {name}: {self.type(dtype)} = {value};"
+
+    def loop(self, var: str, dtype: DType, start: str, stop: str, step: str) -> str:
+        return (f"for (var {var}: {self.type(dtype)} = {start}; {var} < {stop}; "
+                f"{var} += {step}) {{")
+
+    def load(self, param: Param, index: str) -> str:
+        if param.dtype == int64:
+            return (f"vec2<u32>({param.ident}[({index}) * 2], "
+                    f"{param.ident}[({index}) * 2 + 1])")
+        if param.dtype == bool_:
+            return f"({param.ident}[{index}] != 0u)"
+        return f"{param.ident}[{index}]"
+
+    def store(self, param: Param, index: str, value: str) -> list[str]:
+        if param.dtype == int64:
+            return [f"{param.ident}[({index}) * 2] = {value}.x;",
+                    f"{param.ident}[({index}) * 2 + 1] = {value}.y;"]
+        if param.dtype == bool_:
+            value = f"select(0u, 1u, {value})"
+        return [f"{param.ident}[{index}] = {value};"]
+
+    def thread(self, kind: str, dim: int, dtype: DType) -> str:
+        return f"{self.type(dtype)}(nx_{'wid' if kind == 'group' else 'lid'}.{'xyz'[dim]})"
+
+    def barrier(self) -> str:
+        return "workgroupBarrier();"
+
+    def kernel(self, name: str, params: list[Param], block: tuple[int, ...],
+               local: list[tuple[str, DType, int]], body: list[str], comment: str) -> str:
+        lines = [f"// {comment}"] + prelude(body) + i64.prelude(body)
+        for i, p in enumerate(params):
+            access = "read_write" if p.writable or p.shared else "read"
+            lines.append(f"@group(0) @binding({i}) var<storage, {access}> {p.ident}: "
+                         f"array<{self.storage(p.dtype)}>;")
+        lines += [f"var<workgroup> {n}: array<{self.type(d)}, {count}>;"
+                  for n, d, count in local]
+        size = ", ".join(str(b) for b in (tuple(block) + (1, 1, 1))[:3])
+        lines += ["", f"@compute @workgroup_size({size})",
+                  f"fn {name}(@builtin(workgroup_id) nx_wid: vec3<u32>, "
+                  "@builtin(local_invocation_id) nx_lid: vec3<u32>) {"]
+        lines += [f"  _ = &{p.ident};" for p in params]  # every binding in the auto layout
+        return "\n".join(lines + body + ["}"])
+
+    def check(self, kernel: Kernel, kernels: KernelGraph) -> None:
+        _check(kernel)
+
+    def metadata(self, kernels: KernelGraph, scheduled: list[Kernel]) -> dict:
+        return {"storage": {"bool": "uint32"},
+                "required_limits": _required_limits(scheduled)}
+
+
+def _check(kernel: Kernel) -> None:
+    """Refuse float64 (WGSL has no 64-bit floats)."""
+    values = [s.value for s in kernel.stores]
+    values += [kernel.reduce_value] if kernel.reduce_value is not None else []
+    every = postorder(values + [s.index for s in kernel.stores])
+    if any(b.dtype == float64 for b in kernel.buffers()) or any(
+            dtype_of(e, kernel.acc_dtype) == float64 for e in every):
+        raise GridCodegenError(FLOAT64)
+
+
+def _required_limits(scheduled: list[Kernel]) -> dict:
+    """What the program needs of the device's limits (a runtime checks or requests them):
+    storage buffers per kernel, invocations per work-group, work-group memory (4-byte words:
+    tiles of a contraction, partials and their indices of a work-group reduction)."""
+    def local_bytes(k: Kernel) -> int:
+        plan = k.schedule
+        if isinstance(plan, TiledContraction):
+            return 2 * plan.tile * plan.tile * 4
+        if isinstance(plan, GroupReduction):
+            value = dtype_of(k.reduce_value, k.acc_dtype)
+            size = 8 if value == int64 else 4
+            return plan.block[0] * (size + (4 if k.reduce_op in ("argmax", "argmin") else 0))
+        return 0
+    return {"max_storage_buffers_per_shader_stage":
+            max((len(k.buffers()) for k in scheduled), default=0),
+            "max_compute_invocations_per_workgroup":
+            max((int(np.prod(k.schedule.block)) for k in scheduled), default=1),
+            "max_compute_workgroup_storage_size": max(map(local_bytes, scheduled), default=0)}
+
+
+@functools.cache
+def _adapter_limits() -> dict | None:
+    try:
+        import wgpu
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        return None if adapter is None else dict(adapter.limits)
+    except Exception:
+        return None
+
+
+def capabilities() -> Capabilities:
+    """The WebGPU adapter's limits (wgpu), else WebGPU's defaults; never raises."""
+    limits = _adapter_limits() or {}
+    buffers = int(limits.get("max-storage-buffers-per-shader-stage", 8))
+    invocations = int(min(limits.get("max-compute-invocations-per-workgroup", 256),
+                          limits.get("max-compute-workgroup-size-x", 256)))
+    return Capabilities(threads="grid", index_bits=(32, 64), preferred_index_bits=32,
+                        alignment=256, float64=False, int64=False, bool_bytes=4,
+                        max_kernel_buffers=buffers,
+                        max_grid=int(limits.get("max-compute-workgroups-per-dimension", 65535)),
+                        local_memory_bytes=int(limits.get("max-compute-workgroup-storage-size",
+                                                          16384)),
+                        max_workgroup_size=invocations, native_ops=NATIVE_OPS)
+
+
+def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
+             target: Target | None = None) -> Program:
+    """The WebGPU `Program` of `kernels` (docs/targets/gpu-programs.md)."""
+    target = get_target("webgpu") if target is None else target
+    return generate_program(kernels, plan, target, WGSL())

@@ -1,0 +1,184 @@
+"""GPU schedules: how a kernel maps onto a grid of work-groups (OpenCL, WebGPU, CUDA, HIP).
+
+Every GPU schedule is a launch: `grid` work-groups per dimension of `block` work-items each
+(the same convention as `runtime.program.KernelInfo`), and a mapping of the kernel's points
+onto them:
+
+- `GridLoop` (the basic mapping, always applies): one work-item per point of the flattened
+  domain, in a grid-stride loop, so that no grid dimension exceeds the target's `max_grid`
+  (the grid goes 2-D first); a reduction runs sequentially in its work-item.  A kernel that
+  is not parallel (scatter-add stores that may collide) runs as one work-item looping
+  over everything (`serial`).
+- `TiledContraction`: a sum over one axis k of `a * b` (matmul, a convolution's window
+  product; the CPU contraction rule's recognition): TILE x TILE output tiles, one work-item
+  per output, `a` and `b` staged through local memory TILE steps of k at a time (k in
+  order, so the sums are the basic mapping's).
+- `GroupReduction`: one work-group per output point (grid-stride over points): its
+  work-items reduce strided parts of the reduction, then combine them as a tree in local
+  memory.  For reductions with few output points and a long reduction (a full sum, softmax
+  rows), where one work-item per point would leave the device idle.
+
+`GRID_RULES` tries them in order; the basic mapping ends the list.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..kernel.ir import Binary, Kernel, dtype_of
+from ..targets import Capabilities
+from .contraction import axes_read
+from .types import Schedule
+
+BLOCK = 256
+"""Work-items per work-group of the basic mapping (at most the target's limit)."""
+MAX_GROUPS = 1 << 20
+"""Work-groups launched at most: a grid-stride loop covers larger domains."""
+GROUP_REDUCTION_STEPS = 256
+"""Reduction steps per point from which a work-group reduces each point."""
+GROUP_REDUCTION_POINTS = 1 << 16
+"""Output points up to which a work-group per point beats a work-item per point."""
+TILE = 16
+"""Rows, columns and k steps of a contraction's tiles (TILE * TILE work-items)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridSchedule(Schedule):
+    """A launch: `grid` work-groups per dimension of `block` work-items each."""
+
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+
+    def _launch(self) -> str:
+        grid = " x ".join(map(str, self.grid))
+        block = " x ".join(map(str, self.block))
+        return f"grid {grid} of {block}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridLoop(GridSchedule):
+    """One work-item per domain point in a grid-stride loop (`serial`: one work-item does
+    every point in order, for stores that may collide)."""
+
+    serial: bool
+
+    def __str__(self) -> str:
+        what = "one work-item, in order" if self.serial else "a work-item per point"
+        return self._line("grid loop", f"{what}, {self._launch()}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupReduction(GridSchedule):
+    """One work-group per output point: strided partial reductions per work-item, then a
+    tree in local memory over the `block[0]` partials (a power of two)."""
+
+    steps: int
+    """Reduction steps per point."""
+
+    def __str__(self) -> str:
+        return self._line("group reduction", f"{self.steps} steps per point, a work-group "
+                          f"per point, {self._launch()}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TiledContraction(GridSchedule):
+    """A work-group per `tile` x `tile` output tile (grid-stride over tiles): work-item
+    (ty, tx) computes point (row ty, column tx) of it, k runs in steps of `tile` through
+    local-memory tiles of `a` (rows x k) and `b` (k x columns)."""
+
+    a_operand: int
+    """Which factor of the reduced product is `a` (reads no column): 0 or 1."""
+    row: int
+    col: int
+    batch: tuple[int, ...]
+    tile: int
+
+    def __str__(self) -> str:
+        batch = " ".join(map(str, self.batch))
+        return self._line("tiled contraction", f"rows axis {self.row} x columns axis "
+                          f"{self.col} in {self.tile} x {self.tile} tiles, batch ({batch}), "
+                          f"a = factor {self.a_operand}, k staged by {self.tile} in local "
+                          f"memory, {self._launch()}")
+
+
+def launch(groups: int, block: int, max_grid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(grid, block) for `groups` work-groups of `block` work-items: 1-D while the groups fit
+    `max_grid` (0: no limit), else 2-D; at most `MAX_GROUPS` (a grid-stride loop does the
+    rest); a zero grid for no groups."""
+    groups = min(groups, MAX_GROUPS)
+    if groups == 0:
+        return (0,), (block,)
+    if not max_grid or groups <= max_grid:
+        return (groups,), (block,)
+    x = max_grid
+    return (x, min(-(-groups // x), max_grid)), (block, 1)
+
+
+def _block(caps: Capabilities, want: int) -> int:
+    limit = caps.max_workgroup_size or BLOCK
+    return 1 << (min(want, limit).bit_length() - 1)
+
+
+def serial_rule(kernel: Kernel, caps: Capabilities) -> GridLoop | None:
+    """One work-item for a kernel whose points may write the same element."""
+    if kernel.parallel and not any(s.accumulate for s in kernel.stores):
+        return None
+    count = math.prod(kernel.domain)
+    return GridLoop(count=count, threaded=False, grid=(1 if count else 0,), block=(1,),
+                    serial=True)
+
+
+def tiled_contraction_rule(kernel: Kernel, caps: Capabilities) -> TiledContraction | None:
+    """Local-memory tiles for a float contraction with at least a tile of rows, columns
+    and k steps."""
+    value = kernel.reduce_value
+    nd = len(kernel.domain)
+    if (kernel.reduce_op != "sum" or len(kernel.reduce) != 1 or nd < 2 or not kernel.parallel
+            or not isinstance(value, Binary) or value.op != "mul"
+            or not dtype_of(value).is_floating):
+        return None
+    row, col = nd - 2, nd - 1
+    m, n, k = kernel.domain[row], kernel.domain[col], kernel.reduce[0]
+    tile = TILE
+    if min(m, n, k) < tile or (caps.max_workgroup_size or BLOCK) < tile * tile or \
+            2 * tile * tile * dtype_of(value).itemsize > caps.local_memory_bytes:
+        return None
+    for operand, (a, b) in enumerate(((value.a, value.b), (value.b, value.a))):
+        if col not in axes_read(a) and row not in axes_read(b):
+            batch = tuple(range(nd - 2))
+            tiles = math.prod(kernel.domain[:row]) * -(-m // tile) * -(-n // tile)
+            grid, block = launch(tiles, tile * tile, caps.max_grid)
+            return TiledContraction(count=tiles, threaded=True, grid=grid, block=block,
+                                    a_operand=operand, row=row, col=col, batch=batch,
+                                    tile=tile)
+    return None
+
+
+def group_reduction_rule(kernel: Kernel, caps: Capabilities) -> GroupReduction | None:
+    """A work-group per output point, for long reductions over few points."""
+    if kernel.reduce_value is None or not caps.local_memory_bytes:
+        return None
+    points, steps = math.prod(kernel.domain), math.prod(kernel.reduce)
+    if steps < GROUP_REDUCTION_STEPS or points > GROUP_REDUCTION_POINTS or points == 0:
+        return None
+    block = _block(caps, min(BLOCK, steps))
+    if 16 * block > caps.local_memory_bytes:  # a value and an index per work-item
+        return None
+    grid, blocks = launch(points, block, caps.max_grid)
+    return GroupReduction(count=points, threaded=True, grid=grid, block=blocks, steps=steps)
+
+
+def grid_rule(kernel: Kernel, caps: Capabilities) -> GridLoop:
+    """The basic mapping; applies to every kernel."""
+    count = math.prod(kernel.domain)
+    block = _block(caps, BLOCK if count >= BLOCK else max(32, count))
+    grid, blocks = launch(-(-count // block), block, caps.max_grid)
+    return GridLoop(count=count, threaded=True, grid=grid, block=blocks, serial=False)
+
+
+GRID_RULES = (
+    serial_rule,           # stores that may collide: one work-item
+    tiled_contraction_rule,  # matmul, convolution: tiles staged in local memory
+    group_reduction_rule,  # long reductions over few points: a work-group per point
+    grid_rule,             # the basic mapping: always applies
+)
