@@ -208,3 +208,21 @@ def test_a_generator_returning_no_program_is_a_clear_error(toy, monkeypatch):
     with spec(False), pytest.raises(TypeError, match="its generator .* returned NoneType, "
                                                      "expected a runtime Program"):
         build(parse_graph(GRAPH), "kernel-eval")
+
+
+def test_opencl_code_generates_without_a_device(monkeypatch):
+    """Without pyopencl (or a device) the OpenCL probe gives OpenCL's minimums and allows
+    float64 (regression: it refused float64, so generating code without a device failed)."""
+    import builtins
+
+    from neurenix.compiler.codegen import opencl
+    real_import = builtins.__import__
+
+    def no_pyopencl(name, *args, **kwargs):
+        if name == "pyopencl":
+            raise ImportError("no pyopencl")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyopencl)
+    caps = opencl.capabilities()
+    assert caps.float64 and caps.threads == "grid" and caps.max_workgroup_size == 256

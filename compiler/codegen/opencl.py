@@ -81,7 +81,9 @@ class OpenCL(CFamily):
 
 
 def capabilities() -> Capabilities:
-    """The first OpenCL device's limits (pyopencl), else OpenCL's minimums; never raises."""
+    """The first OpenCL device's limits (pyopencl), else OpenCL's minimums with float64
+    allowed (code generated without a device, for export or a toolchain check, enables
+    cl_khr_fp64 and a device lacking it refuses to build it); never raises."""
     device = None
     try:
         import pyopencl as cl
@@ -92,7 +94,7 @@ def capabilities() -> Capabilities:
                 break
     except Exception:
         device = None
-    local, workgroup, fp64, align = 16 * 1024, 256, False, 256
+    local, workgroup, fp64, align = 16 * 1024, 256, True, 256
     if device is not None:
         try:
             local = int(device.local_mem_size)
