@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import re
 
+_FMOD_STEP = """    if (ex > ey) {
+      if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
+      ux = ux << 1u;
+      ex -= 1;
+    }
+"""
+"""One step of fmod's reduction, repeated in its loop (lavapipe caps loop iterations)."""
+
 HELPERS = {
     "nx_fmod": """fn nx_fmod(x: f32, y: f32) -> f32 {
   // C's fmod, exact: the shift-subtract reduction of the mantissas (musl's fmodf)
@@ -28,27 +36,7 @@ HELPERS = {
   if (ey == 0) { ey = 9 - i32(countLeadingZeros(ay)); uy = ay << u32(1 - ey); }
   else { uy = (uy & 0x7fffffu) | 0x800000u; }
   while (ex > ey) {  // four steps per iteration (lavapipe limits loop iterations)
-    if (ex > ey) {
-      if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
-      ux = ux << 1u;
-      ex -= 1;
-    }
-    if (ex > ey) {
-      if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
-      ux = ux << 1u;
-      ex -= 1;
-    }
-    if (ex > ey) {
-      if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
-      ux = ux << 1u;
-      ex -= 1;
-    }
-    if (ex > ey) {
-      if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
-      ux = ux << 1u;
-      ex -= 1;
-    }
-  }
+""" + _FMOD_STEP * 4 + """  }
   if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
   let shift = i32(countLeadingZeros(ux)) - 8;
   ux = ux << u32(shift);
