@@ -268,6 +268,16 @@ BUILTIN = (
         rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".wgsl",
         description="WGSL compute shaders (wgpu-py; a browser through export)")),
     register_target(Target(
+        "cuda", "cuda", _probe("neurenix.compiler.codegen.cuda:capabilities"),
+        "neurenix.compiler.codegen.cuda:generate", "neurenix.runtime.cuda",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cu",
+        description="CUDA C++ kernels from the shared C-family renderer, NVRTC to PTX")),
+    register_target(Target(
+        "hip", "rocm", _probe("neurenix.compiler.codegen.hip:capabilities"),
+        "neurenix.compiler.codegen.hip:generate", "neurenix.runtime.hip",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".hip",
+        description="HIP C++ kernels from the shared C-family renderer (ROCm)")),
+    register_target(Target(
         "reference", "cpu", _reference_capabilities, None, None,
         description="the optimised graph run by the NumPy reference evaluator (the oracle)")),
 )

@@ -100,6 +100,10 @@ class Dialect:
     loop_limit = 0
     """Loop iterations an invocation may run in all (0: no limit).  Mesa's llvmpipe
     (lavapipe) silently ends an invocation's loops after 65,535: WGSL unrolls long loops."""
+    warp = 0
+    """Lanes that run in lockstep and exchange registers through `shuffle_down` (CUDA's warp;
+    32 of an AMD wavefront's 32 or 64); 0: none.  A work-group reduction ends with shuffles
+    over the last `warp` partials instead of local-memory levels and barriers."""
 
     def type(self, dtype: DType) -> str:
         """The register type of `dtype`."""
@@ -197,6 +201,11 @@ class Dialect:
     def barrier(self) -> str:
         raise NotImplementedError
 
+    def shuffle_down(self, x: str, offset: int, dtype: DType) -> str:
+        """`x` of the lane `offset` above this one (`warp` lanes; int32, int64, uint32,
+        float32 and float64 values)."""
+        raise NotImplementedError
+
     def local_access(self, name: str, index: str) -> str:
         return f"{name}[{index}]"
 
@@ -227,6 +236,8 @@ class CFamily(Dialect):
 
     TYPES = {"bool": "bool", "int32": "int", "int64": "long", "uint32": "uint",
              "uint64": "ulong", "float32": "float", "float64": "double"}
+    SUFFIX = {"int64": "L", "uint32": "u", "uint64": "UL"}
+    """Integer literal suffixes by dtype name (C's long is 64-bit in OpenCL, not in CUDA)."""
 
     def type(self, dtype: DType) -> str:
         return self.TYPES[dtype.name]
@@ -237,7 +248,7 @@ class CFamily(Dialect):
 
     def int_literal(self, value: int, dtype: DType) -> str:
         bits = self.bits(dtype)
-        suffix = {"int64": "L", "uint32": "u"}.get(dtype.name, "")
+        suffix = self.SUFFIX.get(dtype.name, "")
         if dtype.is_signed and value == -(1 << (bits - 1)):
             return f"({value + 1}{suffix} - 1{suffix})"
         return f"{value}{suffix}" if value >= 0 else f"({value}{suffix})"
@@ -251,7 +262,7 @@ class CFamily(Dialect):
 
     def float_bits(self, bits: int, dtype: DType) -> str:
         if dtype == float64:
-            return self.reinterpret(f"{bits:#x}UL", dtype)
+            return self.reinterpret(f"{bits:#x}{self.SUFFIX['uint64']}", dtype)
         return self.reinterpret(f"{bits:#x}u", dtype)
 
     def truncate(self, x: str, src: DType, dst: DType) -> str:
@@ -312,16 +323,11 @@ RESERVED = frozenset({"bool", "int", "long", "uint", "float", "double", "half", 
 """Words no local name takes (types and keywords of the C dialects and WGSL)."""
 
 
-def render_kernel(kernel: Kernel, dialect: Dialect, params: list[Param],
-                  storage: dict[str, str] | None = None) -> str:
-    """The source of `kernel` as its schedule (compiler/schedule/grid.py) says, taking
-    `params` in order, `storage` naming the parameter of each buffer that shares another's
-    (in place); the schedule is written as a comment above it."""
-    return _Renderer(kernel, dialect, params, storage or {}).source()
-
-
 class _Renderer:
-    """Renders one kernel: statements into `lines`, expressions memoised per scope."""
+    """Renders one kernel as its schedule (compiler/schedule/grid.py) says, taking `params`
+    in order, `storage` naming the parameter of each buffer that shares another's (in
+    place): statements into `lines`, expressions memoised per scope, local arrays in
+    `local`; the schedule is written as a comment above the kernel."""
 
     def __init__(self, kernel: Kernel, dialect: Dialect, params: list[Param],
                  storage: dict[str, str]) -> None:
@@ -801,21 +807,33 @@ class _Renderer:
 
     def strided(self, base: str, t: DType, start: str, stop: int, step: int, body) -> None:
         """`body(var)` for var = start, start + step, ... below `stop`, its body copied per
-        iteration as `copies` says (each copy guarded)."""
+        iteration as `copies` says (each copy guarded).  The loop variable is 64-bit when
+        stepping past `stop` could pass INT_MAX (the body still sees a `t` value: every
+        value it sees is below `stop`)."""
         d = self.d
         copies = self.copies(-(-stop // step))
+        w = t
+        if t != int64 and stop + step * copies >= 2 ** 31:
+            if not d.int64:
+                raise GridCodegenError(f"{d.name}: {self.k.name}: a loop to {stop} in steps "
+                                       f"of {step * copies} exceeds 32-bit indices")
+            w = int64
         var = self.fresh(base)
-        with self.block(d.loop(var, t, start, self.literal(stop, t),
-                               self.literal(step * copies, t))):
+        with self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
+                               self.literal(stop, w), self.literal(step * copies, w))):
             for j in range(copies):
                 if j == 0:
                     saved = dict(self.memo), dict(self.bound)
-                    body(var)
+                    body(self.narrowed(var, w, t, base))
                     self.memo, self.bound = saved
                     continue
-                at = self.bind(f"({var} + {self.literal(step * j, t)})", t, base)
-                with self.block(f"if ({at} < {self.literal(stop, t)}) {{"):
-                    body(at)
+                at = self.bind(f"({var} + {self.literal(step * j, w)})", w, base)
+                with self.block(f"if ({at} < {self.literal(stop, w)}) {{"):
+                    body(self.narrowed(at, w, t, base))
+
+    def narrowed(self, var: str, w: DType, t: DType, base: str) -> str:
+        """`var` (of dtype `w`) as a `t` value."""
+        return var if w == t else self.bind(self.d.convert(var, w, t), t, base)
 
     def reduce_loops(self, start: str, step: int) -> _Acc:
         """The reduction at the current point, run sequentially over its flat steps
@@ -931,9 +949,11 @@ class _Renderer:
             if arg:
                 self.emit(f"{d.local_access(idxs, lid)} = {acc.index};")
             self.emit(d.barrier())
+            lanes = d.warp if d.warp and block >= d.warp and t in _SHUFFLED else 1
             level = self.fresh("s")
+            levels = block.bit_length() - lanes.bit_length()
             with self.block(d.loop(level, self.idx, self.literal(0, self.idx),
-                                   self.literal(block.bit_length() - 1, self.idx),
+                                   self.literal(levels, self.idx),
                                    self.literal(1, self.idx))):
                 width = self.bind(d.shift(">>", self.literal(block // 2, self.idx), level,
                                           self.idx), self.idx, "w")
@@ -953,66 +973,123 @@ class _Renderer:
                         self.emit(f"{d.local_access(vals, lid)} = "
                                   f"{self.combine(op, mine, theirs, t)};")
                 self.emit(d.barrier())
-            with self.block(f"if ({lid} == {self.literal(0, self.idx)}) {{"):
-                value = self.bind(d.local_access(vals, self.literal(0, self.idx)), t, "total")
-                index = None
-                if arg:
-                    index = self.bind(d.local_access(idxs, self.literal(0, self.idx)),
-                                      self.idx, "at")
-                self.stores(_Acc(value, index, t))
+            if lanes > 1:
+                self.warp_reduction(op, lanes, lid, vals, idxs, t)
+            else:
+                with self.block(f"if ({lid} == {self.literal(0, self.idx)}) {{"):
+                    value = self.bind(d.local_access(vals, self.literal(0, self.idx)), t,
+                                      "total")
+                    index = None
+                    if arg:
+                        index = self.bind(d.local_access(idxs, self.literal(0, self.idx)),
+                                          self.idx, "at")
+                    self.stores(_Acc(value, index, t))
             self.emit(d.barrier())
 
+    def warp_reduction(self, op: str, lanes: int, lid: str, vals: str, idxs: str | None,
+                       t: DType) -> None:
+        """The last levels of a work-group tree in registers: the first `lanes` work-items
+        combine their partials with the lane `lanes / 2`, ..., 1 above (the tree's pairs, in
+        its order), and lane 0 stores the result."""
+        d = self.d
+        with self.block(f"if ({lid} < {self.literal(lanes, self.idx)}) {{"):
+            value = self.var(t, d.local_access(vals, lid), "wv")
+            index = self.var(self.idx, d.local_access(idxs, lid), "wi") if idxs else None
+            offset = lanes // 2
+            while offset:
+                theirs = self.bind(d.shuffle_down(value, offset, t), t, "b")
+                if index is None:
+                    self.emit(f"{value} = {self.combine(op, value, theirs, t)};")
+                else:
+                    it = self.bind(d.shuffle_down(index, offset, self.idx), self.idx, "ib")
+                    take = self.bind(self.better_part(op, theirs, it, value, index, t), bool_,
+                                     "take")
+                    self.emit(f"{index} = {d.select(take, it, index)};")
+                    self.emit(f"{value} = {d.select(take, theirs, value)};")
+                offset //= 2
+            with self.block(f"if ({lid} == {self.literal(0, self.idx)}) {{"):
+                self.stores(_Acc(value, index, t))
+
     def tiled_contraction(self, plan: TiledContraction) -> None:
-        """Output tiles, k staged through local-memory tiles of `a` and `b` in order."""
+        """Output tiles of `plan.micro` outputs per work-item held in registers (one
+        variable each, no register arrays), k staged through local-memory tiles of `a` and
+        `b`; every output's sum runs over k in order, as the basic mapping's."""
         d, k = self.d, self.k
-        size, t, idx = plan.tile, dtype_of(k.reduce_value), self.idx
+        side, t, idx = plan.tile, dtype_of(k.reduce_value), self.idx
+        (rm, cm), rows, cols, block = plan.micro, plan.rows, plan.cols, plan.tile * plan.tile
         value = k.reduce_value
         a, b = (value.a, value.b) if plan.a_operand == 0 else (value.b, value.a)
         kax = len(k.domain)
         m_size, n_size, k_size = k.domain[plan.row], k.domain[plan.col], k.reduce[0]
         tiles_a, tiles_b = self.fresh("tile_a"), self.fresh("tile_b")
-        self.local += [(tiles_a, t, size * size), (tiles_b, t, size * size)]
+        self.local += [(tiles_a, t, rows * side), (tiles_b, t, side * cols)]
         lit = lambda v: self.literal(v, idx)  # noqa: E731
+        plus = lambda x, v: x if v == 0 else f"({x} + {lit(v)})"  # noqa: E731
         lid = self.bind(d.thread("local", 0, idx), idx, "lid")
-        tx = self.bind(f"({lid} % {lit(size)})", idx, "tx")
-        ty = self.bind(f"({lid} / {lit(size)})", idx, "ty")
-        mine = self.bind(f"({ty} * {lit(size)} + {tx})", idx, "at")
+        tx = self.bind(f"({lid} % {lit(side)})", idx, "tx")
+        ty = self.bind(f"({lid} / {lit(side)})", idx, "ty")
+        bx = self.bind(f"({lid} % {lit(cols)})", idx, "bx") if cm > 1 else tx
+        by = self.bind(f"({lid} / {lit(cols)})", idx, "by") if cm > 1 else ty
+        row_tiles, col_tiles = -(-m_size // rows), -(-n_size // cols)
         p = self.fresh("p")
         with self.block(d.loop(p, idx, self.linear_group(plan, idx), lit(plan.count),
                                lit(math.prod(plan.grid)))):
-            col_tiles = -(-n_size // size)
             tn = self.bind(f"({p} % {lit(col_tiles)})", idx, "tn")
             rest = self.bind(f"({p} / {lit(col_tiles)})", idx, "p")
-            tm = self.bind(f"({rest} % {lit(-(-m_size // size))})", idx, "tm")
+            tm = self.bind(f"({rest} % {lit(row_tiles)})", idx, "tm")
             if plan.batch:
-                self.point_vars(f"({rest} / {lit(-(-m_size // size))})", idx,
+                self.point_vars(f"({rest} / {lit(row_tiles)})", idx,
                                 tuple(k.domain[:plan.row]), 0)
-            m = self.bind(f"({tm} * {lit(size)} + {ty})", idx, "m")
-            n = self.bind(f"({tn} * {lit(size)} + {tx})", idx, "n")
-            acc = self.var(t, self.literal(0, t), "acc")
+            m0 = self.bind(f"({tm} * {lit(rows)} + {ty})", idx, "m")
+            n0 = self.bind(f"({tn} * {lit(cols)} + {tx})", idx, "n")
+            ms = [m0] + [self.bind(plus(m0, side * i), idx, "m") for i in range(1, rm)]
+            ns = [n0] + [self.bind(plus(n0, side * j), idx, "n") for j in range(1, cm)]
+            nb = self.bind(f"({tn} * {lit(cols)} + {bx})", idx, "nb") if cm > 1 else n0
+            accs = [[self.var(t, self.literal(0, t), "acc") for _ in range(cm)]
+                    for _ in range(rm)]
             k0 = self.fresh("k")
-            with self.block(d.loop(k0, idx, lit(0), lit(k_size), lit(size))):
-                for factor, tiles, outer, inner, limit in ((a, tiles_a, m, tx, m_size),
-                                                           (b, tiles_b, n, ty, n_size)):
-                    step = self.bind(f"({k0} + {inner})", idx, "kk")
-                    staged = self.var(t, self.literal(0, t), "v")
-                    with self.block(f"if (({outer} < {lit(limit)}) && "
-                                    f"({step} < {lit(k_size)})) {{"):
-                        self.vars[plan.row if factor is a else plan.col] = outer
-                        self.vars[kax] = step
-                        self.count_uses([factor])
-                        self.emit(f"{staged} = {self.operand(factor, t)};")
-                    self.emit(f"{d.local_access(tiles, mine)} = {staged};")
+            with self.block(d.loop(k0, idx, lit(0), lit(k_size), lit(side))):
+                for j in range(rm):  # element lid + block * j: row ty + side * j, k step tx
+                    self.stage(a, tiles_a, plus(lid, block * j), ms[j], plan.row, m_size,
+                               f"({k0} + {tx})", kax)
+                for j in range(cm):  # element lid + block * j: k step by + block / cols * j
+                    self.stage(b, tiles_b, plus(lid, block * j), nb, plan.col, n_size,
+                               plus(f"({k0} + {by})", block // cols * j), kax)
                 self.emit(d.barrier())
-                j = self.fresh("j")
-                with self.block(d.loop(j, idx, lit(0), lit(size), lit(1))):
-                    x = d.local_access(tiles_a, f"({ty} * {lit(size)} + {j})")
-                    y = d.local_access(tiles_b, f"({j} * {lit(size)} + {tx})")
-                    self.emit(f"{acc} = ({acc} + {x} * {y});")
+                step = self.fresh("j")
+                with self.block(d.loop(step, idx, lit(0), lit(side), lit(1))):
+                    xs = [self.bind(d.local_access(tiles_a, f"({plus(ty, side * i)} * "
+                                                   f"{lit(side)} + {step})"), t, "x")
+                          for i in range(rm)]
+                    ys = [self.bind(d.local_access(tiles_b, f"({step} * {lit(cols)} + "
+                                                   f"{plus(tx, side * j)})"), t, "y")
+                          for j in range(cm)]
+                    for i in range(rm):
+                        for j in range(cm):
+                            self.emit(f"{accs[i][j]} = ({accs[i][j]} + {xs[i]} * {ys[j]});")
                 self.emit(d.barrier())
-            with self.block(f"if (({m} < {lit(m_size)}) && ({n} < {lit(n_size)})) {{"):
-                self.vars[plan.row], self.vars[plan.col] = m, n
-                self.stores(_Acc(acc, None, t))
+            for i in range(rm):
+                for j in range(cm):
+                    with self.block(f"if (({ms[i]} < {lit(m_size)}) && "
+                                    f"({ns[j]} < {lit(n_size)})) {{"):
+                        self.vars[plan.row], self.vars[plan.col] = ms[i], ns[j]
+                        self.stores(_Acc(accs[i][j], None, t))
+
+    def stage(self, factor: Expr, tiles: str, at: str, outer: str, axis: int, limit: int,
+              step: str, kax: int) -> None:
+        """Element `at` of local tile `tiles`: `factor` at `axis` = `outer` and k = `step`,
+        0 past the edges (`limit`, the k extent) so partial tiles add nothing."""
+        d, idx = self.d, self.idx
+        t = dtype_of(self.k.reduce_value)
+        step = self.bind(step, idx, "kk")
+        staged = self.var(t, self.literal(0, t), "v")
+        with self.block(f"if (({outer} < {self.literal(limit, idx)}) && "
+                        f"({step} < {self.literal(self.k.reduce[0], idx)})) {{"):
+            self.vars[axis] = outer
+            self.vars[kax] = step
+            self.count_uses([factor])
+            self.emit(f"{staged} = {self.operand(factor, t)};")
+        self.emit(f"{d.local_access(tiles, at)} = {staged};")
 
     def source(self) -> str:
         plan = self.k.schedule
@@ -1029,6 +1106,10 @@ class _Renderer:
                                    "kernels)")
         return self.d.kernel(self.k.name, self.param_list, plan.block, self.local,
                              self.lines, f"schedule: {plan}")
+
+
+_SHUFFLED = (int32, int64, uint32, float32, float64)
+"""Register types `Dialect.shuffle_down` exchanges."""
 
 
 @dataclass
@@ -1074,7 +1155,13 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
             raise GridCodegenError(
                 f"{dialect.name}: kernel {name} binds {len(params)} buffers, more than the "
                 f"limit of {caps.max_kernel_buffers} buffers per kernel (max_kernel_buffers)")
-        source = render_kernel(kernel, dialect, params, storage)
+        renderer = _Renderer(kernel, dialect, params, storage)
+        source = renderer.source()
+        local = sum(count * dtype.itemsize for _, dtype, count in renderer.local)
+        if local > caps.local_memory_bytes:
+            raise GridCodegenError(
+                f"{dialect.name}: kernel {name} needs {local} bytes of local (shared) memory, "
+                f"more than the limit of {caps.local_memory_bytes} bytes (local_memory_bytes)")
         sources.append(source)
         plan_ = kernel.schedule
         grid = (0,) * len(plan_.grid) if 0 in plan_.grid else plan_.grid

@@ -205,7 +205,7 @@ def _required_limits(scheduled: list[Kernel]) -> dict:
     def local_bytes(k: Kernel) -> int:
         plan = k.schedule
         if isinstance(plan, TiledContraction):
-            return 2 * plan.tile * plan.tile * 4
+            return plan.local_elements * 4
         if isinstance(plan, GroupReduction):
             value = dtype_of(k.reduce_value, k.acc_dtype)
             size = 8 if value == int64 else 4

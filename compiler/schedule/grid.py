@@ -10,9 +10,11 @@ onto them:
   is not parallel (scatter-add stores that may collide) runs as one work-item looping
   over everything (`serial`).
 - `TiledContraction`: a sum over one axis k of `a * b` (matmul, a convolution's window
-  product; the CPU contraction rule's recognition): TILE x TILE output tiles, one work-item
-  per output, `a` and `b` staged through local memory TILE steps of k at a time (k in
-  order, so the sums are the basic mapping's).
+  product; the CPU contraction rule's recognition): TILE x TILE work-items per work-group,
+  each computing an R x C micro-tile of outputs in registers (register blocking: a
+  16R x 16C output tile per work-group; 1 x 1 for small outputs), `a` and `b` staged
+  through local memory TILE steps of k at a time (k in order, so the sums are the basic
+  mapping's).
 - `GroupReduction`: one work-group per output point (grid-stride over points): its
   work-items reduce strided parts of the reduction, then combine them as a tree in local
   memory.  For reductions with few output points and a long reduction (a full sum, softmax
@@ -39,7 +41,10 @@ GROUP_REDUCTION_STEPS = 256
 GROUP_REDUCTION_POINTS = 1 << 16
 """Output points up to which a work-group per point beats a work-item per point."""
 TILE = 16
-"""Rows, columns and k steps of a contraction's tiles (TILE * TILE work-items)."""
+"""Work-items per side of a contraction's work-group, and k steps staged per pass."""
+MICRO = (4, 2, 1)
+"""Rows (columns) of outputs per work-item a contraction tries, largest first: register
+blocking where the output has a full tile of them, 1 (an output per work-item) below."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,8 +87,9 @@ class GroupReduction(GridSchedule):
 
 @dataclass(frozen=True, kw_only=True)
 class TiledContraction(GridSchedule):
-    """A work-group per `tile` x `tile` output tile (grid-stride over tiles): work-item
-    (ty, tx) computes point (row ty, column tx) of it, k runs in steps of `tile` through
+    """A work-group of `tile` x `tile` work-items per `rows` x `cols` output tile
+    (grid-stride over tiles): work-item (ty, tx) accumulates in registers the `micro`
+    outputs (ty + tile * i, tx + tile * j) of it, k runs in steps of `tile` through
     local-memory tiles of `a` (rows x k) and `b` (k x columns)."""
 
     a_operand: int
@@ -92,13 +98,32 @@ class TiledContraction(GridSchedule):
     col: int
     batch: tuple[int, ...]
     tile: int
+    """Work-items per side of the work-group, and k steps staged per pass."""
+    micro: tuple[int, int] = (1, 1)
+    """Outputs per work-item (rows, columns), held in registers (register blocking)."""
+
+    @property
+    def rows(self) -> int:
+        """Rows of the output tile of a work-group."""
+        return self.tile * self.micro[0]
+
+    @property
+    def cols(self) -> int:
+        """Columns of the output tile of a work-group."""
+        return self.tile * self.micro[1]
+
+    @property
+    def local_elements(self) -> int:
+        """Elements of local memory: the `a` (rows x tile) and `b` (tile x cols) tiles."""
+        return self.tile * (self.rows + self.cols)
 
     def __str__(self) -> str:
         batch = " ".join(map(str, self.batch))
+        r, c = self.micro
         return self._line("tiled contraction", f"rows axis {self.row} x columns axis "
-                          f"{self.col} in {self.tile} x {self.tile} tiles, batch ({batch}), "
-                          f"a = factor {self.a_operand}, k staged by {self.tile} in local "
-                          f"memory, {self._launch()}")
+                          f"{self.col} in {self.rows} x {self.cols} tiles, {r} x {c} outputs "
+                          f"per work-item, batch ({batch}), a = factor {self.a_operand}, k "
+                          f"staged by {self.tile} in local memory, {self._launch()}")
 
 
 def launch(groups: int, block: int, max_grid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -130,7 +155,7 @@ def serial_rule(kernel: Kernel, caps: Capabilities) -> GridLoop | None:
 
 def tiled_contraction_rule(kernel: Kernel, caps: Capabilities) -> TiledContraction | None:
     """Local-memory tiles for a float contraction with at least a tile of rows, columns
-    and k steps."""
+    and k steps; register blocking as large as the output and local memory allow."""
     value = kernel.reduce_value
     nd = len(kernel.domain)
     if (kernel.reduce_op != "sum" or len(kernel.reduce) != 1 or nd < 2 or not kernel.parallel
@@ -140,18 +165,30 @@ def tiled_contraction_rule(kernel: Kernel, caps: Capabilities) -> TiledContracti
     row, col = nd - 2, nd - 1
     m, n, k = kernel.domain[row], kernel.domain[col], kernel.reduce[0]
     tile = TILE
-    if min(m, n, k) < tile or (caps.max_workgroup_size or BLOCK) < tile * tile or \
-            2 * tile * tile * dtype_of(value).itemsize > caps.local_memory_bytes:
+    if min(m, n, k) < tile or (caps.max_workgroup_size or BLOCK) < tile * tile:
+        return None
+    micro = _micro(m, n, tile, dtype_of(value).itemsize, caps.local_memory_bytes)
+    if micro is None:
         return None
     for operand, (a, b) in enumerate(((value.a, value.b), (value.b, value.a))):
         if col not in axes_read(a) and row not in axes_read(b):
             batch = tuple(range(nd - 2))
-            tiles = math.prod(kernel.domain[:row]) * -(-m // tile) * -(-n // tile)
+            tiles = (math.prod(kernel.domain[:row]) * -(-m // (tile * micro[0]))
+                     * -(-n // (tile * micro[1])))
             grid, block = launch(tiles, tile * tile, caps.max_grid)
             return TiledContraction(count=tiles, threaded=True, grid=grid, block=block,
                                     a_operand=operand, row=row, col=col, batch=batch,
-                                    tile=tile)
+                                    tile=tile, micro=micro)
     return None
+
+
+def _micro(m: int, n: int, tile: int, itemsize: int, local_bytes: int) -> tuple[int, int] | None:
+    """The largest micro-tile (rows, columns) of `MICRO` whose output tile the m x n output
+    fills at least once and whose local-memory tiles fit `local_bytes`; None if none does."""
+    fits = [(r, c) for r in MICRO for c in MICRO
+            if m >= tile * r and n >= tile * c and tile * tile * (r + c) * itemsize
+            <= local_bytes]
+    return max(fits, key=lambda rc: (rc[0] * rc[1], -abs(rc[0] - rc[1])), default=None)
 
 
 def group_reduction_rule(kernel: Kernel, caps: Capabilities) -> GroupReduction | None:
