@@ -31,6 +31,8 @@ BACKENDS: dict[str, str] = {
     "cpu": "neurenix.runtime.cpu",
     "opencl": "neurenix.runtime.opencl",
     "webgpu": "neurenix.runtime.webgpu",
+    "cuda": "neurenix.runtime.cuda",
+    "rocm": "neurenix.runtime.hip",
 }
 
 

@@ -9,8 +9,7 @@ import importlib
 import os
 
 import pytest
-
-GPU_DEVICES = ("opencl", "webgpu")
+from neurenix.runtime import BACKENDS
 
 
 def required() -> set[str]:
@@ -22,10 +21,11 @@ def required() -> set[str]:
 @functools.cache
 def _reason(kind: str) -> str:
     """Why `kind` cannot run here ("" when it can)."""
+    name = BACKENDS.get(kind, f"neurenix.runtime.{kind}")  # "rocm" runs in runtime.hip
     try:
-        module = importlib.import_module(f"neurenix.runtime.{kind}")
+        module = importlib.import_module(name)
     except ImportError as e:
-        return f"neurenix.runtime.{kind} does not import: {e}"
+        return f"{name} does not import: {e}"
     if module.available():
         return ""
     return module.unavailable_reason() or f"{kind} is not available"
@@ -46,3 +46,8 @@ def needs_device(kind: str) -> None:
         pytest.fail(f"{kind} is required here (NEURENIX_REQUIRE_DEVICES) but: {reason}")
     pytest.skip(f"{kind}: {reason}")
 
+
+
+GPU_DEVICES = ("opencl", "webgpu") + tuple(k for k in ("cuda", "rocm") if have(k))
+"""The devices the parity and adversarial device tests run on: the software devices always
+(CI installs them), CUDA and ROCm where a GPU is here or CI requires one."""

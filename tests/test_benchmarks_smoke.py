@@ -90,3 +90,29 @@ def test_device_benchmark_runs(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(out.read_text())
+
+
+def test_gpu_benchmark_runs_on_opencl(tmp_path):
+    """benchmarks/gpu.py end to end on OpenCL at its smoke size (torch on its CPU, eager only
+    to stay quick): every cell measured, no Neurenix cell wrong."""
+    import subprocess
+
+    from devices import needs_device
+
+    needs_device("opencl")
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--device", "opencl",
+                           "--tiny", "--only", "mlp_b64,gemm", "--seconds", "0.05",
+                           "--peers", "eager", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["tiny"] and report["env"]["device"] == "opencl"
+    assert set(report["results"]) == {"mlp_b64", "gemm"}
+    for name, cell in report["results"].items():
+        assert cell["ok"] and cell["torch_device"] == "cpu", (name, cell)
+        for framework in ("neurenix", "torch_eager"):
+            assert cell[framework]["ok"], (name, framework, cell[framework])
+            assert cell[framework]["s"] > 0
+        assert cell["neurenix"]["err"] <= 1e-3
+    assert "| mlp_b64 |" not in done.stdout and "mlp_b64" in done.stdout
