@@ -129,6 +129,10 @@ def _attach_creators() -> None:
 install_methods(Tensor)
 _attach_creators()
 
-from . import nn, optim  # noqa: E402  (after the methods: the layers build on them)
+from . import (  # noqa: E402  (after the methods: the layers build on them)
+    nn,
+    optim,
+    utils,  # noqa: E402  (neurenix.utils.data, as torch.utils.data)
+)
 from .compilation.compiled import compile  # noqa: E402,A004
 from .serialization import load, save  # noqa: E402

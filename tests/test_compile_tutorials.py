@@ -51,8 +51,20 @@ def _twins(build):
     return eager, twin, neurenix.compile(twin)
 
 
+def _check_parameters(got: np.ndarray, want: np.ndarray, name: str,
+                      noise_step: float | None) -> None:
+    """Trained parameters agree.  Adam (`noise_step`: its largest step) divides each update by
+    the gradient's own size, so an element whose gradient is rounding noise steps by up to
+    `noise_step` in a direction the summation order decides: a few such elements (one in
+    10,000) may differ by up to twice the steps taken; every other element agrees."""
+    if noise_step is None or np.isclose(got, want, rtol=RTOL, atol=ATOL).mean() < 1 - 1e-4:
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=name)
+    else:
+        assert np.all(np.abs(got - want) <= 2 * noise_step), name
+
+
 def _check_training(build, data, target, criterion, make_optimizer, epochs: int,
-                    fall: float) -> tuple:
+                    fall: float, noise_step: float | None = None) -> tuple:
     """Train eagerly and compiled; the loss curves agree and end below `fall` x the first."""
     eager, twin, compiled = _twins(build)
     eager.train()
@@ -64,8 +76,8 @@ def _check_training(build, data, target, criterion, make_optimizer, epochs: int,
     assert got[-1] < fall * got[0], f"compiled loss did not fall: {got}"
     assert compiled.cache_size == 1, "the training loop recompiled"
     for (name, p), (_, q) in zip(twin.named_parameters(), eager.named_parameters()):
-        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=RTOL,
-                                   atol=ATOL, err_msg=name)
+        _check_parameters(p.detach().numpy(), q.detach().numpy(), name,
+                          None if noise_step is None else noise_step * epochs)
     return eager, twin, compiled
 
 
@@ -124,7 +136,7 @@ def test_convolutional_network_with_adam():
     input_data = neurenix.Tensor.randn((8, 3, 28, 28))
     target_data = neurenix.Tensor.randint(0, 10, (8,))
     _check_training(CNN, input_data, target_data, CrossEntropyLoss(),
-                    lambda p: Adam(p, lr=0.001), epochs=6, fall=0.5)
+                    lambda p: Adam(p, lr=0.001), epochs=6, fall=0.5, noise_step=0.001)
 
 
 class RNN(Module):
@@ -147,7 +159,7 @@ def test_recurrent_network_with_adam():
     input_data = neurenix.Tensor.randn((batch_size, seq_length, input_size))
     target_data = neurenix.Tensor.randn((batch_size, 5))
     _check_training(lambda: RNN(input_size, 20, 5), input_data, target_data, MSELoss(),
-                    lambda p: Adam(p, lr=0.001), epochs=10, fall=0.97)
+                    lambda p: Adam(p, lr=0.001), epochs=10, fall=0.97, noise_step=0.001)
 
 
 TUTORIALS = {
