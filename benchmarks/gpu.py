@@ -11,7 +11,8 @@ is rewritten after every cell, so a run killed from outside keeps what finished)
   (the bandwidth the elementwise chain is held against);
 - `eltwise`: gelu_tanh(x*a+b)*sigmoid(x) at (16384, 8192); GB/s of x read + output written,
   and that as a fraction of the copy bandwidth (target >= 80%);
-- `gemm`: float32 4096^3 matmul; TFLOP/s against torch with TF32 off (target >= 70%) and on;
+- `gemm`: float32 4096^3 matmul; TFLOP/s against torch with TF32 off (target >= 70%), and
+  Neurenix with `neurenix.backends.allow_tf32` against torch with TF32 on (target >= 50%);
 - the spec models (`workloads.py`): inference, and whole training steps (forward, loss,
   backward, optimizer step) compiled as one program; target for training: no slower than
   torch eager.
@@ -54,7 +55,7 @@ COPY_ELEMENTS = {False: 256 * 2**20, True: 2**20}
 GPU_ELTWISE = {False: (16384, 8192), True: ELTWISE_SHAPE[True]}
 GPU_GEMM = {False: 4096, True: GEMM_N[True]}
 TOLERANCE = 1e-3
-TARGETS = {"eltwise": 0.8, "gemm": 0.7, "train": 1.0}
+TARGETS = {"eltwise": 0.8, "gemm": 0.7, "gemm_tf32": 0.5, "train": 1.0}
 
 
 def torch_device(device: str) -> str:
@@ -161,8 +162,20 @@ def _reference(name: str, tiny: bool) -> np.ndarray:
     return np.asarray(criterion(model(*xs), neurenix.Tensor(target)).item())
 
 
-def run_neurenix(name: str, device: str, seconds: float, tiny: bool) -> dict:
-    """First call (compile) time, synchronized time per call, and the error from CPU eager."""
+def run_neurenix(name: str, device: str, seconds: float, tiny: bool,
+                 tf32: bool = False) -> dict:
+    """First call (compile) time, synchronized time per call, and the error from CPU eager
+    (under `neurenix.backends.allow_tf32 = tf32`)."""
+    import neurenix
+
+    neurenix.backends.allow_tf32 = tf32
+    try:
+        return _run_neurenix(name, device, seconds, tiny)
+    finally:
+        neurenix.backends.allow_tf32 = False
+
+
+def _run_neurenix(name: str, device: str, seconds: float, tiny: bool) -> dict:
     from neurenix.runtime import backend_module
 
     sync = (lambda: None) if device == "cpu" else backend_module(device).synchronize
@@ -254,6 +267,8 @@ def run_cell(name: str, device: str, seconds: float, tiny: bool, peers: list[str
         jobs["torch_eager"] = lambda: run_torch(name, dev, seconds, tiny, False)
     if name == "gemm" and dev == "cuda":
         jobs["torch_tf32"] = lambda: run_torch(name, dev, seconds, tiny, False, tf32=True)
+        if device == "cuda":
+            jobs["neurenix_tf32"] = lambda: run_neurenix(name, device, seconds, tiny, True)
     if "compile" in peers and name != "copy":
         jobs["torch_compile"] = lambda: run_torch(name, dev, seconds, tiny, True)
     result: dict = {"ok": True, "torch_device": dev}
@@ -321,8 +336,14 @@ def _target(name: str, res: dict, copy_gbs: float | None, tiny: bool) -> str:
             "" if frac >= TARGETS["eltwise"] else " MISS")
     if name == "gemm" and res.get("torch_eager", {}).get("ok"):
         frac = res["torch_eager"]["s"] / mine["s"]
-        return f"{frac:.0%} of fp32 torch (>= {TARGETS['gemm']:.0%})" + (
+        text = f"{frac:.0%} of fp32 torch (>= {TARGETS['gemm']:.0%})" + (
             "" if frac >= TARGETS["gemm"] else " MISS")
+        tf32 = res.get("neurenix_tf32", {})
+        if tf32.get("ok") and res.get("torch_tf32", {}).get("ok"):
+            frac = res["torch_tf32"]["s"] / tf32["s"]
+            text += f"; TF32 {frac:.0%} of torch's (>= {TARGETS['gemm_tf32']:.0%})" + (
+                "" if frac >= TARGETS["gemm_tf32"] else " MISS")
+        return text
     if WORKLOADS.get(name, _workload("gemm")).train and res.get("torch_eager", {}).get("ok"):
         frac = res["torch_eager"]["s"] / mine["s"]
         return f"{frac:.2f}x eager (>= 1x)" + ("" if frac >= TARGETS["train"] else " MISS")
@@ -333,8 +354,8 @@ def rows(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """The table (a row per cell) and the errors its cells refer to."""
     tiny, results = report["tiny"], report["results"]
     header = ["workload", "torch on", "Neurenix ms", "torch eager ms", "torch.compile ms",
-              "torch TF32 ms", "Neurenix rate", "best peer rate", "vs best peer", "target",
-              "compile s", "err"]
+              "torch TF32 ms", "Neurenix TF32 ms", "Neurenix rate", "best peer rate",
+              "vs best peer", "target", "compile s", "err"]
     copy_gbs = _rate("copy", results.get("copy", {}).get("torch_eager"), tiny)
     table, errors = [], []
 
@@ -348,7 +369,8 @@ def rows(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
             continue
         cells = {fw: (_ms(res.get(fw)) if res.get(fw, {"ok": True}).get("ok")
                       else ref(f"{name} {fw}", res[fw]))
-                 for fw in ("neurenix", "torch_eager", "torch_compile", "torch_tf32")}
+                 for fw in ("neurenix", "torch_eager", "torch_compile", "torch_tf32",
+                            "neurenix_tf32")}
         peers = [res[fw] for fw in ("torch_eager", "torch_compile") if res.get(fw, {}).get("ok")]
         best = min(peers, key=lambda r: r["s"]) if peers else None
         mine = res.get("neurenix", {})
@@ -358,7 +380,7 @@ def rows(report: dict) -> tuple[list[str], list[list[str]], list[str]]:
         err = mine.get("err")
         table.append([
             name, res["torch_device"], cells["neurenix"], cells["torch_eager"],
-            cells["torch_compile"], cells["torch_tf32"],
+            cells["torch_compile"], cells["torch_tf32"], cells["neurenix_tf32"],
             f"{rate:.3g} {unit}" if rate else "-",
             f"{peer_rate:.3g} {unit}" if peer_rate else "-",
             f"{best['s'] / mine['s']:.2f}x" if best and mine.get("ok") else "-",

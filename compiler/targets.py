@@ -273,6 +273,12 @@ BUILTIN = (
         rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cu",
         description="CUDA C++ kernels from the shared C-family renderer, NVRTC to PTX")),
     register_target(Target(
+        "cuda_tf32", "cuda", _probe("neurenix.compiler.codegen.cuda:capabilities"),
+        "neurenix.compiler.codegen.cuda:generate_tf32", "neurenix.runtime.cuda",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cu",
+        description="the cuda target with float32 matmul and convolution on TF32 tensor "
+                    "cores (sm_80+; neurenix.backends.allow_tf32)")),
+    register_target(Target(
         "hip", "rocm", _probe("neurenix.compiler.codegen.hip:capabilities"),
         "neurenix.compiler.codegen.hip:generate", "neurenix.runtime.hip",
         rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".hip",

@@ -3,9 +3,10 @@
 `dispatch.apply` hands an operation here when an input's storage is not a NumPy array.  The
 operation runs where its device tensors are: a graph of the one primitive is built
 (`GraphBuilder`), compiled for the device's target (`pipeline.build(graph,
-target_for_device(kind))`), loaded once (`backend_module(kind).Executable`) and kept, least
-recently used out beyond `CACHE_LIMIT`, under the key (op, device, each operand's shape and
-dtype and how it arrives, attributes).  A call runs `Executable.run_device` on the operands'
+backends.target_for(kind))`: "cuda_tf32" on CUDA while `neurenix.backends.allow_tf32`), loaded
+once (`backend_module(kind).Executable`) and kept, least recently used out beyond
+`CACHE_LIMIT`, under the key (op, target, device, each operand's shape and dtype and how it
+arrives, attributes).  A call runs `Executable.run_device` on the operands'
 buffers and returns the new output buffer: no value goes through the host.
 
 Host operands an operation on a device accepts, as PyTorch does (anything else raises a
@@ -40,9 +41,9 @@ from neurenix import runtime
 from neurenix.compiler.graph.graph_builder import GraphBuilder
 from neurenix.compiler.ops import Primitive
 from neurenix.compiler.pipeline import build
-from neurenix.compiler.targets import target_for_device
 from neurenix.compiler.types import TensorType, dtype_from_name
 
+from .backends import target_for
 from .device import Device
 from .tensor import Alias, HostConstant, Tensor, alias_of, shared
 
@@ -217,7 +218,8 @@ def _is_identity(op: str, operands: list[Operand], out_type: TensorType) -> bool
 def _key(op: str, device: Device, operands: tuple[Operand, ...],
          attrs: dict[str, Any]) -> tuple:
     # repr, not the values: it tells -0.0 from 0.0 and matches nan with nan
-    return (op, device.name, operands, repr(sorted(attrs.items())))
+    return (op, target_for(device.type.value), device.name, operands,
+            repr(sorted(attrs.items())))
 
 
 def _executable(op: str, device: Device, operands: tuple[Operand, ...],
@@ -232,7 +234,7 @@ def _executable(op: str, device: Device, operands: tuple[Operand, ...],
             cache.hits += 1
             return found
     kind = device.type.value
-    program, _ = build(_graph(op, operands, attrs), target_for_device(kind))
+    program, _ = build(_graph(op, operands, attrs), target_for(kind))
     module = runtime.backend_module(kind)
     module.prepare(program, None)
     executable = module.Executable(program)

@@ -75,11 +75,26 @@ class Estimator:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.backend = backend
+        self._make_callables()
+
+    def _make_callables(self) -> None:
+        """The training step and the forward pass `backend` runs (compiled: new `Compiled`
+        objects, which compile, or load from the disk cache, on their first call)."""
         self._train_step: Callable[[Tensor, Tensor], Tensor] = self._step
-        self._forward: Callable[[Tensor], Tensor] = model
-        if backend == "compiled":
+        self._forward: Callable[[Tensor], Tensor] = self.model
+        if self.backend == "compiled":
             self._train_step = compile_(self._step)
-            self._forward = compile_(model)
+            self._forward = compile_(self.model)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (and deep-copied): the model, loss, optimizer, scheduler and backend; never
+        compiled programs.  A loaded estimator compiles again, or loads from the disk compile
+        cache, on its first training step or prediction."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_train_step", "_forward")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._make_callables()
 
     def _step(self, x: Tensor, y: Tensor) -> Tensor:
         """One training step on a mini-batch; returns the loss."""

@@ -9,7 +9,9 @@ The operations (`x + y`, `x.sum(1)`, `x[i]`, `x.to(...)`, `x.backward()`) are in
 """
 from __future__ import annotations
 
+import copy
 import numbers
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -445,6 +447,25 @@ class Tensor:
     def __hash__(self) -> int:
         return id(self)
 
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        """Pickled as its values on the host, its device, requires_grad and grad; the autograd
+        graph is not kept, so a loaded tensor is a leaf, as in PyTorch."""
+        return (_rebuild_tensor, (type(self), self._concrete_host(), self._device.name,
+                                  self.requires_grad, self._grad))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
+        """A leaf holding a copy of the values (and of the grad) on the same device."""
+        return _rebuild_tensor(type(self), self._concrete_host().copy(),
+                               self._device.name, self.requires_grad,
+                               copy.deepcopy(self._grad, memo))
+
+    def _concrete_host(self) -> np.ndarray:
+        """`_host()`, refused for a traced tensor, which has no values to pickle or copy."""
+        if self._data is None:
+            raise TypeError("cannot pickle or copy a traced tensor (one inside a function "
+                            "neurenix.compile is tracing)")
+        return self._host()
+
     def __repr__(self) -> str:
         if self._data is None:
             return f"tensor(<traced {self._value.type}>)"
@@ -493,6 +514,22 @@ class Tensor:
         if self.requires_grad and self._node is None and state.is_grad_enabled():
             raise RuntimeError(f"{op}: a leaf tensor that requires grad cannot be modified in "
                                "place; wrap the update in neurenix.no_grad()")
+
+
+def _rebuild_tensor(cls: type, values: np.ndarray, device: str, requires_grad: bool,
+                    grad: Tensor | None) -> Tensor:
+    """A pickled tensor again: on its device when that kind is available here, else on the
+    CPU (with a warning)."""
+    dev = as_device(device)
+    if dev != CPU and not dev.is_available():
+        warnings.warn(f"a tensor pickled on {dev.name} is loaded on the CPU: {dev.name} is not "
+                      f"available here", RuntimeWarning, stacklevel=2)
+        dev = CPU
+    t = cls._wrap(storage_on(values, dev), dtype_from_numpy(values.dtype),
+                  CPU if dev == CPU else dev)
+    t.requires_grad = requires_grad
+    t._grad = grad
+    return t
 
 
 def is_tensor(obj: Any) -> bool:

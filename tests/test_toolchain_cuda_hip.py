@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 import gpu_corpus
 import pytest
 from neurenix.compiler.codegen import ptxas
-from neurenix.compiler.codegen.cuda import CUDA
+from neurenix.compiler.codegen.cuda import CUDA, TF32_PRELUDE
 from neurenix.compiler.codegen.hip import HIP
 from neurenix.compiler.lowering.lower import lower
 from neurenix.compiler.targets import get_target
@@ -105,6 +105,29 @@ def test_every_corpus_program_compiles_with_nvrtc_and_assembles_with_ptxas():
     results = _compile_all(_cuda_unit, units)
     assert all(size > 0 for per_unit in results for _, size in per_unit)
     assert {arch for per_unit in results for arch, _ in per_unit} == set(CUDA_ARCHS)
+
+
+def _tensor_core_unit(unit: str) -> list[tuple[int, int]]:
+    """(arch, `mma` instructions in the PTX) of one unit for sm_75 (the float32 loop),
+    sm_80 and sm_90, each assembled by ptxas."""
+    counts = []
+    for arch in (75, *CUDA_ARCHS):
+        ptx = nvrtc.compile_ptx(unit, arch)
+        assert ptxas.assemble(ptx, arch)
+        counts.append((arch, ptx.count(b"mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")))
+    return counts
+
+
+def test_tensor_core_programs_compile_with_and_without_tensor_cores():
+    """Every corpus program whose contractions take TF32 tensor cores (the cuda_tf32 target):
+    `mma` on sm_80 and sm_90, the float32 loop of the same source on sm_75."""
+    _need_cuda()
+    sources = [(n, s) for n, s in gpu_corpus.sources("cuda_tf32") if "nx_mma_tf32(" in s]
+    assert len(sources) >= 5, "the corpus has too few large float32 contractions"
+    units = _batches(sources, CUDA().preamble() + TF32_PRELUDE + "\n")
+    for counts in _compile_all(_tensor_core_unit, units):
+        found = dict(counts)
+        assert found[75] == 0 and found[80] > 0 and found[90] > 0, found
 
 
 def test_every_corpus_program_compiles_with_hipcc():

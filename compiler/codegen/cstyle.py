@@ -104,6 +104,19 @@ class Dialect:
     """Lanes that run in lockstep and exchange registers through `shuffle_down` (CUDA's warp;
     32 of an AMD wavefront's 32 or 64); 0: none.  A work-group reduction ends with shuffles
     over the last `warp` partials instead of local-memory levels and barriers."""
+    tf32_guard = ""
+    """The preprocessor condition under which float32 tiled contractions run on TF32 tensor
+    cores (`mma_tf32`, 16 x 8 x 8 warp tiles); "" where they never do.  The kernel keeps
+    the float32 loop for the other case, so one source serves every architecture."""
+
+    def tf32(self, x: str) -> str:
+        """The float32 value `x` rounded to TF32, as the uint32 register `mma_tf32` takes."""
+        raise NotImplementedError
+
+    def mma_tf32(self, acc: list[str], a: list[str], b: list[str]) -> str:
+        """acc (4 float32 registers of a 16 x 8 warp tile) += a (16 x 8) @ b (8 x 8), the
+        operands as float32 values rounded to TF32 (the layouts of docs/targets/cuda.md)."""
+        raise NotImplementedError
 
     def type(self, dtype: DType) -> str:
         """The register type of `dtype`."""
@@ -1047,15 +1060,21 @@ class _Renderer:
             nb = self.bind(f"({tn} * {lit(cols)} + {bx})", idx, "nb") if cm > 1 else n0
             accs = [[self.var(t, self.literal(0, t), "acc") for _ in range(cm)]
                     for _ in range(rm)]
-            k0 = self.fresh("k")
-            with self.block(d.loop(k0, idx, lit(0), lit(k_size), lit(side))):
-                for j in range(rm):  # element lid + block * j: row ty + side * j, k step tx
-                    self.stage(a, tiles_a, plus(lid, block * j), ms[j], plan.row, m_size,
-                               f"({k0} + {tx})", kax)
-                for j in range(cm):  # element lid + block * j: k step by + block / cols * j
-                    self.stage(b, tiles_b, plus(lid, block * j), nb, plan.col, n_size,
-                               plus(f"({k0} + {by})", block // cols * j), kax)
-                self.emit(d.barrier())
+
+            def k_loop(compute) -> None:
+                k0 = self.fresh("k")
+                with self.block(d.loop(k0, idx, lit(0), lit(k_size), lit(side))):
+                    for j in range(rm):  # element lid + block * j: row ty + side * j, k tx
+                        self.stage(a, tiles_a, plus(lid, block * j), ms[j], plan.row, m_size,
+                                   f"({k0} + {tx})", kax)
+                    for j in range(cm):  # element lid + block * j: k by + block / cols * j
+                        self.stage(b, tiles_b, plus(lid, block * j), nb, plan.col, n_size,
+                                   plus(f"({k0} + {by})", block // cols * j), kax)
+                    self.emit(d.barrier())
+                    compute()
+                    self.emit(d.barrier())
+
+            def fma() -> None:
                 step = self.fresh("j")
                 with self.block(d.loop(step, idx, lit(0), lit(side), lit(1))):
                     xs = [self.bind(d.local_access(tiles_a, f"({plus(ty, side * i)} * "
@@ -1067,13 +1086,84 @@ class _Renderer:
                     for i in range(rm):
                         for j in range(cm):
                             self.emit(f"{accs[i][j]} = ({accs[i][j]} + {xs[i]} * {ys[j]});")
-                self.emit(d.barrier())
+
+            if not self.uses_tf32(plan, t):
+                k_loop(fma)
+                outs = ms, ns
+            else:
+                outs = ([self.fresh("om") for _ in ms], [self.fresh("on") for _ in ns])
+                self.emit(f"#if {d.tf32_guard}")
+                memo, bound = dict(self.memo), dict(self.bound)
+                fragments = self.mma_fragments(plan, lid, tm, tn, outs)
+                k_loop(lambda: self.mma_stage(plan, tiles_a, tiles_b, accs, fragments))
+                self.memo, self.bound = dict(memo), dict(bound)  # names of one branch only
+                self.emit("#else")
+                for names, values in zip(outs, (ms, ns)):
+                    for name, value in zip(names, values):
+                        self.emit(d.declare(name, idx, value))
+                k_loop(fma)
+                self.memo, self.bound = memo, bound
+                self.emit("#endif")
             for i in range(rm):
                 for j in range(cm):
-                    with self.block(f"if (({ms[i]} < {lit(m_size)}) && "
-                                    f"({ns[j]} < {lit(n_size)})) {{"):
-                        self.vars[plan.row], self.vars[plan.col] = ms[i], ns[j]
+                    with self.block(f"if (({outs[0][i]} < {lit(m_size)}) && "
+                                    f"({outs[1][j]} < {lit(n_size)})) {{"):
+                        self.vars[plan.row], self.vars[plan.col] = outs[0][i], outs[1][j]
                         self.stores(_Acc(accs[i][j], None, t))
+
+    def uses_tf32(self, plan: TiledContraction, t: DType) -> bool:
+        """Whether a float32 contraction runs on TF32 tensor cores: the dialect allows it and
+        each warp's outputs are whole 16 x 8 tiles, (rows/2 x cols/2) of them per warp."""
+        rm, cm = plan.micro
+        return bool(self.d.tf32_guard) and t == float32 and rm % 2 == 0 and cm % 2 == 0 \
+            and plan.tile % 8 == 0
+
+    def mma_fragments(self, plan: TiledContraction, lid: str, tm: str, tn: str,
+                      outs: tuple[list[str], list[str]]) -> tuple[str, str, str, str]:
+        """The TF32 warp layout: warp w takes (micro / 2) 16 x 8 tiles at warp row
+        w / (side / 4), column w % (side / 4); lane l holds rows l/4 and l/4 + 8 and columns
+        2 (l % 4) and 2 (l % 4) + 1 of each.  Declares the output positions `outs`; returns
+        the warp's first row and column in the block tile and the lane's l / 4 and l % 4."""
+        d, idx = self.d, self.idx
+        lit = lambda v: self.literal(v, idx)  # noqa: E731
+        (rm, cm), side = plan.micro, plan.tile
+        per_row = side // 4
+        warp = self.bind(f"({lid} / {lit(32)})", idx, "warp")
+        lane = self.bind(f"({lid} % {lit(32)})", idx, "lane")
+        g = self.bind(f"({lane} / {lit(4)})", idx, "g")
+        q = self.bind(f"({lane} % {lit(4)})", idx, "q")
+        wr = self.bind(f"(({warp} / {lit(per_row)}) * {lit(16 * (rm // 2))})", idx, "wr")
+        wc = self.bind(f"(({warp} % {lit(per_row)}) * {lit(8 * (cm // 2))})", idx, "wc")
+        m0 = f"({tm} * {lit(plan.rows)} + {wr} + {g})"
+        n0 = f"({tn} * {lit(plan.cols)} + {wc} + {q} * {lit(2)})"
+        for i, name in enumerate(outs[0]):
+            self.emit(d.declare(name, idx, f"({m0} + {lit(16 * (i // 2) + 8 * (i % 2))})"))
+        for j, name in enumerate(outs[1]):
+            self.emit(d.declare(name, idx, f"({n0} + {lit(8 * (j // 2) + j % 2)})"))
+        return wr, wc, g, q
+
+    def mma_stage(self, plan: TiledContraction, tiles_a: str, tiles_b: str,
+                  accs: list[list[str]], fragments: tuple[str, str, str, str]) -> None:
+        """One staged k block on tensor cores: k steps of 8, each loading the warp's A
+        fragments (4 TF32 registers per 16 x 8 tile) and B fragments (2 per 8 x 8), then
+        one `mma` per output tile."""
+        d, idx = self.d, self.idx
+        lit = lambda v: self.literal(v, idx)  # noqa: E731
+        (rm, cm), side, cols = plan.micro, plan.tile, plan.cols
+        wr, wc, g, q = fragments
+
+        def tf32(tiles: str, index: str) -> str:
+            return self.bind(d.tf32(d.local_access(tiles, index)), uint32, "tf")
+        for ks in range(0, side, 8):
+            a = [[tf32(tiles_a, f"(({wr} + {g} + {lit(16 * fm + 8 * h)}) * {lit(side)} + "
+                                f"{q} + {lit(ks + 4 * w)})")
+                  for w in range(2) for h in range(2)] for fm in range(rm // 2)]
+            b = [[tf32(tiles_b, f"(({q} + {lit(ks + 4 * h)}) * {lit(cols)} + {wc} + {g} + "
+                                f"{lit(8 * fn)})") for h in range(2)] for fn in range(cm // 2)]
+            for fm in range(rm // 2):
+                for fn in range(cm // 2):
+                    acc = [accs[2 * fm + h][2 * fn + e] for h in range(2) for e in range(2)]
+                    self.emit(d.mma_tf32(acc, a[fm], b[fn]))
 
     def stage(self, factor: Expr, tiles: str, at: str, outer: str, axis: int, limit: int,
               step: str, kax: int) -> None:

@@ -47,12 +47,38 @@ __device__ __forceinline__ long long nx_iabs(long long x) {
 """Helpers every unit starts with (`static` by being templates and inline: units concatenate
 under namespaces)."""
 
+TF32_GUARD = "__CUDA_ARCH__ >= 800"
+"""Where TF32 tensor cores exist (Ampere and newer)."""
+
+TF32_PRELUDE = f"""\
+#if {TF32_GUARD}
+__device__ __forceinline__ unsigned int nx_tf32(float x) {{
+  unsigned int r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}}
+__device__ __forceinline__ void nx_mma_tf32(float& c0, float& c1, float& c2, float& c3,
+    unsigned int a0, unsigned int a1, unsigned int a2, unsigned int a3,
+    unsigned int b0, unsigned int b1) {{
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+               "{{%0,%1,%2,%3}}, {{%4,%5,%6,%7}}, {{%8,%9}}, {{%0,%1,%2,%3}};"
+               : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}}
+#endif
+"""
+"""TF32 rounding (round to nearest, ties away, as cuBLAS) and the warp-wide 16 x 8 x 8 TF32
+multiply-accumulate (PTX `mma.sync`), for units that use them."""
+
 
 class CUDA(CFamily):
     """CUDA C++ (NVRTC)."""
 
     name = "cuda"
     warp = 32
+
+    def __init__(self, tf32: bool = False) -> None:
+        self.tf32_guard = TF32_GUARD if tf32 else ""
     TYPES = {"bool": "bool", "int32": "int", "int64": "long long", "uint32": "unsigned int",
              "uint64": "unsigned long long", "float32": "float", "float64": "double"}
     SUFFIX = {"int64": "LL", "uint32": "u", "uint64": "ull"}
@@ -113,7 +139,14 @@ class CUDA(CFamily):
         return self.header + PRELUDE + "\n"
 
     def unit(self, sources: list[str], kernels: list) -> str:
-        return self.preamble() + "\n\n".join(sources) + "\n"
+        tf32 = TF32_PRELUDE + "\n" if any("nx_mma_tf32(" in s for s in sources) else ""
+        return self.preamble() + tf32 + "\n\n".join(sources) + "\n"
+
+    def tf32(self, x: str) -> str:
+        return f"nx_tf32({x})"
+
+    def mma_tf32(self, acc: list[str], a: list[str], b: list[str]) -> str:
+        return f"nx_mma_tf32({', '.join(acc + a + b)});"
 
 
 def capabilities() -> Capabilities:
@@ -131,3 +164,11 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
     """The CUDA `Program` of `kernels` (docs/targets/gpu-programs.md)."""
     target = get_target("cuda") if target is None else target
     return generate_program(kernels, plan, target, CUDA())
+
+
+def generate_tf32(kernels: KernelGraph, plan: MemoryPlan | None = None,
+                  target: Target | None = None) -> Program:
+    """`generate`, with float32 tiled contractions on TF32 tensor cores on sm_80 and newer
+    (the "cuda_tf32" target, chosen when `neurenix.backends.allow_tf32` is set)."""
+    target = get_target("cuda_tf32") if target is None else target
+    return generate_program(kernels, plan, target, CUDA(tf32=True))

@@ -8,12 +8,17 @@ forward's outputs get one autograd node whose backward runs the compiled backwar
 """
 from __future__ import annotations
 
+import copy
+import importlib
 import inspect
 import itertools
 import logging
 import os
+import pickle
+import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,7 +47,7 @@ from .arguments import (
     unflatten_outputs,
 )
 from .executables import compile_traced
-from .placement import Placement, backend_for, call_device, device_of_backend
+from .placement import Placement, backend_for, call_device, device_of_backend, switch_guards
 from .signatures import describe, explain_change, explain_guards, structure, value_key
 from .trace_effects import Store, finish_stores, restore
 from .trace_guards import Guard, code_guard, module_guard, tensor_guard, undo_side_effects
@@ -65,6 +70,10 @@ _PROGRAMS_LOCK = threading.Lock()  # held while any Compiled's `_cache` changes
 _FUNCTIONS: weakref.WeakSet[Compiled] = weakref.WeakSet()  # those holding programs
 # one trace at a time in the process: a trace swaps gradients and module state in and out
 _TRACE_LOCK = threading.Lock()
+# a Compiled's attributes that hold compiled programs or per-process state: never pickled or
+# copied (see `Compiled._reset`)
+_PROGRAM_STATE = frozenset({"_cache", "_last", "_pending", "_pending_lock", "_compiles",
+                            "_warned", "last_verification"})
 
 
 @dataclass
@@ -141,12 +150,15 @@ class Compiled:
                                  f"got {backend!r}") from None
         self._device = _explicit_device(device, backend)
         self._backend = backend
-        self._backends: dict[Device, str] = {}  # the target compiling for each device
         if recompile_limit is not None and (not isinstance(recompile_limit, int)
                                             or recompile_limit < 1):
             raise ValueError(f"compile: recompile_limit must be a positive integer, got "
                              f"{recompile_limit!r}")
         self.recompile_limit = recompile_limit
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start with no programs: at construction, and in a copy or an unpickled object."""
         # per signature, its programs (one per guard state); replaced, never changed in place,
         # so that a call can read it without a lock
         self._cache: dict[tuple, list[_Entry]] = {}
@@ -156,6 +168,44 @@ class Compiled:
         self._compiles = 0
         self._warned = False
         self.last_verification: list[float] | None = None
+
+    # ---- pickling and copying ---------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        """What a copy keeps: the module or function and the settings, not the programs."""
+        return {k: v for k, v in self.__dict__.items() if k not in _PROGRAM_STATE}
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """A function compiled where it is defined (`@neurenix.compile` at module level) is
+        pickled by reference, as pickle saves functions; anything else by value (state below)."""
+        if self.module is None and _global_name(self) is not None:
+            return _compiled_global, _global_name(self)
+        return super().__reduce_ex__(protocol)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled: the module (with its parameters) or the function, and the settings; never
+        the compiled programs (loaded libraries, device code).  A loaded object compiles, or
+        loads from the disk cache, on its first call.  A function pickle cannot save by
+        reference (a local function, a lambda) raises a TypeError saying so."""
+        _check_picklable(self.fn, self._name())
+        return self._settings()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def __copy__(self) -> Compiled:
+        new = object.__new__(type(self))
+        new.__setstate__(self._settings())
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Compiled:
+        """An independent copy: the module deep-copied (a function is shared, as deepcopy
+        shares functions), no programs; its first call compiles or loads from the disk cache."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self._settings(), memo))
+        return new
 
     # ---- introspection ----------------------------------------------------------------------
 
@@ -409,6 +459,7 @@ class Compiled:
             wrt = [traced.graph.inputs[i].name for i in grad_positions]
         device = key[2]
         backend = self._backend_for(device)
+        common["guards"] += switch_guards(device, self._backend)
         place = Placement(device, _runtime_of(backend), self._name(),
                           host_args=self._device is not None)
         built = compile_traced(traced.graph, wrt, len(leaves), backend, trace_seconds, active)
@@ -422,11 +473,9 @@ class Compiled:
         return entry
 
     def _backend_for(self, device: Device) -> str:
-        """The target compiling this function's programs for `device`."""
-        backend = self._backends.get(device)
-        if backend is None:
-            backend = self._backends[device] = backend_for(device, self._backend)
-        return backend
+        """The target compiling this function's programs for `device` (asked on every
+        compile: it follows `neurenix.backends`' switches)."""
+        return backend_for(device, self._backend)
 
     def _guards(self, state: TraceState, sources: list[tuple[str, Any]],
                 args: tuple) -> list[Guard]:
@@ -636,6 +685,53 @@ def _env_int(name: str, default: int) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{name} must be a positive integer, got {text!r}")
     return int(text)
+
+
+def _global_name(compiled: Compiled) -> tuple[str, str] | None:
+    """(module, qualified name) of `compiled` when its function's module-level name holds
+    `compiled` itself (a decorated function), else None."""
+    module = getattr(compiled.fn, "__module__", None)
+    qualname = getattr(compiled.fn, "__qualname__", "")
+    if module is None or "<locals>" in qualname or module not in sys.modules:
+        return None
+    try:
+        found = _compiled_global(module, qualname)
+    except (AttributeError, ImportError, TypeError):
+        return None
+    return (module, qualname) if found is compiled else None
+
+
+def _compiled_global(module: str, qualname: str) -> Compiled:
+    """The compiled function `module.qualname` (unpickling a decorated function)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, Compiled):
+        raise TypeError(f"unpickling neurenix.compile({qualname}): {module}.{qualname} is no "
+                        f"longer a compiled function")
+    return obj
+
+
+def _check_picklable(fn: Callable, name: str) -> None:
+    """Raise a TypeError naming `fn` when pickle cannot save it: pickle saves a function by
+    reference (its module and qualified name), which a local function or a lambda lacks."""
+    if not isinstance(fn, types.FunctionType):
+        return
+    try:
+        pickle.dumps(fn)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        qualname = getattr(fn, "__qualname__", name)
+        if "<locals>" in qualname:
+            why = f"it is a local function ({qualname}, defined inside another function)"
+        elif fn.__name__ == "<lambda>":
+            why = "it is a lambda"
+        else:
+            why = f"it cannot be found as {fn.__module__}.{qualname} ({e})"
+        raise TypeError(f"cannot pickle neurenix.compile({name}): pickle saves a function by "
+                        f"reference (its module and qualified name), and {why}.  Define the "
+                        f"function at module level, or pickle what it uses (the model, the "
+                        f"optimizer) and compile the function again after loading; compiled "
+                        f"programs themselves are never pickled.") from e
 
 
 def _used(entry: _Entry) -> int:

@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from neurenix.compiler.targets import get_target, target_for_device
+from neurenix.compiler.targets import get_target
 
+from .. import backends
+from ..backends import depends_on_switches, target_for
 from ..device import CPU, Device, as_device
 from ..device_ops import current
 from ..tensor import HostConstant, Tensor
+from .trace_guards import Guard
 
 # single values (a learning rate, Adam's bias corrections) stay uploaded, least recently used
 # out beyond this many: a step's host values cost an upload only when they change (device
@@ -49,8 +52,18 @@ def call_device(explicit: Device | None, module: Any, tensors: Sequence[Tensor])
 
 
 def backend_for(device: Device, backend: str | None) -> str:
-    """The target compiling for `device`: the explicit `backend`, else the device's target."""
-    return backend if backend is not None else target_for_device(device.type.value)
+    """The target compiling for `device`: the explicit `backend`, else the device's target
+    under `neurenix.backends`' switches."""
+    return backend if backend is not None else target_for(device.type.value)
+
+
+def switch_guards(device: Device, backend: str | None) -> list[Guard]:
+    """The switches of `neurenix.backends` a program for `device` depends on (none when
+    the call names its `backend`): a program is compiled again when one changes."""
+    if backend is not None or not depends_on_switches(device.type.value):
+        return []
+    return [Guard("neurenix.backends.allow_tf32", lambda _: backends.allow_tf32,
+                  backends.allow_tf32, lambda old, new: [f"{old} -> {new}"])]
 
 
 def device_of_backend(backend: str) -> Device:

@@ -113,6 +113,11 @@ class Optimizer:
     `"params"` and any hyper-parameters that differ from `defaults` for that group.
     """
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled or deep-copied: live like a constructed one (`optimizer_settings`)."""
+        self.__dict__.update(state)
+        _LIVE.add(self)
+
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         _LIVE.add(self)
         self.defaults = defaults

@@ -1,0 +1,49 @@
+"""Switches that trade exactness for speed on a backend, as PyTorch's `torch.backends`.
+
+`neurenix.backends.allow_tf32` (False by default, as PyTorch's
+`torch.backends.cuda.matmul.allow_tf32`): float32 matmul and convolution on CUDA devices of
+compute capability 8.0 and newer may run on TF32 tensor cores (operands rounded to 10
+mantissa bits, float32 sums).  Programs compiled while it had the other value are compiled
+again on their next call (`neurenix.compile` guards on it), and eager operations on a CUDA
+device follow it too.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+from neurenix.compiler.targets import target_for_device
+
+_STATE = {"allow_tf32": False}
+
+
+class _Backends(types.ModuleType):
+    """This module, with `allow_tf32` checked when set."""
+
+    @property
+    def allow_tf32(self) -> bool:
+        return _STATE["allow_tf32"]
+
+    @allow_tf32.setter
+    def allow_tf32(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"neurenix.backends.allow_tf32 must be a bool, got "
+                            f"{type(value).__name__} {value!r}")
+        _STATE["allow_tf32"] = value
+
+
+def target_for(kind: str) -> str:
+    """The compiler target for device kind `kind` under the switches above ("cuda_tf32" for
+    "cuda" while TF32 is allowed)."""
+    if kind == "cuda" and _STATE["allow_tf32"]:
+        return "cuda_tf32"
+    return target_for_device(kind)
+
+
+def depends_on_switches(kind: str) -> bool:
+    """Whether the target for `kind` depends on a switch (a compiled program for it is
+    guarded on the switch)."""
+    return kind == "cuda"
+
+
+sys.modules[__name__].__class__ = _Backends
