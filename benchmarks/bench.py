@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,30 +234,38 @@ def child_env(cache: Path) -> dict:
     return env
 
 
-def spawn(job: list[str], cache: Path, seconds: float, timeout: float) -> dict:
-    """Run one worker in a fresh interpreter; its result, or an error that says what failed."""
+def run_child(cmd: list[str], cache: Path, timeout: float,
+              echo: Callable[[str], str] | None = None) -> dict:
+    """Run a cell's interpreter `cmd` (given `--result FILE` last by this function) under
+    `child_env(cache)`: the JSON it wrote, or an error that says what failed (a crash, its
+    last stderr line, a timeout).  `echo(stderr)` is what of its stderr to pass on."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), *job, "--seconds", str(seconds),
-           "--result", str(out)]
-    start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=child_env(cache), capture_output=True, text=True,
+        proc = subprocess.run(cmd + ["--result", str(out)], env=child_env(cache),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               timeout=timeout)
+        if echo is not None:
+            sys.stderr.write(echo(proc.stderr))
         text = out.read_text() if out.stat().st_size else ""
+        last = _last_error(proc.stderr)
         if proc.returncode < 0:  # killed by a signal: a crash, even if a result was written
-            result = {"ok": False, "error": f"crashed with {signal.Signals(-proc.returncode).name}"
-                      + (f" (last stderr line: {one_line(_last_error(proc.stderr), 120)})"
-                         if _last_error(proc.stderr) else "")}
-        elif text:
-            result = json.loads(text)
-        else:
-            result = {"ok": False, "error": one_line(_last_error(proc.stderr) or
-                                                     f"exit code {proc.returncode}")}
+            return {"ok": False, "error": f"crashed with {signal.Signals(-proc.returncode).name}"
+                    + (f" (last stderr line: {one_line(last, 120)})" if last else "")}
+        if text:
+            return json.loads(text)
+        return {"ok": False, "error": one_line(last or f"exit code {proc.returncode}")}
     except subprocess.TimeoutExpired:
-        result = {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     finally:
         out.unlink(missing_ok=True)
+
+
+def spawn(job: list[str], cache: Path, seconds: float, timeout: float) -> dict:
+    """Run one worker in a fresh interpreter; its result, or an error that says what failed."""
+    start = time.perf_counter()
+    result = run_child([sys.executable, str(Path(__file__).resolve()), *job, "--seconds",
+                        str(seconds)], cache, timeout)
     result["wall_s"] = time.perf_counter() - start
     return result
 
@@ -264,7 +273,8 @@ def spawn(job: list[str], cache: Path, seconds: float, timeout: float) -> dict:
 def _last_error(stderr: str) -> str:
     """The last line of stderr that is not one of LLVM's optimisation remarks."""
     lines = [x for x in stderr.splitlines()
-             if x.strip() and not x.startswith(("remark:", "warning: <unknown>"))]
+             if x.strip() and not x.startswith(("remark:", "warning: <unknown>"))
+             and "XDG_RUNTIME" not in x]
     return lines[-1] if lines else ""
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench import child_env, measure, one_line, render
+from bench import measure, one_line, render, run_child
 from workloads import WORKLOADS, make_inputs, matmul, neurenix_eltwise, neurenix_model
 
 DEVICES = ("cpu", "opencl", "webgpu")
@@ -119,24 +118,9 @@ def run_cell(name: str, device: str, seconds: float, tiny: bool) -> dict:
 
 def spawn(name: str, device: str, opts: argparse.Namespace, cache: Path) -> dict:
     """One cell in a fresh interpreter: its result, or an error that says what failed."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = Path(f.name)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--cell", name, device,
-           "--seconds", str(opts.seconds), "--result", str(out)] + (["--tiny"] if opts.tiny
-                                                                    else [])
-    try:
-        proc = subprocess.run(cmd, env=child_env(cache), capture_output=True, text=True,
-                              timeout=opts.timeout)
-        text = out.read_text() if out.stat().st_size else ""
-        if text:
-            return json.loads(text)
-        lines = [x for x in proc.stderr.splitlines() if x.strip() and "XDG_RUNTIME" not in x]
-        return {"ok": False, "error": one_line(lines[-1] if lines else
-                                               f"exit code {proc.returncode}")}
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {opts.timeout:.0f} s"}
-    finally:
-        out.unlink(missing_ok=True)
+           "--seconds", str(opts.seconds)] + (["--tiny"] if opts.tiny else [])
+    return run_child(cmd, cache, opts.timeout)
 
 
 def fmt(seconds: float | None) -> str:

@@ -274,7 +274,7 @@ BUILTIN = (
         description="CUDA C++ kernels from the shared C-family renderer, NVRTC to PTX")),
     register_target(Target(
         "cuda_tf32", "cuda", _probe("neurenix.compiler.codegen.cuda:capabilities"),
-        "neurenix.compiler.codegen.cuda:generate_tf32", "neurenix.runtime.cuda",
+        "neurenix.compiler.codegen.cuda:generate", "neurenix.runtime.cuda",
         rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cu",
         description="the cuda target with float32 matmul and convolution on TF32 tensor "
                     "cores (sm_80+; neurenix.backends.allow_tf32)")),

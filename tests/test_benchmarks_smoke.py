@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from devices import needs_device  # tests/devices.py: imported before benchmarks/ joins the path
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -96,8 +97,6 @@ def test_gpu_benchmark_runs_on_opencl(tmp_path):
     """benchmarks/gpu.py end to end on OpenCL at its smoke size (torch on its CPU, eager only
     to stay quick): every cell measured, no Neurenix cell wrong."""
     import subprocess
-
-    from devices import needs_device
 
     needs_device("opencl")
     out = tmp_path / "gpu.json"

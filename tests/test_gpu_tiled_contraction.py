@@ -148,10 +148,9 @@ def test_float64_on_opencl():
     _close(_run("opencl", lambda x, y: x @ y, a, b), a @ b, np.float64)
 
 
-def _program(graph, micro: tuple[int, int] | None, swap: bool = False):
-    """The OpenCL program of `graph`, its contraction forced to `micro` (None: the rule's),
-    with the factors of its product swapped (`swap`: `a` is factor 1)."""
-    target = get_target("opencl")
+def forced_kernels(graph, target, micro: tuple[int, int] | None, swap: bool = False):
+    """The scheduled kernels of `graph` for `target`, its contraction forced to `micro`
+    (None: the rule's), with the factors of its product swapped (`swap`: `a` is factor 1)."""
     caps = target.capabilities
     kernels = choose_index_bits(decompose(lower(graph, caps=caps), caps.native_ops),
                                 caps.index_bits, caps.preferred_index_bits)
@@ -170,7 +169,14 @@ def _program(graph, micro: tuple[int, int] | None, swap: bool = False):
             grid, block = launch(tiles, plan.tile * plan.tile, caps.max_grid)
             plan = replace(plan, count=tiles, grid=grid, block=block)
         forced.append(replace(kern, schedule=plan))
-    kernels = replace(kernels, kernels=forced)
+    return replace(kernels, kernels=forced)
+
+
+def _program(graph, micro: tuple[int, int] | None, swap: bool = False):
+    """The OpenCL program of `graph`, its contraction forced (`forced_kernels`)."""
+    target = get_target("opencl")
+    caps = target.capabilities
+    kernels = forced_kernels(graph, target, micro, swap)
     return target.generate()(kernels, plan_memory(kernels, caps.alignment, caps.bool_bytes),
                              target)
 

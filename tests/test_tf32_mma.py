@@ -7,8 +7,6 @@ layouts taken from the PTX ISA (independently of the renderer's).
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from devices import needs_device
@@ -16,16 +14,11 @@ from neurenix.compiler import GraphBuilder
 from neurenix.compiler.codegen.cstyle import generate_program
 from neurenix.compiler.codegen.cuda import CUDA, TF32_PRELUDE
 from neurenix.compiler.codegen.opencl import OpenCL
-from neurenix.compiler.kernel.decompose import decompose
-from neurenix.compiler.kernel.index_bits import choose_index_bits
-from neurenix.compiler.kernel.ir import Binary
 from neurenix.compiler.kernel.memory import plan_memory
-from neurenix.compiler.lowering.lower import lower
 from neurenix.compiler.pipeline import build
-from neurenix.compiler.schedule.grid import TiledContraction, launch
-from neurenix.compiler.schedule.rules import schedule_kernels, target_rules
 from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64, int32
+from test_gpu_tiled_contraction import forced_kernels
 from test_lower import T
 
 EMULATION = """\
@@ -84,33 +77,9 @@ class EmulatedTF32(OpenCL):
         return EMULATION + super().unit(sources, kernels)
 
 
-def _kernels(graph, target, micro=None, swap=False):
-    """Scheduled kernels of `graph` for `target`, the contraction forced to `micro` and its
-    factors swapped (`swap`) as tests/test_gpu_tiled_contraction.py does."""
-    caps = target.capabilities
-    kernels = choose_index_bits(decompose(lower(graph, caps=caps), caps.native_ops),
-                                caps.index_bits, caps.preferred_index_bits)
-    if swap:
-        kernels = replace(kernels, kernels=[
-            replace(k, reduce_value=Binary("mul", k.reduce_value.b, k.reduce_value.a))
-            if k.reduce_value is not None else k for k in kernels.kernels])
-    kernels = schedule_kernels(kernels, caps, target_rules(target))
-    forced = []
-    for k in kernels.kernels:
-        plan = k.schedule
-        if micro is not None and isinstance(plan, TiledContraction):
-            plan = replace(plan, micro=micro)
-            tiles = (int(np.prod(k.domain[:plan.row])) * -(-k.domain[plan.row] // plan.rows)
-                     * -(-k.domain[plan.col] // plan.cols))
-            grid, block = launch(tiles, plan.tile * plan.tile, caps.max_grid)
-            plan = replace(plan, count=tiles, grid=grid, block=block)
-        forced.append(replace(k, schedule=plan))
-    return replace(kernels, kernels=forced)
-
-
 def _emulated(graph, micro=None, swap=False, tf32=True):
     target = get_target("opencl")
-    kernels = _kernels(graph, target, micro, swap)
+    kernels = forced_kernels(graph, target, micro, swap)
     caps = target.capabilities
     dialect = EmulatedTF32() if tf32 else OpenCL(caps.float64)
     return generate_program(kernels, plan_memory(kernels, caps.alignment, caps.bool_bytes),

@@ -23,8 +23,8 @@ from .cstyle import CFamily, Param, generate_program
 NATIVE_OPS = OP_NAMES - {"sigmoid"}
 """Everything but sigmoid (decomposed into exp and a division) and the random-number
 generator (decomposed into its integer hash)."""
-FLOAT_CALLS = frozenset({"exp", "log", "sqrt", "tanh", "erf", "floor", "trunc", "fabs",
-                         "fmod", "pow", "copysign"})
+FLOAT_CALLS = frozenset({"exp", "log", "sqrt", "tanh", "erf", "sin", "cos", "floor", "trunc",
+                         "fabs", "fmod", "pow", "copysign"})
 """C math functions, called with an `f` suffix on float32 (no overloads are assumed)."""
 
 PRELUDE = """\
@@ -161,14 +161,8 @@ def capabilities() -> Capabilities:
 
 def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
              target: Target | None = None) -> Program:
-    """The CUDA `Program` of `kernels` (docs/targets/gpu-programs.md)."""
+    """The CUDA `Program` of `kernels` (docs/targets/gpu-programs.md); for the "cuda_tf32"
+    target (chosen while `neurenix.backends.allow_tf32` is set), float32 tiled contractions
+    on TF32 tensor cores on sm_80 and newer."""
     target = get_target("cuda") if target is None else target
-    return generate_program(kernels, plan, target, CUDA())
-
-
-def generate_tf32(kernels: KernelGraph, plan: MemoryPlan | None = None,
-                  target: Target | None = None) -> Program:
-    """`generate`, with float32 tiled contractions on TF32 tensor cores on sm_80 and newer
-    (the "cuda_tf32" target, chosen when `neurenix.backends.allow_tf32` is set)."""
-    target = get_target("cuda_tf32") if target is None else target
-    return generate_program(kernels, plan, target, CUDA(tf32=True))
+    return generate_program(kernels, plan, target, CUDA(tf32=target.name == "cuda_tf32"))
