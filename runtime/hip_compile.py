@@ -71,7 +71,7 @@ def compile_code_object(source: str, archs: tuple[str, ...], options: tuple[str,
             f.write(source)
         command = [hipcc(), "--genco", "-O3", *(f"--offload-arch={a}" for a in archs),
                    *options, src, "-o", out]
-        env = dict(os.environ, HIP_PLATFORM="amd")
+        env = dict(os.environ, HIP_PLATFORM="amd", TMPDIR=folder)  # clang leaves kernels-* dirs
         try:
             done = subprocess.run(command, capture_output=True, text=True, env=env,
                                   timeout=timeout)

@@ -180,3 +180,17 @@ def test_hipcc_refuses_an_architecture_without_a_device_library():
     missing = "gfx1100" if "gfx1100" not in hip_compile.buildable_archs() else "gfx9999"
     with pytest.raises(hip_compile.HIPCompileError, match=rf"no bitcode for {missing}"):
         hip_compile.compile_code_object('extern "C" __global__ void k() {}', (missing,))
+
+
+def test_hipcc_leaves_no_temporary_folders():
+    """clang's offload bundler leaves an empty kernels-XXXXXX folder in $TMPDIR per compile:
+    hipcc runs with TMPDIR in the folder compile_code_object removes."""
+    _need_hip()
+    import glob
+    import tempfile
+
+    pattern = os.path.join(tempfile.gettempdir(), "kernels-*")
+    before = set(glob.glob(pattern))
+    hip_compile.compile_code_object(HIP().preamble() + 'extern "C" __global__ void k(float* x) '
+                                    "{ x[threadIdx.x] = 1.0f; }\n", ("gfx90a",))
+    assert set(glob.glob(pattern)) <= before
