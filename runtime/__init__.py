@@ -26,6 +26,11 @@ optimiser leaks on every run; loading and running stay in the caller's process.
 from __future__ import annotations
 
 import importlib
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .loader import LoadedModel
 
 BACKENDS: dict[str, str] = {
     "cpu": "neurenix.runtime.cpu",
@@ -59,3 +64,13 @@ def is_available(name: str) -> bool:
 def available_backends() -> list[str]:
     """The names of the backends that can run here, in table order."""
     return [name for name in BACKENDS if is_available(name)]
+
+
+def load(path: str | os.PathLike[str]) -> LoadedModel:
+    """Load an artifact `neurenix.export` wrote (a directory), checked against its manifest,
+    for its device here: a `runtime.loader.LoadedModel`, `model(inputs) -> outputs` on NumPy
+    arrays.  A tampered, truncated, newer or foreign artifact raises
+    `runtime.artifact.ArtifactError` naming the file (see docs/deploy/README.md)."""
+    from .loader import load as load_artifact
+
+    return load_artifact(path, backend_module)

@@ -218,6 +218,34 @@ def compile_object(program: Program | str) -> bytes:
     return compile_worker.compile_ir(program if isinstance(program, str) else program.source)
 
 
+def host_cpu() -> dict[str, Any]:
+    """What host object code is compiled for: the target triple, the CPU's name and the
+    features enabled (LLVM's names), as an exported artifact records them."""
+    llvm = _llvm()
+    features = llvm.get_host_cpu_features()
+    return {"triple": llvm.get_process_triple(), "name": llvm.get_host_cpu_name(),
+            "features": sorted(name for name, on in features.items() if on)}
+
+
+def cross_object(program: Program | str, triple: str, cpu: str = "generic",
+                 features: str = "") -> bytes:
+    """Object code of the optimised program (or LLVM IR text) for another target `triple`
+    (e.g. "aarch64-linux-gnu"): position-independent, O3, compiled in this process (one
+    compile: LLVM's per-compile leak does not matter here).  ValueError when this LLVM has
+    no such target."""
+    llvm = _llvm()
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    try:
+        target = llvm.Target.from_triple(triple)
+    except RuntimeError as e:
+        raise ValueError(f"cross_object: LLVM here cannot target {triple!r}: {e}") from None
+    tm = target.create_target_machine(cpu=cpu, features=features, opt=3, reloc="pic",
+                                      codemodel="small")
+    module = optimize(program if isinstance(program, str) else program.source, tm)
+    return tm.emit_object(module)
+
+
 def _mcjit(object_code: bytes):
     """An MCJIT engine holding loaded object code."""
     llvm = _llvm()
