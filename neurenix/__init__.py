@@ -10,6 +10,7 @@ from neurenix.compiler.types import DType, bool_, float32, float64, int32, int64
 
 from .creation import (
     arange,
+    as_tensor,
     empty,
     eye,
     from_numpy,
@@ -34,6 +35,9 @@ from .elementwise import (
     add,
     ceil,
     clamp,
+    clamp_max,
+    clamp_min,
+    cos,
     div,
     eq,
     erf,
@@ -43,6 +47,10 @@ from .elementwise import (
     floor_divide,
     ge,
     gt,
+    isclose,
+    isfinite,
+    isinf,
+    isnan,
     le,
     log,
     log1p,
@@ -62,21 +70,35 @@ from .elementwise import (
     rsqrt,
     sigmoid,
     sign,
+    sin,
     sqrt,
     square,
     sub,
     tanh,
     where,
 )
-from .linalg import bmm, dot, matmul, mm
+from .indexing import (
+    argsort,
+    gather,
+    index_select,
+    masked_fill,
+    repeat_interleave,
+    sort,
+    topk,
+    tril,
+    triu,
+)
+from .linalg import bmm, dot, einsum, matmul, mm
 from .random import manual_seed
 from .reductions import (
     all,
+    allclose,
     amax,
     amin,
     any,
     argmax,
     argmin,
+    cumsum,
     log_softmax,
     logsumexp,
     max,
@@ -108,7 +130,7 @@ from .shapes import (
     unflatten,
     unsqueeze,
 )
-from .state import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .state import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .tensor import Tensor, is_tensor
 from .tensor_methods import install_methods
 from .version import __version__
@@ -135,4 +157,9 @@ from . import (  # noqa: E402  (after the methods: the layers build on them)
     utils,  # noqa: E402  (neurenix.utils.data, as torch.utils.data)
 )
 from .compilation.compiled import compile  # noqa: E402,A004
+from .device import install_device_methods  # noqa: E402
+
+install_device_methods(Tensor)
+install_device_methods(nn.Module)
+from .export import export  # noqa: E402
 from .serialization import load, save  # noqa: E402

@@ -5,22 +5,29 @@ output (`dispatch.apply` does); a compiled call records one `FunctionNode` for a
 `neurenix.backward` walks these nodes applying the registry's VJP rules, so eager gradients
 and the compiler's graph-level autodiff share one set of rules.  Grad mode lives in
 `neurenix.state`.
+
+The public API, as `torch.autograd`: `grad(outputs, inputs, ...)` (the walk itself lives in
+`neurenix.backward`, which registers it here) and custom operations, `Function` subclasses with
+static `forward(ctx, ...)` and `backward(ctx, ...)` run through `Function.apply`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from neurenix.compiler.ops import Primitive
+from neurenix.compiler.trace import TraceError
 
 from . import state
-from .tensor import version_of
+from .call_site import user_source
+from .tensor import Tensor, move_storage, version_of
 
-if TYPE_CHECKING:
-    from .tensor import Tensor
+SHAPE_ONLY = frozenset({"reshape", "slice", "permute", "expand"})
+"""Primitives whose gradient reads no input value: a later write into an input cannot make it
+wrong (the edges were taken when the node was recorded), so no version check."""
 
 
 @dataclass(eq=False)
@@ -35,16 +42,22 @@ class TapeNode:
 
     num_outputs = 1
 
+    def __post_init__(self) -> None:
+        # where gradients go, as the inputs are now: a later in-place write rebinds an input
+        # to a new node, which this one must not follow (it used the old value)
+        self._edges = [_edge(t) for t in self.inputs]
+
     @property
     def name(self) -> str:
         return f"{self.prim.name}_backward"
 
     def edges(self) -> list[tuple | None]:
-        return [_edge(t) for t in self.inputs]
+        return self._edges
 
     def run(self, grads: list[Tensor | None], builder: Any) -> list[Tensor | None]:
         g = grads[0]
-        _check_versions(self)
+        if self.prim.name not in SHAPE_ONLY:
+            _check_versions(self)
         return [self.prim.vjp(builder, g, self.out, self.inputs, self.attrs, i)
                 if t.requires_grad else None for i, t in enumerate(self.inputs)]
 
@@ -64,9 +77,10 @@ class FunctionNode:
         self.num_outputs = num_outputs
         self.backward_fn = backward_fn
         self.versions = tuple(version_of(t) for t in inputs)
+        self._edges = [_edge(t) for t in inputs]  # as the inputs are now (see TapeNode)
 
     def edges(self) -> list[tuple | None]:
-        return [_edge(t) for t in self.inputs]
+        return self._edges
 
     def run(self, grads: list[Tensor | None], builder: Any) -> list[Tensor | None]:
         _check_versions(self)
@@ -106,7 +120,7 @@ def _check_versions(node: Any) -> None:
     """Refuse a node whose input changed in place since it was recorded (on a device: through
     any alias of the input's storage, `tensor.version_of`)."""
     for t, v in zip(node.inputs, node.versions):
-        if (t._version if type(t._data) is np.ndarray else version_of(t)) != v:
+        if version_of(t) != v:
             raise RuntimeError(f"backward: a tensor of shape {tuple(t.shape)} used by "
                                f"{node.name} was modified in place after it was used; "
                                "its gradient would be wrong. Use an out-of-place operation "
@@ -140,3 +154,167 @@ def grad_function_name(t: Tensor) -> str | None:
     """The name of the backward function that produced t (PyTorch's grad_fn), or None."""
     return t._node.name if t._node is not None else None
 
+
+
+_GRAD: list[Callable[..., tuple]] = []  # the engine's grad(), registered by neurenix.backward
+
+
+def register_grad(fn: Callable[..., tuple]) -> None:
+    """Install the function `grad` delegates to (`neurenix.backward` does, on import)."""
+    _GRAD[:] = [fn]
+
+
+def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
+         grad_outputs: Tensor | Sequence[Tensor | None] | None = None,
+         retain_graph: bool | None = None, create_graph: bool = False,
+         allow_unused: bool | None = None, materialize_grads: bool = False
+         ) -> tuple[Tensor | None, ...]:
+    """The sums of gradients of `outputs` with respect to `inputs`, as `torch.autograd.grad`.
+
+    Nothing is accumulated into any `.grad`. `grad_outputs` are the cotangents of the outputs
+    (None for a one-element output: ones). With `create_graph` the gradients are themselves
+    differentiable (higher-order derivatives). An input the outputs do not depend on raises
+    unless `allow_unused` (None) or `materialize_grads` (zeros). `retain_graph` is accepted for
+    PyTorch compatibility: the tape is never freed, so a graph can always be walked again.
+    Eager only: inside `neurenix.compile`, call `backward()` and read `.grad`.
+    """
+    return _GRAD[0](outputs, inputs, grad_outputs, retain_graph, create_graph, allow_unused,
+                    materialize_grads)
+
+
+class FunctionCtx:
+    """What `Function.forward` hands to `Function.backward`: saved tensors and flags."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
+        self.materialize_grads = True
+        self._saved: tuple[Any, ...] = ()
+        self._saved_versions: tuple[int | None, ...] = ()
+        self._non_differentiable: set[int] = set()
+
+    def save_for_backward(self, *tensors: Tensor | None) -> None:
+        """Keep tensors (inputs or outputs) for backward, read back as `saved_tensors`."""
+        for t in tensors:
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"save_for_backward: expected Tensors or None, got "
+                                f"{type(t).__name__}; keep other values as ctx attributes")
+        self._saved = tensors
+        self._saved_versions = tuple(None if t is None else version_of(t) for t in tensors)
+
+    @property
+    def saved_tensors(self) -> tuple[Tensor | None, ...]:
+        """The tensors given to `save_for_backward`; refused if one was modified in place."""
+        for i, (t, v) in enumerate(zip(self._saved, self._saved_versions)):
+            if t is not None and version_of(t) != v:
+                raise RuntimeError(f"saved_tensors: saved tensor {i} of shape "
+                                   f"{tuple(t.shape)} was modified in place after it was "
+                                   "saved; its gradient would be wrong")
+        return tuple(self._saved)
+
+    def mark_non_differentiable(self, *outputs: Tensor) -> None:
+        """Outputs that get no gradient (indices, masks): they do not require grad."""
+        self._non_differentiable.update(id(t) for t in outputs)
+
+    def set_materialize_grads(self, value: bool) -> None:
+        """Whether backward receives zeros (True, the default) or None for outputs that got
+        no gradient."""
+        self.materialize_grads = bool(value)
+
+
+class Function:
+    """A differentiable operation with a hand-written backward, as `torch.autograd.Function`.
+
+    Subclasses define `forward(ctx, *args)` and `backward(ctx, *grad_outputs)` as static
+    methods and are called through `apply(*args)`. forward runs without recording (under
+    `no_grad`); backward receives one gradient per output of forward and returns one per
+    argument of forward (None for non-tensor arguments and tensors that need none).
+    Inside `neurenix.compile` a Function runs its forward when no gradient is needed; a
+    Function that takes part in autograd there raises a `TraceError`, because the compiled
+    program's backward would come from forward's operations, not from `backward`.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, *args: Any, **kwargs: Any) -> Any:
+        """Compute the outputs from the inputs; save what backward needs on ctx."""
+        raise NotImplementedError("a Function subclass must define forward(ctx, ...)")
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, *grad_outputs: Any) -> Any:
+        """Gradients with respect to forward's arguments, given those of its outputs."""
+        raise NotImplementedError("a Function subclass must define backward(ctx, ...) to be "
+                                  "differentiated")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"{type(self).__name__}: a Function is not instantiated; call "
+                           f"{type(self).__name__}.apply(...)")
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        """Run forward on the arguments, recording backward for autograd when an argument
+        requires grad and grad mode is on."""
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        record = state.is_grad_enabled() and any(needs)
+        trace = state.current_trace()
+        if trace is not None and state.is_grad_enabled() and any(
+                isinstance(a, Tensor) and a._value is not None
+                and trace.differentiable(a._value) for a in args):
+            record = True
+        if record and trace is not None:
+            raise TraceError(f"{cls.__name__}.apply at {user_source()} inside a compiled "
+                             "function: a custom autograd.Function's backward cannot be "
+                             "traced; call it outside neurenix.compile, under no_grad(), or "
+                             "write it with tensor operations (a plain function) so the "
+                             "compiler differentiates it")
+        ctx = FunctionCtx(needs)
+        with state.no_grad():
+            result = cls.forward(ctx, *args, **kwargs)
+        if not record:
+            return result
+        single = not isinstance(result, tuple)
+        outs = (result,) if single else result
+        positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+        inputs = tuple(args[i] for i in positions)
+        wrapped = []
+        for o in outs:
+            if isinstance(o, Tensor) and any(o is t for t in inputs):
+                o = Tensor._wrap(o._data, o._dtype, o._device)  # a fresh output, not the input
+            wrapped.append(o)
+        tensors = [(k, o) for k, o in enumerate(wrapped) if isinstance(o, Tensor)]
+        name = f"{cls.__name__}Backward"
+
+        def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
+            full: list[Any] = [None] * len(wrapped)
+            for (k, o), g in zip(tensors, grads):
+                if g is None and ctx.materialize_grads:
+                    g = Tensor._wrap(move_storage(np.zeros(tuple(o.shape), o.dtype.np_type),
+                                                  o._device), o._dtype, o._device)
+                full[k] = g
+            got = cls.backward(ctx, *full)
+            got = got if isinstance(got, tuple) else (got,)
+            if len(got) < len(args) or any(g is not None for g in got[len(args):]):
+                raise RuntimeError(f"{cls.__name__}.backward returned {len(got)} gradients; "
+                                   f"forward took {len(args)} arguments (return one per "
+                                   "argument, None for those without a gradient)")
+            out: list[Tensor | None] = []
+            for i in positions:
+                g, t = got[i], args[i]
+                if g is None or not t.requires_grad:
+                    out.append(None)
+                    continue
+                if not isinstance(g, Tensor):
+                    raise TypeError(f"{cls.__name__}.backward: the gradient of argument {i} is "
+                                    f"a {type(g).__name__}, not a Tensor")
+                if tuple(g.shape) != tuple(t.shape):
+                    raise RuntimeError(f"{cls.__name__}.backward: the gradient of argument {i} "
+                                       f"has shape {tuple(g.shape)}, the argument "
+                                       f"{tuple(t.shape)}")
+                out.append(g)
+            return out
+
+        node = FunctionNode(name, inputs, len(tensors), backward_fn)
+        for slot, (k, o) in enumerate(tensors):
+            if id(outs[k]) in ctx._non_differentiable:
+                continue
+            o.requires_grad = True
+            o._node = OutputNode(node, slot)
+        return wrapped[0] if single else tuple(wrapped)

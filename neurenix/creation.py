@@ -200,3 +200,63 @@ def rand_like(x: Tensor) -> Tensor:
 def randn_like(x: Tensor) -> Tensor:
     """Standard normal samples with x's shape, dtype and device."""
     return randn(x.shape, dtype=x.dtype, device=x.device)
+
+
+def as_tensor(data: Any, dtype: DType | None = None, device: Any = None) -> Tensor:
+    """data as a tensor: a tensor itself when it already has `dtype` and `device` (no copy),
+    else converted (`Tensor.to`); anything else (lists, scalars, arrays) copied into a new
+    tensor.  Unlike PyTorch, a NumPy array's memory is not shared."""
+    if isinstance(data, Tensor):
+        if (dtype is None or data.dtype == dtype) and (device is None
+                                                       or data.device == as_device(device)):
+            return data
+        given = {k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None}
+        return data.to(**given)
+    return Tensor(data, dtype=dtype, device=device)
+
+
+def _new(x: Tensor, op: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    return x
+
+
+def new_full(x: Tensor, size, fill_value: Any, *, dtype: DType | None = None, device: Any = None,
+             requires_grad: bool = False) -> Tensor:
+    """A tensor of `size` filled with `fill_value`, of x's dtype and device unless given."""
+    x = _new(x, "new_full")
+    shape = _check_shape(shape_args((size,), "new_full"), "new_full")
+    return _make(np.full(shape, fill_value), dtype or x.dtype,
+                 x.device if device is None else device, requires_grad)
+
+
+def new_zeros(x: Tensor, *size, dtype: DType | None = None, device: Any = None,
+              requires_grad: bool = False) -> Tensor:
+    """Zeros of `size`, of x's dtype and device unless given."""
+    shape = _check_shape(shape_args(size, "new_zeros"), "new_zeros")
+    return new_full(_new(x, "new_zeros"), shape, 0, dtype=dtype, device=device,
+                    requires_grad=requires_grad)
+
+
+def new_ones(x: Tensor, *size, dtype: DType | None = None, device: Any = None,
+             requires_grad: bool = False) -> Tensor:
+    """Ones of `size`, of x's dtype and device unless given."""
+    shape = _check_shape(shape_args(size, "new_ones"), "new_ones")
+    return new_full(_new(x, "new_ones"), shape, 1, dtype=dtype, device=device,
+                    requires_grad=requires_grad)
+
+
+def new_empty(x: Tensor, *size, dtype: DType | None = None, device: Any = None,
+              requires_grad: bool = False) -> Tensor:
+    """Like new_zeros (Neurenix never hands out uninitialised memory)."""
+    shape = _check_shape(shape_args(size, "new_empty"), "new_empty")
+    return new_full(_new(x, "new_empty"), shape, 0, dtype=dtype, device=device,
+                    requires_grad=requires_grad)
+
+
+def new_tensor(x: Tensor, data: Any, *, dtype: DType | None = None, device: Any = None,
+               requires_grad: bool = False) -> Tensor:
+    """A copy of data as a tensor of x's dtype and device unless given."""
+    x = _new(x, "new_tensor")
+    return Tensor(data, dtype=dtype or x.dtype, device=x.device if device is None else device,
+                  requires_grad=requires_grad)

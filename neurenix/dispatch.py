@@ -21,11 +21,11 @@ from neurenix.compiler.ops import REGISTRY, Primitive
 from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.types import DType, TensorType
 
-from . import device_ops
+from . import device_ops, view_writes
 from .autograd import TapeNode
 from .device import CPU, Device
 from .state import current_trace, is_grad_enabled
-from .tensor import HostConstant, Tensor, version_of
+from .tensor import HostConstant, Tensor, alias_of, version_of
 
 
 def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
@@ -43,7 +43,10 @@ def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
     out = _run_host(prim, arrays, attrs, out_type.dtype)
     if not inputs:
         out = out.view(HostConstant)
-    return _record(prim, inputs, attrs, Tensor._wrap(out, out_type.dtype))
+    result = Tensor._wrap(out, out_type.dtype)
+    if prim.name in view_writes.TRACKED and np.may_share_memory(out, arrays[0]):
+        view_writes.mark(result, prim, inputs[0], attrs)
+    return _record(prim, inputs, attrs, result)
 
 
 def _run_host(prim: Primitive, arrays: Sequence[np.ndarray], attrs: dict[str, Any],
@@ -76,24 +79,27 @@ def _apply_elsewhere(prim: Primitive, inputs: Sequence[Tensor], arrays: list[Any
     out = Tensor._wrap(buffer, out_type.dtype, device)
     if prim.name in device_ops.VIEWS:
         device_ops.mark_view(out, prim, inputs[0], attrs)
-    return _record(prim, inputs, attrs, out, aliased=True)
+        if prim.name in view_writes.TRACKED and alias_of(out) is not None:
+            view_writes.mark(out, prim, inputs[0], attrs)
+    return _record(prim, inputs, attrs, out)
 
 
 def _record(prim: Primitive, inputs: Sequence[Tensor], attrs: dict[str, Any],
-            result: Tensor, aliased: bool = False) -> Tensor:
+            result: Tensor) -> Tensor:
     """`result`, recorded on the tape when grad mode is on and an input requires grad (with
-    the inputs' versions; `aliased`: counting writes through other aliases of a device
-    tensor's storage too)."""
+    the inputs' versions, `tensor.version_of`: writes through their views and aliases count)."""
     if is_grad_enabled() and result._dtype.is_floating and prim.vjp is not None \
             and prim.vjp is not non_differentiable:
+        for t in inputs:
+            if t._view is not None:
+                view_writes.refresh(t, apply)  # a view of a base written since: from its new value
         for t in inputs:
             if t.requires_grad:
                 result.requires_grad = True
                 result._node = TapeNode(prim, tuple(inputs), attrs,
                                         Tensor._wrap(result._data, result._dtype,
                                                      result._device),
-                                        tuple(version_of(t) for t in inputs) if aliased
-                                        else tuple(t._version for t in inputs))
+                                        tuple(version_of(t) for t in inputs))
                 break
     return result
 

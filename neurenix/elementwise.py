@@ -343,6 +343,8 @@ tanh = _unary_float("tanh")
 sigmoid = _unary_float("sigmoid")
 erf = _unary_float("erf")
 reciprocal = _unary_float("reciprocal")
+sin = _unary_float("sin")
+cos = _unary_float("cos")
 
 
 def neg(x: Tensor) -> Tensor:
@@ -444,4 +446,66 @@ def clamp(x: Tensor, min: Operand | None = None, max: Operand | None = None) -> 
         out = where(lt(out, min), min, out)
     if max is not None:
         out = where(gt(out, max), max, out)
+    return out
+
+
+def clamp_min(x: Tensor, min: Operand) -> Tensor:  # noqa: A002
+    """clamp(x, min=min)."""
+    return clamp(x, min, None)
+
+
+def clamp_max(x: Tensor, max: Operand) -> Tensor:  # noqa: A002
+    """clamp(x, max=max)."""
+    return clamp(x, None, max)
+
+
+def _tensor_input(x: Any, op: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+    return x
+
+
+def isnan(x: Tensor) -> Tensor:
+    """Where x is NaN (x != x); all False for integer and bool tensors."""
+    x = _tensor_input(x, "isnan")
+    return ne(x, x)
+
+
+def isinf(x: Tensor) -> Tensor:
+    """Where x is +inf or -inf; all False for integer and bool tensors."""
+    x = _tensor_input(x, "isinf")
+    if not x.dtype.is_floating:
+        return ne(x, x)
+    return eq(abs(x), float("inf"))
+
+
+def isfinite(x: Tensor) -> Tensor:
+    """Where x is neither NaN nor infinite."""
+    x = _tensor_input(x, "isfinite")
+    if not x.dtype.is_floating:
+        return eq(x, x)
+    return lt(abs(x), float("inf"))
+
+
+def isclose(a: Tensor, b: Tensor, rtol: float = 1e-05, atol: float = 1e-08,
+            equal_nan: bool = False) -> Tensor:
+    """|a - b| <= atol + rtol * |b| elementwise (broadcasting), as PyTorch: equal values
+    (infinities included) are close, NaN only with `equal_nan`.  a and b must share a dtype."""
+    a, b = _tensor_input(a, "isclose"), _tensor_input(b, "isclose")
+    if a.dtype != b.dtype:
+        raise TypeError(f"isclose: expected tensors of one dtype, got {a.dtype.name} and "
+                        f"{b.dtype.name}")
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"isclose: rtol and atol must be non-negative, got rtol={rtol}, "
+                         f"atol={atol}")
+    same = eq(a, b)
+    if not a.dtype.is_floating:
+        if a.dtype == bool_:
+            return same
+        a, b = cast(a, float32), cast(b, float32)
+    near = le(abs(sub(a, b)), add(mul(abs(b), rtol), atol))
+    near = logical_and(near, lt(abs(b), float("inf")))
+    out = logical_or(same, near)
+    if equal_nan:
+        out = logical_or(out, logical_and(ne(a, a), ne(b, b)))
     return out

@@ -3,20 +3,39 @@ bool tensors â€” as compositions of `slice`, `reshape`, `permute` and `gather` â
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from neurenix.compiler.trace import TraceError
-from neurenix.compiler.types import bool_, int64
+from neurenix.compiler.types import DType, bool_, int32, int64
 
+from . import view_writes
 from .call_site import user_source
 from .checks import check_range
 from .device_ops import current
 from .dispatch import apply
-from .elementwise import add, as_tensor, broadcast_shapes, lt, mul, where
-from .shapes import broadcast_to, permute, reshape
-from .state import current_trace, is_grad_enabled, suspended
+from .elementwise import (
+    add,
+    as_tensor,
+    broadcast_shapes,
+    cast,
+    eq,
+    ge,
+    gt,
+    le,
+    logical_and,
+    logical_not,
+    logical_or,
+    lt,
+    mul,
+    ne,
+    sub,
+    where,
+)
+from .mask_assign import masked_assign
+from .shapes import broadcast_to, movedim, narrow, normalize_dim, permute, reshape, unsqueeze
+from .state import current_trace, is_grad_enabled, no_grad, suspended
 from .tensor import HostConstant, Tensor, storage_on
 
 
@@ -199,6 +218,8 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     bumped so any earlier use of x in the graph refuses to backpropagate a wrong gradient.
     """
     x._check_inplace("__setitem__")
+    if masked_assign(x, index, value):
+        return
     grad = is_grad_enabled() and (x.requires_grad or
                                   (isinstance(value, Tensor) and value.requires_grad))
     trace = current_trace()
@@ -242,7 +263,7 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     else:
         # x is about to be rebound to the result; record the old value under its own tensor
         # object, or the tape would point from x's new node back to x itself (a cycle)
-        data = x._data if isinstance(x._data, np.ndarray) else current(x)
+        data = np.array(x._data) if isinstance(x._data, np.ndarray) else current(x)
         old = Tensor._wrap(data, x._dtype, x._device)
         old._node, old.requires_grad = x._node, x.requires_grad
     mask_data = np.zeros(x.numel(), dtype=bool)
@@ -256,11 +277,15 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     if trace is not None:
         trace.write(x, new)
         return
-    if isinstance(x._data, np.ndarray):
-        x._data = new._data
+    bases = view_writes.chain(x)  # x a view: its bases take the write too
+    if isinstance(x._data, np.ndarray) and x._data.flags.writeable:
+        np.copyto(x._data, new._data)  # into x's own memory, which its views and bases share
+    elif isinstance(x._data, np.ndarray):
+        x._data = new._data  # a broadcast or window view: a private array
     else:
         x._set_storage(new._data)
     x._node, x.requires_grad = new._node, new.requires_grad
+    view_writes.write_through(x, bases, apply)
 
 
 def _made(array: np.ndarray, x: Tensor) -> np.ndarray:
@@ -277,3 +302,271 @@ def _placed(v: Tensor, x: Tensor) -> Tensor:
         return Tensor._wrap(storage_on(np.ascontiguousarray(v._host()), x._device), v._dtype,
                             x._device)
     return v
+
+
+# ---- gather, index_select, masked_fill, tril/triu, repeat_interleave, sort ------------------
+
+
+class SortResult(NamedTuple):
+    """The (values, indices) pair returned by sort and topk."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def _tensor(x: Any, op: str, what: str = "input") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor {what}, got {type(x).__name__}")
+    return x
+
+
+def _index_tensor(index: Any, op: str) -> Tensor:
+    index = _tensor(index, op, "index")
+    if not index.dtype.is_integer:
+        raise TypeError(f"{op}: expected an integer (int64) index tensor, got "
+                        f"{index.dtype.name}")
+    return index
+
+
+def _ramp(shape: tuple[int, ...], axis: int, dtype: DType = int64) -> Tensor:
+    """0, 1, 2, ... along `axis` of an integer tensor of `shape` (a host constant)."""
+    return apply("iota", shape=tuple(shape), axis=axis, dtype=dtype.name)
+
+
+def _position_type(*sizes: int) -> DType:
+    """int32 for positions below 2**31 (every target computes it natively), else int64."""
+    return int32 if max(sizes, default=0) < 2 ** 31 else int64
+
+
+def _take_along(x: Tensor, d: int, index: Tensor) -> Tensor:
+    """out[..., i_d, ...] = x[..., index[..., i_d, ...], ...]: index has x's ndim and sizes no
+    larger than x's, values in [0, x.shape[d]).  One `gather` of the flattened x at linear
+    positions, so the gradient is one `scatter_add`."""
+    strides = [1] * x.ndim
+    for i in range(x.ndim - 2, -1, -1):
+        strides[i] = strides[i + 1] * x.shape[i + 1]
+    itype = _position_type(x.numel())
+    linear = as_tensor(index, itype)
+    if strides[d] != 1:
+        linear = mul(linear, strides[d])
+    for i in range(x.ndim):
+        if i != d and index.shape[i] > 1:
+            ramp = _ramp(index.shape, i, itype)
+            linear = add(linear, mul(ramp, strides[i]) if strides[i] != 1 else ramp)
+    return apply("gather", reshape(x, (x.numel(),)), linear, axis=0)
+
+
+def gather(x: Tensor, dim: int, index: Tensor, *, sparse_grad: bool = False) -> Tensor:
+    """out[i][j][k] = x[i][index[i][j][k]][k] for dim=1 (torch.gather): index has x's number
+    of dimensions and, outside `dim`, sizes no larger than x's; out has index's shape."""
+    x, index = _tensor(x, "gather"), _index_tensor(index, "gather")
+    d = normalize_dim(dim, max(x.ndim, 1), "gather")
+    if index.ndim != x.ndim and not (x.ndim <= 1 and index.ndim <= 1):
+        raise ValueError(f"gather: index tensor must have the same number of dimensions as "
+                         f"the input ({x.ndim}), got {index.ndim} (shape {tuple(index.shape)})")
+    if x.ndim == 0 or index.ndim == 0:
+        shape = tuple(index.shape)
+        out = gather(reshape(x, (1,)) if x.ndim == 0 else x, 0,
+                     reshape(index, (1,)) if index.ndim == 0 else index)
+        return reshape(out, shape)
+    for i, (si, sx) in enumerate(zip(index.shape, x.shape)):
+        if i != d and si > sx:
+            raise ValueError(f"gather: index {tuple(index.shape)} is larger than the input "
+                             f"{tuple(x.shape)} at dimension {i} (only dimension {d} may be)")
+    size = x.shape[d]
+    check_range(index, 0, size, lambda bad: IndexError(
+        f"gather: index {bad} is out of bounds for dimension {d} with size {size}"))
+    return _take_along(x, d, index)
+
+
+def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """The slices of x at positions `index` (a vector) along `dim`."""
+    x, index = _tensor(x, "index_select"), _index_tensor(index, "index_select")
+    if index.ndim > 1:
+        raise ValueError(f"index_select: index must be a vector (0-d or 1-d), got shape "
+                         f"{tuple(index.shape)}")
+    d = normalize_dim(dim, max(x.ndim, 1), "index_select")
+    if x.ndim == 0:
+        return reshape(index_select(reshape(x, (1,)), 0, index), ())
+    size = x.shape[d]
+    check_range(index, 0, size, lambda bad: IndexError(
+        f"index_select: index {bad} is out of range for dimension {d} with size {size}"))
+    return apply("gather", x, reshape(index, (index.numel(),)), axis=d)
+
+
+def masked_fill(x: Tensor, mask: Tensor, value: Any) -> Tensor:
+    """x with `value` where the bool `mask` (broadcast with x) holds; x's dtype."""
+    x, mask = _tensor(x, "masked_fill"), _tensor(mask, "masked_fill", "mask")
+    if mask.dtype != bool_:
+        raise TypeError(f"masked_fill: expected a bool mask, got {mask.dtype.name}")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise ValueError(f"masked_fill: expected a 0-dimensional value tensor, got shape "
+                             f"{tuple(value.shape)}")
+    elif not isinstance(value, (bool, int, float, np.number, np.bool_)):
+        raise TypeError(f"masked_fill: expected a number or a 0-d Tensor value, got "
+                        f"{type(value).__name__}")
+    fill = as_tensor(value, x.dtype) if isinstance(value, Tensor) else Tensor._wrap(
+        np.asarray(value).astype(x.dtype.np_type).view(HostConstant), x.dtype)
+    return where(mask, fill, x)
+
+
+def _triangle(x: Tensor, diagonal: int, op: str) -> Tensor:
+    x = _tensor(x, op)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: expected a tensor of at least 2 dimensions, got shape "
+                         f"{tuple(x.shape)}")
+    if isinstance(diagonal, bool) or not isinstance(diagonal, (int, np.integer)):
+        raise TypeError(f"{op}: diagonal must be an int, got {type(diagonal).__name__}")
+    shape = tuple(x.shape[-2:])
+    offset = sub(_ramp(shape, 1), _ramp(shape, 0))  # column - row
+    keep = le(offset, int(diagonal)) if op == "tril" else ge(offset, int(diagonal))
+    return where(keep, x, False if x.dtype == bool_ else 0)
+
+
+def tril(x: Tensor, diagonal: int = 0) -> Tensor:
+    """The lower triangle of the last two dimensions (column - row <= diagonal), else 0."""
+    return _triangle(x, diagonal, "tril")
+
+
+def triu(x: Tensor, diagonal: int = 0) -> Tensor:
+    """The upper triangle of the last two dimensions (column - row >= diagonal), else 0."""
+    return _triangle(x, diagonal, "triu")
+
+
+def repeat_interleave(x: Tensor, repeats: Any = None, dim: int | None = None, *,
+                      output_size: int | None = None) -> Tensor:
+    """Each element (or slice along `dim`; None: of the flattened x) repeated `repeats`
+    times.  `repeats` is an int or a tensor of one count per slice; a tensor's counts are read
+    on the host (the output shape depends on them), so inside `neurenix.compile` they must
+    be known when tracing.  `repeat_interleave(counts)` repeats 0 .. n-1."""
+    x = _tensor(x, "repeat_interleave")
+    if repeats is None:
+        if x.ndim != 1 or not x.dtype.is_integer:
+            raise ValueError(f"repeat_interleave: repeats must be a 1-D integer tensor, got "
+                             f"{x.dtype.name} of shape {tuple(x.shape)}")
+        return repeat_interleave(_ramp((x.shape[0],), 0), x, 0, output_size=output_size)
+    if dim is None:
+        x, d = reshape(x, (x.numel(),)), 0
+    else:
+        d = normalize_dim(dim, max(x.ndim, 1), "repeat_interleave")
+        if x.ndim == 0:
+            x = reshape(x, (1,))
+    n = x.shape[d]
+    counts = _counts(repeats, n)
+    total = int(counts.sum())
+    if output_size is not None and output_size != total:
+        raise ValueError(f"repeat_interleave: output_size {output_size} does not match the "
+                         f"repeated size {total}")
+    if counts.size and (counts == counts.flat[0]).all():
+        r = int(counts.flat[0])
+        y = unsqueeze(x, d + 1)
+        y = broadcast_to(y, x.shape[:d + 1] + (r,) + x.shape[d + 1:])
+        return reshape(y, x.shape[:d] + (n * r,) + x.shape[d + 1:])
+    positions = np.repeat(np.arange(n, dtype=np.int64), counts).view(HostConstant)
+    return apply("gather", x, Tensor._wrap(positions, int64), axis=d)
+
+
+def _counts(repeats: Any, n: int) -> np.ndarray:
+    """The repeat count of each of n slices, read on the host; errors as PyTorch's."""
+    if isinstance(repeats, Tensor):
+        if not repeats.dtype.is_integer:
+            raise TypeError(f"repeat_interleave: repeats must be an integer tensor, got "
+                            f"{repeats.dtype.name}")
+        if repeats._data is None:
+            raise TraceError(f"repeat_interleave at {user_source()}: the output shape depends "
+                             f"on the values of `repeats`, which neurenix.compile cannot "
+                             f"trace; pass an int or a tensor made inside the function")
+        if repeats.ndim > 1:
+            raise ValueError(f"repeat_interleave: repeats must be 0-d or 1-d, got shape "
+                             f"{tuple(repeats.shape)}")
+        counts = np.asarray(repeats._host(), dtype=np.int64).reshape(-1)
+    elif isinstance(repeats, (int, np.integer)) and not isinstance(repeats, bool):
+        counts = np.asarray([int(repeats)], dtype=np.int64)
+    else:
+        raise TypeError(f"repeat_interleave: repeats must be an int or a Tensor, got "
+                        f"{type(repeats).__name__}")
+    if counts.size == 1:
+        counts = np.repeat(counts, n)
+    if counts.size != n:
+        raise ValueError(f"repeat_interleave: repeats must have {n} elements (one per slice), "
+                         f"got {counts.size}")
+    if (counts < 0).any():
+        raise ValueError(f"repeat_interleave: repeats must be non-negative, got "
+                         f"{int(counts.min())}")
+    return counts
+
+
+def _ranks(y: Tensor, descending: bool, itype: DType) -> Tensor:
+    """The position of each element of every last-axis row of y in that row sorted (ties by
+    position, NaN above everything, as torch.sort(stable=True)): a count over all pairs,
+    O(n^2) per row."""
+    n = y.shape[-1]
+    a, b = unsqueeze(y, -1), unsqueeze(y, -2)  # a: element i (rows), b: element j (columns)
+    first = lt(b, a) if not descending else gt(b, a)
+    same = eq(a, b)
+    if y.dtype.is_floating:
+        an, bn = ne(a, a), ne(b, b)
+        first = logical_or(first, logical_and(an, logical_not(bn)) if not descending
+                           else logical_and(bn, logical_not(an)))
+        same = logical_or(same, logical_and(an, bn))
+    earlier = lt(_ramp((n, n), 1, itype), _ramp((n, n), 0, itype))  # j < i
+    before = logical_or(first, logical_and(same, earlier))
+    return apply("reduce_sum", cast(before, itype), axes=(before.ndim - 1,))
+
+
+def _order(y: Tensor, descending: bool) -> Tensor:
+    """The positions that sort every last-axis row of y: order[r] = the i of rank r."""
+    n = y.shape[-1]
+    itype = _position_type(n)
+    ranks = unsqueeze(_ranks(y, descending, itype), -2)  # (..., 1, n_i)
+    at = eq(ranks, _ramp((n, 1), 0, itype))  # (..., n_r, n_i)
+    picked = where(at, _ramp((n, n), 1, itype), 0)
+    return apply("reduce_sum", picked, axes=(picked.ndim - 1,))
+
+
+def _sorted(x: Tensor, dim: int, descending: bool, op: str) -> SortResult:
+    x = _tensor(x, op)
+    if not isinstance(descending, bool):
+        raise TypeError(f"{op}: descending must be a bool, got {type(descending).__name__}")
+    d = normalize_dim(dim, max(x.ndim, 1), op)
+    if x.ndim == 0:
+        return SortResult(x, reshape(_ramp((1,), 0), ()))
+    y = movedim(x, d, -1) if d != x.ndim - 1 else x
+    with no_grad():
+        order = _order(y.detach(), descending)
+    values = _take_along(y, y.ndim - 1, order)
+    order = cast(order, int64)
+    if d != x.ndim - 1:
+        values, order = movedim(values, -1, d), movedim(order, -1, d)
+    return SortResult(values, order)
+
+
+def sort(x: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> SortResult:
+    """(values, indices) of x sorted along dim; always stable (equal elements keep their
+    order), NaN sorted above every number.  O(n^2) per row: see `_ranks`."""
+    if not isinstance(stable, bool):
+        raise TypeError(f"sort: stable must be a bool, got {type(stable).__name__}")
+    return _sorted(x, dim, descending, "sort")
+
+
+def argsort(x: Tensor, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+    """The indices that sort x along dim (as `sort`)."""
+    return _sorted(x, dim, descending, "argsort").indices
+
+
+def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True,  # noqa: A002
+         ) -> SortResult:
+    """The k largest (or smallest) elements along dim and their indices, in sorted order
+    (ties by position)."""
+    x = _tensor(x, "topk")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"topk: k must be an int, got {type(k).__name__}")
+    d = normalize_dim(dim, max(x.ndim, 1), "topk")
+    n = x.shape[d] if x.ndim else 1
+    if not 0 <= k <= n:
+        raise ValueError(f"topk: k ({k}) is out of range for dimension {d} of size {n}")
+    values, indices = _sorted(x, d, bool(largest), "topk")
+    if k == n:
+        return SortResult(values, indices)
+    return SortResult(narrow(values, d, 0, int(k)), narrow(indices, d, 0, int(k)))

@@ -22,9 +22,11 @@ import numpy as np
 
 from neurenix.compiler.types import bool_
 
+from . import random, view_writes
 from .device_ops import current
-from .dispatch import EAGER
+from .dispatch import EAGER, apply
 from .elementwise import add, cast, clamp, div, mul, sub
+from .indexing import masked_fill
 from .state import current_trace, is_grad_enabled, no_grad
 from .tensor import Tensor
 
@@ -46,8 +48,10 @@ def apply_inplace(x: Tensor, fn: Binary, other: Any, name: str) -> Tensor:
         old = Tensor._wrap(_snapshot(x), x._dtype, x._device)
         old._node, old.requires_grad = x._node, x.requires_grad
         result = _checked(x, fn(old, old if other is x else other), name)
+        bases = view_writes.chain(x)  # x a view: its bases take the write too
         _store(x, result)
         x._node, x.requires_grad = result._node, result.requires_grad
+        view_writes.write_through(x, bases, apply)
     else:
         _store(x, _checked(x, fn(x, other), name))
     x._version += 1
@@ -110,6 +114,55 @@ def div_(x: Tensor, other: Any) -> Tensor:
 
 def clamp_(x: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
     return apply_inplace(x, lambda a, _: clamp(a, min, max), None, "clamp_")
+
+
+def clamp_min_(x: Tensor, min: Any) -> Tensor:  # noqa: A002
+    return apply_inplace(x, lambda a, _: clamp(a, min, None), None, "clamp_min_")
+
+
+def clamp_max_(x: Tensor, max: Any) -> Tensor:  # noqa: A002
+    return apply_inplace(x, lambda a, _: clamp(a, None, max), None, "clamp_max_")
+
+
+def masked_fill_(x: Tensor, mask: Tensor, value: Any) -> Tensor:
+    """x[mask] = value, mask broadcast to x's shape."""
+    return apply_inplace(x, lambda a, _: masked_fill(a, mask, value), None, "masked_fill_")
+
+
+def _random_fill(x: Tensor, op: str) -> None:
+    if not isinstance(x, Tensor) or not x.dtype.is_floating:
+        got = x.dtype.name if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{op}: expected a floating-point tensor, got {got}")
+
+
+def _device_of(x: Tensor) -> Any:
+    return None if x.device.type.value == "cpu" else x.device
+
+
+def uniform_(x: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
+    """Fill x with samples uniform on [a, b) (seeded by neurenix.manual_seed; fresh per call,
+    also when compiled)."""
+    _random_fill(x, "uniform_")
+    if not a <= b:
+        raise ValueError(f"uniform_: expects a <= b, got a={a}, b={b}")
+    x._check_inplace("uniform_")
+    with no_grad():
+        u = random.uniform(tuple(x.shape), x.dtype, _device_of(x))
+        value = u if (a, b) == (0.0, 1.0) else add(mul(u, float(b) - float(a)), float(a))
+    return copy_(x, value)
+
+
+def normal_(x: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
+    """Fill x with samples of the normal distribution N(mean, std**2) (seeded by
+    neurenix.manual_seed; fresh per call, also when compiled)."""
+    _random_fill(x, "normal_")
+    if std < 0:
+        raise ValueError(f"normal_: expects std >= 0.0, got std={std}")
+    x._check_inplace("normal_")
+    with no_grad():
+        z = random.normal(tuple(x.shape), x.dtype, _device_of(x))
+        value = z if (mean, std) == (0.0, 1.0) else add(mul(z, float(std)), float(mean))
+    return copy_(x, value)
 
 
 def copy_(x: Tensor, src: Tensor | Any) -> Tensor:

@@ -10,9 +10,23 @@ from neurenix.compiler.types import bool_, float32, int64
 from .creation import arange
 from .dispatch import apply
 from .elementwise import abs as abs_
-from .elementwise import cast, div, eq, exp, log, maximum, minimum, mul, sqrt, sub, where
+from .elementwise import (
+    cast,
+    div,
+    eq,
+    exp,
+    isclose,
+    le,
+    log,
+    maximum,
+    minimum,
+    mul,
+    sqrt,
+    sub,
+    where,
+)
 from .elementwise import pow as pow_
-from .shapes import normalize_dim, normalize_dims, reshape
+from .shapes import movedim, normalize_dim, normalize_dims, reshape, unsqueeze
 from .tensor import Tensor
 
 
@@ -232,3 +246,33 @@ def norm(x: Tensor, p: float = 2.0, dim=None, keepdim: bool = False) -> Tensor:
     if p == 1:
         return sum(abs_(x), dim, keepdim)
     return pow_(sum(pow_(abs_(x), float(p)), dim, keepdim), 1.0 / p)
+
+
+def cumsum(x: Tensor, dim: int, dtype=None) -> Tensor:
+    """Running sums along dim (bool and integer inputs sum as int64, as in PyTorch).
+
+    Element i sums the row masked to positions <= i: a masked broadcast and one reduction,
+    O(n^2) work per row of n (no scan primitive), exact for integers; the gradient is the
+    reversed running sum."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"cumsum: expected a Tensor, got {type(x).__name__}")
+    d = normalize_dim(dim, x.ndim or 1, "cumsum")
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.dtype.is_floating:
+        x = cast(x, int64)
+    if x.ndim == 0:
+        return x
+    y = movedim(x, d, -1) if d != x.ndim - 1 else x
+    n = y.shape[-1]
+    rows = apply("iota", shape=(n, n), axis=0, dtype="int64")
+    cols = apply("iota", shape=(n, n), axis=1, dtype="int64")
+    out = apply("reduce_sum", where(le(cols, rows), unsqueeze(y, -2), 0), axes=(y.ndim,))
+    return movedim(out, -1, d) if d != x.ndim - 1 else out
+
+
+def allclose(a: Tensor, b: Tensor, rtol: float = 1e-05, atol: float = 1e-08,
+             equal_nan: bool = False) -> bool:
+    """Whether every element of a is close to b's (`isclose`); a Python bool, so it reads
+    the values (inside `neurenix.compile` it raises, as `.item()` does)."""
+    return bool(all(isclose(a, b, rtol, atol, equal_nan)).item())

@@ -51,6 +51,26 @@ class no_grad(set_grad_enabled):
         super().__init__(False)
 
 
+class inference_mode(set_grad_enabled):
+    """Context manager and decorator (with or without parentheses): run without recording
+    gradients, as `no_grad` (PyTorch's inference mode; Neurenix has no separate inference
+    tensors).  `inference_mode(False)` leaves grad mode as it is."""
+
+    def __new__(cls, mode: Any = True) -> Any:
+        if callable(mode):  # @inference_mode without parentheses
+            return cls()(mode)
+        return super().__new__(cls)
+
+    def __init__(self, mode: bool = True) -> None:
+        if not isinstance(mode, bool):
+            raise TypeError(f"inference_mode: mode must be a bool, got {type(mode).__name__}")
+        super().__init__(False)
+        self.enabled = mode
+
+    def __enter__(self) -> None:
+        self.tokens.append(_GRAD.set(False if self.enabled else _GRAD.get()))
+
+
 class enable_grad(set_grad_enabled):
     """Context manager and decorator: record gradients even inside `no_grad`."""
 

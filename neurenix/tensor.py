@@ -153,10 +153,15 @@ def _replace(alias: Alias, buffer: Any) -> None:
 
 
 def version_of(t: Tensor) -> int:
-    """t's version for autograd's "modified after use" check: its own in-place updates and,
-    on a device, those through any alias of its storage (PyTorch's shared counter)."""
+    """t's version for autograd's "modified after use" check: its own in-place updates and
+    those of the tensors it is a view of (`_view`), and, on a device, those through any alias
+    of its storage (PyTorch's shared counter)."""
     if type(t._data) is np.ndarray:
-        return t._version
+        version, view = t._version, t._view
+        while view is not None:
+            version += view[0]._version
+            view = view[0]._view
+        return version
     alias = alias_of(t)
     return t._version if alias is None else t._version + alias.storage.version - alias.start
 
@@ -205,11 +210,13 @@ class Tensor:
     elsewhere, None for a symbolic tensor (which holds its graph value in `_value`).  Values
     are read through `_host()` and replaced through `_set_host()` (or, with a device buffer,
     `_set_storage()`).  `_alias` (unset on the CPU and for a device tensor that shares no
-    memory) is its `Alias`: read it with `alias_of`.
+    memory) is its `Alias`: read it with `alias_of`.  `_view` is how a view was taken of its
+    base, for writes through it (`neurenix.view_writes`).
     """
 
     __slots__ = ("_data", "_dtype", "_device", "requires_grad", "_grad", "_node",
-                 "_retains_grad", "_version", "_value", "_born", "_alias", "__weakref__")
+                 "_retains_grad", "_version", "_value", "_born", "_alias", "_view",
+                 "__weakref__")
     __array_priority__ = 1000  # NumPy defers `ndarray op Tensor` to Tensor's reflected method
 
     def __init__(self, data: Any, dtype: DType | None = None, device: Any = None,
@@ -235,6 +242,7 @@ class Tensor:
         self._version = 0
         self._value = None
         self._born = EPOCH[0]  # see state.use_trace: made in a trace or not
+        self._view = None  # (base, primitive, attrs, base version): neurenix.view_writes
 
     @classmethod
     def _wrap(cls, array: Any, dtype: DType | None = None, device: Device = CPU) -> Tensor:

@@ -11,8 +11,8 @@ from typing import Any
 
 from neurenix.compiler.types import bool_, float32, float64, int32, int64
 
+from . import creation, indexing, inplace, linalg, reductions, shapes
 from . import elementwise as ew
-from . import indexing, inplace, linalg, reductions, shapes
 from .backward import backward
 from .conversion import cpu, detach, to
 
@@ -71,6 +71,9 @@ def _methods() -> dict[str, Any]:
         "logical_and": ew.logical_and, "logical_or": ew.logical_or,
         "logical_not": ew.logical_not, "where": lambda self, cond, other: ew.where(cond, self,
                                                                                      other),
+        "sin": ew.sin, "cos": ew.cos, "clamp_min": ew.clamp_min, "clamp_max": ew.clamp_max,
+        "isnan": ew.isnan, "isinf": ew.isinf, "isfinite": ew.isfinite, "isclose": ew.isclose,
+        "allclose": reductions.allclose,
         # reductions
         "sum": reductions.sum, "mean": reductions.mean, "prod": reductions.prod,
         "max": reductions.max, "min": reductions.min, "amax": reductions.amax,
@@ -78,6 +81,12 @@ def _methods() -> dict[str, Any]:
         "var": reductions.var, "std": reductions.std, "logsumexp": reductions.logsumexp,
         "softmax": reductions.softmax, "log_softmax": reductions.log_softmax,
         "all": reductions.all, "any": reductions.any, "norm": reductions.norm,
+        "cumsum": reductions.cumsum,
+        # indexing and sorting
+        "gather": indexing.gather, "index_select": indexing.index_select,
+        "masked_fill": indexing.masked_fill, "tril": indexing.tril, "triu": indexing.triu,
+        "repeat_interleave": indexing.repeat_interleave, "sort": indexing.sort,
+        "argsort": indexing.argsort, "topk": indexing.topk,
         # movement
         "view": shapes.view, "reshape": shapes.reshape, "permute": shapes.permute,
         "transpose": shapes.transpose, "movedim": shapes.movedim, "flatten": shapes.flatten,
@@ -93,7 +102,13 @@ def _methods() -> dict[str, Any]:
         # in place
         "add_": inplace.add_, "sub_": inplace.sub_, "mul_": inplace.mul_, "div_": inplace.div_,
         "clamp_": inplace.clamp_, "copy_": inplace.copy_, "fill_": inplace.fill_,
-        "zero_": inplace.zero_,
+        "zero_": inplace.zero_, "clamp_min_": inplace.clamp_min_,
+        "clamp_max_": inplace.clamp_max_, "masked_fill_": inplace.masked_fill_,
+        "normal_": inplace.normal_, "uniform_": inplace.uniform_,
+        # creation
+        "new_zeros": creation.new_zeros, "new_ones": creation.new_ones,
+        "new_full": creation.new_full, "new_empty": creation.new_empty,
+        "new_tensor": creation.new_tensor,
         # products
         "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "dot": linalg.dot,
         # autograd

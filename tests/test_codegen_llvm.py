@@ -52,8 +52,9 @@ from neurenix.runtime.cpu import optimized_ir
 CAPS = get_target("llvm").capabilities  # the host's, or what a test plugin forces
 N = 67  # no multiple of a vector width: every loop has a remainder
 CLASSES = {"f": (float32, float64), "i": (int32, int64), "b": (bool_,)}
-# float32 routines written as polynomials (see llvm_math.py) are within 4 ulp
-LOOSE = {"exp", "log", "tanh", "sigmoid", "erf", "pow"}
+# float32 routines written as polynomials (see llvm_math.py) are within 4 ulp; sinf/cosf
+# of the C library and NumPy's float32 sin/cos may differ in the last bit
+LOOSE = {"exp", "log", "tanh", "sigmoid", "erf", "pow", "sin", "cos"}
 
 
 def sample(dtype, rng, seed_values=True):

@@ -95,6 +95,8 @@ CASES = {
     "tanh": unary(f32),
     "sigmoid": [lambda rng: ([f32(rng, (3, 4), -30, 30)], {})],
     "erf": unary(f32, f64),
+    "sin": unary(f32, f64),
+    "cos": unary(f32, f64),
     "abs": unary(f32, i32),
     "sign": unary(f32, i64),
     "floor": unary(f32),

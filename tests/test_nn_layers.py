@@ -101,8 +101,13 @@ def test_linear_errors_name_the_layer():
     with pytest.raises(ValueError, match=r"Linear: expected input with last dimension 10 "
                                          r"\(in_features\), got shape \(32, 7\)"):
         layer(nx.randn(32, 7))
-    with pytest.raises(TypeError, match="Linear: expected input of dtype float32"):
+    with pytest.raises(TypeError, match=r"Linear: expected input of dtype float32 \(the "
+                                        r"weight's\), got float64; convert it with "
+                                        r"x.to\(neurenix.float32\)"):
         layer(nx.randn(32, 10, dtype=nx.float64))
+    with pytest.raises(TypeError, match=r"expected the input to be a Tensor, got ndarray; wrap "
+                                        r"it: neurenix.tensor\(value, dtype=neurenix.float32\)"):
+        layer(np.zeros((32, 10)))
     with pytest.raises(ValueError, match="Linear: in_features must be a non-negative int"):
         nn.Linear(-1, 3)
 

@@ -73,6 +73,8 @@ CASES = {
     "tanh": [_unary()],
     "sigmoid": [_unary(-4.0, 4.0)],
     "erf": [_unary()],
+    "sin": [_unary()],
+    "cos": [_unary()],
     "abs": [lambda rng: ([_nonzero(rng, (3, 4))], {})],
     "sign": [lambda rng: ([_nonzero(rng, (3, 4))], {})],
     "floor": [lambda rng: ([rng.integers(-3, 3, (3, 4)) + _u(rng, (3, 4), 0.2, 0.8)], {})],

@@ -178,8 +178,8 @@ class Dialect:
         return f"({a} {op} {b})"
 
     def call(self, fn: str, args: list[str], dtype: DType) -> str:
-        """A math function of C's name (exp, log, sqrt, tanh, erf, floor, trunc, fabs, fmod,
-        pow, copysign) on floats of `dtype`."""
+        """A math function of C's name (exp, log, sqrt, tanh, erf, sin, cos, floor, trunc, fabs,
+        fmod, pow, copysign) on floats of `dtype`."""
         raise NotImplementedError
 
     def int64_op(self, op: str, args: list[str]) -> str:
@@ -587,7 +587,7 @@ class _Renderer:
             if t.is_floating or pure:
                 return f"(-{x})"
             return d.wrap("-", self.literal(0, t), x, t)
-        if op in ("exp", "log", "sqrt", "tanh", "erf"):
+        if op in ("exp", "log", "sqrt", "tanh", "erf", "sin", "cos"):
             return d.call(op, [x], t)
         if op == "abs":
             return d.call("fabs", [x], t) if t.is_floating else d.int_abs(x, t)

@@ -8,7 +8,8 @@ optimizer inlines it into the loops before vectorizing.
 
 Accuracy (float32, against NumPy): exp and log within 2 ulp, tanh and sigmoid within 4 ulp
 (tests/test_codegen_llvm.py checks dense grids).
-float64 and the rarely hot functions (erf, pow) call the C library, which is exact to an ulp.
+float64 and the rarely hot functions (erf, pow, sin, cos) call the C library, which is exact
+to an ulp.
 `pow` is therefore C's pow at every special value ((-inf) ** 0.5 is inf), which is what the
 `pow` primitive means and what PyTorch computes for a tensor exponent; PyTorch's shortcuts for
 a number exponent (0.5 is sqrt, so nan there) are the frontend's (`neurenix.elementwise.pow`).
@@ -50,12 +51,15 @@ HOW = {  # (kernel op, float type) -> how it is computed
     ("sigmoid", "float"): "routine", ("sigmoid", "double"): "inline",
     ("tanh", "double"): "libm", ("erf", "double"): "libm", ("erf", "float"): "libm_wide",
     ("pow", "double"): "libm", ("pow", "float"): "libm",
+    ("sin", "double"): "libm", ("sin", "float"): "libm",
+    ("cos", "double"): "libm", ("cos", "float"): "libm",
 }
 """The math routines by kernel-op name (compiler/kernel/ops.py): an LLVM intrinsic, a
 routine defined below, a body emitted in place, or the C library (float32 erf through the
 double one)."""
 LIBM = {("tanh", F64): "tanh", ("erf", F64): "erf", ("erf", F32): "erf",
-        ("pow", F64): "pow", ("pow", F32): "powf"}
+        ("pow", F64): "pow", ("pow", F32): "powf", ("sin", F64): "sin", ("sin", F32): "sinf",
+        ("cos", F64): "cos", ("cos", F32): "cosf"}
 """(function, float type) -> C library symbol."""
 
 _ARITY = {"llvm.fmuladd": 3, "llvm.fma": 3, "llvm.maximum": 2, "llvm.minimum": 2,

@@ -136,6 +136,8 @@ UNARY: dict[tuple[str, str], object] = {
     ("tanh", "f"): _libcall("tanh"),
     ("sigmoid", "f"): _libcall("sigmoid"),
     ("erf", "f"): _libcall("erf"),
+    ("sin", "f"): _libcall("sin"),
+    ("cos", "f"): _libcall("cos"),
     ("sqrt", "f"): _intrinsic1("llvm.sqrt"),
     ("abs", "f"): _intrinsic1("llvm.fabs"),
     ("abs", "i"): lambda em, x, dt: em.b.call(em.lib.intrinsic("llvm.abs", x.type),

@@ -125,6 +125,8 @@ class WGSL(Dialect):
     def call(self, fn: str, args: list[str], dtype: DType) -> str:
         if fn in ("fmod", "pow", "tanh"):  # exact or accurate helpers (wgsl_math.py)
             return f"nx_{fn}({', '.join(args)})"
+        if fn in ("sin", "cos"):
+            return f"nx_trig({args[0]}, {'1u' if fn == 'cos' else '0u'})"
         if fn == "copysign":
             a, b = args
             return (f"bitcast<f32>((bitcast<u32>({a}) & 0x7fffffffu) | "

@@ -50,6 +50,8 @@ UNARY_OPS: dict[str, OpSpec] = _ops(
     ("log", FLOATS, False, "log"),
     ("sqrt", FLOATS, False, "sqrt"),
     ("tanh", FLOATS, False, "tanh"),
+    ("sin", FLOATS, False, "sin"),
+    ("cos", FLOATS, False, "cos"),
     ("sigmoid", FLOATS, False, "sigmoid"),
     ("erf", FLOATS, False, "erf"),
     ("abs", NUMBERS, False, "abs"),

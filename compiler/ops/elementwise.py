@@ -83,6 +83,11 @@ register("tanh", ELEMENTWISE, 1, _float_unary("tanh"), np.tanh,
          per_input(lambda b, g, out, x: b.mul(g, b.sub(b.full_like(out, 1.0), b.mul(out, out)))),
          "hyperbolic tangent; d/dx = 1 - out**2")
 
+register("sin", ELEMENTWISE, 1, _float_unary("sin"), np.sin,
+         per_input(lambda b, g, out, x: b.mul(g, b.cos(x))), "sine; d/dx = cos x")
+register("cos", ELEMENTWISE, 1, _float_unary("cos"), np.cos,
+         per_input(lambda b, g, out, x: b.neg(b.mul(g, b.sin(x)))), "cosine; d/dx = -sin x")
+
 
 def _sigmoid(x):
     # Split by sign so neither branch overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise.

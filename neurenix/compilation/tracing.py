@@ -13,7 +13,6 @@ symbolic tensor (`.item()`, `bool()`, `.numpy()`) raises `TraceError` naming the
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,8 +23,10 @@ from neurenix.compiler.trace import TraceError, Tracer
 from neurenix.compiler.types import TensorType, int64
 
 from .. import state as ambient
+from .. import view_writes
 from ..call_site import user_source
 from ..device import CPU, Device
+from ..dispatch import apply
 from ..elementwise import as_tensor
 from ..shapes import broadcast_to
 from ..tensor import Tensor
@@ -61,9 +62,11 @@ class TraceState:
         self.active: set[int] = set()
         self.tainted: set[int] = set()
         self.cuts: dict[int, Node] = {}  # id(tainted node) -> its stop_gradient
-        # views taken in the trace: id(view) -> (view, base), weakly; id(base) -> its views
-        self.view_of: dict[int, tuple[Any, Any]] = {}
-        self.views: dict[int, list[Any]] = {}
+        # views taken in the trace: id(view) -> (view, base, primitive, attrs); id(base) -> its
+        # views (held for the trace's life, so ids stay theirs): a write through a view is a
+        # write into its base, and views of a written tensor are derived again
+        self.view_of: dict[int, tuple[Tensor, Tensor, Any, dict]] = {}
+        self.views: dict[int, list[Tensor]] = {}
         self.backward_called = False
         self.modules: dict[int, Any] = {}  # id -> every Module called in the trace
         self.snapshots: list[tuple[Any, dict]] = []  # each one's attributes before its call
@@ -151,8 +154,10 @@ class TraceState:
 
     # ---- neurenix.state.Trace: what the layers below hand to the trace ---------------------
 
-    def process_primitive(self, op: str, inputs: tuple[Tensor, ...], attrs: dict) -> Tensor:
-        """The traced form of `dispatch.apply`: append a node, return a symbolic tensor.
+    def process_primitive(self, op: str, inputs: tuple[Tensor, ...], attrs: dict,
+                          view: bool = True) -> Tensor:
+        """The traced form of `dispatch.apply`: append a node, return a symbolic tensor (a
+        view primitive's result recorded as a view of its input unless `view` is False).
 
         A result computed from values a gradient flows back to is itself on the gradient's
         path under grad mode; under `no_grad` it is not, and where such a value is used under
@@ -172,10 +177,10 @@ class TraceState:
                                   for n in nodes):
                 self.tainted.add(id(node))
         out = self.symbol(node)
-        if op in _VIEWS and inputs:
+        if view and op in _VIEWS and inputs:
             base = inputs[0]
-            self.view_of[id(out)] = (weakref.ref(out), weakref.ref(base))
-            self.views.setdefault(id(base), []).append(weakref.ref(out))
+            self.view_of[id(out)] = (out, base, REGISTRY[op], attrs)
+            self.views.setdefault(id(base), []).append(out)
         return out
 
     def made_here(self, t: Tensor) -> bool:
@@ -203,7 +208,7 @@ class TraceState:
         own = self.made_here(target)
         if own and value._value is None:
             return False
-        self._refuse_aliased(target)
+        self._refuse_overlapping(target)
         v = broadcast_to(as_tensor(value, target.dtype), target.shape)
         node = self.cut(self.node_of(v))
         if own:
@@ -223,26 +228,34 @@ class TraceState:
             self.node_of(target)  # lifts a captured tensor
             self.tracer.record_update(self.inputs[id(target)][1].name, node)
             self.current[id(target)] = node
+        self._write_through(target)
         return True
 
-    def _refuse_aliased(self, target: Tensor) -> None:
-        """Raise for a write to a view taken in the trace, or to a tensor with a live view."""
-        pair = self.view_of.get(id(target))
-        shared = pair is not None and pair[0]() is target and pair[1]() is not None
-        # a live view of `target` itself (not of an earlier tensor that had its id)
-        shared = shared or any(self._base_of(ref()) is target
-                               for ref in self.views.get(id(target), ()))
-        if shared:
-            raise TraceError(f"in-place write at {user_source()} to a tensor that shares memory "
-                             f"with a view (reshape, view, slice, transpose, expand) taken in "
-                             f"the compiled function: neurenix.compile cannot follow a write "
-                             f"through a view. Write to a copy (clone()) or build the value out "
-                             f"of place")
+    def _write_through(self, target: Tensor) -> None:
+        """After `target` took a new value: its base takes it too when it is a view (written
+        like any tensor: through its own base, into an input written back), and the views
+        taken of it are derived again (as eager views see their base's memory)."""
+        entry = self.view_of.get(id(target))
+        if entry is not None and entry[0] is target:
+            _, base, prim, attrs = entry
+            self.write(base, view_writes.write_view(self.value_of(base), prim, attrs,
+                                                    self.value_of(target), apply))
+        self._derive_views(target)
 
-    def _base_of(self, view: Any) -> Any:
-        """The tensor `view` was taken of in the trace (None when it is gone or unknown)."""
-        pair = self.view_of.get(id(view)) if view is not None else None
-        return pair[1]() if pair is not None and pair[0]() is view else None
+    def _derive_views(self, base: Tensor) -> None:
+        for view in self.views.get(id(base), ()):
+            _, _, prim, attrs = self.view_of[id(view)]
+            view._value = self.process_primitive(prim.name, (base,), attrs, view=False)._value
+            self._derive_views(view)
+
+    def _refuse_overlapping(self, target: Tensor) -> None:
+        """Raise for a write into an expanded view (its elements repeat), as PyTorch does."""
+        entry = self.view_of.get(id(target))
+        if entry is not None and entry[0] is target and \
+                entry[2].name not in view_writes.TRACKED:
+            raise TraceError(f"in-place write at {user_source()} into an expanded view: more "
+                             f"than one element refers to a single memory location; clone() "
+                             f"it before the in-place operation")
 
     def seed(self) -> Tensor:
         """An int64 seed for a random primitive: a graph input given a fresh value per call."""

@@ -1,5 +1,6 @@
-"""Convolution layers `Conv1d`, `Conv2d`, `Conv3d` with PyTorch's arguments, parameter
-layout (weight (out, in / groups, *kernel), bias (out,)) and default initialisation."""
+"""Convolution layers `Conv1d/2d/3d` and `ConvTranspose1d/2d/3d` with PyTorch's arguments,
+parameter layouts (weight (out, in / groups, *kernel), transposed (in, out / groups, *kernel);
+bias (out,)) and default initialisation."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +11,7 @@ from ..creation import zeros
 from ..tensor import Tensor
 from . import init
 from .functional._utils import ntuple
-from .functional.conv import convolution
+from .functional.conv import conv_transpose, convolution
 from .module import Module
 from .parameter import Parameter
 
@@ -105,5 +106,126 @@ class Conv2d(_ConvNd):
 
 class Conv3d(_ConvNd):
     """3-D convolution over (N, C, D, H, W) or unbatched (C, D, H, W) inputs."""
+
+    dims = 3
+
+
+class _ConvTransposeNd(Module):
+    """Shared body of the transposed convolutions; the weight is (in, out / groups, *kernel)
+    as in PyTorch, initialised as its convolutions are (fan-in from that layout)."""
+
+    dims: int = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, output_padding: Any = 0, groups: int = 1, bias: bool = True,
+                 dilation: Any = 1, padding_mode: str = "zeros", device: Any = None,
+                 dtype: DType | None = None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for what, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("groups", groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
+        if in_channels % groups:
+            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups "
+                             f"({groups})")
+        if out_channels % groups:
+            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by "
+                             f"groups ({groups})")
+        if padding_mode != "zeros":
+            raise ValueError(f'{name}: only "zeros" padding mode is supported, got '
+                             f"{padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"{name}: padding must be an int or a tuple of ints, got "
+                             f"{padding!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = ntuple(kernel_size, self.dims, "kernel_size", name)
+        self.stride = ntuple(stride, self.dims, "stride", name)
+        self.padding = ntuple(padding, self.dims, "padding", name, minimum=0)
+        self.dilation = ntuple(dilation, self.dims, "dilation", name)
+        self.output_padding = ntuple(output_padding, self.dims, "output_padding", name,
+                                     minimum=0)
+        if any(o >= max(s, d) for o, s, d in zip(self.output_padding, self.stride,
+                                                   self.dilation)):
+            raise ValueError(f"{name}: output_padding {self.output_padding} must be smaller "
+                             f"than either stride {self.stride} or dilation {self.dilation}")
+        self.groups = groups
+        self.padding_mode = padding_mode
+        dtype = dtype or float32
+        shape = (in_channels, out_channels // groups) + self.kernel_size
+        self.weight = Parameter(zeros(shape, dtype=dtype, device=device))
+        if bias:
+            self.bias = Parameter(zeros((out_channels,), dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default: kaiming_uniform_(a=sqrt(5)) weights, bias U(+-1/sqrt(fan_in)),
+        fan-in read from the (in, out / groups, *kernel) layout as PyTorch reads it."""
+        init.layer_default_(self.weight, self.bias)
+
+    def _output_padding(self, input: Tensor, output_size: Any) -> tuple[int, ...]:
+        if output_size is None:
+            return self.output_padding
+        name = type(self).__name__
+        size = tuple(output_size)
+        if len(size) == self.dims + 2 or (len(size) == self.dims + 1
+                                          and input.ndim == self.dims + 1):
+            size = size[-self.dims:]
+        if len(size) != self.dims:
+            raise ValueError(f"{name}: output_size must have {self.dims} or {self.dims + 2} "
+                             f"elements, got {tuple(output_size)}")
+        spatial = tuple(input.shape[-self.dims:])
+        extra = []
+        for n, want, s, p, d, k in zip(spatial, size, self.stride, self.padding,
+                                        self.dilation, self.kernel_size):
+            smallest = (n - 1) * s - 2 * p + d * (k - 1) + 1
+            if not smallest <= want <= smallest + s - 1:
+                raise ValueError(f"{name}: requested an output size of {tuple(size)}, but "
+                                 f"valid sizes range from {smallest} to {smallest + s - 1} "
+                                 f"per axis for an input of {spatial}")
+            extra.append(want - smallest)
+        return tuple(extra)
+
+    def forward(self, input: Tensor, output_size: Any = None) -> Tensor:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{type(self).__name__}: expected a Tensor input, got "
+                            f"{type(input).__name__}")
+        return conv_transpose(input, self.weight, self.bias, self.stride, self.padding,
+                              self._output_padding(input, output_size), self.groups,
+                              self.dilation, type(self).__name__)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0,) * self.dims:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self.dims:
+            s += f", dilation={self.dilation}"
+        if self.output_padding != (0,) * self.dims:
+            s += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """Transposed 1-D convolution over (N, C, L) or unbatched (C, L) inputs."""
+
+    dims = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """Transposed 2-D convolution over (N, C, H, W) or unbatched (C, H, W) inputs."""
+
+    dims = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """Transposed 3-D convolution over (N, C, D, H, W) or unbatched (C, D, H, W) inputs."""
 
     dims = 3

@@ -1,10 +1,11 @@
-"""Normalisation layers: `BatchNorm1d`, `BatchNorm2d` and `LayerNorm`.
+"""Normalisation layers: `BatchNorm1d/2d/3d`, `LayerNorm`, `GroupNorm`, `InstanceNorm1d/2d/3d`.
 
 Parameter and buffer names (`weight`, `bias`, `running_mean`, `running_var`,
 `num_batches_tracked`) and their shapes are PyTorch's, so state dicts load 1:1.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from ..compiler.types import DType, int64
 from ..creation import ones, zeros
 from ..tensor import Tensor
 from . import init
-from .functional.normalization import batch_norm, layer_norm
+from .functional.normalization import batch_norm, group_norm, instance_norm, layer_norm
 from .module import Module
 from .parameter import Parameter
 
@@ -120,6 +121,121 @@ class BatchNorm2d(_BatchNorm):
 
     ranks = (4,)
     layout = "(N, C, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalisation of (N, C, D, H, W) volumes, per channel."""
+
+    ranks = (5,)
+    layout = "(N, C, D, H, W)"
+
+
+class _InstanceNorm(_BatchNorm):
+    """Shared body of the instance-norm layers: PyTorch's defaults (no affine, no running
+    statistics) and its unbatched inputs (C, *)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, device: Any = None,
+                 dtype: DType | None = None, *, bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype,
+                         device, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Each instance's own statistics while training or without running statistics, the
+        running ones in evaluation when tracked; momentum None leaves them unchanged."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
+        batched_rank = self.ranks[-1]
+        if x.ndim not in (batched_rank - 1, batched_rank):
+            raise ValueError(f"{name}: expected {batched_rank - 1}-D (unbatched) or "
+                             f"{batched_rank}-D input {self.layout}, got shape "
+                             f"{tuple(x.shape)}")
+        channel = x.ndim - (batched_rank - 2) - 1
+        if x.shape[channel] != self.num_features:
+            message = (f"{name}: expected input's size at dim={channel} to match num_features "
+                       f"({self.num_features}), but got: {x.shape[channel]}.")
+            if self.affine:
+                raise ValueError(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+        unbatched = x.ndim == batched_rank - 1
+        if unbatched:
+            x = x.reshape((1,) + tuple(x.shape))
+        out = instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training or not self.track_running_stats,
+                            self.momentum if self.momentum is not None else 0.0, self.eps)
+        return out.reshape(tuple(out.shape[1:])) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalisation of (N, C, L) or unbatched (C, L) inputs."""
+
+    ranks = (3,)
+    layout = "(N, C, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalisation of (N, C, H, W) or unbatched (C, H, W) inputs."""
+
+    ranks = (4,)
+    layout = "(N, C, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalisation of (N, C, D, H, W) or unbatched (C, D, H, W) inputs."""
+
+    ranks = (5,)
+    layout = "(N, C, D, H, W)"
+
+
+class GroupNorm(Module):
+    """Normalise (N, C, *) over groups of channels, with a learned per-channel affine."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, device: Any = None, dtype: DType | None = None, *,
+                 bias: bool = True) -> None:
+        super().__init__()
+        for what, value in (("num_groups", num_groups), ("num_channels", num_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GroupNorm: {what} must be a positive int, got {value!r}")
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
+                             f"num_groups ({num_groups})")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = Parameter(ones(num_channels, dtype=dtype, device=device))
+            if bias:
+                self.bias = Parameter(zeros(num_channels, dtype=dtype, device=device))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor) and (x.ndim < 2 or x.shape[1] != self.num_channels):
+            raise ValueError(f"GroupNorm: expected input (N, {self.num_channels}, *) with "
+                             f"num_channels={self.num_channels} in dimension 1, got shape "
+                             f"{tuple(x.shape)}")
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}, bias={self.bias is not None}")
 
 
 class LayerNorm(Module):

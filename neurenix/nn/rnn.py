@@ -27,6 +27,7 @@ from ..state import is_grad_enabled
 from ..tensor import Tensor
 from . import functional as F
 from . import init
+from .input_errors import not_a_tensor, wrong_dtype
 from .module import Module
 from .parameter import Parameter
 
@@ -236,8 +237,7 @@ class RNNBase(Module):
         """The input as (L, N, H_in) and whether it came with a batch dimension."""
         layer = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"{layer}: expected the input to be a Tensor, got "
-                            f"{type(input).__name__}")
+            raise not_a_tensor(layer, input)
         if input.ndim not in (2, 3):
             raise ValueError(f"{layer}: expected input of rank 2 (L, H_in) or 3 "
                              f"({'N, L' if self.batch_first else 'L, N'}, H_in), got shape "
@@ -248,8 +248,7 @@ class RNNBase(Module):
                              f"{tuple(input.shape)}")
         dtype = self.weight_ih_l0.dtype
         if input.dtype != dtype:
-            raise TypeError(f"{layer}: expected input of dtype {dtype.name} (the parameters'), "
-                            f"got {input.dtype.name}")
+            raise wrong_dtype(layer, dtype, input.dtype, "the parameters'")
         batched = input.ndim == 3
         if not batched:
             x = unsqueeze(input, 1)
@@ -419,8 +418,7 @@ class RNNCellBase(Module):
         """One step: input (N, H_in) or (H_in,), state (N, H) or (H,); returns the new state."""
         layer = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"{layer}: expected the input to be a Tensor, got "
-                            f"{type(input).__name__}")
+            raise not_a_tensor(layer, input)
         if input.ndim not in (1, 2):
             raise ValueError(f"{layer}: expected input of rank 1 (H_in) or 2 (N, H_in), got "
                              f"shape {tuple(input.shape)}")
@@ -429,8 +427,7 @@ class RNNCellBase(Module):
                              f"(input_size), got {input.shape[-1]} in shape "
                              f"{tuple(input.shape)}")
         if input.dtype != self.weight_ih.dtype:
-            raise TypeError(f"{layer}: expected input of dtype {self.weight_ih.dtype.name} "
-                            f"(the parameters'), got {input.dtype.name}")
+            raise wrong_dtype(layer, self.weight_ih.dtype, input.dtype, "the parameters'")
         batched = input.ndim == 2
         x = input if batched else unsqueeze(input, 0)
         names = ("h_0", "c_0") if self.mode == "LSTM" else ("h_0",)

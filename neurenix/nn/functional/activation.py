@@ -119,3 +119,66 @@ def log_softmax(x: Tensor, dim: int | None = None, dtype: DType | None = None) -
     if dtype is not None:
         x = ew.cast(x, dtype)
     return reductions.log_softmax(x, _softmax_dim("log_softmax", x, dim))
+
+
+def silu(x: Tensor, inplace: bool = False) -> Tensor:
+    """x * sigmoid(x) (also called swish)."""
+    x = _check(x, "silu")
+    return ew.mul(x, ew.sigmoid(x))
+
+
+def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold.
+
+    exp() sees 0 instead of the large values the linear branch takes, so neither branch's
+    gradient overflows (the unused branch of `where` still receives a zero cotangent).
+    """
+    _check(x, "softplus")
+    scaled = ew.mul(x, float(beta))
+    linear = ew.gt(scaled, float(threshold))
+    safe = ew.where(linear, 0.0, scaled)
+    return ew.where(linear, x, ew.div(ew.log1p(ew.exp(safe)), float(beta)))
+
+
+def prelu(x: Tensor, weight: Tensor) -> Tensor:
+    """x for x > 0, weight * x otherwise; weight holds one slope or one per channel (dim 1,
+    or dim 0 of a 1-D input)."""
+    _check(x, "prelu")
+    if not isinstance(weight, Tensor) or weight.ndim > 1:
+        raise ValueError(f"prelu: expected a 0-D or 1-D weight, got "
+                         f"{getattr(weight, 'shape', type(weight).__name__)}")
+    count = weight.numel()
+    slope = weight.reshape(()) if count == 1 else weight
+    if count != 1:
+        channel = 0 if x.ndim == 1 else 1
+        if x.ndim == 0 or x.shape[channel] != count:
+            raise ValueError(f"prelu: weight has {count} slopes (num_parameters) but the input "
+                             f"of shape {tuple(x.shape)} has "
+                             f"{x.shape[channel] if x.ndim else 'no'} channels")
+        slope = weight.reshape((count,) + (1,) * (x.ndim - channel - 1))
+    return ew.where(ew.gt(x, 0), x, ew.mul(x, slope))
+
+
+def hardtanh(x: Tensor, min_val: float = -1.0, max_val: float = 1.0,
+             inplace: bool = False) -> Tensor:
+    """x clamped to [min_val, max_val]; the gradient is 0 at and beyond both limits, as in
+    PyTorch (where `clamp` would pass it at the limits)."""
+    _check(x, "hardtanh")
+    if max_val < min_val:
+        raise ValueError(f"hardtanh: min_val ({min_val}) must not exceed max_val ({max_val})")
+    inside = ew.logical_and(ew.gt(x, float(min_val)), ew.lt(x, float(max_val)))
+    return ew.where(inside, x, ew.clamp(ew.stop_gradient(x), float(min_val), float(max_val)))
+
+
+def relu6(x: Tensor, inplace: bool = False) -> Tensor:
+    """min(max(0, x), 6): hardtanh(x, 0, 6)."""
+    _check(x, "relu6")
+    return hardtanh(x, 0.0, 6.0)
+
+
+def hardswish(x: Tensor, inplace: bool = False) -> Tensor:
+    """x * relu6(x + 3) / 6, with PyTorch's gradient: 0 up to -3 (included), x / 3 + 1/2
+    between, 1 from 3 on."""
+    _check(x, "hardswish")
+    middle = ew.div(ew.mul(x, ew.add(x, 3.0)), 6.0)
+    return ew.where(ew.le(x, -3.0), ew.mul(x, 0.0), ew.where(ew.lt(x, 3.0), middle, x))

@@ -13,6 +13,7 @@ from typing import Any
 from ...dispatch import apply
 from ...elementwise import add
 from ...linalg import matmul
+from ...shapes import flip, permute
 from ...tensor import Tensor
 from ._utils import batched, ntuple, unbatched
 from .padding import pad_axes
@@ -141,4 +142,88 @@ def convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, pad
     out = matmul(w, cols).reshape((batch, out_channels) + windows)
     if bias is not None:
         out = add(out, bias.reshape((1, out_channels) + (1,) * dims))
+    return unbatched(out, was_unbatched)
+
+
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+                     padding: Any = 0, output_padding: Any = 0, groups: int = 1,
+                     dilation: Any = 1) -> Tensor:
+    """Transposed 1-D convolution of (N, C, L) with a (in, out / groups, k) weight."""
+    _check_transposed_weight(weight, 1, "conv_transpose1d")
+    return conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                          dilation, "conv_transpose1d")
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+                     padding: Any = 0, output_padding: Any = 0, groups: int = 1,
+                     dilation: Any = 1) -> Tensor:
+    """Transposed 2-D convolution (the gradient of conv2d with respect to its input) of
+    (N, C, H, W) or unbatched (C, H, W) with a (in, out / groups, kH, kW) weight."""
+    _check_transposed_weight(weight, 2, "conv_transpose2d")
+    return conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                          dilation, "conv_transpose2d")
+
+
+def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+                     padding: Any = 0, output_padding: Any = 0, groups: int = 1,
+                     dilation: Any = 1) -> Tensor:
+    """Transposed 3-D convolution of (N, C, D, H, W) with a (in, out / groups, kD, kH, kW)
+    weight."""
+    _check_transposed_weight(weight, 3, "conv_transpose3d")
+    return conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                          dilation, "conv_transpose3d")
+
+
+def _check_transposed_weight(weight: Any, dims: int, name: str) -> None:
+    if not isinstance(weight, Tensor) or weight.ndim != dims + 2:
+        kernel = ", ".join(f"k{i}" for i in range(dims)) if dims > 1 else "k"
+        raise ValueError(f"{name}: expected a {dims + 2}-D weight (in_channels, "
+                         f"out_channels / groups, {kernel}), got {_shape_of(weight)}")
+
+
+def conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
+                   output_padding: Any, groups: int, dilation: Any, name: str) -> Tensor:
+    """A transposed convolution as a plain one: the input spread out by stride (stride - 1
+    zeros between elements, the `pad` primitive's interior padding), padded by
+    dilation * (k - 1) - padding on both sides (plus output_padding after; negative widths
+    crop), then convolved at stride 1 with the kernel flipped and its channel axes swapped
+    per group. The output size is (n - 1) * stride - 2 padding + dilation (k - 1) +
+    output_padding + 1, as PyTorch's."""
+    dims = weight.ndim - 2
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
+    in_channels, group_out = weight.shape[0], weight.shape[1]
+    if in_channels % groups:
+        raise ValueError(f"{name}: the weight's in_channels ({in_channels}) must be divisible "
+                         f"by groups ({groups})")
+    kernel = tuple(weight.shape[2:])
+    stride = ntuple(stride, dims, "stride", name)
+    dilation = ntuple(dilation, dims, "dilation", name)
+    padding = ntuple(padding, dims, "padding", name, minimum=0)
+    extra = ntuple(output_padding, dims, "output_padding", name, minimum=0)
+    if any(o >= max(s, d) for o, s, d in zip(extra, stride, dilation)):
+        raise ValueError(f"{name}: output_padding {extra} must be smaller than either stride "
+                         f"{stride} or dilation {dilation}")
+    x, was_unbatched = batched(x, dims, name)
+    if x.shape[1] != in_channels:
+        raise ValueError(f"{name}: expected input with {in_channels} channels (the weight's "
+                         f"in_channels), got {x.shape[1]} in shape {tuple(x.shape)}")
+    out_size = tuple((n - 1) * s - 2 * p + d * (k - 1) + o + 1 for n, s, p, d, k, o
+                     in zip(x.shape[2:], stride, padding, dilation, kernel, extra))
+    if any(n < 1 for n in out_size):
+        raise ValueError(f"{name}: the output size {out_size} for input shape "
+                         f"{tuple(x.shape)} would be empty")
+    if any(s > 1 for s in stride):
+        x = apply("pad", x, lo=(0,) * x.ndim, hi=(0,) * x.ndim,
+                  interior=(0, 0) + tuple(s - 1 for s in stride), value=0.0)
+    lo = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding))
+    hi = tuple(w + o for w, o in zip(lo, extra))
+    if any(lo) or any(hi):
+        x = pad_axes(x, (0, 0) + lo, (0, 0) + hi, "constant", 0.0, name)
+    # (in, out / g, *k) -> (g, in / g, out / g, *k) -> (out, in / g, *k), flipped spatially
+    w = weight.reshape((groups, in_channels // groups, group_out) + kernel)
+    w = permute(w, (0, 2, 1) + tuple(range(3, 3 + dims)))
+    w = w.reshape((groups * group_out, in_channels // groups) + kernel)
+    w = flip(w, tuple(range(2, 2 + dims)))
+    out = convolution(x, w, bias, 1, 0, dilation, groups, name)
     return unbatched(out, was_unbatched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ... import elementwise as ew
 from ... import linalg, shapes
 from ...tensor import Tensor
+from ..input_errors import not_a_tensor, wrong_dtype
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -14,7 +15,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """
     for name, t in (("input", x), ("weight", weight)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"Linear: expected the {name} to be a Tensor, got {type(t).__name__}")
+            raise not_a_tensor("Linear", t, name)
     if weight.ndim != 2:
         raise ValueError(f"Linear: expected a 2-D weight (out_features, in_features), got shape "
                          f"{tuple(weight.shape)}")
@@ -23,8 +24,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"Linear: expected input with last dimension {in_features} "
                          f"(in_features), got shape {tuple(x.shape)}")
     if x.dtype != weight.dtype:
-        raise TypeError(f"Linear: expected input of dtype {weight.dtype.name} (the weight's), "
-                        f"got {x.dtype.name}")
+        raise wrong_dtype("Linear", weight.dtype, x.dtype, "the weight's")
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(f"Linear: expected a bias of shape ({out_features},) "
                          f"(out_features,), got {tuple(bias.shape)}")

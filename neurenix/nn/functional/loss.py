@@ -7,6 +7,7 @@ in errors; the loss modules call the same code with their class name.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ...checks import check_range
@@ -323,3 +324,135 @@ def bce_with_logits(input: Tensor, target: Tensor, weight: Tensor | None,
         _check_broadcast(weight, tuple(input.shape), "weight", name)
         loss = mul(loss, weight)
     return _reduce(loss, reduction)
+
+
+# ---- robust regression, divergence, metric learning -----------------------------------------
+
+
+def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str,
+                     name: str) -> str:
+    """PyTorch's mapping of the deprecated size_average / reduce flags onto `reduction`."""
+    if size_average is None and reduce is None:
+        return reduction
+    warnings.warn(f"{name}: size_average and reduce are deprecated; use reduction",
+                  UserWarning, stacklevel=3)
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    if not reduce:
+        return "none"
+    return "mean" if size_average else "sum"
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+                   reduce: bool | None = None, reduction: str = "mean",
+                   beta: float = 1.0) -> Tensor:
+    """0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (d = input - target); beta 0
+    is the L1 loss."""
+    reduction = legacy_reduction(size_average, reduce, reduction, "smooth_l1_loss")
+    return smooth_l1(input, target, reduction, beta, "smooth_l1_loss")
+
+
+def smooth_l1(input: Tensor, target: Tensor, reduction: str, beta: float, name: str) -> Tensor:
+    _check_regression(input, target, reduction, name)
+    if beta < 0:
+        raise ValueError(f"{name}: beta must be non-negative, got {beta}")
+    diff = sub(input, target)
+    if beta == 0:
+        return _reduce(abs(diff), reduction)
+    size = abs(diff)
+    quadratic = div(mul(mul(diff, diff), 0.5), float(beta))
+    return _reduce(where(lt(size, float(beta)), quadratic, sub(size, 0.5 * beta)), reduction)
+
+
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",
+               delta: float = 1.0, weight: Tensor | None = None) -> Tensor:
+    """0.5 d^2 where |d| < delta, delta (|d| - 0.5 delta) elsewhere (d = input - target)."""
+    return huber(input, target, reduction, delta, "huber_loss", weight)
+
+
+def huber(input: Tensor, target: Tensor, reduction: str, delta: float, name: str,
+          weight: Tensor | None = None) -> Tensor:
+    _check_regression(input, target, reduction, name)
+    if delta <= 0:
+        raise ValueError(f"{name}: delta must be positive, got {delta}")
+    diff = sub(input, target)
+    size = abs(diff)
+    loss = where(lt(size, float(delta)), mul(mul(diff, diff), 0.5),
+                 mul(sub(size, 0.5 * delta), float(delta)))
+    if weight is not None:
+        _check_tensors(name, weight=weight)
+        _check_broadcast(weight, tuple(input.shape), "weight", name)
+        loss = mul(loss, weight)
+    return _reduce(loss, reduction)
+
+
+KL_REDUCTIONS = ("none", "batchmean", "mean", "sum")
+
+
+def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
+           reduce: bool | None = None, reduction: str = "mean",
+           log_target: bool = False) -> Tensor:
+    """KL(target || exp(input)) pointwise, for log-probabilities `input`:
+    target (log target - input), or exp(target) (target - input) when log_target; reduced
+    by 'batchmean' (the sum over the batch size, the true KL divergence), 'mean', 'sum' or
+    'none'."""
+    reduction = legacy_reduction(size_average, reduce, reduction, "kl_div")
+    return kl(input, target, reduction, log_target, "kl_div")
+
+
+def _xlogx(t: Tensor) -> Tensor:
+    """t log t with 0 log 0 = 0 (PyTorch's xlogy(t, t))."""
+    zero = eq(t, 0.0)
+    return where(zero, 0.0, mul(t, log(where(zero, 1.0, t))))
+
+
+def kl(input: Tensor, target: Tensor, reduction: str, log_target: bool, name: str) -> Tensor:
+    _check_tensors(name, input=input, target=target)
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {', '.join(KL_REDUCTIONS)}, got "
+                         f"{reduction!r}")
+    _check_floating(input, "input", name)
+    _check_floating(target, "target", name)
+    if log_target:
+        loss = mul(exp(target), sub(target, input))
+    else:
+        loss = sub(_xlogx(target), mul(target, input))
+    if reduction == "mean":
+        warnings.warn(f"{name}: reduction: 'mean' divides the total loss by both the batch "
+                      "size and the support size. 'batchmean' divides only by the batch size, "
+                      "and aligns with the KL div math definition.", UserWarning, stacklevel=3)
+    if reduction == "batchmean":
+        total = reduce_sum(loss)
+        return div(total, float(input.shape[0])) if input.ndim else total
+    return _reduce(loss, reduction)
+
+
+def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
+                        margin: float = 1.0, p: float = 2.0, eps: float = 1e-6,
+                        swap: bool = False, size_average: bool | None = None,
+                        reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """max(d(a, p) - d(a, n) + margin, 0) with d the pairwise p-distance; swap uses
+    min(d(a, n), d(p, n)) as the negative distance."""
+    reduction = legacy_reduction(size_average, reduce, reduction, "triplet_margin_loss")
+    return triplet(anchor, positive, negative, margin, p, eps, swap, reduction,
+                   "triplet_margin_loss")
+
+
+def triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float, p: float,
+            eps: float, swap: bool, reduction: str, name: str) -> Tensor:
+    from .distance import pairwise_distance
+
+    _check_tensors(name, anchor=anchor, positive=positive, negative=negative)
+    check_reduction(reduction, name)
+    dims = (anchor.ndim, positive.ndim, negative.ndim)
+    if len(set(dims)) != 1 or dims[0] not in (1, 2):
+        raise ValueError(f"{name}: expected anchor, positive and negative of the same rank, "
+                         f"1-D (D) or 2-D (N, D), got shapes {tuple(anchor.shape)}, "
+                         f"{tuple(positive.shape)} and {tuple(negative.shape)}")
+    d_pos = pairwise_distance(anchor, positive, p, eps)
+    d_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = minimum(d_neg, pairwise_distance(positive, negative, p, eps))
+    gap = add(sub(d_pos, d_neg), float(margin))
+    # clamp_min(gap, 0), its gradient passing at 0 as PyTorch's does
+    return _reduce(where(lt(gap, 0.0), 0.0, gap), reduction)

@@ -127,3 +127,85 @@ def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor 
     if bias is not None:
         out = ew.add(out, bias)
     return out
+
+
+def _check_affine(t: Tensor | None, what: str, channels: int, x: Tensor, name: str) -> None:
+    if t is not None and tuple(t.shape) != (channels,):
+        raise ValueError(f"{name}: expected {what} of shape ({channels},) for input of shape "
+                         f"{tuple(x.shape)}, got {tuple(t.shape)}")
+
+
+def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    if weight is not None:
+        out = ew.mul(out, _channel_view(weight, out.ndim))
+    if bias is not None:
+        out = ew.add(out, _channel_view(bias, out.ndim))
+    return out
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise (N, C, *) over each group of C / num_groups channels (and all of their
+    positions) with the biased variance, then scale and shift per channel."""
+    name = "group_norm"
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(input).__name__}")
+    if input.ndim < 2:
+        raise ValueError(f"{name}: expected an input of at least 2 dimensions (N, C, *), got "
+                         f"shape {tuple(input.shape)}")
+    channels = input.shape[1]
+    if not isinstance(num_groups, int) or num_groups < 1 or channels % num_groups:
+        raise ValueError(f"{name}: expected the {channels} channels of input shape "
+                         f"{tuple(input.shape)} to divide into num_groups={num_groups!r}")
+    for t, what in ((weight, "weight"), (bias, "bias")):
+        _check_affine(t, what, channels, input, name)
+    grouped = shapes.reshape(input, (input.shape[0], num_groups, -1))
+    centred = ew.sub(grouped, reductions.mean(grouped, 2, keepdim=True))
+    var = reductions.mean(ew.mul(centred, centred), 2, keepdim=True)
+    out = shapes.reshape(ew.mul(centred, ew.rsqrt(ew.add(var, float(eps)))), tuple(input.shape))
+    return _affine(out, weight, bias)
+
+
+def instance_norm(input: Tensor, running_mean: Tensor | None = None,
+                  running_var: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalise each (sample, channel) of (N, C, *) over its positions.
+
+    With use_input_stats the statistics are each instance's own (biased variance) and given
+    running statistics move toward their batch averages (the unbiased variance), PyTorch's
+    rule; otherwise the running statistics normalise.
+    """
+    name = "instance_norm"
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(input).__name__}")
+    if input.ndim < 3:
+        raise ValueError(f"{name}: expected an input of at least 3 dimensions (N, C, *), got "
+                         f"shape {tuple(input.shape)}")
+    channels = input.shape[1]
+    for t, what in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        _check_affine(t, what, channels, input, name)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: give both running_mean and running_var, or neither")
+    axes = tuple(range(2, input.ndim))
+    if use_input_stats:
+        count = input.numel() // max(input.shape[0] * channels, 1)
+        if count <= 1:
+            raise ValueError(f"{name}: expected more than 1 spatial element when training, got "
+                             f"input of shape {tuple(input.shape)}")
+        mean = reductions.mean(input, axes, keepdim=True)
+        centred = ew.sub(input, mean)
+        var = reductions.mean(ew.mul(centred, centred), axes, keepdim=True)
+        if running_mean is not None:
+            batch_mean = reductions.mean(shapes.reshape(mean, tuple(input.shape[:2])), 0)
+            unbiased = ew.mul(shapes.reshape(var, tuple(input.shape[:2])), count / (count - 1))
+            _update_running(running_mean, batch_mean, float(momentum))
+            _update_running(running_var, reductions.mean(unbiased, 0), float(momentum))
+    else:
+        if running_mean is None:
+            raise ValueError(f"{name}: running_mean and running_var are needed when "
+                             f"use_input_stats=False")
+        centred = ew.sub(input, _channel_view(running_mean, input.ndim))
+        var = _channel_view(running_var, input.ndim)
+    return _affine(ew.mul(centred, ew.rsqrt(ew.add(var, float(eps)))), weight, bias)

@@ -7,10 +7,14 @@ tensor of ones, so the divisor is part of the graph rather than a NumPy constant
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from ...creation import tensor
 from ...dispatch import apply
 from ...elementwise import add, div, eq, mul, where
 from ...reductions import mean
@@ -142,6 +146,21 @@ def _input_positions(spatial, kernel, stride, padding, dilation, windows) -> Ten
     return flat.reshape((1, 1, math.prod(kernel)) + tuple(windows))
 
 
+def max_pool3d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+               dilation: Any = 1, ceil_mode: bool = False, return_indices: bool = False
+               ) -> Tensor | tuple[Tensor, Tensor]:
+    """Max pooling of (N, C, D, H, W) or unbatched (C, D, H, W)."""
+    return max_pool(input, 3, kernel_size, stride, padding, dilation, ceil_mode,
+                    return_indices, "max_pool3d")
+
+
+def avg_pool1d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True) -> Tensor:
+    """Average pooling of (N, C, L) or unbatched (C, L)."""
+    return avg_pool(input, 1, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                    None, "avg_pool1d")
+
+
 def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
                ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: int | None = None) -> Tensor:
@@ -183,21 +202,85 @@ def avg_pool(x: Tensor, dims: int, kernel_size: Any, stride: Any, padding: Any,
     return unbatched(div(sums, counts), was_unbatched)
 
 
+def adaptive_avg_pool1d(input: Tensor, output_size: Any) -> Tensor:
+    """Average over PyTorch's adaptive windows of (N, C, L) or unbatched (C, L)."""
+    return adaptive_avg_pool(input, output_size, "adaptive_avg_pool1d", dims=1)
+
+
 def adaptive_avg_pool2d(input: Tensor, output_size: Any) -> Tensor:
     """Average over PyTorch's adaptive windows: output cell i along an axis of size n averages
     [floor(i * n / out), ceil((i + 1) * n / out))."""
     return adaptive_avg_pool(input, output_size, "adaptive_avg_pool2d")
 
 
-def adaptive_avg_pool(input: Tensor, output_size: Any, name: str) -> Tensor:
-    """Adaptive average pooling over two spatial axes; `name` is the layer named in errors."""
-    x, was_unbatched = batched(input, 2, name)
+def adaptive_avg_pool(input: Tensor, output_size: Any, name: str, dims: int = 2) -> Tensor:
+    """Adaptive average pooling over `dims` spatial axes; `name` is the layer named in
+    errors."""
+    x, was_unbatched = batched(input, dims, name)
     if not x.dtype.is_floating:
         raise TypeError(f"{name}: expected a floating-point input, got {x.dtype.name}")
     sizes = _adaptive_sizes(output_size, tuple(x.shape[2:]), name)
-    for axis, out in zip((2, 3), sizes):
+    for axis, out in zip(range(2, 2 + dims), sizes):
         x = _adaptive_axis(x, axis, out)
     return unbatched(x, was_unbatched)
+
+
+def adaptive_max_pool1d(input: Tensor, output_size: Any, return_indices: bool = False
+                        ) -> Tensor | tuple[Tensor, Tensor]:
+    """The maximum over PyTorch's adaptive windows of (N, C, L) or unbatched (C, L)."""
+    return adaptive_max_pool(input, output_size, return_indices, "adaptive_max_pool1d", 1)
+
+
+def adaptive_max_pool2d(input: Tensor, output_size: Any, return_indices: bool = False
+                        ) -> Tensor | tuple[Tensor, Tensor]:
+    """The maximum over PyTorch's adaptive windows of (N, C, H, W) or unbatched (C, H, W);
+    with return_indices also each maximum's flat index in its channel's H * W plane."""
+    return adaptive_max_pool(input, output_size, return_indices, "adaptive_max_pool2d", 2)
+
+
+def _adaptive_bounds(n: int, out: int) -> list[tuple[int, int]]:
+    return [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]
+
+
+def adaptive_max_pool(input: Tensor, output_size: Any, return_indices: bool, name: str,
+                      dims: int) -> Tensor | tuple[Tensor, Tensor]:
+    """Adaptive max pooling over `dims` spatial axes.
+
+    Each window's taps are gathered from the flattened plane into a fixed-size row (windows
+    can differ in size; the missing taps are -inf), and the first maximum is picked with
+    `argmax` and a one-hot mask, so ties and NaN behave as in PyTorch's row-major scan.
+    """
+    x, was_unbatched = batched(input, dims, name)
+    if not x.dtype.is_floating:
+        raise TypeError(f"{name}: expected a floating-point input, got {x.dtype.name}")
+    spatial = tuple(x.shape[2:])
+    sizes = _adaptive_sizes(output_size, spatial, name)
+    bounds = [_adaptive_bounds(n, out) for n, out in zip(spatial, sizes)]
+    reach = [max(stop - start for start, stop in axis) for axis in bounds]
+    taps = math.prod(reach)
+    index = np.zeros(sizes + (taps,), np.int64)
+    valid = np.zeros(sizes + (taps,), bool)
+    for cell in np.ndindex(*sizes):
+        windows = [range(*bounds[j][c]) for j, c in enumerate(cell)]
+        flat = [int(np.ravel_multi_index(pos, spatial)) for pos in itertools.product(*windows)]
+        shape = [len(w) for w in windows]
+        for k, pos in enumerate(np.ndindex(*reach)):
+            inside = all(p < s for p, s in zip(pos, shape))
+            valid[cell + (k,)] = inside
+            index[cell + (k,)] = flat[int(np.ravel_multi_index(pos, shape))] if inside else flat[0]
+    plane = x.reshape(tuple(x.shape[:2]) + (math.prod(spatial),))
+    index_tensor = tensor(index, device=x.device)
+    picked = apply("gather", plane, index_tensor, axis=2)
+    picked = where(tensor(valid, device=x.device), picked, float("-inf"))
+    first = apply("argmax", picked, axis=2 + dims)
+    hit = eq(first.reshape(tuple(first.shape) + (1,)), _iota((1,) * (2 + dims) + (taps,),
+                                                             2 + dims))
+    values = unbatched(apply("reduce_sum", where(hit, picked, 0.0), axes=(2 + dims,)),
+                       was_unbatched)
+    if not return_indices:
+        return values
+    indices = apply("reduce_sum", where(hit, index_tensor, 0), axes=(2 + dims,))
+    return values, unbatched(indices, was_unbatched)
 
 
 def _adaptive_sizes(output_size: Any, spatial: tuple[int, ...], name: str) -> tuple[int, ...]:

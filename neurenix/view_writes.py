@@ -1,0 +1,127 @@
+"""Writes through views, as PyTorch's: a view remembers the tensor it was taken of, and a write
+into the view (an in-place operation, an assignment) is a write into that tensor too.
+
+The values need nothing: a CPU view shares its base's array, a device view its storage
+(`neurenix.tensor.Alias`).  Autograd does: after `z[1].mul_(3)` the base `z` is a new value,
+`write_view(z_old, slice, z[1]_new)`, so gradients through later uses of `z` see the write;
+and a view taken before the write is derived again from its base's new value when it is next
+used (`refresh`).  Inside a trace the same happens to symbolic values
+(`neurenix.compilation.tracing`), so compiled code follows the write as eager code does.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from neurenix.compiler.ops import Primitive
+from neurenix.compiler.types import bool_, int64
+
+from .device_ops import current
+from .state import is_grad_enabled
+from .tensor import HostConstant, Tensor, version_of
+
+Apply = Callable[..., Tensor]
+
+TRACKED = frozenset({"slice", "reshape", "permute"})
+"""View primitives a write goes through (an expanded or windowed view repeats elements: a
+write into it is refused or private, as in PyTorch)."""
+
+
+def mark(view: Tensor, prim: Primitive, base: Tensor, attrs: dict[str, Any]) -> None:
+    """Record that `view` is `prim(base, **attrs)`, sharing base's memory."""
+    view._view = (base, prim, attrs, version_of(base))
+
+
+def positions(shape: tuple[int, ...], prim: Primitive, attrs: dict[str, Any]) -> np.ndarray:
+    """The flat index into a tensor of `shape` of each element of its view `prim`, flat; a
+    RuntimeError when two elements are one location (a write would be ambiguous)."""
+    ramp = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
+    pos = np.ascontiguousarray(prim.impl(ramp, **attrs)).reshape(-1)
+    if np.unique(pos).size != pos.size:
+        raise RuntimeError("unsupported operation: more than one element of the written-to "
+                           "tensor refers to a single memory location; clone() it before the "
+                           "in-place operation")
+    return pos
+
+
+def write_view(base: Tensor, prim: Primitive, attrs: dict[str, Any], value: Tensor,
+               apply: Apply) -> Tensor:
+    """`base` with its view `prim(base, **attrs)` replaced by `value`, out of place: a select
+    between base and value's elements gathered to base's positions (differentiable in both;
+    `apply` is `dispatch.apply`, passed in by the modules that import it)."""
+    shape = tuple(base.shape)
+    pos = positions(shape, prim, attrs)
+    n = int(np.prod(shape, dtype=np.int64))
+    mask = np.zeros(n, dtype=bool)
+    mask[pos] = True
+    source = np.zeros(n, dtype=np.int64)
+    source[pos] = np.arange(pos.size, dtype=np.int64)
+    host = base._data is not None and not isinstance(base._data, np.ndarray)
+    constant = (lambda a: a.view(HostConstant)) if host else (lambda a: a)
+    gathered = apply("gather", apply("reshape", value, shape=(pos.size,)),
+                     Tensor._wrap(constant(source), int64), axis=0)
+    flat = apply("where", Tensor._wrap(constant(mask), bool_), gathered,
+                 apply("reshape", base, shape=(n,)))
+    return apply("reshape", flat, shape=shape)
+
+
+def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:
+    """x's bases, nearest first, each with the view step from it and a snapshot of its values
+    now (taken before a write into x changes them)."""
+    out = []
+    view = x._view
+    while view is not None:
+        base, prim, attrs, _ = view
+        data = base._data
+        # a device buffer is never written, only replaced: it is its own snapshot
+        snapshot = np.array(data, copy=True) if isinstance(data, np.ndarray) else current(base)
+        out.append((base, prim, attrs, snapshot))
+        view = base._view
+    return out
+
+
+
+
+def write_through(x: Tensor, bases: list[tuple[Tensor, Primitive, dict[str, Any], Any]],
+                  apply: Apply) -> None:
+    """After x (a view) took its new value in autograd, make each base in `bases` (from
+    `chain(x)`, taken before the write) the value with the write in it."""
+    child = x
+    for base, prim, attrs, snapshot in bases:
+        old = Tensor._wrap(snapshot, base._dtype, base._device)
+        old._node, old.requires_grad = base._node, base.requires_grad
+        new = write_view(old, prim, attrs, frozen(child), apply)
+        base._node, base.requires_grad = new._node, new.requires_grad
+        base._version += 1
+        child = base
+    if bases:
+        base, prim, attrs, _ = x._view
+        x._view = (base, prim, attrs, version_of(base))
+
+
+def frozen(t: Tensor) -> Tensor:
+    """t's values and autograd node now, as a tensor no later write rebinds (the tape reads
+    its inputs' nodes when it runs: a node built from t itself would follow t's rebinding and
+    could lead back to itself)."""
+    f = Tensor._wrap(t._data, t._dtype, t._device)
+    f._node, f.requires_grad = t._node, t.requires_grad
+    return f
+
+
+def refresh(t: Tensor, apply: Apply) -> None:
+    """Derive view `t` again from its base when the base was written since (its autograd
+    value; its values are the base's memory already)."""
+    view = t._view
+    if view is None:
+        return
+    base, prim, attrs, version = view
+    refresh(base, apply)
+    now = version_of(base)
+    if now == version:
+        return
+    t._view = (base, prim, attrs, now)
+    if is_grad_enabled() and base.requires_grad:
+        fresh = apply(prim.name, frozen(base), **attrs)
+        t._node, t.requires_grad = fresh._node, fresh.requires_grad
