@@ -46,7 +46,7 @@ class _NeuralNetBase(_SkBase):
                  early_stopping: bool = False, validation_fraction: float = 0.1,
                  patience: int = 10, lr_schedule: str | None = None,
                  random_state: int | None = None, verbose: bool = False,
-                 backend: str = "eager") -> None:
+                 backend: str = "compiled", progress: bool = True) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.dropout = dropout
@@ -62,6 +62,7 @@ class _NeuralNetBase(_SkBase):
         self.random_state = random_state
         self.verbose = verbose
         self.backend = backend
+        self.progress = progress
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -143,7 +144,7 @@ class _NeuralNetBase(_SkBase):
         self.model_ = self._build(x.shape[1], n_out)
         opt = self._make_optimizer(self.model_.parameters())
         self.estimator_ = Estimator(self.model_, loss_fn, opt, self._make_scheduler(opt),
-                                    backend=self.backend)
+                                    backend=self.backend, progress=self.progress)
         self.history_: History = self.estimator_.train(
             x, y, epochs=self.epochs, batch_size=self.batch_size,
             validation_split=self.validation_fraction if self.early_stopping else 0.0,
