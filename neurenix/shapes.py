@@ -117,7 +117,7 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 
 def unflatten(x: Tensor, dim: int, sizes: Sequence[int]) -> Tensor:
     d = normalize_dim(dim, x.ndim, "unflatten")
-    part = infer_shape(Tensor._wrap(np.empty(x.shape[d], np.int8)), tuple(sizes), "unflatten")
+    part = infer_shape(Tensor._wrap(np.empty(x.shape[d], np.float32)), tuple(sizes), "unflatten")
     return reshape(x, x.shape[:d] + part + x.shape[d + 1:])
 
 

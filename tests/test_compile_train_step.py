@@ -116,11 +116,34 @@ def test_changing_a_baked_in_hyperparameter_recompiles_and_says_which(caplog):
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     step = neurenix.compile(_step_fn(model, opt, nn.CrossEntropyLoss()))
     step(*_batch())
-    opt.param_groups[0]["momentum"] = 0.5
+    opt.param_groups[0]["weight_decay"] = 0.01
     with caplog.at_level(logging.INFO, logger="neurenix.compile"):
         step(*_batch())
-    assert "group 0 momentum 0.9 -> 0.5" in caplog.text
+    assert "group 0 weight_decay 0.0 -> 0.01" in caplog.text
     assert step.cache_size == 2
+
+
+@pytest.mark.parametrize("make, key, values", [
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), "momentum", (0.9, 0.8, 0.95)),
+    (lambda ps: optim.Adam(ps, lr=0.01), "betas", ((0.9, 0.999), (0.85, 0.999), (0.95, 0.999))),
+    (lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5), "momentum", (0.5, 0.6, 0.7)),
+], ids=["sgd", "adam", "rmsprop"])
+def test_cycled_momentum_is_read_per_call(make, key, values):
+    """OneCycleLR moves momentum / beta1 every step: read per call like the learning rate, so
+    the step compiles once and follows eager."""
+    eager, compiled = _mlp(), _mlp()
+    compiled.load_state_dict(eager.state_dict())
+    opts = make(eager.parameters()), make(compiled.parameters())
+    crit = nn.CrossEntropyLoss()
+    step = neurenix.compile(_step_fn(compiled, opts[1], crit))
+    eager_step = _step_fn(eager, opts[0], crit)
+    for value in values:
+        for opt in opts:
+            opt.param_groups[0][key] = value
+        batch = _batch()
+        np.testing.assert_allclose(step(*batch).item(), eager_step(*batch).item(), rtol=1e-5)
+    _assert_same(eager, compiled)
+    assert step.cache_size == 1
 
 
 def test_gradient_accumulation_across_calls_matches_eager():

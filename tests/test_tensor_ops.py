@@ -934,3 +934,13 @@ def test_to_float64_passes_gradient_back_as_float32():
 
 def test_clone_keeps_the_graph():
     check_op([(3,)], lambda x: x.clone() * x)
+
+
+def test_unflatten_matches_torch():
+    """Regression: unflatten built its size check on an int8 array, which Neurenix refuses."""
+    x = nx.arange(12.0).reshape(2, 6)
+    for sizes in ((2, 3), (-1, 3), (6, 1)):
+        np.testing.assert_array_equal(x.unflatten(1, sizes).numpy(),
+                                      torch.arange(12.0).reshape(2, 6).unflatten(1, sizes).numpy())
+    with pytest.raises(ValueError, match="unflatten: shape \\(4, 2\\) is invalid"):
+        x.unflatten(1, (4, 2))

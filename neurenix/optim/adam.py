@@ -50,17 +50,24 @@ class Adam(Optimizer):
 
     @staticmethod
     def _coefficients(step: int, group: dict[str, Any]) -> tuple[float, ...]:
-        """The learning rate, step size and sqrt of bias correction 2 of step `step`."""
+        """The learning rate, step size, sqrt of bias correction 2 of step `step`, and
+        1 - beta1 (read per call: OneCycleLR cycles beta1)."""
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        return lr, lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step)
+        return lr, lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step), 1.0 - beta1
+
+    def _baked(self, group: dict[str, Any]) -> dict[str, Any]:
+        """beta1 is read per call; beta2 is baked in."""
+        baked = super()._baked(group)
+        baked["betas"] = baked["betas"][1]
+        return baked
 
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        lr, step_size, bias_correction2_sqrt = host_values(
-            lambda: self._coefficients(state["step"] + 1, group), p, 3,
+        lr, step_size, bias_correction2_sqrt, one_minus_beta1 = host_values(
+            lambda: self._coefficients(state["step"] + 1, group), p, 4,
             commit=lambda: count_step(state))
-        beta1, beta2 = group["betas"]
+        _, beta2 = group["betas"]
         eps, weight_decay = group["eps"], group["weight_decay"]
         if group["maximize"]:
             grad = -grad
@@ -71,7 +78,7 @@ class Adam(Optimizer):
             else:
                 grad = grad + p * weight_decay
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.copy_(exp_avg + (grad - exp_avg) * (1.0 - beta1))
+        exp_avg.copy_(exp_avg + (grad - exp_avg) * one_minus_beta1)
         exp_avg_sq.copy_(exp_avg_sq * beta2 + grad * grad * (1.0 - beta2))
         second = exp_avg_sq
         if group["amsgrad"]:

@@ -282,13 +282,20 @@ class Optimizer:
 
     def _lift_state(self, trace: Any, todo: list[tuple[Tensor, Tensor, dict, dict]]) -> None:
         """In a trace: make the state tensors inputs (their updates become outputs) and guard
-        what the trace bakes in: every hyper-parameter but the learning rate (read per call),
-        which parameters have state, and the state tensors themselves."""
+        what the trace bakes in: the hyper-parameters `_baked` names (the learning rate and
+        the ones schedulers cycle are read per call), which parameters have state, and the
+        state tensors themselves."""
         for index, (_, _, state, _) in enumerate(todo):
             for key, value in state.items():
                 if isinstance(value, Tensor):
                     trace.lift(value, f"{self._name}.state.{index}.{key}")
         trace.guard(f"{self._name} hyper-parameters and state", self._trace_key)
+
+    def _baked(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The hyper-parameters of `group` a traced step bakes in: all but the learning rate
+        (read per call, `host_values`); an optimizer reading more per call says which, and
+        keeps what its program's form depends on (momentum zero or not)."""
+        return {k: v for k, v in group.items() if k not in ("params", "param_names", "lr")}
 
     def _trace_key(self, args: Any = None) -> tuple:
         """What a traced step depends on besides tensor values, as (label, value) pairs (see
@@ -296,8 +303,7 @@ class Optimizer:
         key: list[tuple[str, Any]] = []
         index = 0
         for g, group in enumerate(self.param_groups):
-            key += [(f"group {g} {k}", v) for k, v in group.items()
-                    if k not in ("params", "param_names", "lr")]
+            key += [(f"group {g} {k}", v) for k, v in self._baked(group).items()]
             for p in group["params"]:
                 state = self.state.get(p, {})
                 key.append((f"parameter {index} state", tuple(state)))

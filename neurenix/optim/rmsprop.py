@@ -42,10 +42,18 @@ class RMSprop(Optimizer):
         if group["centered"] and "grad_avg" not in state:
             state["grad_avg"] = zeros_for(p)
 
+    def _baked(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Momentum is read per call (OneCycleLR cycles it); only whether it is positive is
+        baked in."""
+        baked = super()._baked(group)
+        baked["momentum"] = baked["momentum"] > 0
+        return baked
+
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = host_values(lambda: (group["lr"],), p, 1, commit=lambda: count_step(state))
-        alpha, eps, momentum = group["alpha"], group["eps"], group["momentum"]
+        lr, momentum = host_values(lambda: (group["lr"], group["momentum"]), p, 2,
+                                   commit=lambda: count_step(state))
+        alpha, eps = group["alpha"], group["eps"]
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:
@@ -58,7 +66,7 @@ class RMSprop(Optimizer):
             avg = ew.sqrt(square_avg - grad_avg * grad_avg) + eps
         else:
             avg = ew.sqrt(square_avg) + eps
-        if momentum > 0:
+        if group["momentum"] > 0:
             buf = state["momentum_buffer"]
             buf.copy_(buf * momentum + grad / avg)
             p.copy_(p - buf * lr)

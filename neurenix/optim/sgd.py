@@ -41,15 +41,21 @@ class SGD(Optimizer):
                 and "momentum_buffer" not in state:
             state["momentum_buffer"] = zeros_for(p)
 
+    def _baked(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Momentum is read per call (OneCycleLR cycles it); only whether it is zero is
+        baked in."""
+        baked = super()._baked(group)
+        baked["momentum"] = baked["momentum"] != 0
+        return baked
+
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
-        (lr,) = host_values(lambda: (group["lr"],), p, 1)
+        lr, momentum = host_values(lambda: (group["lr"], group["momentum"]), p, 2)
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:
             grad = grad + p * group["weight_decay"]
-        momentum = group["momentum"]
-        if momentum != 0:
+        if group["momentum"] != 0:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = grad.clone()
