@@ -18,6 +18,49 @@ from .parameter import Parameter
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
+def _check_channels(name: str, in_channels: int, out_channels: int, groups: int) -> None:
+    """PyTorch's checks of a convolution's channel counts and groups."""
+    for what, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                        ("groups", groups)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
+    if in_channels % groups:
+        raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups "
+                         f"({groups})")
+    if out_channels % groups:
+        raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by "
+                         f"groups ({groups})")
+
+
+def _parameters(layer: Module, shape: tuple[int, ...], out_channels: int, bias: bool,
+                dtype: DType | None, device: Any) -> None:
+    """The layer's weight of `shape` and bias (out_channels,), initialised as PyTorch's."""
+    dtype = dtype or float32
+    layer.weight = Parameter(zeros(shape, dtype=dtype, device=device))
+    if bias:
+        layer.bias = Parameter(zeros((out_channels,), dtype=dtype, device=device))
+    else:
+        layer.register_parameter("bias", None)
+    layer.reset_parameters()
+
+
+def _repr(layer: Module, optional: tuple[str, ...]) -> str:
+    """PyTorch's repr of a convolution: the `optional` tuples where not all zero or one."""
+    s = (f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, "
+         f"stride={layer.stride}")
+    for what in optional:
+        value = getattr(layer, what)
+        if value != ((1,) if what == "dilation" else (0,)) * layer.dims:
+            s += f", {what}={value}"
+    if layer.groups != 1:
+        s += f", groups={layer.groups}"
+    if layer.bias is None:
+        s += ", bias=False"
+    if layer.padding_mode != "zeros":
+        s += f", padding_mode={layer.padding_mode}"
+    return s
+
+
 class _ConvNd(Module):
     """Shared body of the convolution layers; subclasses fix the number of spatial axes."""
 
@@ -29,16 +72,7 @@ class _ConvNd(Module):
                  device: Any = None) -> None:
         super().__init__()
         name = type(self).__name__
-        for what, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
-        if in_channels % groups:
-            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups "
-                             f"({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by "
-                             f"groups ({groups})")
+        _check_channels(name, in_channels, out_channels, groups)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"{name}: padding_mode must be one of {', '.join(PADDING_MODES)}, "
                              f"got {padding_mode!r}")
@@ -59,14 +93,8 @@ class _ConvNd(Module):
             self.padding = ntuple(padding, self.dims, "padding", name, minimum=0)
         self.groups = groups
         self.padding_mode = padding_mode
-        dtype = dtype or float32
-        shape = (out_channels, in_channels // groups) + self.kernel_size
-        self.weight = Parameter(zeros(shape, dtype=dtype, device=device))
-        if bias:
-            self.bias = Parameter(zeros((out_channels,), dtype=dtype, device=device))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _parameters(self, (out_channels, in_channels // groups) + self.kernel_size,
+                    out_channels, bias, dtype, device)
 
     def reset_parameters(self) -> None:
         """PyTorch's default: kaiming_uniform_(a=sqrt(5)) weights, bias U(+-1/sqrt(fan_in))."""
@@ -77,19 +105,7 @@ class _ConvNd(Module):
                            self.dilation, self.groups, type(self).__name__, self.padding_mode)
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        if self.padding != (0,) * self.dims:
-            s += f", padding={self.padding}"
-        if self.dilation != (1,) * self.dims:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode}"
-        return s
+        return _repr(self, ("padding", "dilation"))
 
 
 class Conv1d(_ConvNd):
@@ -122,16 +138,7 @@ class _ConvTransposeNd(Module):
                  dtype: DType | None = None) -> None:
         super().__init__()
         name = type(self).__name__
-        for what, value in (("in_channels", in_channels), ("out_channels", out_channels),
-                            ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
-        if in_channels % groups:
-            raise ValueError(f"{name}: in_channels ({in_channels}) must be divisible by groups "
-                             f"({groups})")
-        if out_channels % groups:
-            raise ValueError(f"{name}: out_channels ({out_channels}) must be divisible by "
-                             f"groups ({groups})")
+        _check_channels(name, in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(f'{name}: only "zeros" padding mode is supported, got '
                              f"{padding_mode!r}")
@@ -152,14 +159,8 @@ class _ConvTransposeNd(Module):
                              f"than either stride {self.stride} or dilation {self.dilation}")
         self.groups = groups
         self.padding_mode = padding_mode
-        dtype = dtype or float32
-        shape = (in_channels, out_channels // groups) + self.kernel_size
-        self.weight = Parameter(zeros(shape, dtype=dtype, device=device))
-        if bias:
-            self.bias = Parameter(zeros((out_channels,), dtype=dtype, device=device))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _parameters(self, (in_channels, out_channels // groups) + self.kernel_size,
+                    out_channels, bias, dtype, device)
 
     def reset_parameters(self) -> None:
         """PyTorch's default: kaiming_uniform_(a=sqrt(5)) weights, bias U(+-1/sqrt(fan_in)),
@@ -198,19 +199,7 @@ class _ConvTransposeNd(Module):
                               self.dilation, type(self).__name__)
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        if self.padding != (0,) * self.dims:
-            s += f", padding={self.padding}"
-        if self.dilation != (1,) * self.dims:
-            s += f", dilation={self.dilation}"
-        if self.output_padding != (0,) * self.dims:
-            s += f", output_padding={self.output_padding}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        return _repr(self, ("padding", "dilation", "output_padding"))
 
 
 class ConvTranspose1d(_ConvTransposeNd):

@@ -193,7 +193,27 @@ class InstanceNorm3d(_InstanceNorm):
     layout = "(N, C, D, H, W)"
 
 
-class GroupNorm(Module):
+class _AffineNorm(Module):
+    """A normalisation with an optional learned per-feature scale (`weight`, ones) and shift
+    (`bias`, zeros)."""
+
+    def _affine(self, shape: Any, affine: bool, bias: bool, dtype: DType | None,
+                device: Any) -> None:
+        self.weight = Parameter(ones(shape, dtype=dtype, device=device)) if affine else None
+        self.bias = Parameter(zeros(shape, dtype=dtype, device=device)) \
+            if affine and bias else None
+        for name in ("weight", "bias"):
+            if getattr(self, name) is None:
+                self.register_parameter(name, None)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+
+class GroupNorm(_AffineNorm):
     """Normalise (N, C, *) over groups of channels, with a learned per-channel affine."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
@@ -210,21 +230,7 @@ class GroupNorm(Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = Parameter(ones(num_channels, dtype=dtype, device=device))
-            if bias:
-                self.bias = Parameter(zeros(num_channels, dtype=dtype, device=device))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        self._affine(num_channels, affine, bias, dtype, device)
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(x, Tensor) and (x.ndim < 2 or x.shape[1] != self.num_channels):
@@ -238,7 +244,7 @@ class GroupNorm(Module):
                 f"affine={self.affine}, bias={self.bias is not None}")
 
 
-class LayerNorm(Module):
+class LayerNorm(_AffineNorm):
     """Normalise each sample over its trailing normalized_shape dims, with a learned affine."""
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
@@ -253,21 +259,7 @@ class LayerNorm(Module):
         self.normalized_shape = shape
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = Parameter(ones(shape, dtype=dtype, device=device))
-            if bias:
-                self.bias = Parameter(zeros(shape, dtype=dtype, device=device))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        self._affine(shape, elementwise_affine, bias, dtype, device)
 
     def forward(self, x: Tensor) -> Tensor:
         return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
