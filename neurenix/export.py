@@ -6,7 +6,8 @@ target, inputs and outputs, memory plan, kernels in launch order with their laun
 the SHA-256 of every other file), `weights.safetensors` (the parameters and buffers the program
 reads, and its constants) and the target's code: for the CPU a shared library `model.so` with
 a C API (`model.h`, `model.c`) and a cross-compiled AArch64 object; OpenCL C, WGSL, CUDA
-(with PTX) or HIP (with a code object) source for the GPU targets.  `neurenix.runtime.load`
+(with PTX) or HIP (with a code object) source for the GPU targets; a WebGPU artifact also
+runs in the browser (`export_web`: neurenix.js, index.html, the example).  `neurenix.runtime.load`
 loads the directory without the compiler.  Parameters are program inputs in Neurenix (a
 weight update never recompiles), so weights always live in the weights file
 (`"weights": "file"`): `freeze=True` snapshots their values at export.  docs/deploy/README.md
@@ -20,6 +21,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ from neurenix.runtime.artifact import (
 )
 from neurenix.runtime.program import Program, program_to_json
 
-from . import export_capi
+from . import export_capi, export_web
 from .compilation.compiled import compile as compile_model
 from .state import no_grad
 from .tensor import Tensor
@@ -50,6 +52,8 @@ TARGETS = {"cpu": ("llvm", "cpu"), "opencl": ("opencl", "opencl"),
 CROSS_TRIPLES = ("aarch64-linux-gnu",)
 CUDA_ARCH = 80
 HIP_ARCH = "gfx90a"
+Progress = Callable[[str, dict], None]
+"""`export(progress=...)`: called with a stage's name and its data as each stage ends."""
 
 
 class ExportError(ValueError):
@@ -58,14 +62,19 @@ class ExportError(ValueError):
 
 def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
            path: str | os.PathLike[str] = "neurenix-export", *, freeze: bool = True,
-           cross: tuple[str, ...] = CROSS_TRIPLES) -> pathlib.Path:
+           cross: tuple[str, ...] = CROSS_TRIPLES,
+           progress: Progress | None = None) -> pathlib.Path:
     """Export `model_or_fn` (a Module or a function of tensors) for `target` ("cpu", "opencl",
     "webgpu", "cuda", "rocm") as traced on `example_inputs` (a Tensor or a tuple of them; the
     artifact takes inputs of exactly these shapes and dtypes) to directory `path`; returns
     the directory.  An existing artifact there is replaced; another non-empty directory is
     refused.  `cross` lists the target triples a CPU export also compiles an object file for
     (default: AArch64 Linux).  Inference only: the function runs under no_grad and must not
-    update state (call `model.eval()` first for dropout and batch norm)."""
+    update state (call `model.eval()` first for dropout and batch norm).  `progress(stage,
+    data)`, when given, is called as each stage ends: "trace" (`data["stats"]`: the traced
+    function's `compiled.stats()`), "codegen" (`data["build"]`: kernels, memory and seconds
+    per stage, as `pipeline.build` reports them) and "toolchain" (the target's code written
+    and compiled); neurenix-compile shows them."""
     if not freeze:
         raise NotImplementedError("export(freeze=False): exporting trainable weights (training "
                                   "steps) is not supported yet; export with freeze=True")
@@ -73,7 +82,9 @@ def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
         raise ValueError(f"export: unknown target {target!r}; known: {sorted(TARGETS)}")
     compiler_target, device = TARGETS[target]
     inputs = _example_tensors(example_inputs)
-    program, plan = _trace_and_build(model_or_fn, inputs, compiler_target)
+    program, plan = _trace_and_build(model_or_fn, inputs, compiler_target, progress)
+    if device == "webgpu":
+        plan["example"] = export_web.example(model_or_fn, inputs, program)
     out = pathlib.Path(path)
     _check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +99,7 @@ def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
         writer = {"cpu": _write_cpu, "opencl": _write_opencl, "webgpu": _write_webgpu,
                   "cuda": _write_cuda, "rocm": _write_hip}[device]
         writer(work, program, plan, manifest, cross)
+        _notify(progress, "toolchain")
         manifest["files"] = {name: {"sha256": sha256_file(work / name),
                                     "bytes": (work / name).stat().st_size}
                              for name in _files(work)}
@@ -118,8 +130,8 @@ def _example_tensors(example_inputs: Any) -> list[Tensor]:
     return tensors
 
 
-def _trace_and_build(model_or_fn: Any, inputs: list[Tensor],
-                     compiler_target: str) -> tuple[Program, dict]:
+def _trace_and_build(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
+                     progress: Progress | None = None) -> tuple[Program, dict]:
     """Trace the function (through the reference target: no code is built for the trace),
     check that it is a pure inference function, and build its program for the target.
     Returns the program and how its inputs are bound: `bindings` (per program input),
@@ -136,7 +148,9 @@ def _trace_and_build(model_or_fn: Any, inputs: list[Tensor],
     if entry.num_checks:
         raise ExportError(f"export: {name} checks values at run time (index bounds, ...), "
                           f"which an exported program cannot report yet")
-    program, _ = pipeline.build(entry.graph, compiler_target)
+    _notify(progress, "trace", stats=compiled.stats())
+    program, info = pipeline.build(entry.graph, compiler_target)
+    _notify(progress, "codegen", build=info)
     if not (len(program.inputs) == len(entry.sources) == len(entry.graph.inputs)):
         raise ExportError(f"export: {name}: the program takes {len(program.inputs)} inputs, "
                           f"the trace has {len(entry.sources)}")
@@ -167,6 +181,12 @@ def _trace_and_build(model_or_fn: Any, inputs: list[Tensor],
     for cname, array in program.constants.items():
         weights[CONSTANT_PREFIX + cname] = np.array(array, order="C", copy=True)
     return program, {"bindings": bindings, "weights": weights, "inputs": model_inputs}
+
+
+def _notify(progress: Progress | None, stage: str, **data: Any) -> None:
+    """Tell `progress` (export's argument), when given, that `stage` has ended."""
+    if progress is not None:
+        progress(stage, data)
 
 
 def _check_destination(out: pathlib.Path) -> None:
@@ -290,7 +310,8 @@ def _write_opencl(work: pathlib.Path, program: Program, plan: dict, manifest: di
 def _write_webgpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
                   cross: tuple[str, ...]) -> None:
     """model.wgsl (every module, for reading) and kernels/NAME.wgsl (one module per kernel:
-    what a pipeline is created from)."""
+    what a pipeline is created from); for the browser, neurenix.js, index.html and
+    example.safetensors (`export_web`)."""
     (work / "model.wgsl").write_text(program.source)
     (work / "kernels").mkdir()
     kernels = {}
@@ -299,6 +320,7 @@ def _write_webgpu(work: pathlib.Path, program: Program, plan: dict, manifest: di
         (work / name).write_text(kernel.source or program.source)
         kernels[kernel.name] = name
     manifest["sources"] = {"program": "model.wgsl", "kernels": kernels}
+    export_web.write(work, manifest, plan["example"])
 
 
 def _write_cuda(work: pathlib.Path, program: Program, plan: dict, manifest: dict,

@@ -248,3 +248,19 @@ def test_a_small_max_grid_takes_a_2d_grid_and_a_stride_loop(run_webgpu):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     finally:
         unregister_target(target.name)
+
+
+def test_no_constant_expression_is_infinite_or_nan():
+    """WebGPU makes a constant expression that evaluates to an infinity or NaN a shader
+    creation error (Chrome's compiler enforces it; wgpu's did not): the max reduction's
+    -inf start and the helpers' NaN results are built at run time (`nx_f32`)."""
+    import re
+
+    def build(b):
+        x = b.input("x", T(3, 5))
+        return [b.apply("reduce_max", x, axes=(1,)), b.apply("pow", x, x),
+                b.apply("remainder", x, x), b.apply("sin", x)]
+    source = _program(build).source
+    assert "nx_f32(0xff800000u)" in source and "fn nx_f32(" in source
+    for bits in re.findall(r"bitcast<f32>\(\s*(0x[0-9a-fA-F]+)u\s*\)", source):
+        assert int(bits, 16) & 0x7F800000 != 0x7F800000, bits

@@ -76,6 +76,8 @@ class WGSL(Dialect):
         return f"({text}f)" if text.startswith("-") else f"{text}f"
 
     def float_bits(self, bits: int, dtype: DType) -> str:
+        if bits & 0x7F800000 == 0x7F800000:  # infinite or NaN: not a constant expression
+            return f"nx_f32({bits:#x}u)"
         return f"bitcast<f32>({bits:#x}u)"
 
     def truncate(self, x: str, src: DType, dst: DType) -> str:

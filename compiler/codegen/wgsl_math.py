@@ -20,12 +20,17 @@ _FMOD_STEP = """    if (ex > ey) {
 """One step of fmod's reduction, repeated in its loop (lavapipe caps loop iterations)."""
 
 HELPERS = {
+    "nx_f32": """fn nx_f32(bits: u32) -> f32 {
+  // the float with these bits, at run time: WebGPU makes a constant expression that is
+  // infinite or NaN a shader-creation error (Chrome enforces it)
+  return bitcast<f32>(bits);
+}""",
     "nx_trig": """fn nx_trig(x: f32, cosine: u32) -> f32 {
   // sin (cosine = 0u) or cos (1u) of x, exact range reduction for every f32 (Payne-Hanek
   // with 2/pi to 256 bits, 32-bit words), then fdlibm's polynomials on [-pi/4, pi/4]
   let ux = bitcast<u32>(x);
   let ax = ux & 0x7fffffffu;
-  if (ax >= 0x7f800000u) { return bitcast<f32>(0x7fc00000u); }
+  if (ax >= 0x7f800000u) { return nx_f32(0x7fc00000u); }
   // |x| < 2^-12: sin x rounds to x (its bits: -0.0 stays -0.0), cos x to 1
   if (ax < 0x39800000u) { return select(bitcast<f32>(ux), 1.0, cosine == 1u); }
   var q = 0u;
@@ -100,7 +105,7 @@ fn nx_mul64(a: u32, b: u32) -> vec2<u32> {
   var ey = i32((uy >> 23u) & 0xffu);
   let ax = ux & 0x7fffffffu;
   let ay = uy & 0x7fffffffu;
-  if (ay == 0u || ay > 0x7f800000u || ex == 0xff) { return bitcast<f32>(0x7fc00000u); }
+  if (ay == 0u || ay > 0x7f800000u || ex == 0xff) { return nx_f32(0x7fc00000u); }
   if (ax < ay) { return x; }
   if (ax == ay) { return bitcast<f32>(sx); }
   if (ex == 0) { ex = 9 - i32(countLeadingZeros(ax)); ux = ax << u32(1 - ex); }
@@ -120,7 +125,7 @@ fn nx_mul64(a: u32, b: u32) -> vec2<u32> {
   // C's pow: WGSL's is exp2(b * log2(a)), undefined for a <= 0 and at the special values
   let m = abs(a);
   let mb = abs(b);
-  let inf = bitcast<f32>(0x7f800000u);
+  let inf = nx_f32(0x7f800000u);
   if (b == 0.0f || a == 1.0f) { return 1.0f; }
   if ((bitcast<u32>(a) & 0x7fffffffu) > 0x7f800000u ||
       (bitcast<u32>(b) & 0x7fffffffu) > 0x7f800000u) { return a + b; }
@@ -138,7 +143,7 @@ fn nx_mul64(a: u32, b: u32) -> vec2<u32> {
     p = pow(m, b);
   }
   let negative = (bitcast<u32>(a) & 0x80000000u) != 0u;
-  if (negative && !integer && m != 0.0f && m != inf) { return bitcast<f32>(0x7fc00000u); }
+  if (negative && !integer && m != 0.0f && m != inf) { return nx_f32(0x7fc00000u); }
   if (negative && odd) { return bitcast<f32>(bitcast<u32>(p) | 0x80000000u); }
   return p;
 }""",
@@ -170,7 +175,15 @@ _CALL = re.compile(r"\b(nx_[a-z0-9_]+)\(")
 
 
 def prelude(body: list[str]) -> list[str]:
-    """The helpers `body` calls, in a fixed order, with a blank line after each."""
+    """The helpers `body` calls and those they call, in a fixed order, with a blank line
+    after each."""
     called = {m for line in body for m in _CALL.findall(line)}
+    todo = list(called)
+    while todo:
+        text = HELPERS.get(todo.pop())
+        for name in _CALL.findall(text or ""):
+            if name not in called:
+                called.add(name)
+                todo.append(name)
     return [line for name, text in HELPERS.items() if name in called
             for line in (text, "")]
