@@ -25,6 +25,8 @@ from . import state
 from .call_site import user_source
 from .tensor import Tensor, move_storage, version_of
 
+_object_new = object.__new__
+
 SHAPE_ONLY = frozenset({"reshape", "slice", "permute", "expand"})
 """Primitives whose gradient reads no input value: a later write into an input cannot make it
 wrong (the edges were taken when the node was recorded), so no version check."""
@@ -46,6 +48,21 @@ class TapeNode:
         # where gradients go, as the inputs are now: a later in-place write rebinds an input
         # to a new node, which this one must not follow (it used the old value)
         self._edges = [_edge(t) for t in self.inputs]
+
+    @classmethod
+    def record(cls, prim: Primitive, inputs: tuple[Tensor, ...], attrs: dict, out: Tensor,
+               versions: tuple[int, ...]) -> TapeNode:
+        """`TapeNode(prim, inputs, attrs, out, versions)`, made without the dataclass's
+        `__init__` and `__post_init__` calls (`dispatch.apply` records one per operation)."""
+        node = _object_new(cls)
+        node.prim = prim
+        node.inputs = inputs
+        node.attrs = attrs
+        node.out = out
+        node.versions = versions
+        node._edges = [None if not t.requires_grad else ("leaf", t) if t._node is None
+                       else ("node", t._node, 0, t) for t in inputs]  # `_edge`'s, inlined
+        return node
 
     @property
     def name(self) -> str:

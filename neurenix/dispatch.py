@@ -8,10 +8,14 @@ the result and, under grad mode, records it on the autograd tape.  While a trace
 
 An operation without inputs (a `full`, an `iota`) gives a `HostConstant`: a value the frontend
 made for itself, which an operation on a device takes along as it takes a Python scalar.
+
+The host path is the eager hot path (a few microseconds an operation on small tensors): type
+rules are cached (`_TYPES`), NumPy's warnings are silenced by swapping its error state rather
+than entering `np.errstate`, and results are made without `Tensor._wrap`'s calls (`wrap`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,40 +28,163 @@ from neurenix.compiler.types import DType, TensorType
 from . import device_ops, view_writes
 from .autograd import TapeNode
 from .device import CPU, Device
-from .state import current_trace, is_grad_enabled
+from .state import EPOCH, read_grad_mode, read_trace
 from .tensor import HostConstant, Tensor, alias_of, version_of
+
+try:  # NumPy 2: the error state is a context variable holding an opaque "extobj"
+    from numpy._core.umath import _extobj_contextvar as _NP_ERRORS
+    from numpy._core.umath import _make_extobj
+except ImportError:  # pragma: no cover - elsewhere `_quietly` enters np.errstate
+    _NP_ERRORS = None
+_QUIET: dict[Any, Any] = {}
+"""The caller's NumPy error state -> the same with every floating-point error ignored."""
+
+_NO_ARITHMETIC = frozenset({"reshape", "permute", "expand", "slice", "concat"})
+"""Primitives whose references only move elements, so never raise a floating-point warning."""
+
+_TYPES: dict[Any, TensorType] = {}
+"""The type rule's answer per (op, input shapes and dtype names, attributes): rules are pure
+functions of these, so a hit skips building `TensorType`s and running the rule.  Only successes
+are kept (an error is raised again, with its message, every time) and only for attributes whose
+equality is exact (`_attrs_key`)."""
+_TYPES_LIMIT = 4096
+_EXACT = frozenset({int, float, str, bool, type(None)})
+
+_object_new = object.__new__
+
+
+def _attrs_key(attrs: dict[str, Any]) -> tuple | None:
+    """The attributes as part of a `_TYPES` key, or None when one of them is not a plain
+    number, string or tuple of ints (whose equality could mix types: 1 == 1.0 == True)."""
+    parts: list[Any] = []
+    for name, value in attrs.items():
+        kind = type(value)
+        if kind is tuple:
+            for item in value:
+                if type(item) is not int:
+                    return None
+        elif kind not in _EXACT:
+            return None
+        parts.append((name, kind, value))
+    return tuple(parts)
 
 
 def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
     """Apply primitive `op` to tensors eagerly, recording it for autograd when needed."""
     prim = REGISTRY[op]
-    trace = current_trace()
+    trace = read_trace()
     if trace is not None:
         return trace.process_primitive(op, inputs, attrs)
-    arrays = [t._data for t in inputs]
-    for a in arrays:
+    # the inputs' arrays and their `_TYPES` key, unrolled for up to three inputs (the hot path)
+    n = len(inputs)
+    if n == 1:
+        x = inputs[0]
+        a = x._data
         if type(a) is not np.ndarray:  # a device buffer, a host constant, a symbolic value
-            return _apply_elsewhere(prim, inputs, arrays, attrs)
-    out_type = prim.infer(tuple(TensorType(a.shape, t._dtype) for a, t in zip(arrays, inputs)),
-                          attrs)
-    out = _run_host(prim, arrays, attrs, out_type.dtype)
+            return _apply_elsewhere(prim, inputs, [a], attrs)
+        arrays: tuple[np.ndarray, ...] = (a,)
+        key: Any = (op, a.shape, x._dtype.name)
+    elif n == 2:
+        x, y = inputs
+        a, b = x._data, y._data
+        if type(a) is not np.ndarray or type(b) is not np.ndarray:
+            return _apply_elsewhere(prim, inputs, [a, b], attrs)
+        arrays = (a, b)
+        key = (op, a.shape, b.shape, x._dtype.name, y._dtype.name)
+    elif n == 3:
+        x, y, z = inputs
+        a, b, c = x._data, y._data, z._data
+        if type(a) is not np.ndarray or type(b) is not np.ndarray or type(c) is not np.ndarray:
+            return _apply_elsewhere(prim, inputs, [a, b, c], attrs)
+        arrays = (a, b, c)
+        key = (op, a.shape, b.shape, c.shape, x._dtype.name, y._dtype.name, z._dtype.name)
+    else:
+        arrays = tuple(t._data for t in inputs)
+        for a in arrays:
+            if type(a) is not np.ndarray:
+                return _apply_elsewhere(prim, inputs, list(arrays), attrs)
+        key = (op, *[a.shape for a in arrays], *[t._dtype.name for t in inputs])
+    if attrs:
+        akey = _attrs_key(attrs)
+        key = None if akey is None else (key, akey)
+    out_type = _TYPES.get(key) if key is not None else None
+    if out_type is None:
+        out_type = prim.infer(tuple(TensorType(a.shape, t._dtype)
+                                    for a, t in zip(arrays, inputs)), attrs)
+        if key is not None:
+            if len(_TYPES) >= _TYPES_LIMIT:
+                _TYPES.clear()
+            _TYPES[key] = out_type
+    dtype = out_type.dtype
+    if op in _NO_ARITHMETIC:
+        out = prim.impl(*arrays, **attrs)
+    else:
+        out = _quietly(prim.impl, arrays, attrs)
+    if type(out) is not np.ndarray or out.dtype.type is not dtype.np_type:
+        out = _as_array(out, dtype.np_type)
     if not inputs:
         out = out.view(HostConstant)
-    result = Tensor._wrap(out, out_type.dtype)
-    if prim.name in view_writes.TRACKED and np.may_share_memory(out, arrays[0]):
+    result = wrap(out, dtype)
+    if op in view_writes.TRACKED and np.may_share_memory(out, arrays[0]):
         view_writes.mark(result, prim, inputs[0], attrs)
-    return _record(prim, inputs, attrs, result)
+    if read_grad_mode():
+        return _record(prim, inputs, attrs, result)
+    return result
+
+
+def wrap(array: Any, dtype: DType, device: Device = CPU) -> Tensor:
+    """`Tensor._wrap(array, dtype, device)` with its calls inlined, for the hot path (a new
+    tensor owning storage `array`, which must not be shared mutably)."""
+    t = _object_new(Tensor)
+    t._data = array
+    t._dtype = dtype
+    t._device = device
+    t.requires_grad = False
+    t._grad = None
+    t._node = None
+    t._retains_grad = False
+    t._version = 0
+    t._value = None
+    t._born = EPOCH[0]
+    t._view = None
+    return t
 
 
 def _run_host(prim: Primitive, arrays: Sequence[np.ndarray], attrs: dict[str, Any],
               dtype: DType) -> np.ndarray:
     """The NumPy reference on host arrays, as an array of `dtype`."""
-    with np.errstate(all="ignore"):
-        out = prim.impl(*arrays, **attrs)
-    want = dtype.np_type
+    out = _quietly(prim.impl, arrays, attrs)
+    if type(out) is not np.ndarray or out.dtype.type is not dtype.np_type:
+        out = _as_array(out, dtype.np_type)
+    return out
+
+
+def _as_array(out: Any, want: type) -> np.ndarray:
+    """A reference's result as an array of NumPy type `want` (itself when it is one)."""
     if not isinstance(out, np.ndarray) or out.dtype != want:
         out = np.asarray(out, dtype=want)
     return out
+
+
+def _quietly(impl: Callable[..., Any], arrays: Sequence[np.ndarray],
+             attrs: dict[str, Any]) -> Any:
+    """`impl(*arrays, **attrs)` with NumPy's floating-point warnings off for the call only (an
+    overflow or 0 / 0 gives inf or nan, as in PyTorch, silently); the caller's error state is
+    set back after it, so nothing leaks into user code."""
+    if _NP_ERRORS is None:
+        with np.errstate(all="ignore"):
+            return impl(*arrays, **attrs)
+    caller = _NP_ERRORS.get()
+    quiet = _QUIET.get(caller)
+    if quiet is None:
+        if len(_QUIET) >= 64:
+            _QUIET.clear()
+        quiet = _QUIET[caller] = _make_extobj(all="ignore")
+    token = _NP_ERRORS.set(quiet)
+    try:
+        return impl(*arrays, **attrs)
+    finally:
+        _NP_ERRORS.reset(token)
 
 
 def _apply_elsewhere(prim: Primitive, inputs: Sequence[Tensor], arrays: list[Any],
@@ -88,19 +215,21 @@ def _record(prim: Primitive, inputs: Sequence[Tensor], attrs: dict[str, Any],
             result: Tensor) -> Tensor:
     """`result`, recorded on the tape when grad mode is on and an input requires grad (with
     the inputs' versions, `tensor.version_of`: writes through their views and aliases count)."""
-    if is_grad_enabled() and result._dtype.is_floating and prim.vjp is not None \
-            and prim.vjp is not non_differentiable:
-        for t in inputs:
-            if t._view is not None:
-                view_writes.refresh(t, apply)  # a view of a base written since: from its new value
-        for t in inputs:
-            if t.requires_grad:
-                result.requires_grad = True
-                result._node = TapeNode(prim, tuple(inputs), attrs,
-                                        Tensor._wrap(result._data, result._dtype,
-                                                     result._device),
-                                        tuple(version_of(t) for t in inputs))
-                break
+    vjp = prim.vjp
+    if not read_grad_mode() or result._dtype.category != 2 or vjp is None \
+            or vjp is non_differentiable:
+        return result
+    needed = False
+    for t in inputs:
+        if t._view is not None:
+            view_writes.refresh(t, apply)  # a view of a base written since: from its new value
+        if t.requires_grad:
+            needed = True
+    if needed:
+        result.requires_grad = True
+        result._node = TapeNode.record(prim, tuple(inputs), attrs,
+                                       wrap(result._data, result._dtype, result._device),
+                                       tuple([version_of(t) for t in inputs]))
     return result
 
 

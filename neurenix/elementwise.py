@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.types import DType, bool_, float32, int64, promote
 
 from .checks import check_values
-from .dispatch import EAGER, apply
-from .state import no_grad
+from .dispatch import EAGER, apply, wrap
+from .state import no_grad, read_trace
 from .tensor import Tensor, is_scalar
 
 Operand = Tensor | float | int | bool
@@ -34,6 +35,16 @@ def result_dtype(*operands: Operand) -> DType:
     """The dtype of combining tensors and Python scalars, by PyTorch's three tiers: tensors with
     dimensions, then 0-d tensors, then Python scalars.  A lower tier only lifts the category
     (a 0-d tensor to its own dtype, a scalar to float32 or int64), never the width within it."""
+    if len(operands) == 2:  # the common cases first: two tensors of one dtype, tensor and number
+        a, b = operands
+        if isinstance(a, Tensor):
+            if isinstance(b, Tensor):
+                if a._dtype is b._dtype:
+                    return a._dtype
+            elif type(b) in _SCALAR_CATEGORY:
+                return _with_scalar(a._dtype, _SCALAR_CATEGORY[type(b)])
+        elif isinstance(b, Tensor) and type(a) in _SCALAR_CATEGORY:
+            return _with_scalar(b._dtype, _SCALAR_CATEGORY[type(a)])
     dt: DType | None = None
     for zero_dim in (False, True):
         tier: DType | None = None
@@ -52,8 +63,22 @@ def result_dtype(*operands: Operand) -> DType:
     return dt
 
 
+_SCALAR_CATEGORY = {bool: 0, int: 1, float: 2}
+_REFS = {name: REGISTRY[name].impl for name in ("le", "lt", "where")}
+"""The category of each Python scalar type (`_scalar_dtype`'s), for the fast paths."""
+
+
+def _with_scalar(dt: DType, category: int) -> DType:
+    """`result_dtype` of one tensor of dtype `dt` and a Python scalar of `category`."""
+    if category > dt.category:
+        return float32 if category == 2 else int64
+    return dt
+
+
 def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
     """NumPy's broadcast of several shapes, or a ValueError naming the op and the shapes."""
+    if shapes and all(s == shapes[0] for s in shapes):
+        return tuple(shapes[0])
     ndim = max(len(s) for s in shapes)
     out = []
     for i in range(ndim):
@@ -68,7 +93,7 @@ def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[i
 def as_tensor(value: Operand, dtype: DType) -> Tensor:
     """A tensor of `dtype` from a tensor (cast when needed) or a Python scalar (0-d)."""
     if isinstance(value, Tensor):
-        return value if value.dtype == dtype else cast(value, dtype)
+        return value if value._dtype is dtype or value._dtype == dtype else cast(value, dtype)
     if not is_scalar(value):
         raise TypeError(f"expected a Tensor or a real number, got {type(value).__name__}")
     return Tensor._wrap(np.asarray(value, dtype=dtype.np_type), dtype)
@@ -83,14 +108,71 @@ def prepare(op: str, *operands: Operand, dtype: DType | None = None) -> list[Ten
     """Operands promoted to one dtype (or `dtype`) and broadcast to one shape."""
     dtype = result_dtype(*operands) if dtype is None else dtype
     tensors = [as_tensor(o, dtype) for o in operands]
-    shape = broadcast_shapes(*(t.shape for t in tensors), op=op)
-    return [EAGER.broadcast_to(t, shape) for t in tensors]
+    shapes = [t.shape for t in tensors]
+    if all(s == shapes[0] for s in shapes):
+        return tensors
+    shape = broadcast_shapes(*shapes, op=op)
+    eager = read_trace() is None
+    return [_spread(t, shape) if eager and not isinstance(o, Tensor)
+            else EAGER.broadcast_to(t, shape) for o, t in zip(operands, tensors)]
+
+
+def _spread(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """t, a 0-d host tensor `as_tensor` made of a Python scalar, broadcast to `shape` as
+    `EAGER.broadcast_to` would (a read-only view repeating the value) without dispatching its
+    `reshape` and `expand`: neither needs a gradient or leaves a view to track."""
+    if t.shape == shape:
+        return t
+    return wrap(_repeated(t._data, shape), t._dtype)
+
+
+def _repeated(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """0-d `value` repeated to `shape`: a read-only view with zero strides."""
+    array = np.ndarray(shape, value.dtype, buffer=value, strides=(0,) * len(shape))
+    array.flags.writeable = False
+    return array
+
+
+_NUMBERS: dict[tuple, np.ndarray] = {}
+"""`_number`'s read-only broadcast arrays, per (dtype name, Python type, value, shape)."""
+
+
+def _number(value: bool | int | float, dtype: DType, shape: tuple[int, ...]) -> Tensor:
+    """`_spread(as_tensor(value, dtype), shape)` for a Python bool, int or float.  The
+    read-only arrays are kept for values whose equality is identity of bits (all but float
+    zeros, -0.0 == 0.0, and nans)."""
+    if not shape:
+        return as_tensor(value, dtype)
+    kind = type(value)
+    exact = kind is not float or (value != 0 and value == value)
+    key = (dtype.name, kind, value, shape)
+    array = _NUMBERS.get(key) if exact else None
+    if array is None:
+        array = _repeated(np.asarray(value, dtype=dtype.np_type), shape)
+        if exact:
+            if len(_NUMBERS) >= 256:
+                _NUMBERS.clear()
+            _NUMBERS[key] = array
+    return wrap(array, dtype)
 
 
 def _binary(op: str, a: Operand, b: Operand, dtype: DType | None = None) -> Tensor:
-    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            if a._dtype is b._dtype and (dtype is None or dtype is a._dtype) \
+                    and a.shape == b.shape:
+                return apply(op, a, b)  # nothing to promote or broadcast
+        elif type(b) in _SCALAR_CATEGORY and read_trace() is None:
+            dt = _with_scalar(a._dtype, _SCALAR_CATEGORY[type(b)]) if dtype is None else dtype
+            if dt is a._dtype:  # the number is made a tensor of a's dtype and shape
+                return apply(op, a, _number(b, dt, a.shape))
+    elif not isinstance(b, Tensor):
         raise TypeError(f"{op}: expected at least one Tensor, got {type(a).__name__} and "
                         f"{type(b).__name__}")
+    elif type(a) in _SCALAR_CATEGORY and read_trace() is None:
+        dt = _with_scalar(b._dtype, _SCALAR_CATEGORY[type(a)]) if dtype is None else dtype
+        if dt is b._dtype:
+            return apply(op, _number(a, dt, b.shape), b)
     x, y = prepare(op, a, b, dtype=dtype)
     return apply(op, x, y)
 
@@ -101,14 +183,15 @@ def _floating(a: Operand, b: Operand) -> DType:
 
 
 def add(a: Operand, b: Operand) -> Tensor:
-    if result_dtype(a, b) == bool_:
+    dt = result_dtype(a, b)
+    if dt.category == 0:
         return logical_or(a, b)  # bool + bool is "or", as in PyTorch
-    return _binary("add", a, b)
+    return _binary("add", a, b, dt)
 
 
 def _is_bool(value: Operand) -> bool:
     if isinstance(value, Tensor):
-        return value.dtype == bool_
+        return value._dtype.category == 0
     return isinstance(value, (bool, np.bool_))
 
 
@@ -126,9 +209,10 @@ def sub(a: Operand, b: Operand) -> Tensor:
 
 
 def mul(a: Operand, b: Operand) -> Tensor:
-    if result_dtype(a, b) == bool_:
+    dt = result_dtype(a, b)
+    if dt.category == 0:
         return logical_and(a, b)  # bool * bool is "and", as in PyTorch
-    return _binary("mul", a, b)
+    return _binary("mul", a, b, dt)
 
 
 def div(a: Operand, b: Operand) -> Tensor:
@@ -314,9 +398,13 @@ def where(condition: Tensor, x: Operand, y: Operand) -> Tensor:
         raise TypeError(f"where: expected a bool Tensor condition, got "
                         f"{type(condition).__name__}")
     dt = result_dtype(x, y)
+    operands = (condition, x, y)
     parts = (as_tensor(condition, bool_), as_tensor(x, dt), as_tensor(y, dt))
     shape = broadcast_shapes(*(t.shape for t in parts), op="where")
-    return apply("where", *(EAGER.broadcast_to(t, shape) for t in parts))
+    eager = read_trace() is None
+    return apply("where", *(_spread(t, shape) if eager and not isinstance(o, Tensor)
+                            else t if t.shape == shape else EAGER.broadcast_to(t, shape)
+                            for o, t in zip(operands, parts)))
 
 
 # ---- unary --------------------------------------------------------------------------------
@@ -425,6 +513,14 @@ def relu(x: Tensor) -> Tensor:
     x <= 0, and LLVM folds the forward's nested selects into x < 0 ? 0 : x."""
     if not x.dtype.is_floating:
         return where(lt(x, 0), 0, x)
+    data = x._data
+    if type(data) is np.ndarray and read_trace() is None:
+        # eagerly on the host: the masks and the stop_gradient operand need no gradient, so
+        # their references run directly; only the outer `where` is dispatched (and recorded)
+        zero = np.zeros((), data.dtype)
+        mask = _REFS["le"](data, zero)
+        inner = _REFS["where"](_REFS["lt"](data, zero), zero, data)
+        return apply("where", wrap(mask, bool_), wrap(inner, x._dtype), x)
     return where(le(x, 0), stop_gradient(where(lt(x, 0), 0.0, x)), x)
 
 

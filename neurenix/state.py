@@ -30,6 +30,10 @@ def is_grad_enabled() -> bool:
     return _GRAD.get()
 
 
+read_grad_mode: Callable[[], bool] = _GRAD.get
+"""`is_grad_enabled` without the Python call around it (the dispatch hot path)."""
+
+
 class set_grad_enabled(contextlib.ContextDecorator):
     """Turn gradient recording on or off inside a `with` block (or a decorated function)."""
 
@@ -131,6 +135,10 @@ class Trace(Protocol):
 def current_trace() -> Trace | None:
     """The trace tensor operations in this thread go to, or None when running eagerly."""
     return _TRACE.get()
+
+
+read_trace: Callable[[], Trace | None] = _TRACE.get
+"""`current_trace` without the Python call around it (the dispatch hot path)."""
 
 
 def is_tracing() -> bool:

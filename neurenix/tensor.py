@@ -234,7 +234,8 @@ class Tensor:
             self.requires_grad_(True)
 
     def _fresh_state(self) -> None:
-        """A new leaf's autograd and tracing fields (one place for every constructor)."""
+        """A new leaf's autograd and tracing fields (one place for every constructor but
+        `dispatch.wrap`, the hot path's inlined `_wrap`, which sets the same)."""
         self.requires_grad = False
         self._grad: Tensor | None = None
         self._node = None
@@ -325,7 +326,8 @@ class Tensor:
 
     @property
     def ndim(self) -> int:
-        return len(self.shape)
+        data = self._data
+        return len(data.shape if data is not None else self._value.type.shape)
 
     @property
     def dtype(self) -> DType:

@@ -33,7 +33,7 @@ from neurenix.compiler.trace import TraceError, Tracer
 from .. import autograd
 from ..device import CPU, Device, as_device
 from ..nn.module import Module
-from ..optim.optimizer import optimizer_settings, undo_changed_settings
+from ..optim.optimizer import optimizer_settings, register_compiler, undo_changed_settings
 from ..random import next_seed
 from ..state import is_grad_enabled, is_tracing, no_grad
 from ..tensor import Tensor
@@ -656,6 +656,10 @@ def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A
                          "compiles (and caches) its own specialised program")
     return Compiled(model, device=device, verify=verify, backend=backend,
                     recompile_limit=recompile_limit)
+
+
+
+register_compiler(compile)  # fused optimizer steps compile through it
 
 
 def program_cache_bounds() -> tuple[int, int]:

@@ -17,10 +17,11 @@ class Adadelta(Optimizer):
     """
 
     def __init__(self, params: ParamsT, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, *, maximize: bool = False,
+                 fused: bool | None = None) -> None:
         defaults = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                     "maximize": maximize}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, fused=fused)
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         check_range("Adadelta", "lr", group["lr"], 0.0)

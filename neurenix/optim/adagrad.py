@@ -19,11 +19,12 @@ class Adagrad(Optimizer):
 
     def __init__(self, params: ParamsT, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False) -> None:
+                 eps: float = 1e-10, *, maximize: bool = False,
+                 fused: bool | None = None) -> None:
         defaults = {"lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay,
                     "initial_accumulator_value": initial_accumulator_value, "eps": eps,
                     "maximize": maximize}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, fused=fused)
         for group in self.param_groups:
             for p in group["params"]:
                 self._prepare_state(p, self.state.setdefault(p, {}), group, False)

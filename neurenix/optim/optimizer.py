@@ -3,7 +3,10 @@
 Subclasses only write the update of one parameter (`_update`), with Neurenix tensor operations
 under `no_grad`, writing results back with `copy_`. Keeping the arithmetic in tensor operations
 (never on the NumPy buffers) is what lets `neurenix.compile` trace an optimizer step into a graph.
-The group and checkpoint layout is PyTorch's, so optimizer checkpoints move between the two.
+The same trace gives the fused step (`fused=`): one compiled program per parameter group,
+running every parameter's `_update`, with the learning rate and step-dependent numbers as
+program inputs. The group and checkpoint layout is PyTorch's, so optimizer checkpoints move
+between the two.
 """
 from __future__ import annotations
 
@@ -17,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from neurenix.compiler.types import float32
+
 from ..autograd import zero_grads
 from ..creation import zeros
+from ..device import CPU, Device
 from ..state import current_trace, enable_grad, no_grad
 from ..tensor import Tensor
 
@@ -79,6 +85,15 @@ def zeros_for(p: Tensor) -> Tensor:
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # every optimizer alive, for optimizer_settings
 
+_COMPILER: list[Callable[..., Any]] = []
+"""`neurenix.compile`, registered by neurenix.compilation.compiled (which imports this
+module: importing it back would be a cycle); fused steps compile through it."""
+
+
+def register_compiler(compile_fn: Callable[..., Any]) -> None:
+    """Give fused steps `neurenix.compile` (called once, when the compiler is imported)."""
+    _COMPILER[:] = [compile_fn]
+
 
 def optimizer_settings() -> list[tuple[Optimizer, list[dict[str, Any]]]]:
     """Every live optimizer's hyper-parameters per group, taken before a trace so that
@@ -113,13 +128,25 @@ class Optimizer:
     `"params"` and any hyper-parameters that differ from `defaults` for that group.
     """
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled or deep-copied without the fused programs (compiled again on first use)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_fused_steps"}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled or deep-copied: live like a constructed one (`optimizer_settings`)."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("fused", None)
+        self._fused_steps = {}
         _LIVE.add(self)
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: ParamsT, defaults: dict[str, Any],
+                 fused: bool | None = None) -> None:
         _LIVE.add(self)
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"{self._name}: fused must be True, False or None, got {fused!r}")
+        self.fused = fused
+        # (group index, device) -> the compiled step of that group (see `_fused_step`)
+        self._fused_steps: dict[tuple[int, Device], Any] = {}
         self.defaults = defaults
         self._check_hyperparameters(defaults)
         self.state: dict[Tensor, dict[str, Any]] = {}
@@ -235,61 +262,137 @@ class Optimizer:
         """Update every parameter that has a gradient; return closure()'s loss (or None).
 
         The closure re-evaluates the model and calls backward; it runs with grad enabled.
+        Groups that `fuses` picks run as one compiled program each (`_fused_step`); inside a
+        traced function the update is part of that trace instead.
         """
         loss = None
         if closure is not None:
             with enable_grad():
                 loss = closure()
         trace = current_trace()
-        traced = trace is not None
         with no_grad():
-            todo = []
-            for group in self.param_groups:
-                for p in group["params"]:
-                    grad = p.grad
-                    if grad is None:
-                        continue
-                    if tuple(grad.shape) != tuple(p.shape):
-                        raise ValueError(f"{self._name}: the gradient of a parameter has shape "
-                                         f"{tuple(grad.shape)}, expected {tuple(p.shape)}")
-                    state = self.state.get(p, {})
-                    self._prepare_state(p, state, group, traced)
-                    if state:
-                        self.state[p] = state
-                    todo.append((p, grad, state, group))
-            if traced:
-                self._lift_state(trace, todo)
-            for p, grad, state, group in todo:
-                before = dict(state) if traced else None
-                try:
-                    self._update(p, grad, state, group)
-                except BaseException:
-                    if traced:  # leave no traced value in the state
-                        state.clear()
-                        state.update(before)
-                    raise
-                if state:
-                    self.state[p] = state
-                if traced:  # state computed in the trace: assigned after every call
-                    for key, value in list(state.items()):
-                        if isinstance(value, Tensor) and value is not before.get(key):
-                            if key in before:
-                                state[key] = before[key]
-                            else:
-                                del state[key]
-                            trace.store_item(state, key, value)
+            if trace is not None or self.fused is False:
+                self._update_groups(range(len(self.param_groups)), trace)
+                return loss
+            for index, group in enumerate(self.param_groups):
+                device = self.fuses(group)
+                if device is None:
+                    self._update_groups([index], None)
+                else:
+                    self._fused_step(index, device)
         return loss
 
-    def _lift_state(self, trace: Any, todo: list[tuple[Tensor, Tensor, dict, dict]]) -> None:
+    def fuses(self, group: dict[str, Any]) -> Device | None:
+        """The device `group`'s step runs on as one compiled program, or None when it runs
+        eagerly: `fused=False`; no parameter with a gradient; gradients on several devices;
+        and, by default (`fused=None`), anything but float32 parameters on the CPU with the
+        native code generator (where the program's arithmetic is bitwise eager's)."""
+        if self.fused is False:
+            return None
+        params = [p for p in group["params"] if p.grad is not None]
+        devices = {p.device for p in params}
+        if len(devices) != 1:
+            return None
+        device = devices.pop()
+        if self.fused is None:
+            from ..backends import target_for
+            if device != CPU or any(p.dtype != float32 for p in params) \
+                    or target_for("cpu") == "reference":
+                return None
+        return device
+
+    def _fused_step(self, index: int, device: Device) -> None:
+        """Run group `index`'s step as its compiled program (compiled on first use, again
+        when what `_trace_key` names for the group changes).  Parameters on the host keep
+        their arrays, as eagerly: views and `.numpy()` arrays taken before the step see the
+        update, and the memory stays put (taking the program's fresh output arrays instead
+        would page-fault them in on every step, which costs more than the copy)."""
+        compiled = self._fused_steps.get((index, device))
+        if compiled is None:
+            compile_step = _COMPILER[0]
+
+            def fused_step() -> None:
+                self._update_groups([index], current_trace())
+
+            fused_step.__name__ = fused_step.__qualname__ = \
+                f"{self._name}.step[group {index}, fused]"
+            compiled = compile_step(fused_step, device=None if device == CPU else device)
+            self._fused_steps[(index, device)] = compiled
+        group = self.param_groups[index]
+        for p in group["params"]:  # eager's error, before anything is traced or run
+            self._check_grad(p)
+        kept = [(p, p._data) for p in group["params"]
+                if p.grad is not None and isinstance(p._data, np.ndarray)]
+        compiled()
+        for p, array in kept:
+            if p._data is not array and array.flags.writeable:
+                np.copyto(array, p._data)
+                p._data = array
+
+    @property
+    def fused_cache_size(self) -> int:
+        """How many fused programs this optimizer holds in memory (all groups together)."""
+        return sum(c.cache_size for c in self._fused_steps.values())
+
+    def _check_grad(self, p: Tensor) -> None:
+        """Raise when p's gradient does not have p's shape."""
+        grad = p.grad
+        if grad is not None and tuple(grad.shape) != tuple(p.shape):
+            raise ValueError(f"{self._name}: the gradient of a parameter has shape "
+                             f"{tuple(grad.shape)}, expected {tuple(p.shape)}")
+
+    def _update_groups(self, indices: Iterable[int], trace: Any) -> None:
+        """Update the parameters with a gradient in the groups at `indices` (under no_grad):
+        eagerly, or into `trace` (its state lifted and guarded, see `_lift_state`)."""
+        traced = trace is not None
+        indices = list(indices)
+        todo = []
+        for index in indices:
+            group = self.param_groups[index]
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                self._check_grad(p)
+                state = self.state.get(p, {})
+                self._prepare_state(p, state, group, traced)
+                if state:
+                    self.state[p] = state
+                todo.append((p, grad, state, group))
+        if traced:
+            self._lift_state(trace, todo, indices)
+        for p, grad, state, group in todo:
+            before = dict(state) if traced else None
+            try:
+                self._update(p, grad, state, group)
+            except BaseException:
+                if traced:  # leave no traced value in the state
+                    state.clear()
+                    state.update(before)
+                raise
+            if state:
+                self.state[p] = state
+            if traced:  # state computed in the trace: assigned after every call
+                for key, value in list(state.items()):
+                    if isinstance(value, Tensor) and value is not before.get(key):
+                        if key in before:
+                            state[key] = before[key]
+                        else:
+                            del state[key]
+                        trace.store_item(state, key, value)
+
+    def _lift_state(self, trace: Any, todo: list[tuple[Tensor, Tensor, dict, dict]],
+                    indices: list[int]) -> None:
         """In a trace: make the state tensors inputs (their updates become outputs) and guard
         what the trace bakes in: the hyper-parameters `_baked` names (the learning rate and
         the ones schedulers cycle are read per call), which parameters have state, and the
-        state tensors themselves."""
+        state tensors themselves, of the groups at `indices`."""
         for index, (_, _, state, _) in enumerate(todo):
             for key, value in state.items():
                 if isinstance(value, Tensor):
                     trace.lift(value, f"{self._name}.state.{index}.{key}")
-        trace.guard(f"{self._name} hyper-parameters and state", self._trace_key)
+        trace.guard(f"{self._name} hyper-parameters and state",
+                    lambda args: self._trace_key(args, indices))
 
     def _baked(self, group: dict[str, Any]) -> dict[str, Any]:
         """The hyper-parameters of `group` a traced step bakes in: all but the learning rate
@@ -297,12 +400,15 @@ class Optimizer:
         keeps what its program's form depends on (momentum zero or not)."""
         return {k: v for k, v in group.items() if k not in ("params", "param_names", "lr")}
 
-    def _trace_key(self, args: Any = None) -> tuple:
-        """What a traced step depends on besides tensor values, as (label, value) pairs (see
-        `_lift_state`)."""
-        key: list[tuple[str, Any]] = []
+    def _trace_key(self, args: Any = None, indices: list[int] | None = None) -> tuple:
+        """What a traced step of the groups at `indices` (default: all) depends on besides
+        tensor values, as (label, value) pairs (see `_lift_state`)."""
+        key: list[tuple[str, Any]] = [("groups", len(self.param_groups))]
         index = 0
         for g, group in enumerate(self.param_groups):
+            if indices is not None and g not in indices:
+                index += len(group["params"])
+                continue
             key += [(f"group {g} {k}", v) for k, v in self._baked(group).items()]
             for p in group["params"]:
                 state = self.state.get(p, {})
@@ -371,6 +477,7 @@ class Optimizer:
             new_groups.append(saved)
         self.state = state
         self.param_groups = new_groups
+        self._fused_steps.clear()  # new state tensors: trace again (the disk cache has the code)
 
 
 def _load_value(p: Tensor, key: str, value: Any) -> Any:

@@ -17,10 +17,11 @@ class SGD(Optimizer):
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+                 *, maximize: bool = False,
+                 fused: bool | None = None) -> None:
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, fused=fused)
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         check_range("SGD", "lr", group["lr"], 0.0)
