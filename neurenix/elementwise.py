@@ -518,8 +518,8 @@ def relu(x: Tensor) -> Tensor:
         # eagerly on the host: the masks and the stop_gradient operand need no gradient, so
         # their references run directly; only the outer `where` is dispatched (and recorded)
         zero = np.zeros((), data.dtype)
-        mask = _REFS["le"](data, zero)
-        inner = _REFS["where"](_REFS["lt"](data, zero), zero, data)
+        mask = np.asarray(_REFS["le"](data, zero))  # 0-d: NumPy gives a scalar, not an array
+        inner = np.asarray(_REFS["where"](_REFS["lt"](data, zero), zero, data))
         return apply("where", wrap(mask, bool_), wrap(inner, x._dtype), x)
     return where(le(x, 0), stop_gradient(where(lt(x, 0), 0.0, x)), x)
 

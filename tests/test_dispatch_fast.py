@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from neurenix.compiler.ops.registry import OpError
 
 import neurenix as nx
@@ -112,3 +113,18 @@ def test_kept_scalars_never_confuse_values() -> None:
     assert np.isnan((x * float("nan")).numpy()).all()
     assert (x + True).dtype == nx.float32 and (x + 1).numpy().tolist() == [[2, 2], [2, 2]]
     assert (nx.ones(2, 2, dtype=nx.int64) * 2.5).dtype == nx.float32
+
+
+@pytest.mark.parametrize("value", [-2.0, 0.0, -0.0, 3.0])
+def test_relu_of_a_0d_tensor(value):
+    """Regression: the eager relu fast path wrapped NumPy's 0-d results, scalars, as arrays."""
+    x = nx.tensor([value, 1.0], requires_grad=True)
+    s = x[0] * 1
+    r = s.relu()
+    t = torch.tensor([value, 1.0], requires_grad=True)
+    tr = (t[0] * 1).relu()
+    np.testing.assert_array_equal(r.detach().numpy(), tr.detach().numpy())
+    assert np.signbit(r.detach().numpy()) == np.signbit(tr.detach().numpy())
+    r.backward()
+    tr.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
