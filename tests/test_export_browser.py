@@ -20,7 +20,6 @@ import re
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,15 +30,11 @@ import numpy as np
 import pytest
 from devices import needs_device, required
 from neurenix.runtime import artifact, load
+from test_export import MODELS, _model
 
 import neurenix
 from neurenix.export import export
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from workloads import WORKLOADS, make_inputs, neurenix_model  # noqa: E402
-
-MODELS = {"mlp": "mlp_b1", "cnn": "cnn_infer", "lstm": "lstm_infer"}
 TOLERANCE = 1e-4
 """The largest |browser output - eager output| allowed, relative to the output's scale."""
 PAGE_SECONDS = 40.0
@@ -65,17 +60,6 @@ def chromium() -> str | None:
         if found:
             return found
     return None
-
-
-def _model(kind: str) -> tuple[object, list[np.ndarray], np.ndarray]:
-    """The spec model `kind` (tiny sizes, eval mode), its inputs and its eager output."""
-    workload = WORKLOADS[MODELS[kind]]
-    model = neurenix_model(workload, tiny=True)
-    model.eval()
-    inputs, _ = make_inputs(workload, tiny=True)
-    with neurenix.no_grad():
-        expected = model(*[neurenix.Tensor(x) for x in inputs]).numpy()
-    return model, inputs, expected
 
 
 def _dtypes(a: neurenix.Tensor, b: neurenix.Tensor, x: neurenix.Tensor) -> tuple:
