@@ -28,7 +28,7 @@ from .dispatch import EAGER, apply
 from .elementwise import add, cast, clamp, div, mul, sub
 from .indexing import masked_fill
 from .state import current_trace, is_grad_enabled, no_grad
-from .tensor import Tensor
+from .tensor import HostConstant, Tensor
 
 Binary = Callable[[Any, Any], Tensor]
 
@@ -36,6 +36,7 @@ Binary = Callable[[Any, Any], Tensor]
 def apply_inplace(x: Tensor, fn: Binary, other: Any, name: str) -> Tensor:
     """x = fn(x, other), in place: x keeps its identity, dtype and shape."""
     x._check_inplace(name)
+    view_writes.refuse_overlap(x)
     trace = current_trace()
     if trace is not None:
         if not trace.made_here(x) or isinstance(other, Tensor) and other._value is not None:
@@ -166,8 +167,14 @@ def normal_(x: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
 
 
 def copy_(x: Tensor, src: Tensor | Any) -> Tensor:
-    """Overwrite x's values with src's (broadcast and cast to x's dtype), on x's device."""
+    """Overwrite x's values with src's (broadcast and cast to x's dtype), on x's device;
+    under grad mode the gradient flows to src (and, x a view, through x's bases)."""
     x._check_inplace("copy_")
+    view_writes.refuse_overlap(x)
+    if current_trace() is None and is_grad_enabled() and isinstance(src, Tensor) and \
+            x.dtype.is_floating and (src.requires_grad or x.requires_grad):
+        _check_broadcast(x, tuple(src.shape))
+        return apply_inplace(x, _copied, src, "copy_")
     x._version += 1
     trace = current_trace()
     if trace is not None and trace.write(x, src):
@@ -187,6 +194,16 @@ def copy_(x: Tensor, src: Tensor | Any) -> Tensor:
             value = cast(value, x.dtype)
     x._set_storage(value._data)  # device buffers are never written: sharing src's is a copy
     return x
+
+
+def _copied(old: Tensor, src: Tensor) -> Tensor:
+    """src in old's shape, as a select over old: old's gradient is zeros, as PyTorch's."""
+    shape = tuple(old.shape)
+    mask = np.ones(shape, dtype=bool)
+    if not isinstance(old._data, np.ndarray):  # on a device: a host constant travels there
+        mask = mask.view(HostConstant)
+    everywhere = Tensor._wrap(mask, bool_)
+    return apply("where", everywhere, EAGER.broadcast_to(cast(src, old.dtype), shape), old)
 
 
 def _check_broadcast(x: Tensor, shape: tuple[int, ...]) -> None:

@@ -40,9 +40,7 @@ def positions(shape: tuple[int, ...], prim: Primitive, attrs: dict[str, Any]) ->
     ramp = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
     pos = np.ascontiguousarray(prim.impl(ramp, **attrs)).reshape(-1)
     if np.unique(pos).size != pos.size:
-        raise RuntimeError("unsupported operation: more than one element of the written-to "
-                           "tensor refers to a single memory location; clone() it before the "
-                           "in-place operation")
+        raise RuntimeError(OVERLAP)
     return pos
 
 
@@ -65,6 +63,20 @@ def write_view(base: Tensor, prim: Primitive, attrs: dict[str, Any], value: Tens
     flat = apply("where", Tensor._wrap(constant(mask), bool_), gathered,
                  apply("reshape", base, shape=(n,)))
     return apply("reshape", flat, shape=shape)
+
+
+OVERLAP = ("unsupported operation: more than one element of the written-to tensor refers to a "
+           "single memory location (an expanded view); clone() it before the in-place "
+           "operation")
+
+
+def refuse_overlap(x: Tensor) -> None:
+    """A RuntimeError, as PyTorch's, for a write into a host tensor whose elements repeat (an
+    expanded view: a stride of 0 over more than one element)."""
+    data = x._data
+    if isinstance(data, np.ndarray) and not data.flags.writeable and any(
+            stride == 0 and size > 1 for stride, size in zip(data.strides, data.shape)):
+        raise RuntimeError(OVERLAP)
 
 
 def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:

@@ -48,10 +48,16 @@ def _writes(lib, x, k: int):
         v += x[0]
         v[1:].mul_(x[1, 1:])
         return (z.sum(1), v)
+    if k == 7:
+        z[1].copy_(x[0] * 3)
+        return (z * z,)
+    if k == 8:
+        z.copy_(x.flip(0) * 3)
+        return (z * z,)
     raise ValueError(k)
 
 
-CASES = range(7)
+CASES = range(9)
 
 
 @pytest.mark.parametrize("k", CASES)
@@ -154,3 +160,15 @@ def test_view_writes_on_a_device_match_the_cpu():
         sum(o.sum() for o in outs).backward()
         sum(d.sum() for d in douts).backward()
         np.testing.assert_allclose(xd.grad.cpu().numpy(), x.grad.numpy(), err_msg=str(k))
+
+
+@pytest.mark.parametrize("write", [lambda e: e.mul_(2), lambda e: e.copy_(nx.zeros((2, 3))),
+                                   lambda e: e.add_(1)], ids=["mul_", "copy_", "add_"])
+def test_a_write_into_an_expanded_view_raises_eagerly_as_torch(write):
+    """Regression: eager made a private copy and went on (the base never saw the write)."""
+    e = nx.ones(3)[None].expand(2, 3)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor "
+                                           "refers to a single memory location"):
+        write(e)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        torch.ones(3)[None].expand(2, 3).mul_(2)
