@@ -171,8 +171,12 @@ def copy_(x: Tensor, src: Tensor | Any) -> Tensor:
     under grad mode the gradient flows to src (and, x a view, through x's bases)."""
     x._check_inplace("copy_")
     view_writes.refuse_overlap(x)
-    if current_trace() is None and is_grad_enabled() and isinstance(src, Tensor) and \
-            x.dtype.is_floating and (src.requires_grad or x.requires_grad):
+    if current_trace() is None and is_grad_enabled() and x.dtype.is_floating and (
+            x.requires_grad or isinstance(src, Tensor) and src.requires_grad):
+        if not isinstance(src, Tensor):  # fill_, zero_, an array: onto x's device
+            src = Tensor._wrap(np.asarray(src))
+            if x._device != src._device and src.ndim:
+                src = src.to(x._device)
         _check_broadcast(x, tuple(src.shape))
         return apply_inplace(x, _copied, src, "copy_")
     x._version += 1

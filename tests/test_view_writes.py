@@ -54,10 +54,14 @@ def _writes(lib, x, k: int):
     if k == 8:
         z.copy_(x.flip(0) * 3)
         return (z * z,)
+    if k == 9:
+        z[1].zero_()
+        z[0, 1:].fill_(7.0)
+        return (z * 3,)
     raise ValueError(k)
 
 
-CASES = range(9)
+CASES = range(10)
 
 
 @pytest.mark.parametrize("k", CASES)
