@@ -242,6 +242,8 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
                          f"an indexed region of shape {tuple(positions.shape)}") from None
     x._version += 1
     eager = trace is None or trace.made_here(x)
+    if trace is None:
+        view_writes.protect_saved(x)
     if not grad and eager and x._data is not None and v._data is not None:
         values = x._host()
         if not values.flags.writeable:

@@ -44,6 +44,7 @@ def apply_inplace(x: Tensor, fn: Binary, other: Any, name: str) -> Tensor:
             x._version += 1
             trace.write(x, result)
             return x
+    view_writes.protect_saved(x)
     grad = x.requires_grad or isinstance(other, Tensor) and other.requires_grad
     if grad and is_grad_enabled():
         old = Tensor._wrap(_snapshot(x), x._dtype, x._device)
@@ -184,6 +185,7 @@ def copy_(x: Tensor, src: Tensor | Any) -> Tensor:
     if trace is not None and trace.write(x, src):
         return x
     if isinstance(x._data, np.ndarray):
+        view_writes.protect_saved(x)
         _copy_host(x, src._host() if isinstance(src, Tensor) else np.asarray(src))
         return x
     if not isinstance(src, Tensor) or type(src._data) is not type(x._data):

@@ -79,6 +79,21 @@ def refuse_overlap(x: Tensor) -> None:
         raise RuntimeError(OVERLAP)
 
 
+def protect_saved(x: Tensor) -> None:
+    """Before a write into x's host memory: the autograd nodes that made x and its bases keep
+    a copy of their output where they share that memory (a VJP reading its output, exp's,
+    would otherwise see the written values: a wrong gradient)."""
+    t: Tensor | None = x
+    while t is not None:
+        node = t._node
+        out = getattr(node, "out", None)
+        data = t._data
+        if out is not None and isinstance(data, np.ndarray) and \
+                isinstance(out._data, np.ndarray) and np.may_share_memory(out._data, data):
+            node.out = Tensor._wrap(np.array(out._data), out._dtype)
+        t = t._view[0] if t._view is not None else None
+
+
 def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:
     """x's bases, nearest first, each with the view step from it and a snapshot of its values
     now (taken before a write into x changes them)."""

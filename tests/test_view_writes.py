@@ -111,7 +111,7 @@ def test_a_write_into_an_expanded_view_is_refused_when_compiled():
         nx.compile(f)(nx.ones((2, 3)))
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_random_view_writes_eager_compiled_and_torch(seed):
     """Random sequences of views (rows, columns, transposes, reshapes, slices) and writes
     (in-place arithmetic with values computed from the input, assignments), then a loss over
@@ -120,7 +120,8 @@ def test_random_view_writes_eager_compiled_and_torch(seed):
     steps = []
     for _ in range(rng.integers(2, 6)):
         view = rng.choice(["row", "col", "trow", "flat", "block"])
-        write = rng.choice(["mul", "add", "set", "setx"])
+        write = rng.choice(["mul", "add", "set", "setx", "copy", "zero", "fill", "clamp",
+                            "masked"])
         steps.append((view, write, int(rng.integers(0, 3)), int(rng.integers(0, 4))))
 
     def program(x):
@@ -143,8 +144,18 @@ def test_random_view_writes_eager_compiled_and_torch(seed):
                 v.add_(x.sum() * 0.1)
             elif write == "set":
                 v[0] = 2.5
-            else:
+            elif write == "setx":
                 v[0] = x[0, 0] * 3
+            elif write == "copy":
+                v.copy_((x.reshape(-1)[:v.shape[-1]] if v.ndim == 1 else x[:2, :2]) * 0.5)
+            elif write == "zero":
+                v.zero_()
+            elif write == "fill":
+                v.fill_(1.25)
+            elif write == "clamp":
+                v.clamp_(-1.0, 1.5)
+            else:
+                v.masked_fill_(v > 1.0, 0.5)
             views.append(v)
         return (z,) + tuple(views)
 
@@ -176,3 +187,28 @@ def test_a_write_into_an_expanded_view_raises_eagerly_as_torch(write):
         write(e)
     with pytest.raises(RuntimeError, match="more than one element"):
         torch.ones(3)[None].expand(2, 3).mul_(2)
+
+
+def _without_grad(write):
+    with nx.no_grad():
+        write()
+
+
+@pytest.mark.parametrize("make, write, want", [
+    (lambda x: x.exp(), lambda y: y.mul_(2), lambda x: 2 * np.exp(x)),
+    (lambda x: x.tanh(), lambda y: y.add_(1), lambda x: 1 - np.tanh(x) ** 2),
+    (lambda x: x.exp(), lambda y: y[0:2].mul_(3), lambda x: np.exp(x) * [3, 3, 1]),
+    (lambda x: x.sigmoid(), lambda y: y.__setitem__(0, 5.0),
+     lambda x: (lambda s: s * (1 - s) * [0, 1, 1])(1 / (1 + np.exp(-x)))),
+    (lambda x: x.exp(), lambda y: _without_grad(lambda: y.mul_(2)), lambda x: np.exp(x)),
+], ids=["exp-mul_", "tanh-add_", "exp-view-mul_", "sigmoid-setitem", "exp-no_grad-mul_"])
+def test_a_write_after_an_op_that_saves_its_output_keeps_its_gradient(make, write, want):
+    """Regression: exp's (tanh's, sigmoid's) backward read its output from the tensor's
+    memory, which the in-place write had changed: y = x.exp(); y.mul_(2) gave 4e, not 2e.
+    PyTorch refuses this backward; Neurenix keeps a copy of the output and gets it right."""
+    data = np.array([0.5, -1.0, 1.5], np.float32)
+    x = nx.tensor(data, requires_grad=True)
+    y = make(x)
+    write(y)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), want(data.astype(np.float64)), rtol=1e-5)
