@@ -115,3 +115,44 @@ def test_gpu_benchmark_runs_on_opencl(tmp_path):
             assert cell[framework]["s"] > 0
         assert cell["neurenix"]["err"] <= 1e-3
     assert "| mlp_b64 |" not in done.stdout and "mlp_b64" in done.stdout
+
+
+def test_training_loops_benchmark_runs_on_neurenix_forms(tmp_path):
+    """benchmarks/training_loops.py --smoke on the three Neurenix forms (eager loop, compiled
+    module in the eager loop, compiled whole step): every cell measured, and every form's
+    losses equal eager Neurenix's step by step."""
+    import subprocess
+    out = tmp_path / "loops.json"
+    done = subprocess.run([sys.executable, str(BENCH / "training_loops.py"), "--smoke",
+                           "--forms", "nx_eager,nx_module,nx_step", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"mlp_train_b64", "cnn_train", "lstm_train"}
+    for name, cells in report["results"].items():
+        for form in ("nx_eager", "nx_module", "nx_step"):
+            cell = cells[form]
+            assert cell["ok"] and cell["median_ms"] > 0, (name, form, cell.get("error"))
+            assert cell["loss_error"] <= 1e-4 and cell["steps_compared"] >= 4, (name, form)
+    assert "| mlp_train_b64 |" in done.stdout
+
+
+def test_export_benchmark_runs(tmp_path):
+    """benchmarks/export.py --smoke: the MLP exported for the CPU, timed through the C API
+    (benchmarks/c/time_model.c), runtime.load, neurenix.compile and PyTorch eager; every
+    output checked against eager Neurenix."""
+    import shutil
+    import subprocess
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    out = tmp_path / "export.json"
+    done = subprocess.run([sys.executable, str(BENCH / "export.py"), "--smoke", "--json",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlp = json.loads(out.read_text())["models"]["mlp"]
+    assert mlp["artifacts"]["cpu"]["total"] > 0 and list(mlp["artifacts"]) == ["cpu"]
+    assert mlp["c_api"]["ok"] and mlp["c_api"]["s"] > 0
+    assert mlp["c_cold"]["process_s"] > 0
+    for key in ("runtime_load", "neurenix_compile", "torch_eager"):
+        assert mlp["python"][key]["ok"], (key, mlp["python"][key])
+    assert "| mlp | cpu |" in done.stdout
