@@ -197,20 +197,25 @@ def blas_info() -> str:
                      f"{p.get('num_threads')} threads" for p in pools) or "unknown"
 
 
-def worker_main(args: argparse.Namespace) -> int:
-    """Entry point of a subprocess: run one job, write its JSON result."""
+def run_job(job: Callable[[], dict], result_path: str) -> int:
+    """A subprocess's job (`run_child`'s other end): its result, or its error as a result,
+    written as JSON to `result_path`; the exit code."""
     try:
-        if args.ceilings:
-            result = run_ceilings(args.seconds)
-        else:
-            result = run_worker(args.worker[0], args.worker[1], args.seconds, args.first_only)
-        code = 0
-    except Exception as exc:  # noqa: BLE001 - a failing framework is a result, not a crash
+        result, code = job(), 0
+    except Exception as exc:  # noqa: BLE001 - a failing job is a result, not a crash
         traceback.print_exc()
         result = {"ok": False, "error": one_line(f"{type(exc).__name__}: {exc}")}
         code = 1
-    Path(args.result).write_text(json.dumps(result))
+    Path(result_path).write_text(json.dumps(result))
     return code
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """Entry point of a subprocess: run one job, write its JSON result."""
+    if args.ceilings:
+        return run_job(lambda: run_ceilings(args.seconds), args.result)
+    return run_job(lambda: run_worker(args.worker[0], args.worker[1], args.seconds,
+                                      args.first_only), args.result)
 
 
 # ---- orchestrating (the parent) -------------------------------------------------------------

@@ -34,7 +34,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from bench import (
     own_cpu_seconds,
     relative_error,
     run_child,
+    run_job,
     wait_for_idle,
 )
 from workloads import THREADS, WORKLOADS, build_runner, make_inputs, neurenix_model
@@ -136,15 +136,9 @@ def run_cell(name: str, form: str, seconds: float, tiny: bool) -> dict:
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    try:
-        result = run_cell(args.worker[0], args.worker[1], args.seconds, args.smoke)
-        code = 0
-    except Exception as exc:  # noqa: BLE001 - a failing form is a result, not a crash
-        traceback.print_exc()
-        result = {"ok": False, "error": one_line(f"{type(exc).__name__}: {exc}")}
-        code = 1
-    Path(args.result).write_text(json.dumps(result))
-    return code
+    """Entry point of a cell's subprocess (a failing form is a result, not a crash)."""
+    return run_job(lambda: run_cell(args.worker[0], args.worker[1], args.seconds, args.smoke),
+                   args.result)
 
 
 # ---- the parent -----------------------------------------------------------------------------

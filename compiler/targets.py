@@ -252,37 +252,33 @@ def target_names() -> list[str]:
     return sorted(_TABLE)
 
 
+def _grid_target(name: str, device: str, codegen: str, runtime: str, suffix: str,
+                 description: str) -> Target:
+    """A GPU target of the C-family renderer: its dialect module `codegen` (capabilities and
+    generator), runtime module `runtime`, the grid schedule rules."""
+    return register_target(Target(
+        name, device, _probe(f"neurenix.compiler.codegen.{codegen}:capabilities"),
+        f"neurenix.compiler.codegen.{codegen}:generate", f"neurenix.runtime.{runtime}",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=suffix,
+        description=description))
+
+
 BUILTIN = (
     register_target(Target(
         "llvm", "cpu", _cpu_capabilities, "neurenix.compiler.codegen.llvm:generate",
         "neurenix.runtime.cpu", source_suffix=".ll",
         description="native CPU code through LLVM (llvmlite)")),
-    register_target(Target(
-        "opencl", "opencl", _probe("neurenix.compiler.codegen.opencl:capabilities"),
-        "neurenix.compiler.codegen.opencl:generate", "neurenix.runtime.opencl",
-        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cl",
-        description="OpenCL C kernels from the shared C-family renderer (pyopencl)")),
-    register_target(Target(
-        "webgpu", "webgpu", _probe("neurenix.compiler.codegen.wgsl:capabilities"),
-        "neurenix.compiler.codegen.wgsl:generate", "neurenix.runtime.webgpu",
-        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".wgsl",
-        description="WGSL compute shaders (wgpu-py; a browser through export)")),
-    register_target(Target(
-        "cuda", "cuda", _probe("neurenix.compiler.codegen.cuda:capabilities"),
-        "neurenix.compiler.codegen.cuda:generate", "neurenix.runtime.cuda",
-        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cu",
-        description="CUDA C++ kernels from the shared C-family renderer, NVRTC to PTX")),
-    register_target(Target(
-        "cuda_tf32", "cuda", _probe("neurenix.compiler.codegen.cuda:capabilities"),
-        "neurenix.compiler.codegen.cuda:generate", "neurenix.runtime.cuda",
-        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".cu",
-        description="the cuda target with float32 matmul and convolution on TF32 tensor "
-                    "cores (sm_80+; neurenix.backends.allow_tf32)")),
-    register_target(Target(
-        "hip", "rocm", _probe("neurenix.compiler.codegen.hip:capabilities"),
-        "neurenix.compiler.codegen.hip:generate", "neurenix.runtime.hip",
-        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".hip",
-        description="HIP C++ kernels from the shared C-family renderer (ROCm)")),
+    _grid_target("opencl", "opencl", "opencl", "opencl", ".cl",
+                 "OpenCL C kernels from the shared C-family renderer (pyopencl)"),
+    _grid_target("webgpu", "webgpu", "wgsl", "webgpu", ".wgsl",
+                 "WGSL compute shaders (wgpu-py; a browser through export)"),
+    _grid_target("cuda", "cuda", "cuda", "cuda", ".cu",
+                 "CUDA C++ kernels from the shared C-family renderer, NVRTC to PTX"),
+    _grid_target("cuda_tf32", "cuda", "cuda", "cuda", ".cu",
+                 "the cuda target with float32 matmul and convolution on TF32 tensor cores "
+                 "(sm_80+; neurenix.backends.allow_tf32)"),
+    _grid_target("hip", "rocm", "hip", "hip", ".hip",
+                 "HIP C++ kernels from the shared C-family renderer (ROCm)"),
     register_target(Target(
         "reference", "cpu", _reference_capabilities, None, None,
         description="the optimised graph run by the NumPy reference evaluator (the oracle)")),

@@ -64,8 +64,9 @@ def result_dtype(*operands: Operand) -> DType:
 
 
 _SCALAR_CATEGORY = {bool: 0, int: 1, float: 2}
-_REFS = {name: REGISTRY[name].impl for name in ("le", "lt", "where")}
 """The category of each Python scalar type (`_scalar_dtype`'s), for the fast paths."""
+_REFS = {name: REGISTRY[name].impl for name in ("le", "lt", "where")}
+"""NumPy references eager `relu` runs directly (its masks need no gradient)."""
 
 
 def _with_scalar(dt: DType, category: int) -> DType:

@@ -166,11 +166,6 @@ class _InstanceNorm(_BatchNorm):
                             self.momentum if self.momentum is not None else 0.0, self.eps)
         return out.reshape(tuple(out.shape[1:])) if unbatched else out
 
-    def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, bias={self.bias is not None}, "
-                f"track_running_stats={self.track_running_stats}")
-
 
 class InstanceNorm1d(_InstanceNorm):
     """Instance normalisation of (N, C, L) or unbatched (C, L) inputs."""
