@@ -272,6 +272,12 @@ BUILTIN = (
                  "OpenCL C kernels from the shared C-family renderer (pyopencl)"),
     _grid_target("webgpu", "webgpu", "wgsl", "webgpu", ".wgsl",
                  "WGSL compute shaders (wgpu-py; a browser through export)"),
+    register_target(Target(
+        "webgpu_web", "webgpu", _probe("neurenix.compiler.codegen.wgsl:web_capabilities"),
+        "neurenix.compiler.codegen.wgsl:generate", "neurenix.runtime.webgpu",
+        rules="neurenix.compiler.schedule.grid:GRID_RULES", source_suffix=".wgsl",
+        description="the webgpu target at WebGPU's default limits, which every adapter "
+                    "grants: what an exported artifact (a browser) runs")),
     _grid_target("cuda", "cuda", "cuda", "cuda", ".cu",
                  "CUDA C++ kernels from the shared C-family renderer, NVRTC to PTX"),
     _grid_target("cuda_tf32", "cuda", "cuda", "cuda", ".cu",

@@ -29,6 +29,35 @@ def check_values(values: tuple[Tensor, ...], test: Callable[..., None]) -> None:
     trace.check_values(values, test)
 
 
+class RangeTest:
+    """The test of `check_range`: raise `error(v)` for the smallest value below `low` or the
+    largest at or above `high` (above, with `high_inclusive`).  Also describes itself as data
+    (`portable()`), so that an exported program can run the same check without Python."""
+
+    def __init__(self, low: int | float, high: int | float,
+                 error: Callable[[int | float], Exception], high_inclusive: bool) -> None:
+        self.low, self.high, self.error = low, high, error
+        self.high_inclusive = high_inclusive
+
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        lo, hi = lo.item(), hi.item()
+        if lo < self.low:
+            raise self.error(lo)
+        if hi > self.high or (hi == self.high and not self.high_inclusive):
+            raise self.error(hi)
+
+    def portable(self) -> dict:
+        """The check as an artifact's manifest states it (docs/deploy/README.md): bounds,
+        the error's type and its message with "{}" where the offending value goes."""
+        example = self.error("{}")
+        message = str(example)
+        if "{}" not in message:
+            message += " (value {})"
+        return {"kind": "range", "low": self.low, "high": self.high,
+                "high_inclusive": self.high_inclusive, "error": type(example).__name__,
+                "message": message}
+
+
 def check_range(x: Tensor, low: int | float, high: int | float,
                 error: Callable[[int | float], Exception], *,
                 high_inclusive: bool = False) -> None:
@@ -37,14 +66,7 @@ def check_range(x: Tensor, low: int | float, high: int | float,
     An empty `x` passes; NaN never counts as outside (as NumPy's comparisons)."""
     if x.numel() == 0:
         return
-
-    def test(lo: np.ndarray, hi: np.ndarray) -> None:
-        lo, hi = lo.item(), hi.item()
-        if lo < low:
-            raise error(lo)
-        if hi > high or (hi == high and not high_inclusive):
-            raise error(hi)
-
+    test = RangeTest(low, high, error, high_inclusive)
     if x._data is not None:  # eager: straight from the array, no tensor operations
         values = x._host()
         test(values.min(), values.max())

@@ -242,7 +242,7 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     started = time.perf_counter()
     info: dict[str, Any] = {}
     directory = _export(model, inputs, args.target, out, path, line, progress, info,
-                        args.verbose)
+                        args.verbose, args.cpu)
     manifest = json.loads((directory / "manifest.json").read_text())
     sizes = list(manifest.get("files", {}))
     progress.done(_count(len(sizes) + 1, "file"))
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
 
 def _export(model: Module, inputs: tuple[Tensor, ...], target: str, out: pathlib.Path,
             path: pathlib.Path, line: int, progress: Progress, info: dict,
-            verbose: bool) -> pathlib.Path:
+            verbose: bool, cpu: str = "host") -> pathlib.Path:
     """`neurenix.export`, traced from the model file's frame, showing each stage as it ends;
     `info` collects the stats and the build report."""
 
@@ -310,7 +310,7 @@ def _export(model: Module, inputs: tuple[Tensor, ...], target: str, out: pathlib
 
     progress.start("trace")
     try:
-        return _in_model_file(path, line, lambda: export(model, inputs, target, out,
+        return _in_model_file(path, line, lambda: export(model, inputs, target, out, cpu=cpu,
                                                          progress=stage_ended))
     except Exception as e:
         if progress.stage == "trace" and not isinstance(e, ExportError):
@@ -474,6 +474,10 @@ def make_parser() -> Parser:
                         help="time the loaded artifact and eager mode (median ms per run)")
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
                         help=f"--benchmark's timed runs each (default {DEFAULT_RUNS})")
+    parser.add_argument("--cpu", default="host", metavar="CPU",
+                        help="cpu target: the CPU model.so is compiled for: host (default: "
+                             "this machine's), generic (any CPU of its architecture) or an "
+                             "x86-64 level (x86-64-v2, x86-64-v3, x86-64-v4)")
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="a batch size chosen at run time (not supported yet)")
     parser.add_argument("--verbose", action="store_true",

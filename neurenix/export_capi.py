@@ -6,10 +6,18 @@ after tables generated from the program: the model's inputs and outputs, the ten
 from `weights.safetensors`, the entry function's argument order and the arena size.  The
 entry function comes from the LLVM object linked beside it; passed a NULL thread pool it runs
 serially in the caller's thread.  docs/deploy/c.md is the user's guide.
+
+A training artifact (artifact format 2, `export(..., freeze=False)`) adds state tensors (read
+from the weights file like the others; after every successful run each takes its new value,
+which the program wrote into a runtime-owned buffer: the two buffers are swapped), value
+checks (0-d values the program computes, compared with bounds before anything is committed:
+`CCheck`) and a seed input (the initial seed plus the number of successful runs).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 DTYPE_CODES = {"bool": 0, "uint8": 1, "int8": 2, "int16": 3, "uint16": 4, "float16": 5,
                "int32": 6, "uint32": 7, "float32": 8, "float64": 9, "int64": 10, "uint64": 11}
@@ -28,6 +36,24 @@ class CTensor:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class CCheck:
+    """A range check after every run (docs/deploy/README.md, manifest "checks"): check values
+    `lo` and `hi` (indices of the entry's "check" arguments: 0-d values of `dtype`, the minimum
+    and the maximum of some tensor) must satisfy low <= lo and hi < high (hi <= high with
+    `high_inclusive`), compared exactly (an int64 value with a float bound too; NaN never
+    fails).  Otherwise the run fails with `message`, its "{}" replaced by the offending value
+    as Python's str() writes it."""
+
+    lo: int
+    hi: int
+    dtype: str
+    low: float | int
+    high: float | int
+    high_inclusive: bool
+    message: str
+
+
 HEADER = r"""/* model.h: the C API of a model exported by neurenix.export (target cpu).
  *
  * Link with model.so (built beside this file).  Every function is thread-safe except that
@@ -35,6 +61,13 @@ HEADER = r"""/* model.h: the C API of a model exported by neurenix.export (targe
  * to run in parallel.  Errors: a NULL or negative return, and nx_last_error() (per thread)
  * says why.  Arrays are C-contiguous, little-endian, of the dtype and shape the queries
  * report; output buffers must not overlap inputs.  See docs/deploy/c.md.
+ *
+ * NX_MODEL_TRAINING is 1 for a training artifact (exported with freeze=False: the program is
+ * a training step).  Its state (parameters, optimizer state) is held by the nx_model, loaded
+ * from weights.safetensors: every successful nx_model_run updates it in place, and the
+ * current values are read with nx_model_tensor_data (by index; nx_model_find_tensor gives the
+ * index of a name such as "0.weight").  A run whose value checks fail (a class index out of
+ * range, ...) returns -1 with the eager error's message, and changes no state.
  */
 #ifndef NX_MODEL_H
 #define NX_MODEL_H
@@ -61,7 +94,10 @@ enum nx_dtype {
 nx_model* nx_model_load(const char* dir);
 
 /* Run the model once: inputs[i] points to input i, outputs[i] to a buffer of
- * nx_model_output_bytes(model, i) bytes.  0 on success, -1 on error. */
+ * nx_model_output_bytes(model, i) bytes.  0 on success, -1 on error.  A training artifact
+ * then commits the new state (and counts the run in nx_model_steps); when a value check
+ * fails it returns -1 with the check's message, commits nothing and leaves the outputs'
+ * contents unspecified. */
 int nx_model_run(nx_model* model, const void* const* inputs, void* const* outputs);
 
 /* Free a loaded model (NULL is ignored). */
@@ -83,6 +119,24 @@ int nx_model_output_rank(const nx_model* model, int i);
 const int64_t* nx_model_output_shape(const nx_model* model, int i);
 int nx_model_output_dtype(const nx_model* model, int i);
 size_t nx_model_output_bytes(const nx_model* model, int i);
+
+/* The tensors read from weights.safetensors (parameters, buffers, optimizer state; the
+ * program's constants, "const:...", and Python numbers read at export, "host:..."), by their
+ * names in that file. */
+int nx_model_num_tensors(const nx_model* model);
+const char* nx_model_tensor_name(const nx_model* model, int i);
+int nx_model_tensor_rank(const nx_model* model, int i);
+const int64_t* nx_model_tensor_shape(const nx_model* model, int i);
+int nx_model_tensor_dtype(const nx_model* model, int i);
+size_t nx_model_tensor_bytes(const nx_model* model, int i);
+/* Tensor i's current values (nx_model_tensor_bytes bytes): for a training artifact's state,
+ * its value after the successful runs so far (the trained weights).  Valid until the next
+ * nx_model_run or nx_model_free of this model: copy what you keep. */
+const void* nx_model_tensor_data(const nx_model* model, int i);
+/* The index of the tensor named `name`; -1 (and the error) when the model has none. */
+int nx_model_find_tensor(const nx_model* model, const char* name);
+/* How many runs of this model have succeeded (training: the number of steps taken). */
+int64_t nx_model_steps(const nx_model* model);
 
 /* "float32", "int64", ... for an enum nx_dtype value; NULL for another value. */
 const char* nx_dtype_name(int dtype);
@@ -119,7 +173,11 @@ const char* nx_dtype_name(int dtype) {
 }
 
 struct nx_model {
-    void* tensors[NX_NUM_TENSORS + 1];
+    void* tensors[NX_NUM_TENSORS + 1];   /* current values (a state's: after the last step) */
+    void* state_out[NX_NUM_STATES + 1];  /* where the program writes each state's next value */
+    uint64_t check_values[NX_NUM_CHECK_VALUES + 1]; /* 0-d values, at most 8 bytes each */
+    int64_t seed;
+    int64_t steps;
     void* arena;
     void* args[NX_NUM_ARGS + 1];
 };
@@ -133,6 +191,7 @@ static void* nx_aligned(size_t bytes) {
 void nx_model_free(nx_model* model) {
     if (!model) return;
     for (int t = 0; t < NX_NUM_TENSORS; ++t) free(model->tensors[t]);
+    for (int s = 0; s < NX_NUM_STATES; ++s) free(model->state_out[s]);
     free(model->arena);
     free(model);
 }
@@ -441,9 +500,198 @@ nx_model* nx_model_load(const char* dir) {
         nx_model_free(model);
         return NULL;
     }
-    for (int a = 0; a < NX_NUM_ARGS; ++a)
-        if (NX_ARGS[a].kind == NX_ARG_TENSOR) model->args[a] = model->tensors[NX_ARGS[a].index];
+    for (int s = 0; s < NX_NUM_STATES; ++s) {
+        size_t bytes = NX_TENSORS[NX_STATES[s]].bytes;
+        model->state_out[s] = nx_aligned(bytes);
+        if (!model->state_out[s]) {
+            nx_fail("nx_model_load: out of memory for the state '%s'",
+                    NX_TENSORS[NX_STATES[s]].name);
+            nx_model_free(model);
+            return NULL;
+        }
+        memset(model->state_out[s], 0, bytes);
+    }
     return model;
+}
+
+/* The digits (NUL-terminated) and decimal exponent of `precision` significant digits of
+ * a > 0, correctly rounded, moved `step` (-1, 0, +1) units in the last digit; whether they
+ * read back as a. */
+static int nx_digits(double a, int precision, int step, char* digits, int* exponent) {
+    char text[64];
+    snprintf(text, sizeof text, "%.*e", precision - 1, a);
+    int n = 0;
+    const char* p = text;
+    for (; *p && *p != 'e' && *p != 'E'; ++p)
+        if (*p >= '0' && *p <= '9' && n < 24) digits[n++] = *p;
+    digits[n] = 0;
+    *exponent = *p ? atoi(p + 1) : 0;
+    if (step > 0) {
+        int k = n - 1;
+        while (k >= 0 && digits[k] == '9') digits[k--] = '0';
+        if (k >= 0) {
+            ++digits[k];
+        } else { /* 99..9 + 1: 100..0, one place up */
+            digits[0] = '1';
+            ++*exponent;
+        }
+    } else if (step < 0) {
+        int k = n - 1;
+        while (k >= 0 && digits[k] == '0') digits[k--] = '9';
+        if (k < 0) return 0;
+        --digits[k];
+        if (digits[0] == '0') { /* 10..0 - 1: 9..9, one place down */
+            memmove(digits, digits + 1, (size_t)n);
+            --n;
+            --*exponent;
+            if (n == 0) return 0;
+        }
+    }
+    snprintf(text, sizeof text, "%c%s%se%d", digits[0], localeconv()->decimal_point,
+             digits + 1, *exponent);
+    return strtod(text, NULL) == a;
+}
+
+/* Python's repr() of a double: the shortest digits that read back as v (of those, the
+ * nearest), positional when the decimal exponent is in [-4, 16), else scientific. */
+static void nx_repr_double(double v, char* out, size_t cap) {
+    if (isnan(v)) {
+        snprintf(out, cap, "nan");
+        return;
+    }
+    if (isinf(v)) {
+        snprintf(out, cap, v < 0 ? "-inf" : "inf");
+        return;
+    }
+    char digits[32];
+    int exponent = 0, n;
+    double a = fabs(v);
+    if (a == 0) {
+        snprintf(digits, sizeof digits, "0");
+    } else {
+        for (int precision = 1; precision <= 17; ++precision) {
+            if (nx_digits(a, precision, 0, digits, &exponent)) break;
+            char text[64];
+            snprintf(text, sizeof text, "%.*e", precision - 1, a);
+            if (nx_digits(a, precision, strtod(text, NULL) < a ? 1 : -1, digits, &exponent))
+                break;
+            if (precision == 17) nx_digits(a, 17, 0, digits, &exponent);
+        }
+    }
+    n = (int)strlen(digits);
+    while (n > 1 && digits[n - 1] == '0') --n;
+    digits[n] = 0;
+    char* o = out;
+    char* end = out + cap - 1;
+#define NX_PUT(c) do { if (o < end) *o++ = (c); } while (0)
+    if (signbit(v)) NX_PUT('-');
+    if (exponent < -4 || exponent >= 16) {
+        NX_PUT(digits[0]);
+        if (n > 1) {
+            NX_PUT('.');
+            for (int k = 1; k < n; ++k) NX_PUT(digits[k]);
+        }
+        *o = 0;
+        snprintf(o, (size_t)(end - o) + 1, "e%c%02d", exponent < 0 ? '-' : '+',
+                 exponent < 0 ? -exponent : exponent);
+        return;
+    }
+    int point = exponent + 1; /* digits before the decimal point */
+    if (point <= 0) {
+        NX_PUT('0');
+        NX_PUT('.');
+        for (int k = 0; k < -point; ++k) NX_PUT('0');
+        for (int k = 0; k < n; ++k) NX_PUT(digits[k]);
+    } else {
+        for (int k = 0; k < point; ++k) NX_PUT(k < n ? digits[k] : '0');
+        NX_PUT('.');
+        if (point >= n) NX_PUT('0');
+        for (int k = point; k < n; ++k) NX_PUT(digits[k]);
+    }
+#undef NX_PUT
+    *o = 0;
+}
+
+static double nx_half(uint16_t h) {
+    int exponent = (h >> 10) & 0x1F;
+    double mantissa = (double)(h & 0x3FF);
+    double v = exponent == 0    ? ldexp(mantissa, -24)
+               : exponent == 31 ? (mantissa != 0 ? NAN : HUGE_VAL)
+                                : ldexp(mantissa + 1024.0, exponent - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+/* Check value `c` as a number: an integer (signed or uint64) or a double; its text (as
+ * Python's str() of the value's item()) into text. */
+typedef struct {
+    int kind; /* 0: int64 i, 1: uint64 u, 2: double f */
+    int64_t i;
+    uint64_t u;
+    double f;
+} nx_number;
+
+static nx_number nx_check_value(const nx_model* model, int c, int dtype, char* text,
+                                size_t cap) {
+    const void* p = &model->check_values[c];
+    nx_number v = {0, 0, 0, 0.0};
+    switch (dtype) {
+    case NX_BOOL: { uint8_t x; memcpy(&x, p, 1); v.i = x != 0; break; }
+    case NX_UINT8: { uint8_t x; memcpy(&x, p, 1); v.i = x; break; }
+    case NX_INT8: { int8_t x; memcpy(&x, p, 1); v.i = x; break; }
+    case NX_INT16: { int16_t x; memcpy(&x, p, 2); v.i = x; break; }
+    case NX_UINT16: { uint16_t x; memcpy(&x, p, 2); v.i = x; break; }
+    case NX_INT32: { int32_t x; memcpy(&x, p, 4); v.i = x; break; }
+    case NX_UINT32: { uint32_t x; memcpy(&x, p, 4); v.i = x; break; }
+    case NX_INT64: { memcpy(&v.i, p, 8); break; }
+    case NX_UINT64: { memcpy(&v.u, p, 8); v.kind = 1; break; }
+    case NX_FLOAT16: { uint16_t x; memcpy(&x, p, 2); v.f = nx_half(x); v.kind = 2; break; }
+    case NX_FLOAT32: { float x; memcpy(&x, p, 4); v.f = x; v.kind = 2; break; }
+    default: { memcpy(&v.f, p, 8); v.kind = 2; break; }
+    }
+    if (dtype == NX_BOOL) snprintf(text, cap, v.i ? "True" : "False");
+    else if (v.kind == 0) snprintf(text, cap, "%lld", (long long)v.i);
+    else if (v.kind == 1) snprintf(text, cap, "%llu", (unsigned long long)v.u);
+    else nx_repr_double(v.f, text, cap);
+    return v;
+}
+
+/* Whether v fails a bound: below it (low) or at or above it (high; floats: above it, or at
+ * it unless inclusive).  Integer bounds were made exact thresholds of the dtype's range. */
+static int nx_fails(const nx_check* check, nx_number v, int high) {
+    int mode = high ? check->high_mode : check->low_mode;
+    if (mode != NX_COMPARE) return mode == NX_ALWAYS;
+    if (v.kind == 0) return high ? v.i >= check->high_i : v.i < check->low_i;
+    if (v.kind == 1) return high ? v.u >= check->high_u : v.u < check->low_u;
+    if (!high) return v.f < check->low_f;
+    return check->high_inclusive ? v.f > check->high_f : v.f >= check->high_f;
+}
+
+/* The value checks, in order: 0, or -1 with the first failing check's message. */
+static int nx_run_checks(const nx_model* model) {
+    for (int k = 0; k < NX_NUM_CHECKS; ++k) {
+        const nx_check* check = &NX_CHECKS[k];
+        char text[64];
+        nx_number v = nx_check_value(model, check->lo, check->dtype, text, sizeof text);
+        int failed = nx_fails(check, v, 0);
+        if (!failed) {
+            v = nx_check_value(model, check->hi, check->dtype, text, sizeof text);
+            failed = nx_fails(check, v, 1);
+        }
+        if (!failed) continue;
+        size_t n = 0, len = strlen(text);
+        for (const char* m = check->message; *m && n + 1 < sizeof nx_error; ++m) {
+            if (m[0] == '{' && m[1] == '}') {
+                for (size_t k2 = 0; k2 < len && n + 1 < sizeof nx_error; ++k2)
+                    nx_error[n++] = text[k2];
+                ++m;
+            } else {
+                nx_error[n++] = *m;
+            }
+        }
+        nx_error[n] = 0;
+        return -1;
+    }
+    return 0;
 }
 
 int nx_model_run(nx_model* model, const void* const* inputs, void* const* outputs) {
@@ -464,14 +712,27 @@ int nx_model_run(nx_model* model, const void* const* inputs, void* const* output
         }
     }
     for (int a = 0; a < NX_NUM_ARGS; ++a) {
-        if (NX_ARGS[a].kind == NX_ARG_INPUT)
-            model->args[a] = (void*)inputs[NX_ARGS[a].index];
-        else if (NX_ARGS[a].kind == NX_ARG_OUTPUT)
-            model->args[a] = outputs[NX_OUT_SLOT[NX_ARGS[a].index]];
+        int index = NX_ARGS[a].index;
+        switch (NX_ARGS[a].kind) {
+        case NX_ARG_INPUT: model->args[a] = (void*)inputs[index]; break;
+        case NX_ARG_OUTPUT: model->args[a] = outputs[NX_OUT_SLOT[index]]; break;
+        case NX_ARG_TENSOR: model->args[a] = model->tensors[index]; break;
+        case NX_ARG_STATE_OUT: model->args[a] = model->state_out[index]; break;
+        case NX_ARG_CHECK: model->args[a] = &model->check_values[index]; break;
+        default: model->args[a] = &model->seed; break;
+        }
     }
+    model->seed = (int64_t)(NX_SEED + (uint64_t)model->steps);
     NX_ENTRY(model->args, model->arena, NULL);
     for (int i = 0; i < NX_NUM_OUTPUTS; ++i)
         if (NX_OUT_SLOT[i] != i) memcpy(outputs[i], outputs[NX_OUT_SLOT[i]], NX_OUTPUTS[i].bytes);
+    if (nx_run_checks(model) != 0) return -1;
+    for (int s = 0; s < NX_NUM_STATES; ++s) { /* commit: the new values become current */
+        void* current = model->tensors[NX_STATES[s]];
+        model->tensors[NX_STATES[s]] = model->state_out[s];
+        model->state_out[s] = current;
+    }
+    ++model->steps;
     return 0;
 }
 
@@ -511,6 +772,33 @@ int nx_model_num_outputs(const nx_model* model) { return model ? NX_NUM_OUTPUTS 
 
 NX_QUERIES(input, NX_INPUTS, NX_NUM_INPUTS)
 NX_QUERIES(output, NX_OUTPUTS, NX_NUM_OUTPUTS)
+NX_QUERIES(tensor, NX_TENSORS, NX_NUM_TENSORS)
+
+int nx_model_num_tensors(const nx_model* model) { return model ? NX_NUM_TENSORS : -1; }
+
+const void* nx_model_tensor_data(const nx_model* model, int i) {
+    return nx_tensor_at(model, NX_TENSORS, NX_NUM_TENSORS, i, "tensor")
+               ? model->tensors[i] : NULL;
+}
+
+int nx_model_find_tensor(const nx_model* model, const char* name) {
+    if (!model || !name) {
+        nx_fail("nx_model_find_tensor: model and name must not be NULL");
+        return -1;
+    }
+    for (int t = 0; t < NX_NUM_TENSORS; ++t)
+        if (strcmp(NX_TENSORS[t].name, name) == 0) return t;
+    nx_fail("nx_model_find_tensor: the model has no tensor '%s'", name);
+    return -1;
+}
+
+int64_t nx_model_steps(const nx_model* model) {
+    if (!model) {
+        nx_fail("nx_model_steps: model is NULL");
+        return -1;
+    }
+    return model->steps;
+}
 """
 
 PRELUDE = r"""/* model.c: the C API of an exported model (generated by neurenix.export). */
@@ -518,6 +806,8 @@ PRELUDE = r"""/* model.c: the C API of an exported model (generated by neurenix.
 #include "model.h"
 
 #include <errno.h>
+#include <locale.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -532,12 +822,35 @@ typedef struct {
     size_t bytes;
 } nx_info;
 
-enum { NX_ARG_INPUT = 0, NX_ARG_OUTPUT = 1, NX_ARG_TENSOR = 2 };
+enum {
+    NX_ARG_INPUT = 0,     /* the caller's input `index` */
+    NX_ARG_OUTPUT = 1,    /* the caller's output `index` (NX_OUT_SLOT: repeated outputs) */
+    NX_ARG_TENSOR = 2,    /* NX_TENSORS[index]'s current values */
+    NX_ARG_STATE_OUT = 3, /* state `index`'s next value (a runtime-owned buffer) */
+    NX_ARG_CHECK = 4,     /* check value `index` (0-d, runtime-owned) */
+    NX_ARG_SEED = 5       /* the seed: a 0-d int64, NX_SEED + the successful runs so far */
+};
 
 typedef struct {
     int kind;
-    int index; /* into NX_INPUTS, NX_OUTPUTS or NX_TENSORS */
+    int index;
 } nx_arg;
+
+enum { NX_COMPARE = 0, NX_NEVER = 1, NX_ALWAYS = 2 };
+
+/* A range check on check values lo (the minimum) and hi (the maximum) of one dtype.  A bound
+ * of an integer dtype is an exact threshold inside the dtype's range (fails: lo < low_i,
+ * hi >= high_i; uint64: low_u, high_u) or a mode: never or always fails.  Of a float dtype:
+ * fails when lo < low_f, hi > high_f, or hi == high_f and not high_inclusive. */
+typedef struct {
+    int lo, hi, dtype;
+    int low_mode, high_mode;
+    int64_t low_i, high_i;
+    uint64_t low_u, high_u;
+    double low_f, high_f;
+    int high_inclusive;
+    const char* message;
+} nx_check;
 """
 
 
@@ -573,10 +886,12 @@ def _table(name: str, tensors: list[CTensor], shapes: list[str]) -> str:
     return f"static const nx_info {name}[] = {{\n{body}\n}};"
 
 
-def header(inputs: list[CTensor], outputs: list[CTensor]) -> str:
-    """model.h for a model with these inputs and outputs."""
+def header(inputs: list[CTensor], outputs: list[CTensor], *, training: bool = False) -> str:
+    """model.h for a model with these inputs and outputs (`training`: a training artifact,
+    one with state: NX_MODEL_TRAINING 1)."""
     lines = [f"#define NX_MODEL_NUM_INPUTS {len(inputs)}",
-             f"#define NX_MODEL_NUM_OUTPUTS {len(outputs)}"]
+             f"#define NX_MODEL_NUM_OUTPUTS {len(outputs)}",
+             f"#define NX_MODEL_TRAINING {int(bool(training))}"]
     for kind, tensors in (("input", inputs), ("output", outputs)):
         for i, t in enumerate(tensors):
             name = t.name.encode("ascii", "replace").decode().replace("*/", "* /")
@@ -585,23 +900,139 @@ def header(inputs: list[CTensor], outputs: list[CTensor]) -> str:
     return HEADER % {"macros": "\n".join(lines)}
 
 
+_INT_RANGES = {"bool": (0, 1), "uint8": (0, 255), "int8": (-128, 127),
+               "int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
+               "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
+               "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1)}
+_COMPARE, _NEVER, _ALWAYS = "NX_COMPARE", "NX_NEVER", "NX_ALWAYS"
+
+
+def _int_bounds(check: CCheck) -> tuple[str, int, str, int]:
+    """(low mode, low threshold, high mode, high threshold) of a check on integer values v,
+    exact: v fails low iff v < its threshold, high iff v >= its threshold; a threshold outside
+    the dtype's range becomes a mode instead (every value, or none, fails)."""
+    lowest, highest = _INT_RANGES[check.dtype]
+    low, high = check.low, check.high
+    if isinstance(low, float) and not math.isfinite(low):
+        low_t = highest + 1 if low > 0 else lowest  # inf: every value fails; -inf, nan: none
+    else:
+        low_t = math.ceil(Fraction(low))
+    if isinstance(high, float) and not math.isfinite(high):
+        high_t = lowest if high < 0 else highest + 1  # -inf: every value fails; inf, nan: none
+    else:
+        exact = Fraction(high)
+        high_t = (exact.numerator + int(check.high_inclusive) if exact.denominator == 1
+                  else math.floor(exact) + 1)
+    low_mode = _NEVER if low_t <= lowest else _ALWAYS if low_t > highest else _COMPARE
+    high_mode = _ALWAYS if high_t <= lowest else _NEVER if high_t > highest else _COMPARE
+    return (low_mode, low_t if low_mode == _COMPARE else 0, high_mode,
+            high_t if high_mode == _COMPARE else 0)
+
+
+def _float_bounds(check: CCheck) -> tuple[float, float, bool]:
+    """(low, high, high_inclusive) as doubles deciding as the exact bounds do for every double
+    v: an integer bound that is no double becomes the least double above it (low) or the
+    greatest below it (high, then inclusive: v cannot equal the bound)."""
+    def rounded(bound: float | int) -> float:
+        if isinstance(bound, float):
+            return bound
+        try:
+            return float(bound)
+        except OverflowError:
+            return math.inf if bound > 0 else -math.inf
+
+    low, high, inclusive = rounded(check.low), rounded(check.high), check.high_inclusive
+    # (Python compares an int and a float exactly; an infinite rounding steps to the
+    # largest finite double)
+    if not isinstance(check.low, float) and low != check.low:
+        low = math.nextafter(low, math.inf) if low < check.low else low
+    if not isinstance(check.high, float) and high != check.high:
+        high = math.nextafter(high, -math.inf) if high > check.high else high
+        inclusive = True
+    return low, high, inclusive
+
+
+def _c_double(value: float) -> str:
+    if math.isnan(value):
+        return "NAN"
+    if math.isinf(value):
+        return "HUGE_VAL" if value > 0 else "-HUGE_VAL"
+    return value.hex()
+
+
+def _c_int64(value: int) -> str:
+    return f"INT64_C({value})" if value >= 0 else f"(-INT64_C({-value}))"
+
+
+def _check_row(check: CCheck) -> str:
+    if check.dtype not in DTYPE_CODES:
+        raise ValueError(f"export: a value check on dtype {check.dtype!r}")
+    low_mode, high_mode, low_i, high_i, low_u, high_u = _COMPARE, _COMPARE, 0, 0, 0, 0
+    low_f, high_f, inclusive = 0.0, 0.0, check.high_inclusive
+    if check.dtype in _INT_RANGES:
+        low_mode, low_t, high_mode, high_t = _int_bounds(check)
+        if check.dtype == "uint64":
+            low_u, high_u = low_t, high_t
+        else:
+            low_i, high_i = low_t, high_t
+    else:
+        low_f, high_f, inclusive = _float_bounds(check)
+    return (f"    {{{check.lo}, {check.hi}, {DTYPE_CODES[check.dtype]}, {low_mode}, "
+            f"{high_mode}, {_c_int64(low_i)}, {_c_int64(high_i)}, UINT64_C({low_u}), "
+            f"UINT64_C({high_u}), {_c_double(low_f)}, {_c_double(high_f)}, {int(inclusive)}, "
+            f"{c_string(check.message)}}},")
+
+
+ARG_KINDS = {"input": "NX_ARG_INPUT", "output": "NX_ARG_OUTPUT", "tensor": "NX_ARG_TENSOR",
+             "state_out": "NX_ARG_STATE_OUT", "check": "NX_ARG_CHECK", "seed": "NX_ARG_SEED"}
+
+
 def source(entry: str, inputs: list[CTensor], outputs: list[CTensor], tensors: list[CTensor],
-           args: list[tuple[str, int]], out_slot: list[int], arena_bytes: int) -> str:
+           args: list[tuple[str, int]], out_slot: list[int], arena_bytes: int, *,
+           states: list[int] | None = None, checks: list[CCheck] | None = None,
+           seed: int | None = None) -> str:
     """model.c: the runtime after the tables of this program.  `tensors` are read from the
-    weights file by name; `args` is the entry's argument order, each ("input" | "output" |
-    "tensor", index)."""
+    weights file by name; `args` is the entry's argument order, each (kind, index): "input"
+    (model input i), "output" (model output k; `out_slot[k]` is the first output of its
+    buffer), "tensor" (tensors[t]'s current values), and for a training step "state_out" (a
+    buffer for state s's next value), "check" (check value c: a 0-d value `checks` read) and
+    "seed" (0: a 0-d int64, `seed` + the number of successful runs).  State s is tensors
+    [states[s]]: after a run whose `checks` pass, its next value becomes its current one."""
+    states, checks = list(states or []), list(checks or [])
     for t in inputs + outputs + tensors:
         if len(t.shape) > MAX_RANK:
             raise ValueError(f"export: tensor {t.name!r} has rank {len(t.shape)}; the C API "
                              f"takes at most {MAX_RANK}")
     if not entry.replace("_", "a").isalnum():
         raise ValueError(f"export: entry symbol {entry!r} is not a C identifier")
+    if len(set(states)) != len(states) or any(not 0 <= t < len(tensors) for t in states):
+        raise ValueError(f"export: states {states} are not distinct tensor indices "
+                         f"(the program reads {len(tensors)} tensors)")
+    counts = {"input": len(inputs), "output": len(outputs), "tensor": len(tensors),
+              "state_out": len(states), "seed": 1}
+    check_values = 1 + max((i for k, i in args if k == "check"), default=-1)
+    counts["check"] = check_values
+    for kind, index in args:
+        if kind not in ARG_KINDS or not 0 <= index < counts[kind]:
+            raise ValueError(f"export: entry argument ({kind!r}, {index}) names nothing "
+                             f"the C API holds")
+    written = sorted(i for k, i in args if k == "state_out")
+    if written != list(range(len(states))):
+        raise ValueError(f"export: each state needs exactly one 'state_out' argument; the "
+                         f"entry has {written} for {len(states)} states")
+    if any(k == "seed" for k, _ in args) and seed is None:
+        raise ValueError("export: the entry takes a seed but no initial seed was given")
+    have = {i for k, i in args if k == "check"}
+    for check in checks:
+        if check.lo not in have or check.hi not in have:
+            raise ValueError(f"export: check {check} reads values the entry does not write")
     shapes: list[str] = []
     tables = [_table("NX_INPUTS", inputs, shapes), _table("NX_OUTPUTS", outputs, shapes),
               _table("NX_TENSORS", tensors, shapes)]
-    kinds = {"input": "NX_ARG_INPUT", "output": "NX_ARG_OUTPUT", "tensor": "NX_ARG_TENSOR"}
-    arg_rows = "\n".join(f"    {{{kinds[k]}, {i}}}," for k, i in args) or "    {0}"
+    arg_rows = "\n".join(f"    {{{ARG_KINDS[k]}, {i}}}," for k, i in args) or "    {0}"
     slots = ", ".join(str(s) for s in out_slot) or "0"
+    state_rows = ", ".join(str(t) for t in states) or "0"
+    check_rows = "\n".join(_check_row(c) for c in checks) or "    {0}"
     generated = "\n".join([
         "", "/* ---- generated from the program ---------------------------------------------- */",
         "",
@@ -609,6 +1040,10 @@ def source(entry: str, inputs: list[CTensor], outputs: list[CTensor], tensors: l
         f"#define NX_NUM_OUTPUTS {len(outputs)}",
         f"#define NX_NUM_TENSORS {len(tensors)}",
         f"#define NX_NUM_ARGS {len(args)}",
+        f"#define NX_NUM_STATES {len(states)}",
+        f"#define NX_NUM_CHECK_VALUES {check_values}",
+        f"#define NX_NUM_CHECKS {len(checks)}",
+        f"#define NX_SEED UINT64_C({int(seed or 0) % (1 << 64)})",
         f"#define NX_MAX_RANK {MAX_RANK}",
         f"#define NX_ARENA_BYTES ((size_t){arena_bytes}u)",
         f"#define NX_ENTRY {entry}",
@@ -617,5 +1052,7 @@ def source(entry: str, inputs: list[CTensor], outputs: list[CTensor], tensors: l
         "", *shapes, "", *tables, "",
         f"static const nx_arg NX_ARGS[] = {{\n{arg_rows}\n}};",
         f"static const int NX_OUT_SLOT[] = {{{slots}}};",
+        f"static const int NX_STATES[] = {{{state_rows}}}; /* state s: NX_TENSORS[NX_STATES[s]] */",
+        f"static const nx_check NX_CHECKS[] = {{\n{check_rows}\n}};",
     ])
     return PRELUDE + generated + "\n" + RUNTIME

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from neurenix.compiler import evaluate
 from neurenix.runtime.artifact import write_safetensors
 from neurenix.runtime.program import Program
 
@@ -63,6 +64,36 @@ def example(model_or_fn: Any, inputs: list[Tensor], program: Program) -> dict[st
     return {"inputs": arrays, "expected": expected}
 
 
+def training_example(inputs: list[Tensor], plan: dict[str, Any],
+                     steps: int) -> dict[str, Any]:
+    """The example of an exported training step: the example inputs, and the model's outputs
+    over its first `steps` runs on them (`expected_steps`, one array of shape (steps, *shape)
+    per output), each run starting from the state the previous one left.  Computed by the
+    reference evaluator on the exported graph, so the model itself is not trained."""
+    arrays = [np.array(x.numpy(), copy=True) for x in inputs]
+    graph, bindings, weights = plan["graph"], plan["bindings"], plan["weights"]
+    state = {b["tensor"]: weights[b["tensor"]] for b in bindings if b["from"] == "state"}
+    per_run: list[list[np.ndarray]] = []
+    for run in range(steps):
+        values = []
+        for b in bindings:
+            if b["from"] == "input":
+                values.append(arrays[b["index"]])
+            elif b["from"] == "seed":
+                values.append(np.asarray(b["seed"] + run, dtype=np.int64))
+            elif b["from"] == "state":
+                values.append(state[b["tensor"]])
+            else:
+                values.append(weights[b["tensor"]])
+        results = evaluate(graph, values)
+        per_run.append([np.asarray(r) for r in results[:plan["outputs"]]])
+        for b in bindings:
+            if b["from"] == "state":
+                state[b["tensor"]] = np.asarray(results[b["output"]])
+    expected = [np.stack([outs[k] for outs in per_run]) for k in range(plan["outputs"])]
+    return {"inputs": arrays, "expected": [], "expected_steps": expected}
+
+
 def write(work: pathlib.Path, manifest: dict, data: dict[str, Any]) -> None:
     """Write `neurenix.js`, `index.html` and `example.safetensors` into the artifact under
     construction and describe them in the manifest (`web`, `example`)."""
@@ -70,7 +101,11 @@ def write(work: pathlib.Path, manifest: dict, data: dict[str, Any]) -> None:
         (work / name).write_text(web_file(name), encoding="utf-8")
     names = [f"input:{k}" for k in range(len(data["inputs"]))]
     expected = [f"expected:{k}" for k in range(len(data["expected"]))]
-    tensors = dict(zip(names, data["inputs"])) | dict(zip(expected, data["expected"]))
+    steps = [f"expected_steps:{k}" for k in range(len(data.get("expected_steps", [])))]
+    tensors = (dict(zip(names, data["inputs"])) | dict(zip(expected, data["expected"]))
+               | dict(zip(steps, data.get("expected_steps", []))))
     write_safetensors(work / EXAMPLE, tensors, metadata={"neurenix": __version__})
     manifest["web"] = {"module": "neurenix.js", "page": "index.html"}
     manifest["example"] = {"file": EXAMPLE, "inputs": names, "expected": expected}
+    if steps:
+        manifest["example"].update(steps=len(data["expected_steps"][0]), expected_steps=steps)

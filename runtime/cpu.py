@@ -227,6 +227,34 @@ def host_cpu() -> dict[str, Any]:
             "features": sorted(name for name, on in features.items() if on)}
 
 
+X86_64_LEVELS = {
+    "x86-64": [],
+    "x86-64-v2": ["cx16", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3"],
+    "x86-64-v3": ["avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave"],
+    "x86-64-v4": ["avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl"],
+}
+"""The x86-64 micro-architecture levels (psABI) and the CPU features (LLVM's names) each adds
+to the one before: what an object compiled for a level needs from the CPU that runs it."""
+
+
+def portable_cpu(cpu: str) -> dict[str, Any]:
+    """What object code for CPU `cpu` of this machine's architecture requires, as
+    `host_cpu()` says it for the host: "generic" (the architecture's baseline: "x86-64" on
+    x86-64), or an x86-64 level; ValueError for another name."""
+    llvm = _llvm()
+    triple = llvm.get_process_triple()
+    if cpu == "generic" and triple.startswith("x86_64"):
+        cpu = "x86-64"
+    if cpu == "generic":
+        return {"triple": triple, "name": "generic", "features": []}
+    if not triple.startswith("x86_64") or cpu not in X86_64_LEVELS:
+        raise ValueError(f"portable_cpu: unknown CPU {cpu!r} for {triple}; use 'host', "
+                         f"'generic' or an x86-64 level ({', '.join(X86_64_LEVELS)})")
+    levels = list(X86_64_LEVELS)
+    features = [f for level in levels[:levels.index(cpu) + 1] for f in X86_64_LEVELS[level]]
+    return {"triple": triple, "name": cpu, "features": sorted(features)}
+
+
 def cross_object(program: Program | str, triple: str, cpu: str = "generic",
                  features: str = "") -> bytes:
     """Object code of the optimised program (or LLVM IR text) for another target `triple`

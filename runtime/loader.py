@@ -29,16 +29,23 @@ from .artifact import (
 )
 from .program import Program, ProgramFormatError, TensorSpec, program_from_json
 
+CHECK_ERRORS = {"IndexError": IndexError, "ValueError": ValueError,
+                "RuntimeError": RuntimeError, "ZeroDivisionError": ZeroDivisionError}
+"""The exception types a failed value check of an artifact raises (any other: RuntimeError)."""
+
 
 class LoadedModel:
     """An exported model loaded for its device: `run(inputs) -> outputs` on NumPy arrays.
 
     `inputs` and `outputs` are the model's `TensorSpec`s (the weights are loaded already);
-    `manifest` is the artifact's manifest, `program` the program that runs.
+    `manifest` is the artifact's manifest, `program` the program that runs.  A training
+    artifact (`training`) keeps its state between runs: each successful run continues from
+    the values the previous one left (`state_dict()` reads them, `steps` counts the runs).
     """
 
     def __init__(self, directory: pathlib.Path, manifest: dict, program: Program,
-                 executable: object, bindings: list[tuple[str, object]]) -> None:
+                 executable: object, bindings: list[tuple[str, object]],
+                 buffer: type | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.program = program
@@ -48,10 +55,20 @@ class LoadedModel:
                        for t in manifest["inputs"]]
         self.outputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
                         for t in manifest["outputs"]]
-        self._bindings = bindings
+        self.training = bool(manifest.get("training"))
+        self.steps = 0
+        self._checks = _checks(manifest, program)
+        # a device runtime's Buffer class: weights and state are uploaded once and stay on
+        # the device (a run uploads its inputs only); None on the CPU (host arrays)
+        self._buffer = buffer
+        upload = buffer.from_host if buffer is not None else (lambda a: np.array(a, copy=True))
+        self._bindings = [(kind, (ref[0], upload(ref[1])) if kind == "weight_named" else ref)
+                          for kind, ref in bindings]
+        self._state = {ref[0]: upload(ref[1]) for kind, ref in bindings if kind == "state"}
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """The model's outputs for `inputs` (one array per input, of its shape and dtype)."""
+        """The model's outputs for `inputs` (one array per input, of its shape and dtype).
+        A value check that fails raises the error eager code raises (and commits nothing)."""
         inputs = list(inputs)
         if len(inputs) != len(self.inputs):
             raise ValueError(f"exported model: expected {len(self.inputs)} inputs "
@@ -64,14 +81,88 @@ class LoadedModel:
                                  f"{spec.dtype}{list(spec.shape)}, got "
                                  f"{x.dtype}{list(x.shape)}")
             arrays.append(np.asarray(x, order="C"))
-        args = [arrays[ref] if kind == "input" else ref for kind, ref in self._bindings]
-        return list(self.executable.run(args))
+        host = self._buffer is None
+        upload = (lambda a: a) if host else self._buffer.from_host
+        args = []
+        for kind, ref in self._bindings:
+            if kind == "input":
+                args.append(upload(arrays[ref]))
+            elif kind == "state":
+                args.append(self._state[ref[0]])
+            elif kind == "seed":
+                args.append(upload(np.asarray(ref + self.steps, dtype=np.int64)))
+            else:
+                args.append(ref[1])
+        results = list(self.executable.run(args) if host else self.executable.run_device(args))
+        read = (lambda r: r) if host else (lambda r: r.to_host())
+        n = len(self.outputs)
+        checked = {j: read(results[j]) for check in self._checks for j in check.reads}
+        for check in self._checks:
+            check(checked)
+        for kind, ref in self._bindings:
+            if kind == "state":  # a fresh buffer of the run's: kept as it is
+                key, _, output = ref
+                self._state[key] = results[output]
+        self.steps += 1
+        return [np.array(r, copy=True) if host and self.training else read(r)
+                for r in results[:n]]
 
     __call__ = run
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The current value of every tensor of the weights file (the state a training
+        artifact updates included), by its name there; copies."""
+        read = ((lambda v: np.array(v, copy=True)) if self._buffer is None
+                else (lambda v: v.to_host()))
+        out = {ref[0]: read(ref[1]) for kind, ref in self._bindings if kind == "weight_named"}
+        out.update({key: read(value) for key, value in self._state.items()})
+        return out
 
     def __repr__(self) -> str:
         return (f"LoadedModel({str(self.directory)!r}, target={self.target!r}, "
                 f"inputs={[t.name for t in self.inputs]})")
+
+
+def _checks(manifest: dict, program: Program) -> list[_RangeCheck]:
+    """The manifest's value checks (docs/deploy/README.md), each a function of a run's
+    program outputs that raises the error eager code raises."""
+    checks = manifest.get("checks", [])
+    if type(checks) is not list:
+        raise ArtifactError(MANIFEST, "field 'checks' is not a list")
+    out = []
+    for check in checks:
+        if type(check) is not dict or check.get("kind") != "range":
+            raise ArtifactError(MANIFEST, f"check {check!r} is not a range check")
+        lo, hi = check.get("lo"), check.get("hi")
+        if not all(type(j) is int and 0 <= j < len(program.outputs) for j in (lo, hi)):
+            raise ArtifactError(MANIFEST, f"check {check!r} reads no program output")
+        low, high = check.get("low"), check.get("high")
+        if not all(type(v) in (int, float) for v in (low, high)) or \
+                type(check.get("message")) is not str:
+            raise ArtifactError(MANIFEST, f"check {check!r} is malformed")
+        error = CHECK_ERRORS.get(check.get("error"), RuntimeError)
+        out.append(_RangeCheck(lo, hi, low, high, bool(check.get("high_inclusive")),
+                               error, check["message"]))
+    return out
+
+
+class _RangeCheck:
+    """One range check of the manifest: `check(values)` raises on the program outputs
+    `reads` (values: output index -> host array)."""
+
+    def __init__(self, lo: int, hi: int, low: float, high: float, inclusive: bool,
+                 error: type, message: str) -> None:
+        self.reads = (lo, hi)
+        self.low, self.high, self.inclusive = low, high, inclusive
+        self.error, self.message = error, message
+
+    def __call__(self, values: dict[int, np.ndarray]) -> None:
+        lo, hi = self.reads
+        smallest, largest = np.asarray(values[lo]).item(), np.asarray(values[hi]).item()
+        if smallest < self.low:
+            raise self.error(self.message.replace("{}", str(smallest)))
+        if largest > self.high or (largest == self.high and not self.inclusive):
+            raise self.error(self.message.replace("{}", str(largest)))
 
 
 def load(path: str | os.PathLike,
@@ -99,6 +190,7 @@ def load(path: str | os.PathLike,
     program = _program(directory, manifest, weights)
     bindings = _bindings(manifest, program, weights)
     runtime = backend_module(target)
+    buffer = None
     try:
         if target == "cpu":
             library = (directory / binaries["library"]).read_bytes()
@@ -109,13 +201,14 @@ def load(path: str | os.PathLike,
                                                          "here")
         else:
             executable = runtime.Executable(program)
+            buffer = runtime.Buffer
     except ArtifactError:
         raise
     except Exception as e:
         raise ArtifactError(manifest["sources"].get("program", MANIFEST),
                             f"the {target} runtime cannot load the program: "
                             f"{type(e).__name__}: {e}") from e
-    return LoadedModel(directory, manifest, program, executable, bindings)
+    return LoadedModel(directory, manifest, program, executable, bindings, buffer)
 
 
 def _check_machine(manifest: dict, backend_module: Callable[[str], ModuleType]) -> None:
@@ -186,7 +279,9 @@ def _program(directory: pathlib.Path, manifest: dict,
 
 def _bindings(manifest: dict, program: Program,
               weights: dict[str, np.ndarray]) -> list[tuple[str, object]]:
-    """Per program input: ("input", k) for the model's input k, or ("weight", array)."""
+    """Per program input: ("input", k) for the model's input k, ("weight_named", (key,
+    array)) for a fixed tensor of the weights file, ("state", (key, initial array, program
+    output)) for state a run updates, ("seed", initial seed)."""
     bindings = manifest["bindings"]
     if len(bindings) != len(program.inputs):
         raise ArtifactError(MANIFEST, f"{len(bindings)} bindings for "
@@ -204,7 +299,13 @@ def _bindings(manifest: dict, program: Program,
                 raise ArtifactError(MANIFEST, f"input {k} does not match program input "
                                               f"{spec.name!r}")
             out.append(("input", k))
-        elif binding.get("from") == "weights":
+        elif binding.get("from") == "seed":
+            seed = binding.get("seed")
+            if type(seed) is not int or spec.shape != () or spec.dtype != "int64":
+                raise ArtifactError(MANIFEST, f"binding of {spec.name!r}: a seed is a 0-d "
+                                              f"int64 with an integer initial value")
+            out.append(("seed", seed))
+        elif binding.get("from") in ("weights", "state"):
             key = binding.get("tensor")
             array = weights.get(key) if type(key) is str else None
             if array is None:
@@ -214,7 +315,19 @@ def _bindings(manifest: dict, program: Program,
                 raise ArtifactError(WEIGHTS, f"tensor {key!r} is {array.dtype}"
                                              f"{list(array.shape)}, the program takes "
                                              f"{spec.dtype}{list(spec.shape)}")
-            out.append(("weight", array))
+            if binding["from"] == "weights":
+                out.append(("weight_named", (key, array)))
+                continue
+            j = binding.get("output")
+            if type(j) is not int or not len(manifest["outputs"]) <= j < len(program.outputs):
+                raise ArtifactError(MANIFEST, f"binding of {spec.name!r}: state output {j!r} "
+                                              f"is not a program output after the model's")
+            new = program.outputs[j]
+            if tuple(new.shape) != spec.shape or new.dtype != spec.dtype:
+                raise ArtifactError(MANIFEST, f"state {key!r}: program output {j} is "
+                                              f"{new.dtype}{list(new.shape)}, the state "
+                                              f"{spec.dtype}{list(spec.shape)}")
+            out.append(("state", (key, array, j)))
         else:
             raise ArtifactError(MANIFEST, f"binding of {spec.name!r} has unknown source "
                                           f"{binding.get('from')!r}")

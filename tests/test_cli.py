@@ -279,3 +279,12 @@ def test_absent_device(tmp_path):
     _need_toolchain("cuda")
     done = cli(tmp_path, write(tmp_path, NET), "--target", "cuda", "--check")
     assert_one_error(done, "this machine has no cuda device")
+
+
+def test_cpu_flag_builds_a_portable_library(tmp_path):
+    model = write(tmp_path, NET)
+    done = cli(tmp_path, model, "-o", "art", "--cpu", "generic", "--check")
+    assert_ok(done)
+    assert ": ok" in done.stdout
+    assert manifest(tmp_path / "art")["cpu"]["features"] == []
+    assert_one_error(cli(tmp_path, model, "--cpu", "pentium"), "unknown CPU 'pentium'")

@@ -27,7 +27,7 @@ from neurenix.runtime.artifact import ArtifactError
 from test_toolchain_cuda_hip import _need_cuda, _need_hip
 
 import neurenix
-from neurenix.export import export
+from neurenix.export import ExportError, export
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -100,8 +100,8 @@ def test_manifest_describes_the_artifact(cpu_artifacts: dict) -> None:
 def test_export_refuses_what_it_cannot_export(tmp_path: Path) -> None:
     model, inputs, _ = _model("mlp")
     x = neurenix.Tensor(inputs[0])
-    with pytest.raises(NotImplementedError, match="freeze=False"):
-        export(model, (x,), "cpu", tmp_path / "a", freeze=False)
+    with pytest.raises(ExportError, match="freeze=False"):
+        export(lambda t: model(t).sum().backward(), (x,), "cpu", tmp_path / "a")
     with pytest.raises(ValueError, match="unknown target"):
         export(model, (x,), "tpu", tmp_path / "a")
     (tmp_path / "busy").mkdir()
@@ -441,3 +441,26 @@ def test_hip_artifact_has_a_code_object(kind: str, tmp_path: Path) -> None:
     assert b"gfx90a" in code
     assert (directory / "model.hip").read_text().count("__global__") >= \
         len(manifest["kernels"])
+
+
+@pytest.mark.parametrize("cpu", ["generic", "x86-64-v3"])
+def test_portable_cpu_library(cpu: str, tmp_path: Path) -> None:
+    """`cpu=` compiles model.so for any CPU of the architecture (or an x86-64 level): no
+    instruction past it, the manifest says what it needs, and it runs here as eager."""
+    if not artifact.host_arch().startswith("x86"):
+        pytest.skip("x86-64 levels are x86-64's")
+    model, inputs, expected = _model("cnn")
+    directory = export(model, (neurenix.Tensor(inputs[0]),), "cpu", tmp_path / cpu, cpu=cpu)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["cpu"]["name"] == ("x86-64" if cpu == "generic" else cpu)
+    assert ("avx2" in manifest["cpu"]["features"]) == (cpu == "x86-64-v3")
+    objdump = shutil.which("objdump")
+    if objdump:
+        text = subprocess.run([objdump, "-d", str(directory / "model.so")], check=True,
+                              capture_output=True, text=True).stdout
+        assert "zmm" not in text  # no AVX-512 at either level
+        assert ("ymm" in text) == (cpu == "x86-64-v3")
+    (got,) = load(directory)(inputs)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="unknown CPU 'pentium'"):
+        export(model, (neurenix.Tensor(inputs[0]),), "cpu", tmp_path / "x", cpu="pentium")

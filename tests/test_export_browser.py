@@ -3,11 +3,16 @@
 The spec's MLP, CNN and LSTM (tiny sizes) are exported for WebGPU, the directory is served
 over loopback HTTP, and headless Chromium (WebGPU on SwiftShader, Vulkan on the CPU) opens
 each artifact's `index.html`, which runs the model on the example stored at export and writes
-a JSON report into `<pre id="result">`.  Chromium is driven through the DevTools protocol
-over a pipe (`--remote-debugging-pipe`: NUL-terminated JSON on file descriptors 3 and 4), so
-the test waits for the page's asynchronous GPU work instead of a virtual-time budget.  Where
-Chromium is absent the browser test skips, except where CI requires it
-(`NEURENIX_REQUIRE_BROWSER=1`, or "browser" in `NEURENIX_REQUIRE_DEVICES`): there it fails.
+a JSON report into `<pre id="result">`.  Exported training steps (`freeze=False`, artifact
+format 2) run there too: the page trains for `?steps=N` steps and reports the losses, which
+must match eager steps and fall; a small probe page checks what the page does not show: a
+value check that fails (a class index out of range) rejects `run` and commits nothing, and the
+trained weights (`model.readTensor`) stay on the GPU from run to run.  Chromium is driven
+through the DevTools protocol over a pipe (`--remote-debugging-pipe`: NUL-terminated JSON on
+file descriptors 3 and 4), so the test waits for the page's asynchronous GPU work instead of
+a virtual-time budget.  Where Chromium is absent the browser test skips, except where CI
+requires it (`NEURENIX_REQUIRE_BROWSER=1`, or "browser" in `NEURENIX_REQUIRE_DEVICES`): there
+it fails.
 """
 from __future__ import annotations
 
@@ -31,13 +36,20 @@ import pytest
 from devices import needs_device, required
 from neurenix.runtime import artifact, load
 from test_export import MODELS, _model
+from training_steps import training_step
 
 import neurenix
+from neurenix import nn, optim
 from neurenix.export import export
 
 TOLERANCE = 1e-4
 """The largest |browser output - eager output| allowed, relative to the output's scale."""
 PAGE_SECONDS = 40.0
+TRAINING = ("mlp", "cnn", "lstm")
+"""The spec models whose training steps the browser runs."""
+TRAIN_STEPS = 30
+"""Steps the training page runs (the artifact stores the first K losses to compare)."""
+PROBE_STEPS = 3
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--enable-unsafe-webgpu",
                   "--enable-features=Vulkan", "--use-vulkan=swiftshader",
                   "--use-webgpu-adapter=swiftshader", "--disable-gpu-sandbox",
@@ -281,25 +293,31 @@ def _tampered(artifacts: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def browser_results(artifacts: dict, server: str) -> dict[str, dict]:
-    """Each artifact's index.html run in headless Chromium: its JSON report, by model."""
+def browser() -> Iterator[DevTools]:
+    """Headless Chromium for the module's pages (skips, or fails where CI requires it, when
+    Chromium is absent)."""
     executable = chromium()
     if executable is None:
         if browser_required():
             pytest.fail("Chromium is required here (NEURENIX_REQUIRE_BROWSER) but is not "
                         "installed: apt-get install chromium")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="neurenix-chromium-") as profile:
-        browser = DevTools(executable, profile)
+        devtools = DevTools(executable, profile)
         try:
-            for kind in artifacts:
-                results[kind] = run_page(browser, f"{server}/{kind}/index.html?runs=5")
-                results[kind]["console"] = browser.console()
-            results["tampered"] = run_page(browser, f"{server}/{_tampered(artifacts)}/"
-                                                    f"index.html")
+            yield devtools
         finally:
-            browser.close()
+            devtools.close()
+
+
+@pytest.fixture(scope="module")
+def browser_results(artifacts: dict, server: str, browser: DevTools) -> dict[str, dict]:
+    """Each artifact's index.html run in headless Chromium: its JSON report, by model."""
+    results: dict[str, dict] = {}
+    for kind in artifacts:
+        results[kind] = run_page(browser, f"{server}/{kind}/index.html?runs=5")
+        results[kind]["console"] = browser.console()
+    results["tampered"] = run_page(browser, f"{server}/{_tampered(artifacts)}/index.html")
     return results
 
 
@@ -339,3 +357,247 @@ def test_browser_refuses_a_modified_file(browser_results: dict) -> None:
     report = browser_results["tampered"]
     assert report["status"] == "error"
     assert report["error"].startswith("kernels/") and "SHA-256" in report["error"], report
+
+
+# ---- training steps (artifact format 2) ----------------------------------------------------------
+
+
+PROBE = """<!doctype html>
+<meta charset="utf-8">
+<title>neurenix.js probe</title>
+<pre id="result">pending</pre>
+<script type="module">
+// Loads the artifact ?dir=NAME, reads every tensor (readTensor), runs ?steps=N steps on the
+// example; for a training artifact then two runs whose class index is out of range (both
+// must reject and commit nothing), reads the tensors again and runs one more step.
+const params = new URLSearchParams(location.search);
+const dir = params.get("dir");
+const steps = Number(params.get("steps") ?? 3);
+const report = {};
+const diff = (a, b) => {
+  if (a.length !== b.length) return Infinity;
+  let most = 0;
+  for (let i = 0; i < a.length; i++) most = Math.max(most, Math.abs(Number(a[i]) - Number(b[i])));
+  return most;
+};
+try {
+  const { load } = await import(`./${dir}/neurenix.js`);
+  const model = await load(`./${dir}/`);
+  const { inputs } = await model.example();
+  const read = async () => {
+    const values = {};
+    for (const key of model.tensors) values[key] = await model.readTensor(key);
+    return values;
+  };
+  Object.assign(report, { training: model.training, states: model.states,
+                          tensors: model.tensors, steps_at_load: model.steps });
+  const losses = [];
+  const run = async (xs) => { const [y] = await model.run(xs); losses.push(Number(y[0])); };
+  const initial = await read();
+  for (let i = 0; i < steps; i++) await run(inputs);
+  const trained = await read();
+  report.steps = model.steps;
+  report.changed = Object.fromEntries(model.tensors.map((k) => [k, diff(initial[k], trained[k])]));
+  report.values = Object.fromEntries(model.tensors.map((k) => [k, Array.from(trained[k], Number)]));
+  report.rejected = [];
+  if (model.training) {
+    const last = inputs.length - 1;
+    for (const bad of [1000n, -5n]) {
+      const xs = inputs.map((x) => x.slice());
+      xs[last][0] = bad;
+      try {
+        await run(xs);
+        report.rejected.push(null);
+      } catch (e) {
+        report.rejected.push({ name: e.name, message: e.message });
+      }
+    }
+    report.steps_after_rejected = model.steps;
+    const after = await read();
+    report.changed_by_rejected = Math.max(
+      0, ...model.tensors.map((k) => diff(trained[k], after[k])));
+    await run(inputs);
+  }
+  Object.assign(report, { status: "ok", losses, final_steps: model.steps });
+  model.destroy();
+} catch (e) {
+  Object.assign(report, { status: "error", error: String(e.message ?? e) });
+}
+document.getElementById("result").textContent = JSON.stringify(
+  report, (key, v) => (typeof v === "number" && !Number.isFinite(v) ? String(v) : v));
+</script>
+"""
+"""A page beside the artifacts that drives `neurenix.js` directly (`?dir=NAME&steps=N`)."""
+
+
+@pytest.fixture(scope="module")
+def training_artifacts(artifacts: dict) -> dict[str, tuple]:
+    """Each spec model's training step exported for WebGPU (`freeze=False`) beside the other
+    artifacts (`train-KIND`): (directory, training case)."""
+    root = next(iter(artifacts.values()))[0].parent
+    out = {}
+    for kind in TRAINING:
+        case = training_step(kind)
+        directory = export(case.step, tuple(neurenix.Tensor(x) for x in case.inputs), "webgpu",
+                           root / f"train-{kind}", freeze=False)
+        out[kind] = (directory, case)
+    x, y = _regression_inputs()
+    out["dropout"] = (export(_dropout_step(), (neurenix.Tensor(x), neurenix.Tensor(y)),
+                             "webgpu", root / "train-dropout", freeze=False), None)
+    return out
+
+
+def _regression_inputs() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return (rng.standard_normal((8, 8)).astype(np.float32),
+            rng.standard_normal((8, 1)).astype(np.float32))
+
+
+def _dropout_step():
+    """A training step with dropout (a seed input: its random draws differ run to run) and
+    no value checks (MSE): the state is committed in the run's own submission."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.25), nn.Linear(16, 1))
+    model.train()
+    opt = optim.SGD(model.parameters(), lr=0.05)
+    criterion = nn.MSELoss()
+
+    def step(x: neurenix.Tensor, y: neurenix.Tensor) -> neurenix.Tensor:
+        opt.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+@pytest.fixture(scope="module")
+def training_results(training_artifacts: dict, server: str, browser: DevTools) -> dict:
+    """The training pages' reports (`index.html?steps=TRAIN_STEPS`, by model) and the probe's
+    (`probe` on the MLP's training step, `probe-inference` on its inference artifact)."""
+    root = next(iter(training_artifacts.values()))[0].parent
+    (root / "probe.html").write_text(PROBE, encoding="utf-8")
+    results = {}
+    for kind in training_artifacts:  # the spec models, then the dropout step
+        results[kind] = run_page(browser, f"{server}/train-{kind}/index.html?steps={TRAIN_STEPS}")
+    results["probe"] = run_page(browser, f"{server}/probe.html?dir=train-mlp&steps={PROBE_STEPS}")
+    results["probe-inference"] = run_page(browser, f"{server}/probe.html?dir=mlp&steps=2")
+    return results
+
+
+def _ok(report: dict) -> None:
+    """Assert the page succeeded (an artifact is compiled at WebGPU's default limits, so the
+    browser's adapter runs it)."""
+    error = str(report.get("error", ""))
+    if report.get("status") != "ok" and not browser_required() and "WebGPU" in error:
+        pytest.skip(f"this Chromium has no WebGPU: {error}")
+    assert report.get("status") == "ok", report
+
+
+def test_training_artifact_holds_the_first_losses(training_artifacts: dict) -> None:
+    directory, case = training_artifacts["mlp"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["format"] == 2 and manifest["training"]["states"]
+    info = manifest["example"]
+    assert info["expected"] == [] and info["expected_steps"] == ["expected_steps:0"]
+    steps = info["steps"]
+    assert steps >= 1
+    example = artifact.read_safetensors(directory / "example.safetensors")
+    np.testing.assert_allclose(example["expected_steps:0"], case.eager_losses(steps),
+                               rtol=1e-5, atol=1e-6)
+    for name in ("neurenix.js", "index.html"):
+        assert manifest["files"][name]["sha256"] == artifact.sha256_file(directory / name)
+
+
+@pytest.mark.parametrize("kind", TRAINING)
+def test_browser_trains_as_eager(training_results: dict, training_artifacts: dict,
+                                 kind: str) -> None:
+    report = training_results[kind]
+    _ok(report)
+    _, case = training_artifacts[kind]
+    assert report["mode"] == "training" and report["steps"] == TRAIN_STEPS
+    assert report["model_steps"] == TRAIN_STEPS and len(report["losses"]) == TRAIN_STEPS
+    steps = report["expected_steps"]
+    assert 1 <= steps <= TRAIN_STEPS and report["compared"] == steps
+    eager = case.eager_losses(steps)
+    scale = float(np.abs(eager).max())
+    np.testing.assert_allclose(report["expected_losses"], eager, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(report["losses"][:steps], eager, rtol=TOLERANCE,
+                               atol=TOLERANCE * scale)
+    assert float(report["max_abs_diff"]) <= TOLERANCE * scale, report
+    losses = np.asarray(report["losses"], dtype=np.float64)
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], report["losses"]
+    assert len(report["times_ms"]) == TRAIN_STEPS and report["time_ms_median"] >= 0
+
+
+def test_browser_refuses_a_failed_check_and_commits_nothing(training_results: dict,
+                                                            training_artifacts: dict) -> None:
+    report = training_results["probe"]
+    _ok(report)
+    message = ("CrossEntropyLoss: target {} is out of range for 4 classes (expected 0 <= "
+               "target < 4 or ignore_index=-100)")
+    assert report["rejected"] == [
+        {"name": "ValueError", "message": message.format(1000)},
+        {"name": "ValueError", "message": message.format(-5)}], report["rejected"]
+    # no state committed and the step count kept: the next step continues from step N
+    assert report["steps_after_rejected"] == PROBE_STEPS
+    assert report["changed_by_rejected"] == 0
+    assert report["final_steps"] == PROBE_STEPS + 1
+    _, case = training_artifacts["mlp"]
+    eager = case.eager_losses(PROBE_STEPS + 1)
+    np.testing.assert_allclose(report["losses"], eager, rtol=TOLERANCE,
+                               atol=TOLERANCE * float(np.abs(eager).max()))
+
+
+def test_browser_keeps_the_trained_weights_on_the_device(training_results: dict,
+                                                         training_artifacts: dict) -> None:
+    report = training_results["probe"]
+    _ok(report)
+    directory, case = training_artifacts["mlp"]
+    assert report["training"] is True and report["steps_at_load"] == 0
+    assert report["steps"] == PROBE_STEPS
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert report["states"] == manifest["training"]["states"]
+    eager = case.eager_state(PROBE_STEPS)
+    assert set(eager) <= set(report["states"])
+    for name, want in eager.items():
+        assert report["changed"][name] > 0, name  # readTensor: the trained value, not the file
+        got = np.asarray(report["values"][name], dtype=np.float32).reshape(want.shape)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+def test_browser_reads_an_inference_artifacts_weights(training_results: dict,
+                                                      artifacts: dict) -> None:
+    report = training_results["probe-inference"]
+    _ok(report)
+    assert report["training"] is False and report["states"] == []
+    assert report["steps"] == 2 and report["rejected"] == []
+    weights = artifact.read_safetensors(artifacts["mlp"][0] / "weights.safetensors")
+    assert set(report["tensors"]) == set(weights)
+    for name, want in weights.items():
+        assert report["changed"][name] == 0, name
+        np.testing.assert_array_equal(np.asarray(report["values"][name], dtype=want.dtype),
+                                      want.reshape(-1), err_msg=name)
+
+
+def test_browser_draws_dropout_from_the_seed(training_results: dict,
+                                             training_artifacts: dict) -> None:
+    report = training_results["dropout"]
+    _ok(report)
+    directory, _ = training_artifacts["dropout"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert [b["from"] for b in manifest["bindings"]].count("seed") >= 1
+    assert manifest["checks"] == []
+    # the first K losses of the reference evaluator, run with seed + k: other seeds would
+    # drop other units and give other losses
+    example = artifact.read_safetensors(directory / "example.safetensors")
+    expected = example["expected_steps:0"]
+    steps = len(expected)
+    assert report["compared"] == steps and len(set(expected.tolist())) == steps
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(report["losses"][:steps], expected, rtol=TOLERANCE,
+                               atol=TOLERANCE * scale)
+    assert float(report["max_abs_diff"]) <= TOLERANCE * scale, report
+    assert report["model_steps"] == TRAIN_STEPS
+    losses = report["losses"]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses

@@ -330,3 +330,42 @@ def test_random_graphs_fuse_correctly(program, outs):
     data = [rng.uniform(-1, 1, (4, 6)).astype(np.float32),
             rng.uniform(-0.5, 0.5, (6, 6)).astype(np.float32)]
     assert_matches(g, data, fuse=True)
+
+
+# ---- a target's limit of buffers per kernel ------------------------------------------------------
+
+
+def _wide_graph():
+    """Eight inputs summed elementwise (one kernel would read 8 buffers), two outputs that
+    would merge, and a row sum whose epilogue reads five more inputs."""
+    b = GraphBuilder("wide")
+    xs = [b.input(f"x{k}", T(4, 5)) for k in range(8)]
+    total = xs[0]
+    for x in xs[1:]:
+        total = b.add(total, b.mul(x, x))
+    other = b.sub(xs[0], xs[1])
+    epilogue = b.reduce_sum(total, axes=(1,))
+    for k in range(5):
+        epilogue = b.mul(epilogue, b.input(f"y{k}", T(4)))
+    return b.build([total, other, epilogue])
+
+
+@pytest.mark.parametrize("limit", [4, 5, 8])
+def test_kernels_keep_within_a_buffer_limit(limit):
+    from neurenix.compiler.targets import Capabilities
+    graph = _wide_graph()
+    caps = Capabilities(max_kernel_buffers=limit)
+    plan = plan_fusion(graph, caps=caps)
+    assert_plan_invariants(graph, plan)
+    for g in plan.groups:
+        assert len(g.reads) + len(g.roots) <= limit, g
+    schedule = lower(graph, caps=caps)
+    assert all(len(k.buffers()) <= limit for k in schedule.kernels), str(schedule)
+    unlimited = plan_fusion(graph)
+    assert max(len(g.reads) + len(g.roots) for g in unlimited.groups) > limit
+    inputs = [np.random.default_rng(k).standard_normal(n.type.shape).astype(np.float32)
+              for k, n in enumerate(graph.inputs)]
+    from neurenix.compiler import evaluate
+    from neurenix.compiler.kernel.eval import run_schedule
+    for got, want in zip(run_schedule(schedule, inputs), evaluate(graph, inputs)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -232,9 +232,24 @@ def _adapter_limits() -> dict | None:
         return None
 
 
-def capabilities() -> Capabilities:
+WEB_LIMITS = {"max-storage-buffers-per-shader-stage": 8,
+              "max-compute-invocations-per-workgroup": 256,
+              "max-compute-workgroup-size-x": 256,
+              "max-compute-workgroups-per-dimension": 65535,
+              "max-compute-workgroup-storage-size": 16384}
+"""WebGPU's default limits: what every adapter grants without asking (the W3C spec's
+table), so what a program for any browser may use."""
+
+
+def web_capabilities() -> Capabilities:
+    """WebGPU at its default limits (`WEB_LIMITS`): the capabilities of an exported
+    artifact, which runs on adapters this machine has never seen."""
+    return capabilities(WEB_LIMITS)
+
+
+def capabilities(limits: dict | None = None) -> Capabilities:
     """The WebGPU adapter's limits (wgpu), else WebGPU's defaults; never raises."""
-    limits = _adapter_limits() or {}
+    limits = (_adapter_limits() or {}) if limits is None else limits
     buffers = int(limits.get("max-storage-buffers-per-shader-stage", 8))
     invocations = int(min(limits.get("max-compute-invocations-per-workgroup", 256),
                           limits.get("max-compute-workgroup-size-x", 256)))

@@ -26,6 +26,9 @@ whole decision is which values to materialise, made in four steps:
    an input and do not depend on each other, or when one reads the other's values only
    elementwise (an LSTM cell's `h` and `c`, stored together).  A merged kernel's root that no
    other kernel loads and no output needs is then not stored at all (it is computed inline).
+   Under a target's limit of buffers per kernel (WebGPU's storage buffers per shader stage)
+   kernels merge only within it, and a kernel that would read more has inlined values
+   materialised until it fits.
 
 The result is checked: the kernel graph is acyclic (networkx) and every reduction belongs to
 exactly one kernel.
@@ -66,10 +69,15 @@ class FusionPolicy:
     inline_unfold_limit: int
     """A matmul keeps an unfolded (im2col) operand inline while the other operand's free
     extent is at most this (the CPU's register-tiled GEMM: 64 output channels)."""
+    max_buffers: int = 0
+    """The most buffers one kernel may bind (WebGPU: storage buffers per shader stage); 0
+    for no limit.  Kernels merge only within it, and a kernel reading more has inlined
+    values materialised until it fits."""
 
     @classmethod
     def from_capabilities(cls, caps: Capabilities) -> FusionPolicy:
-        return cls(inline_unfold_limit=caps.inline_unfold_limit)
+        return cls(inline_unfold_limit=caps.inline_unfold_limit,
+                   max_buffers=caps.max_kernel_buffers)
 
 
 class FusionError(RuntimeError):
@@ -190,12 +198,28 @@ class _Context:
     # ---- fused ----------------------------------------------------------------------------
 
     def fused(self) -> FusionPlan:
+        forced: set[Node] = set()  # values materialised to respect a buffer limit
+        bare: set[Node] = set()  # reductions kept without an epilogue, for the same reason
+        while True:
+            groups, materialised, owner = self._fused_groups(forced, bare)
+            if not self._narrow(groups, owner, materialised, forced, bare):
+                break
+        groups = _merge_elementwise(groups, materialised, self.order, self.deep,
+                                    self.policy.max_buffers)
+        groups = _drop_dead_stores(groups, materialised, self.outputs)
+        return _finish(groups, materialised)
+
+    def _fused_groups(self, forced: set[Node],
+                      bare: set[Node]) -> tuple[list[Group], set[Node], dict[Node, Node]]:
+        """Steps 1-3 (module docstring): the kernels before merging, the values they store,
+        and each epilogue node's reduction."""
         materialised: set[Node] = {n for n in self.computed if n.op == "scatter_add"}
+        materialised |= forced
         owner: dict[Node, Node] = {}
         epilogues: dict[Node, list[Node]] = {}
         for r in self.computed:
             if is_reduction(r):
-                nodes = self._epilogue(r, owner)
+                nodes = [r] if r in bare else self._epilogue(r, owner)
                 epilogues[r] = nodes
                 for n in nodes:
                     owner[n] = r
@@ -215,9 +239,38 @@ class _Context:
                 groups.append(self._group("scatter", (n,), None, {n}, materialised))
             elif n in stored and n not in owner:
                 groups.append(self._group("elementwise", (n,), None, {n}, materialised))
-        groups = _merge_elementwise(groups, materialised, self.order, self.deep)
-        groups = _drop_dead_stores(groups, materialised, self.outputs)
-        return _finish(groups, materialised)
+        return groups, materialised, owner
+
+    def _narrow(self, groups: list[Group], owner: dict[Node, Node], materialised: set[Node],
+                forced: set[Node], bare: set[Node]) -> bool:
+        """Under a buffer limit, narrow each kernel that binds too many buffers: a reduction
+        drops its epilogue (which becomes kernels of its own), otherwise the inlined value
+        whose own loads are the most is materialised (a kernel of its own, read as one
+        buffer).  Whether anything changed (the groups are then built again); a kernel that
+        nothing narrows is left to the code generator's clear error."""
+        limit = self.policy.max_buffers
+        changed = False
+        for g in groups:
+            if not limit or g.kind == "scatter" or len(g.reads) + len(g.roots) <= limit:
+                continue
+            if g.reduction is not None and g.reduction not in bare \
+                    and any(owner.get(n) is g.reduction for n in g.nodes
+                            if n is not g.reduction):
+                bare.add(g.reduction)
+                changed = True
+                continue
+            best, gain = None, 1
+            for n in g.nodes:
+                if n in g.roots or n in owner or is_reduction(n) or is_buffer(n) \
+                        or n in materialised:
+                    continue
+                _, reads = _members((n,), set(), materialised)
+                if len(reads) - 1 > gain or (best is None and len(reads) - 1 == gain):
+                    best, gain = n, len(reads) - 1
+            if best is not None:
+                forced.add(best)
+                changed = True
+        return changed
 
     def _epilogue(self, r: Node, owner: dict[Node, Node]) -> list[Node]:
         """The nodes a reduction's kernel computes after the reduction itself (r first)."""
@@ -442,7 +495,8 @@ def _group_graph(groups: list[Group], materialised: set[Node]) -> nx.DiGraph:
 
 
 def _merge_elementwise(groups: list[Group], materialised: set[Node],
-                       order: dict[Node, int], deep: set[Node]) -> list[Group]:
+                       order: dict[Node, int], deep: set[Node],
+                       max_buffers: int = 0) -> list[Group]:
     """Merge elementwise kernels of one shape that load a common value, or where one reads
     the other's roots only elementwise (it then computes them inline and stores them too),
     unless those roots were stored to keep expressions shallow (`deep`).
@@ -490,9 +544,11 @@ def _merge_elementwise(groups: list[Group], materialised: set[Node],
                         continue
                 elif nx.has_path(dg, vg, vh) or nx.has_path(dg, vh, vg):
                     continue
-                nodes = sorted(set(g.nodes) | set(h.nodes), key=order.__getitem__)
                 roots = tuple(sorted(g.roots + h.roots, key=order.__getitem__))
                 reads = tuple(n for n in dict.fromkeys(g.reads + h.reads) if n not in roots)
+                if max_buffers and len(reads) + len(roots) > max_buffers:
+                    continue
+                nodes = sorted(set(g.nodes) | set(h.nodes), key=order.__getitem__)
                 m = Group("elementwise", roots, None, tuple(nodes), reads)
                 vertex[m] = vm = len(vertex)
                 dg.add_node(vm)

@@ -391,7 +391,17 @@ class Compiled:
         log.debug("neurenix.compile: %s: evicted its least recently used program",
                   self._name())
 
-    def _compile(self, key: tuple, args: tuple) -> _Entry:
+    def trace_only(self, *args: Any) -> _Entry:
+        """Trace and build the program for `args` without running it or caching it: what
+        `neurenix.export` reads (the graph, where each input comes from, what is updated).
+        Step-dependent optimizer values are computed in the graph (`capture_steps`), so the
+        program needs no Python between runs.  Nothing the function would change is
+        changed."""
+        tensors = arg_tensors(args)
+        key = self._signature(args, call_device(self._device, self.module, tensors))
+        return self._compile(key, args, capture_steps=True)
+
+    def _compile(self, key: tuple, args: tuple, capture_steps: bool = False) -> _Entry:
         """Trace `args` into a graph, then optimise and build it.  One trace runs at a time
         in the process (tracing swaps gradients and module state in and out); building runs
         outside that lock."""
@@ -399,6 +409,7 @@ class Compiled:
             t0 = time.perf_counter()
             tracer = Tracer(self._name())
             state = TraceState(tracer, key[2])
+            state.capture_steps = capture_steps
             names = self._arg_names(len(args))
             sym_args: list[Any] = []
             position = 0  # the args' tensors, nested ones flattened, are the first inputs

@@ -54,10 +54,22 @@ class Store:
 
 
 def host_values(state: TraceState, compute: Callable[[], tuple], like: Tensor, count: int,
-                commit: Callable[[], None] | None = None) -> tuple:
+                commit: Callable[[], None] | None = None,
+                per_step: tuple[int, Callable[[Tensor], tuple]] | None = None) -> tuple:
     """`count` 0-d inputs of `like`'s dtype whose values `compute()` gives before each run of
     the program (see `neurenix.optim.optimizer.host_values`); `commit` runs after a call
-    that raised no error."""
+    that raised no error.  In a trace for export (`state.capture_steps`), values that change
+    with the step count (`per_step`: the steps done so far and a function of this step's
+    number) are computed in the graph from a step-count tensor the program updates, as
+    PyTorch's `capturable` optimizers do: an artifact runs without Python."""
+    if per_step is not None and state.capture_steps:
+        done, values_of = per_step
+        step = Tensor(np.asarray(done, dtype=like.dtype.np_type))
+        lift(state, step, state.fresh_name(f"step{len(state.host)}"))
+        state.host.append(compute)  # keeps the numbering of the other host values
+        with no_grad():
+            step.add_(1)
+            return tuple(values_of(step))
     k = len(state.host)
     state.host.append(compute)
     if commit is not None:

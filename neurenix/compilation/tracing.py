@@ -73,6 +73,8 @@ class TraceState:
         self.epoch = -1  # the trace epoch while tracing: tensors made then are constants
         # value checks (neurenix.value_checks): graph values and the test run on them per call
         self.checks: list[tuple[list[Node], Callable[..., None]]] = []
+        # a trace for export: step-dependent host values computed in the graph (host_values)
+        self.capture_steps = False
 
     def symbol(self, node: Node) -> Tensor:
         """A symbolic tensor for a graph value, on the device the program runs on (so that
@@ -280,8 +282,9 @@ class TraceState:
         trace_effects.lift_module(self, module)
 
     def host_values(self, compute: Callable[[], tuple], like: Tensor, count: int,
-                    commit: Callable[[], None] | None) -> tuple:
-        return trace_effects.host_values(self, compute, like, count, commit)
+                    commit: Callable[[], None] | None,
+                    per_step: tuple[int, Callable[[Tensor], tuple]] | None = None) -> tuple:
+        return trace_effects.host_values(self, compute, like, count, commit, per_step)
 
     def lift(self, tensor: Tensor, name: str) -> None:
         trace_effects.lift(self, tensor, name)

@@ -48,7 +48,9 @@ class Adagrad(Optimizer):
                 group: dict[str, Any]) -> None:
         (clr,) = host_values(
             lambda: (group["lr"] / (1.0 + state["step"] * group["lr_decay"]),), p, 1,
-            commit=lambda: count_step(state))
+            commit=lambda: count_step(state),
+            per_step=(state["step"], lambda step: (ew.div(group["lr"], ew.add(
+                ew.mul(ew.sub(step, 1.0), group["lr_decay"]), 1.0)),)))
         if group["maximize"]:
             grad = -grad
         if group["weight_decay"] != 0:

@@ -57,6 +57,20 @@ class Adam(Optimizer):
         lr = group["lr"]
         return lr, lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step), 1.0 - beta1
 
+    @staticmethod
+    def _coefficients_of(step: Tensor, group: dict[str, Any]) -> tuple[Any, ...]:
+        """`_coefficients` computed from a 0-d tensor step number (for an exported step):
+        1 - beta ** step as -expm1(step * log(beta)), accurate where beta ** step is near 1."""
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+
+        def correction(beta: float) -> Tensor:
+            if beta == 0.0:
+                return ew.add(ew.mul(step, 0.0), 1.0)
+            return ew.neg(ew.expm1(ew.mul(step, math.log(beta))))
+
+        return lr, ew.div(lr, correction(beta1)), ew.sqrt(correction(beta2)), 1.0 - beta1
+
     def _baked(self, group: dict[str, Any]) -> dict[str, Any]:
         """beta1 is read per call; beta2 is baked in."""
         baked = super()._baked(group)
@@ -67,7 +81,8 @@ class Adam(Optimizer):
                 group: dict[str, Any]) -> None:
         lr, step_size, bias_correction2_sqrt, one_minus_beta1 = host_values(
             lambda: self._coefficients(state["step"] + 1, group), p, 4,
-            commit=lambda: count_step(state))
+            commit=lambda: count_step(state),
+            per_step=(state["step"], lambda step: self._coefficients_of(step, group)))
         _, beta2 = group["betas"]
         eps, weight_decay = group["eps"], group["weight_decay"]
         if group["maximize"]:

@@ -60,7 +60,8 @@ def check_range(owner: str, name: str, value: Any, low: float, high: float | Non
 
 
 def host_values(compute: Callable[[], tuple], like: Tensor, count: int,
-                commit: Callable[[], None] | None = None) -> tuple:
+                commit: Callable[[], None] | None = None,
+                per_step: tuple[int, Callable[[Tensor], tuple]] | None = None) -> tuple:
     """`count` scalars computed in Python on every call: `compute()` eagerly; inside a trace,
     0-d inputs of `like`'s dtype whose values `compute` gives before each run of the program.
 
@@ -68,10 +69,14 @@ def host_values(compute: Callable[[], tuple], like: Tensor, count: int,
     sets, an optimizer's step count and its bias corrections.  `compute` has no side effects;
     `commit` makes the one that goes with it (count the step): eagerly at once, compiled after
     a call that raised no error, so a failed call leaves the optimizer as eager would.
+
+    Values that change with the step count give `per_step`: (steps done so far, a function of
+    a 0-d tensor holding this step's number returning the same values as tensors); a trace
+    for export computes them in the program from a step-count tensor it updates.
     """
     trace = current_trace()
     if trace is not None:
-        return trace.host_values(compute, like, count, commit)
+        return trace.host_values(compute, like, count, commit, per_step)
     values = tuple(compute())
     if commit is not None:
         commit()
@@ -93,6 +98,11 @@ module: importing it back would be a cycle); fused steps compile through it."""
 def register_compiler(compile_fn: Callable[..., Any]) -> None:
     """Give fused steps `neurenix.compile` (called once, when the compiler is imported)."""
     _COMPILER[:] = [compile_fn]
+
+
+def live_optimizers() -> list[Optimizer]:
+    """Every optimizer alive in the process."""
+    return list(_LIVE)
 
 
 def optimizer_settings() -> list[tuple[Optimizer, list[dict[str, Any]]]]:

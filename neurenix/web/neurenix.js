@@ -13,8 +13,26 @@
 // (runtime/webgpu.py).  Storage: a bool is a 4-byte 0/1 word on the device (Uint8Array 0/1
 // outside), int64 keeps its 8-byte little-endian layout (two u32 words, low first: a
 // BigInt64Array outside); float64 does not exist on WebGPU.  docs/deploy/browser.md.
+//
+// Artifact format 2 (exported training steps, `export(step, inputs, "webgpu", path,
+// freeze=False)`) adds program inputs bound to *state* (initial value from the weights file;
+// after each successful run, the program output the binding names is copied into the state's
+// device buffer, so trained weights and optimizer state stay on the GPU) and to a *seed* (a
+// 0-d int64: the binding's seed plus the successful runs so far), and `manifest.checks`:
+// range checks on 0-d program outputs, read back and tested after every run before anything
+// is committed.  A failed check rejects `run` with Error(message) (`error.name` is the
+// check's error type, e.g. "IndexError") and commits nothing: no state is copied and the
+// seed counter does not advance (the state copies are a second submission, made only once
+// the checks passed).  `run` returns the model outputs only (`manifest.outputs`: the program
+// outputs that follow them are check values and new state values).  `model.training` (the
+// artifact updates state), `model.steps` (successful runs so far) and
+// `await model.readTensor(key)` (the current value of a weights-file tensor: trained
+// weights) go with it.
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+
+/** The artifact formats this loader reads. */
+export const FORMATS = [1, 2];
 
 const SAFETENSORS_DTYPES = {
   BOOL: "bool", U8: "uint8", I8: "int8", I16: "int16", U16: "uint16", F16: "float16",
@@ -217,6 +235,48 @@ function specs(list) {
   return list.map((t) => ({ name: t.name, shape: [...t.shape], dtype: t.dtype }));
 }
 
+/** A check value (a number or a BigInt) as Python's `str` writes it (what the Python and C
+ * runtimes put in the message): integers as they are, floats in Python's shortest form
+ * ("3.0", "0.1", "1e-05", "1e+16", "nan", "inf"). */
+export function checkValueText(value, dtype) {
+  if (typeof value === "bigint" || !/^float/.test(dtype)) return String(value);
+  if (Number.isNaN(value)) return "nan";
+  if (!Number.isFinite(value)) return value > 0 ? "inf" : "-inf";
+  if (value === 0) return Object.is(value, -0) ? "-0.0" : "0.0";
+  const [mantissa, exponent] = value.toExponential().split("e");
+  const e = Number(exponent);
+  if (e < -4 || e >= 16) {
+    return `${mantissa}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  }
+  const text = String(value);
+  return /[.e]/.test(text) ? text : `${text}.0`;
+}
+
+/** The first failing range check of `checks` on the values read back (`value(j)`: program
+ * output j's single value), as an Error to reject with; null when all pass.  Comparisons of
+ * a BigInt with a JSON number are exact in JavaScript; NaN never fails. */
+function failedCheck(checks, value) {
+  for (const check of checks) {
+    const lo = value(check.lo);
+    const hi = value(check.hi);
+    let bad = null;
+    if (check.low !== null && check.low !== undefined && lo.value < check.low) bad = lo;
+    // `==` (not ===): a BigInt equals a number of the same value; all comparisons are exact
+    else if (check.high !== null && check.high !== undefined
+             && (hi.value > check.high || (hi.value == check.high && !check.high_inclusive))) {
+      bad = hi;
+    }
+    if (bad) {
+      const message = String(check.message ?? "value {} is out of range")
+        .replace("{}", checkValueText(bad.value, bad.dtype));
+      const error = new Error(message);
+      error.name = check.error || "Error";
+      return error;
+    }
+  }
+  return null;
+}
+
 /** An exported model loaded on a WebGPU device (see `load`). */
 export class Model {
   constructor(fields) {
@@ -226,9 +286,38 @@ export class Model {
 
   /** The outputs (one TypedArray each, `model.outputs` says their shapes and dtypes) for
    * `inputs` (one TypedArray or array of numbers each, in `model.inputs` order, flattened
-   * in C order). */
+   * in C order).  For a training artifact, a run that passes its checks then commits the new
+   * state (`model.steps` counts these runs); one that fails a check rejects and commits
+   * nothing. */
   run(inputs) {
-    const result = this._queue.then(() => this._run(inputs));
+    return this._queued(() => this._run(inputs));
+  }
+
+  /** The current value of the weights-file tensor `key` (a TypedArray, C order): a state
+   * tensor's value after the successful runs so far (trained weights, optimizer state),
+   * otherwise the file's value.  `model.tensors` lists the keys, `model.states` the state
+   * ones. */
+  readTensor(key) {
+    return this._queued(() => this._readTensor(key));
+  }
+
+  /** Whether the artifact updates state (an exported training step). */
+  get training() {
+    return this._states.length > 0 || Boolean(this.manifest.training);
+  }
+
+  /** The weights-file keys of the state tensors, in binding order. */
+  get states() {
+    return this._states.map((s) => s.key);
+  }
+
+  /** The weights-file keys `readTensor` reads. */
+  get tensors() {
+    return [...this._tensors.keys()];
+  }
+
+  _queued(work) {
+    const result = this._queue.then(work);
     this._queue = result.catch(() => {});
     return result;
   }
@@ -246,26 +335,31 @@ export class Model {
       return toStorage(x, spec.dtype, numel(spec.shape), `input ${spec.name}`);
     });
     for (const [buffer, k] of this._inputBuffers) device.queue.writeBuffer(buffer, 0, bytes[k]);
-    device.pushErrorScope("validation");
-    device.pushErrorScope("out-of-memory");
-    const encoder = device.createCommandEncoder();
-    if (this._launches.length) {
-      const pass = encoder.beginComputePass();
-      for (const launch of this._launches) {
-        pass.setPipeline(launch.pipeline);
-        pass.setBindGroup(0, launch.group);
-        pass.dispatchWorkgroups(...launch.grid);
+    for (const { buffer, seed } of this._seeds) {
+      const value = BigInt.asIntN(64, seed + BigInt(this.steps));
+      device.queue.writeBuffer(buffer, 0, new BigInt64Array([value]));
+    }
+    // without checks the state is committed in the same submission (after the outputs are
+    // copied out: an output that names a state input reads its value before the run)
+    const commitNow = this._checks.length === 0;
+    this._submit((encoder) => {
+      if (this._launches.length) {
+        const pass = encoder.beginComputePass();
+        for (const launch of this._launches) {
+          pass.setPipeline(launch.pipeline);
+          pass.setBindGroup(0, launch.group);
+          pass.dispatchWorkgroups(...launch.grid);
+        }
+        pass.end();
       }
-      pass.end();
-    }
-    for (const copy of this._copies) {
-      if (copy.size) encoder.copyBufferToBuffer(copy.buffer, copy.offset, this._staging,
-                                                copy.to, copy.size);
-    }
-    device.queue.submit([encoder.finish()]);
-    const errors = [await device.popErrorScope(), await device.popErrorScope()];
-    const error = errors.find((e) => e);
-    if (error) throw new Error(`neurenix: the submission failed: ${error.message}`);
+      for (const copy of this._copies) {
+        if (copy.size) encoder.copyBufferToBuffer(copy.buffer, copy.offset, this._staging,
+                                                  copy.to, copy.size);
+      }
+      if (commitNow) this._commit(encoder);
+    });
+    const popped = await this._popErrors();
+    if (popped) throw new Error(`neurenix: the submission failed: ${popped.message}`);
     await this._staging.mapAsync(GPUMapMode.READ);
     let raw;
     try {
@@ -273,12 +367,83 @@ export class Model {
     } finally {
       this._staging.unmap();
     }
-    return this.outputs.map((spec, k) => fromStorage(raw, this._copies[k].to,
+    const value = (j) => {
+      const spec = this._programOutputs[j];
+      return { value: fromStorage(raw, this._stagingAt.get(j), 1, spec.dtype)[0],
+               dtype: spec.dtype };
+    };
+    const failed = failedCheck(this._checks, value);
+    if (failed) throw failed;
+    if (!commitNow && this._stateCopies.length) {
+      this._submit((encoder) => this._commit(encoder));
+      const error = await this._popErrors();
+      if (error) throw new Error(`neurenix: committing the state failed: ${error.message}`);
+    }
+    this.steps += 1;
+    return this.outputs.map((spec, k) => fromStorage(raw, this._stagingAt.get(k),
                                                      numel(spec.shape), spec.dtype));
   }
 
+  /** Record `record(encoder)` into one command encoder and submit it, inside validation and
+   * out-of-memory error scopes (`_popErrors` pops them). */
+  _submit(record) {
+    const { device } = this;
+    device.pushErrorScope("validation");
+    device.pushErrorScope("out-of-memory");
+    const encoder = device.createCommandEncoder();
+    record(encoder);
+    device.queue.submit([encoder.finish()]);
+  }
+
+  async _popErrors() {
+    const errors = [await this.device.popErrorScope(), await this.device.popErrorScope()];
+    return errors.find((e) => e) ?? null;
+  }
+
+  /** Record the copies that make the new state values (program outputs) the current state:
+   * first those whose source is itself a state input into scratch buffers (so that a state
+   * fed from another state's old value gets that old value), then into the state inputs. */
+  _commit(encoder) {
+    for (const c of this._stateCopies) {
+      if (c.scratch) encoder.copyBufferToBuffer(c.buffer, c.offset, c.scratch, 0, c.size);
+    }
+    for (const c of this._stateCopies) {
+      if (c.scratch) encoder.copyBufferToBuffer(c.scratch, 0, c.to, 0, c.size);
+      else encoder.copyBufferToBuffer(c.buffer, c.offset, c.to, 0, c.size);
+    }
+  }
+
+  async _readTensor(key) {
+    const tensor = this._tensors.get(key);
+    if (!tensor) {
+      throw new Error(`neurenix: no tensor ${JSON.stringify(key)} in weights.safetensors `
+                      + `(model.tensors lists them)`);
+    }
+    const count = numel(tensor.shape);
+    if (tensor.data) return tensor.data.slice();
+    if (this.lost) throw new Error(`neurenix: the WebGPU device was lost: ${this.lost}`);
+    const size = ceil4(storedBytes(count, tensor.dtype));
+    if (!size) return new (arrayType(tensor.dtype))(0);
+    const { device } = this;
+    const usage = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
+    const staging = device.createBuffer({ size, label: `read ${key}`, usage });
+    try {
+      this._submit((encoder) => encoder.copyBufferToBuffer(tensor.buffer, 0, staging, 0, size));
+      const error = await this._popErrors();
+      if (error) throw new Error(`neurenix: reading ${key} failed: ${error.message}`);
+      await staging.mapAsync(GPUMapMode.READ);
+      const raw = staging.getMappedRange().slice(0);
+      staging.unmap();
+      return fromStorage(raw, 0, count, tensor.dtype);
+    } finally {
+      staging.destroy();
+    }
+  }
+
   /** The example stored at export (`example.safetensors`): `{inputs, expected}`, each a list
-   * of TypedArrays in the model's order (`expected`: the outputs computed eagerly). */
+   * of TypedArrays in the model's order (`expected`: the outputs computed eagerly).  For a
+   * training artifact also `steps` (K) and `expectedSteps`: per model output, its values
+   * after each of the first K runs on the example inputs, (K, *shape) flattened. */
   async example() {
     const info = this.manifest.example;
     if (!info) throw new Error("neurenix: this artifact stores no example");
@@ -288,7 +453,8 @@ export class Model {
       if (!tensors[n]) throw new Error(`${info.file}: has no tensor ${n}`);
       return tensors[n].data;
     });
-    return { inputs: pick(info.inputs), expected: pick(info.expected ?? []) };
+    return { inputs: pick(info.inputs), expected: pick(info.expected ?? []),
+             steps: info.steps ?? 0, expectedSteps: pick(info.expected_steps ?? []) };
   }
 
   /** Free the device buffers and the device. */
@@ -296,6 +462,12 @@ export class Model {
     for (const buffer of this._buffers) buffer.destroy();
     this.device.destroy();
   }
+}
+
+/** manifest.json as an object.  A seed binding's `seed` is an int64 that a JavaScript number
+ * may not hold exactly (past 2^53): it is kept as the string of its digits. */
+export function parseManifest(text) {
+  return JSON.parse(text.replace(/("seed"\s*:\s*)(-?\d+)(?=\s*[,}])/g, '$1"$2"'));
 }
 
 /** The limits a program needs from the device (WebGPU names), and its features. */
@@ -328,7 +500,7 @@ export async function load(baseUrl = "./", options = {}) {
   const verify = options.verify ?? true;
   const base = new URL(String(baseUrl).endsWith("/") ? baseUrl : `${baseUrl}/`,
                        globalThis.document?.baseURI ?? globalThis.location?.href);
-  const manifest = JSON.parse(await fetchFile(base, "manifest.json", null, false, "text"));
+  const manifest = parseManifest(await fetchFile(base, "manifest.json", null, false, "text"));
   if (!Number.isInteger(manifest.format) || manifest.format < 1) {
     throw new Error(`manifest.json: no format version (got ${manifest.format})`);
   }
@@ -384,20 +556,68 @@ export async function load(baseUrl = "./", options = {}) {
     if (!tensor) throw new Error(`weights.safetensors: has no tensor const:${name}`);
     constants.set(name, tensor);
   }
+  const sameSpec = (a, b) => a.dtype === b.dtype && a.shape.join() === b.shape.join();
+  const outputCount = program.outputs.length;
   const bound = program.inputs.map((spec, k) => {
     const binding = manifest.bindings[k];
     if (binding.from === "input") return { spec, input: binding.index };
+    if (binding.from === "seed") {
+      if (spec.dtype !== "int64" || spec.shape.length !== 0
+          || !/^-?\d+$/.test(String(binding.seed))) {
+        throw new Error(`manifest.json: seed binding ${spec.name} must be a 0-d int64 input `
+                        + `with an integer seed (got ${spec.dtype}[${spec.shape}], seed `
+                        + `${binding.seed})`);
+      }
+      return { spec, seed: BigInt(String(binding.seed)) };
+    }
+    if (binding.from !== "weights" && binding.from !== "state") {
+      throw new Error(`manifest.json: program input ${spec.name} is bound from `
+                      + `${JSON.stringify(binding.from)}, which this loader does not know`);
+    }
     const tensor = weights[binding.tensor];
     if (!tensor) {
       throw new Error(`weights.safetensors: has no tensor ${binding.tensor} (program input `
                       + `${spec.name})`);
     }
-    if (tensor.dtype !== spec.dtype || tensor.shape.join() !== spec.shape.join()) {
+    if (!sameSpec(tensor, spec)) {
       throw new Error(`weights.safetensors: tensor ${binding.tensor} is ${tensor.dtype}`
                       + `[${tensor.shape}], the program takes ${spec.dtype}[${spec.shape}]`);
     }
-    return { spec, tensor };
+    if (binding.from === "weights") return { spec, tensor, key: binding.tensor };
+    const j = binding.output;
+    if (!Number.isInteger(j) || j < 0 || j >= outputCount) {
+      throw new Error(`manifest.json: state ${binding.tensor} takes its new value from program `
+                      + `output ${j}, which does not exist (${outputCount} outputs)`);
+    }
+    if (!sameSpec(program.outputs[j], spec)) {
+      const out = program.outputs[j];
+      throw new Error(`manifest.json: state ${binding.tensor} is ${spec.dtype}[${spec.shape}], `
+                      + `its new value (program output ${j}) ${out.dtype}[${out.shape}]`);
+    }
+    return { spec, tensor, key: binding.tensor, state: j };
   });
+  const checks = manifest.checks ?? [];
+  if (!Array.isArray(checks)) throw new Error("manifest.json: checks is not a list");
+  for (const check of checks) {
+    if (check.kind !== "range") {
+      throw new Error(`manifest.json: a check of kind ${JSON.stringify(check.kind)}, which `
+                      + "this loader does not know");
+    }
+    for (const j of [check.lo, check.hi]) {
+      if (!Number.isInteger(j) || j < 0 || j >= outputCount
+          || numel(program.outputs[j].shape) !== 1) {
+        throw new Error(`manifest.json: a range check reads program output ${j}, which is not `
+                        + "a single value");
+      }
+    }
+  }
+  const userCount = manifest.outputs.length;
+  if (userCount > outputCount) {
+    throw new Error(`manifest.json: ${userCount} model outputs, the program has ${outputCount}`);
+  }
+  // the program outputs read back after each run: the model's, then the checks' values
+  const readback = [...new Set([...Array(userCount).keys(),
+                                ...checks.flatMap((c) => [c.lo, c.hi])])];
 
   const kernels = [];
   program.kernels.forEach((info, k) => {
@@ -417,11 +637,11 @@ export async function load(baseUrl = "./", options = {}) {
     ...[...written.values()].map((w) => deviceBytes(w.count, w.dtype)),
     ...[...constants.values()].map((c) => deviceBytes(c.data.length, c.dtype)),
   ];
-  const stagingOffsets = [];
+  const stagingAt = new Map();
   let stagingBytes = 0;
-  for (const t of program.outputs) {
-    stagingOffsets.push(stagingBytes);
-    stagingBytes += ceil4(storedBytes(numel(t.shape), t.dtype));
+  for (const j of readback) {
+    stagingAt.set(j, stagingBytes);
+    stagingBytes += ceil4(storedBytes(numel(program.outputs[j].shape), program.outputs[j].dtype));
   }
   const required = needs(program, kernels, {
     binding: Math.max(4, ...bindingSizes),
@@ -534,7 +754,9 @@ export async function load(baseUrl = "./", options = {}) {
     return { name: info.name, pipeline, group, grid };
   }));
 
-  const copies = program.outputs.map((spec, k) => {
+  /** Where program output j lives: {buffer, offset, size} (size: its bytes, padded to 4). */
+  const located = (j) => {
+    const spec = program.outputs[j];
     const name = spec.name;
     const size = ceil4(storedBytes(numel(spec.shape), spec.dtype));
     let buffer;
@@ -544,15 +766,50 @@ export async function load(baseUrl = "./", options = {}) {
     else if (temps.has(name)) [offset] = temps.get(name);
     else if (inputIndex.has(name)) buffer = programInputs[inputIndex.get(name)];
     else throw new Error(`neurenix: output ${name} is not a buffer of the program`);
-    return { buffer: buffer ?? arena, offset, size, to: stagingOffsets[k] };
+    return { buffer: buffer ?? arena, offset, size };
+  };
+  const copies = readback.map((j) => ({ ...located(j), to: stagingAt.get(j) }));
+  const stateInputs = new Set(bound.flatMap((b, k) => (b.state === undefined ? []
+    : [programInputs[k]])));
+  const stateCopies = [];
+  bound.forEach((b, k) => {
+    if (b.state === undefined) return;
+    const from = located(b.state);
+    const to = programInputs[k];
+    if (!from.size || (from.buffer === to && from.offset === 0)) return;  // unchanged
+    const scratch = stateInputs.has(from.buffer) ? create(from.size, `${b.key} (next)`) : null;
+    stateCopies.push({ ...from, to, scratch });
   });
+  const seeds = bound.flatMap((b, k) => (b.seed === undefined ? []
+    : [{ buffer: programInputs[k], seed: b.seed }]));
+  // the tensors readTensor reads: on the device where a binding or constant holds them
+  const tensors = new Map();
+  bound.forEach((b, k) => {
+    if (b.key !== undefined && !tensors.has(b.key)) {
+      tensors.set(b.key, { dtype: b.spec.dtype, shape: [...b.spec.shape],
+                           buffer: programInputs[k] });
+    }
+  });
+  for (const [name, c] of constants) {
+    const key = `const:${name}`;
+    if (!tensors.has(key)) {
+      tensors.set(key, { dtype: c.dtype, shape: [...c.shape],
+                         buffer: constantBuffers.get(name) });
+    }
+  }
+  for (const [key, t] of Object.entries(weights)) {
+    if (!tensors.has(key)) tensors.set(key, { dtype: t.dtype, shape: t.shape, data: t.data });
+  }
   const error = await device.popErrorScope();
   if (error) throw new Error(`neurenix: loading the program failed: ${error.message}`);
 
   const model = new Model({
     baseUrl: base, manifest, verify, device, adapterInfo: adapter.info ?? {},
     inputs: specs(manifest.inputs), outputs: specs(manifest.outputs), lost: null,
-    _launches: launches, _copies: copies, _staging: staging, _inputBuffers: inputBuffers,
+    steps: 0, _programOutputs: specs(program.outputs), _checks: checks,
+    _states: bound.filter((b) => b.state !== undefined).map((b) => ({ key: b.key })),
+    _launches: launches, _copies: copies, _staging: staging, _stagingAt: stagingAt,
+    _inputBuffers: inputBuffers, _seeds: seeds, _stateCopies: stateCopies, _tensors: tensors,
     _buffers: buffers,
   });
   device.lost.then((info) => { model.lost = info.message || info.reason || "lost"; });
