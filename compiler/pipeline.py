@@ -55,10 +55,15 @@ class Planned:
         return self.plan.summary()
 
 
-def codegen_stages(target: Target) -> list[Stage]:
+def codegen_stages(target: Target, donate: dict[int, int] | None = None) -> list[Stage]:
     """The stages from an optimised graph to `target`'s generated program, in order; each
-    level's result is verified under `NEURENIX_SPEC`."""
+    level's result is verified under `NEURENIX_SPEC`.  `donate` offers graph input k's
+    memory for graph output j ({j: k}: the caller gives the input away); the memory plan
+    keeps the pairs that are safe (`Program.metadata["donated"]`).  CPU targets only: the
+    CPU runtime is the one that returns donated memory as the output."""
     caps = target.capabilities
+    if target.device != "cpu":  # only the CPU runtime returns donated memory (for now)
+        donate = None
     rules = target_rules(target)
     generate = target.generate()
     kernel_stage = dict(check=verify_kernels, show=3)
@@ -76,13 +81,32 @@ def codegen_stages(target: Target) -> list[Stage]:
         Stage("schedule", lambda k: schedule_kernels(k, caps, rules),
               "the target's rules decide tiles, vectors and threads per kernel", **kernel_stage),
         Stage("memory_plan", lambda k: Planned(k, plan_memory(k, caps.alignment,
-                                                             caps.bool_bytes),
+                                                             caps.bool_bytes,
+                                                             _named(k, donate)),
                                              caps.alignment, caps.bool_bytes),
               "pack temporaries into one arena by liveness, at the target's alignment",
               check=_check_planned, show=3),
-        Stage("codegen", lambda p: generate(p.kernels, p.plan, target),
+        Stage("codegen", lambda p: _donated(generate(p.kernels, p.plan, target), p),
               f"generate {target.name} code", check=_check_program, show=4),
     ]
+
+
+def _named(kernels: KernelGraph, donate: dict[int, int] | None) -> dict[str, str] | None:
+    """`donate`'s output and input indices as the kernel graph's buffer names."""
+    if not donate:
+        return None
+    return {kernels.outputs[j]: kernels.inputs[k] for j, k in donate.items()
+            if j < len(kernels.outputs) and k < len(kernels.inputs)}
+
+
+def _donated(program: Any, planned: Planned) -> Any:
+    """Record in the program which outputs are written into which inputs' memory:
+    `metadata["donated"]`, [output index, input index] pairs (what a runtime returns)."""
+    if planned.plan.donated and hasattr(program, "metadata"):
+        outputs, inputs = planned.kernels.outputs, planned.kernels.inputs
+        program.metadata["donated"] = sorted(
+            [outputs.index(o), inputs.index(i)] for o, i in planned.plan.donated.items())
+    return program
 
 
 def _check_planned(planned: Planned) -> None:
@@ -157,17 +181,18 @@ def _renamed(record: StageRecord, prefix: str) -> StageRecord:
                        record.seconds, record.text)
 
 
-def build(graph: Graph, backend: str) -> tuple[Any, dict]:
+def build(graph: Graph, backend: str,
+          donate: dict[int, int] | None = None) -> tuple[Any, dict]:
     """Run `codegen_stages` for the target named `backend`: its `Program` (or, for a target
     without a generator — the reference evaluator — the cleaned-up graph itself) and what the
-    build did."""
+    build did.  `donate`: see `codegen_stages`."""
     target = get_target(backend)
     if target.generator is None:
         graph, records = run_pipeline(graph, CODEGEN_PREP)
         info: dict = {"stages": {r.name: r.seconds for r in records}}
         info.update(kernels=0, ops=graph.ops_count())
         return graph, info
-    program, records = run_pipeline(graph, codegen_stages(target))
+    program, records = run_pipeline(graph, codegen_stages(target, donate))
     if program is None or not hasattr(program, "entry"):  # cheap, so checked without SPEC too
         raise TypeError(f"target {target.name!r}: its generator {target.generator} returned "
                         f"{type(program).__name__}, expected a runtime Program")

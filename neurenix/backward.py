@@ -6,6 +6,7 @@ is handed to the active trace, which appends the backward to its graph instead.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ def backward(root: Tensor, gradient: Tensor | None = None, retain_graph: bool | 
 
         def deliver(t: Tensor, g: Tensor, leaf: bool) -> None:
             if leaf or t._retains_grad:
-                _accumulate(t, g, create_graph)
+                _accumulate(t, g, create_graph, adopt=leaf)
 
         run_graph([(root, gradient)], deliver)
 
@@ -116,11 +117,39 @@ def _dependencies(root_node: Any, deps: dict[int, int]) -> dict[int, int]:
     return deps
 
 
-def _accumulate(t: Tensor, g: Tensor, create_graph: bool) -> None:
-    """Add `g` to t's gradient, which lives on t's device (`g` is moved there first)."""
+_FRESH: dict[int, weakref.ref] = {}
+"""Gradients in arrays no one else holds (a compiled backward's outputs), by id: a leaf's
+first gradient takes such a tensor as it is instead of a copy (tensors compare elementwise,
+so they are kept by identity, each entry dropped when its tensor is collected)."""
+
+
+def mark_fresh(g: Tensor) -> Tensor:
+    """Say that `g` (no autograd history) is the only holder of its storage, so that a
+    backward may make it a leaf's `.grad` without copying it; returns `g`."""
+    key = id(g)
+    _FRESH[key] = weakref.ref(g, lambda _, key=key: _FRESH.pop(key, None))
+    return g
+
+
+def _take_fresh(g: Tensor) -> bool:
+    """Whether `g` was marked fresh (it is unmarked: only one gradient takes it)."""
+    ref = _FRESH.get(id(g))
+    if ref is None or ref() is not g:
+        return False
+    del _FRESH[id(g)]
+    return True
+
+
+def _accumulate(t: Tensor, g: Tensor, create_graph: bool, adopt: bool = False) -> None:
+    """Add `g` to t's gradient, which lives on t's device (`g` is moved there first).
+    `adopt`: a fresh `g` (`mark_fresh`) may become the gradient itself."""
     # the stored gradient itself: an eager backward never goes through a trace's .grad
     if g._device != t._device or type(g._data) is HostConstant:
         g = _placed(g, t)
+    if t._grad is None and adopt and not create_graph and g._dtype == t._dtype \
+            and g._node is None and _take_fresh(g):
+        t._grad = g
+        return
     if not create_graph:
         g = g.detach()
     if t._grad is None:

@@ -2,16 +2,17 @@
 
 The model is traced once on its example inputs (under no_grad for inference; with
 `freeze=False` a whole training step, whose updated tensors become the artifact's state),
-optimised and compiled for the target, and written as `manifest.json` (format version, Neurenix version,
-target, inputs and outputs, memory plan, kernels in launch order with their launch geometry,
-the SHA-256 of every other file), `weights.safetensors` (the parameters and buffers the program
-reads, and its constants) and the target's code: for the CPU a shared library `model.so` with
-a C API (`model.h`, `model.c`) and a cross-compiled AArch64 object; OpenCL C, WGSL, CUDA
-(with PTX) or HIP (with a code object) source for the GPU targets; a WebGPU artifact also
-runs in the browser (`export_web`: neurenix.js, index.html, the example).  `neurenix.runtime.load`
-loads the directory without the compiler.  Parameters are program inputs in Neurenix (a
-weight update never recompiles), so weights always live in the weights file
-(`"weights": "file"`): their values at export.  docs/deploy/README.md describes the format.
+optimised and compiled for the target, and written as `manifest.json` (format version,
+Neurenix version, target, inputs and outputs, memory plan, kernels in launch order with their
+launch geometry, the SHA-256 of every other file), `weights.safetensors` (the parameters and
+buffers the program reads, and its constants) and the target's code: for the CPU a shared
+library `model.so` with a C API (`model.h`, `model.c`) and a cross-compiled AArch64 object;
+OpenCL C, WGSL, CUDA (with PTX) or HIP (with a code object) source for the GPU targets; a
+WebGPU artifact also runs in the browser (`export_web`: neurenix.js, index.html, the
+example).  `neurenix.runtime.load` loads the directory without the compiler.  Parameters are
+program inputs in Neurenix (a weight update never recompiles), so weights always live in the
+weights file (`"weights": "file"`): their values at export.  docs/deploy/README.md describes
+the format.
 """
 from __future__ import annotations
 

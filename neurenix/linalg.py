@@ -3,17 +3,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.types import bool_
 
 from . import elementwise as ew
-from .dispatch import apply
+from .dispatch import _quietly, apply
 from .elementwise import as_tensor, broadcast_shapes, result_dtype
-from .shapes import broadcast_to, permute, reshape
+from .shapes import broadcast_to, eager_result, permute, reshape
+from .state import read_trace
 from .tensor import Tensor
+
+_MATMUL = REGISTRY["matmul"]
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a @ b: vectors are promoted to matrices and back; batch dimensions broadcast."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        # the fast path (issue 15): two host matrices (or stacks of one batch shape) of one
+        # numeric dtype that fit, outside a trace, are the matmul primitive itself
+        da, db = a._data, b._data
+        if type(da) is np.ndarray and type(db) is np.ndarray and a._dtype is b._dtype \
+                and a._dtype.category:
+            n = da.ndim
+            if n >= 2 and db.ndim == n and da.shape[-1] == db.shape[-2] \
+                    and (n == 2 or da.shape[:-2] == db.shape[:-2]) and read_trace() is None:
+                return eager_result(_MATMUL, (a, b), {}, _quietly(_MATMUL.impl, (da, db), {}),
+                                    a)
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"matmul: expected two Tensors, got {type(a).__name__} and "
                         f"{type(b).__name__}")

@@ -5,10 +5,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.types import bool_, float32, int64
 
 from .creation import arange
-from .dispatch import apply
+from .dispatch import _quietly, apply
 from .elementwise import abs as abs_
 from .elementwise import (
     cast,
@@ -26,8 +27,12 @@ from .elementwise import (
     where,
 )
 from .elementwise import pow as pow_
-from .shapes import movedim, normalize_dim, normalize_dims, reshape, unsqueeze
+from .shapes import eager_result, movedim, normalize_dim, normalize_dims, reshape, unsqueeze
+from .state import read_trace
 from .tensor import Tensor
+
+_REDUCE_SUM = REGISTRY["reduce_sum"]
+_ALL_AXES = tuple(tuple(range(n)) for n in range(33))  # (), (0,), (0, 1), ...
 
 
 class MaxMin(NamedTuple):
@@ -63,6 +68,25 @@ def _numeric(x: Tensor) -> Tensor:
 
 def sum(x: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:  # noqa: A001
     """Sum over dim (all dims when None); bool and int32 inputs sum as int64, as in PyTorch."""
+    if dtype is None and isinstance(x, Tensor):
+        # the fast path (issue 15): a floating host tensor outside a trace summed over all its
+        # dims or over one int dim is reduce_sum itself (its reference, `np.sum`, is
+        # `np.add.reduce` on an array: called directly)
+        data = x._data
+        if type(data) is np.ndarray and x._dtype.category == 2 and read_trace() is None:
+            n = data.ndim
+            if dim is None:
+                axes = _ALL_AXES[n] if 0 < n < len(_ALL_AXES) else None
+            elif type(dim) is int and -n <= dim < n:
+                axes = (dim % n,)
+            else:
+                axes = None
+            if axes is not None:
+                out = _quietly(np.add.reduce, (data,), {"axis": axes, "dtype": data.dtype})
+                if type(out) is not np.ndarray:  # a full reduction gives a NumPy scalar
+                    out = np.asarray(out)
+                out = eager_result(_REDUCE_SUM, (x,), {"axes": axes}, out, x)
+                return _keep(out, data.shape, axes, keepdim)
     if dtype is not None:
         x = cast(x, dtype)
     elif not x.dtype.is_floating:

@@ -6,11 +6,51 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from neurenix.compiler.ops import REGISTRY, Primitive
 from neurenix.compiler.types import int64
 
-from .dispatch import apply
+from . import view_writes
+from .dispatch import _record, apply, wrap
 from .elementwise import as_tensor, broadcast_shapes, result_dtype
+from .state import read_grad_mode, read_trace
 from .tensor import Tensor
+
+_RESHAPE, _PERMUTE = REGISTRY["reshape"], REGISTRY["permute"]
+
+
+def eager_result(prim: Primitive, inputs: tuple[Tensor, ...], attrs: dict, out: np.ndarray,
+                 x: Tensor) -> Tensor:
+    """What `apply(prim.name, *inputs, **attrs)` gives once its NumPy reference has given
+    `out` (an array of the dtype of `x`, the first input): the result tensor, marked as a view
+    of `x` when a tracked view primitive shares its memory, recorded under grad mode.  For the
+    eager fast paths (issue 15), which know the result's type without the type rule; only
+    with no trace active and every input a plain host array."""
+    result = wrap(out, x._dtype)
+    if prim.name in view_writes.TRACKED and np.may_share_memory(out, x._data):
+        view_writes.mark(result, prim, x, attrs)
+    if read_grad_mode():
+        return _record(prim, inputs, attrs, result)
+    return result
+
+
+def _plain_target(shape: tuple, size: int) -> tuple[int, ...] | None:
+    """`infer_shape`'s answer for a shape of plain ints (at most one -1) that fits `size`
+    elements; None for anything else (the general path then answers, or raises)."""
+    known, hole = 1, -1
+    for i, d in enumerate(shape):
+        if type(d) is not int:
+            return None
+        if d < 0:
+            if d != -1 or hole >= 0:
+                return None
+            hole = i
+        else:
+            known *= d
+    if hole < 0:
+        return shape if known == size else None
+    if known == 0 or size % known:
+        return None
+    return shape[:hole] + (size // known,) + shape[hole + 1:]
 
 
 def normalize_dim(dim: int, ndim: int, op: str) -> int:
@@ -70,13 +110,42 @@ def infer_shape(x: Tensor, shape: tuple[int, ...], op: str) -> tuple[int, ...]:
     return shape
 
 
+def _fast_reshape(x: Tensor, shape: tuple) -> Tensor | None:
+    """reshape/view's fast path: a host tensor outside a trace and a shape of plain ints
+    (`f(2, 8)`, `f((2, 8))`, `f(-1)`) that fits; None sends the call to the general path."""
+    data = x._data
+    if type(data) is not np.ndarray or read_trace() is not None:
+        return None
+    if len(shape) == 1 and type(shape[0]) is not int:
+        shape = shape[0]
+        if type(shape) is list:
+            shape = tuple(shape)
+        elif type(shape) is not tuple:
+            return None
+    target = _plain_target(shape, data.size)
+    if target is None:
+        return None
+    if target == data.shape:
+        return x
+    attrs = {"shape": target}
+    return eager_result(_RESHAPE, (x,), attrs, data.reshape(target), x)
+
+
 def reshape(x: Tensor, *shape) -> Tensor:
     """The same elements in row-major order with a new shape (one dim may be -1)."""
+    if isinstance(x, Tensor):
+        out = _fast_reshape(x, shape)
+        if out is not None:
+            return out
     target = infer_shape(x, shape_args(shape, "reshape"), "reshape")
     return x if target == x.shape else apply("reshape", x, shape=target)
 
 
 def view(x: Tensor, *shape) -> Tensor:
+    if isinstance(x, Tensor):
+        out = _fast_reshape(x, shape)
+        if out is not None:
+            return out
     target = infer_shape(x, shape_args(shape, "view"), "view")
     return x if target == x.shape else apply("reshape", x, shape=target)
 
@@ -89,7 +158,26 @@ def permute(x: Tensor, *dims) -> Tensor:
     return x if perm == tuple(range(x.ndim)) else apply("permute", x, perm=perm)
 
 
+def _fast_permute(x: Tensor, perm: tuple[int, ...]) -> Tensor:
+    """`apply("permute", x, perm=perm)` for a host tensor outside a trace and a valid,
+    non-identity `perm` (a transpose: always a view of x)."""
+    return eager_result(_PERMUTE, (x,), {"perm": perm}, x._data.transpose(perm), x)
+
+
 def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
+    if type(dim0) is int and type(dim1) is int and isinstance(x, Tensor):
+        data = x._data
+        if type(data) is np.ndarray and read_trace() is None:
+            n = data.ndim
+            if -n <= dim0 < n and -n <= dim1 < n:  # never for a 0-d tensor
+                a, b = dim0 % n, dim1 % n
+                if a == b:
+                    return x
+                if n == 2:
+                    return _fast_permute(x, (1, 0))
+                perm = list(range(n))
+                perm[a], perm[b] = b, a
+                return _fast_permute(x, tuple(perm))
     a, b = normalize_dim(dim0, x.ndim, "transpose"), normalize_dim(dim1, x.ndim, "transpose")
     perm = list(range(x.ndim))
     perm[a], perm[b] = perm[b], perm[a]

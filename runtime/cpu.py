@@ -374,6 +374,8 @@ class CpuExecutable:
             self._args[len(self._in) + len(self._out) + k] = const.ctypes.data
         first: dict[str, int] = {}
         self._out_slot = [first.setdefault(name, k) for k, (name, _, _) in enumerate(self._out)]
+        # outputs the program writes into an input's memory: output j is input k's array
+        self._donated = [(int(j), int(k)) for j, k in program.metadata.get("donated", [])]
         self._arena_address = self.arena.ctypes.data
         self._lock = threading.Lock()
         self._last_inputs: list[Any] = []  # weak references to the previous call's inputs
@@ -437,7 +439,12 @@ class CpuExecutable:
         return arrays
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run the whole schedule once on `inputs`; returns newly allocated outputs."""
+        """Run the whole schedule once on `inputs`; returns newly allocated outputs, except a
+        donated output (`Program.metadata["donated"]`), which is its input's array updated in
+        place (or a copy of it, when that array cannot be written or shares memory with
+        another input)."""
+        if self._donated:
+            return self._run_donated(inputs)
         outputs = [np.empty(shape, dtype) for _, shape, dtype in self._out]
         with self._lock:
             args = self._args
@@ -475,11 +482,51 @@ class CpuExecutable:
 
     __call__ = run
 
+    def _run_donated(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """`run` for a program with donated outputs: every input checked on every call."""
+        arrays = self.check_inputs(inputs)
+        spans = sorted((_address(x), _address(x) + x.nbytes, k) for k, x in enumerate(arrays))
+        shared = set()  # inputs whose bytes overlap another input's: none is given away
+        end, last = -1, -1
+        for start, stop, k in spans:
+            if start < end and stop > start:
+                shared.update((k, last))
+            if stop > end:
+                end, last = stop, k
+        outputs: list[np.ndarray | None] = [None] * len(self._out)
+        for j, k in self._donated:
+            x = arrays[k]
+            if k in shared or not x.flags.writeable:
+                x = arrays[k] = x.copy()  # the caller's array stays as it was
+            outputs[j] = x
+        outputs = [np.empty(shape, dtype) if out is None else out
+                   for out, (_, shape, dtype) in zip(outputs, self._out)]
+        with self._lock:
+            args = self._args
+            for k, x in enumerate(arrays):
+                args[k] = _address(x)
+            self._last_inputs = [None] * len(arrays)
+            base = len(arrays)
+            for k, j in enumerate(self._out_slot):
+                args[base + k] = _address(outputs[j])
+            entry = self._entry
+            if entry is None:
+                raise RuntimeError("CpuExecutable: run() after close(): the program's code "
+                                   "is unloaded")
+            entry(args, self._arena_address, self._pool)
+        for k, j in enumerate(self._out_slot):
+            if j != k:
+                outputs[k][...] = outputs[j]
+        return outputs
+
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
         """Seconds per kernel (best of `repeat`), each kernel called alone on one thread over
         its whole range, in launch order; for finding the kernel a slow program spends its
-        time in.  The outputs are computed as by `run` and dropped."""
+        time in.  The outputs are computed as by `run` and dropped (donated inputs are
+        copied first: the caller's arrays stay as they were)."""
         arrays = self.check_inputs(inputs)
+        for _, k in self._donated:
+            arrays[k] = arrays[k].copy()
         outputs = [np.empty(shape, dtype) for _, shape, dtype in self._out]
         where = {name: x.ctypes.data for (name, _, _), x in zip(self._in, arrays)}
         for (name, _, _), j in zip(self._out, self._out_slot):

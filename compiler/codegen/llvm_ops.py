@@ -470,12 +470,20 @@ def combine_sum(b: ir.IRBuilder, acc: ir.Value, v: ir.Value, dtype: DType) -> ir
 
 def emit_stores(b: ir.IRBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
                 vars: dict[int, ir.Value], acc: ir.Value | None) -> None:
-    """The kernel's stores at one domain point, `acc` being its finished reduction."""
+    """The kernel's stores at one domain point, `acc` being its finished reduction.  Every
+    value is computed before the first store (so every load at the point precedes every
+    store there: an output may take an input's memory, `memory.donations`), except in a
+    kernel with accumulating stores, which read what they write."""
     em = ExprEmitter(b, lib, buffers, vars, acc, kernel.acc_dtype)
+    ready = []
     for store in kernel.stores:
         index = em.index(store.index)
         dtype = buffers[store.buffer][1]
         value = cast(b, lib, em.emit(store.value), em.dtype(store.value), dtype)
         if store.accumulate:
             value = combine_sum(b, em.load(store.buffer, index), value, dtype)
-        em.store(store.buffer, index, value)
+            em.store(store.buffer, index, value)
+        else:
+            ready.append((store.buffer, index, value))
+    for buffer, index, value in ready:
+        em.store(buffer, index, value)

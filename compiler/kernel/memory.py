@@ -38,7 +38,9 @@ class MemoryPlan:
 
     `offsets` maps every temporary to its byte offset; `inplace` maps an output that reuses an
     input's storage to that input (both names have the same offset); `intervals` gives each
-    temporary's live range as (first kernel, last kernel) indices.
+    temporary's live range as (first kernel, last kernel) indices.  `donated` maps a graph
+    output to the graph input whose memory it is written into (the caller gave that input's
+    memory away: `plan_memory(donate=...)`); those pairs are in `inplace` too.
     """
 
     offsets: dict[str, int]
@@ -47,6 +49,7 @@ class MemoryPlan:
     lower_bound_bytes: int
     inplace: dict[str, str] = field(default_factory=dict)
     intervals: dict[str, tuple[int, int]] = field(default_factory=dict)
+    donated: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for compile summaries: planned vs naive vs lower bound."""
@@ -145,10 +148,17 @@ def _loads(e, out: list[Load], seen: set[int] | None = None) -> None:
             _loads(child, out, seen)
 
 
-def inplace_candidates(kernel: Kernel) -> list[tuple[str, str]]:
-    """(output, input) pairs this kernel could compute in place, by its structure alone."""
+def inplace_candidates(kernel: Kernel, values_first: bool = False) -> list[tuple[str, str]]:
+    """(output, input) pairs this kernel could compute in place, by its structure alone.
+    `values_first`: the generator computes every store's value at a point before the first
+    store there, after the point's reduction (the CPU's), so a later store may read what an
+    earlier one overwrites, and a reduction that never reads the input may precede the
+    stores (an optimizer update fused behind a gradient's sum)."""
+    reduced: list[Load] = []
     if kernel.reduce or kernel.reduce_value is not None:
-        return []
+        if not values_first or kernel.reduce_value is None:
+            return []
+        _loads(kernel.reduce_value, reduced)
     if any(s.accumulate for s in kernel.stores):
         return []
     size = 1
@@ -178,6 +188,11 @@ def inplace_candidates(kernel: Kernel) -> list[tuple[str, str]]:
             if not reads or not all(ld.index == stores[0].index and ld.mask is None
                                     for ld in reads):
                 continue
+            if any(ld.buffer == inp.name for ld in reduced):
+                continue
+            if values_first:
+                pairs.append((out.name, inp.name))
+                continue
             # a store later in the same iteration must not read what this one overwrote
             later: list[Load] = []
             for s in kernel.stores[kernel.stores.index(stores[0]) + 1:]:
@@ -204,10 +219,42 @@ def _find_inplace(schedule: KernelGraph, intervals: dict[str, tuple[int, int]]) 
     return inplace
 
 
+def donations(schedule: KernelGraph, donate: dict[str, str]) -> dict[str, str]:
+    """Which of the offered (graph output -> graph input) pairs may write the output into
+    the input's memory: the output is stored by one kernel, in place of the input by that
+    kernel's structure (`inplace_candidates`: each element read before it is overwritten, by
+    no other iteration), no later kernel reads the input, no kernel reads the output, and the
+    output is returned once.  The caller has given the input's memory away (an optimizer's
+    parameter being updated); the runtime returns that memory as the output.  CPU programs
+    only: their kernels compute every value at a point before storing any
+    (`llvm_ops.emit_stores`)."""
+    writers: dict[str, list[int]] = {}
+    readers: dict[str, list[int]] = {}
+    for k, kernel in enumerate(schedule.kernels):
+        for b in kernel.outputs:
+            writers.setdefault(b.name, []).append(k)
+        for b in kernel.inputs:
+            readers.setdefault(b.name, []).append(k)
+    out: dict[str, str] = {}
+    for o, i in donate.items():
+        if o not in schedule.outputs or i not in schedule.inputs or i in out.values():
+            continue
+        if schedule.outputs.count(o) != 1 or len(writers.get(o, [])) != 1 or o in readers:
+            continue
+        (k,) = writers[o]
+        if i in writers or any(r > k for r in readers.get(i, [])):
+            continue
+        if (o, i) in inplace_candidates(schedule.kernels[k], values_first=True):
+            out[o] = i
+    return out
+
+
 def plan_memory(schedule: KernelGraph, alignment: int = ALIGN,
-                bool_bytes: int = 1) -> MemoryPlan:
+                bool_bytes: int = 1, donate: dict[str, str] | None = None) -> MemoryPlan:
     """Place every temporary of `schedule` in one arena, each at a multiple of `alignment`
-    bytes (a positive power of two; see the module docstring), bools taking `bool_bytes`."""
+    bytes (a positive power of two; see the module docstring), bools taking `bool_bytes`.
+    `donate` offers graph inputs' memory for graph outputs (`donations` keeps the safe
+    pairs)."""
     if alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"plan_memory: alignment must be a positive power of two, got "
                          f"{alignment}")
@@ -217,6 +264,7 @@ def plan_memory(schedule: KernelGraph, alignment: int = ALIGN,
                                                              bool_bytes), alignment)
               for n in temps}
     inplace = _find_inplace(schedule, intervals)
+    donated = donations(schedule, donate) if donate else {}
 
     root = {n: n for n in temps}
     for out, inp in inplace.items():
@@ -251,6 +299,7 @@ def plan_memory(schedule: KernelGraph, alignment: int = ALIGN,
         arena_bytes=max((e for _, e, _, _ in placed), default=0),
         naive_bytes=sum(nbytes.values()),
         lower_bound_bytes=peak,
-        inplace=inplace,
+        inplace={**inplace, **donated},
         intervals=intervals,
+        donated=donated,
     )

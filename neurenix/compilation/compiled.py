@@ -31,6 +31,7 @@ from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
 from .. import autograd
+from ..backward import mark_fresh
 from ..device import CPU, Device, as_device
 from ..nn.module import Module
 from ..optim.optimizer import optimizer_settings, register_compiler, undo_changed_settings
@@ -473,7 +474,16 @@ class Compiled:
         common["guards"] += switch_guards(device, self._backend)
         place = Placement(device, _runtime_of(backend), self._name(),
                           host_args=self._device is not None)
-        built = compile_traced(traced.graph, wrt, len(leaves), backend, trace_seconds, active)
+        donate = None
+        if not wrt and not check_nodes:
+            # an updated tensor's old value is dead once the program has read it: the update
+            # may be written into its memory (no fresh array per call, no copy back); not with
+            # value checks, whose failure must leave the tensor as it was
+            first = len(leaves) + len(stored) + len(check_nodes)
+            donate = {first + i: names.index(name) for i, name in enumerate(traced.updates)
+                      if sources[names.index(name)][0] == "tensor"}
+        built = compile_traced(traced.graph, wrt, len(leaves), backend, trace_seconds, active,
+                               donate)
         entry = _Entry(key, sources, built.forward, len(leaves), treedef, updates, built.graph,
                        built.stats, backward=built.backward,
                        backward_inputs=built.backward_inputs,
@@ -624,7 +634,8 @@ class Compiled:
                 grads_out = entry.backward.run_device(arrays)
             else:
                 grads_out = entry.backward.run(arrays)
-            return [place.wrap_for(a, t) for a, t in zip(grads_out, targets)]
+            # the program's fresh arrays: a leaf's first gradient takes them without a copy
+            return [mark_fresh(place.wrap_for(a, t)) for a, t in zip(grads_out, targets)]
 
         node = autograd.FunctionNode("compiled_backward", targets, len(diff), backward_fn)
         for slot_index, out_index in enumerate(diff):

@@ -40,19 +40,21 @@ class Built:
 
 
 def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str,
-                   trace_seconds: float, active: list[int] | None = None) -> Built:
+                   trace_seconds: float, active: list[int] | None = None,
+                   donate: dict[int, int] | None = None) -> Built:
     """Optimise (and with `wrt`, differentiate and partition) a traced graph and build its
     programs for target `backend`; on the disk cache's hit, keyed by the traced graph itself,
     skip all of that.  `active` lists the outputs a gradient flows back from (default: every
-    floating one)."""
+    floating one); `donate` offers inputs' memory for outputs (without `wrt` only:
+    `pipeline.codegen_stages`)."""
     start = time.perf_counter()
     target = get_target(backend)
     record_key = None
     if target.runtime is not None and target.disk_cache:
         runtime = target.runtime_module()
         record_key = compile_cache.key_for(traced, f"{target.identity()}:traced:{num_outputs}:"
-                                           + ",".join(wrt) + f":{active}",
-                                           runtime.fingerprint())
+                                           + ",".join(wrt) + f":{active}"
+                                           + _donation_key(donate), runtime.fingerprint())
         built = _load_built(record_key, runtime)
         if built is not None:
             seconds = {"trace_and_passes": trace_seconds,
@@ -71,7 +73,7 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
     else:
         graph, records = pipeline.optimize(traced)
         passes = time.perf_counter() - start
-        forward, build = build_executable(graph, backend)
+        forward, build = build_executable(graph, backend, donate)
         stats = pipeline.summarize(traced, records, build, trace_seconds + passes)
         built = Built(graph, forward, stats)
     if record_key is not None:
@@ -151,10 +153,17 @@ class _Libraries:
 LIBRARIES = _Libraries()
 
 
-def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
-    """Build (or fetch from the disk cache) an executable for an optimised graph.  A cached
-    program that cannot be loaded is built again once; a new build that cannot be loaded
-    raises a RuntimeError naming the graph and the cause."""
+def _donation_key(donate: dict[int, int] | None) -> str:
+    """The part of a cache key that says which inputs' memory the outputs may take."""
+    return f":donate{sorted(donate.items())}" if donate else ""
+
+
+def build_executable(graph: Graph, backend: str,
+                     donate: dict[int, int] | None = None) -> tuple[Any, dict]:
+    """Build (or fetch from the disk cache) an executable for an optimised graph (`donate`:
+    see `pipeline.codegen_stages`).  A cached program that cannot be loaded is built again
+    once; a new build that cannot be loaded raises a RuntimeError naming the graph and the
+    cause."""
     target = get_target(backend)
     if target.runtime is None:
         artifact, info = pipeline.build(graph, backend)
@@ -162,13 +171,14 @@ def build_executable(graph: Graph, backend: str) -> tuple[Any, dict]:
     runtime = target.runtime_module()
     key = None
     if target.disk_cache:
-        key = compile_cache.key_for(graph, target.identity(), runtime.code_identity())
+        key = compile_cache.key_for(graph, target.identity() + _donation_key(donate),
+                                    runtime.code_identity())
         loaded = _load_program(key, runtime)
         if loaded is not None:
             exe, info = loaded
             return exe, dict(info, cache="hit")
     start = time.perf_counter()
-    program, info = pipeline.build(graph, backend)
+    program, info = pipeline.build(graph, backend, donate)
     runtime.prepare(program, LIBRARIES)
     try:
         exe = runtime.Executable(program)

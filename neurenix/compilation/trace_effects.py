@@ -39,6 +39,7 @@ class GradSlot:
     original: Tensor | None
     target: tuple[str, Any]  # ("tensor", eager tensor) or ("arg", index of the call's tensor)
     label: str
+    read_as: Tensor | None = None  # the symbolic input an existing gradient was read as
 
 
 @dataclass
@@ -131,7 +132,7 @@ def read_grad(state: TraceState, t: Tensor) -> Tensor | None:
                 node = state.tracer.input(name, TensorType(tuple(before.shape), before.dtype),
                                           "buffer")
                 state.sources[name] = ("grad", slot.target)
-                t._grad = state.symbol(node)
+                t._grad = slot.read_as = state.symbol(node)
     return t._grad
 
 
@@ -201,6 +202,8 @@ def finish_stores(state: TraceState) -> tuple[list[Node], list[Store]]:
     stores: list[Store] = []
     for slot in state.grads.values():
         value = slot.tensor._grad
+        if value is not None and value is slot.read_as:
+            continue  # read, never written: the gradient stays as it is (no copy per call)
         index = None
         if value is not None:
             index = len(nodes)
