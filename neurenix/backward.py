@@ -152,7 +152,11 @@ def _accumulate(t: Tensor, g: Tensor, create_graph: bool, adopt: bool = False) -
         return
     if not create_graph:
         g = g.detach()
-    if t._grad is None:
+    if t._grad is None and not create_graph and type(g._data) is np.ndarray:
+        # a copy in C order: a weight's gradient is often a transposed view, which a fused
+        # optimizer step would otherwise copy again on every step to pass it to its program
+        t._grad = Tensor._wrap(np.array(g._data, order="C", copy=True), g._dtype, g._device)
+    elif t._grad is None:
         t._grad = g if create_graph else g.clone()
     elif create_graph:
         t._grad = t._grad + g
