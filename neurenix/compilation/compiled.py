@@ -30,11 +30,11 @@ from neurenix.compiler import pipeline
 from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
-from .. import autograd
+from .. import autograd, compile_hook
 from ..backward import mark_fresh
 from ..device import CPU, Device, as_device
 from ..nn.module import Module
-from ..optim.optimizer import optimizer_settings, register_compiler, undo_changed_settings
+from ..optim.optimizer import optimizer_settings, undo_changed_settings
 from ..random import next_seed
 from ..state import is_grad_enabled, is_tracing, no_grad
 from ..tensor import Tensor
@@ -681,7 +681,7 @@ def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A
 
 
 
-register_compiler(compile)  # fused optimizer steps compile through it
+compile_hook.register(compile)  # fused optimizer steps and small eager losses use it
 
 
 def program_cache_bounds() -> tuple[int, int]:

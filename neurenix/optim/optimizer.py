@@ -22,6 +22,7 @@ import numpy as np
 
 from neurenix.compiler.types import float32
 
+from .. import compile_hook
 from ..autograd import zero_grads
 from ..creation import zeros
 from ..device import CPU, Device
@@ -89,16 +90,6 @@ def zeros_for(p: Tensor) -> Tensor:
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # every optimizer alive, for optimizer_settings
-
-_COMPILER: list[Callable[..., Any]] = []
-"""`neurenix.compile`, registered by neurenix.compilation.compiled (which imports this
-module: importing it back would be a cycle); fused steps compile through it."""
-
-
-def register_compiler(compile_fn: Callable[..., Any]) -> None:
-    """Give fused steps `neurenix.compile` (called once, when the compiler is imported)."""
-    _COMPILER[:] = [compile_fn]
-
 
 def live_optimizers() -> list[Optimizer]:
     """Every optimizer alive in the process."""
@@ -319,7 +310,7 @@ class Optimizer:
         would page-fault them in on every step, which costs more than the copy)."""
         compiled = self._fused_steps.get((index, device))
         if compiled is None:
-            compile_step = _COMPILER[0]
+            compile_step = compile_hook.compiler()
 
             def fused_step() -> None:
                 self._update_groups([index], current_trace())

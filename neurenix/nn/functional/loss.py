@@ -10,7 +10,12 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
+
+from ... import compile_hook
+from ...autograd import OutputNode
 from ...checks import check_range
+from ...compiler.types import float32
 from ...dispatch import apply
 from ...elementwise import (
     abs,
@@ -35,6 +40,7 @@ from ...elementwise import (
 )
 from ...reductions import log_softmax, mean
 from ...reductions import sum as reduce_sum
+from ...state import is_grad_enabled, is_tracing
 from ...tensor import Tensor
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -165,6 +171,9 @@ def classification(input: Tensor, target: Tensor, weight: Tensor | None, ignore_
     if not probabilities and tuple(target.shape) != index_shape:
         raise ValueError(f"{name}: expected a target of shape {index_shape} for input of shape "
                          f"{tuple(input.shape)}, got {tuple(target.shape)}")
+    if weight is None and not probabilities and _after_compiled(input, target):
+        return _compiled_loss(name, ignore_index, reduction, label_smoothing,
+                              from_logits)(input, target)
     logp = log_softmax(x, 1) if from_logits else x
     w = None
     if weight is not None:
@@ -184,6 +193,39 @@ def classification(input: Tensor, target: Tensor, weight: Tensor | None, ignore_
     if reduction == "sum":
         return reduce_sum(loss)
     return loss.reshape(index_shape)
+
+
+_COMPILED: dict[tuple, Any] = {}
+"""The cached compiled losses (`_compiled_loss`), by what they bake in."""
+
+
+def _after_compiled(input: Tensor, target: Tensor) -> bool:
+    """Whether a classification loss of `input` should run as a compiled program: eagerly,
+    under grad mode, on host float32 logits that a compiled call just produced (a module
+    compiled by `neurenix.compile` in an ordinary training loop), with host class indices.
+    There the loss's 29 eager primitives cost more than the model's programs (PyTorch's is
+    one fused kernel); a compiled loss is one call and one backward program, compiled once
+    per shape alongside the model's."""
+    node = input._node
+    return (type(node) is OutputNode and node.parent.name == "compiled_backward"
+            and is_grad_enabled() and not is_tracing() and input._dtype == float32
+            and type(input._data) is np.ndarray and type(target._data) is np.ndarray
+            and target._dtype.is_integer and not target.requires_grad)
+
+
+def _compiled_loss(name: str, ignore_index: int, reduction: str, smoothing: float,
+                   from_logits: bool) -> Any:
+    """`classification` of (input, target) with these settings, compiled (cached)."""
+    key = (name, ignore_index, reduction, smoothing, from_logits)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        def loss(input: Tensor, target: Tensor) -> Tensor:
+            return classification(input, target, None, ignore_index, reduction, smoothing,
+                                  name, from_logits)
+
+        loss.__name__ = loss.__qualname__ = f"{name}[compiled]"
+        compiled = _COMPILED[key] = compile_hook.compiler()(loss)
+    return compiled
 
 
 def _check_classes(target: Tensor, classes: int, ignore_index: int, name: str) -> None:
