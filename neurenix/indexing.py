@@ -129,6 +129,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     starts, stops, steps = [], [], []
     out_shape: list[int] = []
     advanced: list[tuple[int, Tensor]] = []  # (position in out_shape, index tensor)
+    raw: list[tuple[int, Tensor, int, int]] = []  # (position, index, size, dimension)
     dim = 0
     for item in items:
         if item is None:
@@ -154,9 +155,18 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             starts.append(0)
             stops.append(size)
             steps.append(1)
-            advanced.append((len(out_shape), _normalise_index(item.index, size, dim)))
+            raw.append((len(out_shape), item.index, size, dim))
             out_shape.append(size)
         dim += 1
+    if raw:
+        # index tensors broadcast together first: when that leaves no element (an empty
+        # boolean mask next to an index), none of them is used and none is out of range
+        # (NumPy, PyTorch)
+        try:
+            used = 0 not in broadcast_shapes(*(t.shape for _, t, _, _ in raw), op="index")
+        except ValueError:
+            used = True  # _gather_advanced says what is wrong
+        advanced = [(p, _normalise_index(t, size, d, check=used)) for p, t, size, d in raw]
     y = x
     whole = (tuple(starts), tuple(stops)) == ((0,) * x.ndim, tuple(x.shape))
     if not whole or any(s != 1 for s in steps):
@@ -168,13 +178,15 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     return y
 
 
-def _normalise_index(index: Tensor, size: int, dim: int) -> Tensor:
-    """Index values in [0, size): negatives wrap, out-of-range values raise IndexError.
+def _normalise_index(index: Tensor, size: int, dim: int, check: bool = True) -> Tensor:
+    """Index values in [0, size): negatives wrap, out-of-range values raise IndexError
+    (`check`: the index is used at all).
 
     A traced index is checked after the compiled call (`checks.check_range`); negatives wrap with
     `where`, and compiled code never reads outside the tensor meanwhile."""
-    check_range(index, -size, size, lambda bad: IndexError(
-        f"index {bad} is out of bounds for dimension {dim} with size {size}"))
+    if check:
+        check_range(index, -size, size, lambda bad: IndexError(
+            f"index {bad} is out of bounds for dimension {dim} with size {size}"))
     if index._data is None:
         index = as_tensor(index, int64)
         return where(lt(index, 0), add(index, size), index)

@@ -3,10 +3,11 @@
 The compiler keeps only the offered (output, input) pairs it can prove safe on the kernel
 schedule (`memory.donations`): the output stored by one kernel elementwise over the input,
 no later kernel reading the input, nothing reading the output.  The CPU runtime returns the
-input's array as the output, or a copy when that array is shared or read-only.  The frontend
-offers the updated tensors of a function compiled without a backward and without value
-checks: a fused optimizer step and a whole training step keep every parameter's array, as
-eager in-place updates do, with no fresh array and no copy per step.
+input's array as the output, or a copy when that array overlaps another input or is
+read-only.  The frontend offers the updated tensors of a function compiled without a backward
+(with value checks, each update keeps its old value when a check fails): a fused optimizer
+step and a whole training step keep every parameter's array, as eager in-place updates do,
+with no fresh array and no copy per step.
 """
 from __future__ import annotations
 
@@ -233,14 +234,36 @@ def test_a_compiled_training_step_without_checks_keeps_the_arrays():
                                    atol=1e-6)
 
 
-def test_a_step_with_value_checks_donates_nothing_and_a_failure_changes_nothing():
-    model = _mlp()
-    step = _whole_step(model, optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss())
+def test_a_step_with_value_checks_writes_back_the_old_values_when_one_fails():
+    """A class-index check is computed in the program too: a failing call writes every
+    parameter's old value into its own memory, then raises eager's error."""
+    model, twin = _mlp(), _mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = _whole_step(model, opt, nn.CrossEntropyLoss())
     x = neurenix.Tensor(np.random.default_rng(3).standard_normal((5, 12)).astype(np.float32))
-    step(x, neurenix.Tensor(np.array([0, 1, 2, 0, 1])))
-    assert "donated" not in step._last.forward.program.metadata
+    good = neurenix.Tensor(np.array([0, 1, 2, 0, 1]))
+    step(x, good)
+    step(x, good)
+    assert step._last.forward.program.metadata.get("donated")
+    arrays = [p._data for p in model.parameters()]
     before = [p.detach().numpy().copy() for p in model.parameters()]
+    momenta = [s["momentum_buffer"].numpy().copy() for s in opt.state.values()]
     with pytest.raises(ValueError, match="out of range"):
         step(x, neurenix.Tensor(np.array([0, 1, 7, 0, 1])))
-    for p, b in zip(model.parameters(), before):
+    for p, a, b in zip(model.parameters(), arrays, before):
+        assert p._data is a
         np.testing.assert_array_equal(p.detach().numpy(), b)
+    for s, m in zip(opt.state.values(), momenta):
+        np.testing.assert_array_equal(s["momentum_buffer"].numpy(), m)
+    with pytest.raises(ValueError, match="out of range"):
+        step(x, neurenix.Tensor(np.array([-1, 1, 2, 0, 1])))
+    step(x, good)  # and training goes on as eager's would
+    eager = optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    eager.fused = False
+    for _ in range(3):
+        eager.zero_grad()
+        nn.CrossEntropyLoss()(twin(x), good).backward()
+        eager.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5,
+                                   atol=1e-6)

@@ -944,3 +944,18 @@ def test_unflatten_matches_torch():
                                       torch.arange(12.0).reshape(2, 6).unflatten(1, sizes).numpy())
     with pytest.raises(ValueError, match="unflatten: shape \\(4, 2\\) is invalid"):
         x.unflatten(1, (4, 2))
+
+
+@pytest.mark.parametrize("mask, index", [([False], [1]), ([False], [-9]), ([], [5])])
+def test_index_tensors_that_broadcast_to_nothing_are_not_range_checked(mask, index):
+    """Regression (found by test_properties): an empty boolean mask next to an out-of-range
+    index selects nothing, as in NumPy and PyTorch, instead of raising."""
+    a = np.arange(2.0).reshape(1, 2, 1, 1).astype(np.float32)
+    m, i = np.array(mask, dtype=bool), np.array(index, dtype=np.int64)
+    if m.size == 0:
+        m = np.zeros(0, dtype=np.int64)  # an empty index tensor instead of a mask
+    want = torch.from_numpy(a)[..., torch.from_numpy(m), torch.from_numpy(i)]
+    got = nx.Tensor(a)[..., nx.Tensor(m), nx.Tensor(i)]
+    assert tuple(got.shape) == tuple(want.shape)
+    with pytest.raises(IndexError, match="out of bounds"):
+        nx.Tensor(a)[..., nx.Tensor(np.array([0])), nx.Tensor(np.array([3]))]

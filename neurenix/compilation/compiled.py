@@ -446,6 +446,8 @@ class Compiled:
                                  f"every call. Keep such state in tensors (buffers), or change it "
                                  f"outside the compiled function (a scheduler's step() included)")
             check_nodes = [n for nodes, _ in state.checks for n in nodes]
+            guarded = value_checks.guard_updates(
+                state, out_nodes, get_target(self._backend_for(key[2])).device == "cpu")
             traced = tracer.finish(out_nodes + stored + check_nodes)
             sources = [state.sources[node.name] for node in traced.graph.inputs]
             trace_seconds = time.perf_counter() - t0
@@ -475,10 +477,10 @@ class Compiled:
         place = Placement(device, _runtime_of(backend), self._name(),
                           host_args=self._device is not None)
         donate = None
-        if not wrt and not check_nodes:
+        if not wrt and (guarded or not check_nodes):
             # an updated tensor's old value is dead once the program has read it: the update
-            # may be written into its memory (no fresh array per call, no copy back); not with
-            # value checks, whose failure must leave the tensor as it was
+            # may be written into its memory (no fresh array per call, no copy back); with
+            # value checks only where a failing check writes the old values back (`guarded`)
             first = len(leaves) + len(stored) + len(check_nodes)
             donate = {first + i: names.index(name) for i, name in enumerate(traced.updates)
                       if sources[names.index(name)][0] == "tensor"}
