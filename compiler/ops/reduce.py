@@ -92,7 +92,7 @@ def _prod_vjp(b, g, out, x, *, axes):
 
 
 register("reduce_sum", REDUCE, 1, _reduce_rule("reduce_sum"),
-         lambda x, *, axes: np.sum(x, axis=axes, dtype=x.dtype), per_input(_sum_vjp),
+         lambda x, *, axes: np.add.reduce(x, axis=axes, dtype=x.dtype), per_input(_sum_vjp),
          "sum over attrs.axes")
 register("reduce_max", REDUCE, 1, _extreme_rule("reduce_max"), _extreme_impl(np.max),
          per_input(_extreme_vjp), "max over attrs.axes; attrs.masked: max()'s gradient, "
