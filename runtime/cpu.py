@@ -467,25 +467,35 @@ class CpuExecutable:
                         converted.append(x)  # alive until the program has run
                     args[k] = _address(x)
                     last[k] = weakref.ref(x) if x is inputs[k] else None
-            base = len(arrays)
-            for k, j in enumerate(self._out_slot):
-                args[base + k] = _address(outputs[j])
-            entry = self._entry
-            if entry is None:
-                raise RuntimeError("CpuExecutable: run() after close(): the program's code "
-                                   "is unloaded")
-            entry(args, self._arena_address, self._pool)
+            self._call(len(arrays), outputs)
+        return self._repeated(outputs)
+
+    __call__ = run
+
+    def _call(self, base: int, outputs: list[np.ndarray]) -> None:
+        """Point the output arguments (after `base` inputs) at `outputs` and run the entry
+        (under `_lock`, the inputs' arguments set)."""
+        args = self._args
+        for k, j in enumerate(self._out_slot):
+            args[base + k] = _address(outputs[j])
+        entry = self._entry
+        if entry is None:
+            raise RuntimeError("CpuExecutable: run() after close(): the program's code is "
+                               "unloaded")
+        entry(args, self._arena_address, self._pool)
+
+    def _repeated(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """`outputs` with every repeated output filled from its first occurrence."""
         for k, j in enumerate(self._out_slot):
             if j != k:
                 outputs[k][...] = outputs[j]
         return outputs
 
-    __call__ = run
-
     def _run_donated(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """`run` for a program with donated outputs: every input checked on every call."""
         arrays = self.check_inputs(inputs)
-        spans = sorted((_address(x), _address(x) + x.nbytes, k) for k, x in enumerate(arrays))
+        addresses = [_address(x) for x in arrays]
+        spans = sorted((a, a + x.nbytes, k) for k, (a, x) in enumerate(zip(addresses, arrays)))
         shared = set()  # inputs whose bytes overlap another input's: none is given away
         end, last = -1, -1
         for start, stop, k in spans:
@@ -498,26 +508,16 @@ class CpuExecutable:
             x = arrays[k]
             if k in shared or not x.flags.writeable:
                 x = arrays[k] = x.copy()  # the caller's array stays as it was
+                addresses[k] = _address(x)
             outputs[j] = x
         outputs = [np.empty(shape, dtype) if out is None else out
                    for out, (_, shape, dtype) in zip(outputs, self._out)]
         with self._lock:
-            args = self._args
-            for k, x in enumerate(arrays):
-                args[k] = _address(x)
+            for k, address in enumerate(addresses):
+                self._args[k] = address
             self._last_inputs = [None] * len(arrays)
-            base = len(arrays)
-            for k, j in enumerate(self._out_slot):
-                args[base + k] = _address(outputs[j])
-            entry = self._entry
-            if entry is None:
-                raise RuntimeError("CpuExecutable: run() after close(): the program's code "
-                                   "is unloaded")
-            entry(args, self._arena_address, self._pool)
-        for k, j in enumerate(self._out_slot):
-            if j != k:
-                outputs[k][...] = outputs[j]
-        return outputs
+            self._call(len(arrays), outputs)
+        return self._repeated(outputs)
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
         """Seconds per kernel (best of `repeat`), each kernel called alone on one thread over

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from neurenix.runtime import load
 from neurenix.runtime.artifact import read_safetensors, write_safetensors
-from training_steps import training_step
+from training_steps import dropout_step, training_step
 
 import neurenix
-from neurenix import export_capi, nn
+from neurenix import export_capi
 from neurenix.export import export
 from neurenix.export_capi import CCheck, CTensor
 
@@ -521,18 +521,7 @@ def test_float_values_are_written_as_python_writes_them(dtype: str, tmp_path: Pa
 def test_dropout_from_c_draws_the_python_loaders_masks(tmp_path: Path) -> None:
     """The seed: a step with dropout run from C draws, step after step, the masks the Python
     loader draws (the exported seed plus the runs so far), a new one per step."""
-    neurenix.manual_seed(3)
-    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1))
-    opt = neurenix.optim.SGD(net.parameters(), lr=0.01)
-
-    def step(x: neurenix.Tensor) -> neurenix.Tensor:
-        opt.zero_grad()
-        loss = net(x).square().mean()
-        loss.backward()
-        opt.step()
-        return loss
-
-    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    step, x = dropout_step(lr=0.01)
     directory = export(step, (neurenix.Tensor(x),), "cpu", tmp_path / "a", freeze=False)
     binary = _build_driver(directory, tmp_path)
     done = _train(binary, directory, STEPS, [x], {"3.weight": tmp_path / "w.bin"})

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from devices import needs_device
 from neurenix.runtime import load
-from training_steps import training_step
+from training_steps import dropout_step, training_step
 
 import neurenix
 from neurenix import nn, optim
@@ -119,18 +119,7 @@ def test_a_failing_check_raises_eagers_error_and_commits_nothing(target: str,
 
 
 def test_dropout_draws_fresh_masks_per_run(tmp_path: Path) -> None:
-    neurenix.manual_seed(3)
-    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 1))
-    opt = optim.SGD(net.parameters(), lr=0.0)  # no learning: only the masks change
-
-    def step(x: neurenix.Tensor) -> neurenix.Tensor:
-        opt.zero_grad()
-        loss = net(x).square().mean()
-        loss.backward()
-        opt.step()
-        return loss
-
-    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    step, x = dropout_step(lr=0.0)  # no learning: only the masks change
     directory = export(step, (neurenix.Tensor(x),), "cpu", tmp_path / "a", freeze=False)
     seeds = [b for b in json.loads((directory / "manifest.json").read_text())["bindings"]
              if b["from"] == "seed"]

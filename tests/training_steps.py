@@ -76,3 +76,21 @@ def training_step(kind: str) -> TrainingCase:
 
     return TrainingCase(step, inputs, model, opt, lambda n: run_twin(n)[0],
                         lambda n: run_twin(n)[1])
+
+
+def dropout_step(lr: float) -> tuple[Callable[..., neurenix.Tensor], np.ndarray]:
+    """A training step that draws dropout masks (an MLP with Dropout(0.5), MSE against zero,
+    SGD with `lr`; seed 3) and its example input (16, 8): the seed binding's test case."""
+    neurenix.manual_seed(3)
+    net = neurenix.nn.Sequential(neurenix.nn.Linear(8, 32), neurenix.nn.ReLU(),
+                                 neurenix.nn.Dropout(0.5), neurenix.nn.Linear(32, 1))
+    opt = neurenix.optim.SGD(net.parameters(), lr=lr)
+
+    def step(x: neurenix.Tensor) -> neurenix.Tensor:
+        opt.zero_grad()
+        loss = net(x).square().mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
