@@ -61,6 +61,10 @@ class Capabilities:
     tail as one masked vector iteration, and strided windows load contiguous masked vectors."""
     l2_bytes: int = 0
     """Per-core level-2 cache in bytes, which tiled contractions block for (0: not known)."""
+    dynamic_shapes: bool = False
+    """Whether the generator and runtime take programs with dynamic sizes (symbols that
+    each call gives: docs/compiler/dynamic-shapes.md); without it such graphs compile for
+    static sizes."""
     inline_unfold_limit: int = 64
     """Fusion question: a matmul reading an unfolded (im2col) operand keeps the unfold inline
     while the other operand's free extent is at most this; past it, the unfold is
@@ -179,7 +183,7 @@ def _cpu_capabilities() -> Capabilities:
     bits = host.host_vector_bits()
     return Capabilities(vector_bits=bits, threads="pool", index_bits=(32, 64),
                         preferred_index_bits=64, alignment=64, masked_loads=bits >= 256,
-                        l2_bytes=host.host_l2_bytes())
+                        l2_bytes=host.host_l2_bytes(), dynamic_shapes=True)
 
 
 def _reference_capabilities() -> Capabilities:

@@ -1,6 +1,7 @@
 """Dtypes and static tensor types shared by the op registry, the IR and the frontend."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,12 +78,69 @@ def promote(a: DType, b: DType) -> DType:
     return a if a.itemsize >= b.itemsize else b
 
 
+def same_shape(a: tuple, b: tuple) -> bool:
+    """Whether two shapes are the same sizes, compared structurally: a dynamic size
+    (`compiler.symbolic.Dim`) equals only an equal polynomial, so no guard is recorded (tuple
+    `==` compares items before lengths, and `n == 8` would guard)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        tx, ty = getattr(x, "terms", None), getattr(y, "terms", None)
+        if (tx is None and ty is None and x != y) or tx != ty:
+            return False
+    return True
+
+
+class DynamicShape(tuple):
+    """A shape holding dynamic sizes.  `==` compares lengths first, then sizes, as
+    `same_shape` does: a plain tuple compares items before lengths, so `(n, 64) == (64,)`
+    would ask `n == 64` and record a guard no program relies on."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return len(self) == len(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return len(self) != len(other) or tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
+
+    def __getitem__(self, key):  # a slice of a shape is a shape
+        item = tuple.__getitem__(self, key)
+        return DynamicShape(item) if isinstance(key, slice) else item
+
+    def __add__(self, other: tuple) -> DynamicShape:
+        return DynamicShape(tuple.__add__(self, other))
+
+    def __radd__(self, other: tuple) -> DynamicShape:
+        return DynamicShape(tuple.__add__(other, self))
+
+
+def as_shape(sizes: Sequence) -> tuple:
+    """`sizes` as a shape tuple: a `DynamicShape` when some size is dynamic."""
+    shape = sizes if type(sizes) is tuple else tuple(sizes)
+    if any(type(d) is not int for d in shape) and any(hasattr(d, "terms") for d in shape):
+        return DynamicShape(shape)
+    return shape
+
+
 @dataclass(frozen=True)
 class TensorType:
-    """The static type of an IR value: a shape (tuple of ints) and a dtype."""
+    """The type of an IR value: a shape and a dtype.  A size is an int, or a dynamic size
+    (`compiler.symbolic.Dim`) in a shape-polymorphic graph: `numel` and `nbytes` are then
+    dynamic sizes too, and `str` prints the polynomial (f32[n,784])."""
 
     shape: tuple[int, ...]
     dtype: DType
+
+    def __post_init__(self) -> None:
+        if type(self.shape) is tuple:
+            object.__setattr__(self, "shape", as_shape(self.shape))
 
     @property
     def ndim(self) -> int:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from neurenix.compiler.symbolic import Dim, DynamicSizeError
+
 from .state import current_trace, no_grad
 from .tensor import Tensor
 
@@ -71,5 +73,8 @@ def check_range(x: Tensor, low: int | float, high: int | float,
         values = x._host()
         test(values.min(), values.max())
         return
+    if isinstance(low, Dim) or isinstance(high, Dim):
+        raise DynamicSizeError(f"a value check against the dynamic size "
+                               f"{high if isinstance(high, Dim) else low}")
     with no_grad():
         check_values((x.detach().amin(), x.detach().amax()), test)

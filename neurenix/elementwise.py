@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from neurenix.compiler.ops import REGISTRY
-from neurenix.compiler.types import DType, bool_, float32, int64, promote
+from neurenix.compiler.symbolic import Dim
+from neurenix.compiler.types import DType, as_shape, bool_, float32, int64, promote
 
 from .checks import check_values
 from .dispatch import EAGER, apply, wrap
@@ -24,7 +25,7 @@ Operand = Tensor | float | int | bool
 def _scalar_dtype(value: Any) -> DType:
     if isinstance(value, (bool, np.bool_)):
         return bool_
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, Dim)):
         return int64
     if isinstance(value, (float, np.floating)):
         return float32
@@ -78,23 +79,36 @@ def _with_scalar(dt: DType, category: int) -> DType:
 
 def broadcast_shapes(*shapes: tuple[int, ...], op: str = "broadcast") -> tuple[int, ...]:
     """NumPy's broadcast of several shapes, or a ValueError naming the op and the shapes."""
-    if shapes and all(s == shapes[0] for s in shapes):
-        return tuple(shapes[0])
+    if shapes and all(len(s) == len(shapes[0]) and s == shapes[0] for s in shapes):
+        return as_shape(shapes[0])
     ndim = max(len(s) for s in shapes)
     out = []
     for i in range(ndim):
         dims = {s[len(s) - ndim + i] for s in shapes if len(s) - ndim + i >= 0} - {1}
+        if len(dims) > 1 and any(isinstance(d, Dim) for d in dims):
+            dims = _equal_sizes(dims)
         if len(dims) > 1:
             raise ValueError(f"{op}: shapes {' and '.join(str(tuple(s)) for s in shapes)} "
                              f"cannot be broadcast together")
         out.append(dims.pop() if dims else 1)
-    return tuple(out)
+    return as_shape(out)
+
+
+def _equal_sizes(dims: set) -> set:
+    """Sizes of one broadcast axis, some dynamic, as one size when they are equal: a dynamic
+    size equal to another size records that guard (the program then holds for calls where
+    it is so), and an int among them is kept.  Unequal sizes come back as they are."""
+    ints = [d for d in dims if not isinstance(d, Dim)]
+    first = ints[0] if ints else next(iter(dims))
+    return {first} if all(d is first or d == first for d in dims) else dims
 
 
 def as_tensor(value: Operand, dtype: DType) -> Tensor:
     """A tensor of `dtype` from a tensor (cast when needed) or a Python scalar (0-d)."""
     if isinstance(value, Tensor):
         return value if value._dtype is dtype or value._dtype == dtype else cast(value, dtype)
+    if isinstance(value, Dim):  # a dynamic size in a trace: a number the program computes
+        return apply("full", shape=(), value=value, dtype=dtype.name)
     if not is_scalar(value):
         raise TypeError(f"expected a Tensor or a real number, got {type(value).__name__}")
     return Tensor._wrap(np.asarray(value, dtype=dtype.np_type), dtype)

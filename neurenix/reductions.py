@@ -6,6 +6,7 @@ from typing import NamedTuple
 import numpy as np
 
 from neurenix.compiler.ops import REGISTRY
+from neurenix.compiler.symbolic import Dim
 from neurenix.compiler.types import bool_, float32, int64
 
 from .creation import arange
@@ -101,11 +102,17 @@ def _count(x: Tensor, dim) -> int:
     return n
 
 
+def divisor(n: int | Dim) -> float | Dim:
+    """A count as the divisor of a mean: a float, or a dynamic size kept symbolic in a
+    trace (the program computes it from the call's sizes)."""
+    return n if isinstance(n, Dim) else float(n)
+
+
 def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     if not x.dtype.is_floating:
         raise TypeError(f"mean: expected a floating-point tensor, got {x.dtype.name}; "
                         "convert with .float()")
-    return div(_reduce("reduce_sum", x, dim, keepdim), float(_count(x, dim)))
+    return div(_reduce("reduce_sum", x, dim, keepdim), divisor(_count(x, dim)))
 
 
 def prod(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
@@ -199,7 +206,7 @@ def var(x: Tensor, dim=None, unbiased: bool | None = None, keepdim: bool = False
     mu = mean(x, dim, keepdim=True)
     d = sub(x, mu)
     n = _count(x, dim)
-    return div(_reduce("reduce_sum", mul(d, d), dim, keepdim), float(n - correction))
+    return div(_reduce("reduce_sum", mul(d, d), dim, keepdim), divisor(n - correction))
 
 
 def std(x: Tensor, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,

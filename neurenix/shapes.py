@@ -8,6 +8,7 @@ import numpy as np
 
 from neurenix.compiler.ops import REGISTRY, Primitive
 from neurenix.compiler.types import int64
+from neurenix.runtime.sizes import Poly
 
 from . import view_writes
 from .dispatch import _record, apply, wrap
@@ -76,6 +77,12 @@ def normalize_dims(dims, ndim: int, op: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def same_sizes(a: tuple, b: tuple) -> bool:
+    """a == b for shapes, lengths first: a tuple compares items before lengths, and with
+    dynamic sizes `(n, 16) == (16,)` would record the guard `n != 16` for nothing."""
+    return len(a) == len(b) and a == b
+
+
 def shape_args(args: Sequence, op: str) -> tuple[int, ...]:
     """Accept f(2, 3) and f((2, 3)) alike."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
@@ -84,6 +91,9 @@ def shape_args(args: Sequence, op: str) -> tuple[int, ...]:
     for a in args:
         if isinstance(a, Tensor):
             a = int(a.item())
+        if isinstance(a, Poly):  # a dynamic size while tracing (compiler/symbolic.py)
+            shape.append(a)
+            continue
         if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
             raise TypeError(f"{op}: expected a shape of ints, got {tuple(args)}")
         shape.append(int(a))
@@ -246,9 +256,9 @@ def expand(x: Tensor, *sizes) -> Tensor:
 
 def broadcast_to(x: Tensor, shape: Sequence[int]) -> Tensor:
     shape = tuple(shape)
-    if broadcast_shapes(x.shape, shape, op="broadcast_to") != shape:
+    if not same_sizes(broadcast_shapes(x.shape, shape, op="broadcast_to"), shape):
         raise ValueError(f"broadcast_to: cannot broadcast shape {tuple(x.shape)} to {shape}")
-    if x.shape == shape:
+    if same_sizes(x.shape, shape):
         return x
     if x.ndim < len(shape):
         x = apply("reshape", x, shape=(1,) * (len(shape) - x.ndim) + x.shape)

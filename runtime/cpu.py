@@ -7,7 +7,10 @@ LLVM's per-compile leak stays out of this process), allocates the arena once, an
 one foreign call of the entry function: `entry(void **args, void *arena, const neurenix_pool
 *pool)`, the args being the pointers of the inputs, outputs and constants in
 `Program.entry_args()` order, and `pool` the process's thread pool (`process_pool`,
-cpu_pool.py) for programs whose metadata asks for its ABI (`pool_abi`).  ctypes releases the
+cpu_pool.py) for programs whose metadata asks for its ABI (`pool_abi`).  A program with dynamic
+sizes (`Program.symbols`) takes a fourth argument, `const int64_t *sizes`: `run` binds the
+symbols from the inputs' shapes, sizes the outputs and the arena (grown when a call needs more)
+and passes their values; static programs keep the three-argument call.  ctypes releases the
 GIL for the call.  Programs own no threads, so a dropped or closed executable unloads its code.
 `compile_object` produces the same code as an object file for ahead-of-time export (its entry
 runs serially when passed a NULL pool).
@@ -29,6 +32,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,7 @@ import numpy as np
 from . import compile_worker, cpu_pool
 from .backend import LibraryCache
 from .program import Program
+from .sizes import bind_sizes, size_value
 
 ARENA_ALIGN = 64
 _POOL: cpu_pool.Pool | None = None
@@ -355,15 +360,17 @@ class CpuExecutable:
             self.close()
             raise ValueError(f"CpuExecutable: the program has no entry function "
                              f"{program.entry!r}")
-        self._entry = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
-                                       ctypes.c_void_p)(address)
+        # a program with dynamic sizes (Program.symbols) takes their values as a 4th argument
+        self._symbols = tuple(program.symbols)
+        pointers = [ctypes.c_void_p] * (4 if self._symbols else 3)
+        self._entry = ctypes.CFUNCTYPE(None, *pointers)(address)
+        self._sizes = (ctypes.c_int64 * max(1, len(self._symbols)))()
         threaded = abi is not None and bool(program.metadata.get("threaded"))
         self._pool = None
         if threaded:
             self._pool = process_pool().address
-        self._arena_raw = np.zeros(program.arena_bytes + ARENA_ALIGN, dtype=np.uint8)
-        skip = -self._arena_raw.ctypes.data % ARENA_ALIGN
-        self.arena = self._arena_raw[skip:skip + program.arena_bytes]
+        # a dynamic arena size is evaluated per call; the arena grows when a call needs more
+        self._allocate_arena(program.arena_bytes if isinstance(program.arena_bytes, int) else 0)
         self._constants = [np.ascontiguousarray(program.constants[name])
                            for name in sorted(program.constants)]
         self._in = [(t.name, tuple(t.shape), np.dtype(t.dtype)) for t in program.inputs]
@@ -376,9 +383,27 @@ class CpuExecutable:
         self._out_slot = [first.setdefault(name, k) for k, (name, _, _) in enumerate(self._out)]
         # outputs the program writes into an input's memory: output j is input k's array
         self._donated = [(int(j), int(k)) for j, k in program.metadata.get("donated", [])]
-        self._arena_address = self.arena.ctypes.data
+        self._special = bool(self._donated or self._symbols)  # not the plain fast path
+        # where each symbol is bound: (input, axis) of a dimension that is the lone symbol
+        self._binds = {}
+        for k, (_, shape, _) in enumerate(self._in):
+            for axis, d in enumerate(shape):
+                if not isinstance(d, int) and len(d.terms) == 1 and d.terms[0][1] == 1 \
+                        and len(d.terms[0][0]) == 1:
+                    self._binds.setdefault(d.terms[0][0][0], (k, axis))
+        bound = set(self._binds.values())
+        self._checks = [(k, axis, d) for k, (_, shape, _) in enumerate(self._in)
+                        for axis, d in enumerate(shape) if (k, axis) not in bound]
+        self._arena_size = program.arena_bytes
         self._lock = threading.Lock()
         self._last_inputs: list[Any] = []  # weak references to the previous call's inputs
+
+    def _allocate_arena(self, nbytes: int) -> None:
+        """A fresh 64-byte aligned arena of `nbytes` bytes."""
+        self._arena_raw = np.zeros(nbytes + ARENA_ALIGN, dtype=np.uint8)
+        skip = -self._arena_raw.ctypes.data % ARENA_ALIGN
+        self.arena = self._arena_raw[skip:skip + nbytes]
+        self._arena_address = self.arena.ctypes.data
 
     def _load_jit(self) -> None:
         """Load the program with MCJIT (compiling JIT object code first if none was given)."""
@@ -438,13 +463,16 @@ class CpuExecutable:
             arrays.append(x)
         return arrays
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: list[np.ndarray],
+            sizes: Mapping[str, int] | None = None) -> list[np.ndarray]:
         """Run the whole schedule once on `inputs`; returns newly allocated outputs, except a
         donated output (`Program.metadata["donated"]`), which is its input's array updated in
         place (or a copy of it, when that array cannot be written or shares memory with
-        another input)."""
-        if self._donated:
-            return self._run_donated(inputs)
+        another input).  A program with dynamic sizes binds them from the inputs' shapes;
+        `sizes` gives those no input dimension carries (symbol -> value)."""
+        if self._special:
+            return self._run_sized(inputs, sizes) if self._symbols \
+                else self._run_donated(inputs)
         outputs = [np.empty(shape, dtype) for _, shape, dtype in self._out]
         with self._lock:
             args = self._args
@@ -491,9 +519,74 @@ class CpuExecutable:
                 outputs[k][...] = outputs[j]
         return outputs
 
-    def _run_donated(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """`run` for a program with donated outputs: every input checked on every call."""
-        arrays = self.check_inputs(inputs)
+    def _check_dynamic(self, inputs: list[np.ndarray], sizes: Mapping[str, int] | None = None
+                       ) -> tuple[list[np.ndarray], dict]:
+        """The inputs of a program with dynamic sizes as C-contiguous arrays and the sizes
+        their shapes give (as `bind_sizes`, `sizes` known beforehand); a ValueError for a
+        wrong count, dtype or shape."""
+        if len(inputs) != len(self._in):
+            raise ValueError(f"compiled program: expected {len(self._in)} inputs "
+                             f"({', '.join(n for n, _, _ in self._in)}), got {len(inputs)}")
+        arrays = []
+        for (name, shape, dtype), x in zip(self._in, inputs):
+            if type(x) is not np.ndarray or not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x)
+            if x.dtype != dtype or x.ndim != len(shape):
+                raise ValueError(f"compiled program: input {name!r} expects {dtype}"
+                                 f"[{', '.join(map(str, shape))}], got {x.dtype}"
+                                 f"{list(x.shape)}")
+            arrays.append(x)
+        try:
+            env = {name: arrays[k].shape[axis] for name, (k, axis) in self._binds.items()}
+            if sizes:
+                env = {**sizes, **env}
+            for k, axis, d in self._checks:
+                if (d if type(d) is int else d.evaluate(env)) != arrays[k].shape[axis]:
+                    raise KeyError(d)
+        except KeyError:  # a dimension off, or a symbol no input binds: bind_sizes says which
+            try:
+                env = bind_sizes([shape for _, shape, _ in self._in], [x.shape for x in arrays],
+                                 sizes)
+            except ValueError as e:
+                raise ValueError(f"compiled program: {e}") from None
+        return arrays, env
+
+    @property
+    def last_sizes(self) -> dict[str, int]:
+        """The dynamic sizes of the latest call (`Program.symbols` -> value; empty for a
+        program without symbols or before its first call)."""
+        return {name: int(self._sizes[j]) for j, name in enumerate(self._symbols)
+                if self._sizes[j]}
+
+    def _run_sized(self, inputs: list[np.ndarray],
+                   sizes: Mapping[str, int] | None = None) -> list[np.ndarray]:
+        """`run` for a program with dynamic sizes: bound from the inputs' shapes (and
+        `sizes`), they size the outputs and the arena and are passed to the entry."""
+        if self._donated:
+            return self._run_donated(inputs, sizes)
+        arrays, env = self._check_dynamic(inputs, sizes)
+        outputs = [np.empty(tuple(d if type(d) is int else d.evaluate(env) for d in shape),
+                            dtype) for _, shape, dtype in self._out]
+        with self._lock:
+            args = self._args
+            for k, x in enumerate(arrays):
+                args[k] = _address(x)
+            self._last_inputs = [None] * len(arrays)
+            self._call_sized(len(arrays), outputs, env)
+        return self._repeated(outputs)
+
+    def _run_donated(self, inputs: list[np.ndarray],
+                     sizes: Mapping[str, int] | None = None) -> list[np.ndarray]:
+        """`run` for a program with donated outputs or dynamic sizes: every input checked on
+        every call; dynamic sizes are bound from the inputs' shapes, size the outputs and the
+        arena and are passed to the entry."""
+        env = None
+        if self._symbols:
+            arrays, env = self._check_dynamic(inputs, sizes)
+        else:
+            arrays = self.check_inputs(inputs)
+        shapes = [shape if env is None else tuple(size_value(d, env) for d in shape)
+                  for _, shape, _ in self._out]
         addresses = [_address(x) for x in arrays]
         spans = sorted((a, a + x.nbytes, k) for k, (a, x) in enumerate(zip(addresses, arrays)))
         shared = set()  # inputs whose bytes overlap another input's: none is given away
@@ -511,19 +604,44 @@ class CpuExecutable:
                 addresses[k] = _address(x)
             outputs[j] = x
         outputs = [np.empty(shape, dtype) if out is None else out
-                   for out, (_, shape, dtype) in zip(outputs, self._out)]
+                   for out, shape, (_, _, dtype) in zip(outputs, shapes, self._out)]
         with self._lock:
             for k, address in enumerate(addresses):
                 self._args[k] = address
             self._last_inputs = [None] * len(arrays)
-            self._call(len(arrays), outputs)
+            if env is None:
+                self._call(len(arrays), outputs)
+            else:
+                self._call_sized(len(arrays), outputs, env)
         return self._repeated(outputs)
+
+    def _call_sized(self, base: int, outputs: list[np.ndarray], env: dict[str, int]) -> None:
+        """`_call` for a program with dynamic sizes: the arena grown to what these sizes need,
+        their values passed as the entry's `sizes` (in `Program.symbols` order)."""
+        needed = self._arena_size
+        if type(needed) is not int:
+            needed = needed.evaluate(env)
+        if needed > self.arena.nbytes:
+            self._allocate_arena(needed)
+        for j, name in enumerate(self._symbols):
+            self._sizes[j] = env[name]
+        args = self._args
+        for k, j in enumerate(self._out_slot):
+            args[base + k] = _address(outputs[j])
+        entry = self._entry
+        if entry is None:
+            raise RuntimeError("CpuExecutable: run() after close(): the program's code is "
+                               "unloaded")
+        entry(args, self._arena_address, self._pool, self._sizes)
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
         """Seconds per kernel (best of `repeat`), each kernel called alone on one thread over
         its whole range, in launch order; for finding the kernel a slow program spends its
         time in.  The outputs are computed as by `run` and dropped (donated inputs are
         copied first: the caller's arrays stay as they were)."""
+        if self._symbols:
+            raise ValueError("CpuExecutable.profile: not available for a program with dynamic "
+                             "sizes yet")
         arrays = self.check_inputs(inputs)
         for _, k in self._donated:
             arrays[k] = arrays[k].copy()

@@ -4,44 +4,82 @@ It names the target, the generated source, the entry function that runs the whol
 the signature (inputs and outputs with shapes and dtypes), every buffer with its place in one
 arena, the kernels in launch order, and constants.  It imports nothing from the compiler or the
 frontend: dtypes are strings ("float32"), arrays are NumPy.
+
+A shape-polymorphic program (docs/compiler/dynamic-shapes.md) names its symbols
+(`Program.symbols`); its shapes, buffer sizes and offsets and its arena size may then be
+`runtime.sizes.Poly`s, which a runtime evaluates per call: `Program.sizes_for(input shapes)`
+binds the symbols and gives every number of that call (`ProgramSizes`).
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .sizes import Poly, Size, bind_sizes, size_from_json, size_value
 
 BUFFER_KINDS = ("input", "output", "constant", "temp")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A graph input or output: its name, shape and dtype name."""
+    """A graph input or output: its name, shape (dimensions may be symbolic) and dtype
+    name."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]
     dtype: str
 
     @property
+    def symbolic(self) -> bool:
+        return any(isinstance(d, Poly) for d in self.shape)
+
+    @property
     def nbytes(self) -> int:
+        """The bytes of a static tensor (TypeError for a symbolic shape: `nbytes_at`)."""
+        if self.symbolic:
+            raise TypeError(f"tensor {self.name!r} has the symbolic shape {_text(self.shape)}: "
+                            "its bytes depend on the call (use nbytes_at)")
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def shape_at(self, env: Mapping[str, int]) -> tuple[int, ...]:
+        """The shape for these symbol values."""
+        return tuple(size_value(d, env) for d in self.shape)
+
+    def nbytes_at(self, env: Mapping[str, int]) -> int:
+        """The bytes for these symbol values."""
+        return math.prod(self.shape_at(env)) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
 class BufferSpec:
     """A buffer the kernels use: inputs, outputs and constants are passed in; temporaries live
-    in the arena at `offset` (bytes, aligned)."""
+    in the arena at `offset` (bytes, aligned).  `size` and `offset` may be symbolic."""
 
     name: str
     dtype: str
-    size: int  # elements
+    size: Size  # elements
     kind: str
-    offset: int = -1
+    offset: Size = -1
+
+    @property
+    def symbolic(self) -> bool:
+        return isinstance(self.size, Poly) or isinstance(self.offset, Poly)
 
     @property
     def nbytes(self) -> int:
+        """The bytes of a static buffer (TypeError for a symbolic size: `nbytes_at`)."""
+        if isinstance(self.size, Poly):
+            raise TypeError(f"buffer {self.name!r} has the symbolic size {self.size}: its "
+                            "bytes depend on the call (use nbytes_at)")
         return self.size * np.dtype(self.dtype).itemsize
+
+    def nbytes_at(self, env: Mapping[str, int]) -> int:
+        """The bytes for these symbol values."""
+        return size_value(self.size, env) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -51,7 +89,7 @@ class KernelInfo:
     name: str
     args: tuple[str, ...]
     comment: str = ""
-    domain: tuple[int, ...] = ()
+    domain: tuple[Size, ...] = ()
     source: str = ""  # the kernel's own source, for per-kernel targets (GPU dialects)
     grid: tuple[int, ...] = ()
     """Work-groups (CUDA: blocks) per dimension for a GPU launch; () on the CPU.  A launch
@@ -66,25 +104,85 @@ class Program:
     """Everything needed to run one compiled signature on one target."""
 
     target: str
-    entry: str  # the function that runs every kernel in order: entry(void** args, void* arena)
+    entry: str  # runs every kernel in order: entry(args, arena, pool[, sizes]) (see symbols)
     source: str  # the generated module (LLVM IR text on the CPU)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     buffers: list[BufferSpec]
     kernels: list[KernelInfo]
-    arena_bytes: int = 0
+    arena_bytes: Size = 0
     constants: dict[str, np.ndarray] = field(default_factory=dict)
-    memory: dict[str, int] = field(default_factory=dict)  # naive / planned / lower_bound bytes
+    memory: dict[str, Size] = field(default_factory=dict)  # naive / planned / lower_bound bytes
     metadata: dict[str, object] = field(default_factory=dict)
+    symbols: tuple[str, ...] = ()
+    """The dynamic sizes (docs/compiler/dynamic-shapes.md), in the order the entry function
+    takes their values; () for a static program."""
 
     def entry_args(self) -> list[str]:
         """The order of the entry function's pointer arguments: inputs, outputs, constants."""
         return [t.name for t in self.inputs] + [t.name for t in self.outputs] + \
             sorted(self.constants)
 
+    def bind_symbols(self, shapes: Sequence[Sequence[int]]) -> dict[str, int]:
+        """The symbols' values for a call whose inputs have these shapes (in `inputs`
+        order); a ValueError when a shape does not fit or an input dimension leaves a symbol
+        unbound (`runtime.sizes.bind_sizes`)."""
+        env = bind_sizes([t.shape for t in self.inputs], shapes)
+        missing = [s for s in self.symbols if s not in env]
+        if missing:
+            raise ValueError(f"symbol {missing[0]} is not the size of any input dimension")
+        return {s: env[s] for s in self.symbols}
+
+    def sizes(self, env: Mapping[str, int]) -> ProgramSizes:
+        """Every size of one call for these symbol values, checked: each temporary inside
+        the arena (a ValueError otherwise; a static program needs no values)."""
+        missing = [s for s in self.symbols if s not in env]
+        if missing:
+            raise ValueError(f"no value for the symbol {missing[0]}")
+        env = {s: int(env[s]) for s in self.symbols}
+        arena = size_value(self.arena_bytes, env)
+        offsets: dict[str, int] = {}
+        elements: dict[str, int] = {}
+        for b in self.buffers:
+            elements[b.name] = size_value(b.size, env)
+            if elements[b.name] < 0:
+                raise ValueError(f"buffer {b.name!r} has {elements[b.name]} elements at {env}")
+            if b.kind == "temp" and not (isinstance(b.offset, int) and b.offset < 0):
+                start = offsets[b.name] = size_value(b.offset, env)
+                end = start + elements[b.name] * np.dtype(b.dtype).itemsize
+                if start < 0 or end > arena:
+                    raise ValueError(f"buffer {b.name!r} at [{start}, {end}) leaves the "
+                                     f"{arena}-byte arena at {env}")
+        return ProgramSizes(env, tuple(env[s] for s in self.symbols), arena, offsets, elements,
+                            [t.shape_at(env) for t in self.inputs],
+                            [t.shape_at(env) for t in self.outputs])
+
+    def sizes_for(self, shapes: Sequence[Sequence[int]]) -> ProgramSizes:
+        """`sizes` for a call whose inputs have these shapes (`bind_symbols`)."""
+        return self.sizes(self.bind_symbols(shapes))
+
     def __str__(self) -> str:
         """The generated source (what NEURENIX_DEBUG=4 prints after code generation)."""
         return self.source
+
+
+@dataclass(frozen=True)
+class ProgramSizes:
+    """The numbers of one call of a (possibly symbolic) program: the symbols' values by
+    name and as the entry's `sizes` array (`Program.symbols` order), the arena's bytes, each
+    temporary's byte offset, each buffer's elements and the tensors' shapes."""
+
+    env: dict[str, int]
+    values: tuple[int, ...]
+    arena_bytes: int
+    offsets: dict[str, int]
+    elements: dict[str, int]
+    input_shapes: list[tuple[int, ...]]
+    output_shapes: list[tuple[int, ...]]
+
+
+def _text(shape: Sequence[Size]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
 # ---- serialization: JSON plus raw arrays, strictly validated on the way back ----------------
@@ -134,24 +232,32 @@ def from_json_value(data: object) -> object:
 
 
 def program_to_json(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
-    """A program as a JSON-able dict and its constant arrays (stored alongside, as raw data)."""
+    """A program as a JSON-able dict and its constant arrays (stored alongside, as raw data).
+    Sizes are ints or `{"poly": ...}` (`runtime.sizes.size_to_json`); "symbols" is written
+    only for a symbolic program, so a static one serializes as before."""
     data = {
         "format": PROGRAM_FORMAT, "target": program.target, "entry": program.entry,
         "source": program.source,
         "inputs": [_spec_json(t) for t in program.inputs],
         "outputs": [_spec_json(t) for t in program.outputs],
-        "buffers": [{"name": b.name, "dtype": b.dtype, "size": int(b.size), "kind": b.kind,
-                     "offset": int(b.offset)} for b in program.buffers],
+        "buffers": [{"name": b.name, "dtype": b.dtype, "size": _size_json(b.size),
+                     "kind": b.kind, "offset": _size_json(b.offset)} for b in program.buffers],
         "kernels": [{"name": k.name, "args": list(k.args), "comment": k.comment,
-                     "domain": [int(d) for d in k.domain], "source": k.source,
+                     "domain": [_size_json(d) for d in k.domain], "source": k.source,
                      "grid": [int(d) for d in k.grid], "block": [int(d) for d in k.block]}
                     for k in program.kernels],
-        "arena_bytes": int(program.arena_bytes),
+        "arena_bytes": _size_json(program.arena_bytes),
         "constants": sorted(program.constants),
-        "memory": {k: int(v) for k, v in program.memory.items()},
+        "memory": {k: _size_json(v) for k, v in program.memory.items()},
         "metadata": to_json_value(program.metadata),
     }
+    if program.symbols:
+        data["symbols"] = list(program.symbols)
     return data, dict(program.constants)
+
+
+def _size_json(size: Size) -> int | dict:
+    return size.to_json() if isinstance(size, Poly) else int(size)
 
 
 def program_from_json(data: object, arrays: dict[str, np.ndarray]) -> Program:
@@ -159,16 +265,18 @@ def program_from_json(data: object, arrays: dict[str, np.ndarray]) -> Program:
     buffers, kernels and constants agree; ProgramFormatError when anything is off."""
     d = _fields(data, "program", {"format", "target", "entry", "source", "inputs", "outputs",
                                   "buffers", "kernels", "arena_bytes", "constants", "memory",
-                                  "metadata"})
+                                  "metadata"}, optional={"symbols"})
     _check(d["format"] == PROGRAM_FORMAT, f"program format {d['format']!r}")
     for name in ("target", "entry", "source"):
         _check(type(d[name]) is str, f"program {name} is not a string")
-    arena = _count(d["arena_bytes"], "arena_bytes")
-    inputs = [_spec_from(t) for t in _list(d["inputs"], "inputs")]
-    outputs = [_spec_from(t) for t in _list(d["outputs"], "outputs")]
-    buffers = [_buffer_from(b, arena) for b in _list(d["buffers"], "buffers")]
+    symbols = _symbols(d.get("symbols", []))
+    size = _Sizes(symbols)
+    arena = size(d["arena_bytes"], "arena_bytes")
+    inputs = [_spec_from(t, size) for t in _list(d["inputs"], "inputs")]
+    outputs = [_spec_from(t, size) for t in _list(d["outputs"], "outputs")]
+    buffers = [_buffer_from(b, arena, size) for b in _list(d["buffers"], "buffers")]
     names = {b.name for b in buffers}
-    kernels = [_kernel_from(k, names) for k in _list(d["kernels"], "kernels")]
+    kernels = [_kernel_from(k, names, size) for k in _list(d["kernels"], "kernels")]
     constant_names = _list(d["constants"], "constants")
     _check(all(type(n) is str for n in constant_names) and set(constant_names) == set(arrays)
            and len(constant_names) == len(arrays), "constants do not match the stored arrays")
@@ -179,25 +287,57 @@ def program_from_json(data: object, arrays: dict[str, np.ndarray]) -> Program:
         spec = by_name.get(name)
         _check(spec is None or (spec.dtype == array.dtype.name and spec.size == array.size),
                f"constant {name!r} does not match its buffer")
-    memory = d["memory"]
-    _check(type(memory) is dict and all(type(v) is int for v in memory.values()),
-           "memory is not a dict of byte counts")
+    _check(type(d["memory"]) is dict, "memory is not a dict of byte counts")
+    memory = {k: size(v, "memory") for k, v in d["memory"].items()}
     metadata = from_json_value(d["metadata"])
     _check(type(metadata) is dict, "metadata is not a dict")
-    _check_runtime_metadata(metadata)
+    _check_runtime_metadata(metadata, size)
     return Program(d["target"], d["entry"], d["source"], inputs, outputs, buffers, kernels,
-                   arena, dict(arrays), dict(memory), metadata)
+                   arena, dict(arrays), memory, metadata, symbols)
 
 
-def _check_runtime_metadata(metadata: dict) -> None:
-    """The metadata a runtime reads (the CPU's thread pool symbols, kernel ranges)."""
+def _check_runtime_metadata(metadata: dict, size: _Sizes) -> None:
+    """The metadata a runtime reads (the CPU's thread pool symbols, kernel ranges: ints, or
+    sizes as `runtime.sizes.size_to_json` writes them)."""
     pool = metadata.get("pool")
     if pool is not None:
         _check(type(pool) is dict and set(pool) == {"start", "stop", "size"}
                and all(type(v) is str for v in pool.values()), "metadata pool is malformed")
     ranges = metadata.get("ranges", {})
-    _check(type(ranges) is dict and all(type(v) is int for v in ranges.values()),
-           "metadata ranges is malformed")
+    _check(type(ranges) is dict, "metadata ranges is malformed")
+    for v in ranges.values():
+        _check(type(v) in (int, dict), "metadata ranges is malformed")
+        if type(v) is dict:
+            size(v, "metadata range")
+
+
+def _symbols(data: object) -> tuple[str, ...]:
+    names = _list(data, "symbols")
+    _check(all(type(n) is str and n.isidentifier() for n in names)
+           and len(set(names)) == len(names), "symbols are not distinct identifiers")
+    return tuple(names)
+
+
+class _Sizes:
+    """Reads a size (an int or `{"poly": ...}` over the program's symbols) and checks it."""
+
+    def __init__(self, symbols: tuple[str, ...]) -> None:
+        self.symbols = frozenset(symbols)
+
+    def __call__(self, value: Any, what: str, low: int = 0) -> Size:
+        if type(value) is int:
+            return _count(value, what, low)
+        _check(type(value) is dict, f"{what} is not an integer or a size polynomial")
+        try:
+            size = size_from_json(value)
+        except ValueError as e:
+            raise ProgramFormatError(f"serialized program: {what}: {e}") from None
+        if isinstance(size, int):
+            return _count(size, what, low)
+        unknown = sorted(size.symbols() - self.symbols)
+        _check(not unknown, f"{what} {size} uses {', '.join(unknown)}, not among the "
+                            "program's symbols")
+        return size
 
 
 def _check(ok: bool, what: str) -> None:
@@ -205,8 +345,10 @@ def _check(ok: bool, what: str) -> None:
         raise ProgramFormatError(f"serialized program: {what}")
 
 
-def _fields(data: Any, what: str, keys: set[str]) -> dict:
-    _check(type(data) is dict and set(data) == keys, f"{what} does not have fields {sorted(keys)}")
+def _fields(data: Any, what: str, keys: set[str], optional: frozenset[str] | set[str] = frozenset()
+            ) -> dict:
+    _check(type(data) is dict and keys <= set(data) <= keys | optional,
+           f"{what} does not have fields {sorted(keys)}")
     return data
 
 
@@ -229,27 +371,37 @@ def _shape(value: object, what: str) -> tuple[int, ...]:
     return tuple(_count(d, f"{what} dimension") for d in _list(value, f"{what} shape"))
 
 
+def _sizes(value: object, what: str, size: _Sizes) -> tuple[Size, ...]:
+    return tuple(size(d, f"{what} dimension") for d in _list(value, f"{what} shape"))
+
+
 def _spec_json(t: TensorSpec) -> dict:
-    return {"name": t.name, "shape": [int(d) for d in t.shape], "dtype": t.dtype}
+    return {"name": t.name, "shape": [_size_json(d) for d in t.shape], "dtype": t.dtype}
 
 
-def _spec_from(data: object) -> TensorSpec:
+def _spec_from(data: object, size: _Sizes) -> TensorSpec:
     d = _fields(data, "tensor spec", {"name", "shape", "dtype"})
     _check(type(d["name"]) is str, "tensor spec name is not a string")
-    return TensorSpec(d["name"], _shape(d["shape"], d["name"]), _dtype(d["dtype"], d["name"]))
+    return TensorSpec(d["name"], _sizes(d["shape"], d["name"], size),
+                      _dtype(d["dtype"], d["name"]))
 
 
-def _buffer_from(data: object, arena: int) -> BufferSpec:
+def _buffer_from(data: object, arena: Size, size: _Sizes) -> BufferSpec:
+    """A buffer; a static temporary is checked to lie in a static arena here, a symbolic
+    one per call (`Program.sizes`)."""
     d = _fields(data, "buffer", {"name", "dtype", "size", "kind", "offset"})
     _check(type(d["name"]) is str and d["kind"] in BUFFER_KINDS, "buffer name or kind")
-    buffer = BufferSpec(d["name"], _dtype(d["dtype"], d["name"]), _count(d["size"], "size"),
-                        d["kind"], _count(d["offset"], "offset", -1))
-    if buffer.kind == "temp" and buffer.offset >= 0:
+    buffer = BufferSpec(d["name"], _dtype(d["dtype"], d["name"]), size(d["size"], "size"),
+                        d["kind"], size(d["offset"], "offset", -1))
+    if isinstance(buffer.offset, Poly):
+        _check(buffer.kind == "temp", f"buffer {buffer.name!r} has an offset but is no temporary")
+    elif buffer.kind == "temp" and buffer.offset >= 0 and not isinstance(buffer.size, Poly) \
+            and not isinstance(arena, Poly):
         _check(buffer.offset + buffer.nbytes <= arena, f"buffer {buffer.name!r} outside the arena")
     return buffer
 
 
-def _kernel_from(data: object, buffers: set[str]) -> KernelInfo:
+def _kernel_from(data: object, buffers: set[str], size: _Sizes) -> KernelInfo:
     d = _fields(data, "kernel", {"name", "args", "comment", "domain", "source", "grid",
                                  "block"})
     _check(all(type(d[k]) is str for k in ("name", "comment", "source")), "kernel strings")
@@ -258,5 +410,5 @@ def _kernel_from(data: object, buffers: set[str]) -> KernelInfo:
            f"kernel {d['name']!r} takes an unknown buffer")
     grid, block = _shape(d["grid"], "grid"), _shape(d["block"], "block")
     _check(len(grid) == len(block) <= 3, f"kernel {d['name']!r} launch geometry")
-    return KernelInfo(d["name"], tuple(args), d["comment"], _shape(d["domain"], "domain"),
+    return KernelInfo(d["name"], tuple(args), d["comment"], _sizes(d["domain"], "domain", size),
                       d["source"], grid, block)

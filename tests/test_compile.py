@@ -139,8 +139,8 @@ def test_verify_reports_max_error(backend):
 def test_bad_arguments():
     with pytest.raises(TypeError, match="Module or a callable"):
         neurenix.compile(42)
-    with pytest.raises(ValueError, match="dynamic=True is not supported"):
-        neurenix.compile(_mlp(), dynamic=True)
+    with pytest.raises(TypeError, match="dynamic must be"):
+        neurenix.compile(_mlp(), dynamic="yes")
     with pytest.raises(ValueError, match="backend must be one of"):
         neurenix.compile(_mlp(), backend="tpu")
 

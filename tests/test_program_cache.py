@@ -23,7 +23,7 @@ def _counting(calls: list, backend: str = "reference"):
     def f(x):
         calls.append(tuple(x.shape))
         return x * 2 + 1
-    return neurenix.compile(f, backend=backend)
+    return neurenix.compile(f, backend=backend, dynamic=False)
 
 
 def _shapes(f) -> set:
@@ -120,7 +120,7 @@ def test_a_pending_backward_keeps_its_evicted_program_alive(monkeypatch):
     monkeypatch.setenv("NEURENIX_PROGRAM_CACHE", "100,1")
     neurenix.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
-    f = neurenix.compile(model)
+    f = neurenix.compile(model, dynamic=False)
     x = _x(4)
     out = f(x)
     first = next(iter(f._cache.values()))[0]
@@ -175,7 +175,7 @@ def test_concurrent_first_calls_of_one_signature_compile_once(backend):
         time.sleep(0.2)  # a slow trace: every thread arrives while it runs
         return x * 2 + 1
 
-    cf = neurenix.compile(f, backend=backend)
+    cf = neurenix.compile(f, backend=backend, dynamic=False)
     xs = [_x(5) for _ in range(4)]
     results = _together(4, lambda i: cf(xs[i]))
     assert len(calls) == 1 and cf.cache_size == 1
@@ -200,7 +200,7 @@ def test_a_failing_compile_fails_every_waiting_call_and_leaves_no_lock():
         time.sleep(0.1)
         return x.sum().item()  # not traceable
 
-    cf = neurenix.compile(f, backend="reference")
+    cf = neurenix.compile(f, backend="reference", dynamic=False)
     results = _together(3, lambda i: cf(_x(2)))
     assert all(isinstance(r, TraceError) for r in results)
     assert cf._pending == {} and cf.cache_size == 0
@@ -220,7 +220,7 @@ def _rss_kib() -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 def test_rss_stays_flat_over_many_calls_of_one_program():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
-    f = neurenix.compile(model)
+    f = neurenix.compile(model, dynamic=False)
     x = neurenix.randn(2, 8)
     with neurenix.no_grad():
         for _ in range(2000):  # warm up: allocator pools, caches
@@ -250,7 +250,7 @@ def mappings():
 
 shapes, warm_up = int(sys.argv[1]), 50
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
-f = neurenix.compile(model)
+f = neurenix.compile(model, dynamic=False)
 programs = []
 start = time.perf_counter()
 with neurenix.no_grad():

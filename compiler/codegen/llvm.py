@@ -29,6 +29,26 @@ arena + its planned offset, and calls every kernel in launch order: a compiled c
 foreign call.
 Buffers that share storage inside a kernel (in-place reuse, or a buffer both read and written)
 become one parameter, so that every pointer parameter can be `noalias`.
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md).  A kernel graph whose sizes are polynomials
+of symbols (a batch `n`) gives a program with `Program.symbols` (their names, sorted) and
+
+    void neurenix_entry(ptr *args, ptr arena, ptr pool, const int64_t *sizes)
+
+`sizes[i]` being the value of `symbols[i]` for the call.  The entry loads them once, computes
+the temporaries' arena offsets (polynomials) and each kernel's range size (a polynomial or a
+`Ceil`: schedule/sizes.py) from them.  A kernel that reads a symbol (a dynamic extent, buffer
+size or `Sym` leaf) takes the same pointer after its buffers,
+
+    void neurenix_<kernel>(ptr buf..., ptr sizes, i64 start, i64 end)
+
+and loads the symbols in its entry block (`FunctionBuilder.value` turns a size into an i64
+there; `ExprEmitter` reads `Sym` leaves from them); its range function for the pool unpacks
+the pointer like a buffer.  Loop bounds, clamps, row and K blocks, divisions of the flat range
+are then computed per call; every tile, vector width and block length stays a constant chosen
+from the symbols' hints.  A `Choice` schedule (dot products for few rows, tiles for many) emits
+both kernel functions (`<kernel>_upto<limit>` and `<kernel>`) and the entry calls one per call.
+Static programs keep the three-argument entry and unchanged code.
 """
 from __future__ import annotations
 
@@ -39,9 +59,11 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from llvmlite import ir
 
 from ...runtime.program import KernelInfo, Program
+from ...runtime.sizes import Poly, size_to_json
 from ..kernel.ir import BufferArg, Kernel, KernelGraph, Load, Store, format_kernel
 from ..kernel.memory import MemoryPlan, plan_memory
 from ..schedule import (
+    Choice,
     ColumnReduction,
     Contraction,
     Dot,
@@ -53,9 +75,10 @@ from ..schedule import (
     schedule_kernel,
     target_rules,
 )
+from ..schedule.sizes import Ceil, kernel_symbols
 from ..targets import Capabilities, Target, get_target
 from .llvm_dot import emit_dot
-from .llvm_loops import FunctionBuilder
+from .llvm_loops import FunctionBuilder, size_value
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction
 from .llvm_ops import CodegenError, emit_stores
@@ -79,6 +102,8 @@ from .program_specs import (
 ENTRY = "neurenix_entry"
 ENTRY_SIGNATURE = ("void neurenix_entry(void **args, void *arena, "
                    "const struct neurenix_pool *pool)")  # pool: llvm_parallel.py, or NULL
+ENTRY_SIGNATURE_SIZES = ("void neurenix_entry(void **args, void *arena, "
+                         "const struct neurenix_pool *pool, const int64_t *sizes)")
 
 
 def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
@@ -95,7 +120,8 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
     plan = plan_memory(kernels) if plan is None else plan
     module = ir.Module(name="neurenix")
     module.triple = _process_triple()
-    emitter = _KernelEmitter(module, plan, caps)
+    symbols = program_symbols(kernels)
+    emitter = _KernelEmitter(module, plan, caps, symbols)
     infos: list[KernelInfo] = []
     calls: list[tuple[_Emitted, list[str]]] = []
     scheduled = [replace(k, schedule=schedule_kernel(k, caps, rules)) if k.schedule is None
@@ -113,13 +139,25 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
         kernels=infos, arena_bytes=plan.arena_bytes, constants=constant_arrays(kernels),
         memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
                 "lower_bound": plan.lower_bound_bytes},
-        metadata={"ranges": {n: e.count for n, e in functions.items()},
+        metadata={"ranges": {n: size_to_json(e.count) for n, e in functions.items()
+                             if not isinstance(e.count, Ceil)},
                   "paths": {n: e.path for n, e in functions.items()},
-                  "threaded": [n for n, e in functions.items() if e.splitter is not None],
+                  "threaded": [v.fn.name for e in functions.values() for v in _variants(e)
+                               if v.splitter is not None],
                   "inplace": dict(plan.inplace), "vector_bits": caps.vector_bits,
-                  "pool_abi": POOL_ABI, "entry_signature": ENTRY_SIGNATURE},
+                  "pool_abi": POOL_ABI,
+                  "entry_signature": ENTRY_SIGNATURE_SIZES if symbols else ENTRY_SIGNATURE},
+        symbols=symbols,
     )
-    _emit_entry(module, program, plan, calls, emitter.threading)
+    if symbols:  # ranges that are no polynomial (a Ceil) are only described, as text
+        program.metadata["sized_kernels"] = [n for n, e in functions.items() if e.sized]
+        program.metadata["range_text"] = {n: str(e.count) for n, e in functions.items()
+                                          if not isinstance(e.count, int)}
+        program.metadata["choices"] = {
+            n: {"size": size_to_json(e.choice[0]), "limit": e.choice[1],
+                "small": e.choice[2].path, "large": e.choice[3].path}
+            for n, e in functions.items() if e.choice is not None}
+    _emit_entry(module, program, plan, calls, emitter.threading, symbols)
     program.source = _with_comments(str(module), scheduled, infos)
     return program
 
@@ -131,20 +169,31 @@ class _Emitted:
     splitter runs the parts and `finish` combines them."""
 
     fn: ir.Function
-    count: int
+    count: object  # an int, or a size of the symbols (schedule/sizes.py: Count)
     path: str
     splitter: ir.Function | None
     finish: ir.Function | None = None
     parts: int = 0
+    sized: bool = False  # takes the `sizes` pointer after its buffers
+    choice: tuple | None = None  # (size, limit, small, large): run small while size <= limit
+
+
+def _variants(emitted: _Emitted) -> list[_Emitted]:
+    """The kernel functions a call may run: itself, or every variant of a `Choice`."""
+    if emitted.choice is None:
+        return [emitted]
+    return _variants(emitted.choice[2]) + _variants(emitted.choice[3])
 
 
 class _KernelEmitter:
     """Emits one function per distinct kernel of a module."""
 
-    def __init__(self, module: ir.Module, plan: MemoryPlan, caps: Capabilities) -> None:
+    def __init__(self, module: ir.Module, plan: MemoryPlan, caps: Capabilities,
+                 symbols: tuple[str, ...] = ()) -> None:
         self.module = module
         self.plan = plan
         self.caps = caps
+        self.symbols = symbols
         self.lib = MathLib(module)
         self.threading = Threading(module)
         self._seen: dict[Kernel, _Emitted] = {}
@@ -159,17 +208,28 @@ class _KernelEmitter:
             self._seen[key] = self._emit(kernel, params)
         return self._seen[key]
 
-    def _emit(self, kernel: Kernel, params: list[str]) -> _Emitted:
-        name = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}"
+    def _emit(self, kernel: Kernel, params: list[str], suffix: str = "") -> _Emitted:
+        plan = kernel.schedule
+        if isinstance(plan, Choice):  # both variants; the entry picks one per call
+            small = self._emit(replace(kernel, schedule=plan.small), params,
+                               f"{suffix}_upto{plan.limit}")
+            large = self._emit(replace(kernel, schedule=plan.large), params, suffix)
+            return replace(large, path=f"{small.path}|{large.path}",
+                           choice=(plan.size, plan.limit, small, large))
+        name = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}{suffix}"
         name = name if name not in self._names else f"{name}_{len(self._names)}"
         self._names.add(name)
-        fn = self._function(name, len(params), [I64, I64])
+        sized = bool(kernel_symbols(kernel))
+        n = len(params) + sized  # the sizes pointer follows the buffers
+        fn = self._function(name, n, [I64, I64])
         fn.attributes.add("noinline")  # one copy: callable per range, not inlined in the entry
-        fb = FunctionBuilder(fn, masked_vectors=self.caps.masked_loads)
+        sizes = fn.args[len(params)] if sized else None
+        fb = FunctionBuilder(fn, masked_vectors=self.caps.masked_loads, sizes=sizes,
+                             symbols=self.symbols)
         buffers = self._buffers(kernel, params, fn)
         plan = kernel.schedule
         if isinstance(plan, SplitReduction):
-            return self._emit_parts(kernel, params, fb, plan)
+            return self._emit_parts(kernel, params, fb, plan, sized)
         if isinstance(plan, Contraction):
             emit_contraction(fb, self.lib, kernel, buffers, plan)
             path = "tiled"
@@ -185,8 +245,8 @@ class _KernelEmitter:
         fb.b.ret_void()
         splitter = None
         if plan.threaded:
-            splitter = self.threading.splitter(fn, len(params))
-        return _Emitted(fn, plan.count, path, splitter)
+            splitter = self.threading.splitter(fn, n)
+        return _Emitted(fn, plan.count, path, splitter, sized=sized)
 
     def _function(self, name: str, n: int, extra: list[ir.Type]) -> ir.Function:
         """`void name(ptr x n (noalias), extra...)`."""
@@ -200,23 +260,29 @@ class _KernelEmitter:
                            buf.dtype, buf.size) for buf in kernel.buffers()}
 
     def _emit_parts(self, kernel: Kernel, params: list[str], fb: FunctionBuilder,
-                    plan: SplitReduction) -> _Emitted:
+                    plan: SplitReduction, sized: bool = False) -> _Emitted:
         """A full reduction split in parts (llvm_parallel.py): `<kernel>_part` reduces parts
-        [start, end) into a partials buffer (its last pointer), `<kernel>_finish` combines
-        them and stores; the kernel function runs both on the calling thread."""
-        n, parts, fn = len(params), plan.parts, fb.fn
+        [start, end) into a partials buffer (its last pointer, after the buffers and, with
+        dynamic sizes, `sizes`), `<kernel>_finish` combines them and stores; the kernel
+        function runs both on the calling thread."""
+        n, parts, fn = len(params) + sized, plan.parts, fb.fn
         masked = self.caps.masked_loads
+
+        def builder(f: ir.Function) -> FunctionBuilder:
+            sizes = f.args[len(params)] if sized else None
+            return FunctionBuilder(f, masked_vectors=masked, sizes=sizes, symbols=self.symbols)
+
         part = self._function(f"{fn.name}_part", n + 1, [I64, I64])
         part.linkage = "internal"
         part.attributes.add("noinline")
-        pb = FunctionBuilder(part, masked_vectors=masked)
+        pb = builder(part)
         reduce_parts(pb, self.lib, kernel, self._buffers(kernel, params, part), part.args[n],
                      *part.args[-2:], parts)
         pb.b.ret_void()
         finish = self._function(f"{fn.name}_finish", n + 1, [])
         finish.linkage = "internal"
         finish.attributes.add("noinline")
-        eb = FunctionBuilder(finish, masked_vectors=masked)
+        eb = builder(finish)
         finish_parts(eb, self.lib, kernel, self._buffers(kernel, params, finish),
                      finish.args[n], parts)
         eb.b.ret_void()
@@ -228,7 +294,8 @@ class _KernelEmitter:
             b.call(part, args + [ir.Constant(I64, 0), ir.Constant(I64, parts)])
             b.call(finish, args)
         b.ret_void()
-        return _Emitted(fn, 1, "generic", self.threading.splitter(part, n + 1), finish, parts)
+        return _Emitted(fn, 1, "generic", self.threading.splitter(part, n + 1), finish, parts,
+                        sized)
 
 
 def _with_comments(source: str, kernels: list[Kernel], infos: list[KernelInfo]) -> str:
@@ -251,6 +318,8 @@ def _renamed(e, f, memo: dict | None = None):
     if id(e) in memo:
         return memo[id(e)][1]
     out = e
+    if isinstance(e, Poly):  # a dynamic size is a leaf
+        return e
     if isinstance(e, BufferArg):
         out = replace(e, name=f(e.name))
     elif is_dataclass(e):
@@ -273,18 +342,41 @@ def _process_triple() -> str:
     return llvm.get_process_triple()
 
 
+def program_symbols(kernels: KernelGraph) -> tuple[str, ...]:
+    """The symbols of a shape-polymorphic kernel graph, sorted: the order in which the entry
+    takes their values (`Program.symbols`); () for a static graph."""
+    names: set[str] = set()
+    sizes = [d for shape in kernels.shapes.values() for d in shape]
+    sizes += [b.size for b in kernels.buffers.values()]
+    for size in sizes:
+        if isinstance(size, Poly):
+            names |= size.symbols()
+    for kernel in kernels.kernels:
+        names |= kernel_symbols(kernel)
+    return tuple(sorted(names))
+
+
 def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
-                threading: Threading) -> None:
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]), ENTRY)
-    args, arena, pool = fn.args
+                threading: Threading, symbols: tuple[str, ...] = ()) -> None:
+    """The entry function (module docstring); with symbols it takes `sizes` too, computes the
+    dynamic arena offsets and range sizes from them and passes it to the kernels that use
+    them."""
+    extra = [PTR] if symbols else []
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + extra), ENTRY)
+    args, arena, pool = fn.args[:3]
+    sizes = fn.args[3] if symbols else None
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    values: dict[str, ir.Value] = {}
+    for j, name in enumerate(symbols):
+        slot = b.gep(sizes, [ir.Constant(I64, j)], inbounds=True, source_etype=I64)
+        values[name] = b.load(slot, typ=I64, name=name, align=8)
     pointers: dict[str, ir.Value] = {}
     for k, name in enumerate(program.entry_args()):
         if name not in pointers:
             slot = b.gep(args, [ir.Constant(I64, k)], inbounds=True, source_etype=PTR)
             pointers[name] = b.load(slot, typ=PTR, name=name)
     for name, offset in plan.offsets.items():
-        pointers[name] = b.gep(arena, [ir.Constant(I64, offset)], inbounds=True,
+        pointers[name] = b.gep(arena, [size_value(b, values, offset)], inbounds=True,
                                source_etype=ir.IntType(8), name=name)
     partials = None  # one buffer for every full reduction split in parts (they run in turn)
     if any(emitted.finish is not None for emitted, _ in calls):
@@ -293,15 +385,32 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
         partials.align = 64
         partials.type = PTR
     for emitted, params in calls:
-        args = [pointers[p] for p in params]
-        if emitted.finish is not None:
-            threading.call(b, emitted.splitter, args + [partials], emitted.parts, pool)
-            b.call(emitted.finish, args + [partials])
-        elif emitted.splitter is None:
-            b.call(emitted.fn, args + [ir.Constant(I64, 0), ir.Constant(I64, emitted.count)])
-        else:
-            threading.call(b, emitted.splitter, args, emitted.count, pool)
+        args = [pointers[p] for p in params] + ([sizes] if emitted.sized else [])
+        _call(b, emitted, args, values, partials, pool, threading)
     b.ret_void()
+
+
+def _call(b: ir.IRBuilder, emitted: _Emitted, args: list, values: dict, partials, pool,
+          threading: Threading) -> None:
+    """Emit, into the entry, the run of one kernel function over its whole range (of the
+    variant this call's sizes pick, for a `Choice`)."""
+    if emitted.choice is not None:
+        size, limit, small, large = emitted.choice
+        test = b.icmp_signed("<=", size_value(b, values, size), ir.Constant(I64, limit))
+        with b.if_else(test) as (few, many):
+            with few:
+                _call(b, small, args, values, partials, pool, threading)
+            with many:
+                _call(b, large, args, values, partials, pool, threading)
+        return
+    count = size_value(b, values, emitted.count)
+    if emitted.finish is not None:
+        threading.call(b, emitted.splitter, args + [partials], emitted.parts, pool)
+        b.call(emitted.finish, args + [partials])
+    elif emitted.splitter is None:
+        b.call(emitted.fn, args + [ir.Constant(I64, 0), count])
+    else:
+        threading.call(b, emitted.splitter, args, count, pool)
 
 
 # ---- the generic loop nest ------------------------------------------------------------------
@@ -309,7 +418,8 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
 
 def _emit_nest(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
                plan: Nest) -> None:
-    """The loop nest of the module docstring, as `plan` lays it out."""
+    """The loop nest of the module docstring, as `plan` lays it out (dynamic extents are
+    read from the symbols: `fb.value`)."""
     start, end = fb.fn.args[-2:]
     domain = kernel.domain
     columns = isinstance(plan, ColumnReduction)
@@ -328,19 +438,20 @@ def _emit_nest(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
         vars = {}
         rest = flat
         for axis in reversed(range(plan.ranged)):
-            size = ir.Constant(I64, domain[axis])
+            size = fb.value(domain[axis])
             vars[axis] = b.urem(rest, size) if axis else rest
             rest = b.udiv(rest, size)
         for axis in range(plan.ranged, last):  # counted, not divided out of the range per row
-            vars[axis] = nest.enter_context(fb.loop(0, domain[axis], f"i{axis}"))
+            vars[axis] = nest.enter_context(fb.loop(0, fb.value(domain[axis]), f"i{axis}"))
         if columns:
             reduce_columns(fb, lib, kernel, buffers, vars, ir.Constant(I64, 0),
-                           ir.Constant(I64, domain[last]), plan.strip)
+                           fb.value(domain[last]), plan.strip)
         elif isinstance(plan, Window):
             emit_window(fb, lib, kernel, buffers, vars, plan)
         else:
             fold = isinstance(plan, Elementwise) and plan.fold_tail
-            with fb.loop(0, domain[last], f"i{last}", vectorize=vectorize, fold_tail=fold) as i:
+            with fb.loop(0, fb.value(domain[last]), f"i{last}", vectorize=vectorize,
+                         fold_tail=fold) as i:
                 vars[last] = i
                 _point(fb, lib, kernel, buffers, vars, unroll)
 

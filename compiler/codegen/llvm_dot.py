@@ -54,17 +54,17 @@ def emit_dot(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, m
         n0 = b.mul(b.urem(t, _i64(col_blocks)), _i64(rn))
         rest = b.udiv(t, _i64(col_blocks))
         for axis in reversed(m.batch):
-            vars[axis] = b.urem(rest, _i64(domain[axis]))
-            rest = b.udiv(rest, _i64(domain[axis]))
+            vars[axis] = b.urem(rest, fb.value(domain[axis]))
+            rest = b.udiv(rest, fb.value(domain[axis]))
         b_rows = [rows_of(b_operand, {**vars, m.col: fb.min(b.add(n0, _i64(j)), n_size - 1)})
                   for j in range(rn)]
-        with fb.loop(0, -(-m_size // rm), "rows") as rb:
+        with fb.loop(0, fb.ceil_div(m_size, rm), "rows") as rb:
             m0 = b.mul(rb, _i64(rm))
             a_rows = []
             for i in range(rm):
                 point = dict(vars)
                 if m.row is not None:
-                    point[m.row] = fb.min(b.add(m0, _i64(i)), m_size - 1)
+                    point[m.row] = fb.min(b.add(m0, _i64(i)), fb.value(m_size - 1))
                 a_rows.append(rows_of(a_operand, point))
             for acc in accs:
                 b.store(ir.Constant(vec, None), acc)
@@ -100,7 +100,7 @@ def _epilogue(fb, lib, kernel, buffers, m: Dot, vars, sums, m0, n0, m_size, n_si
     """The kernel's stores on the valid part of one block of outputs."""
     b = fb.b
     ftype = value_type(m.dtype)
-    rows = fb.min(b.sub(_i64(m_size), m0), m.rm)
+    rows = fb.min(b.sub(fb.value(m_size), m0), m.rm)
     cols = fb.min(b.sub(_i64(n_size), n0), m.rn)
     with fb.loop(0, rows, "ep_i") as i:
         with fb.loop(0, cols, "ep_j") as j:

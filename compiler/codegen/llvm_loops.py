@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
+from ...runtime.sizes import Poly
+from ..schedule.sizes import Ceil
 from .llvm_math import I1, I64, PTR
 
 SHORTEST_FORCED = 4  # a loop with a constant trip count below this is left to the cost model
@@ -43,9 +45,15 @@ def loop_metadata(module: ir.Module, vectorize: bool,
 
 class FunctionBuilder:
     """An IRBuilder over a function whose allocas all sit in the entry block (so that mem2reg
-    turns them into registers), with a `loop` context manager."""
+    turns them into registers), with a `loop` context manager.
 
-    def __init__(self, fn: ir.Function, masked_vectors: bool = True) -> None:
+    In a function of a kernel with dynamic sizes, `sizes` is its `const int64_t *sizes`
+    parameter and `symbols` the names of its entries: each symbol is loaded once in the entry
+    block, and `value` turns a size (an int, a polynomial, a `Ceil`) into an i64 there.
+    """
+
+    def __init__(self, fn: ir.Function, masked_vectors: bool = True,
+                 sizes: ir.Value | None = None, symbols: tuple[str, ...] = ()) -> None:
         self.fn = fn
         self.masked_vectors = masked_vectors
         self._caps: dict[int, int] = {}  # id(value of `min`) -> its constant upper bound
@@ -54,6 +62,32 @@ class FunctionBuilder:
         self._entry = ir.IRBuilder(entry)
         self._entry.branch(body)
         self.b = ir.IRBuilder(body)
+        self._values: dict[object, ir.Value] = {}
+        self.symbols: dict[str, ir.Value] = {}
+        if sizes is not None:
+            self._entry.position_before(self._entry.block.terminator)
+            for j, name in enumerate(symbols):
+                slot = self._entry.gep(sizes, [ir.Constant(I64, j)], inbounds=True,
+                                       source_etype=I64)
+                self.symbols[name] = self._entry.load(slot, typ=I64, name=name, align=8)
+        fn.neurenix_symbols = self.symbols  # how `ExprEmitter` finds a `Sym`'s value
+
+    def value(self, size: int | Poly | Ceil) -> ir.Value:
+        """A size as an i64: a constant, or computed once from the symbols in the entry
+        block."""
+        if isinstance(size, int):
+            return ir.Constant(I64, size)
+        key = size if isinstance(size, Ceil) else ("poly", size.terms)
+        if key not in self._values:
+            self._entry.position_before(self._entry.block.terminator)
+            self._values[key] = size_value(self._entry, self.symbols, size)
+        return self._values[key]
+
+    def ceil_div(self, size: int | Poly, divisor: int) -> ir.Value:
+        """ceil(size / divisor) as an i64 (size >= 0)."""
+        if isinstance(size, int):
+            return ir.Constant(I64, -(-size // divisor))
+        return self.value(Ceil(size, divisor))
 
     @property
     def module(self) -> ir.Module:
@@ -147,3 +181,25 @@ class FunctionBuilder:
         if caps:
             self._caps[id(result)] = min(caps)
         return result
+
+
+def size_value(b: ir.IRBuilder, symbols: dict[str, ir.Value],
+               size: int | Poly | Ceil) -> ir.Value:
+    """Emit a size with `b`, given its symbols' i64 values: a polynomial term by term, a
+    `Ceil` by an unsigned division (sizes are never negative)."""
+    if isinstance(size, int):
+        return ir.Constant(I64, size)
+    if isinstance(size, Ceil):
+        top = size_value(b, symbols, size.size)
+        blocks = top if size.divisor == 1 else b.udiv(
+            b.add(top, ir.Constant(I64, size.divisor - 1)), ir.Constant(I64, size.divisor))
+        if isinstance(size.times, int) and size.times == 1:
+            return blocks
+        return b.mul(blocks, size_value(b, symbols, size.times))
+    total = None
+    for monomial, coefficient in size.terms:
+        term = None if coefficient == 1 and monomial else ir.Constant(I64, coefficient)
+        for name in monomial:
+            term = symbols[name] if term is None else b.mul(term, symbols[name])
+        total = term if total is None else b.add(total, term)
+    return total

@@ -134,19 +134,21 @@ class _Tiler:
                 lo = _max(b, start, g0)
                 hi = fb.min(end, fb.min(b.add(g0, _i64(p.group)), b.add(base, _i64(p.col_tiles))))
                 vars: dict[int, ir.Value] = {}
-                first = b.mul(b.urem(unit, _i64(p.row_blocks)), _i64(p.block))
-                last = fb.min(b.add(first, _i64(p.block)), _ceil_div(self.m_size, m.mr))
-                rest = b.udiv(unit, _i64(p.row_blocks))
+                row_blocks = fb.value(p.row_blocks)
+                first = b.mul(b.urem(unit, row_blocks), _i64(p.block))
+                last = fb.min(b.add(first, _i64(p.block)), fb.ceil_div(self.m_size, m.mr))
+                rest = b.udiv(unit, row_blocks)
                 for axis in reversed(m.batch):
-                    vars[axis] = b.urem(rest, _i64(domain[axis]))
-                    rest = b.udiv(rest, _i64(domain[axis]))
+                    vars[axis] = b.urem(rest, fb.value(domain[axis]))
+                    rest = b.udiv(rest, fb.value(domain[axis]))
                 span = _Span(vars, base, lo, hi, first, last)
-                if p.k_blocks == 1:
-                    self._columns(span, None, None, _i64(self.k_size))
+                if isinstance(p.k_blocks, int) and p.k_blocks == 1:
+                    self._columns(span, None, None, fb.value(self.k_size))
                 else:
-                    with fb.loop(0, p.k_blocks, "kb") as kb:
+                    with fb.loop(0, fb.value(p.k_blocks), "kb") as kb:
                         k0 = b.mul(kb, _i64(p.kc))
-                        self._columns(span, kb, k0, fb.min(b.sub(_i64(self.k_size), k0), p.kc))
+                        klen = fb.min(b.sub(fb.value(self.k_size), k0), p.kc)
+                        self._columns(span, kb, k0, klen)
             if raw is not None:
                 b.call(_c_function(fb.module, "free", ir.VoidType(), [PTR]), [raw])
 
@@ -338,12 +340,12 @@ class _Tiler:
         m0 = b.mul(rt, _i64(m.mr))
         for acc in self.accs:
             b.store(ir.Constant(vec, None), acc)
-        if cols.kb is None:
+        if cols.kb is None and isinstance(self.k_size, int):
             steps: ir.Value = _i64(self.k_size // chains)
             done = self.k_size // chains * chains
             tail = done < self.k_size
             done_v: ir.Value = _i64(done)
-        else:
+        else:  # a K block, or a dynamic k in one block
             steps = b.udiv(cols.klen, _i64(chains)) if chains > 1 else cols.klen
             done_v = b.mul(steps, _i64(chains))
             tail = chains > 1
@@ -380,6 +382,9 @@ class _Tiler:
                           b.load(slots[i], typ=vec, align=64))
 
         first = b.icmp_unsigned("==", cols.kb, _i64(0))
+        if not isinstance(p.k_blocks, int):  # any block may be the first and the last
+            self._accumulate_dynamic(span, cols, m0, slots, first)
+            return
         final = b.icmp_unsigned("==", cols.kb, _i64(p.k_blocks - 1))
         with b.if_else(first) as (initialise, add):
             with initialise:
@@ -394,6 +399,28 @@ class _Tiler:
                     with middle:
                         for i in range(m.mr):
                             b.store(total(i), slots[i], align=64)
+
+    def _accumulate_dynamic(self, span: _Span, cols: _Cols, m0: ir.Value, slots: list,
+                            first: ir.Value) -> None:
+        """`_accumulate` for a dynamic number of K blocks: the partial sums so far are zero
+        in the first block (a select, so that one epilogue serves a single block too)."""
+        b, m, vec, p = self.b, self.m, self.vec, self.plan
+        last = b.sub(self.fb.value(p.k_blocks), _i64(1))
+        final = b.icmp_unsigned("==", cols.kb, last)
+        zero = ir.Constant(vec, [0.0] * self.nr)
+
+        def total(i: int) -> ir.Value:
+            before = b.select(first, zero, b.load(slots[i], typ=vec, align=64))
+            return b.fadd(b.load(self.accs[i], typ=vec, align=64), before)
+
+        with b.if_else(final) as (finish, keep):
+            with finish:
+                for i in range(m.mr):
+                    b.store(total(i), self.accs[i], align=64)
+                self._finish(span.vars, m0, cols.n0)
+            with keep:
+                for i in range(m.mr):
+                    b.store(total(i), slots[i], align=64)
 
     def _finish(self, vars: dict, m0: ir.Value, n0: ir.Value) -> None:
         """Spill the total (the first MR accumulators) to the tile, then run the epilogue."""
@@ -412,7 +439,7 @@ class _Tiler:
             point = dict(vars)
             point[self.k_axis] = k
             if m.row is not None:
-                point[m.row] = fb.min(b.add(m0, _i64(i)), self.m_size - 1)
+                point[m.row] = fb.min(b.add(m0, _i64(i)), fb.value(self.m_size - 1))
             a = ExprEmitter(b, self.lib, self.buffers, point).emit(self.a)
             a = cast(b, self.lib, a, dtype_of(self.a), m.dtype)
             lane = b.insert_element(ir.Constant(vec, None), a, _i32(0))
@@ -423,7 +450,7 @@ class _Tiler:
         """Run the kernel's stores on the valid part of the finished tile (a full tile with
         constant bounds, so that its store loop vectorises without a remainder)."""
         fb, b, m = self.fb, self.b, self.m
-        rows = fb.min(b.sub(_i64(self.m_size), m0), m.mr)
+        rows = fb.min(b.sub(fb.value(self.m_size), m0), m.mr)
         cols = fb.min(b.sub(_i64(self.n_size), n0), self.nr)
         full = b.and_(b.icmp_signed("==", rows, _i64(m.mr)),
                       b.icmp_signed("==", cols, _i64(self.nr)))

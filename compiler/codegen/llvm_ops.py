@@ -22,6 +22,7 @@ from ..kernel.ir import (
     Kernel,
     Load,
     RandomUniform,
+    Sym,
     Unary,
     Var,
     Where,
@@ -404,6 +405,11 @@ class ExprEmitter:
         b = self.b
         if isinstance(e, Var):
             return self.vars[e.axis]
+        if isinstance(e, Sym):  # loaded in the function's entry block (llvm_loops.py)
+            symbols = getattr(b.function, "neurenix_symbols", {})
+            if e.name not in symbols:
+                raise CodegenError(f"llvm codegen: the size {e.name} is not a parameter here")
+            return symbols[e.name]
         if isinstance(e, Const):
             return const(e.dtype, e.value)
         if isinstance(e, Acc):
@@ -440,7 +446,7 @@ class ExprEmitter:
         other = const(dtype, e.other)
         if e.mask is None:
             return self.load(e.buffer, self.index(e.index))
-        if size == 0:
+        if isinstance(size, int) and size == 0:
             return other
         # The index is computed unconditionally (it is pure), the load happens only under the
         # mask.  LLVM if-converts this into a masked vector load of contiguous elements; a

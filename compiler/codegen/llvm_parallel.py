@@ -71,13 +71,15 @@ class Threading:
         return fn
 
     def call(self, b: ir.IRBuilder, splitter: ir.Function, params: list[ir.Value],
-             count: int, pool: ir.Value) -> None:
-        """Emit, into the entry, a parallel run of a kernel over [0, count) on `pool`."""
+             count: int | ir.Value, pool: ir.Value) -> None:
+        """Emit, into the entry, a parallel run of a kernel over [0, count) on `pool` (`count`
+        an int, or an i64 computed from a program's dynamic sizes)."""
         array = b.alloca(PTR, size=_i64(len(params)), name="params")
         array.type = PTR  # opaque, as every pointer here
         for j, p in enumerate(params):
             b.store(p, b.gep(array, [_i64(j)], inbounds=True, source_etype=PTR))
-        b.call(self.parallel(), [pool, splitter, array, _i64(count)])
+        count = _i64(count) if isinstance(count, int) else count
+        b.call(self.parallel(), [pool, splitter, array, count])
 
     def parallel(self) -> ir.Function:
         """`void neurenix_parallel(ptr pool, ptr fn, ptr ctx, i64 count)`: `pool->run(pool,

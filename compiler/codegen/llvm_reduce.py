@@ -56,7 +56,7 @@ from ..schedule.reduction import (
     part_blocks,
 )
 from ..types import DType
-from .llvm_loops import FunctionBuilder
+from .llvm_loops import FunctionBuilder, size_value
 from .llvm_math import F32, F64, I64, MathLib
 from .llvm_ops import (
     CodegenError,
@@ -157,16 +157,16 @@ def each_block(fb: FunctionBuilder, kernel: Kernel, plan: Blocks, vars: dict, lo
     with fb.loop(lo, hi, "block") as q:
         index = rest = q
         if level:
-            index = b.urem(q, ir.Constant(I64, plan.chunks))
-            rest = b.udiv(q, ir.Constant(I64, plan.chunks))
+            index = b.urem(q, fb.value(plan.chunks))
+            rest = b.udiv(q, fb.value(plan.chunks))
         for axis in reversed(range(level)):
-            size = ir.Constant(I64, sizes[axis])
+            size = fb.value(sizes[axis])
             vars[first + axis] = b.urem(rest, size) if axis else rest
             rest = b.udiv(rest, size)
         start = b.mul(index, ir.Constant(I64, plan.chunk), flags=("nuw", "nsw"))
         width = ir.Constant(I64, plan.chunk)
-        if sizes[level] % plan.chunk:
-            width = fb.min(b.sub(ir.Constant(I64, sizes[level]), start), plan.chunk)
+        if not isinstance(sizes[level], int) or sizes[level] % plan.chunk:
+            width = fb.min(b.sub(fb.value(sizes[level]), start), plan.chunk)
         begin()
         if not pairs:
             with fb.loop(0, width, f"r{level}") as j:
@@ -277,7 +277,7 @@ def reduce_at_point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: 
     b = fb.b
     total = _Total(fb, slots.dtype, 1)
     total.reset(b)
-    each_block(fb, kernel, plan, dict(vars), ir.Constant(I64, 0), ir.Constant(I64, plan.count),
+    each_block(fb, kernel, plan, dict(vars), ir.Constant(I64, 0), fb.value(plan.count),
                lambda: slots.reset(b), step, lambda: total.add(b, lib, slots.result(b)))
     return total.result(b)
 
@@ -329,7 +329,7 @@ def reduce_columns(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: d
 
             over_strip("clear", clear)
             each_block(fb, kernel, plan, dict(vars), ir.Constant(I64, 0),
-                       ir.Constant(I64, plan.count), lambda: None, step,
+                       fb.value(plan.count), lambda: None, step,
                        lambda: over_strip("fold", fold), pairs=True)
             result = total.result
         flat_stores = not any(st.accumulate for st in kernel.stores)
@@ -345,7 +345,7 @@ def _reduction_loops(fb: FunctionBuilder, kernel: Kernel, vars: dict, step,
         step(vars)
         return
     inner = vectorize_inner and depth == len(kernel.reduce) - 1
-    with fb.loop(0, kernel.reduce[depth], f"r{depth}", vectorize=inner) as r:
+    with fb.loop(0, fb.value(kernel.reduce[depth]), f"r{depth}", vectorize=inner) as r:
         vars[len(kernel.domain) + depth] = r
         _reduction_loops(fb, kernel, vars, step, vectorize_inner, depth + 1)
 
@@ -361,13 +361,15 @@ def _arg_better(b: ir.IRBuilder, op: str, best, v, floating: bool):
 
 
 def _linear(b: ir.IRBuilder, kernel: Kernel, vars: dict) -> ir.Value:
-    """The row-major flat index of the current point of the reduction axes."""
+    """The row-major flat index of the current point of the reduction axes (dynamic strides
+    from the function's symbols)."""
     first = len(kernel.domain)
     sizes = kernel.reduce
     index = vars[first + len(sizes) - 1]
     stride = sizes[-1]
+    symbols = getattr(b.function, "neurenix_symbols", {})
     for j in range(len(sizes) - 2, -1, -1):
-        index = b.add(index, b.mul(vars[first + j], ir.Constant(I64, stride)))
+        index = b.add(index, b.mul(vars[first + j], size_value(b, symbols, stride)))
         stride *= sizes[j]
     return index
 
@@ -405,7 +407,7 @@ def reduce_parts(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dic
         slots.combine(b, lib, v, lambda: _linear(b, kernel, vars))
 
     def block_at(part) -> ir.Value:
-        return b.udiv(b.mul(part, ir.Constant(I64, plan.count), flags=("nuw", "nsw")),
+        return b.udiv(b.mul(part, fb.value(plan.count), flags=("nuw", "nsw")),
                       ir.Constant(I64, n))
 
     with fb.loop(lo, hi, "part") as p:

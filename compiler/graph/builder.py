@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from ..ops import REGISTRY
-from ..types import TensorType
+from ..types import TensorType, same_shape
 
 
 class Builder:
@@ -39,7 +39,7 @@ class Builder:
         """NumPy-style broadcast: add leading axes, then grow size-1 axes."""
         src = self.type_of(value).shape
         shape = tuple(shape)
-        if src == shape:
+        if same_shape(src, shape):
             return value
         if len(src) < len(shape):
             value = self.apply("reshape", value, shape=(1,) * (len(shape) - len(src)) + src)
@@ -49,7 +49,7 @@ class Builder:
         """Sum a broadcast result back down to `shape` (the transpose of broadcast_to)."""
         src = self.type_of(value).shape
         shape = tuple(shape)
-        if src == shape:
+        if same_shape(src, shape):
             return value
         lead = len(src) - len(shape)
         axes = tuple(range(lead)) + tuple(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..ops import REGISTRY
+from ..symbolic import DynamicSizeError
 from ..types import TensorType
 
 if TYPE_CHECKING:
@@ -71,7 +72,12 @@ def make_node(op: str, inputs, attrs: dict, name: str | None = None,
     if prim is None:
         raise IRError(f"unknown op {op!r}")
     frozen = {k: freeze(v) for k, v in attrs.items()}
-    out_type = prim.infer(tuple(i.type for i in inputs), frozen)
+    try:
+        out_type = prim.infer(tuple(i.type for i in inputs), frozen)
+    except DynamicSizeError as e:  # name the op for the caller that falls back to static
+        if str(e).startswith(f"{op}:"):
+            raise
+        raise DynamicSizeError(f"{op}: {e}") from e
     return Node(op, tuple(inputs), tuple(sorted(frozen.items())), out_type, name, source)
 
 

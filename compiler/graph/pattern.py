@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..symbolic import is_dynamic
 from ..types import TensorType
 from .ir import CONSTANT, Node, make_node
 
@@ -58,9 +59,13 @@ def uniform(array: np.ndarray) -> bool:
 
 def splat_value(node: Node, constants: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """The one value every element of `node` has, as a 0-d array of its dtype, when that is
-    known statically: a `full`, or a constant whose array is uniform.  None otherwise."""
+    known statically: a `full` (not of a dynamic size), or a constant whose array is uniform.
+    None otherwise."""
     if node.op == "full":
-        return np.array(node.attr["value"], dtype=node.type.dtype.np_type)
+        value = node.attr["value"]
+        if is_dynamic(value):  # a dynamic size (the count of a mean): known per call only
+            return None
+        return np.array(value, dtype=node.type.dtype.np_type)
     if node.op == CONSTANT:
         array = constants.get(node.name)
         if array is not None and uniform(array):

@@ -7,14 +7,23 @@ rules and the verifier's bounds check all read indices through it.
 """
 from __future__ import annotations
 
-from .ir import Binary, Cast, Const, Expr, Unary, Var, Where
+import math
+
+from ...runtime.sizes import Poly
+from ..symbolic import Dim, DynamicSizeError, active_env
+from .ir import Binary, Cast, Const, Expr, Sym, Unary, Var, Where
 
 
-def affine(e: Expr) -> dict[int, int] | None:
+def affine(e: Expr) -> dict[int, int | Poly] | None:
     """`e` as {axis: coefficient, -1: constant} if it is affine in the loop variables (sums
-    and constant multiples of `Var`s and integer constants), else None."""
+    and constant multiples of `Var`s and integer constants), else None.
+
+    A `Sym` (a dynamic size) counts as a constant: coefficients and the constant of an index
+    with dynamic strides are then dynamic sizes (`compiler.symbolic.Dim`)."""
     if isinstance(e, Var):
         return {e.axis: 1}
+    if isinstance(e, Sym):
+        return {-1: Dim(((e.name,), 1),)}
     if isinstance(e, Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
         return {-1: e.value}
     if isinstance(e, Binary) and e.op in ("add", "sub", "mul"):
@@ -33,6 +42,16 @@ def affine(e: Expr) -> dict[int, int] | None:
             out[k] = out.get(k, 0) + sign * v
         return out
     return None
+
+
+def _symbol_range(name: str) -> tuple[int, int] | None:
+    """A dynamic size's range in the active shape environment; None when it is unbounded or
+    no environment is active."""
+    try:
+        lo, hi = active_env().bounds(Dim(((name,), 1),))
+    except DynamicSizeError:
+        return None
+    return None if hi == math.inf else (int(lo), int(hi))
 
 
 def affine_range(coeffs: dict[int, int], extents: tuple[int, ...]) -> tuple[int, int]:
@@ -64,6 +83,8 @@ def value_range(e: Expr, extents: tuple[int, ...],
 
 
 def _range(e: Expr, extents: tuple[int, ...], memo: dict) -> tuple[int, int] | None:
+    if isinstance(e, Sym):
+        return _symbol_range(e.name)
     if isinstance(e, Var):
         return (0, extents[e.axis] - 1) if e.axis < len(extents) else None
     if isinstance(e, Const):

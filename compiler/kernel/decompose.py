@@ -37,6 +37,7 @@ from .ir import (
     Load,
     RandomUniform,
     Store,
+    Sym,
     Unary,
     Var,
     Where,
@@ -160,7 +161,7 @@ class _Rewriter:
         return out
 
     def _rewrite(self, e: Expr) -> Expr:
-        if isinstance(e, (Var, Const, Acc)):
+        if isinstance(e, (Var, Sym, Const, Acc)):
             return e
         if isinstance(e, Load):
             index = self(e.index)

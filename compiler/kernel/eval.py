@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ...runtime.sizes import bind_sizes
 from ..ops.elementwise import convert
 from ..ops.registry import get as get_primitive
 from ..ops.source import SEED_GOLDEN, hash32
@@ -43,6 +44,7 @@ from .ir import (
     format_expr,
 )
 from .ops import BINARY_OPS, UNARY_OPS, OpSpec
+from .specialize import is_symbolic, specialize_graph
 
 
 class KernelEvalError(RuntimeError):
@@ -120,12 +122,18 @@ def run_schedule(schedule: KernelGraph,
     """Run every kernel in order; return the outputs shaped as `schedule.shapes` says.
 
     `inputs` lists arrays in `schedule.inputs` order, or maps those buffer names to arrays.
+    A shape-polymorphic schedule runs at the sizes its inputs' shapes give.
     """
     if not isinstance(inputs, Mapping):
         if len(inputs) != len(schedule.inputs):
             raise ValueError(f"run_schedule: expected {len(schedule.inputs)} inputs, got "
                              f"{len(inputs)}")
         inputs = dict(zip(schedule.inputs, inputs))
+    if is_symbolic(schedule):  # shape-polymorphic: specialised to the inputs' sizes
+        names = list(schedule.inputs)
+        env = bind_sizes([schedule.shapes[n] for n in names],
+                         [np.shape(inputs[n]) for n in names])
+        schedule = specialize_graph(schedule, env)
     buffers: dict[str, np.ndarray] = {}
     for name, arg in schedule.buffers.items():
         if name in schedule.inputs:

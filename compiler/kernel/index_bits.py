@@ -11,12 +11,19 @@ count too.  Constants alone, and uint32 arithmetic (which wraps by definition: t
 hash), are not index arithmetic.  Values computed from loaded data are the data's dtype; an
 index built from them (a gather) is masked to its buffer, and a masked-off lane may wrap.
 A pure loop-variable expression the interval arithmetic cannot follow needs the widest width.
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md) count at their upper bound in the active shape
+environment (interval arithmetic only widens with larger extents, so that bounds every call);
+an unbounded one, or one outside an environment, needs the widest width, and a target
+without 64-bit indices cannot take such a kernel (`DynamicSizeError`: compile it static).
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from math import prod
 
+from ...runtime.sizes import Poly
+from ..symbolic import DynamicSizeError, active_env
 from ..types import uint32
 from .affine import value_range
 from .ir import Acc, Expr, Kernel, KernelGraph, Load, Var, children, dtype_of, postorder
@@ -46,9 +53,12 @@ def index_arithmetic(kernel: Kernel) -> list[Expr]:
 def index_span(kernel: Kernel) -> tuple[int, int] | None:
     """The inclusive (lo, hi) bounds of every value the kernel's index arithmetic reaches
     (see the module docstring); None when a loop-variable expression cannot be bounded."""
-    extents = tuple(kernel.domain) + tuple(kernel.reduce)
+    extents = _upper(tuple(kernel.domain) + tuple(kernel.reduce))
+    sizes = _upper(tuple(b.size for b in kernel.buffers()))
+    if extents is None or sizes is None:
+        return None
     lo = 0
-    hi = max([b.size for b in kernel.buffers()] + [prod(extents)])
+    hi = max(list(sizes) + [prod(extents)])
     memo: dict = {}
     for e in index_arithmetic(kernel):
         r = value_range(e, extents, memo)
@@ -56,6 +66,24 @@ def index_span(kernel: Kernel) -> tuple[int, int] | None:
             return None
         lo, hi = min(lo, r[0]), max(hi, r[1])
     return lo, hi
+
+
+def _upper(sizes: tuple) -> tuple[int, ...] | None:
+    """Each size at its largest value: dynamic ones at their upper bound in the active shape
+    environment; None when one is unbounded or no environment is active."""
+    if not any(isinstance(n, Poly) for n in sizes):
+        return sizes
+    try:
+        env = active_env()
+    except DynamicSizeError:
+        return None
+    out = []
+    for n in sizes:
+        top = env.bounds(n)[1] if isinstance(n, Poly) else n
+        if top == float("inf"):
+            return None
+        out.append(int(top))
+    return tuple(out)
 
 
 def fits(span: tuple[int, int] | None, bits: int) -> bool:
@@ -83,6 +111,9 @@ def choose_index_bits(kernels: KernelGraph, index_bits: tuple[int, ...],
         else:
             widths = [preferred] + sorted(b for b in index_bits if b != preferred)
             bits = next((b for b in widths if fits(span, b)), None)
+        if bits is None and _dynamic(k):
+            raise DynamicSizeError(f"{k.name}: dynamic sizes need 64-bit indices, which the "
+                                   f"target lacks (index widths {tuple(index_bits)})")
         if bits is None:
             size = "an index it cannot bound" if span is None else f"indices up to {span[1]}"
             raise ValueError(f"{k.name}: {size} fit none of the target's index widths "
@@ -91,3 +122,8 @@ def choose_index_bits(kernels: KernelGraph, index_bits: tuple[int, ...],
     if all(a is b for a, b in zip(out, kernels.kernels)):
         return kernels
     return kernels.with_kernels(out)
+
+
+def _dynamic(kernel: Kernel) -> bool:
+    return any(isinstance(n, Poly) for n in (*kernel.domain, *kernel.reduce,
+                                             *(b.size for b in kernel.buffers())))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...runtime.sizes import Poly
 from ..types import DType, float32, int64
 from .ops import BINARY_OPS, UNARY_OPS
 
@@ -59,6 +60,13 @@ class Var:
     """The current value of loop axis `axis` (an int64)."""
 
     axis: int
+
+
+@dataclass(frozen=True)
+class Sym:
+    """The run-time value of the dynamic size `name` (an int64; compiler/symbolic.py)."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -149,12 +157,12 @@ class Acc:
     """The finished value of the kernel's reduction (the index for argmax/argmin)."""
 
 
-Expr = Var | Const | Load | Unary | Binary | Where | Cast | RandomUniform | Acc
+Expr = Var | Sym | Const | Load | Unary | Binary | Where | Cast | RandomUniform | Acc
 
 
 def dtype_of(e: Expr, acc_dtype: DType | None = None) -> DType:
     """The dtype an expression evaluates to."""
-    if isinstance(e, Var):
+    if isinstance(e, (Var, Sym)):
         return int64
     if isinstance(e, (Const, Load, Cast, RandomUniform)):
         return e.dtype
@@ -169,6 +177,20 @@ def dtype_of(e: Expr, acc_dtype: DType | None = None) -> DType:
     if isinstance(e, Where):
         return dtype_of(e.a, acc_dtype)
     raise TypeError(f"not a kernel expression: {e!r}")
+
+
+def size_expr(size: int | Poly) -> Expr:
+    """A size as an int64 expression: a constant, or the polynomial of a dynamic size over
+    `Sym` leaves."""
+    if isinstance(size, int):
+        return Const(size, int64)
+    total: Expr | None = None
+    for monomial, coefficient in size.terms:
+        term: Expr | None = None if coefficient == 1 and monomial else Const(coefficient, int64)
+        for name in monomial:
+            term = Sym(name) if term is None else Binary("mul", term, Sym(name))
+        total = term if total is None else Binary("add", total, term)
+    return total
 
 
 # ---- kernels ------------------------------------------------------------------------------
@@ -243,6 +265,8 @@ def format_expr(e: Expr, names: dict[int, str] | None = None) -> str:
     f = (lambda x: format_expr(x, names)) if names else format_expr
     if isinstance(e, Var):
         return f"i{e.axis}"
+    if isinstance(e, Sym):
+        return e.name
     if isinstance(e, Const):
         if e.dtype == float32:  # the shortest text that is this float32 (1e-05)
             return str(np.float32(e.value))

@@ -11,9 +11,17 @@ inside the loop nest (the reduction axes in the reduction only); `Acc` only in t
 a reduction kernel; the reduce op known; the graph's inputs, outputs and constants declared;
 `index_bits` 32 or 64; and, for unmasked loads and stores whose index is affine in the loop
 variables, that every index the loops reach lies in [0, size).  Run under NEURENIX_SPEC.
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md): a bounds check over dynamic extents passes
+when it holds for every value of the symbols (interval bounds in the active shape
+environment), fails when it is broken at the symbols' hints or lower bounds, and is skipped
+otherwise (or outside an environment); `Sym` leaves are int64.  Nothing here compares dynamic
+sizes (which would record guards).
 """
 from __future__ import annotations
 
+from ...runtime.sizes import Poly
+from ..symbolic import DynamicSizeError, active_env
 from ..types import KERNEL_DTYPES, DType, bool_, int64
 from .affine import affine, affine_range
 from .ir import (
@@ -28,6 +36,7 @@ from .ir import (
     Load,
     RandomUniform,
     Store,
+    Sym,
     Unary,
     Var,
     Where,
@@ -72,7 +81,7 @@ class _KernelCheck:
             d = self.declared.get(b.name)
             if d is None:
                 self.fail(f"buffer {b.name} is not declared by the kernel graph")
-            if (d.dtype, d.size) != (b.dtype, b.size):
+            if d.dtype != b.dtype or not _same_size(d.size, b.size):
                 self.fail(f"buffer {b.name} is {b.size} x {b.dtype.name} here but "
                           f"{d.size} x {d.dtype.name} in the kernel graph")
         self._reduction()
@@ -110,12 +119,41 @@ class _KernelCheck:
         """An affine index stays in [0, size) over the whole loop nest (an empty one reaches
         nothing)."""
         form = affine(index)
-        if form is None or any(n == 0 for n in extents):
+        size = self.args[buffer].size
+        if form is None or any(isinstance(n, int) and n == 0 for n in extents):
+            return
+        if any(isinstance(n, Poly) for n in (*extents, size, *form.values())):
+            self._dynamic_bounds(form, extents, size, buffer, what)
             return
         lo, hi = affine_range(form, extents)
-        size = self.args[buffer].size
         if lo < 0 or hi >= size:
             self.fail(f"{what} reaches {buffer}[{lo}..{hi}], outside its {size} elements")
+
+    def _dynamic_bounds(self, form: dict[int, int], extents: tuple, size, buffer: str,
+                        what: str) -> None:
+        """`_bounds` over dynamic extents or size (see the module docstring)."""
+        try:
+            env = active_env()
+        except DynamicSizeError:
+            return
+        if any(isinstance(n, Poly) and env.bounds(n)[0] < 1 for n in extents):
+            return  # an extent that may be 0 reaches nothing then: not checked
+        lo = hi = form.get(-1, 0)
+        for axis, k in form.items():
+            if axis >= 0:  # k * (extent - 1): its sign is k's, as extents are at least 1
+                k_lo, k_hi = env.bounds(k)
+                if k_lo < 0 < k_hi:
+                    return  # a dynamic stride of either sign: not checked
+                span = k * (extents[axis] - 1)
+                lo, hi = (lo + span, hi) if k_hi <= 0 else (lo, hi + span)
+        above, below = size - 1 - hi, lo
+        if all(env.bounds(x)[0] >= 0 for x in (above, below)):
+            return
+        for values in (env.hints(), {s.name: s.lo for s in env.symbols.values()}):
+            if any(_value(x, values) < 0 for x in (above, below)):
+                self.fail(f"{what} reaches {buffer}[{_value(lo, values)}.."
+                          f"{_value(hi, values)}], outside its {_value(size, values)} "
+                          f"elements at sizes {values}")
 
     def expr(self, root: Expr, n_axes: int, where: str, acc: bool) -> DType:
         """Check every node under `root` (each once) and return the root's dtype; `n_axes`
@@ -129,6 +167,8 @@ class _KernelCheck:
         if isinstance(e, Var):
             if not 0 <= e.axis < n_axes:
                 self.fail(f"Var({e.axis}) in {where}, outside its {n_axes} loop axes")
+            return int64
+        if isinstance(e, Sym):
             return int64
         if isinstance(e, Const):
             if e.dtype not in KERNEL_DTYPES:
@@ -188,3 +228,14 @@ class _KernelCheck:
             extents = (tuple(self.k.domain) + tuple(self.k.reduce))[:n_axes]
             self._bounds(e.index, e.buffer, extents, f"a load in {where}")
         return e.dtype
+
+
+def _same_size(a, b) -> bool:
+    """Whether two sizes are the same (dynamic ones structurally: no guard recorded)."""
+    if isinstance(a, Poly) or isinstance(b, Poly):
+        return isinstance(a, Poly) and isinstance(b, Poly) and a.terms == b.terms
+    return a == b
+
+
+def _value(size, values: dict) -> int:
+    return size.evaluate(values) if isinstance(size, Poly) else size

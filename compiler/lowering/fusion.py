@@ -51,6 +51,7 @@ from .index import (
     matmul_operand_indices,
     strided_view,
 )
+from .sizes import hint, is_zero, same_shape
 
 REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
               "matmul", "fold")
@@ -357,7 +358,7 @@ class _Context:
                 base = _view_base(operand, in_memory)
                 if base is not operand:
                     view = strided_view(operand, _or_is(in_memory, base), alg, idx)
-            if view is not None and view[2] == 0:
+            if view is not None and is_zero(view[2]):
                 if not is_buffer(view[0]):
                     materialised.add(view[0])
             else:
@@ -375,7 +376,7 @@ class _Context:
         other = b_shape[-1] if operand is mm.inputs[0] else a_shape[-2]
         if operand is mm.inputs[0] and operand is mm.inputs[1]:
             return False
-        if other > self.policy.inline_unfold_limit or not mm.type.dtype.is_floating:
+        if hint(other) > self.policy.inline_unfold_limit or not mm.type.dtype.is_floating:
             return False
         n, chain = operand, []
         while not in_memory(n):
@@ -407,7 +408,7 @@ class _Context:
                 materialised.add(n)
                 self.deep.add(n)
                 continue
-            if n.op == "expand" and n.type.numel > 2 * n.inputs[0].type.numel:
+            if n.op == "expand" and hint(n.type.numel) > 2 * hint(n.inputs[0].type.numel):
                 self._materialise_broadcast(n, cost, materialised)
             cheap = cost[n] <= DUPLICATE_COST_LIMIT and loads[n] <= DUPLICATE_LOAD_LIMIT
             if not cheap and (self.uses(n) > 1 or n in self.outputs):
@@ -529,7 +530,7 @@ def _merge_elementwise(groups: list[Group], materialised: set[Node],
                 h = current(h0)
                 if h is g or h.kind != "elementwise" \
                         or len(g.roots) + len(h.roots) > MERGE_LIMIT \
-                        or h.roots[0].type.shape != g.roots[0].type.shape:
+                        or not same_shape(h.roots[0].type.shape, g.roots[0].type.shape):
                     continue
                 vg, vh = vertex[g], vertex[h]
                 if dg.has_edge(vg, vh) or dg.has_edge(vh, vg):

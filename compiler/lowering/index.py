@@ -16,23 +16,56 @@ integer identities
     r // c = lo // c and r % c = r - c*(lo // c)  when lo // c == hi // c (range of r)
     (g*B + s) // (g*c) = B // c,  (g*B + s) % (g*c) = g*(B % c) + s   when 0 <= s < g
     c*(X // c) + X % c = X,  a*((X // a) % b) + X % a = X % (a*b)
+
+Shape-polymorphic graphs (docs/compiler/dynamic-shapes.md): an extent, stride, offset or
+divisor may be a dynamic size (`compiler.symbolic.Dim`).  Linear forms then have polynomial
+coefficients, written into expressions as `Sym`s (`kernel.ir.size_expr`); ranges have
+polynomial or infinite ends; and a rule fires only where the symbols' ranges prove its
+condition for every value (`lowering.sizes`), never by comparing sizes, which would guard.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from math import gcd, prod
 
+from ...runtime.sizes import Size
 from ..graph.ir import Node
 from ..kernel.affine import affine
-from ..kernel.ir import Binary, Const, Expr, Var, Where, format_expr
+from ..kernel.ir import Binary, Const, Expr, Sym, Var, Where, format_expr, size_expr
+from ..symbolic import DynamicSizeError
 from ..types import bool_, int64
+from .sizes import (
+    Bound,
+    badd,
+    bmax,
+    bmin,
+    bounds,
+    bscale,
+    empty,
+    exact_div,
+    exact_floor,
+    floor_bounds,
+    floor_by_size,
+    hint,
+    is_dynamic,
+    is_one,
+    is_zero,
+    provably_le,
+    provably_lt,
+    same_shape,
+    same_size,
+    sign,
+    size_const,
+    split,
+    symbol_size,
+)
 
 TRUE = Const(True, bool_)
 FALSE = Const(False, bool_)
 ZERO = Const(0, int64)
 
 Index = tuple[Expr, ...]
-Range = tuple[int, int]
+Range = tuple[Bound, Bound]
 # one input read by a movement op: (operand position, index into that operand, condition or None)
 Branch = tuple[int, Index, Expr | None]
 
@@ -60,30 +93,40 @@ def _atom_key(e: Expr) -> tuple:
     return (1, 0, format_expr(e))
 
 
+def _negative(k: Size) -> bool:
+    return isinstance(k, int) and k < 0
+
+
 class IndexAlgebra:
     """Builds simplified int64 index expressions over loop variables of known extents.
 
-    `sizes[i]` is the extent of `Var(i)` (the kernel's domain, then its reduction axes).
+    `sizes[i]` is the extent of `Var(i)` (the kernel's domain, then its reduction axes).  An
+    extent, a stride or a coefficient may be a dynamic size (`compiler.symbolic.Dim`): it
+    appears in expressions as `Sym`s, linear forms keep it as a polynomial coefficient, and
+    a simplification that needs a fact about it fires only where the symbols' ranges (in
+    the active `ShapeEnv`) prove that fact for every value.
     """
 
-    def __init__(self, sizes: Sequence[int]) -> None:
-        self.sizes = tuple(int(s) for s in sizes)
+    def __init__(self, sizes: Sequence[Size]) -> None:
+        self.sizes = tuple(s if is_dynamic(s) else int(s) for s in sizes)
         self._ranges: dict[Expr, Range | None] = {}
-        self._forms: dict[Expr, tuple[dict[Expr, int], int]] = {}
+        self._forms: dict[Expr, tuple[dict[Expr, Size], Size]] = {}
 
     # ---- linear forms ---------------------------------------------------------------------
 
-    def _lin(self, e: Expr) -> tuple[dict[Expr, int], int]:
+    def _lin(self, e: Expr) -> tuple[dict[Expr, Size], Size]:
         """`e` as ({atom: coefficient}, constant); atoms are the non-affine parts."""
         form = self._forms.get(e)
         if form is None:
             form = self._forms[e] = self._linear(e)
         return dict(form[0]), form[1]
 
-    def _linear(self, e: Expr) -> tuple[dict[Expr, int], int]:
+    def _linear(self, e: Expr) -> tuple[dict[Expr, Size], Size]:
         if isinstance(e, Const) and not isinstance(e.value, bool):
             return {}, int(e.value)
-        if isinstance(e, Var) and self.sizes[e.axis] == 1:
+        if isinstance(e, Sym):
+            return {}, symbol_size(e.name)
+        if isinstance(e, Var) and is_one(self.sizes[e.axis]):
             return {}, 0
         if isinstance(e, Binary) and e.op in ("add", "sub"):
             ta, ca = self._lin(e.a)
@@ -95,63 +138,88 @@ class IndexAlgebra:
             return terms, ca + sign * cb
         if isinstance(e, Binary) and e.op == "mul":
             for x, y in ((e.a, e.b), (e.b, e.a)):
-                if isinstance(y, Const) and not isinstance(y.value, bool):
+                k = self._size_of(y)
+                if k is not None:
                     tx, cx = self._lin(x)
-                    k = int(y.value)
                     return {a: v * k for a, v in tx.items()}, cx * k
         return {e: 1}, 0
 
-    def _recombine(self, terms: dict[Expr, int]) -> int:
+    def _size_of(self, e: Expr) -> Size | None:
+        """The size an atom-free expression is (a constant, or a polynomial of `Sym`s)."""
+        if isinstance(e, Const):
+            return None if isinstance(e.value, bool) else int(e.value)
+        if not isinstance(e, (Sym, Binary)) or not _only_sizes(e):
+            return None
+        terms, c = self._lin(e)
+        return None if terms else c
+
+    def _divisor(self, e: Expr, op: str) -> Size | None:
+        """`divisor`, also for a dynamic divisor that is positive for every value."""
+        if not (isinstance(e, Binary) and e.op == op):
+            return None
+        c = self._size_of(e.b)
+        if c is None or (isinstance(c, int) and c <= 0) or (is_dynamic(c) and bounds(c)[0] < 1):
+            return None
+        return c
+
+    def _recombine(self, terms: dict[Expr, Size]) -> Size:
         """Fold c*(X//c) + X%c into X and a*((X//a)%b) + X%a into X%(a*b), in place.
 
         Returns the constant the folded terms contribute."""
-        extra = 0
+        extra: Size = 0
         changed = True
         while changed:
             changed = False
             for atom, k in list(terms.items()):
-                c = divisor(atom, "mod")
-                if c is None or not k:
+                c = self._divisor(atom, "mod")
+                if c is None or is_zero(k):
                     continue
                 x = atom.a
-                partner = Binary("idiv", x, const(c))
-                if terms.get(partner) == k * c:
+                partner = Binary("idiv", x, size_const(c))
+                if partner in terms and same_size(terms[partner], k * c):
                     del terms[atom], terms[partner]
                     tx, cx = self._lin(x)
                     for a, v in tx.items():
                         terms[a] = terms.get(a, 0) + k * v
-                    extra += k * cx
+                    extra = extra + k * cx
                     changed = True
                     break
-                a_ = divisor(x, "idiv")
-                if a_ is not None and k % a_ == 0:
-                    inner = Binary("mod", x.a, const(a_))
-                    if terms.get(inner) == k // a_:
+                a_ = self._divisor(x, "idiv")
+                ka = None if a_ is None else exact_div(k, a_)
+                if ka is not None:
+                    inner = Binary("mod", x.a, size_const(a_))
+                    if inner in terms and same_size(terms[inner], ka):
                         del terms[atom], terms[inner]
                         merged = self.mod(x.a, a_ * c)
                         tm, cm = self._lin(merged)
                         for a, v in tm.items():
-                            terms[a] = terms.get(a, 0) + (k // a_) * v
-                        extra += (k // a_) * cm
+                            terms[a] = terms.get(a, 0) + ka * v
+                        extra = extra + ka * cm
                         changed = True
                         break
-            for atom in [a for a, v in terms.items() if v == 0]:
+            for atom in [a for a, v in terms.items() if is_zero(v)]:
                 del terms[atom]
         return extra
 
-    def _build(self, terms: dict[Expr, int], c: int) -> Expr:
+    def _build(self, terms: dict[Expr, Size], c: Size) -> Expr:
         """The canonical expression of a linear form: atoms in a fixed order, constant last."""
-        terms = {a: k for a, k in terms.items() if k}
-        c += self._recombine(terms)
+        terms = {a: k for a, k in terms.items() if not is_zero(k)}
+        c = c + self._recombine(terms)
         expr: Expr | None = None
         for atom in sorted(terms, key=_atom_key):
             k = terms[atom]
+            if is_dynamic(k):
+                term = Binary("mul", atom, size_expr(k))
+                expr = term if expr is None else Binary("add", expr, term)
+                continue
             mag = abs(k)
             term = atom if mag == 1 else Binary("mul", atom, const(mag))
             if expr is None:
                 expr = term if k > 0 else Binary("mul", atom, const(k))
             else:
                 expr = Binary("add" if k > 0 else "sub", expr, term)
+        if is_dynamic(c):
+            return size_expr(c) if expr is None else Binary("add", expr, size_expr(c))
         if expr is None:
             return const(c)
         if c:
@@ -161,7 +229,8 @@ class IndexAlgebra:
     # ---- ranges ---------------------------------------------------------------------------
 
     def range(self, e: Expr) -> Range | None:
-        """Inclusive (lo, hi) bounds of an index expression, or None when unknown."""
+        """Inclusive (lo, hi) bounds of an index expression, or None when unknown (an end
+        may be a dynamic size, or infinite)."""
         if e in self._ranges:
             return self._ranges[e]
         r = self._range(e)
@@ -171,174 +240,240 @@ class IndexAlgebra:
     def _range(self, e: Expr) -> Range | None:
         if isinstance(e, Const):
             return int(e.value), int(e.value)
+        if isinstance(e, Sym):
+            s = symbol_size(e.name)
+            return s, s
         if isinstance(e, Var):
             return 0, self.sizes[e.axis] - 1
         if isinstance(e, Binary):
-            if e.op in ("add", "sub", "mul") and (isinstance(e.b, Const) or e.op != "mul"):
+            if e.op in ("add", "sub") or (e.op == "mul" and self._size_of(e.b) is not None):
                 terms, c = self._lin(e)
                 return self._lin_range(terms, c)
-            c = divisor(e, e.op) if e.op in ("idiv", "mod") else None
+            c = self._divisor(e, e.op) if e.op in ("idiv", "mod") else None
             if c is not None:
-                r = self.range(e.a)
-                if e.op == "idiv":
-                    return None if r is None else (r[0] // c, r[1] // c)
-                if r is not None and r[0] // c == r[1] // c:
-                    return r[0] % c, r[1] % c
-                return 0, c - 1
+                return self._divmod_range(e.op, self.range(e.a), c)
         if isinstance(e, Where):
             ra, rb = self.range(e.a), self.range(e.b)
             if ra is not None and rb is not None:
-                return min(ra[0], rb[0]), max(ra[1], rb[1])
+                return bmin(ra[0], rb[0]), bmax(ra[1], rb[1])
         return None
 
-    def _lin_range(self, terms: dict[Expr, int], c: int) -> Range | None:
-        lo = hi = c
+    def _divmod_range(self, op: str, r: Range | None, c: Size) -> Range | None:
+        if is_dynamic(c):
+            inside = r is not None and self._within(r, c)
+            if op == "idiv":
+                if r is None or not provably_le(0, r[0]):
+                    return None
+                if inside:
+                    return 0, 0
+                lo, hi = floor_by_size(r[0], c), floor_by_size(r[1], c)
+                return (0 if lo is None else lo), (r[1] if hi is None else hi)
+            return r if inside else (0, c - 1)
+        if op == "idiv":
+            return None if r is None else (floor_bounds(r[0], c)[0], floor_bounds(r[1], c)[1])
+        q = None if r is None else exact_floor(r[0], c)
+        if q is not None and same_size(q, exact_floor(r[1], c)):
+            return r[0] - c * q, r[1] - c * q
+        return 0, c - 1
+
+    @staticmethod
+    def _within(r: Range, c: Size) -> bool:
+        """Whether the range lies in [0, c) for every value of the symbols."""
+        return provably_le(0, r[0]) and provably_lt(r[1], c)
+
+    def _lin_range(self, terms: dict[Expr, Size], c: Size) -> Range | None:
+        lo: Bound = c
+        hi: Bound = c
         for atom, k in terms.items():
             r = self.range(atom)
-            if r is None:
+            s = sign(k) if is_dynamic(k) else (1 if k >= 0 else -1)
+            if r is None or s is None:
                 return None
-            a, b = k * r[0], k * r[1]
-            lo += min(a, b)
-            hi += max(a, b)
+            a, b = bscale(r[0], k), bscale(r[1], k)
+            if s < 0:
+                a, b = b, a
+            lo = badd(lo, a)
+            hi = badd(hi, b)
         return lo, hi
 
     # ---- arithmetic -----------------------------------------------------------------------
 
     def add(self, *es: Expr) -> Expr:
         """The canonical sum of index expressions."""
-        terms: dict[Expr, int] = {}
-        c = 0
+        terms: dict[Expr, Size] = {}
+        c: Size = 0
         for e in es:
             t, k = self._lin(e)
             for atom, v in t.items():
                 terms[atom] = terms.get(atom, 0) + v
-            c += k
+            c = c + k
         return self._build(terms, c)
 
     def sub(self, a: Expr, b: Expr) -> Expr:
         """a - b, canonical."""
         return self.add(a, self.mul(b, -1))
 
-    def mul(self, e: Expr, k: int) -> Expr:
-        """e * k for an integer constant k, canonical."""
+    def mul(self, e: Expr, k: Size) -> Expr:
+        """e * k for an integer constant (or dynamic size) k, canonical."""
         terms, c = self._lin(e)
         return self._build({a: v * k for a, v in terms.items()}, c * k)
 
-    def idiv(self, e: Expr, c: int) -> Expr:
-        """Floor division by a positive constant, simplified."""
-        if c == 1:
-            return e
+    def _parts(self, e: Expr, c: Size) -> tuple[dict, Size, dict, Size]:
+        """`e` as c*(q + qc) + (r + rc): the terms whose coefficients c divides, and the rest."""
         terms, k0 = self._lin(e)
-        q = {a: k // c for a, k in terms.items() if k % c == 0}
-        r = {a: k for a, k in terms.items() if k % c != 0}
-        qc, rc = divmod(k0, c)
+        q: dict[Expr, Size] = {}
+        r: dict[Expr, Size] = {}
+        for a, k in terms.items():
+            kq = exact_div(k, c)
+            if kq is None:
+                r[a] = k
+            else:
+                q[a] = kq
+        qc, rc = split(k0, c)
+        return q, qc, r, rc
+
+    def idiv(self, e: Expr, c: Size) -> Expr:
+        """Floor division by a positive constant (or dynamic size), simplified."""
+        if is_one(c):
+            return e
+        _check_divisor(c)
+        q, qc, r, rc = self._parts(e, c)
         return self.add(self._build(q, qc), self._idiv_rest(r, rc, c))
 
-    def _idiv_rest(self, r: dict[Expr, int], rc: int, c: int) -> Expr:
+    def _idiv_rest(self, r: dict[Expr, Size], rc: Size, c: Size) -> Expr:
         rng = self._lin_range(r, rc)
-        if rng is not None and rng[0] // c == rng[1] // c:
-            return const(rng[0] // c)
-        split = self._gcd_split(r, rc, c)
-        if split is not None:
-            g, big, bc, _, _ = split
+        if is_dynamic(c):
+            q = None if rng is None else floor_by_size(rng[0], c)
+            if q is not None and same_size(q, floor_by_size(rng[1], c)):
+                return size_const(q)
+            split_ = self._gcd_split(r, rc, c)
+            if split_ is not None:
+                g, big, bc, _, _ = split_
+                return self.idiv(self._build(big, bc), exact_div(c, g))
+            return Binary("idiv", self._build(r, rc), size_expr(c))
+        q = None if rng is None else exact_floor(rng[0], c)
+        if q is not None and same_size(q, exact_floor(rng[1], c)):
+            return size_const(q)
+        split_ = self._gcd_split(r, rc, c)
+        if split_ is not None:
+            g, big, bc, _, _ = split_
             return self.idiv(self._build(big, bc), c // g)
-        if rc == 0 and len(r) == 1:
+        if is_zero(rc) and len(r) == 1:
             (atom, k), = r.items()
-            if k == 1 and divisor(atom, "idiv") is not None:
+            if is_one(k) and divisor(atom, "idiv") is not None:
                 return self.idiv(atom.a, divisor(atom, "idiv") * c)
         return Binary("idiv", self._build(r, rc), const(c))
 
-    def _gcd_split(self, r: dict[Expr, int], rc: int, c: int) -> tuple | None:
+    def _gcd_split(self, r: dict[Expr, Size], rc: Size, c: Size) -> tuple | None:
         """`r + rc` as `g * (big + bc) + (small + sc)` with `small + sc` in [0, g), for the
-        largest such divisor g > 1 of c: then x // c and x % c only need `big + bc`."""
-        for g in sorted({gcd(c, k) for k in r.values()} - {1}, reverse=True):
+        largest such divisor g > 1 of c (of every coefficient of a dynamic c): then x // c
+        and x % c only need `big + bc`."""
+        if is_dynamic(rc) or any(is_dynamic(k) for k in r.values()):
+            return None
+        content = c if isinstance(c, int) else gcd(*(k for _, k in c.terms))
+        for g in sorted({gcd(content, k) for k in r.values()} - {1}, reverse=True):
             big = {a: k // g for a, k in r.items() if k % g == 0}
             small = {a: k for a, k in r.items() if k % g != 0}
             bc, sc = divmod(rc, g)
             srng = self._lin_range(small, sc)
-            if srng is not None and srng[0] >= 0 and srng[1] < g:
+            if srng is not None and provably_le(0, srng[0]) and provably_lt(srng[1], g):
                 return g, big, bc, small, sc
         return None
 
-    def mod(self, e: Expr, c: int) -> Expr:
-        """Floor modulo by a positive constant, simplified."""
-        if c == 1:
+    def mod(self, e: Expr, c: Size) -> Expr:
+        """Floor modulo by a positive constant (or dynamic size), simplified."""
+        if is_one(c):
             return ZERO
-        terms, k0 = self._lin(e)
-        r = {a: k for a, k in terms.items() if k % c != 0}
-        rc = k0 % c
-        if not r:
-            return const(rc)
+        _check_divisor(c)
+        _, _, r, rc = self._parts(e, c)
+        if not r and not is_dynamic(rc):
+            return const(rc % c) if isinstance(c, int) else (
+                const(rc) if 0 <= rc and provably_lt(rc, c) else
+                Binary("mod", const(rc), size_expr(c)))
         rng = self._lin_range(r, rc)
-        if rng is not None and rng[0] // c == rng[1] // c:
-            return self._build(r, rc - c * (rng[0] // c))
-        split = self._gcd_split(r, rc, c)
-        if split is not None:
-            g, big, bc, small, sc = split
+        if is_dynamic(c):
+            if rng is not None and self._within(rng, c):
+                return self._build(r, rc)
+            q = None if rng is None else floor_by_size(rng[0], c)
+            if q is not None and same_size(q, floor_by_size(rng[1], c)):
+                return self.sub(self._build(r, rc), size_const(c * q))
+            split_ = self._gcd_split(r, rc, c)
+            if split_ is not None:
+                g, big, bc, small, sc = split_
+                return self.add(self.mul(self.mod(self._build(big, bc), exact_div(c, g)), g),
+                                self._build(small, sc))
+            return Binary("mod", self._build(r, rc), size_expr(c))
+        q = None if rng is None else exact_floor(rng[0], c)
+        if q is not None and same_size(q, exact_floor(rng[1], c)):
+            return self._build(r, rc - c * q)
+        split_ = self._gcd_split(r, rc, c)
+        if split_ is not None:
+            g, big, bc, small, sc = split_
             return self.add(self.mul(self.mod(self._build(big, bc), c // g), g),
                             self._build(small, sc))
-        if rc == 0 and len(r) == 1:
+        if is_zero(rc) and len(r) == 1:
             (atom, k), = r.items()
-            if k == 1 and divisor(atom, "mod") is not None \
+            if is_one(k) and divisor(atom, "mod") is not None \
                     and divisor(atom, "mod") % c == 0:
                 return self.mod(atom.a, c)
         return Binary("mod", self._build(r, rc), const(c))
 
     # ---- layouts --------------------------------------------------------------------------
 
-    def flat(self, idx: Sequence[Expr], shape: Sequence[int]) -> Expr:
+    def flat(self, idx: Sequence[Expr], shape: Sequence[Size]) -> Expr:
         """The row-major offset of `idx` in a contiguous array of `shape`.
 
         An axis of size 1 adds nothing: any in-bounds index on it is 0 (and an access that is
         out of bounds there is masked off)."""
         terms = []
-        stride = 1
+        stride: Size = 1
         for e, n in zip(reversed(tuple(idx)), reversed(tuple(shape))):
-            if n != 1:
+            if not is_one(n):
                 terms.append(self.mul(e, stride))
-            stride *= n
+            stride = stride * n
         return self.add(*terms) if terms else ZERO
 
-    def unflatten(self, f: Expr, shape: Sequence[int]) -> Index:
+    def unflatten(self, f: Expr, shape: Sequence[Size]) -> Index:
         """The index of row-major offset `f` in an array of `shape` (the inverse of `flat`)."""
         shape = tuple(shape)
-        if prod(shape) == 0:
+        if empty(shape):
             return (ZERO,) * len(shape)
-        out = []
-        stride = prod(shape)
-        for n in shape:
-            stride //= n
-            out.append(self.mod(self.idiv(f, stride), n))
-        return tuple(out)
+        strides: list[Size] = []
+        stride: Size = 1
+        for n in reversed(shape):
+            strides.append(stride)
+            stride = stride * n
+        return tuple(self.mod(self.idiv(f, s), n) for s, n in zip(reversed(strides), shape))
 
-    def affine(self, e: Expr) -> tuple[dict[int, int], int] | None:
+    def affine(self, e: Expr) -> tuple[dict[int, Size], Size] | None:
         """`e` as ({axis: coefficient}, offset) when it is affine in the loop variables (an
         axis of extent 1 contributes nothing: its variable is 0)."""
         form = affine(e)
         if form is None:
             return None
-        return ({a: k for a, k in form.items() if a >= 0 and k and self.sizes[a] != 1},
+        return ({a: k for a, k in form.items()
+                 if a >= 0 and not is_zero(k) and not is_one(self.sizes[a])},
                 form.get(-1, 0))
 
     # ---- conditions -----------------------------------------------------------------------
 
-    def lt(self, e: Expr, n: int) -> Expr:
+    def lt(self, e: Expr, n: Size) -> Expr:
         """e < n, decided statically when the range of e allows."""
         r = self.range(e)
-        if r is not None and r[1] < n:
+        if r is not None and provably_lt(r[1], n):
             return TRUE
-        if r is not None and r[0] >= n:
+        if r is not None and provably_le(n, r[0]):
             return FALSE
-        return Binary("lt", e, const(n))
+        return Binary("lt", e, size_const(n))
 
-    def ge(self, e: Expr, n: int) -> Expr:
+    def ge(self, e: Expr, n: Size) -> Expr:
         """e >= n, decided statically when the range of e allows."""
         r = self.range(e)
-        if r is not None and r[0] >= n:
+        if r is not None and provably_le(n, r[0]):
             return TRUE
-        if r is not None and r[1] < n:
+        if r is not None and provably_lt(r[1], n):
             return FALSE
-        return Binary("ge", e, const(n))
+        return Binary("ge", e, size_const(n))
 
     def divisible(self, e: Expr, s: int) -> Expr:
         """e % s == 0."""
@@ -347,7 +482,7 @@ class IndexAlgebra:
             return TRUE if m.value == 0 else FALSE
         return Binary("eq", m, ZERO)
 
-    def in_range(self, e: Expr, n: int) -> Expr:
+    def in_range(self, e: Expr, n: Size) -> Expr:
         """0 <= e < n."""
         return self.all_of(self.ge(e, 0), self.lt(e, n))
 
@@ -364,45 +499,68 @@ class IndexAlgebra:
         return out
 
 
+def _only_sizes(e: Expr) -> bool:
+    """Whether `e` is built of constants and `Sym`s by add, sub and mul (a size)."""
+    if isinstance(e, Sym):
+        return True
+    if isinstance(e, Const):
+        return not isinstance(e.value, bool) and isinstance(e.value, int)
+    return isinstance(e, Binary) and e.op in ("add", "sub", "mul") \
+        and _only_sizes(e.a) and _only_sizes(e.b)
+
+
+def _check_divisor(c: Size) -> None:
+    if isinstance(c, int):
+        return
+    if bounds(c)[0] < 1:
+        raise DynamicSizeError(f"index arithmetic divides by the dynamic size {c}, which may "
+                               "be 0")
+
+
 # ---- movement ops as index maps -----------------------------------------------------------
 
 
-def _reshape_blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
-    """Split a reshape into runs of axes with equal products: (src lo, src hi, dst lo, dst hi)."""
+def _reshape_blocks(src: tuple[Size, ...],
+                    dst: tuple[Size, ...]) -> list[tuple[int, int, int, int]]:
+    """Split a reshape into runs of axes with equal products: (src lo, src hi, dst lo, dst hi).
+
+    Products are equal when they are the same size (structurally, for dynamic ones); which
+    side grows next is decided by the sizes' hints (a heuristic: any split is correct)."""
     blocks = []
     i = j = 0
     while i < len(src) or j < len(dst):
         i0, j0 = i, j
-        ps = pd = 1
+        ps: Size = 1
+        pd: Size = 1
         if i < len(src):
-            ps *= src[i]
+            ps = ps * src[i]
             i += 1
         if j < len(dst):
-            pd *= dst[j]
+            pd = pd * dst[j]
             j += 1
-        while ps != pd:
-            if ps < pd and i < len(src):
-                ps *= src[i]
+        while not same_size(ps, pd):
+            if hint(ps) < hint(pd) and i < len(src):
+                ps = ps * src[i]
                 i += 1
             elif j < len(dst):
-                pd *= dst[j]
+                pd = pd * dst[j]
                 j += 1
             else:
                 return [(0, len(src), 0, len(dst))]
-        while i < len(src) and src[i] == 1 and (j >= len(dst) or dst[j] != 1):
+        while i < len(src) and is_one(src[i]) and (j >= len(dst) or not is_one(dst[j])):
             i += 1
-        while j < len(dst) and dst[j] == 1 and (i >= len(src) or src[i] != 1):
+        while j < len(dst) and is_one(dst[j]) and (i >= len(src) or not is_one(src[i])):
             j += 1
         blocks.append((i0, i, j0, j))
     return blocks
 
 
-def reshape_index(alg: IndexAlgebra, idx: Index, src: tuple[int, ...],
-                  dst: tuple[int, ...]) -> Index:
+def reshape_index(alg: IndexAlgebra, idx: Index, src: tuple[Size, ...],
+                  dst: tuple[Size, ...]) -> Index:
     """The index into a reshape's input (shape `src`) of output index `idx` (shape `dst`)."""
-    if src == dst:
+    if same_shape(src, dst):
         return idx
-    if prod(src) == 0:
+    if empty(src):
         return (ZERO,) * len(src)
     out: list[Expr] = []
     for i0, i1, j0, j1 in _reshape_blocks(src, dst):
@@ -430,9 +588,9 @@ def movement_index(alg: IndexAlgebra, node: Node, idx: Index) -> list[Branch]:
             src[p] = idx[i]
         return [(0, tuple(src), None)]
     if op == "expand":
-        return [(0, tuple(ZERO if d == 1 else e for e, d in zip(idx, x_shape)), None)]
+        return [(0, tuple(ZERO if is_one(d) else e for e, d in zip(idx, x_shape)), None)]
     if op == "slice":
-        return [(0, tuple(alg.add(alg.mul(e, st), const(lo))
+        return [(0, tuple(alg.add(alg.mul(e, st), size_const(lo))
                           for e, lo, st in zip(idx, a["starts"], a["steps"])), None)]
     if op == "pad":
         return [_pad_branch(alg, idx, x_shape, a["lo"], a["interior"])]
@@ -451,7 +609,7 @@ def _pad_branch(alg: IndexAlgebra, idx: Index, shape, lo, interior) -> Branch:
     src = []
     conds = []
     for e, d, low, inner in zip(idx, shape, lo, interior):
-        j = alg.sub(e, const(low)) if low else e
+        j = e if is_zero(low) else alg.sub(e, size_const(low))
         if inner:
             s = inner + 1
             i = alg.idiv(j, s)
@@ -469,10 +627,10 @@ def _concat_branches(alg: IndexAlgebra, idx: Index, node: Node, axis: int) -> li
     offset = 0
     for k, x in enumerate(node.inputs):
         size = x.type.shape[axis]
-        i = alg.sub(idx[axis], const(offset)) if offset else idx[axis]
+        i = idx[axis] if is_zero(offset) else alg.sub(idx[axis], size_const(offset))
         cond = alg.all_of(alg.ge(i, 0), alg.lt(i, size))
-        offset += size
-        if size == 0 or cond == FALSE:
+        offset = offset + size
+        if is_zero(size) or cond == FALSE:
             continue
         out.append((k, idx[:axis] + (i,) + idx[axis + 1:], None if cond == TRUE else cond))
     return out
@@ -549,7 +707,7 @@ def matmul_domain(node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
     a, b = node.inputs[0].type.shape, node.inputs[1].type.shape
     batch = prod(a[:-2])
     mn = (a[-2], b[-1])
-    return ((batch,) + mn if batch != 1 else mn), (a[-1],)
+    return ((batch,) + mn if not is_one(batch) else mn), (a[-1],)
 
 
 def matmul_operand_indices(alg: IndexAlgebra, node: Node) -> tuple[Index, Index]:

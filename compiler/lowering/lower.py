@@ -21,6 +21,7 @@ from math import prod
 
 import numpy as np
 
+from ...runtime.sizes import Size
 from ..graph.ir import CONSTANT, Graph, Node, ancestors
 from ..kernel.ir import (
     Acc,
@@ -40,6 +41,7 @@ from ..kernel.ir import (
 )
 from ..kernel.ops import BINARY_PRIMITIVES, UNARY_PRIMITIVES
 from ..passes.select_max import select_max
+from ..symbolic import DynamicSizeError
 from ..targets import Capabilities
 from ..types import DType, int64
 from .fusion import FusionPlan, Group, is_buffer, plan_fusion
@@ -50,7 +52,6 @@ from .index import (
     ZERO,
     Index,
     IndexAlgebra,
-    const,
     disjoint_fold_index,
     disjoint_windows,
     fold_index,
@@ -58,6 +59,7 @@ from .index import (
     matmul_operand_indices,
     movement_index,
 )
+from .sizes import empty, is_dynamic, is_one, is_zero, size_const
 
 REDUCE_OP = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min",
              "reduce_prod": "prod", "argmax": "argmax", "argmin": "argmin", "matmul": "sum",
@@ -245,7 +247,11 @@ class _Emitter:
         if op in MOVEMENT_OPS:
             return self._movement(n, idx, valid)
         if op == "full":
-            return scalar(n.attr["value"], n.type.dtype)
+            value = n.attr["value"]
+            if is_dynamic(value):  # a dynamic size as a number (the count of a mean)
+                e = size_const(value)
+                return e if n.type.dtype == int64 else Cast(n.type.dtype, e)
+            return scalar(value, n.type.dtype)
         if op == "iota":
             e = idx[n.attr["axis"]]
             return e if n.type.dtype == int64 else Cast(n.type.dtype, e)
@@ -293,13 +299,13 @@ def _vars(start: int, n: int) -> Index:
     return tuple(Var(start + i) for i in range(n))
 
 
-def _squeezed_vars(shape: Sequence[int], start: int) -> Index:
+def _squeezed_vars(shape: Sequence[Size], start: int) -> Index:
     """An index over `shape` whose size-1 axes are the constant 0 and whose other axes are
     consecutive loop variables from `start` (a loop nest without trivial loops)."""
     out: list[Expr] = []
     k = start
     for d in shape:
-        if d == 1:
+        if is_one(d):
             out.append(ZERO)
         else:
             out.append(Var(k))
@@ -320,6 +326,12 @@ class _GroupLowering:
         self.out: list[Kernel] = []
 
     def kernels(self) -> list[Kernel]:
+        try:
+            return self._kernels()
+        except DynamicSizeError as e:  # name the ops for the caller that falls back to static
+            raise DynamicSizeError(f"lowering {describe(self.group.nodes)}: {e}") from e
+
+    def _kernels(self) -> list[Kernel]:
         g = self.group
         if g.kind == "reduce":
             self._reduce()
@@ -351,14 +363,14 @@ class _GroupLowering:
         `into` = (concat, offset) stores the values as the part of a concat's buffer that
         starts at `offset` along the concat's axis."""
         shape = targets[0][2].type.shape
-        if prod(shape) == 0:
+        if empty(shape):
             return
-        squeezed = tuple(d for d in shape if d != 1)
+        squeezed = tuple(d for d in shape if not is_one(d))
         attempts = [(prod(shape),)] if len(squeezed) > 1 else []
         attempts.append(squeezed)
         for domain in attempts:
             alg = IndexAlgebra(domain)
-            if domain == squeezed:
+            if domain is squeezed:
                 idx = _squeezed_vars(shape, 0)
             else:
                 idx = alg.unflatten(Var(0), shape)
@@ -368,10 +380,10 @@ class _GroupLowering:
             else:
                 whole, offset = into
                 axis = whole.attr["axis"]
-                shifted = idx[:axis] + (alg.add(idx[axis], const(offset)),) + idx[axis + 1:]
+                shifted = idx[:axis] + (alg.add(idx[axis], size_const(offset)),) + idx[axis + 1:]
                 at = alg.flat(shifted, whole.type.shape)
             stores = [Store(buf, at, em.value(node, idx)) for buf, node, _ in targets]
-            if domain == squeezed or not _has_divmod(stores):
+            if domain is squeezed or not _has_divmod(stores):
                 break
         label = label or targets[0][1].op
         self._emit(label, domain, stores)
@@ -384,7 +396,7 @@ class _GroupLowering:
         for piece in c.inputs:
             self._elementwise([(self.names[c], piece, piece)], set(self.group.nodes),
                               "concat", (c, offset))
-            offset += piece.type.shape[axis]
+            offset = offset + piece.type.shape[axis]
 
     def _reduce(self) -> None:
         r = self.group.reduction
@@ -398,19 +410,19 @@ class _GroupLowering:
             axes = (r.attr["axis"],) if r.op in ("argmax", "argmin") else r.attr["axes"]
             full = tuple(d for i, d in enumerate(x_shape) if i not in axes)
             red = tuple(x_shape[i] for i in axes)
-        if prod(full) == 0:
+        if empty(full):
             return
         if r.op == "fold" and disjoint_windows(r):
             self._disjoint_fold(r)
             return
         # size-1 axes leave the loop nest, except a matmul's documented (B,) M, N layout
-        domain = full if r.op == "matmul" else tuple(d for d in full if d != 1)
+        domain = full if r.op == "matmul" else tuple(d for d in full if not is_one(d))
         alg = IndexAlgebra(domain + red)
         dvars = _squeezed_vars(full, 0) if r.op != "matmul" else _vars(0, len(full))
         rvars = _vars(len(domain), len(red))
         flat = alg.flat(dvars, full)
         em = _Emitter(self.plan, self.names, alg, set(self.group.nodes), r, flat)
-        if prod(red) == 0:
+        if empty(red):
             # an empty reduction reads nothing (its input may be a view with nothing to read,
             # such as a concat of empty parts): the loop never runs, each result is the
             # identity, and the value is a placeholder of the input's dtype
@@ -446,7 +458,7 @@ class _GroupLowering:
         takes at most one tap, so it is an elementwise kernel reading that tap, with no
         reduction over the taps nor the masked loads of the taps that miss."""
         full = r.type.shape
-        domain = tuple(d for d in full if d != 1)
+        domain = tuple(d for d in full if not is_one(d))
         alg = IndexAlgebra(domain)
         dvars = _squeezed_vars(full, 0)
         em = _Emitter(self.plan, self.names, alg, set(self.group.nodes), r)
@@ -462,7 +474,7 @@ class _GroupLowering:
         buf = self.names[s]
         self._elementwise([(buf, base, s)], {s}, "scatter_add_init")
         shape = s.type.shape
-        if prod(shape) == 0 or src.type.numel == 0:
+        if empty(shape) or empty(src.type.shape):
             return
         axis = s.attr["axis"]
         k = ind.type.ndim
@@ -499,7 +511,7 @@ def _contraction(alg: IndexAlgebra, r: Node, la: Expr, lb: Expr,
     if not all(isinstance(x, Load) and x.mask is None for x in (la, lb)):
         return None
     fa, fb = alg.affine(la.index), alg.affine(lb.index)
-    if fa is None or fb is None or fa[1] or fb[1]:
+    if fa is None or fb is None or not is_zero(fa[1]) or not is_zero(fb[1]):
         return None
     nd = len(domain)
     b_axis, m, n, k = (0 if nd == 3 else -1), nd - 2, nd - 1, nd
@@ -522,7 +534,7 @@ def _output_copies(graph: Graph, names: dict[Node, str], first: int) -> list[Ker
             dst = f"out{i}"
             t = o.type
             seen.setdefault(o, i)
-            if t.numel == 0:
+            if empty(t.shape):
                 continue
             domain = (t.numel,) if t.shape else ()
             index = Var(0) if t.shape else ZERO

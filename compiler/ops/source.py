@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...runtime.sizes import Poly
 from ..types import TensorType, dtype_from_name, int64
 from .registry import SOURCE, OpError, non_differentiable, register
 
 
 def _shape_ok(name, shape):
-    if any(not isinstance(d, int) or d < 0 for d in shape):
-        raise OpError(f"{name}: expected a shape of non-negative ints, got {shape}")
+    """Sizes are non-negative ints or dynamic sizes (`compiler.symbolic.Dim`)."""
+    if any(not isinstance(d, (int, Poly)) or isinstance(d, bool) or d < 0 for d in shape):
+        raise OpError(f"{name}: expected a shape of non-negative sizes, got {shape}")
 
 
 def _full_rule(*, shape, value, dtype) -> TensorType:

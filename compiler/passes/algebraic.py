@@ -20,6 +20,7 @@ from collections import Counter
 from ..graph.ir import Graph, Node, make_node
 from ..graph.pattern import P, PatternMatcher, RewriteContext, Rule, Var, full_node, is_splat
 from ..graph.rewrite import rebuild
+from ..types import same_shape
 
 X = Var("x")
 Y = Var("y")
@@ -37,7 +38,7 @@ def integer_result(ctx: RewriteContext, node: Node) -> bool:
 
 def shape_unchanged(ctx: RewriteContext, node: Node) -> bool:
     # for slice: an output as large as the input can only be the whole input
-    return node.type.shape == node.inputs[0].type.shape
+    return same_shape(node.type.shape, node.inputs[0].type.shape)
 
 
 def dtype_unchanged(ctx: RewriteContext, node: Node) -> bool:
@@ -86,7 +87,7 @@ def compose_permutes(ctx: RewriteContext, root: Node, x: Node, inner: Node) -> N
 
 def collapse_reshapes(ctx: RewriteContext, root: Node, x: Node, inner: Node) -> Node:
     """reshape(reshape(x, s), t) = reshape(x, t), or x when t is x's shape."""
-    if root.type.shape == x.type.shape:
+    if same_shape(root.type.shape, x.type.shape):
         return x
     return make_node("reshape", (x,), {"shape": root.type.shape}, source=root.source)
 

@@ -23,6 +23,8 @@ from ..graph.ir import CONSTANT, INPUT, Graph, Node
 from ..graph.pattern import RewriteContext, full_node, uniform
 from ..graph.rewrite import fresh_names, rebuild
 from ..ops import ELEMENTWISE, REGISTRY, SOURCE
+from ..symbolic import is_dynamic
+from ..types import same_shape
 
 MAX_FOLD_ELEMENTS = 1 << 16
 MAX_INPUT_ELEMENTS = 1 << 20
@@ -53,14 +55,24 @@ def _splat_result(node: Node, splats: list[np.ndarray]) -> np.ndarray | None:
         return None
     if node.op == "pad":
         value = np.asarray(node.attr["value"], dtype=node.type.dtype.np_type)
-        if node.type.numel == node.inputs[0].type.numel or _same_bits(value, splats[0]):
+        if same_shape((node.type.numel,), (node.inputs[0].type.numel,)) \
+                or _same_bits(value, splats[0]):
             return splats[0]
     return None
+
+
+def _dynamic(node: Node) -> bool:
+    """Whether `node` or an input has a dynamic size, or an input is a `full` of one: there is
+    no array to materialise at compile time."""
+    return any(is_dynamic(d) for t in (node, *node.inputs) for d in t.type.shape) or any(
+        i.op == "full" and is_dynamic(i.attr["value"]) for i in node.inputs)
 
 
 def _evaluate(node: Node, constants: dict[str, np.ndarray]) -> np.ndarray | None:
     """`node`'s value from its known inputs with the reference implementation, or None when it
     is too large to materialise or its evaluation fails (the error is then left for run time)."""
+    if _dynamic(node):
+        return None
     if node.type.numel > MAX_FOLD_ELEMENTS:
         return None
     if sum(i.type.numel for i in node.inputs) > MAX_INPUT_ELEMENTS:

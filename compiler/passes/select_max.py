@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from ..graph.ir import Graph, Node, make_node
 from ..graph.rewrite import rebuild
+from ..symbolic import is_dynamic
+from ..types import same_shape
 
 
 def select_max(graph: Graph) -> Graph:
@@ -39,7 +41,7 @@ def _select_max_node(n: Node) -> Node | None:
 def _is_zero(n: Node) -> bool:
     while n.op == "expand":
         n = n.inputs[0]
-    return n.op == "full" and n.attr["value"] == 0
+    return n.op == "full" and not is_dynamic(n.attr["value"]) and n.attr["value"] == 0
 
 
 def _is_argmax_of(n: Node, x: Node, axis: int) -> bool:
@@ -49,7 +51,7 @@ def _is_argmax_of(n: Node, x: Node, axis: int) -> bool:
     arg = n.inputs[0].inputs[0]
     shape = arg.type.shape
     return arg.op == "argmax" and arg.inputs[0] is x and arg.attr["axis"] == axis \
-        and n.inputs[0].type.shape == shape[:axis] + (1,) + shape[axis:]
+        and same_shape(n.inputs[0].type.shape, shape[:axis] + (1,) + shape[axis:])
 
 
 def _is_iota_along(n: Node, axis: int, like: Node) -> bool:
@@ -58,7 +60,7 @@ def _is_iota_along(n: Node, axis: int, like: Node) -> bool:
     while n.op == "expand":
         n = n.inputs[0]
     return n.op == "iota" and n.attr["axis"] == axis and n.type.ndim == like.type.ndim \
-        and n.type.shape[axis] == like.type.shape[axis]
+        and same_shape((n.type.shape[axis],), (like.type.shape[axis],))
 
 
 def _max_over(x: Node, axis: int, source: str | None) -> Node:

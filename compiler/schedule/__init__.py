@@ -12,6 +12,7 @@ from .reduction import column_rule, split_rule
 from .rules import DEFAULT_RULES, Rule, schedule_kernel, schedule_kernels, target_rules
 from .types import (
     Blocking,
+    Choice,
     ColumnReduction,
     Contraction,
     Dot,
@@ -26,7 +27,7 @@ from .types import (
 from .window import window_rule
 
 __all__ = [
-    "DEFAULT_RULES", "Blocking", "ColumnReduction", "Contraction", "Dot", "Elementwise",
+    "DEFAULT_RULES", "Blocking", "Choice", "ColumnReduction", "Contraction", "Dot", "Elementwise",
     "Fallback", "Nest", "PerPoint", "Rule", "Schedule", "SplitReduction", "Window", "column_rule",
     "contraction_rule", "dot_rule", "elementwise_rule", "fallback_rule", "schedule_kernel",
     "schedule_kernels", "split_rule", "target_rules", "window_rule",

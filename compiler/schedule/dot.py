@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
-from ..kernel.affine import affine
 from ..kernel.ir import Binary, Kernel, Load, dtype_of
 from ..targets import Capabilities
 from ..types import DType
 from .ranges import worth_splitting
+from .sizes import ceil_count, hint, is_static, static_affine
 from .types import Dot
 
 RM, RN = 4, 4
@@ -30,7 +30,7 @@ SHORT_K_ROWS = 6
 def _k_contiguous(e, k_axis: int, dtype: DType, avoid: int | None) -> bool:
     if not isinstance(e, Load) or e.mask is not None or e.dtype != dtype:
         return False
-    coeffs = affine(e.index)
+    coeffs = static_affine(e.index)
     return coeffs is not None and coeffs.get(k_axis) == 1 and not coeffs.get(avoid, 0)
 
 
@@ -44,26 +44,41 @@ def dot_rule(kernel: Kernel, caps: Capabilities) -> Dot | None:
     nd = len(kernel.domain)
     lanes = caps.vector_bits // (8 * dtype.itemsize)
     k_size = kernel.reduce[0]
-    if not dtype.is_floating or lanes < 1 or k_size < lanes:
+    if not dtype.is_floating or lanes < 1 or not is_static(k_size) or k_size < lanes:
         return None
     row, col = (nd - 2, nd - 1) if nd >= 2 else (None, 0)
+    if not is_static(kernel.domain[col]):  # dynamic rows and batch only
+        return None
     rows = 1 if row is None else kernel.domain[row]
     # past L2, a's rows are worth keeping only if several column blocks re-read them; the
     # tiled path (blocked over k) takes those products, except with few rows, which it refuses
-    if (rows >= MIN_PACKED_ROWS and kernel.domain[col] > RN
+    # (dynamic rows: contraction_rule picks between both per call, `dot_rows`)
+    if (is_static(rows) and rows >= MIN_PACKED_ROWS and kernel.domain[col] > RN
             and rows * k_size * dtype.itemsize > MAX_ROWS_BYTES):
         return None
     for operand, (a, b) in enumerate(((value.a, value.b), (value.b, value.a))):
         if _k_contiguous(a, nd, dtype, col) and _k_contiguous(b, nd, dtype, row):
             batch = tuple(range(nd - 2)) if nd >= 2 else ()
-            count = -(-kernel.domain[col] // RN) * math.prod(kernel.domain[i] for i in batch)
+            count = ceil_count(kernel.domain[col], RN,
+                               math.prod(kernel.domain[i] for i in batch))
             return Dot(count=count, threaded=worth_splitting(kernel, caps), a_operand=operand,
                        row=row, col=col, batch=batch, dtype=dtype, lanes=lanes, rm=RM, rn=RN)
     return None
 
 
+def dot_rows(kernel: Kernel, dot: Dot) -> float:
+    """The most rows for which the static rules keep dot products rather than tiles (inf:
+    always): what a kernel with dynamic rows tests per call."""
+    k_size = kernel.reduce[0]
+    if k_size < SHORT_K:
+        return SHORT_K_ROWS - 1
+    if kernel.domain[dot.col] <= RN:
+        return math.inf
+    return max(MIN_PACKED_ROWS - 1, MAX_ROWS_BYTES // (k_size * dot.dtype.itemsize))
+
+
 def prefers_tiled(kernel: Kernel, dot: Dot) -> bool:
     """Whether the tiled path, when it takes `kernel`, beats these dot products: a k shorter
     than `SHORT_K` with at least `SHORT_K_ROWS` rows."""
-    rows = 1 if dot.row is None else kernel.domain[dot.row]
+    rows = 1 if dot.row is None else hint(kernel.domain[dot.row])
     return kernel.reduce[0] < SHORT_K and rows >= SHORT_K_ROWS

@@ -13,6 +13,7 @@ from ..kernel.ir import Kernel
 from ..targets import Capabilities
 from .ranges import range_axes, worth_splitting
 from .reduction import is_small
+from .sizes import hint
 from .types import Elementwise, Fallback
 
 MIN_FORCED_TRIP = 16  # shorter inner loops are left to the cost model (often fully unrolled)
@@ -29,11 +30,11 @@ def elementwise_rule(kernel: Kernel, caps: Capabilities) -> Elementwise | None:
     plain = caps.vector_bits > 0 and (kernel.reduce_value is None or unroll)
     fold = False
     if len(domain) <= 1:  # a short flat loop is left to the cost model, as a short row is
-        vectorize = plain and bool(domain) and domain[0] >= MIN_FORCED_TRIP
+        vectorize = plain and bool(domain) and hint(domain[0]) >= MIN_FORCED_TRIP
     else:
-        n, lanes = domain[-1], caps.vector_bits // 32
+        n, lanes = hint(domain[-1]), caps.vector_bits // 32
         fold = (caps.masked_loads and lanes > 0 and MIN_MASKED_TRIP <= n < 4 * lanes
-                and n % lanes != 0)
+                and n % lanes != 0 and isinstance(domain[-1], int))
         vectorize = plain and (n >= MIN_FORCED_TRIP or fold)
     return Elementwise(count=count, threaded=worth_splitting(kernel, caps), ranged=ranged,
                        vector_bits=caps.vector_bits, vectorize=vectorize,

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..kernel.affine import affine
 from ..kernel.ir import Kernel, Load, dtype_of
 from ..targets import Capabilities
 from .ranges import range_axes, splits_reduction, worth_splitting
+from .sizes import Count, ceil_count, hint, is_static, static_affine
 from .types import ColumnReduction, SplitReduction
 
 SMALL_REDUCTION = 16  # reductions up to this many steps are unrolled
@@ -29,8 +29,10 @@ PARTS = 64  # parts a full reduction is cut into (at most); threads claim runs o
 
 
 def is_small(kernel: Kernel) -> bool:
-    """Whether the reduction is short enough to unroll at every domain point."""
-    return kernel.reduce_value is not None and math.prod(kernel.reduce) <= SMALL_REDUCTION
+    """Whether the reduction is short enough to unroll at every domain point (a dynamic one
+    never is)."""
+    return (kernel.reduce_value is not None and all(is_static(n) for n in kernel.reduce)
+            and math.prod(kernel.reduce) <= SMALL_REDUCTION)
 
 
 def across_columns(kernel: Kernel) -> bool:
@@ -38,12 +40,12 @@ def across_columns(kernel: Kernel) -> bool:
     innermost reduction axis, so that reducing a strip of columns at once pays."""
     if kernel.reduce_value is None or not kernel.domain or not kernel.reduce:
         return False
-    if is_small(kernel) or kernel.domain[-1] < 4:
+    if is_small(kernel) or hint(kernel.domain[-1]) < 4:
         return False
     last, inner = len(kernel.domain) - 1, len(kernel.domain) + len(kernel.reduce) - 1
     along_domain = along_reduce = 0
     for load in _loads(kernel.reduce_value):
-        coeffs = affine(load.index) or {}
+        coeffs = static_affine(load.index) or {}
         along_domain += coeffs.get(last) == 1
         along_reduce += coeffs.get(inner) == 1
     return along_domain > along_reduce
@@ -80,21 +82,22 @@ class Blocks:
     """A long float sum's steps cut into blocks, in order: the reduction axes before `level` run
     in full, axis `level` in chunks of `chunk` steps (the last one may be shorter), the axes
     after it whole inside each block.  Block `q` is chunk `q % chunks` of axis `level` at the
-    point `q // chunks` of the axes before it (row-major)."""
+    point `q // chunks` of the axes before it (row-major).  Sizes may be dynamic: `chunks` and
+    `count` are then a `Ceil` or polynomial the generated code computes per call."""
 
-    sizes: tuple[int, ...]
+    sizes: tuple
     level: int
     chunk: int
 
     @property
-    def chunks(self) -> int:
+    def chunks(self) -> Count:
         """Chunks of axis `level`."""
-        return -(-self.sizes[self.level] // self.chunk)
+        return ceil_count(self.sizes[self.level], self.chunk)
 
     @property
-    def count(self) -> int:
+    def count(self) -> Count:
         """Blocks in all."""
-        return math.prod(self.sizes[:self.level]) * self.chunks
+        return ceil_count(self.sizes[self.level], self.chunk, math.prod(self.sizes[:self.level]))
 
     @property
     def steps(self) -> int:
@@ -110,8 +113,11 @@ def float_sum(kernel: Kernel) -> bool:
 
 def blocks(kernel: Kernel, block: int) -> Blocks | None:
     """How a float sum of more than `block` steps is cut into blocks of at most `block` steps
-    (None for other reductions and short sums, which run as one block)."""
-    if not float_sum(kernel) or math.prod(kernel.reduce) <= block:
+    (None for other reductions and short sums, which run as one block; a dynamic sum is
+    always cut)."""
+    if not float_sum(kernel):
+        return None
+    if all(is_static(n) for n in kernel.reduce) and math.prod(kernel.reduce) <= block:
         return None
     return cut(tuple(kernel.reduce), block)
 
@@ -119,16 +125,21 @@ def blocks(kernel: Kernel, block: int) -> Blocks | None:
 def cut(sizes: tuple[int, ...], block: int) -> Blocks:
     """`sizes` cut into blocks of at most `block` steps (one block if they fit): the innermost
     axes that fit whole in a block, and chunks of the next axis out — preferably a divisor of
-    it between half and all of what fits, so that every chunk has the same constant length."""
-    if math.prod(sizes) <= block:
+    it between half and all of what fits, so that every chunk has the same constant length.
+    A dynamic axis counts as longer than a block: the axes inside a block are static, so a
+    block's length is at most `block` for every size."""
+    static = all(is_static(n) for n in sizes)
+    if static and math.prod(sizes) <= block:
         return Blocks(sizes, 0, max(sizes[0], 1))
     level, inner = len(sizes) - 1, 1
-    while inner * sizes[level] <= block:  # stops: all axes together exceed a block
-        inner *= sizes[level]
+    while is_static(sizes[level]) and inner * sizes[level] <= block:
+        inner *= sizes[level]  # stops: all axes together exceed a block, or a dynamic one
         level -= 1
     most = block // inner
     n = sizes[level]
-    chunk = next((c for c in range(most, most // 2, -1) if n % c == 0), most)
+    chunk = most
+    if is_static(n):
+        chunk = next((c for c in range(most, most // 2, -1) if n % c == 0), most)
     return Blocks(sizes, level, chunk)
 
 
@@ -139,5 +150,7 @@ def part_blocks(kernel: Kernel) -> Blocks:
 
 def part_count(kernel: Kernel) -> int:
     """How many parts a full reduction is cut into: fixed by its size, not by the threads, so
-    that its result does not depend on how many there are."""
-    return min(part_blocks(kernel).count, PARTS)
+    that its result does not depend on how many there are (`PARTS` for a dynamic size: parts
+    with no block are empty)."""
+    count = part_blocks(kernel).count
+    return min(count, PARTS) if isinstance(count, int) else PARTS

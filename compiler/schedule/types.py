@@ -13,20 +13,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..types import DType
+from .sizes import Count
 
 
 @dataclass(frozen=True, kw_only=True)
 class Schedule:
     """What every schedule has: the range and whether threads split it."""
 
-    count: int
-    """Points in the kernel's range."""
+    count: Count
+    """Points in the kernel's range: an int, or for a kernel with dynamic sizes a
+    polynomial or `Ceil` of the symbols, which the entry evaluates per call."""
     threaded: bool
     """Whether the range is split over the target's threads."""
 
     def _line(self, path: str, details: str) -> str:
         threads = ", threaded" if self.threaded else ""
-        points = "point" if self.count == 1 else "points"
+        points = "point" if isinstance(self.count, int) and self.count == 1 else "points"
         return f"{path}: {details}; {self.count} range {points}{threads}"
 
 
@@ -36,10 +38,12 @@ class Blocking:
 
     kc: int
     """K block length (the last block may be shorter)."""
-    k_blocks: int
+    k_blocks: Count
+    """K blocks: a `Ceil` of a dynamic k (blocks of `kc`, the last one shorter)."""
     block: int
     """Row tiles per row block."""
-    row_blocks: int
+    row_blocks: Count
+    """Row blocks: a `Ceil` of dynamic rows."""
     group: int
     """Column tiles per column group (their partial sums share the scratch)."""
     col_groups: int
@@ -216,6 +220,23 @@ class Fallback(PerPoint):
     def __str__(self) -> str:
         unroll = ", reduction unrolled" if self.unroll else ""
         return self._line("loops", f"{self._nest()}{unroll}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Choice(Schedule):
+    """Two schedules of a kernel with a dynamic size, picked per call: `small` while `size`
+    is at most `limit`, else `large` (a contraction's dot products for few rows, tiles for
+    many, as the static rules would pick at that size).  `count` and `threaded` are
+    `large`'s."""
+
+    size: object
+    """The dynamic size tested (an int polynomial of the symbols)."""
+    limit: int
+    small: Schedule
+    large: Schedule
+
+    def __str__(self) -> str:
+        return f"choice: {self.size} <= {self.limit}: {self.small} | else: {self.large}"
 
 
 def _axis(axis: int | None) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 
-from ..kernel.affine import affine
 from ..kernel.ir import Kernel, Load
 from ..targets import Capabilities
 from .ranges import range_axes, worth_splitting
 from .reduction import is_small
+from .sizes import is_static, static_affine
 from .types import Window
 
 MAX_STRIDE = 4  # wider strides waste most of each loaded vector
@@ -25,9 +25,10 @@ def window_rule(kernel: Kernel, caps: Capabilities) -> Window | None:
     load = kernel.reduce_value
     if (not caps.masked_loads or kernel.reduce_op not in OPS or len(kernel.domain) < 2
             or not is_small(kernel) or not isinstance(load, Load) or load.mask is not None
-            or not load.dtype.is_floating or any(s.accumulate for s in kernel.stores)):
+            or not load.dtype.is_floating or any(s.accumulate for s in kernel.stores)
+            or not is_static(kernel.domain[-1])):
         return None
-    coeffs = affine(load.index)
+    coeffs = static_affine(load.index)
     nd = len(kernel.domain)
     if coeffs is None or not 2 <= coeffs.get(nd - 1, 0) <= MAX_STRIDE:
         return None

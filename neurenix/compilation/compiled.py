@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from neurenix.compiler import pipeline
+from neurenix.compiler.symbolic import shape_env
 from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
@@ -47,6 +48,17 @@ from .arguments import (
     replace_tensors,
     unflatten_outputs,
 )
+from .dynamic import (
+    DEFAULT_BOUNDS,
+    SEEN_SHAPES,
+    abstract_key,
+    changed_dims,
+    chosen_variants,
+    fitting,
+    parse_dynamic,
+    shape_guard,
+    symbolic_shapes,
+)
 from .executables import compile_traced
 from .placement import Placement, backend_for, call_device, device_of_backend, switch_guards
 from .signatures import describe, explain_change, explain_guards, structure, value_key
@@ -66,6 +78,7 @@ PROGRAMS_PER_PROCESS = 256
 # compile(..., recompile_limit=)); it goes on compiling.  PyTorch's recompile_limit is also 8.
 RECOMPILE_LIMIT = 8
 
+_NO_KEY = ("not memoised",)  # `Compiled._abstract`'s miss (None is a memoised answer)
 _CLOCK = itertools.count(1)  # every use of a program stamps it: the LRU order
 _PROGRAMS_LOCK = threading.Lock()  # held while any Compiled's `_cache` changes
 _FUNCTIONS: weakref.WeakSet[Compiled] = weakref.WeakSet()  # those holding programs
@@ -74,7 +87,7 @@ _TRACE_LOCK = threading.Lock()
 # a Compiled's attributes that hold compiled programs or per-process state: never pickled or
 # copied (see `Compiled._reset`)
 _PROGRAM_STATE = frozenset({"_cache", "_last", "_pending", "_pending_lock", "_compiles",
-                            "_warned", "last_verification"})
+                            "_warned", "last_verification", "_dynamic", "_abstract"})
 
 
 @dataclass
@@ -137,7 +150,8 @@ class Compiled:
     """
 
     def __init__(self, fn: Callable, device: Any = None, verify: bool = False,
-                 backend: str | None = None, recompile_limit: int | None = None) -> None:
+                 backend: str | None = None, recompile_limit: int | None = None,
+                 dynamic: Any = False) -> None:
         if not callable(fn):
             raise TypeError(f"compile: expected a Module or a callable, got {type(fn).__name__}")
         self.fn = fn
@@ -156,6 +170,7 @@ class Compiled:
             raise ValueError(f"compile: recompile_limit must be a positive integer, got "
                              f"{recompile_limit!r}")
         self.recompile_limit = recompile_limit
+        self.dynamic = dynamic
         self._reset()
 
     def _reset(self) -> None:
@@ -168,6 +183,8 @@ class Compiled:
         self._pending_lock = threading.Lock()
         self._compiles = 0
         self._warned = False
+        self._dynamic = parse_dynamic(self.dynamic)
+        self._abstract: dict[tuple, tuple | None] = {}  # signature -> abstract_key, memoised
         self.last_verification: list[float] | None = None
 
     # ---- pickling and copying ---------------------------------------------------------------
@@ -243,8 +260,17 @@ class Compiled:
         return "\n\n".join(p for p in parts if p)
 
     def stats(self) -> dict:
-        """Nodes before/after each pass, kernels, bytes naive/planned/lower bound, timings."""
-        return dict(self._last.stats) if self._last else {}
+        """Nodes before/after each pass, kernels, bytes naive/planned/lower bound, timings;
+        for a dynamic program also the latest call's sizes and the variant each kernel with
+        size-specialised variants chose for them."""
+        entry = self._last
+        if entry is None:
+            return {}
+        out = dict(entry.stats)
+        if "dynamic" in out:
+            out["dynamic"] = dict(out["dynamic"], **chosen_variants(
+                [entry.forward, entry.backward]))
+        return out
 
     @property
     def cache_size(self) -> int:
@@ -271,6 +297,9 @@ class Compiled:
         key = self._signature(args, call_device(self._device, self.module, tensors))
         entries = self._cache.get(key)
         entry = _matching(entries, tensors) if entries else None
+        dyn = self._dynamic
+        if entry is None and (dyn.dims or dyn.named or dyn.mode == "all"):
+            entry = self._symbolic_entry(key, args, tensors)
         if entry is None:
             entry = self._compile_once(key, args, tensors)
         entry.used = next(_CLOCK)
@@ -310,6 +339,57 @@ class Compiled:
 
     # ---- compiling --------------------------------------------------------------------------
 
+    def _dims(self, args: tuple, tensors: list[Tensor]) -> dict:
+        """The call's dynamic dimensions: declared by argument name (every tensor of a
+        tuple argument: an LSTM's `(h0, c0)`), found so far, or every leading one
+        (`dynamic=True`), as {(tensor position, axis): (lo, hi)}, without those whose size
+        is outside its bounds."""
+        dyn = self._dynamic
+        dims = dyn.active(len(tensors), [t.ndim for t in tensors])
+        if dyn.named and dyn.failed is None:
+            names = self._arg_names(len(args))
+            p = 0
+            for i, a in enumerate(args):
+                leaves = arg_tensors((a,))
+                for axis, bounds in dyn.named.get(names[i], {}).items():
+                    for k, t in enumerate(leaves):
+                        if axis < t.ndim:
+                            dims.setdefault((p + k, axis), bounds)
+                p += len(leaves)
+        return fitting(dims, tensors)
+
+    def _symbolic_entry(self, key: tuple, args: tuple, tensors: list[Tensor]) -> _Entry | None:
+        """The cached symbolic program this call's sizes fit, if any."""
+        akey = self._abstract.get(key, _NO_KEY)
+        if akey is _NO_KEY:
+            akey = abstract_key(key, self._dims(args, tensors))
+            if len(self._abstract) >= SEEN_SHAPES:
+                self._abstract.clear()
+            self._abstract[key] = akey
+        entries = self._cache.get(akey) if akey is not None else None
+        return _matching(entries, tensors) if entries else None
+
+    def _found_dynamic(self, key: tuple, tensors: list[Tensor]) -> None:
+        """Automatic dynamic: a dimension that changed size since the previous signature of
+        the same structure becomes dynamic (logged at INFO)."""
+        if self._dynamic.mode != "auto" or self._dynamic.failed is not None \
+                or not get_target(self._backend_for(key[2])).capabilities.dynamic_shapes:
+            return
+        previous = [self._last.key] if self._last is not None else []
+        previous += [k for k in self._cache if k not in previous]
+        for old in previous:
+            changed = changed_dims(old, key)
+            if changed:
+                new = [d for d in changed if d not in self._dynamic.dims]
+                for d in new:
+                    self._dynamic.dims[d] = DEFAULT_BOUNDS
+                self._abstract.clear()
+                if new:
+                    log.info("neurenix.compile: %s: %s changed size; compiling one program "
+                             "for every size from now on", self._name(),
+                             ", ".join(f"dimension {a} of tensor argument {p}" for p, a in new))
+                return
+
     def _compile_once(self, key: tuple, args: tuple, tensors: list[Tensor]) -> _Entry:
         """The program for a call no cached one matches: compiled here, or by another thread
         compiling the same signature meanwhile (one lock per signature, so that concurrent
@@ -322,9 +402,16 @@ class Compiled:
                 entries = self._cache.get(key)
                 entry = _matching(entries, tensors) if entries else None
                 if entry is None:
+                    self._found_dynamic(key, tensors)
+                    entry = self._symbolic_entry(key, args, tensors)
+                if entry is None:
                     bounds = program_cache_bounds()
                     self._say_why(key, entries, tensors)
-                    entry = self._compile(key, args)
+                    entry, why = self._compile_symbolic(key, args, tensors)
+                    if entry is None:
+                        entry = self._compile(key, args)  # raises the user's own errors
+                    if why is not None:  # the static compile succeeded where it did not
+                        self._give_up_dynamic(why)
                     self._keep(entry, *bounds)
                 return entry
         finally:
@@ -402,7 +489,40 @@ class Compiled:
         key = self._signature(args, call_device(self._device, self.module, tensors))
         return self._compile(key, args, capture_steps=True)
 
-    def _compile(self, key: tuple, args: tuple, capture_steps: bool = False) -> _Entry:
+    def _compile_symbolic(self, key: tuple, args: tuple, tensors: list[Tensor]
+                          ) -> tuple[_Entry | None, str | None]:
+        """A program for every size of the call's dynamic dimensions, or None (static sizes
+        then) when it has none, or, with the reason, when the function or the compiler
+        cannot keep a size symbolic.  When the static compile then succeeds, the function
+        compiles static programs only (`_give_up_dynamic`); when it fails too, the error was
+        the user's (a shape mismatch), raised as eagerly."""
+        dims = self._dims(args, tensors)
+        akey = abstract_key(key, dims)
+        if akey is None or not get_target(self._backend_for(key[2])).capabilities.dynamic_shapes:
+            return None, None
+        env, shapes = symbolic_shapes(tensors, dims)
+        try:
+            with shape_env(env):
+                entry = self._compile(akey, args, shapes=shapes)
+        except Exception as e:  # noqa: BLE001 -- a static compile raises the user's errors
+            return None, f"{type(e).__name__}: {e}"
+        entry.guards.insert(0, shape_guard(env, shapes))
+        entry.stats = dict(entry.stats, dynamic={
+            "symbols": {s.name: {"lo": s.lo, "hi": s.hi, "traced": s.hint}
+                        for s in env.symbols.values()},
+            "shapes": [tuple(str(d) for d in shape) for shape in shapes],
+            "guards": [str(g) for g in env.guards]})
+        return entry, None
+
+    def _give_up_dynamic(self, why: str) -> None:
+        """Compile static programs only from now on, saying why at INFO."""
+        self._dynamic.failed = why
+        self._abstract.clear()
+        log.info("neurenix.compile: %s: compiling static shapes only: a dynamic size is not "
+                 "supported here (%s)", self._name(), why)
+
+    def _compile(self, key: tuple, args: tuple, capture_steps: bool = False,
+                 shapes: list[tuple] | None = None) -> _Entry:
         """Trace `args` into a graph, then optimise and build it.  One trace runs at a time
         in the process (tracing swaps gradients and module state in and out); building runs
         outside that lock."""
@@ -421,7 +541,9 @@ class Compiled:
                 for base, value in named:
                     for k, t in enumerate(arg_tensors((value,))):
                         name = base if isinstance(value, Tensor) else f"{base}_{k}"
-                        symbols.append(state.register_arg(t, state.fresh_name(name), position))
+                        symbols.append(state.register_arg(
+                            t, state.fresh_name(name), position,
+                            None if shapes is None else shapes[position]))
                         position += 1
                 sym_args.append(replace_tensors(a, iter(symbols)))
             if self.module is not None:
@@ -616,6 +738,12 @@ class Compiled:
         place = entry.place
         targets = tuple(ref if kind == "tensor" else args[ref]
                         for kind, ref in entry.grad_sources)
+        # a dynamic program's backward may have no input carrying a symbol (a mean's
+        # backward reads one scalar): it gets this call's sizes, bound from the forward's
+        program = getattr(entry.backward, "program", None)
+        sizes = None
+        if getattr(program, "symbols", ()):
+            sizes = entry.forward.program.bind_symbols([a.shape for a in inputs])
 
         def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
             cotangents = {}
@@ -635,7 +763,8 @@ class Compiled:
             if place.on_device:
                 grads_out = entry.backward.run_device(arrays)
             else:
-                grads_out = entry.backward.run(arrays)
+                grads_out = entry.backward.run(arrays, sizes) if sizes \
+                    else entry.backward.run(arrays)
             # the program's fresh arrays: a leaf's first gradient takes them without a copy
             return [mark_fresh(place.wrap_for(a, t)) for a, t in zip(grads_out, targets)]
 
@@ -663,7 +792,7 @@ class Compiled:
                     ", ".join(f"{e:.3g}" for e in errors))
 
 
-def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A001
+def compile(model: Any, *, device: Any = None, dynamic: Any = None,  # noqa: A001
             verify: bool = False, backend: str | None = None,
             recompile_limit: int | None = None) -> Compiled:
     """Compile a Module or a function of tensors; returns a callable with the same signature.
@@ -672,15 +801,13 @@ def compile(model: Any, *, device: Any = None, dynamic: bool = False,  # noqa: A
     reports the largest difference per output.  Compiling more than `recompile_limit` programs
     (default `NEURENIX_RECOMPILE_LIMIT`, else 8) logs one warning.  A function may be a whole
     training step — forward, loss, `backward()` and `optimizer.step()` — which then runs as one
-    program (see `neurenix.compilation.trace_effects`).  `dynamic=True` (shape-polymorphic
-    programs) is not supported yet: every new shape compiles its own specialised program.
+    program (see `neurenix.compilation.trace_effects`).  `dynamic` says which sizes one program
+    serves (`neurenix.compilation.dynamic`): None (default) makes a dimension dynamic once it
+    changes size, True the leading dimension of every tensor argument from the first call,
+    a dict `{"x": {0: (lo, hi)}}` the dimensions named, False none.
     """
-    if dynamic:
-        raise ValueError("compile: dynamic=True is not supported yet; each new input shape "
-                         "compiles (and caches) its own specialised program")
     return Compiled(model, device=device, verify=verify, backend=backend,
-                    recompile_limit=recompile_limit)
-
+                    recompile_limit=recompile_limit, dynamic=dynamic)
 
 
 compile_hook.register(compile)  # fused optimizer steps and small eager losses use it

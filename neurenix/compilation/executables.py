@@ -20,6 +20,7 @@ import numpy as np
 from neurenix.compiler import Graph, evaluate, pipeline
 from neurenix.compiler.targets import get_target
 from neurenix.runtime import backend_module
+from neurenix.runtime.sizes import Poly
 
 from . import compile_cache
 
@@ -50,7 +51,7 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
     start = time.perf_counter()
     target = get_target(backend)
     record_key = None
-    if target.runtime is not None and target.disk_cache:
+    if target.runtime is not None and target.disk_cache and not is_symbolic(traced):
         runtime = target.runtime_module()
         record_key = compile_cache.key_for(traced, f"{target.identity()}:traced:{num_outputs}:"
                                            + ",".join(wrt) + f":{active}"
@@ -158,6 +159,14 @@ def _donation_key(donate: dict[int, int] | None) -> str:
     return f":donate{sorted(donate.items())}" if donate else ""
 
 
+def is_symbolic(graph: Graph) -> bool:
+    """Whether a graph has dynamic sizes.  Their programs are not kept in the disk cache:
+    a program is valid for its symbols' ranges and the guards recorded while compiling,
+    which the cache key does not hold (yet)."""
+    return any(isinstance(d, Poly) for node in graph.nodes for d in node.type.shape) or any(
+        isinstance(v, Poly) for node in graph.nodes for v in node.attr.values())
+
+
 def build_executable(graph: Graph, backend: str,
                      donate: dict[int, int] | None = None) -> tuple[Any, dict]:
     """Build (or fetch from the disk cache) an executable for an optimised graph (`donate`:
@@ -170,7 +179,7 @@ def build_executable(graph: Graph, backend: str,
         return ReferenceExecutable(artifact), info
     runtime = target.runtime_module()
     key = None
-    if target.disk_cache:
+    if target.disk_cache and not is_symbolic(graph):
         key = compile_cache.key_for(graph, target.identity() + _donation_key(donate),
                                     runtime.code_identity())
         loaded = _load_program(key, runtime)

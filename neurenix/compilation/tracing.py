@@ -92,9 +92,12 @@ class TraceState:
             self.leaves[id(node)] = tensor
         return node
 
-    def register_arg(self, tensor: Tensor, name: str, index: int) -> Tensor:
-        """A symbolic tensor for the call's `index`-th tensor argument (eager `tensor`)."""
-        node = self.tracer.input(name, TensorType(tuple(tensor.shape), tensor.dtype), "data")
+    def register_arg(self, tensor: Tensor, name: str, index: int,
+                     shape: tuple | None = None) -> Tensor:
+        """A symbolic tensor for the call's `index`-th tensor argument (eager `tensor`), of
+        `shape` when given (with dynamic sizes: neurenix.compilation.dynamic)."""
+        shape = tuple(tensor.shape) if shape is None else shape
+        node = self.tracer.input(name, TensorType(shape, tensor.dtype), "data")
         self.sources[name] = ("arg", index)
         t = self.symbol(node)
         self.args[id(t)] = (index, node)

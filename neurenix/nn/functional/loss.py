@@ -38,7 +38,7 @@ from ...elementwise import (
     sub,
     where,
 )
-from ...reductions import log_softmax, mean
+from ...reductions import divisor, log_softmax, mean
 from ...reductions import sum as reduce_sum
 from ...state import is_grad_enabled, is_tracing
 from ...tensor import Tensor
@@ -465,7 +465,7 @@ def kl(input: Tensor, target: Tensor, reduction: str, log_target: bool, name: st
                       "and aligns with the KL div math definition.", UserWarning, stacklevel=3)
     if reduction == "batchmean":
         total = reduce_sum(loss)
-        return div(total, float(input.shape[0])) if input.ndim else total
+        return div(total, divisor(input.shape[0])) if input.ndim else total
     return _reduce(loss, reduction)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ... import elementwise as ew
 from ... import reductions, shapes
+from ...compiler.symbolic import Dim
 from ...compiler.types import float64
 from ...state import no_grad
 from ...tensor import Tensor
@@ -70,7 +71,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         var = reductions.mean(ew.mul(centred, centred), axes, keepdim=True)
         if running_mean is not None:
             factor = _momentum(momentum, num_batches_tracked)
-            unbiased = ew.mul(var, count / (count - 1))
+            unbiased = ew.mul(var, _bessel(count, var))
             _update_running(running_mean, shapes.reshape(mean, (channels,)), factor)
             _update_running(running_var, shapes.reshape(unbiased, (channels,)), factor)
     else:
@@ -85,6 +86,15 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if bias is not None:
         out = ew.add(out, _channel_view(bias, x.ndim))
     return out
+
+
+def _bessel(count: int | Dim, like: Tensor) -> float | Tensor:
+    """count / (count - 1), the factor making a biased variance unbiased: a Python float, or
+    for a dynamic count in a trace the same float64 quotient computed by the program."""
+    if not isinstance(count, Dim):
+        return count / (count - 1)
+    ratio = ew.div(ew.as_tensor(count, float64), ew.as_tensor(count - 1, float64))
+    return ew.cast(ratio, like.dtype)
 
 
 def _momentum(momentum: float | None, num_batches_tracked: Tensor | None) -> float | Tensor:
@@ -199,7 +209,7 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
         var = reductions.mean(ew.mul(centred, centred), axes, keepdim=True)
         if running_mean is not None:
             batch_mean = reductions.mean(shapes.reshape(mean, tuple(input.shape[:2])), 0)
-            unbiased = ew.mul(shapes.reshape(var, tuple(input.shape[:2])), count / (count - 1))
+            unbiased = ew.mul(shapes.reshape(var, tuple(input.shape[:2])), _bessel(count, var))
             _update_running(running_mean, batch_mean, float(momentum))
             _update_running(running_var, reductions.mean(unbiased, 0), float(momentum))
     else:

@@ -1,0 +1,92 @@
+"""Sizes in schedules: static ints, or dynamic sizes (`compiler.symbolic.Dim`) of a
+shape-polymorphic kernel (docs/compiler/dynamic-shapes.md).
+
+Schedule rules decide tiles, vector widths and threads from a dynamic size's *hint* (its value
+in the trace being compiled) or its bounds, never by comparing it (which would record a guard
+and over-specialise the program): `hint`.  What the generated code needs at run time is kept
+symbolic: a range's `count` may be a polynomial, or a `Ceil` (ceil(size / divisor) * times,
+the row blocks of a tiled contraction), which the entry evaluates per call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...runtime.sizes import Poly, Size
+from ..kernel.affine import affine
+from ..kernel.ir import Expr, Kernel, Sym, postorder
+from ..symbolic import DynamicSizeError, active_env
+
+
+@dataclass(frozen=True)
+class Ceil:
+    """ceil(size / divisor) * times: a range count only the call's sizes give."""
+
+    size: Size
+    divisor: int
+    times: Size = 1
+
+    def evaluate(self, env) -> int:
+        size = self.size if isinstance(self.size, int) else self.size.evaluate(env)
+        times = self.times if isinstance(self.times, int) else self.times.evaluate(env)
+        return -(-size // self.divisor) * times
+
+    def __str__(self) -> str:
+        times = "" if isinstance(self.times, int) and self.times == 1 else f" * ({self.times})"
+        return f"ceil(({self.size}) / {self.divisor}){times}"
+
+
+Count = int | Poly | Ceil
+"""A range's size: an int, a polynomial in the symbols, or a `Ceil` of one."""
+
+
+def is_static(size: object) -> bool:
+    return isinstance(size, int)
+
+
+def hint(size: Size) -> int:
+    """A size's value in the trace being compiled (an int is itself): what heuristics read."""
+    if isinstance(size, int):
+        return size
+    try:
+        env = active_env()
+    except DynamicSizeError:
+        raise DynamicSizeError(f"scheduling the dynamic size {size} needs a shape "
+                               "environment (compiler.symbolic.shape_env)") from None
+    return size.evaluate(env.hints())
+
+
+def hints(sizes) -> tuple[int, ...]:
+    return tuple(hint(s) for s in sizes)
+
+
+def ceil_count(size: Size, divisor: int, times: Size = 1) -> Count:
+    """ceil(size / divisor) * times: an int or polynomial where that is exact, else a `Ceil`."""
+    if isinstance(size, int):
+        return -(-size // divisor) * times
+    if divisor == 1:
+        return size * times
+    return Ceil(size, divisor, times)
+
+
+def kernel_symbols(kernel: Kernel) -> frozenset[str]:
+    """The symbols `kernel` reads: in its extents, buffer sizes and expressions (`Sym`)."""
+    names: set[str] = set()
+    for size in list(kernel.domain) + list(kernel.reduce) + [b.size for b in
+                                                             kernel.buffers()]:
+        if isinstance(size, Poly):
+            names |= size.symbols()
+    roots = [x for s in kernel.stores for x in (s.index, s.value)]
+    if kernel.reduce_value is not None:
+        roots.append(kernel.reduce_value)
+    names |= {e.name for e in postorder(roots) if isinstance(e, Sym)}
+    return frozenset(names)
+
+
+def static_affine(e: Expr) -> dict[int, int] | None:
+    """`affine(e)` when every loop variable's coefficient is an int; None when one is a
+    dynamic size (a dynamic stride: layout rules then treat the index as not affine, rather
+    than compare the stride, which would record a guard).  The constant may be dynamic."""
+    coeffs = affine(e)
+    if coeffs is None or any(isinstance(c, Poly) for axis, c in coeffs.items() if axis >= 0):
+        return None
+    return coeffs
