@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from neurenix.compiler.symbolic import Dim, DynamicSizeError
 from neurenix.compiler.trace import TraceError
 from neurenix.compiler.types import DType, bool_, float32, int64
 
@@ -30,6 +31,17 @@ def _make(array: np.ndarray, dtype: DType, device: Any, requires_grad: bool) -> 
     if requires_grad:
         t.requires_grad_(True)
     return t
+
+
+def _filled(shape: tuple, value: Any, dtype: DType, device: Any, requires_grad: bool,
+            op: str) -> Tensor:
+    """A new tensor of `shape` filled with `value`: a leaf holding an array, or, for a
+    shape with dynamic sizes (only while tracing), a `full` node the program computes."""
+    if not any(isinstance(d, Dim) for d in shape):
+        return _make(np.full(shape, value), dtype, device, requires_grad)
+    if requires_grad:
+        raise DynamicSizeError(f"{op}: a leaf requiring grad of the dynamic shape {shape}")
+    return apply("full", shape=tuple(shape), value=value, dtype=dtype.name)
 
 
 def _check_shape(shape: tuple[int, ...], op: str) -> tuple[int, ...]:
@@ -57,19 +69,19 @@ def full(size, fill_value: float, dtype: DType | None = None, device: Any = None
     if dtype is None:
         dtype = bool_ if isinstance(fill_value, bool) else (
             int64 if isinstance(fill_value, (int, np.integer)) else float32)
-    return _make(np.full(shape, fill_value), dtype, device, requires_grad)
+    return _filled(shape, fill_value, dtype, device, requires_grad, "full")
 
 
 def zeros(*size, dtype: DType | None = None, device: Any = None,
           requires_grad: bool = False) -> Tensor:
     shape = _check_shape(shape_args(size, "zeros"), "zeros")
-    return _make(np.zeros(shape), dtype or float32, device, requires_grad)
+    return _filled(shape, 0, dtype or float32, device, requires_grad, "zeros")
 
 
 def ones(*size, dtype: DType | None = None, device: Any = None,
          requires_grad: bool = False) -> Tensor:
     shape = _check_shape(shape_args(size, "ones"), "ones")
-    return _make(np.ones(shape), dtype or float32, device, requires_grad)
+    return _filled(shape, 1, dtype or float32, device, requires_grad, "ones")
 
 
 def empty(*size, dtype: DType | None = None, device: Any = None,

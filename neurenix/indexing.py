@@ -3,12 +3,14 @@ bool tensors â€” as compositions of `slice`, `reshape`, `permute` and `gather` â
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from neurenix.compiler.symbolic import Dim
 from neurenix.compiler.trace import TraceError
-from neurenix.compiler.types import DType, bool_, int32, int64
+from neurenix.compiler.types import DType, DynamicShape, bool_, int32, int64, same_shape
 
 from . import view_writes
 from .call_site import user_source
@@ -120,7 +122,26 @@ def _normalise_slice(s: slice, size: int, dim: int) -> tuple[int, int, int]:
     if s.step is not None and s.step <= 0:
         raise ValueError(f"indexing: step must be greater than zero, got {s.step} on "
                          f"dimension {dim} (reverse with flip())")
+    if isinstance(size, Dim):  # a dynamic size while tracing: slice.indices needs an int
+        return _bound(s.start, size, 0), _bound(s.stop, size, size), s.step or 1
     return s.indices(size)
+
+
+def _bound(k: Any, size: Dim, default: Any) -> Any:
+    """One end of a slice of a dimension of dynamic `size`, as `slice.indices` clips it (the
+    comparisons are decided by the size's range, or become guards)."""
+    if k is None:
+        return default
+    k = operator.index(k)
+    return min(k, size) if k >= 0 else max(size + k, 0)
+
+
+def _same(sizes: list, shape: tuple) -> bool:
+    """Whether `sizes` are `shape`; structurally for a shape with dynamic sizes (`n == 3`
+    would record a guard)."""
+    if isinstance(shape, DynamicShape):
+        return same_shape(sizes, shape)
+    return tuple(sizes) == shape
 
 
 def getitem(x: Tensor, index: Any) -> Tensor:
@@ -168,10 +189,10 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             used = True  # _gather_advanced says what is wrong
         advanced = [(p, _normalise_index(t, size, d, check=used)) for p, t, size, d in raw]
     y = x
-    whole = (tuple(starts), tuple(stops)) == ((0,) * x.ndim, tuple(x.shape))
+    whole = all(type(a) is int and a == 0 for a in starts) and _same(stops, x.shape)
     if not whole or any(s != 1 for s in steps):
         y = apply("slice", y, starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
-    if tuple(out_shape) != y.shape:
+    if not _same(out_shape, y.shape):
         y = apply("reshape", y, shape=tuple(out_shape))
     if advanced:
         y = _gather_advanced(y, advanced)

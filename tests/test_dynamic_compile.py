@@ -270,3 +270,25 @@ def test_stats_show_the_variant_each_call_picked():
         dyn = cmodel.stats()["dynamic"]
         assert dyn["sizes"] == {"s0": 3}
         assert all("<=" in v for v in dyn["variants"].values()), dyn
+
+
+@pytest.mark.parametrize("fn", [lambda x: x[:, :3] * 2, lambda x: x[1:], lambda x: x[-2:],
+                                lambda x: x[0] + x[-1], lambda x: x[None, :, 2:],
+                                lambda x: x + neurenix.ones_like(x),
+                                lambda x: neurenix.full((x.shape[0], 4), 2.5) * x,
+                                lambda x: x * neurenix.zeros_like(x, dtype=neurenix.int64)])
+def test_slices_and_fills_of_a_dynamic_size_stay_symbolic(fn):
+    cf = neurenix.compile(fn, dynamic=True)
+    for n in (4, 5, 9):
+        got, want = cf(_x(n)), fn(_x(n))
+        assert got.dtype == want.dtype
+        _same(got, want)
+    assert _programs(cf) == 1
+    assert cf.stats()["dynamic"]["guards"] == []
+
+
+def test_a_slice_clipped_by_a_dynamic_size_is_guarded():
+    cf = neurenix.compile(lambda x: x[:3] * 2, dynamic=True)
+    for n in (4, 9, 2):  # x[:3] of 2 rows has 2: the guard s0 >= 3 fails, another program
+        _same(cf(_x(n)), _x(n)[:3] * 2)
+    assert _programs(cf) == 2
