@@ -3,6 +3,7 @@ runtime: ONE compiled program per graph, run at many sizes of its symbol `n` and
 with the reference evaluator (`run_schedule`, which specialises the graph to the inputs)."""
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 import math
 
@@ -24,6 +25,7 @@ from neurenix.compiler.kernel.ir import (
     Var,
 )
 from neurenix.compiler.schedule import Choice, Contraction, Dot
+from neurenix.compiler.schedule.ranges import PARALLEL_MIN_WORK
 from neurenix.compiler.symbolic import ShapeEnv, shape_env
 from neurenix.compiler.types import float32, int64
 from neurenix.runtime.cpu import CpuExecutable
@@ -255,6 +257,14 @@ def weight_grad_graph(k: int, m: int, hint: int = 64):
 EDGE_ROWS = (2, 3, 5, 6, 7, 11, 12, 13, 47, 48, 49, 64, 100, 257, 1000)
 
 
+def _rows_plan(plan):
+    """`plan` without its threading variants (a `Choice` on the work at the threshold from
+    which a static program splits a kernel across threads)."""
+    while isinstance(plan, Choice) and plan.limit == PARALLEL_MIN_WORK - 1:
+        plan = plan.large
+    return plan
+
+
 @pytest.mark.parametrize("k,m,bias,hint", [(64, 96, True, 64), (784, 100, False, 64),
                                            (13, 37, True, 1000), (300, 40, False, 3)])
 def test_tiled_matmul_with_dynamic_rows(k, m, bias, hint):
@@ -263,11 +273,12 @@ def test_tiled_matmul_with_dynamic_rows(k, m, bias, hint):
     plan = program_schedule(kg, env)  # one row tile of 2, 4, 8 rows, or row blocks past them
     limits = []
     while isinstance(plan, Choice):
-        assert isinstance(plan.small, Contraction) and plan.small.blocking.row_blocks == 1
+        small = _rows_plan(plan.small)
+        assert isinstance(small, Contraction) and small.blocking.row_blocks == 1
         limits.append(plan.limit)
-        plan = plan.large
+        plan = _rows_plan(plan.large)
     assert limits == [2, 4, 8] and isinstance(plan, Contraction)
-    assert program.metadata["paths"]["neurenix_mm"] == "tiled|tiled|tiled|tiled"
+    assert set(program.metadata["paths"]["neurenix_mm"].split("|")) == {"tiled"}
     shapes = [(m,)] if bias else []
     check(kg, exe, lambda rng, v: [randn(rng, v, k), randn(rng, k, m)]
           + [randn(rng, *s) for s in shapes], EDGE_ROWS, rtol=1e-4, atol=1e-3)
@@ -317,7 +328,7 @@ def test_batched_matmul_with_a_dynamic_batch():
     kg = graph([kern], {"a": ((n, 17, 33), float32), "w": ((33, 45), float32)},
                {"y": ((n, 17, 45), float32)})
     program, exe = compile_symbolic(kg, env)
-    assert program.metadata["paths"]["neurenix_bmm"] == "tiled"
+    assert set(program.metadata["paths"]["neurenix_bmm"].split("|")) == {"tiled"}
     check(kg, exe, lambda rng, v: [randn(rng, v, 17, 33), randn(rng, 33, 45)], rtol=1e-4,
           atol=1e-4)
 
@@ -332,10 +343,21 @@ def variants(plan) -> tuple[list[int], object]:
 
 
 def program_schedule(kg: KernelGraph, env: ShapeEnv):
+    """The first kernel's schedule as the rules choose sizes and paths, without the threading
+    variants (`test_threading_is_picked_per_call` covers those)."""
     from neurenix.compiler.schedule import schedule_kernel
     from neurenix.compiler.targets import get_target
     with shape_env(env):
-        return schedule_kernel(kg.kernels[0], get_target("llvm").capabilities)
+        return _unthreaded(schedule_kernel(kg.kernels[0], get_target("llvm").capabilities))
+
+
+def _unthreaded(plan):
+    plan = _rows_plan(plan)
+    if isinstance(plan, Choice):
+        small, large = _unthreaded(plan.small), _unthreaded(plan.large)
+        return replace(plan, small=small, large=large, count=large.count,
+                       threaded=large.threaded)
+    return plan
 
 
 # ---- windows ------------------------------------------------------------------------------------
@@ -379,7 +401,7 @@ def test_convolution_with_masked_window_operand_and_a_dynamic_batch():
     kg = graph([kern], {"x": ((n, c, length), float32), "w": ((o, c * 3), float32)},
                {"y": ((n, o, length), float32)})
     program, exe = compile_symbolic(kg, env)
-    assert program.metadata["paths"]["neurenix_conv"] == "tiled"
+    assert set(program.metadata["paths"]["neurenix_conv"].split("|")) == {"tiled"}
     check(kg, exe, lambda rng, v: [randn(rng, v, c, length), randn(rng, o, c * 3)], SIZES,
           rtol=1e-4, atol=1e-4)
 
@@ -544,3 +566,27 @@ def test_dynamic_strides_are_verified_and_scheduled_without_guards():
     program, exe = compile_symbolic(kg, env)
     check(kg, exe, lambda rng, v: [randn(rng, v, 40)], (1,) + SIZES + (3000,), rtol=1e-4,
           atol=1e-4)
+
+
+def test_threading_is_picked_per_call():
+    """A kernel whose work crosses the threshold from which static programs split it across
+    threads gets both variants, and each call runs what a static program of its sizes would."""
+    kg, env = matmul_graph(64, 10, transposed_w=True, bias=True, hint=7)  # work: 640 n
+    program, exe = compile_symbolic(kg, env)
+    with shape_env(env):
+        from neurenix.compiler.schedule import schedule_kernel
+        from neurenix.compiler.targets import get_target
+        plan = schedule_kernel(kg.kernels[0], get_target("llvm").capabilities)
+    threads = []
+
+    def walk(p):
+        if isinstance(p, Choice):
+            if p.limit == PARALLEL_MIN_WORK - 1:
+                threads.append((p.small.threaded, p.large.threaded))
+            walk(p.small)
+            walk(p.large)
+
+    walk(plan)
+    assert (False, True) in threads
+    check(kg, exe, lambda rng, v: [randn(rng, v, 64), randn(rng, 10, 64), randn(rng, 10)],
+          (2, 7, 204, 205, 1000), rtol=1e-4, atol=1e-3)

@@ -155,7 +155,7 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
                                           if not isinstance(e.count, int)}
         program.metadata["choices"] = {
             n: {"size": size_to_json(e.choice[0]), "limit": e.choice[1],
-                "small": e.choice[2].path, "large": e.choice[3].path}
+                "small": _described(e.choice[2]), "large": _described(e.choice[3])}
             for n, e in functions.items() if e.choice is not None}
     _emit_entry(module, program, plan, calls, emitter.threading, symbols)
     program.source = _with_comments(str(module), scheduled, infos)
@@ -176,6 +176,12 @@ class _Emitted:
     parts: int = 0
     sized: bool = False  # takes the `sizes` pointer after its buffers
     choice: tuple | None = None  # (size, limit, small, large): run small while size <= limit
+
+
+def _described(emitted: _Emitted) -> str:
+    """A variant of a `Choice` as `stats()` names it: its code path, and whether it is split
+    across threads."""
+    return emitted.path + (", threaded" if emitted.splitter is not None else "")
 
 
 def _variants(emitted: _Emitted) -> list[_Emitted]:

@@ -7,13 +7,25 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from ...runtime.sizes import Poly, Size
 from ..kernel.ir import Kernel, KernelGraph
+from ..symbolic import active_env, dim_from_poly
 from ..targets import Capabilities, Target, load_named
 from .contraction import contraction_rule
 from .dot import dot_rule
 from .nest import elementwise_rule, fallback_rule
+from .ranges import PARALLEL_MIN_WORK
 from .reduction import column_rule, split_rule
-from .types import Schedule
+from .types import (
+    Choice,
+    ColumnReduction,
+    Contraction,
+    Dot,
+    Elementwise,
+    Fallback,
+    Schedule,
+    Window,
+)
 from .window import window_rule
 
 
@@ -37,11 +49,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 
 def schedule_kernel(kernel: Kernel, caps: Capabilities,
                     rules: Sequence[Rule] = DEFAULT_RULES) -> Schedule:
-    """The schedule of the first rule that applies to `kernel`."""
+    """The schedule of the first rule that applies to `kernel` (for a kernel of dynamic
+    sizes, with the threading each size would get: `_threading_choice`)."""
     for rule in rules:
         schedule = rule(kernel, caps)
         if schedule is not None:
-            return schedule
+            return _threading_choice(kernel, caps, schedule)
     raise ValueError(f"no schedule rule applies to kernel {kernel.name!r} (a rule list must "
                      "end in one that always applies, such as fallback_rule)")
 
@@ -59,3 +72,34 @@ def target_rules(target: Target) -> tuple[Rule, ...]:
     if target.rules is None:
         return DEFAULT_RULES
     return tuple(load_named(target.rules))
+
+
+_THREAD_CHOICE = (Elementwise, Fallback, Window, ColumnReduction, Contraction, Dot)
+"""Schedules whose `threaded` is decided alone, from the kernel's work (`worth_splitting`)."""
+
+
+def _threading_choice(kernel: Kernel, caps: Capabilities, schedule: Schedule) -> Schedule:
+    """A static program splits a kernel across threads from `PARALLEL_MIN_WORK` element
+    operations on; a dynamic kernel's rule decides that at the hints.  Where the kernel's work
+    may fall on either side for the symbols' ranges, both variants are kept and each call
+    picks what a static program of its sizes would run (a `Choice` on the work; inside
+    each variant of a `Choice` the rules made)."""
+    if isinstance(schedule, Choice):
+        small = _threading_choice(kernel, caps, schedule.small)
+        large = _threading_choice(kernel, caps, schedule.large)
+        return replace(schedule, small=small, large=large, count=large.count,
+                       threaded=large.threaded)
+    if not isinstance(schedule, _THREAD_CHOICE) or caps.threads == "none" \
+            or not kernel.parallel or any(s.accumulate for s in kernel.stores):
+        return schedule
+    work: Size = 1
+    for n in (*kernel.domain, *kernel.reduce):
+        work = work * (dim_from_poly(n) if isinstance(n, Poly) else n)
+    if isinstance(work, int):
+        return schedule
+    lo, hi = active_env().bounds(work)
+    if not lo < PARALLEL_MIN_WORK <= hi:
+        return schedule
+    small, large = replace(schedule, threaded=False), replace(schedule, threaded=True)
+    return Choice(count=large.count, threaded=True, size=work, limit=PARALLEL_MIN_WORK - 1,
+                  small=small, large=large)
