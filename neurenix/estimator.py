@@ -138,9 +138,11 @@ class Estimator:
 
     backend: "compiled" (the default) runs each training step — forward, loss, backward and
     optimizer update — as one program compiled by `neurenix.compile`, and predictions through
-    the compiled model (one program per batch shape: the last, smaller batch compiles its
-    own); "eager" runs every operation as it comes.  progress: show a progress bar (tqdm, when
-    installed) while training, on stderr, when stderr is a terminal.
+    the compiled model.  Both compile with a symbolic batch size (`dynamic=True`): one
+    training-step program and one prediction program serve every batch of 2 rows or more (the
+    smaller last batch, any number of rows to predict); a batch of one row gets a static
+    program of its own.  "eager" runs every operation as it comes.  progress: show a progress
+    bar (tqdm, when installed) while training, on stderr, when stderr is a terminal.
     """
 
     def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any,
@@ -158,12 +160,13 @@ class Estimator:
 
     def _make_callables(self) -> None:
         """The training step and the forward pass `backend` runs (compiled: new `Compiled`
-        objects, which compile, or load from the disk cache, on their first call)."""
+        objects, which compile on their first call, with the batch (leading) dimension of
+        every tensor argument symbolic)."""
         self._train_step: Callable[[Tensor, Tensor], Tensor] = self._step
         self._forward: Callable[[Tensor], Tensor] = self.model
         if self.backend == "compiled":
-            self._train_step = compile_(self._step)
-            self._forward = compile_(self.model)
+            self._train_step = compile_(self._step, dynamic=True)
+            self._forward = compile_(self.model, dynamic=True)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (and deep-copied): the model, loss, optimizer, scheduler and settings;
@@ -310,14 +313,19 @@ class Estimator:
             self.scheduler.step()
 
     def predict(self, x: Any, batch_size: int = 256) -> Tensor:
-        """The model's outputs for x, in evaluation mode and without recording gradients."""
+        """The model's outputs for x, in evaluation mode and without recording gradients, run
+        `batch_size` rows at a time (the last chunk may hold one row more: see
+        `predict_chunks`).  No rows: the model runs eagerly on the empty batch (nothing to
+        compile), which gives the outputs' shape."""
         x = as_tensor(x, "predict x", model_dtype(self.model))
         rows = RowBatches(x, device=model_device(self.model))
         self.model.eval()
         with no_grad():
-            parts = [self._forward(rows[lo:lo + batch_size][0])
-                     for lo in range(0, x.shape[0], batch_size)]
-        return cat(parts, 0) if parts else Tensor._wrap(np.zeros((0,), np.float32))
+            if not x.shape[0]:
+                return self.model(rows[0:0][0])
+            parts = [self._forward(rows[chunk][0])
+                     for chunk in predict_chunks(x.shape[0], batch_size)]
+        return parts[0] if len(parts) == 1 else cat(parts, 0)
 
     def evaluate(self, x: Any, y: Any = None, batch_size: int = 256) -> dict[str, float]:
         """The mean loss over (x, y), and the accuracy when y holds class indices; x may be
@@ -357,6 +365,17 @@ class Estimator:
         if classes:
             result["accuracy"] = correct / n
         return result
+
+
+def predict_chunks(n: int, batch_size: int) -> list[slice]:
+    """The row ranges `predict` runs n > 0 rows in: `batch_size` rows each, but a lone last
+    row joins the chunk before it (when batch_size >= 2), since a one-row batch would compile
+    a static program of its own.  Rows are predicted independently, so the chunking does
+    not change the result."""
+    starts = list(range(0, n, batch_size))
+    if batch_size >= 2 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(lo, hi) for lo, hi in zip(starts, [*starts[1:], n])]
 
 
 def _is_loader(data: Any) -> bool:

@@ -4,6 +4,11 @@ They follow scikit-learn's conventions — hyper-parameters are constructor argu
 unchanged, `get_params`/`set_params`, fitted attributes end in `_`. When scikit-learn is
 installed they also derive from its `BaseEstimator` and mixins, which its pipelines, `clone` and
 grid searches require; without it they work on their own.
+
+With `backend="compiled"` each fitted model compiles one training-step program and one
+prediction program with a symbolic batch size, whatever the dataset size, batch size or number
+of rows to predict; a batch of exactly one row adds a static program (see
+`neurenix.estimator.Estimator`).  A cross-validation compiles two programs per fold.
 """
 from __future__ import annotations
 
