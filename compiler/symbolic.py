@@ -20,13 +20,21 @@ from dataclasses import dataclass, field
 
 from ..runtime.sizes import Monomial, Poly, Size, poly_from_terms
 
-__all__ = ["Dim", "DynamicSizeError", "Guard", "ShapeEnv", "Symbol", "active_env",
-           "is_dynamic", "shape_env", "size_bounds"]
+__all__ = ["Dim", "DynamicSizeError", "Guard", "ShapeEnv", "SpecializeSize", "Symbol", "active_env",
+           "current_env", "is_dynamic", "shape_env", "size_bounds"]
 
 
 class DynamicSizeError(TypeError):
     """A dynamic size used where only a static one works (a Python int, a NumPy shape, a
     division that is not exact)."""
+
+
+class SpecializeSize(DynamicSizeError):
+    """The trace relied on symbol `name` being `value`: trace again with that size static."""
+
+    def __init__(self, name: str, value: int) -> None:
+        super().__init__(f"the trace relies on the dynamic size {name} being {value}")
+        self.name, self.value = name, value
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,10 @@ class ShapeEnv:
 
     symbols: dict[str, Symbol] = field(default_factory=dict)
     guards: list[Guard] = field(default_factory=list)
+    specialize: bool = False
+    """Whether a trace relying on a symbol being one value (`n == 4`) raises
+    `SpecializeSize` (the caller traces again with that size static, as PyTorch does)
+    rather than keeping the symbol under the guard `n == 4`."""
 
     def symbol(self, name: str, hint: int, lo: int = 2, hi: int | None = None) -> Dim:
         """A new symbol with this hint and range (by default 2.., as PyTorch: sizes 0 and 1
@@ -112,6 +124,10 @@ class ShapeEnv:
             return False
         answer = test(expr.evaluate(self.hints()), 0)
         kept = relation if answer else _NEGATION[relation]
+        if kept == "eq" and self.specialize:
+            fixed = _fixed_symbol(expr)
+            if fixed is not None:
+                raise SpecializeSize(*fixed)
         guard = Guard(Poly(expr.terms), kept)
         if guard not in self.guards:
             self.guards.append(guard)
@@ -127,6 +143,16 @@ class ShapeEnv:
             if not guard.holds(env):
                 return guard
         return None
+
+
+def _fixed_symbol(expr: Poly) -> tuple[str, int] | None:
+    """(name, value) when `expr == 0` says one symbol is one value (`a*n + c == 0`)."""
+    linear = [(m, c) for m, c in expr.terms if m]
+    if len(linear) != 1 or len(linear[0][0]) != 1:
+        return None
+    (name,), a = linear[0]
+    c = sum(k for m, k in expr.terms if not m)
+    return (name, -c // a) if c % a == 0 else None
 
 
 _NEGATION = {"eq": "ne", "ne": "eq", "lt": "ge", "ge": "lt", "le": "gt", "gt": "le"}
@@ -150,6 +176,11 @@ def active_env() -> ShapeEnv:
         raise DynamicSizeError("a dynamic size was compared outside a shape environment "
                                "(compiler.symbolic.shape_env)")
     return env
+
+
+def current_env() -> ShapeEnv | None:
+    """The active environment, or None outside one."""
+    return _ACTIVE.get()
 
 
 def is_dynamic(size: object) -> bool:

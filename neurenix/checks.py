@@ -73,7 +73,7 @@ def check_range(x: Tensor, low: int | float, high: int | float,
         values = x._host()
         test(values.min(), values.max())
         return
-    if isinstance(low, Dim) or isinstance(high, Dim):
+    if isinstance(low, Dim) or isinstance(high, Dim):  # only while tracing
         raise DynamicSizeError(f"a value check against the dynamic size "
                                f"{high if isinstance(high, Dim) else low}")
     with no_grad():

@@ -109,10 +109,22 @@ def arange(start: float, end: float | None = None, step: float = 1, dtype: DType
         start, end = 0, start
     if step == 0:
         raise ValueError("arange: step must be non-zero")
+    if isinstance(end, Dim):  # 0, 1, ..., n - 1 of a dynamic size n (only while tracing)
+        return _ramp(start, end, step, dtype, requires_grad)
     if dtype is None:
         ints = all(isinstance(v, (int, np.integer)) for v in (start, end, step))
         dtype = int64 if ints else float32
     return _make(np.arange(start, end, step), dtype, device, requires_grad)
+
+
+def _ramp(start: Any, end: Dim, step: Any, dtype: DType | None, requires_grad: bool) -> Tensor:
+    """`arange(0, n)` for a dynamic size n: an `iota` node the program computes."""
+    if (start, step) != (0, 1) or requires_grad:
+        raise DynamicSizeError(f"arange({start}, {end}, {step}) of a dynamic size: only "
+                               "arange(n) stays symbolic")
+    if dtype is not None and dtype != int64:
+        raise DynamicSizeError(f"arange of the dynamic size {end} as {dtype.name}")
+    return apply("iota", shape=(end,), axis=0, dtype=int64.name)
 
 
 def linspace(start: float, end: float, steps: int, dtype: DType | None = None) -> Tensor:

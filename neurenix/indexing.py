@@ -208,7 +208,7 @@ def _normalise_index(index: Tensor, size: int, dim: int, check: bool = True) -> 
     if check:
         check_range(index, -size, size, lambda bad: IndexError(
             f"index {bad} is out of bounds for dimension {dim} with size {size}"))
-    if index._data is None:
+    if index._data is None or isinstance(size, Dim):  # traced, or a dynamic size
         index = as_tensor(index, int64)
         return where(lt(index, 0), add(index, size), index)
     data = index._host()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from neurenix.compiler.ops import REGISTRY, Primitive
+from neurenix.compiler.symbolic import Dim
 from neurenix.compiler.types import int64
 from neurenix.runtime.sizes import Poly
 
@@ -366,6 +367,10 @@ def flip(x: Tensor, dims) -> Tensor:
     out = x
     for d in normalize_dims(dims, x.ndim, "flip"):
         n = x.shape[d]
-        idx = Tensor._wrap(np.arange(n - 1, -1, -1, dtype=np.int64), int64)
+        if isinstance(n, Dim):  # a dynamic size while tracing: n - 1 - iota(n)
+            idx = apply("sub", apply("full", shape=(n,), value=n - 1, dtype=int64.name),
+                        apply("iota", shape=(n,), axis=0, dtype=int64.name))
+        else:
+            idx = Tensor._wrap(np.arange(n - 1, -1, -1, dtype=np.int64), int64)
         out = apply("gather", out, idx, axis=d)
     return out

@@ -215,6 +215,44 @@ def check_compiled(fn: Callable, inputs: Sequence[np.ndarray],
         finally:
             if module is not None:
                 _move(module, None)
+    if DYNAMIC_BACKEND in backends:
+        if module is not None:
+            restore()
+        _check_dynamic(fn, module, inputs, arrange, grad, seed, tol, grad_tol, eager, restore)
+
+
+DYNAMIC_BACKEND = "llvm"
+
+
+def _check_dynamic(fn, module, inputs, arrange, grad, seed, tol, grad_tol, eager: _Result,
+                   restore: Callable) -> None:
+    """The same case through one shape-polymorphic program (`dynamic=True`: every tensor
+    argument's leading dimension symbolic) at two batch sizes: the inputs as given, then each
+    input twice over along its leading dimension (where eager accepts that), both through the
+    program the first call compiled."""
+    compiled = nx.compile(fn, backend=DYNAMIC_BACKEND, dynamic=True)
+    got = _run_neurenix(compiled, module, inputs, grad, seed, arrange)
+    _compare(got, eager, tol, grad_tol, "dynamic")
+    failed = compiled._dynamic.failed
+    # a DynamicSizeError is code that needs a size as a Python value (split into n // 3
+    # parts, an RNN unrolled over a dynamic length): static programs, by design; anything
+    # else is a compiler bug
+    assert failed is None or failed.startswith("DynamicSizeError"), \
+        f"dynamic: the symbolic compile failed: {failed}"
+    if "dynamic" not in compiled.stats():
+        return  # nothing stayed dynamic: every leading dimension was needed at its size
+    doubled = [np.concatenate([a, a]) if a.ndim and a.shape[0] >= 2 else a for a in inputs]
+    if module is not None:
+        restore()
+    try:
+        want = _run_neurenix(fn, module, doubled, grad, seed, arrange)
+    except (ValueError, IndexError, RuntimeError, TypeError):
+        return  # no second batch size for this case
+    if module is not None:
+        restore()
+    got = _run_neurenix(compiled, module, doubled, grad, seed, arrange)
+    _compare(got, want, tol, grad_tol, "dynamic, second batch size")
+    assert compiled.cache_size == 1, "dynamic: the second batch size compiled another program"
 
 
 def _move(module: nn.Module, device: str | None) -> None:

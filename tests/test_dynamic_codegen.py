@@ -3,9 +3,9 @@ runtime: ONE compiled program per graph, run at many sizes of its symbol `n` and
 with the reference evaluator (`run_schedule`, which specialises the graph to the inputs)."""
 from __future__ import annotations
 
-from dataclasses import replace
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest

@@ -235,15 +235,15 @@ def test_a_fitted_estimator_round_trips(backend, kind, how, tmp_path):
 
 
 @pytest.mark.skipif(default_target() != "llvm", reason="the disk cache holds LLVM machine code")
-def test_an_unpickled_compiled_estimator_loads_its_static_programs_from_the_disk_cache():
-    """A one-row prediction's static program loads from the disk cache; the symbolic program
-    of every batch of 2 rows or more compiles again (the disk cache does not hold symbolic
-    programs yet: docs/compiler/dynamic-shapes.md)."""
+def test_an_unpickled_compiled_estimator_loads_its_programs_from_the_disk_cache():
+    """The symbolic program of every batch of 2 rows or more and a one-row prediction's
+    static program both load from the disk cache."""
     est = _fit("regressor", "compiled")
     x, _ = _data(10, seed=1)
     before, one = _predict(est, x), _predict(est, x[:1])
     copied = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(_predict(copied, x), before)
+    assert copied.estimator_._forward.stats()["cache"] == "hit"
     np.testing.assert_array_equal(_predict(copied, x[:1]), one)
     assert copied.estimator_._forward.stats()["cache"] == "hit"
 
@@ -259,7 +259,7 @@ FRESH_PROCESS = textwrap.dedent("""
     got = est.predict_proba(x) if hasattr(est, "predict_proba") else est.predict(x)
     np.testing.assert_array_equal(got, np.load(sys.argv[3]))
     stats = est.estimator_._forward.stats()
-    assert stats["cache"] in ("miss", "off"), stats  # compiled here ("off": a symbolic program)
+    assert stats["cache"] == "miss", stats  # compiled here
     assert est.estimator_._forward.cache_size == 1
     print("ok")
 """)

@@ -11,41 +11,80 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 from collections.abc import Callable
 
 import numpy as np
 
-from ..types import TensorType, dtype_from_name
+from ...runtime.sizes import Monomial, Size, poly_from_terms
+from ..symbolic import Dim, dim_from_poly
+from ..types import TensorType, dtype_from_name, same_shape
 from .ir import CONSTANT, INPUT, Graph, IRError, Node, make_node, print_graph
 
-__all__ = ["parse_graph", "print_graph", "structurally_equal"]
+__all__ = ["parse_graph", "parse_size", "print_graph", "structurally_equal"]
 
 
-_TYPE = re.compile(r"(\w+)\[([\d,\s]*)\]")
+_SIZES = r"[\w,\s*+-]*"  # ints, or polynomials as `str(Poly)` prints them (4*s0 + 2)
+_TYPE = re.compile(rf"(\w+)\[({_SIZES})\]")
 _HEAD = re.compile(r"graph\s+([^\s(]+)\((.*)\)\s*\{\s*$")
-_NODE = re.compile(r"%([\w.]+)\s*=\s*(\w+)(?:\((.*?)\))?\s*(\{.*\})?\s*:\s*(\w+\[[\d,\s]*\])"
+_NODE = re.compile(rf"%([\w.]+)\s*=\s*(\w+)(?:\((.*?)\))?\s*(\{{.*\}})?\s*:\s*(\w+\[{_SIZES}\])"
                    r"\s*(?:#\s*(.*))?$")
+_TERM = re.compile(r"\s*([+-]?)\s*(\d+|[A-Za-z_]\w*)((?:\s*\*\s*(?:\d+|[A-Za-z_]\w*))*)\s*")
+
+
+def parse_size(text: str) -> Size:
+    """A size as a type prints it: an int, or a polynomial (`s0`, `4*s0 + 2`, `-3 + s0*s1`)
+    as a `Dim`; IRError for anything else."""
+    terms: dict[Monomial, int] = {}
+    position = 0
+    while position < len(text) or not terms:
+        m = _TERM.match(text, position)
+        if not m or (position > 0 and not m.group(1)):
+            raise IRError(f"bad size {text!r}; expected an int or e.g. 4*s0 + 2")
+        coefficient, monomial = -1 if m.group(1) == "-" else 1, []
+        for factor in (m.group(2) + m.group(3)).split("*"):
+            factor = factor.strip()
+            if factor.isdigit():
+                coefficient *= int(factor)
+            else:
+                monomial.append(factor)
+        key = tuple(sorted(monomial))
+        terms[key] = terms.get(key, 0) + coefficient
+        position = m.end()
+    size = poly_from_terms(terms)
+    return size if isinstance(size, int) else dim_from_poly(size)
 
 
 def _parse_type(text: str) -> TensorType:
     m = _TYPE.fullmatch(text.strip())
     if not m:
-        raise IRError(f"bad type {text!r}; expected e.g. f32[2,3]")
-    dims = tuple(int(d) for d in m.group(2).split(",") if d.strip())
+        raise IRError(f"bad type {text!r}; expected e.g. f32[2,3] or f32[s0,3]")
+    dims = tuple(parse_size(d) for d in m.group(2).split(",") if d.strip())
     return TensorType(dims, dtype_from_name(m.group(1)))
 
 
 _NON_FINITE = {"inf": math.inf, "nan": math.nan}
 
 
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
 def _literal(node: ast.expr) -> object:
-    """A Python literal, also the non-finite floats `repr` prints as `inf`, `-inf`, `nan`."""
-    if isinstance(node, ast.Name) and node.id in _NON_FINITE:
-        return _NON_FINITE[node.id]
+    """A Python literal, also the non-finite floats `repr` prints as `inf`, `-inf`, `nan`, and
+    dynamic sizes (`s0`, `4*s0 + 2`: a `Dim` prints as its polynomial)."""
+    if isinstance(node, ast.Name):
+        if node.id in _NON_FINITE:
+            return _NON_FINITE[node.id]
+        return Dim(((node.id,), 1),)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and \
             isinstance(node.operand, ast.Name):
         return -_literal(node.operand)  # type: ignore[operator]
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        left, right = _literal(node.left), _literal(node.right)
+        if isinstance(left, (int, Dim)) and isinstance(right, (int, Dim)) and \
+                (isinstance(left, Dim) or isinstance(right, Dim)):
+            return _ARITHMETIC[type(node.op)](left, right)
     if isinstance(node, ast.Tuple):
         return tuple(_literal(e) for e in node.elts)
     if isinstance(node, ast.List):
@@ -76,9 +115,10 @@ def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None,
     params = head.group(2).strip()
     for part in filter(None, (p.strip() for p in params.split("%"))):
         name, rest = part.rstrip(", ").split(":", 1)
-        bits = rest.split()
-        kind = bits[1] if len(bits) > 1 else "data"
-        node = Node(INPUT, (), (("kind", kind),), _parse_type(bits[0]), name.strip())
+        type_text, kind = rest.strip(), "data"  # a type may hold spaces: f32[2 + s0,4]
+        if not type_text.endswith("]") and len(type_text.split()) > 1:
+            type_text, kind = type_text.rsplit(None, 1)
+        node = Node(INPUT, (), (("kind", kind),), _parse_type(type_text), name.strip())
         env[node.name] = node
         inputs.append(node)
     nodes = list(inputs)
@@ -98,7 +138,8 @@ def parse_graph(text: str, constants: dict[str, np.ndarray] | None = None,
             if source is not None and where is not None:
                 source = where(source)
             node = make_node(op, ins, _parse_attrs(attrs), source=source)
-            if node.type != _parse_type(type_text):
+            want = _parse_type(type_text)  # compared structurally: no guard on a dynamic size
+            if node.type.dtype != want.dtype or not same_shape(node.type.shape, want.shape):
                 raise IRError(f"line {line!r}: the op's rule gives {node.type}")
         env[name] = node
         nodes.append(node)

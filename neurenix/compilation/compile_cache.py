@@ -2,7 +2,9 @@
 
 The key hashes the graph's text and constants, the backend, the host (triple, CPU, features,
 LLVM version), Neurenix's version and a digest of its source, so an entry is only reused for
-the exact same program, built by the same compiler, on the same machine.  Node sources enter
+the exact same program, built by the same compiler, on the same machine.  A symbolic graph's
+key also holds its symbols' ranges (`executables._symbols_key`); its sizes are polynomials in
+the graph text (`f32[s0,4]`) and `{"poly": ...}` in the program's JSON.  Node sources enter
 the key as absolute paths, so the same program run from another working directory hits.
 
 Entries live in `$NEURENIX_CACHE_DIR` (default `$XDG_CACHE_HOME/neurenix`, else
@@ -46,6 +48,7 @@ import neurenix.compiler
 import neurenix.runtime
 from neurenix.compiler.graph.ir import CONSTANT
 from neurenix.compiler.graph.text import parse_graph, print_graph
+from neurenix.compiler.symbolic import dim_from_poly
 from neurenix.runtime.program import (
     DTYPE_NAMES,
     Program,
@@ -54,6 +57,7 @@ from neurenix.runtime.program import (
     program_to_json,
     to_json_value,
 )
+from neurenix.runtime.sizes import Poly, size_from_json, size_to_json
 
 from ..version import __version__
 
@@ -477,11 +481,26 @@ def _counts(value: Any, what: str) -> list[int]:
     return list(value)
 
 
-def _numbers(data: Any, keys: tuple[str, ...], what: str) -> None:
-    """Check that `data` is a dict with str keys whose `keys`, where present, are counts."""
+def _numbers(data: Any, keys: tuple[str, ...], what: str) -> dict:
+    """`data` with its `keys` read back as counts: a dict with str keys whose `keys`, where
+    present, are ints >= 0, or (a symbolic program's byte counts) `{"poly": ...}` sizes,
+    given back as `Dim`s (`_sizes_out` wrote them)."""
     _need(type(data) is dict and all(type(k) is str for k in data), f"{what} is not a dict")
+    data = dict(data)
     for k in keys:
-        _need(k not in data or (type(data[k]) is int and data[k] >= 0), f"{what} {k}")
+        if k in data and type(data[k]) is dict:
+            size = size_from_json(data[k])
+            _need(isinstance(size, Poly), f"{what} {k}")
+            data[k] = dim_from_poly(size)
+        else:
+            _need(k not in data or (type(data[k]) is int and data[k] >= 0), f"{what} {k}")
+    return data
+
+
+def _sizes_out(data: dict, keys: tuple[str, ...]) -> dict:
+    """`data` with its `keys` that are dynamic sizes as `{"poly": ...}` (JSON data)."""
+    return {k: size_to_json(v) if k in keys and isinstance(v, Poly) else v
+            for k, v in data.items()}
 
 
 def _seconds(value: object, what: str) -> None:
@@ -495,7 +514,8 @@ def program_record(program: Program, info: dict, object_code: bytes | None,
     data, arrays = program_to_json(program)
     blobs = {name: code for name, code in (("object_code", object_code), ("library", library))
              if code is not None}
-    return {"kind": "program", "program": data, "info": to_json_value(info)}, blobs, arrays
+    return ({"kind": "program", "program": data,
+             "info": to_json_value(_sizes_out(info, _INFO_COUNTS))}, blobs, arrays)
 
 
 def store_program(key: str, program: Program, info: dict, object_code: bytes | None,
@@ -515,8 +535,7 @@ def read_program(entry: Entry) -> tuple[Program, dict, bytes | None, bytes | Non
     record = _record(entry, "program", {"program", "info"})
     _need(set(entry.blobs) <= {"object_code", "library"}, "unknown blobs")
     program = program_from_json(record["program"], entry.arrays)
-    info: Any = from_json_value(record["info"])
-    _numbers(info, _INFO_COUNTS, "build info")
+    info = _numbers(from_json_value(record["info"]), _INFO_COUNTS, "build info")
     _seconds(info.get("stages", {}), "build info stages")
     return program, info, entry.blobs.get("object_code"), entry.blobs.get("library")
 
@@ -539,7 +558,8 @@ def built_record(graph: Any, stats: dict, programs: list[str],
     """What a traced graph compiled to: the optimised graph as text (node sources with
     absolute paths) with its constants, the stats, the programs' keys and their wiring."""
     record = {"kind": "built", "graph": print_graph(graph, where=absolute_source),
-              "stats": to_json_value(stats), "programs": list(programs),
+              "stats": to_json_value(_sizes_out(stats, _STATS_COUNTS)),
+              "programs": list(programs),
               "backward_inputs": [[str(kind), int(i)] for kind, i in backward_inputs],
               "differentiable": [int(i) for i in differentiable], "num_saved": int(num_saved)}
     return record, dict(graph.constants)
@@ -547,8 +567,9 @@ def built_record(graph: Any, stats: dict, programs: list[str],
 
 def read_built(entry: Entry) -> dict[str, Any]:
     """The fields of a built record, checked: `graph` (parsed, node sources shown relative to
-    this working directory), `stats`, `programs`, `backward_inputs`, `differentiable`,
-    `num_saved`."""
+    this working directory; a symbolic graph's types are checked in the active shape
+    environment, which must hold its symbols), `stats`, `programs`, `backward_inputs`,
+    `differentiable`, `num_saved`."""
     record = _record(entry, "built", {"graph", "stats", "programs", "backward_inputs",
                                       "differentiable", "num_saved"})
     text = record["graph"]
@@ -557,8 +578,7 @@ def read_built(entry: Entry) -> dict[str, Any]:
     _need(set(graph.constants) == {n.name for n in graph.nodes if n.op == CONSTANT},
           "constants do not match the graph")
     _need(print_graph(graph, where=absolute_source) == text, "graph text does not round-trip")
-    stats: Any = from_json_value(record["stats"])
-    _numbers(stats, _STATS_COUNTS, "stats")
+    stats = _numbers(from_json_value(record["stats"]), _STATS_COUNTS, "stats")
     passes = stats.get("passes", [])
     _need(type(passes) is list and all(
         type(p) is tuple and len(p) == 4 and type(p[0]) is str and type(p[1]) is int

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from neurenix.compiler import pipeline
-from neurenix.compiler.symbolic import shape_env
+from neurenix.compiler.symbolic import SpecializeSize, shape_env
 from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
 
@@ -496,16 +496,22 @@ class Compiled:
         cannot keep a size symbolic.  When the static compile then succeeds, the function
         compiles static programs only (`_give_up_dynamic`); when it fails too, the error was
         the user's (a shape mismatch), raised as eagerly."""
-        dims = self._dims(args, tensors)
-        akey = abstract_key(key, dims)
-        if akey is None or not get_target(self._backend_for(key[2])).capabilities.dynamic_shapes:
+        if not get_target(self._backend_for(key[2])).capabilities.dynamic_shapes:
             return None, None
-        env, shapes = symbolic_shapes(tensors, dims)
-        try:
-            with shape_env(env):
-                entry = self._compile(akey, args, shapes=shapes)
-        except Exception as e:  # noqa: BLE001 -- a static compile raises the user's errors
-            return None, f"{type(e).__name__}: {e}"
+        while True:
+            dims = self._dims(args, tensors)
+            akey = abstract_key(key, dims)
+            if akey is None:
+                return None, None
+            env, shapes = symbolic_shapes(tensors, dims)
+            try:
+                with shape_env(env):
+                    entry = self._compile(akey, args, shapes=shapes)
+                break
+            except SpecializeSize as e:  # the trace needs that size: trace it static
+                self._pin(e, dims, shapes)
+            except Exception as e:  # noqa: BLE001 -- a static compile raises the user's errors
+                return None, f"{type(e).__name__}: {e}"
         entry.guards.insert(0, shape_guard(env, shapes))
         entry.stats = dict(entry.stats, dynamic={
             "symbols": {s.name: {"lo": s.lo, "hi": s.hi, "traced": s.hint}
@@ -513,6 +519,18 @@ class Compiled:
             "shapes": [tuple(str(d) for d in shape) for shape in shapes],
             "guards": [str(g) for g in env.guards]})
         return entry, None
+
+    def _pin(self, e: SpecializeSize, dims: dict, shapes: list[tuple]) -> None:
+        """Make the dimensions of symbol `e.name` static for this function from now on (the
+        trace compared it with a constant and relied on the answer, `x + bias` broadcasting a
+        batch of 4 against 4 features), logged at INFO."""
+        pinned = {(p, axis) for p, axis in dims
+                  if getattr(shapes[p][axis], "terms", None) == (((e.name,), 1),)}
+        self._dynamic.pinned |= pinned
+        self._abstract.clear()
+        log.info("neurenix.compile: %s: %s static (%s)", self._name(),
+                 ", ".join(f"dimension {a} of tensor argument {p}" for p, a in sorted(pinned)),
+                 e)
 
     def _give_up_dynamic(self, why: str) -> None:
         """Compile static programs only from now on, saying why at INFO."""

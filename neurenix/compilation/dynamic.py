@@ -39,6 +39,8 @@ class DynamicDims:
     named: dict[str, dict[int, Bounds]] = field(default_factory=dict)
     dims: dict[DimKey, Bounds] = field(default_factory=dict)
     failed: str | None = None
+    pinned: set[DimKey] = field(default_factory=set)
+    """Dimensions a trace needed at one size (`SpecializeSize`): static from then on."""
 
     def active(self, num_tensors: int, ndims: list[int]) -> dict[DimKey, Bounds]:
         """The dynamic dimensions for a call with tensors of these ranks."""
@@ -49,6 +51,8 @@ class DynamicDims:
             for p in range(num_tensors):
                 if ndims[p]:
                     out.setdefault((p, 0), DEFAULT_BOUNDS)
+        for k in self.pinned:
+            out.pop(k, None)
         return out
 
 
@@ -190,7 +194,7 @@ def symbolic_shapes(tensors: list[Tensor], dims: Mapping[DimKey, Bounds]
     """A shape environment for a trace of `tensors` and each tensor's shape with its dynamic
     dimensions as symbols: s0, s1, ... one per distinct size (duck sizing), each ranged by
     the tightest bounds declared for its dimensions."""
-    env = ShapeEnv()
+    env = ShapeEnv(specialize=True)
     by_size: dict[int, list[DimKey]] = {}
     for (p, axis) in sorted(dims):
         by_size.setdefault(tensors[p].shape[axis], []).append((p, axis))

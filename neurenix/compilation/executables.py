@@ -3,21 +3,26 @@
 `compile_traced` optimises (and for training, differentiates and partitions) a traced graph
 and builds one executable per program for a target of `neurenix.compiler.targets`: for a
 target with a runtime module, that module's `Executable` (loaded from the disk cache when the
-same graph was built before, in this process or an earlier one); for the reference target,
-the NumPy evaluator over the optimised graph.  Nothing here names a runtime module: what is
+same graph was built before, in this process or an earlier one: a symbolic graph's keys hold
+its symbols' ranges, and a build that records a guard is not stored); for the reference
+target, the NumPy evaluator over the optimised graph.  Nothing here names a runtime module: what is
 runtime-specific goes through the protocol every runtime module provides (see
 `neurenix.runtime`).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from neurenix.compiler import Graph, evaluate, pipeline
+from neurenix.compiler.symbolic import Guard, current_env, shape_env
 from neurenix.compiler.targets import get_target
 from neurenix.runtime import backend_module
 from neurenix.runtime.sizes import Poly
@@ -51,17 +56,30 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
     start = time.perf_counter()
     target = get_target(backend)
     record_key = None
-    if target.runtime is not None and target.disk_cache and not is_symbolic(traced):
+    symbols = _symbols_key(traced)
+    if target.runtime is not None and target.disk_cache and symbols is not None:
         runtime = target.runtime_module()
         record_key = compile_cache.key_for(traced, f"{target.identity()}:traced:{num_outputs}:"
                                            + ",".join(wrt) + f":{active}"
-                                           + _donation_key(donate), runtime.fingerprint())
+                                           + _donation_key(donate) + symbols,
+                                           runtime.fingerprint())
         built = _load_built(record_key, runtime)
         if built is not None:
             seconds = {"trace_and_passes": trace_seconds,
                        "cache_load": time.perf_counter() - start}
             built.stats = dict(built.stats, seconds=seconds, cache="hit")
             return built
+    with _guards_recorded() as guards:
+        built = _build(traced, wrt, num_outputs, backend, trace_seconds, start, active, donate)
+    if record_key is not None and not guards:
+        _store_built(record_key, built)
+    return built
+
+
+def _build(traced: Graph, wrt: list[str], num_outputs: int, backend: str,
+           trace_seconds: float, start: float, active: list[int] | None,
+           donate: dict[int, int] | None) -> Built:
+    """`compile_traced` without the record of the traced graph: the passes and the builds."""
     if wrt:
         split, records = pipeline.differentiate(traced, wrt, num_outputs, active)
         passes = time.perf_counter() - start
@@ -77,8 +95,6 @@ def compile_traced(traced: Graph, wrt: list[str], num_outputs: int, backend: str
         forward, build = build_executable(graph, backend, donate)
         stats = pipeline.summarize(traced, records, build, trace_seconds + passes)
         built = Built(graph, forward, stats)
-    if record_key is not None:
-        _store_built(record_key, built)
     return built
 
 
@@ -106,7 +122,10 @@ def _load_built(key: str, runtime: Any) -> Built | None:
     if entry is None:
         return None
     try:
-        record = compile_cache.read_built(entry)
+        with _guards_recorded(keep=False) as guards:  # types are checked in the env
+            record = compile_cache.read_built(entry)
+        if guards:
+            raise compile_cache.EntryError(f"its graph's types need guards ({guards[0]})")
     except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is rebuilt
         compile_cache.discard(key, f"a malformed record ({type(e).__name__}: {e})")
         return None
@@ -160,11 +179,51 @@ def _donation_key(donate: dict[int, int] | None) -> str:
 
 
 def is_symbolic(graph: Graph) -> bool:
-    """Whether a graph has dynamic sizes.  Their programs are not kept in the disk cache:
-    a program is valid for its symbols' ranges and the guards recorded while compiling,
-    which the cache key does not hold (yet)."""
+    """Whether a graph has dynamic sizes (in its types or its nodes' attributes)."""
     return any(isinstance(d, Poly) for node in graph.nodes for d in node.type.shape) or any(
-        isinstance(v, Poly) for node in graph.nodes for v in node.attr.values())
+        _holds_size(v) for node in graph.nodes for v in node.attr.values())
+
+
+def _holds_size(value: object) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(_holds_size(v) for v in value)
+    return isinstance(value, Poly)
+
+
+def _symbols_key(graph: Graph) -> str | None:
+    """The part of a cache key that says for which sizes a graph's programs are valid: ""
+    for a static graph; for a symbolic one, every symbol of the active environment with its
+    range (what lowering and memory planning prove things from; the hints only steer
+    heuristics, and a program built at any hint is correct for every size in range).  None
+    for a symbolic graph outside an environment: no entry can be named for it."""
+    if not is_symbolic(graph):
+        return ""
+    env = current_env()
+    if env is None:
+        return None
+    return ":symbols" + "".join(f"[{s.name}:{s.lo}:{'' if s.hi is None else s.hi}]"
+                                for s in sorted(env.symbols.values(), key=lambda s: s.name))
+
+
+@contextlib.contextmanager
+def _guards_recorded(keep: bool = True) -> Iterator[list[Guard]]:
+    """Run a build in a copy of the active environment holding no guards, and give the
+    guards the build records (with `keep`, then also added to the environment): a build that
+    records one made a program valid only for some sizes in range, which the disk cache must
+    not keep under a key that names the ranges alone.  Outside an environment: no guards."""
+    env = current_env()
+    if env is None:
+        yield []
+        return
+    scratch = dataclasses.replace(env, symbols=dict(env.symbols), guards=[])
+    try:
+        with shape_env(scratch):
+            yield scratch.guards
+    finally:
+        if keep:
+            for name, symbol in scratch.symbols.items():
+                env.symbols.setdefault(name, symbol)
+            env.guards.extend(g for g in scratch.guards if g not in env.guards)
 
 
 def build_executable(graph: Graph, backend: str,
@@ -179,15 +238,19 @@ def build_executable(graph: Graph, backend: str,
         return ReferenceExecutable(artifact), info
     runtime = target.runtime_module()
     key = None
-    if target.disk_cache and not is_symbolic(graph):
-        key = compile_cache.key_for(graph, target.identity() + _donation_key(donate),
+    symbols = _symbols_key(graph)
+    if target.disk_cache and symbols is not None:
+        key = compile_cache.key_for(graph, target.identity() + _donation_key(donate) + symbols,
                                     runtime.code_identity())
         loaded = _load_program(key, runtime)
         if loaded is not None:
             exe, info = loaded
             return exe, dict(info, cache="hit")
     start = time.perf_counter()
-    program, info = pipeline.build(graph, backend, donate)
+    with _guards_recorded() as guards:
+        program, info = pipeline.build(graph, backend, donate)
+    if guards:
+        key = None
     runtime.prepare(program, LIBRARIES)
     try:
         exe = runtime.Executable(program)
