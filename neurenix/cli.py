@@ -5,7 +5,9 @@ Tensor or a tuple of Tensors), or a function `build()` returning both.  The comm
 the model in eval mode with `neurenix.export` (DIR is the artifact: manifest, weights and the
 target's code), shows its progress per stage on stderr and a summary on stdout; `--check`
 loads the artifact with `neurenix.runtime.load` and compares it with eager mode, and
-`--benchmark` times both.  docs/deploy/cli.md describes every flag.
+`--benchmark` times both; `--dynamic-batch MAX` (cpu) makes the batch size a run-time choice
+from 1 to MAX, and `--check` then compares at batch 1, the example's and MAX.
+docs/deploy/cli.md describes every flag.
 """
 from __future__ import annotations
 
@@ -226,9 +228,9 @@ def require_target(target: str, runs: bool) -> None:
 
 def run(args: argparse.Namespace, progress: Progress) -> int:
     """Export, summarise, and check or benchmark as `args` ask; the exit status."""
-    if args.dynamic_batch:
-        raise CliError("--dynamic-batch is not supported yet: an artifact takes exactly the "
-                       "example inputs' shapes (choose them with --input-shape)")
+    if args.dynamic_batch is not None and args.target != "cpu":
+        raise CliError(f"--dynamic-batch is supported for --target cpu only so far (got "
+                       f"--target {args.target}); export fixed shapes (--input-shape)")
     path = pathlib.Path(args.model)
     out = pathlib.Path(args.output)
     require_target(args.target, args.check or args.benchmark)
@@ -242,7 +244,7 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     started = time.perf_counter()
     info: dict[str, Any] = {}
     directory = _export(model, inputs, args.target, out, path, line, progress, info,
-                        args.verbose, args.cpu)
+                        args.verbose, args.cpu, args.dynamic_batch)
     manifest = json.loads((directory / "manifest.json").read_text())
     sizes = list(manifest.get("files", {}))
     progress.done(_count(len(sizes) + 1, "file"))
@@ -257,10 +259,13 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     status = 0
     if args.check:
         progress.start("check")
-        got = loaded(arrays)
-        want = _eager(model, inputs)
-        progress.done()
-        worst = max_relative_difference(got, want)
+        worst = 0.0
+        for batch_inputs in _check_inputs(inputs, args.dynamic_batch):
+            got = loaded([x.numpy() for x in batch_inputs])
+            want = _eager(model, batch_inputs)
+            worst = max(worst, max_relative_difference(got, want))
+        progress.done("" if args.dynamic_batch is None else
+                      f"batch sizes {', '.join(str(b) for b in _check_batches(inputs, args))}")
         ok = worst <= args.tolerance
         print(f"check: max relative difference vs eager {worst:.3g} "
               f"(tolerance {args.tolerance:g}): {'ok' if ok else 'FAILED'}")
@@ -279,9 +284,27 @@ def run(args: argparse.Namespace, progress: Progress) -> int:
     return status
 
 
+def _check_batches(inputs: tuple[Tensor, ...], args: argparse.Namespace) -> list[int]:
+    """The batch sizes `--check` runs a dynamic-batch artifact at: 1, the example's, MAX."""
+    return sorted({1, inputs[0].shape[0] if inputs and inputs[0].ndim else 1,
+                   args.dynamic_batch})
+
+
+def _check_inputs(inputs: tuple[Tensor, ...],
+                  max_batch: int | None) -> list[tuple[Tensor, ...]]:
+    """The inputs `--check` compares with eager mode: the example's; with a dynamic batch
+    also random inputs of batch size 1 and `max_batch` (the example's other dimensions)."""
+    out = [inputs]
+    if max_batch is None or not inputs or not all(x.ndim for x in inputs):
+        return out
+    for batch in sorted({1, max_batch} - {inputs[0].shape[0]}):
+        out.append(reshaped_inputs(inputs, [(batch, *x.shape[1:]) for x in inputs], batch))
+    return out
+
+
 def _export(model: Module, inputs: tuple[Tensor, ...], target: str, out: pathlib.Path,
             path: pathlib.Path, line: int, progress: Progress, info: dict,
-            verbose: bool, cpu: str = "host") -> pathlib.Path:
+            verbose: bool, cpu: str = "host", dynamic_batch: int | None = None) -> pathlib.Path:
     """`neurenix.export`, traced from the model file's frame, showing each stage as it ends;
     `info` collects the stats and the build report."""
 
@@ -311,7 +334,8 @@ def _export(model: Module, inputs: tuple[Tensor, ...], target: str, out: pathlib
     progress.start("trace")
     try:
         return _in_model_file(path, line, lambda: export(model, inputs, target, out, cpu=cpu,
-                                                         progress=stage_ended))
+                                                         progress=stage_ended,
+                                                         dynamic_batch=dynamic_batch))
     except Exception as e:
         if progress.stage == "trace" and not isinstance(e, ExportError):
             where = _frame_in(e, path)
@@ -327,9 +351,12 @@ def _summary(stream: TextIO, directory: pathlib.Path, manifest: dict,
     passes = stats.get("passes", [])
     after = passes[-1][2] if passes else stats.get("ops_traced", 0)
     memory = manifest.get("memory", {})
+    dynamic = manifest.get("dynamic_batch")
     rows = [
         ("artifact", f"{directory} (target {manifest.get('target')}, "
                      f"{manifest.get('compiler_target')} code)"),
+        *([("batch", f"any size 1..{dynamic['max']} at run time (one program for "
+                     f"2..{dynamic['max']}, one for 1)")] if dynamic else []),
         ("ops", f"{stats.get('ops_traced', 0)} traced, {after} after passes"),
         ("kernels", str(len(manifest.get("kernels", [])))),
         ("memory", f"{_bytes(memory.get('planned', 0))} planned, "
@@ -478,8 +505,9 @@ def make_parser() -> Parser:
                         help="cpu target: the CPU model.so is compiled for: host (default: "
                              "this machine's), generic (any CPU of its architecture) or an "
                              "x86-64 level (x86-64-v2, x86-64-v3, x86-64-v4)")
-    parser.add_argument("--dynamic-batch", action="store_true",
-                        help="a batch size chosen at run time (not supported yet)")
+    parser.add_argument("--dynamic-batch", type=int, metavar="MAX",
+                        help="cpu target: the batch size (every input's leading dimension) "
+                             "is chosen at run time, from 1 to MAX")
     parser.add_argument("--verbose", action="store_true",
                         help="per-pass and per-kernel detail; a traceback with an error")
     return parser
@@ -492,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.dynamic_batch is not None and args.dynamic_batch < 2:
+        parser.error("--dynamic-batch must be at least 2 (the largest batch size)")
     progress = Progress(sys.stderr)
     try:
         return run(args, progress)

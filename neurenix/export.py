@@ -13,10 +13,19 @@ example).  `neurenix.runtime.load` loads the directory without the compiler.  Pa
 program inputs in Neurenix (a weight update never recompiles), so weights always live in the
 weights file (`"weights": "file"`): their values at export.  docs/deploy/README.md describes
 the format.
+
+`dynamic_batch=MAX` (CPU only) makes the leading dimension of every input the batch size,
+chosen per call from 1 to MAX: the main program is traced with that dimension as the symbol
+`batch` (range 2..MAX, as the JIT's dynamic shapes, docs/compiler/dynamic-shapes.md), and a
+static program for batch 1 is traced beside it (a size-1 dimension broadcasts, and traces ask
+whether the batch is 1: even a Linear layer's bias does); both live in one `model.so`.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -30,9 +39,11 @@ import numpy as np
 from neurenix.compiler import pipeline
 from neurenix.compiler.graph.ir import Graph
 from neurenix.compiler.passes.dce import dce
+from neurenix.compiler.symbolic import DynamicSizeError, ShapeEnv, shape_env
+from neurenix.runtime import compile_worker, hip_compile, nvrtc
 from neurenix.runtime import cpu as cpu_runtime
-from neurenix.runtime import hip_compile, nvrtc
 from neurenix.runtime.artifact import (
+    BATCH1_PREFIX,
     CONSTANT_PREFIX,
     FORMAT_VERSION,
     MANIFEST,
@@ -41,9 +52,12 @@ from neurenix.runtime.artifact import (
     write_safetensors,
 )
 from neurenix.runtime.program import Program, program_to_json
+from neurenix.runtime.sizes import Poly, Size, size_to_json, size_value
 
 from . import export_capi, export_web
 from .compilation.compiled import compile as compile_model
+from .compilation.placement import call_device
+from .nn.module import Module
 from .optim.optimizer import live_optimizers
 from .random import next_seed
 from .state import no_grad
@@ -60,6 +74,11 @@ HIP_ARCH = "gfx90a"
 TRAINING_EXAMPLE_STEPS = 5
 """How many runs of an exported training step the WebGPU example records (from the
 reference evaluator) for the page to compare with."""
+BATCH_SYMBOL = export_capi.BATCH_SYMBOL
+"""The symbol of a dynamic-batch artifact's batch size (every input's leading dimension)."""
+BATCH1_ENTRY_PREFIX = "neurenix_batch1_"
+"""The batch-1 program's functions are renamed `neurenix_X` -> `neurenix_batch1_X`, so that
+both programs of a dynamic-batch artifact link into one model.so."""
 Progress = Callable[[str, dict], None]
 """`export(progress=...)`: called with a stage's name and its data as each stage ends."""
 
@@ -71,7 +90,7 @@ class ExportError(ValueError):
 def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
            path: str | os.PathLike[str] = "neurenix-export", *, freeze: bool = True,
            cross: tuple[str, ...] = CROSS_TRIPLES, cpu: str = "host",
-           progress: Progress | None = None) -> pathlib.Path:
+           progress: Progress | None = None, dynamic_batch: int | None = None) -> pathlib.Path:
     """Export `model_or_fn` (a Module or a function of tensors) for `target` ("cpu", "opencl",
     "webgpu", "cuda", "rocm") as traced on `example_inputs` (a Tensor or a tuple of them; the
     artifact takes inputs of exactly these shapes and dtypes) to directory `path`; returns
@@ -89,13 +108,20 @@ def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
     data)`, when given, is called as each stage ends: "trace" (`data["stats"]`: the traced
     function's `compiled.stats()`), "codegen" (`data["build"]`: kernels, memory and seconds
     per stage, as `pipeline.build` reports them) and "toolchain" (the target's code written
-    and compiled); neurenix-compile shows them."""
+    and compiled); neurenix-compile shows them.  `dynamic_batch=MAX` (cpu target only): the
+    artifact takes any batch size from 1 to MAX at run time, the leading dimension of every
+    input (docs/deploy/README.md, "Dynamic batch")."""
     if target not in TARGETS:
         raise ValueError(f"export: unknown target {target!r}; known: {sorted(TARGETS)}")
     compiler_target, device = TARGETS[target]
+    _check_dynamic_batch(dynamic_batch, target, device)
     machine = cpu_runtime.host_cpu() if cpu == "host" else cpu_runtime.portable_cpu(cpu)
     inputs = _example_tensors(example_inputs)
-    program, plan = _trace_and_build(model_or_fn, inputs, compiler_target, progress, freeze)
+    if dynamic_batch is None:
+        program, plan = _trace_and_build(model_or_fn, inputs, compiler_target, progress, freeze)
+    else:
+        program, plan = _trace_dynamic(model_or_fn, inputs, compiler_target, progress, freeze,
+                                       dynamic_batch)
     plan["cpu"] = machine
     if device == "webgpu":
         plan["example"] = (export_web.training_example(inputs, plan, TRAINING_EXAMPLE_STEPS)
@@ -146,20 +172,187 @@ def _example_tensors(example_inputs: Any) -> list[Tensor]:
     return tensors
 
 
+def _check_dynamic_batch(dynamic_batch: int | None, target: str, device: str) -> None:
+    """A ValueError for a `dynamic_batch` export cannot honour."""
+    if dynamic_batch is None:
+        return
+    if device != "cpu":
+        raise ValueError(f"export: dynamic_batch is supported for the cpu target only so far "
+                         f"(got target {target!r}); export fixed shapes for {target}")
+    if type(dynamic_batch) is not int or dynamic_batch < 2:
+        raise ValueError(f"export: dynamic_batch must be an int >= 2 (the largest batch "
+                         f"size), got {dynamic_batch!r}")
+
+
+def _trace_dynamic(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
+                   progress: Progress | None, freeze: bool,
+                   max_batch: int) -> tuple[Program, dict]:
+    """The program of batches 2..`max_batch` (the leading dimension of every input is the
+    symbol `batch`) and, in `plan["dynamic"]`, the static program of batch 1, checked to
+    agree with it; an ExportError when the function cannot keep the batch symbolic or its
+    trace holds for some batch sizes only."""
+    batch = _example_batch(inputs, max_batch)
+    hint = batch if batch >= 2 else max_batch
+    env = ShapeEnv()
+    symbol = env.symbol(BATCH_SYMBOL, hint=hint, lo=2, hi=max_batch)
+    examples = _with_batch(inputs, hint)
+    shapes = [(symbol, *x.shape[1:]) for x in examples]
+    name = _function_name(model_or_fn)
+    try:
+        program, plan = _trace_and_build(model_or_fn, examples, compiler_target, progress,
+                                         freeze, env=env, shapes=shapes)
+    except DynamicSizeError as e:
+        raise ExportError(f"export: dynamic_batch: {name} cannot keep the batch size symbolic "
+                          f"({e}); export fixed shapes instead") from e
+    if tuple(program.symbols) != (BATCH_SYMBOL,):
+        raise ExportError(f"export: dynamic_batch: the program of {name} has dynamic sizes "
+                          f"{list(program.symbols)}, expected [{BATCH_SYMBOL!r}]")
+    _check_guards(env, name, 2, max_batch)
+    for b in (2, max_batch):  # every temporary inside the arena (Program.sizes checks)
+        program.sizes({BATCH_SYMBOL: b})
+    program1, plan1 = _trace_and_build(model_or_fn, _with_batch(inputs, 1), compiler_target,
+                                       None, freeze, constant_prefix=BATCH1_PREFIX)
+    _check_batch1(plan, program, plan1, program1, name)
+    seeds = [b["seed"] for b in plan["bindings"] if b["from"] == "seed"]
+    for binding in plan1["bindings"]:  # one seed sequence, whichever program runs
+        if binding["from"] == "seed" and seeds:
+            binding["seed"] = seeds[0]
+    for key, array in plan1["weights"].items():
+        old = plan["weights"].setdefault(key, array)
+        if old is not array and (old.shape != array.shape or not np.array_equal(old, array)):
+            raise ExportError(f"export: dynamic_batch: {name} reads {key!r} with other values "
+                              f"at batch 1; export fixed shapes instead")
+    plan["dynamic"] = {"max": max_batch, "program": _renamed(program1), "plan": plan1}
+    return program, plan
+
+
+def _function_name(model_or_fn: Any) -> str:
+    return (type(model_or_fn).__name__ if isinstance(model_or_fn, Module)
+            else getattr(model_or_fn, "__name__", "function"))
+
+
+def _example_batch(inputs: list[Tensor], max_batch: int) -> int:
+    """The example inputs' batch size (their common leading dimension, in 1..max_batch)."""
+    if not inputs or any(x.ndim == 0 for x in inputs):
+        raise ExportError("export: dynamic_batch makes the leading dimension of every input "
+                          "the batch size; every example input needs one (no 0-d inputs)")
+    sizes = {x.shape[0] for x in inputs}
+    if len(sizes) != 1:
+        raise ExportError(f"export: dynamic_batch: the example inputs' leading dimensions "
+                          f"differ ({[x.shape[0] for x in inputs]}); each is the batch size")
+    batch = sizes.pop()
+    if not 1 <= batch <= max_batch:
+        raise ExportError(f"export: dynamic_batch={max_batch}: the example inputs' batch size "
+                          f"{batch} is outside 1..{max_batch}")
+    return batch
+
+
+def _with_batch(inputs: list[Tensor], batch: int) -> list[Tensor]:
+    """The example inputs with `batch` rows (their rows repeated, or the first kept)."""
+    out = []
+    for x in inputs:
+        if x.shape[0] == batch:
+            out.append(x)
+            continue
+        rows = np.resize(x.detach().numpy(), (batch, *x.shape[1:]))
+        out.append(Tensor(rows, dtype=x.dtype, requires_grad=x.requires_grad))
+    return out
+
+
+def _check_guards(env: ShapeEnv, name: str, lo: int, hi: int) -> None:
+    """An ExportError unless every guard the trace recorded holds for every batch size in
+    lo..hi.  A guard is a polynomial in the batch compared with 0: its sign changes only at
+    its real roots, so it is tested at lo, hi and the integers around each root."""
+    for guard in env.guards:
+        if guard.expr.symbols() - {BATCH_SYMBOL}:
+            raise ExportError(f"export: dynamic_batch: {name}'s trace assumes {guard}")
+        degree = max(len(m) for m, _ in guard.expr.terms)
+        coefficients = [0] * (degree + 1)
+        for monomial, c in guard.expr.terms:
+            coefficients[degree - len(monomial)] = c
+        points = {lo, hi}
+        for root in np.roots(coefficients) if degree else ():
+            if abs(root.imag) <= 1e-6 * max(1.0, abs(root.real)) and \
+                    lo - 3 <= root.real <= hi + 3:
+                centre = math.floor(root.real)
+                points.update(range(max(lo, centre - 2), min(hi, centre + 3) + 1))
+        for b in sorted(points):
+            if not guard.holds({BATCH_SYMBOL: b}):
+                smaller = (f"dynamic_batch={b - 1} or less, or "
+                           if b > env.symbols[BATCH_SYMBOL].hint else "")
+                raise ExportError(f"export: dynamic_batch: {name}'s trace holds only for some "
+                                  f"batch sizes: it assumes {guard} (false at batch {b}); "
+                                  f"export with {smaller}fixed shapes")
+
+
+def _check_batch1(plan: dict, program: Program, plan1: dict, program1: Program,
+                  name: str) -> None:
+    """An ExportError unless the batch-1 program takes and returns what the main program
+    does at batch 1 (the same inputs, outputs and states)."""
+    at1 = {BATCH_SYMBOL: 1}
+    mine = [(t["dtype"], tuple(size_value(d, at1) for d in t["shape"])) for t in plan["inputs"]]
+    theirs = [(t["dtype"], tuple(t["shape"])) for t in plan1["inputs"]]
+    n = plan["outputs"]
+    outputs = [(t.dtype, t.shape_at(at1)) for t in program.outputs[:n]]
+    outputs1 = [(t.dtype, tuple(t.shape)) for t in program1.outputs[:plan1["outputs"]]]
+    states = sorted(b["tensor"] for b in plan["bindings"] if b["from"] == "state")
+    states1 = sorted(b["tensor"] for b in plan1["bindings"] if b["from"] == "state")
+    if mine != theirs or outputs != outputs1 or states != states1:
+        raise ExportError(f"export: dynamic_batch: {name} traced at batch 1 takes or returns "
+                          f"other tensors than at batch 2..MAX (inputs {theirs} vs {mine}, "
+                          f"outputs {outputs1} vs {outputs}); export fixed shapes instead")
+
+
+def _renamed(program: Program) -> Program:
+    """`program` with every function its module defines renamed (`BATCH1_ENTRY_PREFIX`), so
+    that it links beside another program into one library."""
+    llvm = compile_worker.llvm()
+    module = llvm.parse_assembly(program.source)
+    names = {}
+    for fn in module.functions:
+        if not fn.is_declaration:
+            old = fn.name
+            fn.name = names[old] = BATCH1_ENTRY_PREFIX + old.removeprefix("neurenix_")
+    for variable in module.global_variables:
+        if not variable.is_declaration:
+            old = variable.name
+            variable.name = names[old] = BATCH1_ENTRY_PREFIX + old.removeprefix("neurenix_")
+    metadata = dict(program.metadata)
+    if isinstance(metadata.get("threaded"), list):
+        metadata["threaded"] = [names.get(n, n) for n in metadata["threaded"]]
+    return dataclasses.replace(program, entry=names[program.entry], source=str(module),
+                               metadata=metadata)
+
+
+def _linked_ir(sources: list[str]) -> str:
+    """One LLVM module holding the modules `sources` (their defined names distinct)."""
+    llvm = compile_worker.llvm()
+    module = llvm.parse_assembly(sources[0])
+    for source in sources[1:]:
+        module.link_in(llvm.parse_assembly(source))
+    module.verify()
+    return str(module)
+
+
 def _trace_and_build(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
                      progress: Progress | None = None,
-                     freeze: bool = True) -> tuple[Program, dict]:
+                     freeze: bool = True, *, env: ShapeEnv | None = None,
+                     shapes: list[tuple] | None = None,
+                     constant_prefix: str = CONSTANT_PREFIX) -> tuple[Program, dict]:
     """Trace the function (through the reference target: no code is built for the trace,
     nothing runs), check that the artifact can do what it does, and build its program for the
     target.  Returns the program and how its inputs are bound: `bindings` (per program
-    input), `weights` (arrays by name), `inputs` (the model's input specs), `outputs` (how
-    many program outputs are the model's), `checks` and `training` (the manifest's fields)."""
+    input), `weights` (arrays by name; the program's constants under `constant_prefix`),
+    `inputs` (the model's input specs), `outputs` (how many program outputs are the model's),
+    `checks` and `training` (the manifest's fields).  With `env` and `shapes` (the inputs'
+    symbolic shapes) the trace and the build run in that shape environment."""
     compiled = compile_model(model_or_fn, backend="reference")
     name = compiled._name()
+    symbolic = shape_env(env) if env is not None else contextlib.nullcontext()
     if freeze:
-        with no_grad():
+        with no_grad(), symbolic:
             try:
-                entry = compiled.trace_only(*inputs)
+                entry = _trace(compiled, inputs, shapes)
             except RuntimeError as e:
                 if not str(e).startswith("backward:"):
                     raise
@@ -167,7 +360,8 @@ def _trace_and_build(model_or_fn: Any, inputs: list[Tensor], compiler_target: st
                                   f"export it with freeze=False (freeze=True traces inference "
                                   f"under no_grad)") from e
     else:
-        entry = compiled.trace_only(*inputs)
+        with symbolic:
+            entry = _trace(compiled, inputs, shapes)
     if entry.updates and freeze:
         raise ExportError(f"export: {name} updates state (parameters, buffers or optimizer "
                           f"state) when it runs; export a training step with freeze=False, or "
@@ -184,7 +378,8 @@ def _trace_and_build(model_or_fn: Any, inputs: list[Tensor], compiler_target: st
     checks = _portable_checks(entry, name)
     _notify(progress, "trace", stats=compiled.stats() if compiled._cache else entry.stats)
     graph = _artifact_graph(entry)
-    program, info = pipeline.build(graph, compiler_target)
+    with shape_env(env) if env is not None else contextlib.nullcontext():
+        program, info = pipeline.build(graph, compiler_target)
     _notify(progress, "codegen", build=info)
     if not (len(program.inputs) == len(entry.sources) == len(entry.graph.inputs)):
         raise ExportError(f"export: {name}: the program takes {len(program.inputs)} inputs, "
@@ -233,17 +428,28 @@ def _trace_and_build(model_or_fn: Any, inputs: list[Tensor], compiler_target: st
     for k, spec in enumerate(model_inputs):
         if spec is None:  # an example input the function never reads
             x = inputs[k]
-            model_inputs[k] = {"name": f"input{k}", "shape": list(x.shape),
+            model_inputs[k] = {"name": f"input{k}",
+                               "shape": list(x.shape if shapes is None else shapes[k]),
                                "dtype": x.dtype.name}
     for cname, array in program.constants.items():
-        weights[CONSTANT_PREFIX + cname] = np.array(array, order="C", copy=True)
+        weights[constant_prefix + cname] = np.array(array, order="C", copy=True)
     training = None
     if states:
         training = {"states": states, "optimizers": _optimizers(entry),
                     "steps_exported": 0}
     return program, {"bindings": bindings, "weights": weights, "inputs": model_inputs,
                      "outputs": entry.num_outputs, "checks": checks, "training": training,
-                     "graph": graph}
+                     "graph": graph, "constant_prefix": constant_prefix}
+
+
+def _trace(compiled: Any, inputs: list[Tensor], shapes: list[tuple] | None) -> Any:
+    """`compiled.trace_only(*inputs)`; with `shapes`, the inputs traced with those (symbolic)
+    shapes, in the active shape environment (as `Compiled._compile_symbolic` does)."""
+    if shapes is None:
+        return compiled.trace_only(*inputs)
+    key = compiled._signature(tuple(inputs), call_device(compiled._device, compiled.module,
+                                                         inputs))
+    return compiled._compile(key, tuple(inputs), capture_steps=True, shapes=shapes)
 
 
 def _portable_checks(entry: Any, name: str) -> list[dict]:
@@ -304,30 +510,66 @@ def _check_destination(out: pathlib.Path) -> None:
 
 def _manifest(program: Program, plan: dict, device: str, compiler_target: str) -> dict:
     """The manifest's fields besides the per-target files and checksums."""
-    data, _ = program_to_json(program)
-    data["source"] = ""  # in the source file the manifest's `sources` names
-    data["kernels"] = [dict(k, source="") for k in data["kernels"]]
-    return {
+    dynamic = plan.get("dynamic")
+    largest = {BATCH_SYMBOL: dynamic["max"]} if dynamic else {}
+    manifest = {
         "format": FORMAT_VERSION,
         "neurenix_version": __version__,
         "target": device,
         "compiler_target": compiler_target,
         "inference_only": plan["training"] is None,
         "weights": "file",
-        "inputs": plan["inputs"],
-        "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
-                    for t in program.outputs[:plan["outputs"]]],
+        "inputs": [dict(t, shape=[size_to_json(d) for d in t["shape"]])
+                   for t in plan["inputs"]],
+        "outputs": [{"name": t.name, "shape": [size_to_json(d) for d in t.shape],
+                     "dtype": t.dtype} for t in program.outputs[:plan["outputs"]]],
         "checks": plan["checks"],
         "training": plan["training"],
-        "memory": {"arena_bytes": int(program.arena_bytes),
-                   **{k: int(v) for k, v in program.memory.items()}},
+        "memory": {"arena_bytes": _arena_bytes(program, plan),
+                   **{k: int(size_value(v, largest)) if isinstance(v, Poly) else int(v)
+                      for k, v in program.memory.items()}},
         "kernels": [{"name": k.name, "grid": list(k.grid), "block": list(k.block)}
                     for k in program.kernels],
         "bindings": plan["bindings"],
-        "program": data,
+        "program": _program_json(program),
         "sources": {},
         "binaries": {},
     }
+    if dynamic:
+        program1, plan1 = dynamic["program"], dynamic["plan"]
+        manifest["dynamic_batch"] = {
+            "symbol": BATCH_SYMBOL, "min": 1, "max": dynamic["max"],
+            "program": {"min": 2, "max": dynamic["max"]},
+            "batch1": {"program": _program_json(program1), "bindings": plan1["bindings"],
+                       "checks": plan1["checks"],
+                       "constants": BATCH1_PREFIX}}
+    return manifest
+
+
+def _program_json(program: Program) -> dict:
+    """The program's JSON for the manifest (its source in the files `sources` names)."""
+    data, _ = program_to_json(program)
+    data["source"] = ""
+    data["kernels"] = [dict(k, source="") for k in data["kernels"]]
+    return data
+
+
+def _arena_bytes(program: Program, plan: dict) -> int:
+    """The arena a run needs; of a dynamic-batch artifact, the most any batch size needs (an
+    upper bound of the symbolic arena over 2..MAX, and the batch-1 program's)."""
+    dynamic = plan.get("dynamic")
+    if not dynamic:
+        return int(program.arena_bytes)
+    return max(_upper_bound(program.arena_bytes, 2, dynamic["max"]),
+               int(dynamic["program"].arena_bytes))
+
+
+def _upper_bound(size: Size, lo: int, hi: int) -> int:
+    """An upper bound of a size polynomial in the batch over lo..hi (exact for
+    non-negative coefficients)."""
+    if not isinstance(size, Poly):
+        return int(size)
+    return sum(max(c * lo ** len(m), c * hi ** len(m)) for m, c in size.terms)
 
 
 def _files(root: pathlib.Path) -> list[str]:
@@ -340,7 +582,8 @@ def _files(root: pathlib.Path) -> list[str]:
 
 def _write_cpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
                cross: tuple[str, ...]) -> None:
-    """model.ll, model.c/model.h (the C API), model.so, and one object per cross triple."""
+    """model.ll, model.c/model.h (the C API), model.so, and one object per cross triple; a
+    dynamic-batch artifact's two programs are linked into one module (model.ll) first."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise ExportError("export: the cpu target builds model.so's C API with a C compiler; "
@@ -351,15 +594,69 @@ def _write_cpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
     outputs = [export_capi.CTensor(t.name, t.dtype, tuple(t.shape))
                for t in program.outputs[:n]]
     tensors: list[export_capi.CTensor] = []
-    args: list[tuple[str, int]] = []
+    tensor_index: dict[str, int] = {}
     weights = plan["weights"]
 
     def tensor_arg(key: str) -> tuple[str, int]:
-        array = weights[key]
-        tensors.append(export_capi.CTensor(key, array.dtype.name, tuple(array.shape)))
-        return ("tensor", len(tensors) - 1)
+        if key not in tensor_index:
+            array = weights[key]
+            tensor_index[key] = len(tensors)
+            tensors.append(export_capi.CTensor(key, array.dtype.name, tuple(array.shape)))
+        return ("tensor", tensor_index[key])
 
-    states: list[int] = []
+    states = [tensor_arg(b["tensor"])[1] for b in plan["bindings"] if b["from"] == "state"]
+    main, seed = _c_program(program, plan, tensor_arg, states)
+    dynamic = plan.get("dynamic")
+    batch1 = None
+    source = program.source
+    if dynamic:
+        batch1, _ = _c_program(dynamic["program"], dynamic["plan"], tensor_arg, states)
+        source = _linked_ir([program.source, dynamic["program"].source])
+    max_batch = dynamic["max"] if dynamic else 0
+    (work / "model.ll").write_text(source)
+    (work / "model.h").write_text(export_capi.header(inputs, outputs, training=bool(states),
+                                                     max_batch=max_batch))
+    (work / "model.c").write_text(export_capi.source(
+        main.entry, inputs, outputs, tensors, main.args, main.out_slot,
+        manifest["memory"]["arena_bytes"], states=states, checks=main.checks, seed=seed,
+        max_batch=max_batch, sized=main.sized, batch1=batch1))
+    with tempfile.TemporaryDirectory(prefix="neurenix-export-") as build:
+        obj = pathlib.Path(build) / "model.o"
+        machine = plan["cpu"]
+        obj.write_bytes(cpu_runtime.compile_object(source) if machine == cpu_runtime.host_cpu()
+                        else cpu_runtime.cross_object(source, machine["triple"],
+                                                      machine["name"]))
+        capi = pathlib.Path(build) / "capi.o"
+        _run([cc, "-std=c11", "-O2", "-fPIC", "-Wall", "-I", str(work), "-c",
+              str(work / "model.c"), "-o", str(capi)], "compiling model.c")
+        _run([cc, "-shared", "-Wl,-z,noexecstack", "-Wl,-soname,model.so", "-o",
+              str(work / "model.so"), str(obj), str(capi), "-lm"], "linking model.so")
+    manifest["sources"] = {"program": "model.ll", "c_api": "model.c", "header": "model.h"}
+    manifest["binaries"] = {"library": "model.so"}
+    manifest["cpu"] = machine
+    manifest["c_api"] = {"header": "model.h", "library": "model.so", "entry": program.entry,
+                         "link": "cc app.c -I DIR DIR/model.so -Wl,-rpath,DIR -o app"}
+    if dynamic:
+        manifest["c_api"]["run"] = "nx_model_run_batch"
+        manifest["c_api"]["entry_batch1"] = dynamic["program"].entry
+    manifest["cross"] = {}
+    for triple in cross:
+        name = f"model-{triple.split('-', 1)[0]}.o"
+        (work / name).write_bytes(cpu_runtime.cross_object(source, triple))
+        manifest["binaries"][f"object-{triple}"] = name
+        manifest["cross"][triple] = {
+            "object": name, "cpu": "generic",
+            "link": f"{triple}-gcc -shared -fPIC -O2 -I . -Wl,-z,noexecstack "
+                    f"-Wl,-soname,model.so -o model.so model.c {name} -lm"}
+
+
+def _c_program(program: Program, plan: dict, tensor_arg: Callable[[str], tuple[str, int]],
+               states: list[int]) -> tuple[export_capi.CProgram, int | None]:
+    """The C API's view of one program: its entry's arguments (`tensor_arg` gives the index
+    of a weights-file tensor; state s is tensor `states[s]`), repeated outputs and checks;
+    and the seed it starts from (None: it draws no random numbers)."""
+    n = plan["outputs"]
+    args: list[tuple[str, int]] = []
     state_of_output: dict[int, int] = {}  # program output -> state index
     seed = None
     for binding in plan["bindings"]:
@@ -371,8 +668,7 @@ def _write_cpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
         else:
             args.append(tensor_arg(binding["tensor"]))
             if binding["from"] == "state":
-                state_of_output[binding["output"]] = len(states)
-                states.append(args[-1][1])
+                state_of_output[binding["output"]] = states.index(args[-1][1])
     check_of_output = {j: c for c, j in enumerate(range(n, n + 2 * len(plan["checks"])))}
     # the entry takes one argument per program output (a repeated output points at the
     # first one's buffer and is copied by the C runtime: `out_slot`)
@@ -388,41 +684,15 @@ def _write_cpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
         else:
             args.append(("state_out", state_of_output[j]))
     out_slot = [first[t.name] for t in program.outputs[:n]]
-    args += [tensor_arg(CONSTANT_PREFIX + name) for name in sorted(program.constants)]
+    constants = {key.removeprefix(prefix): key for key in plan["weights"]
+                 for prefix in (plan["constant_prefix"],) if key.startswith(prefix)}
+    args += [tensor_arg(constants[name]) for name in sorted(program.constants)]
     checks = [export_capi.CCheck(2 * c, 2 * c + 1, program.outputs[check["lo"]].dtype,
                                  check["low"], check["high"], check["high_inclusive"],
                                  check["message"])
               for c, check in enumerate(plan["checks"])]
-    (work / "model.ll").write_text(program.source)
-    (work / "model.h").write_text(export_capi.header(inputs, outputs, training=bool(states)))
-    (work / "model.c").write_text(export_capi.source(program.entry, inputs, outputs, tensors,
-                                                     args, out_slot, program.arena_bytes,
-                                                     states=states, checks=checks, seed=seed))
-    with tempfile.TemporaryDirectory(prefix="neurenix-export-") as build:
-        obj = pathlib.Path(build) / "model.o"
-        machine = plan["cpu"]
-        obj.write_bytes(cpu_runtime.compile_object(program) if machine == cpu_runtime.host_cpu()
-                        else cpu_runtime.cross_object(program, machine["triple"],
-                                                      machine["name"]))
-        capi = pathlib.Path(build) / "capi.o"
-        _run([cc, "-std=c11", "-O2", "-fPIC", "-Wall", "-I", str(work), "-c",
-              str(work / "model.c"), "-o", str(capi)], "compiling model.c")
-        _run([cc, "-shared", "-Wl,-z,noexecstack", "-Wl,-soname,model.so", "-o",
-              str(work / "model.so"), str(obj), str(capi), "-lm"], "linking model.so")
-    manifest["sources"] = {"program": "model.ll", "c_api": "model.c", "header": "model.h"}
-    manifest["binaries"] = {"library": "model.so"}
-    manifest["cpu"] = machine
-    manifest["c_api"] = {"header": "model.h", "library": "model.so", "entry": program.entry,
-                         "link": "cc app.c -I DIR DIR/model.so -Wl,-rpath,DIR -o app"}
-    manifest["cross"] = {}
-    for triple in cross:
-        name = f"model-{triple.split('-', 1)[0]}.o"
-        (work / name).write_bytes(cpu_runtime.cross_object(program, triple))
-        manifest["binaries"][f"object-{triple}"] = name
-        manifest["cross"][triple] = {
-            "object": name, "cpu": "generic",
-            "link": f"{triple}-gcc -shared -fPIC -O2 -I . -Wl,-z,noexecstack "
-                    f"-Wl,-soname,model.so -o model.so model.c {name} -lm"}
+    return export_capi.CProgram(program.entry, args, out_slot, checks,
+                                sized=bool(program.symbols)), seed
 
 
 def _run(command: list[str], what: str) -> None:

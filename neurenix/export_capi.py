@@ -12,12 +12,20 @@ from the weights file like the others; after every successful run each takes its
 which the program wrote into a runtime-owned buffer: the two buffers are swapped), value
 checks (0-d values the program computes, compared with bounds before anything is committed:
 `CCheck`) and a seed input (the initial seed plus the number of successful runs).
+
+A dynamic-batch artifact (`export(..., dynamic_batch=MAX)`) holds two programs: one with the
+batch size as its dynamic size (the entry's `sizes` argument), serving batches 2..MAX, and a
+static one for batch 1 (`CProgram`); `nx_model_run_batch` picks one per call.  A tensor
+dimension that depends on the batch is a polynomial in it (`CTensor.shape` holds a
+`runtime.sizes.Poly`): the tables give its coefficients, the queries evaluate them.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+
+from neurenix.runtime.sizes import Poly, Size, size_value
 
 DTYPE_CODES = {"bool": 0, "uint8": 1, "int8": 2, "int16": 3, "uint16": 4, "float16": 5,
                "int32": 6, "uint32": 7, "float32": 8, "float64": 9, "int64": 10, "uint64": 11}
@@ -25,6 +33,10 @@ DTYPE_CODES = {"bool": 0, "uint8": 1, "int8": 2, "int16": 3, "uint16": 4, "float
 SAFETENSORS_NAMES = ("BOOL", "U8", "I8", "I16", "U16", "F16", "I32", "U32", "F32", "F64",
                      "I64", "U64")
 MAX_RANK = 8
+BATCH_SYMBOL = "batch"
+"""The dynamic size of a dynamic-batch artifact (the leading dimension of every input)."""
+POLY_TERMS = 4
+"""A batch-dependent dimension is c0 + c1*b + c2*b**2 + c3*b**3 in the C tables."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,7 @@ class CTensor:
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,19 @@ class CCheck:
     message: str
 
 
+@dataclass(frozen=True)
+class CProgram:
+    """One more program of a dynamic-batch artifact (`source(..., batch1=...)`): its entry
+    symbol, the entry's argument order (as `source`'s `args`), its repeated outputs
+    (`out_slot`) and value checks, and whether its entry takes the batch size (`sized`)."""
+
+    entry: str
+    args: list[tuple[str, int]]
+    out_slot: list[int]
+    checks: list[CCheck] = field(default_factory=list)
+    sized: bool = False
+
+
 HEADER = r"""/* model.h: the C API of a model exported by neurenix.export (target cpu).
  *
  * Link with model.so (built beside this file).  Every function is thread-safe except that
@@ -68,6 +93,12 @@ HEADER = r"""/* model.h: the C API of a model exported by neurenix.export (targe
  * current values are read with nx_model_tensor_data (by index; nx_model_find_tensor gives the
  * index of a name such as "0.weight").  A run whose value checks fail (a class index out of
  * range, ...) returns -1 with the eager error's message, and changes no state.
+ *
+ * NX_MODEL_MAX_BATCH is MAX for a model exported with dynamic_batch=MAX (0: fixed shapes).
+ * Such a model takes any batch size from 1 to MAX at run time: the leading dimension of
+ * every input.  Run it with nx_model_run_batch; the plain shape queries give -1 for a
+ * dimension that depends on the batch and the _bytes queries the bytes at batch MAX (enough
+ * for every batch); the _at queries give them for one batch.
  */
 #ifndef NX_MODEL_H
 #define NX_MODEL_H
@@ -99,6 +130,28 @@ nx_model* nx_model_load(const char* dir);
  * fails it returns -1 with the check's message, commits nothing and leaves the outputs'
  * contents unspecified. */
 int nx_model_run(nx_model* model, const void* const* inputs, void* const* outputs);
+
+/* The error code of a batch size outside 1..nx_model_max_batch() (or of a model with fixed
+ * shapes) in nx_model_run_batch. */
+#define NX_ERROR_BATCH (-2)
+
+/* Run a dynamic-batch model once at batch size `batch` (1..nx_model_max_batch(model)):
+ * inputs[i] holds nx_model_input_bytes_at(model, i, batch) bytes, outputs[i] has room for
+ * nx_model_output_bytes_at(model, i, batch).  0 on success, NX_ERROR_BATCH for a batch
+ * outside the range or a model of fixed shapes (use nx_model_run), -1 on another error. */
+int nx_model_run_batch(nx_model* model, int64_t batch, const void* const* inputs,
+                       void* const* outputs);
+
+/* The largest batch size of a dynamic-batch model; 0 for a model of fixed shapes. */
+int64_t nx_model_max_batch(const nx_model* model);
+
+/* The shape (rank dimensions written to shape: rank or -1 returned) and bytes of input or
+ * output i at batch size `batch`; -1 or 0 (and the error) for a model of fixed shapes or a
+ * batch outside 1..nx_model_max_batch(). */
+int nx_model_input_shape_at(const nx_model* model, int i, int64_t batch, int64_t* shape);
+int nx_model_output_shape_at(const nx_model* model, int i, int64_t batch, int64_t* shape);
+size_t nx_model_input_bytes_at(const nx_model* model, int i, int64_t batch);
+size_t nx_model_output_bytes_at(const nx_model* model, int i, int64_t batch);
 
 /* Free a loaded model (NULL is ignored). */
 void nx_model_free(nx_model* model);
@@ -167,6 +220,8 @@ static const char* const NX_DTYPE_NAMES[] = {
     "float64", "int64", "uint64"};
 static const char* const NX_ST_DTYPES[] = {
     "BOOL", "U8", "I8", "I16", "U16", "F16", "I32", "U32", "F32", "F64", "I64", "U64"};
+
+static const size_t NX_ITEMSIZE[] = {1, 1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8};
 
 const char* nx_dtype_name(int dtype) {
     return dtype >= 0 && dtype < 12 ? NX_DTYPE_NAMES[dtype] : NULL;
@@ -667,9 +722,9 @@ static int nx_fails(const nx_check* check, nx_number v, int high) {
 }
 
 /* The value checks, in order: 0, or -1 with the first failing check's message. */
-static int nx_run_checks(const nx_model* model) {
-    for (int k = 0; k < NX_NUM_CHECKS; ++k) {
-        const nx_check* check = &NX_CHECKS[k];
+static int nx_run_checks(const nx_model* model, const nx_program* program) {
+    for (int k = 0; k < program->num_checks; ++k) {
+        const nx_check* check = &program->checks[k];
         char text[64];
         nx_number v = nx_check_value(model, check->lo, check->dtype, text, sizeof text);
         int failed = nx_fails(check, v, 0);
@@ -694,28 +749,46 @@ static int nx_run_checks(const nx_model* model) {
     return 0;
 }
 
-int nx_model_run(nx_model* model, const void* const* inputs, void* const* outputs) {
+/* Dimension d of t at batch size `batch` (a static dimension: as it is). */
+static int64_t nx_dim_at(const nx_info* t, int d, int64_t batch) {
+    if (!t->poly) return t->shape[d];
+    const int64_t* c = t->poly + NX_POLY_TERMS * d;
+    int64_t value = 0;
+    for (int k = NX_POLY_TERMS - 1; k >= 0; --k) value = value * batch + c[k];
+    return value;
+}
+
+static size_t nx_bytes_at(const nx_info* t, int64_t batch) {
+    if (!t->poly) return t->bytes;
+    size_t bytes = NX_ITEMSIZE[t->dtype];
+    for (int d = 0; d < t->rank; ++d) bytes *= (size_t)nx_dim_at(t, d, batch);
+    return bytes;
+}
+
+/* Run `program` (batch: its size, for a sized program); `what` names the caller. */
+static int nx_run(nx_model* model, const nx_program* program, int64_t batch,
+                  const void* const* inputs, void* const* outputs, const char* what) {
     if (!model || (NX_NUM_INPUTS && !inputs) || !outputs) {
-        nx_fail("nx_model_run: model, inputs and outputs must not be NULL");
+        nx_fail("%s: model, inputs and outputs must not be NULL", what);
         return -1;
     }
     for (int i = 0; i < NX_NUM_INPUTS; ++i) {
         if (!inputs[i]) {
-            nx_fail("nx_model_run: input %d (%s) is NULL", i, NX_INPUTS[i].name);
+            nx_fail("%s: input %d (%s) is NULL", what, i, NX_INPUTS[i].name);
             return -1;
         }
     }
     for (int i = 0; i < NX_NUM_OUTPUTS; ++i) {
         if (!outputs[i]) {
-            nx_fail("nx_model_run: output %d (%s) is NULL", i, NX_OUTPUTS[i].name);
+            nx_fail("%s: output %d (%s) is NULL", what, i, NX_OUTPUTS[i].name);
             return -1;
         }
     }
-    for (int a = 0; a < NX_NUM_ARGS; ++a) {
-        int index = NX_ARGS[a].index;
-        switch (NX_ARGS[a].kind) {
+    for (int a = 0; a < program->num_args; ++a) {
+        int index = program->args[a].index;
+        switch (program->args[a].kind) {
         case NX_ARG_INPUT: model->args[a] = (void*)inputs[index]; break;
-        case NX_ARG_OUTPUT: model->args[a] = outputs[NX_OUT_SLOT[index]]; break;
+        case NX_ARG_OUTPUT: model->args[a] = outputs[program->out_slot[index]]; break;
         case NX_ARG_TENSOR: model->args[a] = model->tensors[index]; break;
         case NX_ARG_STATE_OUT: model->args[a] = model->state_out[index]; break;
         case NX_ARG_CHECK: model->args[a] = &model->check_values[index]; break;
@@ -723,10 +796,16 @@ int nx_model_run(nx_model* model, const void* const* inputs, void* const* output
         }
     }
     model->seed = (int64_t)(NX_SEED + (uint64_t)model->steps);
-    NX_ENTRY(model->args, model->arena, NULL);
+    if (program->sized) {
+        const int64_t sizes[1] = {batch};
+        program->sized(model->args, model->arena, NULL, sizes);
+    } else {
+        program->entry(model->args, model->arena, NULL);
+    }
     for (int i = 0; i < NX_NUM_OUTPUTS; ++i)
-        if (NX_OUT_SLOT[i] != i) memcpy(outputs[i], outputs[NX_OUT_SLOT[i]], NX_OUTPUTS[i].bytes);
-    if (nx_run_checks(model) != 0) return -1;
+        if (program->out_slot[i] != i)
+            memcpy(outputs[i], outputs[program->out_slot[i]], nx_bytes_at(&NX_OUTPUTS[i], batch));
+    if (nx_run_checks(model, program) != 0) return -1;
     for (int s = 0; s < NX_NUM_STATES; ++s) { /* commit: the new values become current */
         void* current = model->tensors[NX_STATES[s]];
         model->tensors[NX_STATES[s]] = model->state_out[s];
@@ -734,6 +813,50 @@ int nx_model_run(nx_model* model, const void* const* inputs, void* const* output
     }
     ++model->steps;
     return 0;
+}
+
+int nx_model_run(nx_model* model, const void* const* inputs, void* const* outputs) {
+    if (NX_MAX_BATCH != 0) {
+        nx_fail("nx_model_run: the model takes its batch size at run time (exported with "
+                "dynamic_batch=%lld): call nx_model_run_batch", (long long)NX_MAX_BATCH);
+        return -1;
+    }
+    return nx_run(model, &NX_PROGRAMS[0], 0, inputs, outputs, "nx_model_run");
+}
+
+/* Whether `batch` is one the model takes (else the error is set). */
+static int nx_batch_ok(int64_t batch, const char* what) {
+    if (NX_MAX_BATCH == 0) {
+        nx_fail("%s: the model takes fixed shapes (exported without dynamic_batch): use "
+                "nx_model_run and the plain queries", what);
+        return 0;
+    }
+    if (batch < 1 || batch > NX_MAX_BATCH) {
+        nx_fail("%s: batch size %lld is outside 1..%lld (the model was exported with "
+                "dynamic_batch=%lld)", what, (long long)batch, (long long)NX_MAX_BATCH,
+                (long long)NX_MAX_BATCH);
+        return 0;
+    }
+    return 1;
+}
+
+int nx_model_run_batch(nx_model* model, int64_t batch, const void* const* inputs,
+                       void* const* outputs) {
+    if (!model) {
+        nx_fail("nx_model_run_batch: model is NULL");
+        return -1;
+    }
+    if (!nx_batch_ok(batch, "nx_model_run_batch")) return NX_ERROR_BATCH;
+    const nx_program* program = &NX_PROGRAMS[batch == 1 && NX_NUM_PROGRAMS > 1 ? 1 : 0];
+    return nx_run(model, program, batch, inputs, outputs, "nx_model_run_batch");
+}
+
+int64_t nx_model_max_batch(const nx_model* model) {
+    if (!model) {
+        nx_fail("nx_model_max_batch: model is NULL");
+        return -1;
+    }
+    return NX_MAX_BATCH;
 }
 
 static const nx_info* nx_tensor_at(const nx_model* model, const nx_info* table, int count,
@@ -772,6 +895,27 @@ int nx_model_num_outputs(const nx_model* model) { return model ? NX_NUM_OUTPUTS 
 
 NX_QUERIES(input, NX_INPUTS, NX_NUM_INPUTS)
 NX_QUERIES(output, NX_OUTPUTS, NX_NUM_OUTPUTS)
+
+#define NX_SIZED_QUERIES(kind, TABLE, COUNT)                                                 \
+    int nx_model_##kind##_shape_at(const nx_model* model, int i, int64_t batch,              \
+                                   int64_t* shape) {                                         \
+        const nx_info* t = nx_tensor_at(model, TABLE, COUNT, i, #kind);                      \
+        if (!t || !nx_batch_ok(batch, "nx_model_" #kind "_shape_at")) return -1;             \
+        if (!shape) {                                                                        \
+            nx_fail("nx_model_" #kind "_shape_at: shape is NULL");                           \
+            return -1;                                                                       \
+        }                                                                                    \
+        for (int d = 0; d < t->rank; ++d) shape[d] = nx_dim_at(t, d, batch);                 \
+        return t->rank;                                                                      \
+    }                                                                                        \
+    size_t nx_model_##kind##_bytes_at(const nx_model* model, int i, int64_t batch) {         \
+        const nx_info* t = nx_tensor_at(model, TABLE, COUNT, i, #kind);                      \
+        if (!t || !nx_batch_ok(batch, "nx_model_" #kind "_bytes_at")) return 0;              \
+        return nx_bytes_at(t, batch);                                                        \
+    }
+
+NX_SIZED_QUERIES(input, NX_INPUTS, NX_NUM_INPUTS)
+NX_SIZED_QUERIES(output, NX_OUTPUTS, NX_NUM_OUTPUTS)
 NX_QUERIES(tensor, NX_TENSORS, NX_NUM_TENSORS)
 
 int nx_model_num_tensors(const nx_model* model) { return model ? NX_NUM_TENSORS : -1; }
@@ -818,8 +962,9 @@ typedef struct {
     const char* name;
     int dtype;
     int rank;
-    const int64_t* shape;
-    size_t bytes;
+    const int64_t* shape;   /* -1: a dimension that depends on the batch (see poly) */
+    size_t bytes;           /* at the largest batch (dynamic batch) */
+    const int64_t* poly;    /* NULL, or NX_POLY_TERMS coefficients per dimension */
 } nx_info;
 
 enum {
@@ -851,6 +996,17 @@ typedef struct {
     int high_inclusive;
     const char* message;
 } nx_check;
+
+/* One program: a static entry, or one taking the batch size (sized). */
+typedef struct {
+    void (*entry)(void** args, void* arena, const void* pool);
+    void (*sized)(void** args, void* arena, const void* pool, const int64_t* sizes);
+    const nx_arg* args;
+    int num_args;
+    const int* out_slot;
+    const nx_check* checks;
+    int num_checks;
+} nx_program;
 """
 
 
@@ -863,40 +1019,69 @@ def c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _nbytes(t: CTensor) -> int:
+def _nbytes(t: CTensor, max_batch: int = 0) -> int:
+    """The bytes of `t`; with a dimension that depends on the batch, at batch `max_batch`."""
     count = 1
     for d in t.shape:
-        count *= d
+        count *= size_value(d, {BATCH_SYMBOL: max_batch})
     return count * _ITEMSIZE[t.dtype]
+
+
+def _coefficients(size: Poly) -> list[int]:
+    """c0..c3 of a size c0 + c1*batch + c2*batch**2 + c3*batch**3; ValueError for another."""
+    out = [0] * POLY_TERMS
+    for monomial, coefficient in size.terms:
+        if set(monomial) != {BATCH_SYMBOL} or len(monomial) >= POLY_TERMS:
+            raise ValueError(f"export: a dimension {size} is not a polynomial of degree at "
+                             f"most {POLY_TERMS - 1} in {BATCH_SYMBOL!r}; the C API cannot "
+                             f"state it")
+        out[len(monomial)] = coefficient
+    return out
 
 
 _ITEMSIZE = {"bool": 1, "uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "float16": 2,
              "int32": 4, "uint32": 4, "float32": 4, "float64": 8, "int64": 8, "uint64": 8}
 
 
-def _table(name: str, tensors: list[CTensor], shapes: list[str]) -> str:
+def _table(name: str, tensors: list[CTensor], shapes: list[str], max_batch: int = 0) -> str:
     rows = []
     for t in tensors:
         shape_name = f"NX_SHAPE_{len(shapes)}"
-        dims = ", ".join(str(d) for d in t.shape) or "0"
+        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in t.shape) or "0"
         shapes.append(f"static const int64_t {shape_name}[] = {{{dims}}};")
+        poly = "NULL"
+        if any(isinstance(d, Poly) for d in t.shape):
+            poly = f"NX_POLY_{len(shapes)}"
+            coefficients = [c for d in t.shape
+                            for c in (_coefficients(d) if isinstance(d, Poly)
+                                      else [d] + [0] * (POLY_TERMS - 1))]
+            shapes.append(f"static const int64_t {poly}[] = "
+                          f"{{{', '.join(_c_int64(c) for c in coefficients)}}};")
         rows.append(f"    {{{c_string(t.name)}, {DTYPE_CODES[t.dtype]}, {len(t.shape)}, "
-                    f"{shape_name}, {_nbytes(t)}u}},")
+                    f"{shape_name}, {_nbytes(t, max_batch)}u, {poly}}},")
     body = "\n".join(rows) or "    {0}"
     return f"static const nx_info {name}[] = {{\n{body}\n}};"
 
 
-def header(inputs: list[CTensor], outputs: list[CTensor], *, training: bool = False) -> str:
+def _shape_text(shape: tuple[Size, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def header(inputs: list[CTensor], outputs: list[CTensor], *, training: bool = False,
+           max_batch: int = 0) -> str:
     """model.h for a model with these inputs and outputs (`training`: a training artifact,
-    one with state: NX_MODEL_TRAINING 1)."""
+    one with state: NX_MODEL_TRAINING 1; `max_batch`: a dynamic-batch artifact's largest
+    batch, NX_MODEL_MAX_BATCH)."""
     lines = [f"#define NX_MODEL_NUM_INPUTS {len(inputs)}",
              f"#define NX_MODEL_NUM_OUTPUTS {len(outputs)}",
-             f"#define NX_MODEL_TRAINING {int(bool(training))}"]
+             f"#define NX_MODEL_TRAINING {int(bool(training))}",
+             f"#define NX_MODEL_MAX_BATCH {int(max_batch)}"]
     for kind, tensors in (("input", inputs), ("output", outputs)):
         for i, t in enumerate(tensors):
             name = t.name.encode("ascii", "replace").decode().replace("*/", "* /")
-            lines.append(f"/* {kind} {i}: {name} {t.dtype}{list(t.shape)}, {_nbytes(t)} "
-                         f"bytes */")
+            at = f" at batch {max_batch}" if max_batch else ""
+            lines.append(f"/* {kind} {i}: {name} {t.dtype}{_shape_text(t.shape)}, "
+                         f"{_nbytes(t, max_batch)} bytes{at} */")
     return HEADER % {"macros": "\n".join(lines)}
 
 
@@ -990,69 +1175,101 @@ ARG_KINDS = {"input": "NX_ARG_INPUT", "output": "NX_ARG_OUTPUT", "tensor": "NX_A
 def source(entry: str, inputs: list[CTensor], outputs: list[CTensor], tensors: list[CTensor],
            args: list[tuple[str, int]], out_slot: list[int], arena_bytes: int, *,
            states: list[int] | None = None, checks: list[CCheck] | None = None,
-           seed: int | None = None) -> str:
+           seed: int | None = None, max_batch: int = 0, sized: bool = False,
+           batch1: CProgram | None = None) -> str:
     """model.c: the runtime after the tables of this program.  `tensors` are read from the
     weights file by name; `args` is the entry's argument order, each (kind, index): "input"
     (model input i), "output" (model output k; `out_slot[k]` is the first output of its
     buffer), "tensor" (tensors[t]'s current values), and for a training step "state_out" (a
     buffer for state s's next value), "check" (check value c: a 0-d value `checks` read) and
     "seed" (0: a 0-d int64, `seed` + the number of successful runs).  State s is tensors
-    [states[s]]: after a run whose `checks` pass, its next value becomes its current one."""
+    [states[s]]: after a run whose `checks` pass, its next value becomes its current one.
+    A dynamic-batch artifact gives `max_batch` (its largest batch; `arena_bytes` is then the
+    arena of the largest call), `sized` (the entry takes the batch size) and `batch1`, the
+    static program of batch 1."""
     states, checks = list(states or []), list(checks or [])
     for t in inputs + outputs + tensors:
         if len(t.shape) > MAX_RANK:
             raise ValueError(f"export: tensor {t.name!r} has rank {len(t.shape)}; the C API "
                              f"takes at most {MAX_RANK}")
-    if not entry.replace("_", "a").isalnum():
-        raise ValueError(f"export: entry symbol {entry!r} is not a C identifier")
     if len(set(states)) != len(states) or any(not 0 <= t < len(tensors) for t in states):
         raise ValueError(f"export: states {states} are not distinct tensor indices "
                          f"(the program reads {len(tensors)} tensors)")
-    counts = {"input": len(inputs), "output": len(outputs), "tensor": len(tensors),
-              "state_out": len(states), "seed": 1}
-    check_values = 1 + max((i for k, i in args if k == "check"), default=-1)
-    counts["check"] = check_values
-    for kind, index in args:
-        if kind not in ARG_KINDS or not 0 <= index < counts[kind]:
-            raise ValueError(f"export: entry argument ({kind!r}, {index}) names nothing "
-                             f"the C API holds")
-    written = sorted(i for k, i in args if k == "state_out")
-    if written != list(range(len(states))):
-        raise ValueError(f"export: each state needs exactly one 'state_out' argument; the "
-                         f"entry has {written} for {len(states)} states")
-    if any(k == "seed" for k, _ in args) and seed is None:
-        raise ValueError("export: the entry takes a seed but no initial seed was given")
-    have = {i for k, i in args if k == "check"}
-    for check in checks:
-        if check.lo not in have or check.hi not in have:
-            raise ValueError(f"export: check {check} reads values the entry does not write")
+    if any(isinstance(d, Poly) for t in inputs + outputs for d in t.shape) and max_batch < 2:
+        raise ValueError("export: a tensor's shape depends on the batch, but no max_batch "
+                         "was given")
+    programs = [CProgram(entry, list(args), list(out_slot), checks, sized)]
+    if batch1 is not None:
+        programs.append(batch1)
+    for program in programs:
+        _check_program(program, inputs, outputs, tensors, states, seed)
     shapes: list[str] = []
-    tables = [_table("NX_INPUTS", inputs, shapes), _table("NX_OUTPUTS", outputs, shapes),
+    tables = [_table("NX_INPUTS", inputs, shapes, max_batch),
+              _table("NX_OUTPUTS", outputs, shapes, max_batch),
               _table("NX_TENSORS", tensors, shapes)]
-    arg_rows = "\n".join(f"    {{{ARG_KINDS[k]}, {i}}}," for k, i in args) or "    {0}"
-    slots = ", ".join(str(s) for s in out_slot) or "0"
     state_rows = ", ".join(str(t) for t in states) or "0"
-    check_rows = "\n".join(_check_row(c) for c in checks) or "    {0}"
-    generated = "\n".join([
+    check_values = max(1 + max((i for k, i in p.args if k == "check"), default=-1)
+                       for p in programs)
+    generated = [
         "", "/* ---- generated from the program ---------------------------------------------- */",
         "",
         f"#define NX_NUM_INPUTS {len(inputs)}",
         f"#define NX_NUM_OUTPUTS {len(outputs)}",
         f"#define NX_NUM_TENSORS {len(tensors)}",
-        f"#define NX_NUM_ARGS {len(args)}",
+        f"#define NX_NUM_ARGS {max(len(p.args) for p in programs)}",
         f"#define NX_NUM_STATES {len(states)}",
         f"#define NX_NUM_CHECK_VALUES {check_values}",
-        f"#define NX_NUM_CHECKS {len(checks)}",
+        f"#define NX_NUM_CHECKS {len(checks)} /* the first program's */",
+        f"#define NX_NUM_PROGRAMS {len(programs)}",
         f"#define NX_SEED UINT64_C({int(seed or 0) % (1 << 64)})",
         f"#define NX_MAX_RANK {MAX_RANK}",
+        f"#define NX_MAX_BATCH INT64_C({int(max_batch)})",
+        f"#define NX_POLY_TERMS {POLY_TERMS}",
         f"#define NX_ARENA_BYTES ((size_t){arena_bytes}u)",
-        f"#define NX_ENTRY {entry}",
         "",
-        f"extern void {entry}(void** args, void* arena, const void* pool);",
+        *[f"extern void {p.entry}(void** args, void* arena, const void* pool"
+          f"{', const int64_t* sizes' if p.sized else ''});" for p in programs],
         "", *shapes, "", *tables, "",
-        f"static const nx_arg NX_ARGS[] = {{\n{arg_rows}\n}};",
-        f"static const int NX_OUT_SLOT[] = {{{slots}}};",
         f"static const int NX_STATES[] = {{{state_rows}}}; /* state s: NX_TENSORS[NX_STATES[s]] */",
-        f"static const nx_check NX_CHECKS[] = {{\n{check_rows}\n}};",
-    ])
-    return PRELUDE + generated + "\n" + RUNTIME
+    ]
+    rows = []
+    for k, program in enumerate(programs):
+        arg_rows = "\n".join(f"    {{{ARG_KINDS[a]}, {i}}}," for a, i in program.args) \
+            or "    {0}"
+        slots = ", ".join(str(j) for j in program.out_slot) or "0"
+        check_rows = "\n".join(_check_row(c) for c in program.checks) or "    {0}"
+        generated += [f"static const nx_arg NX_ARGS_{k}[] = {{\n{arg_rows}\n}};",
+                      f"static const int NX_OUT_SLOT_{k}[] = {{{slots}}};",
+                      f"static const nx_check NX_CHECKS_{k}[] = {{\n{check_rows}\n}};"]
+        call = f"NULL, {program.entry}" if program.sized else f"{program.entry}, NULL"
+        rows.append(f"    {{{call}, NX_ARGS_{k}, {len(program.args)}, NX_OUT_SLOT_{k}, "
+                    f"NX_CHECKS_{k}, {len(program.checks)}}},")
+    generated.append("static const nx_program NX_PROGRAMS[] = {\n" + "\n".join(rows) + "\n};")
+    return PRELUDE + "\n".join(generated) + "\n" + RUNTIME
+
+
+def _check_program(program: CProgram, inputs: list[CTensor], outputs: list[CTensor],
+                   tensors: list[CTensor], states: list[int], seed: int | None) -> None:
+    """A ValueError when `program`'s entry arguments name what the C API does not hold."""
+    if not program.entry.replace("_", "a").isalnum():
+        raise ValueError(f"export: entry symbol {program.entry!r} is not a C identifier")
+    counts = {"input": len(inputs), "output": len(outputs), "tensor": len(tensors),
+              "state_out": len(states), "seed": 1,
+              "check": 1 + max((i for k, i in program.args if k == "check"), default=-1)}
+    for kind, index in program.args:
+        if kind not in ARG_KINDS or not 0 <= index < counts[kind]:
+            raise ValueError(f"export: entry argument ({kind!r}, {index}) names nothing "
+                             f"the C API holds")
+    written = sorted(i for k, i in program.args if k == "state_out")
+    if written != list(range(len(states))):
+        raise ValueError(f"export: each state needs exactly one 'state_out' argument; the "
+                         f"entry has {written} for {len(states)} states")
+    if any(k == "seed" for k, _ in program.args) and seed is None:
+        raise ValueError("export: the entry takes a seed but no initial seed was given")
+    have = {i for k, i in program.args if k == "check"}
+    for check in program.checks:
+        if check.lo not in have or check.hi not in have:
+            raise ValueError(f"export: check {check} reads values the entry does not write")
+    if len(program.out_slot) != len(outputs):
+        raise ValueError(f"export: {len(program.out_slot)} output slots for "
+                         f"{len(outputs)} outputs")

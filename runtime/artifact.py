@@ -22,6 +22,8 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 CONSTANT_PREFIX = "const:"
 """Program constants are stored in the weights file under this prefix."""
+BATCH1_PREFIX = "batch1:const:"
+"""A dynamic-batch artifact's batch-1 program stores its constants under this prefix."""
 MAX_HEADER = 100 << 20
 """The largest safetensors header this reader accepts (bytes)."""
 

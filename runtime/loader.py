@@ -6,6 +6,11 @@ target this machine has no device for, CPU code for another architecture or for 
 this one lacks), rebuilds the `Program` from the manifest and the files, and loads it with the
 target's runtime module: the CPU's `model.so` is loaded as it is (no LLVM compile), GPU
 programs are built from their sources by the device's driver.  Imports: runtime modules only.
+
+A dynamic-batch artifact (`export(..., dynamic_batch=MAX)`, manifest "dynamic_batch") holds
+two programs in its `model.so`: one whose inputs' leading dimension is the symbol `batch`
+(batches 2..MAX) and a static one for batch 1; `LoadedModel.run` picks one per call from the
+inputs' shapes.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from types import ModuleType
 import numpy as np
 
 from .artifact import (
+    BATCH1_PREFIX,
     CONSTANT_PREFIX,
     MANIFEST,
     WEIGHTS,
@@ -28,6 +34,7 @@ from .artifact import (
     verify_files,
 )
 from .program import Program, ProgramFormatError, TensorSpec, program_from_json
+from .sizes import Poly, Size, bind_sizes, size_from_json, size_value
 
 CHECK_ERRORS = {"IndexError": IndexError, "ValueError": ValueError,
                 "RuntimeError": RuntimeError, "ZeroDivisionError": ZeroDivisionError}
@@ -41,50 +48,94 @@ class LoadedModel:
     `manifest` is the artifact's manifest, `program` the program that runs.  A training
     artifact (`training`) keeps its state between runs: each successful run continues from
     the values the previous one left (`state_dict()` reads them, `steps` counts the runs).
+    A dynamic-batch artifact (`max_batch`: its largest batch size, else None) has inputs and
+    outputs whose shapes hold the symbol `batch`; `batch1` is its batch-1 program, executable
+    and bindings (`run` picks it for batch 1).
     """
 
     def __init__(self, directory: pathlib.Path, manifest: dict, program: Program,
                  executable: object, bindings: list[tuple[str, object]],
-                 buffer: type | None = None) -> None:
+                 buffer: type | None = None,
+                 batch1: tuple[Program, object, list[tuple[str, object]]] | None = None
+                 ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.program = program
         self.target = manifest["target"]
         self.executable = executable
-        self.inputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
-                       for t in manifest["inputs"]]
-        self.outputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
-                        for t in manifest["outputs"]]
+        self.inputs = _specs(manifest, "inputs")
+        self.outputs = _specs(manifest, "outputs")
         self.training = bool(manifest.get("training"))
         self.steps = 0
-        self._checks = _checks(manifest, program)
+        dynamic = manifest.get("dynamic_batch")
+        self.max_batch: int | None = dynamic["max"] if dynamic else None
         # a device runtime's Buffer class: weights and state are uploaded once and stay on
         # the device (a run uploads its inputs only); None on the CPU (host arrays)
         self._buffer = buffer
         upload = buffer.from_host if buffer is not None else (lambda a: np.array(a, copy=True))
-        self._bindings = [(kind, (ref[0], upload(ref[1])) if kind == "weight_named" else ref)
-                          for kind, ref in bindings]
         self._state = {ref[0]: upload(ref[1]) for kind, ref in bindings if kind == "state"}
+        self._main = _Runner(executable, self._uploaded(bindings, upload),
+                             _checks(manifest, program))
+        self._batch1 = None
+        if batch1 is not None:
+            program1, executable1, bindings1 = batch1
+            self._batch1 = _Runner(executable1, self._uploaded(bindings1, upload),
+                                   _checks(dynamic["batch1"], program1))
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """The model's outputs for `inputs` (one array per input, of its shape and dtype).
-        A value check that fails raises the error eager code raises (and commits nothing)."""
-        inputs = list(inputs)
+    def _uploaded(self, bindings: list[tuple[str, object]],
+                  upload: Callable) -> list[tuple[str, object]]:
+        """The bindings, fixed weights uploaded (a weight two programs read: once)."""
+        out = []
+        for kind, ref in bindings:
+            if kind == "weight_named":
+                seen = getattr(self, "_main", None)
+                shared = [r for k, r in (seen.bindings if seen else ())
+                          if k == "weight_named" and r[0] == ref[0]]
+                ref = shared[0] if shared else (ref[0], upload(ref[1]))
+            out.append((kind, ref))
+        return out
+
+    @property
+    def _bindings(self) -> list[tuple[str, object]]:
+        return self._main.bindings
+
+    def _checked_inputs(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], int | None]:
+        """The inputs as C-contiguous arrays, checked against `inputs`' specs, and the batch
+        size of a dynamic-batch artifact's call (None for fixed shapes)."""
         if len(inputs) != len(self.inputs):
             raise ValueError(f"exported model: expected {len(self.inputs)} inputs "
                              f"({', '.join(t.name for t in self.inputs)}), got {len(inputs)}")
-        arrays = []
-        for spec, x in zip(self.inputs, inputs):
-            x = np.asarray(x)
-            if x.shape != spec.shape or x.dtype != np.dtype(spec.dtype):
+        arrays = [np.asarray(x) for x in inputs]
+        for spec, x in zip(self.inputs, arrays):
+            if x.dtype != np.dtype(spec.dtype) or (x.shape != spec.shape and not spec.symbolic):
                 raise ValueError(f"exported model: input {spec.name!r} expects "
-                                 f"{spec.dtype}{list(spec.shape)}, got "
+                                 f"{spec.dtype}{_shape_text(spec.shape)}, got "
                                  f"{x.dtype}{list(x.shape)}")
-            arrays.append(np.asarray(x, order="C"))
+        batch = None
+        if self.max_batch is not None:
+            try:
+                env = bind_sizes([t.shape for t in self.inputs], [x.shape for x in arrays])
+            except ValueError as e:
+                raise ValueError(f"exported model: the inputs' shapes do not fit "
+                                 f"{', '.join(_shape_text(t.shape) for t in self.inputs)} "
+                                 f"({e})") from None
+            batch = env.get("batch")
+            if batch is None or not 1 <= batch <= self.max_batch:
+                raise ValueError(f"exported model: batch size {batch} is outside "
+                                 f"1..{self.max_batch} (the artifact was exported with "
+                                 f"dynamic_batch={self.max_batch})")
+        return [np.asarray(x, order="C") for x in arrays], batch
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs for `inputs` (one array per input, of its shape and dtype;
+        of a dynamic-batch artifact, any batch size from 1 to `max_batch`).  A value check
+        that fails raises the error eager code raises (and commits nothing)."""
+        arrays, batch = self._checked_inputs(list(inputs))
+        runner = self._batch1 if batch == 1 and self._batch1 is not None else self._main
         host = self._buffer is None
         upload = (lambda a: a) if host else self._buffer.from_host
         args = []
-        for kind, ref in self._bindings:
+        for kind, ref in runner.bindings:
             if kind == "input":
                 args.append(upload(arrays[ref]))
             elif kind == "state":
@@ -93,13 +144,14 @@ class LoadedModel:
                 args.append(upload(np.asarray(ref + self.steps, dtype=np.int64)))
             else:
                 args.append(ref[1])
-        results = list(self.executable.run(args) if host else self.executable.run_device(args))
+        executable = runner.executable
+        results = list(executable.run(args) if host else executable.run_device(args))
         read = (lambda r: r) if host else (lambda r: r.to_host())
         n = len(self.outputs)
-        checked = {j: read(results[j]) for check in self._checks for j in check.reads}
-        for check in self._checks:
+        checked = {j: read(results[j]) for check in runner.checks for j in check.reads}
+        for check in runner.checks:
             check(checked)
-        for kind, ref in self._bindings:
+        for kind, ref in runner.bindings:
             if kind == "state":  # a fresh buffer of the run's: kept as it is
                 key, _, output = ref
                 self._state[key] = results[output]
@@ -121,6 +173,29 @@ class LoadedModel:
     def __repr__(self) -> str:
         return (f"LoadedModel({str(self.directory)!r}, target={self.target!r}, "
                 f"inputs={[t.name for t in self.inputs]})")
+
+
+class _Runner:
+    """One program of a loaded artifact: its executable, bindings and value checks."""
+
+    def __init__(self, executable: object, bindings: list[tuple[str, object]],
+                 checks: list[_RangeCheck]) -> None:
+        self.executable = executable
+        self.bindings = bindings
+        self.checks = checks
+
+
+def _specs(manifest: dict, field: str) -> list[TensorSpec]:
+    """The manifest's model inputs or outputs (sizes: ints, or polynomials in the batch)."""
+    try:
+        return [TensorSpec(t["name"], tuple(size_from_json(d) for d in t["shape"]),
+                           t["dtype"]) for t in manifest[field]]
+    except (TypeError, KeyError, ValueError) as e:
+        raise ArtifactError(MANIFEST, f"field {field!r} is malformed ({e})") from None
+
+
+def _shape_text(shape: tuple[Size, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _checks(manifest: dict, program: Program) -> list[_RangeCheck]:
@@ -189,16 +264,26 @@ def load(path: str | os.PathLike,
     weights = read_safetensors(directory / WEIGHTS)
     program = _program(directory, manifest, weights)
     bindings = _bindings(manifest, program, weights)
+    dynamic = _dynamic_batch(manifest, program)
+    batch1 = None
+    if dynamic is not None:
+        program1 = _program(directory, manifest, weights, dynamic["batch1"], BATCH1_PREFIX)
+        bindings1 = _bindings(manifest, program1, weights, dynamic["batch1"]["bindings"],
+                              {dynamic["symbol"]: 1})
+        batch1 = (program1, bindings1)
     runtime = backend_module(target)
     buffer = None
     try:
         if target == "cpu":
             library = (directory / binaries["library"]).read_bytes()
-            runtime.prepare(program, None)
-            executable = runtime.Executable(program, library=library)
-            if getattr(executable, "loader", "") != "shared library":
-                raise ArtifactError(binaries["library"], "the shared library does not load "
-                                                         "here")
+            executables = []
+            for p in [program] + ([batch1[0]] if batch1 else []):
+                runtime.prepare(p, None)
+                executables.append(runtime.Executable(p, library=library))
+                if getattr(executables[-1], "loader", "") != "shared library":
+                    raise ArtifactError(binaries["library"], "the shared library does not "
+                                                             "load here")
+            executable = executables[0]
         else:
             executable = runtime.Executable(program)
             buffer = runtime.Buffer
@@ -208,7 +293,34 @@ def load(path: str | os.PathLike,
         raise ArtifactError(manifest["sources"].get("program", MANIFEST),
                             f"the {target} runtime cannot load the program: "
                             f"{type(e).__name__}: {e}") from e
-    return LoadedModel(directory, manifest, program, executable, bindings, buffer)
+    return LoadedModel(directory, manifest, program, executable, bindings, buffer,
+                       (batch1[0], executables[1], batch1[1]) if batch1 else None)
+
+
+def _dynamic_batch(manifest: dict, program: Program) -> dict | None:
+    """The manifest's "dynamic_batch" section after its structural checks (None when the
+    artifact takes fixed shapes)."""
+    dynamic = manifest.get("dynamic_batch")
+    if dynamic is None:
+        return None
+    if (type(dynamic) is not dict or dynamic.get("symbol") != "batch"
+            or type(dynamic.get("max")) is not int or dynamic["max"] < 2
+            or type(dynamic.get("batch1")) is not dict
+            or type(dynamic["batch1"].get("program")) is not dict
+            or type(dynamic["batch1"].get("bindings")) is not list
+            or type(dynamic["batch1"].get("checks", [])) is not list):
+        raise ArtifactError(MANIFEST, "field 'dynamic_batch' is malformed")
+    if manifest["target"] != "cpu":
+        raise ArtifactError(MANIFEST, "a dynamic batch needs the cpu target")
+    if tuple(program.symbols) != ("batch",):
+        raise ArtifactError(MANIFEST, f"a dynamic-batch program has the symbols "
+                                      f"{list(program.symbols)}, expected ['batch']")
+    for spec in _specs(manifest, "inputs"):
+        lead = spec.shape[0] if spec.shape else None
+        if not (isinstance(lead, Poly) and lead.terms == ((("batch",), 1),)):
+            raise ArtifactError(MANIFEST, f"input {spec.name!r}'s leading dimension is not "
+                                          f"the batch size")
+    return dynamic
 
 
 def _check_machine(manifest: dict, backend_module: Callable[[str], ModuleType]) -> None:
@@ -250,10 +362,12 @@ def _host_features() -> set[str]:
     return {name for name, on in features.items() if on}
 
 
-def _program(directory: pathlib.Path, manifest: dict,
-             weights: dict[str, np.ndarray]) -> Program:
-    """The program the manifest describes, its sources read from their files."""
-    data = dict(manifest["program"])
+def _program(directory: pathlib.Path, manifest: dict, weights: dict[str, np.ndarray],
+             section: dict | None = None, prefix: str = CONSTANT_PREFIX) -> Program:
+    """The program the manifest describes (`section["program"]`: another of its programs,
+    whose constants the weights file holds under `prefix`), its sources read from their
+    files."""
+    data = dict((section or manifest)["program"])
     sources = manifest["sources"]
     program_file = sources.get("program")
     if type(program_file) is not str:
@@ -269,20 +383,23 @@ def _program(directory: pathlib.Path, manifest: dict,
         file = kernel_files.get(kernel.get("name"))
         kernels.append(dict(kernel, source=(directory / file).read_text() if file else ""))
     data["kernels"] = kernels
-    constants = {name[len(CONSTANT_PREFIX):]: array for name, array in weights.items()
-                 if name.startswith(CONSTANT_PREFIX)}
+    constants = {name[len(prefix):]: array for name, array in weights.items()
+                 if name.startswith(prefix)}
     try:
         return program_from_json(data, constants)
     except ProgramFormatError as e:
         raise ArtifactError(MANIFEST, str(e)) from None
 
 
-def _bindings(manifest: dict, program: Program,
-              weights: dict[str, np.ndarray]) -> list[tuple[str, object]]:
+def _bindings(manifest: dict, program: Program, weights: dict[str, np.ndarray],
+              bindings: list | None = None,
+              sizes: dict[str, int] | None = None) -> list[tuple[str, object]]:
     """Per program input: ("input", k) for the model's input k, ("weight_named", (key,
     array)) for a fixed tensor of the weights file, ("state", (key, initial array, program
-    output)) for state a run updates, ("seed", initial seed)."""
-    bindings = manifest["bindings"]
+    output)) for state a run updates, ("seed", initial seed).  `bindings`: another program's
+    (default: the manifest's), whose inputs are the model's at the batch size `sizes`."""
+    bindings = manifest["bindings"] if bindings is None else bindings
+    specs = _specs(manifest, "inputs")
     if len(bindings) != len(program.inputs):
         raise ArtifactError(MANIFEST, f"{len(bindings)} bindings for "
                                       f"{len(program.inputs)} program inputs")
@@ -294,8 +411,10 @@ def _bindings(manifest: dict, program: Program,
             k = binding.get("index")
             if type(k) is not int or not 0 <= k < len(manifest["inputs"]):
                 raise ArtifactError(MANIFEST, f"binding of {spec.name!r}: bad input index")
-            want = manifest["inputs"][k]
-            if want.get("shape") != list(spec.shape) or want.get("dtype") != spec.dtype:
+            want = specs[k]
+            shape = want.shape if sizes is None else tuple(size_value(d, sizes)
+                                                           for d in want.shape)
+            if shape != tuple(spec.shape) or want.dtype != spec.dtype:
                 raise ArtifactError(MANIFEST, f"input {k} does not match program input "
                                               f"{spec.name!r}")
             out.append(("input", k))
