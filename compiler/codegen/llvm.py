@@ -217,9 +217,13 @@ class _KernelEmitter:
     def _emit(self, kernel: Kernel, params: list[str], suffix: str = "") -> _Emitted:
         plan = kernel.schedule
         if isinstance(plan, Choice):  # both variants; the entry picks one per call
+            large = self._emit(replace(kernel, schedule=plan.large), params, suffix)
+            if large.finish is None and plan.small == replace(plan.large, threaded=False):
+                # threading alone differs: one function, called directly or split
+                return replace(large, choice=(plan.size, plan.limit,
+                                              replace(large, splitter=None), large))
             small = self._emit(replace(kernel, schedule=plan.small), params,
                                f"{suffix}_upto{plan.limit}")
-            large = self._emit(replace(kernel, schedule=plan.large), params, suffix)
             return replace(large, path=f"{small.path}|{large.path}",
                            choice=(plan.size, plan.limit, small, large))
         name = f"neurenix_{re.sub(r'[^0-9A-Za-z_]', '_', kernel.name)}{suffix}"

@@ -51,7 +51,7 @@ register("permute", MOVEMENT, 1, _permute_rule,
 
 
 def _expand_rule(x: TensorType, *, shape: tuple[int, ...]) -> TensorType:
-    if len(shape) != x.ndim or any(s != d and s != 1 for s, d in zip(x.shape, shape)):
+    if len(shape) != x.ndim or any(s != 1 and s != d for s, d in zip(x.shape, shape)):
         raise OpError(f"expand: cannot broadcast {x} to shape {tuple(shape)} "
                       "(same rank, only size-1 axes grow)")
     return TensorType(tuple(shape), x.dtype)
