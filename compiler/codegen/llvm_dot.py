@@ -102,15 +102,29 @@ def _epilogue(fb, lib, kernel, buffers, m: Dot, vars, sums, m0, n0, m_size, n_si
     ftype = value_type(m.dtype)
     rows = fb.min(b.sub(fb.value(m_size), m0), m.rm)
     cols = fb.min(b.sub(_i64(n_size), n0), m.rn)
-    with fb.loop(0, rows, "ep_i") as i:
-        with fb.loop(0, cols, "ep_j") as j:
-            point = {a: v for a, v in vars.items() if a != len(kernel.domain)}
-            if m.row is not None:
-                point[m.row] = b.add(m0, i)
-            point[m.col] = b.add(n0, j)
-            slot = b.gep(sums, [b.add(b.mul(i, _i64(m.rn)), j)], inbounds=True,
-                         source_etype=ftype)
-            emit_stores(b, lib, kernel, buffers, point, b.load(slot, typ=ftype))
+
+    def stores(rows, cols) -> None:
+        with fb.loop(0, rows, "ep_i") as i:
+            with fb.loop(0, cols, "ep_j") as j:
+                point = {a: v for a, v in vars.items() if a != len(kernel.domain)}
+                if m.row is not None:
+                    point[m.row] = b.add(m0, i)
+                point[m.col] = b.add(n0, j)
+                slot = b.gep(sums, [b.add(b.mul(i, _i64(m.rn)), j)], inbounds=True,
+                             source_etype=ftype)
+                emit_stores(b, lib, kernel, buffers, point, b.load(slot, typ=ftype))
+
+    if isinstance(m_size, int):
+        stores(rows, cols)
+        return
+    # dynamic rows: a whole block stores in loops of constant trip counts (unrolled, as a
+    # static program's are), only the edge blocks in loops of counted length
+    whole = b.and_(b.icmp_signed("==", rows, _i64(m.rm)), b.icmp_signed("==", cols, _i64(m.rn)))
+    with b.if_else(whole) as (full, edge):
+        with full:
+            stores(_i64(m.rm), _i64(m.rn))
+        with edge:
+            stores(rows, cols)
 
 
 def _i64(v: int) -> ir.Constant:
