@@ -502,9 +502,9 @@ class CpuExecutable:
 
     __call__ = run
 
-    def _call(self, base: int, outputs: list[np.ndarray]) -> None:
+    def _call(self, base: int, outputs: list[np.ndarray], sizes: Any = None) -> None:
         """Point the output arguments (after `base` inputs) at `outputs` and run the entry
-        (under `_lock`, the inputs' arguments set)."""
+        (under `_lock`, the inputs' arguments set; `sizes`: a dynamic program's values)."""
         args = self._args
         for k, j in enumerate(self._out_slot):
             args[base + k] = _address(outputs[j])
@@ -512,7 +512,10 @@ class CpuExecutable:
         if entry is None:
             raise RuntimeError("CpuExecutable: run() after close(): the program's code is "
                                "unloaded")
-        entry(args, self._arena_address, self._pool)
+        if sizes is None:
+            entry(args, self._arena_address, self._pool)
+        else:
+            entry(args, self._arena_address, self._pool, sizes)
 
     def _repeated(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         """`outputs` with every repeated output filled from its first occurrence."""
@@ -641,14 +644,7 @@ class CpuExecutable:
             self._allocate_arena(needed)
         for j, name in enumerate(self._symbols):
             self._sizes[j] = env[name]
-        args = self._args
-        for k, j in enumerate(self._out_slot):
-            args[base + k] = _address(outputs[j])
-        entry = self._entry
-        if entry is None:
-            raise RuntimeError("CpuExecutable: run() after close(): the program's code is "
-                               "unloaded")
-        entry(args, self._arena_address, self._pool, self._sizes)
+        self._call(base, outputs, self._sizes)
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
         """Seconds per kernel (best of `repeat`), each kernel called alone on one thread over

@@ -342,22 +342,16 @@ class IndexAlgebra:
 
     def _idiv_rest(self, r: dict[Expr, Size], rc: Size, c: Size) -> Expr:
         rng = self._lin_range(r, rc)
-        if is_dynamic(c):
-            q = None if rng is None else floor_by_size(rng[0], c)
-            if q is not None and same_size(q, floor_by_size(rng[1], c)):
-                return size_const(q)
-            split_ = self._gcd_split(r, rc, c)
-            if split_ is not None:
-                g, big, bc, _, _ = split_
-                return self.idiv(self._build(big, bc), exact_div(c, g))
-            return Binary("idiv", self._build(r, rc), size_expr(c))
-        q = None if rng is None else exact_floor(rng[0], c)
-        if q is not None and same_size(q, exact_floor(rng[1], c)):
+        floor = floor_by_size if is_dynamic(c) else exact_floor
+        q = None if rng is None else floor(rng[0], c)
+        if q is not None and same_size(q, floor(rng[1], c)):
             return size_const(q)
         split_ = self._gcd_split(r, rc, c)
         if split_ is not None:
             g, big, bc, _, _ = split_
-            return self.idiv(self._build(big, bc), c // g)
+            return self.idiv(self._build(big, bc), exact_div(c, g))
+        if is_dynamic(c):
+            return Binary("idiv", self._build(r, rc), size_expr(c))
         if is_zero(rc) and len(r) == 1:
             (atom, k), = r.items()
             if is_one(k) and divisor(atom, "idiv") is not None:
@@ -391,26 +385,17 @@ class IndexAlgebra:
                 const(rc) if 0 <= rc and provably_lt(rc, c) else
                 Binary("mod", const(rc), size_expr(c)))
         rng = self._lin_range(r, rc)
-        if is_dynamic(c):
-            if rng is not None and self._within(rng, c):
-                return self._build(r, rc)
-            q = None if rng is None else floor_by_size(rng[0], c)
-            if q is not None and same_size(q, floor_by_size(rng[1], c)):
-                return self.sub(self._build(r, rc), size_const(c * q))
-            split_ = self._gcd_split(r, rc, c)
-            if split_ is not None:
-                g, big, bc, small, sc = split_
-                return self.add(self.mul(self.mod(self._build(big, bc), exact_div(c, g)), g),
-                                self._build(small, sc))
-            return Binary("mod", self._build(r, rc), size_expr(c))
-        q = None if rng is None else exact_floor(rng[0], c)
-        if q is not None and same_size(q, exact_floor(rng[1], c)):
+        floor = floor_by_size if is_dynamic(c) else exact_floor
+        q = None if rng is None else floor(rng[0], c)
+        if q is not None and same_size(q, floor(rng[1], c)):
             return self._build(r, rc - c * q)
         split_ = self._gcd_split(r, rc, c)
         if split_ is not None:
             g, big, bc, small, sc = split_
-            return self.add(self.mul(self.mod(self._build(big, bc), c // g), g),
+            return self.add(self.mul(self.mod(self._build(big, bc), exact_div(c, g)), g),
                             self._build(small, sc))
+        if is_dynamic(c):
+            return Binary("mod", self._build(r, rc), size_expr(c))
         if is_zero(rc) and len(r) == 1:
             (atom, k), = r.items()
             if is_one(k) and divisor(atom, "mod") is not None \
