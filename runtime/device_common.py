@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from .program import Program, TensorSpec
+from .sizes import size_value
 
 T = TypeVar("T")
 
@@ -126,7 +127,15 @@ def check_count(target: str, specs: Sequence[TensorSpec], inputs: Sequence[Any])
 
 
 def check_spec(target: str, spec: TensorSpec, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """A ValueError unless `shape` and `dtype` are the spec's."""
+    """A ValueError unless `shape` and `dtype` are the spec's (a dynamic dimension takes any
+    size here: binding the program's symbols checks it, `Program.sizes_for`)."""
+    if spec.symbolic:
+        if len(shape) != len(spec.shape) or np.dtype(dtype) != np.dtype(spec.dtype) or any(
+                isinstance(d, int) and d != s for d, s in zip(spec.shape, shape)):
+            raise ValueError(f"{target}: input {spec.name!r} expects {spec.dtype}"
+                             f"[{', '.join(str(d) for d in spec.shape)}], got "
+                             f"{np.dtype(dtype)}{list(shape)}")
+        return
     if shape != tuple(spec.shape) or np.dtype(dtype) != np.dtype(spec.dtype):
         raise ValueError(f"{target}: input {spec.name!r} expects {spec.dtype}"
                          f"{list(spec.shape)}, got {np.dtype(dtype)}{list(shape)}")
@@ -160,11 +169,17 @@ def output_sources(program: Program) -> list[str]:
     return names
 
 
-def written_buffers(program: Program) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def written_buffers(program: Program, env: Mapping[str, int] | None = None
+                    ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """The shape and dtype of every `output` buffer, which each call allocates anew: a
-    program output's, else (size,) (an output buffer the signature does not return)."""
-    shapes = {t.name: tuple(t.shape) for t in program.outputs}
-    return {b.name: (shapes.get(b.name, (b.size,)), np.dtype(b.dtype))
+    program output's, else (size,) (an output buffer the signature does not return); `env`
+    gives a program with dynamic sizes the values of its symbols."""
+    if env is None:
+        shapes = {t.name: tuple(t.shape) for t in program.outputs}
+        return {b.name: (shapes.get(b.name, (b.size,)), np.dtype(b.dtype))
+                for b in program.buffers if b.kind == "output"}
+    shapes = {t.name: t.shape_at(env) for t in program.outputs}
+    return {b.name: (shapes.get(b.name, (size_value(b.size, env),)), np.dtype(b.dtype))
             for b in program.buffers if b.kind == "output"}
 
 

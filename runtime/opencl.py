@@ -11,6 +11,13 @@ size block; an empty grid is skipped) and returns new output buffers without wai
 `Buffer.to_host` and `synchronize()` wait.  `run` reuses its own input and output buffers
 and waits once.  Device buffers hold host layouts (docs/targets/gpu-programs.md).
 
+A program with dynamic sizes (`Program.symbols`, docs/compiler/dynamic-shapes.md) binds them
+from the inputs' shapes per call (`Program.sizes`): the arena grows when a call needs more,
+the temporaries' sub-buffers, the outputs' shapes and each launch's work-groups (ints,
+polynomials or `runtime.sizes.Groups`) are evaluated once per tuple of input shapes and
+remembered, and a kernel listed in `metadata["sized_kernels"]` gets the symbols' values as
+`long` arguments after its buffers.
+
 pyopencl is imported on first use: `import neurenix` never needs it.  Provides the runtime
 protocol of `neurenix.runtime` and the device buffer of `runtime/buffer.py`.
 """
@@ -29,7 +36,8 @@ import numpy as np
 
 from . import device_common as common
 from .backend import LibraryCache
-from .program import Program
+from .program import Program, ProgramSizes
+from .sizes import Extent, bind_sizes, extent_value
 
 DEVICE = "opencl"
 STORAGE: dict[str, str] = {}  # host layouts everywhere
@@ -212,7 +220,9 @@ def _build(dev: _Device, source: str, options: str) -> Any:
 @dataclass
 class _Launch:
     """One kernel launch: the kernel object (fixed arguments set), its range, and which
-    arguments are set per call (argument index, input index or output name)."""
+    arguments are set per call (argument index, input index or output name); with dynamic
+    sizes also its work-groups (`grid`), the temporaries it takes and where the symbols'
+    values go (`sizes_at`, -1: nowhere)."""
 
     name: str
     kernel: Any
@@ -220,6 +230,25 @@ class _Launch:
     local_size: tuple[int, ...]
     inputs: list[tuple[int, int]]
     outputs: list[tuple[int, str]]
+    grid: tuple[Extent, ...] = ()
+    temps: list[tuple[int, str]] = field(default_factory=list)
+    sizes_at: int = -1
+
+
+@dataclass
+class _Layout:
+    """What one tuple of input shapes gives a program with dynamic sizes: its sizes, the
+    temporaries placed in the arena, each launch's global size (None: an empty range) and
+    the output buffers' shapes."""
+
+    sizes: ProgramSizes
+    temps: dict[str, Any]
+    global_sizes: list[tuple[int, ...] | None]
+    written: dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+LAYOUTS = 64
+"""Input shapes whose layouts an executable with dynamic sizes remembers (then starts over)."""
 
 
 class OpenCLExecutable:
@@ -243,28 +272,46 @@ class OpenCLExecutable:
                                      str(program.metadata.get("build_options", "")))
         self._constants = {name: Buffer.from_host(array)
                            for name, array in program.constants.items()}
+        self._symbols = tuple(program.symbols)
+        self._layouts: dict[tuple, _Layout] = {}
+        self._last: _Layout | None = None
         temps = [b for b in program.buffers if b.kind == "temp"]
-        arena = max([program.arena_bytes] + [b.offset + max(b.nbytes, 4) for b in temps])
-        self._arena = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, max(4, arena))
-        self._temps = self._place_temps(temps)
+        if self._symbols:  # the arena and the temporaries are sized per call (`_layout`)
+            self._arena, self._arena_bytes, self._temps = None, 0, {}
+        else:
+            arena = max([program.arena_bytes] + [b.offset + max(b.nbytes, 4) for b in temps])
+            self._arena = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, max(4, arena))
+            self._temps = self._place_temps(temps)
+        temp_names = {b.name for b in temps}
+        sized = set(program.metadata.get("sized_kernels", ())) if self._symbols else set()
         input_index = {t.name: k for k, t in enumerate(program.inputs)}
         kinds = {b.name: b.kind for b in program.buffers}
         self._launches: list[_Launch] = []
         for info in program.kernels:
-            grid, block = common.launch_shape(info.grid, info.block)
-            if 0 in grid:
-                continue
+            dynamic = not all(isinstance(g, int) for g in info.grid)
+            if dynamic:
+                grid, block = tuple(info.grid), tuple(int(b) for b in info.block)
+                if len(grid) != len(block):
+                    raise ValueError(f"launch geometry: grid {grid} and block {block} differ "
+                                     "in length")
+            else:
+                grid, block = common.launch_shape(info.grid, info.block)
+                if 0 in grid:
+                    continue
             try:
                 kernel = cl.Kernel(built, info.name)
             except cl.Error as e:
                 raise _fail(f"the program has no kernel {info.name!r}", e) from None
-            launch = _Launch(info.name, kernel, tuple(g * b for g, b in zip(grid, block)),
-                             block if info.block else None, [], [])
+            launch = _Launch(info.name, kernel, () if dynamic else tuple(
+                g * b for g, b in zip(grid, block)), block if info.block else None, [], [],
+                grid=grid, sizes_at=len(info.args) if info.name in sized else -1)
             for i, name in enumerate(info.args):
                 if name in input_index and kinds.get(name, "input") == "input":
                     launch.inputs.append((i, input_index[name]))
                 elif kinds.get(name) == "output":
                     launch.outputs.append((i, name))
+                elif self._symbols and name in temp_names:
+                    launch.temps.append((i, name))
                 elif name in self._temps:
                     kernel.set_arg(i, self._temps[name])
                 elif name in self._constants:
@@ -276,39 +323,93 @@ class OpenCLExecutable:
         self._io: tuple[list[Buffer], dict[str, Buffer]] | None = None  # what `run` reuses
         self._lock = threading.Lock()
 
-    def _place_temps(self, temps: list) -> dict[str, Any]:
+    def _place_temps(self, temps: list, sizes: ProgramSizes | None = None) -> dict[str, Any]:
         """Each temporary as a sub-buffer of the arena; where the device wants sub-buffers
         aligned more coarsely than the plan's offsets, a buffer of its own per distinct range
-        instead (temporaries sharing a range at different times, or in place, share it)."""
+        instead (temporaries sharing a range at different times, or in place, share it).
+        `sizes`: the offsets and sizes of one call of a program with dynamic sizes."""
         cl, placed, ranges = self._dev.cl, {}, {}
         for b in temps:
-            size = max(b.nbytes, 4)
-            key = (b.offset, size)
+            if sizes is None:
+                offset, size = b.offset, max(b.nbytes, 4)
+            else:
+                offset = sizes.offsets[b.name]
+                size = max(sizes.elements[b.name] * np.dtype(b.dtype).itemsize, 4)
+            key = (offset, size)
             if key not in ranges:  # one buffer per range: an in-place output is its input
-                ranges[key] = self._arena.get_sub_region(b.offset, size) \
-                    if b.offset % self._dev.base_align == 0 else \
+                ranges[key] = self._arena.get_sub_region(offset, size) \
+                    if offset % self._dev.base_align == 0 else \
                     cl.Buffer(self._dev.context, cl.mem_flags.READ_WRITE, size)
             placed[b.name] = ranges[key]
         return placed
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _layout(self, shapes: list[tuple[int, ...]],
+                known: dict[str, int] | None = None) -> _Layout:
+        """The layout of a call with inputs of these shapes (a program with dynamic sizes;
+        `known`: symbols no input binds), remembered per tuple of shapes; the arena grows
+        when the call needs more.  A ValueError when the shapes do not fit the program."""
+        key = (tuple(shapes), tuple(sorted(known.items())) if known else ())
+        hit = self._layouts.get(key)
+        if hit is not None:
+            return hit
+        program = self.program
+        try:
+            sizes = program.sizes({**(known or {}), **bind_sizes(
+                [t.shape for t in program.inputs], shapes, known)})
+        except ValueError as e:
+            raise ValueError(f"{DEVICE}: {e}") from None
+        temps = [b for b in program.buffers if b.kind == "temp"]
+        need = max([4, sizes.arena_bytes] + [
+            sizes.offsets[b.name] + max(sizes.elements[b.name] * np.dtype(b.dtype).itemsize, 4)
+            for b in temps])
+        if need > self._arena_bytes:  # earlier layouts hold sub-buffers of the old arena
+            cl = self._dev.cl
+            self._arena = cl.Buffer(self._dev.context, cl.mem_flags.READ_WRITE, need)
+            self._arena_bytes = need
+            self._layouts.clear()
+        globals_ = []
+        for launch in self._launches:
+            grid = tuple(extent_value(g, sizes.env) for g in launch.grid)
+            globals_.append(None if 0 in grid else tuple(
+                g * b for g, b in zip(grid, launch.local_size)))
+        layout = _Layout(sizes, self._place_temps(temps, sizes), globals_,
+                         common.written_buffers(program, sizes.env))
+        if len(self._layouts) >= LAYOUTS:
+            self._layouts.clear()
+        self._layouts[key] = layout
+        return layout
+
+    @property
+    def last_sizes(self) -> dict[str, int]:
+        """The dynamic sizes of the latest call (`Program.symbols` -> value; empty for a
+        program without symbols or before its first call)."""
+        return dict(self._last.sizes.env) if self._last is not None else {}
+
+    def run(self, inputs: list[np.ndarray],
+            sizes: dict[str, int] | None = None) -> list[np.ndarray]:
         """Run the program on host arrays: copied into input buffers kept for `run`, the
-        kernels enqueued, every output read back, one wait."""
+        kernels enqueued, every output read back, one wait.  `sizes`: values of dynamic sizes
+        no input's shape gives (symbol -> value)."""
         arrays = common.host_inputs(DEVICE, self.program.inputs, inputs)
         cl, queue = self._dev.cl, self._dev.queue
         with self._lock:
-            if self._io is None:
-                self._io = ([Buffer.empty(tuple(t.shape), t.dtype) for t in self.program.inputs],
+            layout = self._layout([x.shape for x in arrays], sizes) if self._symbols else None
+            shapes = layout.sizes.input_shapes if layout else [tuple(t.shape)
+                                                               for t in self.program.inputs]
+            if self._io is None or self._io[2] is not layout:
+                written = layout.written if layout else self._written
+                self._io = ([Buffer.empty(shape, t.dtype)
+                             for shape, t in zip(shapes, self.program.inputs)],
                             {name: Buffer.empty(shape, dtype)
-                             for name, (shape, dtype) in self._written.items()})
-            buffers, written = self._io
+                             for name, (shape, dtype) in written.items()}, layout)
+            buffers, written, _ = self._io
             try:
                 for buffer, x in zip(buffers, arrays):
                     if x.nbytes:
                         cl.enqueue_copy(queue, buffer.data, x, is_blocking=False)
             except cl.Error as e:
                 raise _fail("upload", e) from None
-            outputs = self._enqueue(buffers, written)
+            outputs = self._enqueue(buffers, written, layout)
             hosts = [np.empty(b.shape, b.dtype) for b in outputs]
             try:
                 for host, b in zip(hosts, outputs):
@@ -321,29 +422,50 @@ class OpenCLExecutable:
 
     __call__ = run
 
-    def run_device(self, inputs: list[Buffer]) -> list[Buffer]:
+    def run_device(self, inputs: list[Buffer],
+                   sizes: dict[str, int] | None = None) -> list[Buffer]:
         """Enqueue every kernel on `inputs` (Buffers of the program's input shapes and
-        dtypes); new output Buffers, returned before the kernels finish."""
+        dtypes); new output Buffers, returned before the kernels finish.  `sizes`: as `run`."""
         common.device_inputs(DEVICE, self.program.inputs, inputs, Buffer)
-        written = {name: Buffer.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
         with self._lock:
-            return self._enqueue(inputs, written)
+            layout = self._layout([x.shape for x in inputs], sizes) if self._symbols else None
+            shapes = layout.written if layout else self._written
+            written = {name: Buffer.empty(shape, dtype)
+                       for name, (shape, dtype) in shapes.items()}
+            return self._enqueue(inputs, written, layout)
 
-    def _enqueue(self, inputs: list[Buffer], written: dict[str, Buffer]) -> list[Buffer]:
+    def _set_args(self, launch: _Launch, inputs: list[Buffer], written: dict[str, Buffer],
+                  layout: _Layout | None) -> None:
+        """Set the arguments that change per call: inputs, outputs, and for dynamic sizes
+        the temporaries and the symbols' values."""
+        for i, k in launch.inputs:
+            launch.kernel.set_arg(i, inputs[k].data)
+        for i, name in launch.outputs:
+            launch.kernel.set_arg(i, written[name].data)
+        if layout is not None:
+            for i, name in launch.temps:
+                launch.kernel.set_arg(i, layout.temps[name])
+            if launch.sizes_at >= 0:
+                for j, value in enumerate(layout.sizes.values):
+                    launch.kernel.set_arg(launch.sizes_at + j, np.int64(value))
+
+    def _enqueue(self, inputs: list[Buffer], written: dict[str, Buffer],
+                 layout: _Layout | None = None) -> list[Buffer]:
         """Enqueue the kernels on these buffers and the outputs' copies; the output Buffers."""
         cl, queue = self._dev.cl, self._dev.queue
-        for launch in self._launches:
+        for j, launch in enumerate(self._launches):
+            size = launch.global_size if layout is None else layout.global_sizes[j]
+            if size is None:
+                continue
             try:
-                for i, k in launch.inputs:
-                    launch.kernel.set_arg(i, inputs[k].data)
-                for i, name in launch.outputs:
-                    launch.kernel.set_arg(i, written[name].data)
-                cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size,
-                                           launch.local_size)
+                self._set_args(launch, inputs, written, layout)
+                cl.enqueue_nd_range_kernel(queue, launch.kernel, size, launch.local_size)
             except cl.Error as e:
                 raise _fail(f"kernel {launch.name!r} failed to launch", e) from None
-        return [self._output(k, name, written, inputs) for k, name in enumerate(self._outputs)]
+        if layout is not None:
+            self._last = layout
+        return [self._output(k, name, written, inputs, layout)
+                for k, name in enumerate(self._outputs)]
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
         """Seconds per kernel (best of `repeat`), each enqueued alone and waited for, in
@@ -351,28 +473,28 @@ class OpenCLExecutable:
         its time in."""
         arrays = common.host_inputs(DEVICE, self.program.inputs, inputs)
         buffers = [Buffer.from_host(x) for x in arrays]
-        written = {name: Buffer.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
         cl, queue = self._dev.cl, self._dev.queue
         times = []
         with self._lock:
-            for launch in self._launches:
-                for i, k in launch.inputs:
-                    launch.kernel.set_arg(i, buffers[k].data)
-                for i, name in launch.outputs:
-                    launch.kernel.set_arg(i, written[name].data)
+            layout = self._layout([x.shape for x in arrays]) if self._symbols else None
+            written = {name: Buffer.empty(shape, dtype) for name, (shape, dtype) in
+                       (layout.written if layout else self._written).items()}
+            for j, launch in enumerate(self._launches):
+                size = launch.global_size if layout is None else layout.global_sizes[j]
+                if size is None:
+                    continue
+                self._set_args(launch, buffers, written, layout)
                 best = float("inf")
                 for _ in range(max(1, repeat)):
                     start = time.perf_counter()
-                    cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size,
-                                               launch.local_size)
+                    cl.enqueue_nd_range_kernel(queue, launch.kernel, size, launch.local_size)
                     queue.finish()
                     best = min(best, time.perf_counter() - start)
                 times.append((launch.name, best))
         return times
 
     def _output(self, k: int, name: str, written: dict[str, Buffer],
-                inputs: list[Buffer]) -> Buffer:
+                inputs: list[Buffer], layout: _Layout | None = None) -> Buffer:
         """Output `k`: the buffer the kernels wrote (the first time the name appears), else a
         device copy of it, of the input passed through, of the constant or of the temp."""
         spec = self.program.outputs[k]
@@ -380,9 +502,10 @@ class OpenCLExecutable:
         if first and name in written:
             return written[name]
         source = written.get(name)
-        source = source.data if source is not None else self._source_of(name, inputs)
-        out = Buffer.empty(tuple(spec.shape), spec.dtype)
-        nbytes = spec.nbytes
+        source = source.data if source is not None else self._source_of(name, inputs, layout)
+        shape = tuple(spec.shape) if layout is None else layout.sizes.output_shapes[k]
+        out = Buffer.empty(shape, spec.dtype)
+        nbytes = out.nbytes
         if nbytes:
             try:
                 self._dev.cl.enqueue_copy(self._dev.queue, out.data, source, byte_count=nbytes)
@@ -390,14 +513,14 @@ class OpenCLExecutable:
                 raise _fail(f"copying output {name!r}", e) from None
         return out
 
-    def _source_of(self, name: str, inputs: list[Buffer]) -> Any:
+    def _source_of(self, name: str, inputs: list[Buffer], layout: _Layout | None = None) -> Any:
         """The device memory of a non-output buffer an output names."""
         for t, x in zip(self.program.inputs, inputs):
             if t.name == name:
                 return x.data
         if name in self._constants:
             return self._constants[name].data
-        return self._temps[name]
+        return (self._temps if layout is None else layout.temps)[name]
 
 
 Executable = OpenCLExecutable  # the runtime protocol's name for the class

@@ -19,7 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from .sizes import Poly, Size, bind_sizes, size_from_json, size_value
+from .sizes import (
+    Extent,
+    Poly,
+    Size,
+    bind_sizes,
+    extent_from_json,
+    extent_to_json,
+    size_from_json,
+    size_value,
+)
 
 BUFFER_KINDS = ("input", "output", "constant", "temp")
 
@@ -91,9 +100,10 @@ class KernelInfo:
     comment: str = ""
     domain: tuple[Size, ...] = ()
     source: str = ""  # the kernel's own source, for per-kernel targets (GPU dialects)
-    grid: tuple[int, ...] = ()
+    grid: tuple[Extent, ...] = ()
     """Work-groups (CUDA: blocks) per dimension for a GPU launch; () on the CPU.  A launch
-    with a zero in `grid` does nothing (an empty kernel range)."""
+    with a zero in `grid` does nothing (an empty kernel range).  In a program with dynamic
+    sizes an entry may be a `Poly` or `runtime.sizes.Groups`, evaluated per call."""
     block: tuple[int, ...] = ()
     """Work-items (threads) per work-group, per dimension (as long as `grid`): the OpenCL
     global size is grid * block, WebGPU dispatches `grid` work-groups."""
@@ -244,7 +254,8 @@ def program_to_json(program: Program) -> tuple[dict, dict[str, np.ndarray]]:
                      "kind": b.kind, "offset": _size_json(b.offset)} for b in program.buffers],
         "kernels": [{"name": k.name, "args": list(k.args), "comment": k.comment,
                      "domain": [_size_json(d) for d in k.domain], "source": k.source,
-                     "grid": [int(d) for d in k.grid], "block": [int(d) for d in k.block]}
+                     "grid": [extent_to_json(d) for d in k.grid],
+                     "block": [int(d) for d in k.block]}
                     for k in program.kernels],
         "arena_bytes": _size_json(program.arena_bytes),
         "constants": sorted(program.constants),
@@ -375,6 +386,24 @@ def _sizes(value: object, what: str, size: _Sizes) -> tuple[Size, ...]:
     return tuple(size(d, f"{what} dimension") for d in _list(value, f"{what} shape"))
 
 
+def _grid(value: object, size: _Sizes) -> tuple[Extent, ...]:
+    """A launch's work-groups: ints, or sizes and `Groups` over the program's symbols."""
+    out: list[Extent] = []
+    for d in _list(value, "grid"):
+        if type(d) is dict and "groups" in d:
+            try:
+                groups = extent_from_json(d)
+            except ValueError as e:
+                raise ProgramFormatError(f"serialized program: grid: {e}") from None
+            for part, _ in groups.parts:
+                if not isinstance(part, int):
+                    size(part.to_json(), "grid")
+            out.append(groups)
+        else:
+            out.append(size(d, "grid dimension"))
+    return tuple(out)
+
+
 def _spec_json(t: TensorSpec) -> dict:
     return {"name": t.name, "shape": [_size_json(d) for d in t.shape], "dtype": t.dtype}
 
@@ -408,7 +437,7 @@ def _kernel_from(data: object, buffers: set[str], size: _Sizes) -> KernelInfo:
     args = _list(d["args"], "kernel args")
     _check(all(type(a) is str and a in buffers for a in args),
            f"kernel {d['name']!r} takes an unknown buffer")
-    grid, block = _shape(d["grid"], "grid"), _shape(d["block"], "block")
+    grid, block = _grid(d["grid"], size), _shape(d["block"], "block")
     _check(len(grid) == len(block) <= 3, f"kernel {d['name']!r} launch geometry")
     return KernelInfo(d["name"], tuple(args), d["comment"], _sizes(d["domain"], "domain", size),
                       d["source"], grid, block)

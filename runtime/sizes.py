@@ -121,5 +121,57 @@ def bind_sizes(declared: Sequence[Sequence[Size]], actual: Sequence[Sequence[int
     return env
 
 
+@dataclass(frozen=True)
+class Groups:
+    """min(prod(ceil(size / divisor) for size, divisor in parts), most): work-groups of a GPU
+    launch that only the call's sizes give (`most` 0: no cap).  A GPU program with dynamic
+    sizes holds these in `KernelInfo.grid`; its runtime evaluates them per call."""
+
+    parts: tuple[tuple[Size, int], ...]
+    most: int = 0
+
+    def evaluate(self, env: Mapping[str, int]) -> int:
+        total = 1
+        for size, divisor in self.parts:
+            total *= -(-size_value(size, env) // divisor)
+        return min(total, self.most) if self.most else total
+
+    def symbols(self) -> frozenset[str]:
+        return frozenset().union(*(s.symbols() for s, _ in self.parts if isinstance(s, Poly)))
+
+    def to_json(self) -> dict:
+        return {"groups": [[size_to_json(s), d] for s, d in self.parts], "most": self.most}
+
+    def __str__(self) -> str:
+        parts = " * ".join(f"ceil(({s}) / {d})" if d != 1 else f"({s})" for s, d in self.parts)
+        return f"min({parts}, {self.most})" if self.most else parts
+
+
+Extent = int | Poly | Groups
+"""A launch dimension: an int, a polynomial, or `Groups` of the symbols."""
+
+
+def extent_value(extent: Extent, env: Mapping[str, int]) -> int:
+    """A launch dimension's value for `env`."""
+    return extent if isinstance(extent, int) else extent.evaluate(env)
+
+
+def extent_from_json(data: object) -> Extent:
+    """An int, a `{"poly": ...}` or a `{"groups": [[size, divisor], ...], "most": n}` as
+    `Groups.to_json` writes it; a ValueError for anything else."""
+    if isinstance(data, dict) and set(data) == {"groups", "most"}:
+        parts, most = data["groups"], data["most"]
+        if not (isinstance(parts, list) and isinstance(most, int) and not isinstance(most, bool)
+                and most >= 0 and all(isinstance(p, list) and len(p) == 2
+                                      and type(p[1]) is int and p[1] > 0 for p in parts)):
+            raise ValueError(f"launch size: malformed groups {data!r}")
+        return Groups(tuple((size_from_json(s), d) for s, d in parts), most)
+    return size_from_json(data)
+
+
+def extent_to_json(extent: Extent) -> int | dict:
+    return extent if isinstance(extent, int) else extent.to_json()
+
+
 def _shape_text(shape: Sequence[Size]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -14,6 +14,13 @@ CUDA and HIP next: `CFamily` holds the C syntax they share).  A dialect without 
 integers gets every int64 operation as `int64_op` (WGSL emulates them), and one whose driver
 limits an invocation's loop iterations (`loop_limit`) gets long loops unrolled.
 
+Dynamic sizes (docs/compiler/dynamic-shapes.md), for a dialect that takes them (`dynamic`): a
+kernel that reads a symbol (a `Sym` leaf, an extent, a count, a launch of `Groups`) takes each
+of the program's symbols as a 64-bit scalar argument after its buffers (`Program.symbols`
+order, the kernel listed in `metadata["sized_kernels"]`); the sizes it needs are computed from
+them once at its top, and its grid-stride loops step by the work-groups launched
+(`Dialect.groups`), which the runtime computes per call from the grid's `Groups`.
+
 Expressions are DAGs: a subexpression used more than once in a scope is bound to a name once
 (as `_shared` in kernel/ir.py prints it), and an operation that reads an operand twice binds
 it first.  Index arithmetic (`Var`s and what is computed from them and constants alone) is in
@@ -31,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ...runtime.program import KernelInfo, Program
+from ...runtime.sizes import Groups, Poly, Size
 from ..kernel.ir import (
     Acc,
     Binary,
@@ -41,6 +49,7 @@ from ..kernel.ir import (
     KernelGraph,
     Load,
     RandomUniform,
+    Sym,
     Unary,
     Var,
     Where,
@@ -51,13 +60,16 @@ from ..kernel.ir import (
 from ..kernel.memory import MemoryPlan, plan_memory
 from ..kernel.ops import BINARY_OPS
 from ..schedule import schedule_kernel, target_rules
-from ..schedule.grid import GridLoop, GroupReduction, TiledContraction
+from ..schedule.grid import MAX_GROUPS, GridLoop, GroupReduction, TiledContraction
+from ..schedule.sizes import kernel_symbols
+from ..symbolic import DynamicSizeError, size_bounds
 from ..targets import Target
 from ..types import DType, bool_, float32, float64, int32, int64, uint32
 from .program_specs import (
     buffer_specs,
     constant_arrays,
     parameters,
+    program_symbols,
     storage_root,
     tensor_specs,
 )
@@ -104,6 +116,9 @@ class Dialect:
     """Lanes that run in lockstep and exchange registers through `shuffle_down` (CUDA's warp;
     32 of an AMD wavefront's 32 or 64); 0: none.  A work-group reduction ends with shuffles
     over the last `warp` partials instead of local-memory levels and barriers."""
+    dynamic = False
+    """Whether kernels may take dynamic sizes (scalar arguments, `groups`); else a program
+    with symbols raises `DynamicSizeError` (the frontend compiles static programs)."""
     tf32_guard = ""
     """The preprocessor condition under which float32 tiled contractions run on TF32 tensor
     cores (`mma_tf32`, 16 x 8 x 8 warp tiles); "" where they never do.  The kernel keeps
@@ -214,6 +229,10 @@ class Dialect:
     def barrier(self) -> str:
         raise NotImplementedError
 
+    def groups(self, dim: int, dtype: DType) -> str:
+        """The number of work-groups launched along `dim` (dynamic sizes only)."""
+        raise DynamicSizeError(f"{self.name}: kernels of dynamic sizes are not supported")
+
     def shuffle_down(self, x: str, offset: int, dtype: DType) -> str:
         """`x` of the lane `offset` above this one (`warp` lanes; int32, int64, uint32,
         float32 and float64 values)."""
@@ -235,7 +254,9 @@ class Dialect:
 
     def kernel(self, name: str, params: list[Param], block: tuple[int, ...],
                local: list[tuple[str, DType, int]], body: list[str], comment: str) -> str:
-        """The whole kernel: its signature, `local` arrays (name, dtype, length) and body."""
+        """The whole kernel: its signature, `local` arrays (name, dtype, length) and body; a
+        `dynamic` dialect also takes `sizes=[identifiers]`, int64 scalar arguments after the
+        buffers (passed only to a kernel that reads symbols)."""
         raise NotImplementedError
 
 
@@ -343,7 +364,7 @@ class _Renderer:
     `local`; the schedule is written as a comment above the kernel."""
 
     def __init__(self, kernel: Kernel, dialect: Dialect, params: list[Param],
-                 storage: dict[str, str]) -> None:
+                 storage: dict[str, str], symbols: dict[str, str] | None = None) -> None:
         self.k = kernel
         self.d = dialect
         self.params = {p.name: p for p in params}
@@ -352,7 +373,12 @@ class _Renderer:
         self.param_list = params
         self.lines: list[str] = []
         self.depth = 1
-        self.taken = {p.name for p in params} | {p.ident for p in params} | {kernel.name}
+        self.symbols = symbols or {}
+        """Each symbol's scalar argument (a kernel of dynamic sizes; else empty)."""
+        self.taken = {p.name for p in params} | {p.ident for p in params} | {kernel.name} \
+            | set(self.symbols.values())
+        self.prelude: list[str] = []
+        self.sizes: dict[tuple, str] = {}
         self.idx = int32 if kernel.index_bits == 32 or not dialect.int64 else int64
         self.memo: dict[int, str] = {}
         self.bound: dict[tuple[str, DType], str] = {}
@@ -450,6 +476,8 @@ class _Renderer:
     def _type(self, e: Expr) -> DType:
         if isinstance(e, Var):
             return self.idx
+        if isinstance(e, Sym):
+            return int64
         if isinstance(e, Acc):
             return self.acc_type
         if isinstance(e, (Const, Load, Cast, RandomUniform)):
@@ -504,6 +532,8 @@ class _Renderer:
     def _render(self, e: Expr) -> str:
         if isinstance(e, Var):
             return self.vars[e.axis]
+        if isinstance(e, Sym):
+            return self.symbol(e.name)
         if isinstance(e, Const):
             return self.literal(e.value, e.dtype)
         if isinstance(e, Acc):
@@ -538,7 +568,8 @@ class _Renderer:
         if e.mask is None:
             return self.read(e.buffer, index)
         other = self.literal(e.other, e.dtype)
-        if self.k_size(e.buffer) == 0:
+        size = self.k_size(e.buffer)
+        if isinstance(size, int) and size == 0:
             return other
         mask = self.value(e.mask)
         name = self.var(e.dtype, other, "ld")
@@ -546,8 +577,83 @@ class _Renderer:
             self.emit(f"{name} = {self.read(e.buffer, index)};")
         return name
 
-    def k_size(self, name: str) -> int:
+    def k_size(self, name: str) -> Size:
         return next(b.size for b in self.k.buffers() if b.name == name)
+
+    # ---- dynamic sizes ------------------------------------------------------------------
+
+    def symbol(self, name: str) -> str:
+        """The scalar argument holding symbol `name` (an int64)."""
+        if name not in self.symbols:
+            raise GridCodegenError(f"{self.d.name}: {self.k.name}: reads the size {name}, "
+                                   "which the kernel does not take")
+        return self.symbols[name]
+
+    def size(self, size: Size | Groups, t: DType) -> str:
+        """A size (an extent, a count) as a `t` value: a literal, or a name computed once from
+        the symbols at the kernel's top (`Groups`: the product of its ceiling divisions,
+        capped)."""
+        if isinstance(size, int):
+            return self.literal(size, t)
+        key = (size, t)
+        if key not in self.sizes:
+            text = self.size_text(size)
+            if t == int64 and _ATOM.fullmatch(text):
+                return text
+            if t != int64:
+                text = self.d.convert(text, int64, t)
+            name = self.sizes[key] = self.fresh("n")
+            self.prelude.append("  " + self.d.declare(name, t, text))
+        return self.sizes[key]
+
+    def size_text(self, size: Size | Groups) -> str:
+        """int64 text of a size of the symbols (sizes never overflow: plain arithmetic)."""
+        lit = lambda v: self.literal(v, int64)  # noqa: E731
+        if isinstance(size, int):
+            return lit(size)
+        if isinstance(size, Groups):
+            parts = []
+            for part, divisor in size.parts:
+                text = self.size_text(part)
+                parts.append(text if divisor == 1 else
+                             f"(({text} + {lit(divisor - 1)}) / {lit(divisor)})")
+            text = parts[0] if len(parts) == 1 else f"({' * '.join(parts)})"
+            if size.most:
+                text = self.d.select(f"({text} < {lit(size.most)})", text, lit(size.most))
+            return text
+        terms = []
+        for monomial, coefficient in size.terms:
+            factors = ([] if coefficient == 1 and monomial else [lit(coefficient)]) + \
+                [self.symbol(name) for name in monomial]
+            terms.append(factors[0] if len(factors) == 1 else f"({' * '.join(factors)})")
+        return terms[0] if len(terms) == 1 else f"({' + '.join(terms)})"
+
+    def upper(self, size: Size | Groups) -> float:
+        """The largest value of a size over the symbols' ranges (inf: unbounded)."""
+        if isinstance(size, int):
+            return size
+        if isinstance(size, Groups):
+            return size.most or math.prod(self.upper(p) for p, _ in size.parts)
+        try:
+            return size_bounds(size)[1]
+        except DynamicSizeError:
+            return math.inf
+
+    def flat_type(self, top: float) -> DType:
+        """The index dtype for values up to `top`: the kernel's, else int64 (dynamic)."""
+        if top < 2 ** 31:
+            return self.idx
+        if not self.d.int64:
+            raise DynamicSizeError(f"{self.d.name}: {self.k.name}: dynamic sizes may exceed "
+                                   "32-bit indices")
+        return int64
+
+    def launched(self, plan, t: DType) -> str:
+        """Work-groups of `plan`'s launch as a `t` value: a literal, or the dialect's count
+        of launched work-groups where the runtime computes them per call."""
+        if all(isinstance(g, int) for g in plan.grid):
+            return self.literal(math.prod(plan.grid), t)
+        return self.bind(self.d.groups(0, t), t, "groups")
 
     def cast(self, x: str, src: DType, dst: DType) -> str:
         """`Cast` semantics (compiler/ops/elementwise.py `convert`)."""
@@ -802,11 +908,11 @@ class _Renderer:
             if axis == 0:
                 value = rest
             else:
-                value = f"({rest} % {self.literal(sizes[axis], self.idx)})"
+                value = f"({rest} % {self.size(sizes[axis], self.idx)})"
             self.emit(self.d.declare(name, self.idx, value))
             self.vars[first + axis] = name
             if axis:
-                rest = self.bind(f"({rest} / {self.literal(sizes[axis], self.idx)})",
+                rest = self.bind(f"({rest} / {self.size(sizes[axis], self.idx)})",
                                  self.idx, "p")
 
     def copies(self, steps: int) -> int:
@@ -814,7 +920,12 @@ class _Renderer:
         `loop_limit`, a loop of `LONG` steps or more keeps to a quarter of the limit (at least
         `UNROLL`, at most `MAX_UNROLL` copies)."""
         limit = self.d.loop_limit
-        if not limit or steps < LONG:
+        if not limit:
+            return 1
+        if not isinstance(steps, int):
+            raise DynamicSizeError(f"{self.d.name}: {self.k.name}: loops of dynamic length "
+                                   "under a loop limit need static sizes")
+        if steps < LONG:
             return 1
         return min(MAX_UNROLL, max(UNROLL, -(-4 * steps // limit)))
 
@@ -824,6 +935,8 @@ class _Renderer:
         stepping past `stop` could pass INT_MAX (the body still sees a `t` value: every
         value it sees is below `stop`)."""
         d = self.d
+        if not (isinstance(stop, int) and isinstance(step, int)):
+            return self.strided_dynamic(base, t, start, stop, step, body)
         copies = self.copies(-(-stop // step))
         w = t
         if t != int64 and stop + step * copies >= 2 ** 31:
@@ -843,6 +956,24 @@ class _Renderer:
                 at = self.bind(f"({var} + {self.literal(step * j, w)})", w, base)
                 with self.block(f"if ({at} < {self.literal(stop, w)}) {{"):
                     body(self.narrowed(at, w, t, base))
+
+    def strided_dynamic(self, base: str, t: DType, start: str, stop: Size, step: int | str,
+                        body) -> None:
+        """`strided` where `stop` is a dynamic size or `step` the launched work-items (int64
+        text, at most `MAX_GROUPS` work-groups of the kernel's block): one copy per
+        iteration, 64-bit where the sizes' ranges may pass INT_MAX."""
+        d = self.d
+        if d.loop_limit:
+            raise DynamicSizeError(f"{d.name}: {self.k.name}: loops of dynamic length under "
+                                   "a loop limit need static sizes")
+        most = step if isinstance(step, int) else MAX_GROUPS * math.prod(self.k.schedule.block)
+        w = t if t == int64 else self.flat_type(self.upper(stop) + most)
+        stride = self.literal(step, w) if isinstance(step, int) else \
+            step if w == int64 else self.bind(d.convert(step, int64, w), w, "st")
+        var = self.fresh(base)
+        with self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
+                               self.size(stop, w), stride)):
+            body(self.narrowed(var, w, t, base))
 
     def narrowed(self, var: str, w: DType, t: DType, base: str) -> str:
         """`var` (of dtype `w`) as a `t` value."""
@@ -883,7 +1014,7 @@ class _Renderer:
             name = self.fresh(f"i{nd + j}", exact=True)
             self.vars[nd + j] = name
             self.emit(self.d.loop(name, self.idx, self.literal(0, self.idx),
-                                  self.literal(n, self.idx), self.literal(1, self.idx)))
+                                  self.size(n, self.idx), self.literal(1, self.idx)))
             self.depth += 1
         step_body()
         self.memo, self.bound = saved
@@ -914,6 +1045,8 @@ class _Renderer:
         """The basic mapping: a work-item per point, grid-stride (module docstring)."""
         d = self.d
         count = plan.count
+        if not (isinstance(count, int) and all(isinstance(g, int) for g in plan.grid)):
+            return self.grid_loop_dynamic(plan)
         threads = math.prod(plan.grid) * plan.block[0]
         reach = threads * self.copies(-(-count // threads))  # past the end, at most
         flat = self.idx if count + reach < 2 ** 31 else int64
@@ -929,6 +1062,23 @@ class _Renderer:
             self.stores(acc)
         gid = self.bind(gid, flat, "g")
         self.strided("p", flat, gid, count, threads, point)
+
+    def grid_loop_dynamic(self, plan: GridLoop) -> None:
+        """`grid_loop` for a dynamic count: work-items step by those launched."""
+        d, block = self.d, plan.block[0]
+        static = all(isinstance(g, int) for g in plan.grid)
+        most = (math.prod(plan.grid) if static else MAX_GROUPS) * block
+        flat = self.flat_type(self.upper(plan.count) + most)
+        gid = f"(({self.linear_group(plan, flat)}) * {self.literal(block, flat)} + " \
+              f"{d.thread('local', 0, flat)})"
+        step: int | str = most if static else \
+            f"({self.launched(plan, int64)} * {self.literal(block, int64)})"
+
+        def point(p: str) -> None:
+            self.point_vars(p, flat, tuple(self.k.domain), 0)
+            acc = self.reduce_loops("0", 1) if self.k.reduce_value is not None else None
+            self.stores(acc)
+        self.strided("p", flat, self.bind(gid, flat, "g"), plan.count, step, point)
 
     def linear_group(self, plan, t: DType) -> str:
         d = self.d
@@ -951,11 +1101,14 @@ class _Renderer:
             idxs = self.fresh("part_index")
             self.local.append((idxs, self.idx, block))
         lid = self.bind(d.thread("local", 0, self.idx), self.idx, "lid")
-        groups = math.prod(plan.grid)
+        if not isinstance(plan.count, int) and self.upper(plan.count) + MAX_GROUPS >= 2 ** 31 \
+                and self.idx != int64:
+            raise DynamicSizeError(f"{d.name}: {k.name}: dynamic sizes may exceed 32-bit "
+                                   "indices")
         p = self.fresh("p")
         with self.block(d.loop(p, self.idx, self.linear_group(plan, self.idx),
-                               self.literal(plan.count, self.idx),
-                               self.literal(groups, self.idx))):
+                               self.size(plan.count, self.idx),
+                               self.launched(plan, self.idx))):
             self.point_vars(p, self.idx, tuple(k.domain), 0)
             acc = self.reduce_loops(lid, block)
             self.emit(f"{d.local_access(vals, lid)} = {acc.value};")
@@ -1043,15 +1196,24 @@ class _Renderer:
         ty = self.bind(f"({lid} / {lit(side)})", idx, "ty")
         bx = self.bind(f"({lid} % {lit(cols)})", idx, "bx") if cm > 1 else tx
         by = self.bind(f"({lid} / {lit(cols)})", idx, "by") if cm > 1 else ty
-        row_tiles, col_tiles = -(-m_size // rows), -(-n_size // cols)
+        if isinstance(plan.count, int):
+            row_tiles, col_tiles = lit(-(-m_size // rows)), lit(-(-n_size // cols))
+        else:
+            if idx != int64 and self.upper(plan.count) + MAX_GROUPS >= 2 ** 31:
+                raise DynamicSizeError(f"{d.name}: {k.name}: dynamic sizes may exceed 32-bit "
+                                       "indices")
+            row_tiles, col_tiles = (
+                lit(-(-size // side)) if isinstance(size, int) else
+                self.size(Groups(((size, side),)), idx)
+                for size, side in ((m_size, rows), (n_size, cols)))
         p = self.fresh("p")
-        with self.block(d.loop(p, idx, self.linear_group(plan, idx), lit(plan.count),
-                               lit(math.prod(plan.grid)))):
-            tn = self.bind(f"({p} % {lit(col_tiles)})", idx, "tn")
-            rest = self.bind(f"({p} / {lit(col_tiles)})", idx, "p")
-            tm = self.bind(f"({rest} % {lit(row_tiles)})", idx, "tm")
+        with self.block(d.loop(p, idx, self.linear_group(plan, idx), self.size(plan.count, idx),
+                               self.launched(plan, idx))):
+            tn = self.bind(f"({p} % {col_tiles})", idx, "tn")
+            rest = self.bind(f"({p} / {col_tiles})", idx, "p")
+            tm = self.bind(f"({rest} % {row_tiles})", idx, "tm")
             if plan.batch:
-                self.point_vars(f"({rest} / {lit(row_tiles)})", idx,
+                self.point_vars(f"({rest} / {row_tiles})", idx,
                                 tuple(k.domain[:plan.row]), 0)
             m0 = self.bind(f"({tm} * {lit(rows)} + {ty})", idx, "m")
             n0 = self.bind(f"({tn} * {lit(cols)} + {tx})", idx, "n")
@@ -1063,7 +1225,7 @@ class _Renderer:
 
             def k_loop(compute) -> None:
                 k0 = self.fresh("k")
-                with self.block(d.loop(k0, idx, lit(0), lit(k_size), lit(side))):
+                with self.block(d.loop(k0, idx, lit(0), self.size(k_size, idx), lit(side))):
                     for j in range(rm):  # element lid + block * j: row ty + side * j, k tx
                         self.stage(a, tiles_a, plus(lid, block * j), ms[j], plan.row, m_size,
                                    f"({k0} + {tx})", kax)
@@ -1106,8 +1268,8 @@ class _Renderer:
                 self.emit("#endif")
             for i in range(rm):
                 for j in range(cm):
-                    with self.block(f"if (({outs[0][i]} < {lit(m_size)}) && "
-                                    f"({outs[1][j]} < {lit(n_size)})) {{"):
+                    with self.block(f"if (({outs[0][i]} < {self.size(m_size, idx)}) && "
+                                    f"({outs[1][j]} < {self.size(n_size, idx)})) {{"):
                         self.vars[plan.row], self.vars[plan.col] = outs[0][i], outs[1][j]
                         self.stores(_Acc(accs[i][j], None, t))
 
@@ -1165,7 +1327,7 @@ class _Renderer:
                     acc = [accs[2 * fm + h][2 * fn + e] for h in range(2) for e in range(2)]
                     self.emit(d.mma_tf32(acc, a[fm], b[fn]))
 
-    def stage(self, factor: Expr, tiles: str, at: str, outer: str, axis: int, limit: int,
+    def stage(self, factor: Expr, tiles: str, at: str, outer: str, axis: int, limit: Size,
               step: str, kax: int) -> None:
         """Element `at` of local tile `tiles`: `factor` at `axis` = `outer` and k = `step`,
         0 past the edges (`limit`, the k extent) so partial tiles add nothing."""
@@ -1173,8 +1335,8 @@ class _Renderer:
         t = dtype_of(self.k.reduce_value)
         step = self.bind(step, idx, "kk")
         staged = self.var(t, self.literal(0, t), "v")
-        with self.block(f"if (({outer} < {self.literal(limit, idx)}) && "
-                        f"({step} < {self.literal(self.k.reduce[0], idx)})) {{"):
+        with self.block(f"if (({outer} < {self.size(limit, idx)}) && "
+                        f"({step} < {self.size(self.k.reduce[0], idx)})) {{"):
             self.vars[axis] = outer
             self.vars[kax] = step
             self.count_uses([factor])
@@ -1188,14 +1350,18 @@ class _Renderer:
         elif isinstance(plan, GroupReduction):
             self.group_reduction(plan)
         elif isinstance(plan, GridLoop):
-            if plan.count:
+            if not isinstance(plan.count, int) or plan.count:
                 self.grid_loop(plan)
         else:
             raise GridCodegenError(f"{self.d.name}: kernel {self.k.name}: no renderer for "
                                    f"schedule {type(plan).__name__} (GRID_RULES schedule GPU "
                                    "kernels)")
+        if not self.symbols:
+            return self.d.kernel(self.k.name, self.param_list, plan.block, self.local,
+                                 self.lines, f"schedule: {plan}")
         return self.d.kernel(self.k.name, self.param_list, plan.block, self.local,
-                             self.lines, f"schedule: {plan}")
+                             self.prelude + self.lines, f"schedule: {plan}",
+                             sizes=list(self.symbols.values()))
 
 
 _SHUFFLED = (int32, int64, uint32, float32, float64)
@@ -1226,7 +1392,9 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
         k, caps, rules)) for k in kernels.kernels]
     outputs, temps = set(kernels.outputs), set(kernels.temporaries())
     shared = outputs | temps
-    infos, sources, names = [], [], set()
+    symbols = program_symbols(kernels)
+    idents = _symbol_arguments(kernels, symbols, dialect)
+    infos, sources, names, sized = [], [], set(), []
     for kernel in scheduled:
         dialect.check(kernel, kernels)
         name = base = re.sub(r"\W", "_", kernel.name)
@@ -1245,7 +1413,11 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
             raise GridCodegenError(
                 f"{dialect.name}: kernel {name} binds {len(params)} buffers, more than the "
                 f"limit of {caps.max_kernel_buffers} buffers per kernel (max_kernel_buffers)")
-        renderer = _Renderer(kernel, dialect, params, storage)
+        dynamic = bool(kernel_symbols(kernel)) or not all(
+            isinstance(g, int) for g in kernel.schedule.grid)
+        if dynamic:
+            sized.append(name)
+        renderer = _Renderer(kernel, dialect, params, storage, idents if dynamic else None)
         source = renderer.source()
         local = sum(count * dtype.itemsize for _, dtype, count in renderer.local)
         if local > caps.local_memory_bytes:
@@ -1257,7 +1429,7 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
         grid = (0,) * len(plan_.grid) if 0 in plan_.grid else plan_.grid
         infos.append(KernelInfo(name, tuple(p.name for p in params), kernel.comment,
                                 tuple(kernel.domain), source, grid, plan_.block))
-    return Program(
+    program = Program(
         target=target.device, entry="kernels", source=dialect.unit(sources, scheduled),
         inputs=tensor_specs(kernels, kernels.inputs),
         outputs=tensor_specs(kernels, kernels.outputs), buffers=buffer_specs(kernels, plan),
@@ -1267,3 +1439,29 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
         metadata={"schedules": {i.name: str(k.schedule) for i, k in zip(infos, scheduled)},
                   **dialect.metadata(kernels, scheduled)},
     )
+    if symbols:
+        program.symbols = symbols
+        program.metadata["sized_kernels"] = sized
+    return program
+
+
+def _symbol_arguments(kernels: KernelGraph, symbols: tuple[str, ...],
+                      dialect: Dialect) -> dict[str, str]:
+    """Each symbol's scalar argument name; `DynamicSizeError` where the dialect takes no
+    dynamic sizes, or where a symbol is no input dimension of its own (the runtime binds the
+    symbols from the inputs' shapes alone)."""
+    if not symbols:
+        return {}
+    if not dialect.dynamic:
+        raise DynamicSizeError(f"{dialect.name}: dynamic sizes are not supported (programs "
+                               "of static sizes only)")
+    lone = {d.terms[0][0][0] for n in kernels.inputs for d in kernels.shapes[n]
+            if isinstance(d, Poly) and len(d.terms) == 1 and d.terms[0][1] == 1
+            and len(d.terms[0][0]) == 1}
+    unbound = [s for s in symbols if s not in lone]
+    if unbound:
+        raise DynamicSizeError(f"{dialect.name}: the size {unbound[0]} is no input's "
+                               "dimension (a device program binds its sizes from its inputs)")
+    names = set(kernels.buffers)
+    return {s: s if s.isidentifier() and s not in RESERVED and s not in names
+            and not s.startswith("b") else f"size{i}" for i, s in enumerate(symbols)}

@@ -95,6 +95,7 @@ from .program_specs import (
     buffer_specs,
     constant_arrays,
     parameters,
+    program_symbols,
     storage_root,
     tensor_specs,
 )
@@ -350,20 +351,6 @@ def _renamed(e, f, memo: dict | None = None):
 def _process_triple() -> str:
     import llvmlite.binding as llvm
     return llvm.get_process_triple()
-
-
-def program_symbols(kernels: KernelGraph) -> tuple[str, ...]:
-    """The symbols of a shape-polymorphic kernel graph, sorted: the order in which the entry
-    takes their values (`Program.symbols`); () for a static graph."""
-    names: set[str] = set()
-    sizes = [d for shape in kernels.shapes.values() for d in shape]
-    sizes += [b.size for b in kernels.buffers.values()]
-    for size in sizes:
-        if isinstance(size, Poly):
-            names |= size.symbols()
-    for kernel in kernels.kernels:
-        names |= kernel_symbols(kernel)
-    return tuple(sorted(names))
 
 
 def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,

@@ -6,8 +6,14 @@ One translation unit holds every kernel (`Program.source`), built once per progr
 targets compute them); float64 enables `cl_khr_fp64`.  Buffers are `__global` pointers in
 the host's layouts, bools one byte (`uchar`); wrapping signed arithmetic goes through the
 unsigned types (`as_uint`), since C leaves signed overflow undefined.
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md): a kernel that reads symbols takes each as a
+`const long` argument after its buffers (`Program.symbols` order) and steps its grid-stride
+loops by `get_num_groups(0)`; the runtime sets them and computes the launch per call.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ...runtime.program import Program
 from ..kernel.ir import Kernel, KernelGraph
@@ -18,6 +24,8 @@ from ..types import DType, bool_, float64
 from .cstyle import CFamily, GridCodegenError, Param, generate_program
 
 BUILD_OPTIONS = "-cl-fp32-correctly-rounded-divide-sqrt"
+DYNAMIC_SHAPES = True
+"""Whether OpenCL programs may have dynamic sizes (`Capabilities.dynamic_shapes`)."""
 NATIVE_OPS = OP_NAMES - {"sigmoid"}
 """Everything but sigmoid (decomposed into exp and a division) and the random-number
 generator (decomposed into its integer hash)."""
@@ -27,6 +35,7 @@ class OpenCL(CFamily):
     """OpenCL C 1.2 (`float64`: whether the device has cl_khr_fp64)."""
 
     name = "opencl"
+    dynamic = True
 
     def __init__(self, float64: bool = True) -> None:
         self.float64 = float64
@@ -60,10 +69,14 @@ class OpenCL(CFamily):
     def barrier(self) -> str:
         return "barrier(CLK_LOCAL_MEM_FENCE);"
 
+    def groups(self, dim: int, dtype: DType) -> str:
+        return f"(({self.type(dtype)})get_num_groups({dim}))"
+
     def kernel(self, name: str, params: list[Param], block: tuple[int, ...],
-               local: list[tuple[str, DType, int]], body: list[str], comment: str) -> str:
-        args = ", ".join(f"__global {'' if p.writable else 'const '}{self.storage(p.dtype)}* "
-                         f"{p.ident}" for p in params)
+               local: list[tuple[str, DType, int]], body: list[str], comment: str,
+               sizes: Sequence[str] = ()) -> str:
+        args = ", ".join([f"__global {'' if p.writable else 'const '}{self.storage(p.dtype)}* "
+                          f"{p.ident}" for p in params] + [f"const long {s}" for s in sizes])
         size = ", ".join(str(b) for b in (tuple(block) + (1, 1, 1))[:3])
         lines = [f"// {comment}",
                  f"__kernel __attribute__((reqd_work_group_size({size}))) void {name}({args}) {{"]
@@ -106,7 +119,7 @@ def capabilities() -> Capabilities:
     return Capabilities(threads="grid", index_bits=(32, 64), preferred_index_bits=32,
                         alignment=align, float64=fp64, int64=True, bool_bytes=1,
                         local_memory_bytes=local, max_workgroup_size=workgroup,
-                        native_ops=NATIVE_OPS)
+                        native_ops=NATIVE_OPS, dynamic_shapes=DYNAMIC_SHAPES)
 
 
 def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,

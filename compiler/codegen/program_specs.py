@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...runtime.program import BufferSpec, TensorSpec
+from ...runtime.sizes import Poly
 from ..kernel.ir import Kernel, KernelGraph
 from ..kernel.memory import MemoryPlan
+from ..schedule.sizes import kernel_symbols
 
 
 def tensor_specs(kernels: KernelGraph, names: list[str]) -> list[TensorSpec]:
@@ -53,3 +55,17 @@ def parameters(kernel: Kernel, plan: MemoryPlan) -> list[str]:
         if root not in params:
             params.append(root)
     return params
+
+
+def program_symbols(kernels: KernelGraph) -> tuple[str, ...]:
+    """The symbols of a shape-polymorphic kernel graph, sorted (`Program.symbols`: the order
+    a program takes their values in); () for a static graph."""
+    names: set[str] = set()
+    sizes = [d for shape in kernels.shapes.values() for d in shape]
+    sizes += [b.size for b in kernels.buffers.values()]
+    for size in sizes:
+        if isinstance(size, Poly):
+            names |= size.symbols()
+    for kernel in kernels.kernels:
+        names |= kernel_symbols(kernel)
+    return tuple(sorted(names))

@@ -21,15 +21,26 @@ onto them:
   rows), where one work-item per point would leave the device idle.
 
 `GRID_RULES` tries them in order; the basic mapping ends the list.
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md): a rule decides from the sizes' hints
+(`schedule.sizes.hint`), never by comparing them, and keeps what the launch needs symbolic: a
+count may be a polynomial and a grid dimension `runtime.sizes.Groups` (ceil(points / block),
+capped at `MAX_GROUPS`), which the runtime evaluates per call; the kernel's grid-stride loops
+step by the launched work-groups, so every size in the symbols' ranges is covered.  A grid that
+would need a second dimension (a target with `max_grid`) cannot be symbolic:
+`DynamicSizeError`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from ...runtime.sizes import Groups, Size
 from ..kernel.ir import Binary, Kernel, dtype_of
+from ..symbolic import DynamicSizeError
 from ..targets import Capabilities
 from .contraction import axes_read
+from .sizes import hint, hints, is_static
 from .types import Schedule
 
 BLOCK = 256
@@ -51,7 +62,7 @@ blocking where the output has a full tile of them, 1 (an output per work-item) b
 class GridSchedule(Schedule):
     """A launch: `grid` work-groups per dimension of `block` work-items each."""
 
-    grid: tuple[int, ...]
+    grid: tuple[int | Groups, ...]
     block: tuple[int, ...]
 
     def _launch(self) -> str:
@@ -139,6 +150,24 @@ def launch(groups: int, block: int, max_grid: int) -> tuple[tuple[int, ...], tup
     return (x, min(-(-groups // x), max_grid)), (block, 1)
 
 
+def dynamic_launch(parts: list[tuple[Size, int]], block: int, max_grid: int
+                   ) -> tuple[tuple[int | Groups, ...], tuple[int, ...]]:
+    """`launch` for prod(ceil(size / divisor)) work-groups of dynamic sizes: a 1-D grid of
+    `Groups` capped at `MAX_GROUPS` (the grid-stride loops do the rest); `DynamicSizeError`
+    where the target limits a grid dimension (a 2-D grid needs the static count)."""
+    if max_grid and max_grid < MAX_GROUPS:
+        raise DynamicSizeError(f"a grid of dynamic size on a target with at most {max_grid} "
+                               "work-groups per dimension needs static sizes")
+    return (groups(parts, MAX_GROUPS),), (block,)
+
+
+def groups(parts: list[tuple[Size, int]], most: int = 0) -> Groups:
+    """`Groups` of these parts, the static ones folded into one factor."""
+    static = math.prod(-(-size // d) for size, d in parts if is_static(size))
+    dynamic = tuple((size, d) for size, d in parts if not is_static(size))
+    return Groups(dynamic + (((static, 1),) if static != 1 else ()), most)
+
+
 def _block(caps: Capabilities, want: int) -> int:
     limit = caps.max_workgroup_size or BLOCK
     return 1 << (min(want, limit).bit_length() - 1)
@@ -149,8 +178,8 @@ def serial_rule(kernel: Kernel, caps: Capabilities) -> GridLoop | None:
     if kernel.parallel and not any(s.accumulate for s in kernel.stores):
         return None
     count = math.prod(kernel.domain)
-    return GridLoop(count=count, threaded=False, grid=(1 if count else 0,), block=(1,),
-                    serial=True)
+    grid = 1 if not is_static(count) or count else 0
+    return GridLoop(count=count, threaded=False, grid=(grid,), block=(1,), serial=True)
 
 
 def tiled_contraction_rule(kernel: Kernel, caps: Capabilities) -> TiledContraction | None:
@@ -165,17 +194,23 @@ def tiled_contraction_rule(kernel: Kernel, caps: Capabilities) -> TiledContracti
     row, col = nd - 2, nd - 1
     m, n, k = kernel.domain[row], kernel.domain[col], kernel.reduce[0]
     tile = TILE
-    if min(m, n, k) < tile or (caps.max_workgroup_size or BLOCK) < tile * tile:
+    if min(hints((m, n, k))) < tile or (caps.max_workgroup_size or BLOCK) < tile * tile:
         return None
-    micro = _micro(m, n, tile, dtype_of(value).itemsize, caps.local_memory_bytes)
+    micro = _micro(hint(m), hint(n), tile, dtype_of(value).itemsize, caps.local_memory_bytes)
     if micro is None:
         return None
     for operand, (a, b) in enumerate(((value.a, value.b), (value.b, value.a))):
         if col not in axes_read(a) and row not in axes_read(b):
             batch = tuple(range(nd - 2))
-            tiles = (math.prod(kernel.domain[:row]) * -(-m // (tile * micro[0]))
-                     * -(-n // (tile * micro[1])))
-            grid, block = launch(tiles, tile * tile, caps.max_grid)
+            outer = math.prod(kernel.domain[:row])
+            rows, cols = tile * micro[0], tile * micro[1]
+            if all(is_static(x) for x in (outer, m, n)):
+                tiles = outer * -(-m // rows) * -(-n // cols)
+                grid, block = launch(tiles, tile * tile, caps.max_grid)
+            else:
+                parts = [(outer, 1), (m, rows), (n, cols)]
+                tiles = groups(parts)
+                grid, block = dynamic_launch(parts, tile * tile, caps.max_grid)
             return TiledContraction(count=tiles, threaded=True, grid=grid, block=block,
                                     a_operand=operand, row=row, col=col, batch=batch,
                                     tile=tile, micro=micro)
@@ -196,20 +231,23 @@ def group_reduction_rule(kernel: Kernel, caps: Capabilities) -> GroupReduction |
     if kernel.reduce_value is None or not caps.local_memory_bytes:
         return None
     points, steps = math.prod(kernel.domain), math.prod(kernel.reduce)
-    if steps < GROUP_REDUCTION_STEPS or points > GROUP_REDUCTION_POINTS or points == 0:
+    if hint(steps) < GROUP_REDUCTION_STEPS or hint(points) > GROUP_REDUCTION_POINTS \
+            or hint(points) == 0:
         return None
-    block = _block(caps, min(BLOCK, steps))
+    block = _block(caps, min(BLOCK, hint(steps)))
     if 16 * block > caps.local_memory_bytes:  # a value and an index per work-item
         return None
-    grid, blocks = launch(points, block, caps.max_grid)
+    grid, blocks = launch(points, block, caps.max_grid) if is_static(points) else \
+        dynamic_launch([(points, 1)], block, caps.max_grid)
     return GroupReduction(count=points, threaded=True, grid=grid, block=blocks, steps=steps)
 
 
 def grid_rule(kernel: Kernel, caps: Capabilities) -> GridLoop:
     """The basic mapping; applies to every kernel."""
     count = math.prod(kernel.domain)
-    block = _block(caps, BLOCK if count >= BLOCK else max(32, count))
-    grid, blocks = launch(-(-count // block), block, caps.max_grid)
+    block = _block(caps, BLOCK if hint(count) >= BLOCK else max(32, hint(count)))
+    grid, blocks = launch(-(-count // block), block, caps.max_grid) if is_static(count) else \
+        dynamic_launch([(count, block)], block, caps.max_grid)
     return GridLoop(count=count, threaded=True, grid=grid, block=blocks, serial=False)
 
 

@@ -779,7 +779,8 @@ class Compiled:
                 else:
                     arrays.append(place.zeros(results[index]))
             if place.on_device:
-                grads_out = entry.backward.run_device(arrays)
+                grads_out = entry.backward.run_device(arrays, sizes) if sizes \
+                    else entry.backward.run_device(arrays)
             else:
                 grads_out = entry.backward.run(arrays, sizes) if sizes \
                     else entry.backward.run(arrays)
