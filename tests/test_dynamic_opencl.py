@@ -153,3 +153,18 @@ def test_dialects_without_dynamic_sizes_refuse_them():
         target = get_target(name)
         with pytest.raises(DynamicSizeError, match="dynamic sizes are not supported"):
             target.generate()(kernels, plan, target)
+
+
+@pytest.mark.parametrize("fn", [lambda x: x.mean(), lambda x: x.view(-1) * 2,
+                                lambda x: neurenix.cat([x, x * 2], 0)])
+def test_a_backward_whose_inputs_carry_no_symbol_gets_the_forwards_sizes(fn):
+    """The backward of a compiled mean reads one scalar: its sizes come from the forward."""
+    compiled = neurenix.compile(fn, backend="opencl", dynamic=True)
+    for n in (3, 5, 9):
+        a = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+        x = neurenix.tensor(a, device="opencl", requires_grad=True)
+        compiled(x).sum().backward()
+        y = neurenix.tensor(a, requires_grad=True)
+        fn(y).sum().backward()
+        np.testing.assert_allclose(x.grad.to("cpu").numpy(), y.grad.numpy(), rtol=1e-6)
+    assert _programs(compiled) == 1 and compiled._dynamic.failed is None

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ...runtime.program import KernelInfo, Program
-from ...runtime.sizes import Groups, Poly, Size
+from ...runtime.sizes import Groups, Size
 from ..kernel.ir import (
     Acc,
     Binary,
@@ -1448,20 +1448,13 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
 def _symbol_arguments(kernels: KernelGraph, symbols: tuple[str, ...],
                       dialect: Dialect) -> dict[str, str]:
     """Each symbol's scalar argument name; `DynamicSizeError` where the dialect takes no
-    dynamic sizes, or where a symbol is no input dimension of its own (the runtime binds the
-    symbols from the inputs' shapes alone)."""
+    dynamic sizes.  A symbol no input dimension carries (a compiled mean's backward reads one
+    scalar) is given to the runtime with the call (`run_device(buffers, sizes)`)."""
     if not symbols:
         return {}
     if not dialect.dynamic:
         raise DynamicSizeError(f"{dialect.name}: dynamic sizes are not supported (programs "
                                "of static sizes only)")
-    lone = {d.terms[0][0][0] for n in kernels.inputs for d in kernels.shapes[n]
-            if isinstance(d, Poly) and len(d.terms) == 1 and d.terms[0][1] == 1
-            and len(d.terms[0][0]) == 1}
-    unbound = [s for s in symbols if s not in lone]
-    if unbound:
-        raise DynamicSizeError(f"{dialect.name}: the size {unbound[0]} is no input's "
-                               "dimension (a device program binds its sizes from its inputs)")
     names = set(kernels.buffers)
     return {s: s if s.isidentifier() and s not in RESERVED and s not in names
             and not s.startswith("b") else f"size{i}" for i, s in enumerate(symbols)}
