@@ -210,8 +210,17 @@ def _trace_dynamic(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
     _check_guards(env, name, 2, max_batch)
     for b in (2, max_batch):  # every temporary inside the arena (Program.sizes checks)
         program.sizes({BATCH_SYMBOL: b})
-    program1, plan1 = _trace_and_build(model_or_fn, _with_batch(inputs, 1), compiler_target,
-                                       None, freeze, constant_prefix=BATCH1_PREFIX)
+    try:
+        program1, plan1 = _trace_and_build(model_or_fn, _with_batch(inputs, 1),
+                                           compiler_target, None, freeze,
+                                           constant_prefix=BATCH1_PREFIX)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the function's own error at batch 1
+        raise ExportError(f"export: dynamic_batch: {name} fails at batch 1, which every "
+                          f"dynamic-batch artifact also takes ({type(e).__name__}: {e}); "
+                          "export with fixed shapes instead (batch norm in training mode "
+                          "needs more than one value per channel)") from e
     _check_batch1(plan, program, plan1, program1, name)
     seeds = [b["seed"] for b in plan["bindings"] if b["from"] == "seed"]
     for binding in plan1["bindings"]:  # one seed sequence, whichever program runs

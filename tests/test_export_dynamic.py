@@ -257,6 +257,10 @@ def test_what_cannot_be_exported_is_refused(tmp_path: Path) -> None:
         export(lin, (x,), "cpu", tmp_path / "a", dynamic_batch=2, cross=())
     with pytest.raises(ValueError, match="an int >= 2"):
         export(lin, (x,), "cpu", tmp_path / "a", dynamic_batch=1)
+    bn = nn.Sequential(nn.Linear(16, 4), nn.BatchNorm1d(4))  # training mode: fails at batch 1
+    with pytest.raises(ExportError, match="fails at batch 1.*more than 1 value per channel"):
+        export(lambda t: bn(t).sum(), (x,), "cpu", tmp_path / "a", freeze=False,
+               dynamic_batch=MAX, cross=())
     assert not (tmp_path / "a").exists()
 
 

@@ -353,7 +353,7 @@ class Compiled:
                 leaves = arg_tensors((a,))
                 for axis, bounds in dyn.named.get(names[i], {}).items():
                     for k, t in enumerate(leaves):
-                        if axis < t.ndim:
+                        if axis < t.ndim and (p + k, axis) not in dyn.pinned:
                             dims.setdefault((p + k, axis), bounds)
                 p += len(leaves)
         return fitting(dims, tensors)
@@ -509,7 +509,8 @@ class Compiled:
                     entry = self._compile(akey, args, shapes=shapes)
                 break
             except SpecializeSize as e:  # the trace needs that size: trace it static
-                self._pin(e, dims, shapes)
+                if not self._pin(e, dims, shapes):
+                    return None, f"{type(e).__name__}: {e}"
             except Exception as e:  # noqa: BLE001 -- a static compile raises the user's errors
                 return None, f"{type(e).__name__}: {e}"
         entry.guards.insert(0, shape_guard(env, shapes))
@@ -520,17 +521,21 @@ class Compiled:
             "guards": [str(g) for g in env.guards]})
         return entry, None
 
-    def _pin(self, e: SpecializeSize, dims: dict, shapes: list[tuple]) -> None:
+    def _pin(self, e: SpecializeSize, dims: dict, shapes: list[tuple]) -> bool:
         """Make the dimensions of symbol `e.name` static for this function from now on (the
         trace compared it with a constant and relied on the answer, `x + bias` broadcasting a
-        batch of 4 against 4 features), logged at INFO."""
+        batch of 4 against 4 features), logged at INFO; False when none is newly pinned
+        (then the function gives up dynamic shapes rather than trace again)."""
         pinned = {(p, axis) for p, axis in dims
                   if getattr(shapes[p][axis], "terms", None) == (((e.name,), 1),)}
+        if not pinned - self._dynamic.pinned:
+            return False
         self._dynamic.pinned |= pinned
         self._abstract.clear()
         log.info("neurenix.compile: %s: %s static (%s)", self._name(),
                  ", ".join(f"dimension {a} of tensor argument {p}" for p, a in sorted(pinned)),
                  e)
+        return True
 
     def _give_up_dynamic(self, why: str) -> None:
         """Compile static programs only from now on, saying why at INFO."""
