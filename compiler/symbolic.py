@@ -133,6 +133,16 @@ class ShapeEnv:
             self.guards.append(guard)
         return answer
 
+    def excludes(self, values: Mapping[str, int]) -> bool:
+        """Whether these values of some symbols violate a range or a guard over those
+        symbols alone (sizes no call of the program has: checks sample around them)."""
+        for name, v in values.items():
+            s = self.symbols.get(name)
+            if s is not None and (v < s.lo or (s.hi is not None and v > s.hi)):
+                return True
+        return any(g.expr.symbols() <= values.keys() and not g.holds(values)
+                   for g in self.guards)
+
     def check(self, env: Mapping[str, int]) -> Guard | None:
         """The first guard or symbol range these sizes violate, as a guard; None if none."""
         for s in self.symbols.values():

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 
 from ...runtime.sizes import Monomial, Poly, Size, poly_from_terms, size_value
-from ..symbolic import DynamicSizeError, active_env, dim_from_poly
+from ..symbolic import DynamicSizeError, active_env, current_env, dim_from_poly
 from ..types import DType, bool_
 from .affine import affine
 from .ir import Binary, BufferArg, Const, Kernel, KernelGraph, Load, Sym, Var
@@ -109,7 +109,10 @@ class MemoryPlan:
         if self.symbolic or any(isinstance(b, Poly) for b in nbytes.values()):
             ranges = _Ranges.of([self.arena_bytes, *self.offsets.values(), *nbytes.values()])
             _prove_plan(self, nbytes, root, spans, alignment, ranges)
+            shape_env_ = current_env()
             for env in ranges.samples():
+                if shape_env_ is not None and shape_env_.excludes(env):
+                    continue  # sizes the trace's guards exclude: the program never runs there
                 _check_placement(temps, {n: size_value(self.offsets[n], env) for n in temps},
                                  {n: size_value(b, env) for n, b in nbytes.items()},
                                  size_value(self.arena_bytes, env), root, spans, alignment)

@@ -131,6 +131,8 @@ def cut(sizes: tuple[int, ...], block: int) -> Blocks:
     static = all(is_static(n) for n in sizes)
     if static and math.prod(sizes) <= block:
         return Blocks(sizes, 0, max(sizes[0], 1))
+    if any(is_static(n) and n == 0 for n in sizes):  # no step at all, whatever the sizes
+        return Blocks(sizes, 0, 1)
     level, inner = len(sizes) - 1, 1
     while is_static(sizes[level]) and inner * sizes[level] <= block:
         inner *= sizes[level]  # stops: all axes together exceed a block, or a dynamic one
