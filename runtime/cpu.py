@@ -566,32 +566,44 @@ class CpuExecutable:
     def _run_sized(self, inputs: list[np.ndarray],
                    sizes: Mapping[str, int] | None = None) -> list[np.ndarray]:
         """`run` for a program with dynamic sizes: bound from the inputs' shapes (and
-        `sizes`), they size the outputs and the arena and are passed to the entry."""
+        `sizes`), they size the outputs and the arena and are passed to the entry.  Per tuple
+        of input shapes the sizes, output shapes and arena bytes are worked out once
+        (`_plans`), and an array passed again keeps its checked address, as in `run`."""
         if self._donated:
             return self._run_donated(inputs, sizes)
         plan = None
-        if not sizes and len(inputs) == len(self._in) and all(
-                type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-                for x, (_, _, dtype) in zip(inputs, self._in)):
-            key = tuple(x.shape for x in inputs)
-            plan = self._plans.get(key)
-        arrays = inputs
+        if not sizes and len(inputs) == len(self._in):
+            try:
+                plan = self._plans.get(tuple(x.shape for x in inputs))
+            except AttributeError:  # not arrays: checked below
+                plan = None
         if plan is None:
             arrays, env = self._check_dynamic(inputs, sizes)
             plan = (env, [(tuple(size_value(d, env) for d in shape), dtype)
-                          for _, shape, dtype in self._out])
+                          for _, shape, dtype in self._out], size_value(self._arena_size, env))
             if not sizes:
                 if len(self._plans) >= SIZE_PLANS:
                     self._plans.clear()
                 self._plans[tuple(x.shape for x in arrays)] = plan
-        env, shapes = plan
+            inputs = arrays
+        env, shapes, needed = plan
         outputs = [np.empty(shape, dtype) for shape, dtype in shapes]
         with self._lock:
             args = self._args
-            for k, x in enumerate(arrays):
-                args[k] = _address(x)
-            self._last_inputs = [None] * len(arrays)
-            self._call_sized(len(arrays), outputs, env)
+            last = self._last_inputs
+            if len(last) != len(inputs):
+                last = self._last_inputs = [None] * len(inputs)
+            kept: list[np.ndarray] = []  # arrays made contiguous: alive until the entry ran
+            for k, x in enumerate(inputs):
+                seen = last[k]
+                if seen is None or seen() is not x:
+                    if type(x) is not np.ndarray or x.dtype != self._in[k][2] \
+                            or not x.flags.c_contiguous:
+                        x = self._check_dynamic(inputs, sizes)[0][k]
+                        kept.append(x)
+                    args[k] = _address(x)
+                    last[k] = weakref.ref(x) if x is inputs[k] else None
+            self._call_sized(len(inputs), outputs, env, needed)
         return self._repeated(outputs)
 
     def _run_donated(self, inputs: list[np.ndarray],
@@ -634,12 +646,13 @@ class CpuExecutable:
                 self._call_sized(len(arrays), outputs, env)
         return self._repeated(outputs)
 
-    def _call_sized(self, base: int, outputs: list[np.ndarray], env: dict[str, int]) -> None:
-        """`_call` for a program with dynamic sizes: the arena grown to what these sizes need,
-        their values passed as the entry's `sizes` (in `Program.symbols` order)."""
-        needed = self._arena_size
-        if type(needed) is not int:
-            needed = needed.evaluate(env)
+    def _call_sized(self, base: int, outputs: list[np.ndarray], env: dict[str, int],
+                    needed: int | None = None) -> None:
+        """`_call` for a program with dynamic sizes: the arena grown to what these sizes need
+        (`needed` bytes, when known), their values passed as the entry's `sizes` (in
+        `Program.symbols` order)."""
+        if needed is None:
+            needed = size_value(self._arena_size, env)
         if needed > self.arena.nbytes:
             self._allocate_arena(needed)
         for j, name in enumerate(self._symbols):

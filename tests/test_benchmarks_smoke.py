@@ -156,3 +156,19 @@ def test_export_benchmark_runs(tmp_path):
     for key in ("runtime_load", "neurenix_compile", "torch_eager"):
         assert mlp["python"][key]["ok"], (key, mlp["python"][key])
     assert "| mlp | cpu |" in done.stdout
+
+
+def test_dynamic_shapes_benchmark_runs(tmp_path):
+    """benchmarks/dynamic_shapes.py at its smallest: one model, two sizes, one round; the
+    dynamic function compiles once and agrees with the static one (the script checks)."""
+    import subprocess
+    out = tmp_path / "dynamic.json"
+    done = subprocess.run([sys.executable, str(BENCH / "dynamic_shapes.py"), "--only", "mlp",
+                           "--modes", "infer", "--sizes", "2,3", "--rounds", "1", "--seconds",
+                           "0.01", "--no-cv", "--json", str(out)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cell = json.loads(out.read_text())["cells"]["mlp/infer"]
+    assert cell["ok"]
+    assert [cell["sizes"][s]["dyn_programs"] for s in ("2", "3")] == [1, 1]
+    assert cell["sizes"]["2"]["dyn_compiled"] and not cell["sizes"]["3"]["dyn_compiled"]

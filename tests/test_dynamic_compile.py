@@ -292,3 +292,21 @@ def test_a_slice_clipped_by_a_dynamic_size_is_guarded():
     for n in (4, 9, 2):  # x[:3] of 2 rows has 2: the guard s0 >= 3 fails, another program
         _same(cf(_x(n)), _x(n)[:3] * 2)
     assert _programs(cf) == 2
+
+
+def test_the_runtime_rechecks_what_changed_between_calls():
+    """A dynamic program remembers each input's checked address while the same array comes
+    again: a new array, a non-contiguous one, new contents or another size are all seen."""
+    f = neurenix.compile(lambda x: x * 2 + 1, dynamic=True)
+    f(_x(3))
+    exe = f._last.forward
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(exe.run([a])[0], a * 2 + 1)
+    a[:] = 5  # the same array, new contents
+    np.testing.assert_array_equal(exe.run([a])[0], a * 2 + 1)
+    b = np.asfortranarray(np.arange(20, dtype=np.float32).reshape(5, 4))
+    np.testing.assert_array_equal(exe.run([b])[0], b * 2 + 1)
+    c = np.ones((7, 4), np.float32)
+    np.testing.assert_array_equal(exe.run([c])[0], c * 2 + 1)
+    with pytest.raises(ValueError, match="expects float32"):
+        exe.run([c.astype(np.float64)])
