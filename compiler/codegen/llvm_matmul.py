@@ -391,20 +391,13 @@ class _Tiler:
                 for acc, slot in zip(self.accs, slots):
                     b.store(b.load(acc, typ=vec, align=64), slot, align=64)
             with add:
-                with b.if_else(final) as (last, middle):
-                    with last:
-                        for i in range(m.mr):
-                            b.store(total(i), self.accs[i], align=64)
-                        self._finish(span.vars, m0, cols.n0)
-                    with middle:
-                        for i in range(m.mr):
-                            b.store(total(i), slots[i], align=64)
+                self._total(span, cols, m0, slots, final, total)
 
     def _accumulate_dynamic(self, span: _Span, cols: _Cols, m0: ir.Value, slots: list,
                             first: ir.Value) -> None:
         """`_accumulate` for a dynamic number of K blocks: the partial sums so far are zero
         in the first block (a select, so that one epilogue serves a single block too)."""
-        b, m, vec, p = self.b, self.m, self.vec, self.plan
+        b, vec, p = self.b, self.vec, self.plan
         last = b.sub(self.fb.value(p.k_blocks), _i64(1))
         final = b.icmp_unsigned("==", cols.kb, last)
         zero = ir.Constant(vec, [0.0] * self.nr)
@@ -413,13 +406,20 @@ class _Tiler:
             before = b.select(first, zero, b.load(slots[i], typ=vec, align=64))
             return b.fadd(b.load(self.accs[i], typ=vec, align=64), before)
 
+        self._total(span, cols, m0, slots, final, total)
+
+    def _total(self, span: _Span, cols: _Cols, m0: ir.Value, slots: list, final: ir.Value,
+               total) -> None:
+        """In the last K block, the totals into the accumulators and the epilogue on them;
+        in any other, the totals back into the partial sums."""
+        b, mr = self.b, self.m.mr
         with b.if_else(final) as (finish, keep):
             with finish:
-                for i in range(m.mr):
+                for i in range(mr):
                     b.store(total(i), self.accs[i], align=64)
                 self._finish(span.vars, m0, cols.n0)
             with keep:
-                for i in range(m.mr):
+                for i in range(mr):
                     b.store(total(i), slots[i], align=64)
 
     def _finish(self, vars: dict, m0: ir.Value, n0: ir.Value) -> None:

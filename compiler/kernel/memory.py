@@ -43,7 +43,7 @@ from ...runtime.sizes import Monomial, Poly, Size, poly_from_terms, size_value
 from ..symbolic import DynamicSizeError, active_env, current_env, dim_from_poly
 from ..types import DType, bool_
 from .affine import affine
-from .ir import Binary, BufferArg, Const, Kernel, KernelGraph, Load, Sym, Var
+from .ir import BufferArg, Kernel, KernelGraph, Load
 
 ALIGN = 64
 """The default arena alignment in bytes (the CPU's cache line)."""
@@ -360,40 +360,11 @@ class _Ranges:
 # ---- in-place reuse -----------------------------------------------------------------------
 
 
-def _symbolic_affine(e) -> dict[int, Size] | None:
-    """`affine` with symbolic coefficients: `Sym` leaves are constants (strides and extents
-    that are dynamic sizes)."""
-    if isinstance(e, Var):
-        return {e.axis: 1}
-    if isinstance(e, Sym):
-        return {-1: _make({(e.name,): 1})}
-    if isinstance(e, Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
-        return {-1: e.value}
-    if isinstance(e, Binary) and e.op in ("add", "sub", "mul"):
-        a, b = _symbolic_affine(e.a), _symbolic_affine(e.b)
-        if a is None or b is None:
-            return None
-        if e.op == "mul":
-            if set(a) == {-1}:
-                a, b = b, a
-            if set(b) != {-1}:
-                return None
-            return {k: _dim(v) * _dim(b[-1]) for k, v in a.items()}
-        sign = -1 if e.op == "sub" else 1
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = _dim(out.get(k, 0)) + sign * _dim(v)
-        return out
-    return None
-
-
 def _is_row_major(index, domain: tuple[Size, ...]) -> bool:
     """Whether `index` visits 0..prod(domain)-1 in row-major order, once each (for every
     value of the symbols of a dynamic domain: coefficients must equal the strides as
     polynomials)."""
-    coeffs = affine(index)
-    if coeffs is None:
-        coeffs = _symbolic_affine(index)
+    coeffs = affine(index)  # a `Sym` is a constant: dynamic strides are polynomials
     if coeffs is None or not _same(coeffs.get(-1, 0), 0):
         return False
     stride = 1
