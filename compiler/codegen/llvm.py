@@ -154,10 +154,8 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
         program.metadata["sized_kernels"] = [n for n, e in functions.items() if e.sized]
         program.metadata["range_text"] = {n: str(e.count) for n, e in functions.items()
                                           if not isinstance(e.count, int)}
-        program.metadata["choices"] = {
-            n: {"size": size_to_json(e.choice[0]), "limit": e.choice[1],
-                "small": _described(e.choice[2]), "large": _described(e.choice[3])}
-            for n, e in functions.items() if e.choice is not None}
+        program.metadata["choices"] = {n: _choice_tree(e) for n, e in functions.items()
+                                       if e.choice is not None}
     _emit_entry(module, program, plan, calls, emitter.threading, symbols)
     program.source = _with_comments(str(module), scheduled, infos)
     return program
@@ -179,10 +177,15 @@ class _Emitted:
     choice: tuple | None = None  # (size, limit, small, large): run small while size <= limit
 
 
-def _described(emitted: _Emitted) -> str:
-    """A variant of a `Choice` as `stats()` names it: its code path, and whether it is split
-    across threads."""
-    return emitted.path + (", threaded" if emitted.splitter is not None else "")
+def _choice_tree(emitted: _Emitted) -> dict | str:
+    """The variants of a `Choice` as plain data (`Program.metadata["choices"]`): {"size",
+    "limit", "small", "large"}, down to each variant's code path and whether it is split
+    across threads (what `stats()` names)."""
+    if emitted.choice is None:
+        return emitted.path + (", threaded" if emitted.splitter is not None else "")
+    size, limit, small, large = emitted.choice
+    return {"size": size_to_json(size), "limit": limit, "small": _choice_tree(small),
+            "large": _choice_tree(large)}
 
 
 def _variants(emitted: _Emitted) -> list[_Emitted]:

@@ -242,8 +242,8 @@ def shape_guard(env: ShapeEnv, shapes: list[tuple]) -> Guard:
 def chosen_variants(executables: list[Any]) -> dict[str, dict]:
     """The latest call's sizes ("sizes": symbol -> value) and, per kernel compiled with
     size-specialised variants (`Program.metadata["choices"]`), the one those sizes picked
-    ("variants": kernel -> its code path and the test that picked it, e.g.
-    "dot (s0 <= 2048)" for few rows, "tiled (s0 > 2048)" for many)."""
+    ("variants": kernel -> its code path and the tests that picked it, e.g.
+    "dot (s0 <= 167)" for few rows, "tiled, threaded (s0 > 167, 784*s0 > 131071)")."""
     sizes: dict[str, int] = {}
     variants: dict[str, str] = {}
     for exe in executables:
@@ -251,10 +251,18 @@ def chosen_variants(executables: list[Any]) -> dict[str, dict]:
         if not last:
             continue
         sizes.update(last)
-        for kernel, c in exe.program.metadata.get("choices", {}).items():
-            size = size_from_json(c["size"])
-            if size_value(size, last) <= c["limit"]:
-                variants[kernel] = f"{c['small']} ({size} <= {c['limit']})"
-            else:
-                variants[kernel] = f"{c['large']} ({size} > {c['limit']})"
+        for kernel, tree in exe.program.metadata.get("choices", {}).items():
+            variants[kernel] = _picked(tree, last)
     return {"sizes": sizes, "variants": variants}
+
+
+def _picked(tree: dict | str, sizes: Mapping[str, int]) -> str:
+    """The variant of a choice tree (`Program.metadata["choices"]`) these sizes run, with
+    the tests that picked it."""
+    tests = []
+    while isinstance(tree, dict):
+        size = size_from_json(tree["size"])
+        small = size_value(size, sizes) <= tree["limit"]
+        tests.append(f"{size} {'<=' if small else '>'} {tree['limit']}")
+        tree = tree["small" if small else "large"]
+    return f"{tree} ({', '.join(tests)})"
