@@ -542,9 +542,9 @@ class CpuExecutable:
                                  f"{list(x.shape)}")
             arrays.append(x)
         try:
+            if sizes:  # known sizes: bind_sizes checks the shapes against them
+                raise KeyError(None)
             env = {name: arrays[k].shape[axis] for name, (k, axis) in self._binds.items()}
-            if sizes:
-                env = {**sizes, **env}
             for k, axis, d in self._checks:
                 if (d if type(d) is int else d.evaluate(env)) != arrays[k].shape[axis]:
                     raise KeyError(d)
@@ -599,7 +599,9 @@ class CpuExecutable:
                 if seen is None or seen() is not x:
                     if type(x) is not np.ndarray or x.dtype != self._in[k][2] \
                             or not x.flags.c_contiguous:
-                        x = self._check_dynamic(inputs, sizes)[0][k]
+                        x = np.ascontiguousarray(x)
+                        if x.dtype != self._in[k][2] or x.shape != inputs[k].shape:
+                            self._check_dynamic(inputs, sizes)  # raises what is wrong
                         kept.append(x)
                     args[k] = _address(x)
                     last[k] = weakref.ref(x) if x is inputs[k] else None

@@ -354,8 +354,7 @@ class OpenCLExecutable:
             return hit
         program = self.program
         try:
-            sizes = program.sizes({**(known or {}), **bind_sizes(
-                [t.shape for t in program.inputs], shapes, known)})
+            sizes = program.sizes(bind_sizes([t.shape for t in program.inputs], shapes, known))
         except ValueError as e:
             raise ValueError(f"{DEVICE}: {e}") from None
         temps = [b for b in program.buffers if b.kind == "temp"]

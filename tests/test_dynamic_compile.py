@@ -310,3 +310,15 @@ def test_the_runtime_rechecks_what_changed_between_calls():
     np.testing.assert_array_equal(exe.run([c])[0], c * 2 + 1)
     with pytest.raises(ValueError, match="expects float32"):
         exe.run([c.astype(np.float64)])
+
+
+def test_known_sizes_that_disagree_with_the_inputs_raise():
+    """`run(inputs, sizes)`: the given sizes are checked against the inputs' shapes, never
+    silently overridden by them."""
+    f = neurenix.compile(lambda x: x * 2, dynamic=True)
+    f(_x(3))
+    exe = f._last.forward
+    a = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(exe.run([a], {"s0": 3})[0], a * 2)
+    with pytest.raises(ValueError, match="expected"):
+        exe.run([a], {"s0": 5})

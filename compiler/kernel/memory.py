@@ -374,6 +374,8 @@ def _is_row_major(index, domain: tuple[Size, ...]) -> bool:
             return False
         stride = _dim(stride) * _dim(extent)
     return all(k == -1 or 0 <= k < len(domain) for k in coeffs)
+
+
 def _loads(e, out: list[Load], seen: set[int] | None = None) -> None:
     """Every Load in expression `e` (including those inside masks and indices), each shared
     subexpression visited once: an expression is a DAG, which as a tree can be exponentially

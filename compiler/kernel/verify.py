@@ -20,7 +20,7 @@ sizes (which would record guards).
 """
 from __future__ import annotations
 
-from ...runtime.sizes import Poly
+from ...runtime.sizes import Poly, size_value
 from ..symbolic import DynamicSizeError, active_env
 from ..types import KERNEL_DTYPES, DType, bool_, int64
 from .affine import affine, affine_range
@@ -152,9 +152,9 @@ class _KernelCheck:
         for values in (env.hints(), {s.name: s.lo for s in env.symbols.values()}):
             if env.excludes(values):
                 continue  # sizes the trace's guards exclude: the program never runs there
-            if any(_value(x, values) < 0 for x in (above, below)):
-                self.fail(f"{what} reaches {buffer}[{_value(lo, values)}.."
-                          f"{_value(hi, values)}], outside its {_value(size, values)} "
+            if any(size_value(x, values) < 0 for x in (above, below)):
+                self.fail(f"{what} reaches {buffer}[{size_value(lo, values)}.."
+                          f"{size_value(hi, values)}], outside its {size_value(size, values)} "
                           f"elements at sizes {values}")
 
     def expr(self, root: Expr, n_axes: int, where: str, acc: bool) -> DType:
@@ -237,7 +237,3 @@ def _same_size(a, b) -> bool:
     if isinstance(a, Poly) or isinstance(b, Poly):
         return isinstance(a, Poly) and isinstance(b, Poly) and a.terms == b.terms
     return a == b
-
-
-def _value(size, values: dict) -> int:
-    return size.evaluate(values) if isinstance(size, Poly) else size

@@ -33,7 +33,7 @@ from ..graph.ir import Node
 from ..kernel.affine import affine
 from ..kernel.ir import Binary, Const, Expr, Sym, Var, Where, format_expr, size_expr
 from ..symbolic import DynamicSizeError
-from ..types import bool_, int64
+from ..types import bool_, int64, same_shape
 from .sizes import (
     Bound,
     badd,
@@ -52,7 +52,6 @@ from .sizes import (
     is_zero,
     provably_le,
     provably_lt,
-    same_shape,
     same_size,
     sign,
     size_const,
@@ -91,10 +90,6 @@ def _atom_key(e: Expr) -> tuple:
     if isinstance(e, Var):
         return (0, e.axis, "")
     return (1, 0, format_expr(e))
-
-
-def _negative(k: Size) -> bool:
-    return isinstance(k, int) and k < 0
 
 
 class IndexAlgebra:
@@ -286,7 +281,7 @@ class IndexAlgebra:
         hi: Bound = c
         for atom, k in terms.items():
             r = self.range(atom)
-            s = sign(k) if is_dynamic(k) else (1 if k >= 0 else -1)
+            s = sign(k)
             if r is None or s is None:
                 return None
             a, b = bscale(r[0], k), bscale(r[1], k)

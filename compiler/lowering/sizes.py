@@ -48,10 +48,6 @@ def same_size(a: Size, b: Size) -> bool:
     return a == b
 
 
-def same_shape(a: Sequence[Size], b: Sequence[Size]) -> bool:
-    return len(a) == len(b) and all(same_size(x, y) for x, y in zip(a, b))
-
-
 def hint(size: Size) -> int:
     """The value of `size` in the trace being compiled: what heuristics decide by."""
     return size if isinstance(size, int) else size_value(size, active_env().hints())
@@ -69,13 +65,8 @@ def size_const(size: Size) -> Expr:
     return Const(int(size), int64) if isinstance(size, int) else size_expr(size)
 
 
-def exact_div(a: Size, c: Size) -> Size | None:
-    """a / c when it divides exactly for every value of the symbols, else None."""
-    if isinstance(a, int) and isinstance(c, int):
-        return a // c if c and a % c == 0 else None
-    if is_zero(a):  # exact_quotient(0, n - 1) raises instead
-        return 0
-    return exact_quotient(a, c)
+exact_div = exact_quotient
+"""a / c when it divides exactly for every value of the symbols, else None."""
 
 
 def split(a: Size, c: Size) -> tuple[Size, Size]:

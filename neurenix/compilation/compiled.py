@@ -151,7 +151,7 @@ class Compiled:
 
     def __init__(self, fn: Callable, device: Any = None, verify: bool = False,
                  backend: str | None = None, recompile_limit: int | None = None,
-                 dynamic: Any = False) -> None:
+                 dynamic: Any = None) -> None:
         if not callable(fn):
             raise TypeError(f"compile: expected a Module or a callable, got {type(fn).__name__}")
         self.fn = fn

@@ -31,9 +31,9 @@ SEEN_SHAPES = 256
 @dataclass
 class DynamicDims:
     """A compiled function's dynamic dimensions: `mode` "auto", "all", "declared" (only the
-    named ones) or "off", the
-    dimensions declared or found dynamic so far with their bounds, and whether a symbolic
-    compile failed (then the function compiles static programs only)."""
+    named ones) or "off", the dimensions declared or found dynamic so far with their bounds,
+    and whether a symbolic compile failed (then the function compiles static programs
+    only)."""
 
     mode: str = "auto"
     named: dict[str, dict[int, Bounds]] = field(default_factory=dict)
@@ -97,18 +97,6 @@ def _bounds(bounds: Any, what: str) -> Bounds:
     return max(lo, 2), hi
 
 
-def shapes_of(key: tuple) -> list[tuple[int, ...]] | None:
-    """The shapes of the call's tensors in a signature (`Compiled._signature`), in the order
-    of `arg_tensors`."""
-    shapes = []
-    for part in key[0]:
-        if part[0] == "tensor":
-            shapes.append(part[1])
-        elif part[0] == "tree":
-            shapes.extend(d[1] for d in part[2])
-    return shapes
-
-
 def fitting(dims: Mapping[DimKey, Bounds], tensors: list[Tensor]) -> dict[DimKey, Bounds]:
     """The dynamic dimensions whose sizes in this call lie inside their bounds; the others
     (sizes 0 and 1 always) stay static in this call's program."""
@@ -122,8 +110,8 @@ def fitting(dims: Mapping[DimKey, Bounds], tensors: list[Tensor]) -> dict[DimKey
 
 def abstract_key(key: tuple, dims: Mapping[DimKey, Bounds]) -> tuple | None:
     """`key` with each dynamic dimension's size replaced by "*" (the key a symbolic program
-    is cached under), or None when a dynamic dimension's size is outside its bounds (sizes
-    0 and 1 among them: those calls get static programs)."""
+    is cached under), or None when the call has no dynamic dimension (`fitting` left out
+    those whose size is outside their bounds: sizes 0 and 1 among them)."""
     if not dims:
         return None
     p = 0
@@ -131,15 +119,11 @@ def abstract_key(key: tuple, dims: Mapping[DimKey, Bounds]) -> tuple | None:
     for part in key[0]:
         if part[0] == "tensor":
             described, p = _abstract(part, p, dims)
-            if described is None:
-                return None
             parts.append(described)
         elif part[0] == "tree":
             inner = []
             for d in part[2]:
                 described, p = _abstract(d, p, dims)
-                if described is None:
-                    return None
                 inner.append(described)
             parts.append(("tree", part[1], tuple(inner)))
         else:
@@ -148,15 +132,8 @@ def abstract_key(key: tuple, dims: Mapping[DimKey, Bounds]) -> tuple | None:
 
 
 def _abstract(described: tuple, p: int, dims: Mapping[DimKey, Bounds]) -> tuple:
-    shape = list(described[1])
-    for axis, size in enumerate(shape):
-        bounds = dims.get((p, axis))
-        if bounds is not None:
-            lo, hi = bounds
-            if size < lo or (hi is not None and size > hi):
-                return None, p + 1
-            shape[axis] = "*"
-    return (described[0], tuple(shape), *described[2:]), p + 1
+    shape = tuple("*" if (p, axis) in dims else size for axis, size in enumerate(described[1]))
+    return (described[0], shape, *described[2:]), p + 1
 
 
 def changed_dims(old: tuple, new: tuple) -> list[DimKey] | None:
