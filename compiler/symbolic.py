@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..runtime.sizes import Monomial, Poly, Size, poly_from_terms
 
 __all__ = ["Dim", "DynamicSizeError", "Guard", "ShapeEnv", "SpecializeSize", "Symbol", "active_env",
-           "current_env", "is_dynamic", "shape_env", "size_bounds"]
+           "current_env", "hint", "is_dynamic", "shape_env", "size_bounds"]
 
 
 class DynamicSizeError(TypeError):
@@ -195,6 +195,18 @@ def current_env() -> ShapeEnv | None:
 
 def is_dynamic(size: object) -> bool:
     return isinstance(size, Poly)
+
+
+def hint(size: Size) -> int:
+    """A size's value in the trace being compiled (an int is itself): what heuristics (tiles,
+    fusion, threading) read, never a comparison that would record a guard."""
+    if isinstance(size, int):
+        return size
+    env = _ACTIVE.get()
+    if env is None:
+        raise DynamicSizeError(f"the hint of the dynamic size {size} needs a shape "
+                               "environment (compiler.symbolic.shape_env)")
+    return size.evaluate(env.hints())
 
 
 def size_bounds(size: Size) -> tuple[int, float]:

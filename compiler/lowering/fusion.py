@@ -43,6 +43,7 @@ import networkx as nx
 
 from ..graph.ir import CONSTANT, INPUT, Graph, Node, ancestors
 from ..ops import ELEMENTWISE, REGISTRY
+from ..symbolic import hint
 from ..targets import Capabilities
 from ..types import same_shape
 from .index import (
@@ -52,7 +53,7 @@ from .index import (
     matmul_operand_indices,
     strided_view,
 )
-from .sizes import hint, is_zero
+from .sizes import is_zero
 
 REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
               "matmul", "fold")

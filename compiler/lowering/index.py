@@ -32,7 +32,7 @@ from ...runtime.sizes import Size
 from ..graph.ir import Node
 from ..kernel.affine import affine
 from ..kernel.ir import Binary, Const, Expr, Sym, Var, Where, format_expr, size_expr
-from ..symbolic import DynamicSizeError
+from ..symbolic import DynamicSizeError, hint
 from ..types import bool_, int64, same_shape
 from .sizes import (
     Bound,
@@ -46,7 +46,6 @@ from .sizes import (
     exact_floor,
     floor_bounds,
     floor_by_size,
-    hint,
     is_dynamic,
     is_one,
     is_zero,

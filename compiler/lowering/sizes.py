@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ...runtime.sizes import Poly, Size, size_value
+from ...runtime.sizes import Poly, Size
 from ..kernel.ir import Const, Expr, size_expr
 from ..symbolic import Dim, DynamicSizeError, active_env, exact_quotient, is_dynamic
 from ..types import int64
@@ -46,11 +46,6 @@ def same_size(a: Size, b: Size) -> bool:
     if is_dynamic(a) or is_dynamic(b):
         return is_dynamic(a) and is_dynamic(b) and a.terms == b.terms
     return a == b
-
-
-def hint(size: Size) -> int:
-    """The value of `size` in the trace being compiled: what heuristics decide by."""
-    return size if isinstance(size, int) else size_value(size, active_env().hints())
 
 
 def bounds(size: Bound) -> tuple[float, float]:

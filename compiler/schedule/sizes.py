@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ...runtime.sizes import Poly, Size
 from ..kernel.affine import affine
 from ..kernel.ir import Expr, Kernel, Sym, postorder
-from ..symbolic import DynamicSizeError, active_env
+from ..symbolic import hint
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,6 @@ Count = int | Poly | Ceil
 
 def is_static(size: object) -> bool:
     return isinstance(size, int)
-
-
-def hint(size: Size) -> int:
-    """A size's value in the trace being compiled (an int is itself): what heuristics read."""
-    if isinstance(size, int):
-        return size
-    try:
-        env = active_env()
-    except DynamicSizeError:
-        raise DynamicSizeError(f"scheduling the dynamic size {size} needs a shape "
-                               "environment (compiler.symbolic.shape_env)") from None
-    return size.evaluate(env.hints())
 
 
 def hints(sizes) -> tuple[int, ...]:
