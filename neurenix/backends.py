@@ -6,6 +6,11 @@ compute capability 8.0 and newer may run on TF32 tensor cores (operands rounded 
 mantissa bits, float32 sums).  Programs compiled while it had the other value are compiled
 again on their next call (`neurenix.compile` guards on it), and eager operations on a CUDA
 device follow it too.
+
+`neurenix.backends.eager_kernels` (True by default, as PyTorch's
+`torch.backends.cudnn.enabled`): eager recurrent layers, convolutions and pooling run as whole
+NumPy kernels with a hand-written backward (`neurenix.eager_kernels`); False runs them as the
+primitives they are defined by, one dispatch per operation.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import types
 
 from neurenix.compiler.targets import target_for_device
 
-_STATE = {"allow_tf32": False}
+_STATE = {"allow_tf32": False, "eager_kernels": True}
 
 
 class _Backends(types.ModuleType):
@@ -30,6 +35,22 @@ class _Backends(types.ModuleType):
             raise TypeError(f"neurenix.backends.allow_tf32 must be a bool, got "
                             f"{type(value).__name__} {value!r}")
         _STATE["allow_tf32"] = value
+
+    @property
+    def eager_kernels(self) -> bool:
+        return _STATE["eager_kernels"]
+
+    @eager_kernels.setter
+    def eager_kernels(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"neurenix.backends.eager_kernels must be a bool, got "
+                            f"{type(value).__name__} {value!r}")
+        _STATE["eager_kernels"] = value
+
+
+def eager_kernels_enabled() -> bool:
+    """Whether eager layers may run as whole kernels (`eager_kernels` above)."""
+    return _STATE["eager_kernels"]
 
 
 def target_for(kind: str) -> str:

@@ -242,6 +242,11 @@ class EagerBuilder(Builder):
     def type_of(self, value: Tensor) -> TensorType:
         return TensorType(value.shape, value._dtype)
 
+    def transposed_layout(self, value: Tensor) -> bool:
+        a = value._data
+        return type(a) is np.ndarray and a.ndim == 2 and a.flags.f_contiguous \
+            and not a.flags.c_contiguous
+
     def full_like(self, value: Tensor, fill: float) -> Tensor:
         """`fill` in `value`'s shape and dtype: a host array on the CPU; for a device tensor a
         broadcast host constant, which the operation using it uploads as one element."""

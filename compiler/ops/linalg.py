@@ -22,7 +22,14 @@ def swap_last(b, v):
     return b.permute(v, perm=tuple(range(n - 2)) + (n - 1, n - 2))
 
 
+def _matmul_vjp_y(b, g, out, x, y):
+    """x^T @ g, or (g^T @ x)^T for a y stored transposed (a Linear layer's W^T): the gradient
+    then has y's layout, and W's own gradient, its transpose, is row-major."""
+    if b.transposed_layout(y):
+        return swap_last(b, b.matmul(swap_last(b, g), x))
+    return b.matmul(swap_last(b, x), g)
+
+
 register("matmul", CONTRACTION, 2, _matmul_rule, np.matmul,
-         per_input(lambda b, g, out, x, y: b.matmul(g, swap_last(b, y)),
-                   lambda b, g, out, x, y: b.matmul(swap_last(b, x), g)),
+         per_input(lambda b, g, out, x, y: b.matmul(g, swap_last(b, y)), _matmul_vjp_y),
          "batched x @ y; d/dx = g @ y^T, d/dy = x^T @ g")

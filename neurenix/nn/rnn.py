@@ -18,9 +18,11 @@ from typing import Any
 
 from neurenix.compiler.types import DType, float32
 
+from .. import eager_kernels
 from .. import elementwise as ew
 from ..creation import empty
 from ..dispatch import apply
+from ..eager_kernels import rnn as rnn_kernels
 from ..linalg import matmul
 from ..shapes import cat, chunk, reshape, squeeze, stack, transpose, unbind, unsqueeze
 from ..state import is_grad_enabled
@@ -105,6 +107,21 @@ _STEPS: dict[str, Callable[..., State]] = {
     "LSTM": _lstm_step,
     "GRU": _gru_step,
 }
+
+
+def _direction(mode: str, x: Tensor, state: State, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None, b_hh: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+    """One layer direction over time-major x (L, N, H_in) as primitives: (outputs, state)."""
+    steps, batch, features = x.shape
+    gi = _project(reshape(x, (steps * batch, features)), w_ih, b_ih, b_hh, mode)
+    gi_steps = unbind(reshape(gi, (steps, batch, gi.shape[-1])), 0)
+    w_hh_t = transpose(w_hh, 0, 1)
+    step = _STEPS[mode]
+    outputs: list[Tensor] = [None] * steps  # type: ignore[list-item]
+    for t in range(steps - 1, -1, -1) if reverse else range(steps):
+        state = step(gi_steps[t], state, w_hh_t, b_hh)
+        outputs[t] = state[0]
+    return stack(outputs, 0), state
 
 
 def _zeros(shape: tuple[int, ...], dtype: DType) -> Tensor:
@@ -278,19 +295,18 @@ class RNNBase(Module):
         return [tuple(p[i] for p in parts) for i in range(count)]
 
     def _run_direction(self, x: Tensor, state: State, k: int, d: int) -> tuple[Tensor, State]:
-        """One layer in one direction over the whole sequence: (outputs (L, N, H), last state)."""
+        """One layer in one direction over the whole sequence: (outputs (L, N, H), last state),
+        as one eager kernel where it may run as one (`neurenix.eager_kernels`)."""
         w_ih, w_hh, b_ih, b_hh = self._weights(k, d)
-        steps, batch, features = x.shape
-        gi = _project(reshape(x, (steps * batch, features)), w_ih, b_ih, b_hh, self.mode)
-        gi_steps = unbind(reshape(gi, (steps, batch, gi.shape[-1])), 0)
-        w_hh_t = transpose(w_hh, 0, 1)
-        step = _STEPS[self.mode]
-        outputs: list[Tensor] = [None] * steps  # type: ignore[list-item]
-        order = range(steps - 1, -1, -1) if d == 1 else range(steps)
-        for t in order:
-            state = step(gi_steps[t], state, w_hh_t, b_hh)
-            outputs[t] = state[0]
-        return stack(outputs, 0), state
+        mode = self.mode
+        if eager_kernels.eligible(x, *state, w_ih, w_hh, b_ih, b_hh):
+            def composite(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+                state = (h0, c0) if mode == "LSTM" else (h0,)
+                out, last = _direction(mode, x, state, w_ih, w_hh, b_ih, b_hh, d == 1)
+                return (out,) + last
+            return rnn_kernels.run_direction(mode, x, state, w_ih, w_hh, b_ih, b_hh, d == 1,
+                                             composite)
+        return _direction(mode, x, state, w_ih, w_hh, b_ih, b_hh, d == 1)
 
     def forward(self, input: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
         """Run the sequence through every layer: (output, h_n), or (output, (h_n, c_n)).

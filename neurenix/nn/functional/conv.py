@@ -3,7 +3,9 @@
 `unfold` lays every window out as (N, C, *kernel, *windows); grouping the channels and
 flattening the taps turns the convolution into one batched matrix product per group, which the
 compiler can later fuse back into an implicit-GEMM kernel. Nothing here has a gradient rule of
-its own: input, weight and bias gradients come from the primitives' VJPs.
+its own: input, weight and bias gradients come from the primitives' VJPs.  Eagerly on host
+arrays the same convolution runs as one kernel (`neurenix.eager_kernels.conv`: im2col and one
+GEMM, a hand-written backward) unless `neurenix.backends.eager_kernels` is off.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import math
 from typing import Any
 
 from ...dispatch import apply
+from ...eager_kernels import conv as kernels
+from ...eager_kernels import eligible
 from ...elementwise import add
 from ...linalg import matmul
 from ...shapes import flip, permute
@@ -129,9 +133,27 @@ def convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, pad
         raise ValueError(f"{name}: kernel size {kernel} (dilated extent {span}) is larger than "
                          f"the padded input size {padded} (input {spatial}, padding "
                          f"{tuple(zip(lo, hi))})")
+    if padding_mode != "zeros" and (any(lo) or any(hi)):
+        x = pad_axes(x, (0, 0) + lo, (0, 0) + hi, padding_mode, 0.0, name)
+        lo = hi = (0,) * dims
+    if eligible(x, weight, bias):
+        def composite(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor]:
+            return (_primitives(x, weight, bias, stride, dilation, lo, hi, groups, name),)
+        out = kernels.conv(x, weight, bias, stride, dilation, lo, hi, groups, composite)
+    else:
+        out = _primitives(x, weight, bias, stride, dilation, lo, hi, groups, name)
+    return unbatched(out, was_unbatched)
+
+
+def _primitives(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, ...],
+                dilation: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...],
+                groups: int, name: str) -> Tensor:
+    """The convolution of batched x as primitives, zero padding lo before and hi after."""
+    dims = weight.ndim - 2
+    kernel = tuple(weight.shape[2:])
+    out_channels, group_in = weight.shape[0], weight.shape[1]
     if any(lo) or any(hi):
-        mode = "constant" if padding_mode == "zeros" else padding_mode
-        x = pad_axes(x, (0, 0) + lo, (0, 0) + hi, mode, 0.0, name)
+        x = pad_axes(x, (0, 0) + lo, (0, 0) + hi, "constant", 0.0, name)
     cols = apply("unfold", x, kernel=kernel, stride=stride, dilation=dilation)
     windows = tuple(cols.shape[2 + dims:])
     batch = x.shape[0]
@@ -142,7 +164,7 @@ def convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, pad
     out = matmul(w, cols).reshape((batch, out_channels) + windows)
     if bias is not None:
         out = add(out, bias.reshape((1, out_channels) + (1,) * dims))
-    return unbatched(out, was_unbatched)
+    return out
 
 
 def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,

@@ -3,7 +3,10 @@
 Max pooling picks each window's value with `argmax` and a one-hot `where` + sum rather than
 `reduce_max`: the gradient then goes to the first maximum only, as in PyTorch, instead of being
 shared among ties. Average pooling divides window sums by a count computed the same way from a
-tensor of ones, so the divisor is part of the graph rather than a NumPy constant.
+tensor of ones, so the divisor is part of the graph rather than a NumPy constant.  Eagerly on
+host arrays max pooling (without return_indices) runs as one kernel with the same values and
+gradient routing (`neurenix.eager_kernels.conv.max_pool`) unless
+`neurenix.backends.eager_kernels` is off.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import numpy as np
 
 from ...creation import tensor
 from ...dispatch import apply
+from ...eager_kernels import conv as kernels
+from ...eager_kernels import eligible
 from ...elementwise import add, div, eq, mul, where
 from ...reductions import mean
 from ...shapes import cat, narrow
@@ -114,6 +119,25 @@ def max_pool(x: Tensor, dims: int, kernel_size: Any, stride: Any, padding: Any, 
         raise TypeError(f"{name}: expected a floating-point input, got {x.dtype.name}")
     kernel, stride, padding, dilation, hi = _pool_args(
         x, dims, kernel_size, stride, padding, dilation, ceil_mode, name)
+    if not return_indices and eligible(x):
+        def composite(x: Tensor) -> tuple[Tensor]:
+            return (_max_pool_primitives(x, kernel, stride, padding, dilation, hi, False),)
+        values = kernels.max_pool(x, kernel, stride, dilation, padding, hi, composite)
+        return unbatched(values, was_unbatched)
+    out = _max_pool_primitives(x, kernel, stride, padding, dilation, hi, return_indices)
+    if not return_indices:
+        return unbatched(out, was_unbatched)
+    values, indices = out
+    return unbatched(values, was_unbatched), unbatched(indices, was_unbatched)
+
+
+def _max_pool_primitives(x: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+                         padding: tuple[int, ...], dilation: tuple[int, ...],
+                         hi: tuple[int, ...], return_indices: bool
+                         ) -> Tensor | tuple[Tensor, Tensor]:
+    """Max pooling of batched x as primitives: the first maximum of each window picked by
+    `argmax` and a one-hot selection (and its flat input index with return_indices)."""
+    dims = len(kernel)
     cols = _pad_windows(x, kernel, stride, dilation, padding, hi, float("-inf"))
     windows = tuple(cols.shape[2 + dims:])
     taps = math.prod(kernel)
@@ -123,13 +147,11 @@ def max_pool(x: Tensor, dims: int, kernel_size: Any, stride: Any, padding: Any, 
     hit = eq(first.reshape(tuple(x.shape[:2]) + (1,) + windows),
              _iota((1, 1, taps) + (1,) * dims, 2))
     values = apply("reduce_sum", where(hit, flat, 0.0), axes=(2,))
-    values = unbatched(values, was_unbatched)
     if not return_indices:
         return values
     where_from = _input_positions(tuple(x.shape[2:]), kernel, stride, padding, dilation,
                                   windows)
-    indices = apply("reduce_sum", where(hit, where_from, 0), axes=(2,))
-    return values, unbatched(indices, was_unbatched)
+    return values, apply("reduce_sum", where(hit, where_from, 0), axes=(2,))
 
 
 def _input_positions(spatial, kernel, stride, padding, dilation, windows) -> Tensor:

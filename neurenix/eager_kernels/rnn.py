@@ -1,0 +1,215 @@
+"""Recurrent layers as eager kernels: one layer direction over the whole sequence in NumPy.
+
+The forward computes what `neurenix.nn.rnn`'s primitive composition computes, operation for
+operation (the input projection of every step in one product, then per step one product with
+W_hh and the gate arithmetic), and keeps the gate activations; the backward is
+backpropagation through time over them, with the weight gradients as single products over all
+steps.  PyTorch's gate orders: LSTM i, f, g, o; GRU r, z, n.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from neurenix.compiler.ops import REGISTRY
+
+from ..tensor import Tensor
+from .record import Arrays, record
+
+_SIGMOID = REGISTRY["sigmoid"].impl  # the primitive's own reference, so values are its values
+_WHERE = REGISTRY["where"].impl
+
+
+def run_direction(mode: str, x: Tensor, state: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor,
+                  b_ih: Tensor | None, b_hh: Tensor | None, reverse: bool,
+                  composite: Callable[..., Sequence[Tensor]]) -> tuple[Tensor, tuple]:
+    """One direction of one layer of an `RNNBase` (mode "LSTM", "GRU", "RNN_TANH" or
+    "RNN_RELU") on time-major x (L, N, H_in): (outputs (L, N, H), final state).
+    `composite(x, h0, c0, w_ih, w_hh, b_ih, b_hh)` is the same as primitives."""
+    h0 = state[0]
+    c0 = state[1] if mode == "LSTM" else None
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    arrays = [None if t is None else np.asarray(t._data) for t in inputs]
+    with np.errstate(all="ignore"):  # inf and nan as the primitives give them, silently
+        outputs, backward = _KERNELS[mode](*arrays, reverse)
+    outs = record(f"{mode.split('_')[0]}Direction", inputs, outputs, backward, composite)
+    return outs[0], tuple(outs[1:])
+
+
+def _project(x: np.ndarray, w_ih: np.ndarray, b_ih: np.ndarray | None,
+             b_hh: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(x as rows, x @ W_ih^T + b_ih [+ b_hh]) as `nn.rnn._project` adds them; b_hh None for
+    the GRU, which adds its recurrent bias inside the step."""
+    steps, batch, features = x.shape
+    rows = x.reshape(steps * batch, features)
+    gi = rows @ w_ih.T
+    if b_ih is not None:
+        gi = gi + b_ih
+        if b_hh is not None:
+            gi = gi + b_hh
+    return rows, gi.reshape(steps, batch, -1)
+
+
+def _order(steps: int, reverse: bool) -> range:
+    return range(steps - 1, -1, -1) if reverse else range(steps)
+
+
+def _previous(hs: np.ndarray, h0: np.ndarray, reverse: bool) -> np.ndarray:
+    """The state each step started from, (L, N, H): h0 for the first step processed."""
+    prev = np.empty_like(hs)
+    if reverse:
+        prev[:-1] = hs[1:]
+        prev[-1] = h0
+    else:
+        prev[1:] = hs[:-1]
+        prev[0] = h0
+    return prev
+
+
+def _input_grads(dgi: np.ndarray, rows: np.ndarray, x_shape: tuple[int, ...],
+                 w_ih: np.ndarray, b_ih: np.ndarray | None,
+                 fold_hh: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                         np.ndarray | None]:
+    """Gradients of x, W_ih, b_ih and (when folded into the projection) b_hh from the
+    projection's gradient dgi (L, N, G*H)."""
+    flat = dgi.reshape(-1, dgi.shape[-1])
+    dx = (flat @ w_ih).reshape(x_shape)
+    dw_ih = flat.T @ rows
+    if b_ih is None:
+        return dx, dw_ih, None, None
+    db = flat.sum(0)
+    return dx, dw_ih, db, (db.copy() if fold_hh else None)
+
+
+def _seed(g: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    return np.zeros_like(like) if g is None else np.array(g, dtype=like.dtype)
+
+
+def _lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    rows, gi = _project(x, w_ih, b_ih, b_hh)
+    steps, hidden = x.shape[0], h0.shape[-1]
+    w_hh_t = w_hh.T
+    acts = np.empty(gi.shape, gi.dtype)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+    cs = np.empty((steps,) + h0.shape, gi.dtype)
+    tcs = np.empty_like(cs)
+    hs = np.empty_like(cs)
+    h, c = h0, c0
+    g_ = slice(2 * hidden, 3 * hidden)
+    for t in _order(steps, reverse):
+        pre = gi[t] + h @ w_hh_t
+        a = acts[t]
+        a[...] = _SIGMOID(pre)
+        a[:, g_] = np.tanh(pre[:, g_])
+        i, f, g, o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, g_], a[:, 3 * hidden:]
+        c = cs[t] = f * c + i * g
+        tc = tcs[t] = np.tanh(c)
+        h = hs[t] = o * tc
+
+    def backward(grads: Arrays) -> Arrays:
+        g_out, g_h, g_c = grads
+        dh, dc = _seed(g_h, h0), _seed(g_c, c0)
+        dpre = np.empty_like(acts)
+        c_prev = _previous(cs, c0, reverse)
+        for t in _order(steps, not reverse):
+            if g_out is not None:
+                dh = dh + g_out[t]
+            a, d, tc = acts[t], dpre[t], tcs[t]
+            i, f, g, o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, g_], a[:, 3 * hidden:]
+            d[:, 3 * hidden:] = (dh * tc) * (o * (1 - o))
+            dc = dc + (dh * o) * (1 - tc * tc)
+            d[:, hidden:2 * hidden] = (dc * c_prev[t]) * (f * (1 - f))
+            d[:, :hidden] = (dc * g) * (i * (1 - i))
+            d[:, g_] = (dc * i) * (1 - g * g)
+            dc = dc * f
+            dh = d @ w_hh
+        hp = _previous(hs, h0, reverse)
+        dw_hh = dpre.reshape(-1, dpre.shape[-1]).T @ hp.reshape(-1, hidden)
+        dx, dw_ih, db_ih, db_hh = _input_grads(dpre, rows, x.shape, w_ih, b_ih, True)
+        return [dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh]
+
+    # outputs of their own: an in-place write into one must not reach the saved states
+    return (hs.copy(), h.copy(), c.copy()), backward
+
+
+def _gru(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+    rows, gi = _project(x, w_ih, b_ih, None)
+    steps, hidden = x.shape[0], h0.shape[-1]
+    w_hh_t = w_hh.T
+    gates = np.empty((steps,) + h0.shape[:-1] + (3 * hidden,), gi.dtype)  # r, z, n
+    ghn = np.empty((steps,) + h0.shape, gi.dtype)  # W_hn h + b_hn
+    hs = np.empty_like(ghn)
+    h = h0
+    for t in _order(steps, reverse):
+        gh = h @ w_hh_t
+        if b_hh is not None:
+            gh = gh + b_hh
+        i_t = gi[t]
+        r = _SIGMOID(i_t[:, :hidden] + gh[:, :hidden])
+        z = _SIGMOID(i_t[:, hidden:2 * hidden] + gh[:, hidden:2 * hidden])
+        ghn[t] = gh[:, 2 * hidden:]
+        n = np.tanh(i_t[:, 2 * hidden:] + r * ghn[t])
+        gates[t, :, :hidden], gates[t, :, hidden:2 * hidden], gates[t, :, 2 * hidden:] = r, z, n
+        h = hs[t] = n + z * (h - n)
+
+    def backward(grads: Arrays) -> Arrays:
+        g_out, g_h = grads[0], grads[1]
+        dh = _seed(g_h, h0)
+        hp = _previous(hs, h0, reverse)
+        dgi = np.empty_like(gates)
+        dgh = np.empty_like(gates)
+        for t in _order(steps, not reverse):
+            if g_out is not None:
+                dh = dh + g_out[t]
+            r, z, n = gates[t, :, :hidden], gates[t, :, hidden:2 * hidden], gates[t, :, 2 * hidden:]
+            through = dh * z
+            dn = dh - through
+            dz = dh * (hp[t] - n)
+            dan = dn * (1 - n * n)
+            dgi[t, :, 2 * hidden:] = dan
+            dgh[t, :, 2 * hidden:] = dan * r
+            dgi[t, :, :hidden] = dgh[t, :, :hidden] = (dan * ghn[t]) * (r * (1 - r))
+            dgi[t, :, hidden:2 * hidden] = dgh[t, :, hidden:2 * hidden] = dz * (z * (1 - z))
+            dh = through + dgh[t] @ w_hh
+        flat = dgh.reshape(-1, 3 * hidden)
+        dw_hh = flat.T @ hp.reshape(-1, hidden)
+        db_hh = None if b_hh is None else flat.sum(0)
+        dx, dw_ih, db_ih, _ = _input_grads(dgi, rows, x.shape, w_ih, b_ih, False)
+        return [dx, dh, None, dw_ih, dw_hh, db_ih, db_hh]
+
+    return (hs.copy(), h.copy()), backward
+
+
+def _elman(relu: bool):
+    def kernel(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
+        rows, gi = _project(x, w_ih, b_ih, b_hh)
+        steps, hidden = x.shape[0], h0.shape[-1]
+        w_hh_t = w_hh.T
+        hs = np.empty((steps,) + h0.shape, gi.dtype)
+        h = h0
+        zero = np.zeros((), gi.dtype)
+        for t in _order(steps, reverse):
+            pre = gi[t] + h @ w_hh_t
+            h = hs[t] = _WHERE(pre < zero, zero, pre) if relu else np.tanh(pre)
+
+        def backward(grads: Arrays) -> Arrays:
+            g_out, g_h = grads[0], grads[1]
+            dh = _seed(g_h, h0)
+            dpre = np.empty_like(hs)
+            for t in _order(steps, not reverse):
+                if g_out is not None:
+                    dh = dh + g_out[t]
+                out = hs[t]
+                # relu's gradient is 0 where its input is <= 0 (its output is too), g elsewhere
+                dpre[t] = _WHERE(out <= zero, zero, dh) if relu else dh * (1 - out * out)
+                dh = dpre[t] @ w_hh
+            hp = _previous(hs, h0, reverse)
+            dw_hh = dpre.reshape(-1, hidden).T @ hp.reshape(-1, hidden)
+            dx, dw_ih, db_ih, db_hh = _input_grads(dpre, rows, x.shape, w_ih, b_ih, True)
+            return [dx, dh, None, dw_ih, dw_hh, db_ih, db_hh]
+
+        return (hs.copy(), h.copy()), backward
+    return kernel
+
+
+_KERNELS = {"LSTM": _lstm, "GRU": _gru, "RNN_TANH": _elman(False), "RNN_RELU": _elman(True)}
