@@ -17,6 +17,8 @@ from ...autograd import OutputNode
 from ...checks import check_range
 from ...compiler.types import float32
 from ...dispatch import apply
+from ...eager_kernels.loss import class_loss
+from ...eager_kernels.record import eligible
 from ...elementwise import (
     abs,
     add,
@@ -174,6 +176,38 @@ def classification(input: Tensor, target: Tensor, weight: Tensor | None, ignore_
     if weight is None and not probabilities and _after_compiled(input, target):
         return _compiled_loss(name, ignore_index, reduction, label_smoothing,
                               from_logits)(input, target)
+    if not probabilities:
+        _check_classes(target, classes, ignore_index, name)
+        if _kernel_eligible(x, target, weight):
+            def composite(x: Tensor) -> tuple[Tensor]:
+                return (_primitives(x, target, weight, ignore_index, reduction,
+                                    label_smoothing, from_logits, index_shape),)
+
+            return class_loss(x, target, weight, ignore_index, reduction, label_smoothing,
+                              from_logits, index_shape, composite)
+    return _primitives(x, target, weight, ignore_index, reduction, label_smoothing,
+                       from_logits, index_shape)
+
+
+def _kernel_eligible(x: Tensor, target: Tensor, weight: Tensor | None) -> bool:
+    """Whether a class-index loss may run as the eager kernel (`eager_kernels.loss`): a
+    non-empty host input, host targets, and a weight (if any) that is a host constant of the
+    input's dtype (a weight that requires grad takes the primitives, which differentiate it)."""
+    if x.numel() == 0 or type(target._data) is not np.ndarray:
+        return False
+    if weight is not None and weight.requires_grad:
+        return False
+    return eligible(x, weight)
+
+
+def _primitives(x: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                reduction: str, label_smoothing: float, from_logits: bool,
+                index_shape: tuple) -> Tensor:
+    """`classification` as tensor primitives, on the batched input x (N, C, d1, ...) and
+    checked targets."""
+    unbatched = index_shape == ()
+    classes = x.shape[1]
+    probabilities = target.dtype.is_floating and from_logits
     logp = log_softmax(x, 1) if from_logits else x
     w = None
     if weight is not None:
@@ -183,7 +217,6 @@ def classification(input: Tensor, target: Tensor, weight: Tensor | None, ignore_
         loss = _soft_targets(logp, t, w, label_smoothing)
         loss = loss.reshape(()) if unbatched else loss
         return _reduce(loss, reduction)
-    _check_classes(target, classes, ignore_index, name)
     t = target.reshape((x.shape[0], 1) + tuple(x.shape[2:]))
     loss, target_weight = _hard_targets(logp, t, w, ignore_index, label_smoothing)
     if reduction == "mean":
