@@ -125,7 +125,7 @@ def apply(op: str, *inputs: Tensor, **attrs: Any) -> Tensor:
     if not inputs:
         out = out.view(HostConstant)
     result = wrap(out, dtype)
-    if op in view_writes.TRACKED and np.may_share_memory(out, arrays[0]):
+    if op in view_writes.SHARING and np.may_share_memory(out, arrays[0]):
         view_writes.mark(result, prim, inputs[0], attrs)
     if read_grad_mode():
         return _record(prim, inputs, attrs, result)

@@ -316,7 +316,7 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     if isinstance(x._data, np.ndarray) and x._data.flags.writeable:
         np.copyto(x._data, new._data)  # into x's own memory, which its views and bases share
     elif isinstance(x._data, np.ndarray):
-        x._data = new._data  # a broadcast or window view: a private array
+        x._data, x._view = new._data, None  # a broadcast or window view: a private array
     else:
         x._set_storage(new._data)
     x._node, x.requires_grad = new._node, new.requires_grad

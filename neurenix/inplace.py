@@ -92,8 +92,9 @@ def _store(x: Tensor, result: Tensor) -> None:
             x._set_host(np.asarray(result._host()))
     elif data.flags.writeable:
         np.copyto(data, result._host(), casting="unsafe")
-    else:  # a broadcast or window view: the tensor takes a private array
+    else:  # a broadcast or window view: the tensor takes a private array, a view no more
         x._data = np.array(result._host(), dtype=x._dtype.np_type)
+        x._view = None
 
 
 def add_(x: Tensor, other: Any, *, alpha: float = 1) -> Tensor:

@@ -28,6 +28,16 @@ TRACKED = frozenset({"slice", "reshape", "permute"})
 """View primitives a write goes through (an expanded or windowed view repeats elements: a
 write into it is refused or private, as in PyTorch)."""
 
+READ_ONLY = frozenset({"expand", "unfold", "stop_gradient"})
+"""View primitives whose result reads its input's memory but takes no write through (NumPy
+gives them read-only arrays: a write is refused or private).  They are marked as views all
+the same, so that a write into the base counts in their version (a backward through a use
+taken before the write raises instead of reading the new values) and a use after the write
+is derived again from the base's new value (`refresh`)."""
+
+SHARING = TRACKED | READ_ONLY
+"""Every view primitive `mark`ed when its result shares its input's host memory."""
+
 
 def mark(view: Tensor, prim: Primitive, base: Tensor, attrs: dict[str, Any]) -> None:
     """Record that `view` is `prim(base, **attrs)`, sharing base's memory."""
@@ -97,7 +107,9 @@ def protect_saved(x: Tensor) -> None:
 def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:
     """x's bases, nearest first, each with the view step from it and a snapshot of its values
     now (taken before a write into x changes them)."""
-    out = []
+    out: list[tuple[Tensor, Primitive, dict[str, Any], Any]] = []
+    if isinstance(x._data, np.ndarray) and not x._data.flags.writeable:
+        return out  # a read-only view: the write is private (`inplace._store`), no base takes it
     view = x._view
     while view is not None:
         base, prim, attrs, _ = view

@@ -13,6 +13,7 @@ from devices import needs_device
 from test_compile_parity import check_compiled
 
 import neurenix as nx
+from neurenix.dispatch import apply
 
 
 def _writes(lib, x, k: int):
@@ -212,3 +213,85 @@ def test_a_write_after_an_op_that_saves_its_output_keeps_its_gradient(make, writ
     write(y)
     y.sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), want(data.astype(np.float64)), rtol=1e-5)
+
+
+# ---- read-only views (expand, unfold, stop_gradient) follow writes into their base ----------
+# Regression: an expanded view did not count its base's in-place writes, so a backward through
+# a use taken before the write read the new values (a silently wrong gradient; eager
+# convolutions as primitives reach their weight through reshape + expand), and a use after the
+# write differentiated the old value.
+
+
+@pytest.mark.parametrize("view", ["expand", "unfold", "stop_gradient"])
+def test_write_into_base_after_a_read_only_view_was_used_raises(view):
+    def taken(a):
+        if view == "expand":
+            return a.expand(4, 3)
+        if view == "unfold":
+            windows = apply("unfold", a.reshape(1, 1, 3), kernel=(2,), stride=(1,),
+                            dilation=(1,))  # (1, 1, 2, 2): two windows of 2
+            return windows.reshape(4)
+        return apply("stop_gradient", a)
+
+    a = nx.tensor(np.arange(3, dtype=np.float32) + 1, requires_grad=True)
+    base = a * 1
+    seen = taken(base)
+    used = (seen * nx.tensor(np.ones(tuple(seen.shape), np.float32), requires_grad=True)).sum()
+    with nx.no_grad():
+        base.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        used.backward()
+
+
+def test_expanded_view_used_after_a_write_into_its_base_matches_torch():
+    got = []
+    for lib in (nx, torch):
+        a0 = lib.tensor(np.arange(3, dtype=np.float32) + 1, requires_grad=True)
+        b = lib.tensor(np.linspace(0.5, 2, 12, dtype=np.float32).reshape(4, 3),
+                       requires_grad=True)
+        a = a0 * 1
+        e = a.expand(4, 3)
+        a.mul_(2)
+        (e * b).sum().backward()
+        got.append((a0.grad.numpy(), b.grad.numpy()))
+    np.testing.assert_allclose(got[0][0], got[1][0], rtol=1e-6)
+    np.testing.assert_allclose(got[0][1], got[1][1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_write_into_a_read_only_view_is_private(assign):
+    """A write into a read-only expanded view of distinct elements takes a private array:
+    the base keeps its values and its gradient (no write through into the autograd value
+    without one into the memory), the view is a view no more."""
+    a = nx.tensor(np.arange(3, dtype=np.float32) + 1, requires_grad=True)
+    base = a * 1
+    e = base.expand(1, 3)
+    if assign:
+        e[0, 0] = 10.0
+    else:
+        e.add_(1)
+    np.testing.assert_array_equal(base.detach().numpy(), [1, 2, 3])
+    want = [[10, 2, 3]] if assign else [[2, 3, 4]]
+    np.testing.assert_array_equal(e.detach().numpy(), want)
+    (base * 2).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [2, 2, 2])
+
+
+def test_primitive_convolution_refuses_a_weight_written_after_use():
+    """The eager convolution as primitives (kernels off) reaches its weight through an expand:
+    a weight written in place between forward and backward raises, as with the kernel."""
+    import neurenix.nn.functional as F
+
+    before = nx.backends.eager_kernels
+    nx.backends.eager_kernels = False
+    try:
+        rng = np.random.default_rng(0)
+        x = nx.tensor(rng.random((2, 3, 5, 5), dtype=np.float32), requires_grad=True)
+        w = nx.tensor(rng.random((4, 3, 3, 3), dtype=np.float32), requires_grad=True)
+        y = F.conv2d(x, w)
+        with nx.no_grad():
+            w.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified in place"):
+            y.sum().backward()
+    finally:
+        nx.backends.eager_kernels = before
