@@ -102,27 +102,33 @@ def _lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
         a[...] = _SIGMOID(pre)
         a[:, g_] = np.tanh(pre[:, g_])
         i, f, g, o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, g_], a[:, 3 * hidden:]
-        c = cs[t] = f * c + i * g
-        tc = tcs[t] = np.tanh(c)
-        h = hs[t] = o * tc
+        c = np.multiply(f, c, out=cs[t])
+        c += i * g
+        h = np.multiply(o, np.tanh(c, out=tcs[t]), out=hs[t])
 
     def backward(grads: Arrays) -> Arrays:
         g_out, g_h, g_c = grads
         dh, dc = _seed(g_h, h0), _seed(g_c, c0)
+        gates = acts.reshape(acts.shape[:-1] + (4, hidden))  # (L, N, 4, H): i, f, g, o
+        i, f, g, o = (gates[..., k, :] for k in range(4))
+        # every step's gate-gradient factors at once; the loop keeps only the recurrence:
+        # d_o = dh * out_gate, dc += dh * cell, (d_i, d_f, d_g) = dc * inner, dc *= f
+        out_gate = tcs * (o * (1 - o))
+        cell = o * (1 - tcs * tcs)
+        inner = np.empty(gates.shape[:-2] + (3, hidden), acts.dtype)
+        inner[..., 0, :] = g * (i * (1 - i))
+        inner[..., 1, :] = _previous(cs, c0, reverse) * (f * (1 - f))
+        inner[..., 2, :] = i * (1 - g * g)
         dpre = np.empty_like(acts)
-        c_prev = _previous(cs, c0, reverse)
+        dgates = dpre.reshape(gates.shape)
         for t in _order(steps, not reverse):
             if g_out is not None:
-                dh = dh + g_out[t]
-            a, d, tc = acts[t], dpre[t], tcs[t]
-            i, f, g, o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, g_], a[:, 3 * hidden:]
-            d[:, 3 * hidden:] = (dh * tc) * (o * (1 - o))
-            dc = dc + (dh * o) * (1 - tc * tc)
-            d[:, hidden:2 * hidden] = (dc * c_prev[t]) * (f * (1 - f))
-            d[:, :hidden] = (dc * g) * (i * (1 - i))
-            d[:, g_] = (dc * i) * (1 - g * g)
-            dc = dc * f
-            dh = d @ w_hh
+                dh += g_out[t]
+            np.multiply(dh, out_gate[t], out=dgates[t, ..., 3, :])
+            dc += dh * cell[t]
+            np.multiply(dc[..., None, :], inner[t], out=dgates[t, ..., :3, :])
+            dc *= f[t]
+            dh = dpre[t] @ w_hh
         hp = _previous(hs, h0, reverse)
         dw_hh = dpre.reshape(-1, dpre.shape[-1]).T @ hp.reshape(-1, hidden)
         dx, dw_ih, db_ih, db_hh = _input_grads(dpre, rows, x.shape, w_ih, b_ih, True)
