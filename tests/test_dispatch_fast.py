@@ -103,6 +103,27 @@ def test_relu_as_its_composition(kernels: bool) -> None:
     np.testing.assert_array_equal(x.grad.numpy(), [0, 0, 0, 0, 1, 1, 1])
 
 
+@pytest.mark.parametrize("shape", [(2, 2), (4,)])
+def test_relu_kernel_double_backward(shape) -> None:
+    """Regression: with create_graph the ReLU kernel ran its composition and iterated the
+    one output tensor as if it were a tuple of outputs (a shape error)."""
+    values = np.array([1.0, -2.0, 3.0, 0.5]).reshape(shape)
+    grads = []
+    for kernels in (True, False):
+        before = nx.backends.eager_kernels
+        nx.backends.eager_kernels = kernels
+        try:
+            x = nx.tensor(values, requires_grad=True)
+            y = (x * x - 1.0).relu()
+            (g,) = nx.autograd.grad((y * y).sum(), [x], create_graph=True)
+            (g * g).sum().backward()
+            grads.append((g.detach().numpy(), x.grad.numpy()))
+        finally:
+            nx.backends.eager_kernels = before
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-12)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12)
+
+
 def test_relu_of_a_view_sees_a_write_into_its_base() -> None:
     z = nx.zeros(2, 3, requires_grad=True).clone()
     v = z[0]

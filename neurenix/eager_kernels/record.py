@@ -45,8 +45,8 @@ def record(name: str, inputs: Sequence[Tensor | None], outputs: Sequence[np.ndar
 
     `backward(output_grads)` gets one array (None: no gradient) per output and returns one
     array (or None) per input, arrays nothing else holds (a leaf adopts them as `.grad`);
-    `composite(*inputs)` is the same layer as primitives, run again when the backward itself
-    must be differentiable.
+    `composite(*inputs)` is the same layer as primitives (its outputs, or its one output as a
+    tensor), run again when the backward itself must be differentiable.
     """
     dtype = next(t._dtype for t in inputs if t is not None)
     outs = tuple(wrap(np.asarray(o), dtype) for o in outputs)
@@ -92,7 +92,8 @@ def _differentiable(inputs: Sequence[Tensor | None], positions: list[int],
     """The input gradients as differentiable tensors: the primitive composition, run again on
     the inputs and differentiated with create_graph."""
     wanted = [inputs[i] for i in positions if inputs[i].requires_grad]
-    outs = list(composite(*inputs))
+    made = composite(*inputs)
+    outs = [made] if isinstance(made, Tensor) else list(made)  # one output may come bare
     pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
     found = autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
                           create_graph=True, allow_unused=True) if pairs else [None] * len(wanted)

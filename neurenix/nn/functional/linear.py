@@ -1,8 +1,9 @@
 """`linear`: y = x W^T + b, the fully connected layer's computation."""
 from __future__ import annotations
 
+from ... import eager_kernels, linalg, shapes
 from ... import elementwise as ew
-from ... import linalg, shapes
+from ...eager_kernels import linear as linear_kernel
 from ...tensor import Tensor
 from ..input_errors import not_a_tensor, wrong_dtype
 
@@ -28,5 +29,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise ValueError(f"Linear: expected a bias of shape ({out_features},) "
                          f"(out_features,), got {tuple(bias.shape)}")
+    if eager_kernels.eligible(x, weight, bias):
+        return linear_kernel.linear(x, weight, bias, _primitives)
+    return _primitives(x, weight, bias)
+
+
+def _primitives(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`linear` as tensor primitives (the semantics; what a trace records)."""
     out = linalg.matmul(x, shapes.transpose(weight, 0, 1))
     return out if bias is None else ew.add(out, bias)
