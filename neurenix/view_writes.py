@@ -113,6 +113,8 @@ def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:
     view = x._view
     while view is not None:
         base, prim, attrs, _ = view
+        if prim.name == "stop_gradient":
+            break  # the values are shared, the autograd value is not (PyTorch's detach)
         data = base._data
         # a device buffer is never written, only replaced: it is its own snapshot
         snapshot = np.array(data, copy=True) if isinstance(data, np.ndarray) else current(base)

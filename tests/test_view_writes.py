@@ -295,3 +295,17 @@ def test_primitive_convolution_refuses_a_weight_written_after_use():
             y.sum().backward()
     finally:
         nx.backends.eager_kernels = before
+
+
+def test_write_into_a_stop_gradient_view_does_not_rewire_its_base():
+    """A write into `stop_gradient(a)` changes a's values (they are shared) but not a's
+    autograd value: later uses of a do not differentiate into what was written."""
+    a = nx.tensor(np.ones(3, np.float32), requires_grad=True)
+    base = a * 1
+    w = nx.tensor(np.full(3, 2.0, np.float32), requires_grad=True)
+    sg = apply("stop_gradient", base)
+    sg.mul_(w)
+    np.testing.assert_array_equal(base.detach().numpy(), [2, 2, 2])
+    (base * 3).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [3, 3, 3])
+    assert w.grad is None
