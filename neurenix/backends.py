@@ -22,30 +22,26 @@ from neurenix.compiler.targets import target_for_device
 _STATE = {"allow_tf32": False, "eager_kernels": True}
 
 
+def _switch(name: str) -> property:
+    """A bool setting of this module, kept in `_STATE`; anything but a bool raises."""
+
+    def get(self: types.ModuleType) -> bool:
+        return _STATE[name]
+
+    def set_(self: types.ModuleType, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"neurenix.backends.{name} must be a bool, got "
+                            f"{type(value).__name__} {value!r}")
+        _STATE[name] = value
+
+    return property(get, set_)
+
+
 class _Backends(types.ModuleType):
-    """This module, with `allow_tf32` checked when set."""
+    """This module, with its switches checked when set."""
 
-    @property
-    def allow_tf32(self) -> bool:
-        return _STATE["allow_tf32"]
-
-    @allow_tf32.setter
-    def allow_tf32(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"neurenix.backends.allow_tf32 must be a bool, got "
-                            f"{type(value).__name__} {value!r}")
-        _STATE["allow_tf32"] = value
-
-    @property
-    def eager_kernels(self) -> bool:
-        return _STATE["eager_kernels"]
-
-    @eager_kernels.setter
-    def eager_kernels(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"neurenix.backends.eager_kernels must be a bool, got "
-                            f"{type(value).__name__} {value!r}")
-        _STATE["eager_kernels"] = value
+    allow_tf32 = _switch("allow_tf32")
+    eager_kernels = _switch("eager_kernels")
 
 
 def eager_kernels_enabled() -> bool:

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from kernel_switch import kernels
 from neurenix.compiler.ops.registry import OpError
 
 import neurenix as nx
@@ -84,21 +85,17 @@ def test_spread_scalar_is_a_read_only_view_of_one_value() -> None:
     np.testing.assert_array_equal(x.grad.numpy(), np.full((3, 4), 3.0, np.float32))
 
 
-@pytest.mark.parametrize("kernels", [True, False])
-def test_relu_as_its_composition(kernels: bool) -> None:
+@pytest.mark.parametrize("on", [True, False])
+def test_relu_as_its_composition(on: bool) -> None:
     """The ReLU eager kernel and the primitive composition give the same bits."""
     values = np.array([-np.inf, -1.0, -0.0, 0.0, 0.5, np.inf, np.nan], np.float32)
     x = nx.tensor(values, requires_grad=True)
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = kernels
-    try:
+    with kernels(on):
         out = x.relu()
-    finally:
-        nx.backends.eager_kernels = before
     expected = np.where(values < 0, np.float32(0), values)
     np.testing.assert_array_equal(out.detach().numpy(), expected)
     assert np.signbit(out.detach().numpy()[2])  # -0.0 stays -0.0, as in PyTorch
-    assert out.grad_fn == ("ReluBackward" if kernels else "where_backward")
+    assert out.grad_fn == ("ReluBackward" if on else "where_backward")
     out.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [0, 0, 0, 0, 1, 1, 1])
 
@@ -109,17 +106,13 @@ def test_relu_kernel_double_backward(shape) -> None:
     one output tensor as if it were a tuple of outputs (a shape error)."""
     values = np.array([1.0, -2.0, 3.0, 0.5]).reshape(shape)
     grads = []
-    for kernels in (True, False):
-        before = nx.backends.eager_kernels
-        nx.backends.eager_kernels = kernels
-        try:
+    for on in (True, False):
+        with kernels(on):
             x = nx.tensor(values, requires_grad=True)
             y = (x * x - 1.0).relu()
             (g,) = nx.autograd.grad((y * y).sum(), [x], create_graph=True)
             (g * g).sum().backward()
             grads.append((g.detach().numpy(), x.grad.numpy()))
-        finally:
-            nx.backends.eager_kernels = before
     np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-12)
     np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12)
 

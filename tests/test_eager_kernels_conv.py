@@ -5,12 +5,11 @@ choice of the gradient's tap on ties and NaN, bit for bit; double backward, in-p
 no_grad and compiled code."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from kernel_switch import kernels
 
 import neurenix as nx
 import neurenix.nn as nn
@@ -21,17 +20,6 @@ from neurenix.nn.functional.conv import convolution
 TOL = {nx.float32: dict(rtol=1e-5, atol=1e-5), nx.float64: dict(rtol=1e-12, atol=1e-12)}
 TORCH_TOL = {nx.float32: dict(rtol=1e-4, atol=1e-4), nx.float64: dict(rtol=1e-10, atol=1e-10)}
 TORCH_DTYPE = {nx.float32: torch.float32, nx.float64: torch.float64}
-
-
-@contextlib.contextmanager
-def kernels(on: bool):
-    """`neurenix.backends.eager_kernels` set to `on` for the block, restored after it."""
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = on
-    try:
-        yield
-    finally:
-        nx.backends.eager_kernels = before
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,11 @@ requires grad; double backward; an input written in place between forward and ba
 no_grad, compiled code, and the gradients' storage (row-major, owned by the leaf)."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from kernel_switch import kernels
 
 import neurenix as nx
 import neurenix.nn as nn
@@ -19,16 +18,6 @@ from neurenix import autograd
 
 TOL = {nx.float32: dict(rtol=1e-5, atol=1e-5), nx.float64: dict(rtol=1e-12, atol=1e-12)}
 TORCH_TOL = {nx.float32: dict(rtol=1e-4, atol=1e-4), nx.float64: dict(rtol=1e-10, atol=1e-10)}
-
-
-@contextlib.contextmanager
-def kernels(on: bool):
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = on
-    try:
-        yield
-    finally:
-        nx.backends.eager_kernels = before
 
 
 def _arrays(x_shape, out_features, bias, dtype, seed=0):

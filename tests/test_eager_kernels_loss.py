@@ -5,12 +5,11 @@ smoothing and dtypes; nan and inf as the primitives give them; double backward, 
 weight that requires grad, no_grad and compiled code."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from kernel_switch import kernels
 
 import neurenix as nx
 import neurenix.nn as nn
@@ -20,16 +19,6 @@ from neurenix import autograd
 TOL = {nx.float32: dict(rtol=1e-5, atol=1e-6), nx.float64: dict(rtol=1e-12, atol=1e-13)}
 TORCH_TOL = {nx.float32: dict(rtol=1e-4, atol=1e-5), nx.float64: dict(rtol=1e-10, atol=1e-12)}
 TORCH_DTYPE = {nx.float32: torch.float32, nx.float64: torch.float64}
-
-
-@contextlib.contextmanager
-def kernels(on: bool):
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = on
-    try:
-        yield
-    finally:
-        nx.backends.eager_kernels = before
 
 
 def _case(shape, dtype, seed=0, ignore_index=-100, ignored=0.0):

@@ -4,11 +4,10 @@ PyTorch, for every mode and layout; higher-order gradients, in-place checks and 
 as before."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
+from kernel_switch import kernels
 
 import neurenix as nx
 import neurenix.nn as nn
@@ -19,17 +18,6 @@ TOL = {nx.float32: dict(rtol=2e-5, atol=2e-5), nx.float64: dict(rtol=1e-11, atol
 TORCH_TOL = {nx.float32: dict(rtol=1e-4, atol=1e-4), nx.float64: dict(rtol=1e-10, atol=1e-10)}
 LAYERS = {"LSTM": (nn.LSTM, torch.nn.LSTM), "GRU": (nn.GRU, torch.nn.GRU),
           "RNN_TANH": (nn.RNN, torch.nn.RNN), "RNN_RELU": (nn.RNN, torch.nn.RNN)}
-
-
-@contextlib.contextmanager
-def kernels(on: bool):
-    """`neurenix.backends.eager_kernels` set to `on` for the block, restored after it."""
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = on
-    try:
-        yield
-    finally:
-        nx.backends.eager_kernels = before
 
 
 def _layers(mode: str, dtype, **kw):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from devices import needs_device
+from kernel_switch import kernels
 from test_compile_parity import check_compiled
 
 import neurenix as nx
@@ -282,9 +283,7 @@ def test_primitive_convolution_refuses_a_weight_written_after_use():
     a weight written in place between forward and backward raises, as with the kernel."""
     import neurenix.nn.functional as F
 
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = False
-    try:
+    with kernels(False):
         rng = np.random.default_rng(0)
         x = nx.tensor(rng.random((2, 3, 5, 5), dtype=np.float32), requires_grad=True)
         w = nx.tensor(rng.random((4, 3, 3, 3), dtype=np.float32), requires_grad=True)
@@ -293,8 +292,6 @@ def test_primitive_convolution_refuses_a_weight_written_after_use():
             w.mul_(2.0)
         with pytest.raises(RuntimeError, match="modified in place"):
             y.sum().backward()
-    finally:
-        nx.backends.eager_kernels = before
 
 
 def test_write_into_a_stop_gradient_view_does_not_rewire_its_base():
