@@ -75,7 +75,12 @@ class TapeNode:
         g = grads[0]
         if self.prim.name not in SHAPE_ONLY:
             _check_versions(self)
-        return [self.prim.vjp(builder, g, self.out, self.inputs, self.attrs, i)
+        out = self.out
+        if state.is_grad_enabled():
+            # create_graph: the output a rule reads (exp's, div's) must be differentiable too,
+            # or the second derivative misses its term; the saved one is detached
+            out = builder.apply(self.prim.name, *self.inputs, **self.attrs)
+        return [self.prim.vjp(builder, g, out, self.inputs, self.attrs, i)
                 if t.requires_grad else None for i, t in enumerate(self.inputs)]
 
 
