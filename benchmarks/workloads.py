@@ -37,6 +37,10 @@ class Workload:
     batch: int = 1
     loss: str = ""  # "cross_entropy" | "mse" (training only)
     optimizer: str = ""  # "sgd" (lr 0.01, momentum 0.9) | "adam" (lr 1e-3)
+    dims: tuple[int, ...] = ()
+    """The family's sizes where they differ from the spec model's (full scale only): MLP
+    (inputs, hidden1, hidden2, classes), CNN (channels1, channels2, image side, hidden), LSTM
+    (sequence, inputs, hidden, outputs)."""
 
     def frameworks(self) -> tuple[str, ...]:
         """The frameworks this workload runs on: onnxruntime only for inference, the whole
@@ -63,8 +67,40 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("gemm_1024", "gemm", False, "float32 matmul (1024,1024) @ (1024,1024)"),
 ]}
 
+OFF_TUNING: dict[str, Workload] = {w.name: w for w in [
+    Workload("mlp_train_b256_w1024", "mlp", True, "MLP 784-1024-1024-10 batch 256: "
+             "CrossEntropyLoss, backward, SGD momentum step", batch=256, loss="cross_entropy",
+             optimizer="sgd", dims=(784, 1024, 1024, 10)),
+    Workload("cnn_train_b8", "cnn", True, "spec CNN on (8,3,28,28): CrossEntropyLoss, "
+             "backward, Adam step", batch=8, loss="cross_entropy", optimizer="adam"),
+    Workload("cnn_train_b64_c32", "cnn", True, "CNN 32/64 channels on (64,3,32,32), hidden "
+             "256: CrossEntropyLoss, backward, Adam step", batch=64, loss="cross_entropy",
+             optimizer="adam", dims=(32, 64, 32, 256)),
+    Workload("lstm_train_s50_h64", "lstm", True, "2-layer LSTM(32, 64) + Linear(64, 8) on "
+             "(16,50,32): MSELoss, backward, Adam step", batch=16, loss="mse",
+             optimizer="adam", dims=(50, 32, 64, 8)),
+]}
+"""Training shapes outside the three tuned workloads (issue 15's "report on others too"):
+`benchmarks/training_loops.py --only` takes their names; bench.py does not run them."""
+
 MLP_SIZES = {False: (784, 512, 512, 10), True: (16, 8, 8, 4)}
 LSTM_SIZES = {False: (15, 10, 20, 5), True: (3, 10, 4, 5)}  # seq, input, hidden, output
+CNN_SIZES = {False: (16, 32, 28, 128), True: (16, 32, 28, 128)}  # channels, side, hidden
+
+
+def workload(name: str) -> Workload:
+    """The workload called `name`, tuned or off-tuning."""
+    try:
+        return WORKLOADS[name] if name in WORKLOADS else OFF_TUNING[name]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; known: "
+                         f"{sorted(WORKLOADS) + sorted(OFF_TUNING)}") from None
+
+
+def sizes_of(w: Workload, tiny: bool) -> tuple[int, ...]:
+    """The family's sizes at this scale (see `Workload.dims`)."""
+    table = {"mlp": MLP_SIZES, "lstm": LSTM_SIZES, "cnn": CNN_SIZES}[w.family]
+    return w.dims if w.dims and not tiny else table[tiny]
 ELTWISE_SHAPE = {False: (4096, 1024), True: (4, 64)}
 GEMM_N = {False: 1024, True: 16}
 
@@ -94,12 +130,13 @@ def make_inputs(w: Workload, tiny: bool = False) -> tuple[list[np.ndarray], np.n
         return rng.standard_normal(shape, dtype=np.float32)
 
     if w.family == "mlp":
-        sizes = MLP_SIZES[tiny]
+        sizes = sizes_of(w, tiny)
         x, classes = [normal(b, sizes[0])], sizes[-1]
     elif w.family == "cnn":
-        x, classes = [normal(b, 3, 28, 28)], 10
+        side = sizes_of(w, tiny)[2]
+        x, classes = [normal(b, 3, side, side)], 10
     elif w.family == "lstm":
-        seq, inp, _, out = LSTM_SIZES[tiny]
+        seq, inp, _, out = sizes_of(w, tiny)
         x, classes = [normal(b, seq, inp)], out
     elif w.family == "eltwise":
         rows, cols = ELTWISE_SHAPE[tiny]
@@ -123,18 +160,21 @@ def neurenix_model(w: Workload, tiny: bool = False) -> Any:
 
     neurenix.manual_seed(0)
     if w.family == "mlp":
-        i, h1, h2, o = MLP_SIZES[tiny]
+        i, h1, h2, o = sizes_of(w, tiny)
         return Sequential(Linear(i, h1), ReLU(), Linear(h1, h2), ReLU(), Linear(h2, o))
     if w.family == "cnn":
+        c1, c2, side, hidden = sizes_of(w, tiny)
+
         class CNN(Module):
             def __init__(self) -> None:
                 super().__init__()
                 self.features = Sequential(
-                    Conv2d(3, 16, kernel_size=3, stride=1, padding=1), ReLU(),
+                    Conv2d(3, c1, kernel_size=3, stride=1, padding=1), ReLU(),
                     MaxPool2d(kernel_size=2, stride=2),
-                    Conv2d(16, 32, kernel_size=3, stride=1, padding=1), ReLU(),
+                    Conv2d(c1, c2, kernel_size=3, stride=1, padding=1), ReLU(),
                     MaxPool2d(kernel_size=2, stride=2))
-                self.classifier = Sequential(Linear(32 * 7 * 7, 128), ReLU(), Linear(128, 10))
+                self.classifier = Sequential(Linear(c2 * (side // 4) ** 2, hidden), ReLU(),
+                                             Linear(hidden, 10))
 
             def forward(self, x):
                 x = self.features(x)
@@ -142,7 +182,7 @@ def neurenix_model(w: Workload, tiny: bool = False) -> Any:
 
         return CNN()
     if w.family == "lstm":
-        _, inp, hidden, out = LSTM_SIZES[tiny]
+        _, inp, hidden, out = sizes_of(w, tiny)
 
         class RNN(Module):
             def __init__(self) -> None:
@@ -263,18 +303,20 @@ def torch_model(w: Workload, tiny: bool = False) -> Any:
     if w.family == "gemm":
         return Gemm()
     if w.family == "mlp":
-        i, h1, h2, o = MLP_SIZES[tiny]
+        i, h1, h2, o = sizes_of(w, tiny)
         model = nn.Sequential(nn.Linear(i, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
                               nn.Linear(h2, o))
     elif w.family == "cnn":
+        c1, c2, side, hidden = sizes_of(w, tiny)
+
         class CNN(nn.Module):
             def __init__(self) -> None:
                 super().__init__()
                 self.features = nn.Sequential(
-                    nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2),
-                    nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2))
-                self.classifier = nn.Sequential(nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
-                                                nn.Linear(128, 10))
+                    nn.Conv2d(3, c1, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2),
+                    nn.Conv2d(c1, c2, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2))
+                self.classifier = nn.Sequential(nn.Linear(c2 * (side // 4) ** 2, hidden),
+                                                nn.ReLU(), nn.Linear(hidden, 10))
 
             def forward(self, x):
                 x = self.features(x)
@@ -282,7 +324,7 @@ def torch_model(w: Workload, tiny: bool = False) -> Any:
 
         model = CNN()
     else:
-        _, inp, hidden, out = LSTM_SIZES[tiny]
+        _, inp, hidden, out = sizes_of(w, tiny)
 
         class RNN(nn.Module):
             def __init__(self) -> None:
@@ -366,7 +408,7 @@ def build_runner(name: str, framework: str, tiny: bool = False,
 
     `backend` picks the Neurenix compile backend ("llvm" or "reference"; default: Neurenix's).
     """
-    w = WORKLOADS[name]
+    w = workload(name)
     if framework == "neurenix_eager":
         return _neurenix_runner(w, False, tiny, backend)
     if framework == "neurenix_compiled":
