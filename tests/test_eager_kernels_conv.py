@@ -433,3 +433,29 @@ def test_compiled_cnn_equals_eager_with_kernels():
     np.testing.assert_allclose(compiled_loss, eager_loss.detach().numpy(), **TOL[nx.float32])
     for got, want in zip(compiled_grads, eager_grads):
         np.testing.assert_allclose(got, want.numpy(), **TOL[nx.float32])
+
+
+@pytest.mark.parametrize("dtype", [nx.float32, nx.float64], ids=["f32", "f64"])
+def test_relu_kernel_blend_is_the_compositions_bit_for_bit(dtype):
+    """The ReLU kernel's backward on arrays past the small-array fallback (a byte mask and-ed
+    with the gradient's bits): zeros of either sign, infinities and NaN in the input and the
+    upstream gradient give the primitives' bits, and PyTorch's values."""
+    rng = np.random.default_rng(5)
+    special = np.array([-np.inf, -1.0, -0.0, 0.0, 0.5, np.inf, np.nan])
+    values = rng.choice(np.concatenate([special, rng.standard_normal(9)]), (6, 4, 5, 7))
+    up = rng.choice(np.concatenate([special, rng.standard_normal(9)]), values.shape)
+    values, up = values.astype(dtype.np_type), up.astype(dtype.np_type)
+    results = []
+    for on in (True, False):
+        with kernels(on):
+            x = nx.tensor(values, requires_grad=True)
+            y = x.relu()
+            assert (y.grad_fn == "ReluBackward") == on
+            (y * nx.tensor(up)).sum().backward()
+            results.append((y.detach().numpy(), x.grad.numpy()))
+    _assert_identical(results[0][0], results[1][0], "output")
+    _assert_identical(results[0][1], results[1][1], "input gradient")
+    t = torch.tensor(values, requires_grad=True)
+    (torch.relu(t) * torch.tensor(up)).sum().backward()
+    finite = np.isfinite(t.grad.numpy())
+    np.testing.assert_array_equal(results[0][1][finite], t.grad.numpy()[finite])

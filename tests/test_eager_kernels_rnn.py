@@ -219,3 +219,18 @@ def test_non_finite_values_match_primitives():
 def test_switch_refuses_non_bools():
     with pytest.raises(TypeError, match="eager_kernels must be a bool"):
         nx.backends.eager_kernels = 1
+
+
+@pytest.mark.parametrize("dtype", [nx.float32, nx.float64], ids=["f32", "f64"])
+def test_saturated_lstm_gates_match_primitives_and_torch(dtype):
+    """The LSTM kernel's in-place sigmoid 1 / (1 + exp(-x)) where exp(-x) overflows or
+    underflows: inputs large enough to drive every gate to 0 or 1 (and past float32's exp
+    range), against the primitives' sign-split sigmoid and PyTorch."""
+    layer, ref = _layers("LSTM", dtype)
+    x = np.random.default_rng(9).choice([-300.0, -40.0, 40.0, 300.0], (4, 3, 5))
+    x = x.astype(dtype.np_type)
+    got, _ = _run(layer, x, None, dtype, True)
+    want, _ = _run(layer, x, None, dtype, False)
+    assert all(np.isfinite(a).all() for a in got)
+    _close(got, want, TOL[dtype], "kernel vs primitives")
+    _close(got, _torch(ref, x, None), TORCH_TOL[dtype], "kernel vs torch")

@@ -12,6 +12,7 @@ from ..tensor import Tensor
 from .record import Arrays, record
 
 _SELECT = REGISTRY["where"].impl
+_SIGNED = {4: np.int32, 8: np.int64}
 
 
 def relu(x: Tensor, composite: Callable[..., Sequence[Tensor]]) -> Tensor:
@@ -22,6 +23,18 @@ def relu(x: Tensor, composite: Callable[..., Sequence[Tensor]]) -> Tensor:
     zero = np.zeros((), a.dtype)
 
     def backward(grads: Arrays) -> Arrays:
-        return [_SELECT(a <= zero, zero, grads[0])]
+        return [relu_grad(a, grads[0])]
 
     return record("Relu", (x,), (np.maximum(zero, a),), backward, composite)[0]
+
+
+def relu_grad(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """where(a <= 0, +0.0, g), bit for bit, in one pass over g: g's bits and-ed with a mask
+    that is all ones where a > 0 or a is NaN (a byte per element, sign-extended by the
+    bitwise and), so that no wider mask is allocated, written and freed."""
+    signed = _SIGNED.get(a.dtype.itemsize)
+    if signed is None or g.dtype != a.dtype or g.shape != a.shape or a.size < 256:
+        return _SELECT(a <= np.zeros((), a.dtype), np.zeros((), a.dtype), g)
+    mask = np.less_equal(a, 0).view(np.int8)
+    np.subtract(mask, 1, out=mask)  # 0 where a <= 0, -1 (every bit set) elsewhere
+    return np.bitwise_and(g.view(signed), mask, dtype=signed).view(a.dtype)

@@ -8,7 +8,8 @@ one strided add per tap (col2im, as the `fold` primitive does it) and db = the s
 
 Max pooling takes the maximum over the taps' strided views of the -inf-padded input, and its
 gradient goes to the first tap holding the maximum (or the first NaN), as the primitive
-composition's `argmax` picks it; see `max_pool`.
+composition's `argmax` picks it; the forward records that tap per window (a byte each), so
+the backward is a scatter; see `max_pool`.
 
 Any number of spatial axes; callers check the arguments first (`nn.functional.conv`,
 `nn.functional.pooling`), so the errors stay theirs.
@@ -194,26 +195,76 @@ def _max_pool(xa: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints, lo: In
     maximum (`argmax`: the first NaN when there is one); that is the window's maximum with
     NaN propagated, plus 0.0 (so -0.0 comes out as 0.0 unless the window has one tap).  The
     gradient goes to that same first tap; taps outside the input (the -inf padding) drop it.
+    The forward finds that tap's number per window (`_first_max`), so the backward only
+    scatters the gradient, without reading the input again.
     """
     xp = _padded(xa, lo, hi, -np.inf)
     out = _out_size(xp.shape[2:], kernel, stride, dilation)
     m = _window_max(xp, kernel, stride, dilation, out)
     if math.prod(kernel) > 1:
         m += 0.0
-    # the backward compares the input with the maxima: its own copy of them, as the output
-    # returned may be written in place
-    best = m.copy() if wanted else None
+    taps = [index for _, index in _taps(kernel, stride, dilation, out)]
+    first = _first_max(xp, m, taps) if wanted else None
+    padded, dtype = xp.shape, xp.dtype
+    del xp
 
     def backward(grads: Arrays) -> Arrays:
         g = grads[0]
         if g is None:
             return [None]
         # + 0.0: the primitives add g to zeros, which makes a -0.0 gradient 0.0
-        dxp = _route_to_first_max(xp, best, np.add(g, 0.0, dtype=xp.dtype), kernel, stride,
-                                  dilation, out)
+        dxp = _route(first, np.add(g, 0.0, dtype=dtype), padded, kernel, stride, dilation,
+                     out, taps)
         return [dxp[_inner(xa.shape[2:], lo)]]
 
     return m, backward
+
+
+def _first_max(xp: np.ndarray, best: np.ndarray, taps: list[tuple[slice, ...]]) -> np.ndarray:
+    """Which tap of each window is its first (row-major) equal to its maximum `best`, or
+    holding its first NaN, coded as a small signed integer: taps - (that tap's number), the
+    largest of taps - t over the taps t that hold the maximum (two small passes a tap)."""
+    count = len(taps)
+    itype = np.int8 if count <= 127 else np.int16 if count <= 32767 else np.int32
+    code = np.zeros(best.shape, itype)
+    nan = bool(np.isnan(best).any())
+    hit = np.empty(best.shape, np.bool_)
+    rank = np.empty(best.shape, itype)
+    for t, index in enumerate(taps):
+        v = xp[index]
+        np.equal(v, best, out=hit)
+        if nan:
+            np.logical_or(hit, np.isnan(v), out=hit)
+        np.multiply(hit, itype(count - t), out=rank)
+        np.maximum(code, rank, out=code)
+    return code
+
+
+def _route(first: np.ndarray, g: np.ndarray, padded: Sequence[int], kernel: Ints,
+           stride: Ints, dilation: Ints, out: Ints,
+           taps: list[tuple[slice, ...]]) -> np.ndarray:
+    """The padded input's gradient: each window's g at the tap `first` codes (see
+    `_first_max`).  The selection is a bitwise and of g with a mask that is all ones at that
+    tap (so an inf or NaN in g reaches only its tap); overlapping windows add, in `fold`'s
+    tap order, disjoint ones are written (and when they tile the input, nothing is zeroed
+    first)."""
+    disjoint = all(k == 1 or s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+    tiled = all(s == k and (k == 1 or d == 1) and p == o * s
+                for k, s, d, p, o in zip(kernel, stride, dilation, padded[2:], out))
+    dxp = np.empty(padded, g.dtype) if tiled else np.zeros(padded, g.dtype)
+    signed = _SIGNED[g.dtype.itemsize]
+    g_bits = g.view(signed)
+    hit = np.empty(first.shape, np.bool_)
+    for t, index in enumerate(taps):
+        np.equal(first, len(taps) - t, out=hit)
+        mask = np.negative(hit.view(np.int8))  # -1: all bits set (as a wider int too)
+        target = dxp[index]
+        if disjoint:
+            np.bitwise_and(g_bits, mask, out=target.view(signed))
+        else:
+            picked = np.bitwise_and(g_bits, mask)
+            np.add(target, picked.view(g.dtype), out=target)
+    return dxp
 
 
 def _window_max(xp: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints,
@@ -236,51 +287,3 @@ def _window_max(xp: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints,
             np.maximum(m, v, out=m)
         a = m
     return np.array(a, copy=a is xp or not a.flags.c_contiguous)
-
-
-def _route_to_first_max(xp: np.ndarray, best: np.ndarray, g: np.ndarray, kernel: Ints,
-                        stride: Ints, dilation: Ints, out: Ints) -> np.ndarray:
-    """The padded input's gradient: each window's g at its first tap (row-major) equal to the
-    window's maximum, or its first NaN; block by block of the batch, so that one block's
-    input, maxima and gradient stay in cache across the taps."""
-    disjoint = all(k == 1 or s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
-    tiled = all(s == k and (k == 1 or d == 1) and p == o * s
-                for k, s, d, p, o in zip(kernel, stride, dilation, xp.shape[2:], out))
-    dxp = np.empty(xp.shape, xp.dtype) if tiled else np.zeros(xp.shape, xp.dtype)
-    nan = bool(np.isnan(best).any())
-    taps = [index for _, index in _taps(kernel, stride, dilation, out)]
-    step = max(1, _POOL_BLOCK_BYTES // max(math.prod(xp.shape[1:]) * xp.itemsize, 1))
-    for n in range(0, len(xp), step):
-        part = slice(n, n + step)
-        _route_block(xp[part], best[part], g[part], dxp[part], taps, nan, disjoint)
-    return dxp
-
-
-_POOL_BLOCK_BYTES = 1 << 18
-
-
-def _route_block(xp: np.ndarray, best: np.ndarray, g: np.ndarray, dxp: np.ndarray,
-                 taps: list[tuple[slice, ...]], nan: bool, disjoint: bool) -> None:
-    """`_route_to_first_max` on a block.  The selection is a bitwise and of g with a mask
-    that is all ones at the first maximum (so an inf or NaN in g reaches only its tap);
-    overlapping windows add, in `fold`'s tap order, disjoint ones are written."""
-    signed = _SIGNED[xp.dtype.itemsize]
-    g_bits = g.view(signed)
-    taken = None
-    for index in taps:
-        v = xp[index]
-        hit = np.equal(v, best)
-        if nan:
-            np.logical_or(hit, np.isnan(v), out=hit)
-        if taken is None:
-            taken = hit
-        else:
-            np.greater(hit, taken, out=hit)  # a maximum no earlier tap had
-            np.logical_or(taken, hit, out=taken)
-        mask = np.negative(hit.view(np.int8))  # -1: all bits set (as a wider int too)
-        target = dxp[index]
-        if disjoint:
-            np.bitwise_and(g_bits, mask, out=target.view(signed))
-        else:
-            picked = np.bitwise_and(g_bits, mask)
-            np.add(target, picked.view(xp.dtype), out=target)

@@ -2,7 +2,8 @@
 
 The forward computes what `neurenix.nn.rnn`'s primitive composition computes, operation for
 operation (the input projection of every step in one product, then per step one product with
-W_hh and the gate arithmetic), and keeps the gate activations; the backward is
+W_hh and the gate arithmetic; the LSTM's sigmoids in place as 1 / (1 + exp(-x)), within an
+ulp or two of the primitive's), and keeps the gate activations; the backward is
 backpropagation through time over them, with the weight gradients as single products over all
 steps.  PyTorch's gate orders: LSTM i, f, g, o; GRU r, z, n.
 """
@@ -86,6 +87,15 @@ def _seed(g: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     return np.zeros_like(like) if g is None else np.array(g, dtype=like.dtype)
 
 
+def _sigmoid_inplace(a: np.ndarray) -> None:
+    """a = 1 / (1 + exp(-a)) in place, four passes without temporaries (PyTorch's formula):
+    exp(-a) overflows to inf for a very negative a, and 1 / inf is the 0.0 the limit is."""
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    a += 1
+    np.divide(1, a, out=a)
+
+
 def _lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     rows, gi = _project(x, w_ih, b_ih, b_hh)
     steps, hidden = x.shape[0], h0.shape[-1]
@@ -96,11 +106,14 @@ def _lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     hs = np.empty_like(cs)
     h, c = h0, c0
     g_ = slice(2 * hidden, 3 * hidden)
+    cell_in = np.empty(h0.shape, gi.dtype)  # tanh of the cell gate, before the sigmoids
     for t in _order(steps, reverse):
-        pre = gi[t] + h @ w_hh_t
         a = acts[t]
-        a[...] = _SIGMOID(pre)
-        a[:, g_] = np.tanh(pre[:, g_])
+        np.matmul(h, w_hh_t, out=a)
+        a += gi[t]
+        np.tanh(a[:, g_], out=cell_in)
+        _sigmoid_inplace(a)
+        a[:, g_] = cell_in
         i, f, g, o = a[:, :hidden], a[:, hidden:2 * hidden], a[:, g_], a[:, 3 * hidden:]
         c = np.multiply(f, c, out=cs[t])
         c += i * g
