@@ -38,7 +38,7 @@ from .elementwise import (
 from .mask_assign import masked_assign
 from .shapes import broadcast_to, movedim, narrow, normalize_dim, permute, reshape, unsqueeze
 from .state import current_trace, is_grad_enabled, no_grad, suspended
-from .tensor import HostConstant, Tensor, storage_on
+from .tensor import HostConstant, Tensor, storage_on, version_of
 
 
 class _Advanced:
@@ -279,11 +279,16 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
         view_writes.protect_saved(x)
     if not grad and eager and x._data is not None and v._data is not None:
         values = x._host()
-        if not values.flags.writeable:
+        private = not values.flags.writeable
+        if private:
             values = values.copy()  # a broadcast or window view: take a private copy
         where_at = np.unravel_index(positions._host().reshape(-1), x.shape)
         values[where_at] = v._host().reshape(-1)
         x._set_host(values)
+        if private and isinstance(x._data, np.ndarray):
+            x._version, x._view = version_of(x), None  # a view (or detach()) no more
+        elif x._view is not None:
+            view_writes.bump_bases(x)  # its base, other views and detach()es count the write
         return
     # plain data (positions were computed eagerly), also inside a trace
     pos = positions._host().reshape(-1)
@@ -315,11 +320,14 @@ def setitem(x: Tensor, index: Any, value: Any) -> None:
     bases = view_writes.chain(x)  # x a view: its bases take the write too
     if isinstance(x._data, np.ndarray) and x._data.flags.writeable:
         np.copyto(x._data, new._data)  # into x's own memory, which its views and bases share
-    elif isinstance(x._data, np.ndarray):
-        x._data, x._view = new._data, None  # a broadcast or window view: a private array
+    elif isinstance(x._data, np.ndarray):  # a broadcast or window view: a private array
+        x._version = version_of(x)
+        x._data, x._view = new._data, None
     else:
         x._set_storage(new._data)
     x._node, x.requires_grad = new._node, new.requires_grad
+    if x._view is not None:
+        view_writes.bump_bases(x)
     view_writes.write_through(x, bases, apply)
 
 

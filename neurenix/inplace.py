@@ -28,7 +28,7 @@ from .dispatch import EAGER, apply
 from .elementwise import add, cast, clamp, div, mul, sub
 from .indexing import masked_fill
 from .state import current_trace, is_grad_enabled, no_grad
-from .tensor import HostConstant, Tensor
+from .tensor import HostConstant, Tensor, version_of
 
 Binary = Callable[[Any, Any], Tensor]
 
@@ -53,9 +53,13 @@ def apply_inplace(x: Tensor, fn: Binary, other: Any, name: str) -> Tensor:
         bases = view_writes.chain(x)  # x a view: its bases take the write too
         _store(x, result)
         x._node, x.requires_grad = result._node, result.requires_grad
+        if x._view is not None:
+            view_writes.bump_bases(x)
         view_writes.write_through(x, bases, apply)
     else:
         _store(x, _checked(x, fn(x, other), name))
+        if x._view is not None:
+            view_writes.bump_bases(x)
     x._version += 1
     return x
 
@@ -93,8 +97,14 @@ def _store(x: Tensor, result: Tensor) -> None:
     elif data.flags.writeable:
         np.copyto(data, result._host(), casting="unsafe")
     else:  # a broadcast or window view: the tensor takes a private array, a view no more
-        x._data = np.array(result._host(), dtype=x._dtype.np_type)
-        x._view = None
+        _private(x, np.array(result._host(), dtype=x._dtype.np_type))
+
+
+def _private(x: Tensor, values: np.ndarray) -> None:
+    """Make host `values` x's own memory, shared with no base or `detach()` any more (a write
+    into a read-only view); its version goes on from the one its uses saw."""
+    x._version = version_of(x)
+    x._data, x._view = values, None
 
 
 def add_(x: Tensor, other: Any, *, alpha: float = 1) -> Tensor:
@@ -188,18 +198,19 @@ def copy_(x: Tensor, src: Tensor | Any) -> Tensor:
     if isinstance(x._data, np.ndarray):
         view_writes.protect_saved(x)
         _copy_host(x, src._host() if isinstance(src, Tensor) else np.asarray(src))
-        return x
-    if not isinstance(src, Tensor) or type(src._data) is not type(x._data):
+    elif not isinstance(src, Tensor) or type(src._data) is not type(x._data):
         values = np.asarray(src._host() if isinstance(src, Tensor) else src)
         _check_broadcast(x, values.shape)
         x._set_host(np.broadcast_to(values, x.shape).astype(x._dtype.np_type))
-        return x
-    _check_broadcast(x, tuple(src.shape))
-    with no_grad():
-        value = EAGER.broadcast_to(src, tuple(x.shape))
-        if value.dtype != x.dtype:
-            value = cast(value, x.dtype)
-    x._set_storage(value._data)  # device buffers are never written: sharing src's is a copy
+    else:
+        _check_broadcast(x, tuple(src.shape))
+        with no_grad():
+            value = EAGER.broadcast_to(src, tuple(x.shape))
+            if value.dtype != x.dtype:
+                value = cast(value, x.dtype)
+        x._set_storage(value._data)  # device buffers are never written: sharing src's copies
+    if x._view is not None:
+        view_writes.bump_bases(x)
     return x
 
 
@@ -233,7 +244,7 @@ def _copy_host(x: Tensor, value: np.ndarray) -> None:
     except TypeError:
         values = np.array(values)  # a read-only view: take a private copy first
         np.copyto(values, np.broadcast_to(value, x.shape), casting="unsafe")
-        x._data = values
+        _private(x, values)
 
 
 def fill_(x: Tensor, value: Any) -> Tensor:

@@ -152,18 +152,74 @@ def _replace(alias: Alias, buffer: Any) -> None:
             t._data, held.seen = buffer, storage.version
 
 
+class Version:
+    """A version counter that tensors sharing host memory without a view link share (a tensor
+    and its `detach()`es, PyTorch's shared counter): it stands in their `_version` slot, so
+    that `t._version += 1` (every write does it) counts for all of them.  `source` is the
+    tensor the first `detach()` was taken of (weakly: a detached tensor must not keep its
+    source's graph alive), through which a write into a detached tensor reaches the autograd
+    node that saved that memory (`neurenix.view_writes.protect_saved`)."""
+
+    __slots__ = ("value", "source")
+
+    def __init__(self, value: int, source: Tensor) -> None:
+        self.value = value
+        self.source = weakref.ref(source)
+
+    def __iadd__(self, n: int) -> Version:
+        self.value += n
+        return self
+
+    def __int__(self) -> int:
+        return self.value
+
+    __index__ = __int__
+
+    def __add__(self, n: int) -> int:
+        return self.value + n
+
+    __radd__ = __add__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (int, Version)):
+            return self.value == int(other)
+        return NotImplemented
+
+    def __lt__(self, other: Any) -> bool:
+        return self.value < int(other)
+
+    def __le__(self, other: Any) -> bool:
+        return self.value <= int(other)
+
+    def __gt__(self, other: Any) -> bool:
+        return self.value > int(other)
+
+    def __ge__(self, other: Any) -> bool:
+        return self.value >= int(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Version({self.value})"
+
+
 def version_of(t: Tensor) -> int:
     """t's version for autograd's "modified after use" check: its own in-place updates and
-    those of the tensors it is a view of (`_view`), and, on a device, those through any alias
-    of its storage (PyTorch's shared counter)."""
+    those of the tensors it is a view of (`_view`), shared with its `detach()`es (`Version`),
+    and, on a device, those through any alias of its storage (PyTorch's shared counter)."""
+    version = t._version
+    if type(version) is not int:
+        version = version.value
     if type(t._data) is np.ndarray:
-        version, view = t._version, t._view
+        view = t._view
         while view is not None:
-            version += view[0]._version
-            view = view[0]._view
+            base = view[0]
+            counted = base._version
+            version += counted if type(counted) is int else counted.value
+            view = base._view
         return version
     alias = alias_of(t)
-    return t._version if alias is None else t._version + alias.storage.version - alias.start
+    return version if alias is None else version + alias.storage.version - alias.start
 
 
 def move_storage(data: Any, device: Device) -> Any:
@@ -368,7 +424,12 @@ class Tensor:
 
     @property
     def data(self) -> Tensor:
-        """A tensor sharing this one's storage, detached from autograd."""
+        """A tensor sharing this one's storage, detached from autograd.  Unlike `detach()` it
+        does not share the version counter on the CPU (as in PyTorch): a write through it is
+        not seen by autograd's "modified in place" check."""
+        data = self._data
+        if isinstance(data, np.ndarray):
+            return Tensor._wrap(data, self._dtype, self._device)
         return self.detach()
 
     @data.setter

@@ -20,7 +20,7 @@ from neurenix.compiler.types import bool_, int64
 
 from .device_ops import current
 from .state import is_grad_enabled
-from .tensor import HostConstant, Tensor, version_of
+from .tensor import HostConstant, Tensor, Version, version_of
 
 Apply = Callable[..., Tensor]
 
@@ -92,16 +92,77 @@ def refuse_overlap(x: Tensor) -> None:
 def protect_saved(x: Tensor) -> None:
     """Before a write into x's host memory: the autograd nodes that made x and its bases keep
     a copy of their output where they share that memory (a VJP reading its output, exp's,
-    would otherwise see the written values: a wrong gradient)."""
+    would otherwise see the written values: a wrong gradient).  A write through a `detach()`
+    is one autograd never sees, as in PyTorch: there the node's output is marked
+    `Overwritten` instead, so that a backward reading it raises as PyTorch's does."""
     t: Tensor | None = x
+    detached = False
     while t is not None:
         node = t._node
         out = getattr(node, "out", None)
         data = t._data
-        if out is not None and isinstance(data, np.ndarray) and \
-                isinstance(out._data, np.ndarray) and np.may_share_memory(out._data, data):
-            node.out = Tensor._wrap(np.array(out._data), out._dtype)
-        t = t._view[0] if t._view is not None else None
+        if out is not None and type(out) is not Overwritten and isinstance(data, np.ndarray) \
+                and isinstance(out._data, np.ndarray) and np.may_share_memory(out._data, data):
+            node.out = Overwritten.of(out, node.name) if detached else \
+                Tensor._wrap(np.array(out._data), out._dtype)
+        if t._view is not None:
+            t = t._view[0]
+            continue
+        version = t._version
+        source = None if type(version) is int else version.source()
+        t, detached = (None, detached) if source is None or source is t else (source, True)
+
+
+class Overwritten(Tensor):
+    """An autograd node's saved output after a write through a `detach()` of it changed its
+    memory: reading its values (a VJP that needs them, exp's) raises PyTorch's error; a VJP
+    that does not read them (mul by a constant's) runs as before."""
+
+    __slots__ = ("_message",)
+
+    @classmethod
+    def of(cls, out: Tensor, name: str) -> Overwritten:
+        """The stand-in for `out`, the saved output of node `name`."""
+        t = object.__new__(cls)
+        t._dtype, t._device = out._dtype, out._device
+        t._fresh_state()
+        t._message = (f"one of the variables needed for gradient computation has been "
+                      f"modified by an inplace operation: the output of {name} of shape "
+                      f"{tuple(out._data.shape)} was modified in place (through a detach()) "
+                      f"after it was saved; its gradient would be wrong. Use an out-of-place "
+                      f"operation (or .clone() before modifying)")
+        return t
+
+    @property
+    def _data(self) -> Any:
+        raise RuntimeError(self._message)
+
+
+def share_version(detached: Tensor, source: Tensor) -> None:
+    """Make `detached` (a host `detach()` of `source`) share the version counter of the tensor
+    source is a view of at the top (PyTorch's detach shares its source's counter): a write
+    into either, or into any view of either, counts for both."""
+    if not isinstance(detached._data, np.ndarray):
+        return  # a device alias counts its storage's writes already (`tensor.version_of`)
+    root = source
+    while root._view is not None:
+        root = root._view[0]
+    version = root._version
+    if type(version) is int:
+        version = root._version = Version(version, root)
+    detached._version = version
+
+
+def bump_bases(x: Tensor) -> None:
+    """After a write into view x's memory: count it in the version of the tensor x is a view
+    of at the top, which every other view and `detach()` of it reads (`version_of`)."""
+    view = x._view
+    if view is None:
+        return
+    base = view[0]
+    while base._view is not None:
+        base = base._view[0]
+    base._version += 1
 
 
 def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:
@@ -121,8 +182,6 @@ def chain(x: Tensor) -> list[tuple[Tensor, Primitive, dict[str, Any], Any]]:
         out.append((base, prim, attrs, snapshot))
         view = base._view
     return out
-
-
 
 
 def write_through(x: Tensor, bases: list[tuple[Tensor, Primitive, dict[str, Any], Any]],
@@ -163,6 +222,7 @@ def refresh(t: Tensor, apply: Apply) -> None:
     if now == version:
         return
     t._view = (base, prim, attrs, now)
-    if is_grad_enabled() and base.requires_grad:
+    if prim.name != "stop_gradient" and is_grad_enabled() and base.requires_grad:
+        # (a stop_gradient view shares values, not the autograd value: nothing to derive)
         fresh = apply(prim.name, frozen(base), **attrs)
         t._node, t.requires_grad = fresh._node, fresh.requires_grad
