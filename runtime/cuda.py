@@ -10,7 +10,9 @@ PTX is the object code a cache stores, and cuModuleLoadData hands it to the driv
 assembles it for the GPU.  PTX from an NVRTC newer than the driver is refused
 (CUDA_ERROR_UNSUPPORTED_PTX_VERSION, explained with both versions).  The runtime uses device 0's
 primary context (shared with other CUDA users in the process), current on every thread that
-calls in.  Everything else (device, buffers, executables, error messages) is gpu_driver.py.
+calls in.  Kernel arguments go through cuLaunchKernel's `kernelParams` as (values, ctypes
+types): pointers as `c_void_p`, a kernel of dynamic sizes' symbols as `c_longlong`.
+Everything else (device, buffers, executables, error messages) is gpu_driver.py.
 
 cuda-python is imported on first use: `import neurenix` never needs it.
 """
@@ -68,6 +70,16 @@ def _has_libcuda() -> bool:
     return False
 
 
+def kernel_params(pointers: list[int], sizes: tuple[int, ...] = ()) -> Any:
+    """cuLaunchKernel's `kernelParams` in cuda-python's form, (values, ctypes types): the
+    pointers as `void*`, then a kernel of dynamic sizes' symbol values as `long long` (the
+    binding copies each into a buffer of its type); 0 for no arguments."""
+    if sizes:
+        return (tuple(pointers) + tuple(sizes),
+                (ctypes.c_void_p,) * len(pointers) + (ctypes.c_longlong,) * len(sizes))
+    return (tuple(pointers), (ctypes.c_void_p,) * len(pointers)) if pointers else 0
+
+
 def _driver(cu: Any, context: Any) -> Driver:
     """The driver table of cuda-python's `driver` module, on `context`."""
 
@@ -75,9 +87,9 @@ def _driver(cu: Any, context: Any) -> Driver:
         data = ctypes.create_string_buffer(image)  # PTX is text: the driver wants it NUL-ended
         return cu.cuModuleLoadData(ctypes.addressof(data))
 
-    def launch(fn: Any, grid: tuple, block: tuple, stream: Any, pointers: list[int]) -> tuple:
-        params = (tuple(pointers), (ctypes.c_void_p,) * len(pointers)) if pointers else 0
-        return cu.cuLaunchKernel(fn, *grid, *block, 0, stream, params, 0)
+    def launch(fn: Any, grid: tuple, block: tuple, stream: Any, pointers: list[int],
+               sizes: tuple[int, ...] = ()) -> tuple:
+        return cu.cuLaunchKernel(fn, *grid, *block, 0, stream, kernel_params(pointers, sizes), 0)
 
     return Driver(
         ok=lambda status: status == cu.CUresult.CUDA_SUCCESS,

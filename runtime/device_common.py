@@ -1,5 +1,7 @@
-"""What the OpenCL and WebGPU runtimes share: the per-process device singleton, storage
-conversion at the host boundary, and argument checking against a `Program`'s signature.
+"""What the GPU runtimes (OpenCL, WebGPU, CUDA and HIP) share: the per-process device
+singleton, storage conversion at the host boundary, argument checking against a `Program`'s
+signature, the arena's size, and the per-call layouts of a program with dynamic sizes
+(`Layouts`: its sizes bound from the inputs' shapes once per tuple of shapes, remembered).
 
 Storage (docs/targets/gpu-programs.md): device buffers hold the host layout of every dtype,
 except where a storage map says otherwise; WebGPU's is `{"bool": "uint32"}` (a bool is a 4-byte
@@ -16,10 +18,12 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from .program import Program, TensorSpec
-from .sizes import size_value
+from .program import Program, ProgramSizes, TensorSpec
+from .sizes import bind_sizes, size_value
 
 T = TypeVar("T")
+LAYOUTS = 64
+"""Input shapes whose layouts an executable with dynamic sizes remembers (then starts over)."""
 
 
 class Lazy(Generic[T]):
@@ -103,7 +107,8 @@ def from_storage(raw: Any, shape: Sequence[int], dtype: np.dtype,
 
 def host_inputs(target: str, specs: Sequence[TensorSpec],
                 inputs: Sequence[Any]) -> list[np.ndarray]:
-    """Host inputs as C-contiguous arrays after checking count, shapes and dtypes; a
+    """Host inputs as C-contiguous arrays of their shapes (a scalar stays 0-d: a program with
+    dynamic sizes binds them from these shapes) after checking count, shapes and dtypes; a
     ValueError naming what was expected and what came."""
     check_count(target, specs, inputs)
     arrays = []
@@ -114,7 +119,8 @@ def host_inputs(target: str, specs: Sequence[TensorSpec],
                                 f"takes host arrays (run_device takes {target} buffers)")
             x = np.asarray(x)
         check_spec(target, spec, tuple(x.shape), x.dtype)
-        arrays.append(np.ascontiguousarray(x))
+        y = np.ascontiguousarray(x)
+        arrays.append(y if y.ndim == x.ndim else y.reshape(x.shape))  # keeps 0-d arrays 0-d
     return arrays
 
 
@@ -192,3 +198,57 @@ def launch_shape(grid: Sequence[int], block: Sequence[int]) -> tuple[tuple[int, 
     if len(block) != len(grid):
         raise ValueError(f"launch geometry: grid {grid} and block {block} differ in length")
     return grid, block
+
+
+def arena_bytes(program: Program, sizes: ProgramSizes | None = None) -> int:
+    """Bytes to allocate for the arena: the plan's, and at least every temp's range (a temp of
+    no elements still gets 4 bytes), at least 4; `sizes`: one call of a program with dynamic
+    sizes (its offsets and element counts)."""
+    temps = [b for b in program.buffers if b.kind == "temp"]
+    if sizes is None:
+        return max([4, program.arena_bytes] + [b.offset + max(b.nbytes, 4) for b in temps])
+    return max([4, sizes.arena_bytes] + [
+        sizes.offsets[b.name] + max(sizes.elements[b.name] * np.dtype(b.dtype).itemsize, 4)
+        for b in temps])
+
+
+class Layouts(Generic[T]):
+    """The per-call layouts of a program with dynamic sizes (`Program.symbols`): for a call
+    with inputs of some shapes (and `known` values of symbols no input binds), the program's
+    sizes (`Program.sizes` of `bind_sizes`) handed to `make`, whose result (the runtime's
+    layout: temporaries placed, grids evaluated, outputs' shapes) is remembered per tuple of
+    shapes, up to `LAYOUTS` of them (then starting over).  A runtime whose arena grows
+    `clear`s it: older layouts point into the old arena."""
+
+    def __init__(self, program: Program, target: str,
+                 make: Callable[[ProgramSizes], T]) -> None:
+        self.program = program
+        self.target = target
+        self.make = make
+        self._made: dict[tuple, T] = {}
+
+    def get(self, shapes: Sequence[Sequence[int]],
+            known: Mapping[str, int] | None = None) -> T:
+        """The layout of a call with inputs of these shapes; a ValueError (naming the target)
+        when the shapes do not fit the program."""
+        key = (tuple(tuple(s) for s in shapes), tuple(sorted(known.items())) if known else ())
+        hit = self._made.get(key)
+        if hit is not None:
+            return hit
+        program = self.program
+        try:
+            sizes = program.sizes(bind_sizes([t.shape for t in program.inputs], shapes, known))
+        except ValueError as e:
+            raise ValueError(f"{self.target}: {e}") from None
+        layout = self.make(sizes)
+        if len(self._made) >= LAYOUTS:
+            self._made.clear()
+        self._made[key] = layout
+        return layout
+
+    def clear(self) -> None:
+        """Forget every layout (the arena they point into was replaced)."""
+        self._made.clear()
+
+    def __len__(self) -> int:
+        return len(self._made)

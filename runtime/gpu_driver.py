@@ -11,8 +11,19 @@ code is given), resolves its kernels, checks each launch against the function's 
 device's limits before anything runs, uploads the constants once and allocates the arena once,
 each temporary a pointer offset into it.  Device memory holds host layouts (bool one byte).
 
-The pure pieces (`plan_launches`, `arena_size`, `dim3`, `check_launch`, `error_message`) need
-no device and are what tests/test_runtime_cuda.py exercises without one.
+A program with dynamic sizes (`Program.symbols`, docs/compiler/dynamic-shapes.md) binds them
+from the inputs' shapes per call (`device_common.Layouts`, with `sizes=` for symbols no input
+binds): once per tuple of input shapes it evaluates the arena's size (growing the arena when a
+call needs more), the temporaries' addresses, each launch's grid (ints, polynomials or
+`runtime.sizes.Groups`, checked against the device's limits) and the outputs' shapes, and
+remembers them; a kernel listed in `metadata["sized_kernels"]` gets the symbols' values as
+64-bit integer parameters after its pointers.  Programs without symbols take the static path
+unchanged.
+
+The pure pieces (`plan_launches`, `arena_size`, `dim3`, `dynamic_dim3`, `launch_grid`,
+`check_launch`, `error_message`) need no device and are what tests/test_runtime_cuda.py
+exercises without one; tests/test_dynamic_cuda_hip.py runs the executable on a recording
+`Driver`.
 """
 from __future__ import annotations
 
@@ -21,13 +32,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from . import device_common as common
-from .program import Program
+from .program import Program, ProgramSizes
+from .sizes import Extent, extent_value
 
 STORAGE: dict[str, str] = {}  # host layouts everywhere
 
@@ -91,8 +103,9 @@ class Driver:
     function: Callable[[Any, str], tuple]  # module, kernel name -> (status, function)
     function_attribute: Callable[[Any, str], tuple]
     """(function, "max_threads" | "shared_bytes" | "registers") -> (status, value)."""
-    launch: Callable[[Any, tuple, tuple, Any, list[int]], tuple]
-    """(function, grid xyz, block xyz, stream, pointer arguments) -> (status,)."""
+    launch: Callable[..., tuple]
+    """(function, grid xyz, block xyz, stream, pointer arguments[, sizes]) -> (status,);
+    `sizes`, int64 values passed after the pointers, only for a kernel of dynamic sizes."""
 
 
 # ---- pure pieces: no device needed ------------------------------------------------------------
@@ -127,8 +140,8 @@ def opening_value(result: tuple, ok: Callable[[Any], bool], describe: Callable[[
 @dataclass(frozen=True)
 class Arg:
     """Where a kernel argument's pointer comes from: an `input` (by index), an `output` (by
-    name, allocated per call), a `temp` (the arena plus `key` bytes) or a `constant` (by
-    name)."""
+    name, allocated per call), a `temp` (the arena plus `key` bytes; by name in a program
+    with dynamic sizes, placed per call) or a `constant` (by name)."""
 
     kind: str
     key: int | str
@@ -136,12 +149,15 @@ class Arg:
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch: its name, geometry (three dimensions each) and arguments."""
+    """One kernel launch: its name, geometry (three dimensions each; in a program with dynamic
+    sizes a grid dimension may be a polynomial or `Groups`, evaluated per call) and
+    arguments; `sized`: it takes the symbols' values after its pointers."""
 
     name: str
-    grid: tuple[int, int, int]
+    grid: tuple[Extent, Extent, Extent]
     block: tuple[int, int, int]
     args: tuple[Arg, ...]
+    sized: bool = False
 
     @property
     def threads(self) -> int:
@@ -159,17 +175,42 @@ def dim3(grid: Sequence[int], block: Sequence[int]) -> tuple[tuple[int, int, int
     return tuple(grid) + pad, tuple(block) + pad  # type: ignore[return-value]
 
 
+def dynamic_dim3(grid: Sequence[Extent], block: Sequence[int]
+                 ) -> tuple[tuple[Extent, Extent, Extent], tuple[int, int, int]]:
+    """`dim3` of a grid whose dimensions may be symbolic (kept as they are)."""
+    if not grid:
+        return (1, 1, 1), (1, 1, 1)
+    block = tuple(int(b) for b in block)
+    if len(block) != len(grid):
+        raise ValueError(f"launch geometry: grid {tuple(grid)} and block {block} differ in "
+                         "length")
+    if len(grid) > 3:
+        raise ValueError(f"launch geometry: grid {tuple(grid)} has more than three dimensions")
+    pad = (1,) * (3 - len(grid))
+    return tuple(grid) + pad, block + pad  # type: ignore[return-value]
+
+
+def launch_grid(launch: Launch, env: dict[str, int]) -> tuple[int, int, int]:
+    """A launch's grid for one call's symbol values."""
+    return tuple(extent_value(g, env) for g in launch.grid)  # type: ignore[return-value]
+
+
 def plan_launches(program: Program) -> list[Launch]:
     """The launches of `program` in order, each argument resolved to its source; a launch whose
-    grid has a zero is left out (an empty range).  A ValueError names an argument that is no
-    input, output, constant or temp of the program."""
+    grid has a zero is left out (an empty range; with dynamic sizes, decided per call).  A
+    ValueError names an argument that is no input, output, constant or temp of the program."""
     input_index = {t.name: k for k, t in enumerate(program.inputs)}
     specs = {b.name: b for b in program.buffers}
+    symbolic = bool(program.symbols)
+    sized = set(program.metadata.get("sized_kernels", ())) if symbolic else set()
     launches = []
     for info in program.kernels:
-        grid, block = dim3(info.grid, info.block)
-        if 0 in grid:
-            continue
+        if symbolic and not all(isinstance(g, int) for g in info.grid):
+            grid, block = dynamic_dim3(info.grid, info.block)
+        else:
+            grid, block = dim3(info.grid, info.block)
+            if 0 in grid:
+                continue
         args = []
         for name in info.args:
             spec = specs.get(name)
@@ -179,21 +220,21 @@ def plan_launches(program: Program) -> list[Launch]:
             elif kind == "output":
                 args.append(Arg("output", name))
             elif kind == "temp" and spec is not None:
-                args.append(Arg("temp", spec.offset))
+                args.append(Arg("temp", name if symbolic else spec.offset))
             elif name in program.constants:
                 args.append(Arg("constant", name))
             else:
                 raise ValueError(f"{program.target}: kernel {info.name!r} takes {name!r}, which "
                                  f"is no input, output, constant or temp of the program")
-        launches.append(Launch(info.name, grid, block, tuple(args)))
+        launches.append(Launch(info.name, grid, block, tuple(args), info.name in sized))
     return launches
 
 
-def arena_size(program: Program) -> int:
+def arena_size(program: Program, sizes: ProgramSizes | None = None) -> int:
     """Bytes to allocate for the arena: the plan's, and at least every temp's range (a temp
-    of no elements still gets 4 bytes), at least 4."""
-    temps = [b for b in program.buffers if b.kind == "temp"]
-    return max([4, program.arena_bytes] + [b.offset + max(b.nbytes, 4) for b in temps])
+    of no elements still gets 4 bytes), at least 4; `sizes`: one call's of a program with
+    dynamic sizes."""
+    return common.arena_bytes(program, sizes)
 
 
 def check_launch(launch: Launch, limits: dict[str, int], info: DeviceInfo) -> None:
@@ -444,12 +485,26 @@ class GPUBuffer:
 
 @dataclass
 class _Loaded:
-    """A launch with its function and its fixed pointers (temps and constants; None where the
-    call supplies an input or output)."""
+    """A launch with its function, the function's limits and its fixed pointers (temps and
+    constants; None where the call supplies an input or output; a program with dynamic sizes
+    fixes them per call, in its `_Layout`)."""
 
     launch: Launch
     function: Any
     fixed: list[int | None] = field(default_factory=list)
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Layout:
+    """What one tuple of input shapes gives a program with dynamic sizes: its sizes, each
+    launch of a non-empty grid with that grid and its fixed pointers (temps placed in the
+    arena, constants), the temporaries' addresses and the output buffers' shapes."""
+
+    sizes: ProgramSizes
+    launches: list[tuple[_Loaded, tuple[int, int, int], list[int | None]]]
+    temps: dict[str, int]
+    written: dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
 class GPUExecutable:
@@ -472,6 +527,7 @@ class GPUExecutable:
         launches = plan_launches(program)
         self._outputs = common.output_sources(program)
         self._written = common.written_buffers(program)
+        self._symbols = tuple(program.symbols)
         dev = self._dev = self.runtime.device()
         if object_code is None:
             try:
@@ -491,36 +547,94 @@ class GPUExecutable:
             limits = {key: int(dev.call(dev.driver.function_attribute(fn, key),
                                         f"reading kernel {launch.name!r}'s {key}"))
                       for key in ("max_threads", "shared_bytes", "registers")}
-            check_launch(launch, limits, dev.info)
-            self._loaded.append(_Loaded(launch, fn))
+            static = all(isinstance(g, int) for g in launch.grid)
+            check_launch(launch if static else replace(launch, grid=(1, 1, 1)), limits,
+                         dev.info)  # a grid of dynamic size: checked per call (`_layout`)
+            self._loaded.append(_Loaded(launch, fn, limits=limits))
         buffer = self.buffer_type
         self._constants = {name: buffer.from_host(array)
                            for name, array in program.constants.items()}
-        self._arena = buffer.empty((arena_size(program),), np.uint8)
-        for loaded in self._loaded:
-            loaded.fixed = [self._arena.ptr + int(a.key) if a.kind == "temp" else
-                            self._constants[str(a.key)].ptr if a.kind == "constant" else None
-                            for a in loaded.launch.args]
-        self._io: tuple[list[GPUBuffer], dict[str, GPUBuffer]] | None = None  # what run reuses
+        self._layouts = common.Layouts(program, kind, self._make_layout)
+        self._last: _Layout | None = None
+        if self._symbols:  # the arena, temps and grids are sized per call (`_layout`)
+            self._arena: GPUBuffer | None = None
+            self._arena_bytes = 0
+        else:
+            self._arena = buffer.empty((arena_size(program),), np.uint8)
+            for loaded in self._loaded:
+                loaded.fixed = [self._arena.ptr + int(a.key) if a.kind == "temp" else
+                                self._constants[str(a.key)].ptr if a.kind == "constant" else
+                                None for a in loaded.launch.args]
+        self._io: tuple | None = None  # what run reuses: inputs, outputs (and their layout)
         self._lock = threading.Lock()
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _layout(self, shapes: Sequence[Sequence[int]],
+                known: dict[str, int] | None = None) -> _Layout:
+        """The layout of a call with inputs of these shapes (a program with dynamic sizes;
+        `known`: symbols no input binds), remembered per tuple of shapes; the arena grows
+        when the call needs more.  A ValueError when the shapes do not fit the program or a
+        grid the device's."""
+        return self._layouts.get(shapes, known)
+
+    def _make_layout(self, sizes: ProgramSizes) -> _Layout:
+        """The layout of one call's sizes (`common.Layouts` remembers it)."""
+        program, dev = self.program, self._dev
+        need = arena_size(program, sizes)
+        if need > self._arena_bytes:
+            if self._arena is not None:  # kernels in flight may still use the old arena
+                dev.sync("growing the arena (a kernel may have failed)")
+            self._layouts.clear()  # earlier layouts point into the old arena
+            self._arena, self._arena_bytes = None, 0  # freed before the larger one is made
+            self._arena = self.buffer_type.empty((need,), np.uint8)
+            self._arena_bytes = need
+        base = self._arena.ptr
+        temps = {b.name: base + sizes.offsets[b.name] for b in program.buffers
+                 if b.kind == "temp"}
+        launches = []
+        for loaded in self._loaded:
+            grid = launch_grid(loaded.launch, sizes.env)
+            if 0 in grid:
+                continue
+            check_launch(replace(loaded.launch, grid=grid), loaded.limits, dev.info)
+            fixed = [temps[str(a.key)] if a.kind == "temp" else
+                     self._constants[str(a.key)].ptr if a.kind == "constant" else None
+                     for a in loaded.launch.args]
+            launches.append((loaded, grid, fixed))
+        return _Layout(sizes, launches, temps, common.written_buffers(program, sizes.env))
+
+    @property
+    def last_sizes(self) -> dict[str, int]:
+        """The dynamic sizes of the latest call (`Program.symbols` -> value; empty for a
+        program without symbols or before its first call)."""
+        return dict(self._last.sizes.env) if self._last is not None else {}
+
+    def run(self, inputs: list[np.ndarray],
+            sizes: dict[str, int] | None = None) -> list[np.ndarray]:
         """Run the program on host arrays: copied into input buffers kept for `run`, the
-        kernels launched, every output read back into new host arrays, one wait."""
+        kernels launched, every output read back into new host arrays, one wait.  `sizes`:
+        values of dynamic sizes no input's shape gives (symbol -> value)."""
         arrays = common.host_inputs(self.runtime.kind, self.program.inputs, inputs)
         dev = self.runtime.device()
         with self._lock:
-            if self._io is None:
+            if self._symbols:
+                layout = self._layout([x.shape for x in arrays], sizes)
+                if self._io is None or self._io[2] is not layout:
+                    self._io = ([self.buffer_type.empty(shape, t.dtype) for shape, t in
+                                 zip(layout.sizes.input_shapes, self.program.inputs)],
+                                {name: self.buffer_type.empty(shape, dtype)
+                                 for name, (shape, dtype) in layout.written.items()}, layout)
+            elif self._io is None:
                 self._io = ([self.buffer_type.empty(tuple(t.shape), t.dtype)
                              for t in self.program.inputs],
                             {name: self.buffer_type.empty(shape, dtype)
-                             for name, (shape, dtype) in self._written.items()})
-            buffers, written = self._io
+                             for name, (shape, dtype) in self._written.items()}, None)
+            buffers, written, layout = self._io
             for buffer, x in zip(buffers, arrays):
                 if x.nbytes:
                     dev.call(dev.driver.upload(buffer.ptr, x.ctypes.data, x.nbytes, dev.stream),
                              "upload")
-            outputs = self._enqueue(dev, buffers, written)
+            outputs = self._enqueue(dev, buffers, written) if layout is None else \
+                self._enqueue_sized(dev, layout, buffers, written)
             hosts = [np.empty(b.shape, b.dtype) for b in outputs]
             for host, b in zip(hosts, outputs):
                 if host.nbytes:
@@ -532,16 +646,23 @@ class GPUExecutable:
 
     __call__ = run
 
-    def run_device(self, inputs: list[GPUBuffer]) -> list[GPUBuffer]:
+    def run_device(self, inputs: list[GPUBuffer],
+                   sizes: dict[str, int] | None = None) -> list[GPUBuffer]:
         """Launch every kernel on `inputs` (Buffers of the program's input shapes and dtypes);
-        new output Buffers, returned before the kernels finish."""
+        new output Buffers, returned before the kernels finish.  `sizes`: as `run`."""
         kind = self.runtime.kind
         common.device_inputs(kind, self.program.inputs, inputs, self.buffer_type)
         dev = self.runtime.device()
-        written = {name: self.buffer_type.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
+        if not self._symbols:
+            written = {name: self.buffer_type.empty(shape, dtype)
+                       for name, (shape, dtype) in self._written.items()}
+            with self._lock:
+                return self._enqueue(dev, inputs, written)
         with self._lock:
-            return self._enqueue(dev, inputs, written)
+            layout = self._layout([x.shape for x in inputs], sizes)
+            written = {name: self.buffer_type.empty(shape, dtype)
+                       for name, (shape, dtype) in layout.written.items()}
+            return self._enqueue_sized(dev, layout, inputs, written)
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
         """Seconds per kernel (best of `repeat`), each launched alone and waited for, in launch
@@ -549,16 +670,20 @@ class GPUExecutable:
         in."""
         arrays = common.host_inputs(self.runtime.kind, self.program.inputs, inputs)
         buffers = [self.buffer_type.from_host(x) for x in arrays]
-        written = {name: self.buffer_type.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
         dev = self.runtime.device()
         times = []
         with self._lock:
-            for loaded in self._loaded:
+            layout = self._layout([x.shape for x in arrays]) if self._symbols else None
+            written = {name: self.buffer_type.empty(shape, dtype) for name, (shape, dtype) in
+                       (self._written if layout is None else layout.written).items()}
+            launches = [(loaded, loaded.launch.grid, loaded.fixed) for loaded in self._loaded] \
+                if layout is None else layout.launches
+            values = () if layout is None else layout.sizes.values
+            for loaded, grid, fixed in launches:
                 best = float("inf")
                 for _ in range(max(1, repeat)):
                     start = time.perf_counter()
-                    self._launch(dev, loaded, buffers, written)
+                    self._launch_at(dev, loaded, grid, fixed, values, buffers, written)
                     dev.sync(f"running kernel {loaded.launch.name!r}")
                     best = min(best, time.perf_counter() - start)
                 times.append((loaded.launch.name, best))
@@ -566,7 +691,7 @@ class GPUExecutable:
 
     def _launch(self, dev: OpenDevice, loaded: _Loaded, inputs: Sequence[GPUBuffer],
                 written: dict[str, GPUBuffer]) -> None:
-        """Enqueue one kernel on these buffers."""
+        """Enqueue one kernel of a program without dynamic sizes on these buffers."""
         launch = loaded.launch
         pointers = [p if p is not None else
                     inputs[int(a.key)].ptr if a.kind == "input" else written[str(a.key)].ptr
@@ -574,6 +699,23 @@ class GPUExecutable:
         dev.call(dev.driver.launch(loaded.function, launch.grid, launch.block, dev.stream,
                                    pointers),
                  f"launching kernel {launch.name!r} (grid {launch.grid}, block {launch.block})")
+
+    def _launch_at(self, dev: OpenDevice, loaded: _Loaded, grid: tuple[int, int, int],
+                   fixed: list[int | None], values: tuple[int, ...],
+                   inputs: Sequence[GPUBuffer], written: dict[str, GPUBuffer]) -> None:
+        """Enqueue one kernel with this call's grid and fixed pointers; a kernel of dynamic
+        sizes gets the symbols' `values` after its pointers."""
+        launch = loaded.launch
+        pointers = [p if p is not None else
+                    inputs[int(a.key)].ptr if a.kind == "input" else written[str(a.key)].ptr
+                    for p, a in zip(fixed, launch.args)]
+        what = f"launching kernel {launch.name!r} (grid {grid}, block {launch.block})"
+        if launch.sized:
+            dev.call(dev.driver.launch(loaded.function, grid, launch.block, dev.stream,
+                                       pointers, values), what)
+        else:
+            dev.call(dev.driver.launch(loaded.function, grid, launch.block, dev.stream,
+                                       pointers), what)
 
     def _enqueue(self, dev: OpenDevice, inputs: Sequence[GPUBuffer],
                  written: dict[str, GPUBuffer]) -> list[GPUBuffer]:
@@ -583,26 +725,41 @@ class GPUExecutable:
         return [self._output(dev, k, name, written, inputs)
                 for k, name in enumerate(self._outputs)]
 
+    def _enqueue_sized(self, dev: OpenDevice, layout: _Layout, inputs: Sequence[GPUBuffer],
+                       written: dict[str, GPUBuffer]) -> list[GPUBuffer]:
+        """`_enqueue` for a program with dynamic sizes, at one call's layout."""
+        values = layout.sizes.values
+        for loaded, grid, fixed in layout.launches:
+            self._launch_at(dev, loaded, grid, fixed, values, inputs, written)
+        self._last = layout
+        return [self._output(dev, k, name, written, inputs, layout)
+                for k, name in enumerate(self._outputs)]
+
     def _output(self, dev: OpenDevice, k: int, name: str, written: dict[str, GPUBuffer],
-                inputs: Sequence[GPUBuffer]) -> GPUBuffer:
+                inputs: Sequence[GPUBuffer], layout: _Layout | None = None) -> GPUBuffer:
         """Output `k`: the buffer the kernels wrote (the first time the name appears), else a
         device copy of it, of the input passed through, of the constant or of the temp."""
         spec = self.program.outputs[k]
         if name in written and self._outputs.index(name) == k:
             return written[name]
-        source = written[name].ptr if name in written else self._source_of(name, inputs)
-        out = self.buffer_type.empty(tuple(spec.shape), spec.dtype)
-        if spec.nbytes:
-            dev.call(dev.driver.copy(out.ptr, source, spec.nbytes, dev.stream),
+        source = written[name].ptr if name in written else \
+            self._source_of(name, inputs, layout)
+        shape = tuple(spec.shape) if layout is None else layout.sizes.output_shapes[k]
+        out = self.buffer_type.empty(shape, spec.dtype)
+        if out.nbytes:
+            dev.call(dev.driver.copy(out.ptr, source, out.nbytes, dev.stream),
                      f"copying output {name!r}")
         return out
 
-    def _source_of(self, name: str, inputs: Sequence[GPUBuffer]) -> int:
+    def _source_of(self, name: str, inputs: Sequence[GPUBuffer],
+                   layout: _Layout | None = None) -> int:
         """The device address of a non-output buffer an output names."""
         for t, x in zip(self.program.inputs, inputs):
             if t.name == name:
                 return x.ptr
         if name in self._constants:
             return self._constants[name].ptr
+        if layout is not None:
+            return layout.temps[name]
         spec = next(b for b in self.program.buffers if b.name == name)
         return self._arena.ptr + spec.offset

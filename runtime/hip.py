@@ -6,10 +6,11 @@ The binding is AMD's hip-python (`from hip import hip`; newer releases also as
 `(hipError_t, *values)`, checked by runtime/gpu_driver.py.  hipcc (runtime/hip_compile.py)
 compiles the source to a code object for the device's exact architecture (`gcnArchName`, e.g.
 "gfx90a:sramecc+:xnack-"); the code object is what a cache stores, and hipModuleLoadData loads
-it.  Kernel pointers are passed through `extra` (hip-python packs a tuple of ctypes values),
-the form hip-python documents for hipModuleLaunchKernel.  Device 0, made current on every
-thread that calls in.  Everything else (device, buffers, executables, error messages) is
-gpu_driver.py.
+it.  Kernel arguments are passed through `extra` (hip-python packs a tuple of ctypes values,
+each at its alignment), the form hip-python documents for hipModuleLaunchKernel: pointers as
+`c_void_p`, a kernel of dynamic sizes' symbols after them as `c_int64`.  Device 0, made
+current on every thread that calls in.  Everything else (device, buffers, executables, error
+messages) is gpu_driver.py.
 
 hip-python is imported on first use: `import neurenix` never needs it.
 """
@@ -57,14 +58,25 @@ def _has_libamdhip() -> bool:
     return False
 
 
+def launch_extra(pointers: list[int], sizes: tuple[int, ...] = ()) -> tuple | None:
+    """hipModuleLaunchKernel's `extra` in hip-python's form: a tuple of ctypes values, which
+    it packs into one argument buffer, each at its type's alignment: the pointers as
+    `c_void_p`, then a kernel of dynamic sizes' symbol values as `c_int64` (`long long`);
+    None for no arguments."""
+    args = tuple(ctypes.c_void_p(p) for p in pointers)
+    if sizes:
+        args += tuple(ctypes.c_int64(v) for v in sizes)
+    return args or None
+
+
 def _driver(hp: Any) -> Driver:
     """The driver table of hip-python's `hip` module, on device 0."""
     kinds = hp.hipMemcpyKind
 
-    def launch(fn: Any, grid: tuple, block: tuple, stream: Any, pointers: list[int]) -> tuple:
-        extra = tuple(ctypes.c_void_p(p) for p in pointers) or None
+    def launch(fn: Any, grid: tuple, block: tuple, stream: Any, pointers: list[int],
+               sizes: tuple[int, ...] = ()) -> tuple:
         return hp.hipModuleLaunchKernel(fn, *grid, *block, sharedMemBytes=0, stream=stream,
-                                        kernelParams=None, extra=extra)
+                                        kernelParams=None, extra=launch_extra(pointers, sizes))
 
     return Driver(
         ok=lambda status: status == hp.hipError_t.hipSuccess,

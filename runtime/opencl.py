@@ -37,7 +37,7 @@ import numpy as np
 from . import device_common as common
 from .backend import LibraryCache
 from .program import Program, ProgramSizes
-from .sizes import Extent, bind_sizes, extent_value
+from .sizes import Extent, extent_value
 
 DEVICE = "opencl"
 STORAGE: dict[str, str] = {}  # host layouts everywhere
@@ -247,10 +247,6 @@ class _Layout:
     written: dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
-LAYOUTS = 64
-"""Input shapes whose layouts an executable with dynamic sizes remembers (then starts over)."""
-
-
 class OpenCLExecutable:
     """A `Program` loaded on the process's OpenCL device: `run(inputs)` on host arrays,
     `run_device(buffers)` on `Buffer`s (see the module docstring)."""
@@ -273,14 +269,14 @@ class OpenCLExecutable:
         self._constants = {name: Buffer.from_host(array)
                            for name, array in program.constants.items()}
         self._symbols = tuple(program.symbols)
-        self._layouts: dict[tuple, _Layout] = {}
+        self._layouts = common.Layouts(program, DEVICE, self._make_layout)
         self._last: _Layout | None = None
         temps = [b for b in program.buffers if b.kind == "temp"]
         if self._symbols:  # the arena and the temporaries are sized per call (`_layout`)
             self._arena, self._arena_bytes, self._temps = None, 0, {}
         else:
-            arena = max([program.arena_bytes] + [b.offset + max(b.nbytes, 4) for b in temps])
-            self._arena = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE, max(4, arena))
+            self._arena = cl.Buffer(dev.context, cl.mem_flags.READ_WRITE,
+                                    common.arena_bytes(program))
             self._temps = self._place_temps(temps)
         temp_names = {b.name for b in temps}
         sized = set(program.metadata.get("sized_kernels", ())) if self._symbols else set()
@@ -348,19 +344,12 @@ class OpenCLExecutable:
         """The layout of a call with inputs of these shapes (a program with dynamic sizes;
         `known`: symbols no input binds), remembered per tuple of shapes; the arena grows
         when the call needs more.  A ValueError when the shapes do not fit the program."""
-        key = (tuple(shapes), tuple(sorted(known.items())) if known else ())
-        hit = self._layouts.get(key)
-        if hit is not None:
-            return hit
+        return self._layouts.get(shapes, known)
+
+    def _make_layout(self, sizes: ProgramSizes) -> _Layout:
+        """The layout of one call's sizes (`common.Layouts` remembers it)."""
         program = self.program
-        try:
-            sizes = program.sizes(bind_sizes([t.shape for t in program.inputs], shapes, known))
-        except ValueError as e:
-            raise ValueError(f"{DEVICE}: {e}") from None
-        temps = [b for b in program.buffers if b.kind == "temp"]
-        need = max([4, sizes.arena_bytes] + [
-            sizes.offsets[b.name] + max(sizes.elements[b.name] * np.dtype(b.dtype).itemsize, 4)
-            for b in temps])
+        need = common.arena_bytes(program, sizes)
         if need > self._arena_bytes:  # earlier layouts hold sub-buffers of the old arena
             cl = self._dev.cl
             self._arena = cl.Buffer(self._dev.context, cl.mem_flags.READ_WRITE, need)
@@ -371,12 +360,9 @@ class OpenCLExecutable:
             grid = tuple(extent_value(g, sizes.env) for g in launch.grid)
             globals_.append(None if 0 in grid else tuple(
                 g * b for g, b in zip(grid, launch.local_size)))
-        layout = _Layout(sizes, self._place_temps(temps, sizes), globals_,
-                         common.written_buffers(program, sizes.env))
-        if len(self._layouts) >= LAYOUTS:
-            self._layouts.clear()
-        self._layouts[key] = layout
-        return layout
+        temps = [b for b in program.buffers if b.kind == "temp"]
+        return _Layout(sizes, self._place_temps(temps, sizes), globals_,
+                       common.written_buffers(program, sizes.env))
 
     @property
     def last_sizes(self) -> dict[str, int]:

@@ -15,6 +15,14 @@ are reused); it returns new output buffers without waiting.  `Buffer.to_host` re
 `queue.read_buffer`; `run` reuses its own buffers and reads every output back through one
 staging buffer.
 
+A program with dynamic sizes (`Program.symbols`, docs/compiler/dynamic-shapes.md) binds them
+from the inputs' shapes per call (`Program.sizes`; `sizes=` for symbols no input binds): per
+tuple of input shapes (remembered) it checks `metadata["size_checks"]` (sizes past 32 bits,
+loops past lavapipe's limit: a ValueError), grows the arena when the call needs more, binds
+the temporaries at that call's offsets and evaluates each dispatch's work-groups (`Groups`)
+and the outputs' shapes; the symbols' values are written once per call, as i32, into a
+uniform buffer every sized kernel binds after its storage buffers (`var<uniform>`).
+
 Storage (docs/targets/gpu-programs.md): a bool is a 4-byte 0/1 word in device memory, the
 runtime converting at the boundary; every other dtype keeps its host layout.
 
@@ -35,7 +43,8 @@ import numpy as np
 
 from . import device_common as common
 from .backend import LibraryCache
-from .program import Program
+from .program import Program, ProgramSizes
+from .sizes import Extent, bind_sizes, extent_from_json, extent_value
 
 DEVICE = "webgpu"
 STORAGE = {"bool": "uint32"}
@@ -44,6 +53,9 @@ LIMITS = ("max-storage-buffers-per-shader-stage", "max-storage-buffer-binding-si
           "max-compute-workgroup-size-z", "max-compute-invocations-per-workgroup",
           "max-compute-workgroup-storage-size", "max-compute-workgroups-per-dimension",
           "max-bindings-per-bind-group")
+_UNIFORM = re.compile(r"@group\s*\(\s*0\s*\)\s*@binding\s*\(\s*(\d+)\s*\)\s*var\s*<\s*uniform\s*>")
+LAYOUTS = 64
+"""Input shapes whose layouts an executable with dynamic sizes remembers (then starts over)."""
 _BINDING = re.compile(r"@(group|binding)\s*\(\s*(\d+)\s*\)\s*@(group|binding)\s*\(\s*(\d+)\s*\)"
                       r"\s*var\s*<\s*(\w+)\s*(?:,\s*(\w+)\s*)?>")
 
@@ -229,14 +241,21 @@ def bindings(source: str) -> dict[int, bool]:
     return found
 
 
+def uniform_binding(source: str) -> int | None:
+    """The `@group(0)` binding of the module's uniform buffer (dynamic sizes), if any."""
+    m = _UNIFORM.search(source)
+    return int(m.group(1)) if m else None
+
+
 @dataclass(eq=False)
 class _Pipeline:
-    """A kernel module's compute pipeline, its bind group layout and its storage bindings
-    (binding -> read-only)."""
+    """A kernel module's compute pipeline, its bind group layout, its storage bindings
+    (binding -> read-only) and its uniform binding (the symbols' values), if any."""
 
     pipeline: Any
     layout: Any
     declared: dict[int, bool]
+    uniform: int | None = None
 
 
 def _pipeline(dev: _Device, source: str, entry: str) -> _Pipeline:
@@ -248,6 +267,7 @@ def _pipeline(dev: _Device, source: str, entry: str) -> _Pipeline:
         if made is None:
             wgpu = dev.wgpu
             declared = bindings(source)
+            uniform = uniform_binding(source)
             try:
                 module = dev.device.create_shader_module(label=entry, code=source)
                 if declared:
@@ -255,6 +275,10 @@ def _pipeline(dev: _Device, source: str, entry: str) -> _Pipeline:
                                 "buffer": {"type": wgpu.BufferBindingType.read_only_storage
                                            if ro else wgpu.BufferBindingType.storage}}
                                for i, ro in sorted(declared.items())]
+                    if uniform is not None:
+                        entries.append({"binding": uniform,
+                                        "visibility": wgpu.ShaderStage.COMPUTE,
+                                        "buffer": {"type": wgpu.BufferBindingType.uniform}})
                     layout = dev.device.create_bind_group_layout(label=entry, entries=entries)
                     pipeline_layout = dev.device.create_pipeline_layout(
                         bind_group_layouts=[layout])
@@ -267,7 +291,7 @@ def _pipeline(dev: _Device, source: str, entry: str) -> _Pipeline:
                     layout = pipeline.get_bind_group_layout(0)
             except Exception as e:
                 raise _fail(f"kernel {entry!r} does not compile", e) from None
-            made = dev.pipelines[key] = _Pipeline(pipeline, layout, declared)
+            made = dev.pipelines[key] = _Pipeline(pipeline, layout, declared, uniform)
     return made
 
 
@@ -308,32 +332,48 @@ def _check_program(program: Program, dev: _Device) -> None:
 
 @dataclass
 class _Launch:
-    """One dispatch: the pipeline, its layout, the work-groups, and per binding where its
-    buffer comes from: ("input", k), ("output", name) or ("fixed", (buffer, offset, size))."""
+    """One dispatch: the pipeline, its layout, the work-groups (extents of the symbols with
+    dynamic sizes), and per binding where its buffer comes from: ("input", k), ("output",
+    name), ("temp", name) (dynamic sizes: placed per call) or ("fixed", (buffer, offset,
+    size))."""
 
     name: str
     pipeline: Any
     layout: Any
-    grid: tuple[int, int, int]
+    grid: tuple[Extent, ...]
     slots: list[tuple[int, str, Any]]
     bind_group: Any = None  # made once when every binding is fixed
-    last: tuple[list[Any], Any] | None = None
-    """Without outputs: the previous call's inputs (weak references) and bind group, reused
-    while the same buffers come (weights do, call after call)."""
+    last: tuple[list[Any], Any, Any] | None = None
+    """Without outputs: the previous call's inputs (weak references), layout and bind group,
+    reused while the same buffers come (weights do, call after call)."""
 
-    def group(self, make: Any, inputs: list[Buffer]) -> Any:
+    def group(self, make: Any, inputs: list[Buffer], layout: Any = None) -> Any:
         """The bind group on this call's buffers: the fixed one, the previous call's when the
-        inputs it binds are the same objects, else `make()`'s."""
+        inputs it binds are the same objects (and the temporaries the same places), else
+        `make()`'s."""
         if self.bind_group is not None:
             return self.bind_group
         used = [inputs[what] for _, kind, what in self.slots if kind == "input"]
         if self.last is not None and len(self.last[0]) == len(used) and \
-                all(ref() is b for ref, b in zip(self.last[0], used)):
-            return self.last[1]
+                self.last[1] is layout and all(ref() is b for ref, b in zip(self.last[0], used)):
+            return self.last[2]
         group = make()
-        if len(used) == sum(1 for _, kind, _ in self.slots if kind != "fixed"):
-            self.last = ([weakref.ref(b) for b in used], group)
+        if len(used) == sum(1 for _, kind, _ in self.slots if kind not in ("fixed", "temp")):
+            self.last = ([weakref.ref(b) for b in used], layout, group)
         return group
+
+
+@dataclass
+class _Layout:
+    """What one tuple of input shapes gives a program with dynamic sizes: its sizes, each
+    temporary's (offset, size) in the arena, each dispatch's work-groups (None: nothing to
+    run), the output buffers' shapes and the symbols' values as the uniform's bytes."""
+
+    sizes: ProgramSizes
+    temps: dict[str, tuple[int, int]]
+    grids: list[tuple[int, int, int] | None]
+    written: dict[str, tuple[tuple[int, ...], np.dtype]]
+    uniform: bytes
 
 
 @dataclass
@@ -346,6 +386,7 @@ class _HostIO:
     groups: list[Any]
     staging: Any
     offsets: list[int]
+    layout: _Layout | None = None
 
 
 class WebGPUExecutable:
@@ -368,23 +409,45 @@ class WebGPUExecutable:
         self._constants = {name: Buffer.from_host(array)
                            for name, array in program.constants.items()}
         temps = [b for b in program.buffers if b.kind == "temp"]
-        self._temp_ranges = {b.name: (b.offset, max(4, (self._stored(b) + 3) // 4 * 4))
-                             for b in temps}
-        arena = max([program.arena_bytes, 4] + [o + s for o, s in self._temp_ranges.values()])
-        self._arena = Buffer.empty(((arena + 3) // 4,), np.uint32)
+        self._symbols = tuple(program.symbols)
+        self._layouts: dict[tuple, _Layout] = {}
+        self._last: _Layout | None = None
+        self._checks = [(extent_from_json(c["size"]), int(c["most"]), str(c["what"]))
+                        for c in program.metadata.get("size_checks", ())]
+        most = dev.limits.get("max-compute-workgroups-per-dimension", 65535)
+        self._uniform = None
+        if self._symbols:  # the arena and the temporaries are placed per call (`_layout`)
+            self._temp_ranges = {}
+            self._arena, self._arena_bytes = None, 0
+            usage = dev.wgpu.BufferUsage
+            self._uniform = dev.device.create_buffer(
+                size=max(16, -(-4 * len(self._symbols) // 16) * 16),
+                usage=usage.UNIFORM | usage.COPY_DST)
+        else:
+            self._temp_ranges = {b.name: (b.offset, max(4, (self._stored(b) + 3) // 4 * 4))
+                                 for b in temps}
+            arena = max([program.arena_bytes, 4] + [o + s for o, s in
+                                                    self._temp_ranges.values()])
+            self._arena = Buffer.empty(((arena + 3) // 4,), np.uint32)
+        temp_names = {b.name for b in temps}
         input_index = {t.name: k for k, t in enumerate(program.inputs)}
         kinds = {b.name: b.kind for b in program.buffers}
         self._launches: list[_Launch] = []
         self._pipelines: list[_Pipeline] = []  # held: the process's cache keeps them weakly
         for info in program.kernels:
-            grid, _ = common.launch_shape(info.grid, info.block)
-            if 0 in grid:
-                continue
-            most = dev.limits.get("max-compute-workgroups-per-dimension", 65535)
-            if len(grid) > 3 or max(grid) > most:
-                raise ValueError(f"webgpu: kernel {info.name!r} dispatches a grid of {grid} "
-                                 f"work-groups; the device takes at most 3 dimensions of "
-                                 f"{most}")
+            if all(isinstance(g, int) for g in info.grid):
+                grid, _ = common.launch_shape(info.grid, info.block)
+                if 0 in grid:
+                    continue
+                tops = grid
+            else:
+                grid = tuple(info.grid)
+                tops = [g.most if getattr(g, "most", 0) else 0 for g in grid]
+            if len(grid) > 3 or max(tops) > most:
+                shown = "(" + ", ".join(map(str, grid)) + ("," if len(grid) == 1 else "") + ")"
+                raise ValueError(f"webgpu: kernel {info.name!r} dispatches a grid of "
+                                 f"{shown} work-groups; the device takes at "
+                                 f"most 3 dimensions of {most}")
             source = info.source or program.source
             promote = arena_promotions(info.args, bindings(source), self._temp_ranges)
             if promote:
@@ -393,6 +456,11 @@ class WebGPUExecutable:
             self._pipelines.append(made)
             pipeline, layout, declared = made.pipeline, made.layout, made.declared
             slots = []
+            if made.uniform is not None:
+                if self._uniform is None:
+                    raise ValueError(f"webgpu: kernel {info.name!r} binds the sizes' uniform "
+                                     "of a program without dynamic sizes")
+                slots.append((made.uniform, "fixed", (self._uniform, 0, self._uniform.size)))
             for i, name in enumerate(info.args):
                 if declared and i not in declared:
                     continue  # the module does not use the argument
@@ -400,6 +468,8 @@ class WebGPUExecutable:
                     slots.append((i, "input", input_index[name]))
                 elif kinds.get(name) == "output":
                     slots.append((i, "output", name))
+                elif self._symbols and name in temp_names:
+                    slots.append((i, "temp", name))
                 elif name in self._temp_ranges:
                     offset, size = self._temp_ranges[name]
                     slots.append((i, "fixed", (self._arena.data, offset, size)))
@@ -410,7 +480,7 @@ class WebGPUExecutable:
                     raise ValueError(f"webgpu: kernel {info.name!r} takes {name!r}, which is "
                                      f"no input, output, constant or temp of the program")
             launch = _Launch(info.name, pipeline, layout, tuple(grid) + (1,) * (3 - len(grid)),
-                             slots)
+                             sorted(slots, key=lambda slot: slot[0]))
             if all(kind == "fixed" for _, kind, _ in slots):
                 launch.bind_group = self._bind_group(launch, [], {})
             self._launches.append(launch)
@@ -423,8 +493,9 @@ class WebGPUExecutable:
         return b.size * common.storage_dtype(np.dtype(b.dtype), STORAGE).itemsize
 
     def _bind_group(self, launch: _Launch, inputs: list[Buffer],
-                    written: dict[str, Buffer]) -> Any:
-        """The bind group of one launch on this call's inputs and outputs."""
+                    written: dict[str, Buffer], layout: _Layout | None = None) -> Any:
+        """The bind group of one launch on this call's inputs and outputs (and, with dynamic
+        sizes, its temporaries where this call's layout places them)."""
         entries = []
         for i, kind, what in launch.slots:
             if kind == "input":
@@ -433,6 +504,9 @@ class WebGPUExecutable:
             elif kind == "output":
                 buffer = written[what].data
                 resource = {"buffer": buffer, "offset": 0, "size": buffer.size}
+            elif kind == "temp":
+                offset, size = layout.temps[what]
+                resource = {"buffer": self._arena.data, "offset": offset, "size": size}
             else:
                 buffer, offset, size = what
                 resource = {"buffer": buffer, "offset": offset, "size": size}
@@ -442,16 +516,81 @@ class WebGPUExecutable:
         except Exception as e:
             raise _fail(f"binding the buffers of kernel {launch.name!r}", e) from None
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    @property
+    def last_sizes(self) -> dict[str, int]:
+        """The dynamic sizes of the latest call (`Program.symbols` -> value; empty for a
+        program without symbols or before its first call)."""
+        return dict(self._last.sizes.env) if self._last is not None else {}
+
+    def _layout(self, shapes: list[tuple[int, ...]],
+                known: dict[str, int] | None = None) -> _Layout:
+        """The layout of a call with inputs of these shapes (a program with dynamic sizes;
+        `known`: symbols no input binds), remembered per tuple of shapes; the arena grows
+        when the call needs more.  A ValueError when the shapes do not fit the program, or
+        its sizes pass what its kernels take (`metadata["size_checks"]`)."""
+        key = (tuple(shapes), tuple(sorted(known.items())) if known else ())
+        hit = self._layouts.get(key)
+        if hit is not None:
+            return hit
+        program = self.program
+        try:
+            env = bind_sizes([t.shape for t in program.inputs], shapes, known)
+            sizes = program.sizes(env)
+        except ValueError as e:
+            raise ValueError(f"{DEVICE}: {e}") from None
+        for size, most, what in self._checks:
+            value = extent_value(size, sizes.env)
+            if value > most:
+                raise ValueError(f"{DEVICE}: at sizes {sizes.env} the program's size {size} is "
+                                 f"{value}, more than {most} ({what}); compile it for these "
+                                 "sizes (static shapes)")
+        for name, value in sizes.env.items():
+            if not 0 <= value < 2 ** 31:
+                raise ValueError(f"{DEVICE}: size {name} = {value} does not fit 32 bits")
+        temps = {}
+        for b in program.buffers:
+            if b.kind == "temp":
+                stored = sizes.elements[b.name] * \
+                    common.storage_dtype(np.dtype(b.dtype), STORAGE).itemsize
+                temps[b.name] = (sizes.offsets[b.name], max(4, (stored + 3) // 4 * 4))
+        need = max([4, sizes.arena_bytes] + [o + n for o, n in temps.values()])
+        if need > self._arena_bytes:  # earlier layouts bind the old arena
+            self._arena = Buffer.empty(((need + 3) // 4,), np.uint32)
+            self._arena_bytes = need
+            self._layouts.clear()
+            self._io = None
+        most = self._dev.limits.get("max-compute-workgroups-per-dimension", 65535)
+        grids = []
+        for launch in self._launches:
+            grid = tuple(extent_value(g, sizes.env) for g in launch.grid)
+            if max(grid) > most:
+                raise ValueError(f"{DEVICE}: kernel {launch.name!r} dispatches {grid} "
+                                 f"work-groups at sizes {sizes.env}; the device takes {most} "
+                                 "per dimension")
+            grids.append(None if 0 in grid else grid)
+        values = np.zeros(max(4, -(-len(self._symbols) // 4) * 4), np.int32)
+        values[:len(sizes.values)] = sizes.values
+        layout = _Layout(sizes, temps, grids, common.written_buffers(program, sizes.env),
+                         values.tobytes())
+        if len(self._layouts) >= LAYOUTS:
+            self._layouts.clear()
+        self._layouts[key] = layout
+        return layout
+
+    def run(self, inputs: list[np.ndarray],
+            sizes: dict[str, int] | None = None) -> list[np.ndarray]:
         """Run the program on host arrays: written into input buffers kept for `run`, the
         dispatches and the copies of every output into one staging buffer in one submission,
-        and one mapping of it read back."""
+        and one mapping of it read back.  `sizes`: values of dynamic sizes no input's shape
+        gives (symbol -> value)."""
         arrays = common.host_inputs(DEVICE, self.program.inputs, inputs)
         with self._lock:
-            io = self._io or self._host_io()
+            layout = self._layout([x.shape for x in arrays], sizes) if self._symbols else None
+            io = self._io if self._io is not None and self._io.layout is layout else \
+                self._host_io(layout)
             for buffer, x in zip(io.inputs, arrays):
                 buffer.write(x)
-            outputs = self._submit(io.inputs, io.written, io.groups, io)
+            outputs = self._submit(io.inputs, io.written, io.groups, io, layout)
             try:
                 io.staging.map_sync(self._dev.wgpu.MapMode.READ)
                 try:
@@ -465,30 +604,36 @@ class WebGPUExecutable:
 
     __call__ = run
 
-    def run_device(self, inputs: list[Buffer]) -> list[Buffer]:
+    def run_device(self, inputs: list[Buffer],
+                   sizes: dict[str, int] | None = None) -> list[Buffer]:
         """Record every dispatch on `inputs` (Buffers of the program's input shapes and
         dtypes) into one command encoder and submit it once; new output Buffers, returned
-        before the kernels finish."""
+        before the kernels finish.  `sizes`: as `run`."""
         common.device_inputs(DEVICE, self.program.inputs, inputs, Buffer)
-        written = {name: Buffer.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
         with self._lock:
-            groups = [launch.group(lambda launch=launch: self._bind_group(launch, inputs,
-                                                                          written), inputs)
-                      for launch in self._launches]
-            return self._submit(inputs, written, groups)
+            layout = self._layout([x.shape for x in inputs], sizes) if self._symbols else None
+            written = {name: Buffer.empty(shape, dtype) for name, (shape, dtype) in
+                       (layout.written if layout else self._written).items()}
+            groups = [launch.group(lambda launch=launch: self._bind_group(
+                launch, inputs, written, layout), inputs, layout) for launch in self._launches]
+            return self._submit(inputs, written, groups, layout=layout)
 
-    def _host_io(self) -> _HostIO:
-        """The buffers `run` keeps: inputs, outputs, their bind groups, the staging buffer."""
-        inputs = [Buffer.empty(tuple(t.shape), t.dtype) for t in self.program.inputs]
-        written = {name: Buffer.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
-        groups = [launch.bind_group or self._bind_group(launch, inputs, written)
+    def _host_io(self, layout: _Layout | None = None) -> _HostIO:
+        """The buffers `run` keeps (for one layout, with dynamic sizes): inputs, outputs,
+        their bind groups, the staging buffer."""
+        shapes = layout.sizes.input_shapes if layout else [tuple(t.shape)
+                                                           for t in self.program.inputs]
+        inputs = [Buffer.empty(tuple(shape), t.dtype)
+                  for shape, t in zip(shapes, self.program.inputs)]
+        written = {name: Buffer.empty(shape, dtype) for name, (shape, dtype) in
+                   (layout.written if layout else self._written).items()}
+        groups = [launch.bind_group or self._bind_group(launch, inputs, written, layout)
                   for launch in self._launches]
         offsets, size = [], 0
-        for t in self.program.outputs:
+        for k, t in enumerate(self.program.outputs):
             offsets.append(size)
-            stored = int(np.prod(t.shape, dtype=np.int64)) * \
+            shape = layout.sizes.output_shapes[k] if layout else t.shape
+            stored = int(np.prod(shape, dtype=np.int64)) * \
                 common.storage_dtype(np.dtype(t.dtype), STORAGE).itemsize
             size += (stored + 3) // 4 * 4
         usage = self._dev.wgpu.BufferUsage
@@ -497,25 +642,36 @@ class WebGPUExecutable:
                                                      usage=usage.MAP_READ | usage.COPY_DST)
         except Exception as e:
             raise _fail(f"allocating a {size}-byte staging buffer", e) from None
-        self._io = _HostIO(inputs, written, groups, staging, offsets)
+        self._io = _HostIO(inputs, written, groups, staging, offsets, layout)
         return self._io
 
+    def _grids(self, layout: _Layout | None) -> list[tuple[int, int, int] | None]:
+        """Each launch's work-groups for this call (None: nothing to dispatch)."""
+        return layout.grids if layout is not None else [launch.grid
+                                                        for launch in self._launches]
+
     def _submit(self, inputs: list[Buffer], written: dict[str, Buffer], groups: list,
-                io: _HostIO | None = None) -> list[Buffer]:
+                io: _HostIO | None = None, layout: _Layout | None = None) -> list[Buffer]:
         """Record the dispatches (one compute pass), the outputs' copies (and, for `run`,
-        their copies into the staging buffer) and submit; the output Buffers."""
+        their copies into the staging buffer) and submit; the output Buffers.  With dynamic
+        sizes the symbols' values are written into the uniform first (queue order keeps
+        earlier submissions on theirs)."""
         outputs = []
         try:
+            if layout is not None:
+                self._dev.device.queue.write_buffer(self._uniform, 0, layout.uniform)
             encoder = self._dev.device.create_command_encoder()
             if self._launches:
                 compute = encoder.begin_compute_pass()
-                for launch, group in zip(self._launches, groups):
+                for launch, group, grid in zip(self._launches, groups, self._grids(layout)):
+                    if grid is None:
+                        continue
                     compute.set_pipeline(launch.pipeline)
                     compute.set_bind_group(0, group)
-                    compute.dispatch_workgroups(*launch.grid)
+                    compute.dispatch_workgroups(*grid)
                 compute.end()
             for k, name in enumerate(self._outputs):
-                outputs.append(self._output(encoder, k, name, written, inputs))
+                outputs.append(self._output(encoder, k, name, written, inputs, layout))
             if io is not None:
                 for out, offset in zip(outputs, io.offsets):
                     if out.nbytes:
@@ -523,7 +679,9 @@ class WebGPUExecutable:
                                                       (out.nbytes + 3) // 4 * 4)
             self._dev.device.queue.submit([encoder.finish()])
         except Exception as e:
-            raise _fail(f"{self._culprit(groups)} failed", e) from None
+            raise _fail(f"{self._culprit(groups, layout)} failed", e) from None
+        if layout is not None:
+            self._last = layout
         return outputs
 
     def profile(self, inputs: list[np.ndarray], repeat: int = 3) -> list[tuple[str, float]]:
@@ -532,12 +690,17 @@ class WebGPUExecutable:
         slow program spends its time in."""
         arrays = common.host_inputs(DEVICE, self.program.inputs, inputs)
         buffers = [Buffer.from_host(x) for x in arrays]
-        written = {name: Buffer.empty(shape, dtype)
-                   for name, (shape, dtype) in self._written.items()}
         times = []
         with self._lock:
-            for launch in self._launches:
-                group = launch.bind_group or self._bind_group(launch, buffers, written)
+            layout = self._layout([x.shape for x in arrays]) if self._symbols else None
+            written = {name: Buffer.empty(shape, dtype) for name, (shape, dtype) in
+                       (layout.written if layout else self._written).items()}
+            if layout is not None:
+                self._dev.device.queue.write_buffer(self._uniform, 0, layout.uniform)
+            for launch, grid in zip(self._launches, self._grids(layout)):
+                if grid is None:
+                    continue
+                group = launch.bind_group or self._bind_group(launch, buffers, written, layout)
                 best = float("inf")
                 for _ in range(max(1, repeat)):
                     start = time.perf_counter()
@@ -545,7 +708,7 @@ class WebGPUExecutable:
                     compute = encoder.begin_compute_pass()
                     compute.set_pipeline(launch.pipeline)
                     compute.set_bind_group(0, group)
-                    compute.dispatch_workgroups(*launch.grid)
+                    compute.dispatch_workgroups(*grid)
                     compute.end()
                     self._dev.device.queue.submit([encoder.finish()])
                     synchronize()
@@ -553,16 +716,18 @@ class WebGPUExecutable:
                 times.append((launch.name, best))
         return times
 
-    def _culprit(self, groups: list) -> str:
+    def _culprit(self, groups: list, layout: _Layout | None = None) -> str:
         """Which kernel a failed submission failed on, found by recording each dispatch
         alone (only after a failure): "kernel 'name'", else every kernel's name."""
-        for launch, group in zip(self._launches, groups):
+        for launch, group, grid in zip(self._launches, groups, self._grids(layout)):
+            if grid is None:
+                continue
             try:
                 encoder = self._dev.device.create_command_encoder()
                 compute = encoder.begin_compute_pass()
                 compute.set_pipeline(launch.pipeline)
                 compute.set_bind_group(0, group)
-                compute.dispatch_workgroups(*launch.grid)
+                compute.dispatch_workgroups(*grid)
                 compute.end()
                 encoder.finish()
             except Exception:
@@ -571,20 +736,22 @@ class WebGPUExecutable:
         return f"the submission of kernels {names}"
 
     def _output(self, encoder: Any, k: int, name: str, written: dict[str, Buffer],
-                inputs: list[Buffer]) -> Buffer:
+                inputs: list[Buffer], layout: _Layout | None = None) -> Buffer:
         """Output `k`: the buffer the kernels wrote (the first time the name appears), else a
         copy recorded into `encoder` of it, of the input passed through, of the constant or
         of the temp."""
         if name in written and self._outputs.index(name) == k:
             return written[name]
         spec = self.program.outputs[k]
-        out = Buffer.empty(tuple(spec.shape), spec.dtype)
+        shape = tuple(spec.shape) if layout is None else layout.sizes.output_shapes[k]
+        out = Buffer.empty(shape, spec.dtype)
+        temps = self._temp_ranges if layout is None else layout.temps
         if name in written:
             source, offset = written[name].data, 0
         elif name in self._constants:
             source, offset = self._constants[name].data, 0
-        elif name in self._temp_ranges:
-            source, offset = self._arena.data, self._temp_ranges[name][0]
+        elif name in temps:
+            source, offset = self._arena.data, temps[name][0]
         else:
             source = next(x for t, x in zip(self.program.inputs, inputs) if t.name == name).data
             offset = 0

@@ -267,3 +267,29 @@ def test_no_constant_expression_is_infinite_or_nan():
     assert "nx_f32(0xff800000u)" in source and "fn nx_f32(" in source
     for bits in re.findall(r"bitcast<f32>\(\s*(0x[0-9a-fA-F]+)u\s*\)", source):
         assert int(bits, 16) & 0x7F800000 != 0x7F800000, bits
+
+
+def test_dynamic_sizes_are_a_uniform_of_i32_and_index_typed_arithmetic():
+    """A symbolic kernel reads the symbols from `var<uniform> nx_sizes` (after its storage
+    buffers), computes its sizes in i32 (no emulated int64) and strides by the work-groups
+    launched, at most `max_grid` of them."""
+    from neurenix.compiler.symbolic import ShapeEnv, shape_env
+
+    env = ShapeEnv()
+    n = env.symbol("s0", 100)
+    with shape_env(env):
+        program = _program(lambda b: [b.mul(b.input("x", T(n, 7)), b.input("y", T(n, 7)))])
+    (kernel,) = program.kernels
+    source = kernel.source
+    assert program.symbols == ("s0",) and program.metadata["sized_kernels"] == [kernel.name]
+    assert "struct NxSizes { s0: i32 }" in source
+    assert "@group(0) @binding(3) var<uniform> nx_sizes: NxSizes;" in source
+    assert "let s0: i32 = nx_sizes.s0;" in source and "(7i * s0)" in source
+    assert "vec2<u32>" not in source and "i64_" not in source
+    assert "@builtin(num_workgroups) nx_groups: vec3<u32>" in source
+    assert "i32(nx_groups.x)" in source
+    (grid,) = kernel.grid
+    assert grid.most == get_target("webgpu").capabilities.max_grid
+    checks = {c["what"] for c in program.metadata["size_checks"]}
+    assert checks == {"the 32-bit size limit"}
+    assert get_target("webgpu").capabilities.dynamic_shapes

@@ -12,7 +12,7 @@ import pytest
 from devices import needs_device
 from neurenix.compiler.codegen import opencl as opencl_codegen
 from neurenix.compiler.codegen.cstyle import generate_program
-from neurenix.compiler.symbolic import DynamicSizeError
+from neurenix.compiler.symbolic import DynamicSizeError, current_env, shape_env
 from neurenix.compiler.targets import get_target
 from neurenix.runtime.program import program_from_json, program_to_json
 from neurenix.runtime.sizes import Groups, extent_from_json
@@ -132,14 +132,14 @@ def test_a_symbolic_program_round_trips_and_sizes_its_launches():
     assert extent_from_json(grids[0].to_json()) == grids[0]
 
 
-def test_dialects_without_dynamic_sizes_refuse_them():
-    """CUDA, HIP and WGSL keep static programs: a symbolic kernel graph raises
-    DynamicSizeError (the frontend then compiles static ones)."""
+def test_a_dialect_without_dynamic_sizes_refuses_them():
+    """A dialect that takes no dynamic sizes raises DynamicSizeError on a symbolic kernel
+    graph (the frontend then compiles static programs); every shipped GPU dialect takes them."""
     captured = []
     original = generate_program
 
     def spy(kernels, plan, target, dialect):
-        captured.append((kernels, plan))
+        captured.append((kernels, plan, target, current_env()))
         return original(kernels, plan, target, dialect)
     opencl_codegen.generate_program = spy
     try:
@@ -147,12 +147,17 @@ def test_dialects_without_dynamic_sizes_refuse_them():
         f(_x(5, 4))
     finally:
         opencl_codegen.generate_program = original
-    kernels, plan = captured[-1]
+    kernels, plan, target, env = captured[-1]
     assert kernels.kernels[0].schedule is not None
-    for name in ("cuda", "hip", "webgpu"):
-        target = get_target(name)
+
+    class Static(opencl_codegen.OpenCL):
+        dynamic = False
+    with shape_env(env):
         with pytest.raises(DynamicSizeError, match="dynamic sizes are not supported"):
-            target.generate()(kernels, plan, target)
+            generate_program(kernels, plan, target, Static())
+        for name in ("cuda", "hip", "webgpu"):
+            generated = get_target(name).generate()(kernels, plan, get_target(name))
+            assert generated is not None
 
 
 @pytest.mark.parametrize("fn", [lambda x: x.mean(), lambda x: x.view(-1) * 2,

@@ -71,7 +71,7 @@ log "import check (rc $?)"
 export NEURENIX_REQUIRE_DEVICES=cuda
 TESTS=()
 for t in tests/test_runtime_cuda.py tests/test_compile_parity.py tests/test_device_training.py \
-         tests/test_tf32_mma.py \
+         tests/test_tf32_mma.py tests/test_dynamic_cuda_hip.py \
          tests/test_codegen_cuda_hip.py; do
   [ -f "$t" ] && TESTS+=("$t")
 done

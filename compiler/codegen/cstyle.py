@@ -19,7 +19,11 @@ kernel that reads a symbol (a `Sym` leaf, an extent, a count, a launch of `Group
 of the program's symbols as a 64-bit scalar argument after its buffers (`Program.symbols`
 order, the kernel listed in `metadata["sized_kernels"]`); the sizes it needs are computed from
 them once at its top, and its grid-stride loops step by the work-groups launched
-(`Dialect.groups`), which the runtime computes per call from the grid's `Groups`.
+(`Dialect.groups`), which the runtime computes per call from the grid's `Groups`.  A dialect
+whose sizes are 32-bit (`size_type`, `size_limit`: WGSL) computes them in its index type and
+lists every size it uses in `metadata["size_checks"]` for the runtime to check per call; under
+a `loop_limit` a kernel counts its loop iterations per invocation as a polynomial bound
+(`counted`) and guards the sizes that keep it to half the limit.
 
 Expressions are DAGs: a subexpression used more than once in a scope is bound to a name once
 (as `_shared` in kernel/ir.py prints it), and an operation that reads an operand twice binds
@@ -29,16 +33,18 @@ the kernel's `index_bits`: a 32-bit kernel computes it in 32 bits, widening wher
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import struct
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 
 from ...runtime.program import KernelInfo, Program
-from ...runtime.sizes import Groups, Size
+from ...runtime.sizes import Groups, Poly, Size, extent_to_json, poly_from_terms
 from ..kernel.ir import (
     Acc,
     Binary,
@@ -62,7 +68,7 @@ from ..kernel.ops import BINARY_OPS
 from ..schedule import schedule_kernel, target_rules
 from ..schedule.grid import MAX_GROUPS, GridLoop, GroupReduction, TiledContraction
 from ..schedule.sizes import kernel_symbols
-from ..symbolic import DynamicSizeError, size_bounds
+from ..symbolic import Dim, DynamicSizeError, current_env, size_bounds
 from ..targets import Target
 from ..types import DType, bool_, float32, float64, int32, int64, uint32
 from .program_specs import (
@@ -74,6 +80,8 @@ from .program_specs import (
     tensor_specs,
 )
 
+_INDEX64 = int64
+"""int64 where the class body of `Dialect` names its attribute `int64`."""
 LONG = 4096
 """Steps per work-item from which a loop is long (unrolled under a `loop_limit`)."""
 UNROLL, MAX_UNROLL = 8, 64
@@ -119,6 +127,15 @@ class Dialect:
     dynamic = False
     """Whether kernels may take dynamic sizes (scalar arguments, `groups`); else a program
     with symbols raises `DynamicSizeError` (the frontend compiles static programs)."""
+    size_type = _INDEX64
+    """The dtype of the symbols' values and of the sizes computed from them (WGSL: int32,
+    its index type)."""
+    size_limit = 0
+    """The largest value a dynamic size may take (0: any): a dialect computing sizes in 32
+    bits assumes it, and the runtime refuses a call past it (`metadata["size_checks"]`)."""
+    helper_loops: dict[str, int] = {}
+    """Loop iterations one call of each helper function runs at most (under `loop_limit`:
+    counted in a kernel's iterations)."""
     tf32_guard = ""
     """The preprocessor condition under which float32 tiled contractions run on TF32 tensor
     cores (`mma_tf32`, 16 x 8 x 8 warp tiles); "" where they never do.  The kernel keeps
@@ -379,6 +396,10 @@ class _Renderer:
             | set(self.symbols.values())
         self.prelude: list[str] = []
         self.sizes: dict[tuple, str] = {}
+        self.checks: dict[Poly | Groups, tuple[int, str]] = {}
+        """Sizes the runtime checks per call: size -> (largest value, what it protects)."""
+        self.work, self.outer = _Bound.of(0), _Bound.of(1)
+        """Loop iterations per invocation so far (`counted`), and the enclosing loops'."""
         self.idx = int32 if kernel.index_bits == 32 or not dialect.int64 else int64
         self.memo: dict[int, str] = {}
         self.bound: dict[tuple[str, DType], str] = {}
@@ -477,7 +498,7 @@ class _Renderer:
         if isinstance(e, Var):
             return self.idx
         if isinstance(e, Sym):
-            return int64
+            return self.d.size_type
         if isinstance(e, Acc):
             return self.acc_type
         if isinstance(e, (Const, Load, Cast, RandomUniform)):
@@ -597,20 +618,23 @@ class _Renderer:
             return self.literal(size, t)
         key = (size, t)
         if key not in self.sizes:
+            st = self.d.size_type
             text = self.size_text(size)
-            if t == int64 and _ATOM.fullmatch(text):
+            if t == st and _ATOM.fullmatch(text):
                 return text
-            if t != int64:
-                text = self.d.convert(text, int64, t)
+            if t != st:
+                text = self.d.convert(text, st, t)
             name = self.sizes[key] = self.fresh("n")
             self.prelude.append("  " + self.d.declare(name, t, text))
         return self.sizes[key]
 
     def size_text(self, size: Size | Groups) -> str:
-        """int64 text of a size of the symbols (sizes never overflow: plain arithmetic)."""
-        lit = lambda v: self.literal(v, int64)  # noqa: E731
+        """Text of a size of the symbols in the dialect's `size_type` (sizes never overflow:
+        plain arithmetic; under a `size_limit` the runtime checks every size rendered)."""
+        lit = lambda v: self.literal(v, self.d.size_type)  # noqa: E731
         if isinstance(size, int):
             return lit(size)
+        self.limit(size)
         if isinstance(size, Groups):
             parts = []
             for part, divisor in size.parts:
@@ -629,15 +653,107 @@ class _Renderer:
         return terms[0] if len(terms) == 1 else f"({' + '.join(terms)})"
 
     def upper(self, size: Size | Groups) -> float:
-        """The largest value of a size over the symbols' ranges (inf: unbounded)."""
+        """The largest value of a size over the symbols' ranges (inf: unbounded; at most the
+        dialect's `size_limit`, which the runtime enforces per call)."""
         if isinstance(size, int):
             return size
         if isinstance(size, Groups):
-            return size.most or math.prod(self.upper(p) for p, _ in size.parts)
+            if size.most:
+                return size.most
+            self.limit(size)
+            top = math.prod(-(-self.upper(p) // d) if self.upper(p) < math.inf else math.inf
+                            for p, d in size.parts)
+            return min(top, self.d.size_limit) if self.d.size_limit else top
+        self.limit(size)
         try:
-            return size_bounds(size)[1]
+            top = size_bounds(size)[1]
         except DynamicSizeError:
+            top = math.inf
+        return min(top, self.d.size_limit) if self.d.size_limit else top
+
+    def limit(self, size: Poly | Groups) -> None:
+        """Record a dynamic size the kernel computes with, for the runtime to check against
+        the dialect's `size_limit` per call (a `Groups` uncapped)."""
+        if self.d.size_limit:
+            size = Groups(size.parts) if isinstance(size, Groups) else size
+            self.checks.setdefault(size, (self.d.size_limit, "the 32-bit size limit"))
+
+    # ---- the loop limit -----------------------------------------------------------------
+
+    @contextmanager
+    def counted(self, trips: Size | Groups | _Bound):
+        """Count a loop of at most `trips` iterations (its header runs once more) in the
+        kernel's loop iterations per invocation, `self.work`: what a `loop_limit` bounds.
+        Helper functions called in its body add their own loops per iteration."""
+        trips = trips if isinstance(trips, _Bound) else _Bound.of(trips)
+        outer = self.outer
+        self.work = self.work + outer * (trips + _Bound.of(1))
+        self.outer = outer * trips
+        start = len(self.lines)
+        try:
+            yield
+        finally:
+            self.outer = outer
+            self.work = self.work + outer * trips * _Bound.of(self.helper_cost(start))
+
+    def helper_cost(self, start: int = 0, lines: list[str] | None = None) -> int:
+        """Loop iterations of the helper calls in `lines` (the kernel's from `start`)."""
+        text = "\n".join((self.lines if lines is None else lines)[start:])
+        return sum(n * text.count(f"{name}(") for name, n in self.d.helper_loops.items())
+
+    def grid_trips(self, plan, count: Size | Groups, per_group: int) -> Size | _Bound:
+        """Iterations of a grid-stride loop over `count` items, `per_group` per launched
+        work-group each: a `Groups` launch is capped only past its cap's items."""
+        grid = plan.grid
+        if all(isinstance(g, int) for g in grid):
+            threads = math.prod(grid) * per_group
+            if isinstance(count, int):
+                return -(-count // max(threads, 1))
+            return _Bound.of(count).scale(Fraction(1, threads)) + _Bound.of(1)
+        most = grid[0].most
+        if not most:
+            return 1
+        return _Bound.of(count).scale(Fraction(1, most * per_group)) + _Bound.of(1)
+
+    def largest(self, size: Poly) -> float:
+        """An upper bound of `size` over the symbols' ranges, each symbol at most the
+        dialect's `size_limit` (which the runtime enforces): inf where unbounded."""
+        env = current_env()
+        if env is None:
             return math.inf
+        top = 0
+        for monomial, coefficient in size.terms:
+            value = coefficient
+            for name in monomial:
+                s = env.symbols.get(name)
+                if s is None:
+                    return math.inf
+                high = min(math.inf if s.hi is None else s.hi,
+                           self.d.size_limit or math.inf)
+                value *= high if coefficient > 0 else s.lo
+            top += value
+        return top
+
+    def check_loops(self) -> None:
+        """Under a `loop_limit`, a kernel of dynamic sizes keeps its loop iterations per
+        invocation to half the limit: a guard on the sizes (a call past it compiles another
+        program) and a check the runtime makes per call; `DynamicSizeError` where the traced
+        sizes already pass it."""
+        limit = self.d.loop_limit // 2
+        work = self.work + _Bound.of(self.helper_cost(lines=self.prelude + self.lines))
+        size, most = work.at_most(limit)
+        if isinstance(size, int):
+            fits = size <= most
+        else:
+            fits = self.largest(size) <= most
+            if not fits:  # a guard on the sizes, and the runtime's check per call
+                self.checks[size] = (most, f"{self.d.name}'s loop limit ("
+                                           f"{self.d.loop_limit} iterations per invocation)")
+                fits = size <= most
+        if not fits:
+            raise DynamicSizeError(f"{self.d.name}: {self.k.name}: at these sizes its loops "
+                                   f"run past {limit} iterations per invocation (the "
+                                   f"driver's loop limit): static sizes")
 
     def flat_type(self, top: float) -> DType:
         """The index dtype for values up to `top`: the kernel's, else int64 (dynamic)."""
@@ -788,8 +904,9 @@ class _Renderer:
         base = self.var(t, a, "pb")
         exp = self.var(t, d.select(f"({b} < {zero})", zero, b), "pe")
         step = self.fresh("pk")
-        with self.block(d.loop(step, int32, self.literal(0, int32),
-                               self.literal(d.bits(t), int32), self.literal(1, int32))):
+        with self.counted(d.bits(t)), \
+                self.block(d.loop(step, int32, self.literal(0, int32),
+                                  self.literal(d.bits(t), int32), self.literal(1, int32))):
             odd = f"(({exp} & {one}) == {one})"
             self.emit(f"{result} = {d.select(odd, d.wrap('*', result, base, t), result)};")
             self.emit(f"{base} = {d.wrap('*', base, base, t)};")
@@ -922,21 +1039,19 @@ class _Renderer:
         limit = self.d.loop_limit
         if not limit:
             return 1
-        if not isinstance(steps, int):
-            raise DynamicSizeError(f"{self.d.name}: {self.k.name}: loops of dynamic length "
-                                   "under a loop limit need static sizes")
-        if steps < LONG:
+        if not isinstance(steps, int) or steps < LONG:
             return 1
         return min(MAX_UNROLL, max(UNROLL, -(-4 * steps // limit)))
 
-    def strided(self, base: str, t: DType, start: str, stop: int, step: int, body) -> None:
+    def strided(self, base: str, t: DType, start: str, stop: int, step: int, body,
+                trips: Size | _Bound | None = None) -> None:
         """`body(var)` for var = start, start + step, ... below `stop`, its body copied per
         iteration as `copies` says (each copy guarded).  The loop variable is 64-bit when
         stepping past `stop` could pass INT_MAX (the body still sees a `t` value: every
         value it sees is below `stop`)."""
         d = self.d
         if not (isinstance(stop, int) and isinstance(step, int)):
-            return self.strided_dynamic(base, t, start, stop, step, body)
+            return self.strided_dynamic(base, t, start, stop, step, body, trips)
         copies = self.copies(-(-stop // step))
         w = t
         if t != int64 and stop + step * copies >= 2 ** 31:
@@ -945,8 +1060,9 @@ class _Renderer:
                                        f"of {step * copies} exceeds 32-bit indices")
             w = int64
         var = self.fresh(base)
-        with self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
-                               self.literal(stop, w), self.literal(step * copies, w))):
+        with self.counted(-(-stop // (step * copies))), \
+                self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
+                                  self.literal(stop, w), self.literal(step * copies, w))):
             for j in range(copies):
                 if j == 0:
                     saved = dict(self.memo), dict(self.bound)
@@ -958,21 +1074,22 @@ class _Renderer:
                     body(self.narrowed(at, w, t, base))
 
     def strided_dynamic(self, base: str, t: DType, start: str, stop: Size, step: int | str,
-                        body) -> None:
-        """`strided` where `stop` is a dynamic size or `step` the launched work-items (int64
-        text, at most `MAX_GROUPS` work-groups of the kernel's block): one copy per
-        iteration, 64-bit where the sizes' ranges may pass INT_MAX."""
-        d = self.d
-        if d.loop_limit:
-            raise DynamicSizeError(f"{d.name}: {self.k.name}: loops of dynamic length under "
-                                   "a loop limit need static sizes")
+                        body, trips: Size | _Bound | None = None) -> None:
+        """`strided` where `stop` is a dynamic size or `step` the launched work-items (text
+        of the dialect's `size_type`, at most `MAX_GROUPS` work-groups of the kernel's block):
+        one copy per iteration, 64-bit where the sizes' ranges may pass INT_MAX.  `trips`:
+        the iterations at most (else stop / step + 1, `step` an int)."""
+        d, st = self.d, self.d.size_type
         most = step if isinstance(step, int) else MAX_GROUPS * math.prod(self.k.schedule.block)
         w = t if t == int64 else self.flat_type(self.upper(stop) + most)
         stride = self.literal(step, w) if isinstance(step, int) else \
-            step if w == int64 else self.bind(d.convert(step, int64, w), w, "st")
+            step if w == st else self.bind(d.convert(step, st, w), w, "st")
+        if trips is None:
+            trips = _Bound.of(stop).scale(Fraction(1, step)) + _Bound.of(1)
         var = self.fresh(base)
-        with self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
-                               self.size(stop, w), stride)):
+        with self.counted(trips), \
+                self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
+                                  self.size(stop, w), stride)):
             body(self.narrowed(var, w, t, base))
 
     def narrowed(self, var: str, w: DType, t: DType, base: str) -> str:
@@ -1010,17 +1127,19 @@ class _Renderer:
             self.strided("r", self.idx, start, total, step, flat)
             return _Acc(best, index, t)
         saved = dict(self.memo), dict(self.bound)
-        for j, n in enumerate(k.reduce):
-            name = self.fresh(f"i{nd + j}", exact=True)
-            self.vars[nd + j] = name
-            self.emit(self.d.loop(name, self.idx, self.literal(0, self.idx),
-                                  self.size(n, self.idx), self.literal(1, self.idx)))
-            self.depth += 1
-        step_body()
-        self.memo, self.bound = saved
-        for _ in k.reduce:
-            self.depth -= 1
-            self.emit("}")
+        with ExitStack() as loops:
+            for j, n in enumerate(k.reduce):
+                name = self.fresh(f"i{nd + j}", exact=True)
+                self.vars[nd + j] = name
+                loops.enter_context(self.counted(n))
+                self.emit(self.d.loop(name, self.idx, self.literal(0, self.idx),
+                                      self.size(n, self.idx), self.literal(1, self.idx)))
+                self.depth += 1
+            step_body()
+            self.memo, self.bound = saved
+            for _ in k.reduce:
+                self.depth -= 1
+                self.emit("}")
         return _Acc(best, index, t)
 
     def stores(self, acc: _Acc | None) -> None:
@@ -1071,14 +1190,16 @@ class _Renderer:
         flat = self.flat_type(self.upper(plan.count) + most)
         gid = f"(({self.linear_group(plan, flat)}) * {self.literal(block, flat)} + " \
               f"{d.thread('local', 0, flat)})"
+        st = d.size_type
         step: int | str = most if static else \
-            f"({self.launched(plan, int64)} * {self.literal(block, int64)})"
+            f"({self.launched(plan, st)} * {self.literal(block, st)})"
 
         def point(p: str) -> None:
             self.point_vars(p, flat, tuple(self.k.domain), 0)
             acc = self.reduce_loops("0", 1) if self.k.reduce_value is not None else None
             self.stores(acc)
-        self.strided("p", flat, self.bind(gid, flat, "g"), plan.count, step, point)
+        self.strided("p", flat, self.bind(gid, flat, "g"), plan.count, step, point,
+                     self.grid_trips(plan, plan.count, block))
 
     def linear_group(self, plan, t: DType) -> str:
         d = self.d
@@ -1106,9 +1227,10 @@ class _Renderer:
             raise DynamicSizeError(f"{d.name}: {k.name}: dynamic sizes may exceed 32-bit "
                                    "indices")
         p = self.fresh("p")
-        with self.block(d.loop(p, self.idx, self.linear_group(plan, self.idx),
-                               self.size(plan.count, self.idx),
-                               self.launched(plan, self.idx))):
+        with self.counted(self.grid_trips(plan, plan.count, 1)), \
+                self.block(d.loop(p, self.idx, self.linear_group(plan, self.idx),
+                                  self.size(plan.count, self.idx),
+                                  self.launched(plan, self.idx))):
             self.point_vars(p, self.idx, tuple(k.domain), 0)
             acc = self.reduce_loops(lid, block)
             self.emit(f"{d.local_access(vals, lid)} = {acc.value};")
@@ -1118,9 +1240,10 @@ class _Renderer:
             lanes = d.warp if d.warp and block >= d.warp and t in _SHUFFLED else 1
             level = self.fresh("s")
             levels = block.bit_length() - lanes.bit_length()
-            with self.block(d.loop(level, self.idx, self.literal(0, self.idx),
-                                   self.literal(levels, self.idx),
-                                   self.literal(1, self.idx))):
+            with self.counted(levels), \
+                    self.block(d.loop(level, self.idx, self.literal(0, self.idx),
+                                      self.literal(levels, self.idx),
+                                      self.literal(1, self.idx))):
                 width = self.bind(d.shift(">>", self.literal(block // 2, self.idx), level,
                                           self.idx), self.idx, "w")
                 with self.block(f"if ({lid} < {width}) {{"):
@@ -1207,8 +1330,9 @@ class _Renderer:
                 self.size(Groups(((size, side),)), idx)
                 for size, side in ((m_size, rows), (n_size, cols)))
         p = self.fresh("p")
-        with self.block(d.loop(p, idx, self.linear_group(plan, idx), self.size(plan.count, idx),
-                               self.launched(plan, idx))):
+        with self.counted(self.grid_trips(plan, plan.count, 1)), \
+                self.block(d.loop(p, idx, self.linear_group(plan, idx),
+                                  self.size(plan.count, idx), self.launched(plan, idx))):
             tn = self.bind(f"({p} % {col_tiles})", idx, "tn")
             rest = self.bind(f"({p} / {col_tiles})", idx, "p")
             tm = self.bind(f"({rest} % {row_tiles})", idx, "tm")
@@ -1225,7 +1349,10 @@ class _Renderer:
 
             def k_loop(compute) -> None:
                 k0 = self.fresh("k")
-                with self.block(d.loop(k0, idx, lit(0), self.size(k_size, idx), lit(side))):
+                trips = -(-k_size // side) if isinstance(k_size, int) else \
+                    _Bound.of(k_size).scale(Fraction(1, side)) + _Bound.of(1)
+                with self.counted(trips), \
+                        self.block(d.loop(k0, idx, lit(0), self.size(k_size, idx), lit(side))):
                     for j in range(rm):  # element lid + block * j: row ty + side * j, k tx
                         self.stage(a, tiles_a, plus(lid, block * j), ms[j], plan.row, m_size,
                                    f"({k0} + {tx})", kax)
@@ -1238,7 +1365,7 @@ class _Renderer:
 
             def fma() -> None:
                 step = self.fresh("j")
-                with self.block(d.loop(step, idx, lit(0), lit(side), lit(1))):
+                with self.counted(side), self.block(d.loop(step, idx, lit(0), lit(side), lit(1))):
                     xs = [self.bind(d.local_access(tiles_a, f"({plus(ty, side * i)} * "
                                                    f"{lit(side)} + {step})"), t, "x")
                           for i in range(rm)]
@@ -1359,6 +1486,12 @@ class _Renderer:
         if not self.symbols:
             return self.d.kernel(self.k.name, self.param_list, plan.block, self.local,
                                  self.lines, f"schedule: {plan}")
+        if self.d.loop_limit:
+            self.check_loops()
+        if self.d.size_limit:
+            for b in self.k.buffers():
+                if not isinstance(b.size, int):
+                    self.limit(b.size)
         return self.d.kernel(self.k.name, self.param_list, plan.block, self.local,
                              self.prelude + self.lines, f"schedule: {plan}",
                              sizes=list(self.symbols.values()))
@@ -1375,6 +1508,50 @@ class _Acc:
     value: str
     index: str | None
     dtype: DType
+
+
+class _Bound:
+    """A polynomial in the symbols with rational coefficients: an upper bound of loop
+    iterations (a ceiling division bounded by size / divisor + 1, a `Groups` uncapped)."""
+
+    def __init__(self, terms: dict[tuple[str, ...], Fraction]) -> None:
+        self.terms = {m: c for m, c in terms.items() if c}
+
+    @staticmethod
+    def of(size: Size | Groups) -> _Bound:
+        if isinstance(size, int):
+            return _Bound({(): Fraction(size)})
+        if isinstance(size, Groups):
+            total = _Bound.of(1)
+            for part, divisor in size.parts:
+                total = total * (_Bound.of(part) if divisor == 1 else
+                                 _Bound.of(part).scale(Fraction(1, divisor)) + _Bound.of(1))
+            return total
+        return _Bound({m: Fraction(c) for m, c in size.terms})
+
+    def scale(self, factor: Fraction) -> _Bound:
+        return _Bound({m: c * factor for m, c in self.terms.items()})
+
+    def __add__(self, other: _Bound) -> _Bound:
+        terms = dict(self.terms)
+        for m, c in other.terms.items():
+            terms[m] = terms.get(m, 0) + c
+        return _Bound(terms)
+
+    def __mul__(self, other: _Bound) -> _Bound:
+        terms: dict[tuple[str, ...], Fraction] = {}
+        for m, c in self.terms.items():
+            for n, e in other.terms.items():
+                key = tuple(sorted(m + n))
+                terms[key] = terms.get(key, 0) + c * e
+        return _Bound(terms)
+
+    def at_most(self, limit: int) -> tuple[Size, int]:
+        """`self <= limit` with integer coefficients: (size, most), both scaled by the
+        denominators' lcm (a `Dim`, comparable in a shape environment, or an int)."""
+        scale = math.lcm(*(c.denominator for c in self.terms.values())) if self.terms else 1
+        size = poly_from_terms({m: int(c * scale) for m, c in self.terms.items()})
+        return (Dim(*size.terms) if isinstance(size, Poly) else size), limit * scale
 
 
 # ---- programs -----------------------------------------------------------------------------
@@ -1394,7 +1571,10 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
     shared = outputs | temps
     symbols = program_symbols(kernels)
     idents = _symbol_arguments(kernels, symbols, dialect)
-    infos, sources, names, sized = [], [], set(), []
+    infos, sources, names, sized, checks = [], [], set(), [], {}
+    if dialect.size_limit:
+        for s in symbols:
+            checks[Poly((((s,), 1),))] = (dialect.size_limit, "the 32-bit size limit")
     for kernel in scheduled:
         dialect.check(kernel, kernels)
         name = base = re.sub(r"\W", "_", kernel.name)
@@ -1419,6 +1599,8 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
             sized.append(name)
         renderer = _Renderer(kernel, dialect, params, storage, idents if dynamic else None)
         source = renderer.source()
+        for size, (most, what) in renderer.checks.items():
+            checks.setdefault(size, (most, what))
         local = sum(count * dtype.itemsize for _, dtype, count in renderer.local)
         if local > caps.local_memory_bytes:
             raise GridCodegenError(
@@ -1442,6 +1624,12 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
     if symbols:
         program.symbols = symbols
         program.metadata["sized_kernels"] = sized
+        if checks:
+            unique = {json.dumps(extent_to_json(size)): (size, most, what)
+                      for size, (most, what) in checks.items()}
+            program.metadata["size_checks"] = [
+                {"size": extent_to_json(size), "most": most, "what": what}
+                for size, most, what in unique.values()]
     return program
 
 

@@ -9,8 +9,16 @@ read-only buffers are `const __restrict__` (the read-only data path; the runtime
 a buffer a kernel writes as one it reads elsewhere).  Wrapping signed arithmetic goes through
 the unsigned types, since C++ leaves signed overflow undefined.  Work-group reductions end in
 warp shuffles (`__shfl_down_sync`).  HIP (hip.py) is this dialect with AMD's shuffles.
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md): a kernel that reads symbols takes each as a
+`const long long` parameter after its buffers (`Program.symbols` order) and steps its
+grid-stride loops by `gridDim.x`; the runtime computes the grid per call (at most
+`MAX_GROUPS` = 2^20 blocks along x, far below the 2^31 - 1 every device allows) and passes the
+values as 64-bit kernel parameters.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from ...runtime.program import Program
 from ..kernel.ir import KernelGraph
@@ -76,6 +84,7 @@ class CUDA(CFamily):
 
     name = "cuda"
     warp = 32
+    dynamic = True
 
     def __init__(self, tf32: bool = False) -> None:
         self.tf32_guard = TF32_GUARD if tf32 else ""
@@ -115,14 +124,18 @@ class CUDA(CFamily):
     def barrier(self) -> str:
         return "__syncthreads();"
 
+    def groups(self, dim: int, dtype: DType) -> str:
+        return f"(({self.type(dtype)})gridDim.{'xyz'[dim]})"
+
     def shuffle_down(self, x: str, offset: int, dtype: DType) -> str:
         return f"__shfl_down_sync(0xffffffffu, {x}, {offset})"
 
     def kernel(self, name: str, params: list[Param], block: tuple[int, ...],
-               local: list[tuple[str, DType, int]], body: list[str], comment: str) -> str:
-        args = ", ".join(f"{self.storage(p.dtype)}* {p.ident}" if p.writable else
-                         f"const {self.storage(p.dtype)}* __restrict__ {p.ident}"
-                         for p in params)
+               local: list[tuple[str, DType, int]], body: list[str], comment: str,
+               sizes: Sequence[str] = ()) -> str:
+        args = ", ".join([f"{self.storage(p.dtype)}* {p.ident}" if p.writable else
+                          f"const {self.storage(p.dtype)}* __restrict__ {p.ident}"
+                          for p in params] + [f"const long long {s}" for s in sizes])
         threads = 1
         for b in block:
             threads *= b
@@ -152,11 +165,12 @@ class CUDA(CFamily):
 def capabilities() -> Capabilities:
     """What every CUDA device of compute capability 7.5 and newer offers a kernel: 48 KiB of
     static shared memory, 1,024 threads per block (blocks of 256 are used), grids of 2^31 - 1
-    blocks along x."""
+    blocks along x (no `max_grid`: launches stay 1-D, at most `MAX_GROUPS` blocks); dynamic
+    sizes."""
     return Capabilities(threads="grid", index_bits=(32, 64), preferred_index_bits=32,
                         alignment=256, float64=True, int64=True, bool_bytes=1,
                         local_memory_bytes=48 * 1024, max_workgroup_size=1024,
-                        native_ops=NATIVE_OPS)
+                        native_ops=NATIVE_OPS, dynamic_shapes=True)
 
 
 def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,

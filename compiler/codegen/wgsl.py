@@ -14,10 +14,20 @@ unrolled (`loop_limit`: lavapipe ends an invocation's loops after 65,535 iterati
 Capabilities come from the adapter's limits, so `metadata["required_limits"]` says what the
 program needs of the device beyond WebGPU's defaults (storage buffers per stage, invocations
 per work-group).
+
+Dynamic sizes (docs/compiler/dynamic-shapes.md, docs/targets/webgpu.md): a kernel that reads
+symbols gets their values in a uniform buffer bound after its storage buffers (`struct
+NxSizes`, one i32 per symbol in `Program.symbols` order, `metadata["sizes_binding"]`), which
+the runtime writes once per call; sizes are computed in i32 (`size_type`), the runtime refusing
+a call whose sizes pass `SIZE_LIMIT` (`metadata["size_checks"]`).  A symbolic grid is capped at
+`max_grid` work-groups, the grid-stride loops stepping by `num_workgroups`; a kernel whose loops
+could pass half of `loop_limit` iterations per invocation at some size records a guard on the
+sizes (a call past it compiles another program), and the runtime checks it too.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +42,7 @@ from ..kernel.memory import MemoryPlan
 from ..kernel.ops import OP_NAMES
 from ..schedule.grid import GroupReduction, TiledContraction
 from ..targets import Capabilities, Target, get_target
-from ..types import DType, bool_, float64, int64, uint32
+from ..types import DType, bool_, float64, int32, int64, uint32
 from . import wgsl_int64 as i64
 from .cstyle import Dialect, GridCodegenError, Param, generate_program
 from .wgsl_math import prelude
@@ -41,6 +51,13 @@ NATIVE_OPS = OP_NAMES - {"sigmoid", "erf"}
 """WGSL has no erf; sigmoid, erf and the random-number generator are decomposed."""
 FLOAT64 = "webgpu: float64 is not supported (WGSL has no 64-bit floats); use float32"
 NAN = "((bitcast<u32>({}) & 0x7fffffffu) > 0x7f800000u)"
+SIZE_LIMIT = 1 << 30
+"""The largest dynamic size a WGSL kernel takes: sizes are i32, and a grid-stride loop's
+variable passes its end by at most 2**28 (WebGPU buffers hold far fewer elements)."""
+HELPER_LOOPS = {"i64_divmodu": 9, "i64_pow": 9, "nx_fmod": 71, "nx_trig": 4}
+"""Loop iterations one call of a helper runs at most (i64_idiv and i64_mod call
+i64_divmodu, counted by its name in their bodies: counted as calls of it)."""
+SIZES_STRUCT = "NxSizes"
 
 
 class WGSL(Dialect):
@@ -49,6 +66,10 @@ class WGSL(Dialect):
     name = "webgpu"
     int64 = False
     loop_limit = 65535
+    dynamic = True
+    size_type = int32
+    size_limit = SIZE_LIMIT
+    helper_loops = {**HELPER_LOOPS, "i64_idiv": 9, "i64_mod": 9}
     TYPES = {"bool": "bool", "int32": "i32", "int64": "vec2<u32>", "uint32": "u32",
              "float32": "f32"}
 
@@ -168,20 +189,34 @@ class WGSL(Dialect):
     def barrier(self) -> str:
         return "workgroupBarrier();"
 
+    def groups(self, dim: int, dtype: DType) -> str:
+        return f"{self.type(dtype)}(nx_groups.{'xyz'[dim]})"
+
     def kernel(self, name: str, params: list[Param], block: tuple[int, ...],
-               local: list[tuple[str, DType, int]], body: list[str], comment: str) -> str:
+               local: list[tuple[str, DType, int]], body: list[str], comment: str,
+               sizes: Sequence[str] = ()) -> str:
+        """The module: helpers, storage bindings in parameter order, then (dynamic sizes)
+        the uniform `nx_sizes` of every symbol's value, read into `let`s at the top."""
         lines = [f"// {comment}"] + prelude(body) + i64.prelude(body)
         for i, p in enumerate(params):
             access = "read_write" if p.writable or p.shared else "read"
             lines.append(f"@group(0) @binding({i}) var<storage, {access}> {p.ident}: "
                          f"array<{self.storage(p.dtype)}>;")
+        if sizes:
+            fields = ", ".join(f"{s}: i32" for s in sizes)
+            lines += [f"struct {SIZES_STRUCT} {{ {fields} }}",
+                      f"@group(0) @binding({len(params)}) var<uniform> nx_sizes: "
+                      f"{SIZES_STRUCT};"]
         lines += [f"var<workgroup> {n}: array<{self.type(d)}, {count}>;"
                   for n, d, count in local]
         size = ", ".join(str(b) for b in (tuple(block) + (1, 1, 1))[:3])
+        groups = ", @builtin(num_workgroups) nx_groups: vec3<u32>" if any(
+            "nx_groups" in line for line in body) else ""
         lines += ["", f"@compute @workgroup_size({size})",
                   f"fn {name}(@builtin(workgroup_id) nx_wid: vec3<u32>, "
-                  "@builtin(local_invocation_id) nx_lid: vec3<u32>) {"]
+                  f"@builtin(local_invocation_id) nx_lid: vec3<u32>{groups}) {{"]
         lines += [f"  _ = &{p.ident};" for p in params]  # every binding in the auto layout
+        lines += [f"  let {s}: i32 = nx_sizes.{s};" for s in sizes]
         return "\n".join(lines + body + ["}"])
 
     def check(self, kernel: Kernel, kernels: KernelGraph) -> None:
@@ -259,7 +294,8 @@ def capabilities(limits: dict | None = None) -> Capabilities:
                         max_grid=int(limits.get("max-compute-workgroups-per-dimension", 65535)),
                         local_memory_bytes=int(limits.get("max-compute-workgroup-storage-size",
                                                           16384)),
-                        max_workgroup_size=invocations, native_ops=NATIVE_OPS)
+                        max_workgroup_size=invocations, native_ops=NATIVE_OPS,
+                        dynamic_shapes=True)
 
 
 def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,

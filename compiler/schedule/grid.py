@@ -25,10 +25,10 @@ onto them:
 Dynamic sizes (docs/compiler/dynamic-shapes.md): a rule decides from the sizes' hints
 (`schedule.sizes.hint`), never by comparing them, and keeps what the launch needs symbolic: a
 count may be a polynomial and a grid dimension `runtime.sizes.Groups` (ceil(points / block),
-capped at `MAX_GROUPS`), which the runtime evaluates per call; the kernel's grid-stride loops
-step by the launched work-groups, so every size in the symbols' ranges is covered.  A grid that
-would need a second dimension (a target with `max_grid`) cannot be symbolic:
-`DynamicSizeError`.
+capped at `MAX_GROUPS` or the target's `max_grid`, whichever is smaller), which the runtime
+evaluates per call; the kernel's grid-stride loops step by the launched work-groups, so every
+size in the symbols' ranges is covered.  A symbolic grid stays 1-D (a second dimension would
+need the static count).
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 from ...runtime.sizes import Groups, Size
 from ..kernel.ir import Binary, Kernel, dtype_of
-from ..symbolic import DynamicSizeError
 from ..targets import Capabilities
 from .contraction import axes_read
 from .sizes import hint, hints, is_static
@@ -153,12 +152,10 @@ def launch(groups: int, block: int, max_grid: int) -> tuple[tuple[int, ...], tup
 def dynamic_launch(parts: list[tuple[Size, int]], block: int, max_grid: int
                    ) -> tuple[tuple[int | Groups, ...], tuple[int, ...]]:
     """`launch` for prod(ceil(size / divisor)) work-groups of dynamic sizes: a 1-D grid of
-    `Groups` capped at `MAX_GROUPS` (the grid-stride loops do the rest); `DynamicSizeError`
-    where the target limits a grid dimension (a 2-D grid needs the static count)."""
-    if max_grid and max_grid < MAX_GROUPS:
-        raise DynamicSizeError(f"a grid of dynamic size on a target with at most {max_grid} "
-                               "work-groups per dimension needs static sizes")
-    return (groups(parts, MAX_GROUPS),), (block,)
+    `Groups` capped at `MAX_GROUPS` and at `max_grid` (0: no limit; WebGPU's 65,535), the
+    grid-stride loops stepping by the groups launched doing the rest."""
+    most = min(MAX_GROUPS, max_grid) if max_grid else MAX_GROUPS
+    return (groups(parts, most),), (block,)
 
 
 def groups(parts: list[tuple[Size, int]], most: int = 0) -> Groups:
