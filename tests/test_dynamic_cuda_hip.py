@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from devices import needs_device
+from dynamic_cases import SIZES, sgd_step
 from neurenix.compiler import pipeline
 from neurenix.compiler.codegen import ptxas
 from neurenix.compiler.codegen.cuda import CUDA, TF32_PRELUDE
@@ -40,7 +41,6 @@ from test_toolchain_cuda_hip import CUDA_ARCHS, _need_cuda, _need_hip, _rdna
 import neurenix
 from neurenix import nn
 
-SIZES = (2, 3, 7, 64, 100)
 SIGNATURE = re.compile(r'extern "C" __global__ void __launch_bounds__\(\d+\) (\w+)\(([^)]*)\)')
 PTX_ENTRY = re.compile(r"\.entry (\w+)\(([^)]*)\)")
 
@@ -78,18 +78,6 @@ def _conv() -> nn.Module:
                          nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
 
 
-def _step(model: nn.Module):
-    opt = neurenix.optim.SGD(model.parameters(), lr=0.1)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
-
-
 def _reduction(x):
     return x.sum(0) * 2 + x.amax(1).sum() + x.mean()
 
@@ -98,7 +86,7 @@ WORKLOADS = {
     "mlp": (lambda: _mlp(), lambda n: (_x(n, 20),)),
     "reduction": (lambda: _reduction, lambda n: (_x(n, 300),)),
     "conv": (lambda: _conv(), lambda n: (_x(n, 3, 8, 8),)),
-    "train": (lambda: _step(_mlp(32)),
+    "train": (lambda: sgd_step(_mlp(32)),
               lambda n: (_x(n, 20), neurenix.tensor(np.arange(n) % 5))),
 }
 """name -> (the function, its arguments at batch n)."""
@@ -507,8 +495,8 @@ def test_one_training_step_equals_eager_at_every_batch_size(kind, target):
     needs_device(kind)
     mlp = _mlp(32)
     device = copy.deepcopy(mlp).to(kind)
-    eager = _step(mlp)
-    step = neurenix.compile(_step(device), backend=target, dynamic=True)
+    eager = sgd_step(mlp)
+    step = neurenix.compile(sgd_step(device), backend=target, dynamic=True)
     for n in SIZES:
         x, y = WORKLOADS["train"][1](n)
         _same(step(x.to(kind), y.to(kind)), eager(x, y), 1e-5)

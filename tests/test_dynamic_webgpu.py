@@ -1,15 +1,14 @@
 """Shape-polymorphic programs on the WebGPU target (docs/compiler/dynamic-shapes.md,
-docs/targets/webgpu.md): one program runs every batch size, equal to eager; the symbols'
-values reach the kernels in a uniform buffer, launches are capped at 65,535 work-groups with
-grid-stride loops doing the rest, and loops that could pass lavapipe's loop limit are guarded.
-Each function is traced once at a large batch and once at a small one, as the OpenCL tests."""
+docs/targets/webgpu.md): the symbols' values reach the kernels in a uniform buffer, launches
+are capped at 65,535 work-groups with grid-stride loops doing the rest, loops that could pass
+lavapipe's loop limit are guarded, and sizes past 32 bits are refused.  The models at every
+batch size, on every GPU target here: tests/test_dynamic_gpu.py."""
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
 from devices import needs_device
+from dynamic_cases import programs, rand
 from neurenix.compiler import GraphBuilder, pipeline
 from neurenix.compiler.symbolic import ShapeEnv, shape_env
 from neurenix.compiler.types import TensorType, float32
@@ -18,106 +17,11 @@ from neurenix.runtime.program import program_from_json, program_to_json
 from neurenix.runtime.sizes import Groups, extent_from_json
 
 import neurenix
-from neurenix import nn
-
-SIZES = (2, 3, 7, 64, 100)
-ORDERS = {"small": SIZES, "large": (100, 2, 3, 7, 64)}
-"""The call orders: the first size is the one traced (the symbols' hint)."""
-WIDTH = {"small": 0, "large": 1}
-"""Added to a static size per order: programs are cached by graph, whatever the hint."""
 
 
 @pytest.fixture(autouse=True)
 def _webgpu():
     needs_device("webgpu")
-
-
-def _x(*shape, seed=0):
-    return neurenix.tensor(np.random.default_rng(seed + shape[0]).standard_normal(shape)
-                           .astype(np.float32))
-
-
-def _programs(f):
-    return sum(len(v) for v in f._cache.values())
-
-
-def _same(got, want, tol=1e-5):
-    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=tol, atol=tol)
-
-
-def _check(f, eager, make, order, tol=1e-5):
-    compiled = neurenix.compile(f, backend="webgpu", dynamic=True)
-    for n in ORDERS[order]:
-        args = make(n)
-        _same(compiled(*args), eager(*args), tol)
-    assert _programs(compiled) == 1
-    assert compiled.stats()["dynamic"]["sizes"] == {"s0": ORDERS[order][-1]}
-    return compiled
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_elementwise(order):
-    def f(x):
-        return (x * 2 - 1).relu() * x.sigmoid()
-    _check(f, f, lambda n: (_x(n, 5 + WIDTH[order]),), order)
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_reductions_over_the_dynamic_and_a_static_axis(order):
-    def f(x):
-        return x.sum(0) * 2 + x.amax(1).sum() + x.mean()
-    _check(f, f, lambda n: (_x(n, 300 + WIDTH[order]),), order, tol=1e-4)
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_mlp_forward(order):
-    neurenix.manual_seed(0)
-    width = 64 + WIDTH[order]
-    mlp = nn.Sequential(nn.Linear(20, width), nn.ReLU(), nn.Linear(width, 5))
-    device = copy.deepcopy(mlp).to("webgpu")
-    f = _check(lambda x: device(x), mlp, lambda n: (_x(n, 20),), order, tol=1e-4)
-    if order == "large":  # traced at 100 rows: the matmul's tiles are counted per call
-        source = str(f.source())
-        assert "tiled contraction" in source and "nx_groups.x" in source
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_conv_net_forward(order):
-    neurenix.manual_seed(0)
-    channels = 8 + WIDTH[order]
-    net = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Flatten(), nn.Linear(channels * 4 * 4, 4))
-    device = copy.deepcopy(net).to("webgpu")
-    _check(lambda x: device(x), net, lambda n: (_x(n, 3, 8, 8),), order, tol=1e-4)
-
-
-def _step(model):
-    opt = neurenix.optim.SGD(model.parameters(), lr=0.1)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
-
-
-@pytest.mark.parametrize("order", ORDERS)
-def test_mlp_training_step(order):
-    neurenix.manual_seed(0)
-    width = 32 + WIDTH[order]
-    mlp = nn.Sequential(nn.Linear(20, width), nn.ReLU(), nn.Linear(width, 5))
-    device = copy.deepcopy(mlp).to("webgpu")
-    eager, step = _step(mlp), neurenix.compile(_step(device), backend="webgpu", dynamic=True)
-    for n in ORDERS[order]:
-        x = _x(n, 20)
-        y = neurenix.tensor(np.random.default_rng(n).integers(0, 5, n))
-        _same(step(x, y), eager(x, y), 1e-5)
-        for a, b in zip(device.parameters(), mlp.parameters()):
-            _same(a, b, 1e-5)
-    assert _programs(step) == 1
-    assert step.stats()["dynamic"]["sizes"] == {"s0": ORDERS[order][-1]}
 
 
 def _symbolic_program(build, hint: int = 4):
@@ -134,7 +38,7 @@ def _symbolic_program(build, hint: int = 4):
 
 def test_a_symbolic_program_round_trips_and_sizes_its_launches():
     f = neurenix.compile(lambda x: (x * 2).sum(1), backend="webgpu", dynamic=True)
-    f(_x(300, 4))
+    f(rand(300, 4))
     program = next(iter(f._cache.values()))[0].forward.program
     assert program.symbols == ("s0",)
     assert program.metadata["sized_kernels"] and program.metadata["size_checks"]
@@ -210,7 +114,7 @@ def test_loops_that_could_pass_the_loop_limit_are_guarded_and_checked():
     for n in (5, 40_000):  # the second call fails the guard: a program of its own
         a = np.ones((n, 3), np.float32)
         np.testing.assert_array_equal(f(neurenix.tensor(a)).numpy(), a.sum(0))
-    assert _programs(f) == 2
+    assert programs(f) == 2
 
 
 def test_sizes_past_32_bits_are_refused_when_bound():
