@@ -5,7 +5,7 @@ Tensor or a tuple of Tensors), or a function `build()` returning both.  The comm
 the model in eval mode with `neurenix.export` (DIR is the artifact: manifest, weights and the
 target's code), shows its progress per stage on stderr and a summary on stdout; `--check`
 loads the artifact with `neurenix.runtime.load` and compares it with eager mode, and
-`--benchmark` times both; `--dynamic-batch MAX` (cpu) makes the batch size a run-time choice
+`--benchmark` times both; `--dynamic-batch MAX` makes the batch size a run-time choice
 from 1 to MAX, and `--check` then compares at batch 1, the example's and MAX.
 docs/deploy/cli.md describes every flag.
 """
@@ -228,9 +228,6 @@ def require_target(target: str, runs: bool) -> None:
 
 def run(args: argparse.Namespace, progress: Progress) -> int:
     """Export, summarise, and check or benchmark as `args` ask; the exit status."""
-    if args.dynamic_batch is not None and args.target != "cpu":
-        raise CliError(f"--dynamic-batch is supported for --target cpu only so far (got "
-                       f"--target {args.target}); export fixed shapes (--input-shape)")
     path = pathlib.Path(args.model)
     out = pathlib.Path(args.output)
     require_target(args.target, args.check or args.benchmark)
@@ -506,8 +503,8 @@ def make_parser() -> Parser:
                              "this machine's), generic (any CPU of its architecture) or an "
                              "x86-64 level (x86-64-v2, x86-64-v3, x86-64-v4)")
     parser.add_argument("--dynamic-batch", type=int, metavar="MAX",
-                        help="cpu target: the batch size (every input's leading dimension) "
-                             "is chosen at run time, from 1 to MAX")
+                        help="the batch size (every input's leading dimension) is chosen "
+                             "at run time, from 1 to MAX (every target)")
     parser.add_argument("--verbose", action="store_true",
                         help="per-pass and per-kernel detail; a traceback with an error")
     return parser

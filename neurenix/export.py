@@ -14,11 +14,12 @@ program inputs in Neurenix (a weight update never recompiles), so weights always
 weights file (`"weights": "file"`): their values at export.  docs/deploy/README.md describes
 the format.
 
-`dynamic_batch=MAX` (CPU only) makes the leading dimension of every input the batch size,
-chosen per call from 1 to MAX: the main program is traced with that dimension as the symbol
-`batch` (range 2..MAX, as the JIT's dynamic shapes, docs/compiler/dynamic-shapes.md), and a
-static program for batch 1 is traced beside it (a size-1 dimension broadcasts, and traces ask
-whether the batch is 1: even a Linear layer's bias does); both live in one `model.so`.
+`dynamic_batch=MAX` (every target) makes the leading dimension of every input the batch
+size, chosen per call from 1 to MAX: the main program is traced with that dimension as the
+symbol `batch` (range 2..MAX, as the JIT's dynamic shapes, docs/compiler/dynamic-shapes.md),
+and a static program for batch 1 is traced beside it (a size-1 dimension broadcasts, and
+traces ask whether the batch is 1: even a Linear layer's bias does); on the CPU both live in
+one `model.so`, a GPU artifact has the batch-1 program's code under `batch1/`.
 """
 from __future__ import annotations
 
@@ -52,7 +53,15 @@ from neurenix.runtime.artifact import (
     write_safetensors,
 )
 from neurenix.runtime.program import Program, program_to_json
-from neurenix.runtime.sizes import Poly, Size, size_to_json, size_value
+from neurenix.runtime.sizes import (
+    Poly,
+    Size,
+    extent_from_json,
+    extent_to_json,
+    extent_value,
+    size_to_json,
+    size_value,
+)
 
 from . import export_capi, export_web
 from .compilation.compiled import compile as compile_model
@@ -108,13 +117,13 @@ def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
     data)`, when given, is called as each stage ends: "trace" (`data["stats"]`: the traced
     function's `compiled.stats()`), "codegen" (`data["build"]`: kernels, memory and seconds
     per stage, as `pipeline.build` reports them) and "toolchain" (the target's code written
-    and compiled); neurenix-compile shows them.  `dynamic_batch=MAX` (cpu target only): the
+    and compiled); neurenix-compile shows them.  `dynamic_batch=MAX` (every target): the
     artifact takes any batch size from 1 to MAX at run time, the leading dimension of every
     input (docs/deploy/README.md, "Dynamic batch")."""
     if target not in TARGETS:
         raise ValueError(f"export: unknown target {target!r}; known: {sorted(TARGETS)}")
     compiler_target, device = TARGETS[target]
-    _check_dynamic_batch(dynamic_batch, target, device)
+    _check_dynamic_batch(dynamic_batch)
     machine = cpu_runtime.host_cpu() if cpu == "host" else cpu_runtime.portable_cpu(cpu)
     inputs = _example_tensors(example_inputs)
     if dynamic_batch is None:
@@ -123,10 +132,13 @@ def export(model_or_fn: Any, example_inputs: Any, target: str = "cpu",
         program, plan = _trace_dynamic(model_or_fn, inputs, compiler_target, progress, freeze,
                                        dynamic_batch)
     plan["cpu"] = machine
-    if device == "webgpu":
-        plan["example"] = (export_web.training_example(inputs, plan, TRAINING_EXAMPLE_STEPS)
-                           if plan["training"] else
-                           export_web.example(model_or_fn, inputs, program))
+    if device == "webgpu" and plan["training"]:
+        plan["example"] = export_web.training_example(
+            inputs, _example_plan(model_or_fn, inputs, compiler_target, freeze, plan),
+            TRAINING_EXAMPLE_STEPS)
+    elif device == "webgpu":
+        sizes = {BATCH_SYMBOL: inputs[0].shape[0]} if dynamic_batch else None
+        plan["example"] = export_web.example(model_or_fn, inputs, program, sizes)
     out = pathlib.Path(path)
     _check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,13 +184,10 @@ def _example_tensors(example_inputs: Any) -> list[Tensor]:
     return tensors
 
 
-def _check_dynamic_batch(dynamic_batch: int | None, target: str, device: str) -> None:
+def _check_dynamic_batch(dynamic_batch: int | None) -> None:
     """A ValueError for a `dynamic_batch` export cannot honour."""
     if dynamic_batch is None:
         return
-    if device != "cpu":
-        raise ValueError(f"export: dynamic_batch is supported for the cpu target only so far "
-                         f"(got target {target!r}); export fixed shapes for {target}")
     if type(dynamic_batch) is not int or dynamic_batch < 2:
         raise ValueError(f"export: dynamic_batch must be an int >= 2 (the largest batch "
                          f"size), got {dynamic_batch!r}")
@@ -208,6 +217,7 @@ def _trace_dynamic(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
         raise ExportError(f"export: dynamic_batch: the program of {name} has dynamic sizes "
                           f"{list(program.symbols)}, expected [{BATCH_SYMBOL!r}]")
     _check_guards(env, name, 2, max_batch)
+    _check_size_limits(program, name, max_batch)
     for b in (2, max_batch):  # every temporary inside the arena (Program.sizes checks)
         program.sizes({BATCH_SYMBOL: b})
     try:
@@ -231,8 +241,29 @@ def _trace_dynamic(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
         if old is not array and (old.shape != array.shape or not np.array_equal(old, array)):
             raise ExportError(f"export: dynamic_batch: {name} reads {key!r} with other values "
                               f"at batch 1; export fixed shapes instead")
-    plan["dynamic"] = {"max": max_batch, "program": _renamed(program1), "plan": plan1}
+    if compiler_target == "llvm":  # both programs link into one model.so
+        program1 = _renamed(program1)
+    plan["dynamic"] = {"max": max_batch, "program": program1, "plan": plan1}
     return program, plan
+
+
+def _example_plan(model_or_fn: Any, inputs: list[Tensor], compiler_target: str,
+                  freeze: bool, plan: dict) -> dict:
+    """The plan whose graph the reference evaluator runs on the example inputs (the WebGPU
+    training example): the artifact's, or of a dynamic batch (whose graph has symbolic
+    shapes) the batch-1 program's or a static trace at the example's batch size, drawing
+    the artifact's seed."""
+    dynamic = plan.get("dynamic")
+    if not dynamic:
+        return plan
+    if inputs[0].shape[0] == 1:
+        return dynamic["plan"]
+    _, static = _trace_and_build(model_or_fn, inputs, compiler_target, None, freeze)
+    seeds = [b["seed"] for b in plan["bindings"] if b["from"] == "seed"]
+    for binding in static["bindings"]:
+        if binding["from"] == "seed" and seeds:
+            binding["seed"] = seeds[0]
+    return static
 
 
 def _function_name(model_or_fn: Any) -> str:
@@ -292,6 +323,21 @@ def _check_guards(env: ShapeEnv, name: str, lo: int, hi: int) -> None:
                 raise ExportError(f"export: dynamic_batch: {name}'s trace holds only for some "
                                   f"batch sizes: it assumes {guard} (false at batch {b}); "
                                   f"export with {smaller}fixed shapes")
+
+
+def _check_size_limits(program: Program, name: str, max_batch: int) -> None:
+    """An ExportError when a size the program's kernels compute with passes what they take
+    (`metadata["size_checks"]`: WebGPU's 32-bit sizes and loop limit) at batch 2 or MAX,
+    which the runtime would refuse at run time."""
+    for check in program.metadata.get("size_checks", ()):
+        size, most = extent_from_json(check["size"]), int(check["most"])
+        for b in (2, max_batch):
+            value = extent_value(size, {BATCH_SYMBOL: b})
+            if value > most:
+                raise ExportError(f"export: dynamic_batch={max_batch}: at batch {b} the "
+                                  f"program of {name} computes the size {size} = {value}, "
+                                  f"more than {most} ({check['what']}); export with a "
+                                  f"smaller dynamic_batch, or fixed shapes")
 
 
 def _check_batch1(plan: dict, program: Program, plan1: dict, program1: Program,
@@ -537,8 +583,8 @@ def _manifest(program: Program, plan: dict, device: str, compiler_target: str) -
         "memory": {"arena_bytes": _arena_bytes(program, plan),
                    **{k: int(size_value(v, largest)) if isinstance(v, Poly) else int(v)
                       for k, v in program.memory.items()}},
-        "kernels": [{"name": k.name, "grid": list(k.grid), "block": list(k.block)}
-                    for k in program.kernels],
+        "kernels": [{"name": k.name, "grid": [extent_to_json(g) for g in k.grid],
+                     "block": list(k.block)} for k in program.kernels],
         "bindings": plan["bindings"],
         "program": _program_json(program),
         "sources": {},
@@ -718,9 +764,7 @@ def _run(command: list[str], what: str) -> None:
 def _write_opencl(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
                   cross: tuple[str, ...]) -> None:
     """model.cl: one OpenCL C translation unit holding every kernel."""
-    (work / "model.cl").write_text(program.source)
-    manifest["sources"] = {"program": "model.cl"}
-    manifest["build_options"] = str(program.metadata.get("build_options", ""))
+    _write_gpu(work, program, plan, manifest, "opencl")
 
 
 def _write_webgpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
@@ -728,40 +772,75 @@ def _write_webgpu(work: pathlib.Path, program: Program, plan: dict, manifest: di
     """model.wgsl (every module, for reading) and kernels/NAME.wgsl (one module per kernel:
     what a pipeline is created from); for the browser, neurenix.js, index.html and
     example.safetensors (`export_web`)."""
-    (work / "model.wgsl").write_text(program.source)
-    (work / "kernels").mkdir()
-    kernels = {}
-    for kernel in program.kernels:
-        name = f"kernels/{kernel.name}.wgsl"
-        (work / name).write_text(kernel.source or program.source)
-        kernels[kernel.name] = name
-    manifest["sources"] = {"program": "model.wgsl", "kernels": kernels}
+    _write_gpu(work, program, plan, manifest, "webgpu")
     export_web.write(work, manifest, plan["example"])
 
 
 def _write_cuda(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
                 cross: tuple[str, ...]) -> None:
     """model.cu and, where NVRTC is installed, model.ptx for sm_80."""
-    (work / "model.cu").write_text(program.source)
-    manifest["sources"] = {"program": "model.cu"}
-    try:
-        (work / "model.ptx").write_bytes(nvrtc.compile_ptx(program.source, CUDA_ARCH))
-    except nvrtc.NVRTCError as e:
-        manifest["toolchain_missing"] = f"no PTX: {e}"
-        return
-    manifest["binaries"] = {"ptx": "model.ptx"}
-    manifest["ptx_arch"] = f"sm_{CUDA_ARCH}"
+    _write_gpu(work, program, plan, manifest, "cuda")
 
 
 def _write_hip(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
                cross: tuple[str, ...]) -> None:
     """model.hip and, where hipcc is installed, model.co (a code object for gfx90a)."""
-    (work / "model.hip").write_text(program.source)
-    manifest["sources"] = {"program": "model.hip"}
-    if not hip_compile.available():
-        manifest["toolchain_missing"] = "no code object: hipcc is not installed"
-        return
-    (work / "model.co").write_bytes(hip_compile.compile_code_object(program.source,
-                                                                    (HIP_ARCH,)))
-    manifest["binaries"] = {"code_object": "model.co"}
-    manifest["code_object_arch"] = HIP_ARCH
+    _write_gpu(work, program, plan, manifest, "rocm")
+
+
+BATCH1_DIR = "batch1/"
+"""Where a GPU dynamic-batch artifact keeps its batch-1 program's code (the same file names
+as the main program's: kernels of both programs may share names)."""
+
+
+def _write_gpu(work: pathlib.Path, program: Program, plan: dict, manifest: dict,
+               device: str) -> None:
+    """The GPU program's code files and their manifest fields; of a dynamic-batch artifact
+    also the batch-1 program's, under `BATCH1_DIR`, named in the manifest's
+    `dynamic_batch.batch1` (`sources`, `binaries`)."""
+    manifest.update(_gpu_code(work, program, device, ""))
+    dynamic = plan.get("dynamic")
+    if dynamic:
+        fields = _gpu_code(work, dynamic["program"], device, BATCH1_DIR)
+        manifest["dynamic_batch"]["batch1"].update(
+            {k: v for k, v in fields.items() if k in ("sources", "binaries")})
+        if "toolchain_missing" in fields:
+            manifest.setdefault("toolchain_missing", fields["toolchain_missing"])
+
+
+def _gpu_code(work: pathlib.Path, program: Program, device: str, sub: str) -> dict:
+    """Write one GPU program's code under `work/sub` (OpenCL: model.cl; WebGPU: model.wgsl
+    and kernels/NAME.wgsl; CUDA: model.cu and model.ptx; ROCm: model.hip and model.co, the
+    binaries where their toolchain is installed); the manifest fields naming them."""
+    if sub:
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    suffix = {"opencl": "cl", "webgpu": "wgsl", "cuda": "cu", "rocm": "hip"}[device]
+    name = f"{sub}model.{suffix}"
+    (work / name).write_text(program.source)
+    fields: dict[str, Any] = {"sources": {"program": name}, "binaries": {}}
+    if device == "opencl":
+        fields["build_options"] = str(program.metadata.get("build_options", ""))
+    elif device == "webgpu":
+        (work / sub / "kernels").mkdir()
+        kernels = {}
+        for kernel in program.kernels:
+            file = f"{sub}kernels/{kernel.name}.wgsl"
+            (work / file).write_text(kernel.source or program.source)
+            kernels[kernel.name] = file
+        fields["sources"]["kernels"] = kernels
+    elif device == "cuda":
+        try:
+            (work / f"{sub}model.ptx").write_bytes(nvrtc.compile_ptx(program.source, CUDA_ARCH))
+        except nvrtc.NVRTCError as e:
+            fields["toolchain_missing"] = f"no PTX: {e}"
+        else:
+            fields["binaries"] = {"ptx": f"{sub}model.ptx"}
+            fields["ptx_arch"] = f"sm_{CUDA_ARCH}"
+    elif not hip_compile.available():
+        fields["toolchain_missing"] = "no code object: hipcc is not installed"
+    else:
+        (work / f"{sub}model.co").write_bytes(hip_compile.compile_code_object(program.source,
+                                                                             (HIP_ARCH,)))
+        fields["binaries"] = {"code_object": f"{sub}model.co"}
+        fields["code_object_arch"] = HIP_ARCH
+    return fields

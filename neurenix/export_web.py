@@ -48,18 +48,21 @@ def _flatten(value: Any) -> list[Tensor] | None:
     return None
 
 
-def example(model_or_fn: Any, inputs: list[Tensor], program: Program) -> dict[str, Any]:
+def example(model_or_fn: Any, inputs: list[Tensor], program: Program,
+            sizes: dict[str, int] | None = None) -> dict[str, Any]:
     """The example inputs and the outputs computed eagerly (under no_grad): `inputs` and
     `expected`, lists of arrays (`expected` empty when the eager outputs do not match the
-    program's outputs in number and shape)."""
+    program's outputs in number and shape; `sizes`: the values of a program's dynamic sizes
+    in the example, its batch size)."""
     arrays = [np.array(x.numpy(), copy=True) for x in inputs]
     with no_grad():
         outputs = _flatten(model_or_fn(*inputs))
     expected: list[np.ndarray] = []
+    env = dict(sizes or {})
     if outputs is not None and len(outputs) == len(program.outputs):
         expected = [np.asarray(y.numpy()).astype(spec.dtype) for y, spec in
                     zip(outputs, program.outputs)]
-        if any(e.shape != tuple(spec.shape) for e, spec in zip(expected, program.outputs)):
+        if any(e.shape != spec.shape_at(env) for e, spec in zip(expected, program.outputs)):
             expected = []
     return {"inputs": arrays, "expected": expected}
 

@@ -197,6 +197,10 @@ def verify_files(directory: str | os.PathLike, manifest: dict) -> None:
     root = pathlib.Path(directory)
     files = manifest["files"]
     needed = [WEIGHTS] + [f for f in _source_files(manifest["sources"])]
+    batch1 = manifest.get("dynamic_batch")
+    batch1 = batch1.get("batch1") if type(batch1) is dict else None
+    if type(batch1) is dict and type(batch1.get("sources")) is dict:
+        needed += _source_files(batch1["sources"])  # a GPU dynamic batch's batch-1 program
     for name in needed:
         if name not in files:
             raise ArtifactError(name, "the manifest does not list it (no checksum)")

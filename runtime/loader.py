@@ -8,9 +8,10 @@ target's runtime module: the CPU's `model.so` is loaded as it is (no LLVM compil
 programs are built from their sources by the device's driver.  Imports: runtime modules only.
 
 A dynamic-batch artifact (`export(..., dynamic_batch=MAX)`, manifest "dynamic_batch") holds
-two programs in its `model.so`: one whose inputs' leading dimension is the symbol `batch`
-(batches 2..MAX) and a static one for batch 1; `LoadedModel.run` picks one per call from the
-inputs' shapes.
+two programs: one whose inputs' leading dimension is the symbol `batch` (batches 2..MAX) and
+a static one for batch 1 (on the CPU both in its `model.so`; a GPU artifact has the batch-1
+program's code in its own files, `dynamic_batch.batch1.sources`); `LoadedModel.run` picks one
+per call from the inputs' shapes.
 """
 from __future__ import annotations
 
@@ -285,7 +286,9 @@ def load(path: str | os.PathLike,
                                                              "load here")
             executable = executables[0]
         else:
-            executable = runtime.Executable(program)
+            executables = [runtime.Executable(p)
+                           for p in [program] + ([batch1[0]] if batch1 else [])]
+            executable = executables[0]
             buffer = runtime.Buffer
     except ArtifactError:
         raise
@@ -310,8 +313,11 @@ def _dynamic_batch(manifest: dict, program: Program) -> dict | None:
             or type(dynamic["batch1"].get("bindings")) is not list
             or type(dynamic["batch1"].get("checks", [])) is not list):
         raise ArtifactError(MANIFEST, "field 'dynamic_batch' is malformed")
-    if manifest["target"] != "cpu":
-        raise ArtifactError(MANIFEST, "a dynamic batch needs the cpu target")
+    sources = dynamic["batch1"].get("sources")
+    if manifest["target"] != "cpu" and (type(sources) is not dict
+                                        or type(sources.get("program")) is not str):
+        raise ArtifactError(MANIFEST, "field 'dynamic_batch' names no source of the batch-1 "
+                                      "program")
     if tuple(program.symbols) != ("batch",):
         raise ArtifactError(MANIFEST, f"a dynamic-batch program has the symbols "
                                       f"{list(program.symbols)}, expected ['batch']")
@@ -368,7 +374,7 @@ def _program(directory: pathlib.Path, manifest: dict, weights: dict[str, np.ndar
     whose constants the weights file holds under `prefix`), its sources read from their
     files."""
     data = dict((section or manifest)["program"])
-    sources = manifest["sources"]
+    sources = (section or {}).get("sources", manifest["sources"])
     program_file = sources.get("program")
     if type(program_file) is not str:
         raise ArtifactError(MANIFEST, "sources name no program file")

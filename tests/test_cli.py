@@ -234,8 +234,8 @@ FORWARD_RAISES = NET.replace("        h = self.fc(x)\n", "        h = self.fc(x.
      "model.py: running the file raised RuntimeError: broken file", 1),
     (FORWARD_RAISES, [], "the model's forward raised ValueError", 1),
     (NET, ["--target", "tpu"], "argument --target: invalid choice: 'tpu'", 2),
-    (NET, ["--dynamic-batch", "8", "--target", "webgpu"],
-     "--dynamic-batch is supported for --target cpu only so far", 1),
+    (NET, ["--dynamic-batch", "2", "--target", "webgpu"],
+     "dynamic_batch=2: the example inputs' batch size 3 is outside 1..2", 1),
     (NET, ["--dynamic-batch", "1"], "--dynamic-batch must be at least 2", 2),
 ])
 def test_bad_input_gives_one_line(tmp_path, body, args, message, status):

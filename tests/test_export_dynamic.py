@@ -5,7 +5,8 @@ An MLP and a small conv net are exported once with dynamic_batch=64 and run thro
 A C program built here against the artifact runs it through `nx_model_run_batch` at two
 batch sizes (and gets NX_ERROR_BATCH for 65).  A training step exported the same way runs
 at any batch, step by step as eager.  The CLI's --dynamic-batch writes and checks such an
-artifact; other targets, and traces that hold for some batch sizes only, are refused.
+artifact; traces that hold for some batch sizes only are refused.  The GPU targets:
+tests/test_export_dynamic_gpu.py.
 """
 from __future__ import annotations
 
@@ -229,13 +230,6 @@ def test_cli_dynamic_batch(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert "check: max relative difference" in captured.out and "ok" in captured.out
     assert "batch sizes 1, 3, 16" in captured.err
     assert load(tmp_path / "art").max_batch == 16
-
-
-@pytest.mark.parametrize("target", ["opencl", "webgpu", "cuda", "rocm"])
-def test_other_targets_are_refused(tmp_path: Path, target: str) -> None:
-    x = neurenix.randn(4, 16)
-    with pytest.raises(ValueError, match="dynamic_batch is supported for the cpu target only"):
-        export(_mlp().eval(), (x,), target, tmp_path / "a", dynamic_batch=8)
 
 
 def test_what_cannot_be_exported_is_refused(tmp_path: Path) -> None:

@@ -28,6 +28,16 @@
 // artifact updates state), `model.steps` (successful runs so far) and
 // `await model.readTensor(key)` (the current value of a weights-file tensor: trained
 // weights) go with it.
+//
+// A dynamic-batch artifact (`export(..., dynamic_batch=MAX)`, `manifest.dynamic_batch`) takes
+// any batch size from 1 to MAX per call: `model.run(inputs)` infers it from the inputs'
+// lengths (`model.batchOf`), `model.run(inputs, {batch})` gives it, and a batch outside
+// 1..MAX rejects with a RangeError.  Batch 1 runs the static batch-1 program
+// (`dynamic_batch.batch1`, its files under batch1/), every other batch the symbolic program,
+// whose sizes (shapes, buffer sizes and arena offsets, the arena, grids with `Groups`, the
+// `NxSizes` uniform, `metadata.size_checks`) are polynomials in the batch that `run`
+// evaluates per batch size as runtime/sizes.py and runtime/webgpu.py do (`programSizes`),
+// growing the arena and the input, output and staging buffers when a call needs more.
 
 export const FORMAT_VERSION = 2;
 
@@ -230,9 +240,73 @@ function fromStorage(raw, offset, count, dtype) {
   return new (arrayType(dtype))(bytes);
 }
 
-/** The model's inputs and outputs as `{name, shape, dtype}`. */
+/** The model's inputs and outputs as `{name, shape, dtype}` (a dimension that depends on the
+ * batch size as the text of its polynomial: "batch", "4*batch"). */
 function specs(list) {
-  return list.map((t) => ({ name: t.name, shape: [...t.shape], dtype: t.dtype }));
+  return list.map((t) => ({ name: t.name, shape: t.shape.map((d) => (typeof d === "number" ? d
+    : sizeText(d))), dtype: t.dtype }));
+}
+
+// ---- sizes known per call (runtime/sizes.py) ------------------------------------------------
+
+function exact(value, what) {
+  if (!Number.isSafeInteger(value)) {
+    throw new RangeError(`neurenix: ${what} is ${value}, not an integer a number holds exactly`);
+  }
+  return value;
+}
+
+/** The value of a size of the manifest (an integer, or `{"poly": [[symbols, coefficient],
+ * ...]}`: a sum of coefficients times products of symbols) for the symbols' values `env`, as
+ * `runtime.sizes.size_value` computes it. */
+export function sizeValue(size, env = {}) {
+  if (typeof size === "number") return size;
+  if (!size || !Array.isArray(size.poly)) {
+    throw new Error(`neurenix: a size is ${JSON.stringify(size)}, not an integer or a polynomial`);
+  }
+  let total = 0;
+  for (const [symbols, coefficient] of size.poly) {
+    let value = coefficient;
+    for (const name of symbols) {
+      if (!Number.isInteger(env[name])) {
+        throw new Error(`neurenix: size ${sizeText(size)} needs the value of ${name}`);
+      }
+      value *= env[name];
+    }
+    total += value;
+  }
+  return exact(total, `size ${sizeText(size)}`);
+}
+
+/** The value of a launch dimension (a size, or `{"groups": [[size, divisor], ...], "most":
+ * n}`: the product of the ceiling divisions, capped at `most` when it is not 0), as
+ * `runtime.sizes.extent_value` computes it. */
+export function extentValue(extent, env = {}) {
+  if (extent && Array.isArray(extent.groups)) {
+    let total = 1;
+    for (const [size, divisor] of extent.groups) {
+      const value = sizeValue(size, env);
+      total *= (value - (((value % divisor) + divisor) % divisor)) / divisor
+        + (value % divisor ? 1 : 0);
+    }
+    exact(total, "a launch's work-groups");
+    return extent.most ? Math.min(total, extent.most) : total;
+  }
+  return sizeValue(extent, env);
+}
+
+/** A size as `runtime.sizes.Poly` prints it ("batch", "4*batch + 64"). */
+export function sizeText(size) {
+  if (typeof size === "number") return String(size);
+  if (size && Array.isArray(size.groups)) {
+    const parts = size.groups.map(([s, d]) => (d !== 1 ? `ceil((${sizeText(s)}) / ${d})`
+      : `(${sizeText(s)})`)).join(" * ");
+    return size.most ? `min(${parts}, ${size.most})` : parts;
+  }
+  if (!size || !Array.isArray(size.poly)) return JSON.stringify(size);
+  return size.poly.map(([symbols, c]) => (!symbols.length ? String(c)
+    : c === 1 ? symbols.join("*") : `${c}*${symbols.join("*")}`)).join(" + ")
+    .replaceAll("+ -", "- ");
 }
 
 /** A check value (a number or a BigInt) as Python's `str` writes it (what the Python and C
@@ -284,13 +358,63 @@ export class Model {
     this._queue = Promise.resolve();
   }
 
-  /** The outputs (one TypedArray each, `model.outputs` says their shapes and dtypes) for
-   * `inputs` (one TypedArray or array of numbers each, in `model.inputs` order, flattened
-   * in C order).  For a training artifact, a run that passes its checks then commits the new
-   * state (`model.steps` counts these runs); one that fails a check rejects and commits
-   * nothing. */
-  run(inputs) {
-    return this._queued(() => this._run(inputs));
+  /** The outputs (one TypedArray each, flattened in C order; `model.outputs` says their
+   * dtypes, `model.shapesAt(batch)` their shapes) for `inputs` (one TypedArray or array of
+   * numbers each, in `model.inputs` order, flattened in C order).  A dynamic-batch artifact
+   * (`model.maxBatch` is not null) takes any batch size from 1 to `maxBatch`: the leading
+   * dimension of every input, inferred from the inputs' lengths (`model.batchOf`) or given
+   * as `options.batch`; a batch size outside 1..maxBatch rejects with a RangeError.  For a
+   * training artifact, a run that passes its checks then commits the new state
+   * (`model.steps` counts these runs); one that fails a check rejects and commits nothing. */
+  run(inputs, options = {}) {
+    return this._queued(() => this._run(inputs, options));
+  }
+
+  /** The batch size `inputs` hold (a dynamic-batch artifact; null for fixed shapes): each
+   * input's length divided by the values of one sample (the product of its dimensions after
+   * the first).  Throws when a length is not a whole number of samples or the inputs
+   * disagree. */
+  batchOf(inputs) {
+    if (this.maxBatch === null) return null;
+    if (!Array.isArray(inputs) || inputs.length !== this.inputs.length) {
+      throw new Error(`neurenix: the model takes ${this.inputs.length} inputs, got `
+                      + `${Array.isArray(inputs) ? inputs.length : typeof inputs}`);
+    }
+    let batch = null;
+    let from = null;
+    this.manifest.inputs.forEach((t, k) => {
+      const rest = t.shape.slice(1).map((d) => sizeValue(d));
+      const per = numel(rest);
+      const length = inputs[k]?.length;
+      if (typeof length !== "number") {
+        throw new TypeError(`neurenix: input ${t.name}: expected a TypedArray or an array of `
+                            + `${t.dtype} values, got ${typeof inputs[k]}`);
+      }
+      if (per === 0) return;
+      if (length % per !== 0) {
+        throw new RangeError(`neurenix: input ${t.name} holds ${length} values, not a whole `
+                             + `number of samples of shape [${rest}] (${per} values each)`);
+      }
+      if (batch !== null && length / per !== batch) {
+        throw new RangeError(`neurenix: the inputs hold different batch sizes: ${from} `
+                             + `${batch}, ${t.name} ${length / per}`);
+      }
+      batch = length / per;
+      from = t.name;
+    });
+    if (batch === null) {
+      throw new Error("neurenix: the inputs' lengths do not give the batch size (no input has "
+                      + "values per sample); pass it: model.run(inputs, { batch })");
+    }
+    return batch;
+  }
+
+  /** The shapes of the inputs and outputs at batch size `batch` (`{inputs, outputs}`, lists
+   * of integer lists); a fixed-shape artifact's shapes take no batch. */
+  shapesAt(batch = null) {
+    const env = this._env(batch);
+    const at = (list) => list.map((t) => t.shape.map((d) => sizeValue(d, env)));
+    return { inputs: at(this.manifest.inputs), outputs: at(this.manifest.outputs) };
   }
 
   /** The current value of the weights-file tensor `key` (a TypedArray, C order): a state
@@ -316,72 +440,111 @@ export class Model {
     return [...this._tensors.keys()];
   }
 
+  /** The symbols' values at batch size `batch`, checked against 1..maxBatch. */
+  _env(batch) {
+    if (this.maxBatch === null) {
+      if (batch !== null && batch !== undefined) {
+        throw new Error("neurenix: this artifact takes fixed shapes (it was exported without "
+                        + `dynamic_batch); got batch ${batch}`);
+      }
+      return {};
+    }
+    if (!Number.isInteger(batch) || batch < 1 || batch > this.maxBatch) {
+      throw new RangeError(`neurenix: batch size ${batch} is outside 1..${this.maxBatch} (the `
+                           + `artifact was exported with dynamic_batch=${this.maxBatch})`);
+    }
+    return { [this._symbol]: batch };
+  }
+
   _queued(work) {
     const result = this._queue.then(work);
     this._queue = result.catch(() => {});
     return result;
   }
 
-  async _run(inputs) {
+  async _run(inputs, options = {}) {
     if (this.lost) throw new Error(`neurenix: the WebGPU device was lost: ${this.lost}`);
     if (!Array.isArray(inputs) || inputs.length !== this.inputs.length) {
       const names = this.inputs.map((t) => t.name).join(", ");
       throw new Error(`neurenix: the model takes ${this.inputs.length} inputs (${names}), got `
                       + `${Array.isArray(inputs) ? inputs.length : typeof inputs}`);
     }
-    const { device } = this;
+    let batch = options?.batch ?? null;
+    if (this.maxBatch !== null && batch === null) batch = this.batchOf(inputs);
+    const env = this._env(batch);
+    const shapes = this.shapesAt(batch);
     const bytes = inputs.map((x, k) => {
       const spec = this.inputs[k];
-      return toStorage(x, spec.dtype, numel(spec.shape), `input ${spec.name}`);
+      return toStorage(x, spec.dtype, numel(shapes.inputs[k]), `input ${spec.name}`);
     });
-    for (const [buffer, k] of this._inputBuffers) device.queue.writeBuffer(buffer, 0, bytes[k]);
-    for (const { buffer, seed } of this._seeds) {
+    const runner = batch === 1 && this._batch1 ? this._batch1 : this._main;
+    const sizes = runner.symbols.length ? env : {};
+    const { device } = this;
+    let call = runner.known(sizes);
+    if (!call) {  // a batch size not run before: its buffers and bind groups, checked
+      device.pushErrorScope("validation");
+      let failure = null;
+      try {
+        call = runner.call(sizes);
+      } catch (e) {
+        failure = e;
+      }
+      const invalid = await device.popErrorScope();
+      if (failure) throw failure;
+      if (invalid) throw new Error(`neurenix: preparing the buffers failed: ${invalid.message}`);
+    }
+    for (const [k, input] of runner.inputs) {
+      device.queue.writeBuffer(call.inputs.get(k), 0, bytes[input]);
+    }
+    for (const { buffer, seed } of runner.seeds) {
       const value = BigInt.asIntN(64, seed + BigInt(this.steps));
       device.queue.writeBuffer(buffer, 0, new BigInt64Array([value]));
     }
+    if (runner.uniform) device.queue.writeBuffer(runner.uniform, 0, call.layout.uniform);
     // without checks the state is committed in the same submission (after the outputs are
     // copied out: an output that names a state input reads its value before the run)
-    const commitNow = this._checks.length === 0;
+    const commitNow = runner.checks.length === 0;
     this._submit((encoder) => {
-      if (this._launches.length) {
+      if (call.launches.length) {
         const pass = encoder.beginComputePass();
-        for (const launch of this._launches) {
+        for (const launch of call.launches) {
           pass.setPipeline(launch.pipeline);
           pass.setBindGroup(0, launch.group);
           pass.dispatchWorkgroups(...launch.grid);
         }
         pass.end();
       }
-      for (const copy of this._copies) {
-        if (copy.size) encoder.copyBufferToBuffer(copy.buffer, copy.offset, this._staging,
+      for (const copy of call.copies) {
+        if (copy.size) encoder.copyBufferToBuffer(copy.buffer, copy.offset, call.staging,
                                                   copy.to, copy.size);
       }
-      if (commitNow) this._commit(encoder);
+      if (commitNow) commit(encoder, call.stateCopies);
     });
     const popped = await this._popErrors();
     if (popped) throw new Error(`neurenix: the submission failed: ${popped.message}`);
-    await this._staging.mapAsync(GPUMapMode.READ);
+    const mapped = Math.max(4, call.layout.stagingBytes);
+    await call.staging.mapAsync(GPUMapMode.READ, 0, mapped);
     let raw;
     try {
-      raw = this._staging.getMappedRange().slice(0);
+      raw = call.staging.getMappedRange(0, mapped).slice(0);
     } finally {
-      this._staging.unmap();
+      call.staging.unmap();
     }
+    const stagingAt = call.layout.stagingAt;
     const value = (j) => {
-      const spec = this._programOutputs[j];
-      return { value: fromStorage(raw, this._stagingAt.get(j), 1, spec.dtype)[0],
-               dtype: spec.dtype };
+      const spec = runner.program.outputs[j];
+      return { value: fromStorage(raw, stagingAt.get(j), 1, spec.dtype)[0], dtype: spec.dtype };
     };
-    const failed = failedCheck(this._checks, value);
+    const failed = failedCheck(runner.checks, value);
     if (failed) throw failed;
-    if (!commitNow && this._stateCopies.length) {
-      this._submit((encoder) => this._commit(encoder));
+    if (!commitNow && call.stateCopies.length) {
+      this._submit((encoder) => commit(encoder, call.stateCopies));
       const error = await this._popErrors();
       if (error) throw new Error(`neurenix: committing the state failed: ${error.message}`);
     }
     this.steps += 1;
-    return this.outputs.map((spec, k) => fromStorage(raw, this._stagingAt.get(k),
-                                                     numel(spec.shape), spec.dtype));
+    return this.outputs.map((spec, k) => fromStorage(raw, stagingAt.get(k),
+                                                     numel(shapes.outputs[k]), spec.dtype));
   }
 
   /** Record `record(encoder)` into one command encoder and submit it, inside validation and
@@ -398,19 +561,6 @@ export class Model {
   async _popErrors() {
     const errors = [await this.device.popErrorScope(), await this.device.popErrorScope()];
     return errors.find((e) => e) ?? null;
-  }
-
-  /** Record the copies that make the new state values (program outputs) the current state:
-   * first those whose source is itself a state input into scratch buffers (so that a state
-   * fed from another state's old value gets that old value), then into the state inputs. */
-  _commit(encoder) {
-    for (const c of this._stateCopies) {
-      if (c.scratch) encoder.copyBufferToBuffer(c.buffer, c.offset, c.scratch, 0, c.size);
-    }
-    for (const c of this._stateCopies) {
-      if (c.scratch) encoder.copyBufferToBuffer(c.scratch, 0, c.to, 0, c.size);
-      else encoder.copyBufferToBuffer(c.buffer, c.offset, c.to, 0, c.size);
-    }
   }
 
   async _readTensor(key) {
@@ -470,96 +620,48 @@ export function parseManifest(text) {
   return JSON.parse(text.replace(/("seed"\s*:\s*)(-?\d+)(?=\s*[,}])/g, '$1"$2"'));
 }
 
-/** The limits a program needs from the device (WebGPU names), and its features. */
-function needs(program, kernels, sizes) {
-  const limits = {};
-  const need = (name, value) => { limits[name] = Math.max(limits[name] ?? 0, value); };
-  for (const [name, value] of Object.entries(program.metadata?.required_limits ?? {})) {
-    need(camel(name), Number(value));
+/** Record the copies that make the new state values (program outputs) the current state:
+ * first those whose source is itself a state input into scratch buffers (so that a state
+ * fed from another state's old value gets that old value), then into the state inputs. */
+function commit(encoder, copies) {
+  for (const c of copies) {
+    if (c.scratch) encoder.copyBufferToBuffer(c.buffer, c.offset, c.scratch, 0, c.size);
   }
-  for (const k of kernels) {
-    const block = k.block.length ? k.block : [1];
-    need("maxComputeWorkgroupSizeX", block[0] ?? 1);
-    need("maxComputeWorkgroupSizeY", block[1] ?? 1);
-    need("maxComputeWorkgroupSizeZ", block[2] ?? 1);
-    need("maxComputeInvocationsPerWorkgroup", numel(block));
-    need("maxComputeWorkgroupsPerDimension", Math.max(1, ...k.grid));
-    need("maxStorageBuffersPerShaderStage", k.declared.size);
-    need("maxBindingsPerBindGroup", Math.max(0, ...k.declared.keys()) + 1);
+  for (const c of copies) {
+    if (c.scratch) encoder.copyBufferToBuffer(c.scratch, 0, c.to, 0, c.size);
+    else encoder.copyBufferToBuffer(c.buffer, c.offset, c.to, 0, c.size);
   }
-  need("maxStorageBufferBindingSize", sizes.binding);
-  need("maxBufferSize", sizes.buffer);
-  const features = kernels.some((k) => /\benable\s+f16\s*;/.test(k.source)) ? ["shader-f16"] : [];
-  return { limits, features };
 }
 
-/** Load the artifact at `baseUrl` (a directory URL, relative to the page) on a new WebGPU
- * device: a `Model`.  Options: `verify` (default true: check each file's size and SHA-256),
- * `powerPreference` ("high-performance"), `adapter` (a GPUAdapter to use). */
-export async function load(baseUrl = "./", options = {}) {
-  const verify = options.verify ?? true;
-  const base = new URL(String(baseUrl).endsWith("/") ? baseUrl : `${baseUrl}/`,
-                       globalThis.document?.baseURI ?? globalThis.location?.href);
-  const manifest = parseManifest(await fetchFile(base, "manifest.json", null, false, "text"));
-  if (!Number.isInteger(manifest.format) || manifest.format < 1) {
-    throw new Error(`manifest.json: no format version (got ${manifest.format})`);
+/** The `@group(0)` binding of a module's uniform buffer (the sizes of a program with dynamic
+ * sizes: `struct NxSizes`), or null. */
+export function uniformBinding(source) {
+  for (const m of source.matchAll(BINDING)) {
+    const attrs = { [m[1]]: Number(m[2]), [m[3]]: Number(m[4]) };
+    if (attrs.group === 0 && m[5] === "uniform") return attrs.binding;
   }
-  if (manifest.format > FORMAT_VERSION) {
-    throw new Error(`manifest.json: format version ${manifest.format} is newer than this `
-                    + `loader reads (${FORMAT_VERSION})`);
-  }
-  if (manifest.target !== "webgpu") {
-    throw new Error(`manifest.json: a ${manifest.target} artifact; the browser runs webgpu ones `
-                    + "(export with target=\"webgpu\")");
-  }
-  const program = manifest.program;
-  const storage = program.metadata?.storage ?? STORAGE;
-  if (JSON.stringify(storage) !== JSON.stringify(STORAGE)) {
-    throw new Error(`manifest.json: the program stores ${JSON.stringify(storage)}, this loader `
-                    + `${JSON.stringify(STORAGE)}`);
-  }
-  for (const t of [...program.inputs, ...program.outputs, ...program.buffers]) {
-    if (t.dtype === "float64") {
-      throw new Error(`manifest.json: ${t.name} is float64, which WebGPU does not have`);
-    }
-  }
-  const files = manifest.sources.kernels ?? {};
-  const [weightsData, ...sources] = await Promise.all([
-    fetchFile(base, "weights.safetensors", manifest, verify),
-    ...program.kernels.map((k) => (files[k.name]
-      ? fetchFile(base, files[k.name], manifest, verify, "text") : Promise.resolve(null))),
-  ]);
-  const weights = parseSafetensors(weightsData, "weights.safetensors");
-  const programSource = sources.some((s) => s === null)
-    ? await fetchFile(base, manifest.sources.program, manifest, verify, "text") : "";
+  return null;
+}
 
-  const kinds = new Map(program.buffers.map((b) => [b.name, b]));
-  const temps = new Map();
-  for (const b of program.buffers.filter((b) => b.kind === "temp")) {
-    temps.set(b.name, [b.offset, Math.max(4, ceil4(storedBytes(b.size, b.dtype)))]);
-  }
-  const arenaBytes = ceil4(Math.max(program.arena_bytes, 4,
-                                    ...[...temps.values()].map(([o, s]) => o + s)));
-  const written = new Map();
-  for (const b of program.buffers.filter((b) => b.kind === "output")) {
-    const spec = program.outputs.find((t) => t.name === b.name);
-    written.set(b.name, { count: spec ? numel(spec.shape) : b.size, dtype: b.dtype });
-  }
-  const inputIndex = new Map(program.inputs.map((t, k) => [t.name, k]));
-  if (manifest.bindings.length !== program.inputs.length) {
-    throw new Error(`manifest.json: ${manifest.bindings.length} bindings for `
-                    + `${program.inputs.length} program inputs`);
+/** One program of the artifact checked against the weights, without a device: its input
+ * bindings, constants, value checks, the program outputs read back, and its kernels with
+ * their sources (arena bindings promoted to read_write where WebGPU needs it). */
+function describe(program, part, weights) {
+  const { bindings, checks, prefix, sources, programSource, userCount, what } = part;
+  if (!Array.isArray(bindings) || bindings.length !== program.inputs.length) {
+    throw new Error(`manifest.json: ${bindings?.length} bindings for `
+                    + `${program.inputs.length} program inputs (${what})`);
   }
   const constants = new Map();
   for (const name of program.constants) {
-    const tensor = weights[`const:${name}`];
-    if (!tensor) throw new Error(`weights.safetensors: has no tensor const:${name}`);
+    const tensor = weights[`${prefix}${name}`];
+    if (!tensor) throw new Error(`weights.safetensors: has no tensor ${prefix}${name}`);
     constants.set(name, tensor);
   }
   const sameSpec = (a, b) => a.dtype === b.dtype && a.shape.join() === b.shape.join();
   const outputCount = program.outputs.length;
   const bound = program.inputs.map((spec, k) => {
-    const binding = manifest.bindings[k];
+    const binding = bindings[k];
     if (binding.from === "input") return { spec, input: binding.index };
     if (binding.from === "seed") {
       if (spec.dtype !== "int64" || spec.shape.length !== 0
@@ -596,7 +698,6 @@ export async function load(baseUrl = "./", options = {}) {
     }
     return { spec, tensor, key: binding.tensor, state: j };
   });
-  const checks = manifest.checks ?? [];
   if (!Array.isArray(checks)) throw new Error("manifest.json: checks is not a list");
   for (const check of checks) {
     if (check.kind !== "range") {
@@ -605,48 +706,421 @@ export async function load(baseUrl = "./", options = {}) {
     }
     for (const j of [check.lo, check.hi]) {
       if (!Number.isInteger(j) || j < 0 || j >= outputCount
-          || numel(program.outputs[j].shape) !== 1) {
+          || program.outputs[j].shape.some((d) => d !== 1)) {
         throw new Error(`manifest.json: a range check reads program output ${j}, which is not `
                         + "a single value");
       }
     }
   }
-  const userCount = manifest.outputs.length;
   if (userCount > outputCount) {
     throw new Error(`manifest.json: ${userCount} model outputs, the program has ${outputCount}`);
   }
-  // the program outputs read back after each run: the model's, then the checks' values
-  const readback = [...new Set([...Array(userCount).keys(),
-                                ...checks.flatMap((c) => [c.lo, c.hi])])];
-
+  const symbols = program.symbols ?? [];
+  const temps = new Set(program.buffers.filter((b) => b.kind === "temp").map((b) => b.name));
   const kernels = [];
   program.kernels.forEach((info, k) => {
     const grid = info.grid.length ? info.grid : [1];
     const block = info.grid.length ? info.block : [1];
-    if (grid.includes(0)) return;
+    if (grid.includes(0)) return;  // a static empty range: nothing to launch
     if (grid.length > 3) throw new Error(`kernel ${info.name}: a ${grid.length}-d grid`);
     let source = sources[k] ?? programSource;
     const promote = arenaPromotions(info.args, declaredBindings(source), temps);
     if (promote.size) source = writable(source, promote);
-    kernels.push({ info, source, declared: declaredBindings(source), block,
-                   grid: [...grid, 1, 1].slice(0, 3) });
+    const uniform = uniformBinding(source);
+    if (uniform !== null && !symbols.length) {
+      throw new Error(`kernel ${info.name}: binds the sizes' uniform of a program without `
+                      + "dynamic sizes");
+    }
+    kernels.push({ info, source, declared: declaredBindings(source), uniform, block, grid });
   });
-  const bindingSizes = [
-    ...[...temps.values()].map(([, s]) => s),
-    ...program.inputs.map((t) => deviceBytes(numel(t.shape), t.dtype)),
-    ...[...written.values()].map((w) => deviceBytes(w.count, w.dtype)),
-    ...[...constants.values()].map((c) => deviceBytes(c.data.length, c.dtype)),
-  ];
+  return {
+    program, symbols, constants, bound, checks, kernels, prefix,
+    // the program outputs read back after each run: the model's, then the checks' values
+    readback: [...new Set([...Array(userCount).keys(), ...checks.flatMap((c) => [c.lo, c.hi])])],
+    sizeChecks: program.metadata?.size_checks ?? [],
+  };
+}
+
+/** Every number of one call of a described program for the symbols' values `env` (the
+ * batch size), as `Program.sizes` and runtime/webgpu.py's layouts compute them: the
+ * temporaries' (offset, bytes) in the arena, the arena's bytes, each input's and output
+ * buffer's bytes, each launch's work-groups (null: nothing to launch), where each program
+ * output read back lands in the staging buffer, and the uniform's values.  A RangeError
+ * when a size passes what the kernels take (`metadata.size_checks`) or 32 bits. */
+function layoutOf(desc, env, maxGroups = Infinity) {
+  const { program } = desc;
+  for (const check of desc.sizeChecks) {
+    const value = extentValue(check.size, env);
+    if (value > check.most) {
+      throw new RangeError(`neurenix: at sizes ${JSON.stringify(env)} the program's size `
+                           + `${sizeText(check.size)} is ${value}, more than ${check.most} `
+                           + `(${check.what})`);
+    }
+  }
+  for (const [name, value] of Object.entries(env)) {
+    if (!(value >= 0 && value < 2 ** 31)) {
+      throw new RangeError(`neurenix: size ${name} = ${value} does not fit 32 bits`);
+    }
+  }
+  const temps = new Map();
+  for (const b of program.buffers) {
+    if (b.kind !== "temp" || (typeof b.offset === "number" && b.offset < 0)) continue;
+    const offset = sizeValue(b.offset, env);
+    const count = sizeValue(b.size, env);
+    if (offset < 0 || count < 0) {
+      throw new RangeError(`neurenix: temporary ${b.name} at ${offset} of ${count} elements `
+                           + `at sizes ${JSON.stringify(env)}`);
+    }
+    temps.set(b.name, [offset, Math.max(4, ceil4(storedBytes(count, b.dtype)))]);
+  }
+  const arenaBytes = ceil4(Math.max(sizeValue(program.arena_bytes, env), 4,
+                                    ...[...temps.values()].map(([o, n]) => o + n)));
+  const shape = (t) => t.shape.map((d) => sizeValue(d, env));
+  const inputShapes = program.inputs.map(shape);
+  const outputShapes = program.outputs.map(shape);
+  const written = new Map();
+  for (const b of program.buffers.filter((b) => b.kind === "output")) {
+    const k = program.outputs.findIndex((t) => t.name === b.name);
+    const count = k >= 0 ? numel(outputShapes[k]) : sizeValue(b.size, env);
+    written.set(b.name, { count, dtype: b.dtype, bytes: deviceBytes(count, b.dtype) });
+  }
+  const inputBytes = program.inputs.map((t, k) => deviceBytes(numel(inputShapes[k]), t.dtype));
+  const grids = desc.kernels.map(({ info, grid }) => {
+    const groups = grid.map((g) => extentValue(g, env));
+    if (groups.includes(0)) return null;
+    if (Math.max(...groups) > maxGroups) {
+      throw new RangeError(`neurenix: kernel ${info.name} dispatches [${groups}] work-groups at `
+                           + `sizes ${JSON.stringify(env)}; the device takes ${maxGroups} per `
+                           + "dimension");
+    }
+    return [...groups, 1, 1].slice(0, 3);
+  });
   const stagingAt = new Map();
   let stagingBytes = 0;
-  for (const j of readback) {
+  for (const j of desc.readback) {
     stagingAt.set(j, stagingBytes);
-    stagingBytes += ceil4(storedBytes(numel(program.outputs[j].shape), program.outputs[j].dtype));
+    stagingBytes += ceil4(storedBytes(numel(outputShapes[j]), program.outputs[j].dtype));
   }
-  const required = needs(program, kernels, {
-    binding: Math.max(4, ...bindingSizes),
-    buffer: Math.max(4, arenaBytes, stagingBytes, ...bindingSizes),
+  const uniform = new Int32Array(Math.max(4, Math.ceil(desc.symbols.length / 4) * 4));
+  desc.symbols.forEach((name, i) => { uniform[i] = env[name]; });
+  return { env, temps, arenaBytes, written, inputBytes, inputShapes, outputShapes, grids,
+           stagingAt, stagingBytes, uniform };
+}
+
+/** The numbers of one call of `program` (a manifest's program JSON) at the symbols' values
+ * `env` (e.g. `{batch: 7}`), as `run` computes them: `arenaBytes`, `temps` (name -> [byte
+ * offset, bytes bound]), `grids` (per kernel, its work-groups, null: not launched),
+ * `inputShapes`, `outputShapes` and `uniform` (the i32 values of the kernels' `NxSizes`).
+ * Throws a RangeError where `run` refuses the sizes. */
+export function programSizes(program, env = {}) {
+  const kernels = program.kernels.map((info) => ({ info,
+                                                   grid: info.grid.length ? info.grid : [1] }));
+  const layout = layoutOf({ program, symbols: program.symbols ?? [], kernels, readback: [],
+                            sizeChecks: program.metadata?.size_checks ?? [] }, env);
+  return { arenaBytes: layout.arenaBytes, temps: Object.fromEntries(layout.temps),
+           grids: layout.grids, inputShapes: layout.inputShapes,
+           outputShapes: layout.outputShapes, uniform: Array.from(layout.uniform) };
+}
+
+/** The limits the programs need from the device (WebGPU names), and their features, from
+ * their kernels and their layouts at the largest sizes. */
+function needs(descs, layouts) {
+  const limits = {};
+  const need = (name, value) => { limits[name] = Math.max(limits[name] ?? 0, value); };
+  let binding = 4;
+  let buffer = 4;
+  for (const desc of descs) {
+    for (const [name, value] of Object.entries(desc.program.metadata?.required_limits ?? {})) {
+      need(camel(name), Number(value));
+    }
+    for (const k of desc.kernels) {
+      const block = k.block.length ? k.block : [1];
+      need("maxComputeWorkgroupSizeX", block[0] ?? 1);
+      need("maxComputeWorkgroupSizeY", block[1] ?? 1);
+      need("maxComputeWorkgroupSizeZ", block[2] ?? 1);
+      need("maxComputeInvocationsPerWorkgroup", numel(block));
+      need("maxStorageBuffersPerShaderStage", k.declared.size);
+      need("maxBindingsPerBindGroup", Math.max(0, k.uniform ?? 0, ...k.declared.keys()) + 1);
+    }
+    for (const c of desc.constants.values()) {
+      binding = Math.max(binding, deviceBytes(c.data.length, c.dtype));
+    }
+  }
+  for (const layout of layouts) {
+    for (const grid of layout.grids) {
+      if (grid) need("maxComputeWorkgroupsPerDimension", Math.max(...grid));
+    }
+    const sizes = [...[...layout.temps.values()].map(([, n]) => n), ...layout.inputBytes,
+                   ...[...layout.written.values()].map((w) => w.bytes)];
+    binding = Math.max(binding, ...sizes);
+    buffer = Math.max(buffer, layout.arenaBytes, layout.stagingBytes, ...sizes);
+  }
+  need("maxStorageBufferBindingSize", binding);
+  need("maxBufferSize", Math.max(buffer, binding));
+  const features = descs.some((d) => d.kernels.some((k) => /\benable\s+f16\s*;/.test(k.source)))
+    ? ["shader-f16"] : [];
+  return { limits, features };
+}
+
+/** A described program on the device: its pipelines, constants, weights (shared with the
+ * artifact's other program through `shared`), seeds and uniform, and `call(env)`: the
+ * buffers, bind groups and copies of a call at those sizes (remembered per batch size; the
+ * arena, input, output and staging buffers grow when a call needs more, as
+ * runtime/webgpu.py's arena does). */
+async function instantiate(device, desc, shared, maxGroups) {
+  const { program } = desc;
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const create = (size, label, use = usage) => {
+    const buffer = device.createBuffer({ size: Math.max(4, ceil4(size)), usage: use, label });
+    shared.buffers.push(buffer);
+    return buffer;
+  };
+  const upload = (name, dtype, data) => {
+    const bytes = toStorage(data, dtype, data.length, name);
+    const buffer = create(bytes.byteLength, name);
+    device.queue.writeBuffer(buffer, 0, bytes);
+    return buffer;
+  };
+  const kinds = new Map(program.buffers.map((b) => [b.name, b]));
+  const inputIndex = new Map(program.inputs.map((t, k) => [t.name, k]));
+  const constantBuffers = new Map();
+  for (const [name, c] of desc.constants) {
+    const buffer = upload(name, c.dtype, c.data);
+    constantBuffers.set(name, buffer);
+    const key = `${desc.prefix}${name}`;
+    if (!shared.tensors.has(key)) {
+      shared.tensors.set(key, { dtype: c.dtype, shape: [...c.shape], buffer });
+    }
+  }
+  // weights and state: one device buffer per weights-file tensor, whichever program reads it
+  const fixed = desc.bound.map(({ spec, tensor, key, seed }) => {
+    if (tensor) {
+      if (!shared.tensors.get(key)?.buffer) {
+        shared.tensors.set(key, { dtype: spec.dtype, shape: [...spec.shape],
+                                  buffer: upload(spec.name, spec.dtype, tensor.data) });
+      }
+      return shared.tensors.get(key).buffer;
+    }
+    return seed === undefined ? null : create(8, spec.name);
   });
+  const inputs = desc.bound.flatMap(({ input }, k) => (input === undefined ? [] : [[k, input]]));
+  const seeds = desc.bound.flatMap((b, k) => (b.seed === undefined ? []
+    : [{ buffer: fixed[k], seed: b.seed }]));
+  const uniform = desc.symbols.length ? create(Math.max(16, Math.ceil(desc.symbols.length / 4) * 16),
+                                              "sizes", GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST)
+    : null;
+
+  const pipelines = await Promise.all(desc.kernels.map(async ({ info, source, declared,
+                                                                 uniform: u }) => {
+    const module = device.createShaderModule({ label: info.name, code: source });
+    const compiled = await module.getCompilationInfo();
+    const errors = compiled.messages.filter((m) => m.type === "error");
+    if (errors.length) {
+      throw new Error(`neurenix: kernel ${info.name} does not compile: `
+                      + errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; "));
+    }
+    let layout = "auto";
+    let groupLayout = null;
+    if (declared.size) {
+      const entries = [...declared.entries()].sort((a, b) => a[0] - b[0]).map(([i, readOnly]) => ({
+        binding: i, visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: readOnly ? "read-only-storage" : "storage" } }));
+      if (u !== null) {
+        entries.push({ binding: u, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } });
+      }
+      groupLayout = device.createBindGroupLayout({ label: info.name, entries });
+      layout = device.createPipelineLayout({ bindGroupLayouts: [groupLayout] });
+    }
+    let pipeline;
+    try {
+      pipeline = await device.createComputePipelineAsync({
+        label: info.name, layout, compute: { module, entryPoint: info.name } });
+    } catch (e) {
+      throw new Error(`neurenix: kernel ${info.name} does not compile: ${e.message ?? e}`);
+    }
+    return { pipeline, groupLayout: groupLayout ?? pipeline.getBindGroupLayout(0) };
+  }));
+
+  // the buffers whose size depends on the call, grown as calls need (bind groups on the
+  // old ones are forgotten)
+  const grown = { arena: null, staging: null, inputs: new Map(), written: new Map() };
+  const calls = new Map();
+  const ensure = (have, bytes, label, use = usage) => {
+    if (have && have.size >= bytes) return have;
+    if (have) have.destroy();
+    calls.clear();
+    return create(bytes, label, use);
+  };
+
+  const call = (env) => {
+    const key = JSON.stringify(desc.symbols.map((name) => env[name]));
+    const hit = calls.get(key);
+    if (hit) return hit;
+    const layout = layoutOf(desc, env, maxGroups);
+    grown.arena = ensure(grown.arena, layout.arenaBytes, "arena");
+    for (const [k] of inputs) {
+      grown.inputs.set(k, ensure(grown.inputs.get(k), layout.inputBytes[k], program.inputs[k].name));
+    }
+    for (const [name, w] of layout.written) {
+      grown.written.set(name, ensure(grown.written.get(name), w.bytes, name));
+    }
+    grown.staging = ensure(grown.staging, layout.stagingBytes, "staging",
+                           GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    const inputBuffer = (k) => fixed[k] ?? grown.inputs.get(k);
+    const launches = [];
+    desc.kernels.forEach(({ info, declared, uniform: u }, n) => {
+      const grid = layout.grids[n];
+      if (!grid) return;
+      const entries = [];
+      info.args.forEach((name, i) => {
+        if (declared.size && !declared.has(i)) return;
+        const kind = kinds.get(name)?.kind;
+        let resource;
+        if (inputIndex.has(name) && (kind ?? "input") === "input") {
+          const k = inputIndex.get(name);
+          resource = { buffer: inputBuffer(k), offset: 0, size: layout.inputBytes[k] };
+        } else if (kind === "output") {
+          resource = { buffer: grown.written.get(name), offset: 0,
+                       size: layout.written.get(name).bytes };
+        } else if (layout.temps.has(name)) {
+          const [offset, size] = layout.temps.get(name);
+          resource = { buffer: grown.arena, offset, size };
+        } else if (constantBuffers.has(name)) {
+          const buffer = constantBuffers.get(name);
+          resource = { buffer, offset: 0, size: buffer.size };
+        } else {
+          throw new Error(`neurenix: kernel ${info.name} takes ${name}, which is no input, `
+                          + "output, constant or temp of the program");
+        }
+        entries.push({ binding: i, resource });
+      });
+      if (u !== null) entries.push({ binding: u, resource: { buffer: uniform, offset: 0, size: uniform.size } });
+      const group = device.createBindGroup({ label: info.name,
+                                             layout: pipelines[n].groupLayout, entries });
+      launches.push({ name: info.name, pipeline: pipelines[n].pipeline, group, grid });
+    });
+    /** Where program output j lives at these sizes: {buffer, offset, size} (padded to 4). */
+    const located = (j) => {
+      const spec = program.outputs[j];
+      const { name } = spec;
+      const size = ceil4(storedBytes(numel(layout.outputShapes[j]), spec.dtype));
+      if (grown.written.has(name) && layout.written.has(name)) {
+        return { buffer: grown.written.get(name), offset: 0, size };
+      }
+      if (constantBuffers.has(name)) return { buffer: constantBuffers.get(name), offset: 0, size };
+      if (layout.temps.has(name)) return { buffer: grown.arena, offset: layout.temps.get(name)[0], size };
+      if (inputIndex.has(name)) return { buffer: inputBuffer(inputIndex.get(name)), offset: 0, size };
+      throw new Error(`neurenix: output ${name} is not a buffer of the program`);
+    };
+    const copies = desc.readback.map((j) => ({ ...located(j), to: layout.stagingAt.get(j) }));
+    const stateInputs = new Set(desc.bound.flatMap((b, k) => (b.state === undefined ? []
+      : [fixed[k]])));
+    const stateCopies = [];
+    desc.bound.forEach((b, k) => {
+      if (b.state === undefined) return;
+      const from = located(b.state);
+      const to = fixed[k];
+      if (!from.size || (from.buffer === to && from.offset === 0)) return;  // unchanged
+      const scratch = stateInputs.has(from.buffer)
+        ? (shared.scratch.get(`${b.key}|${from.size}`)
+           ?? shared.scratch.set(`${b.key}|${from.size}`, create(from.size, `${b.key} (next)`))
+             .get(`${b.key}|${from.size}`))
+        : null;
+      stateCopies.push({ ...from, to, scratch });
+    });
+    const made = { layout, launches, copies, stateCopies, staging: grown.staging,
+                   inputs: new Map(inputs.map(([k]) => [k, inputBuffer(k)])) };
+    if (calls.size >= 64) calls.clear();
+    calls.set(key, made);
+    return made;
+  };
+  const known = (env) => calls.get(JSON.stringify(desc.symbols.map((name) => env[name])));
+  return { program, symbols: desc.symbols, checks: desc.checks, inputs, seeds, uniform, call,
+           known };
+}
+
+/** manifest.json's `dynamic_batch` (null for fixed shapes) after its structural checks. */
+function dynamicBatch(manifest) {
+  const dynamic = manifest.dynamic_batch;
+  if (dynamic === undefined || dynamic === null) return null;
+  const batch1 = dynamic.batch1;
+  if (typeof dynamic.symbol !== "string" || !Number.isInteger(dynamic.max) || dynamic.max < 2
+      || !batch1?.program || !Array.isArray(batch1.bindings) || !batch1.sources?.program) {
+    throw new Error("manifest.json: field dynamic_batch is malformed");
+  }
+  if ((manifest.program.symbols ?? []).join() !== dynamic.symbol) {
+    throw new Error(`manifest.json: a dynamic-batch program has the symbols `
+                    + `${JSON.stringify(manifest.program.symbols)}, expected [${dynamic.symbol}]`);
+  }
+  for (const t of manifest.inputs) {
+    const lead = t.shape[0];
+    if (sizeText(lead) !== dynamic.symbol) {
+      throw new Error(`manifest.json: input ${t.name}'s leading dimension is not the batch size`);
+    }
+  }
+  return dynamic;
+}
+
+/** Load the artifact at `baseUrl` (a directory URL, relative to the page) on a new WebGPU
+ * device: a `Model`.  Options: `verify` (default true: check each file's size and SHA-256),
+ * `powerPreference` ("high-performance"), `adapter` (a GPUAdapter to use). */
+export async function load(baseUrl = "./", options = {}) {
+  const verify = options.verify ?? true;
+  const base = new URL(String(baseUrl).endsWith("/") ? baseUrl : `${baseUrl}/`,
+                       globalThis.document?.baseURI ?? globalThis.location?.href);
+  const manifest = parseManifest(await fetchFile(base, "manifest.json", null, false, "text"));
+  if (!Number.isInteger(manifest.format) || manifest.format < 1) {
+    throw new Error(`manifest.json: no format version (got ${manifest.format})`);
+  }
+  if (manifest.format > FORMAT_VERSION) {
+    throw new Error(`manifest.json: format version ${manifest.format} is newer than this `
+                    + `loader reads (${FORMAT_VERSION})`);
+  }
+  if (manifest.target !== "webgpu") {
+    throw new Error(`manifest.json: a ${manifest.target} artifact; the browser runs webgpu ones `
+                    + "(export with target=\"webgpu\")");
+  }
+  const dynamic = dynamicBatch(manifest);
+  const parts = [{ program: manifest.program, bindings: manifest.bindings,
+                   checks: manifest.checks ?? [], prefix: "const:", sources: manifest.sources,
+                   what: "the program" }];
+  if (dynamic) {
+    const b1 = dynamic.batch1;
+    parts.push({ program: b1.program, bindings: b1.bindings, checks: b1.checks ?? [],
+                 prefix: b1.constants ?? "batch1:const:", sources: b1.sources,
+                 what: "the batch-1 program" });
+  }
+  for (const { program } of parts) {
+    const storage = program.metadata?.storage ?? STORAGE;
+    if (JSON.stringify(storage) !== JSON.stringify(STORAGE)) {
+      throw new Error(`manifest.json: the program stores ${JSON.stringify(storage)}, this `
+                      + `loader ${JSON.stringify(STORAGE)}`);
+    }
+    for (const t of [...program.inputs, ...program.outputs, ...program.buffers]) {
+      if (t.dtype === "float64") {
+        throw new Error(`manifest.json: ${t.name} is float64, which WebGPU does not have`);
+      }
+    }
+  }
+  const fetched = await Promise.all([
+    fetchFile(base, "weights.safetensors", manifest, verify),
+    ...parts.map(async (part) => {
+      const files = part.sources.kernels ?? {};
+      const sources = await Promise.all(part.program.kernels.map((k) => (files[k.name]
+        ? fetchFile(base, files[k.name], manifest, verify, "text") : Promise.resolve(null))));
+      const programSource = sources.some((s) => s === null)
+        ? await fetchFile(base, part.sources.program, manifest, verify, "text") : "";
+      return { sources, programSource };
+    }),
+  ]);
+  const weights = parseSafetensors(fetched[0], "weights.safetensors");
+  const descs = parts.map((part, i) => describe(part.program, {
+    ...part, ...fetched[i + 1], userCount: manifest.outputs.length }, weights));
+  // the limits: each program at its largest sizes (the batch-MAX call, and batch 2's)
+  const largest = dynamic ? [{ [dynamic.symbol]: dynamic.max }, { [dynamic.symbol]: 2 }] : [{}];
+  const layouts = [...largest.map((env) => layoutOf(descs[0], env)),
+                   ...descs.slice(1).map((d) => layoutOf(d, {}))];
+  const required = needs(descs, layouts);
 
   if (!globalThis.navigator?.gpu) {
     throw new Error("neurenix: this browser has no WebGPU (navigator.gpu); use a browser with "
@@ -672,131 +1146,14 @@ export async function load(baseUrl = "./", options = {}) {
   }
   const device = await adapter.requestDevice({ label: "neurenix", requiredLimits,
                                                requiredFeatures: required.features });
-  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const buffers = [];
-  const create = (size, label, use = usage) => {
-    const buffer = device.createBuffer({ size: Math.max(4, ceil4(size)), usage: use, label });
-    buffers.push(buffer);
-    return buffer;
-  };
-  const upload = (name, dtype, data) => {
-    const bytes = toStorage(data, dtype, data.length, name);
-    const buffer = create(bytes.byteLength, name);
-    device.queue.writeBuffer(buffer, 0, bytes);
-    return buffer;
-  };
-
+  const maxGroups = device.limits?.maxComputeWorkgroupsPerDimension ?? 65535;
+  const shared = { buffers: [], tensors: new Map(), scratch: new Map() };
   device.pushErrorScope("validation");
-  const arena = create(arenaBytes, "arena");
-  const constantBuffers = new Map();
-  for (const [name, c] of constants) constantBuffers.set(name, upload(name, c.dtype, c.data));
-  const programInputs = bound.map(({ spec, tensor }) => (tensor
-    ? upload(spec.name, spec.dtype, tensor.data)
-    : create(deviceBytes(numel(spec.shape), spec.dtype), spec.name)));
-  const inputBuffers = bound.flatMap(({ input }, k) => (
-    input === undefined ? [] : [[programInputs[k], input]]));
-  const writtenBuffers = new Map();
-  for (const [name, w] of written) {
-    writtenBuffers.set(name, create(deviceBytes(w.count, w.dtype), name));
-  }
-  const staging = create(stagingBytes, "staging",
-                         GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-
-  const whole = (buffer) => ({ buffer, offset: 0, size: buffer.size });
-  const launches = await Promise.all(kernels.map(async ({ info, source, declared, grid }) => {
-    const module = device.createShaderModule({ label: info.name, code: source });
-    const compiled = await module.getCompilationInfo();
-    const errors = compiled.messages.filter((m) => m.type === "error");
-    if (errors.length) {
-      throw new Error(`neurenix: kernel ${info.name} does not compile: `
-                      + errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; "));
-    }
-    let layout = "auto";
-    let groupLayout = null;
-    if (declared.size) {
-      groupLayout = device.createBindGroupLayout({
-        label: info.name,
-        entries: [...declared.entries()].sort((a, b) => a[0] - b[0]).map(([i, readOnly]) => ({
-          binding: i, visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: readOnly ? "read-only-storage" : "storage" } })),
-      });
-      layout = device.createPipelineLayout({ bindGroupLayouts: [groupLayout] });
-    }
-    let pipeline;
-    try {
-      pipeline = await device.createComputePipelineAsync({
-        label: info.name, layout, compute: { module, entryPoint: info.name } });
-    } catch (e) {
-      throw new Error(`neurenix: kernel ${info.name} does not compile: ${e.message ?? e}`);
-    }
-    groupLayout ??= pipeline.getBindGroupLayout(0);
-    const entries = [];
-    info.args.forEach((name, i) => {
-      if (declared.size && !declared.has(i)) return;
-      let resource;
-      const kind = kinds.get(name)?.kind;
-      if (inputIndex.has(name) && (kind ?? "input") === "input") {
-        resource = whole(programInputs[inputIndex.get(name)]);
-      } else if (kind === "output") {
-        resource = whole(writtenBuffers.get(name));
-      } else if (temps.has(name)) {
-        const [offset, size] = temps.get(name);
-        resource = { buffer: arena, offset, size };
-      } else if (constantBuffers.has(name)) {
-        resource = whole(constantBuffers.get(name));
-      } else {
-        throw new Error(`neurenix: kernel ${info.name} takes ${name}, which is no input, `
-                        + "output, constant or temp of the program");
-      }
-      entries.push({ binding: i, resource });
-    });
-    const group = device.createBindGroup({ label: info.name, layout: groupLayout, entries });
-    return { name: info.name, pipeline, group, grid };
-  }));
-
-  /** Where program output j lives: {buffer, offset, size} (size: its bytes, padded to 4). */
-  const located = (j) => {
-    const spec = program.outputs[j];
-    const name = spec.name;
-    const size = ceil4(storedBytes(numel(spec.shape), spec.dtype));
-    let buffer;
-    let offset = 0;
-    if (writtenBuffers.has(name)) buffer = writtenBuffers.get(name);
-    else if (constantBuffers.has(name)) buffer = constantBuffers.get(name);
-    else if (temps.has(name)) [offset] = temps.get(name);
-    else if (inputIndex.has(name)) buffer = programInputs[inputIndex.get(name)];
-    else throw new Error(`neurenix: output ${name} is not a buffer of the program`);
-    return { buffer: buffer ?? arena, offset, size };
-  };
-  const copies = readback.map((j) => ({ ...located(j), to: stagingAt.get(j) }));
-  const stateInputs = new Set(bound.flatMap((b, k) => (b.state === undefined ? []
-    : [programInputs[k]])));
-  const stateCopies = [];
-  bound.forEach((b, k) => {
-    if (b.state === undefined) return;
-    const from = located(b.state);
-    const to = programInputs[k];
-    if (!from.size || (from.buffer === to && from.offset === 0)) return;  // unchanged
-    const scratch = stateInputs.has(from.buffer) ? create(from.size, `${b.key} (next)`) : null;
-    stateCopies.push({ ...from, to, scratch });
-  });
-  const seeds = bound.flatMap((b, k) => (b.seed === undefined ? []
-    : [{ buffer: programInputs[k], seed: b.seed }]));
+  const runners = [];
+  for (const desc of descs) runners.push(await instantiate(device, desc, shared, maxGroups));
+  if (!dynamic) runners[0].call({});  // a fixed-shape program's buffers and bind groups now
   // the tensors readTensor reads: on the device where a binding or constant holds them
-  const tensors = new Map();
-  bound.forEach((b, k) => {
-    if (b.key !== undefined && !tensors.has(b.key)) {
-      tensors.set(b.key, { dtype: b.spec.dtype, shape: [...b.spec.shape],
-                           buffer: programInputs[k] });
-    }
-  });
-  for (const [name, c] of constants) {
-    const key = `const:${name}`;
-    if (!tensors.has(key)) {
-      tensors.set(key, { dtype: c.dtype, shape: [...c.shape],
-                         buffer: constantBuffers.get(name) });
-    }
-  }
+  const tensors = new Map(shared.tensors);
   for (const [key, t] of Object.entries(weights)) {
     if (!tensors.has(key)) tensors.set(key, { dtype: t.dtype, shape: t.shape, data: t.data });
   }
@@ -806,11 +1163,10 @@ export async function load(baseUrl = "./", options = {}) {
   const model = new Model({
     baseUrl: base, manifest, verify, device, adapterInfo: adapter.info ?? {},
     inputs: specs(manifest.inputs), outputs: specs(manifest.outputs), lost: null,
-    steps: 0, _programOutputs: specs(program.outputs), _checks: checks,
-    _states: bound.filter((b) => b.state !== undefined).map((b) => ({ key: b.key })),
-    _launches: launches, _copies: copies, _staging: staging, _stagingAt: stagingAt,
-    _inputBuffers: inputBuffers, _seeds: seeds, _stateCopies: stateCopies, _tensors: tensors,
-    _buffers: buffers,
+    steps: 0, maxBatch: dynamic ? dynamic.max : null, _symbol: dynamic?.symbol ?? null,
+    _main: runners[0], _batch1: runners[1] ?? null,
+    _states: descs[0].bound.filter((b) => b.state !== undefined).map((b) => ({ key: b.key })),
+    _tensors: tensors, _buffers: shared.buffers,
   });
   device.lost.then((info) => { model.lost = info.message || info.reason || "lost"; });
   return model;
