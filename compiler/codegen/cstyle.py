@@ -23,7 +23,10 @@ them once at its top, and its grid-stride loops step by the work-groups launched
 whose sizes are 32-bit (`size_type`, `size_limit`: WGSL) computes them in its index type and
 lists every size it uses in `metadata["size_checks"]` for the runtime to check per call; under
 a `loop_limit` a kernel counts its loop iterations per invocation as a polynomial bound
-(`counted`) and guards the sizes that keep it to half the limit.
+(`counted`) and guards the sizes that keep it to half the limit.  A static kernel whose count
+passes the limit is rendered again, unrolled more, as a work-group per output point or (a
+serial kernel) as several kernels over parts of its points, and refused at compile time where
+nothing keeps within it (`_render_static`).
 
 Expressions are DAGs: a subexpression used more than once in a scope is bound to a name once
 (as `_shared` in kernel/ir.py prints it), and an operation that reads an operand twice binds
@@ -66,7 +69,13 @@ from ..kernel.ir import (
 from ..kernel.memory import MemoryPlan, plan_memory
 from ..kernel.ops import BINARY_OPS
 from ..schedule import schedule_kernel, target_rules
-from ..schedule.grid import MAX_GROUPS, GridLoop, GroupReduction, TiledContraction
+from ..schedule.grid import (
+    MAX_GROUPS,
+    GridLoop,
+    GroupReduction,
+    TiledContraction,
+    group_reduction,
+)
 from ..schedule.sizes import kernel_symbols
 from ..symbolic import Dim, DynamicSizeError, current_env, size_bounds
 from ..targets import Target
@@ -86,6 +95,9 @@ LONG = 4096
 """Steps per work-item from which a loop is long (unrolled under a `loop_limit`)."""
 UNROLL, MAX_UNROLL = 8, 64
 """Copies of a long loop's body per iteration, at least and at most."""
+MAX_BOOST = 256
+"""Copies at most of a loop's body in a static kernel rendered again because its loops passed
+the `loop_limit` (`_Renderer.boost`); a serial kernel needing more is split into parts."""
 
 
 class GridCodegenError(ValueError):
@@ -136,6 +148,11 @@ class Dialect:
     helper_loops: dict[str, int] = {}
     """Loop iterations one call of each helper function runs at most (under `loop_limit`:
     counted in a kernel's iterations)."""
+    flat_calls: frozenset[str] = frozenset()
+    """Functions of `call`, and int64 operations of `int64_op` (as `int64_<op>`), the dialect
+    also renders without loops, as `call(fn + "_flat")` and `int64_op(op + "_flat")` (WGSL's
+    fmod, int64 floor division, modulo and power): a kernel rendered again because its loops
+    passed the `loop_limit` (`_Renderer.boost`) calls those."""
     tf32_guard = ""
     """The preprocessor condition under which float32 tiled contractions run on TF32 tensor
     cores (`mma_tf32`, 16 x 8 x 8 warp tiles); "" where they never do.  The kernel keeps
@@ -381,9 +398,18 @@ class _Renderer:
     `local`; the schedule is written as a comment above the kernel."""
 
     def __init__(self, kernel: Kernel, dialect: Dialect, params: list[Param],
-                 storage: dict[str, str], symbols: dict[str, str] | None = None) -> None:
+                 storage: dict[str, str], symbols: dict[str, str] | None = None,
+                 boost: bool = False, span: tuple[int, int] | None = None) -> None:
         self.k = kernel
         self.d = dialect
+        self.boost = boost
+        """Unroll more, for a static kernel whose loops passed the dialect's `loop_limit`
+        rendered as usual: loops take up to `MAX_BOOST` copies of their body, a
+        contraction's steps through its local tiles are unrolled, and the dialect's
+        loop-free helpers are called (`Dialect.flat_calls`)."""
+        self.span = span
+        """The points (low, high) a serial kernel's part covers, one of the kernels it is
+        split into where its loops would pass the `loop_limit` even unrolled more."""
         self.params = {p.name: p for p in params}
         self.storage = storage
         self.dtypes = {b.name: b.dtype for b in kernel.buffers()}
@@ -734,14 +760,24 @@ class _Renderer:
             top += value
         return top
 
+    def loop_work(self) -> _Bound:
+        """The loop iterations (headers run) per invocation the kernel may take at most:
+        its loops' and the helper functions' it calls outside them."""
+        return self.work + _Bound.of(self.helper_cost(lines=self.prelude + self.lines))
+
+    def static_work(self) -> int:
+        """`loop_work` of a kernel of static sizes: a number."""
+        size, scale = self.loop_work().at_most(1)
+        assert isinstance(size, int), size
+        return -(-size // scale)
+
     def check_loops(self) -> None:
         """Under a `loop_limit`, a kernel of dynamic sizes keeps its loop iterations per
         invocation to half the limit: a guard on the sizes (a call past it compiles another
         program) and a check the runtime makes per call; `DynamicSizeError` where the traced
         sizes already pass it."""
         limit = self.d.loop_limit // 2
-        work = self.work + _Bound.of(self.helper_cost(lines=self.prelude + self.lines))
-        size, most = work.at_most(limit)
+        size, most = self.loop_work().at_most(limit)
         if isinstance(size, int):
             fits = size <= most
         else:
@@ -810,7 +846,7 @@ class _Renderer:
                 return f"(-{x})"
             return d.wrap("-", self.literal(0, t), x, t)
         if op in ("exp", "log", "sqrt", "tanh", "erf", "sin", "cos"):
-            return d.call(op, [x], t)
+            return d.call(op + "_flat" if self.boost and op in d.flat_calls else op, [x], t)
         if op == "abs":
             return d.call("fabs", [x], t) if t.is_floating else d.int_abs(x, t)
         if op == "sign":
@@ -841,7 +877,8 @@ class _Renderer:
         """`a op b` on operands of register dtype `t`."""
         d = self.d
         if self.wide(t) and op not in ("and", "or"):
-            return d.int64_op(op, [a, b])
+            flat = self.boost and f"int64_{op}" in d.flat_calls
+            return d.int64_op(op + "_flat" if flat else op, [a, b])
         infix = {"add": "+", "sub": "-", "mul": "*"}
         if op in infix:
             if t.is_floating or (pure and t.is_signed):
@@ -903,14 +940,21 @@ class _Renderer:
         result = self.var(t, one, "pw")
         base = self.var(t, a, "pb")
         exp = self.var(t, d.select(f"({b} < {zero})", zero, b), "pe")
-        step = self.fresh("pk")
-        with self.counted(d.bits(t)), \
-                self.block(d.loop(step, int32, self.literal(0, int32),
-                                  self.literal(d.bits(t), int32), self.literal(1, int32))):
+
+        def square_and_multiply() -> None:
             odd = f"(({exp} & {one}) == {one})"
             self.emit(f"{result} = {d.select(odd, d.wrap('*', result, base, t), result)};")
             self.emit(f"{base} = {d.wrap('*', base, base, t)};")
             self.emit(f"{exp} = {d.shift('>>', exp, one, t)};")
+        if self.boost:  # no loop (`boost`)
+            for _ in range(d.bits(t)):
+                square_and_multiply()
+        else:
+            step = self.fresh("pk")
+            with self.counted(d.bits(t)), \
+                    self.block(d.loop(step, int32, self.literal(0, int32),
+                                      self.literal(d.bits(t), int32), self.literal(1, int32))):
+                square_and_multiply()
         minus = d.select(f"(({b} & {one}) == {one})", self.literal(-1, t), one)
         negative = d.select(f"({a} == {one})", one,
                             d.select(f"({a} == {self.literal(-1, t)})", minus, zero))
@@ -954,7 +998,8 @@ class _Renderer:
         d = self.d
         a, b = self.bind(a, t), self.bind(b, t)
         zero, one = self.literal(0.0, t), self.literal(1.0, t)
-        r = self.bind(d.call("fmod", [a, b], t), t)
+        flat = self.boost and "fmod" in d.flat_calls
+        r = self.bind(d.call("fmod_flat" if flat else "fmod", [a, b], t), t)
         differ = f"(({r} < {zero}) != ({b} < {zero}))"
         fix = f"(({r} != {zero}) && {differ})"
         if op == "mod":
@@ -1035,24 +1080,27 @@ class _Renderer:
     def copies(self, steps: int) -> int:
         """Copies of a loop body per iteration for `steps` steps per work-item: under a
         `loop_limit`, a loop of `LONG` steps or more keeps to a quarter of the limit (at least
-        `UNROLL`, at most `MAX_UNROLL` copies)."""
+        `UNROLL`, at most `MAX_UNROLL` copies); rendered again (`boost`), any loop takes as
+        many more as keep it to 7/8 of the limit, at most `MAX_BOOST` (lavapipe compiles
+        each copy: some 20 ms for a scatter-add's)."""
         limit = self.d.loop_limit
-        if not limit:
+        if not limit or not isinstance(steps, int):
             return 1
-        if not isinstance(steps, int) or steps < LONG:
-            return 1
-        return min(MAX_UNROLL, max(UNROLL, -(-4 * steps // limit)))
+        copies = 1 if steps < LONG else min(MAX_UNROLL, max(UNROLL, -(-4 * steps // limit)))
+        if self.boost:  # as few more as keep to 7/8 of the limit: each costs compile time
+            return max(copies, min(MAX_BOOST, -(-8 * steps // (7 * limit))))
+        return copies
 
     def strided(self, base: str, t: DType, start: str, stop: int, step: int, body,
-                trips: Size | _Bound | None = None) -> None:
+                trips: Size | _Bound | None = None, low: int = 0) -> None:
         """`body(var)` for var = start, start + step, ... below `stop`, its body copied per
-        iteration as `copies` says (each copy guarded).  The loop variable is 64-bit when
-        stepping past `stop` could pass INT_MAX (the body still sees a `t` value: every
-        value it sees is below `stop`)."""
+        iteration as `copies` says (each copy guarded); `start` is below `low + step`.  The
+        loop variable is 64-bit when stepping past `stop` could pass INT_MAX (the body still
+        sees a `t` value: every value it sees is below `stop`)."""
         d = self.d
         if not (isinstance(stop, int) and isinstance(step, int)):
             return self.strided_dynamic(base, t, start, stop, step, body, trips)
-        copies = self.copies(-(-stop // step))
+        copies = self.copies(-(-(stop - low) // step))
         w = t
         if t != int64 and stop + step * copies >= 2 ** 31:
             if not d.int64:
@@ -1060,7 +1108,7 @@ class _Renderer:
                                        f"of {step * copies} exceeds 32-bit indices")
             w = int64
         var = self.fresh(base)
-        with self.counted(-(-stop // (step * copies))), \
+        with self.counted(-(-(stop - low) // (step * copies))), \
                 self.block(d.loop(var, w, d.convert(start, t, w) if w != t else start,
                                   self.literal(stop, w), self.literal(step * copies, w))):
             for j in range(copies):
@@ -1179,6 +1227,11 @@ class _Renderer:
             self.point_vars(p, flat, tuple(self.k.domain), 0)
             acc = self.reduce_loops("0", 1) if self.k.reduce_value is not None else None
             self.stores(acc)
+        if self.span:  # one work-item's points low..high, in order (`_render_static`)
+            low, high = self.span
+            self.strided("p", flat, self.bind(f"({gid} + {self.literal(low, flat)})", flat, "g"),
+                         high, threads, point, low=low)
+            return
         gid = self.bind(gid, flat, "g")
         self.strided("p", flat, gid, count, threads, point)
 
@@ -1364,17 +1417,25 @@ class _Renderer:
                     self.emit(d.barrier())
 
             def fma() -> None:
+                if self.boost:  # every step unrolled, each in a scope of its own
+                    for j in range(side):
+                        with self.block("{"):
+                            fma_step(lit(j))
+                    return
                 step = self.fresh("j")
                 with self.counted(side), self.block(d.loop(step, idx, lit(0), lit(side), lit(1))):
-                    xs = [self.bind(d.local_access(tiles_a, f"({plus(ty, side * i)} * "
-                                                   f"{lit(side)} + {step})"), t, "x")
-                          for i in range(rm)]
-                    ys = [self.bind(d.local_access(tiles_b, f"({step} * {lit(cols)} + "
-                                                   f"{plus(tx, side * j)})"), t, "y")
-                          for j in range(cm)]
-                    for i in range(rm):
-                        for j in range(cm):
-                            self.emit(f"{accs[i][j]} = ({accs[i][j]} + {xs[i]} * {ys[j]});")
+                    fma_step(step)
+
+            def fma_step(step: str) -> None:
+                xs = [self.bind(d.local_access(tiles_a, f"({plus(ty, side * i)} * "
+                                               f"{lit(side)} + {step})"), t, "x")
+                      for i in range(rm)]
+                ys = [self.bind(d.local_access(tiles_b, f"({step} * {lit(cols)} + "
+                                               f"{plus(tx, side * j)})"), t, "y")
+                      for j in range(cm)]
+                for i in range(rm):
+                    for j in range(cm):
+                        self.emit(f"{accs[i][j]} = ({accs[i][j]} + {xs[i]} * {ys[j]});")
 
             if not self.uses_tf32(plan, t):
                 k_loop(fma)
@@ -1575,13 +1636,18 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
     if dialect.size_limit:
         for s in symbols:
             checks[Poly((((s,), 1),))] = (dialect.size_limit, "the 32-bit size limit")
-    for kernel in scheduled:
-        dialect.check(kernel, kernels)
-        name = base = re.sub(r"\W", "_", kernel.name)
-        n = 0
+    rendered: list[Kernel] = []
+    """The kernels as rendered, one per entry of `infos` (a schedule may change there)."""
+
+    def fresh(name: str, suffix: str = "_kernel") -> str:
+        base, n = name, 0
         while name in names or name in RESERVED or name in kernels.buffers:
-            name, n = f"{base}_kernel{n or ''}", n + 1
+            name, n = f"{base}{suffix}{n or ''}", n + 1
         names.add(name)
+        return name
+    for position, kernel in enumerate(scheduled):
+        dialect.check(kernel, kernels)
+        name = fresh(re.sub(r"\W", "_", kernel.name))
         kernel = replace(kernel, name=name)
         roots = parameters(kernel, plan)
         storage = {b.name: storage_root(b.name, roots, plan) for b in kernel.buffers()}
@@ -1597,29 +1663,35 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
             isinstance(g, int) for g in kernel.schedule.grid)
         if dynamic:
             sized.append(name)
-        renderer = _Renderer(kernel, dialect, params, storage, idents if dynamic else None)
-        source = renderer.source()
-        for size, (most, what) in renderer.checks.items():
-            checks.setdefault(size, (most, what))
-        local = sum(count * dtype.itemsize for _, dtype, count in renderer.local)
-        if local > caps.local_memory_bytes:
-            raise GridCodegenError(
-                f"{dialect.name}: kernel {name} needs {local} bytes of local (shared) memory, "
-                f"more than the limit of {caps.local_memory_bytes} bytes (local_memory_bytes)")
-        sources.append(source)
-        plan_ = kernel.schedule
-        grid = (0,) * len(plan_.grid) if 0 in plan_.grid else plan_.grid
-        infos.append(KernelInfo(name, tuple(p.name for p in params), kernel.comment,
-                                tuple(kernel.domain), source, grid, plan_.block))
+            renderer = _Renderer(kernel, dialect, params, storage, idents)
+            source = renderer.source()
+            parts = [(kernel, renderer, source)]
+        else:
+            parts = _render_static(kernel, dialect, params, storage, caps, fresh)
+        for kernel, renderer, source in parts:
+            rendered.append(replace(scheduled[position], schedule=kernel.schedule))
+            for size, (most, what) in renderer.checks.items():
+                checks.setdefault(size, (most, what))
+            local = sum(count * dtype.itemsize for _, dtype, count in renderer.local)
+            if local > caps.local_memory_bytes:
+                raise GridCodegenError(
+                    f"{dialect.name}: kernel {kernel.name} needs {local} bytes of local (shared) "
+                    f"memory, more than the limit of {caps.local_memory_bytes} bytes "
+                    "(local_memory_bytes)")
+            sources.append(source)
+            plan_ = kernel.schedule
+            grid = (0,) * len(plan_.grid) if 0 in plan_.grid else plan_.grid
+            infos.append(KernelInfo(kernel.name, tuple(p.name for p in params), kernel.comment,
+                                    tuple(kernel.domain), source, grid, plan_.block))
     program = Program(
-        target=target.device, entry="kernels", source=dialect.unit(sources, scheduled),
+        target=target.device, entry="kernels", source=dialect.unit(sources, rendered),
         inputs=tensor_specs(kernels, kernels.inputs),
         outputs=tensor_specs(kernels, kernels.outputs), buffers=buffer_specs(kernels, plan),
         kernels=infos, arena_bytes=plan.arena_bytes, constants=constant_arrays(kernels),
         memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
                 "lower_bound": plan.lower_bound_bytes},
-        metadata={"schedules": {i.name: str(k.schedule) for i, k in zip(infos, scheduled)},
-                  **dialect.metadata(kernels, scheduled)},
+        metadata={"schedules": {i.name: str(k.schedule) for i, k in zip(infos, rendered)},
+                  **dialect.metadata(kernels, rendered)},
     )
     if symbols:
         program.symbols = symbols
@@ -1631,6 +1703,63 @@ def generate_program(kernels: KernelGraph, plan: MemoryPlan | None, target: Targ
                 {"size": extent_to_json(size), "most": most, "what": what}
                 for size, most, what in unique.values()]
     return program
+
+
+def _render_static(kernel: Kernel, dialect: Dialect, params: list[Param],
+                   storage: dict[str, str], caps, fresh) -> list[tuple[Kernel, _Renderer, str]]:
+    """A kernel of static sizes rendered as scheduled: [(kernel, renderer, source)].  Under a
+    `loop_limit` (lavapipe ends an invocation's loops silently after 65,535 loop-header runs
+    in all), one whose loops may pass it is rendered again: unrolled more
+    (`_Renderer.boost`); then, for a reduction, as a work-group per output point
+    (`grid.group_reduction`), of 256 work-items and of the most the target allows, plain and
+    unrolled more; the first that keeps within the limit is taken.  A serial kernel (one
+    work-item, in order) that passes it even so becomes several kernels, launched in order,
+    each doing a part of its points (`_Renderer.span`, named by `fresh`).
+    `GridCodegenError` (at compile time, never a wrong answer) where nothing keeps within
+    the limit."""
+    renderer = _Renderer(kernel, dialect, params, storage)
+    source = renderer.source()
+    limit = dialect.loop_limit
+    if not limit or renderer.static_work() <= limit:
+        return [(kernel, renderer, source)]
+    tried = [f"{renderer.static_work()} as scheduled ({type(kernel.schedule).__name__} of "
+             f"{kernel.schedule.block[0]} work-items)"]
+    plans = [(kernel.schedule, True)]
+    for widest in (False, True):
+        group = group_reduction(kernel, caps, widest)
+        if group is not None and group != kernel.schedule and \
+                all(group != plan for plan, _ in plans):
+            plans += [(group, False), (group, True)]
+    works = []
+    for plan, boost in plans:
+        candidate = replace(kernel, schedule=plan)
+        renderer = _Renderer(candidate, dialect, params, storage, boost=boost)
+        source = renderer.source()
+        works.append(renderer.static_work())
+        if works[-1] <= limit:
+            return [(candidate, renderer, source)]
+        tried.append(f"{works[-1]} as {type(plan).__name__} of {plan.block[0]} work-items"
+                     f"{' unrolled more' if boost else ''}")
+    plan = kernel.schedule
+    if isinstance(plan, GridLoop) and plan.serial and isinstance(plan.count, int):
+        count = plan.count  # parts of at most 7/8 of the limit each
+        size = -(-count // -(-works[0] // (limit * 7 // 8)))
+        parts = []
+        for low in range(0, count, size):
+            part = replace(kernel, name=fresh(f"{kernel.name}_part{len(parts)}", "_"))
+            renderer = _Renderer(part, dialect, params, storage, boost=True,
+                                 span=(low, min(count, low + size)))
+            parts.append((part, renderer, renderer.source()))
+            if renderer.static_work() > limit:
+                tried.append(f"{renderer.static_work()} in parts of {size} points")
+                break
+        else:
+            return parts
+    raise GridCodegenError(
+        f"{dialect.name}: kernel {kernel.name}: its loops would run past the driver's limit of "
+        f"{limit} loop iterations per invocation, after which they stop silently (lavapipe): "
+        f"iterations at most {'; '.join(tried)}.  Split the computation (e.g. reduce the "
+        "long axis in chunks, then the chunks' results), or run it on another target")
 
 
 def _symbol_arguments(kernels: KernelGraph, symbols: tuple[str, ...],

@@ -10,7 +10,10 @@ tanh near 0, sign's zeros) are helpers too (wgsl_math.py).  Bools are 0/1 `u32` 
 buffers (`metadata["storage"]`).  Inputs and constants bind read-only, outputs and
 temporaries read-write (the arena is one buffer, which a dispatch may not bind both ways); a
 buffer the memory plan puts in place of another shares its binding.  Long loops are
-unrolled (`loop_limit`: lavapipe ends an invocation's loops after 65,535 iterations).
+unrolled (`loop_limit`: lavapipe ends an invocation's loops after 65,535 iterations), and a
+static kernel whose loops could still pass the limit is rendered another way (unrolled more,
+calling the loop-free `FLAT_HELPERS`, a work-group per output point, a serial kernel in parts)
+or refused at compile time (cstyle.py `_render_static`).
 Capabilities come from the adapter's limits, so `metadata["required_limits"]` says what the
 program needs of the device beyond WebGPU's defaults (storage buffers per stage, invocations
 per work-group).
@@ -27,6 +30,7 @@ sizes (a call past it compiles another program), and the runtime checks it too.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,7 +49,7 @@ from ..targets import Capabilities, Target, get_target
 from ..types import DType, bool_, float64, int32, int64, uint32
 from . import wgsl_int64 as i64
 from .cstyle import Dialect, GridCodegenError, Param, generate_program
-from .wgsl_math import prelude
+from .wgsl_math import HELPERS, prelude
 
 NATIVE_OPS = OP_NAMES - {"sigmoid", "erf"}
 """WGSL has no erf; sigmoid, erf and the random-number generator are decomposed."""
@@ -60,6 +64,95 @@ i64_divmodu, counted by its name in their bodies: counted as calls of it)."""
 SIZES_STRUCT = "NxSizes"
 
 
+def _pow2mod() -> str:
+    steps = "".join(f"  r = nx_mulmod(r, r, m);\n  if (((d >> {bit}u) & 1u) == 1u) "
+                    "{ r = (r << 1u) % m; }\n" for bit in range(8, -1, -1))
+    return ("fn nx_pow2mod(d: u32, m: u32) -> u32 {\n"
+            "  // 2**d mod m (d < 512, 2**23 <= m < 2**24): square-and-multiply, unrolled\n"
+            f"  var r = 1u;\n{steps}  return r;\n}}")
+
+
+def _trig_flat() -> str:
+    """nx_trig with its loop over 3 words of 2/pi unrolled (and its own nx_mul64, which
+    nx_trig's text defines)."""
+    text = HELPERS["nx_trig"].replace("fn nx_trig(", "fn nx_trig_flat(").replace(
+        "nx_mul64(", "nx_mul64_flat(")
+    head = "    for (var j = 0u; j < 3u; j += 1u) {\n"
+    start = text.index(head)
+    end = text.index("\n    }\n", start) + len("\n    }\n")
+    body = text[start + len(head):end - len("    }\n")]
+    copies = "".join(f"    {{\n      let j = {j}u;\n{body}    }}\n" for j in range(3))
+    return text[:start] + copies + text[end:]
+
+
+FLAT_HELPERS = {
+    "nx_fmod_flat": """fn nx_fmod_flat(x: f32, y: f32) -> f32 {
+  // nx_fmod without a loop, for kernels whose loops would pass lavapipe's limit: the
+  // shift-subtract reduction of the mantissas leaves (ux * 2**(ex - ey)) mod uy, computed
+  // here by modular exponentiation (exact in u32: every value stays below 2**32)
+  var ux = bitcast<u32>(x);
+  var uy = bitcast<u32>(y);
+  let sx = ux & 0x80000000u;
+  var ex = i32((ux >> 23u) & 0xffu);
+  var ey = i32((uy >> 23u) & 0xffu);
+  let ax = ux & 0x7fffffffu;
+  let ay = uy & 0x7fffffffu;
+  if (ay == 0u || ay > 0x7f800000u || ex == 0xff) { return nx_f32(0x7fc00000u); }
+  if (ax < ay) { return x; }
+  if (ax == ay) { return bitcast<f32>(sx); }
+  if (ex == 0) { ex = 9 - i32(countLeadingZeros(ax)); ux = ax << u32(1 - ex); }
+  else { ux = (ux & 0x7fffffu) | 0x800000u; }
+  if (ey == 0) { ey = 9 - i32(countLeadingZeros(ay)); uy = ay << u32(1 - ey); }
+  else { uy = (uy & 0x7fffffu) | 0x800000u; }
+  ux = nx_mulmod(ux % uy, nx_pow2mod(u32(ex - ey), uy), uy);
+  if (ux == 0u) { return bitcast<f32>(sx); }
+  ex = ey;
+  let shift = i32(countLeadingZeros(ux)) - 8;
+  ux = ux << u32(shift);
+  ex -= shift;
+  if (ex > 0) { ux = (ux - 0x800000u) | (u32(ex) << 23u); } else { ux = ux >> u32(1 - ex); }
+  return bitcast<f32>(ux | sx);
+}""",
+    "nx_mulmod": """fn nx_mulmod(a: u32, b: u32, m: u32) -> u32 {
+  // a * b mod m for a, b < m < 2**24: b's bytes, high first (each product below 2**32)
+  var r = (a * (b >> 16u)) % m;
+  r = ((r << 8u) % m + (a * ((b >> 8u) & 0xffu)) % m) % m;
+  return ((r << 8u) % m + (a * (b & 0xffu)) % m) % m;
+}""",
+    "nx_pow2mod": _pow2mod(),
+    "nx_trig_flat": _trig_flat(),
+    "i64_divmodu_flat": i64.HELPERS["i64_divmodu"].split("  for (")[0].replace(
+        "fn i64_divmodu(", "fn i64_divmodu_flat(").replace(
+        "eight bits per iteration", "unrolled: no loop") + "".join(
+        f"  {{\n    let i = {i}i;\n{i64._unrolled(i64._DIVIDE_STEP, 8)}\n  }}\n"
+        for i in range(63, -1, -8)) + "  return vec4<u32>(q, r);\n}",
+    "i64_idiv_flat": i64.HELPERS["i64_idiv"].replace("fn i64_idiv(", "fn i64_idiv_flat(")
+    .replace("i64_divmodu(", "i64_divmodu_flat("),
+    "i64_mod_flat": i64.HELPERS["i64_mod"].replace("fn i64_mod(", "fn i64_mod_flat(")
+    .replace("i64_divmodu(", "i64_divmodu_flat("),
+    "i64_pow_flat": i64.HELPERS["i64_pow"].split("  for (")[0].replace(
+        "fn i64_pow(", "fn i64_pow_flat(") + "\n".join(
+        [i64._unrolled(i64._POWER_STEP, 64)]) + "\n  return result;\n}",
+}
+"""Loop-free versions of the helpers that loop (`WGSL.flat_calls`: C's fmod, sin and cos, int64
+floor division, modulo and power), which a kernel rendered again because its loops would pass
+lavapipe's limit calls; in a module only where its kernel calls them."""
+_FLAT_CALL = re.compile(r"\b((?:nx|i64)_[a-z0-9_]+_flat|nx_mulmod|nx_pow2mod)\(")
+
+
+def _flat_prelude(body: list[str]) -> list[str]:
+    """The loop-free helpers `body` calls and those they call, in a fixed order."""
+    wanted: set[str] = set()
+    stack = [m for line in body for m in _FLAT_CALL.findall(line)]
+    while stack:
+        name = stack.pop()
+        if name in FLAT_HELPERS and name not in wanted:
+            wanted.add(name)
+            stack += _FLAT_CALL.findall(FLAT_HELPERS[name])
+    return [line for name, text in FLAT_HELPERS.items() if name in wanted
+            for line in (text, "")]
+
+
 class WGSL(Dialect):
     """WGSL compute shaders."""
 
@@ -70,6 +163,7 @@ class WGSL(Dialect):
     size_type = int32
     size_limit = SIZE_LIMIT
     helper_loops = {**HELPER_LOOPS, "i64_idiv": 9, "i64_mod": 9}
+    flat_calls = frozenset({"fmod", "sin", "cos", "int64_idiv", "int64_mod", "int64_pow"})
     TYPES = {"bool": "bool", "int32": "i32", "int64": "vec2<u32>", "uint32": "u32",
              "float32": "f32"}
 
@@ -116,6 +210,8 @@ class WGSL(Dialect):
         return f"{self.type(dst)}({x})"
 
     def int64_op(self, op: str, args: list[str]) -> str:
+        if op.endswith("_flat"):  # idiv, mod, pow without loops (FLAT_HELPERS)
+            return f"i64_{op}({', '.join(args)})"
         if len(args) == 1:
             return i64.unary(op, args[0])
         return i64.binary(op, *args)
@@ -146,10 +242,11 @@ class WGSL(Dialect):
         return NAN.format(x)
 
     def call(self, fn: str, args: list[str], dtype: DType) -> str:
-        if fn in ("fmod", "pow", "tanh"):  # exact or accurate helpers (wgsl_math.py)
+        if fn in ("fmod", "pow", "tanh", "fmod_flat"):  # exact or accurate helpers
             return f"nx_{fn}({', '.join(args)})"
-        if fn in ("sin", "cos"):
-            return f"nx_trig({args[0]}, {'1u' if fn == 'cos' else '0u'})"
+        if fn in ("sin", "cos", "sin_flat", "cos_flat"):
+            name = "nx_trig_flat" if fn.endswith("_flat") else "nx_trig"
+            return f"{name}({args[0]}, {'1u' if fn.startswith('cos') else '0u'})"
         if fn == "copysign":
             a, b = args
             return (f"bitcast<f32>((bitcast<u32>({a}) & 0x7fffffffu) | "
@@ -197,7 +294,8 @@ class WGSL(Dialect):
                sizes: Sequence[str] = ()) -> str:
         """The module: helpers, storage bindings in parameter order, then (dynamic sizes)
         the uniform `nx_sizes` of every symbol's value, read into `let`s at the top."""
-        lines = [f"// {comment}"] + prelude(body) + i64.prelude(body)
+        flat = _flat_prelude(body)
+        lines = [f"// {comment}"] + prelude(body + flat) + flat + i64.prelude(body + flat)
         for i, p in enumerate(params):
             access = "read_write" if p.writable or p.shared else "read"
             lines.append(f"@group(0) @binding({i}) var<storage, {access}> {p.ident}: "

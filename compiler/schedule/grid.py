@@ -231,7 +231,22 @@ def group_reduction_rule(kernel: Kernel, caps: Capabilities) -> GroupReduction |
     if hint(steps) < GROUP_REDUCTION_STEPS or hint(points) > GROUP_REDUCTION_POINTS \
             or hint(points) == 0:
         return None
-    block = _block(caps, min(BLOCK, hint(steps)))
+    return group_reduction(kernel, caps)
+
+
+def group_reduction(kernel: Kernel, caps: Capabilities, widest: bool = False
+                    ) -> GroupReduction | None:
+    """A work-group per output point, whatever the sizes (`group_reduction_rule` decides
+    when it pays; the GPU renderer also takes it for a static kernel whose loops per
+    work-item would pass the driver's loop limit, `widest`: as many work-items as the
+    target allows, not `BLOCK`): None where the kernel has no reduction, may collide or
+    local memory lacks room."""
+    if kernel.reduce_value is None or not caps.local_memory_bytes or not kernel.parallel \
+            or any(s.accumulate for s in kernel.stores):
+        return None
+    points, steps = math.prod(kernel.domain), math.prod(kernel.reduce)
+    most = (caps.max_workgroup_size or BLOCK) if widest else BLOCK
+    block = _block(caps, min(most, hint(steps)))
     if 16 * block > caps.local_memory_bytes:  # a value and an index per work-item
         return None
     grid, blocks = launch(points, block, caps.max_grid) if is_static(points) else \
