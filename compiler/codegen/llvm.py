@@ -44,10 +44,14 @@ size or `Sym` leaf) takes the same pointer after its buffers,
 
 and loads the symbols in its entry block (`FunctionBuilder.value` turns a size into an i64
 there; `ExprEmitter` reads `Sym` leaves from them); its range function for the pool unpacks
-the pointer like a buffer.  Loop bounds, clamps, row and K blocks, divisions of the flat range
-are then computed per call; every tile, vector width and block length stays a constant chosen
-from the symbols' hints.  A `Choice` schedule (dot products for few rows, tiles for many) emits
-both kernel functions (`<kernel>_upto<limit>` and `<kernel>`) and the entry calls one per call.
+the pointer like a buffer.  Loop bounds, clamps, row and K blocks (a tiled contraction's row
+blocks and their length: `schedule.sizes.Blocks`), divisions of the flat range are then
+computed per call; every tile and vector width stays a constant chosen from the symbols'
+hints.  A row index divided by a dynamic size (`r // n`, `r % n`: a permute + reshape over a
+dynamic batch) is not divided per row: the quotient and remainder are counters, divided once
+at the start of the part and stepped with the row (`_DivisionCounters`).  A `Choice`
+schedule (dot products for few rows, tiles for many) emits both kernel functions
+(`<kernel>_upto<limit>` and `<kernel>`) and the entry calls one per call.
 Static programs keep the three-argument entry and unchanged code.
 """
 from __future__ import annotations
@@ -60,7 +64,19 @@ from llvmlite import ir
 
 from ...runtime.program import KernelInfo, Program
 from ...runtime.sizes import Poly, size_to_json
-from ..kernel.ir import BufferArg, Kernel, KernelGraph, Load, Store, format_kernel
+from ..kernel.ir import (
+    Binary,
+    BufferArg,
+    Const,
+    Kernel,
+    KernelGraph,
+    Load,
+    Store,
+    Sym,
+    Var,
+    dtype_of,
+    format_kernel,
+)
 from ..kernel.memory import MemoryPlan, plan_memory
 from ..schedule import (
     Choice,
@@ -75,13 +91,14 @@ from ..schedule import (
     schedule_kernel,
     target_rules,
 )
-from ..schedule.sizes import Ceil, kernel_symbols
+from ..schedule.sizes import Blocks, Ceil, kernel_symbols
 from ..targets import Capabilities, Target, get_target
+from ..types import int64
 from .llvm_dot import emit_dot
 from .llvm_loops import FunctionBuilder, size_value
 from .llvm_math import I64, PTR, MathLib
 from .llvm_matmul import emit_contraction
-from .llvm_ops import CodegenError, emit_stores
+from .llvm_ops import CodegenError, ExprEmitter, emit_stores
 from .llvm_parallel import POOL_ABI, Threading
 from .llvm_reduce import (
     PARTIALS_BYTES,
@@ -141,7 +158,7 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
         memory={"naive": plan.naive_bytes, "planned": plan.arena_bytes,
                 "lower_bound": plan.lower_bound_bytes},
         metadata={"ranges": {n: size_to_json(e.count) for n, e in functions.items()
-                             if not isinstance(e.count, Ceil)},
+                             if not isinstance(e.count, (Ceil, Blocks))},
                   "paths": {n: e.path for n, e in functions.items()},
                   "threaded": [v.fn.name for e in functions.values() for v in _variants(e)
                                if v.splitter is not None],
@@ -150,7 +167,7 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
                   "entry_signature": ENTRY_SIGNATURE_SIZES if symbols else ENTRY_SIGNATURE},
         symbols=symbols,
     )
-    if symbols:  # ranges that are no polynomial (a Ceil) are only described, as text
+    if symbols:  # ranges that are no polynomial (a Ceil, Blocks) are only described, as text
         program.metadata["sized_kernels"] = [n for n, e in functions.items() if e.sized]
         program.metadata["range_text"] = {n: str(e.count) for n, e in functions.items()
                                           if not isinstance(e.count, int)}
@@ -434,26 +451,126 @@ def _emit_nest(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
         return
     last = len(domain) - 1
     b = fb.b
-    with fb.loop(start, end, "outer") as flat, ExitStack() as nest:
-        vars = {}
-        rest = flat
-        for axis in reversed(range(plan.ranged)):
-            size = fb.value(domain[axis])
-            vars[axis] = b.urem(rest, size) if axis else rest
-            rest = b.udiv(rest, size)
-        for axis in range(plan.ranged, last):  # counted, not divided out of the range per row
-            vars[axis] = nest.enter_context(fb.loop(0, fb.value(domain[axis]), f"i{axis}"))
-        if columns:
-            reduce_columns(fb, lib, kernel, buffers, vars, ir.Constant(I64, 0),
-                           fb.value(domain[last]), plan.strip)
-        elif isinstance(plan, Window):
-            emit_window(fb, lib, kernel, buffers, vars, plan)
-        else:
-            fold = isinstance(plan, Elementwise) and plan.fold_tail
-            with fb.loop(0, fb.value(domain[last]), f"i{last}", vectorize=vectorize,
-                         fold_tail=fold) as i:
-                vars[last] = i
-                _point(fb, lib, kernel, buffers, vars, unroll)
+    stepped = {}  # the range's floor divisions by dynamic sizes, stepped along with it
+    if plan.ranged == 1 and not columns and not isinstance(plan, Window):
+        kernel, stepped = _step_divisions(kernel, 0, len(domain) + len(kernel.reduce))
+    counters = _DivisionCounters(fb, lib, kernel, buffers, stepped, start)
+    with fb.loop(start, end, "outer") as flat:
+        vars = counters.current()
+        with ExitStack() as nest:
+            rest = flat
+            for axis in reversed(range(plan.ranged)):
+                size = fb.value(domain[axis])
+                vars[axis] = b.urem(rest, size) if axis else rest
+                rest = b.udiv(rest, size)
+            for axis in range(plan.ranged, last):  # counted, not divided out of the range
+                vars[axis] = nest.enter_context(fb.loop(0, fb.value(domain[axis]), f"i{axis}"))
+            if columns:
+                reduce_columns(fb, lib, kernel, buffers, vars, ir.Constant(I64, 0),
+                               fb.value(domain[last]), plan.strip)
+            elif isinstance(plan, Window):
+                emit_window(fb, lib, kernel, buffers, vars, plan)
+            else:
+                fold = isinstance(plan, Elementwise) and plan.fold_tail
+                with fb.loop(0, fb.value(domain[last]), f"i{last}", vectorize=vectorize,
+                             fold_tail=fold) as i:
+                    vars[last] = i
+                    _point(fb, lib, kernel, buffers, vars, unroll)
+        counters.step()
+
+
+class _DivisionCounters:
+    """Quotients and remainders of the range's index by dynamic sizes (`_step_divisions`),
+    kept as counters: divided once per call of the kernel function, at `start`, then
+    stepped with the index (the remainder counts up to the divisor and wraps, carrying into
+    the quotient) instead of a 64-bit division per row."""
+
+    def __init__(self, fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict,
+                 stepped: dict, start: ir.Value) -> None:
+        self.fb, self.slots = fb, []
+        b = fb.b
+        em = ExprEmitter(b, lib, buffers, {})
+        for (divisor, _), (q_axis, r_axis) in stepped.items():
+            d = em.index(divisor)
+            q, r = fb.alloca(I64, name="quotient"), fb.alloca(I64, name="remainder")
+            b.store(b.udiv(start, d), q)
+            b.store(b.urem(start, d), r)
+            self.slots.append((d, q, r, q_axis, r_axis))
+
+    def current(self) -> dict[int, ir.Value]:
+        """The counters' values for this index, as the pseudo axes they stand for."""
+        b, vars = self.fb.b, {}
+        for _, q, r, q_axis, r_axis in self.slots:
+            vars[q_axis] = b.load(q, typ=I64)
+            vars[r_axis] = b.load(r, typ=I64)
+        return vars
+
+    def step(self) -> None:
+        """Advance every counter to the next index."""
+        b = self.fb.b
+        for d, q, r, _, _ in self.slots:
+            nxt = b.add(b.load(r, typ=I64), ir.Constant(I64, 1))
+            wrap = b.icmp_signed("==", nxt, d)
+            b.store(b.select(wrap, ir.Constant(I64, 0), nxt), r)
+            b.store(b.add(b.load(q, typ=I64), b.zext(wrap, I64)), q)
+
+
+def _positive_size(e) -> bool:
+    """Whether `e` is a size that is positive for every call and not a constant: a symbol (a
+    dynamic size: never 0 or 1, docs/compiler/dynamic-shapes.md), or sums and products of
+    symbols and positive integer constants."""
+    if isinstance(e, Sym):
+        return True
+    if isinstance(e, Binary) and e.op in ("add", "mul"):
+        parts = (e.a, e.b)
+        return (all(_positive_size(x) or (isinstance(x, Const) and isinstance(x.value, int)
+                                          and x.value > 0) for x in parts)
+                and any(not isinstance(x, Const) for x in parts))
+    return False
+
+
+def _step_divisions(kernel: Kernel, axis: int, first_free: int) -> tuple[Kernel, dict]:
+    """`kernel` with each `Var(axis) // d` and `Var(axis) % d` (int64, `d` a positive dynamic
+    size) replaced by a pseudo axis `Var(n)`, n from `first_free` on, and {(d, id): (quotient
+    axis, remainder axis)}: what `_DivisionCounters` keeps, as the range steps `axis` by one
+    from a non-negative start.  A kernel without such divisions comes back as it was."""
+    found: dict = {}
+
+    def visit(e, memo: dict):
+        if id(e) in memo:
+            return memo[id(e)][1]
+        out = e
+        if isinstance(e, Poly):
+            return e
+        if (isinstance(e, Binary) and e.op in ("idiv", "mod") and e.a == Var(axis)
+                and dtype_of(e) == int64 and _positive_size(e.b)):
+            key = (e.b, None)
+            if key not in found:
+                found[key] = (first_free + 2 * len(found), first_free + 2 * len(found) + 1)
+            out = Var(found[key][0] if e.op == "idiv" else found[key][1])
+        elif is_dataclass(e):
+            changes = {}
+            for fld in fields(e):
+                v = getattr(e, fld.name)
+                if isinstance(v, tuple):
+                    new = tuple(visit(x, memo) for x in v)
+                    if any(a is not b for a, b in zip(new, v)):
+                        changes[fld.name] = new
+                elif is_dataclass(v) and not isinstance(v, Poly):
+                    new = visit(v, memo)
+                    if new is not v:
+                        changes[fld.name] = new
+            if changes:
+                out = replace(e, **changes)
+        memo[id(e)] = (e, out)
+        return out
+
+    memo: dict = {}
+    stores = tuple(visit(st, memo) for st in kernel.stores)
+    value = None if kernel.reduce_value is None else visit(kernel.reduce_value, memo)
+    if not found:
+        return kernel, {}
+    return replace(kernel, stores=stores, reduce_value=value), found
 
 
 def _point(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, vars: dict,

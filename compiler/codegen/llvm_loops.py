@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from ...runtime.sizes import Poly
-from ..schedule.sizes import Ceil
+from ..schedule.sizes import Blocks, Ceil
 from .llvm_math import I1, I64, PTR
 
 SHORTEST_FORCED = 4  # a loop with a constant trip count below this is left to the cost model
@@ -72,12 +72,12 @@ class FunctionBuilder:
                 self.symbols[name] = self._entry.load(slot, typ=I64, name=name, align=8)
         fn.neurenix_symbols = self.symbols  # how `ExprEmitter` finds a `Sym`'s value
 
-    def value(self, size: int | Poly | Ceil) -> ir.Value:
+    def value(self, size: int | Poly | Ceil | Blocks) -> ir.Value:
         """A size as an i64: a constant, or computed once from the symbols in the entry
         block."""
         if isinstance(size, int):
             return ir.Constant(I64, size)
-        key = size if isinstance(size, Ceil) else ("poly", size.terms)
+        key = size if isinstance(size, (Ceil, Blocks)) else ("poly", size.terms)
         if key not in self._values:
             self._entry.position_before(self._entry.block.terminator)
             self._values[key] = size_value(self._entry, self.symbols, size)
@@ -184,11 +184,13 @@ class FunctionBuilder:
 
 
 def size_value(b: ir.IRBuilder, symbols: dict[str, ir.Value],
-               size: int | Poly | Ceil) -> ir.Value:
+               size: int | Poly | Ceil | Blocks) -> ir.Value:
     """Emit a size with `b`, given its symbols' i64 values: a polynomial term by term, a
-    `Ceil` by an unsigned division (sizes are never negative)."""
+    `Ceil` by an unsigned division (sizes are never negative), `Blocks` as it evaluates."""
     if isinstance(size, int):
         return ir.Constant(I64, size)
+    if isinstance(size, Blocks):
+        return _blocks_value(b, symbols, size)
     if isinstance(size, Ceil):
         top = size_value(b, symbols, size.size)
         blocks = top if size.divisor == 1 else b.udiv(
@@ -203,3 +205,30 @@ def size_value(b: ir.IRBuilder, symbols: dict[str, ir.Value],
             term = symbols[name] if term is None else b.mul(term, symbols[name])
         total = term if total is None else b.add(total, term)
     return total
+
+
+def _blocks_value(b: ir.IRBuilder, symbols: dict[str, ir.Value], size: Blocks) -> ir.Value:
+    """`Blocks.evaluate` in i64 arithmetic (every value non-negative)."""
+    def const(v: int) -> ir.Constant:
+        return ir.Constant(I64, v)
+
+    def ceil(top: ir.Value, divisor: ir.Value | int) -> ir.Value:
+        d = const(divisor) if isinstance(divisor, int) else divisor
+        return b.udiv(b.sub(b.add(top, d), const(1)), d)
+
+    def most(x: ir.Value, y: ir.Value) -> ir.Value:
+        return b.select(b.icmp_signed(">", x, y), x, y)
+
+    tiles = ceil(size_value(b, symbols, size.size), size.tile)
+    wanted = b.udiv(tiles, const(size.least))
+    wanted = b.select(b.icmp_signed("<", wanted, const(size.want)), wanted, const(size.want))
+    blocks = most(ceil(tiles, size.most), wanted)
+    fixed = ceil(tiles, size.fixed)
+    blocks = most(b.select(b.icmp_signed("<", blocks, fixed), blocks, fixed), const(1))
+    block = most(ceil(tiles, blocks), const(1))
+    if size.per_block:
+        return block
+    count = ceil(tiles, block)
+    if isinstance(size.times, int) and size.times == 1:
+        return count
+    return b.mul(count, size_value(b, symbols, size.times))

@@ -56,6 +56,7 @@ from llvmlite import ir
 
 from ..kernel.ir import Binary, Expr, Kernel, dtype_of
 from ..schedule.contraction import axes_read, operands
+from ..schedule.sizes import Blocks
 from ..schedule.types import Contraction
 from ..types import int64
 from .llvm_loops import FunctionBuilder
@@ -135,8 +136,11 @@ class _Tiler:
                 hi = fb.min(end, fb.min(b.add(g0, _i64(p.group)), b.add(base, _i64(p.col_tiles))))
                 vars: dict[int, ir.Value] = {}
                 row_blocks = fb.value(p.row_blocks)
-                first = b.mul(b.urem(unit, row_blocks), _i64(p.block))
-                last = fb.min(b.add(first, _i64(p.block)), fb.ceil_div(self.m_size, m.mr))
+                # row tiles per row block: per call when the blocks are cut per call
+                block = (fb.value(p.row_blocks.block()) if isinstance(p.row_blocks, Blocks)
+                         else _i64(p.block))
+                first = b.mul(b.urem(unit, row_blocks), block)
+                last = fb.min(b.add(first, block), fb.ceil_div(self.m_size, m.mr))
                 rest = b.udiv(unit, row_blocks)
                 for axis in reversed(m.batch):
                     vars[axis] = b.urem(rest, fb.value(domain[axis]))

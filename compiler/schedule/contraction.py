@@ -12,11 +12,15 @@ Blocking (`blocking`): k is cut into equal blocks of at most `KC` steps; a row b
 `a` over one K block fit in half of L2 (or rows are cut smaller for `MIN_UNITS` range points);
 a column group's KC x NR panels fit in a quarter of L2 and their partial sums in
 `SCRATCH_BYTES`.  A single row tile reading `b` in place (a vector-matrix product) takes K
-blocks of `DIRECT_KC` rows.  Codegen: llvm_matmul.py, whose docstring explains the loop nest.
+blocks of `DIRECT_KC` rows.  Dynamic rows are cut per call (`sizes.Blocks`) into the row blocks
+the static rules cut that many rows into, capped at the blocks of a fixed length as for
+`DYNAMIC_ROWS` rows, so that a shape-polymorphic program hands the thread pool the parts the
+static one does (issue 13).  Codegen: llvm_matmul.py, whose docstring explains the loop nest.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..kernel.ir import Binary, Expr, Kernel, Load, Var, dtype_of
 from ..symbolic import size_bounds
@@ -24,7 +28,7 @@ from ..targets import Capabilities
 from ..types import DType
 from .dot import MIN_PACKED_ROWS, dot_rows, dot_rule, prefers_tiled
 from .ranges import worth_splitting
-from .sizes import ceil_count, hint, hints, is_static, static_affine
+from .sizes import Blocks, ceil_count, hint, hints, is_static, static_affine
 from .types import Blocking, Choice, Contraction, Dot
 
 KC = 128  # K block: the steps accumulated in registers before the tile's partial sums
@@ -37,7 +41,7 @@ ROWS = 6  # MR
 ROW_CHOICES = (8, 7, 6, 5, 4)  # MR candidates when ROWS would leave a large clamped edge
 MAX_ROW_WASTE = 1 / 32  # clamped (wasted) rows tolerated before another MR is chosen
 ASSUMED_L2_BYTES = 512 * 1024  # a target whose record does not give its L2 size
-DYNAMIC_ROWS = 1024  # dynamic rows are blocked as for at least this many
+DYNAMIC_ROWS = 1024  # dynamic rows: no more row blocks than as for at least this many
 FEW_ROWS = (2, 4, max(ROW_CHOICES))  # dynamic rows up to each: one row tile that high
 
 
@@ -158,7 +162,7 @@ def tiled(kernel: Kernel, caps: Capabilities, least: int = 1, most: int | None =
                                 k_most=k_most)
                 units = plan.col_tiles * math.prod(kernel.domain[i] for i in batch)
                 count = (plan.row_blocks * units if isinstance(plan.row_blocks, int)
-                         else ceil_count(rows, mr * plan.block, units))
+                         else replace(plan.row_blocks, times=units))
                 threaded = worth_splitting(kernel, caps, least, most or math.inf)
                 return Contraction(count=count, threaded=threaded,
                                    a_operand=operand, row=row, col=col, batch=batch,
@@ -202,8 +206,10 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
     or smaller for `MIN_UNITS` range points; column groups whose panels fit in a quarter of L2
     and whose partial sums fit in `SCRATCH_BYTES`.
 
-    Dynamic sizes: rows are blocked as at their hint (`block` row tiles per row block) and
-    `row_blocks` is then a `Ceil` of the call's rows; a dynamic k runs in `Ceil(k, KC)` blocks
+    Dynamic sizes: rows are cut per call as static rows of that many are (`row_blocks` is
+    then `Blocks` of the call's rows, `block` the most row tiles a block may get: the L2
+    bound, or with partial sums what the scratch is sized for, as for `DYNAMIC_ROWS` rows
+    at least); a dynamic k runs in `Ceil(k, KC)` blocks
     of `KC` (the last one shorter), always through the partial sums.  Dynamic rows of at most
     `most` are blocked as for that many (static row blocks); a dynamic k of at most `k_most`
     (no more than a K block) is one K block of up to that many steps."""
@@ -227,11 +233,16 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
     units = col_tiles * math.prod(hint(kernel.domain[axis]) for axis in batch)
     block = _row_block(row_tiles, kc * itemsize * mr, units, l2_bytes)
     row_blocks = -(-row_tiles // block)
-    if not is_static(m_size) and most is None:  # as for many rows: blocks pay for packing
-        block = _row_block(-(-max(hint(m_size), DYNAMIC_ROWS) // mr), kc * itemsize * mr,
-                           units, l2_bytes)
-        row_blocks = ceil_count(m_size, mr * block)
     blocked = not is_static(k_blocks) or k_blocks > 1
+    if not is_static(m_size) and most is None:
+        # cut per call into as many equal row blocks as the static rules cut that many rows
+        # into, but no more than blocks as for `DYNAMIC_ROWS` rows (each packs `b`): never
+        # longer than the L2 bound or, with partial sums, than the scratch is sized for
+        fixed = _row_block(-(-max(hint(m_size), DYNAMIC_ROWS) // mr), kc * itemsize * mr,
+                           units, l2_bytes)
+        cap = fixed if blocked else max(1, l2_bytes // 2 // (kc * itemsize * mr))
+        block = cap
+        row_blocks = Blocks(m_size, mr, cap, -(-MIN_UNITS // units), MIN_BLOCK_TILES, fixed)
     # reading `b` in place beats packing it when no second row tile would reuse the panel
     in_place = direct and single
     panel_bytes = kc * nr * itemsize

@@ -9,7 +9,7 @@ the row blocks of a tiled contraction), which the entry evaluates per call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ...runtime.sizes import Poly, Size
 from ..kernel.affine import affine
@@ -35,8 +35,56 @@ class Ceil:
         return f"ceil(({self.size}) / {self.divisor}){times}"
 
 
-Count = int | Poly | Ceil
-"""A range's size: an int, a polynomial in the symbols, or a `Ceil` of one."""
+@dataclass(frozen=True)
+class Blocks:
+    """The row blocks of a dynamic row count, cut per call: `size` rows in tiles of `tile`
+    rows, in as many equal blocks as the static rules cut that many static rows into
+    (`schedule.contraction._row_block`: blocks of at most `most` tiles, at least
+    `min(want, tiles // least)` of them for the threads), but no more than blocks of `fixed`
+    tiles make (each row block packs `b` again: more blocks than that cost more than the
+    threads gain); at least one.  Each block gets `block` tiles, the last fewer.  Evaluates
+    to the blocks times `times` (range points per row block) or, `per_block`, to `block`
+    (what the kernel steps its row blocks by)."""
+
+    size: Size
+    tile: int
+    most: int
+    want: int
+    least: int
+    fixed: int
+    times: Size = 1
+    per_block: bool = False
+
+    @staticmethod
+    def cut(tiles: int, most: int, want: int, least: int, fixed: int) -> tuple[int, int]:
+        """(row blocks, tiles per block) for `tiles` row tiles."""
+        blocks = max(-(-tiles // most), min(want, tiles // least))
+        blocks = max(1, min(blocks, -(-tiles // fixed)))
+        block = max(1, -(-tiles // blocks))
+        return -(-tiles // block), block
+
+    def evaluate(self, env) -> int:
+        size = self.size if isinstance(self.size, int) else self.size.evaluate(env)
+        blocks, block = self.cut(-(-size // self.tile), self.most, self.want, self.least,
+                                 self.fixed)
+        if self.per_block:
+            return block
+        times = self.times if isinstance(self.times, int) else self.times.evaluate(env)
+        return blocks * times
+
+    def block(self) -> Blocks:
+        """Tiles per block, per call."""
+        return replace(self, times=1, per_block=True)
+
+    def __str__(self) -> str:
+        what = "tiles per block" if self.per_block else "blocks"
+        times = "" if isinstance(self.times, int) and self.times == 1 else f" * ({self.times})"
+        return (f"{what}(ceil(({self.size}) / {self.tile}) tiles: <= {self.most} tiles, "
+                f">= min({self.want}, tiles / {self.least}), <= tiles / {self.fixed}){times}")
+
+
+Count = int | Poly | Ceil | Blocks
+"""A range's size: an int, a polynomial in the symbols, a `Ceil` of one, or `Blocks`."""
 
 
 def is_static(size: object) -> bool:

@@ -41,9 +41,10 @@ class Blocking:
     k_blocks: Count
     """K blocks: a `Ceil` of a dynamic k (blocks of `kc`, the last one shorter)."""
     block: int
-    """Row tiles per row block."""
+    """Row tiles per row block (dynamic rows: the most a row block gets; `row_blocks.block()`
+    is the call's)."""
     row_blocks: Count
-    """Row blocks: a `Ceil` of dynamic rows."""
+    """Row blocks: `Blocks` of dynamic rows, cut per call as static rows are."""
     group: int
     """Column tiles per column group (their partial sums share the scratch)."""
     col_groups: int
