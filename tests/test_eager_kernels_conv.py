@@ -242,6 +242,10 @@ POOL_CASES = [
     (2, (3, 6, 6), dict(kernel_size=2, stride=1)),  # unbatched
     (1, (2, 3, 11), dict(kernel_size=3, stride=2, padding=1)),
     (3, (1, 2, 4, 5, 6), dict(kernel_size=2, stride=(1, 2, 2), padding=1)),
+    # windows that tile the (padded) input take the tap-major path (`_tiled_max`)
+    (3, (2, 2, 4, 6, 4), dict(kernel_size=(2, 3, 2))),
+    (1, (2, 3, 10), dict(kernel_size=2)),
+    (2, (2, 2, 6, 7), dict(kernel_size=(2, 3), padding=(1, 1))),
 ]
 POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 TORCH_POOL = {1: TF.max_pool1d, 2: TF.max_pool2d, 3: TF.max_pool3d}
@@ -284,7 +288,8 @@ SPECIAL = {
     # negative values next to the -inf padding: the padding is never picked
     "negative": -np.arange(1.0, 17.0).reshape(4, 4),
 }
-SPECIAL_POOLS = [dict(kernel_size=2), dict(kernel_size=2, stride=1, padding=1),
+SPECIAL_POOLS = [dict(kernel_size=2), dict(kernel_size=2, padding=1),
+                 dict(kernel_size=2, stride=1, padding=1),
                  dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2,
                                                                 padding=1, ceil_mode=True)]
 

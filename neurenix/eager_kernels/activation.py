@@ -9,6 +9,7 @@ import numpy as np
 from neurenix.compiler.ops import REGISTRY
 
 from ..tensor import Tensor
+from . import workspace
 from .record import Arrays, record
 
 _SELECT = REGISTRY["where"].impl
@@ -25,7 +26,9 @@ def relu(x: Tensor, composite: Callable[..., Sequence[Tensor]]) -> Tensor:
     def backward(grads: Arrays) -> Arrays:
         return [relu_grad(a, grads[0])]
 
-    return record("Relu", (x,), (np.maximum(zero, a),), backward, composite)[0]
+    y = workspace.empty(a.shape, a.dtype)
+    np.maximum(zero, a, out=y)
+    return record("Relu", (x,), (y,), backward, composite)[0]
 
 
 def relu_grad(a: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -35,6 +38,9 @@ def relu_grad(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     signed = _SIGNED.get(a.dtype.itemsize)
     if signed is None or g.dtype != a.dtype or g.shape != a.shape or a.size < 256:
         return _SELECT(a <= np.zeros((), a.dtype), np.zeros((), a.dtype), g)
-    mask = np.less_equal(a, 0).view(np.int8)
+    mask = workspace.empty(a.shape, np.int8)
+    np.less_equal(a, 0, out=mask.view(np.bool_))
     np.subtract(mask, 1, out=mask)  # 0 where a <= 0, -1 (every bit set) elsewhere
-    return np.bitwise_and(g.view(signed), mask, dtype=signed).view(a.dtype)
+    out = workspace.empty(a.shape, a.dtype)
+    np.bitwise_and(g.view(signed), mask, out=out.view(signed))
+    return out

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import state
 from ..tensor import Tensor
+from . import workspace
 from .record import Arrays, record
 
 Ints = tuple[int, ...]
@@ -66,11 +67,20 @@ def _wanted(*tensors: Tensor | None) -> list[bool]:
 
 
 def _padded(a: np.ndarray, lo: Ints, hi: Ints, fill: float) -> np.ndarray:
-    """a (N, C, *S) with `fill` lo before and hi after each spatial axis (a itself if none)."""
+    """a (N, C, *S) with `fill` lo before and hi after each spatial axis (a itself if none),
+    in storage of the workspace (only the border is filled)."""
     if not any(lo) and not any(hi):
         return a
     shape = a.shape[:2] + tuple(s + b + e for s, b, e in zip(a.shape[2:], lo, hi))
-    out = np.zeros(shape, a.dtype) if fill == 0 else np.full(shape, fill, a.dtype)
+    out = workspace.empty(shape, a.dtype)
+    for axis, (b, e) in enumerate(zip(lo, hi)):
+        index = [slice(None)] * out.ndim
+        if b:
+            index[2 + axis] = slice(0, b)
+            out[tuple(index)] = fill
+        if e:
+            index[2 + axis] = slice(shape[2 + axis] - e, None)
+            out[tuple(index)] = fill
     out[_inner(a.shape[2:], lo)] = a
     return out
 
@@ -108,22 +118,30 @@ def _conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: Ints,
     rows (channel, tap), a column per output position of the whole batch, so that one GEMM
     (per group) W (O, C * taps) @ columns gives every output, (O, N, *out).  The backward keeps
     the columns for dW = g @ columns^T and adds the column gradient W^T @ g back onto the input
-    one tap at a time (col2im, as the `fold` primitive sums them).
+    one tap at a time (col2im, as the `fold` primitive sums them; `_wide_col2im` for a 2-d
+    stride-1 convolution).  The big arrays live in the workspace (`workspace`), the GEMMs'
+    matrices with rows padded off multiples of 1 KiB (`_matrix`).
     """
     batch, channels = xa.shape[:2]
     out_channels, kernel = wa.shape[0], tuple(wa.shape[2:])
     xp = _padded(xa, lo, hi, 0.0)
     out = _out_size(xp.shape[2:], kernel, stride, dilation)
     taps = wa.shape[1] * math.prod(kernel)
-    cols = _columns(xp, kernel, stride, dilation, out).reshape(groups, taps, -1)
+    positions = batch * math.prod(out)
+    cols = _columns(xp, kernel, stride, dilation, out).reshape(groups, taps, positions)
     w = wa.reshape(groups, out_channels // groups, taps)
-    prod = w[0] @ cols[0] if groups == 1 else np.matmul(w, cols)
-    y = np.empty((batch, out_channels) + out, xa.dtype)
-    by_channel = prod.reshape((out_channels, batch) + out).swapaxes(0, 1)
+    prod = _matrix(out_channels, positions, xa.dtype)
+    if groups == 1:
+        np.matmul(w[0], cols[0], out=prod)
+    else:
+        np.matmul(w, cols, out=_split(prod, (groups, out_channels // groups), (positions,)))
+    y = workspace.empty((batch, out_channels) + out, xa.dtype)
+    by_channel = _split(prod, (out_channels,), (batch,) + out).swapaxes(0, 1)
     if ba is None:
         np.copyto(y, by_channel)
     else:
         np.add(by_channel, ba.reshape((1, out_channels) + (1,) * len(out)), out=y)
+    del prod, by_channel
     if not wanted[1]:
         cols = None  # only dW reads the columns
     padded = xp.shape
@@ -134,20 +152,56 @@ def _conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: Ints,
         if g is None:
             return [None, None, None]
         # (N, O, *out) -> (groups, O / groups, N * out), as the GEMM's output was
-        gt = np.ascontiguousarray(g.swapaxes(0, 1)).reshape(groups, out_channels // groups, -1)
+        gt = _matrix(out_channels, positions, g.dtype)
+        np.copyto(_split(gt, (out_channels,), (batch,) + out), g.swapaxes(0, 1))
+        gt = gt.reshape(groups, out_channels // groups, positions)
         dx = dw = db = None
         if wanted[2]:
-            db = gt.reshape(out_channels, -1).sum(1)
+            db = gt.reshape(out_channels, positions).sum(1)
         if wanted[1]:
             dw = _weight_gradient(cols, gt).reshape(wa.shape)
         if wanted[0]:
-            dcols = w[0].T @ gt[0] if groups == 1 else np.matmul(w.swapaxes(1, 2), gt)
-            dxp = _col2im(dcols.reshape((channels,) + kernel + (batch,) + out), padded,
-                          kernel, stride, dilation, out)
-            dx = dxp[_inner(xa.shape[2:], lo)].swapaxes(0, 1)
+            dx = workspace.empty(xa.shape, g.dtype)
+            if not (groups == 1 and _wide_col2im(dx, w[0], g, padded, lo, kernel, stride,
+                                                  dilation, out)):
+                dcols = _matrix(groups * taps, positions, g.dtype)
+                if groups == 1:
+                    np.matmul(w[0].T, gt[0], out=dcols)
+                else:
+                    np.matmul(w.swapaxes(1, 2), gt, out=_split(dcols, (groups, taps),
+                                                               (positions,)))
+                dxp = _col2im(_split(dcols, (channels,) + kernel, (batch,) + out), padded,
+                              kernel, stride, dilation, out)
+                del dcols
+                np.copyto(dx, dxp[_inner(xa.shape[2:], lo)].swapaxes(0, 1))
         return [dx, dw, db]
 
     return y, backward
+
+
+def _matrix(rows: int, columns: int, dtype: np.dtype) -> np.ndarray:
+    """A (rows, columns) matrix in the workspace for a GEMM operand or result, its rows 64
+    bytes longer where `columns` would make them a multiple of 1 KiB: OpenBLAS runs such
+    leading dimensions up to 1.8x slower (cache-set aliasing; the spec CNN's first layer has
+    25,088 columns, the wide col2im of its second 7,168)."""
+    itemsize = np.dtype(dtype).itemsize
+    pad = 64 // itemsize if columns > 1 and (columns * itemsize) % 1024 == 0 else 0
+    return workspace.empty((rows, columns + pad), dtype)[:, :columns]
+
+
+def _split(matrix: np.ndarray, rows: Ints, columns: Ints) -> np.ndarray:
+    """A view of a `_matrix` with its row index split as `rows` and its column index as
+    `columns` (a view even when the rows are padded, so writes reach the matrix)."""
+    row_step, item = matrix.strides
+    strides = []
+    for dims, step in ((rows, row_step), (columns, item)):
+        inner = []
+        for n in reversed(dims):
+            inner.append(step)
+            step *= n
+        strides += reversed(inner)
+    return np.lib.stride_tricks.as_strided(matrix, tuple(rows) + tuple(columns),
+                                           tuple(strides))
 
 
 def _weight_gradient(cols: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -160,15 +214,17 @@ def _weight_gradient(cols: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def _columns(xp: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints,
              out: Ints) -> np.ndarray:
-    """The column matrix as (C, *kernel, N, *out), contiguous: one copy of a strided view
-    of the padded input xp (N, C, *padded)."""
+    """The column matrix (C * taps, N * out) as a `_matrix`: one copy of a strided view of
+    the padded input xp (N, C, *padded) as (C, *kernel, N, *out)."""
     sn, sc = xp.strides[:2]
     spatial = xp.strides[2:]
     shape = (xp.shape[1],) + kernel + (xp.shape[0],) + out
     strides = ((sc,) + tuple(s * d for s, d in zip(spatial, dilation)) + (sn,)
                + tuple(s * st for s, st in zip(spatial, stride)))
     view = np.lib.stride_tricks.as_strided(xp, shape, strides, writeable=False)
-    return np.ascontiguousarray(view)
+    cols = _matrix(xp.shape[1] * math.prod(kernel), xp.shape[0] * math.prod(out), xp.dtype)
+    np.copyto(_split(cols, shape[:1 + len(kernel)], shape[1 + len(kernel):]), view)
+    return cols
 
 
 def _col2im(dcols: np.ndarray, padded_shape: Sequence[int], kernel: Ints, stride: Ints,
@@ -176,10 +232,54 @@ def _col2im(dcols: np.ndarray, padded_shape: Sequence[int], kernel: Ints, stride
     """Column gradients (C, *kernel, N, *out) summed onto the padded input as (C, N, *padded):
     one strided add per tap, in `fold`'s order."""
     channels, batch = padded_shape[1], padded_shape[0]
-    dxp = np.zeros((channels, batch) + tuple(padded_shape[2:]), dcols.dtype)
+    dxp = workspace.zeros((channels, batch) + tuple(padded_shape[2:]), dcols.dtype)
     for tap, index in _taps(kernel, stride, dilation, out):
         dxp[index] += dcols[(slice(None),) + tap]
     return dxp
+
+
+def _wide_col2im(dx: np.ndarray, w: np.ndarray, g: np.ndarray, padded: Sequence[int],
+                 lo: Ints, kernel: Ints, stride: Ints, dilation: Ints, out: Ints) -> bool:
+    """dx (N, C, H, W) of a 2-d, stride-1, one-group convolution with a finite weight
+    (C_out, C * taps), written in place; False (nothing done) for any other.
+
+    `_col2im`'s per-tap adds run over rows of `out` width, too short for NumPy's inner
+    loops.  Here the output gradient is laid out on rows of the padded width Wp (zeros in the
+    Wp - W extra columns), so that tap (i, j) of output position q = y * Wp + x lands on the
+    padded input's position q + i * dh * Wp + j * dw: one add of a contiguous run of H * Wp
+    per (channel, image) and tap.  The extra columns' column gradients are W^T @ 0 = 0 (the
+    weight is finite: a NaN weight would put NaN * 0 where the primitives put nothing), and
+    adding a zero changes no sum that starts from +0.0, so the result is `_col2im`'s, with
+    the same additions in the same order.
+    """
+    if len(kernel) != 2 or stride != (1, 1) or not np.isfinite(w).all():
+        return False
+    batch, channels = dx.shape[:2]
+    (height, width), (ph, pw), (dh, dw) = out, padded[2:], dilation
+    out_channels = w.shape[0]
+    run = height * pw
+    gw = _matrix(out_channels, batch * run, g.dtype)
+    wide = _split(gw, (out_channels,), (batch, height, pw))
+    wide[..., width:] = 0
+    np.copyto(wide[..., :width], g.swapaxes(0, 1))
+    dcols = _matrix(w.shape[1], batch * run, g.dtype)
+    np.matmul(w.T, gw, out=dcols)
+    del gw, wide
+    dcols = _split(dcols, (channels, kernel[0] * kernel[1]), (batch, run))
+    # the padded input's gradient as (C, N, rows): Ph * Pw and the overhang of the last
+    # row's extra columns (the last tap's run ends (kw - 1) * dw past the padded input)
+    dxp = workspace.zeros((channels, batch, ph * pw + (kernel[1] - 1) * dw), g.dtype)
+    tap = 0
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            start = i * dh * pw + j * dw
+            target = dxp[:, :, start:start + run]
+            np.add(target, dcols[:, tap], out=target)
+            tap += 1
+    inner = dxp[:, :, :ph * pw].reshape(channels, batch, ph, pw)
+    np.copyto(dx, inner[:, :, lo[0]:lo[0] + dx.shape[2], lo[1]:lo[1] + dx.shape[3]]
+              .swapaxes(0, 1))
+    return True
 
 
 # ---- max pooling -----------------------------------------------------------------------------
@@ -200,11 +300,14 @@ def _max_pool(xa: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints, lo: In
     """
     xp = _padded(xa, lo, hi, -np.inf)
     out = _out_size(xp.shape[2:], kernel, stride, dilation)
-    m = _window_max(xp, kernel, stride, dilation, out)
-    if math.prod(kernel) > 1:
-        m += 0.0
     taps = [index for _, index in _taps(kernel, stride, dilation, out)]
-    first = _first_max(xp, m, taps) if wanted else None
+    if len(taps) > 1 and _tiled(kernel, stride, dilation, xp.shape, out):
+        m, first = _tiled_max(xp, kernel, out, wanted)
+    else:
+        m = _window_max(xp, kernel, stride, dilation, out)
+        if len(taps) > 1:
+            m += 0.0
+        first = _first_max(xp, m, taps) if wanted else None
     padded, dtype = xp.shape, xp.dtype
     del xp
 
@@ -213,11 +316,58 @@ def _max_pool(xa: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints, lo: In
         if g is None:
             return [None]
         # + 0.0: the primitives add g to zeros, which makes a -0.0 gradient 0.0
-        dxp = _route(first, np.add(g, 0.0, dtype=dtype), padded, kernel, stride, dilation,
-                     out, taps)
+        plus = workspace.empty(g.shape, dtype)
+        np.add(g, 0.0, out=plus, dtype=dtype)
+        dxp = _route(first, plus, padded, kernel, stride, dilation, out, taps)
         return [dxp[_inner(xa.shape[2:], lo)]]
 
     return m, backward
+
+
+def _tiled(kernel: Ints, stride: Ints, dilation: Ints, padded: Sequence[int], out: Ints) -> bool:
+    """Whether the windows tile the padded input: each position in exactly one window."""
+    return all(s == k and (k == 1 or d == 1) and p == o * s
+               for k, s, d, p, o in zip(kernel, stride, dilation, padded[2:], out))
+
+
+def _tiled_max(xp: np.ndarray, kernel: Ints, out: Ints,
+               wanted: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_window_max` + 0.0 and `_first_max` for windows that tile the input (`_tiled`).
+
+    One strided copy puts the input tap-major, (taps, N, C, *out), so that the maxima and
+    the first-maximum search run over contiguous arrays (on strided views each NumPy call
+    loops over rows of `out[-1]` elements).  The maximum of the same values in another
+    order is the same number, NaN if one is NaN, and + 0.0 makes its zeros +0.0 either way;
+    the first tap equal to it (or NaN) gets the same code as in `_first_max`.
+    """
+    batch, channels = xp.shape[:2]
+    count = math.prod(kernel)
+    split = (batch, channels) + tuple(n for o, k in zip(out, kernel) for n in (o, k))
+    rank = len(kernel)
+    order = tuple(3 + 2 * i for i in range(rank)) + (0, 1) + tuple(2 + 2 * i
+                                                                for i in range(rank))
+    xt = workspace.empty((count, batch, channels) + out, xp.dtype)
+    np.copyto(xt.reshape(kernel + (batch, channels) + out),
+              xp.reshape(split).transpose(order))
+    m = workspace.empty((batch, channels) + out, xp.dtype)
+    np.maximum(xt[0], xt[1], out=m)
+    for t in range(2, count):
+        np.maximum(m, xt[t], out=m)
+    m += 0.0
+    if not wanted:
+        return m, None
+    itype = np.int8 if count <= 127 else np.int16 if count <= 32767 else np.int32
+    code = workspace.zeros(m.shape, itype)
+    nan = bool(np.isnan(m).any())
+    hit = workspace.empty(m.shape, np.bool_)
+    rank = workspace.empty(m.shape, itype)
+    for t in range(count):
+        np.equal(xt[t], m, out=hit)
+        if nan:
+            np.logical_or(hit, np.isnan(xt[t]), out=hit)
+        np.multiply(hit, itype(count - t), out=rank)
+        np.maximum(code, rank, out=code)
+    return m, code
 
 
 def _first_max(xp: np.ndarray, best: np.ndarray, taps: list[tuple[slice, ...]]) -> np.ndarray:
@@ -226,10 +376,10 @@ def _first_max(xp: np.ndarray, best: np.ndarray, taps: list[tuple[slice, ...]]) 
     largest of taps - t over the taps t that hold the maximum (two small passes a tap)."""
     count = len(taps)
     itype = np.int8 if count <= 127 else np.int16 if count <= 32767 else np.int32
-    code = np.zeros(best.shape, itype)
+    code = workspace.zeros(best.shape, itype)
     nan = bool(np.isnan(best).any())
-    hit = np.empty(best.shape, np.bool_)
-    rank = np.empty(best.shape, itype)
+    hit = workspace.empty(best.shape, np.bool_)
+    rank = workspace.empty(best.shape, itype)
     for t, index in enumerate(taps):
         v = xp[index]
         np.equal(v, best, out=hit)
@@ -249,15 +399,15 @@ def _route(first: np.ndarray, g: np.ndarray, padded: Sequence[int], kernel: Ints
     tap order, disjoint ones are written (and when they tile the input, nothing is zeroed
     first)."""
     disjoint = all(k == 1 or s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
-    tiled = all(s == k and (k == 1 or d == 1) and p == o * s
-                for k, s, d, p, o in zip(kernel, stride, dilation, padded[2:], out))
-    dxp = np.empty(padded, g.dtype) if tiled else np.zeros(padded, g.dtype)
+    tiled = _tiled(kernel, stride, dilation, padded, out)
+    dxp = workspace.empty(padded, g.dtype) if tiled else workspace.zeros(padded, g.dtype)
     signed = _SIGNED[g.dtype.itemsize]
     g_bits = g.view(signed)
-    hit = np.empty(first.shape, np.bool_)
+    hit = workspace.empty(first.shape, np.bool_)
+    mask = workspace.empty(first.shape, np.int8)
     for t, index in enumerate(taps):
         np.equal(first, len(taps) - t, out=hit)
-        mask = np.negative(hit.view(np.int8))  # -1: all bits set (as a wider int too)
+        np.negative(hit.view(np.int8), out=mask)  # -1: all bits set (as a wider int too)
         target = dxp[index]
         if disjoint:
             np.bitwise_and(g_bits, mask, out=target.view(signed))
@@ -282,7 +432,8 @@ def _window_max(xp: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints,
         if k == 1:
             a = views[0]
             continue
-        m = np.maximum(views[0], views[1])
+        m = workspace.empty(views[0].shape, views[0].dtype)
+        np.maximum(views[0], views[1], out=m)
         for v in views[2:]:
             np.maximum(m, v, out=m)
         a = m
