@@ -29,8 +29,10 @@ import numpy as np
 
 MIN_BYTES = 1 << 16
 """Smaller arrays come from malloc's heap, which keeps them (well under the mmap threshold)."""
-MAX_BYTES = 128 << 20
-"""The most the pool holds, in use or free."""
+MAX_BYTES = 512 << 20
+"""The most the pool holds, in use or free.  Past it a step's arrays fault in again (the
+wider CNN of the benchmarks, batch 64 on 32x32 images, holds 125 MiB and ran 1.4x slower
+under a 128 MiB cap); `clear()` gives the free ones back."""
 _PAGE = 4096
 
 _lock = threading.Lock()
