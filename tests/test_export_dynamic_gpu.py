@@ -31,6 +31,7 @@ from devices import needs_device
 from neurenix.runtime import artifact, load, loader
 from neurenix.runtime.sizes import extent_value
 from test_dynamic_cuda_hip import SIGNATURE
+from test_export_dynamic import MODELS, _eager, _mlp
 
 import neurenix
 from neurenix import cli, nn, optim
@@ -38,23 +39,6 @@ from neurenix.export import ExportError, export
 
 MAX = 16
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-
-
-def _cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
-
-
-MODELS = {"mlp": (_mlp, (16,)), "cnn": (_cnn, (3, 8, 8))}
-
-
-def _eager(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    with neurenix.no_grad():
-        return model(neurenix.Tensor(x)).numpy()
 
 
 def _sample(batch: int, shape: tuple[int, ...], seed: int) -> np.ndarray:

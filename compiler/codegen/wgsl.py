@@ -49,7 +49,7 @@ from ..targets import Capabilities, Target, get_target
 from ..types import DType, bool_, float64, int32, int64, uint32
 from . import wgsl_int64 as i64
 from .cstyle import Dialect, GridCodegenError, Param, generate_program
-from .wgsl_math import HELPERS, prelude
+from .wgsl_math import FMOD_PROLOGUE, HELPERS, prelude
 
 NATIVE_OPS = OP_NAMES - {"sigmoid", "erf"}
 """WGSL has no erf; sigmoid, erf and the random-number generator are decomposed."""
@@ -90,21 +90,7 @@ FLAT_HELPERS = {
   // nx_fmod without a loop, for kernels whose loops would pass lavapipe's limit: the
   // shift-subtract reduction of the mantissas leaves (ux * 2**(ex - ey)) mod uy, computed
   // here by modular exponentiation (exact in u32: every value stays below 2**32)
-  var ux = bitcast<u32>(x);
-  var uy = bitcast<u32>(y);
-  let sx = ux & 0x80000000u;
-  var ex = i32((ux >> 23u) & 0xffu);
-  var ey = i32((uy >> 23u) & 0xffu);
-  let ax = ux & 0x7fffffffu;
-  let ay = uy & 0x7fffffffu;
-  if (ay == 0u || ay > 0x7f800000u || ex == 0xff) { return nx_f32(0x7fc00000u); }
-  if (ax < ay) { return x; }
-  if (ax == ay) { return bitcast<f32>(sx); }
-  if (ex == 0) { ex = 9 - i32(countLeadingZeros(ax)); ux = ax << u32(1 - ex); }
-  else { ux = (ux & 0x7fffffu) | 0x800000u; }
-  if (ey == 0) { ey = 9 - i32(countLeadingZeros(ay)); uy = ay << u32(1 - ey); }
-  else { uy = (uy & 0x7fffffu) | 0x800000u; }
-  ux = nx_mulmod(ux % uy, nx_pow2mod(u32(ex - ey), uy), uy);
+""" + FMOD_PROLOGUE + """  ux = nx_mulmod(ux % uy, nx_pow2mod(u32(ex - ey), uy), uy);
   if (ux == 0u) { return bitcast<f32>(sx); }
   ex = ey;
   let shift = i32(countLeadingZeros(ux)) - 8;

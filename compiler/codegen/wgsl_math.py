@@ -11,6 +11,24 @@ from __future__ import annotations
 
 import re
 
+FMOD_PROLOGUE = """  var ux = bitcast<u32>(x);
+  var uy = bitcast<u32>(y);
+  let sx = ux & 0x80000000u;
+  var ex = i32((ux >> 23u) & 0xffu);
+  var ey = i32((uy >> 23u) & 0xffu);
+  let ax = ux & 0x7fffffffu;
+  let ay = uy & 0x7fffffffu;
+  if (ay == 0u || ay > 0x7f800000u || ex == 0xff) { return nx_f32(0x7fc00000u); }
+  if (ax < ay) { return x; }
+  if (ax == ay) { return bitcast<f32>(sx); }
+  if (ex == 0) { ex = 9 - i32(countLeadingZeros(ax)); ux = ax << u32(1 - ex); }
+  else { ux = (ux & 0x7fffffu) | 0x800000u; }
+  if (ey == 0) { ey = 9 - i32(countLeadingZeros(ay)); uy = ay << u32(1 - ey); }
+  else { uy = (uy & 0x7fffffu) | 0x800000u; }
+"""
+"""fmod's special cases and its operands' mantissas and exponents (`nx_fmod` and the
+loop-free `nx_fmod_flat` of wgsl.py go on from there)."""
+
 _FMOD_STEP = """    if (ex > ey) {
       if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
       ux = ux << 1u;
@@ -98,21 +116,8 @@ fn nx_mul64(a: u32, b: u32) -> vec2<u32> {
 }""",
     "nx_fmod": """fn nx_fmod(x: f32, y: f32) -> f32 {
   // C's fmod, exact: the shift-subtract reduction of the mantissas (musl's fmodf)
-  var ux = bitcast<u32>(x);
-  var uy = bitcast<u32>(y);
-  let sx = ux & 0x80000000u;
-  var ex = i32((ux >> 23u) & 0xffu);
-  var ey = i32((uy >> 23u) & 0xffu);
-  let ax = ux & 0x7fffffffu;
-  let ay = uy & 0x7fffffffu;
-  if (ay == 0u || ay > 0x7f800000u || ex == 0xff) { return nx_f32(0x7fc00000u); }
-  if (ax < ay) { return x; }
-  if (ax == ay) { return bitcast<f32>(sx); }
-  if (ex == 0) { ex = 9 - i32(countLeadingZeros(ax)); ux = ax << u32(1 - ex); }
-  else { ux = (ux & 0x7fffffu) | 0x800000u; }
-  if (ey == 0) { ey = 9 - i32(countLeadingZeros(ay)); uy = ay << u32(1 - ey); }
-  else { uy = (uy & 0x7fffffu) | 0x800000u; }
-  while (ex > ey) {  // four steps per iteration (lavapipe limits loop iterations)
+""" + FMOD_PROLOGUE + """  while (ex > ey) {  """ \
+        """// four steps per iteration (lavapipe limits loop iterations)
 """ + _FMOD_STEP * 4 + """  }
   if (ux >= uy) { ux -= uy; if (ux == 0u) { return bitcast<f32>(sx); } }
   let shift = i32(countLeadingZeros(ux)) - 8;
