@@ -13,6 +13,7 @@ import neurenix as nx
 import neurenix.nn as nn
 from neurenix import autograd
 from neurenix.eager_kernels import rnn as rnn_kernels
+from neurenix.eager_kernels import workspace
 
 TOL = {nx.float32: dict(rtol=2e-5, atol=2e-5), nx.float64: dict(rtol=1e-11, atol=1e-11)}
 TORCH_TOL = {nx.float32: dict(rtol=1e-4, atol=1e-4), nx.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -234,3 +235,72 @@ def test_saturated_lstm_gates_match_primitives_and_torch(dtype):
     assert all(np.isfinite(a).all() for a in got)
     _close(got, want, TOL[dtype], "kernel vs primitives")
     _close(got, _torch(ref, x, None), TORCH_TOL[dtype], "kernel vs torch")
+
+
+def _big_layers(mode: str, num_layers: int = 2):
+    """A float32 layer and its PyTorch twin at the off-tuning benchmark's sizes (input 32,
+    hidden 64): big enough that the kernels' arrays come from the workspace pool."""
+    ours, theirs = LAYERS[mode]
+    kw = {"nonlinearity": "relu" if mode == "RNN_RELU" else "tanh"} if mode.startswith("RNN") \
+        else {}
+    nx.manual_seed(4)
+    layer = ours(32, 64, num_layers=num_layers, **kw)
+    ref = theirs(32, 64, num_layers=num_layers, **kw)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(torch.from_numpy(getattr(layer, name).detach().numpy()))
+    return layer, ref
+
+
+@pytest.mark.parametrize("mode", list(LAYERS))
+def test_pool_sized_arrays_match_primitives_and_torch(mode, monkeypatch):
+    """At (20 steps, batch 16, hidden 64) the projections, gate activations, states and
+    gradients are over the workspace's size floor and come from its pool: the same values as
+    the primitives and PyTorch, and the pool really is used."""
+    pooled = []
+    real = workspace.empty
+    monkeypatch.setattr(workspace, "empty",
+                        lambda shape, dtype: pooled.append(shape) or real(shape, dtype))
+    layer, ref = _big_layers(mode)
+    x = np.random.default_rng(10).uniform(-1, 1, (20, 16, 32)).astype(np.float32)
+    got, _ = _run(layer, x, None, nx.float32, True)
+    assert any(int(np.prod(s)) * 4 >= workspace.MIN_BYTES for s in pooled)
+    want, _ = _run(layer, x, None, nx.float32, False)
+    _close(got, want, TOL[nx.float32], "kernel vs primitives")
+    _close(got, _torch(ref, x, None), TORCH_TOL[nx.float32], "kernel vs torch")
+
+
+def test_pool_sized_graphs_alive_together_keep_their_arrays():
+    """Two forwards whose graphs are both alive, then their backwards in reverse order, and
+    an in-place write into each output: a pooled buffer the first graph still holds must not
+    be handed to the second, nor an output share the states the backward reads."""
+    layer, _ = _big_layers("LSTM")
+    rng = np.random.default_rng(11)
+    xs = [rng.uniform(-1, 1, (20, 16, 32)).astype(np.float32) for _ in range(2)]
+
+    def grads(on: bool) -> list[list[np.ndarray]]:
+        with kernels(on):
+            losses = []
+            for x in xs:
+                out, (h, c) = layer(nx.tensor(x))
+                losses.append((c * h).sum())  # (out unused: it is written below)
+                with nx.no_grad():
+                    out.mul_(0.0)
+            results = []
+            for loss in reversed(losses):
+                layer.zero_grad()
+                loss.backward()
+                results.append([p.grad.numpy().copy() for p in layer.parameters()])
+            return results
+
+    for got, want in zip(grads(True), grads(False)):
+        _close(got, want, TOL[nx.float32], "graphs alive together")
+
+
+def test_recurrent_weight_is_transposed_contiguously():
+    """The step's product takes W_hh^T as a contiguous copy (the transposed view takes a slow
+    BLAS path at these sizes), with W_hh^T's values."""
+    w = np.random.default_rng(12).standard_normal((256, 64)).astype(np.float32)
+    t = rnn_kernels._transposed(w)
+    assert t.flags.c_contiguous and not np.shares_memory(t, w)
+    np.testing.assert_array_equal(t, w.T)
