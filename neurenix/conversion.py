@@ -13,6 +13,7 @@ from .device_ops import current
 from .elementwise import cast, stop_gradient
 from .state import current_trace, is_grad_enabled
 from .tensor import Tensor, move_storage, share, shared
+from .view_writes import share_version
 
 
 def to(x: Tensor, *args: Any, inplace: bool = False, **kwargs: Any) -> Tensor:
@@ -78,12 +79,16 @@ def _moved(x: Tensor, target: Device) -> Tensor:
 
 def detach(x: Tensor) -> Tensor:
     """The same values, cut from the autograd graph; storage is shared (on a device: an alias
-    of x's storage, so in-place updates through either are seen by both)."""
+    of x's storage, so in-place updates through either are seen by both), and so is the
+    version counter, as PyTorch's `detach()` shares it: a write through the result counts as
+    a write into x for autograd (`.data` does not)."""
     data = x._data
     if data is None:
         return stop_gradient(x)
     if isinstance(data, np.ndarray):
-        return Tensor._wrap(data, x._dtype, x._device)
+        out = Tensor._wrap(data, x._dtype, x._device)
+        share_version(out, x)
+        return out
     out = Tensor._wrap(current(x), x._dtype, x._device)
     share(out, shared(x))
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from neurenix.compiler.types import bool_, float32, float64, int32, int64
 
-from . import creation, indexing, inplace, linalg, reductions, shapes, view_writes
+from . import creation, indexing, inplace, linalg, reductions, shapes
 from . import elementwise as ew
 from .backward import backward
 from .conversion import cpu, detach, to
@@ -29,14 +29,6 @@ def _in_place(fn: Callable[[Any, Any], Any], symbol: str) -> Callable[[Any, Any]
     def method(self: Any, other: Any) -> Any:
         return inplace.apply_inplace(self, fn, other, symbol)
     return method
-
-
-def _detach(self: Any) -> Any:
-    """`conversion.detach` sharing self's version counter, as PyTorch's `detach()` does: a
-    write through the result counts as a write into self for autograd (`.data` does not)."""
-    out = detach(self)
-    view_writes.share_version(out, self)
-    return out
 
 
 def _size(self: Any, dim: int | None = None) -> Any:
@@ -120,7 +112,7 @@ def _methods() -> dict[str, Any]:
         # products
         "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "dot": linalg.dot,
         # autograd
-        "backward": backward, "detach": _detach, "clone": ew.clone,
+        "backward": backward, "detach": detach, "clone": ew.clone,
         # devices and dtypes
         "to": to, "cpu": cpu,
         "float": lambda self: to(self, float32), "double": lambda self: to(self, float64),

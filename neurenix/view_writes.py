@@ -139,9 +139,9 @@ class Overwritten(Tensor):
 
 
 def share_version(detached: Tensor, source: Tensor) -> None:
-    """Make `detached` (a host `detach()` of `source`) share the version counter of the tensor
-    source is a view of at the top (PyTorch's detach shares its source's counter): a write
-    into either, or into any view of either, counts for both."""
+    """Make `detached` (a host `detach()` of `source`: `conversion.detach`) share the version
+    counter of the tensor source is a view of at the top (PyTorch's detach shares its
+    source's counter): a write into either, or into any view of either, counts for both."""
     if not isinstance(detached._data, np.ndarray):
         return  # a device alias counts its storage's writes already (`tensor.version_of`)
     root = source

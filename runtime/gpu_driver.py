@@ -709,13 +709,10 @@ class GPUExecutable:
         pointers = [p if p is not None else
                     inputs[int(a.key)].ptr if a.kind == "input" else written[str(a.key)].ptr
                     for p, a in zip(fixed, launch.args)]
-        what = f"launching kernel {launch.name!r} (grid {grid}, block {launch.block})"
-        if launch.sized:
-            dev.call(dev.driver.launch(loaded.function, grid, launch.block, dev.stream,
-                                       pointers, values), what)
-        else:
-            dev.call(dev.driver.launch(loaded.function, grid, launch.block, dev.stream,
-                                       pointers), what)
+        extra = (values,) if launch.sized else ()
+        dev.call(dev.driver.launch(loaded.function, grid, launch.block, dev.stream, pointers,
+                                   *extra),
+                 f"launching kernel {launch.name!r} (grid {grid}, block {launch.block})")
 
     def _enqueue(self, dev: OpenDevice, inputs: Sequence[GPUBuffer],
                  written: dict[str, GPUBuffer]) -> list[GPUBuffer]:

@@ -44,7 +44,7 @@ import numpy as np
 from . import device_common as common
 from .backend import LibraryCache
 from .program import Program, ProgramSizes
-from .sizes import Extent, bind_sizes, extent_from_json, extent_value
+from .sizes import Extent, extent_from_json, extent_value
 
 DEVICE = "webgpu"
 STORAGE = {"bool": "uint32"}
@@ -54,8 +54,6 @@ LIMITS = ("max-storage-buffers-per-shader-stage", "max-storage-buffer-binding-si
           "max-compute-workgroup-storage-size", "max-compute-workgroups-per-dimension",
           "max-bindings-per-bind-group")
 _UNIFORM = re.compile(r"@group\s*\(\s*0\s*\)\s*@binding\s*\(\s*(\d+)\s*\)\s*var\s*<\s*uniform\s*>")
-LAYOUTS = 64
-"""Input shapes whose layouts an executable with dynamic sizes remembers (then starts over)."""
 _BINDING = re.compile(r"@(group|binding)\s*\(\s*(\d+)\s*\)\s*@(group|binding)\s*\(\s*(\d+)\s*\)"
                       r"\s*var\s*<\s*(\w+)\s*(?:,\s*(\w+)\s*)?>")
 
@@ -410,7 +408,7 @@ class WebGPUExecutable:
                            for name, array in program.constants.items()}
         temps = [b for b in program.buffers if b.kind == "temp"]
         self._symbols = tuple(program.symbols)
-        self._layouts: dict[tuple, _Layout] = {}
+        self._layouts = common.Layouts(program, DEVICE, self._make_layout)
         self._last: _Layout | None = None
         self._checks = [(extent_from_json(c["size"]), int(c["most"]), str(c["what"]))
                         for c in program.metadata.get("size_checks", ())]
@@ -525,19 +523,14 @@ class WebGPUExecutable:
     def _layout(self, shapes: list[tuple[int, ...]],
                 known: dict[str, int] | None = None) -> _Layout:
         """The layout of a call with inputs of these shapes (a program with dynamic sizes;
-        `known`: symbols no input binds), remembered per tuple of shapes; the arena grows
-        when the call needs more.  A ValueError when the shapes do not fit the program, or
-        its sizes pass what its kernels take (`metadata["size_checks"]`)."""
-        key = (tuple(shapes), tuple(sorted(known.items())) if known else ())
-        hit = self._layouts.get(key)
-        if hit is not None:
-            return hit
+        `known`: symbols no input binds), remembered per tuple of shapes (`common.Layouts`);
+        the arena grows when the call needs more.  A ValueError when the shapes do not fit
+        the program, or its sizes pass what its kernels take (`metadata["size_checks"]`)."""
+        return self._layouts.get(shapes, known)
+
+    def _make_layout(self, sizes: ProgramSizes) -> _Layout:
+        """The layout of one call's sizes (`common.Layouts` remembers it)."""
         program = self.program
-        try:
-            env = bind_sizes([t.shape for t in program.inputs], shapes, known)
-            sizes = program.sizes(env)
-        except ValueError as e:
-            raise ValueError(f"{DEVICE}: {e}") from None
         for size, most, what in self._checks:
             value = extent_value(size, sizes.env)
             if value > most:
@@ -570,12 +563,8 @@ class WebGPUExecutable:
             grids.append(None if 0 in grid else grid)
         values = np.zeros(max(4, -(-len(self._symbols) // 4) * 4), np.int32)
         values[:len(sizes.values)] = sizes.values
-        layout = _Layout(sizes, temps, grids, common.written_buffers(program, sizes.env),
-                         values.tobytes())
-        if len(self._layouts) >= LAYOUTS:
-            self._layouts.clear()
-        self._layouts[key] = layout
-        return layout
+        return _Layout(sizes, temps, grids, common.written_buffers(program, sizes.env),
+                       values.tobytes())
 
     def run(self, inputs: list[np.ndarray],
             sizes: dict[str, int] | None = None) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from devices import needs_device
 from neurenix.runtime import load
 
 import neurenix
@@ -179,7 +180,8 @@ def test_c_api_runs_any_batch(artifacts: dict, tmp_path: Path) -> None:
         np.testing.assert_allclose(got, _eager(model, x), rtol=RTOL, atol=ATOL)
 
 
-def test_training_step_runs_any_batch(tmp_path: Path) -> None:
+def train_case() -> tuple[nn.Module, object]:
+    """An MLP and its training step (Adam, cross entropy); the GPU export tests share it."""
     neurenix.manual_seed(0)
     model = _mlp()
     opt = optim.Adam(model.parameters(), lr=1e-2)
@@ -192,19 +194,33 @@ def test_training_step_runs_any_batch(tmp_path: Path) -> None:
         opt.step()
         return loss
 
+    return model, step
+
+
+TRAIN_TOL = {"cpu": (1e-5, 1e-6), "opencl": (1e-4, 1e-5), "webgpu": (1e-4, 1e-5)}
+"""(rtol, atol) of an exported training step's losses and weights against eager."""
+
+
+@pytest.mark.parametrize("target", list(TRAIN_TOL))
+def test_training_step_runs_any_batch(tmp_path: Path, target: str) -> None:
+    if target != "cpu":
+        needs_device(target)
+    model, step = train_case()
+    rtol, atol = TRAIN_TOL[target]
     x, y = neurenix.randn(8, 16), neurenix.Tensor(np.arange(8) % 4)
-    trainer = load(export(step, (x, y), "cpu", tmp_path / "train", freeze=False,
-                          dynamic_batch=32, cross=()))
+    extra = {"cross": ()} if target == "cpu" else {}
+    trainer = load(export(step, (x, y), target, tmp_path / "train", freeze=False,
+                          dynamic_batch=32, **extra))
     rng = np.random.default_rng(4)
     for batch in (1, 5, 32, 1):
         xb = rng.standard_normal((batch, 16)).astype(np.float32)
         yb = (np.arange(batch) % 4).astype(np.int64)
         (loss,) = trainer([xb, yb])
         want = step(neurenix.Tensor(xb), neurenix.Tensor(yb)).item()
-        np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+        np.testing.assert_allclose(float(loss), want, rtol=rtol)
     assert trainer.steps == 4
     np.testing.assert_allclose(trainer.state_dict()["0.weight"], model[0].weight.detach().numpy(),
-                               rtol=1e-5, atol=1e-6)
+                               rtol=rtol, atol=atol)
     for batch in (1, 3):  # a failed value check, in either program, commits nothing
         with pytest.raises(ValueError, match="out of range"):
             trainer([np.zeros((batch, 16), np.float32), np.full(batch, 9)])

@@ -31,10 +31,10 @@ from devices import needs_device
 from neurenix.runtime import artifact, load, loader
 from neurenix.runtime.sizes import extent_value
 from test_dynamic_cuda_hip import SIGNATURE
-from test_export_dynamic import MODELS, _eager, _mlp
+from test_export_dynamic import MODELS, _eager, _mlp, train_case
 
 import neurenix
-from neurenix import cli, nn, optim
+from neurenix import cli, nn
 from neurenix.export import ExportError, export
 
 MAX = 16
@@ -108,40 +108,6 @@ def test_gpu_manifest_holds_both_programs(artifacts: dict) -> None:
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(artifact.ArtifactError, match="names no source of the batch-1 program"):
         load(copy)
-
-
-@pytest.mark.parametrize("target", ["opencl", "webgpu"])
-def test_training_step_runs_any_batch(tmp_path: Path, target: str) -> None:
-    needs_device(target)
-    neurenix.manual_seed(0)
-    model = _mlp()
-    opt = optim.Adam(model.parameters(), lr=1e-2)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    x, y = neurenix.randn(8, 16), neurenix.Tensor(np.arange(8) % 4)
-    trainer = load(export(step, (x, y), target, tmp_path / "train", freeze=False,
-                          dynamic_batch=32))
-    rng = np.random.default_rng(4)
-    for batch in (1, 5, 32, 1):
-        xb = rng.standard_normal((batch, 16)).astype(np.float32)
-        yb = (np.arange(batch) % 4).astype(np.int64)
-        (loss,) = trainer([xb, yb])
-        want = step(neurenix.Tensor(xb), neurenix.Tensor(yb)).item()
-        np.testing.assert_allclose(float(loss), want, rtol=1e-4)
-    assert trainer.steps == 4
-    np.testing.assert_allclose(trainer.state_dict()["0.weight"],
-                               model[0].weight.detach().numpy(), rtol=1e-4, atol=1e-5)
-    for batch in (1, 3):  # a failed value check, in either program, commits nothing
-        with pytest.raises(ValueError, match="out of range"):
-            trainer([np.zeros((batch, 16), np.float32), np.full(batch, 9)])
-    assert trainer.steps == 4
 
 
 def test_webgpu_refuses_a_batch_past_the_loop_limit(tmp_path: Path) -> None:
@@ -382,23 +348,6 @@ TRAIN_BATCHES = (3, 1, 8, 3)
 update the same weights on the device."""
 
 
-def _train_case() -> tuple[nn.Module, object]:
-    """An MLP and its training step (Adam, cross entropy)."""
-    neurenix.manual_seed(0)
-    model = _mlp()
-    opt = optim.Adam(model.parameters(), lr=1e-2)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return model, step
-
-
 @pytest.fixture(scope="module")
 def browser_report(artifacts: dict) -> dict:
     """The dynamic page's reports on the WebGPU conv net's artifact (`infer`) and a training
@@ -414,7 +363,7 @@ def browser_report(artifacts: dict) -> dict:
     model, directory, sample = artifacts["webgpu", "cnn"]
     root = directory.parent
     cases = {f"x:{b}": _sample(b, sample, 10 + b) for b in sorted(set(PAGE_BATCHES))}
-    trained, step = _train_case()
+    trained, step = train_case()
     x, y = neurenix.randn(4, 16), neurenix.Tensor(np.arange(4) % 4)
     export(step, (x, y), "webgpu", root / "train", freeze=False, dynamic_batch=8)
     for b in set(TRAIN_BATCHES):

@@ -49,7 +49,7 @@ from ..targets import Capabilities, Target, get_target
 from ..types import DType, bool_, float64, int32, int64, uint32
 from . import wgsl_int64 as i64
 from .cstyle import Dialect, GridCodegenError, Param, generate_program
-from .wgsl_math import FMOD_PROLOGUE, HELPERS, prelude
+from .wgsl_math import FMOD_PROLOGUE, HELPERS, helper_prelude, prelude
 
 NATIVE_OPS = OP_NAMES - {"sigmoid", "erf"}
 """WGSL has no erf; sigmoid, erf and the random-number generator are decomposed."""
@@ -128,15 +128,7 @@ _FLAT_CALL = re.compile(r"\b((?:nx|i64)_[a-z0-9_]+_flat|nx_mulmod|nx_pow2mod)\("
 
 def _flat_prelude(body: list[str]) -> list[str]:
     """The loop-free helpers `body` calls and those they call, in a fixed order."""
-    wanted: set[str] = set()
-    stack = [m for line in body for m in _FLAT_CALL.findall(line)]
-    while stack:
-        name = stack.pop()
-        if name in FLAT_HELPERS and name not in wanted:
-            wanted.add(name)
-            stack += _FLAT_CALL.findall(FLAT_HELPERS[name])
-    return [line for name, text in FLAT_HELPERS.items() if name in wanted
-            for line in (text, "")]
+    return helper_prelude(body, FLAT_HELPERS, _FLAT_CALL)
 
 
 class WGSL(Dialect):

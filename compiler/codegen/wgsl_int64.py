@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from .wgsl_math import helper_prelude
+
 V = "vec2<u32>"
 _DIVIDE_STEP = """    {{
       let j = i - {k}i;
@@ -162,14 +164,7 @@ _CALL = re.compile(r"\b(i64_[a-z0-9_]+)\(")
 
 def prelude(body: list[str]) -> list[str]:
     """The helpers `body` calls and those they call, each followed by a blank line."""
-    wanted: set[str] = set()
-    stack = [m for line in body for m in _CALL.findall(line)]
-    while stack:
-        name = stack.pop()
-        if name in HELPERS and name not in wanted:
-            wanted.add(name)
-            stack += _CALL.findall(HELPERS[name])
-    return [line for name, text in HELPERS.items() if name in wanted for line in (text, "")]
+    return helper_prelude(body, HELPERS, _CALL)
 
 
 BINARY = {"add": "i64_add", "sub": "i64_sub", "mul": "i64_mul", "shl": "i64_shl",

@@ -182,13 +182,17 @@ _CALL = re.compile(r"\b(nx_[a-z0-9_]+)\(")
 def prelude(body: list[str]) -> list[str]:
     """The helpers `body` calls and those they call, in a fixed order, with a blank line
     after each."""
-    called = {m for line in body for m in _CALL.findall(line)}
-    todo = list(called)
-    while todo:
-        text = HELPERS.get(todo.pop())
-        for name in _CALL.findall(text or ""):
-            if name not in called:
-                called.add(name)
-                todo.append(name)
-    return [line for name, text in HELPERS.items() if name in called
-            for line in (text, "")]
+    return helper_prelude(body, HELPERS, _CALL)
+
+
+def helper_prelude(body: list[str], helpers: dict[str, str], call: re.Pattern) -> list[str]:
+    """The texts of `helpers` that `body` calls (names `call` finds) and those they call, in
+    `helpers`' order, each followed by a blank line (the math, int64 and loop-free preludes)."""
+    wanted: set[str] = set()
+    stack = [m for line in body for m in call.findall(line)]
+    while stack:
+        name = stack.pop()
+        if name in helpers and name not in wanted:
+            wanted.add(name)
+            stack += call.findall(helpers[name])
+    return [line for name, text in helpers.items() if name in wanted for line in (text, "")]
