@@ -93,12 +93,16 @@ class FunctionNode:
     """
 
     def __init__(self, name: str, inputs: tuple[Tensor, ...], num_outputs: int,
-                 backward_fn: Callable[[list[Tensor | None]], list[Tensor | None]]) -> None:
+                 backward_fn: Callable[[list[Tensor | None]], list[Tensor | None]],
+                 checked: tuple[bool, ...] | None = None) -> None:
         self.name = name
         self.inputs = inputs
         self.num_outputs = num_outputs
         self.backward_fn = backward_fn
-        self.versions = tuple(version_of(t) for t in inputs)
+        # `checked`: per input, whether the backward reads it (so a later in-place write
+        # must be refused); None where it does not (`_check_versions` skips it)
+        self.versions = tuple(version_of(t) if checked is None or checked[i] else None
+                              for i, t in enumerate(inputs))
         self._edges = [_edge(t) for t in inputs]  # as the inputs are now (see TapeNode)
 
     def edges(self) -> list[tuple | None]:
@@ -142,7 +146,7 @@ def _check_versions(node: Any) -> None:
     """Refuse a node whose input changed in place since it was recorded (on a device: through
     any alias of the input's storage, `tensor.version_of`)."""
     for t, v in zip(node.inputs, node.versions):
-        if version_of(t) != v:
+        if v is not None and version_of(t) != v:
             raise RuntimeError(f"backward: a tensor of shape {tuple(t.shape)} used by "
                                f"{node.name} was modified in place after it was used; "
                                "its gradient would be wrong. Use an out-of-place operation "

@@ -464,3 +464,57 @@ def test_relu_kernel_blend_is_the_compositions_bit_for_bit(dtype):
     (torch.relu(t) * torch.tensor(up)).sum().backward()
     finite = np.isfinite(t.grad.numpy())
     np.testing.assert_array_equal(results[0][1][finite], t.grad.numpy()[finite])
+
+
+def _write_through_numpy(x, leaf):
+    x.detach().numpy()[...] *= -1.0  # no version counter sees it, in either library
+
+
+def _write_data(x, leaf):
+    leaf.data.mul_(-1.0)
+
+
+def _write_no_grad(x, leaf):
+    with nx.no_grad():
+        leaf.mul_(-1.0)
+
+
+def _write_torch(x, leaf, how):
+    if how == "numpy":
+        x.detach().numpy()[...] *= -1.0
+    elif how == "data":
+        leaf.data.mul_(-1.0)
+    else:
+        with torch.no_grad():
+            leaf.mul_(-1.0)
+
+
+RELU_WRITES = {"numpy": _write_through_numpy, "data": _write_data, "no_grad": _write_no_grad}
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["kernel", "primitives"])
+@pytest.mark.parametrize("n", [100, 65536])
+@pytest.mark.parametrize("how", list(RELU_WRITES))
+def test_relu_gradient_ignores_writes_into_its_input_after_the_forward(how, n, on):
+    """Regression: the ReLU kernel read its input at backward time, so a write into the input
+    no version counter sees (through `.numpy()`, `.data`) silently flipped the gradient, and a
+    counted one raised where PyTorch and the primitives do not.  Its mask is now taken in the
+    forward: the gradient is PyTorch's whatever is written afterwards.  (The primitives save
+    the input itself, so a counted write there raises, loudly, instead.)"""
+    xn = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    with kernels(on):
+        leaf = nx.tensor(xn, requires_grad=True)
+        x = leaf * 1.0 if how == "numpy" else leaf
+        y = F.relu(x)
+        RELU_WRITES[how](x, leaf)
+        if how == "no_grad" and not on:
+            with pytest.raises(RuntimeError, match="modified in place"):
+                y.sum().backward()
+            return
+        y.sum().backward()
+    t_leaf = torch.tensor(xn, requires_grad=True)
+    t_x = t_leaf * 1.0 if how == "numpy" else t_leaf
+    t_y = torch.relu(t_x)
+    _write_torch(t_x, t_leaf, how)
+    t_y.sum().backward()
+    np.testing.assert_array_equal(leaf.grad.numpy(), t_leaf.grad.numpy())

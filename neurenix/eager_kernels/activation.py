@@ -8,6 +8,7 @@ import numpy as np
 
 from neurenix.compiler.ops import REGISTRY
 
+from ..state import is_grad_enabled
 from ..tensor import Tensor
 from . import workspace
 from .record import Arrays, record
@@ -19,28 +20,33 @@ _SIGNED = {4: np.int32, 8: np.int64}
 def relu(x: Tensor, composite: Callable[..., Sequence[Tensor]]) -> Tensor:
     """max(0, x) with PyTorch's rules, as the composition gives them: -0.0 stays -0.0 and nan
     passes (NumPy's maximum returns its second operand on a tie and a nan operand); the
-    gradient is 0 where x <= 0 and g elsewhere, nan included."""
+    gradient is 0 where x <= 0 and g elsewhere, nan included.  Where x <= 0 is found in the
+    forward (as the composition's comparison is), so the backward reads nothing of x: a later
+    write into x, even one no version counter sees, cannot change the gradient."""
     a = np.asarray(x._data)
     zero = np.zeros((), a.dtype)
-
-    def backward(grads: Arrays) -> Arrays:
-        return [relu_grad(a, grads[0])]
-
     y = workspace.empty(a.shape, a.dtype)
     np.maximum(zero, a, out=y)
-    return record("Relu", (x,), (y,), backward, composite)[0]
+    drop = None  # (record keeps no backward without grad)
+    if is_grad_enabled() and x.requires_grad:
+        drop = workspace.empty(a.shape, np.bool_)
+        np.less_equal(a, zero, out=drop)
+
+    def backward(grads: Arrays) -> Arrays:
+        return [relu_grad(drop, grads[0])]
+
+    return record("Relu", (x,), (y,), backward, composite, reads=(False,))[0]
 
 
-def relu_grad(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """where(a <= 0, +0.0, g), bit for bit, in one pass over g: g's bits and-ed with a mask
-    that is all ones where a > 0 or a is NaN (a byte per element, sign-extended by the
-    bitwise and), so that no wider mask is allocated, written and freed."""
-    signed = _SIGNED.get(a.dtype.itemsize)
-    if signed is None or g.dtype != a.dtype or g.shape != a.shape or a.size < 256:
-        return _SELECT(a <= np.zeros((), a.dtype), np.zeros((), a.dtype), g)
-    mask = workspace.empty(a.shape, np.int8)
-    np.less_equal(a, 0, out=mask.view(np.bool_))
-    np.subtract(mask, 1, out=mask)  # 0 where a <= 0, -1 (every bit set) elsewhere
-    out = workspace.empty(a.shape, a.dtype)
+def relu_grad(drop: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """where(drop, +0.0, g), bit for bit, in one pass over g: g's bits and-ed with a mask
+    that is all ones where `drop` (x <= 0) is false (a byte per element, sign-extended by
+    the bitwise and), so that no wider mask is allocated, written and freed."""
+    signed = _SIGNED.get(g.dtype.itemsize)
+    if signed is None or g.shape != drop.shape or g.size < 256:
+        return _SELECT(drop, np.zeros((), g.dtype), g)
+    mask = workspace.empty(drop.shape, np.int8)
+    np.subtract(drop.view(np.int8), 1, out=mask)  # 0 where dropped, -1 (every bit) elsewhere
+    out = workspace.empty(g.shape, g.dtype)
     np.bitwise_and(g.view(signed), mask, out=out.view(signed))
     return out

@@ -39,14 +39,17 @@ def eligible(*tensors: Tensor | None) -> bool:
 
 def record(name: str, inputs: Sequence[Tensor | None], outputs: Sequence[np.ndarray],
            backward: Callable[[Arrays], Arrays],
-           composite: Callable[..., Sequence[Tensor]]) -> tuple[Tensor, ...]:
+           composite: Callable[..., Sequence[Tensor]],
+           reads: Sequence[bool] | None = None) -> tuple[Tensor, ...]:
     """The kernel's `outputs` as tensors, recorded for autograd as one node when grad mode is
     on and an input requires grad.
 
     `backward(output_grads)` gets one array (None: no gradient) per output and returns one
     array (or None) per input, arrays nothing else holds (a leaf adopts them as `.grad`);
     `composite(*inputs)` is the same layer as primitives (its outputs, or its one output as a
-    tensor), run again when the backward itself must be differentiable.
+    tensor), run again when the backward itself must be differentiable.  `reads`: per input,
+    whether `backward` reads its values (default: all do); an input it does not read may be
+    written in place before the backward without error, as in the composition.
     """
     dtype = next(t._dtype for t in inputs if t is not None)
     outs = tuple(wrap(np.asarray(o), dtype) for o in outputs)
@@ -79,7 +82,10 @@ def record(name: str, inputs: Sequence[Tensor | None], outputs: Sequence[np.ndar
             result.append(mark_fresh(wrap(g, t._dtype)))
         return result
 
-    node = autograd.FunctionNode(f"{name}Backward", tuple(present), len(outs), backward_fn)
+    checked = None if reads is None else \
+        tuple(r for r, t in zip(reads, inputs) if t is not None)
+    node = autograd.FunctionNode(f"{name}Backward", tuple(present), len(outs), backward_fn,
+                                 checked)
     for slot, o in enumerate(outs):
         o.requires_grad = True
         o._node = autograd.OutputNode(node, slot)
