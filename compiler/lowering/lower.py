@@ -41,6 +41,7 @@ from ..kernel.ir import (
 )
 from ..kernel.ops import BINARY_PRIMITIVES, UNARY_PRIMITIVES
 from ..passes.select_max import select_max
+from ..passes.stacked_sums import stacked_sums
 from ..symbolic import DynamicSizeError
 from ..targets import Capabilities
 from ..types import DType, int64
@@ -89,7 +90,7 @@ def lower(graph: Graph, fuse: bool = True, caps: Capabilities | None = None) -> 
     depend on the target (default: the llvm target's).
     """
     if fuse:
-        graph = select_max(graph)
+        graph = stacked_sums(select_max(graph))
     plan = plan_fusion(graph, fuse=fuse, caps=caps)
     names = _name_buffers(graph, plan)
     args = {name: BufferArg(name, n.type.dtype, n.type.numel) for n, name in names.items()}
