@@ -42,7 +42,6 @@ def emit_dot(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, m
     sums = fb.alloca(ftype, count=rm * rn, align=64, name="sums")
     fma = lib.intrinsic("llvm.fmuladd", vec)
     hsum = lib.intrinsic("llvm.vector.reduce.fadd", vec)
-    zero = ir.Constant(ftype, 0.0)
     start, end = fb.fn.args[-2:]
 
     def rows_of(operand: Load, point: dict) -> ir.Value:
@@ -78,9 +77,7 @@ def emit_dot(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, m
                     for j in range(rn):
                         acc = accs[i * rn + j]
                         b.store(b.call(fma, [av[i], bv[j], b.load(acc, typ=vec)]), acc)
-            for idx, acc in enumerate(accs):
-                total = b.call(hsum, [zero, b.load(acc, typ=vec)], fastmath=("reassoc",))
-                b.store(total, b.gep(sums, [_i64(idx)], inbounds=True, source_etype=ftype))
+            _horizontal_sums(b, [b.load(acc, typ=vec) for acc in accs], sums, hsum, ftype)
             tail = k_size // m.lanes * m.lanes
             if tail < k_size:
                 with fb.loop(tail, k_size, "k_tail") as k:
@@ -94,6 +91,39 @@ def emit_dot(fb: FunctionBuilder, lib: MathLib, kernel: Kernel, buffers: dict, m
                                          source_etype=ftype)
                             b.store(b.fadd(b.load(slot, typ=ftype), b.fmul(av[i], bv[j])), slot)
             _epilogue(fb, lib, kernel, buffers, m, vars, sums, m0, n0, m_size, n_size)
+
+
+def _horizontal_sums(b: ir.IRBuilder, accs: list[ir.Value], sums: ir.Value, hsum,
+                     ftype: ir.Type) -> None:
+    """sums[i] = the sum of accs[i]'s lanes.  Each run of as many accumulators as a vector
+    has lanes is reduced together by a transposing tree: every level adds two vectors'
+    halves, lanes of one accumulator kept next to each other, until lane i holds sum i:
+    log2(lanes) levels of two shuffles and one add per pair, where one reduction per
+    accumulator costs log2(lanes) of each per accumulator (the dot products of a short k
+    spent as much on those as on their FMAs).  Other counts reduce one by one."""
+    lanes = accs[0].type.count
+    zero = ir.Constant(ftype, 0.0)
+    whole = len(accs) // lanes * lanes if lanes & (lanes - 1) == 0 and lanes > 1 else 0
+    for first in range(0, whole, lanes):
+        level = accs[first:first + lanes]
+        groups, width = 1, lanes  # each vector: `groups` accumulators of `width` lanes
+        while width > 1:
+            half = width // 2
+            lo = [(0 if p < groups else lanes) + (p % groups) * width + r
+                  for p in range(2 * groups) for r in range(half)]
+            hi = [i + half for i in lo]
+            level = [b.fadd(b.shuffle_vector(x, y, _mask(lo)), b.shuffle_vector(x, y, _mask(hi)))
+                     for x, y in zip(level[::2], level[1::2])]
+            groups, width = 2 * groups, half
+        slot = b.gep(sums, [_i64(first)], inbounds=True, source_etype=ftype)
+        b.store(level[0], slot, align=4)
+    for idx in range(whole, len(accs)):
+        total = b.call(hsum, [zero, accs[idx]], fastmath=("reassoc",))
+        b.store(total, b.gep(sums, [_i64(idx)], inbounds=True, source_etype=ftype))
+
+
+def _mask(lanes: list[int]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(lanes)), lanes)
 
 
 def _epilogue(fb, lib, kernel, buffers, m: Dot, vars, sums, m0, n0, m_size, n_size):
