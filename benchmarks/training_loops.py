@@ -1,8 +1,8 @@
 """Ordinary training loops (issue 15): six ways to run the same training step, side by side.
 
     python benchmarks/training_loops.py [--only mlp,cnn,lstm] [--off-tuning]
-        [--forms F[,F]] [--seconds 1.0] [--retries 2] [--wait-idle 30] [--timeout 600]
-        [--json out.json] [--smoke]
+        [--forms F[,F]] [--seconds 1.0] [--passes 1] [--retries 2] [--wait-idle 30]
+        [--timeout 600] [--json out.json] [--smoke]
 
 For the three training workloads of `workloads.py` (`mlp_train_b64`: MLP 784-512-512-10,
 batch 64, SGD momentum 0.9; `cnn_train`; `lstm_train`), and with `--off-tuning` four shapes
@@ -23,6 +23,10 @@ than 0.2 cores busy is measured again (`--retries`, after `--wait-idle`), quiete
 Every step's loss is read with `.item()` (as a logging loop would), and each form's losses
 are compared, step by step over the first 100 steps both ran, with Neurenix eager's (to 1e-4 of
 the largest loss for the Neurenix forms; the JSON also has the per-step relative error).
+With `--passes N` every cell runs N times (the order reversed on every other pass, the forms
+of each ratio next to each other): the machine has slow patches of seconds to minutes that
+no load average shows, so one pass can put a 1.4 ms program at 2.4 ms; a cell reports the
+median over passes, a ratio the median of its per-pass ratios.
 The table gives the ratios issue 15 targets: compiled module in the loop /
 torch.compile(model) in the loop <= 1.0, whole compiled step / torch.compile whole step
 <= 0.8, Neurenix eager / PyTorch eager <= 1.5.
@@ -184,23 +188,39 @@ def measure_cell(cmd: list[str], cache: Path, opts: argparse.Namespace) -> dict:
     return best
 
 
+PAIRED_ORDER = ("nx_eager", "torch_eager", "nx_module", "torch_compile", "nx_step",
+                "torch_compile_step")
+"""The order cells run in: each ratio's two forms next to each other, so that a slow patch
+of the machine (it has minutes-long ones no load average shows) tends to hit both."""
+
+
 def run_all(names: list[str], forms: list[str], opts: argparse.Namespace) -> dict:
+    """Every (workload, form) cell, `opts.passes` times over, the order reversed on every
+    other pass; a cell keeps its first pass's losses and first call, and the median over
+    passes of its medians (each pass's in `pass_ms`)."""
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "seconds": opts.seconds,
-                              "smoke": opts.smoke, "loadavg": os.getloadavg(), "results": {}}
+                              "passes": opts.passes, "smoke": opts.smoke,
+                              "loadavg": os.getloadavg(), "results": {}}
     started = time.time()
+    ordered = [f for f in PAIRED_ORDER if f in forms]
     with tempfile.TemporaryDirectory(prefix="neurenix-loops-") as tmp:
         for name in names:
-            cells: dict[str, dict] = {}
-            for form in forms:
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, form,
-                       "--seconds", str(opts.seconds)] + (["--smoke"] if opts.smoke else [])
-                cells[form] = r = measure_cell(cmd, Path(tmp) / f"{name}-{form}", opts)
-                status = (f"{r['median_ms']:.4g} ms/step, first call {r['first_call_s']:.2f} s,"
-                          f" other load {r['other_load'] or 0:.2f}" if r["ok"]
-                          else f"error: {r['error']}")
-                print(f"[loops] {name:14s} {form:18s} {status} ({r['wall_s']:.1f} s, "
-                      f"attempt {r['attempts']})",
-                      file=sys.stderr, flush=True)
+            runs: dict[str, list[dict]] = {f: [] for f in ordered}
+            for k in range(opts.passes):
+                for form in (ordered if k % 2 == 0 else ordered[::-1]):
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
+                           form, "--seconds", str(opts.seconds)] + \
+                        (["--smoke"] if opts.smoke else [])
+                    r = measure_cell(cmd, Path(tmp) / f"{name}-{form}-{k}", opts)
+                    runs[form].append(r)
+                    status = (f"{r['median_ms']:.4g} ms/step, first call "
+                              f"{r['first_call_s']:.2f} s, other load "
+                              f"{r['other_load'] or 0:.2f}" if r["ok"]
+                              else f"error: {r['error']}")
+                    print(f"[loops] {name:14s} {form:18s} {status} ({r['wall_s']:.1f} s, "
+                          f"attempt {r['attempts']}, pass {k + 1})",
+                          file=sys.stderr, flush=True)
+            cells = {f: _combine(runs[f]) for f in forms}
             eager = cells.get("nx_eager", {})
             for r in cells.values():
                 if r["ok"] and eager.get("ok"):
@@ -210,6 +230,29 @@ def run_all(names: list[str], forms: list[str], opts: argparse.Namespace) -> dic
     report["loadavg_after"] = os.getloadavg()
     report["total_s"] = time.time() - started
     return report
+
+
+def _combine(results: list[dict]) -> dict:
+    """One cell from its passes: the first failure if any; else the first pass's result
+    (losses, first call) with every pass's median in `pass_ms`, their median as `median_ms`
+    and the largest other load."""
+    failed = [r for r in results if not r["ok"]]
+    if failed:
+        return failed[0]
+    cell = dict(results[0])
+    cell["pass_ms"] = [r["median_ms"] for r in results]
+    cell["median_ms"] = float(np.median(cell["pass_ms"]))
+    cell["other_load"] = max((r.get("other_load") or 0.0) for r in results)
+    return cell
+
+
+def ratio_of(a: dict, b: dict) -> float:
+    """a's time over b's: the median over passes of the per-pass ratios (both cells ran in
+    each pass, next to each other)."""
+    pa, pb = a.get("pass_ms") or [a["median_ms"]], b.get("pass_ms") or [b["median_ms"]]
+    if len(pa) == len(pb):
+        return float(np.median([x / y for x, y in zip(pa, pb)]))
+    return a["median_ms"] / b["median_ms"]
 
 
 def _ms(r: dict | None) -> str:
@@ -234,7 +277,7 @@ def table(report: dict, forms: list[str]) -> str:
                 continue
             ra, rb = cells[a], cells[b]
             if ra["ok"] and rb["ok"]:
-                ratio = ra["median_ms"] / rb["median_ms"]
+                ratio = ratio_of(ra, rb)
                 noisy = any((r.get("other_load") or 0.0) > NOISY for r in (ra, rb))
                 row.append(f"{ratio:.2f}" + ("" if ratio <= target else " MISS")
                            + (" (noisy)" if noisy else ""))
@@ -274,11 +317,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-idle", type=float, default=None, metavar="S",
                    help="before each cell wait up to S s for a quiet machine (default 30; 0 "
                    "with --smoke)")
+    p.add_argument("--passes", type=int, default=1, metavar="N",
+                   help="run every cell N times, alternating the order; report medians over "
+                   "passes (default 1)")
     p.add_argument("--json", help="also write every number to this JSON file")
     p.add_argument("--smoke", action="store_true", help="tiny models, short timings")
     p.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "FORM"), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.passes < 1:
+        p.error(f"--passes: expected a positive count, got {args.passes}")
     if args.seconds is None:
         args.seconds = 0.05 if args.smoke else 1.0
     if args.retries is None:
@@ -308,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_all(names, forms, args)
     print(f"load average before {report['loadavg'][0]:.2f}, after "
           f"{report['loadavg_after'][0]:.2f}; {report['total_s']:.0f} s; 2 threads per cell;"
-          f" median ms per step")
+          f" median ms per step; {args.passes} pass(es), ratios the median of per-pass ratios")
     print("forms: " + "; ".join(f"{f} = {FORMS[f]}" for f in forms) + ". Loss error: max "
           "|loss - nx_eager loss| / max |nx_eager loss| over the steps both ran.")
     print(table(report, forms))

@@ -137,6 +137,33 @@ def test_training_loops_benchmark_runs_on_neurenix_forms(tmp_path):
     assert "| mlp_train_b64 |" in done.stdout
 
 
+def test_training_loops_passes_report_medians_and_paired_ratios(tmp_path):
+    """--passes 2: every cell runs twice (order reversed on the second pass), keeps both
+    medians and reports their median; a ratio is the median of the per-pass ratios."""
+    import subprocess
+    out = tmp_path / "loops.json"
+    done = subprocess.run([sys.executable, str(BENCH / "training_loops.py"), "--smoke",
+                           "--only", "mlp", "--forms", "nx_eager,nx_step", "--passes", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("pass 2)") == 2
+    report = json.loads(out.read_text())
+    assert report["passes"] == 2
+    for cell in report["results"]["mlp_train_b64"].values():
+        assert len(cell["pass_ms"]) == 2
+        assert cell["median_ms"] == pytest.approx(np.median(cell["pass_ms"]))
+    sys.path.insert(0, str(BENCH))
+    try:
+        loops = importlib.import_module("training_loops")
+    finally:
+        sys.path.remove(str(BENCH))
+    a = {"median_ms": 2.0, "pass_ms": [1.0, 3.0]}
+    b = {"median_ms": 1.5, "pass_ms": [1.0, 2.0]}
+    assert loops.ratio_of(a, b) == pytest.approx(1.25)  # median of 1.0 and 1.5, not 2.0 / 1.5
+    with pytest.raises(SystemExit):
+        loops.parse_args(["--passes", "0"])
+
+
 def test_export_benchmark_runs(tmp_path):
     """benchmarks/export.py --smoke: the MLP exported for the CPU, timed through the C API
     (benchmarks/c/time_model.c), runtime.load, neurenix.compile and PyTorch eager; every
