@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from neurenix.compiler import evaluate, parse_graph
 from neurenix.compiler.passes.stacked_sums import MIN_PRODUCT_SIDE, stacked_sums
 
@@ -199,3 +201,42 @@ def test_lstm_step_kernels_read_a_few_buffers_each():
        neurenix.Tensor(rng.standard_normal((4, 16)).astype(np.float32)))
     kernels = lower(fn.graph).kernels
     assert max(len(k.inputs) for k in kernels) <= 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4)), min_size=2, max_size=6),
+       st.integers(0, 1), st.randoms(use_true_random=False))
+def test_random_pad_sums_keep_their_values(pieces, axis, rnd):
+    """Random slices, gaps before each (overlapping ones wherever a gap is 0 and the order is
+    shuffled: those must stay a sum), in random order: the values never change."""
+    widths, at = [], 0
+    for gap, size in pieces:
+        widths.append((at + gap, size))
+        at += gap + size
+    if rnd.random() < 0.3:  # make two slices overlap
+        lo, size = widths[-1]
+        widths[-1] = (max(0, lo - 2), size)
+    rnd.shuffle(widths)
+    g = pads(widths, at + rnd.randint(0, 2), axis)
+    same_values(g, stacked_sums(g), seed=rnd.randint(0, 1000))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=2, max_size=5), st.integers(14, 20),
+       st.booleans())
+def test_random_product_sums_keep_their_values(ks, m, extra):
+    sig = [f"%a{i}: f32[{m},{k}], %b{i}: f32[{k},17]" for i, k in enumerate(ks)]
+    lines, last = [], None
+    for i in range(len(ks)):
+        lines.append(f"  %m{i} = matmul(%a{i}, %b{i}) : f32[{m},17]")
+        lines.append(f"  %s{i} = add({last}, %m{i}) : f32[{m},17]" if last else "")
+        last = f"%s{i}" if last else f"%m{i}"
+    if extra:
+        sig.append(f"%c: f32[{m},17]")
+        lines.append(f"  %e = add(%c, {last}) : f32[{m},17]")
+        last = "%e"
+    g = parse_graph(f"graph main({', '.join(sig)}) {{\n"
+                    + "\n".join(x for x in lines if x) + f"\n  return {last}\n}}")
+    out = stacked_sums(g)
+    assert ops(out).count("matmul") == (1 if m >= MIN_PRODUCT_SIDE else len(ks))
+    same_values(g, out)
