@@ -682,12 +682,14 @@ class CpuExecutable:
             if buf.kind == "temp":
                 where[buf.name] = self._arena_address + buf.offset
         ranges = self.program.metadata.get("ranges", {})
+        moved = self.program.metadata.get("arg_offsets") or [{}] * len(self.program.kernels)
         times = []
         with self._lock:
-            for info in self.program.kernels:
+            for info, offsets in zip(self.program.kernels, moved):
                 fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(info.args),
                                       ctypes.c_int64, ctypes.c_int64)(self._symbol(info.name))
-                args = [where[name] for name in info.args] + [0, ranges[info.name]]
+                args = [where[name] + offsets.get(name, 0) for name in info.args] \
+                    + [0, ranges[info.name]]
                 best = float("inf")
                 for _ in range(max(1, repeat)):
                     start = time.perf_counter()

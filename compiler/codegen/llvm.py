@@ -116,6 +116,7 @@ from .program_specs import (
     storage_root,
     tensor_specs,
 )
+from .rebase import rebased
 
 ENTRY = "neurenix_entry"
 ENTRY_SIGNATURE = ("void neurenix_entry(void **args, void *arena, "
@@ -141,16 +142,20 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
     symbols = program_symbols(kernels)
     emitter = _KernelEmitter(module, plan, caps, symbols)
     infos: list[KernelInfo] = []
-    calls: list[tuple[_Emitted, list[str]]] = []
+    calls: list[tuple[_Emitted, list[str], dict[str, int]]] = []
+    offsets: list[dict[str, int]] = []
     scheduled = [replace(k, schedule=schedule_kernel(k, caps, rules)) if k.schedule is None
                  else k for k in kernels.kernels]
     for kernel in scheduled:
         params = parameters(kernel, plan)
+        kernel, moved = rebased(kernel, params, plan)
         emitted = emitter.function(kernel, params)
-        calls.append((emitted, params))
+        byte_offsets = {p: c * _itemsize(kernel, p, params, plan) for p, c in moved.items()}
+        calls.append((emitted, params, byte_offsets))
+        offsets.append(byte_offsets)
         infos.append(KernelInfo(emitted.fn.name, tuple(params), kernel.comment,
                                 tuple(kernel.domain)))
-    functions = {e.fn.name: e for e, _ in calls}
+    functions = {e.fn.name: e for e, _, _ in calls}
     program = Program(
         target="cpu", entry=ENTRY, source="", inputs=tensor_specs(kernels, kernels.inputs),
         outputs=tensor_specs(kernels, kernels.outputs), buffers=buffer_specs(kernels, plan),
@@ -163,6 +168,7 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
                   "threaded": [v.fn.name for e in functions.values() for v in _variants(e)
                                if v.splitter is not None],
                   "inplace": dict(plan.inplace), "vector_bits": caps.vector_bits,
+                  "arg_offsets": offsets,
                   "pool_abi": POOL_ABI,
                   "entry_signature": ENTRY_SIGNATURE_SIZES if symbols else ENTRY_SIGNATURE},
         symbols=symbols,
@@ -229,8 +235,9 @@ class _KernelEmitter:
     def function(self, kernel: Kernel, params: list[str]) -> _Emitted:
         """The function computing `kernel` with one pointer per entry of `params`."""
         slot = {p: f"p{j}" for j, p in enumerate(params)}
-        key = _renamed(replace(kernel, name="", comment="", schedule=None),
-                       lambda n: slot[storage_root(n, params, self.plan)])
+        key = (_renamed(replace(kernel, name="", comment="", schedule=None),
+                        lambda n: slot[storage_root(n, params, self.plan)]),
+               repr(kernel.schedule))
         if key not in self._seen:
             self._seen[key] = self._emit(kernel, params)
         return self._seen[key]
@@ -368,6 +375,14 @@ def _renamed(e, f, memo: dict | None = None):
     return out
 
 
+def _itemsize(kernel: Kernel, param: str, params: list[str], plan: MemoryPlan) -> int:
+    """Bytes per element of the buffer that parameter `param` stands for in `kernel`."""
+    for buf in kernel.buffers():
+        if storage_root(buf.name, params, plan) == param:
+            return buf.dtype.itemsize
+    raise CodegenError(f"kernel {kernel.name}: no buffer for parameter {param!r}")
+
+
 def _process_triple() -> str:
     import llvmlite.binding as llvm
     return llvm.get_process_triple()
@@ -396,13 +411,15 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
         pointers[name] = b.gep(arena, [size_value(b, values, offset)], inbounds=True,
                                source_etype=ir.IntType(8), name=name)
     partials = None  # one buffer for every full reduction split in parts (they run in turn)
-    if any(emitted.finish is not None for emitted, _ in calls):
+    if any(emitted.finish is not None for emitted, _, _ in calls):
         partials = b.alloca(ir.IntType(8), size=ir.Constant(I64, PARTIALS_BYTES),
                             name="partials")
         partials.align = 64
         partials.type = PTR
-    for emitted, params in calls:
-        args = [pointers[p] for p in params] + ([sizes] if emitted.sized else [])
+    for emitted, params, moved in calls:
+        args = [b.gep(pointers[p], [ir.Constant(I64, moved[p])], inbounds=True,
+                      source_etype=ir.IntType(8)) if p in moved else pointers[p]
+                for p in params] + ([sizes] if emitted.sized else [])
         _call(b, emitted, args, values, partials, pool, threading)
     b.ret_void()
 

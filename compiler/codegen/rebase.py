@@ -1,0 +1,112 @@
+"""Rebased parameters: a constant offset taken out of a kernel's indices into its argument.
+
+The steps of an unrolled RNN run the same kernel on another step's slice of one buffer: the
+kernels differ only in a constant added to every index into that buffer, so each would get
+a function of its own.  Taking the constant out of the indices (the caller passes the buffer
+at that offset) makes them identical, and the generator emits one function for them all
+(compile time falls with the number of steps).  Only plain cases are taken, so that nothing
+else reads an offset: the buffer is accessed under one name, every access's index is a sum
+whose constant terms add up to the same positive integer, and the kernel's schedule reads no
+index (a tiled or dot-product contraction, or a per-point nest).
+"""
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass, replace
+
+from ...runtime.sizes import Poly
+from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, dtype_of
+from ..kernel.memory import MemoryPlan
+from ..schedule.types import Choice, Contraction, Dot, Elementwise, PerPoint, Schedule
+from .program_specs import storage_root
+
+REBASED_SCHEDULES = (Contraction, Dot, Elementwise, PerPoint)
+
+
+def rebased(kernel: Kernel, params: list[str], plan: MemoryPlan) -> tuple[Kernel, dict]:
+    """`kernel` with the constant offset of each plain parameter's indices taken out, and
+    {parameter: offset in elements} for those it took out of ({} when none)."""
+    if not _plain(kernel.schedule):
+        return kernel, {}
+    accesses: dict[str, list] = {}
+    for node in _accesses(kernel):
+        accesses.setdefault(node.buffer, []).append(node)
+    names_of: dict[str, set[str]] = {}
+    for name in accesses:
+        names_of.setdefault(storage_root(name, params, plan), set()).add(name)
+    offsets: dict[str, int] = {}
+    for names in names_of.values():
+        if len(names) != 1:
+            continue
+        (name,) = names
+        constants = {_split(node.index)[1] for node in accesses[name]}
+        if len(constants) == 1 and (c := constants.pop()) > 0:
+            offsets[name] = c
+    if not offsets:
+        return kernel, {}
+    roots = {storage_root(name, params, plan): c for name, c in offsets.items()}
+    return _without(kernel, offsets, {}), roots
+
+
+def _plain(schedule: Schedule | None) -> bool:
+    if isinstance(schedule, Choice):
+        return _plain(schedule.small) and _plain(schedule.large)
+    return isinstance(schedule, REBASED_SCHEDULES)
+
+
+def _accesses(e, seen: set | None = None):
+    """Every Load and Store in `e` (a kernel or expression), each shared node once."""
+    seen = set() if seen is None else seen
+    if id(e) in seen or not is_dataclass(e) or isinstance(e, (type, Poly)):
+        return
+    seen.add(id(e))
+    if isinstance(e, (Load, Store)):
+        yield e
+    for fld in fields(e):
+        if fld.name in ("schedule", "contraction"):
+            continue
+        v = getattr(e, fld.name)
+        for x in (v if isinstance(v, tuple) else (v,)):
+            yield from _accesses(x, seen)
+
+
+def _split(index: Expr) -> tuple[Expr | None, int]:
+    """`index` as (the rest, the integer constants of its top-level sum); the rest is None
+    when nothing but constants is left."""
+    if isinstance(index, Const) and isinstance(index.value, int) \
+            and not isinstance(index.value, bool):
+        return None, index.value
+    if isinstance(index, Binary) and index.op == "add":
+        a, ca = _split(index.a)
+        b, cb = _split(index.b)
+        if a is None or b is None:
+            return (b if a is None else a), ca + cb
+        return (index if (a is index.a and b is index.b) else replace(index, a=a, b=b)), ca + cb
+    return index, 0
+
+
+def _without(e, offsets: dict[str, int], memo: dict):
+    """`e` with the constant `offsets[buffer]` taken out of every index into those buffers."""
+    if id(e) in memo:
+        return memo[id(e)][1]
+    out = e
+    if is_dataclass(e) and not isinstance(e, (type, Poly)):
+        changes = {}
+        for fld in fields(e):
+            if fld.name in ("schedule", "contraction"):
+                continue
+            v = getattr(e, fld.name)
+            if isinstance(v, tuple):
+                new = tuple(_without(x, offsets, memo) for x in v)
+                if any(a is not b for a, b in zip(new, v)):
+                    changes[fld.name] = new
+            elif is_dataclass(v):
+                new = _without(v, offsets, memo)
+                if new is not v:
+                    changes[fld.name] = new
+        if isinstance(e, (Load, Store)) and e.buffer in offsets:
+            rest, c = _split(changes.get("index", e.index))
+            changes["index"] = rest if rest is not None else Const(0, dtype_of(e.index))
+        if changes:
+            out = replace(e, **changes)
+    memo[id(e)] = (e, out)
+    return out
