@@ -53,22 +53,10 @@ def test_profile_calls_each_rebased_kernel_at_its_offset():
 
 
 def test_unrolled_lstm_step_products_share_one_function():
-    import neurenix
-    from neurenix.nn import LSTM, MSELoss
-
-    lstm = LSTM(6, 20, batch_first=True)
-
-    def step(x, y):
-        loss = MSELoss()(lstm(x)[0][:, -1, :], y)
-        loss.backward()
-        return loss
-
-    fn = neurenix.compile(step)
-    rng = np.random.default_rng(0)
-    fn(neurenix.Tensor(rng.standard_normal((4, 9, 6)).astype(np.float32)),
-       neurenix.Tensor(rng.standard_normal((4, 20)).astype(np.float32)))
     from neurenix.compiler.pipeline import build
-    program, _ = build(fn.graph, "llvm")
+    from test_pass_stacked_sums import traced_lstm_step
+
+    program, _ = build(traced_lstm_step(6, 20, 1, 9), "llvm")
     products = [k.name for k in program.kernels
                 if k.comment.startswith("slice + reshape + permute + matmul + add")]
     assert len(products) >= 8 and len(set(products)) == 1, products
