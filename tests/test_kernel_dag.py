@@ -38,3 +38,25 @@ def test_the_cached_hash_is_not_pickled():
     hash(e)
     copy = pickle.loads(pickle.dumps(e))
     assert "_hash" not in copy.__dict__ and copy == e and hash(copy) == hash(e)
+
+
+def test_rebuild_keeps_sharing_and_untouched_subtrees():
+    """`rebuild` visits a shared node once and the result shares its replacement; a subtree
+    the visitor left alone comes back as the same object."""
+    from neurenix.compiler.kernel.ir import Binary, Const, Load, Var, rebuild
+    from neurenix.compiler.types import float32, int64
+
+    shared = Load("x", Var(0), float32)
+    other = Binary("mul", Load("y", Var(0), float32), Const(2.0, float32))
+    expr = Binary("add", Binary("mul", shared, shared), other)
+    visits = []
+
+    def visit(n):
+        visits.append(n)
+        return Load("z", n.index, n.dtype) if isinstance(n, Load) and n.buffer == "x" else n
+
+    out = rebuild(expr, visit)
+    assert out.a.a is out.a.b and out.a.a.buffer == "z"
+    assert out.b is other
+    assert sum(1 for n in visits if isinstance(n, Load) and n.buffer == "x") == 1
+    assert rebuild(Const(3, int64), lambda n: n) == Const(3, int64)

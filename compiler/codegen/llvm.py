@@ -58,12 +58,12 @@ from __future__ import annotations
 
 import re
 from contextlib import ExitStack
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
 from ...runtime.program import KernelInfo, Program
-from ...runtime.sizes import Poly, size_to_json
+from ...runtime.sizes import size_to_json
 from ..kernel.ir import (
     Binary,
     BufferArg,
@@ -76,6 +76,7 @@ from ..kernel.ir import (
     Var,
     dtype_of,
     format_kernel,
+    rebuild,
 )
 from ..kernel.memory import MemoryPlan, plan_memory
 from ..schedule import (
@@ -349,30 +350,15 @@ def _with_comments(source: str, kernels: list[Kernel], infos: list[KernelInfo]) 
                   lambda m: notes.get(m.group(1), "") + m.group(0), source, flags=re.M)
 
 
-def _renamed(e, f, memo: dict | None = None):
+def _renamed(e, f):
     """Kernel or expression `e` with every buffer name mapped through `f` (shared subtrees are
     renamed once, so the result shares them too)."""
-    memo = {} if memo is None else memo
-    if id(e) in memo:
-        return memo[id(e)][1]
-    out = e
-    if isinstance(e, Poly):  # a dynamic size is a leaf
-        return e
-    if isinstance(e, BufferArg):
-        out = replace(e, name=f(e.name))
-    elif is_dataclass(e):
-        changes = {}
-        if isinstance(e, (Load, Store)):
-            changes["buffer"] = f(e.buffer)
-        for fld in fields(e):
-            v = getattr(e, fld.name)
-            if isinstance(v, tuple):
-                changes[fld.name] = tuple(_renamed(x, f, memo) for x in v)
-            elif is_dataclass(v):
-                changes[fld.name] = _renamed(v, f, memo)
-        out = replace(e, **changes)
-    memo[id(e)] = (e, out)
-    return out
+    def rename(n):
+        if isinstance(n, BufferArg):
+            return replace(n, name=f(n.name))
+        return replace(n, buffer=f(n.buffer)) if isinstance(n, (Load, Store)) else n
+
+    return rebuild(e, rename)
 
 
 def _itemsize(kernel: Kernel, param: str, params: list[str], plan: MemoryPlan) -> int:
@@ -553,38 +539,18 @@ def _step_divisions(kernel: Kernel, axis: int, first_free: int) -> tuple[Kernel,
     from a non-negative start.  A kernel without such divisions comes back as it was."""
     found: dict = {}
 
-    def visit(e, memo: dict):
-        if id(e) in memo:
-            return memo[id(e)][1]
-        out = e
-        if isinstance(e, Poly):
-            return e
+    def count(e):
         if (isinstance(e, Binary) and e.op in ("idiv", "mod") and e.a == Var(axis)
                 and dtype_of(e) == int64 and _positive_size(e.b)):
             key = (e.b, None)
             if key not in found:
                 found[key] = (first_free + 2 * len(found), first_free + 2 * len(found) + 1)
-            out = Var(found[key][0] if e.op == "idiv" else found[key][1])
-        elif is_dataclass(e):
-            changes = {}
-            for fld in fields(e):
-                v = getattr(e, fld.name)
-                if isinstance(v, tuple):
-                    new = tuple(visit(x, memo) for x in v)
-                    if any(a is not b for a, b in zip(new, v)):
-                        changes[fld.name] = new
-                elif is_dataclass(v) and not isinstance(v, Poly):
-                    new = visit(v, memo)
-                    if new is not v:
-                        changes[fld.name] = new
-            if changes:
-                out = replace(e, **changes)
-        memo[id(e)] = (e, out)
-        return out
+            return Var(found[key][0] if e.op == "idiv" else found[key][1])
+        return e
 
     memo: dict = {}
-    stores = tuple(visit(st, memo) for st in kernel.stores)
-    value = None if kernel.reduce_value is None else visit(kernel.reduce_value, memo)
+    stores = tuple(rebuild(st, count, memo) for st in kernel.stores)
+    value = None if kernel.reduce_value is None else rebuild(kernel.reduce_value, count, memo)
     if not found:
         return kernel, {}
     return replace(kernel, stores=stores, reduce_value=value), found

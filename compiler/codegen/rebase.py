@@ -11,10 +11,9 @@ index (a tiled or dot-product contraction, or a per-point nest).
 """
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import replace
 
-from ...runtime.sizes import Poly
-from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, dtype_of
+from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, dtype_of, rebuild
 from ..kernel.memory import MemoryPlan
 from ..schedule.types import Choice, Contraction, Dot, Elementwise, PerPoint, Schedule
 from .program_specs import storage_root
@@ -44,7 +43,7 @@ def rebased(kernel: Kernel, params: list[str], plan: MemoryPlan) -> tuple[Kernel
     if not offsets:
         return kernel, {}
     roots = {storage_root(name, params, plan): c for name, c in offsets.items()}
-    return _without(kernel, offsets, {}), roots
+    return _without(kernel, offsets), roots
 
 
 def _plain(schedule: Schedule | None) -> bool:
@@ -53,20 +52,17 @@ def _plain(schedule: Schedule | None) -> bool:
     return isinstance(schedule, REBASED_SCHEDULES)
 
 
-def _accesses(e, seen: set | None = None):
-    """Every Load and Store in `e` (a kernel or expression), each shared node once."""
-    seen = set() if seen is None else seen
-    if id(e) in seen or not is_dataclass(e) or isinstance(e, (type, Poly)):
-        return
-    seen.add(id(e))
-    if isinstance(e, (Load, Store)):
-        yield e
-    for fld in fields(e):
-        if fld.name in ("schedule", "contraction"):
-            continue
-        v = getattr(e, fld.name)
-        for x in (v if isinstance(v, tuple) else (v,)):
-            yield from _accesses(x, seen)
+def _accesses(kernel: Kernel) -> list:
+    """Every Load and Store of `kernel`, each shared node once."""
+    found: list = []
+
+    def collect(n):
+        if isinstance(n, (Load, Store)):
+            found.append(n)
+        return n
+
+    rebuild(kernel, collect)
+    return found
 
 
 def _split(index: Expr) -> tuple[Expr | None, int]:
@@ -84,29 +80,13 @@ def _split(index: Expr) -> tuple[Expr | None, int]:
     return index, 0
 
 
-def _without(e, offsets: dict[str, int], memo: dict):
-    """`e` with the constant `offsets[buffer]` taken out of every index into those buffers."""
-    if id(e) in memo:
-        return memo[id(e)][1]
-    out = e
-    if is_dataclass(e) and not isinstance(e, (type, Poly)):
-        changes = {}
-        for fld in fields(e):
-            if fld.name in ("schedule", "contraction"):
-                continue
-            v = getattr(e, fld.name)
-            if isinstance(v, tuple):
-                new = tuple(_without(x, offsets, memo) for x in v)
-                if any(a is not b for a, b in zip(new, v)):
-                    changes[fld.name] = new
-            elif is_dataclass(v):
-                new = _without(v, offsets, memo)
-                if new is not v:
-                    changes[fld.name] = new
-        if isinstance(e, (Load, Store)) and e.buffer in offsets:
-            rest, c = _split(changes.get("index", e.index))
-            changes["index"] = rest if rest is not None else Const(0, dtype_of(e.index))
-        if changes:
-            out = replace(e, **changes)
-    memo[id(e)] = (e, out)
-    return out
+def _without(kernel: Kernel, offsets: dict[str, int]) -> Kernel:
+    """`kernel` with the constant `offsets[buffer]` taken out of every index into those
+    buffers."""
+    def rebase(n):
+        if not isinstance(n, (Load, Store)) or n.buffer not in offsets:
+            return n
+        rest, _ = _split(n.index)
+        return replace(n, index=rest if rest is not None else Const(0, dtype_of(n.index)))
+
+    return rebuild(kernel, rebase)

@@ -21,7 +21,8 @@ Expressions are frozen dataclasses: hashable, structurally comparable, shareable
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 import numpy as np
 
@@ -304,6 +305,33 @@ def children(e: Expr) -> tuple[Expr, ...]:
     if isinstance(e, RandomUniform):
         return (e.seed, e.counter)
     return ()
+
+
+def rebuild(e, visit: Callable, memo: dict | None = None):
+    """Kernel or expression `e` rebuilt bottom-up: every dataclass node in it (expressions,
+    loads, stores, buffer arguments; dynamic sizes are leaves) over its rebuilt fields, then
+    offered to `visit`, which returns it or its replacement.  Shared nodes are visited once
+    (by identity, through `memo`), so the result shares them too; a subtree nothing changed
+    is returned as it was."""
+    memo = {} if memo is None else memo
+    if id(e) in memo:
+        return memo[id(e)][1]
+    out = e
+    if is_dataclass(e) and not isinstance(e, (type, Poly)):
+        changes = {}
+        for fld in fields(e):
+            v = getattr(e, fld.name)
+            if isinstance(v, tuple):
+                new = tuple(rebuild(x, visit, memo) for x in v)
+                if any(a is not b for a, b in zip(new, v)):
+                    changes[fld.name] = new
+            elif is_dataclass(v):
+                new = rebuild(v, visit, memo)
+                if new is not v:
+                    changes[fld.name] = new
+        out = visit(replace(e, **changes) if changes else e)
+    memo[id(e)] = (e, out)
+    return out
 
 
 def postorder(roots: list[Expr]) -> list[Expr]:
