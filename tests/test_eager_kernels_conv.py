@@ -140,6 +140,25 @@ def test_conv_non_finite_values_match_primitives():
     _assert_all_close(got, want, dict(rtol=1e-12, atol=1e-12, equal_nan=True), "non-finite")
 
 
+@pytest.mark.parametrize("padding,dilation", [(1, 1), (0, 1), ((2, 1), (1, 2))])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (1, 1, 5, 6), (0, 1, 0, 6), (1, 0, 5, 0)])
+def test_stride_one_conv_non_finite_input_matches_primitives(where, padding, dilation):
+    """The stride-1 kernel computes on rows of the padded width, whose extra columns read
+    input values (the next row's, the next channel's, or past the end) that no output
+    reads: an inf or NaN there must not reach dW (NaN * 0), wherever it sits in x."""
+    x, w, b = _arrays([(2, 2, 6, 7), (3, 2, 3, 3), (3,)], nx.float64)
+    x[where] = np.inf
+    x[(1, 1, 5, 6) if where != (1, 1, 5, 6) else (0, 0, 0, 0)] = np.nan
+
+    def fn(x, w, b):
+        return F.conv2d(x, w, b, padding=padding, dilation=dilation)
+
+    got, want = _run(fn, [x, w, b], nx.float64, True), _run(fn, [x, w, b], nx.float64, False)
+    for a, e in zip([got[0]] + got[1], [want[0]] + want[1]):
+        assert np.array_equal(np.isnan(a), np.isnan(e))
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_double_backward_is_the_composites(bias):
     """A create_graph backward differentiates the primitives again, so second derivatives
@@ -441,13 +460,15 @@ def test_compiled_cnn_equals_eager_with_kernels():
 
 
 @pytest.mark.parametrize("dtype", [nx.float32, nx.float64], ids=["f32", "f64"])
-def test_relu_kernel_blend_is_the_compositions_bit_for_bit(dtype):
+@pytest.mark.parametrize("shape", [(6, 4, 5, 7), (3, 7, 100, 101)], ids=["small", "chunked"])
+def test_relu_kernel_blend_is_the_compositions_bit_for_bit(dtype, shape):
     """The ReLU kernel's backward on arrays past the small-array fallback (a byte mask and-ed
     with the gradient's bits): zeros of either sign, infinities and NaN in the input and the
-    upstream gradient give the primitives' bits, and PyTorch's values."""
+    upstream gradient give the primitives' bits, and PyTorch's values; the forward's too, on
+    an array of several chunks and a partial one (`activation._maximum_with_zero`)."""
     rng = np.random.default_rng(5)
     special = np.array([-np.inf, -1.0, -0.0, 0.0, 0.5, np.inf, np.nan])
-    values = rng.choice(np.concatenate([special, rng.standard_normal(9)]), (6, 4, 5, 7))
+    values = rng.choice(np.concatenate([special, rng.standard_normal(9)]), shape)
     up = rng.choice(np.concatenate([special, rng.standard_normal(9)]), values.shape)
     values, up = values.astype(dtype.np_type), up.astype(dtype.np_type)
     results = []

@@ -152,21 +152,17 @@ def test_a_training_step_stops_faulting_pages():
 
 
 def _wide_and_per_tap(x, w, g, padding, dilation):
-    """dx of conv2d(x, w, stride 1) through the wide col2im and the per-tap one."""
+    """dx of conv2d(x, w, stride 1) through the wide convolution and the per-tap col2im."""
     lo = hi = padding
-    results = []
-    for wide in (True, False):
-        saved = conv_kernels._wide_col2im
-        if not wide:
-            conv_kernels._wide_col2im = lambda *args: False
-        try:
-            with np.errstate(all="ignore"):
-                _, backward = conv_kernels._conv(x, w, None, (1, 1), dilation, lo, hi, 1,
-                                                 [True, True, False])
-                results.append(backward([g])[0])
-        finally:
-            conv_kernels._wide_col2im = saved
-    return results
+    with np.errstate(all="ignore"):
+        _, backward = conv_kernels._wide_conv(x, w, None, dilation, lo, hi,
+                                              [True, True, False])
+        wide = backward([g])[0]
+        padded = x.shape[:2] + tuple(s + 2 * p for s, p in zip(x.shape[2:], padding))
+        per_tap = conv_kernels._input_gradient(
+            w.reshape(1, w.shape[0], -1), conv_kernels._compact_gradient(g)[None], x.shape,
+            padded, lo, w.shape[2:], (1, 1), dilation, g.shape[2:])
+    return wide, per_tap
 
 
 @pytest.mark.parametrize("padding,dilation", [((1, 1), (1, 1)), ((2, 0), (1, 2)),

@@ -66,13 +66,20 @@ def _wanted(*tensors: Tensor | None) -> list[bool]:
 # ---- shared window arithmetic ----------------------------------------------------------------
 
 
-def _padded(a: np.ndarray, lo: Ints, hi: Ints, fill: float) -> np.ndarray:
-    """a (N, C, *S) with `fill` lo before and hi after each spatial axis (a itself if none),
-    in storage of the workspace (only the border is filled)."""
-    if not any(lo) and not any(hi):
+def _padded(a: np.ndarray, lo: Ints, hi: Ints, fill: float, tail: int = 0) -> np.ndarray:
+    """a (N, C, *S) with `fill` lo before and hi after each spatial axis (a itself if none
+    and no tail), in storage of the workspace (only the border is filled); with `tail`, the
+    storage goes on for that many elements more, filled too, for views that read past the
+    end (`_wide_columns`)."""
+    if not any(lo) and not any(hi) and not tail:
         return a
     shape = a.shape[:2] + tuple(s + b + e for s, b, e in zip(a.shape[2:], lo, hi))
-    out = workspace.empty(shape, a.dtype)
+    if tail:
+        storage = workspace.empty((math.prod(shape) + tail,), a.dtype)
+        storage[storage.size - tail:] = fill
+        out = storage[:storage.size - tail].reshape(shape)
+    else:
+        out = workspace.empty(shape, a.dtype)
     for axis, (b, e) in enumerate(zip(lo, hi)):
         index = [slice(None)] * out.ndim
         if b:
@@ -112,15 +119,39 @@ def _taps(kernel: Ints, stride: Ints, dilation: Ints,
 
 def _conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: Ints,
           dilation: Ints, lo: Ints, hi: Ints, groups: int, wanted: list[bool]):
-    """(output, backward) of the convolution on arrays.
+    """(output, backward) of the convolution on arrays: `_wide_conv` for a 2-d, stride-1,
+    one-group convolution whose column matrix has at least twice the rows of its output
+    (C * taps >= 2 * O), `_exact_conv` for any other.
+
+    The wide columns copy faster, but the wide output and output gradient copy slower (over
+    rows of the output's width instead of whole planes): worth it where the columns are the
+    bigger array.  Measured on the benchmarks' convolutions (2 threads): 3 -> 16 and 3 -> 32
+    channels ran 5-25% slower wide, 16 -> 32 and 32 -> 64 ran 5-20% faster.
+    """
+    if _wide(stride, groups) and wa[0].size >= 2 * wa.shape[0]:
+        return _wide_conv(xa, wa, ba, dilation, lo, hi, wanted)
+    return _exact_conv(xa, wa, ba, stride, dilation, lo, hi, groups, wanted)
+
+
+def _wide(stride: Ints, groups: int) -> bool:
+    """Whether the convolution can run on rows of the padded width (`_wide_conv`,
+    `_wide_col2im`): 2-d, stride 1, one group."""
+    return len(stride) == 2 and stride == (1, 1) and groups == 1
+
+
+def _exact_conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: Ints,
+                dilation: Ints, lo: Ints, hi: Ints, groups: int, wanted: list[bool]):
+    """(output, backward) of any convolution.
 
     The columns are copied from one strided view of the padded input, (C, *kernel, N, *out):
     rows (channel, tap), a column per output position of the whole batch, so that one GEMM
-    (per group) W (O, C * taps) @ columns gives every output, (O, N, *out).  The backward keeps
-    the columns for dW = g @ columns^T and adds the column gradient W^T @ g back onto the input
-    one tap at a time (col2im, as the `fold` primitive sums them; `_wide_col2im` for a 2-d
-    stride-1 convolution).  The big arrays live in the workspace (`workspace`), the GEMMs'
-    matrices with rows padded off multiples of 1 KiB (`_matrix`).
+    (per group) W (O, C * taps) @ columns gives every output, (O, N, *out), copied to the
+    output with the bias.  (A GEMM per image would write the output in place, but OpenBLAS
+    runs those small products up to 2.5x slower than the one big one.)  The backward keeps
+    the columns for dW = g @ columns^T and adds the column gradient W^T @ g back onto the
+    input one tap at a time (col2im, as the `fold` primitive sums them).  The big arrays
+    live in the workspace (`workspace`), the GEMMs' matrices with rows padded off multiples
+    of 1 KiB (`_matrix`).
     """
     batch, channels = xa.shape[:2]
     out_channels, kernel = wa.shape[0], tuple(wa.shape[2:])
@@ -136,12 +167,8 @@ def _conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: Ints,
     else:
         np.matmul(w, cols, out=_split(prod, (groups, out_channels // groups), (positions,)))
     y = workspace.empty((batch, out_channels) + out, xa.dtype)
-    by_channel = _split(prod, (out_channels,), (batch,) + out).swapaxes(0, 1)
-    if ba is None:
-        np.copyto(y, by_channel)
-    else:
-        np.add(by_channel, ba.reshape((1, out_channels) + (1,) * len(out)), out=y)
-    del prod, by_channel
+    _add_bias(y, _split(prod, (out_channels,), (batch,) + out).swapaxes(0, 1), ba)
+    del prod
     if not wanted[1]:
         cols = None  # only dW reads the columns
     padded = xp.shape
@@ -151,32 +178,136 @@ def _conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: Ints,
         g = grads[0]
         if g is None:
             return [None, None, None]
-        # (N, O, *out) -> (groups, O / groups, N * out), as the GEMM's output was
-        gt = _matrix(out_channels, positions, g.dtype)
-        np.copyto(_split(gt, (out_channels,), (batch,) + out), g.swapaxes(0, 1))
-        gt = gt.reshape(groups, out_channels // groups, positions)
+        gt = _compact_gradient(g).reshape(groups, out_channels // groups, positions)
         dx = dw = db = None
         if wanted[2]:
             db = gt.reshape(out_channels, positions).sum(1)
         if wanted[1]:
             dw = _weight_gradient(cols, gt).reshape(wa.shape)
         if wanted[0]:
-            dx = workspace.empty(xa.shape, g.dtype)
-            if not (groups == 1 and _wide_col2im(dx, w[0], g, padded, lo, kernel, stride,
-                                                  dilation, out)):
-                dcols = _matrix(groups * taps, positions, g.dtype)
-                if groups == 1:
-                    np.matmul(w[0].T, gt[0], out=dcols)
-                else:
-                    np.matmul(w.swapaxes(1, 2), gt, out=_split(dcols, (groups, taps),
-                                                               (positions,)))
-                dxp = _col2im(_split(dcols, (channels,) + kernel, (batch,) + out), padded,
-                              kernel, stride, dilation, out)
-                del dcols
-                np.copyto(dx, dxp[_inner(xa.shape[2:], lo)].swapaxes(0, 1))
+            if _wide(stride, groups) and np.isfinite(w).all():
+                gw = _wide_gradient(g, padded[3])
+                dx = _wide_col2im(xa.shape, w[0], gw, padded, lo, kernel, dilation, out)
+            else:
+                dx = _input_gradient(w, gt, xa.shape, padded, lo, kernel, stride, dilation,
+                                     out)
         return [dx, dw, db]
 
     return y, backward
+
+
+def _wide_conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, dilation: Ints,
+               lo: Ints, hi: Ints, wanted: list[bool]):
+    """(output, backward) of a 2-d, stride-1, one-group convolution, computed on rows of
+    the padded width Wp.
+
+    `_exact_conv`'s column copy runs over rows of the output's width, too short for NumPy's
+    inner loops (the spec CNN's are 28 and 14 wide).  On rows of the padded width, tap
+    (i, j) of output position q = y * Wp + x reads the padded input at q + i * dh * Wp +
+    j * dw: a row of the columns is one contiguous run of H * Wp of the padded input, so the
+    copy is (C, taps, N) long runs (`_wide_columns`).  The GEMMs then also compute the Wp - W
+    extra columns of each output row; the forward drops them (copying the rest to the
+    output, with the bias), and the backward gives them a zero output gradient, so that
+    they add nothing to dW or to the input's gradient (col2im with one contiguous add per
+    channel, image and tap: `_wide_col2im`).
+
+    Nothing (NaN * 0) where an extra column reads an inf or NaN: a non-finite dW is
+    computed again from the exact columns, and a non-finite weight takes `_exact_conv`'s
+    col2im (NaN * 0 would spread it through the extra columns).
+    """
+    batch, channels = xa.shape[:2]
+    out_channels, kernel = wa.shape[0], tuple(wa.shape[2:])
+    xw = _padded(xa, lo, hi, 0.0, tail=(kernel[1] - 1) * dilation[1])
+    padded = xw.shape
+    height, width = out = _out_size(padded[2:], kernel, (1, 1), dilation)
+    pw = padded[3]
+    run = height * pw
+    cols = _wide_columns(xw, kernel, dilation, run)
+    w = wa.reshape(out_channels, -1)
+    taps = w.shape[1]
+    prod = _matrix(out_channels, batch * run, xa.dtype)
+    np.matmul(w, cols, out=prod)
+    y = workspace.empty((batch, out_channels) + out, xa.dtype)
+    rows = _split(prod, (out_channels,), (batch, height, pw))[..., :width]
+    _add_bias(y, rows.swapaxes(0, 1), ba)
+    del rows
+    del prod, xw
+    if not wanted[1]:
+        cols = None
+
+    def backward(grads: Arrays) -> Arrays:
+        g = grads[0]
+        if g is None:
+            return [None, None, None]
+        gw = _wide_gradient(g, pw)
+        dx = dw = db = None
+        if wanted[2]:
+            db = gw.sum(1)
+        if wanted[1]:
+            dw = _weight_gradient(cols[None], gw[None])
+            if not np.isfinite(dw).all():
+                exact = _matrix(taps, batch * height * width, g.dtype)
+                np.copyto(_split(exact, (taps,), (batch, height, width)),
+                          _split(cols, (taps,), (batch, height, pw))[..., :width])
+                dw = _weight_gradient(exact[None], _compact_gradient(g)[None])
+            dw = dw.reshape(wa.shape)
+        if wanted[0]:
+            if np.isfinite(w).all():
+                dx = _wide_col2im(xa.shape, w, gw, padded, lo, kernel, dilation, out)
+            else:
+                dx = _input_gradient(w[None], _compact_gradient(g)[None], xa.shape, padded,
+                                     lo, kernel, (1, 1), dilation, out)
+        return [dx, dw, db]
+
+    return y, backward
+
+
+def _add_bias(y: np.ndarray, rows: np.ndarray, ba: np.ndarray | None) -> None:
+    """y = rows + the bias (per channel, axis 1), or rows when there is none."""
+    if ba is None:
+        np.copyto(y, rows)
+    else:
+        np.add(rows, ba.reshape((1, y.shape[1]) + (1,) * (y.ndim - 2)), out=y)
+
+
+def _wide_gradient(g: np.ndarray, pw: int) -> np.ndarray:
+    """The output gradient (N, O, H, W) on rows of the padded width Wp, zero in the extra
+    columns, as a (O, N * H * Wp) `_matrix` (`_wide_conv`, `_wide_col2im`)."""
+    batch, out_channels, height, width = g.shape
+    gw = _matrix(out_channels, batch * height * pw, g.dtype)
+    wide = _split(gw, (out_channels,), (batch, height, pw))
+    wide[..., width:] = 0
+    np.copyto(wide[..., :width], g.swapaxes(0, 1))
+    return gw
+
+
+def _compact_gradient(g: np.ndarray) -> np.ndarray:
+    """The output gradient (N, O, *out) as a (O, N * out) `_matrix`, laid out as the
+    columns."""
+    batch, out_channels, out = g.shape[0], g.shape[1], g.shape[2:]
+    gt = _matrix(out_channels, batch * math.prod(out), g.dtype)
+    np.copyto(_split(gt, (out_channels,), (batch,) + out), g.swapaxes(0, 1))
+    return gt
+
+
+def _input_gradient(w: np.ndarray, gt: np.ndarray, shape: Sequence[int],
+                    padded: Sequence[int], lo: Ints, kernel: Ints, stride: Ints,
+                    dilation: Ints, out: Ints) -> np.ndarray:
+    """dx (N, C, *S): the column gradient W^T @ g (per group; w (groups, O / groups, taps),
+    gt (groups, O / groups, N * out)) summed onto the padded input by `_col2im`."""
+    groups, taps, positions = w.shape[0], w.shape[2], gt.shape[2]
+    batch, channels = shape[:2]
+    dcols = _matrix(groups * taps, positions, gt.dtype)
+    if groups == 1:
+        np.matmul(w[0].T, gt[0], out=dcols)
+    else:
+        np.matmul(w.swapaxes(1, 2), gt, out=_split(dcols, (groups, taps), (positions,)))
+    dxp = _col2im(_split(dcols, (channels,) + kernel, (batch,) + out), padded, kernel,
+                  stride, dilation, out)
+    del dcols
+    dx = workspace.empty(tuple(shape), gt.dtype)
+    np.copyto(dx, dxp[_inner(shape[2:], lo)].swapaxes(0, 1))
+    return dx
 
 
 def _matrix(rows: int, columns: int, dtype: np.dtype) -> np.ndarray:
@@ -227,6 +358,21 @@ def _columns(xp: np.ndarray, kernel: Ints, stride: Ints, dilation: Ints,
     return cols
 
 
+def _wide_columns(xw: np.ndarray, kernel: Ints, dilation: Ints, run: int) -> np.ndarray:
+    """The wide column matrix (C * taps, N * run) of `_wide_conv` as a `_matrix`: row
+    (c, i, j), image n is the run of the padded input xw (N, C, Hp, Wp) from i * dh * Wp +
+    j * dw on (past the channel's end for the last taps: `_padded`'s tail)."""
+    sn, sc = xw.strides[:2]
+    item = xw.itemsize
+    pw = xw.shape[3]
+    shape = (xw.shape[1],) + kernel + (xw.shape[0], run)
+    strides = (sc, dilation[0] * pw * item, dilation[1] * item, sn, item)
+    view = np.lib.stride_tricks.as_strided(xw, shape, strides, writeable=False)
+    cols = _matrix(xw.shape[1] * math.prod(kernel), xw.shape[0] * run, xw.dtype)
+    np.copyto(_split(cols, shape[:3], shape[3:]), view)
+    return cols
+
+
 def _col2im(dcols: np.ndarray, padded_shape: Sequence[int], kernel: Ints, stride: Ints,
             dilation: Ints, out: Ints) -> np.ndarray:
     """Column gradients (C, *kernel, N, *out) summed onto the padded input as (C, N, *padded):
@@ -238,37 +384,28 @@ def _col2im(dcols: np.ndarray, padded_shape: Sequence[int], kernel: Ints, stride
     return dxp
 
 
-def _wide_col2im(dx: np.ndarray, w: np.ndarray, g: np.ndarray, padded: Sequence[int],
-                 lo: Ints, kernel: Ints, stride: Ints, dilation: Ints, out: Ints) -> bool:
-    """dx (N, C, H, W) of a 2-d, stride-1, one-group convolution with a finite weight
-    (C_out, C * taps), written in place; False (nothing done) for any other.
+def _wide_col2im(shape: Sequence[int], w: np.ndarray, gw: np.ndarray, padded: Sequence[int],
+                 lo: Ints, kernel: Ints, dilation: Ints, out: Ints) -> np.ndarray:
+    """dx (N, C, H, W) of `_wide_conv` from its wide output gradient gw (O, N * H * Wp),
+    zero in the extra columns, and a finite weight w (O, C * taps).
 
     `_col2im`'s per-tap adds run over rows of `out` width, too short for NumPy's inner
-    loops.  Here the output gradient is laid out on rows of the padded width Wp (zeros in the
-    Wp - W extra columns), so that tap (i, j) of output position q = y * Wp + x lands on the
-    padded input's position q + i * dh * Wp + j * dw: one add of a contiguous run of H * Wp
-    per (channel, image) and tap.  The extra columns' column gradients are W^T @ 0 = 0 (the
-    weight is finite: a NaN weight would put NaN * 0 where the primitives put nothing), and
-    adding a zero changes no sum that starts from +0.0, so the result is `_col2im`'s, with
-    the same additions in the same order.
+    loops.  Here tap (i, j) of output position q = y * Wp + x lands on the padded input's
+    position q + i * dh * Wp + j * dw: one add of a contiguous run of H * Wp per (channel,
+    image) and tap.  The extra columns' column gradients are W^T @ 0 = 0 (the weight is
+    finite: a NaN weight would put NaN * 0 where the primitives put nothing), and adding a
+    zero changes no sum that starts from +0.0, so the result is `_col2im`'s, with the same
+    additions in the same order.
     """
-    if len(kernel) != 2 or stride != (1, 1) or not np.isfinite(w).all():
-        return False
-    batch, channels = dx.shape[:2]
-    (height, width), (ph, pw), (dh, dw) = out, padded[2:], dilation
-    out_channels = w.shape[0]
+    batch, channels = shape[:2]
+    height, (ph, pw), (dh, dw) = out[0], padded[2:], dilation
     run = height * pw
-    gw = _matrix(out_channels, batch * run, g.dtype)
-    wide = _split(gw, (out_channels,), (batch, height, pw))
-    wide[..., width:] = 0
-    np.copyto(wide[..., :width], g.swapaxes(0, 1))
-    dcols = _matrix(w.shape[1], batch * run, g.dtype)
+    dcols = _matrix(w.shape[1], batch * run, gw.dtype)
     np.matmul(w.T, gw, out=dcols)
-    del gw, wide
     dcols = _split(dcols, (channels, kernel[0] * kernel[1]), (batch, run))
     # the padded input's gradient as (C, N, rows): Ph * Pw and the overhang of the last
     # row's extra columns (the last tap's run ends (kw - 1) * dw past the padded input)
-    dxp = workspace.zeros((channels, batch, ph * pw + (kernel[1] - 1) * dw), g.dtype)
+    dxp = workspace.zeros((channels, batch, ph * pw + (kernel[1] - 1) * dw), gw.dtype)
     tap = 0
     for i in range(kernel[0]):
         for j in range(kernel[1]):
@@ -276,10 +413,11 @@ def _wide_col2im(dx: np.ndarray, w: np.ndarray, g: np.ndarray, padded: Sequence[
             target = dxp[:, :, start:start + run]
             np.add(target, dcols[:, tap], out=target)
             tap += 1
+    del dcols
     inner = dxp[:, :, :ph * pw].reshape(channels, batch, ph, pw)
-    np.copyto(dx, inner[:, :, lo[0]:lo[0] + dx.shape[2], lo[1]:lo[1] + dx.shape[3]]
-              .swapaxes(0, 1))
-    return True
+    dx = workspace.empty(tuple(shape), gw.dtype)
+    np.copyto(dx, inner[:, :, lo[0]:lo[0] + shape[2], lo[1]:lo[1] + shape[3]].swapaxes(0, 1))
+    return dx
 
 
 # ---- max pooling -----------------------------------------------------------------------------
