@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 from llvmlite import ir
 
 from ...runtime.program import KernelInfo, Program
-from ...runtime.sizes import size_to_json
+from ...runtime.sizes import Poly, Size, size_to_json
 from ..kernel.ir import (
     Binary,
     BufferArg,
@@ -151,9 +151,10 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
         params = parameters(kernel, plan)
         kernel, moved = rebased(kernel, params, plan)
         emitted = emitter.function(kernel, params)
-        byte_offsets = {p: c * _itemsize(kernel, p, params, plan) for p, c in moved.items()}
+        byte_offsets = {p: _scaled(c, _itemsize(kernel, p, params, plan))
+                        for p, c in moved.items()}
         calls.append((emitted, params, byte_offsets))
-        offsets.append(byte_offsets)
+        offsets.append({p: size_to_json(c) for p, c in byte_offsets.items()})
         infos.append(KernelInfo(emitted.fn.name, tuple(params), kernel.comment,
                                 tuple(kernel.domain)))
     functions = {e.fn.name: e for e, _, _ in calls}
@@ -361,6 +362,13 @@ def _renamed(e, f):
     return rebuild(e, rename)
 
 
+def _scaled(size: Size, factor: int) -> Size:
+    """size * factor, for an int or a polynomial of the sizes."""
+    if isinstance(size, int):
+        return size * factor
+    return Poly(tuple((m, c * factor) for m, c in size.terms))
+
+
 def _itemsize(kernel: Kernel, param: str, params: list[str], plan: MemoryPlan) -> int:
     """Bytes per element of the buffer that parameter `param` stands for in `kernel`."""
     for buf in kernel.buffers():
@@ -403,7 +411,7 @@ def _emit_entry(module: ir.Module, program: Program, plan: MemoryPlan, calls,
         partials.align = 64
         partials.type = PTR
     for emitted, params, moved in calls:
-        args = [b.gep(pointers[p], [ir.Constant(I64, moved[p])], inbounds=True,
+        args = [b.gep(pointers[p], [size_value(b, values, moved[p])], inbounds=True,
                       source_etype=ir.IntType(8)) if p in moved else pointers[p]
                 for p in params] + ([sizes] if emitted.sized else [])
         _call(b, emitted, args, values, partials, pool, threading)

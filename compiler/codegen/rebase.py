@@ -6,14 +6,18 @@ a function of its own.  Taking the constant out of the indices (the caller passe
 at that offset) makes them identical, and the generator emits one function for them all
 (compile time falls with the number of steps).  Only plain cases are taken, so that nothing
 else reads an offset: the buffer is accessed under one name, every access's index is a sum
-whose constant terms add up to the same positive integer, and the kernel's schedule reads no
-index (a tiled or dot-product contraction, or a per-point nest).
+whose loop-invariant terms (integer constants, and in a program with dynamic sizes products
+of constants and `Sym`s: step t's slice of a stacked (steps, n, 4h) buffer starts at
+4h*n*t) add up to the same size, with no negative coefficient, and the kernel's schedule
+reads no index (a tiled or dot-product contraction, or a per-point nest).  The caller
+computes a symbolic offset from the call's sizes.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, dtype_of, rebuild
+from ...runtime.sizes import Monomial, Poly, Size, poly_from_terms
+from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, Sym, dtype_of, rebuild
 from ..kernel.memory import MemoryPlan
 from ..schedule.types import Choice, Contraction, Dot, Elementwise, PerPoint, Schedule
 from .program_specs import storage_root
@@ -21,9 +25,11 @@ from .program_specs import storage_root
 REBASED_SCHEDULES = (Contraction, Dot, Elementwise, PerPoint)
 
 
-def rebased(kernel: Kernel, params: list[str], plan: MemoryPlan) -> tuple[Kernel, dict]:
-    """`kernel` with the constant offset of each plain parameter's indices taken out, and
-    {parameter: offset in elements} for those it took out of ({} when none)."""
+def rebased(kernel: Kernel, params: list[str],
+            plan: MemoryPlan) -> tuple[Kernel, dict[str, Size]]:
+    """`kernel` with the loop-invariant offset of each plain parameter's indices taken out,
+    and {parameter: offset in elements (an int, or a polynomial of the sizes)} for those it
+    took out of ({} when none)."""
     if not _plain(kernel.schedule):
         return kernel, {}
     accesses: dict[str, list] = {}
@@ -32,13 +38,13 @@ def rebased(kernel: Kernel, params: list[str], plan: MemoryPlan) -> tuple[Kernel
     names_of: dict[str, set[str]] = {}
     for name in accesses:
         names_of.setdefault(storage_root(name, params, plan), set()).add(name)
-    offsets: dict[str, int] = {}
+    offsets: dict[str, Size] = {}
     for names in names_of.values():
         if len(names) != 1:
             continue
         (name,) = names
-        constants = {_split(node.index)[1] for node in accesses[name]}
-        if len(constants) == 1 and (c := constants.pop()) > 0:
+        invariants = {_split(node.index)[1] for node in accesses[name]}
+        if len(invariants) == 1 and _positive(c := invariants.pop()):
             offsets[name] = c
     if not offsets:
         return kernel, {}
@@ -65,19 +71,65 @@ def _accesses(kernel: Kernel) -> list:
     return found
 
 
-def _split(index: Expr) -> tuple[Expr | None, int]:
-    """`index` as (the rest, the integer constants of its top-level sum); the rest is None
-    when nothing but constants is left."""
-    if isinstance(index, Const) and isinstance(index.value, int) \
-            and not isinstance(index.value, bool):
-        return None, index.value
+def _split(index: Expr) -> tuple[Expr | None, Size]:
+    """`index` as (the rest, the sum of its top-level loop-invariant terms: `_size`); the
+    rest is None when nothing else is left."""
+    invariant = _size(index)
+    if invariant is not None:
+        return None, invariant
     if isinstance(index, Binary) and index.op == "add":
         a, ca = _split(index.a)
         b, cb = _split(index.b)
+        total = _sum(ca, cb)
         if a is None or b is None:
-            return (b if a is None else a), ca + cb
-        return (index if (a is index.a and b is index.b) else replace(index, a=a, b=b)), ca + cb
+            return (b if a is None else a), total
+        return (index if (a is index.a and b is index.b) else replace(index, a=a, b=b)), total
     return index, 0
+
+
+def _sum(a: Size, b: Size) -> Size:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    terms: dict[Monomial, int] = {}
+    for size in (a, b):
+        for m, c in (size.terms if isinstance(size, Poly) else (((), size),)):
+            terms[m] = terms.get(m, 0) + c
+    return poly_from_terms(terms)
+
+
+def _size(e: Expr) -> Size | None:
+    """The value of an integer expression of constants and sizes (`Sym`), as a size; None
+    when it reads anything else (a loop variable, a buffer)."""
+    terms = _terms(e)
+    return None if terms is None else poly_from_terms(terms)
+
+
+def _terms(e: Expr) -> dict[Monomial, int] | None:
+    if isinstance(e, Const):
+        ok = isinstance(e.value, int) and not isinstance(e.value, bool)
+        return {(): e.value} if ok else None
+    if isinstance(e, Sym):
+        return {(e.name,): 1}
+    if not (isinstance(e, Binary) and e.op in ("add", "mul")):
+        return None
+    a, b = _terms(e.a), _terms(e.b)
+    if a is None or b is None:
+        return None
+    if e.op == "add":
+        return {m: a.get(m, 0) + b.get(m, 0) for m in a.keys() | b.keys()}
+    product: dict[Monomial, int] = {}
+    for ma, ca in a.items():
+        for mb, cb in b.items():
+            m = tuple(sorted(ma + mb))
+            product[m] = product.get(m, 0) + ca * cb
+    return product
+
+
+def _positive(offset: Size) -> bool:
+    """A nonzero offset that no sizes make negative: no term with a negative coefficient."""
+    if isinstance(offset, Poly):
+        return all(c > 0 for _, c in offset.terms)
+    return offset > 0
 
 
 def _without(kernel: Kernel, offsets: dict[str, int]) -> Kernel:

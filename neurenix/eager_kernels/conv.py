@@ -5,6 +5,8 @@ copied tap-major into a (C * taps, N * windows) column matrix (one `as_strided` 
 W (O, C * taps) @ columns gives every output at once; groups are a GEMM per group.  Its
 backward is dW = g @ columns^T, the column gradient W^T @ g summed back onto the input with
 one strided add per tap (col2im, as the `fold` primitive does it) and db = the sum of g.
+A 2-d stride-1 convolution runs the same products on rows of the padded width, where the
+copies are longer runs (`_wide_conv`, `_wide_col2im`).
 
 Max pooling takes the maximum over the taps' strided views of the -inf-padded input, and its
 gradient goes to the first tap holding the maximum (or the first NaN), as the primitive
