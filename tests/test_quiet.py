@@ -146,6 +146,26 @@ def test_guard_recompiles_are_info_too(caplog):
     assert "training True -> False" in caplog.text
 
 
+def test_a_symbolic_programs_failed_guard_is_the_reason_given(caplog):
+    """A call whose sizes fit a program for every batch size but whose guards fail (the
+    parameters' gradients now exist) names those guards, not its sizes against the symbolic
+    signature ("shape changed ('*', 3) -> (4, 3)")."""
+    model = nn.Linear(3, 2)
+
+    def step(x):
+        loss = model(x).sum()
+        loss.backward()
+        return loss
+
+    f = neurenix.compile(step, dynamic=True)
+    with caplog.at_level(logging.INFO, logger="neurenix.compile"):
+        f(neurenix.randn(4, 3))
+        f(neurenix.randn(4, 3))
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "weight.grad is None: True -> False" in message, message
+    assert "shape changed" not in message, message
+
+
 # ---- which loops are forced to vectorize ------------------------------------------------------
 
 

@@ -406,7 +406,9 @@ class Compiled:
                     entry = self._symbolic_entry(key, args, tensors)
                 if entry is None:
                     bounds = program_cache_bounds()
-                    self._say_why(key, entries, tensors)
+                    akey = self._abstract.get(key)  # a symbolic program whose guards failed
+                    tried = entries or (self._cache.get(akey) if akey is not None else None)
+                    self._say_why(key, tried, tensors)
                     entry, why = self._compile_symbolic(key, args, tensors)
                     if entry is None:
                         entry = self._compile(key, args)  # raises the user's own errors
