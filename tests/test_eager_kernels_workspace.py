@@ -10,6 +10,7 @@ import pytest
 from kernel_switch import kernels
 
 import neurenix as nx
+import neurenix.nn as nn
 import neurenix.nn.functional as F
 from neurenix.eager_kernels import conv as conv_kernels
 from neurenix.eager_kernels import workspace
@@ -148,6 +149,29 @@ def test_a_training_step_stops_faulting_pages():
     for _ in range(5):
         step()
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    assert faults < 200, f"{faults} page faults a step"
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.RNN, nn.LSTM], ids=["gru", "rnn", "lstm"])
+def test_a_recurrent_training_step_stops_faulting_pages(cls):
+    """The recurrent kernels' per-step states and gate gradients come from the workspace
+    too (a GRU step of this size faulted about 4,500 pages a step before)."""
+    resource = pytest.importorskip("resource")
+    nx.manual_seed(0)
+    layer = cls(16, 256, batch_first=True)
+    x = nx.tensor(np.random.default_rng(0).standard_normal((64, 40, 16)).astype(np.float32))
+
+    def step():
+        for p in layer.parameters():
+            p.grad = None
+        layer(x)[0].sum().backward()
+
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        step()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
     assert faults < 200, f"{faults} page faults a step"
 
 

@@ -173,19 +173,16 @@ def _lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
         dx, dw_ih, db_ih, db_hh = _input_grads(dpre, rows, x.shape, w_ih, b_ih, True)
         return [dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh]
 
-    # outputs of their own: an in-place write into one must not reach the saved states
-    out = workspace.empty(hs.shape, hs.dtype)
-    np.copyto(out, hs)
-    return (out, h.copy(), c.copy()), backward
+    return (_own(hs), h.copy(), c.copy()), backward
 
 
 def _gru(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
     rows, gi = _project(x, w_ih, b_ih, None)
     steps, hidden = x.shape[0], h0.shape[-1]
     w_hh_t = _transposed(w_hh)
-    gates = np.empty((steps,) + h0.shape[:-1] + (3 * hidden,), gi.dtype)  # r, z, n
-    ghn = np.empty((steps,) + h0.shape, gi.dtype)  # W_hn h + b_hn
-    hs = np.empty_like(ghn)
+    gates = workspace.empty((steps,) + h0.shape[:-1] + (3 * hidden,), gi.dtype)  # r, z, n
+    ghn = workspace.empty((steps,) + h0.shape, gi.dtype)  # W_hn h + b_hn
+    hs = workspace.empty(ghn.shape, gi.dtype)
     h = h0
     for t in _order(steps, reverse):
         gh = h @ w_hh_t
@@ -203,8 +200,8 @@ def _gru(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
         g_out, g_h = grads[0], grads[1]
         dh = _seed(g_h, h0)
         hp = _previous(hs, h0, reverse)
-        dgi = np.empty_like(gates)
-        dgh = np.empty_like(gates)
+        dgi = workspace.empty(gates.shape, gates.dtype)
+        dgh = workspace.empty(gates.shape, gates.dtype)
         for t in _order(steps, not reverse):
             if g_out is not None:
                 dh = dh + g_out[t]
@@ -224,7 +221,16 @@ def _gru(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse):
         dx, dw_ih, db_ih, _ = _input_grads(dgi, rows, x.shape, w_ih, b_ih, False)
         return [dx, dh, None, dw_ih, dw_hh, db_ih, db_hh]
 
-    return (hs.copy(), h.copy()), backward
+    return (_own(hs), h.copy()), backward
+
+
+def _own(states: np.ndarray) -> np.ndarray:
+    """The per-step outputs as an array of their own, so that an in-place write into them
+    does not reach the saved states (in the workspace: a fresh array would fault its pages
+    in every step)."""
+    out = workspace.empty(states.shape, states.dtype)
+    np.copyto(out, states)
+    return out
 
 
 def _elman(relu: bool):
@@ -232,7 +238,7 @@ def _elman(relu: bool):
         rows, gi = _project(x, w_ih, b_ih, b_hh)
         steps, hidden = x.shape[0], h0.shape[-1]
         w_hh_t = _transposed(w_hh)
-        hs = np.empty((steps,) + h0.shape, gi.dtype)
+        hs = workspace.empty((steps,) + h0.shape, gi.dtype)
         h = h0
         zero = np.zeros((), gi.dtype)
         for t in _order(steps, reverse):
@@ -242,7 +248,7 @@ def _elman(relu: bool):
         def backward(grads: Arrays) -> Arrays:
             g_out, g_h = grads[0], grads[1]
             dh = _seed(g_h, h0)
-            dpre = np.empty_like(hs)
+            dpre = workspace.empty(hs.shape, hs.dtype)
             for t in _order(steps, not reverse):
                 if g_out is not None:
                     dh = dh + g_out[t]
@@ -255,7 +261,7 @@ def _elman(relu: bool):
             dx, dw_ih, db_ih, db_hh = _input_grads(dpre, rows, x.shape, w_ih, b_ih, True)
             return [dx, dh, None, dw_ih, dw_hh, db_ih, db_hh]
 
-        return (hs.copy(), h.copy()), backward
+        return (_own(hs), h.copy()), backward
     return kernel
 
 
