@@ -155,7 +155,7 @@ def test_a_training_step_stops_faulting_pages():
 @pytest.mark.parametrize("cls", [nn.GRU, nn.RNN, nn.LSTM], ids=["gru", "rnn", "lstm"])
 def test_a_recurrent_training_step_stops_faulting_pages(cls):
     """The recurrent kernels' per-step states and gate gradients come from the workspace
-    too (a GRU step of this size faulted about 4,500 pages a step before)."""
+    too (a GRU(64, 256) step on (64, 50, 64) faulted about 4,500 pages a step before)."""
     resource = pytest.importorskip("resource")
     nx.manual_seed(0)
     layer = cls(16, 256, batch_first=True)
