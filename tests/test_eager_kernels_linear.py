@@ -64,6 +64,33 @@ def test_kernel_equals_primitives_and_torch(x_shape, bias, wants, dtype):
             np.testing.assert_allclose(got, t.grad.numpy(), **TORCH_TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [nx.float32, nx.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("x_shape", [(8, 300), (2, 4, 300), (64, 300)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_against_a_big_weight(x_shape, bias, dtype):
+    """A batch of a few rows against a bigger weight is computed as (W x^T)^T (faster on
+    OpenBLAS): the same values and gradients, row-major, inf and NaN where they belong."""
+    from neurenix.eager_kernels.linear import _few_rows
+
+    assert _few_rows(int(np.prod(x_shape[:-1])), (200, 300))
+    x, w, b = _arrays(x_shape, 200, bias, dtype)
+    x.reshape(-1, 300)[1, 7] = np.inf
+    w[3, 11] = np.nan
+    arrays, wants = (x, w, b), (True, True, bias)
+    value, grads, _, up = _run(arrays, dtype, True, wants)
+    ref_value, ref_grads, _, _ = _run(arrays, dtype, False, wants)
+    assert value.flags.c_contiguous and value.shape == ref_value.shape
+    np.testing.assert_array_equal(np.isnan(value), np.isnan(ref_value))
+    np.testing.assert_allclose(value, ref_value, equal_nan=True, **TOL[dtype])
+    for got, want in zip(grads, ref_grads):
+        if want is not None:
+            np.testing.assert_allclose(got, want, equal_nan=True, **TOL[dtype])
+    finite = [a if a is None else np.nan_to_num(a, nan=0.5, posinf=1.0) for a in arrays]
+    tt = [None if a is None else torch.tensor(a) for a in finite]
+    np.testing.assert_allclose(_run(finite, dtype, True, wants)[0],
+                               TF.linear(*tt).numpy(), **TORCH_TOL[dtype])
+
+
 def test_gradients_are_row_major_and_owned():
     """The weight's gradient comes out in its layout, taken by the leaf without a copy, and no
     two gradients share storage."""

@@ -25,9 +25,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
     b = None if bias is None else np.asarray(bias._data)
     rows = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
     with np.errstate(all="ignore"):  # inf and nan as the primitives give them, silently
-        y = rows @ w.T
-        if b is not None:
-            y += b
+        if _few_rows(rows.shape[0], w.shape):
+            y = np.empty((rows.shape[0], w.shape[0]), np.result_type(rows, w))
+            product = (w @ rows.T).T
+            if b is None:
+                np.copyto(y, product)
+            else:
+                np.add(product, b, out=y)
+        else:
+            y = rows @ w.T
+            if b is not None:
+                y += b
     on = state.is_grad_enabled()
     wanted = [on and t is not None and t.requires_grad for t in (x, weight, bias)]
 
@@ -43,3 +51,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
 
     out = y.reshape(a.shape[:-1] + (w.shape[0],))
     return record("Linear", (x, weight, bias), (out,), backward, composite)[0]
+
+
+def _few_rows(rows: int, weight: tuple[int, ...]) -> bool:
+    """Whether to compute x W^T as (W x^T)^T: OpenBLAS runs a product with a few rows
+    (a batch of 2 to 64) against a bigger weight 1.1-2.2x faster with the weight as the left
+    operand (measured on 2 threads: (8, 1568) x (128, 1568) 98 -> 57 µs, (16, 4096) x
+    (256, 4096) 631 -> 282 µs, (64, 784) x (512, 784) 355-669 -> 324-463 µs; at 256 rows
+    and for small weights the usual order is as fast or faster)."""
+    out, inner = weight
+    return 2 <= rows <= 64 and rows < out and out * inner >= 1 << 15
