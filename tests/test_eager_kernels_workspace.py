@@ -131,7 +131,6 @@ def test_a_training_step_stops_faulting_pages():
     """After a warm-up, a step of big conv, ReLU and max-pool layers allocates nothing new
     from the OS (before the workspace: about 2,000 page faults a step on this layer stack,
     glibc returning each freed multi-megabyte array)."""
-    resource = pytest.importorskip("resource")
     rng = np.random.default_rng(0)
     x = nx.tensor(rng.standard_normal((32, 3, 28, 28)).astype(np.float32))
     w1 = nx.tensor(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), requires_grad=True)
@@ -143,20 +142,13 @@ def test_a_training_step_stops_faulting_pages():
         h = F.max_pool2d(F.relu(F.conv2d(x, w1, padding=1)), 2)
         F.max_pool2d(F.relu(F.conv2d(h, w2, padding=1)), 2).sum().backward()
 
-    for _ in range(3):
-        step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        step()
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-    assert faults < 200, f"{faults} page faults a step"
+    _assert_no_faults(step)
 
 
 @pytest.mark.parametrize("cls", [nn.GRU, nn.RNN, nn.LSTM], ids=["gru", "rnn", "lstm"])
 def test_a_recurrent_training_step_stops_faulting_pages(cls):
     """The recurrent kernels' per-step states and gate gradients come from the workspace
     too (a GRU(64, 256) step on (64, 50, 64) faulted about 4,500 pages a step before)."""
-    resource = pytest.importorskip("resource")
     nx.manual_seed(0)
     layer = cls(16, 256, batch_first=True)
     x = nx.tensor(np.random.default_rng(0).standard_normal((64, 40, 16)).astype(np.float32))
@@ -166,12 +158,18 @@ def test_a_recurrent_training_step_stops_faulting_pages(cls):
             p.grad = None
         layer(x)[0].sum().backward()
 
-    for _ in range(3):
+    _assert_no_faults(step)
+
+
+def _assert_no_faults(step, warm: int = 3, timed: int = 4) -> None:
+    """After `warm` steps, fewer than 200 minor page faults per step over `timed` more."""
+    resource = pytest.importorskip("resource")
+    for _ in range(warm):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
+    for _ in range(timed):
         step()
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / timed
     assert faults < 200, f"{faults} page faults a step"
 
 
