@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 from llvmlite import ir
 
 from ...runtime.program import KernelInfo, Program
-from ...runtime.sizes import Poly, Size, size_to_json
+from ...runtime.sizes import size_to_json
 from ..kernel.ir import (
     Binary,
     BufferArg,
@@ -151,8 +151,7 @@ def generate(kernels: KernelGraph, plan: MemoryPlan | None = None,
         params = parameters(kernel, plan)
         kernel, moved = rebased(kernel, params, plan)
         emitted = emitter.function(kernel, params)
-        byte_offsets = {p: _scaled(c, _itemsize(kernel, p, params, plan))
-                        for p, c in moved.items()}
+        byte_offsets = {p: c * _itemsize(kernel, p, params, plan) for p, c in moved.items()}
         calls.append((emitted, params, byte_offsets))
         offsets.append({p: size_to_json(c) for p, c in byte_offsets.items()})
         infos.append(KernelInfo(emitted.fn.name, tuple(params), kernel.comment,
@@ -360,13 +359,6 @@ def _renamed(e, f):
         return replace(n, buffer=f(n.buffer)) if isinstance(n, (Load, Store)) else n
 
     return rebuild(e, rename)
-
-
-def _scaled(size: Size, factor: int) -> Size:
-    """size * factor, for an int or a polynomial of the sizes."""
-    if isinstance(size, int):
-        return size * factor
-    return Poly(tuple((m, c * factor) for m, c in size.terms))
 
 
 def _itemsize(kernel: Kernel, param: str, params: list[str], plan: MemoryPlan) -> int:

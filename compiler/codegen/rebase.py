@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...runtime.sizes import Monomial, Poly, Size, poly_from_terms
-from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, Sym, dtype_of, rebuild
+from ...runtime.sizes import Poly, Size
+from ..kernel.affine import affine
+from ..kernel.ir import Binary, Const, Expr, Kernel, Load, Store, dtype_of, rebuild
 from ..kernel.memory import MemoryPlan
 from ..schedule.types import Choice, Contraction, Dot, Elementwise, PerPoint, Schedule
 from .program_specs import storage_root
@@ -43,8 +44,9 @@ def rebased(kernel: Kernel, params: list[str],
         if len(names) != 1:
             continue
         (name,) = names
-        invariants = {_split(node.index)[1] for node in accesses[name]}
-        if len(invariants) == 1 and _positive(c := invariants.pop()):
+        found = [_split(node.index)[1] for node in accesses[name]]
+        # compared as plain data: a `Dim`'s == would decide (and guard) in the shape env
+        if len({_key(c) for c in found}) == 1 and _positive(c := found[0]):
             offsets[name] = c
     if not offsets:
         return kernel, {}
@@ -72,57 +74,24 @@ def _accesses(kernel: Kernel) -> list:
 
 
 def _split(index: Expr) -> tuple[Expr | None, Size]:
-    """`index` as (the rest, the sum of its top-level loop-invariant terms: `_size`); the
-    rest is None when nothing else is left."""
-    invariant = _size(index)
-    if invariant is not None:
-        return None, invariant
+    """`index` as (the rest, the sum of its top-level loop-invariant terms: integer constants
+    and, in a program with dynamic sizes, polynomials of `Sym`s, read by `affine`); the rest
+    is None when nothing else is left."""
     if isinstance(index, Binary) and index.op == "add":
         a, ca = _split(index.a)
         b, cb = _split(index.b)
-        total = _sum(ca, cb)
+        total = ca + cb
         if a is None or b is None:
             return (b if a is None else a), total
         return (index if (a is index.a and b is index.b) else replace(index, a=a, b=b)), total
+    form = affine(index)
+    if form is not None and set(form) <= {-1}:
+        return None, form.get(-1, 0)
     return index, 0
 
 
-def _sum(a: Size, b: Size) -> Size:
-    if isinstance(a, int) and isinstance(b, int):
-        return a + b
-    terms: dict[Monomial, int] = {}
-    for size in (a, b):
-        for m, c in (size.terms if isinstance(size, Poly) else (((), size),)):
-            terms[m] = terms.get(m, 0) + c
-    return poly_from_terms(terms)
-
-
-def _size(e: Expr) -> Size | None:
-    """The value of an integer expression of constants and sizes (`Sym`), as a size; None
-    when it reads anything else (a loop variable, a buffer)."""
-    terms = _terms(e)
-    return None if terms is None else poly_from_terms(terms)
-
-
-def _terms(e: Expr) -> dict[Monomial, int] | None:
-    if isinstance(e, Const):
-        ok = isinstance(e.value, int) and not isinstance(e.value, bool)
-        return {(): e.value} if ok else None
-    if isinstance(e, Sym):
-        return {(e.name,): 1}
-    if not (isinstance(e, Binary) and e.op in ("add", "mul")):
-        return None
-    a, b = _terms(e.a), _terms(e.b)
-    if a is None or b is None:
-        return None
-    if e.op == "add":
-        return {m: a.get(m, 0) + b.get(m, 0) for m in a.keys() | b.keys()}
-    product: dict[Monomial, int] = {}
-    for ma, ca in a.items():
-        for mb, cb in b.items():
-            m = tuple(sorted(ma + mb))
-            product[m] = product.get(m, 0) + ca * cb
-    return product
+def _key(size: Size) -> int | tuple:
+    return size.terms if isinstance(size, Poly) else size
 
 
 def _positive(offset: Size) -> bool:
@@ -132,8 +101,8 @@ def _positive(offset: Size) -> bool:
     return offset > 0
 
 
-def _without(kernel: Kernel, offsets: dict[str, int]) -> Kernel:
-    """`kernel` with the constant `offsets[buffer]` taken out of every index into those
+def _without(kernel: Kernel, offsets: dict[str, Size]) -> Kernel:
+    """`kernel` with the loop-invariant `offsets[buffer]` taken out of every index into those
     buffers."""
     def rebase(n):
         if not isinstance(n, (Load, Store)) or n.buffer not in offsets:

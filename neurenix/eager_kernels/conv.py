@@ -180,19 +180,20 @@ def _exact_conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, stride: I
         g = grads[0]
         if g is None:
             return [None, None, None]
-        gt = _compact_gradient(g).reshape(groups, out_channels // groups, positions)
+        wide = wanted[0] and _wide(stride, groups) and np.isfinite(w).all()
+        gt = None  # the compact gradient, for whatever reads it
+        if wanted[1] or wanted[2] or (wanted[0] and not wide):
+            gt = _compact_gradient(g).reshape(groups, out_channels // groups, positions)
         dx = dw = db = None
         if wanted[2]:
             db = gt.reshape(out_channels, positions).sum(1)
         if wanted[1]:
             dw = _weight_gradient(cols, gt).reshape(wa.shape)
-        if wanted[0]:
-            if _wide(stride, groups) and np.isfinite(w).all():
-                gw = _wide_gradient(g, padded[3])
-                dx = _wide_col2im(xa.shape, w[0], gw, padded, lo, kernel, dilation, out)
-            else:
-                dx = _input_gradient(w, gt, xa.shape, padded, lo, kernel, stride, dilation,
-                                     out)
+        if wide:
+            gw = _wide_gradient(g, padded[3])
+            dx = _wide_col2im(xa.shape, w[0], gw, padded, lo, kernel, dilation, out)
+        elif wanted[0]:
+            dx = _input_gradient(w, gt, xa.shape, padded, lo, kernel, stride, dilation, out)
         return [dx, dw, db]
 
     return y, backward
@@ -232,8 +233,7 @@ def _wide_conv(xa: np.ndarray, wa: np.ndarray, ba: np.ndarray | None, dilation: 
     y = workspace.empty((batch, out_channels) + out, xa.dtype)
     rows = _split(prod, (out_channels,), (batch, height, pw))[..., :width]
     _add_bias(y, rows.swapaxes(0, 1), ba)
-    del rows
-    del prod, xw
+    del rows, prod, xw
     if not wanted[1]:
         cols = None
 
