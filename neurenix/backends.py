@@ -11,6 +11,10 @@ device follow it too.
 `torch.backends.cudnn.enabled`): eager recurrent layers, convolutions and pooling run as whole
 NumPy kernels with a hand-written backward (`neurenix.eager_kernels`); False runs them as the
 primitives they are defined by, one dispatch per operation.
+
+`neurenix.backends.eager_compile` (True by default): an eager kernel's layer called again and
+again with one signature (a training loop's) runs as a cached compiled program from its third
+call on (`neurenix.eager_kernels.hot`); False keeps every call on the NumPy kernel.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import types
 
 from neurenix.compiler.targets import target_for_device
 
-_STATE = {"allow_tf32": False, "eager_kernels": True}
+_STATE = {"allow_tf32": False, "eager_kernels": True, "eager_compile": True}
 
 
 def _switch(name: str) -> property:
@@ -42,11 +46,17 @@ class _Backends(types.ModuleType):
 
     allow_tf32 = _switch("allow_tf32")
     eager_kernels = _switch("eager_kernels")
+    eager_compile = _switch("eager_compile")
 
 
 def eager_kernels_enabled() -> bool:
     """Whether eager layers may run as whole kernels (`eager_kernels` above)."""
     return _STATE["eager_kernels"]
+
+
+def eager_compile_enabled() -> bool:
+    """Whether hot eager layers may run as compiled programs (`eager_compile` above)."""
+    return _STATE["eager_compile"]
 
 
 def target_for(kind: str) -> str:

@@ -18,3 +18,12 @@ def _restore_thread_pool():
     yield
     if cpu.num_threads() != before:
         cpu.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hot_layers():
+    """Hot eager layers count calls per signature process-wide: every test starts counting
+    afresh, so which calls run compiled does not depend on the tests before it."""
+    from neurenix.eager_kernels import hot
+    hot.clear()
+    yield

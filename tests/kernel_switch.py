@@ -17,3 +17,14 @@ def kernels(on: bool) -> Iterator[None]:
         yield
     finally:
         nx.backends.eager_kernels = before
+
+
+@contextlib.contextmanager
+def eager_compile(on: bool) -> Iterator[None]:
+    """`neurenix.backends.eager_compile` set to `on` for the block, restored after it."""
+    before = nx.backends.eager_compile
+    nx.backends.eager_compile = on
+    try:
+        yield
+    finally:
+        nx.backends.eager_compile = before

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_switch import kernels
+from kernel_switch import eager_compile, kernels
 
 import neurenix as nx
 import neurenix.nn as nn
@@ -18,7 +18,8 @@ from neurenix.eager_kernels import workspace
 
 @pytest.fixture(autouse=True)
 def _kernels_on():
-    with kernels(True):
+    """The NumPy kernels' storage: hot layers stay on them (`eager_kernels.hot`)."""
+    with kernels(True), eager_compile(False):
         yield
 
 

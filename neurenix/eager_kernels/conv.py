@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import state
 from ..tensor import Tensor
-from . import workspace
+from . import hot, workspace
 from .record import Arrays, record
 
 Ints = tuple[int, ...]
@@ -39,11 +39,16 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Ints, dilation:
     padding lo before and hi after each spatial axis; `composite(x, weight, bias)` is the same
     as primitives."""
     wanted = _wanted(x, weight, bias)
-    with np.errstate(all="ignore"):  # inf and nan as the primitives give them, silently
-        out, backward = _conv(np.asarray(x._data), np.asarray(weight._data),
-                              None if bias is None else np.asarray(bias._data),
-                              stride, dilation, lo, hi, groups, wanted)
     name = f"Conv{weight.ndim - 2}d"
+    ran = hot.run(name, (stride, dilation, lo, hi, groups), (x, weight, bias), wanted,
+                  composite)
+    if ran is not None:
+        out, backward = ran
+    else:
+        with np.errstate(all="ignore"):  # inf and nan as the primitives give them, silently
+            out, backward = _conv(np.asarray(x._data), np.asarray(weight._data),
+                                  None if bias is None else np.asarray(bias._data),
+                                  stride, dilation, lo, hi, groups, wanted)
     return record(name, (x, weight, bias), (out,), backward, composite)[0]
 
 
