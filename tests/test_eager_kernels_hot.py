@@ -221,3 +221,21 @@ def test_a_backward_that_fails_to_compile_differentiates_the_primitives(monkeypa
 def test_switch_takes_only_a_bool():
     with pytest.raises(TypeError, match="eager_compile must be a bool, got int 1"):
         nx.backends.eager_compile = 1
+
+
+def test_a_composition_returning_its_output_bare_is_taken_whole():
+    """A layer's composition may return its one output bare (not in a tuple): the compiled
+    layer computes that whole tensor, not its first row."""
+    x, w = _arrays([(5, 7), (3, 7)], nx.float32)
+    xt, wt = nx.tensor(x), nx.tensor(w, requires_grad=True)
+
+    def composite(x, w, b):
+        return F.linear(x, w)
+
+    out, backward = hot.run("Bare", (), (xt, wt, None), [False, True, False], composite)
+    assert _compiled_layers()
+    np.testing.assert_allclose(out, x @ w.T, **TOL[nx.float32])
+    g = np.ones((5, 3), np.float32)
+    dx, dw, db = backward([g])
+    assert dx is None and db is None
+    np.testing.assert_allclose(dw, g.T @ x, **TOL[nx.float32])

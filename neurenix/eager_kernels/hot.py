@@ -68,9 +68,17 @@ class HotLayer:
         it = iter(given)
         return [next(it) if p else None for p in self._present]
 
+    def _output(self, *given: Tensor) -> Tensor:
+        """The composition's one output (it may return it bare or in a sequence)."""
+        made = self._composite(*self._full(given))
+        return made if isinstance(made, Tensor) else made[0]
+
     def _compile(self, fn: Callable[..., object], part: str) -> Callable[..., object]:
-        fn.__name__ = fn.__qualname__ = f"{self._name}[eager {part}]"
-        return compile_hook.compiler()(fn, dynamic=False)
+        def program(*args: Tensor) -> object:
+            return fn(*args)
+
+        program.__name__ = program.__qualname__ = f"{self._name}[eager {part}]"
+        return compile_hook.compiler()(program, dynamic=False)
 
     def _failed(self, e: Exception, part: str, instead: str) -> None:
         log.info("eager %s %s: not compiled (%s: %s); %s", self._name, part,
@@ -89,8 +97,7 @@ class HotLayer:
         else:  # the first call compiles: a failure leaves the NumPy kernel
             try:
                 if self._forward is None:
-                    self._forward = self._compile(
-                        lambda *ts: self._composite(*self._full(ts))[0], "forward")
+                    self._forward = self._compile(self._output, "forward")
                 with no_grad():
                     out = self._forward(*given)
             except Exception as e:  # noqa: BLE001 - the NumPy kernel computes it as well
@@ -126,7 +133,7 @@ class HotLayer:
                 return [t._data for t in program(out_grad, *leaves)]
 
         def gradients(out_grad: Tensor, *given: Tensor) -> tuple[Tensor, ...]:
-            self._composite(*self._full(given))[0].backward(out_grad)
+            self._output(*given).backward(out_grad)
             return tuple(t.grad for t, w in zip(given, want) if w)
 
         try:  # the first backward for this set of gradients compiles
@@ -146,7 +153,7 @@ class HotLayer:
                              out_grad: Tensor) -> list[np.ndarray]:
         """The wanted gradients through the primitives."""
         with enable_grad():
-            y = self._composite(*self._full(leaves))[0]
+            y = self._output(*leaves)
             found = autograd.grad([y], [t for t, w in zip(leaves, want) if w], [out_grad])
         return [np.ascontiguousarray(t._data) for t in found]
 
