@@ -134,7 +134,10 @@ class HotLayer:
 
         def gradients(out_grad: Tensor, *given: Tensor) -> tuple[Tensor, ...]:
             self._output(*given).backward(out_grad)
-            return tuple(t.grad for t, w in zip(given, want) if w)
+            found = tuple(t.grad for t, w in zip(given, want) if w)
+            for t in given:  # the leaves are this call's own: no second copy into .grad
+                t.grad = None
+            return found
 
         try:  # the first backward for this set of gradients compiles
             program = self._compile(gradients, "backward")
