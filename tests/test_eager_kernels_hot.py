@@ -239,3 +239,15 @@ def test_a_composition_returning_its_output_bare_is_taken_whole():
     dx, dw, db = backward([g])
     assert dx is None and db is None
     np.testing.assert_allclose(dw, g.T @ x, **TOL[nx.float32])
+
+
+def test_the_backward_program_writes_each_gradient_once():
+    """The gradient program returns the leaves' gradients and clears their `.grad`, so it
+    has no second output to copy each gradient into."""
+    x, w, b = _arrays([(2, 3, 6, 6), (4, 3, 3, 3), (4,)], nx.float32)
+    ts = [nx.tensor(a, requires_grad=True) for a in (x, w, b)]
+    F.conv2d(*ts, padding=1).sum().backward()
+    (layer,) = _compiled_layers()
+    (program,) = layer._backward.values()
+    kernels_run = [k.name for k in program._last.forward.program.kernels]
+    assert kernels_run and not [k for k in kernels_run if k.endswith("_copy")]
