@@ -251,3 +251,37 @@ def test_the_backward_program_writes_each_gradient_once():
     (program,) = layer._backward.values()
     kernels_run = [k.name for k in program._last.forward.program.kernels]
     assert kernels_run and not [k for k in kernels_run if k.endswith("_copy")]
+
+
+LINEAR_CASES = [
+    # (input shape, weight shape, bias): every product of at least THREADED_MNK multiply-adds
+    ((64, 96), (48, 96), True),
+    ((4, 16, 64), (80, 64), True),  # rows from two leading axes
+    ((8, 1568), (128, 1568), False),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,bias", LINEAR_CASES)
+def test_compiled_linear_matches_primitives_and_torch(x_shape, w_shape, bias):
+    shapes = [x_shape, w_shape] + ([(w_shape[0],)] if bias else [])
+    arrays = _arrays(shapes, nx.float32)
+    arrays[0][0, 1] = np.inf
+    arrays[1][2, 3] = np.nan
+
+    def fn(*ts):
+        return F.linear(*ts)
+
+    got = _run(fn, arrays, nx.float32, on=True)
+    assert len(_compiled_layers()) == 1 and got[2] == "LinearBackward"
+    want = _run(fn, arrays, nx.float32, on=False)
+    tol = dict(TORCH_TOL[nx.float32], equal_nan=True)  # sums of up to 1,568 float32 terms
+    _assert_all_close(got, want, tol, "compiled vs primitives")
+    _assert_all_close(got, _torch(torch.nn.functional.linear, arrays, nx.float32, got[3]),
+                      dict(TORCH_TOL[nx.float32], equal_nan=True), "compiled vs torch")
+
+
+def test_small_linear_products_stay_on_numpy():
+    x, w = _arrays([(32, 20), (5, 20)], nx.float32)  # 3,200 multiply-adds
+    for _ in range(3):
+        F.linear(nx.tensor(x), nx.tensor(w, requires_grad=True)).sum().backward()
+    assert not hot._layers
