@@ -12,9 +12,10 @@ device follow it too.
 NumPy kernels with a hand-written backward (`neurenix.eager_kernels`); False runs them as the
 primitives they are defined by, one dispatch per operation.
 
-`neurenix.backends.eager_compile` (True by default): an eager kernel's layer called again and
-again with one signature (a training loop's) runs as a cached compiled program from its third
-call on (`neurenix.eager_kernels.hot`); False keeps every call on the NumPy kernel.
+`neurenix.backends.eager_compile` (True by default): an eager convolution or big linear layer
+called again and again with one signature (a training loop's) runs as cached compiled programs
+from its third call on (`neurenix.eager_kernels.hot`); False keeps every call on its NumPy
+kernel.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ where no gradient reads them.
 The autograd node stays the eager kernel's (`record`): versions checked, gradients fresh,
 `create_graph=True` differentiating the primitives.  A signature whose forward fails to
 compile runs its NumPy kernel from then on (logged at INFO); a backward that fails to compile
-differentiates the primitives instead.  Only float32 layers, on a CPU target that compiles.
+differentiates the primitives instead.  Only float32 layers, on a CPU target that compiles:
+convolutions (`conv.conv`) and linear layers big enough for threads (`linear.linear`).
 `neurenix.backends.eager_compile = False` turns this off.
 """
 from __future__ import annotations
