@@ -1,5 +1,6 @@
-"""`kernels(on)`: `neurenix.backends.eager_kernels` set for a block, for the tests that compare
-the eager kernels with the primitive compositions they replace."""
+"""`kernels(on)` and `eager_compile(on)`: a `neurenix.backends` switch set for a block, for the
+tests that compare the eager kernels (and their compiled hot layers) with the primitive
+compositions they replace."""
 from __future__ import annotations
 
 import contextlib
@@ -9,22 +10,21 @@ import neurenix as nx
 
 
 @contextlib.contextmanager
-def kernels(on: bool) -> Iterator[None]:
-    """`neurenix.backends.eager_kernels` set to `on` for the block, restored after it."""
-    before = nx.backends.eager_kernels
-    nx.backends.eager_kernels = on
+def _switch(name: str, on: bool) -> Iterator[None]:
+    """`neurenix.backends.<name>` set to `on` for the block, restored after it."""
+    before = getattr(nx.backends, name)
+    setattr(nx.backends, name, on)
     try:
         yield
     finally:
-        nx.backends.eager_kernels = before
+        setattr(nx.backends, name, before)
 
 
-@contextlib.contextmanager
-def eager_compile(on: bool) -> Iterator[None]:
-    """`neurenix.backends.eager_compile` set to `on` for the block, restored after it."""
-    before = nx.backends.eager_compile
-    nx.backends.eager_compile = on
-    try:
-        yield
-    finally:
-        nx.backends.eager_compile = before
+def kernels(on: bool) -> contextlib.AbstractContextManager[None]:
+    """`neurenix.backends.eager_kernels` set to `on` for the block."""
+    return _switch("eager_kernels", on)
+
+
+def eager_compile(on: bool) -> contextlib.AbstractContextManager[None]:
+    """`neurenix.backends.eager_compile` set to `on` for the block."""
+    return _switch("eager_compile", on)
