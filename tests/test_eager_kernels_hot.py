@@ -285,3 +285,31 @@ def test_small_linear_products_stay_on_numpy():
     for _ in range(3):
         F.linear(nx.tensor(x), nx.tensor(w, requires_grad=True)).sum().backward()
     assert not hot._layers
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("layer", ["conv2d", "linear"])
+def test_bias_changed_in_place_before_backward_is_allowed(layer, compiled):
+    """The backward never reads the bias (its gradient is the sum of g), so changing it in
+    place between forward and backward is fine, as in PyTorch; the gradients are PyTorch's."""
+    if layer == "conv2d":
+        shapes, nx_fn, torch_fn = [(2, 3, 5, 5), (4, 3, 3, 3), (4,)], F.conv2d, \
+            torch.nn.functional.conv2d
+    else:
+        shapes, nx_fn, torch_fn = [(64, 96), (48, 96), (48,)], F.linear, \
+            torch.nn.functional.linear
+    arrays = _arrays(shapes, nx.float32)
+    with eager_compile(compiled):
+        ts = [nx.tensor(a, requires_grad=True) for a in arrays]
+        y = nx_fn(*ts)
+        assert bool(_compiled_layers()) == compiled
+        with nx.no_grad():
+            ts[2].sub_(0.5)
+        y.sum().backward()
+    tt = [torch.tensor(a, requires_grad=True) for a in arrays]
+    ty = torch_fn(*tt)
+    with torch.no_grad():
+        tt[2].sub_(0.5)
+    ty.sum().backward()
+    for t, e in zip(ts, tt):
+        np.testing.assert_allclose(t.grad.numpy(), e.grad.numpy(), **TORCH_TOL[nx.float32])

@@ -167,3 +167,20 @@ def test_compiled_layer_equals_kernel():
     eager = layer(x).detach().numpy()
     compiled = nx.compile(layer)(x).detach().numpy()
     np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("x_shape", [(784,), (1, 784)], ids=["1d", "one-row"])
+def test_one_row_weight_gradient_keeps_the_signs_of_zeros(x_shape):
+    """With one row, dW is the outer product g x^T, one product per entry: -0.0 where the
+    signs differ, as PyTorch gives it (a product summed onto +0.0 would lose them)."""
+    rng = np.random.default_rng(4)
+    x = np.where(rng.random(x_shape) < 0.5, -0.0, 0.0).astype(np.float32)
+    w = rng.standard_normal((512, 784)).astype(np.float32)
+    g = rng.standard_normal(x_shape[:-1] + (512,)).astype(np.float32)
+    for _ in range(3):  # past the calls after which big products may run compiled
+        wt = nx.tensor(w, requires_grad=True)
+        F.linear(nx.tensor(x), wt).backward(nx.tensor(g))
+        tw = torch.tensor(w, requires_grad=True)
+        TF.linear(torch.tensor(x), tw).backward(torch.tensor(g))
+        assert np.array_equal(np.signbit(wt.grad.numpy()), np.signbit(tw.grad.numpy()))
+        assert np.signbit(wt.grad.numpy()).any()

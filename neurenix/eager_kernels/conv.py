@@ -49,7 +49,9 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Ints, dilation:
             out, backward = _conv(np.asarray(x._data), np.asarray(weight._data),
                                   None if bias is None else np.asarray(bias._data),
                                   stride, dilation, lo, hi, groups, wanted)
-    return record(name, (x, weight, bias), (out,), backward, composite)[0]
+    # the backward never reads the bias (db is the sum of g): it may change in place meanwhile
+    return record(name, (x, weight, bias), (out,), backward, composite,
+                  reads=(True, True, False))[0]
 
 
 def max_pool(x: Tensor, kernel: Ints, stride: Ints, dilation: Ints, lo: Ints, hi: Ints,

@@ -18,6 +18,7 @@ from ..tensor import Tensor
 from . import hot
 from .record import Arrays, record
 
+_READS = (True, True, False)  # the backward never reads the bias: db is the sum of g
 THREADED_MNK = 1 << 18
 """Products of at least this many multiply-adds (rows x in x out) run as hot compiled
 programs (`hot`); OpenBLAS takes its worker threads from about this size on."""
@@ -32,7 +33,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
     if _threaded(x.shape, weight.shape):
         ran = hot.run("Linear", (), (x, weight, bias), wanted, composite)
         if ran is not None:
-            return record("Linear", (x, weight, bias), (ran[0],), ran[1], composite)[0]
+            return record("Linear", (x, weight, bias), (ran[0],), ran[1], composite,
+                          reads=_READS)[0]
     a, w = np.asarray(x._data), np.asarray(weight._data)
     b = None if bias is None else np.asarray(bias._data)
     rows = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
@@ -55,12 +57,14 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
             return [None, None, None]
         g = g.reshape(-1, g.shape[-1]) if g.ndim != 2 else g
         dx = (g @ w).reshape(a.shape) if wanted[0] else None
-        dw = g.T @ rows if wanted[1] else None
+        dw = None
+        if wanted[1]:  # one row: each entry is one product, exact with its zero's sign
+            dw = g.T @ rows if rows.shape[0] != 1 else np.multiply(g.T, rows)
         db = np.add.reduce(g, axis=0) if wanted[2] else None
         return [dx, dw, db]
 
     out = y.reshape(a.shape[:-1] + (w.shape[0],))
-    return record("Linear", (x, weight, bias), (out,), backward, composite)[0]
+    return record("Linear", (x, weight, bias), (out,), backward, composite, reads=_READS)[0]
 
 
 def _few_rows(rows: int, weight: tuple[int, ...]) -> bool:
@@ -81,5 +85,8 @@ def _threaded(x_shape: tuple[int, ...], weight: tuple[int, ...]) -> bool:
     as many cores as threads it takes the core the pool's worker needs (the spec CNN's
     batch-64 step, its convolutions compiled: 48 ms with the linear layers on OpenBLAS, 33 ms
     with them compiled, 37-41 ms with one BLAS thread).  Smaller products stay on NumPy,
-    cheaper than a program call and on OpenBLAS's calling thread."""
-    return math.prod(x_shape[:-1]) * weight[0] * weight[1] >= THREADED_MNK
+    cheaper than a program call and on OpenBLAS's calling thread, and so does a single row,
+    whose weight gradient is an outer product NumPy takes exactly (a compiled sum of one
+    term would make its -0.0 entries +0.0)."""
+    rows = math.prod(x_shape[:-1])
+    return rows > 1 and rows * weight[0] * weight[1] >= THREADED_MNK
