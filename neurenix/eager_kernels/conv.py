@@ -24,10 +24,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .. import state
 from ..tensor import Tensor
 from . import hot, workspace
-from .record import Arrays, record
+from .record import Arrays, record, wanted
 
 Ints = tuple[int, ...]
 
@@ -38,9 +37,9 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Ints, dilation:
     """The convolution of batched x (N, C, *S) with weight (O, C / groups, *kernel), zero
     padding lo before and hi after each spatial axis; `composite(x, weight, bias)` is the same
     as primitives."""
-    wanted = _wanted(x, weight, bias)
+    wants = wanted(x, weight, bias)
     name = f"Conv{weight.ndim - 2}d"
-    ran = hot.run(name, (stride, dilation, lo, hi, groups), (x, weight, bias), wanted,
+    ran = hot.run(name, (stride, dilation, lo, hi, groups), (x, weight, bias), wants,
                   composite)
     if ran is not None:
         out, backward = ran
@@ -48,7 +47,7 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Ints, dilation:
         with np.errstate(all="ignore"):  # inf and nan as the primitives give them, silently
             out, backward = _conv(np.asarray(x._data), np.asarray(weight._data),
                                   None if bias is None else np.asarray(bias._data),
-                                  stride, dilation, lo, hi, groups, wanted)
+                                  stride, dilation, lo, hi, groups, wants)
     # the backward never reads the bias (db is the sum of g): it may change in place meanwhile
     return record(name, (x, weight, bias), (out,), backward, composite,
                   reads=(True, True, False))[0]
@@ -60,16 +59,9 @@ def max_pool(x: Tensor, kernel: Ints, stride: Ints, dilation: Ints, lo: Ints, hi
     axis); `composite(x)` is the same as primitives."""
     with np.errstate(all="ignore"):
         out, backward = _max_pool(np.asarray(x._data), kernel, stride, dilation, lo, hi,
-                                  _wanted(x)[0])
+                                  wanted(x)[0])
     name = f"MaxPool{len(kernel)}d"
     return record(name, (x,), (out,), backward, composite)[0]
-
-
-def _wanted(*tensors: Tensor | None) -> list[bool]:
-    """Which inputs a backward may be asked a gradient for (none outside grad mode), so the
-    forward keeps only what those need."""
-    on = state.is_grad_enabled()
-    return [on and t is not None and t.requires_grad for t in tensors]
 
 
 # ---- shared window arithmetic ----------------------------------------------------------------

@@ -56,7 +56,9 @@ _layers: OrderedDict[tuple, HotLayer | None] = OrderedDict()  # None: its compil
 class HotLayer:
     """One signature's compiled forward and, per set of wanted input gradients, backward."""
 
-    def __init__(self, name: str, composite: Composite, present: tuple[bool, ...]) -> None:
+    def __init__(self, key: tuple, name: str, composite: Composite,
+                 present: tuple[bool, ...]) -> None:
+        self.key = key
         self._name = name
         self._composite = composite
         self._present = present
@@ -183,7 +185,7 @@ def layer(name: str, attrs: tuple, inputs: Sequence[Tensor | None],
             _counts[key] = count
             return None
         _counts.pop(key, None)
-    made = HotLayer(name, composite, tuple(t is not None for t in inputs))
+    made = HotLayer(key, name, composite, tuple(t is not None for t in inputs))
     with _lock:
         _layers[key] = made
         while len(_layers) > MAX_LAYERS:
@@ -201,9 +203,8 @@ def run(name: str, attrs: tuple, inputs: Sequence[Tensor | None], wanted: Sequen
     ran = found.run(inputs, wanted)
     if ran is None:
         with _lock:
-            for key, value in _layers.items():
-                if value is found:
-                    _layers[key] = None
+            if _layers.get(found.key) is found:
+                _layers[found.key] = None
     return ran
 
 

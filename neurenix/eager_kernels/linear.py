@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .. import state
 from ..tensor import Tensor
 from . import hot
-from .record import Arrays, record
+from .record import Arrays, record, wanted
 
 _READS = (True, True, False)  # the backward never reads the bias: db is the sum of g
 THREADED_MNK = 1 << 18
@@ -28,10 +27,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
            composite: Callable[..., Sequence[Tensor]]) -> Tensor:
     """x (*, in) @ weight (out, in)^T + bias (out,), checked by the caller; `composite(x,
     weight, bias)` is the same as primitives."""
-    on = state.is_grad_enabled()
-    wanted = [on and t is not None and t.requires_grad for t in (x, weight, bias)]
+    wants = wanted(x, weight, bias)
     if _threaded(x.shape, weight.shape):
-        ran = hot.run("Linear", (), (x, weight, bias), wanted, composite)
+        ran = hot.run("Linear", (), (x, weight, bias), wants, composite)
         if ran is not None:
             return record("Linear", (x, weight, bias), (ran[0],), ran[1], composite,
                           reads=_READS)[0]
@@ -56,11 +54,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
         if g is None:
             return [None, None, None]
         g = g.reshape(-1, g.shape[-1]) if g.ndim != 2 else g
-        dx = (g @ w).reshape(a.shape) if wanted[0] else None
+        dx = (g @ w).reshape(a.shape) if wants[0] else None
         dw = None
-        if wanted[1]:  # one row: each entry is one product, exact with its zero's sign
+        if wants[1]:  # one row: each entry is one product, exact with its zero's sign
             dw = g.T @ rows if rows.shape[0] != 1 else np.multiply(g.T, rows)
-        db = np.add.reduce(g, axis=0) if wanted[2] else None
+        db = np.add.reduce(g, axis=0) if wants[2] else None
         return [dx, dw, db]
 
     out = y.reshape(a.shape[:-1] + (w.shape[0],))

@@ -37,6 +37,13 @@ def eligible(*tensors: Tensor | None) -> bool:
     return True
 
 
+def wanted(*tensors: Tensor | None) -> list[bool]:
+    """Which inputs a backward may be asked a gradient for (none outside grad mode), so the
+    forward keeps only what those need."""
+    on = state.is_grad_enabled()
+    return [on and t is not None and t.requires_grad for t in tensors]
+
+
 def record(name: str, inputs: Sequence[Tensor | None], outputs: Sequence[np.ndarray],
            backward: Callable[[Arrays], Arrays],
            composite: Callable[..., Sequence[Tensor]],
