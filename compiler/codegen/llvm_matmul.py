@@ -41,7 +41,8 @@ need little of it (a failed allocation traps).
 
 With `b` contiguous along the columns and a single row tile, full tiles read `b` in place
 instead of packing it; a plain `b` contiguous along the columns is packed a K row at a time
-along the whole group, one contiguous along k is packed k-innermost, so that the reads stream;
+along the whole group, one contiguous along k a W x W square at a time (W vector loads
+along k, transposed in registers), so that the reads stream;
 in a computed `b` (a convolution's window gather) the divisions that read the column but not k
 are computed once per column tile into stack strips.  Rows and columns swap roles when the
 columns are fewer than half a tile, or when the stores are contiguous along the row axis (a
@@ -290,10 +291,13 @@ class _Tiler:
         fb, b, m = self.fb, self.b, self.m
         n0 = cols.n0
         hoisted = self._column_strips(vars, n0, edge)
+        k_from = _i64(0)
+        if m.k_major and not edge:
+            k_from = self._pack_transposed(vars, cols)
         outer, inner = ("pack_j", "pack_k") if m.k_major else ("pack_k", "pack_j")
-        sizes = {"pack_j": _i64(self.nr), "pack_k": cols.klen}
-        with fb.loop(_i64(0), sizes[outer], outer) as o:
-            with fb.loop(_i64(0), sizes[inner], inner, vectorize=not m.k_major) as i:
+        bounds = {"pack_j": (_i64(0), _i64(self.nr)), "pack_k": (k_from, cols.klen)}
+        with fb.loop(*bounds[outer], outer) as o:
+            with fb.loop(*bounds[inner], inner, vectorize=not m.k_major) as i:
                 kk, j = (i, o) if m.k_major else (o, i)
                 n = b.add(n0, j)
                 point = dict(vars)
@@ -311,6 +315,34 @@ class _Tiler:
                 slot = b.gep(self.slot, [b.add(b.mul(kk, _i64(self.nr)), j)], inbounds=True,
                              source_etype=self.ftype)
                 b.store(v, slot)
+
+    def _pack_transposed(self, vars: dict, cols: _Cols) -> ir.Value:
+        """Pack a full column tile of a `b` contiguous along k (a product with a transposed
+        weight, `x @ w.T`) a square of W x W elements at a time (W: the host vector's
+        lanes): W vector loads along k, transposed in registers, W vector stores along the
+        panel's rows, where moving single elements costs a load and a store each.  Returns
+        the step where the element-wise pack takes over (the K block's last `klen % W`)."""
+        fb, b, m = self.fb, self.b, self.m
+        lanes = m.nr // 2
+        vec = ir.VectorType(self.ftype, lanes)
+        squares = b.udiv(cols.klen, _i64(lanes))
+        with fb.loop(_i64(0), squares, "tpack_k") as q:
+            kk = b.mul(q, _i64(lanes))
+            for half in (0, lanes):
+                rows = []
+                for j in range(half, half + lanes):
+                    point = dict(vars)
+                    point[self.k_axis] = cols.k(b, kk)
+                    point[m.col] = b.add(cols.n0, _i64(j))
+                    em = ExprEmitter(b, self.lib, self.buffers, point)
+                    ptr = em.element_pointer(self.b_operand.buffer,
+                                             em.index(self.b_operand.index))
+                    rows.append(b.load(ptr, typ=vec, align=m.dtype.itemsize))
+                for i, row in enumerate(_transpose(b, rows)):
+                    at = b.add(b.mul(b.add(kk, _i64(i)), _i64(m.nr)), _i64(half))
+                    slot = b.gep(self.slot, [at], inbounds=True, source_etype=self.ftype)
+                    b.store(row, slot, align=min(64, lanes * m.dtype.itemsize))
+        return b.mul(squares, _i64(lanes))
 
     def _column_strips(self, vars: dict, n0: ir.Value, edge: bool) -> list[tuple[Expr, ir.Value]]:
         """Compute the integer divisions and remainders of `b` that depend on the column but
@@ -506,6 +538,26 @@ class _Cols:
     def k(self, b: ir.IRBuilder, kk: ir.Value) -> ir.Value:
         """The reduction index of step `kk` of the block."""
         return kk if self.k0 is None else b.add(self.k0, kk)
+
+
+def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The transpose of a square of vectors (W rows of W lanes, W a power of two): for each
+    s = W/2, ..., 1, every 2s x 2s block swaps its off-diagonal s x s blocks, one two-source
+    shuffle per row and stage."""
+    w = len(rows)
+    rows = list(rows)
+    mask = ir.VectorType(I32, w)
+    s = w // 2
+    while s:
+        upper = ir.Constant(mask, [lane if not lane & s else w + lane - s for lane in range(w)])
+        lower = ir.Constant(mask, [lane + s if not lane & s else w + lane for lane in range(w)])
+        for i in range(w):
+            if not i & s:
+                top, bottom = rows[i], rows[i + s]
+                rows[i] = b.shuffle_vector(top, bottom, upper)
+                rows[i + s] = b.shuffle_vector(top, bottom, lower)
+        s //= 2
+    return rows
 
 
 def _c_function(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:

@@ -1,0 +1,55 @@
+"""Products whose `b` is contiguous along k (`x @ w.T`, a Linear layer's forward): the tiled
+path packs `b` a W x W square at a time, transposed in registers (W: the host vector's lanes),
+and the last `klen % W` steps of each K block element by element.
+
+Every case must equal NumPy's product, read nothing out of bounds (guard pages on both sides)
+and give the same bits on any number of threads, for float32 and float64 and for 16- and
+8-lane vectors, with K blocks that are whole squares, ragged ones, several of them, and a
+narrow last column tile (which keeps the element-wise pack).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from kernel_helpers import assert_same_across_threads, assert_same_guarded
+from neurenix.compiler.schedule import Contraction
+from neurenix.compiler.targets import get_target
+from neurenix.compiler.types import float32, float64
+from test_codegen_llvm import assert_matmuls_match, build_matmul_program, kernel_paths
+
+CAPS = get_target("llvm").capabilities
+
+CASES = [  # (batch, m, k, n, a transposed, b transposed, bias, dtype)
+    # rows of `a` past dot.MAX_ROWS_BYTES, so that the tiled path takes them (dot products
+    # take smaller ones)
+    (0, 1040, 128, 64, False, True, False, float32),   # one K block of whole squares
+    (0, 1100, 125, 70, False, True, True, float32),    # a tail of 13 (or 5) steps, narrow edge
+    (2, 450, 300, 40, False, True, False, float32),    # batched, three K blocks of 100
+    (0, 520, 130, 40, False, True, True, float64),     # float64: two K blocks of 65, squares
+                                                       # of 8 (or 4) lanes
+    (0, 24, 7, 64, False, True, False, float32),       # a short k: no whole square
+]
+
+
+@pytest.fixture(scope="module", params=[512, 256], ids=["avx512", "avx2"])
+def program(request):
+    caps = replace(CAPS, vector_bits=request.param, masked_loads=True)
+    return build_matmul_program("km", CASES, 5, caps)
+
+
+def test_k_major_products_match_np_matmul_and_stay_in_bounds(program):
+    s, prog, exe, inputs, data = program
+    paths = kernel_paths(prog)
+    assert all(paths[f"km{i}"] == "tiled" for i in range(len(CASES))), paths
+    assert all(isinstance(k.schedule, Contraction) and k.schedule.k_major
+               for k in s.kernels)
+    assert "tpack_k" in prog.source  # the square-at-a-time pack was emitted
+    got = exe.run(inputs)
+    assert_matmuls_match(got, CASES, data, "km")
+    assert_same_guarded(exe, inputs, got)
+
+
+def test_k_major_products_split_across_threads_identically(program):
+    _, _, exe, inputs, _ = program
+    assert_same_across_threads(exe, inputs, (2, 3))
