@@ -104,6 +104,21 @@ def test_blocks_cover_k_evenly():
         assert (plan.scratch_bytes > 0) == (plan.k_blocks > 1)
 
 
+@pytest.mark.parametrize("k, b_t, row_blocks", [(64, False, 2), (1024, False, 1),
+                                                (1024, True, 1)])
+def test_rows_are_cut_for_the_threads_less_when_b_outgrows_l2(k, b_t, row_blocks):
+    """256 rows against 1024 columns (32 column tiles): with a `b` that fits in L2 the rows
+    are cut in two for `MIN_UNITS` (64) range points; a 4 MiB `b`, which every row block
+    would pack again from L3, is not cut (`MIN_UNITS_LARGE_B`, 32, range points), whichever
+    way it is stored."""
+    caps = replace(get_target("llvm").capabilities, l2_bytes=1 << 20, vector_bits=512)
+    tiles = contraction_rule(matmul_kernel("m", 0, 256, k, 1024, b_t=b_t), caps)
+    assert isinstance(tiles, Contraction) and tiles.k_major == b_t
+    assert tiles.blocking.col_tiles == 32
+    assert tiles.blocking.row_blocks == row_blocks
+    assert tiles.count == 32 * row_blocks
+
+
 # ---- row blocks and column groups: forced small, so that small products have many ----------
 
 GROUPED = [  # (batch, m, k, n, a transposed, b transposed, bias + relu, dtype)

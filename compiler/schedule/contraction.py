@@ -9,7 +9,8 @@ and columns swap roles when the columns are fewer than half a tile, or when the 
 contiguous along the row axis (a product stored transposed, as a weight gradient is).
 
 Blocking (`blocking`): k is cut into equal blocks of at most `KC` steps; a row block's rows of
-`a` over one K block fit in half of L2 (or rows are cut smaller for `MIN_UNITS` range points);
+`a` over one K block fit in half of L2 (or rows are cut smaller for `MIN_UNITS` range points,
+`MIN_UNITS_LARGE_B` when `b` is larger than L2: every row block packs all of `b`);
 a column group's KC x NR panels fit in a quarter of L2 and their partial sums in
 `SCRATCH_BYTES`.  A single row tile reading `b` in place (a vector-matrix product) takes K
 blocks of `DIRECT_KC` rows.  Dynamic rows are cut per call (`sizes.Blocks`) into the row blocks
@@ -36,6 +37,9 @@ MAX_STACK_BYTES = 16 * 1024  # larger scratch (the panels of a group) comes from
 SCRATCH_BYTES = 1024 * 1024  # partial sums of a column group of one row block
 DIRECT_KC = 8  # K block of a single row tile reading `b` in place
 MIN_UNITS = 64  # range points wanted (row blocks x column tiles x batch) for the threads
+MIN_UNITS_LARGE_B = 32  # the same for a `b` larger than L2, which each row block packs
+# again from L3: at 64 a (256, 1024) @ (1024, 1024).T forward packed its 4 MiB weight
+# twice, and the MLP step holding it ran 3% slower
 MIN_BLOCK_TILES = 8  # row tiles a row block keeps at least when split for the threads
 ROWS = 6  # MR
 ROW_CHOICES = (8, 7, 6, 5, 4)  # MR candidates when ROWS would leave a large clamped edge
@@ -231,7 +235,8 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
     else:
         k_blocks, kc = ceil_count(k_size, kc_max), kc_max
     units = col_tiles * math.prod(hint(kernel.domain[axis]) for axis in batch)
-    block = _row_block(row_tiles, kc * itemsize * mr, units, l2_bytes)
+    wanted = MIN_UNITS if hint(k_size) * n_size * itemsize <= l2_bytes else MIN_UNITS_LARGE_B
+    block = _row_block(row_tiles, kc * itemsize * mr, units, l2_bytes, wanted)
     row_blocks = -(-row_tiles // block)
     blocked = not is_static(k_blocks) or k_blocks > 1
     if not is_static(m_size) and most is None:
@@ -239,10 +244,10 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
         # into, but no more than blocks as for `DYNAMIC_ROWS` rows (each packs `b`): never
         # longer than the L2 bound or, with partial sums, than the scratch is sized for
         fixed = _row_block(-(-max(hint(m_size), DYNAMIC_ROWS) // mr), kc * itemsize * mr,
-                           units, l2_bytes)
+                           units, l2_bytes, wanted)
         cap = fixed if blocked else max(1, l2_bytes // 2 // (kc * itemsize * mr))
         block = cap
-        row_blocks = Blocks(m_size, mr, cap, -(-MIN_UNITS // units), MIN_BLOCK_TILES, fixed)
+        row_blocks = Blocks(m_size, mr, cap, -(-wanted // units), MIN_BLOCK_TILES, fixed)
     # reading `b` in place beats packing it when no second row tile would reuse the panel
     in_place = direct and single
     panel_bytes = kc * nr * itemsize
@@ -259,14 +264,15 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
                     scratch_bytes=group * tile_bytes if blocked else 0)
 
 
-def _row_block(row_tiles: int, tile_bytes: int, units: int, l2_bytes: int) -> int:
+def _row_block(row_tiles: int, tile_bytes: int, units: int, l2_bytes: int,
+               wanted: int) -> int:
     """Row tiles per row block: their rows of `a` over a K block (`tile_bytes` per tile) in
-    half of L2, fewer for `MIN_UNITS` range points (with `units` column tiles x batch), equal
+    half of L2, fewer for `wanted` range points (with `units` column tiles x batch), equal
     row blocks rather than a short last one."""
     block = max(1, min(row_tiles, l2_bytes // 2 // tile_bytes))
     row_blocks = -(-row_tiles // block)
     # enough range points for many threads' chunks, while a row block pays for its packing
-    row_blocks = max(row_blocks, min(-(-MIN_UNITS // units), row_tiles // MIN_BLOCK_TILES))
+    row_blocks = max(row_blocks, min(-(-wanted // units), row_tiles // MIN_BLOCK_TILES))
     return -(-row_tiles // row_blocks)
 
 
