@@ -304,6 +304,22 @@ def test_dot_or_tiled_matmul_with_dynamic_rows_picked_per_call(k, m):
           sizes, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("hint", [2, 3])
+def test_x_w_t_traced_at_few_rows_still_tiles_many(hint):
+    """Traced at fewer rows than a packed `b` pays for, x @ w.T still runs tiles past the dot
+    products' rows: the large variant runs for at least that many rows, whatever the trace
+    saw (it kept unthreaded dot products for every size: 126 against 80 ms at 8192 rows)."""
+    kg, env = matmul_graph(512, 1024, transposed_w=True, hint=hint)
+    program, exe = compile_symbolic(kg, env)
+    plan = program_schedule(kg, env)
+    assert isinstance(plan, Choice) and isinstance(plan.small, Dot)
+    _, last = variants(plan)
+    assert isinstance(last, Contraction) and last.k_major and last.threaded
+    assert program.metadata["paths"]["neurenix_mm"] == "dot|tiled"
+    check(kg, exe, lambda rng, v: [randn(rng, v, 512), randn(rng, 1024, 512)],
+          (2, 3, plan.limit, plan.limit + 1, 700), rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("k,m", [(64, 96), (20, 512), (7, 33)])
 def test_weight_gradient_with_a_dynamic_k(k, m):
     kg, env = weight_grad_graph(k, m)

@@ -155,7 +155,10 @@ def tiled(kernel: Kernel, caps: Capabilities, least: int = 1, most: int | None =
                 rows = 1 if row is None else kernel.domain[row]
                 direct = _direct_load(b, col, dtype)
                 k_major = _direct_load(b, nd, dtype)
-                if k_major and not direct and hint(rows) < MIN_PACKED_ROWS:
+                # the rows this variant runs for: dynamic ones at least `least`, whatever
+                # size the trace saw (a Choice's large variant traced at batch 1)
+                fewest = hint(rows) if is_static(rows) else max(hint(rows), least)
+                if k_major and not direct and fewest < MIN_PACKED_ROWS:
                     return None  # dot products along k (the generic nest) beat packing b
                 bounded = most if not is_static(rows) else None
                 mr = (rows_per_tile(rows) if is_static(rows) else
