@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from kernel_helpers import (
     assert_outputs_match,
+    assert_same_guarded,
     c64,
     compile_schedule,
     flat,
@@ -453,6 +454,18 @@ def assert_matmuls_match(got, cases, data, prefix: str) -> None:
         tol = 1e-5 * np.sqrt(k) if dtype == float32 else 1e-12 * k
         np.testing.assert_allclose(got[i], reference_matmul(case[:8], data, f"{prefix}{i}"),
                                    rtol=tol, atol=tol, err_msg=str(case))
+
+
+def assert_tiled_matmuls_right(built, cases, prefix: str) -> list:
+    """A `build_matmul_program` result: every kernel took the tiled path, matches NumPy's
+    product and reads nothing out of bounds (guard pages on both sides); its outputs."""
+    _, program, exe, inputs, data = built
+    paths = kernel_paths(program)
+    assert all(paths[f"{prefix}{i}"] == "tiled" for i in range(len(cases))), paths
+    got = exe.run(inputs)
+    assert_matmuls_match(got, cases, data, prefix)
+    assert_same_guarded(exe, inputs, got)
+    return got
 
 
 def kernel_paths(program) -> dict[str, str]:

@@ -27,7 +27,10 @@ from neurenix.compiler.schedule.contraction import rows_per_tile
 from neurenix.compiler.schedule.ranges import MIN_RANGE
 from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64
-from test_codegen_llvm import assert_matmuls_match, build_matmul_program, kernel_paths
+from test_codegen_llvm import (
+    assert_tiled_matmuls_right,
+    build_matmul_program,
+)
 
 CAPS = get_target("llvm").capabilities
 AVX512 = replace(CAPS, vector_bits=512, masked_loads=True)
@@ -58,12 +61,7 @@ def skinny_program():
 
 
 def test_skinny_contractions_match_np_matmul_and_stay_in_bounds(skinny_program):
-    s, program, exe, inputs, data = skinny_program
-    paths = kernel_paths(program)
-    assert all(paths[f"sk{i}"] == "tiled" for i in range(len(SKINNY))), paths
-    got = exe.run(inputs)
-    assert_matmuls_match(got, SKINNY, data, "sk")
-    assert_same_guarded(exe, inputs, got)
+    assert_tiled_matmuls_right(skinny_program, SKINNY, "sk")
 
 
 def test_skinny_contractions_split_across_threads_identically(skinny_program):
