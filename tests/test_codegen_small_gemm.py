@@ -27,10 +27,7 @@ from neurenix.compiler.schedule.contraction import rows_per_tile
 from neurenix.compiler.schedule.ranges import MIN_RANGE
 from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32, float64
-from test_codegen_llvm import (
-    assert_tiled_matmuls_right,
-    build_matmul_program,
-)
+from test_codegen_llvm import assert_tiled_matmuls_right, build_matmul_program
 
 CAPS = get_target("llvm").capabilities
 AVX512 = replace(CAPS, vector_bits=512, masked_loads=True)

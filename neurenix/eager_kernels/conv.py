@@ -26,7 +26,7 @@ import numpy as np
 
 from ..tensor import Tensor
 from . import hot, workspace
-from .record import Arrays, record, wanted
+from .record import NOT_BIAS, Arrays, record, wanted
 
 Ints = tuple[int, ...]
 
@@ -48,9 +48,7 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Ints, dilation:
             out, backward = _conv(np.asarray(x._data), np.asarray(weight._data),
                                   None if bias is None else np.asarray(bias._data),
                                   stride, dilation, lo, hi, groups, wants)
-    # the backward never reads the bias (db is the sum of g): it may change in place meanwhile
-    return record(name, (x, weight, bias), (out,), backward, composite,
-                  reads=(True, True, False))[0]
+    return record(name, (x, weight, bias), (out,), backward, composite, reads=NOT_BIAS)[0]
 
 
 def max_pool(x: Tensor, kernel: Ints, stride: Ints, dilation: Ints, lo: Ints, hi: Ints,

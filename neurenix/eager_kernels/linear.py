@@ -15,9 +15,8 @@ import numpy as np
 
 from ..tensor import Tensor
 from . import hot
-from .record import Arrays, record, wanted
+from .record import NOT_BIAS, Arrays, record, wanted
 
-_READS = (True, True, False)  # the backward never reads the bias: db is the sum of g
 THREADED_MNK = 1 << 18
 """Products of at least this many multiply-adds (rows x in x out) run as hot compiled
 programs (`hot`); OpenBLAS takes its worker threads from about this size on."""
@@ -32,7 +31,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
         ran = hot.run("Linear", (), (x, weight, bias), wants, composite)
         if ran is not None:
             return record("Linear", (x, weight, bias), (ran[0],), ran[1], composite,
-                          reads=_READS)[0]
+                          reads=NOT_BIAS)[0]
     a, w = np.asarray(x._data), np.asarray(weight._data)
     b = None if bias is None else np.asarray(bias._data)
     rows = a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
@@ -62,7 +61,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None,
         return [dx, dw, db]
 
     out = y.reshape(a.shape[:-1] + (w.shape[0],))
-    return record("Linear", (x, weight, bias), (out,), backward, composite, reads=_READS)[0]
+    return record("Linear", (x, weight, bias), (out,), backward, composite, reads=NOT_BIAS)[0]
 
 
 def _few_rows(rows: int, weight: tuple[int, ...]) -> bool:

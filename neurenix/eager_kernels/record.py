@@ -37,6 +37,11 @@ def eligible(*tensors: Tensor | None) -> bool:
     return True
 
 
+NOT_BIAS = (True, True, False)
+"""`record`'s `reads` for a layer of (input, weight, bias) whose backward never reads the
+bias (its gradient is a sum of the output's): the bias may change in place before backward."""
+
+
 def wanted(*tensors: Tensor | None) -> list[bool]:
     """Which inputs a backward may be asked a gradient for (none outside grad mode), so the
     forward keeps only what those need."""
