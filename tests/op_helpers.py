@@ -141,3 +141,10 @@ def check_lib(shapes: Sequence[tuple[int, ...]] | None, fn: Callable, **kwargs: 
     with `lib=neurenix` and with `lib=torch` (the two share most names)."""
     return check_op(shapes, nx_fn=lambda *xs: fn(nx, *xs), torch_fn=lambda *xs: fn(torch, *xs),
                     **kwargs)
+
+
+def message_id(value: object) -> str:
+    """A test id for an (action, error, message) case: the message, cut to 40 characters;
+    nothing for the rest (a lambda's repr holds its address, which would differ between the
+    processes of a parallel run, so that they would collect different tests)."""
+    return value[:40] if isinstance(value, str) else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from op_helpers import message_id
 from test_compile_parity import LOOSE, LOOSE_GRAD, check_compiled
 
 import neurenix as nx
@@ -231,7 +232,7 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, match", ERRORS, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize("call, error, match", ERRORS, ids=message_id)
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from op_helpers import message_id
 from test_compile_parity import LOOSE, LOOSE_GRAD, check_compiled
 
 import neurenix as nx
@@ -365,7 +366,7 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("make, error, match", ERRORS, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize("make, error, match", ERRORS, ids=message_id)
 def test_constructor_errors(make, error, match):
     with pytest.raises(error, match=match.replace("(", r"\(").replace(")", r"\)")):
         make()
@@ -398,7 +399,7 @@ CALL_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("call, error, match", CALL_ERRORS, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize("call, error, match", CALL_ERRORS, ids=message_id)
 def test_call_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
