@@ -83,6 +83,9 @@ def detach(x: Tensor) -> Tensor:
     version counter, as PyTorch's `detach()` shares it: a write through the result counts as
     a write into x for autograd (`.data` does not)."""
     data = x._data
+    trace = current_trace()
+    if trace is not None and (data is None or not trace.made_here(x)):
+        return trace.detached(x)
     if data is None:
         return stop_gradient(x)
     if isinstance(data, np.ndarray):

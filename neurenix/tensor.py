@@ -428,9 +428,10 @@ class Tensor:
         does not share the version counter on the CPU (as in PyTorch): a write through it is
         not seen by autograd's "modified in place" check."""
         data = self._data
-        if isinstance(data, np.ndarray):
+        trace = state.read_trace()
+        if isinstance(data, np.ndarray) and (trace is None or trace.made_here(self)):
             return Tensor._wrap(data, self._dtype, self._device)
-        return self.detach()
+        return self.detach()  # in a trace: a view of the value now (`Trace.detached`)
 
     @data.setter
     def data(self, value: Tensor) -> None:

@@ -225,6 +225,92 @@ def test_captured_tensor_changed_in_place_is_read_every_call(backend):
         f(x)
 
 
+def test_detach_and_data_of_a_captured_tensor_are_read_every_call(backend):
+    """`w.detach()` and `w.data` in a traced function read w's value at each call (they
+    were constants of the trace holding its value when traced)."""
+    w = neurenix.zeros(3)
+    f = neurenix.compile(lambda x: x * w.detach() + w.data, backend=backend)
+    x = neurenix.randn(3)
+    for shift in (0.0, 1.0, -2.5):
+        with neurenix.no_grad():
+            w.fill_(shift)
+        np.testing.assert_allclose(f(x).numpy(), x.numpy() * shift + shift, rtol=1e-6)
+    assert f.cache_size == 1
+
+
+def test_detach_cuts_the_gradient_and_writes_through_data_reach_the_parameter(backend):
+    """Inside one compiled call: the detached use of a parameter takes no gradient (as in
+    PyTorch), and an in-place update through `.data` or `detach()` updates the parameter on
+    every call, as eager's shared storage does."""
+    def make(p):
+        def f(x):
+            loss = (p * x).sum() + (p.detach() * x * x).sum()
+            loss.backward()
+            with neurenix.no_grad():
+                p.data.mul_(0.5)
+                p.detach().add_(1.0)
+            return loss
+        return f
+
+    start = np.array([1.0, -2.0, 3.0], np.float32)
+    pe = neurenix.tensor(start, requires_grad=True)
+    pc = neurenix.tensor(start, requires_grad=True)
+    pt = torch.tensor(start, requires_grad=True)
+    eager, compiled = make(pe), neurenix.compile(make(pc), backend=backend)
+    for i in range(3):
+        x = neurenix.tensor(np.arange(3, dtype=np.float32) + i)
+        xt = torch.tensor(x.numpy())
+        want, got = eager(x), compiled(x)
+        lt = (pt * xt).sum() + (pt.detach() * xt * xt).sum()
+        lt.backward()
+        with torch.no_grad():
+            pt.data.mul_(0.5)
+            pt.detach().add_(1.0)
+        np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(got.numpy(), lt.detach().numpy(), rtol=1e-6)
+        for p in (pe, pc):
+            np.testing.assert_allclose(p.detach().numpy(), pt.detach().numpy(), rtol=1e-6)
+            np.testing.assert_allclose(p.grad.numpy(), pt.grad.numpy(), rtol=1e-6)
+
+
+def test_a_weight_average_updated_inside_the_step_follows_the_weights(backend):
+    """An EMA of the weights and a hand-written L2 term, both reading `p.detach()` inside a
+    compiled training step, follow the weights the step itself updates."""
+    def make(model, ema):
+        opt = optim.SGD(model.parameters(), lr=0.5)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            with neurenix.no_grad():
+                for p, e in zip(model.parameters(), ema.parameters()):
+                    p.grad.add_(p.detach() * 0.01)
+                    e.copy_(e * 0.9 + p.data * 0.1)
+            opt.step()
+            return loss
+        return step
+
+    neurenix.manual_seed(0)
+    models = [nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    emas = [nn.Linear(4, 3) for _ in range(2)]
+    emas[1].load_state_dict(models[0].state_dict())
+    emas[0].load_state_dict(models[0].state_dict())
+    eager = make(models[0], emas[0])
+    compiled = neurenix.compile(make(models[1], emas[1]), backend=backend)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = neurenix.tensor(rng.standard_normal((5, 4)).astype(np.float32))
+        y = neurenix.tensor(rng.standard_normal((5, 3)).astype(np.float32))
+        eager(x, y)
+        compiled(x, y)
+        for a, b in zip([*models[0].parameters(), *emas[0].parameters()],
+                        [*models[1].parameters(), *emas[1].parameters()]):
+            np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-5,
+                                       atol=1e-6)
+
+
 def test_captured_plain_tensor_attribute_replaced_is_used(backend):
     class Shift(nn.Module):
         def __init__(self):
@@ -430,6 +516,81 @@ def test_in_place_arithmetic_on_an_argument_and_a_captured_tensor(backend):
     np.testing.assert_array_equal(outs, [[2, 2], [4, 4]])
     np.testing.assert_array_equal(s.numpy(), [2, 2])
     np.testing.assert_array_equal(acc.numpy(), [2, 2])
+
+
+ALIASED_CALLS = {
+    "same_tensor_twice": lambda buf: (buf, buf),
+    "overlapping_views": lambda buf: (buf[1:], buf[:-1]),
+    "view_and_base": lambda buf: (buf[1], buf),
+    "transposed_and_base": lambda buf: (buf.reshape(2, 2).T, buf.reshape(2, 2)),
+}
+
+
+@pytest.mark.parametrize("call", ALIASED_CALLS)
+def test_arguments_sharing_memory_with_a_write_in_place_give_eagers_answer(call, backend,
+                                                                           caplog):
+    """The program takes each argument as its own input; when a written one shares memory
+    with another, the call runs eagerly (and says so), as PyTorch computes it."""
+    def f(lib):
+        def w(x, y):
+            x.add_(1.0)
+            return x * y
+        return w
+
+    results = []
+    for lib, fn in ((torch, f(torch)), (neurenix, f(neurenix)),
+                    (neurenix, neurenix.compile(f(neurenix), backend=backend))):
+        buf = lib.tensor(np.arange(4.0, dtype=np.float32))
+        with caplog.at_level(logging.INFO, logger="neurenix.compile"):
+            out = fn(*ALIASED_CALLS[call](buf))
+        results.append((out.numpy(), buf.numpy()))
+    for got in results[1:]:
+        np.testing.assert_array_equal(got[0], results[0][0])
+        np.testing.assert_array_equal(got[1], results[0][1])
+    assert "eagerly for this call" in caplog.text and "share memory" in caplog.text
+
+
+def test_an_argument_sharing_memory_with_a_captured_tensor_written_in_place(backend):
+    total = neurenix.zeros(3)
+
+    def f(x):
+        total.add_(1.0)
+        return x * 2
+    cf = neurenix.compile(f, backend=backend)
+    np.testing.assert_array_equal(cf(neurenix.ones(3)).numpy(), [2, 2, 2])  # compiled
+    np.testing.assert_array_equal(cf(total[:]).numpy(), [4, 4, 4])  # eager: reads total after
+    np.testing.assert_array_equal(total.numpy(), [2, 2, 2])
+    np.testing.assert_array_equal(cf(neurenix.ones(3)).numpy(), [2, 2, 2])
+    np.testing.assert_array_equal(total.numpy(), [3, 3, 3])
+
+
+def test_an_expanded_argument_written_in_place_raises_eagers_error(backend):
+    def f(x):
+        x.add_(1.0)
+        return x.sum()
+    cf = neurenix.compile(f, backend=backend)
+    assert float(cf(neurenix.zeros(2, 3)).item()) == 6.0
+    base = neurenix.zeros(1, 3)
+    with pytest.raises(RuntimeError, match="single memory location"):
+        f(base.expand(2, 3))
+    with pytest.raises(RuntimeError, match="single memory location"):
+        cf(base.expand(2, 3))
+    np.testing.assert_array_equal(base.numpy(), [[0, 0, 0]])
+
+
+def test_arguments_that_share_no_memory_run_compiled(backend, caplog):
+    def w(x, y):
+        x.add_(1.0)
+        return x * y
+    cw = neurenix.compile(w, backend=backend)
+    buf = neurenix.tensor(np.arange(4.0, dtype=np.float32))
+    with caplog.at_level(logging.INFO, logger="neurenix.compile"):
+        out = cw(buf[:2], buf[2:])  # two views of one array: may share, so eagerly
+        np.testing.assert_array_equal(out.numpy(), [2, 6])
+        caplog.clear()
+        out = cw(neurenix.zeros(2), neurenix.ones(2))
+    np.testing.assert_array_equal(out.numpy(), [1, 1])
+    assert "eagerly" not in caplog.text
 
 
 def test_a_write_through_a_view_reaches_its_base():

@@ -40,6 +40,7 @@ from ..random import next_seed
 from ..state import is_grad_enabled, is_tracing, no_grad
 from ..tensor import Tensor
 from . import value_checks
+from .aliasing import WriteCheck
 from .arguments import (
     Keywords,
     arg_tensors,
@@ -123,6 +124,7 @@ class _Entry:
     backend: str = ""  # the target it was compiled for
     place: Placement | None = None  # its device, and how values reach it
     input_names: list[str] = field(default_factory=list)
+    writes: WriteCheck | None = None  # made on the first call: see aliasing.py
 
 
 @dataclass
@@ -291,6 +293,7 @@ class Compiled:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if is_tracing():  # called inside another trace: part of that graph
             return self.fn(*args, **kwargs)
+        given = (args, kwargs)
         if kwargs:
             args = self._bind(args, kwargs)
         tensors = arg_tensors(args)
@@ -304,6 +307,14 @@ class Compiled:
             entry = self._compile_once(key, args, tensors)
         entry.used = next(_CLOCK)
         self._last = entry
+        if entry.updates:
+            if entry.writes is None:
+                entry.writes = WriteCheck(entry.sources, entry.updates, entry.input_names)
+            why = entry.writes.check(tensors)
+            if why is not None:
+                log.info("neurenix.compile: running %s eagerly for this call: %s",
+                         self._name(), why)
+                return self.fn(*given[0], **given[1])
         out = self._run(entry, tensors)
         if self.verify:
             self._verify(args, out, entry)

@@ -188,6 +188,14 @@ class TraceState:
             self.views.setdefault(id(base), []).append(out)
         return out
 
+    def detached(self, t: Tensor) -> Tensor:
+        """`t.detach()` (or `t.data`) in the trace: a view of t's value now, taken under
+        no_grad, so that autodiff does not go through it (it is cut where grad mode uses it),
+        a later call reads the tensor's value then rather than the one it had when traced,
+        and writes through either are seen by both, as eager's shared storage is."""
+        with ambient.no_grad():
+            return self.process_primitive("reshape", (t,), {"shape": tuple(t.shape)})
+
     def made_here(self, t: Tensor) -> bool:
         """Whether `t` is an eager tensor the traced function made itself (a constant of the
         trace, which it may write to eagerly), rather than one that outlives the call."""
