@@ -653,6 +653,56 @@ def test_two_optimizer_steps_in_one_compiled_function(backend):
                                    atol=1e-6)
 
 
+INNER_STEPS = {
+    "adam": (lambda ps: optim.Adam(ps, lr=0.01), lambda ps: torch.optim.Adam(ps, lr=0.01)),
+    "adamw_amsgrad": (lambda ps: optim.AdamW(ps, lr=0.01, amsgrad=True),
+                      lambda ps: torch.optim.AdamW(ps, lr=0.01, amsgrad=True)),
+    "adagrad_lr_decay": (lambda ps: optim.Adagrad(ps, lr=0.1, lr_decay=0.5),
+                         lambda ps: torch.optim.Adagrad(ps, lr=0.1, lr_decay=0.5)),
+    "rmsprop": (lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5),
+                lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5)),
+}
+
+
+@pytest.mark.parametrize("name", INNER_STEPS)
+def test_several_steps_of_a_counting_optimizer_in_one_call(name, backend):
+    """Each of three `opt.step()`s in one compiled call uses its own step number (Adam's
+    bias corrections, Adagrad's decayed lr), as eagerly and in PyTorch (all three steps
+    once used the number of the first)."""
+    make_nx, make_torch = INNER_STEPS[name]
+
+    def make(model, opt):
+        def three_steps(x, y):
+            for _ in range(3):
+                opt.zero_grad()
+                loss = ((model(x) - y) ** 2).mean()
+                loss.backward()
+                opt.step()
+            return loss
+        return three_steps
+
+    neurenix.manual_seed(0)
+    eager, model = nn.Linear(4, 2), nn.Linear(4, 2)
+    model.load_state_dict(eager.state_dict())
+    tm = torch.nn.Linear(4, 2)
+    tm.load_state_dict({k: torch.tensor(v.numpy()) for k, v in eager.state_dict().items()})
+    oe, oc = make_nx(eager.parameters()), make_nx(model.parameters())
+    ot = make_torch(tm.parameters())
+    steps = (make(eager, oe), neurenix.compile(make(model, oc), backend=backend), make(tm, ot))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x = rng.standard_normal((8, 4)).astype(np.float32)
+        y = rng.standard_normal((8, 2)).astype(np.float32)
+        steps[0](neurenix.tensor(x), neurenix.tensor(y))
+        steps[1](neurenix.tensor(x), neurenix.tensor(y))
+        steps[2](torch.tensor(x), torch.tensor(y))
+        want = tm.weight.detach().numpy()
+        for net in (eager, model):
+            np.testing.assert_allclose(net.weight.detach().numpy(), want, rtol=1e-5,
+                                       atol=1e-6)
+    assert oc.state[model.weight]["step"] == oe.state[eager.weight]["step"] == 9
+
+
 def test_keyword_only_and_var_keyword_arguments(backend):
     def f(x, *, scale=1.0, **kw):
         return x * scale + kw.get("shift", 0.0)

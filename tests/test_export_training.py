@@ -93,6 +93,41 @@ def test_manifest_of_a_training_step(tmp_path: Path) -> None:
             assert 3 <= binding["output"] < outputs  # after the loss and the check's two values
 
 
+def test_two_adam_steps_per_run_count_their_steps(tmp_path: Path) -> None:
+    """A step function that runs Adam twice: each run takes two step numbers from one step
+    count per parameter (the artifact's state), as two eager steps do."""
+    def make(model: nn.Module, opt: optim.Optimizer):
+        def two_steps(x, y):
+            for _ in range(2):
+                opt.zero_grad()
+                loss = ((model(x) - y) ** 2).mean()
+                loss.backward()
+                opt.step()
+            return loss
+        return two_steps
+
+    neurenix.manual_seed(0)
+    twin, model = nn.Linear(3, 2), nn.Linear(3, 2)
+    model.load_state_dict(twin.state_dict())
+    eager = make(twin, optim.Adam(twin.parameters(), lr=0.05))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    y = rng.standard_normal((4, 2)).astype(np.float32)
+    directory = export(make(model, optim.Adam(model.parameters(), lr=0.05)),
+                       (neurenix.Tensor(x), neurenix.Tensor(y)), "cpu", tmp_path / "two",
+                       freeze=False)
+    states = json.loads((directory / "manifest.json").read_text())["training"]["states"]
+    assert sum(s.startswith("step") for s in states) == 2  # one count per parameter
+    artifact = load(directory)
+    for _ in range(3):
+        got = artifact([x, y])[0].item()
+        want = eager(neurenix.Tensor(x), neurenix.Tensor(y)).item()
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    state = artifact.state_dict()
+    for name, p in twin.named_parameters():
+        np.testing.assert_allclose(state[name], p.detach().numpy(), rtol=RTOL, atol=ATOL)
+
+
 def _has(device: str) -> bool:
     return device in {d.type for d in neurenix.get_available_devices()}
 

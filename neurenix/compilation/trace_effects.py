@@ -63,14 +63,24 @@ def host_values(state: TraceState, compute: Callable[[], tuple], like: Tensor, c
     with the step count (`per_step`: the steps done so far and a function of this step's
     number) are computed in the graph from a step-count tensor the program updates, as
     PyTorch's `capturable` optimizers do: an artifact runs without Python."""
+    counted = getattr(commit, "counts", None)  # a step count (optim.optimizer.CountStep)
     if per_step is not None and state.capture_steps:
         done, values_of = per_step
-        step = Tensor(np.asarray(done, dtype=like.dtype.np_type))
-        lift(state, step, state.fresh_name(f"step{len(state.host)}"))
+        step = state.step_counts.get(id(counted)) if counted is not None else None
+        if step is None:  # the count's first step in the call
+            step = Tensor(np.asarray(done, dtype=like.dtype.np_type))
+            lift(state, step, state.fresh_name(f"step{len(state.host)}"))
+            if counted is not None:
+                state.step_counts[id(counted)] = step
         state.host.append(compute)  # keeps the numbering of the other host values
         with no_grad():
             step.add_(1)
             return tuple(values_of(step))
+    if counted is not None:  # stepped before in this call: its values are n steps ahead
+        before = state.steps_taken.get(id(counted), 0)
+        state.steps_taken[id(counted)] = before + 1
+        if before:
+            compute = _ahead(commit, before, compute)
     k = len(state.host)
     state.host.append(compute)
     if commit is not None:
@@ -82,6 +92,14 @@ def host_values(state: TraceState, compute: Callable[[], tuple], like: Tensor, c
         node = state.tracer.input(name, TensorType((), like.dtype), "data")
         values.append(state.symbol(node))
     return tuple(values)
+
+
+def _ahead(commit: Any, n: int, compute: Callable[[], tuple]) -> Callable[[], tuple]:
+    """`compute` run as the count `commit` advances stands after n more steps."""
+    def run() -> tuple:
+        with commit.ahead(n):
+            return tuple(compute())
+    return run
 
 
 def lift(state: TraceState, tensor: Tensor, name: str) -> None:

@@ -51,6 +51,8 @@ class TraceState:
         self.arg_tensors: list[tuple[Tensor, Node]] = []  # the symbolic arguments
         self.host: list[Callable[[], tuple]] = []
         self.commits: list[Callable[[], None]] = []  # host side effects, run after each call
+        self.steps_taken: dict[int, int] = {}  # per step count: steps so far in the trace
+        self.step_counts: dict[int, Tensor] = {}  # per step count: its tensor (export)
         self.guards: list[Guard] = []
         self.grads: dict[int, GradSlot] = {}
         self.items: list[tuple[dict, Any, Any]] = []  # (container, key, previous) symbolic items

@@ -5,7 +5,7 @@ from typing import Any
 
 from .. import elementwise as ew
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, count_step, host_values, zeros_for
+from .optimizer import CountStep, Optimizer, ParamsT, check_range, host_values, zeros_for
 
 
 class Adadelta(Optimizer):
@@ -39,7 +39,7 @@ class Adadelta(Optimizer):
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
         (lr,) = host_values(lambda: (group["lr"],), p, 1,
-                                          commit=lambda: count_step(state))
+                                          commit=CountStep(state))
         rho, eps = group["rho"], group["eps"]
         if group["maximize"]:
             grad = -grad

@@ -6,7 +6,7 @@ from typing import Any
 from .. import elementwise as ew
 from ..creation import full
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, count_step, host_values
+from .optimizer import CountStep, Optimizer, ParamsT, check_range, host_values
 
 
 class Adagrad(Optimizer):
@@ -48,7 +48,7 @@ class Adagrad(Optimizer):
                 group: dict[str, Any]) -> None:
         (clr,) = host_values(
             lambda: (group["lr"] / (1.0 + state["step"] * group["lr_decay"]),), p, 1,
-            commit=lambda: count_step(state),
+            commit=CountStep(state),
             per_step=(state["step"], lambda step: (ew.div(group["lr"], ew.add(
                 ew.mul(ew.sub(step, 1.0), group["lr_decay"]), 1.0)),)))
         if group["maximize"]:

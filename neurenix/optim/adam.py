@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import elementwise as ew
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, count_step, host_values, zeros_for
+from .optimizer import CountStep, Optimizer, ParamsT, check_range, host_values, zeros_for
 
 
 class Adam(Optimizer):
@@ -81,7 +81,7 @@ class Adam(Optimizer):
                 group: dict[str, Any]) -> None:
         lr, step_size, bias_correction2_sqrt, one_minus_beta1 = host_values(
             lambda: self._coefficients(state["step"] + 1, group), p, 4,
-            commit=lambda: count_step(state),
+            commit=CountStep(state),
             per_step=(state["step"], lambda step: self._coefficients_of(step, group)))
         _, beta2 = group["betas"]
         eps, weight_decay = group["eps"], group["weight_decay"]

@@ -10,11 +10,12 @@ between the two.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Any
 
@@ -116,10 +117,28 @@ def undo_changed_settings(before: list[tuple[Optimizer, list[dict[str, Any]]]]) 
     return out
 
 
-def count_step(state: dict[str, Any]) -> None:
-    """Count one more step of a parameter (the `commit` of a step's host values: in a
-    compiled step it runs only once the call succeeded)."""
-    state["step"] += 1
+class CountStep:
+    """Count one more step of a parameter: the `commit` of a step's host values (in a
+    compiled step it runs only once the call succeeded).
+
+    `counts` is what it advances (the parameter's state): a function that steps the same
+    parameter again in one compiled call computes that step's values `ahead(n)` of the
+    count before the call, as the n steps before it in the call would have left it."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.counts = state
+
+    def __call__(self) -> None:
+        self.counts["step"] += 1
+
+    @contextlib.contextmanager
+    def ahead(self, n: int) -> Iterator[None]:
+        """The step count as `n` more steps would leave it, meanwhile."""
+        self.counts["step"] += n
+        try:
+            yield
+        finally:
+            self.counts["step"] -= n
 
 
 class Optimizer:

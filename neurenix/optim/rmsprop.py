@@ -5,7 +5,7 @@ from typing import Any
 
 from .. import elementwise as ew
 from ..tensor import Tensor
-from .optimizer import Optimizer, ParamsT, check_range, count_step, host_values, zeros_for
+from .optimizer import CountStep, Optimizer, ParamsT, check_range, host_values, zeros_for
 
 
 class RMSprop(Optimizer):
@@ -53,7 +53,7 @@ class RMSprop(Optimizer):
     def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any],
                 group: dict[str, Any]) -> None:
         lr, momentum = host_values(lambda: (group["lr"], group["momentum"]), p, 2,
-                                   commit=lambda: count_step(state))
+                                   commit=CountStep(state))
         alpha, eps = group["alpha"], group["eps"]
         if group["maximize"]:
             grad = -grad
