@@ -225,6 +225,50 @@ def test_captured_tensor_changed_in_place_is_read_every_call(backend):
         f(x)
 
 
+def test_inputs_no_gradient_reaches_keep_no_gradient(backend):
+    """An argument or parameter the differentiated outputs do not depend on gets no `.grad`
+    (it got zeros, which an optimizer with weight decay then moved), as eagerly and in
+    PyTorch; so does an input reached only from an output that took no gradient."""
+    def f(a, b):
+        return a * 2, b * 3
+
+    cf = neurenix.compile(f, backend=backend)
+    for fn in (f, cf):
+        a, b = _leaf(1.0), _leaf(1.0)
+        fn(a, b)[0].sum().backward()
+        np.testing.assert_array_equal(a.grad.numpy(), [2.0])
+        assert b.grad is None
+        a, b = _leaf(1.0), _leaf(1.0)
+        first, second = fn(a, b)
+        with pytest.raises(RuntimeError, match="allow_unused"):
+            neurenix.autograd.grad(first.sum(), [a, b])
+        first, second = fn(a, b)
+        assert neurenix.autograd.grad(first.sum(), [a, b], allow_unused=True)[1] is None
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    neurenix.manual_seed(0)
+    eager, net = Net(), Net()
+    net.load_state_dict(eager.state_dict())
+    model = neurenix.compile(net, backend=backend)
+    x = neurenix.ones(4, 3)
+    for m, owner in ((eager, eager), (model, net)):
+        opt = optim.SGD(owner.parameters(), lr=0.1, weight_decay=0.5)
+        for _ in range(2):
+            opt.zero_grad()
+            m(x).sum().backward()
+            opt.step()
+        assert owner.unused.weight.grad is None
+    for pe, pc in zip(eager.parameters(), net.parameters()):
+        np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-6)
+
+
 def test_detach_and_data_of_a_captured_tensor_are_read_every_call(backend):
     """`w.detach()` and `w.data` in a traced function read w's value at each call (they
     were constants of the trace holding its value when traced)."""

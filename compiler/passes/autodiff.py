@@ -92,6 +92,28 @@ def _active(graph: Graph, wrt_ids: set[int]) -> set[int]:
     return active
 
 
+def reaching_outputs(graph: Graph, wrt: Sequence[str],
+                     outputs: Sequence[int]) -> list[frozenset[int]]:
+    """For each input in `wrt`, which of the outputs at positions `outputs` a gradient flows
+    back to it from (through differentiable primitives): eager autograd gives an input no
+    gradient at all (`.grad` stays None) when none of those outputs took one."""
+    wrt_nodes = _check_wrt(graph, wrt)
+    active = _active(graph, {id(n) for n in wrt_nodes})
+    reached: dict[int, set[int]] = {id(n): set() for n in wrt_nodes}
+    for j in outputs:
+        stack, seen = [graph.outputs[j]], set()
+        while stack:
+            n = stack.pop()
+            if id(n) in seen or id(n) not in active:
+                continue
+            seen.add(id(n))
+            if id(n) in reached:
+                reached[id(n)].add(j)
+            if n.op not in (INPUT, CONSTANT):
+                stack.extend(n.inputs)
+    return [frozenset(reached[id(n)]) for n in wrt_nodes]
+
+
 def _check_wrt(graph: Graph, wrt: Sequence[str]) -> list[Node]:
     by_name = {n.name: n for n in graph.inputs}
     nodes = []

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from neurenix.compiler import pipeline
+from neurenix.compiler.passes.autodiff import reaching_outputs
 from neurenix.compiler.symbolic import SpecializeSize, shape_env
 from neurenix.compiler.targets import get_target, target_names
 from neurenix.compiler.trace import TraceError, Tracer
@@ -118,6 +119,9 @@ class _Entry:
     backward_inputs: list[tuple[str, int]] = field(default_factory=list)
     # where each call finds the tensors its backward gives gradients to: sources as above
     grad_sources: list[tuple[str, Any]] = field(default_factory=list)
+    # per gradient target: the outputs a gradient reaches it from (none of them given a
+    # cotangent: no gradient at all, as eagerly)
+    grad_from: list[frozenset[int]] = field(default_factory=list)
     differentiable: list[int] = field(default_factory=list)
     num_saved: int = 0
     used: int = 0  # the `_CLOCK` stamp of its latest use
@@ -629,6 +633,7 @@ class Compiled:
                           checks=[(len(nodes), test) for nodes, test in state.checks],
                           num_checks=len(check_nodes))
             wrt = [traced.graph.inputs[i].name for i in grad_positions]
+            common["grad_from"] = reaching_outputs(traced.graph, wrt, active) if wrt else []
         device = key[2]
         backend = self._backend_for(device)
         common["guards"] += switch_guards(device, self._backend)
@@ -803,7 +808,9 @@ class Compiled:
                 grads_out = entry.backward.run(arrays, sizes) if sizes \
                     else entry.backward.run(arrays)
             # the program's fresh arrays: a leaf's first gradient takes them without a copy
-            return [mark_fresh(place.wrap_for(a, t)) for a, t in zip(grads_out, targets)]
+            given = {out for out, g in zip(diff, grads) if g is not None}
+            return [mark_fresh(place.wrap_for(a, t)) if given & reach else None
+                    for a, t, reach in zip(grads_out, targets, entry.grad_from)]
 
         node = autograd.FunctionNode("compiled_backward", targets, len(diff), backward_fn)
         for slot_index, out_index in enumerate(diff):
