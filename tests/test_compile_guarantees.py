@@ -796,6 +796,60 @@ def test_globals_attributes_defaults_and_objects_read_are_guarded(backend):
     np.testing.assert_array_equal(ch(x, opts).numpy(), [7, 7, 7])
 
 
+MAX_NORM = 1.0
+
+
+def _scaled(t):
+    return t * SCALE * _Config.scale
+
+
+def _clip(model):
+    nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+
+
+def test_globals_read_by_helper_functions_are_guarded(backend, caplog):
+    """A global (or an attribute chain from one) read by a function the compiled function
+    calls, not by its own code, is guarded as its own reads are: a change recompiles."""
+    global SCALE, MAX_NORM
+    cf = neurenix.compile(lambda t: _scaled(t) + 1, backend=backend)
+    x = neurenix.ones(3)
+    np.testing.assert_array_equal(cf(x).numpy(), [5, 5, 5])
+    try:
+        SCALE = 3.0
+        with caplog.at_level(logging.INFO, logger="neurenix.compile"):
+            np.testing.assert_array_equal(cf(x).numpy(), [7, 7, 7])
+        assert "_scaled" in caplog.text and "SCALE" in caplog.text
+        _Config.scale = 5.0
+        np.testing.assert_array_equal(cf(x).numpy(), [16, 16, 16])
+        assert cf.cache_size == 3
+        np.testing.assert_array_equal(cf(x).numpy(), [16, 16, 16])
+        assert cf.cache_size == 3  # nothing changed: no recompile
+
+        def make(model):
+            opt = optim.SGD(model.parameters(), lr=0.1)
+
+            def step(x):
+                opt.zero_grad()
+                (model(x) ** 2).sum().backward()
+                _clip(model)
+                opt.step()
+            return step
+
+        neurenix.manual_seed(0)
+        eager, net = nn.Linear(3, 2), nn.Linear(3, 2)
+        net.load_state_dict(eager.state_dict())
+        steps = make(eager), neurenix.compile(make(net), backend=backend)
+        for norm in (1.0, 0.01, 0.01):
+            MAX_NORM = norm
+            for step in steps:
+                step(neurenix.ones(4, 3))
+            for pe, pc in zip(eager.parameters(), net.parameters()):
+                np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(),
+                                           rtol=1e-5, atol=1e-7)
+    finally:
+        SCALE, MAX_NORM, _Config.scale = 2.0, 1.0, 2.0
+
+
 def test_module_function_attribute_and_class_attribute_are_guarded(backend):
     class M(nn.Module):
         k = 2.0

@@ -65,8 +65,16 @@ from .executables import compile_traced
 from .placement import Placement, backend_for, call_device, device_of_backend, switch_guards
 from .signatures import describe, explain_change, explain_guards, structure, value_key
 from .trace_effects import Store, finish_stores, restore
-from .trace_guards import Guard, code_guard, module_guard, tensor_guard, undo_side_effects
+from .trace_guards import (
+    Guard,
+    code_guard,
+    helper_guard,
+    module_guard,
+    tensor_guard,
+    undo_side_effects,
+)
 from .tracing import TraceState, tracing
+from .user_calls import user_calls
 
 log = logging.getLogger("neurenix.compile")
 
@@ -593,8 +601,9 @@ class Compiled:
                     state.register(b, name, "buffer")
             hyper = optimizer_settings()
             try:
-                with tracing(state):
+                with tracing(state), user_calls() as called:
                     result = call_with(self.fn, sym_args)
+                state.helpers = called
                 leaves, treedef = flatten_outputs(result)
                 out_nodes = [state.cut(state.node_of(t)) for t in leaves]
                 stored, stores = finish_stores(state)
@@ -674,8 +683,14 @@ class Compiled:
                   tensor_guard(tensors, labels)]
         if self.module is None:
             guards.append(code_guard(self.fn, self._values_by_name(args)))
-        guards += [code_guard(type(m).forward, owner=m) for m in state.modules.values()
-                   if not type(m).__module__.startswith("neurenix.")]
+        users = [m for m in state.modules.values()
+                 if not type(m).__module__.startswith("neurenix.")]
+        guards += [code_guard(type(m).forward, owner=m) for m in users]
+        # the user's other functions the trace ran (helpers): what they read from globals
+        own = {getattr(getattr(f, "__func__", f), "__code__", None)
+               for f in [self.fn, *(type(m).forward for m in users)]}
+        guards += [helper_guard(code, namespace) for code, namespace in state.helpers.items()
+                   if code not in own]
         return [g for g in guards if g is not None]
 
     def _values_by_name(self, args: tuple) -> dict[str, Any]:

@@ -274,6 +274,32 @@ def code_guard(fn: Any, args: dict[str, Any] | None = None, owner: Any = None
                  read(()), explain)
 
 
+def helper_guard(code: types.CodeType, namespace: dict[str, Any]) -> Guard | None:
+    """What a helper function the traced code called (`code`, run with globals `namespace`)
+    reads from its module: globals and attribute chains from them, guarded as `code_guard`
+    guards the compiled function's own (its closure cells are not reachable from a frame:
+    a helper's closure variables are not guarded)."""
+    roots = {name: (lambda n=name: namespace.get(n, _MISSING))
+             for name in _loads(code, ("LOAD_GLOBAL", "LOAD_NAME")) if name in namespace}
+    probes = [(name, lambda g=get: _key(g())) for name, get in roots.items()
+              if _watched(get())]
+    for root, attrs in sorted(_chains(code)):
+        if root in roots:
+            probe = _chain_probe(roots[root], attrs)
+            if probe is not None:
+                probes.append((".".join((root,) + attrs), probe))
+    if not probes:
+        return None
+    labels = [label for label, _ in probes]
+    getters = [g for _, g in probes]
+
+    def read(args: Any) -> tuple:
+        return tuple(g() for g in getters)
+
+    return Guard(f"values read by {code.co_qualname}", read, read(()),
+                 lambda old, new: changes(labels, old, new))
+
+
 def _key(value: Any) -> Any:
     """A probe's reading: plain values by value, anything else by identity."""
     key = plain_key(value)

@@ -52,6 +52,7 @@ class TraceState:
         self.host: list[Callable[[], tuple]] = []
         self.commits: list[Callable[[], None]] = []  # host side effects, run after each call
         self.steps_taken: dict[int, int] = {}  # per step count: steps so far in the trace
+        self.helpers: dict = {}  # the user's functions the trace ran: {code: globals}
         self.step_counts: dict[int, Tensor] = {}  # per step count: its tensor (export)
         self.guards: list[Guard] = []
         self.grads: dict[int, GradSlot] = {}
