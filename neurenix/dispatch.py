@@ -26,7 +26,7 @@ from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.types import DType, TensorType
 
 from . import device_ops, view_writes
-from .autograd import TapeNode
+from .autograd import VJP_READS, TapeNode
 from .device import CPU, Device
 from .state import EPOCH, read_grad_mode, read_trace
 from .tensor import HostConstant, Tensor, alias_of, version_of
@@ -227,9 +227,12 @@ def _record(prim: Primitive, inputs: Sequence[Tensor], attrs: dict[str, Any],
             needed = True
     if needed:
         result.requires_grad = True
+        reads = VJP_READS.get(prim.name)
+        versions = tuple([version_of(t) for t in inputs]) if reads is None else tuple(
+            [version_of(t) if read else None for t, read in zip(inputs, reads(inputs))])
         result._node = TapeNode.record(prim, tuple(inputs), attrs,
                                        wrap(result._data, result._dtype, result._device),
-                                       tuple([version_of(t) for t in inputs]))
+                                       versions)
     return result
 
 

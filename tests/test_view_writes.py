@@ -604,3 +604,38 @@ def test_saved_tensors_of_a_function_count_writes_as_torch(how):
         assert got == want
     else:
         np.testing.assert_allclose(got, want)
+
+
+# ---- writes PyTorch allows: the backward does not read the written tensor --------------------
+# Regression: every input of every recorded operation had its version checked, so writing
+# into c after `c * 2` or `c + 1` (whose backward reads neither c) raised where PyTorch runs.
+
+EAGER_WRITES = {
+    "scale_then_write": lambda c: (c * 2, c.mul_(3))[0] * c,
+    "slice_add_then_write": lambda c: (c[0:2] + 1, c.mul_(3))[0].sum() + c.sum(),
+    "assign_a_slice_from_itself": lambda c: (c.__setitem__(slice(1, 3), c[1:3] * 2 + 1), c)[1],
+    "add_another_slice": lambda c: (c[2:].__iadd__(c[:2]), c)[1],
+}
+
+
+@pytest.mark.parametrize("case", EAGER_WRITES)
+def test_writes_after_uses_whose_backward_does_not_read_them(case):
+    start = np.arange(1, 5, dtype=np.float64)
+    got, want = [], []
+    for lib, out in ((nx, got), (torch, want)):
+        a = lib.tensor(start.copy(), requires_grad=True)
+        EAGER_WRITES[case](a * 1).sum().backward()
+        out.append(a.grad.numpy())
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+
+
+def test_a_write_the_backward_reads_still_raises():
+    """`c * d` with d requiring grad reads c: writing c before the backward raises, as in
+    PyTorch."""
+    a = nx.tensor(np.ones(3), requires_grad=True)
+    d = nx.tensor(np.ones(3), requires_grad=True)
+    c = a * 1
+    e = c * d
+    c.mul_(3)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        e.sum().backward()
