@@ -28,25 +28,23 @@ from .tensor import Tensor, move_storage, version_of
 _object_new = object.__new__
 
 SHAPE_ONLY = frozenset({"reshape", "slice", "permute", "expand"})
-
-
-def _reads_none(inputs: Sequence[Tensor]) -> tuple[bool, ...]:
-    return (False,) * len(inputs)
-
-
-VJP_READS: dict[str, Callable[[Sequence[Tensor]], tuple[bool, ...]]] = {
-    **{name: _reads_none for name in ("add", "sub", "neg", "exp", "sqrt", "tanh", "reciprocal",
-                                       "cast", "reduce_sum", "pad", "concat")},
-    "mul": lambda xs: (xs[1].requires_grad, xs[0].requires_grad),  # d/dx reads y, d/dy x
-    "div": lambda xs: (False, True),  # g / y, and -g * out / y
-    "where": lambda xs: (True, False, False),  # routed by the condition
-}
-"""Which inputs a primitive's VJP reads (given the inputs, for their `requires_grad`), where
-that is not all of them: the others may change in place before the backward runs (`c * 2`
-then `c.mul_(3)`), as in PyTorch, which saves only what the backward reads.  Rules that
-read the output (`exp`) read the node's own copy of it."""
 """Primitives whose gradient reads no input value: a later write into an input cannot make it
 wrong (the edges were taken when the node was recorded), so no version check."""
+
+CROSS = "cross"  # a product's factors: each one's gradient reads the other
+
+VJP_READS: dict[str, tuple[bool, ...] | str] = {
+    **dict.fromkeys(("add", "sub", "neg", "exp", "sqrt", "tanh", "reciprocal", "cast",
+                     "reduce_sum", "pad", "concat"), ()),
+    "mul": CROSS,
+    "div": (False, True),  # g / y, and -g * out / y
+    "where": (True, False, False),  # routed by the condition
+}
+"""Which inputs a primitive's VJP reads, where that is not all of them: a tuple of flags
+(empty: none), or `CROSS` (a product: x is read when y requires grad, and y when x does).  The
+others may change in place before the backward runs (`c * 2` then `c.mul_(3)`), as in
+PyTorch, which saves only what a backward reads.  Rules that read the output (`exp`) read
+the node's own copy of it."""
 
 
 @dataclass(eq=False)

@@ -26,7 +26,7 @@ from neurenix.compiler.ops.registry import non_differentiable
 from neurenix.compiler.types import DType, TensorType
 
 from . import device_ops, view_writes
-from .autograd import VJP_READS, TapeNode
+from .autograd import CROSS, VJP_READS, TapeNode
 from .device import CPU, Device
 from .state import EPOCH, read_grad_mode, read_trace
 from .tensor import HostConstant, Tensor, alias_of, version_of
@@ -228,8 +228,16 @@ def _record(prim: Primitive, inputs: Sequence[Tensor], attrs: dict[str, Any],
     if needed:
         result.requires_grad = True
         reads = VJP_READS.get(prim.name)
-        versions = tuple([version_of(t) for t in inputs]) if reads is None else tuple(
-            [version_of(t) if read else None for t, read in zip(inputs, reads(inputs))])
+        if reads is None:
+            versions = tuple([version_of(t) for t in inputs])
+        elif reads is CROSS:  # a product: each factor's gradient reads the other
+            x, y = inputs
+            versions = (version_of(x) if y.requires_grad else None,
+                        version_of(y) if x.requires_grad else None)
+        else:
+            versions = tuple([version_of(t) if read else None
+                              for t, read in zip(inputs, reads)]) if reads else \
+                (None,) * len(inputs)
         result._node = TapeNode.record(prim, tuple(inputs), attrs,
                                        wrap(result._data, result._dtype, result._device),
                                        versions)
