@@ -172,12 +172,18 @@ def zero_grads(params: Iterable[Tensor], set_to_none: bool = True) -> None:
     """Reset the gradients of `params`: to None, or to zeros in place (detached first).
 
     Inside a trace (a compiled training step) the gradients are assigned anew after every
-    call, so both forms set None there, without reading the old ones.
+    call: None, or zeros where a gradient exists (whether one does is guarded), so that an
+    optimizer still steps a parameter the backward does not reach (a frozen one, with weight
+    decay or momentum), as eagerly.
     """
     traced = state.is_tracing()
     for p in params:
         if traced:
-            p.grad = None
+            if not set_to_none and p.grad is not None:
+                from .creation import zeros_like
+                p.grad = zeros_like(p.grad)
+            else:
+                p.grad = None
             continue
         g = p._grad
         if g is None:

@@ -269,6 +269,47 @@ def test_inputs_no_gradient_reaches_keep_no_gradient(backend):
         np.testing.assert_allclose(pc.detach().numpy(), pe.detach().numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_zero_grad_without_none_keeps_stepping_a_frozen_parameter(opt_name, backend):
+    """`zero_grad(set_to_none=False)` leaves zeros in a gradient the backward then does not
+    reach (a layer frozen between steps): the optimizer still steps it (weight decay,
+    momentum, Adam's count), eagerly, compiled and in PyTorch alike."""
+    def make(model, opt, lib):
+        def step(x):
+            opt.zero_grad(set_to_none=False)
+            (model(x) ** 2).mean().backward()
+            opt.step()
+        return step
+
+    def optimizer(lib, params):
+        if opt_name == "sgd":
+            return lib.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+        return lib.optim.Adam(params, lr=0.1)
+
+    neurenix.manual_seed(0)
+    eager = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    net.load_state_dict(eager.state_dict())
+    tm = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    tm.load_state_dict({k: torch.tensor(v.numpy()) for k, v in eager.state_dict().items()})
+    steps = [make(eager, optimizer(neurenix, eager.parameters()), neurenix),
+             neurenix.compile(make(net, optimizer(neurenix, net.parameters()), neurenix),
+                              backend=backend),
+             make(tm, optimizer(torch, tm.parameters()), torch)]
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    for i in range(4):
+        if i == 2:  # freeze the first layer
+            for m in (eager, net, tm):
+                m[0].weight.requires_grad_(False)
+        steps[0](neurenix.tensor(x))
+        steps[1](neurenix.tensor(x))
+        steps[2](torch.tensor(x))
+        want = tm[0].weight.detach().numpy()
+        for m in (eager, net):
+            np.testing.assert_allclose(m[0].weight.detach().numpy(), want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(m[0].weight.grad.numpy() != 0, i < 2)
+
+
 def test_detach_and_data_of_a_captured_tensor_are_read_every_call(backend):
     """`w.detach()` and `w.data` in a traced function read w's value at each call (they
     were constants of the trace holding its value when traced)."""

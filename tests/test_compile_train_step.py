@@ -326,7 +326,9 @@ def test_a_compiled_model_inside_a_compiled_step_is_traced_inline():
 
 def test_module_zero_grad_inside_a_step_compiles_once():
     """Module.zero_grad and Optimizer.zero_grad share one reset: inside a trace it assigns
-    None without reading the old gradients, so no guard on them forces a recompile."""
+    None without reading the old gradients, so no guard on them forces a recompile.  With
+    set_to_none=False it zeroes the gradients that exist, as eagerly: whether they do is
+    guarded, so the first call (none yet) and the later ones take a program each."""
     model = _mlp()
     opt = optim.SGD(model.parameters(), lr=0.1)
     crit = nn.CrossEntropyLoss()
@@ -341,5 +343,17 @@ def test_module_zero_grad_inside_a_step_compiles_once():
     compiled = neurenix.compile(step)
     for _ in range(3):
         compiled(*_batch())
-    assert compiled.cache_size == 1
+    assert compiled.cache_size == 2
     assert all(p.grad is not None for p in model.parameters())
+
+    def reset_to_none(x, y):
+        model.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = neurenix.compile(reset_to_none)
+    for _ in range(3):
+        compiled(*_batch())
+    assert compiled.cache_size == 1
