@@ -18,7 +18,7 @@ from .call_site import user_source
 from .device import CPU, Device, as_device
 from .dispatch import apply
 from .shapes import shape_args
-from .state import is_tracing
+from .state import is_tracing, read_trace
 from .tensor import Tensor, storage_on
 
 
@@ -52,7 +52,13 @@ def _check_shape(shape: tuple[int, ...], op: str) -> tuple[int, ...]:
 
 def tensor(data: Any, dtype: DType | None = None, device: Any = None,
            requires_grad: bool = False) -> Tensor:
-    """A new tensor holding a copy of data (lists, scalars, arrays or tensors)."""
+    """A new tensor holding a copy of data (lists, scalars, arrays or tensors).  Inside a
+    trace, the copy of a traced or captured tensor is a value of the trace (taken from the
+    tensor on every call), not a constant of the value it had when traced."""
+    trace = read_trace()
+    if trace is not None and isinstance(data, Tensor) and not requires_grad \
+            and device is None and (data._data is None or not trace.made_here(data)):
+        return apply("cast", trace.detached(data), dtype=(dtype or data.dtype).name)
     return Tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
 
 

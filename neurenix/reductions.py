@@ -272,11 +272,15 @@ def any(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001
 
 
 def norm(x: Tensor, p: float = 2.0, dim=None, keepdim: bool = False) -> Tensor:
-    if p == 2:
-        return sqrt(sum(mul(x, x), dim, keepdim))
+    """The p-norm over `dim`; at a zero vector its gradient is 0 (PyTorch's subgradient),
+    not the 0/0 of differentiating the root: the root is taken of a sum known nonzero."""
     if p == 1:
         return sum(abs_(x), dim, keepdim)
-    return pow_(sum(pow_(abs_(x), float(p)), dim, keepdim), 1.0 / p)
+    total = sum(mul(x, x), dim, keepdim) if p == 2 else sum(pow_(abs_(x), float(p)), dim,
+                                                             keepdim)
+    zero = eq(total, 0.0)
+    safe = where(zero, 1.0, total)
+    return where(zero, 0.0, sqrt(safe) if p == 2 else pow_(safe, 1.0 / p))
 
 
 def cumsum(x: Tensor, dim: int, dtype=None) -> Tensor:

@@ -323,6 +323,28 @@ def test_detach_and_data_of_a_captured_tensor_are_read_every_call(backend):
     assert f.cache_size == 1
 
 
+def test_tensor_copies_of_traced_and_captured_tensors(backend):
+    """`neurenix.tensor(t)` inside a compiled function copies t's value at each call (it
+    raised an internal AttributeError for an argument and baked a captured tensor's traced
+    value in); writing into the copy leaves t alone, as eagerly."""
+    w = neurenix.ones(3)
+
+    def f(x):
+        c = neurenix.tensor(x)
+        c.add_(1.0)
+        return x * neurenix.tensor(w) + c + neurenix.tensor(w, dtype=neurenix.float64).sum()
+
+    cf = neurenix.compile(f, backend=backend)
+    x = neurenix.tensor(np.arange(3, dtype=np.float32))
+    for shift in (0.0, 2.0):
+        with neurenix.no_grad():
+            w.add_(shift)
+        got, want = cf(x), f(x)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(x.numpy(), [0, 1, 2])
+
+
 def test_detach_cuts_the_gradient_and_writes_through_data_reach_the_parameter(backend):
     """Inside one compiled call: the detached use of a parameter takes no gradient (as in
     PyTorch), and an in-place update through `.data` or `detach()` updates the parameter on

@@ -836,3 +836,21 @@ def test_log1p_and_expm1_are_accurate_for_small_inputs_eager_and_compiled():
         with np.errstate(all="ignore"):
             exact = grad(xs.astype(np.float64))
         np.testing.assert_allclose(t.grad.numpy()[finite], exact[finite], rtol=2e-7)
+
+
+@pytest.mark.parametrize("p", [2, 3, 1.5])
+@pytest.mark.parametrize("dim", [None, 1])
+def test_norm_gradient_at_a_zero_vector_is_zero(p, dim):
+    """Regression: the gradient of `norm` at a zero vector was nan (the root's derivative at
+    0 times a zero); PyTorch's subgradient is 0.  Eager and compiled agree with it."""
+    a = np.array([[0.0, 0.0, 0.0], [3.0, -4.0, 0.0]], np.float32)
+    t = torch.tensor(a, requires_grad=True)
+    t.norm(p=p, dim=dim).sum().backward()
+    for fn in (lambda x: x.norm(p=p, dim=dim).sum(),
+               nx.compile(lambda x: x.norm(p=p, dim=dim).sum())):
+        x = nx.tensor(a, requires_grad=True)
+        out = fn(x)
+        np.testing.assert_allclose(out.detach().numpy(), t.norm(p=p, dim=dim).sum().item(),
+                                   rtol=1e-6)
+        out.backward()
+        np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-7)
