@@ -700,6 +700,28 @@ def test_arguments_that_share_no_memory_run_compiled(backend, caplog):
     assert "eagerly" not in caplog.text
 
 
+def test_outputs_that_are_inputs_are_the_callers_objects(backend):
+    """An argument or captured tensor returned as it is comes back as that object (a later
+    write into it shows, as eagerly), a tensor returned twice as one object, and gradients
+    through them are eager's; they were fresh copies."""
+    w = neurenix.ones(2)
+
+    def f(x, y):
+        y.add_(1.0)
+        z = x * 2
+        return x, y, z, z, w
+
+    cf = neurenix.compile(f, backend=backend)
+    for fn in (f, cf):
+        x = neurenix.tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+        y = neurenix.zeros(2)
+        out = fn(x, y)
+        assert out[0] is x and out[1] is y and out[2] is out[3] and out[4] is w
+        np.testing.assert_array_equal(y.numpy(), [1, 1])
+        (out[0].sum() + out[2].sum() * 3).backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [7, 7])
+
+
 def test_a_write_through_a_view_reaches_its_base():
     """Once refused; now followed as eager follows it (tests/test_view_writes.py)."""
     def f(x):

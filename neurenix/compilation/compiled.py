@@ -137,6 +137,9 @@ class _Entry:
     place: Placement | None = None  # its device, and how values reach it
     input_names: list[str] = field(default_factory=list)
     writes: WriteCheck | None = None  # made on the first call: see aliasing.py
+    # outputs returned as objects the caller has: (output, ("arg", i) | ("tensor", t) |
+    # ("same", earlier output)), see `_aliases`
+    aliases: list[tuple[int, tuple[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +155,25 @@ class _Code:
     """What an evicted latest program still shows (`Compiled.source()`): its code text."""
 
     source: str
+
+
+def _aliases(state: TraceState, leaves: list[Tensor]) -> list[tuple[int, tuple[str, Any]]]:
+    """The outputs a compiled call returns as objects the caller already has, as eagerly: an
+    argument or captured tensor returned as it is (after any write-back, the object itself,
+    not a copy: a later write into it shows in the output), and a tensor returned twice (the
+    same object twice)."""
+    out: list[tuple[int, tuple[str, Any]]] = []
+    first: dict[int, int] = {}
+    for i, t in enumerate(leaves):
+        if id(t) in first:
+            out.append((i, ("same", first[id(t)])))
+            continue
+        first[id(t)] = i
+        if id(t) in state.args:
+            out.append((i, ("arg", state.args[id(t)][0])))
+        elif t._value is None and id(t) in state.inputs:
+            out.append((i, ("tensor", t)))
+    return out
 
 
 class Compiled:
@@ -606,6 +628,7 @@ class Compiled:
                 state.helpers = called
                 leaves, treedef = flatten_outputs(result)
                 out_nodes = [state.cut(state.node_of(t)) for t in leaves]
+                aliases = _aliases(state, leaves)
                 stored, stores = finish_stores(state)
                 stored = [state.cut(n) for n in stored]
             finally:
@@ -658,6 +681,7 @@ class Compiled:
                       if sources[names.index(name)][0] == "tensor"}
         built = compile_traced(traced.graph, wrt, len(leaves), backend, trace_seconds, active,
                                donate)
+        common["aliases"] = aliases
         entry = _Entry(key, sources, built.forward, len(leaves), treedef, updates, built.graph,
                        built.stats, backward=built.backward,
                        backward_inputs=built.backward_inputs,
@@ -785,6 +809,8 @@ class Compiled:
         if entry.backward is not None:
             saved = results[n + len(entry.updates):]
             self._attach_backward(entry, args, inputs, results, saved, outs)
+        for i, (kind, ref) in entry.aliases:  # outputs that are inputs, or repeat an output
+            outs[i] = args[ref] if kind == "arg" else ref if kind == "tensor" else outs[ref]
         return unflatten_outputs(entry.treedef, outs)
 
     def _attach_backward(self, entry, args, inputs, results, saved, outs) -> None:
