@@ -179,11 +179,7 @@ def zero_grads(params: Iterable[Tensor], set_to_none: bool = True) -> None:
     traced = state.is_tracing()
     for p in params:
         if traced:
-            if not set_to_none and p.grad is not None:
-                from .creation import zeros_like
-                p.grad = zeros_like(p.grad)
-            else:
-                p.grad = None
+            state.current_trace().reset_grad(p, set_to_none)
             continue
         g = p._grad
         if g is None:

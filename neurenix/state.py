@@ -109,6 +109,9 @@ class Trace(Protocol):
     def write_grad(self, tensor: Any, value: Any) -> None:
         """`tensor.grad = value` inside the trace."""
 
+    def reset_grad(self, tensor: Any, set_to_none: bool) -> None:
+        """`zero_grad` of `tensor` inside the trace: None, or zeros where a gradient exists."""
+
     def backward(self, root: Any, gradient: Any) -> None:
         """`root.backward(gradient)` for a symbolic `root`: the backward joins the graph."""
 

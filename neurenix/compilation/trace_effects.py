@@ -22,6 +22,7 @@ from neurenix.compiler.passes.autodiff import backprop
 from neurenix.compiler.types import TensorType
 
 from ..call_site import user_source
+from ..creation import zeros_like
 from ..elementwise import add, as_tensor
 from ..state import no_grad
 from ..tensor import Tensor
@@ -160,6 +161,17 @@ def write_grad(state: TraceState, t: Tensor, value: Tensor | None) -> None:
         raise TypeError(f"grad: expected a Tensor or None, got {type(value).__name__}")
     _slot(state, t)
     t._grad = value
+
+
+def reset_grad(state: TraceState, t: Tensor, set_to_none: bool) -> None:
+    """`zero_grad` inside a trace: None without reading the gradient, or, with
+    `set_to_none=False`, zeros where a gradient exists (whether one does is guarded), so
+    that an optimizer still steps a parameter the backward does not reach, as eagerly."""
+    if set_to_none:
+        write_grad(state, t, None)
+        return
+    g = read_grad(state, t)
+    write_grad(state, t, None if g is None else zeros_like(g))
 
 
 def store_item(state: TraceState, container: dict, key: Any, value: Tensor) -> None:

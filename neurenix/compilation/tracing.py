@@ -286,6 +286,9 @@ class TraceState:
     def write_grad(self, t: Tensor, value: Tensor | None) -> None:
         trace_effects.write_grad(self, t, value)
 
+    def reset_grad(self, t: Tensor, set_to_none: bool) -> None:
+        trace_effects.reset_grad(self, t, set_to_none)
+
     def backward(self, root: Tensor, gradient: Any) -> None:
         trace_effects.backward_traced(self, root, gradient)
 
