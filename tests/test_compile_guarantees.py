@@ -722,6 +722,41 @@ def test_outputs_that_are_inputs_are_the_callers_objects(backend):
         np.testing.assert_array_equal(x.grad.numpy(), [7, 7])
 
 
+def test_views_of_inputs_returned_are_views_of_the_callers_tensors(backend):
+    """A view of an argument or captured tensor returned (a slice, a transpose, a reshape,
+    an expand) views the caller's tensor, as eagerly: a later write into it shows, and
+    gradients flow through it to the input; they were copies."""
+    w = neurenix.tensor(np.arange(4, dtype=np.float32).reshape(2, 2))
+
+    def f(x):
+        x.add_(1.0)
+        return x[1:], x.T, x.reshape(-1), w.T, x[0].expand(3, 2)
+
+    cf = neurenix.compile(f, backend=backend)
+    results = []
+    for fn in (f, cf):
+        x = neurenix.tensor(np.zeros((2, 2), np.float32))
+        out = fn(x)
+        with neurenix.no_grad():
+            x[1, 0] = 100.0
+            w[0, 1] = -7.0
+        results.append([o.numpy().copy() for o in out])
+        with neurenix.no_grad():
+            w[0, 1] = 1.0
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_array_equal(got, want)
+    assert results[0][0][0, 0] == 100.0 and results[0][3][1, 0] == -7.0
+
+    def g(x):
+        return x.T, x * 2
+
+    for fn in (g, neurenix.compile(g, backend=backend)):
+        leaf = neurenix.tensor(np.ones((2, 2), np.float32), requires_grad=True)
+        out = fn(leaf)
+        (out[0] * neurenix.tensor([[1.0, 2.0], [3.0, 4.0]])).sum().backward()
+        np.testing.assert_array_equal(leaf.grad.numpy(), [[1, 3], [2, 4]])
+
+
 def test_a_write_through_a_view_reaches_its_base():
     """Once refused; now followed as eager follows it (tests/test_view_writes.py)."""
     def f(x):

@@ -35,6 +35,7 @@ from neurenix.compiler.trace import TraceError, Tracer
 from .. import autograd, compile_hook
 from ..backward import mark_fresh
 from ..device import CPU, Device, as_device
+from ..dispatch import apply
 from ..nn.module import Module
 from ..optim.optimizer import optimizer_settings, undo_changed_settings
 from ..random import next_seed
@@ -160,8 +161,9 @@ class _Code:
 def _aliases(state: TraceState, leaves: list[Tensor]) -> list[tuple[int, tuple[str, Any]]]:
     """The outputs a compiled call returns as objects the caller already has, as eagerly: an
     argument or captured tensor returned as it is (after any write-back, the object itself,
-    not a copy: a later write into it shows in the output), and a tensor returned twice (the
-    same object twice)."""
+    not a copy: a later write into it shows in the output), a view of one (taken again of it
+    after the call: views with static attributes), and a tensor returned twice (the same
+    object twice)."""
     out: list[tuple[int, tuple[str, Any]]] = []
     first: dict[int, int] = {}
     for i, t in enumerate(leaves):
@@ -169,11 +171,30 @@ def _aliases(state: TraceState, leaves: list[Tensor]) -> list[tuple[int, tuple[s
             out.append((i, ("same", first[id(t)])))
             continue
         first[id(t)] = i
+        ops: list[tuple[str, dict]] = []
+        while True:  # through the views taken in the trace, down to what they view
+            entry = state.view_of.get(id(t))
+            if entry is None or entry[0] is not t or not _static(entry[3]):
+                break
+            ops.append((entry[2].name, entry[3]))
+            t = entry[1]
         if id(t) in state.args:
-            out.append((i, ("arg", state.args[id(t)][0])))
+            source = ("arg", state.args[id(t)][0])
         elif t._value is None and id(t) in state.inputs:
-            out.append((i, ("tensor", t)))
+            source = ("tensor", t)
+        else:
+            continue
+        out.append((i, ("view", (*source, tuple(reversed(ops)))) if ops else source))
     return out
+
+
+def _static(value: Any) -> bool:
+    """Whether a view's attributes are plain numbers (no dynamic size to bind per call)."""
+    if isinstance(value, dict):
+        return all(_static(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_static(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 class Compiled:
@@ -810,7 +831,16 @@ class Compiled:
             saved = results[n + len(entry.updates):]
             self._attach_backward(entry, args, inputs, results, saved, outs)
         for i, (kind, ref) in entry.aliases:  # outputs that are inputs, or repeat an output
-            outs[i] = args[ref] if kind == "arg" else ref if kind == "tensor" else outs[ref]
+            if kind == "same":
+                outs[i] = outs[ref]
+                continue
+            source, base, ops = ref if kind == "view" else (kind, ref, ())
+            t = args[base] if source == "arg" else base
+            if t.device != outs[i].device:  # a host input of a program on a device
+                continue
+            for op, attrs in ops:  # a view of an input: taken again, of the caller's tensor
+                t = apply(op, t, **attrs)
+            outs[i] = t
         return unflatten_outputs(entry.treedef, outs)
 
     def _attach_backward(self, entry, args, inputs, results, saved, outs) -> None:
