@@ -139,7 +139,7 @@ class _Entry:
     input_names: list[str] = field(default_factory=list)
     writes: WriteCheck | None = None  # made on the first call: see aliasing.py
     # outputs returned as objects the caller has: (output, ("arg", i) | ("tensor", t) |
-    # ("same", earlier output)), see `_aliases`
+    # ("view", (source kind, i or t, view ops)) | ("same", earlier output)), see `_aliases`
     aliases: list[tuple[int, tuple[str, Any]]] = field(default_factory=list)
 
 
