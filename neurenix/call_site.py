@@ -31,6 +31,11 @@ def _display_path(filename: str) -> str | None:
     return shown
 
 
+def in_neurenix(filename: str) -> bool:
+    """Whether code from `filename` is Neurenix's own (frontend, compiler, runtime)."""
+    return _display_path(filename) is None
+
+
 def user_source() -> str | None:
     """file:line of the innermost frame outside Neurenix itself (the user's code)."""
     frame = sys._getframe(1)

@@ -234,10 +234,10 @@ def _record(prim: Primitive, inputs: Sequence[Tensor], attrs: dict[str, Any],
             x, y = inputs
             versions = (version_of(x) if y.requires_grad else None,
                         version_of(y) if x.requires_grad else None)
+        elif not reads:
+            versions = (None,) * len(inputs)
         else:
-            versions = tuple([version_of(t) if read else None
-                              for t, read in zip(inputs, reads)]) if reads else \
-                (None,) * len(inputs)
+            versions = tuple([version_of(t) if read else None for t, read in zip(inputs, reads)])
         result._node = TapeNode.record(prim, tuple(inputs), attrs,
                                        wrap(result._data, result._dtype, result._device),
                                        versions)

@@ -238,19 +238,35 @@ def code_guard(fn: Any, args: dict[str, Any] | None = None, owner: Any = None
     roots: dict[str, Callable[[], Any]] = {}
     for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
         roots[name] = lambda c=cell: _cell(c)
-    namespace = fn.__globals__
+    extra = [("default arguments", lambda: (_key(fn.__defaults__), _key(fn.__kwdefaults__)))]
+    if isinstance(owner, Module):  # a forward method: the class must still have it
+        extra.append((f"{type(owner).__name__}.forward",
+                      lambda: _key(_lookup(type(owner), fn.__name__))))
+    return _reads_guard(getattr(fn, "__qualname__", "the function"), code, fn.__globals__,
+                        roots, extra, args)
+
+
+def helper_guard(code: types.CodeType, namespace: dict[str, Any]) -> Guard | None:
+    """What a helper function the traced code called (`code`, run with globals `namespace`)
+    reads from its module: globals and attribute chains from them, guarded as `code_guard`
+    guards the compiled function's own (its closure cells are not reachable from a frame:
+    a helper's closure variables are not guarded).  None when it reads nothing to guard."""
+    return _reads_guard(code.co_qualname, code, namespace, {}, [], None)
+
+
+def _reads_guard(label: str, code: types.CodeType, namespace: dict[str, Any],
+                 roots: dict[str, Callable[[], Any]],
+                 extra: list[tuple[str, Callable[[], Any]]],
+                 args: dict[str, Any] | None) -> Guard | None:
+    """The guard over what `code` reads: `roots` (its closure cells) and the globals it
+    loads from `namespace`, probed as themselves and through the attribute chains the code
+    follows from them or from the non-tensor `args`, then the `extra` probes."""
+    roots = dict(roots)
     for name in _loads(code, ("LOAD_GLOBAL", "LOAD_NAME")):
         if name in namespace:
             roots.setdefault(name, lambda n=name: namespace.get(n, _MISSING))
-    probes: list[tuple[str, Callable[[], Any]]] = []
-    for name, get in roots.items():
-        if _watched(get()):
-            probes.append((name, lambda g=get: _key(g())))
-    probes.append(("default arguments", lambda: (_key(fn.__defaults__),
-                                                 _key(fn.__kwdefaults__))))
-    if isinstance(owner, Module):  # a forward method: the class must still have it
-        probes.append((f"{type(owner).__name__}.forward",
-                       lambda: _key(_lookup(type(owner), fn.__name__))))
+    probes = [(name, lambda g=get: _key(g())) for name, get in roots.items() if _watched(get())]
+    probes += extra
     for root, attrs in sorted(_chains(code)):
         if root in roots:
             get = roots[root]
@@ -261,7 +277,9 @@ def code_guard(fn: Any, args: dict[str, Any] | None = None, owner: Any = None
         probe = _chain_probe(get, attrs)
         if probe is not None:
             probes.append((".".join((root,) + attrs), probe))
-    labels = [label for label, _ in probes]
+    if not probes:
+        return None
+    labels = [name for name, _ in probes]
     getters = [p for _, p in probes]
 
     def read(args: Any) -> tuple:
@@ -270,34 +288,7 @@ def code_guard(fn: Any, args: dict[str, Any] | None = None, owner: Any = None
     def explain(old: tuple, new: tuple) -> list[str]:
         return changes(labels, old, new)
 
-    return Guard(f"values read by {getattr(fn, '__qualname__', 'the function')}", read,
-                 read(()), explain)
-
-
-def helper_guard(code: types.CodeType, namespace: dict[str, Any]) -> Guard | None:
-    """What a helper function the traced code called (`code`, run with globals `namespace`)
-    reads from its module: globals and attribute chains from them, guarded as `code_guard`
-    guards the compiled function's own (its closure cells are not reachable from a frame:
-    a helper's closure variables are not guarded)."""
-    roots = {name: (lambda n=name: namespace.get(n, _MISSING))
-             for name in _loads(code, ("LOAD_GLOBAL", "LOAD_NAME")) if name in namespace}
-    probes = [(name, lambda g=get: _key(g())) for name, get in roots.items()
-              if _watched(get())]
-    for root, attrs in sorted(_chains(code)):
-        if root in roots:
-            probe = _chain_probe(roots[root], attrs)
-            if probe is not None:
-                probes.append((".".join((root,) + attrs), probe))
-    if not probes:
-        return None
-    labels = [label for label, _ in probes]
-    getters = [g for _, g in probes]
-
-    def read(args: Any) -> tuple:
-        return tuple(g() for g in getters)
-
-    return Guard(f"values read by {code.co_qualname}", read, read(()),
-                 lambda old, new: changes(labels, old, new))
+    return Guard(f"values read by {label}", read, read(()), explain)
 
 
 def _key(value: Any) -> Any:

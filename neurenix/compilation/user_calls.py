@@ -16,7 +16,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from ..call_site import _display_path
+from ..call_site import in_neurenix
 
 _LIBRARY_DIRS = tuple(
     os.path.abspath(p) + os.sep
@@ -28,7 +28,7 @@ _USER: dict[str, bool] = {}  # co_filename -> whether it is the user's
 def _users(filename: str) -> bool:
     known = _USER.get(filename)
     if known is None:
-        known = _display_path(filename) is not None and not filename.startswith("<frozen") \
+        known = not in_neurenix(filename) and not filename.startswith("<frozen") \
             and not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
         _USER[filename] = known
     return known
