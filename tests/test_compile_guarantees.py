@@ -757,6 +757,19 @@ def test_views_of_inputs_returned_are_views_of_the_callers_tensors(backend):
         np.testing.assert_array_equal(leaf.grad.numpy(), [[1, 3], [2, 4]])
 
 
+def test_a_returned_detached_view_of_a_parameter_takes_no_gradient(backend):
+    """`p.detach()` (a view of p) returned comes back as a view of p that does not require
+    grad, as eagerly; `p.T` returned requires it."""
+    lin = nn.Linear(3, 2)
+    cf = neurenix.compile(lambda: (lin.weight.detach(), lin.weight.T), backend=backend)
+    for fn in (lambda: (lin.weight.detach(), lin.weight.T), cf):
+        detached, transposed = fn()
+        assert not detached.requires_grad and transposed.requires_grad
+        with neurenix.no_grad():
+            lin.weight.mul_(2.0)
+        np.testing.assert_array_equal(detached.numpy(), lin.weight.detach().numpy())
+
+
 def test_a_write_through_a_view_reaches_its_base():
     """Once refused; now followed as eager follows it (tests/test_view_writes.py)."""
     def f(x):

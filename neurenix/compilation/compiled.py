@@ -8,6 +8,7 @@ forward's outputs get one autograd node whose backward runs the compiled backwar
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import inspect
@@ -139,7 +140,8 @@ class _Entry:
     input_names: list[str] = field(default_factory=list)
     writes: WriteCheck | None = None  # made on the first call: see aliasing.py
     # outputs returned as objects the caller has: (output, ("arg", i) | ("tensor", t) |
-    # ("view", (source kind, i or t, view ops)) | ("same", earlier output)), see `_aliases`
+    # ("view", (source kind, i or t, view ops, on the gradient's path)) | ("same", earlier
+    # output)), see `_aliases`
     aliases: list[tuple[int, tuple[str, Any]]] = field(default_factory=list)
 
 
@@ -171,6 +173,7 @@ def _aliases(state: TraceState, leaves: list[Tensor]) -> list[tuple[int, tuple[s
             out.append((i, ("same", first[id(t)])))
             continue
         first[id(t)] = i
+        grad = t._value is not None and state.differentiable(t._value)  # else: as detached
         ops: list[tuple[str, dict]] = []
         while True:  # through the views taken in the trace, down to what they view
             entry = state.view_of.get(id(t))
@@ -184,7 +187,7 @@ def _aliases(state: TraceState, leaves: list[Tensor]) -> list[tuple[int, tuple[s
             source = ("tensor", t)
         else:
             continue
-        out.append((i, ("view", (*source, tuple(reversed(ops)))) if ops else source))
+        out.append((i, ("view", (*source, tuple(reversed(ops)), grad)) if ops else source))
     return out
 
 
@@ -834,12 +837,13 @@ class Compiled:
             if kind == "same":
                 outs[i] = outs[ref]
                 continue
-            source, base, ops = ref if kind == "view" else (kind, ref, ())
+            source, base, ops, grad = ref if kind == "view" else (kind, ref, (), True)
             t = args[base] if source == "arg" else base
             if t.device != outs[i].device:  # a host input of a program on a device
                 continue
-            for op, attrs in ops:  # a view of an input: taken again, of the caller's tensor
-                t = apply(op, t, **attrs)
+            with contextlib.nullcontext() if grad else no_grad():
+                for op, attrs in ops:  # a view of an input: taken again, of the caller's
+                    t = apply(op, t, **attrs)  # tensor (a detached one under no_grad)
             outs[i] = t
         return unflatten_outputs(entry.treedef, outs)
 
