@@ -199,3 +199,20 @@ def test_dynamic_shapes_benchmark_runs(tmp_path):
     assert cell["ok"]
     assert [cell["sizes"][s]["dyn_programs"] for s in ("2", "3")] == [1, 1]
     assert cell["sizes"]["2"]["dyn_compiled"] and not cell["sizes"]["3"]["dyn_compiled"]
+
+
+def test_dynamic_products_benchmark_runs(tmp_path):
+    """benchmarks/dynamic_products.py --quick: every product layout and the convolution at
+    three shapes, one function each; from the second shape on it runs a dynamic program, and
+    every output agrees with eager (the script checks, and fails otherwise)."""
+    import subprocess
+    out = tmp_path / "products.json"
+    done = subprocess.run([sys.executable, str(BENCH / "dynamic_products.py"), "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert {r["case"] for r in rows} == {"a@b", "a.T@b", "a@b.T", "(a.T@b).T", "conv3x3"}
+    for case in {r["case"] for r in rows}:
+        mine = [r for r in rows if r["case"] == case]
+        assert len(mine) == 3 and not mine[0]["dynamic"] and all(r["dynamic"] for r in mine[1:])
+    assert max(r["error"] for r in rows) < 1e-4

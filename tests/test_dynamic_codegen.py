@@ -286,20 +286,20 @@ def test_tiled_matmul_with_dynamic_rows(k, m, bias, hint):
 
 @pytest.mark.parametrize("k,m", [(64, 48), (200, 7), (300, 40), (20, 30)])
 def test_dot_or_tiled_matmul_with_dynamic_rows_picked_per_call(k, m):
-    """x @ w.T: dot products up to the rows where the static rules tile, tiles past them."""
+    """x @ w.T: dot products up to the rows where the static rules tile, tiles past them
+    (fewer than half a tile of columns: the dynamic rows are the tiles' columns, as the static
+    rules lay out that many static rows)."""
     kg, env = matmul_graph(k, m, transposed_w=True, bias=True)
     program, exe = compile_symbolic(kg, env)
     plan = program_schedule(kg, env)
-    sizes = EDGE_ROWS
-    if m < 16:  # too narrow for a tile of dynamic rows: dot products for any rows
-        assert isinstance(plan, Dot)
-    else:
-        assert isinstance(plan, Choice) and isinstance(plan.small, Dot)
-        limits, last = variants(plan)
-        assert isinstance(last, Contraction)
-        path = program.metadata["paths"]["neurenix_mm"]
-        assert path.startswith("dot|") and path.endswith("|tiled")
-        sizes = sorted({*EDGE_ROWS, *limits, *(v + 1 for v in limits), plan.limit + 7})
+    assert isinstance(plan, Choice) and isinstance(plan.small, Dot)
+    limits, last = variants(plan)
+    assert isinstance(last, Contraction)
+    if m < 16:
+        assert not isinstance(last.blocking.col_tiles, int)  # the rows, per call
+    path = program.metadata["paths"]["neurenix_mm"]
+    assert path.startswith("dot|") and path.endswith("|tiled")
+    sizes = sorted({*EDGE_ROWS, *limits, *(v + 1 for v in limits), plan.limit + 7})
     check(kg, exe, lambda rng, v: [randn(rng, v, k), randn(rng, m, k), randn(rng, m)],
           sizes, rtol=1e-4, atol=1e-3)
 

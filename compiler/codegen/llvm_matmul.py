@@ -16,7 +16,8 @@ just other index expressions) and contractions whose operands are computed or ma
 NR is two host vectors wide and MR rows keep 2*MR accumulator registers busy, so the inner loop
 is one panel load and MR broadcast-FMAs per k.  MR is `ROWS`, or the height that clamps fewest
 rows when that leaves many clamped (16 or 32 channels: 8); the last column tile, of a width
-known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes).
+known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes); with dynamic
+columns (counted per call) it runs NR wide, its columns past the last clamped.
 
 Blocking (`schedule.contraction.blocking`): k is cut into equal blocks of at most `KC` steps.
 A column group is as many column tiles as have their KC x NR panels in a quarter of the
@@ -130,11 +131,12 @@ class _Tiler:
             last_t = b.sub(end, _i64(1))
             with fb.loop(self._group_of(start), b.add(self._group_of(last_t), _i64(1)),
                          "group") as q:
-                unit = b.udiv(q, _i64(p.col_groups))
-                base = b.mul(unit, _i64(p.col_tiles))
-                g0 = b.add(base, b.mul(b.urem(q, _i64(p.col_groups)), _i64(p.group)))
+                col_groups, col_tiles = fb.value(p.col_groups), fb.value(p.col_tiles)
+                unit = b.udiv(q, col_groups)
+                base = b.mul(unit, col_tiles)
+                g0 = b.add(base, b.mul(b.urem(q, col_groups), _i64(p.group)))
                 lo = _max(b, start, g0)
-                hi = fb.min(end, fb.min(b.add(g0, _i64(p.group)), b.add(base, _i64(p.col_tiles))))
+                hi = fb.min(end, fb.min(b.add(g0, _i64(p.group)), b.add(base, col_tiles)))
                 vars: dict[int, ir.Value] = {}
                 row_blocks = fb.value(p.row_blocks)
                 # row tiles per row block: per call when the blocks are cut per call
@@ -159,10 +161,11 @@ class _Tiler:
 
     def _group_of(self, t: ir.Value) -> ir.Value:
         """The column group holding range point `t`."""
-        b, p = self.b, self.plan
-        unit = b.udiv(t, _i64(p.col_tiles))
-        within = b.udiv(b.urem(t, _i64(p.col_tiles)), _i64(p.group))
-        return b.add(b.mul(unit, _i64(p.col_groups)), within)
+        b, p, fb = self.b, self.plan, self.fb
+        col_tiles = fb.value(p.col_tiles)
+        unit = b.udiv(t, col_tiles)
+        within = b.udiv(b.urem(t, col_tiles), _i64(p.group))
+        return b.add(b.mul(unit, fb.value(p.col_groups)), within)
 
     def _allocate(self) -> ir.Value | None:
         """One 64-byte aligned heap block per call for the panel (when larger than
@@ -192,11 +195,11 @@ class _Tiler:
         row block sweep them, so that the tile's rows of `a` stay in L1 and the stores run
         along the rows of the output."""
         fb, b, m, p = self.fb, self.b, self.m, self.plan
-        full_end = b.add(span.base, _i64(self.n_size // m.nr))
+        full_end = b.add(span.base, b.udiv(fb.value(self.n_size), _i64(m.nr)))
         hi_full = fb.min(span.hi, full_end)
         edge = None
-        if self.n_size % m.nr:  # the group may end with the narrow last tile
-            edge = b.icmp_signed(">", span.hi, full_end)
+        if not isinstance(self.n_size, int) or self.n_size % m.nr:  # the group may end
+            edge = b.icmp_signed(">", span.hi, full_end)  # with a partial last tile
         if not p.direct:
             if m.direct:
                 self._pack_group(span, hi_full, k0, klen)
@@ -254,8 +257,10 @@ class _Tiler:
 
     def _narrow(self) -> bool:
         """Give the last column tile, whose width `n_size % NR` is known, the narrowest
-        vector (NR / 2 or NR / 4 lanes) that holds it; whether it is narrower than NR."""
-        rem, width = self.n_size % self.m.nr, self.m.nr
+        vector (NR / 2 or NR / 4 lanes) that holds it; whether it is narrower than NR (with
+        dynamic columns it stays NR wide, clamped)."""
+        rem = self.n_size % self.m.nr if isinstance(self.n_size, int) else 0
+        width = self.m.nr
         while rem and width % 2 == 0 and rem <= width // 2 and width // 2 >= 4:
             width //= 2
         self._set_width(width)
@@ -302,7 +307,7 @@ class _Tiler:
                 n = b.add(n0, j)
                 point = dict(vars)
                 point[self.k_axis] = cols.k(b, kk)
-                point[m.col] = fb.min(n, self.n_size - 1) if edge else n
+                point[m.col] = fb.min(n, fb.value(self.n_size - 1)) if edge else n
                 em = ExprEmitter(b, self.lib, self.buffers, point)
                 for e, strip in hoisted:
                     slot = b.gep(strip, [j], inbounds=True, source_etype=I64)
@@ -310,7 +315,7 @@ class _Tiler:
                 v = em.emit(self.b_operand)
                 v = cast(b, self.lib, v, dtype_of(self.b_operand), m.dtype)
                 if edge:
-                    inside = b.icmp_signed("<", n, _i64(self.n_size))
+                    inside = b.icmp_signed("<", n, fb.value(self.n_size))
                     v = b.select(inside, v, ir.Constant(self.ftype, 0.0))
                 slot = b.gep(self.slot, [b.add(b.mul(kk, _i64(self.nr)), j)], inbounds=True,
                              source_etype=self.ftype)
@@ -357,7 +362,7 @@ class _Tiler:
         with fb.loop(0, self.nr, "strip_j") as j:
             n = b.add(n0, j)
             point = dict(vars)
-            point[self.m.col] = fb.min(n, self.n_size - 1) if edge else n
+            point[self.m.col] = fb.min(n, fb.value(self.n_size - 1)) if edge else n
             em = ExprEmitter(b, self.lib, self.buffers, point)
             for e, strip in zip(exprs, strips):
                 slot = b.gep(strip, [j], inbounds=True, source_etype=I64)
@@ -487,7 +492,7 @@ class _Tiler:
         constant bounds, so that its store loop vectorises without a remainder)."""
         fb, b, m = self.fb, self.b, self.m
         rows = fb.min(b.sub(fb.value(self.m_size), m0), m.mr)
-        cols = fb.min(b.sub(_i64(self.n_size), n0), self.nr)
+        cols = fb.min(b.sub(fb.value(self.n_size), n0), self.nr)
         full = b.and_(b.icmp_signed("==", rows, _i64(m.mr)),
                       b.icmp_signed("==", cols, _i64(self.nr)))
         with b.if_else(full) as (whole, edge):

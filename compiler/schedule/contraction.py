@@ -16,20 +16,23 @@ a column group's KC x NR panels fit in a quarter of L2 and their partial sums in
 blocks of `DIRECT_KC` rows.  Dynamic rows are cut per call (`sizes.Blocks`) into the row blocks
 the static rules cut that many rows into, capped at the blocks of a fixed length as for
 `DYNAMIC_ROWS` rows, so that a shape-polymorphic program hands the thread pool the parts the
-static one does (issue 13).  Codegen: llvm_matmul.py, whose docstring explains the loop nest.
+static one does (issue 13).  Dynamic columns are laid out as static ones would be at the
+hint, counted per call (`Ceil` column tiles and groups; a group as long as the caches allow)
+with the last tile clamped.  Codegen: llvm_matmul.py, whose docstring explains the loop nest.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import replace
 
+from ...runtime.sizes import Size
 from ..kernel.ir import Binary, Expr, Kernel, Load, Var, dtype_of
 from ..symbolic import size_bounds
 from ..targets import Capabilities
 from ..types import DType
 from .dot import MIN_PACKED_ROWS, dot_rows, dot_rule, prefers_tiled
 from .ranges import worth_splitting
-from .sizes import Blocks, ceil_count, hint, hints, is_static, static_affine
+from .sizes import Blocks, Ceil, Count, ceil_count, hint, hints, is_static, strides
 from .types import Blocking, Choice, Contraction, Dot
 
 KC = 128  # K block: the steps accumulated in registers before the tile's partial sums
@@ -144,7 +147,7 @@ def tiled(kernel: Kernel, caps: Capabilities, least: int = 1, most: int | None =
             layouts.reverse()
     allowed = set(range(nd + 1))
     for row, col in layouts:
-        if not is_static(kernel.domain[col]) or kernel.domain[col] < nr // 2:
+        if hint(kernel.domain[col]) < nr // 2:
             continue
         for operand, (a, b) in enumerate(((value.a, value.b), (value.b, value.a))):
             axes_a, axes_b = axes_read(a), axes_read(b)
@@ -167,8 +170,8 @@ def tiled(kernel: Kernel, caps: Capabilities, least: int = 1, most: int | None =
                                 nr=nr, direct=direct,
                                 l2_bytes=caps.l2_bytes or ASSUMED_L2_BYTES, most=bounded,
                                 k_most=k_most)
-                units = plan.col_tiles * math.prod(kernel.domain[i] for i in batch)
-                count = (plan.row_blocks * units if isinstance(plan.row_blocks, int)
+                units = _times(plan.col_tiles, math.prod(kernel.domain[i] for i in batch))
+                count = (_times(units, plan.row_blocks) if isinstance(plan.row_blocks, int)
                          else replace(plan.row_blocks, times=units))
                 threaded = worth_splitting(kernel, caps, least, most or math.inf)
                 return Contraction(count=count, threaded=threaded,
@@ -178,6 +181,13 @@ def tiled(kernel: Kernel, caps: Capabilities, least: int = 1, most: int | None =
     return None
 
 
+def _times(count: Count, factor: Size) -> Count:
+    """`count` range points times `factor` (a `Ceil` of dynamic columns keeps its form)."""
+    if isinstance(count, Ceil):
+        return replace(count, times=count.times * factor)
+    return count * factor
+
+
 def stores_contiguous_along(kernel: Kernel, axis: int) -> bool:
     """Whether every store of `kernel` steps by one element along domain `axis` and no store
     is contiguous along the last axis: a transposed store (a weight gradient computed as
@@ -185,7 +195,7 @@ def stores_contiguous_along(kernel: Kernel, axis: int) -> bool:
     rather than scattering one element per row."""
     last = len(kernel.domain) - 1
     for store in kernel.stores:
-        coeffs = static_affine(store.index)
+        coeffs = strides(store.index)
         if coeffs is None or coeffs.get(axis) != 1 or coeffs.get(last) == 1:
             return False
     return bool(kernel.stores)
@@ -224,7 +234,7 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
     k_size = kernel.reduce[0]
     n_size = kernel.domain[col]
     m_size = 1 if row is None else kernel.domain[row]
-    col_tiles = -(-n_size // nr)
+    col_tiles = -(-hint(n_size) // nr)
     row_tiles = -(-(hint(m_size) if most is None else most) // mr)
     single = (is_static(m_size) or most is not None) and row_tiles == 1
     # one row tile reading `b` in place (a vector-matrix product) streams `b` along its rows
@@ -238,7 +248,8 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
     else:
         k_blocks, kc = ceil_count(k_size, kc_max), kc_max
     units = col_tiles * math.prod(hint(kernel.domain[axis]) for axis in batch)
-    wanted = MIN_UNITS if hint(k_size) * n_size * itemsize <= l2_bytes else MIN_UNITS_LARGE_B
+    wanted = (MIN_UNITS if hint(k_size) * hint(n_size) * itemsize <= l2_bytes
+              else MIN_UNITS_LARGE_B)
     block = _row_block(row_tiles, kc * itemsize * mr, units, l2_bytes, wanted)
     row_blocks = -(-row_tiles // block)
     blocked = not is_static(k_blocks) or k_blocks > 1
@@ -254,7 +265,8 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
     # reading `b` in place beats packing it when no second row tile would reuse the panel
     in_place = direct and single
     panel_bytes = kc * nr * itemsize
-    group = col_tiles
+    # dynamic columns: a group as long as the caches allow, however many tiles the call has
+    group = col_tiles if is_static(n_size) else l2_bytes // 4 // panel_bytes
     if not in_place:  # the group's panels stay in L2 while every row tile sweeps them
         group = max(1, min(group, l2_bytes // 4 // panel_bytes))
     tile_bytes = block * mr * nr * itemsize
@@ -262,7 +274,8 @@ def blocking(kernel: Kernel, *, row: int | None, col: int, batch: tuple[int, ...
         group = max(1, min(group, SCRATCH_BYTES // tile_bytes))
     panels = panel_bytes * (1 if in_place else group)
     return Blocking(kc=kc, k_blocks=k_blocks, block=block, row_blocks=row_blocks, group=group,
-                    col_groups=-(-col_tiles // group), col_tiles=col_tiles, direct=in_place,
+                    col_groups=ceil_count(n_size, nr * group),
+                    col_tiles=ceil_count(n_size, nr), direct=in_place,
                     panel_bytes=panels, panel_on_stack=panels <= MAX_STACK_BYTES,
                     scratch_bytes=group * tile_bytes if blocked else 0)
 
@@ -300,5 +313,5 @@ def _direct_load(e: Expr, axis: int, dtype: DType) -> bool:
     """Whether `e` is an unmasked load of `dtype` whose index steps by one along `axis`."""
     if not isinstance(e, Load) or e.mask is not None or e.dtype != dtype:
         return False
-    coeffs = static_affine(e.index)
+    coeffs = strides(e.index)
     return coeffs is not None and coeffs.get(axis) == 1

@@ -118,6 +118,16 @@ def kernel_symbols(kernel: Kernel) -> frozenset[str]:
     return frozenset(names)
 
 
+def strides(e: Expr) -> dict[int, int | None] | None:
+    """The loop variables' coefficients in `e` when it is affine (`affine`), a dynamic one
+    as None: enough to ask whether an index steps by one along an axis, which a dynamic
+    stride (a product of sizes, never compared: that would record a guard) is not known to."""
+    coeffs = affine(e)
+    if coeffs is None:
+        return None
+    return {axis: c if isinstance(c, int) else None for axis, c in coeffs.items() if axis >= 0}
+
+
 def static_affine(e: Expr) -> dict[int, int] | None:
     """`affine(e)` when every loop variable's coefficient is an int; None when one is a
     dynamic size (a dynamic stride: layout rules then treat the index as not affine, rather

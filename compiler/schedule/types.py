@@ -47,8 +47,10 @@ class Blocking:
     """Row blocks: `Blocks` of dynamic rows, cut per call as static rows are."""
     group: int
     """Column tiles per column group (their partial sums share the scratch)."""
-    col_groups: int
-    col_tiles: int
+    col_groups: Count
+    """Column groups per row block: `Ceil` of dynamic columns."""
+    col_tiles: Count
+    """Column tiles per row block: `Ceil` of dynamic columns (the last tile is clamped)."""
     direct: bool
     """Full tiles read `b` in place (a single row tile) rather than from packed panels."""
     panel_bytes: int
