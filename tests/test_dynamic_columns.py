@@ -11,7 +11,9 @@ import pytest
 from neurenix.compiler.kernel.eval import run_schedule
 from neurenix.compiler.kernel.ir import Acc, Binary, Const, Kernel, Load, Store, Sym, Var
 from neurenix.compiler.schedule import Choice, Contraction
+from neurenix.compiler.schedule.contraction import KC
 from neurenix.compiler.symbolic import ShapeEnv
+from neurenix.compiler.targets import get_target
 from neurenix.compiler.types import float32
 from test_dynamic_codegen import buf, compile_symbolic, graph, index, mul, program_schedule
 
@@ -23,13 +25,16 @@ from neurenix import nn
 SIZES = [(1, 1), (2, 31), (7, 32), (13, 33), (64, 100), (100, 7), (257, 650), (1000, 64)]
 
 
-def product_graph(k: int, *, bias: bool):
+def product_graph(k: int | None, *, bias: bool):
     """y[i, j] = sum_l x[i, l] w[l, j] (+ bias[j], relu) with x (n, k) and w (k, c): rows n
-    and columns c both dynamic."""
+    and columns c both dynamic, k too when None."""
     env = ShapeEnv()
     n, c = env.symbol("n", 64), env.symbol("c", 96)
+    stride = k
+    if k is None:
+        k, stride = env.symbol("k", 40), Sym("k")
     x, w, y = buf("x", (n, k)), buf("w", (k, c)), buf("y", (n, c))
-    product = mul(Load("x", index((0, k), (2, 1)), float32),
+    product = mul(Load("x", index((0, stride), (2, 1)), float32),
                   Load("w", index((2, Sym("c")), (1, 1)), float32))
     inputs, value = [x, w], Acc()
     shapes = {"x": ((n, k), float32), "w": ((k, c), float32)}
@@ -70,6 +75,42 @@ def test_dynamic_rows_and_columns_are_tiled_and_exact(k, bias):
         want, = run_schedule(kg, arrays)
         assert got.shape == (n, c)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{(n, c)}")
+
+
+def test_dynamic_k_with_dynamic_rows_runs_one_k_block_when_short():
+    """With dynamic rows and k as well, a call with k <= KC runs one K block (no partial
+    sums), as a static program does; longer ones go through the partial sums."""
+    kg, env = product_graph(None, bias=False)
+    program, exe = compile_symbolic(kg, env)
+    found = []
+
+    def walk(plan):
+        if isinstance(plan, Choice):
+            if str(plan.size) == "k" and plan.limit == KC:
+                found.append(plan)
+            walk(plan.small)
+            walk(plan.large)
+
+    walk(program_schedule(kg, env))
+    assert found and all(choice.small.blocking.k_blocks == 1 for choice in found)
+    rng = np.random.default_rng(3)
+    for n, c, k in [(64, 96, 40), (100, 33, KC), (300, 70, KC + 1), (7, 5, 500), (1000, 64, 3)]:
+        arrays = [rng.standard_normal((n, k)).astype(np.float32),
+                  rng.standard_normal((k, c)).astype(np.float32)]
+        got, = exe.run(arrays)
+        want, = run_schedule(kg, arrays)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{(n, c, k)}")
+
+
+def test_dynamic_columns_edge_tile_takes_the_narrowest_vector():
+    """The last, partial column tile of dynamic columns runs NR / 4, NR / 2 or NR lanes wide,
+    picked per call (as a static program picks it at compile time)."""
+    kg, env = product_graph(40, bias=False)
+    program, _ = compile_symbolic(kg, env)
+    nr = 2 * get_target("llvm").capabilities.vector_bits // 32
+    widths = [w for w in (nr // 4, nr // 2, nr) if w >= 4]
+    for width in widths:
+        assert f"llvm.fmuladd.v{width}f32" in program.source
 
 
 @pytest.mark.parametrize("form", ["a@b", "a.T@b", "(a.T@b).T"])

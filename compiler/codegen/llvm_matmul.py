@@ -15,9 +15,9 @@ just other index expressions) and contractions whose operands are computed or ma
 
 NR is two host vectors wide and MR rows keep 2*MR accumulator registers busy, so the inner loop
 is one panel load and MR broadcast-FMAs per k.  MR is `ROWS`, or the height that clamps fewest
-rows when that leaves many clamped (16 or 32 channels: 8); the last column tile, of a width
-known at compile time, takes the narrowest vector holding it (NR/2 or NR/4 lanes); with dynamic
-columns (counted per call) it runs NR wide, its columns past the last clamped.
+rows when that leaves many clamped (16 or 32 channels: 8); the last, partial column tile takes
+the narrowest vector holding it (NR/2 or NR/4 lanes), chosen at compile time or, for dynamic
+columns (counted per call), per call; its columns past the last are clamped.
 
 Blocking (`schedule.contraction.blocking`): k is cut into equal blocks of at most `KC` steps.
 A column group is as many column tiles as have their KC x NR panels in a quarter of the
@@ -52,6 +52,7 @@ stores vectors, not one element per stored row.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -208,9 +209,8 @@ class _Tiler:
                     self._pack(span.vars, self._cols(span, t, kb, k0, klen), edge=False)
         if edge is not None:
             with b.if_then(edge):
-                self._narrow()
-                self._pack(span.vars, self._cols(span, full_end, kb, k0, klen), edge=True)
-                self._set_width(m.nr)
+                self._at_edge(lambda: self._pack(
+                    span.vars, self._cols(span, full_end, kb, k0, klen), edge=True))
         with fb.loop(span.first, span.last, "rows") as rt:
             with fb.loop(span.lo, hi_full, "tile") as t:
                 cols = self._cols(span, t, kb, k0, klen)
@@ -218,10 +218,8 @@ class _Tiler:
                 self._tile(span, cols, rt, load_b)
             if edge is not None:
                 with b.if_then(edge):
-                    self._narrow()
-                    cols = self._cols(span, full_end, kb, k0, klen)
-                    self._tile(span, cols, rt, self._from_panel)
-                    self._set_width(m.nr)
+                    self._at_edge(lambda: self._tile(
+                        span, self._cols(span, full_end, kb, k0, klen), rt, self._from_panel))
 
     def _cols(self, span: _Span, t: ir.Value, kb: ir.Value | None, k0: ir.Value | None,
               klen: ir.Value) -> _Cols:
@@ -255,16 +253,33 @@ class _Tiler:
                                  source_etype=self.ftype)
                     b.store(v, slot)
 
-    def _narrow(self) -> bool:
-        """Give the last column tile, whose width `n_size % NR` is known, the narrowest
-        vector (NR / 2 or NR / 4 lanes) that holds it; whether it is narrower than NR (with
-        dynamic columns it stays NR wide, clamped)."""
-        rem = self.n_size % self.m.nr if isinstance(self.n_size, int) else 0
-        width = self.m.nr
-        while rem and width % 2 == 0 and rem <= width // 2 and width // 2 >= 4:
-            width //= 2
-        self._set_width(width)
-        return width < self.m.nr
+    def _at_edge(self, emit: Callable[[], None]) -> None:
+        """Run `emit` for the last column tile, of `n_size % NR` columns, at the narrowest
+        vector (NR / 2 or NR / 4 lanes) that holds them: known at compile time for static
+        columns, picked per call for dynamic ones (the pack and the tiles of one call pick
+        alike, so the panel's rows have the width its tiles read)."""
+        nr = self.m.nr
+        if isinstance(self.n_size, int):
+            widths = [_narrowest(self.n_size % nr, nr)]
+        else:
+            widths = sorted({_narrowest(rem, nr) for rem in range(1, nr)})
+        rem = None if len(widths) == 1 else self.b.urem(self.fb.value(self.n_size), _i64(nr))
+        self._widths(rem, widths, emit)
+
+    def _widths(self, rem: ir.Value | None, widths: list[int],
+                emit: Callable[[], None]) -> None:
+        """`emit` at the first of `widths` holding `rem` columns (the last when `rem` is
+        None)."""
+        if rem is None or len(widths) == 1:
+            self._set_width(widths[-1])
+            emit()
+            self._set_width(self.m.nr)
+            return
+        with self.b.if_else(self.b.icmp_unsigned("<=", rem, _i64(widths[0]))) as (fits, wider):
+            with fits:
+                self._widths(None, widths[:1], emit)
+            with wider:
+                self._widths(rem, widths[1:], emit)
 
     def _set_width(self, nr: int) -> None:
         """Emit the following tiles `nr` columns wide (their own accumulators)."""
@@ -563,6 +578,15 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
                 rows[i + s] = b.shuffle_vector(top, bottom, lower)
         s //= 2
     return rows
+
+
+def _narrowest(rem: int, nr: int) -> int:
+    """The narrowest vector width, NR or NR halved while it keeps at least 4 lanes, that
+    holds a last tile of `rem` columns."""
+    width = nr
+    while rem and width % 2 == 0 and rem <= width // 2 and width // 2 >= 4:
+        width //= 2
+    return width
 
 
 def _c_function(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:

@@ -72,7 +72,7 @@ def _few_rows(kernel: Kernel, caps: Capabilities, large: Contraction | None,
         return _short_k(kernel, caps, large)
     rows = kernel.domain[large.row]
     lo, hi = size_bounds(rows)
-    out: Contraction | Choice = large
+    out: Contraction | Choice = _short_k(kernel, caps, large, least)
     for limit in reversed(FEW_ROWS):
         if lo > limit or least > limit:
             break
@@ -84,17 +84,18 @@ def _few_rows(kernel: Kernel, caps: Capabilities, large: Contraction | None,
     return out
 
 
-def _short_k(kernel: Kernel, caps: Capabilities,
-             large: Contraction | None) -> Contraction | Choice | None:
+def _short_k(kernel: Kernel, caps: Capabilities, large: Contraction | None,
+             least: int = 1) -> Contraction | Choice | None:
     """A dynamic k (a weight gradient's batch): up to `KC` steps one K block (no partial
-    sums), `large` (K blocks through the partial sums) past them."""
+    sums), `large` (K blocks through the partial sums) past them (dynamic rows: at least
+    `least` of them, as `large` runs for)."""
     if large is None or is_static(kernel.reduce[0]):
         return large
     k = kernel.reduce[0]
     lo, hi = size_bounds(k)
     if lo > KC:
         return large
-    small = tiled(kernel, caps, k_most=KC)
+    small = tiled(kernel, caps, least=least, k_most=KC)
     if small is None or small.row != large.row or small.col != large.col:
         return large
     if hi <= KC:
