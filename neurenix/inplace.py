@@ -40,7 +40,9 @@ def apply_inplace(x: Tensor, fn: Binary, other: Any, name: str) -> Tensor:
     trace = current_trace()
     if trace is not None:
         if not trace.made_here(x) or isinstance(other, Tensor) and other._value is not None:
-            result = _checked(x, fn(x, other), name)
+            old = trace.value_of(x)  # as eagerly: the result's backward reads the old value,
+            # which no later write changes (x's own earlier uses see the write)
+            result = _checked(x, fn(old, old if other is x else other), name)
             x._version += 1
             trace.write(x, result)
             return x

@@ -94,8 +94,9 @@ class Trace(Protocol):
     def made_here(self, tensor: Any) -> bool:
         """Whether `tensor` is an eager tensor the traced function made itself."""
 
-    def detached(self, tensor: Any) -> Any:
-        """`tensor.detach()` in the trace: its value, cut from autodiff, as a view of it."""
+    def detached(self, tensor: Any, counted: bool = True) -> Any:
+        """`tensor.detach()` in the trace: its value, cut from autodiff, as a view of it
+        (`counted` False for `.data`: writes through it bump no version of `tensor`)."""
 
     def value_of(self, tensor: Any) -> Any:
         """A symbolic tensor for `tensor`'s value in the trace now."""

@@ -431,7 +431,7 @@ class Tensor:
         trace = state.read_trace()
         if isinstance(data, np.ndarray) and (trace is None or trace.made_here(self)):
             return Tensor._wrap(data, self._dtype, self._device)
-        return self.detach()  # in a trace: a view of the value now (`Trace.detached`)
+        return trace.detached(self, counted=False)  # a view of the value now
 
     @data.setter
     def data(self, value: Tensor) -> None:

@@ -135,14 +135,16 @@ def _add_cotangent(b: GraphBuilder, cot: dict[int, Node], key: int, g: Node) -> 
 
 
 def backprop(b: GraphBuilder, nodes: Sequence[Node], cot: dict[int, Node], active: set[int],
-             env: dict[int, Node] | None = None, leaves: Collection[int] = ()
-             ) -> dict[int, Node]:
+             env: dict[int, Node] | None = None, leaves: Collection[int] = (),
+             substitute: dict[int, Node] | None = None) -> dict[int, Node]:
     """Walk `nodes` in reverse, pushing each node's cotangent (in `cot`) to its active inputs.
 
     `env` maps the nodes to their copies in `b` (as `grad_graph` replays a forward); without it
     the nodes are `b`'s own (a trace differentiating what it recorded so far).  Nodes in
-    `leaves` collect their cotangent like inputs and pass nothing on.  Returns `cot`, which
-    then holds the cotangents of the inputs, constants and leaves the walk reached.
+    `leaves` collect their cotangent like inputs and pass nothing on.  `substitute` gives the
+    values VJPs read in place of some inputs (a trace's backward reading a tensor written
+    through `.data` since, as eager's does).  Returns `cot`, which then holds the cotangents
+    of the inputs, constants and leaves the walk reached.
     """
     for node in reversed(nodes):
         g = cot.get(id(node))
@@ -151,6 +153,8 @@ def backprop(b: GraphBuilder, nodes: Sequence[Node], cot: dict[int, Node], activ
         prim = REGISTRY[node.op]
         out = env[id(node)] if env is not None else node
         args = tuple(env[id(i)] for i in node.inputs) if env is not None else tuple(node.inputs)
+        if substitute:
+            args = tuple(substitute.get(id(i), a) for i, a in zip(node.inputs, args))
         b.source = node.source
         for index, inp in enumerate(node.inputs):
             if id(inp) not in active:

@@ -66,7 +66,7 @@ from .dynamic import (
 from .executables import compile_traced
 from .placement import Placement, backend_for, call_device, device_of_backend, switch_guards
 from .signatures import describe, explain_change, explain_guards, structure, value_key
-from .trace_effects import Store, finish_stores, restore
+from .trace_effects import Store, finish_stores, restore, stale_outputs
 from .trace_guards import (
     Guard,
     code_guard,
@@ -133,6 +133,9 @@ class _Entry:
     # cotangent: no gradient at all, as eagerly)
     grad_from: list[frozenset[int]] = field(default_factory=list)
     differentiable: list[int] = field(default_factory=list)
+    # per output differentiated after the call: eager's "modified in place" error, raised
+    # when it gets a gradient (trace_effects.stale_outputs)
+    stale: dict[int, str] = field(default_factory=dict)
     num_saved: int = 0
     used: int = 0  # the `_CLOCK` stamp of its latest use
     backend: str = ""  # the target it was compiled for
@@ -674,7 +677,9 @@ class Compiled:
             # outputs a gradient flows back from (not detached, not computed under no_grad)
             active = [i for i, n in enumerate(out_nodes) if state.differentiable(n)]
             grad_positions = []
+            stale: dict[int, str] = {}
             if not state.backward_called and active:
+                stale = stale_outputs(state, out_nodes, active)
                 grad_positions = [i for i, node in enumerate(traced.graph.inputs)
                                   if id(node) in state.leaves]
                 if any(names[i] in traced.updates for i in grad_positions):
@@ -687,7 +692,7 @@ class Compiled:
                           guards=state.guards + self._guards(state, sources, args),
                           stores=stores, num_stored=len(stored),
                           checks=[(len(nodes), test) for nodes, test in state.checks],
-                          num_checks=len(check_nodes))
+                          num_checks=len(check_nodes), stale=stale)
             wrt = [traced.graph.inputs[i].name for i in grad_positions]
             common["grad_from"] = reaching_outputs(traced.graph, wrt, active) if wrt else []
         device = key[2]
@@ -862,6 +867,9 @@ class Compiled:
             sizes = entry.forward.program.bind_symbols([a.shape for a in inputs])
 
         def backward_fn(grads: list[Tensor | None]) -> list[Tensor | None]:
+            for slot, g in zip(diff, grads):
+                if g is not None and slot in entry.stale:
+                    raise RuntimeError(entry.stale[slot])
             cotangents = {}
             for slot, g in zip(diff, grads):
                 cotangents[slot] = place.cotangent(g) if g is not None else \

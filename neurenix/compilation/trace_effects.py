@@ -19,6 +19,7 @@ import numpy as np
 
 from neurenix.compiler.graph.ir import Node
 from neurenix.compiler.passes.autodiff import backprop
+from neurenix.compiler.trace import TraceError
 from neurenix.compiler.types import TensorType
 
 from ..call_site import user_source
@@ -210,7 +211,9 @@ def backward_traced(state: TraceState, root: Tensor, gradient: Any) -> None:
             raise ValueError(f"backward: gradient of shape {seed.type.shape} does not match "
                              f"the tensor's shape {node.type.shape}")
     flows = state.active | set(state.leaves)
-    cot = backprop(b, list(b.nodes), {id(node): seed}, flows, leaves=state.leaves)
+    substitute = state.saved.check(_reached(b.nodes, node, flows, state.leaves), state.node_of)
+    cot = backprop(b, list(b.nodes), {id(node): seed}, flows, leaves=state.leaves,
+                   substitute=substitute)
     gradients: dict[int, tuple[Tensor, Node]] = {}  # a tensor updated in place has two leaves
     for n_id, t in state.leaves.items():
         g = cot.get(n_id)
@@ -223,6 +226,47 @@ def backward_traced(state: TraceState, root: Tensor, gradient: Any) -> None:
             g = state.symbol(g)
             write_grad(state, t, g if current is None else add(current, g))
     state.backward_called = True
+
+
+def stale_outputs(state: TraceState, outputs: list[Node], active: list[int]) -> dict[int, str]:
+    """For outputs differentiated after the call: {output index: eager's "modified in place"
+    error} where a backward from it reads a value written in place since (the compiled
+    backward raises it when that output gets a gradient, as eager's backward would).  A read
+    written only through `.data`, which eager's backward would read anew, cannot be
+    followed by a backward program built now: refused."""
+    nodes = state.tracer.builder.nodes
+    flows = state.active | set(state.leaves)
+    stale = {}
+    for i in active:
+        try:
+            followed = state.saved.check(_reached(nodes, outputs[i], flows, state.leaves),
+                                         state.node_of)
+        except RuntimeError as e:
+            stale[i] = str(e)
+            continue
+        if followed:
+            raise TraceError(f"neurenix.compile: output {i} is differentiated after the call "
+                             f"through a value written through .data since it was used; a "
+                             f"backward outside the compiled function cannot read the new "
+                             f"value as eager's would: call backward() inside the compiled "
+                             f"function, or write outside it")
+    return stale
+
+
+def _reached(nodes: list[Node], root: Node, flows: set[int], leaves: dict) -> list[Node]:
+    """The nodes a backward from `root` runs the VJPs of, latest first (as eager's backward
+    meets them): those a gradient reaches through values that carry one, leaves aside."""
+    seen = {id(root)}
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in leaves:
+            continue
+        for inp in n.inputs:
+            if id(inp) in flows and id(inp) not in seen:
+                seen.add(id(inp))
+                stack.append(inp)
+    return [n for n in reversed(nodes) if id(n) in seen and id(n) not in leaves]
 
 
 def finish_stores(state: TraceState) -> tuple[list[Node], list[Store]]:

@@ -31,6 +31,7 @@ from ..elementwise import as_tensor
 from ..shapes import broadcast_to
 from ..tensor import Tensor
 from . import trace_effects, value_checks
+from .saved_reads import SavedReads
 from .trace_effects import GradSlot
 from .trace_guards import Guard
 
@@ -71,6 +72,7 @@ class TraceState:
         self.view_of: dict[int, tuple[Tensor, Tensor, Any, dict]] = {}
         self.views: dict[int, list[Tensor]] = {}
         self.backward_called = False
+        self.saved = SavedReads()  # what the gradient's path reads, and writes since
         self.modules: dict[int, Any] = {}  # id -> every Module called in the trace
         self.snapshots: list[tuple[Any, dict]] = []  # each one's attributes before its call
         self.epoch = -1  # the trace epoch while tracing: tensors made then are constants
@@ -181,6 +183,7 @@ class TraceState:
                 and REGISTRY[op].vjp not in (None, non_differentiable):
             if grad and any(self.differentiable(n) for n in nodes):
                 self.active.add(id(node))
+                self.saved.record(node, op, inputs, [self.differentiable(n) for n in nodes])
             elif not grad and any(self.differentiable(n) or id(n) in self.tainted
                                   for n in nodes):
                 self.tainted.add(id(node))
@@ -191,13 +194,17 @@ class TraceState:
             self.views.setdefault(id(base), []).append(out)
         return out
 
-    def detached(self, t: Tensor) -> Tensor:
-        """`t.detach()` (or `t.data`) in the trace: a view of t's value now, taken under
-        no_grad, so that autodiff does not go through it (it is cut where grad mode uses it),
-        a later call reads the tensor's value then rather than the one it had when traced,
-        and writes through either are seen by both, as eager's shared storage is."""
+    def detached(self, t: Tensor, counted: bool = True) -> Tensor:
+        """`t.detach()` (or `t.data`, `counted` False) in the trace: a view of t's value now,
+        taken under no_grad, so that autodiff does not go through it (it is cut where grad
+        mode uses it), a later call reads the tensor's value then rather than the one it had
+        when traced, and writes through either are seen by both, as eager's shared storage
+        is; a write through `.data` counts as no version bump of t (`saved_reads`)."""
         with ambient.no_grad():
-            return self.process_primitive("reshape", (t,), {"shape": tuple(t.shape)})
+            out = self.process_primitive("reshape", (t,), {"shape": tuple(t.shape)})
+        if not counted:
+            self.saved.unversioned.add(id(out))
+        return out
 
     def made_here(self, t: Tensor) -> bool:
         """Whether `t` is an eager tensor the traced function made itself (a constant of the
@@ -209,7 +216,7 @@ class TraceState:
         """A symbolic tensor for `t`'s value in the trace now (input, argument, or value)."""
         return self.symbol(self.node_of(t))
 
-    def write(self, target: Tensor, value: Any) -> bool:
+    def write(self, target: Tensor, value: Any, counted: bool = True) -> bool:
         """`target` takes `value` (broadcast and cast to its type) in place; False when the
         write is an eager one (a tensor the traced function made itself, written with
         constants).
@@ -221,6 +228,7 @@ class TraceState:
         refused.
         """
         value = value if isinstance(value, Tensor) else Tensor(value)
+        self.saved.rebind(target, counted)
         own = self.made_here(target)
         if own and value._value is None:
             return False
@@ -244,10 +252,10 @@ class TraceState:
             self.node_of(target)  # lifts a captured tensor
             self.tracer.record_update(self.inputs[id(target)][1].name, node)
             self.current[id(target)] = node
-        self._write_through(target)
+        self._write_through(target, counted)
         return True
 
-    def _write_through(self, target: Tensor) -> None:
+    def _write_through(self, target: Tensor, counted: bool) -> None:
         """After `target` took a new value: its base takes it too when it is a view (written
         like any tensor: through its own base, into an input written back), and the views
         taken of it are derived again (as eager views see their base's memory)."""
@@ -255,14 +263,16 @@ class TraceState:
         if entry is not None and entry[0] is target:
             _, base, prim, attrs = entry
             self.write(base, view_writes.write_view(self.value_of(base), prim, attrs,
-                                                    self.value_of(target), apply))
-        self._derive_views(target)
+                                                    self.value_of(target), apply),
+                       counted and id(target) not in self.saved.unversioned)
+        self._derive_views(target, counted)
 
-    def _derive_views(self, base: Tensor) -> None:
+    def _derive_views(self, base: Tensor, counted: bool) -> None:
         for view in self.views.get(id(base), ()):
             _, _, prim, attrs = self.view_of[id(view)]
             view._value = self.process_primitive(prim.name, (base,), attrs, view=False)._value
-            self._derive_views(view)
+            self.saved.rebind(view, counted)
+            self._derive_views(view, counted)
 
     def _refuse_overlapping(self, target: Tensor) -> None:
         """Raise for a write into an expanded view (its elements repeat), as PyTorch does."""
