@@ -350,7 +350,8 @@ class Dim(Poly):
 
 def exact_quotient(a: Size, b: Size) -> Size | None:
     """a / b when it is a polynomial with integer coefficients that divides exactly for
-    every value of the symbols, by term (b an int, or a single term); None otherwise."""
+    every value of the symbols (b an int, a single term, or a polynomial that divides a:
+    `3 * (2 + s1) * (2 + s2)` by `(2 + s1) * (2 + s2)`); None otherwise."""
     if isinstance(b, int):
         if b == 0:
             return None
@@ -361,7 +362,7 @@ def exact_quotient(a: Size, b: Size) -> Size | None:
     if isinstance(a, int) and a == 0:
         return 0
     if len(b.terms) != 1:
-        return None
+        return _long_division(_terms(a), dict(b.terms))
     (mb, cb), = b.terms
     out: dict[Monomial, int] = {}
     for m, c in _terms(a).items():
@@ -374,6 +375,36 @@ def exact_quotient(a: Size, b: Size) -> Size | None:
             return None
         out[tuple(rest)] = c // cb
     return _make(out)
+
+
+def _long_division(a: dict[Monomial, int], b: dict[Monomial, int]) -> Size | None:
+    """a / b for polynomials, when b divides a with integer coefficients (the remainder of
+    dividing by the leading terms, graded by degree, is zero), else None."""
+    def leading(terms: dict[Monomial, int]) -> Monomial:
+        return max(terms, key=lambda m: (len(m), m))
+
+    lb = leading(b)
+    out: dict[Monomial, int] = {}
+    rest = {m: c for m, c in a.items() if c}
+    for _ in range(64 * (1 + len(rest))):  # each step removes the leading term
+        if not rest:
+            return _make(out)
+        la = leading(rest)
+        left = list(la)
+        for name in lb:
+            if name not in left:
+                return None
+            left.remove(name)
+        if rest[la] % b[lb]:
+            return None
+        qm, qc = tuple(sorted(left)), rest[la] // b[lb]
+        out[qm] = out.get(qm, 0) + qc
+        for m, c in b.items():
+            key = tuple(sorted(qm + m))
+            rest[key] = rest.get(key, 0) - qc * c
+            if not rest[key]:
+                del rest[key]
+    return None
 
 
 def dim_from_poly(p: Poly) -> Dim:

@@ -1,7 +1,10 @@
 """Contractions whose rows and columns are both dynamic take the tiled path: the column tiles
 and groups are counted per call and the last tile is clamped (a regression: such products,
 `a @ b` called at several sizes of both, and convolutions over images of several sizes, ran
-the generic loop nest, 20-40x slower than the static program)."""
+the generic loop nest, 20-40x slower than the static program).  Products of rank 4 with a
+dynamic sequence (attention) and a convolution's input gradient get one dynamic program too
+(they were compiled per shape: the index of a flattened batch divided by a dynamic plane, or
+by a padded image's, did not simplify)."""
 from __future__ import annotations
 
 import re
@@ -157,3 +160,47 @@ def test_convolution_over_images_of_several_sizes_matches_eager():
             np.testing.assert_allclose(compiled(x).numpy(), conv(x).numpy(), rtol=1e-4,
                                        atol=1e-4, err_msg=f"{size}")
     assert "columns axis 2 x" in compiled.source()  # the pixels are the tiles' columns
+
+
+def attention(q, k, v):
+    scores = (q @ k.transpose(-2, -1)) * 0.25
+    return scores.softmax(-1) @ v
+
+
+def test_attention_over_sequences_of_several_lengths_is_one_dynamic_program():
+    compiled = neurenix.compile(attention)
+    rng = np.random.default_rng(4)
+    for length in (17, 33, 5, 64, 2, 40):
+        arrays = [rng.standard_normal((2, 4, length, 16)).astype(np.float32) for _ in range(3)]
+        mine = [neurenix.Tensor(a, requires_grad=True) for a in arrays]
+        eager = [neurenix.Tensor(a, requires_grad=True) for a in arrays]
+        got, want = compiled(*mine), attention(*eager)
+        got.sum().backward()
+        want.sum().backward()
+        np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{length}")
+        for a, b in zip(mine, eager):
+            np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-4, atol=1e-5)
+    assert compiled.stats()["dynamic"]
+    assert compiled.cache_size == 2  # the first length, and one program for every other
+
+
+def test_convolution_input_gradient_over_images_of_several_sizes_is_one_dynamic_program():
+    conv = nn.Conv2d(3, 7, 3, padding=1)
+
+    def loss(x):
+        return (conv(x) ** 2).mean()
+
+    compiled = neurenix.compile(loss)
+    rng = np.random.default_rng(5)
+    for batch, height, width in [(2, 17, 33), (3, 65, 7), (2, 5, 40), (3, 8, 8)]:
+        a = rng.standard_normal((batch, 3, height, width)).astype(np.float32)
+        x, y = neurenix.Tensor(a, requires_grad=True), neurenix.Tensor(a, requires_grad=True)
+        compiled(x).backward()
+        got = conv.weight.grad.numpy().copy()
+        conv.zero_grad()
+        loss(y).backward()
+        np.testing.assert_allclose(x.grad.numpy(), y.grad.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got, conv.weight.grad.numpy(), rtol=1e-4, atol=1e-5)
+        conv.zero_grad()
+    assert compiled.stats()["dynamic"]

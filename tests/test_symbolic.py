@@ -19,6 +19,22 @@ def test_arithmetic_is_canonical_and_folds_constants():
     assert hash(n * 2) == hash(2 * n)
 
 
+def test_division_by_a_polynomial_that_divides():
+    """Exact division by a sum of terms (a padded image's plane, `(2 + h) * (2 + w)`), by
+    long division: exact quotients only, anything else is no quotient."""
+    env = ShapeEnv()
+    h, w = env.symbol("h", hint=9), env.symbol("w", hint=7)
+    plane = (2 + h) * (2 + w)
+    assert (3 * plane) // plane == 3
+    assert plane // (2 + h) == 2 + w and plane % (2 + w) == 0
+    assert (h * h - 1) // (h - 1) == h + 1
+    assert (h * h - w * w) // (h + w) == h - w
+    for bad in (lambda: (plane + 1) // (2 + h), lambda: (h * h + 1) // (h + 1),
+                lambda: (2 + h) // (4 + 2 * h)):
+        with pytest.raises(DynamicSizeError):
+            bad()
+
+
 def test_inexact_division_and_int_use_raise():
     env = ShapeEnv()
     n = env.symbol("n", hint=8)

@@ -355,14 +355,32 @@ class IndexAlgebra:
     def _gcd_split(self, r: dict[Expr, Size], rc: Size, c: Size) -> tuple | None:
         """`r + rc` as `g * (big + bc) + (small + sc)` with `small + sc` in [0, g), for the
         largest such divisor g > 1 of c (of every coefficient of a dynamic c): then x // c
-        and x % c only need `big + bc`."""
+        and x % c only need `big + bc`.  With dynamic coefficients g is one of them that
+        divides c (a row-major flat index divided by a dynamic row count times a constant:
+        `(i * s*s + j * s + k) // (4 * s*s)` is `i // 4`)."""
         if is_dynamic(rc) or any(is_dynamic(k) for k in r.values()):
-            return None
+            return self._size_split(r, rc, c)
         content = c if isinstance(c, int) else gcd(*(k for _, k in c.terms))
         for g in sorted({gcd(content, k) for k in r.values()} - {1}, reverse=True):
             big = {a: k // g for a, k in r.items() if k % g == 0}
             small = {a: k for a, k in r.items() if k % g != 0}
             bc, sc = divmod(rc, g)
+            srng = self._lin_range(small, sc)
+            if srng is not None and provably_le(0, srng[0]) and provably_lt(srng[1], g):
+                return g, big, bc, small, sc
+        return None
+
+    def _size_split(self, r: dict[Expr, Size], rc: Size, c: Size) -> tuple | None:
+        """`_gcd_split` where g is a dynamic coefficient of `r` dividing c, the largest
+        (by its least value) for which the rest provably lies in [0, g)."""
+        found = {}
+        for k in r.values():
+            if is_dynamic(k) and exact_div(c, k) is not None:
+                found.setdefault(str(k), k)
+        for g in sorted(found.values(), key=lambda g: -bounds(g)[0]):
+            big = {a: exact_div(k, g) for a, k in r.items() if exact_div(k, g) is not None}
+            small = {a: k for a, k in r.items() if a not in big}
+            bc, sc = split(rc, g)
             srng = self._lin_range(small, sc)
             if srng is not None and provably_le(0, srng[0]) and provably_lt(srng[1], g):
                 return g, big, bc, small, sc
