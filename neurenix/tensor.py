@@ -431,7 +431,11 @@ class Tensor:
         trace = state.read_trace()
         if isinstance(data, np.ndarray) and (trace is None or trace.made_here(self)):
             return Tensor._wrap(data, self._dtype, self._device)
-        return trace.detached(self, counted=False)  # a view of the value now
+        if trace is not None and (data is None or not trace.made_here(self)):
+            # a view of the value now; a write through it counts as eager's would (on a
+            # device `.data` is a `detach()`)
+            return trace.detached(self, counted=self._device != CPU)
+        return self.detach()
 
     @data.setter
     def data(self, value: Tensor) -> None:
